@@ -1,0 +1,1 @@
+//! Sans-IO cores of fork-agent: no sockets, no clock, no tasks (../../../docs/architecture.md).

@@ -1,0 +1,1 @@
+//! IO shells: kernel (aya, AF_XDP) and network (tokio) around the cores.

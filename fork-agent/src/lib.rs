@@ -1,0 +1,5 @@
+//! fork-agent: loads the xdpfork XDP programs, reads forked packets over AF_XDP and streams them
+//! to speech servers over WebSocket. `core` holds the sans-IO state machines, `io` the tokio and
+//! kernel shells around them.
+pub mod core;
+pub mod io;
