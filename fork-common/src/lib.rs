@@ -1,1 +1,393 @@
+//! Types shared by the xdpfork kernel programs (fork-ebpf) and user space (fork-agent).
+//!
+//! Every type that crosses the kernel boundary is `#[repr(C)]`, `Copy`, has explicit padding, and
+//! holds no `bool`, enum or `Option` (the kernel writes raw bytes; an invalid discriminant would be
+//! undefined behaviour in user space). Sizes and offsets are asserted at compile time so a change on
+//! one side cannot silently disagree with the other (the Rust form of Cilium's
+//! `bpf_alignchecker.c`). Fields in network byte order end in `_be`.
+//!
+//! docs/maps.md describes each map and shows a `bpftool map dump` of it.
 #![no_std]
+
+use core::mem::{offset_of, size_of};
+
+/// Default bpffs directory under which fork-agent pins every map and link.
+pub const PIN_DIR_DEFAULT: &str = "/sys/fs/bpf/xdpfork";
+
+/// Program names (the Rust function names in fork-ebpf, hence the ELF symbols).
+pub const PROG_MEDIA_RELAY: &str = "xdp_media_relay";
+/// Runs on the fork veth's peer: moves the fork tag into the frame and redirects into `XSKS`.
+pub const PROG_FORK_CAPTURE: &str = "xdp_fork_capture";
+/// Devmap egress program on media interfaces: drops broadcast copies meant for another interface.
+pub const PROG_DEVMAP_EGRESS: &str = "xdp_devmap_egress";
+
+/// Map names, as pinned under the pin directory.
+pub const MAP_FLOWS: &str = "FLOWS";
+pub const MAP_FLOW_STATS: &str = "FLOW_STATS";
+pub const MAP_TX_PORTS: &str = "TX_PORTS";
+pub const MAP_XSKS: &str = "XSKS";
+pub const MAP_COUNTERS: &str = "COUNTERS";
+pub const MAP_CONFIG: &str = "CONFIG";
+/// Every map fork-agent pins, in a stable order.
+pub const ALL_MAPS: [&str; 6] = [
+    MAP_FLOWS,
+    MAP_FLOW_STATS,
+    MAP_TX_PORTS,
+    MAP_XSKS,
+    MAP_COUNTERS,
+    MAP_CONFIG,
+];
+
+/// Capacity of `FLOWS` (one entry per anchored port and direction) and of `FLOW_STATS`.
+pub const MAX_FLOWS: u32 = 65_536;
+/// Capacity of `TX_PORTS` (media interfaces plus the fork veth).
+pub const MAX_TX_PORTS: u32 = 64;
+/// Capacity of `XSKS` (one AF_XDP socket per fork-veth RX queue).
+pub const MAX_XSKS: u32 = 64;
+/// Capacity of `COUNTERS` (indexed by [`Reason`]; room to append reasons without a map change).
+pub const MAX_REASONS: u32 = 64;
+
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+/// Key of `FLOWS`: the local (anchored) address and UDP port a packet is sent to.
+/// IPv4 addresses sit in `addr_be[0]`, the other words zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub addr_be: [u32; 4],
+    pub port_be: u16,
+    pub family: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<FlowKey>() == 20);
+const _: () = assert!(offset_of!(FlowKey, port_be) == 16);
+
+/// Drop packets whose source differs from `expect_*` (rtpengine's strict-source mode).
+pub const FLOW_F_STRICT_SOURCE: u8 = 1 << 0;
+/// Clone every audio packet of this flow to fork-agent.
+pub const FLOW_F_FORK: u8 = 1 << 1;
+/// The flow carries RTCP: relayed, never inspected as RTP nor forked.
+pub const FLOW_F_RTCP: u8 = 1 << 2;
+
+/// Value of `FLOWS`: how to relay (and whether to fork) a packet that matched a [`FlowKey`].
+/// Written by fork-agent only; the kernel never modifies it (counters live in `FLOW_STATS`), so
+/// an update from user space never races with the data path.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowAction {
+    /// New source address (this host's address on the egress leg).
+    pub src_addr_be: [u32; 4],
+    /// New destination address (the peer of the egress leg).
+    pub dst_addr_be: [u32; 4],
+    /// Expected source address when `FLOW_F_STRICT_SOURCE` is set.
+    pub expect_addr_be: [u32; 4],
+    pub src_port_be: u16,
+    pub dst_port_be: u16,
+    pub expect_port_be: u16,
+    /// Address family of both legs (the kernel relays v4→v4 and v6→v6).
+    pub family: u8,
+    /// `FLOW_F_*`.
+    pub flags: u8,
+    /// Fork stream id carried in the fork tag (fork-agent's stream, no lookup needed).
+    pub stream_id: u32,
+    /// Slot of this flow in `FLOW_STATS`.
+    pub stats_index: u32,
+    /// Bit n set = RTP payload type n is audio to fork (default: 0 PCMU and 8 PCMA).
+    pub pt_mask: [u32; 4],
+    /// RFC 4733 telephone-event payload type, or [`NO_PT`].
+    pub dtmf_pt: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<FlowAction>() == 84);
+const _: () = assert!(offset_of!(FlowAction, src_port_be) == 48);
+const _: () = assert!(offset_of!(FlowAction, stream_id) == 56);
+const _: () = assert!(offset_of!(FlowAction, pt_mask) == 64);
+const _: () = assert!(offset_of!(FlowAction, dtmf_pt) == 80);
+
+/// "No payload type" marker for [`FlowAction::dtmf_pt`] (RTP payload types are 7 bits).
+pub const NO_PT: u8 = 0xff;
+
+impl FlowAction {
+    /// Whether RTP payload type `pt` is forked audio.
+    #[inline(always)]
+    pub fn pt_allowed(&self, pt: u8) -> bool {
+        let pt = pt & 0x7f;
+        let word = (pt >> 5) as usize;
+        // `word` is at most 3; written as a match so the verifier sees a constant index.
+        let bits = match word {
+            0 => self.pt_mask[0],
+            1 => self.pt_mask[1],
+            2 => self.pt_mask[2],
+            _ => self.pt_mask[3],
+        };
+        bits & (1u32 << (pt & 31)) != 0
+    }
+
+    /// Build a payload type mask from a list of payload types.
+    pub fn mask_of(pts: &[u8]) -> [u32; 4] {
+        let mut m = [0u32; 4];
+        for &pt in pts {
+            let pt = pt & 0x7f;
+            m[(pt >> 5) as usize] |= 1 << (pt & 31);
+        }
+        m
+    }
+}
+
+/// Value of `FLOW_STATS` (an array indexed by [`FlowAction::stats_index`]): per-flow counters in
+/// the style of rtpengine's kernel module. Written by the kernel (counters with atomic adds, the
+/// sequence tracking fields by the CPU that receives the flow), zeroed by fork-agent when it
+/// assigns the slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowStats {
+    /// Packets relayed by the kernel.
+    pub packets: u64,
+    /// UDP payload bytes relayed by the kernel.
+    pub bytes: u64,
+    /// Packets cloned to fork-agent.
+    pub forked: u64,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last packet.
+    pub last_seen_ns: u64,
+    /// Packets lost, by RTP sequence gaps.
+    pub lost: u64,
+    /// Packets that arrived with a sequence number at or before the highest seen.
+    pub out_of_order: u64,
+    /// RTP packets whose payload type is neither forked audio nor telephone-event.
+    pub wrong_pt: u64,
+    /// Packets that are not valid RTP on an RTP flow (relayed, not forked).
+    pub errors: u64,
+    /// Packets dropped by strict-source checking.
+    pub strict_drops: u64,
+    /// Packets handed to the host stack (next hop unresolved): user space relays those.
+    pub passed: u64,
+    /// RFC 4733 telephone-event packets.
+    pub dtmf: u64,
+    /// RTCP packets (on an RTCP flow or multiplexed).
+    pub rtcp: u64,
+    /// Last SSRC seen.
+    pub ssrc: u32,
+    /// Highest RTP sequence number seen.
+    pub last_seq: u16,
+    /// 1 once `ssrc`/`last_seq` hold a packet's values.
+    pub seq_valid: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<FlowStats>() == 104);
+const _: () = assert!(offset_of!(FlowStats, ssrc) == 96);
+
+/// Tag fork-agent finds in front of every forked frame it reads from AF_XDP. The media program
+/// writes it into XDP metadata (so the relayed copy is untouched), the capture program moves it
+/// into the frame.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ForkTag {
+    /// [`FORK_TAG_MAGIC`].
+    pub magic: u32,
+    pub stream_id: u32,
+    /// Interface the relayed copy leaves by (the devmap egress program uses it).
+    pub egress_ifindex: u32,
+    /// Offset of the RTP header from the start of the Ethernet frame.
+    pub rtp_off: u16,
+    /// Offset of the RTP payload from the start of the Ethernet frame.
+    pub payload_off: u16,
+    /// Payload length without RTP padding.
+    pub payload_len: u16,
+    /// `TAG_F_*`.
+    pub flags: u16,
+}
+const _: () = assert!(size_of::<ForkTag>() == 20);
+const _: () = assert!(size_of::<ForkTag>() % 4 == 0); // XDP metadata must be 4-byte aligned
+
+/// "XFK1" in little-endian memory order: tag format version 1.
+pub const FORK_TAG_MAGIC: u32 = u32::from_le_bytes(*b"XFK1");
+/// The forked packet is an RFC 4733 telephone-event, not audio.
+pub const TAG_F_DTMF: u16 = 1 << 0;
+
+/// Value of `CONFIG` (a one-entry array), written by fork-agent at start.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Interface whose peer runs the capture program (0: forking unavailable).
+    pub fork_ifindex: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<Config>() == 8);
+
+/// Why a program returned what it returned. Indexes `COUNTERS`; every exit path counts exactly
+/// one. Append-only: retired values stay as `_Unused*` so dashboards keep their meaning.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Not IPv4/IPv6 (ARP, LLDP, ...): passed to the stack.
+    PassNotIp = 0,
+    /// IP but not UDP (ICMP, TCP, IPv6 extension headers): passed.
+    PassNotUdp = 1,
+    /// IP fragment: passed (the stack reassembles; user space relays).
+    PassFragment = 2,
+    /// UDP to an address/port with no flow: passed.
+    PassNoFlow = 3,
+    /// Headers shorter than they claim: passed, the stack decides.
+    PassTruncated = 4,
+    /// The route lookup failed (no route, blackhole, ...): passed.
+    PassFibFailed = 5,
+    /// The next hop's MAC is not resolved yet: passed, user space relays and the stack resolves.
+    PassFibNoNeigh = 6,
+    /// The egress interface is not one fork-agent serves (not in `TX_PORTS`): passed.
+    PassEgressUnknown = 7,
+    /// The flow's family differs from the packet's: passed.
+    PassFamilyMismatch = 8,
+    /// Relayed by redirect to another interface.
+    Relayed = 9,
+    /// Relayed back out of the interface it came in on (XDP_TX).
+    RelayedTx = 10,
+    /// Relayed and cloned to the fork interface in one broadcast redirect.
+    RelayedForked = 11,
+    /// Source differs from the flow's expected source (strict source): dropped.
+    DropStrictSource = 12,
+    /// Capture program: tagged frame redirected into an AF_XDP socket.
+    ForkCaptured = 13,
+    /// Capture program: no AF_XDP socket on this queue: dropped (fork-agent is not running).
+    ForkNoSocket = 14,
+    /// Capture program: a frame without a fork tag (the stack's own traffic): passed.
+    ForkUntagged = 15,
+    /// Devmap egress program: a broadcast copy meant for another interface: dropped.
+    EgressFiltered = 16,
+    /// Devmap egress program: copy sent.
+    EgressSent = 17,
+    /// A fork was wanted but no fork interface is configured: relayed without a clone.
+    RelayedForkUnavailable = 18,
+    /// The redirect helper refused (device gone between lookup and redirect): aborted.
+    AbortedRedirect = 19,
+    /// Capture program: no headroom to move the tag into the frame: dropped.
+    ForkNoHeadroom = 20,
+}
+
+impl Reason {
+    /// Every reason, in index order.
+    pub const ALL: [Reason; 21] = [
+        Reason::PassNotIp,
+        Reason::PassNotUdp,
+        Reason::PassFragment,
+        Reason::PassNoFlow,
+        Reason::PassTruncated,
+        Reason::PassFibFailed,
+        Reason::PassFibNoNeigh,
+        Reason::PassEgressUnknown,
+        Reason::PassFamilyMismatch,
+        Reason::Relayed,
+        Reason::RelayedTx,
+        Reason::RelayedForked,
+        Reason::DropStrictSource,
+        Reason::ForkCaptured,
+        Reason::ForkNoSocket,
+        Reason::ForkUntagged,
+        Reason::EgressFiltered,
+        Reason::EgressSent,
+        Reason::RelayedForkUnavailable,
+        Reason::AbortedRedirect,
+        Reason::ForkNoHeadroom,
+    ];
+
+    /// Stable snake_case name, used as a metrics label and in the CLI.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::PassNotIp => "pass_not_ip",
+            Reason::PassNotUdp => "pass_not_udp",
+            Reason::PassFragment => "pass_fragment",
+            Reason::PassNoFlow => "pass_no_flow",
+            Reason::PassTruncated => "pass_truncated",
+            Reason::PassFibFailed => "pass_fib_failed",
+            Reason::PassFibNoNeigh => "pass_fib_no_neigh",
+            Reason::PassEgressUnknown => "pass_egress_unknown",
+            Reason::PassFamilyMismatch => "pass_family_mismatch",
+            Reason::Relayed => "relayed",
+            Reason::RelayedTx => "relayed_tx",
+            Reason::RelayedForked => "relayed_forked",
+            Reason::DropStrictSource => "drop_strict_source",
+            Reason::ForkCaptured => "fork_captured",
+            Reason::ForkNoSocket => "fork_no_socket",
+            Reason::ForkUntagged => "fork_untagged",
+            Reason::EgressFiltered => "egress_filtered",
+            Reason::EgressSent => "egress_sent",
+            Reason::RelayedForkUnavailable => "relayed_fork_unavailable",
+            Reason::AbortedRedirect => "aborted_redirect",
+            Reason::ForkNoHeadroom => "fork_no_headroom",
+        }
+    }
+}
+
+const _: () = assert!((Reason::ALL.len() as u32) <= MAX_REASONS);
+
+impl TryFrom<u32> for Reason {
+    type Error = u32;
+    fn try_from(v: u32) -> Result<Self, u32> {
+        Reason::ALL.get(v as usize).copied().ok_or(v)
+    }
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use core::net::{IpAddr, SocketAddr};
+
+    use super::*;
+
+    // SAFETY: all of these are #[repr(C)], Copy, made only of integers with explicit padding, so
+    // every bit pattern is valid.
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowAction {}
+    unsafe impl aya::Pod for FlowStats {}
+    unsafe impl aya::Pod for Config {}
+
+    /// An address as the kernel stores it: family plus four big-endian words.
+    pub fn addr_words(ip: IpAddr) -> (u8, [u32; 4]) {
+        match ip {
+            IpAddr::V4(v4) => (FAMILY_V4, [u32::from_ne_bytes(v4.octets()), 0, 0, 0]),
+            IpAddr::V6(v6) => {
+                let o = v6.octets();
+                let mut w = [0u32; 4];
+                for (i, word) in w.iter_mut().enumerate() {
+                    *word =
+                        u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]);
+                }
+                (FAMILY_V6, w)
+            }
+        }
+    }
+
+    /// Inverse of [`addr_words`].
+    pub fn words_addr(family: u8, w: [u32; 4]) -> IpAddr {
+        if family == FAMILY_V4 {
+            IpAddr::from(w[0].to_ne_bytes())
+        } else {
+            let mut o = [0u8; 16];
+            for (i, word) in w.iter().enumerate() {
+                o[4 * i..4 * i + 4].copy_from_slice(&word.to_ne_bytes());
+            }
+            IpAddr::from(o)
+        }
+    }
+
+    impl FlowKey {
+        pub fn new(local: SocketAddr) -> Self {
+            let (family, addr_be) = addr_words(local.ip());
+            FlowKey {
+                addr_be,
+                port_be: local.port().to_be(),
+                family,
+                _pad: 0,
+            }
+        }
+
+        pub fn socket_addr(&self) -> SocketAddr {
+            SocketAddr::new(
+                words_addr(self.family, self.addr_be),
+                u16::from_be(self.port_be),
+            )
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+pub use user::{addr_words, words_addr};

@@ -1,20 +1,442 @@
+//! xdpfork's XDP programs. Each `#[xdp]` function is a shim: it calls `try_*`, and the single
+//! `finish` turns the outcome into an action while counting exactly one `Reason` per packet.
+//!
+//! - `xdp_media_relay` (media interfaces): relays anchored RTP/RTCP flows entirely in the kernel
+//!   (address/port rewrite, incremental checksums, next hop by `bpf_fib_lookup`, redirect or
+//!   XDP_TX) and, for forked flows, clones the packet with one devmap broadcast to the egress
+//!   interface and the fork veth, tagging it in XDP metadata.
+//! - `xdp_devmap_egress` (devmap program on media interfaces): drops broadcast copies that were
+//!   not meant for that interface (hosts with more than two media interfaces).
+//! - `xdp_fork_capture` (peer of the fork veth): moves the tag into the frame and redirects it
+//!   into fork-agent's AF_XDP socket.
 #![no_std]
 #![no_main]
-use aya_ebpf::{bindings::xdp_action, btf_maps::{HashMap, PerCpuArray}, macros::{btf_map, xdp}, programs::XdpContext};
-use aya_log_ebpf::info;
+// The BPF target has no compare-and-swap, so core's AtomicU64 lacks fetch_add; the intrinsic
+// lowers to the BPF atomic add instruction (kernel >= 5.12 for the fetch form).
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
-#[btf_map]
-static FLOWS: HashMap<u32, u64, 1024> = HashMap::new();
-#[btf_map]
-static COUNTERS: PerCpuArray<u64, 16> = PerCpuArray::new();
+mod csum;
+mod maps;
+mod parse;
+
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
+
+use aya_ebpf::{
+    bindings::{
+        bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_SUCCESS, BPF_F_BROADCAST, BPF_F_EXCLUDE_INGRESS,
+    },
+    helpers::{bpf_fib_lookup, bpf_ktime_get_ns, bpf_xdp_adjust_head, bpf_xdp_adjust_meta},
+    macros::xdp,
+    programs::XdpContext,
+    EbpfContext,
+};
+use aya_log_ebpf::warn;
+use csum::CsumDelta;
+use fork_common::{
+    FlowAction, FlowKey, FlowStats, ForkTag, Reason, FAMILY_V4, FLOW_F_FORK, FLOW_F_RTCP,
+    FLOW_F_STRICT_SOURCE, FORK_TAG_MAGIC, TAG_F_DTMF,
+};
+use maps::{CONFIG, COUNTERS, FLOWS, FLOW_STATS, TX_PORTS, XSKS};
+use parse::{parse_rtp, parse_udp, ptr_at, ptr_at_mut, RtpKind, UdpPacket, UDP_HLEN};
+
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+/// TTL / hop limit of relayed packets: the relay is an endpoint of each leg (as rtpengine's
+/// kernel module), not a router, so the caller's TTL is not carried over.
+const RELAY_TTL: u8 = 64;
+/// Sequence jumps at least this large are a restart, not loss (cf. RFC 3550 A.1 MAX_DROPOUT).
+const MAX_DROPOUT: i16 = 3000;
+const TAG_LEN: i32 = core::mem::size_of::<ForkTag>() as i32;
+
+/// The outcome of one packet: the action to return and the reason to count.
+struct Verdict(u32, Reason);
+
+#[inline(always)]
+fn finish(v: Verdict) -> u32 {
+    if let Some(c) = COUNTERS.get_ptr_mut(v.1 as u32) {
+        // Per-CPU slot: no other CPU writes it.
+        unsafe { *c += 1 };
+    }
+    v.0
+}
+
+#[inline(always)]
+fn pass(reason: Reason) -> Verdict {
+    Verdict(xdp_action::XDP_PASS, reason)
+}
+
+#[inline(always)]
+fn add(counter: &mut u64, n: u64) {
+    // Several CPUs can receive the same flow (RSS changes, both NIC queues): atomic add.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, n) };
+}
 
 #[xdp]
-pub fn xdp_test(ctx: XdpContext) -> u32 {
-    if let Some(c) = COUNTERS.get_ptr_mut(0) { unsafe { *c += 1 } }
-    if unsafe { FLOWS.get(&1) }.is_some() { info!(&ctx, "hit"); }
-    xdp_action::XDP_PASS
+pub fn xdp_media_relay(ctx: XdpContext) -> u32 {
+    finish(match try_media_relay(&ctx) {
+        Ok(v) => v,
+        Err(reason) => pass(reason),
+    })
+}
+
+#[inline(always)]
+fn try_media_relay(ctx: &XdpContext) -> Result<Verdict, Reason> {
+    let pkt = parse_udp(ctx)?;
+    let key = flow_key(ctx, &pkt)?;
+    let action = match unsafe { FLOWS.get(&key) } {
+        Some(a) => *a,
+        None => return Err(Reason::PassNoFlow),
+    };
+    let stats = Slot(FLOW_STATS.get_ptr_mut(action.stats_index));
+
+    if action.family != pkt.family {
+        return Err(Reason::PassFamilyMismatch);
+    }
+    if action.flags & FLOW_F_STRICT_SOURCE != 0 && !source_matches(ctx, &pkt, &action)? {
+        stats.with(|s| add(&mut s.strict_drops, 1));
+        return Ok(Verdict(xdp_action::XDP_DROP, Reason::DropStrictSource));
+    }
+
+    // Classify before touching the packet: a PASS after a rewrite would hand the stack garbage.
+    let payload_len = pkt.udp_len - UDP_HLEN;
+    let mut tag = ForkTag {
+        magic: FORK_TAG_MAGIC,
+        stream_id: action.stream_id,
+        ..ForkTag::default()
+    };
+    let mut fork = false;
+    if action.flags & FLOW_F_RTCP == 0 {
+        let rtp_off = pkt.l4_off + UDP_HLEN;
+        match parse_rtp(ctx, rtp_off, payload_len) {
+            Ok(RtpKind::Rtp(rtp)) => {
+                let dtmf = rtp.pt == action.dtmf_pt;
+                stats.with(|s| {
+                    track_sequence(s, rtp.ssrc, rtp.seq);
+                    if dtmf {
+                        add(&mut s.dtmf, 1);
+                    } else if !action.pt_allowed(rtp.pt) {
+                        add(&mut s.wrong_pt, 1);
+                    }
+                });
+                if action.flags & FLOW_F_FORK != 0 && (dtmf || action.pt_allowed(rtp.pt)) {
+                    fork = true;
+                    tag.rtp_off = rtp_off as u16;
+                    tag.payload_off = rtp.payload_off as u16;
+                    tag.payload_len = rtp.payload_len as u16;
+                    tag.flags = if dtmf { TAG_F_DTMF } else { 0 };
+                }
+            }
+            Ok(RtpKind::Rtcp) => stats.with(|s| add(&mut s.rtcp, 1)),
+            Err(()) => stats.with(|s| add(&mut s.errors, 1)),
+        }
+    } else {
+        stats.with(|s| add(&mut s.rtcp, 1));
+    }
+
+    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
+    let (egress, smac, dmac) = match next_hop(ctx, &pkt, &action, ingress) {
+        Ok(hop) => hop,
+        Err(reason) => {
+            stats.with(|s| add(&mut s.passed, 1));
+            return Err(reason);
+        }
+    };
+    if egress != ingress && TX_PORTS.get(egress).is_none() {
+        return Err(Reason::PassEgressUnknown);
+    }
+
+    rewrite(ctx, &pkt, &action, smac, dmac)?;
+
+    stats.with(|s| {
+        add(&mut s.packets, 1);
+        add(&mut s.bytes, payload_len as u64);
+        s.last_seen_ns = unsafe { bpf_ktime_get_ns() };
+        if fork {
+            add(&mut s.forked, 1);
+        }
+    });
+
+    if fork {
+        let fork_if = CONFIG.get(0).map(|c| c.fork_ifindex).unwrap_or(0);
+        if fork_if == 0 {
+            return send(egress, ingress, Reason::RelayedForkUnavailable);
+        }
+        tag.egress_ifindex = egress;
+        write_meta(ctx, &tag)?;
+        // One frame to every port in TX_PORTS: the egress interface and the fork veth; the
+        // devmap egress program drops copies to any other media interface. Hairpin (egress ==
+        // ingress) must not exclude the ingress interface.
+        let flags = if egress == ingress {
+            BPF_F_BROADCAST
+        } else {
+            BPF_F_BROADCAST | BPF_F_EXCLUDE_INGRESS
+        };
+        return Ok(match TX_PORTS.redirect(0, flags as u64) {
+            Ok(act) => Verdict(act, Reason::RelayedForked),
+            Err(_) => Verdict(xdp_action::XDP_ABORTED, Reason::AbortedRedirect),
+        });
+    }
+    send(egress, ingress, Reason::Relayed)
+}
+
+/// Transmit the rewritten frame: XDP_TX on the ingress interface, else a devmap redirect.
+#[inline(always)]
+fn send(egress: u32, ingress: u32, reason: Reason) -> Result<Verdict, Reason> {
+    if egress == ingress {
+        let reason = if reason == Reason::Relayed {
+            Reason::RelayedTx
+        } else {
+            reason
+        };
+        return Ok(Verdict(xdp_action::XDP_TX, reason));
+    }
+    Ok(match TX_PORTS.redirect(egress, 0) {
+        Ok(act) => Verdict(act, reason),
+        Err(_) => Verdict(xdp_action::XDP_ABORTED, Reason::AbortedRedirect),
+    })
+}
+
+/// A flow's slot in `FLOW_STATS` (absent only if user space gave an out-of-range index).
+struct Slot(Option<*mut FlowStats>);
+
+impl Slot {
+    #[inline(always)]
+    fn with(&self, f: impl FnOnce(&mut FlowStats)) {
+        if let Some(p) = self.0 {
+            f(unsafe { &mut *p })
+        }
+    }
+}
+
+#[inline(always)]
+fn track_sequence(s: &mut FlowStats, ssrc: u32, seq: u16) {
+    if s.seq_valid == 0 || s.ssrc != ssrc {
+        s.ssrc = ssrc;
+        s.last_seq = seq;
+        s.seq_valid = 1;
+        return;
+    }
+    let delta = seq.wrapping_sub(s.last_seq) as i16;
+    if delta > 0 {
+        if delta > 1 && delta < MAX_DROPOUT {
+            add(&mut s.lost, (delta - 1) as u64);
+        }
+        s.last_seq = seq;
+    } else {
+        add(&mut s.out_of_order, 1);
+    }
+}
+
+#[inline(always)]
+fn flow_key(ctx: &XdpContext, pkt: &UdpPacket) -> Result<FlowKey, Reason> {
+    let mut key = FlowKey {
+        family: pkt.family,
+        port_be: unsafe { *ptr_at::<u16>(ctx, pkt.l4_off + 2)? },
+        ..FlowKey::default()
+    };
+    if pkt.family == FAMILY_V4 {
+        key.addr_be[0] = unsafe { *ptr_at::<u32>(ctx, pkt.l3_off + 16)? };
+    } else {
+        key.addr_be = unsafe { *ptr_at::<[u32; 4]>(ctx, pkt.l3_off + 24)? };
+    }
+    Ok(key)
+}
+
+#[inline(always)]
+fn source_matches(ctx: &XdpContext, pkt: &UdpPacket, a: &FlowAction) -> Result<bool, Reason> {
+    let sport = unsafe { *ptr_at::<u16>(ctx, pkt.l4_off)? };
+    if sport != a.expect_port_be {
+        return Ok(false);
+    }
+    if pkt.family == FAMILY_V4 {
+        Ok(unsafe { *ptr_at::<u32>(ctx, pkt.l3_off + 12)? } == a.expect_addr_be[0])
+    } else {
+        Ok(unsafe { *ptr_at::<[u32; 4]>(ctx, pkt.l3_off + 8)? } == a.expect_addr_be)
+    }
+}
+
+/// Route lookup for the rewritten packet: egress ifindex and the MACs to use.
+#[inline(always)]
+fn next_hop(
+    ctx: &XdpContext,
+    pkt: &UdpPacket,
+    a: &FlowAction,
+    ingress: u32,
+) -> Result<(u32, [u8; 6], [u8; 6]), Reason> {
+    let mut p: FibParams = unsafe { core::mem::zeroed() };
+    p.l4_protocol = 17;
+    p.sport = a.src_port_be;
+    p.dport = a.dst_port_be;
+    p.ifindex = ingress;
+    let l3_len = (pkt.l4_off - pkt.l3_off + pkt.udp_len) as u16;
+    p.__bindgen_anon_1.tot_len = l3_len;
+    if pkt.family == FAMILY_V4 {
+        p.family = AF_INET;
+        p.__bindgen_anon_3.ipv4_src = a.src_addr_be[0];
+        p.__bindgen_anon_4.ipv4_dst = a.dst_addr_be[0];
+    } else {
+        p.family = AF_INET6;
+        p.__bindgen_anon_3.ipv6_src = a.src_addr_be;
+        p.__bindgen_anon_4.ipv6_dst = a.dst_addr_be;
+    }
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.as_ptr(),
+            &mut p,
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    match rc as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => Ok((p.ifindex, p.smac, p.dmac)),
+        BPF_FIB_LKUP_RET_NO_NEIGH => Err(Reason::PassFibNoNeigh),
+        _ => Err(Reason::PassFibFailed),
+    }
+}
+
+/// Rewrite MACs, addresses, ports and TTL; update the IPv4 and UDP checksums incrementally.
+#[inline(always)]
+fn rewrite(
+    ctx: &XdpContext,
+    pkt: &UdpPacket,
+    a: &FlowAction,
+    smac: [u8; 6],
+    dmac: [u8; 6],
+) -> Result<(), Reason> {
+    let eth = ptr_at_mut::<[[u8; 6]; 2]>(ctx, 0)?;
+    unsafe { *eth = [dmac, smac] };
+
+    let udp = ptr_at_mut::<[u16; 4]>(ctx, pkt.l4_off)?;
+    let udp_csum = unsafe { (*udp)[3] };
+    let mut uc = CsumDelta::new(udp_csum);
+    uc.replace16(unsafe { (*udp)[0] }, a.src_port_be);
+    uc.replace16(unsafe { (*udp)[1] }, a.dst_port_be);
+
+    if pkt.family == FAMILY_V4 {
+        let ip = ptr_at_mut::<[u16; 10]>(ctx, pkt.l3_off)?;
+        let addrs = ptr_at_mut::<[u32; 2]>(ctx, pkt.l3_off + 12)?;
+        let (old_src, old_dst) = unsafe { ((*addrs)[0], (*addrs)[1]) };
+        let old_ttl_proto = unsafe { (*ip)[4] };
+        // TTL is the first byte of word 4 in memory order, the protocol the second.
+        let new_ttl_proto = u16::from_ne_bytes([RELAY_TTL, old_ttl_proto.to_ne_bytes()[1]]);
+        let mut ic = CsumDelta::new(unsafe { (*ip)[5] });
+        ic.replace16(old_ttl_proto, new_ttl_proto);
+        ic.replace32(old_src, a.src_addr_be[0]);
+        ic.replace32(old_dst, a.dst_addr_be[0]);
+        unsafe {
+            (*ip)[4] = new_ttl_proto;
+            (*ip)[5] = ic.finish();
+            *addrs = [a.src_addr_be[0], a.dst_addr_be[0]];
+        }
+        uc.replace32(old_src, a.src_addr_be[0]);
+        uc.replace32(old_dst, a.dst_addr_be[0]);
+        unsafe {
+            (*udp)[0] = a.src_port_be;
+            (*udp)[1] = a.dst_port_be;
+            // A zero IPv4 UDP checksum means "none" (RFC 768): keep it so.
+            if udp_csum != 0 {
+                (*udp)[3] = nonzero_csum(uc.finish());
+            }
+        }
+    } else {
+        let hop = ptr_at_mut::<u8>(ctx, pkt.l3_off + 7)?;
+        let addrs = ptr_at_mut::<[[u32; 4]; 2]>(ctx, pkt.l3_off + 8)?;
+        let old = unsafe { *addrs };
+        for i in 0..4 {
+            uc.replace32(old[0][i], a.src_addr_be[i]);
+            uc.replace32(old[1][i], a.dst_addr_be[i]);
+        }
+        unsafe {
+            *hop = RELAY_TTL;
+            *addrs = [a.src_addr_be, a.dst_addr_be];
+            (*udp)[0] = a.src_port_be;
+            (*udp)[1] = a.dst_port_be;
+            (*udp)[3] = nonzero_csum(uc.finish());
+        }
+    }
+    Ok(())
+}
+
+/// A computed UDP checksum of zero is sent as all ones (RFC 768, RFC 8200 §8.1).
+#[inline(always)]
+fn nonzero_csum(c: u16) -> u16 {
+    if c == 0 {
+        0xffff
+    } else {
+        c
+    }
+}
+
+/// Put the fork tag into XDP metadata, which travels with both broadcast copies but is never
+/// transmitted on the wire.
+#[inline(always)]
+fn write_meta(ctx: &XdpContext, tag: &ForkTag) -> Result<(), Reason> {
+    if unsafe { bpf_xdp_adjust_meta(ctx.as_ptr() as *mut _, -TAG_LEN) } != 0 {
+        return Ok(()); // Driver without metadata support: the clone arrives untagged and counted.
+    }
+    let meta = ctx.metadata();
+    if meta + TAG_LEN as usize > ctx.data() {
+        return Ok(());
+    }
+    unsafe { core::ptr::write_unaligned(meta as *mut ForkTag, *tag) };
+    Ok(())
+}
+
+#[inline(always)]
+fn read_meta(ctx: &XdpContext) -> Option<ForkTag> {
+    let meta = ctx.metadata();
+    if meta + TAG_LEN as usize > ctx.data() {
+        return None;
+    }
+    let tag = unsafe { core::ptr::read_unaligned(meta as *const ForkTag) };
+    (tag.magic == FORK_TAG_MAGIC).then_some(tag)
+}
+
+#[xdp(map = "devmap")]
+pub fn xdp_devmap_egress(ctx: XdpContext) -> u32 {
+    let egress = unsafe { (*ctx.ctx).egress_ifindex };
+    finish(match read_meta(&ctx) {
+        Some(tag) if tag.egress_ifindex != egress => {
+            Verdict(xdp_action::XDP_DROP, Reason::EgressFiltered)
+        }
+        _ => Verdict(xdp_action::XDP_PASS, Reason::EgressSent),
+    })
+}
+
+#[xdp]
+pub fn xdp_fork_capture(ctx: XdpContext) -> u32 {
+    finish(try_fork_capture(&ctx))
+}
+
+#[inline(always)]
+fn try_fork_capture(ctx: &XdpContext) -> Verdict {
+    let Some(tag) = read_meta(ctx) else {
+        return pass(Reason::ForkUntagged);
+    };
+    // Move the tag from metadata into the frame, so fork-agent finds it whatever the AF_XDP
+    // copy mode does with metadata.
+    if unsafe { bpf_xdp_adjust_head(ctx.as_ptr() as *mut _, -TAG_LEN) } != 0 {
+        warn!(ctx, "fork capture: no headroom for the tag, clone dropped");
+        return Verdict(xdp_action::XDP_DROP, Reason::ForkNoHeadroom);
+    }
+    match ptr_at_mut::<ForkTag>(ctx, 0) {
+        Ok(p) => unsafe { core::ptr::write_unaligned(p, tag) },
+        Err(_) => return Verdict(xdp_action::XDP_DROP, Reason::ForkNoHeadroom),
+    }
+    match XSKS.redirect(ctx.rx_queue_index(), 0) {
+        Ok(act) => Verdict(act, Reason::ForkCaptured),
+        Err(_) => Verdict(xdp_action::XDP_DROP, Reason::ForkNoSocket),
+    }
 }
 
 #[cfg(not(test))]
 #[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! { loop {} }
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

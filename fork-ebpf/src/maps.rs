@@ -1,0 +1,39 @@
+//! One map per purpose. All are BTF maps (so `bpftool map dump` prints field names) and are
+//! pinned by fork-agent under one bpffs directory, which is what lets calls keep their audio while
+//! the agent restarts.
+
+use aya_ebpf::{
+    btf_maps::{Array, DevMapHash, HashMap, PerCpuArray, XskMap},
+    macros::btf_map,
+};
+use fork_common::{
+    Config, FlowAction, FlowKey, FlowStats, MAX_FLOWS, MAX_REASONS, MAX_TX_PORTS, MAX_XSKS,
+};
+
+/// Anchored flows. Written by fork-agent (install/remove), read by `xdp_media_relay`.
+#[btf_map]
+pub static FLOWS: HashMap<FlowKey, FlowAction, { MAX_FLOWS as usize }> = HashMap::new();
+
+/// Per-flow counters, indexed by `FlowAction::stats_index`. Written by `xdp_media_relay`, read
+/// (and zeroed on slot reuse) by fork-agent.
+#[btf_map]
+pub static FLOW_STATS: Array<FlowStats, { MAX_FLOWS as usize }> = Array::new();
+
+/// Egress interfaces by ifindex (media interfaces and the fork veth). Written by fork-agent, used
+/// by `xdp_media_relay` for redirects and for the broadcast that clones forked packets.
+#[btf_map]
+pub static TX_PORTS: DevMapHash<{ MAX_TX_PORTS as usize }> = DevMapHash::new();
+
+/// AF_XDP sockets of fork-agent by fork-veth RX queue. Written by fork-agent, used by
+/// `xdp_fork_capture`.
+#[btf_map]
+pub static XSKS: XskMap<{ MAX_XSKS as usize }> = XskMap::new();
+
+/// Per-CPU verdict counters indexed by `fork_common::Reason`. Written by every program, summed
+/// across CPUs by fork-agent.
+#[btf_map]
+pub static COUNTERS: PerCpuArray<u64, { MAX_REASONS as usize }> = PerCpuArray::new();
+
+/// Runtime configuration (one entry). Written by fork-agent at start.
+#[btf_map]
+pub static CONFIG: Array<Config, 1> = Array::new();

@@ -1,0 +1,179 @@
+//! Small bounds-checked parsers: Ethernet (+ up to two VLAN tags) → IPv4/IPv6 → UDP → RTP.
+//! Each returns offsets from the start of the frame; callers re-derive pointers from those offsets
+//! after any `bpf_xdp_adjust_*` call. Every offset is bounded by a constant before use so the
+//! verifier can prove each access.
+
+use aya_ebpf::programs::XdpContext;
+use fork_common::{Reason, FAMILY_V4, FAMILY_V6};
+
+pub const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const IPPROTO_UDP: u8 = 17;
+const IPV6_FRAGMENT: u8 = 44;
+pub const UDP_HLEN: usize = 8;
+pub const RTP_HLEN: usize = 12;
+/// Largest frame we inspect: bounds the variable offsets below for the verifier.
+pub const MAX_FRAME: usize = 9216;
+
+/// Pointer to a `T` at `off`, or `Err` if it would end past `data_end`.
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Result<*const T, Reason> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + off + core::mem::size_of::<T>() > end {
+        return Err(Reason::PassTruncated);
+    }
+    Ok((start + off) as *const T)
+}
+
+#[inline(always)]
+pub fn ptr_at_mut<T>(ctx: &XdpContext, off: usize) -> Result<*mut T, Reason> {
+    Ok(ptr_at::<T>(ctx, off)? as *mut T)
+}
+
+#[inline(always)]
+pub fn read_u8(ctx: &XdpContext, off: usize) -> Result<u8, Reason> {
+    Ok(unsafe { *ptr_at::<u8>(ctx, off)? })
+}
+
+/// Big-endian u16 at `off`.
+#[inline(always)]
+pub fn read_be16(ctx: &XdpContext, off: usize) -> Result<u16, Reason> {
+    let p = ptr_at::<[u8; 2]>(ctx, off)?;
+    Ok(u16::from_be_bytes(unsafe { *p }))
+}
+
+/// Where the layers of a UDP packet start.
+#[derive(Clone, Copy)]
+pub struct UdpPacket {
+    pub l3_off: usize,
+    pub l4_off: usize,
+    pub family: u8,
+    /// UDP length field (header + payload).
+    pub udp_len: usize,
+}
+
+/// Parse Ethernet, VLAN tags, IPv4 (with options) or IPv6 and UDP.
+#[inline(always)]
+pub fn parse_udp(ctx: &XdpContext) -> Result<UdpPacket, Reason> {
+    let mut proto = read_be16(ctx, 12)?;
+    let mut l3_off = ETH_HLEN;
+    // 802.1ad outer tag then 802.1Q, or a single 802.1Q tag.
+    if proto == ETH_P_8021AD || proto == ETH_P_8021Q {
+        proto = read_be16(ctx, l3_off + 2)?;
+        l3_off += 4;
+        if proto == ETH_P_8021Q {
+            proto = read_be16(ctx, l3_off + 2)?;
+            l3_off += 4;
+        }
+    }
+    let (family, l4_off) = match proto {
+        ETH_P_IP => {
+            let vihl = read_u8(ctx, l3_off)?;
+            if vihl >> 4 != 4 {
+                return Err(Reason::PassNotIp);
+            }
+            let ihl = ((vihl & 0x0f) as usize) * 4;
+            if ihl < 20 {
+                return Err(Reason::PassTruncated);
+            }
+            let frag = read_be16(ctx, l3_off + 6)?;
+            // More-fragments flag or a non-zero offset.
+            if frag & 0x3fff != 0 {
+                return Err(Reason::PassFragment);
+            }
+            if read_u8(ctx, l3_off + 9)? != IPPROTO_UDP {
+                return Err(Reason::PassNotUdp);
+            }
+            (FAMILY_V4, l3_off + ihl)
+        }
+        ETH_P_IPV6 => {
+            if read_u8(ctx, l3_off)? >> 4 != 6 {
+                return Err(Reason::PassNotIp);
+            }
+            match read_u8(ctx, l3_off + 6)? {
+                IPPROTO_UDP => (FAMILY_V6, l3_off + 40),
+                IPV6_FRAGMENT => return Err(Reason::PassFragment),
+                _ => return Err(Reason::PassNotUdp),
+            }
+        }
+        _ => return Err(Reason::PassNotIp),
+    };
+    let udp_len = read_be16(ctx, l4_off + 4)? as usize;
+    if udp_len < UDP_HLEN || udp_len > MAX_FRAME || ctx.data() + l4_off + udp_len > ctx.data_end() {
+        return Err(Reason::PassTruncated);
+    }
+    Ok(UdpPacket {
+        l3_off,
+        l4_off,
+        family,
+        udp_len,
+    })
+}
+
+/// An RTP packet's layout (RFC 3550 §5.1).
+#[derive(Clone, Copy)]
+pub struct Rtp {
+    pub pt: u8,
+    pub seq: u16,
+    pub ssrc: u32,
+    pub payload_off: usize,
+    pub payload_len: usize,
+}
+
+/// What a datagram on an RTP flow turned out to be.
+pub enum RtpKind {
+    Rtp(Rtp),
+    /// RTCP multiplexed on the RTP port (RFC 5761 §4: PT 72–76 with the marker bit).
+    Rtcp,
+}
+
+/// Parse the RTP header at `rtp_off` with `len` bytes of UDP payload. `Err(())` = not valid RTP.
+#[inline(always)]
+pub fn parse_rtp(ctx: &XdpContext, rtp_off: usize, len: usize) -> Result<RtpKind, ()> {
+    if len < RTP_HLEN || len > MAX_FRAME {
+        return Err(());
+    }
+    let b0 = read_u8(ctx, rtp_off).map_err(|_| ())?;
+    let b1 = read_u8(ctx, rtp_off + 1).map_err(|_| ())?;
+    if b0 >> 6 != 2 {
+        return Err(());
+    }
+    let pt = b1 & 0x7f;
+    if (72..=76).contains(&pt) {
+        return Ok(RtpKind::Rtcp);
+    }
+    let seq = read_be16(ctx, rtp_off + 2).map_err(|_| ())?;
+    let ssrc_p = ptr_at::<[u8; 4]>(ctx, rtp_off + 8).map_err(|_| ())?;
+    let ssrc = u32::from_be_bytes(unsafe { *ssrc_p });
+    let mut hdr = RTP_HLEN + ((b0 & 0x0f) as usize) * 4;
+    if b0 & 0x10 != 0 {
+        // Header extension: 16-bit profile, 16-bit length in 32-bit words (RFC 3550 §5.3.1).
+        if hdr + 4 > len {
+            return Err(());
+        }
+        let words = read_be16(ctx, rtp_off + hdr + 2).map_err(|_| ())? as usize;
+        hdr += 4 + words * 4;
+    }
+    let mut pad = 0usize;
+    if b0 & 0x20 != 0 {
+        // The last octet of the payload counts the padding octets, itself included.
+        pad = read_u8(ctx, rtp_off + len - 1).map_err(|_| ())? as usize;
+        if pad == 0 {
+            return Err(());
+        }
+    }
+    if hdr + pad > len {
+        return Err(());
+    }
+    Ok(RtpKind::Rtp(Rtp {
+        pt,
+        seq,
+        ssrc,
+        payload_off: rtp_off + hdr,
+        payload_len: len - hdr - pad,
+    }))
+}
