@@ -1,0 +1,1074 @@
+//! Fork request JSON: strict parsing, per-call sequence validation and the status report body.
+//!
+//! Role: the controller (Unified CVP role) asks sip-agent to fork a call's audio by sending a JSON
+//! document either as the body of a SIP INFO with `Content-Type: application/x-cisco-record+json`
+//! or as the JSON part of a `multipart/mixed` re-INVITE (reference:
+//! cube-websocket-media-forking.txt, "Forking Based on SIP Re-INVITE / INFO Message"). The
+//! reference names the message types (START, STOP, UPDATE), the failure strings (its table 2) and
+//! a few field facts (`call-guid` is mandatory, `"port": 8080` is valid and `"port": "8080"` is
+//! not, `"codec": "g729"` is invalid), but not a full schema; the schema here is ours and is
+//! documented field by field in docs/fork-request.md.
+//!
+//! Inputs and call order:
+//! 1. [`ForkRequest::parse`] on the body bytes → a typed request or a [`ForkError`].
+//! 2. [`ForkSequence::apply`] with the request and the [`Carrier`] it arrived in → the command the
+//!    fork layer must run, or a [`ForkError`] for an out-of-sequence request. A request that fails
+//!    either step changes no state.
+//! 3. [`StatusReport::to_json`] builds the INFO body sent back to the controller.
+//!
+//! Outputs: [`ForkRequest`], [`ForkCommand`], and [`ForkError::as_str`], which returns the
+//! reference's error string verbatim (these strings are what the controller parses).
+
+use serde_json::{Map, Value};
+
+/// Content type of an INFO body (or multipart part) carrying a fork request or a status report
+/// (reference: "CUBE supports the INFO message with content type application/x-cisco-record+json").
+pub const CONTENT_TYPE: &str = "application/x-cisco-record+json";
+
+/// Largest body we accept before even trying to parse: a fork request is a few hundred bytes and
+/// a bound keeps a hostile controller from making us build a huge JSON tree.
+pub const MAX_BODY_LEN: usize = 16 * 1024;
+
+/// Longest call GUID accepted. UCCE GUIDs are 32 hex digits, sometimes with dashes.
+pub const MAX_GUID_LEN: usize = 64;
+
+/// Longest `auth-token` accepted (it goes into a WebSocket header, so it has to stay small).
+pub const MAX_TOKEN_LEN: usize = 1024;
+
+/// Every error string of the reference's "Error Strings in WebSockets" table (table 2), in its
+/// order. These are the `status` values sent back to the controller; [`ForkError::as_str`] is the
+/// exact wire text and must never be reworded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+pub enum ForkError {
+    /// The call's negotiated codec, or the `codec` of a request, is not G.711 µ-law or A-law.
+    #[error("Codec is not supported")]
+    CodecNotSupported,
+    /// The WebSocket connection to the speech server could not be established.
+    #[error("Connection failed")]
+    ConnectionFailed,
+    /// Internal processing of the fork failed (for example the data plane refused the flow).
+    #[error("Internal error")]
+    InternalError,
+    /// An idle WebSocket connection was closed, locally, by the server or by an operator command.
+    #[error("Connection closed")]
+    ConnectionClosed,
+    /// The speech server rejected the authentication token.
+    #[error("Authentication token invalid")]
+    AuthenticationTokenInvalid,
+    /// The request body is not valid JSON.
+    #[error("JSON parse failure")]
+    JsonParseFailure,
+    /// A parameter has an unexpected type or value (`"port": "8080"`, `"codec": "g729"`), or the
+    /// document has an unknown key or is not a JSON object.
+    #[error("Unexpected format or content in JSON")]
+    UnexpectedFormat,
+    /// A mandatory parameter (such as `call-guid`) is missing.
+    #[error("Mandatory parameter missing in JSON")]
+    MandatoryParameterMissing,
+    /// The request type is not one we support in the place it arrived (for example an unknown
+    /// `type`, or UPDATE inside a re-INVITE).
+    #[error("Method not supported")]
+    MethodNotSupported,
+    /// START while a fork is already active on the call.
+    #[error("Invalid Start Fork Request")]
+    InvalidStartForkRequest,
+    /// STOP while no fork is active on the call.
+    #[error("Invalid Stop Fork Request")]
+    InvalidStopForkRequest,
+    /// The speech server's host name did not resolve.
+    #[error("DNS lookup failed")]
+    DnsLookupFailed,
+    /// The configured WebSocket proxy's host name did not resolve.
+    #[error("Proxy DNS lookup failed")]
+    ProxyDnsLookupFailed,
+    /// The call uses something forking does not support (SRTP, fax, SIPREC, IPv6 media, a route
+    /// without forking enabled, or mixing INFO and re-INVITE requests on one call).
+    #[error("Unsupported flow")]
+    UnsupportedFlow,
+    /// Forking stopped because the controller sent STOP.
+    #[error("Forking stopped")]
+    ForkingStopped,
+    /// The TCP connection to the speech server closed.
+    #[error("TCP Connection closed")]
+    TcpConnectionClosed,
+    /// A high-availability switchover cleared the fork.
+    #[error("High availability Switchover")]
+    HighAvailabilitySwitchover,
+    /// The `call-guid` of an UPDATE (or STOP) differs from the one of the START.
+    #[error("GUID Mismatch")]
+    GuidMismatch,
+    /// UPDATE while no fork is active on the call.
+    #[error("Invalid Update Fork Request")]
+    InvalidUpdateForkRequest,
+}
+
+impl ForkError {
+    /// All variants, in the reference table's order.
+    pub const ALL: [ForkError; 19] = [
+        Self::CodecNotSupported,
+        Self::ConnectionFailed,
+        Self::InternalError,
+        Self::ConnectionClosed,
+        Self::AuthenticationTokenInvalid,
+        Self::JsonParseFailure,
+        Self::UnexpectedFormat,
+        Self::MandatoryParameterMissing,
+        Self::MethodNotSupported,
+        Self::InvalidStartForkRequest,
+        Self::InvalidStopForkRequest,
+        Self::DnsLookupFailed,
+        Self::ProxyDnsLookupFailed,
+        Self::UnsupportedFlow,
+        Self::ForkingStopped,
+        Self::TcpConnectionClosed,
+        Self::HighAvailabilitySwitchover,
+        Self::GuidMismatch,
+        Self::InvalidUpdateForkRequest,
+    ];
+
+    /// The reference's error string, verbatim.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::CodecNotSupported => "Codec is not supported",
+            Self::ConnectionFailed => "Connection failed",
+            Self::InternalError => "Internal error",
+            Self::ConnectionClosed => "Connection closed",
+            Self::AuthenticationTokenInvalid => "Authentication token invalid",
+            Self::JsonParseFailure => "JSON parse failure",
+            Self::UnexpectedFormat => "Unexpected format or content in JSON",
+            Self::MandatoryParameterMissing => "Mandatory parameter missing in JSON",
+            Self::MethodNotSupported => "Method not supported",
+            Self::InvalidStartForkRequest => "Invalid Start Fork Request",
+            Self::InvalidStopForkRequest => "Invalid Stop Fork Request",
+            Self::DnsLookupFailed => "DNS lookup failed",
+            Self::ProxyDnsLookupFailed => "Proxy DNS lookup failed",
+            Self::UnsupportedFlow => "Unsupported flow",
+            Self::ForkingStopped => "Forking stopped",
+            Self::TcpConnectionClosed => "TCP Connection closed",
+            Self::HighAvailabilitySwitchover => "High availability Switchover",
+            Self::GuidMismatch => "GUID Mismatch",
+            Self::InvalidUpdateForkRequest => "Invalid Update Fork Request",
+        }
+    }
+
+    /// Inverse of [`ForkError::as_str`] (exact, case-sensitive match), for the fork-agent side and
+    /// for tests that read a status report back.
+    pub fn from_wire(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.as_str() == s)
+    }
+}
+
+/// The fork message type, the JSON `type` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ForkKind {
+    /// Start forking the call's two streams to a speech server.
+    Start,
+    /// Stop the active fork.
+    Stop,
+    /// Replace the metadata of the active fork (INFO only, reference "UPDATE Message").
+    Update,
+}
+
+impl ForkKind {
+    /// Wire spelling (`START`, `STOP`, `UPDATE`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Start => "START",
+            Self::Stop => "STOP",
+            Self::Update => "UPDATE",
+        }
+    }
+}
+
+/// The only codecs forking supports (reference: "WebSockets fork SIP-to-SIP calls using
+/// G.711ulaw or G.711alaw").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ForkCodec {
+    /// G.711 µ-law, RTP static payload type 0 (RFC 3551 §6).
+    G711Ulaw,
+    /// G.711 A-law, RTP static payload type 8 (RFC 3551 §6).
+    G711Alaw,
+}
+
+impl ForkCodec {
+    /// Wire spelling in the request JSON (`g711ulaw`, `g711alaw`, the IOS codec names).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::G711Ulaw => "g711ulaw",
+            Self::G711Alaw => "g711alaw",
+        }
+    }
+
+    /// The static RTP payload type (RFC 3551 §6 table 4).
+    pub fn payload_type(self) -> u8 {
+        match self {
+            Self::G711Ulaw => 0,
+            Self::G711Alaw => 8,
+        }
+    }
+}
+
+/// WebSocket scheme of the speech server URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WsScheme {
+    /// Plain `ws://`.
+    Ws,
+    /// `wss://` (TLS 1.2, reference "Restrictions").
+    Wss,
+}
+
+/// Where the speech server is, after validating `url` and `port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpeechServer {
+    /// `ws` or `wss`.
+    pub scheme: WsScheme,
+    /// IPv4 literal or DNS name (IPv6 is not supported for WebSocket forking, reference
+    /// "Restrictions"); used for SNI when it is a name.
+    pub host: String,
+    /// TCP port: `port` field, else the URL's port, else 80/443 by scheme.
+    pub port: u16,
+    /// Path and query sent in the HTTP GET, starting with `/`.
+    pub path: String,
+}
+
+/// A validated START request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartRequest {
+    /// Call GUID, the key of the fork for its whole life.
+    pub call_guid: String,
+    /// Speech server to stream to.
+    pub server: SpeechServer,
+    /// Token presented to the speech server, if any.
+    pub auth_token: Option<String>,
+    /// Codec the controller expects; `None` means "whatever G.711 the call negotiated".
+    pub codec: Option<ForkCodec>,
+    /// Opaque metadata object forwarded to the speech server in the stream start message.
+    pub metadata: Option<Map<String, Value>>,
+}
+
+/// A validated fork request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForkRequest {
+    /// Start forking.
+    Start(StartRequest),
+    /// Stop forking.
+    Stop {
+        /// Call GUID; must match the START's.
+        call_guid: String,
+    },
+    /// Replace metadata.
+    Update {
+        /// Call GUID; must match the START's.
+        call_guid: String,
+        /// The new metadata object.
+        metadata: Map<String, Value>,
+    },
+}
+
+/// Keys allowed per type; anything else is "Unexpected format or content in JSON" so that a typo
+/// (`"Port"`) is reported instead of silently ignored.
+const START_KEYS: &[&str] = &[
+    "type",
+    "call-guid",
+    "url",
+    "port",
+    "auth-token",
+    "codec",
+    "metadata",
+];
+const STOP_KEYS: &[&str] = &["type", "call-guid"];
+const UPDATE_KEYS: &[&str] = &["type", "call-guid", "metadata"];
+
+impl ForkRequest {
+    /// Parses and strictly validates a fork request body.
+    ///
+    /// Check order (first failure wins, so the reported string is deterministic): size and JSON
+    /// syntax → top-level object → `type` → `call-guid` → unknown keys → per-type fields.
+    pub fn parse(body: &[u8]) -> Result<Self, ForkError> {
+        if body.len() > MAX_BODY_LEN {
+            return Err(ForkError::JsonParseFailure);
+        }
+        let value: Value = serde_json::from_slice(body).map_err(|_| ForkError::JsonParseFailure)?;
+        let Value::Object(obj) = value else {
+            return Err(ForkError::UnexpectedFormat);
+        };
+        let kind = match obj.get("type") {
+            None => return Err(ForkError::MandatoryParameterMissing),
+            Some(Value::String(s)) => match s.as_str() {
+                "START" => ForkKind::Start,
+                "STOP" => ForkKind::Stop,
+                "UPDATE" => ForkKind::Update,
+                // PAUSE/RESUME are speech-server messages CUBE generates itself; a controller
+                // asking for them, or for anything else, asked for an unsupported method.
+                _ => return Err(ForkError::MethodNotSupported),
+            },
+            Some(_) => return Err(ForkError::UnexpectedFormat),
+        };
+        let call_guid = match obj.get("call-guid") {
+            None => return Err(ForkError::MandatoryParameterMissing),
+            Some(Value::String(s)) if valid_guid(s) => s.clone(),
+            Some(_) => return Err(ForkError::UnexpectedFormat),
+        };
+        let allowed = match kind {
+            ForkKind::Start => START_KEYS,
+            ForkKind::Stop => STOP_KEYS,
+            ForkKind::Update => UPDATE_KEYS,
+        };
+        if obj.keys().any(|k| !allowed.contains(&k.as_str())) {
+            return Err(ForkError::UnexpectedFormat);
+        }
+        match kind {
+            ForkKind::Stop => Ok(Self::Stop { call_guid }),
+            ForkKind::Update => match obj.get("metadata") {
+                None => Err(ForkError::MandatoryParameterMissing),
+                Some(Value::Object(m)) => Ok(Self::Update {
+                    call_guid,
+                    metadata: m.clone(),
+                }),
+                Some(_) => Err(ForkError::UnexpectedFormat),
+            },
+            ForkKind::Start => parse_start(&obj, call_guid).map(Self::Start),
+        }
+    }
+
+    /// The request's type.
+    pub fn kind(&self) -> ForkKind {
+        match self {
+            Self::Start(_) => ForkKind::Start,
+            Self::Stop { .. } => ForkKind::Stop,
+            Self::Update { .. } => ForkKind::Update,
+        }
+    }
+
+    /// The request's call GUID.
+    pub fn call_guid(&self) -> &str {
+        match self {
+            Self::Start(s) => &s.call_guid,
+            Self::Stop { call_guid } | Self::Update { call_guid, .. } => call_guid,
+        }
+    }
+}
+
+fn valid_guid(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_GUID_LEN
+        && s.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+}
+
+fn parse_start(obj: &Map<String, Value>, call_guid: String) -> Result<StartRequest, ForkError> {
+    let url = match obj.get("url") {
+        None => return Err(ForkError::MandatoryParameterMissing),
+        Some(Value::String(s)) => s.as_str(),
+        Some(_) => return Err(ForkError::UnexpectedFormat),
+    };
+    // "port": 8080 is valid, "port": "8080" is not (reference table 2). as_u64 is None for
+    // strings, floats and negatives, which is exactly the strictness asked for.
+    let port_field = match obj.get("port") {
+        None => None,
+        Some(v) => match v.as_u64() {
+            Some(p @ 1..=65535) => Some(p as u16),
+            _ => return Err(ForkError::UnexpectedFormat),
+        },
+    };
+    let server = parse_ws_url(url, port_field)?;
+    let auth_token = match obj.get("auth-token") {
+        None => None,
+        Some(Value::String(s))
+            if !s.is_empty()
+                && s.len() <= MAX_TOKEN_LEN
+                && s.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            Some(s.clone())
+        }
+        Some(_) => return Err(ForkError::UnexpectedFormat),
+    };
+    let codec = match obj.get("codec") {
+        None => None,
+        Some(Value::String(s)) => match s.as_str() {
+            "g711ulaw" => Some(ForkCodec::G711Ulaw),
+            "g711alaw" => Some(ForkCodec::G711Alaw),
+            // The reference lists `"codec": "g729"` under "Unexpected format or content in
+            // JSON"; "Codec is not supported" is kept for the codec the call negotiated.
+            _ => return Err(ForkError::UnexpectedFormat),
+        },
+        Some(_) => return Err(ForkError::UnexpectedFormat),
+    };
+    let metadata = match obj.get("metadata") {
+        None => None,
+        Some(Value::Object(m)) => Some(m.clone()),
+        Some(_) => return Err(ForkError::UnexpectedFormat),
+    };
+    Ok(StartRequest {
+        call_guid,
+        server,
+        auth_token,
+        codec,
+        metadata,
+    })
+}
+
+/// Parses `ws[s]://host[:port][/path]`. Written by hand because the workspace has no URL crate
+/// and the grammar we accept is deliberately narrow: no userinfo, no fragment, no IPv6 literal
+/// (WebSocket forking on IPv6 is unsupported, reference "Restrictions").
+fn parse_ws_url(url: &str, port_field: Option<u16>) -> Result<SpeechServer, ForkError> {
+    let (scheme, rest) = if let Some(r) = url.strip_prefix("wss://") {
+        (WsScheme::Wss, r)
+    } else if let Some(r) = url.strip_prefix("ws://") {
+        (WsScheme::Ws, r)
+    } else {
+        return Err(ForkError::UnexpectedFormat);
+    };
+    if url.bytes().any(|b| !b.is_ascii_graphic()) || url.contains('#') {
+        return Err(ForkError::UnexpectedFormat);
+    }
+    let (authority, path) = match rest.find(['/', '?']) {
+        Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], rest[i..].to_string()),
+        Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
+        None => (rest, "/".to_string()),
+    };
+    if authority.contains('@') || authority.starts_with('[') {
+        return Err(ForkError::UnexpectedFormat);
+    }
+    let (host, url_port) = match authority.rsplit_once(':') {
+        // Canonical decimal only, so `:08080` is rejected rather than silently read as 8080.
+        Some((h, p)) => match p.parse::<u16>() {
+            Ok(n) if n != 0 && n.to_string() == p => (h, Some(n)),
+            _ => return Err(ForkError::UnexpectedFormat),
+        },
+        None => (authority, None),
+    };
+    if !valid_host(host) {
+        return Err(ForkError::UnexpectedFormat);
+    }
+    let port = match (port_field, url_port) {
+        (Some(a), Some(b)) if a != b => return Err(ForkError::UnexpectedFormat),
+        (Some(p), _) | (None, Some(p)) => p,
+        (None, None) => match scheme {
+            WsScheme::Ws => 80,
+            WsScheme::Wss => 443,
+        },
+    };
+    Ok(SpeechServer {
+        scheme,
+        host: host.to_ascii_lowercase(),
+        port,
+        path,
+    })
+}
+
+/// An IPv4 dotted quad or an RFC 1123 host name.
+fn valid_host(host: &str) -> bool {
+    if host.is_empty() || host.len() > 253 {
+        return false;
+    }
+    if host.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return host.parse::<std::net::Ipv4Addr>().is_ok();
+    }
+    host.split('.').all(|label| {
+        !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    })
+}
+
+/// Which SIP request carried the fork request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Carrier {
+    /// INFO with `application/x-cisco-record+json`.
+    Info,
+    /// JSON part of a multipart re-INVITE.
+    ReInvite,
+}
+
+/// What the fork layer must do after a request passed [`ForkSequence::apply`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForkCommand {
+    /// Start a fork with these parameters.
+    Start(StartRequest),
+    /// Stop the fork identified by this GUID.
+    Stop {
+        /// GUID of the fork being stopped.
+        call_guid: String,
+    },
+    /// Replace metadata of the active fork.
+    Update {
+        /// GUID of the fork being updated.
+        call_guid: String,
+        /// New metadata.
+        metadata: Map<String, Value>,
+    },
+}
+
+/// Per-call sequence rules for fork requests (reference table 2 rows "Invalid Start/Stop/Update
+/// Fork Request" and "GUID Mismatch", and the "Restrictions" and "UPDATE Message" sections).
+///
+/// `apply` only moves state on success, so a rejected request leaves the call as it was.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ForkSequence {
+    /// GUID of the active fork, if one is active.
+    active: Option<String>,
+    /// Carrier used by the first accepted request; the reference forbids mixing INFO and
+    /// re-INVITE forking in one call.
+    carrier: Option<Carrier>,
+}
+
+impl ForkSequence {
+    /// A call with no fork yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// True while a fork is active (between an accepted START and STOP or [`Self::end`]).
+    pub fn is_active(&self) -> bool {
+        self.active.is_some()
+    }
+
+    /// GUID of the active fork.
+    pub fn active_guid(&self) -> Option<&str> {
+        self.active.as_deref()
+    }
+
+    /// Checks `req` against the call's fork state and, if it is in sequence, records it.
+    pub fn apply(&mut self, req: ForkRequest, carrier: Carrier) -> Result<ForkCommand, ForkError> {
+        if let Some(c) = self.carrier {
+            if c != carrier {
+                return Err(ForkError::UnsupportedFlow);
+            }
+        }
+        let cmd = match req {
+            ForkRequest::Start(start) => {
+                if self.active.is_some() {
+                    return Err(ForkError::InvalidStartForkRequest);
+                }
+                self.active = Some(start.call_guid.clone());
+                ForkCommand::Start(start)
+            }
+            ForkRequest::Stop { call_guid } => {
+                match &self.active {
+                    None => return Err(ForkError::InvalidStopForkRequest),
+                    Some(g) if *g != call_guid => return Err(ForkError::GuidMismatch),
+                    Some(_) => {}
+                }
+                self.active = None;
+                ForkCommand::Stop { call_guid }
+            }
+            ForkRequest::Update {
+                call_guid,
+                metadata,
+            } => {
+                // "The UPDATE message is contained in the JSON body of a SIP INFO message."
+                if carrier != Carrier::Info {
+                    return Err(ForkError::MethodNotSupported);
+                }
+                match &self.active {
+                    None => return Err(ForkError::InvalidUpdateForkRequest),
+                    Some(g) if *g != call_guid => return Err(ForkError::GuidMismatch),
+                    Some(_) => {}
+                }
+                ForkCommand::Update {
+                    call_guid,
+                    metadata,
+                }
+            }
+        };
+        self.carrier = Some(carrier);
+        Ok(cmd)
+    }
+
+    /// The fork ended for a reason other than STOP (connection lost, call ended); a new START is
+    /// allowed afterwards.
+    pub fn end(&mut self) {
+        self.active = None;
+    }
+}
+
+/// State announced in a status report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ForkState {
+    /// The request was accepted and a WebSocket connection was chosen or is being opened
+    /// (reference: "When a connection is identified, CUBE sends status information").
+    Connecting,
+    /// START metadata reached the speech server; media is flowing.
+    Started,
+    /// Forking paused (hold or codec change).
+    Paused,
+    /// Forking resumed after a pause.
+    Resumed,
+    /// Metadata updated.
+    Updated,
+    /// Forking stopped; `status` says why.
+    Stopped,
+    /// A request failed or the fork failed; `status` is the reference error string.
+    Error,
+}
+
+impl ForkState {
+    /// Wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connecting => "CONNECTING",
+            Self::Started => "STARTED",
+            Self::Paused => "PAUSED",
+            Self::Resumed => "RESUMED",
+            Self::Updated => "UPDATED",
+            Self::Stopped => "STOPPED",
+            Self::Error => "ERROR",
+        }
+    }
+}
+
+/// Which party a forked stream carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Party {
+    /// Audio sent by the calling party (the B2BUA's inbound leg).
+    Calling,
+    /// Audio sent by the called party (the outbound leg).
+    Called,
+}
+
+impl Party {
+    /// Wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Calling => "calling",
+            Self::Called => "called",
+        }
+    }
+}
+
+/// One forked stream in a status report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamStatus {
+    /// Unique channel id of the stream (reference: "Each stream is identified by a unique channel
+    /// identifier").
+    pub channel_id: u32,
+    /// Party the stream carries.
+    pub party: Party,
+}
+
+/// Body of the INFO sent to the controller. The reference says status goes back "in INFO
+/// messages" and lists the error strings, but shows no body; this format is ours (see
+/// docs/fork-request.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusReport {
+    /// GUID of the request being reported on; `None` only when the request was so broken that no
+    /// GUID could be read (the key is then omitted).
+    pub call_guid: Option<String>,
+    /// Type of the request this reports on, when known.
+    pub request: Option<ForkKind>,
+    /// New fork state.
+    pub state: ForkState,
+    /// Reference error string for `Error` and `Stopped` states.
+    pub status: Option<ForkError>,
+    /// Streams of the fork (present from `Started` on).
+    pub streams: Vec<StreamStatus>,
+}
+
+impl StatusReport {
+    /// A report for a request that was rejected with `err`.
+    pub fn rejected(call_guid: Option<String>, request: Option<ForkKind>, err: ForkError) -> Self {
+        Self {
+            call_guid,
+            request,
+            state: ForkState::Error,
+            status: Some(err),
+            streams: Vec::new(),
+        }
+    }
+
+    /// Serialises the report (compact JSON, keys in the documented order).
+    pub fn to_json(&self) -> Vec<u8> {
+        // A serde struct rather than a serde_json::Map: Map is a BTreeMap without the
+        // `preserve_order` feature and would sort the keys.
+        #[derive(serde::Serialize)]
+        struct Wire<'a> {
+            #[serde(rename = "type")]
+            kind: &'static str,
+            #[serde(rename = "call-guid", skip_serializing_if = "Option::is_none")]
+            call_guid: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            request: Option<&'static str>,
+            state: &'static str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            status: Option<&'static str>,
+            #[serde(skip_serializing_if = "Vec::is_empty")]
+            streams: Vec<WireStream>,
+        }
+        #[derive(serde::Serialize)]
+        struct WireStream {
+            #[serde(rename = "channel-id")]
+            channel_id: u32,
+            party: &'static str,
+        }
+        let wire = Wire {
+            kind: "STATUS",
+            call_guid: self.call_guid.as_deref(),
+            request: self.request.map(ForkKind::as_str),
+            state: self.state.as_str(),
+            status: self.status.map(ForkError::as_str),
+            streams: self
+                .streams
+                .iter()
+                .map(|s| WireStream {
+                    channel_id: s.channel_id,
+                    party: s.party.as_str(),
+                })
+                .collect(),
+        };
+        // Serialising plain strings and integers cannot fail; an empty object beats a panic if
+        // serde_json ever changes that.
+        serde_json::to_vec(&wire).unwrap_or_else(|_| b"{}".to_vec())
+    }
+}
+
+/// Best-effort GUID extraction from a body that failed [`ForkRequest::parse`], so the error
+/// report can still name the call.
+pub fn guid_hint(body: &[u8]) -> Option<String> {
+    if body.len() > MAX_BODY_LEN {
+        return None;
+    }
+    let v: Value = serde_json::from_slice(body).ok()?;
+    match v.get("call-guid") {
+        Some(Value::String(s)) if valid_guid(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GUID: &str = "6F0C9A2E1D3B11EEB5D6000C29F1A2B3";
+
+    fn start_json(extra: &str) -> String {
+        format!(
+            r#"{{"type":"START","call-guid":"{GUID}","url":"wss://speech.example.com/fork"{extra}}}"#
+        )
+    }
+
+    #[test]
+    fn error_strings_match_reference_table_verbatim() {
+        let table = [
+            "Codec is not supported",
+            "Connection failed",
+            "Internal error",
+            "Connection closed",
+            "Authentication token invalid",
+            "JSON parse failure",
+            "Unexpected format or content in JSON",
+            "Mandatory parameter missing in JSON",
+            "Method not supported",
+            "Invalid Start Fork Request",
+            "Invalid Stop Fork Request",
+            "DNS lookup failed",
+            "Proxy DNS lookup failed",
+            "Unsupported flow",
+            "Forking stopped",
+            "TCP Connection closed",
+            "High availability Switchover",
+            "GUID Mismatch",
+            "Invalid Update Fork Request",
+        ];
+        for (e, s) in ForkError::ALL.iter().zip(table) {
+            assert_eq!(e.as_str(), s);
+            assert_eq!(e.to_string(), s);
+            assert_eq!(ForkError::from_wire(s), Some(*e));
+        }
+        assert_eq!(ForkError::from_wire("json parse failure"), None);
+    }
+
+    #[test]
+    fn full_start_parses() {
+        let body = start_json(
+            r#","port":8443,"auth-token":"abc.def","codec":"g711alaw","metadata":{"agent":"42"}"#,
+        );
+        let ForkRequest::Start(s) = ForkRequest::parse(body.as_bytes()).expect("valid") else {
+            panic!("not a start");
+        };
+        assert_eq!(s.call_guid, GUID);
+        assert_eq!(s.server.scheme, WsScheme::Wss);
+        assert_eq!(s.server.host, "speech.example.com");
+        assert_eq!(s.server.port, 8443);
+        assert_eq!(s.server.path, "/fork");
+        assert_eq!(s.auth_token.as_deref(), Some("abc.def"));
+        assert_eq!(s.codec, Some(ForkCodec::G711Alaw));
+        assert_eq!(s.metadata.expect("metadata")["agent"], "42");
+    }
+
+    #[test]
+    fn port_must_be_a_json_integer() {
+        assert!(ForkRequest::parse(start_json(r#","port":8080"#).as_bytes()).is_ok());
+        for bad in [
+            r#","port":"8080""#,
+            r#","port":8080.0"#,
+            r#","port":0"#,
+            r#","port":65536"#,
+            r#","port":-1"#,
+            r#","port":null"#,
+        ] {
+            assert_eq!(
+                ForkRequest::parse(start_json(bad).as_bytes()),
+                Err(ForkError::UnexpectedFormat),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn url_rules() {
+        let parse = |u: &str| {
+            let j = format!(r#"{{"type":"START","call-guid":"{GUID}","url":"{u}"}}"#);
+            ForkRequest::parse(j.as_bytes()).map(|r| match r {
+                ForkRequest::Start(s) => s.server,
+                _ => unreachable!("START parses to Start"),
+            })
+        };
+        let s = parse("ws://10.64.86.215:8000").expect("ipv4 url");
+        assert_eq!(
+            (s.scheme, s.host.as_str(), s.port, s.path.as_str()),
+            (WsScheme::Ws, "10.64.86.215", 8000, "/")
+        );
+        assert_eq!(
+            parse("wss://Speech.Example.com?x=1").expect("query").path,
+            "/?x=1"
+        );
+        assert_eq!(parse("ws://a.example").expect("default").port, 80);
+        for bad in [
+            "http://a.example/",
+            "ws://[::1]:80/",
+            "ws://user@a.example/",
+            "ws://a.example:0/",
+            "ws://a.example:080/",
+            "ws://a.example:x/",
+            "ws://300.1.1.1/",
+            "ws:///path",
+            "ws://-bad.example/",
+            "ws://a.example/p#frag",
+            "ws://a b/",
+        ] {
+            assert_eq!(parse(bad), Err(ForkError::UnexpectedFormat), "{bad}");
+        }
+        // The port field and the URL's port must agree.
+        let j = format!(
+            r#"{{"type":"START","call-guid":"{GUID}","url":"ws://a.example:81","port":82}}"#
+        );
+        assert_eq!(
+            ForkRequest::parse(j.as_bytes()),
+            Err(ForkError::UnexpectedFormat)
+        );
+    }
+
+    #[test]
+    fn codec_values() {
+        assert!(ForkRequest::parse(start_json(r#","codec":"g711ulaw""#).as_bytes()).is_ok());
+        for bad in [
+            r#","codec":"g729""#,
+            r#","codec":"G711ULAW""#,
+            r#","codec":0"#,
+        ] {
+            assert_eq!(
+                ForkRequest::parse(start_json(bad).as_bytes()),
+                Err(ForkError::UnexpectedFormat),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn json_syntax_and_shape_errors() {
+        assert_eq!(ForkRequest::parse(b"{"), Err(ForkError::JsonParseFailure));
+        assert_eq!(ForkRequest::parse(b""), Err(ForkError::JsonParseFailure));
+        assert_eq!(
+            ForkRequest::parse(&vec![b' '; MAX_BODY_LEN + 1]),
+            Err(ForkError::JsonParseFailure)
+        );
+        assert_eq!(
+            ForkRequest::parse(b"[1,2]"),
+            Err(ForkError::UnexpectedFormat)
+        );
+        assert_eq!(
+            ForkRequest::parse(b"{}"),
+            Err(ForkError::MandatoryParameterMissing)
+        );
+        assert_eq!(
+            ForkRequest::parse(br#"{"type":1,"call-guid":"AB"}"#),
+            Err(ForkError::UnexpectedFormat)
+        );
+        assert_eq!(
+            ForkRequest::parse(br#"{"type":"PAUSE","call-guid":"AB"}"#),
+            Err(ForkError::MethodNotSupported)
+        );
+        assert_eq!(
+            ForkRequest::parse(br#"{"type":"start","call-guid":"AB"}"#),
+            Err(ForkError::MethodNotSupported)
+        );
+    }
+
+    #[test]
+    fn mandatory_parameters() {
+        assert_eq!(
+            ForkRequest::parse(br#"{"type":"STOP"}"#),
+            Err(ForkError::MandatoryParameterMissing)
+        );
+        assert_eq!(
+            ForkRequest::parse(br#"{"type":"START","call-guid":"AB"}"#),
+            Err(ForkError::MandatoryParameterMissing)
+        );
+        assert_eq!(
+            ForkRequest::parse(br#"{"type":"UPDATE","call-guid":"AB"}"#),
+            Err(ForkError::MandatoryParameterMissing)
+        );
+        for guid in [r#""""#, r#""not-hex!""#, "12345"] {
+            let j = format!(r#"{{"type":"STOP","call-guid":{guid}}}"#);
+            assert_eq!(
+                ForkRequest::parse(j.as_bytes()),
+                Err(ForkError::UnexpectedFormat),
+                "{guid}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_or_misplaced_keys_are_rejected() {
+        assert_eq!(
+            ForkRequest::parse(start_json(r#","Port":8080"#).as_bytes()),
+            Err(ForkError::UnexpectedFormat)
+        );
+        let j = format!(r#"{{"type":"STOP","call-guid":"{GUID}","url":"ws://a"}}"#);
+        assert_eq!(
+            ForkRequest::parse(j.as_bytes()),
+            Err(ForkError::UnexpectedFormat)
+        );
+        // UPDATE may not change the connection (reference "UPDATE Message" note).
+        let j =
+            format!(r#"{{"type":"UPDATE","call-guid":"{GUID}","metadata":{{}},"url":"ws://a"}}"#);
+        assert_eq!(
+            ForkRequest::parse(j.as_bytes()),
+            Err(ForkError::UnexpectedFormat)
+        );
+        let j = format!(r#"{{"type":"UPDATE","call-guid":"{GUID}","metadata":"x"}}"#);
+        assert_eq!(
+            ForkRequest::parse(j.as_bytes()),
+            Err(ForkError::UnexpectedFormat)
+        );
+    }
+
+    fn stop(g: &str) -> ForkRequest {
+        ForkRequest::Stop {
+            call_guid: g.into(),
+        }
+    }
+    fn update(g: &str) -> ForkRequest {
+        ForkRequest::Update {
+            call_guid: g.into(),
+            metadata: Map::new(),
+        }
+    }
+    fn start() -> ForkRequest {
+        ForkRequest::parse(start_json("").as_bytes()).expect("valid start")
+    }
+
+    #[test]
+    fn sequence_rules() {
+        let mut seq = ForkSequence::new();
+        assert_eq!(
+            seq.apply(stop(GUID), Carrier::Info),
+            Err(ForkError::InvalidStopForkRequest)
+        );
+        assert_eq!(
+            seq.apply(update(GUID), Carrier::Info),
+            Err(ForkError::InvalidUpdateForkRequest)
+        );
+        assert!(matches!(
+            seq.apply(start(), Carrier::Info),
+            Ok(ForkCommand::Start(_))
+        ));
+        assert!(seq.is_active());
+        assert_eq!(
+            seq.apply(start(), Carrier::Info),
+            Err(ForkError::InvalidStartForkRequest)
+        );
+        assert_eq!(
+            seq.apply(update("ABCD"), Carrier::Info),
+            Err(ForkError::GuidMismatch)
+        );
+        assert_eq!(
+            seq.apply(stop("ABCD"), Carrier::Info),
+            Err(ForkError::GuidMismatch)
+        );
+        assert!(matches!(
+            seq.apply(update(GUID), Carrier::Info),
+            Ok(ForkCommand::Update { .. })
+        ));
+        assert!(matches!(
+            seq.apply(stop(GUID), Carrier::Info),
+            Ok(ForkCommand::Stop { .. })
+        ));
+        assert!(!seq.is_active());
+        // Restart after stop is allowed.
+        assert!(seq.apply(start(), Carrier::Info).is_ok());
+        seq.end();
+        assert!(seq.apply(start(), Carrier::Info).is_ok());
+    }
+
+    #[test]
+    fn carriers_cannot_be_mixed_and_update_is_info_only() {
+        let mut seq = ForkSequence::new();
+        assert!(seq.apply(start(), Carrier::ReInvite).is_ok());
+        assert_eq!(
+            seq.apply(update(GUID), Carrier::ReInvite),
+            Err(ForkError::MethodNotSupported)
+        );
+        assert_eq!(
+            seq.apply(stop(GUID), Carrier::Info),
+            Err(ForkError::UnsupportedFlow)
+        );
+        assert!(seq.is_active(), "rejected request must not change state");
+        assert!(seq.apply(stop(GUID), Carrier::ReInvite).is_ok());
+    }
+
+    #[test]
+    fn status_report_json() {
+        let r = StatusReport {
+            call_guid: Some(GUID.into()),
+            request: Some(ForkKind::Start),
+            state: ForkState::Started,
+            status: None,
+            streams: vec![
+                StreamStatus {
+                    channel_id: 1,
+                    party: Party::Calling,
+                },
+                StreamStatus {
+                    channel_id: 2,
+                    party: Party::Called,
+                },
+            ],
+        };
+        let v: Value = serde_json::from_slice(&r.to_json()).expect("json");
+        assert_eq!(v["type"], "STATUS");
+        assert_eq!(v["call-guid"], GUID);
+        assert_eq!(v["request"], "START");
+        assert_eq!(v["state"], "STARTED");
+        assert!(v.get("status").is_none());
+        assert_eq!(v["streams"][1]["channel-id"], 2);
+        assert_eq!(v["streams"][1]["party"], "called");
+
+        let e = StatusReport::rejected(None, None, ForkError::JsonParseFailure);
+        assert_eq!(
+            String::from_utf8(e.to_json()).expect("utf8"),
+            r#"{"type":"STATUS","state":"ERROR","status":"JSON parse failure"}"#
+        );
+    }
+
+    #[test]
+    fn guid_hint_reads_broken_requests() {
+        let j = format!(r#"{{"type":"START","call-guid":"{GUID}","port":"8080"}}"#);
+        assert_eq!(guid_hint(j.as_bytes()).as_deref(), Some(GUID));
+        assert_eq!(guid_hint(b"{"), None);
+    }
+}
