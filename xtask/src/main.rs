@@ -1,1 +1,47 @@
-fn main() {}
+//! xtask: the developer and CI entry point of xdpfork (`cargo xtask <command>`, alias in
+//! .cargo/config.toml). One module per command; each exposes `Args` (clap) and `run(Args)`.
+//! To add a command: a module, one `Command` variant and one match arm below.
+//!
+//! Every command starts with `setup::ensure_ready()`, which probes the toolchain, the bpf-linker
+//! cache, the Debian packages and bpffs in well under a second and runs the full setup only when
+//! something is missing. See docs/toolchain.md for why each piece is there.
+
+mod build;
+mod setup;
+mod test;
+
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "cargo xtask", about = "Set up, build and test xdpfork")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Install what building and testing need: nightly + rust-src, bpf-linker, Debian packages, bpffs.
+    Setup(setup::Args),
+    /// Set up if needed, then `cargo build` the workspace (embeds a fresh eBPF object).
+    Build(build::Args),
+    /// Set up if needed, then fmt, clippy, unit tests and the privileged integration tests.
+    Test(test::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Setup(args) => setup::run(args),
+        Command::Build(args) => build::run(args),
+        Command::Test(args) => test::run(args),
+    }
+}
+
+/// The clock for step and stage timings. clippy.toml keeps clock reads out of sans-IO cores and
+/// allows them in main.rs; xtask is a shell, so this is its one place to read the time.
+#[allow(clippy::disallowed_methods)]
+pub(crate) fn now() -> Instant {
+    Instant::now()
+}

@@ -1,0 +1,800 @@
+//! `cargo xtask setup`: takes a Debian 12 host from fresh to able to build and test xdpfork.
+//!
+//! Inputs: rustup (the `nightly` toolchain), the user cache `${XDG_CACHE_HOME:-$HOME/.cache}/xdpfork`,
+//! dpkg's database, `/proc/mounts` and `/proc/self/status` (are we root?).
+//! Outputs: nightly with `rust-src` (for `-Z build-std=core`), a bpf-linker built against the nightly's
+//! own libLLVM (cache layout below), the Debian packages in [`DEBIAN_PACKAGES`], coturn's system service
+//! stopped, and a bpf filesystem on `/sys/fs/bpf`.
+//!
+//! Call order: every xtask command first calls [`ensure_ready`]. It runs the fast probe [`missing`]
+//! (a few process spawns, well under a second) and only falls through to the full [`setup`] when
+//! something is missing. Every step of [`setup`] checks before it acts and prints one line, so a
+//! second run only probes.
+//!
+//! Cache layout (see docs/toolchain.md; fork-agent/build.rs reads the same paths):
+//! ```text
+//! $CACHE/llvm/lib/libLLVM.so            -> <nightly sysroot>/lib/libLLVM.so.<ver>-rust-<ver>-nightly
+//! $CACHE/llvm/lib/libLLVM.so.<ver>-...  -> same file (the soname, so bpf-linker runs outside rustup)
+//! $CACHE/bpf-linker/bin/bpf-linker      (cargo install --root $CACHE/bpf-linker; RUNPATH = $CACHE/llvm/lib)
+//! ```
+
+use std::ffi::OsString;
+use std::fmt;
+use std::fs;
+use std::io::ErrorKind;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+
+/// Debian packages the project needs at build, test or demo time, with the reason for each.
+/// Add a line here when your part needs another tool; `setup` installs whatever is missing.
+pub(crate) const DEBIAN_PACKAGES: &[(&str, &str)] = &[
+    (
+        "iproute2",
+        "`ip`: network namespaces, veth pairs and XDP attach state in the tests",
+    ),
+    (
+        "bpftool",
+        "inspect loaded programs and dump pinned maps with BTF field names",
+    ),
+    (
+        "sip-tester",
+        "`sipp`: drives SIP calls through sip-agent in the tests and the demo",
+    ),
+    (
+        "espeak-ng",
+        "synthesises the spoken audio that the demo sends as RTP",
+    ),
+    (
+        "sox",
+        "resamples audio to 8 kHz G.711 and back for the demo",
+    ),
+    (
+        "ethtool",
+        "NIC queue counts and offloads that XDP/AF_XDP depend on",
+    ),
+    (
+        "tcpdump",
+        "packet captures when a test or the demo misbehaves",
+    ),
+    (
+        "coturn",
+        "reference TURN server and `turnutils_*` clients for interop tests",
+    ),
+    (
+        "tinyproxy",
+        "HTTP CONNECT proxy for the WebSocket-through-proxy tests",
+    ),
+    ("procps", "`ps`, `sysctl`, `pkill` used by test harnesses"),
+    ("psmisc", "`fuser`: find who holds a port the tests need"),
+    (
+        "kmod",
+        "`modprobe` for veth and other modules the tests load",
+    ),
+];
+
+/// bpf-linker release built from crates.io; 0.13.0 has features `llvm-21`, `llvm-22`, `llvm-23`.
+pub(crate) const BPF_LINKER_VERSION: &str = "0.13.0";
+/// LLVM majors bpf-linker [`BPF_LINKER_VERSION`] can be built against (its `llvm-N` features).
+const BPF_LINKER_LLVM_MAJORS: &[u32] = &[21, 22, 23];
+/// Toolchain used for the eBPF object (`-Z build-std` needs nightly).
+pub(crate) const NIGHTLY: &str = "nightly";
+/// Where the bpf filesystem must be mounted for pinned maps.
+const BPFFS: &str = "/sys/fs/bpf";
+
+/// `cargo xtask setup` options.
+#[derive(clap::Args, Debug)]
+pub(crate) struct Args {
+    /// Only report what is missing (exit status 1 if anything is); change nothing.
+    #[arg(long)]
+    check: bool,
+}
+
+/// Entry point of `cargo xtask setup`.
+pub(crate) fn run(args: Args) -> Result<()> {
+    if args.check {
+        let missing = missing()?;
+        if missing.is_empty() {
+            println!("setup: ready");
+            return Ok(());
+        }
+        for m in &missing {
+            println!("setup: missing: {m}");
+        }
+        bail!(
+            "{} setup item(s) missing: run `cargo xtask setup`",
+            missing.len()
+        );
+    }
+    setup()
+}
+
+/// One thing the fast probe found missing, with how to get it (its `Display`).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Missing {
+    /// `rustc +nightly` does not run.
+    Nightly,
+    /// The nightly toolchain has no `rust-src` component.
+    RustSrc,
+    /// The cached bpf-linker is absent or does not run (e.g. nightly's libLLVM changed).
+    BpfLinker(PathBuf),
+    /// Debian packages that dpkg does not report as installed.
+    Packages(Vec<&'static str>),
+    /// `/sys/fs/bpf` is not a bpf filesystem.
+    Bpffs,
+}
+
+impl fmt::Display for Missing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Missing::Nightly => write!(
+                f,
+                "the `{NIGHTLY}` toolchain (rustup toolchain install {NIGHTLY} --profile minimal \
+                 --component rust-src)"
+            ),
+            Missing::RustSrc => write!(
+                f,
+                "rust-src for `{NIGHTLY}` (rustup component add rust-src --toolchain {NIGHTLY})"
+            ),
+            Missing::BpfLinker(path) => write!(
+                f,
+                "bpf-linker {BPF_LINKER_VERSION} at {} (built by `cargo xtask setup`)",
+                path.display()
+            ),
+            Missing::Packages(p) => write!(
+                f,
+                "Debian packages {} (apt-get install {})",
+                p.join(" "),
+                p.join(" ")
+            ),
+            Missing::Bpffs => write!(f, "bpffs on {BPFFS} (mount -t bpf bpf {BPFFS})"),
+        }
+    }
+}
+
+/// Runs the full setup only when the fast probe finds something missing.
+pub(crate) fn ensure_ready() -> Result<()> {
+    let started = crate::now();
+    let missing = missing()?;
+    if missing.is_empty() {
+        println!(
+            "setup: ready (checked in {:.1}s)",
+            started.elapsed().as_secs_f64()
+        );
+        return Ok(());
+    }
+    for m in &missing {
+        println!("setup: missing: {m}");
+    }
+    setup()
+}
+
+/// Fast probe: what is missing for build and test (empty = ready). Changes nothing.
+pub(crate) fn missing() -> Result<Vec<Missing>> {
+    let mut missing = Vec::new();
+    match Nightly::probe() {
+        Ok(nightly) if !nightly.has_rust_src() => missing.push(Missing::RustSrc),
+        Ok(_) => {}
+        Err(_) => missing.push(Missing::Nightly),
+    }
+    let cache = Cache::locate()?;
+    if !bpf_linker_runs(&cache.linker_bin()) {
+        missing.push(Missing::BpfLinker(cache.linker_bin()));
+    }
+    let packages = missing_packages()?;
+    if !packages.is_empty() {
+        missing.push(Missing::Packages(packages));
+    }
+    if !bpffs_mounted(&read_proc_mounts()?) {
+        missing.push(Missing::Bpffs);
+    }
+    Ok(missing)
+}
+
+/// `cargo xtask setup`: every step checks, acts only if needed, and prints one line.
+pub(crate) fn setup() -> Result<()> {
+    let started = crate::now();
+    let nightly = step_nightly()?;
+    step_rust_src(&nightly)?;
+    let cache = Cache::locate()?;
+    step_llvm_link(&nightly, &cache)?;
+    step_bpf_linker(&nightly, &cache)?;
+    step_packages()?;
+    step_coturn_service();
+    step_bpffs()?;
+    println!("setup: ready in {:.1}s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn step_nightly() -> Result<Nightly> {
+    if let Ok(n) = Nightly::probe() {
+        println!(
+            "setup: {NIGHTLY} toolchain ... ok ({}, LLVM {})",
+            n.release, n.llvm_version
+        );
+        return Ok(n);
+    }
+    println!("setup: {NIGHTLY} toolchain ... missing, installing with rustup");
+    run_checked(
+        Command::new("rustup").args([
+            "toolchain",
+            "install",
+            NIGHTLY,
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]),
+        "install the nightly toolchain",
+        "install rustup (https://rustup.rs) and check network access",
+    )?;
+    let n = Nightly::probe()?;
+    println!(
+        "setup: {NIGHTLY} toolchain ... ok (installed {}, LLVM {})",
+        n.release, n.llvm_version
+    );
+    Ok(n)
+}
+
+fn step_rust_src(nightly: &Nightly) -> Result<()> {
+    if nightly.has_rust_src() {
+        println!("setup: rust-src for {NIGHTLY} ... ok");
+        return Ok(());
+    }
+    println!("setup: rust-src for {NIGHTLY} ... missing, adding with rustup");
+    run_checked(
+        Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]),
+        "add rust-src to the nightly toolchain",
+        "check network access to static.rust-lang.org",
+    )?;
+    if !nightly.has_rust_src() {
+        bail!(
+            "rustup reported success but {} is still absent: reinstall with \
+             `rustup component remove rust-src --toolchain {NIGHTLY} && rustup component add \
+             rust-src --toolchain {NIGHTLY}`",
+            nightly.rust_src_marker().display()
+        );
+    }
+    println!("setup: rust-src for {NIGHTLY} ... ok (added)");
+    Ok(())
+}
+
+/// bpf-linker finds LLVM through `LLVM_PREFIX/lib/libLLVM.so` at build time and keeps
+/// `LLVM_PREFIX/lib` as its RUNPATH, so this directory must outlive the build.
+fn step_llvm_link(nightly: &Nightly, cache: &Cache) -> Result<()> {
+    let target = nightly.libllvm()?;
+    let soname = target
+        .file_name()
+        .context("invariant: libllvm() returns a path with a file name")?
+        .to_owned();
+    let dir = cache.llvm_lib();
+    fs::create_dir_all(&dir).with_context(|| {
+        format!(
+            "create {}: check permissions of the cache dir",
+            dir.display()
+        )
+    })?;
+    let mut changed = false;
+    // A stale soname link from an older nightly would shadow nothing but confuses readers.
+    for entry in fs::read_dir(&dir).with_context(|| format!("read {}", dir.display()))? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name != "libLLVM.so" && name != soname.as_os_str() && is_libllvm_name(&name) {
+            fs::remove_file(entry.path())
+                .with_context(|| format!("remove stale {}", entry.path().display()))?;
+            changed = true;
+        }
+    }
+    changed |= ensure_symlink(&dir.join("libLLVM.so"), &target)?;
+    changed |= ensure_symlink(&dir.join(&soname), &target)?;
+    println!(
+        "setup: libLLVM link for bpf-linker ... ok ({}{} -> {})",
+        dir.join("libLLVM.so").display(),
+        if changed { ", updated" } else { "" },
+        target.display()
+    );
+    Ok(())
+}
+
+fn step_bpf_linker(nightly: &Nightly, cache: &Cache) -> Result<()> {
+    let bin = cache.linker_bin();
+    if bpf_linker_runs(&bin) {
+        println!(
+            "setup: bpf-linker {BPF_LINKER_VERSION} ... ok ({})",
+            bin.display()
+        );
+        return Ok(());
+    }
+    let major = nightly.llvm_major;
+    if !BPF_LINKER_LLVM_MAJORS.contains(&major) {
+        bail!(
+            "{NIGHTLY} uses LLVM {major}, but bpf-linker {BPF_LINKER_VERSION} only builds against \
+             LLVM {BPF_LINKER_LLVM_MAJORS:?}: install a nightly with one of those \
+             (`rustc +nightly -vV` shows its LLVM) or raise BPF_LINKER_VERSION in xtask/src/setup.rs"
+        );
+    }
+    println!(
+        "setup: bpf-linker {BPF_LINKER_VERSION} ... missing, building against {NIGHTLY}'s LLVM \
+         {major} (about 90 s)"
+    );
+    let started = crate::now();
+    let feature = format!("llvm-{major}");
+    run_checked(
+        Command::new("cargo")
+            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+            .args([
+                "--no-default-features",
+                "--features",
+                &feature,
+                "--force",
+                "--root",
+            ])
+            .arg(cache.linker_root())
+            .env("LLVM_PREFIX", cache.llvm_prefix()),
+        "build bpf-linker",
+        "see the compiler output above; `rm -rf ~/.cache/xdpfork` and rerun `cargo xtask setup`",
+    )?;
+    if !bpf_linker_runs(&bin) {
+        bail!(
+            "bpf-linker was installed at {} but `{} --version` does not print `bpf-linker \
+             {BPF_LINKER_VERSION}`: check that {} points at {NIGHTLY}'s libLLVM",
+            bin.display(),
+            bin.display(),
+            cache.llvm_lib().join("libLLVM.so").display()
+        );
+    }
+    println!(
+        "setup: bpf-linker {BPF_LINKER_VERSION} ... ok (built in {:.0}s)",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn step_packages() -> Result<()> {
+    let missing = missing_packages()?;
+    if missing.is_empty() {
+        println!(
+            "setup: debian packages ... ok (all {} present)",
+            DEBIAN_PACKAGES.len()
+        );
+        return Ok(());
+    }
+    if !is_root()? {
+        bail!(
+            "Debian packages missing: {}. setup installs Debian packages and needs root: run as \
+             root or with sudo -E (or install them yourself: apt-get install {})",
+            missing.join(" "),
+            missing.join(" ")
+        );
+    }
+    println!(
+        "setup: debian packages ... missing {}, installing",
+        missing.join(" ")
+    );
+    run_checked(
+        Command::new("apt-get")
+            .arg("update")
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+        "apt-get update",
+        "check network access and /etc/apt/sources.list",
+    )?;
+    run_checked(
+        Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+        "apt-get install",
+        "see apt's output above; `apt-get -f install` repairs a half-finished install",
+    )?;
+    let still = missing_packages()?;
+    if !still.is_empty() {
+        bail!(
+            "apt-get succeeded but dpkg still lacks {}: check `dpkg --audit`",
+            still.join(" ")
+        );
+    }
+    println!(
+        "setup: debian packages ... ok (installed {})",
+        missing.join(" ")
+    );
+    Ok(())
+}
+
+/// Debian's coturn package enables and starts `coturn.service` under systemd; it would hold
+/// port 3478, which the TURN tests bind. Nothing in xdpfork uses the system service.
+fn step_coturn_service() {
+    let systemctl = |args: &[&str]| {
+        Command::new("systemctl")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    let active = systemctl(&["is-active", "--quiet", "coturn"]);
+    let enabled = systemctl(&["is-enabled", "--quiet", "coturn"]);
+    if !active && !enabled {
+        println!("setup: coturn system service ... ok (not enabled, not running)");
+        return;
+    }
+    let stopped = systemctl(&["disable", "--now", "coturn"]);
+    println!(
+        "setup: coturn system service ... {} (was active={active} enabled={enabled})",
+        if stopped {
+            "stopped and disabled"
+        } else {
+            "could not disable (run `systemctl disable --now coturn` if port 3478 is taken)"
+        }
+    );
+}
+
+fn step_bpffs() -> Result<()> {
+    if bpffs_mounted(&read_proc_mounts()?) {
+        println!("setup: bpffs on {BPFFS} ... ok");
+        return Ok(());
+    }
+    if !is_root()? {
+        bail!(
+            "{BPFFS} is not a bpf filesystem and mounting it needs root: run `cargo xtask setup` \
+             as root or with sudo -E (or `mount -t bpf bpf {BPFFS}` yourself)"
+        );
+    }
+    fs::create_dir_all(BPFFS).with_context(|| format!("create {BPFFS}: is /sys mounted?"))?;
+    run_checked(
+        Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]),
+        "mount bpffs",
+        "the kernel needs CONFIG_BPF_SYSCALL; in a container, run it with --privileged",
+    )?;
+    if !bpffs_mounted(&read_proc_mounts()?) {
+        bail!("mount reported success but /proc/mounts shows no bpf filesystem on {BPFFS}");
+    }
+    println!("setup: bpffs on {BPFFS} ... ok (mounted)");
+    Ok(())
+}
+
+/// What `rustc +nightly` reports about itself.
+#[derive(Debug)]
+pub(crate) struct Nightly {
+    release: String,
+    llvm_version: String,
+    llvm_major: u32,
+    sysroot: PathBuf,
+}
+
+impl Nightly {
+    fn probe() -> Result<Self> {
+        let plus = format!("+{NIGHTLY}");
+        let vv = output_of(Command::new("rustc").args([plus.as_str(), "-vV"]))
+            .with_context(|| format!("`rustc {plus} -vV` failed: {}", Missing::Nightly))?;
+        let info = parse_rustc_vv(&vv).with_context(|| {
+            format!("`rustc {plus} -vV` printed no `release:`/`LLVM version:` lines:\n{vv}")
+        })?;
+        let sysroot = output_of(Command::new("rustc").args([plus.as_str(), "--print", "sysroot"]))
+            .with_context(|| format!("`rustc {plus} --print sysroot` failed"))?;
+        Ok(Nightly {
+            release: info.release,
+            llvm_version: info.llvm_version,
+            llvm_major: info.llvm_major,
+            sysroot: PathBuf::from(sysroot.trim()),
+        })
+    }
+
+    /// A file that exists only when the `rust-src` component is installed.
+    fn rust_src_marker(&self) -> PathBuf {
+        self.sysroot
+            .join("lib/rustlib/src/rust/library/core/src/lib.rs")
+    }
+
+    fn has_rust_src(&self) -> bool {
+        self.rust_src_marker().is_file()
+    }
+
+    /// The nightly's shared libLLVM (`<sysroot>/lib/libLLVM.so.*`).
+    fn libllvm(&self) -> Result<PathBuf> {
+        let lib = self.sysroot.join("lib");
+        let mut found: Vec<PathBuf> = fs::read_dir(&lib)
+            .with_context(|| format!("read {}", lib.display()))?
+            .filter_map(|e| e.ok())
+            .filter(|e| is_libllvm_name(&e.file_name()))
+            .map(|e| e.path())
+            .collect();
+        found.sort();
+        match found.as_slice() {
+            [one] => Ok(one.clone()),
+            [] => bail!(
+                "no libLLVM.so.* in {}: bpf-linker needs the nightly's shared LLVM; reinstall \
+                 with `rustup toolchain uninstall {NIGHTLY} && cargo xtask setup`",
+                lib.display()
+            ),
+            many => bail!(
+                "several libLLVM.so.* in {} ({many:?}): remove the stale ones",
+                lib.display()
+            ),
+        }
+    }
+}
+
+/// The fields of `rustc -vV` that setup needs.
+#[derive(Debug, PartialEq, Eq)]
+struct RustcInfo {
+    release: String,
+    llvm_version: String,
+    llvm_major: u32,
+}
+
+/// Parses `rustc -vV`: `release: 1.97.0-nightly` and `LLVM version: 22.1.4`.
+fn parse_rustc_vv(text: &str) -> Option<RustcInfo> {
+    let field = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(|v| v.trim().to_owned())
+    };
+    let release = field("release:")?;
+    let llvm_version = field("LLVM version:")?;
+    let llvm_major = llvm_version.split('.').next()?.parse().ok()?;
+    Some(RustcInfo {
+        release,
+        llvm_version,
+        llvm_major,
+    })
+}
+
+/// `libLLVM.so.<anything>`: the glob rustup's lib dir is searched with.
+fn is_libllvm_name(name: &std::ffi::OsStr) -> bool {
+    name.to_str().is_some_and(|n| {
+        n.strip_prefix("libLLVM.so.")
+            .is_some_and(|rest| !rest.is_empty())
+    })
+}
+
+/// `${XDG_CACHE_HOME:-$HOME/.cache}/xdpfork` and the paths inside it.
+#[derive(Debug)]
+pub(crate) struct Cache {
+    root: PathBuf,
+}
+
+impl Cache {
+    pub(crate) fn locate() -> Result<Self> {
+        let root = cache_root(std::env::var_os("XDG_CACHE_HOME"), std::env::var_os("HOME"))
+            .context("neither XDG_CACHE_HOME nor HOME is set: set HOME (with sudo, use sudo -E)")?;
+        Ok(Cache { root })
+    }
+
+    /// `LLVM_PREFIX` for building bpf-linker.
+    fn llvm_prefix(&self) -> PathBuf {
+        self.root.join("llvm")
+    }
+
+    fn llvm_lib(&self) -> PathBuf {
+        self.llvm_prefix().join("lib")
+    }
+
+    /// `cargo install --root` for bpf-linker.
+    fn linker_root(&self) -> PathBuf {
+        self.root.join("bpf-linker")
+    }
+
+    pub(crate) fn linker_bin(&self) -> PathBuf {
+        self.linker_root().join("bin/bpf-linker")
+    }
+}
+
+/// Same rule as the shell's `${XDG_CACHE_HOME:-$HOME/.cache}/xdpfork` (empty counts as unset).
+fn cache_root(xdg_cache_home: Option<OsString>, home: Option<OsString>) -> Option<PathBuf> {
+    let base = match xdg_cache_home.filter(|v| !v.is_empty()) {
+        Some(xdg) => PathBuf::from(xdg),
+        None => PathBuf::from(home.filter(|v| !v.is_empty())?).join(".cache"),
+    };
+    Some(base.join("xdpfork"))
+}
+
+/// True when the binary runs on its own (no rustup LD_LIBRARY_PATH) and is the pinned version.
+fn bpf_linker_runs(bin: &Path) -> bool {
+    Command::new(bin)
+        .arg("--version")
+        .env_remove("LD_LIBRARY_PATH")
+        .stderr(Stdio::null())
+        .output()
+        .is_ok_and(|o| {
+            o.status.success()
+                && String::from_utf8_lossy(&o.stdout).trim()
+                    == format!("bpf-linker {BPF_LINKER_VERSION}")
+        })
+}
+
+/// Packages of [`DEBIAN_PACKAGES`] that dpkg does not report as installed.
+fn missing_packages() -> Result<Vec<&'static str>> {
+    let names: Vec<&str> = DEBIAN_PACKAGES.iter().map(|(name, _)| *name).collect();
+    // dpkg-query exits 1 when a package is unknown to it; that is an answer, not a failure.
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f=${Package}\\t${Status}\\n"])
+        .args(&names)
+        .stderr(Stdio::null())
+        .output()
+        .context("run dpkg-query: setup supports Debian/Ubuntu hosts only")?;
+    Ok(parse_dpkg_missing(
+        &String::from_utf8_lossy(&out.stdout),
+        &names,
+    ))
+}
+
+/// Given `dpkg-query -W -f='${Package}\t${Status}\n'` output, the wanted names not installed.
+/// A package is installed when its status is `<want> ok installed` (`install` or `hold`);
+/// `deinstall ok config-files`, `unknown ok not-installed` or no line at all mean missing.
+fn parse_dpkg_missing<'a>(output: &str, wanted: &[&'a str]) -> Vec<&'a str> {
+    let installed = |name: &str| {
+        output.lines().any(|line| {
+            let mut cols = line.splitn(2, '\t');
+            let pkg = cols.next().unwrap_or("").trim();
+            let status: Vec<&str> = cols.next().unwrap_or("").split_whitespace().collect();
+            // `${Package}` has no arch suffix, but be lenient if a caller adds one.
+            let pkg = pkg.split(':').next().unwrap_or(pkg);
+            pkg == name && matches!(status.as_slice(), [_, "ok", "installed"])
+        })
+    };
+    wanted
+        .iter()
+        .copied()
+        .filter(|name| !installed(name))
+        .collect()
+}
+
+fn read_proc_mounts() -> Result<String> {
+    fs::read_to_string("/proc/mounts").context("read /proc/mounts: is /proc mounted?")
+}
+
+/// True when some line of `/proc/mounts` mounts a `bpf` filesystem on [`BPFFS`].
+fn bpffs_mounted(proc_mounts: &str) -> bool {
+    proc_mounts.lines().any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        matches!(fields.as_slice(), [_, mountpoint, "bpf", ..] if *mountpoint == BPFFS)
+    })
+}
+
+/// Effective uid 0, read from `/proc/self/status` (keeps xtask free of unsafe libc calls).
+pub(crate) fn is_root() -> Result<bool> {
+    let status = fs::read_to_string("/proc/self/status").context("read /proc/self/status")?;
+    effective_uid(&status)
+        .map(|uid| uid == 0)
+        .context("no `Uid:` line in /proc/self/status")
+}
+
+/// `Uid:\t<real>\t<effective>\t<saved>\t<fs>` → effective.
+fn effective_uid(proc_status: &str) -> Option<u32> {
+    let line = proc_status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Points `link` at `target`; returns whether it had to change anything.
+fn ensure_symlink(link: &Path, target: &Path) -> Result<bool> {
+    match fs::read_link(link) {
+        Ok(current) if current == target => return Ok(false),
+        Ok(_) => fs::remove_file(link),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        // Exists but is not a symlink (e.g. a copied file): replace it.
+        Err(_) => fs::remove_file(link),
+    }
+    .with_context(|| format!("remove old {}", link.display()))?;
+    symlink(target, link)
+        .with_context(|| format!("symlink {} -> {}", link.display(), target.display()))?;
+    Ok(true)
+}
+
+/// Runs `cmd` with inherited stdio; on failure says what failed and what to try.
+pub(crate) fn run_checked(cmd: &mut Command, what: &str, hint: &str) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("{what}: could not start {:?} ({hint})", cmd.get_program()))?;
+    if !status.success() {
+        bail!("{what} failed ({status}): {hint}");
+    }
+    Ok(())
+}
+
+/// Stdout of `cmd` when it exits 0.
+fn output_of(cmd: &mut Command) -> Result<String> {
+    let out = cmd.stderr(Stdio::piped()).output()?;
+    if !out.status.success() {
+        bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NIGHTLY_VV: &str = "rustc 1.97.0-nightly (e50aa6fba 2026-05-19)\nbinary: rustc\n\
+        commit-hash: e50aa6fba4e63ab34c72bf9acfd2c307c1155d1a\ncommit-date: 2026-05-19\n\
+        host: x86_64-unknown-linux-gnu\nrelease: 1.97.0-nightly\nLLVM version: 22.1.4\n";
+
+    #[test]
+    fn rustc_vv_gives_release_and_llvm_major() {
+        let info = parse_rustc_vv(NIGHTLY_VV).expect("parses");
+        assert_eq!(info.release, "1.97.0-nightly");
+        assert_eq!(info.llvm_version, "22.1.4");
+        assert_eq!(info.llvm_major, 22);
+    }
+
+    #[test]
+    fn rustc_vv_without_llvm_line_is_rejected() {
+        assert_eq!(parse_rustc_vv("rustc 1.0.0\nrelease: 1.0.0\n"), None);
+        assert_eq!(parse_rustc_vv("release: 1.0.0\nLLVM version: x.1\n"), None);
+    }
+
+    #[test]
+    fn dpkg_status_installed_held_and_removed() {
+        let out = "iproute2\tinstall ok installed\n\
+                   sox\thold ok installed\n\
+                   coturn\tdeinstall ok config-files\n\
+                   kmod\tunknown ok not-installed\n\
+                   tcpdump\tinstall ok half-configured\n";
+        let wanted = ["iproute2", "sox", "coturn", "kmod", "tcpdump", "tinyproxy"];
+        assert_eq!(
+            parse_dpkg_missing(out, &wanted),
+            vec!["coturn", "kmod", "tcpdump", "tinyproxy"]
+        );
+    }
+
+    #[test]
+    fn dpkg_name_must_match_exactly() {
+        let out = "iproute2-doc\tinstall ok installed\nlibsox3:amd64\tinstall ok installed\n";
+        assert_eq!(
+            parse_dpkg_missing(out, &["iproute2", "libsox3"]),
+            vec!["iproute2"]
+        );
+    }
+
+    #[test]
+    fn bpffs_detected_only_on_sys_fs_bpf_with_bpf_type() {
+        let mounted = "sysfs /sys sysfs rw,nosuid 0 0\nbpf /sys/fs/bpf bpf rw,relatime 0 0\n";
+        assert!(bpffs_mounted(mounted));
+        let tmpfs = "none /sys/fs/bpf tmpfs rw 0 0\nbpf /mnt/bpf bpf rw 0 0\n";
+        assert!(!bpffs_mounted(tmpfs));
+        assert!(!bpffs_mounted(""));
+    }
+
+    #[test]
+    fn effective_uid_is_second_column() {
+        let status = "Name:\tcargo\nUid:\t1000\t0\t0\t0\nGid:\t0\t0\t0\t0\n";
+        assert_eq!(effective_uid(status), Some(0));
+        assert_eq!(effective_uid("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn cache_root_follows_xdg_then_home() {
+        assert_eq!(
+            cache_root(Some("/x".into()), Some("/root".into())),
+            Some(PathBuf::from("/x/xdpfork"))
+        );
+        assert_eq!(
+            cache_root(Some("".into()), Some("/root".into())),
+            Some(PathBuf::from("/root/.cache/xdpfork"))
+        );
+        assert_eq!(cache_root(None, None), None);
+    }
+
+    #[test]
+    fn libllvm_glob_matches_versioned_names_only() {
+        assert!(is_libllvm_name(
+            "libLLVM.so.22.1-rust-1.97.0-nightly".as_ref()
+        ));
+        assert!(!is_libllvm_name("libLLVM.so".as_ref()));
+        assert!(!is_libllvm_name("libLLVM.so.".as_ref()));
+        assert!(!is_libllvm_name(
+            "libLLVM-22-rust-1.97.0-nightly.so".as_ref()
+        ));
+    }
+
+    #[test]
+    fn missing_items_say_how_to_get_them() {
+        let text = Missing::Packages(vec!["kmod", "coturn"]).to_string();
+        assert!(text.contains("apt-get install kmod coturn"), "{text}");
+        assert!(Missing::RustSrc
+            .to_string()
+            .contains("rustup component add rust-src"));
+    }
+}
