@@ -10,6 +10,7 @@ mod build;
 mod setup;
 mod test;
 
+use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
@@ -31,11 +32,23 @@ enum Command {
     Test(test::Args),
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
         Command::Setup(args) => setup::run(args),
         Command::Build(args) => build::run(args),
         Command::Test(args) => test::run(args),
+    };
+    // Print the context chain ourselves: anyhow's `Termination` adds a backtrace whenever
+    // RUST_BACKTRACE is set (it is on CI), which buries the one line telling the operator what to do.
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -3,8 +3,8 @@
 //! Inputs: rustup (the `nightly` toolchain), the user cache `${XDG_CACHE_HOME:-$HOME/.cache}/xdpfork`,
 //! dpkg's database, `/proc/mounts` and `/proc/self/status` (are we root?).
 //! Outputs: nightly with `rust-src` (for `-Z build-std=core`), a bpf-linker built against the nightly's
-//! own libLLVM (cache layout below), the Debian packages in [`DEBIAN_PACKAGES`], coturn's system service
-//! stopped, and a bpf filesystem on `/sys/fs/bpf`.
+//! own libLLVM (cache layout below), the Debian packages in [`DEBIAN_PACKAGES`], the services in
+//! [`SERVICES_OFF`] stopped, and a bpf filesystem on `/sys/fs/bpf`.
 //!
 //! Call order: every xtask command first calls [`ensure_ready`]. It runs the fast probe [`missing`]
 //! (a few process spawns, well under a second) and only falls through to the full [`setup`] when
@@ -202,7 +202,7 @@ pub(crate) fn setup() -> Result<()> {
     step_llvm_link(&nightly, &cache)?;
     step_bpf_linker(&nightly, &cache)?;
     step_packages()?;
-    step_coturn_service();
+    step_services_off();
     step_bpffs()?;
     println!("setup: ready in {:.1}s", started.elapsed().as_secs_f64());
     Ok(())
@@ -402,9 +402,17 @@ fn step_packages() -> Result<()> {
     Ok(())
 }
 
-/// Debian's coturn package enables and starts `coturn.service` under systemd; it would hold
-/// port 3478, which the TURN tests bind. Nothing in xdpfork uses the system service.
-fn step_coturn_service() {
+/// System services that Debian starts on install but xdpfork never uses, with the reason they
+/// must stay off. Add a line when a package you add to [`DEBIAN_PACKAGES`] starts a daemon.
+pub(crate) const SERVICES_OFF: &[(&str, &str)] = &[(
+    "coturn",
+    "Debian enables `coturn.service`; it would hold port 3478, which the TURN tests bind",
+)];
+
+/// Stops and disables each of [`SERVICES_OFF`] that systemd has enabled or running. Works when
+/// systemd is not PID 1 too: `systemctl disable` then only edits the unit links, and the failed
+/// `--now` stop does not matter because nothing was started.
+fn step_services_off() {
     let systemctl = |args: &[&str]| {
         Command::new("systemctl")
             .args(args)
@@ -414,21 +422,35 @@ fn step_coturn_service() {
             .map(|s| s.success())
             .unwrap_or(false)
     };
-    let active = systemctl(&["is-active", "--quiet", "coturn"]);
-    let enabled = systemctl(&["is-enabled", "--quiet", "coturn"]);
-    if !active && !enabled {
-        println!("setup: coturn system service ... ok (not enabled, not running)");
-        return;
-    }
-    let stopped = systemctl(&["disable", "--now", "coturn"]);
-    println!(
-        "setup: coturn system service ... {} (was active={active} enabled={enabled})",
-        if stopped {
-            "stopped and disabled"
-        } else {
-            "could not disable (run `systemctl disable --now coturn` if port 3478 is taken)"
+    for (unit, _why) in SERVICES_OFF {
+        let state = || {
+            (
+                systemctl(&["is-active", "--quiet", unit]),
+                systemctl(&["is-enabled", "--quiet", unit]),
+            )
+        };
+        let before = state();
+        if before == (false, false) {
+            println!("setup: {unit} system service ... ok (not enabled, not running)");
+            continue;
         }
-    );
+        // Exit status ignored: without a running systemd the stop half fails; re-check instead.
+        systemctl(&["disable", "--now", unit]);
+        let after = state();
+        if after == (false, false) {
+            println!(
+                "setup: {unit} system service ... ok (stopped and disabled; was active={} \
+                 enabled={})",
+                before.0, before.1
+            );
+        } else {
+            println!(
+                "setup: {unit} system service ... still active={} enabled={}: run `systemctl \
+                 disable --now {unit}` yourself if its port is taken",
+                after.0, after.1
+            );
+        }
+    }
 }
 
 fn step_bpffs() -> Result<()> {
