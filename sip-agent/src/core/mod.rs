@@ -2,3 +2,5 @@
 //! every output is drained with `poll_output`, deadlines come from `poll_timeout`
 //! (../../../shared/style.md §2).
 pub mod fork_request;
+pub mod multipart;
+pub mod sdp;
