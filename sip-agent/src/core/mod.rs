@@ -2,5 +2,6 @@
 //! every output is drained with `poll_output`, deadlines come from `poll_timeout`
 //! (../../../shared/style.md §2).
 pub mod fork_request;
+pub mod message;
 pub mod multipart;
 pub mod sdp;
