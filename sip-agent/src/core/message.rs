@@ -566,9 +566,7 @@ v=0\r\nEXTRA";
                     let r = raw_response(&head, 400, reason, &[]).expect("answerable");
                     let r = String::from_utf8(r).expect("utf8");
                     assert!(
-                        r.starts_with(&format!(
-                            "SIP/2.0 400 {want}\r\nVia: SIP/2.0/UDP h;branch="
-                        )),
+                        r.starts_with(&format!("SIP/2.0 400 {want}\r\nVia: SIP/2.0/UDP h;branch=")),
                         "{r}"
                     );
                 }

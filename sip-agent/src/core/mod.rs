@@ -5,3 +5,6 @@ pub mod fork_request;
 pub mod message;
 pub mod multipart;
 pub mod sdp;
+#[cfg(test)]
+pub mod testing;
+pub mod transaction;
