@@ -1,0 +1,2884 @@
+//! The TURN allocation server (RFC 8656) as a sans-IO state machine.
+//!
+//! Role: answer STUN Binding and the TURN methods on the listen ports, keep allocations,
+//! permissions and channel bindings keyed by the client 5-tuple, and relay data between the
+//! client and peers.
+//! Inputs: [`Server::handle_stun`] (a STUN message from a client), [`Server::handle_channel_data`]
+//! (ChannelData from a client), [`Server::handle_peer_data`] (a UDP datagram a peer sent to a
+//! relay address), [`Server::handle_connection_closed`] (a TCP/TLS client connection went away),
+//! [`Server::handle_timeout`].
+//! Outputs: [`Server::poll_output`] yields [`Output::Transmit`] (bytes to send from a listen
+//! address to a client, or from a relay address to a peer) and [`Output::Event`] (allocation,
+//! permission and channel lifecycle, so a shell can bind relay sockets and program XDP maps).
+//! [`Server::status`] and [`Server::allocations`] give the snapshot for a CLI.
+//! Call order: feed one input, drain `poll_output` until `None`, then arm a timer at
+//! `poll_timeout` and call `handle_timeout` when it fires.
+//!
+//! Authentication is the long-term credential mechanism (RFC 8489 §9.2) with stateless
+//! nonces: a nonce carries its expiry and an HMAC under a per-process random key bound to the
+//! client address, so no table grows with unauthenticated traffic.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::str::FromStr;
+use std::time::{Duration, Instant, SystemTime};
+
+use rand::RngCore;
+use tracing::{debug, trace};
+
+use crate::credentials::{AuthFailure, Credentials};
+use crate::crypto::{ct_eq, Crypto};
+use crate::stun::{
+    self, attr, Attribute, ChannelData, Class, Family, IntegrityCheck, IntegrityKind, Message,
+    MessageBuilder, Method, TransactionId,
+};
+use crate::TurnError;
+
+/// REQUESTED-TRANSPORT value for UDP, the only relayed transport supported (RFC 8656 §18.8).
+const PROTO_UDP: u8 = 17;
+/// How often idle rate-limit buckets are swept.
+const RATE_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Comprehension-required attributes this server understands. DONT-FRAGMENT is left out on
+/// purpose: a server that cannot set DF must treat it as unknown (RFC 8656 §7.2 step 4), and
+/// USERHASH / PASSWORD-ALGORITHM belong to the password-algorithm negotiation this server
+/// does not offer (it never sends the nonce cookie of RFC 8489 §9.2).
+const KNOWN_ATTRIBUTES: &[u16] = &[
+    attr::MAPPED_ADDRESS,
+    attr::USERNAME,
+    attr::ERROR_CODE,
+    attr::UNKNOWN_ATTRIBUTES,
+    attr::CHANNEL_NUMBER,
+    attr::LIFETIME,
+    attr::XOR_PEER_ADDRESS,
+    attr::DATA,
+    attr::REALM,
+    attr::NONCE,
+    attr::XOR_RELAYED_ADDRESS,
+    attr::REQUESTED_ADDRESS_FAMILY,
+    attr::EVEN_PORT,
+    attr::REQUESTED_TRANSPORT,
+    attr::XOR_MAPPED_ADDRESS,
+    attr::RESERVATION_TOKEN,
+];
+
+/// Transport between client and server. Relayed transport to peers is always UDP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Transport {
+    /// UDP on the listen port.
+    Udp,
+    /// TCP on the listen port.
+    Tcp,
+    /// TLS over TCP.
+    Tls,
+}
+
+impl Transport {
+    /// Stream transports need ChannelData padded to 4 bytes (RFC 8656 §12.5).
+    fn is_stream(self) -> bool {
+        !matches!(self, Transport::Udp)
+    }
+}
+
+/// The client 5-tuple an allocation is keyed by (RFC 8656 §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FiveTuple {
+    /// Client-to-server transport.
+    pub transport: Transport,
+    /// Client address as the server sees it (the server-reflexive address).
+    pub client: SocketAddr,
+    /// Server listen address the client sent to.
+    pub server: SocketAddr,
+}
+
+/// Opaque id of an allocation, stable for its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AllocationHandle(pub u32);
+
+/// An inclusive range of IP addresses of one family, written `a`, `a/prefix` or `a-b`
+/// (the last as coturn's `denied-peer-ip`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpRange {
+    start: IpAddr,
+    end: IpAddr,
+}
+
+impl IpRange {
+    /// A CIDR block. Fails if the prefix is longer than the address.
+    pub fn cidr(addr: IpAddr, prefix: u8) -> Result<Self, TurnError> {
+        let bits: u32 = if addr.is_ipv4() { 32 } else { 128 };
+        if u32::from(prefix) > bits {
+            return Err(TurnError::BadIpRange {
+                input: format!("{addr}/{prefix}"),
+                reason: "prefix longer than the address",
+            });
+        }
+        let host_bits = bits - u32::from(prefix);
+        let mask: u128 = if host_bits == 128 {
+            u128::MAX
+        } else {
+            (1u128 << host_bits) - 1
+        };
+        let n = ip_to_u128(addr);
+        Ok(IpRange {
+            start: u128_to_ip(n & !mask, addr.is_ipv4()),
+            end: u128_to_ip(n | mask, addr.is_ipv4()),
+        })
+    }
+
+    /// Whether `ip` is inside (IPv4-mapped IPv6 addresses count as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        ip.is_ipv4() == self.start.is_ipv4()
+            && (ip_to_u128(self.start)..=ip_to_u128(self.end)).contains(&ip_to_u128(ip))
+    }
+}
+
+impl FromStr for IpRange {
+    type Err = TurnError;
+
+    fn from_str(s: &str) -> Result<Self, TurnError> {
+        let bad = |reason| TurnError::BadIpRange {
+            input: s.to_owned(),
+            reason,
+        };
+        let ip = |t: &str| {
+            t.trim()
+                .parse::<IpAddr>()
+                .map_err(|_| bad("not an IP address"))
+        };
+        if let Some((a, b)) = s.split_once('-') {
+            let (start, end) = (ip(a)?, ip(b)?);
+            if start.is_ipv4() != end.is_ipv4() {
+                return Err(bad("range mixes IPv4 and IPv6"));
+            }
+            if ip_to_u128(start) > ip_to_u128(end) {
+                return Err(bad("range start after end"));
+            }
+            return Ok(IpRange { start, end });
+        }
+        if let Some((a, p)) = s.split_once('/') {
+            let prefix = p
+                .trim()
+                .parse::<u8>()
+                .map_err(|_| bad("bad prefix length"))?;
+            return IpRange::cidr(ip(a)?, prefix);
+        }
+        let a = ip(s)?;
+        Ok(IpRange { start: a, end: a })
+    }
+}
+
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn ip_to_u128(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u128::from(u32::from(v4)),
+        IpAddr::V6(v6) => u128::from(v6),
+    }
+}
+
+fn u128_to_ip(n: u128, v4: bool) -> IpAddr {
+    if v4 {
+        IpAddr::V4(Ipv4Addr::from(n as u32))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(n))
+    }
+}
+
+/// Peers never allowed unless listed in `allowed_peers`: "this host", loopback, link-local,
+/// multicast, reserved and broadcast (RFC 6890 special-purpose blocks).
+const DEFAULT_DENIED: &[&str] = &[
+    "0.0.0.0/8",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+    "::/128",
+    "::1/128",
+    "fe80::/10",
+    "ff00::/8",
+];
+
+/// Private ranges, denied unless `allow_private_peers` or listed in `allowed_peers`
+/// (RFC 1918, RFC 6598 shared address space, RFC 4193 unique local).
+const PRIVATE_RANGES: &[&str] = &[
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "fc00::/7",
+];
+
+fn ranges(list: &[&str]) -> Vec<IpRange> {
+    list.iter()
+        .map(|s| s.parse().expect("invariant: built-in ranges parse"))
+        .collect()
+}
+
+/// Token bucket for unauthenticated responses per source IP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Responses allowed in a burst.
+    pub burst: u32,
+    /// Sustained responses per second.
+    pub per_second: u32,
+}
+
+/// Server settings. `Default` gives the RFC 8656 timers and the defaults in docs/turn.md.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// SOFTWARE attribute on responses (at most 763 bytes), or none.
+    pub software: Option<String>,
+    /// Allocation lifetime when the client asks for less or nothing (RFC 8656 §3.2: 10 min).
+    pub default_lifetime: Duration,
+    /// Longest allocation lifetime granted (RFC 8656 §7.2 recommends 1 hour).
+    pub max_lifetime: Duration,
+    /// Permission lifetime, fixed by RFC 8656 §9: 300 s.
+    pub permission_lifetime: Duration,
+    /// Channel binding lifetime, fixed by RFC 8656 §12: 600 s.
+    pub channel_lifetime: Duration,
+    /// How long a nonce stays valid before requests get 438 Stale Nonce.
+    pub nonce_lifetime: Duration,
+    /// Allocations per user (REST credentials count against the user part), or unlimited.
+    pub user_quota: Option<usize>,
+    /// Allocations in total, or unlimited.
+    pub total_quota: Option<usize>,
+    /// The server's own addresses (listen and relay); never allowed as peers so the relay
+    /// cannot be pointed at itself. Relay addresses in use are added automatically.
+    pub server_addresses: Vec<IpAddr>,
+    /// Allow RFC 1918 / CGNAT / ULA peers without listing them.
+    pub allow_private_peers: bool,
+    /// Extra denied peer ranges.
+    pub denied_peers: Vec<IpRange>,
+    /// Peer ranges allowed even if denied by default or by `denied_peers` (own addresses stay
+    /// denied).
+    pub allowed_peers: Vec<IpRange>,
+    /// Limit on unauthenticated responses per source IP, or none.
+    pub unauthenticated_rate: Option<RateLimit>,
+    /// Most source IPs tracked by the rate limiter; new sources beyond it are dropped until
+    /// idle ones are swept.
+    pub max_rate_sources: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            software: Some("xdpfork turn-core".to_owned()),
+            default_lifetime: Duration::from_secs(600),
+            max_lifetime: Duration::from_secs(3600),
+            permission_lifetime: Duration::from_secs(300),
+            channel_lifetime: Duration::from_secs(600),
+            nonce_lifetime: Duration::from_secs(600),
+            user_quota: None,
+            total_quota: None,
+            server_addresses: Vec::new(),
+            allow_private_peers: false,
+            denied_peers: Vec::new(),
+            allowed_peers: Vec::new(),
+            unauthenticated_rate: Some(RateLimit {
+                burst: 20,
+                per_second: 10,
+            }),
+            max_rate_sources: 65_536,
+        }
+    }
+}
+
+impl ServerConfig {
+    fn validate(&self) -> Result<(), TurnError> {
+        let err = |reason| Err(TurnError::Config { reason });
+        if self.default_lifetime.is_zero() || self.default_lifetime > self.max_lifetime {
+            return err("default_lifetime must be non-zero and at most max_lifetime");
+        }
+        if self.max_lifetime.as_secs() > u64::from(u32::MAX) {
+            return err("max_lifetime does not fit LIFETIME (u32 seconds)");
+        }
+        if self.permission_lifetime.is_zero()
+            || self.channel_lifetime.is_zero()
+            || self.nonce_lifetime.is_zero()
+        {
+            return err("permission, channel and nonce lifetimes must be non-zero");
+        }
+        if self.software.as_ref().is_some_and(|s| s.len() > 763) {
+            return err("software longer than 763 bytes (RFC 8489 §14.14)");
+        }
+        if self
+            .unauthenticated_rate
+            .is_some_and(|r| r.burst == 0 || r.per_second == 0)
+        {
+            return err("rate limit burst and per_second must be non-zero");
+        }
+        Ok(())
+    }
+}
+
+/// Hands out relay transport addresses. The shell owns the sockets: it binds one when it sees
+/// [`Event::AllocationCreated`] and closes it on [`Event::AllocationDeleted`] (or binds inside
+/// `allocate`, if it prefers to fail early).
+pub trait RelayAllocator {
+    /// Whether relay addresses of `family` exist at all (else 440, RFC 8656 §7.2).
+    fn supports(&self, family: Family) -> bool;
+    /// A free relay address of `family`, with an even port if asked; `None` means 508.
+    fn allocate(
+        &mut self,
+        family: Family,
+        even_port: bool,
+        rng: &mut dyn RngCore,
+    ) -> Option<SocketAddr>;
+    /// Returns an address from `allocate`.
+    fn release(&mut self, relay: SocketAddr);
+}
+
+/// [`RelayAllocator`] over a port range on one IPv4 and/or one IPv6 relay address. Ports are
+/// picked from a random starting point (RFC 8656 §7.2 asks for unpredictable ports).
+#[derive(Debug, Clone)]
+pub struct PortRangeAllocator {
+    ipv4: Option<IpAddr>,
+    ipv6: Option<IpAddr>,
+    ports: RangeInclusive<u16>,
+    in_use: HashSet<SocketAddr>,
+}
+
+impl PortRangeAllocator {
+    /// The relay port range of the Expressway-style deployment (UDP 24000-29999).
+    pub const DEFAULT_PORTS: RangeInclusive<u16> = 24000..=29999;
+
+    /// Relay addresses on `ipv4` / `ipv6` with ports from `ports`.
+    pub fn new(
+        ipv4: Option<Ipv4Addr>,
+        ipv6: Option<Ipv6Addr>,
+        ports: RangeInclusive<u16>,
+    ) -> Result<Self, TurnError> {
+        if ipv4.is_none() && ipv6.is_none() {
+            return Err(TurnError::Config {
+                reason: "relay allocator needs an IPv4 or IPv6 relay address",
+            });
+        }
+        if ports.is_empty() || *ports.start() == 0 {
+            return Err(TurnError::Config {
+                reason: "relay port range is empty or starts at 0",
+            });
+        }
+        Ok(PortRangeAllocator {
+            ipv4: ipv4.map(IpAddr::V4),
+            ipv6: ipv6.map(IpAddr::V6),
+            ports,
+            in_use: HashSet::new(),
+        })
+    }
+
+    /// Relay addresses handed out and not yet released.
+    pub fn in_use(&self) -> usize {
+        self.in_use.len()
+    }
+}
+
+impl RelayAllocator for PortRangeAllocator {
+    fn supports(&self, family: Family) -> bool {
+        match family {
+            Family::V4 => self.ipv4.is_some(),
+            Family::V6 => self.ipv6.is_some(),
+        }
+    }
+
+    fn allocate(
+        &mut self,
+        family: Family,
+        even_port: bool,
+        rng: &mut dyn RngCore,
+    ) -> Option<SocketAddr> {
+        let ip = match family {
+            Family::V4 => self.ipv4?,
+            Family::V6 => self.ipv6?,
+        };
+        let first = u32::from(*self.ports.start());
+        let count = u32::from(*self.ports.end()) - first + 1;
+        let offset = rng.next_u32() % count;
+        for i in 0..count {
+            let port = (first + (offset + i) % count) as u16;
+            if even_port && !port.is_multiple_of(2) {
+                continue;
+            }
+            let addr = SocketAddr::new(ip, port);
+            if self.in_use.insert(addr) {
+                return Some(addr);
+            }
+        }
+        None
+    }
+
+    fn release(&mut self, relay: SocketAddr) {
+        self.in_use.remove(&relay);
+    }
+}
+
+/// Bytes to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// Local address to send from: a listen address (to clients) or a relay address (to peers).
+    pub from: SocketAddr,
+    /// Destination.
+    pub to: SocketAddr,
+    /// Transport; to peers always UDP, to clients the client's transport (for TCP/TLS, the
+    /// connection identified by `from`/`to`).
+    pub transport: Transport,
+    /// The datagram or stream frame.
+    pub bytes: Vec<u8>,
+}
+
+/// Why an allocation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteReason {
+    /// Its lifetime ran out without a Refresh.
+    Expired,
+    /// The client sent Refresh with LIFETIME 0.
+    ClientDeleted,
+    /// The client's TCP/TLS connection closed.
+    ConnectionClosed,
+    /// The shell asked (for example the relay socket could not be bound).
+    Shell,
+}
+
+/// Per-allocation traffic counters, including what a shell reports for offloaded relay.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AllocationCounters {
+    /// Packets relayed client to peer.
+    pub to_peer_packets: u64,
+    /// Payload bytes relayed client to peer.
+    pub to_peer_bytes: u64,
+    /// Packets relayed peer to client.
+    pub from_peer_packets: u64,
+    /// Payload bytes relayed peer to client.
+    pub from_peer_bytes: u64,
+    /// Peer packets dropped for lack of a permission.
+    pub dropped_no_permission: u64,
+}
+
+impl AllocationCounters {
+    fn add(&mut self, o: &AllocationCounters) {
+        self.to_peer_packets += o.to_peer_packets;
+        self.to_peer_bytes += o.to_peer_bytes;
+        self.from_peer_packets += o.from_peer_packets;
+        self.from_peer_bytes += o.from_peer_bytes;
+        self.dropped_no_permission += o.dropped_no_permission;
+    }
+}
+
+/// Lifecycle events for the shell (socket binding, XDP map programming, logs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A relay address is now in use: bind its UDP socket.
+    AllocationCreated {
+        /// Allocation id.
+        allocation: AllocationHandle,
+        /// Client 5-tuple.
+        client: FiveTuple,
+        /// Relay transport address.
+        relay: SocketAddr,
+        /// Authenticated username.
+        username: String,
+        /// Granted lifetime.
+        lifetime: Duration,
+    },
+    /// The allocation is gone; every channel and permission got its expiry event before this.
+    AllocationDeleted {
+        /// Allocation id.
+        allocation: AllocationHandle,
+        /// Client 5-tuple.
+        client: FiveTuple,
+        /// Relay transport address, now free.
+        relay: SocketAddr,
+        /// Why.
+        reason: DeleteReason,
+        /// Final counters.
+        counters: AllocationCounters,
+    },
+    /// Peer IP may now send to the relay address (RFC 8656 §9).
+    PermissionInstalled {
+        /// Allocation id.
+        allocation: AllocationHandle,
+        /// Client 5-tuple.
+        client: FiveTuple,
+        /// Relay transport address.
+        relay: SocketAddr,
+        /// Peer IP (permissions ignore the port).
+        peer: IpAddr,
+    },
+    /// The permission lapsed or its allocation ended.
+    PermissionExpired {
+        /// Allocation id.
+        allocation: AllocationHandle,
+        /// Client 5-tuple.
+        client: FiveTuple,
+        /// Relay transport address.
+        relay: SocketAddr,
+        /// Peer IP.
+        peer: IpAddr,
+    },
+    /// Channel bound: ChannelData `channel` from `client` goes to `peer` from `relay`, and
+    /// `peer` to `relay` traffic goes to `client` as ChannelData (RFC 8656 §12).
+    ChannelBound {
+        /// Allocation id.
+        allocation: AllocationHandle,
+        /// Client 5-tuple.
+        client: FiveTuple,
+        /// Relay transport address.
+        relay: SocketAddr,
+        /// Peer transport address.
+        peer: SocketAddr,
+        /// Channel number 0x4000-0x4FFF.
+        channel: u16,
+    },
+    /// The channel lapsed or its allocation ended.
+    ChannelExpired {
+        /// Allocation id.
+        allocation: AllocationHandle,
+        /// Client 5-tuple.
+        client: FiveTuple,
+        /// Relay transport address.
+        relay: SocketAddr,
+        /// Peer transport address.
+        peer: SocketAddr,
+        /// Channel number.
+        channel: u16,
+    },
+}
+
+/// One item from [`Server::poll_output`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Send bytes.
+    Transmit(Transmit),
+    /// Something happened.
+    Event(Event),
+}
+
+/// Server-wide counters for operators. Error codes sent are in `errors_sent`; note that a
+/// wrong password is answered with 401 (RFC 8489 §9.2.4), where older servers such as
+/// Expressway answer 431 Integrity Check Failure: `bad_integrity` counts exactly that case.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerCounters {
+    /// STUN requests received.
+    pub requests: u64,
+    /// Inputs that were not valid STUN or ChannelData.
+    pub malformed: u64,
+    /// Unauthenticated responses dropped by the per-source rate limit.
+    pub rate_limited: u64,
+    /// 401 challenges to requests without MESSAGE-INTEGRITY (the normal first round trip).
+    pub challenges: u64,
+    /// 401 because USERNAME is not known.
+    pub unknown_user: u64,
+    /// 401 because REALM is not ours.
+    pub wrong_realm: u64,
+    /// 401 because a REST credential's timestamp has passed.
+    pub expired_credentials: u64,
+    /// 401 because MESSAGE-INTEGRITY did not verify: wrong password ("431" on Expressway).
+    pub bad_integrity: u64,
+    /// 438 Stale Nonce sent.
+    pub stale_nonce: u64,
+    /// Error responses sent, by code.
+    pub errors_sent: BTreeMap<u16, u64>,
+    /// Data for a 5-tuple or relay address without an allocation, dropped.
+    pub dropped_no_allocation: u64,
+    /// Data to or from a peer without a permission, dropped.
+    pub dropped_no_permission: u64,
+    /// ChannelData on an unbound channel, dropped.
+    pub dropped_no_channel: u64,
+    /// Allocations created since start.
+    pub allocations_created: u64,
+    /// Allocations that ended by expiry.
+    pub allocations_expired: u64,
+    /// Traffic of allocations already deleted (live ones are summed in [`Status`]).
+    pub finished_traffic: AllocationCounters,
+}
+
+/// Snapshot for a status view such as Expressway's "TURN server status".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// Active allocations ("active TURN relays").
+    pub allocations: usize,
+    /// Distinct client IP addresses with an allocation ("active TURN clients").
+    pub clients: usize,
+    /// Allocations whose client is connected via UDP.
+    pub relays_udp: usize,
+    /// Allocations whose client is connected via TCP.
+    pub relays_tcp: usize,
+    /// Allocations whose client is connected via TLS.
+    pub relays_tls: usize,
+    /// Installed permissions.
+    pub permissions: usize,
+    /// Bound channels.
+    pub channels: usize,
+    /// Traffic of live allocations plus finished ones.
+    pub traffic: AllocationCounters,
+    /// Server-wide counters.
+    pub counters: ServerCounters,
+}
+
+/// One allocation in the status listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllocationInfo {
+    /// Allocation id.
+    pub handle: AllocationHandle,
+    /// Client 5-tuple.
+    pub client: FiveTuple,
+    /// Relay transport address.
+    pub relay: SocketAddr,
+    /// Authenticated username.
+    pub username: String,
+    /// Time left before expiry.
+    pub expires_in: Duration,
+    /// Peer IPs with a permission.
+    pub permissions: Vec<IpAddr>,
+    /// Bound channels and their peers.
+    pub channels: Vec<(u16, SocketAddr)>,
+    /// Traffic so far.
+    pub counters: AllocationCounters,
+}
+
+/// Timers, all on one heap; an entry whose state was refreshed meanwhile is skipped when it
+/// fires (the refresh pushed a later entry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    /// Allocation lifetime (RFC 8656 §7).
+    Allocation(AllocationHandle),
+    /// Permission lifetime (RFC 8656 §9, 300 s).
+    Permission(AllocationHandle, IpAddr),
+    /// Channel binding lifetime (RFC 8656 §12, 600 s).
+    Channel(AllocationHandle, u16),
+    /// Forget full rate-limit buckets.
+    RateSweep,
+}
+
+#[derive(Debug)]
+struct Channel {
+    peer: SocketAddr,
+    expires: Instant,
+}
+
+#[derive(Debug)]
+struct Allocation {
+    tuple: FiveTuple,
+    relay: SocketAddr,
+    username: String,
+    quota_user: String,
+    expires: Instant,
+    created_txid: TransactionId,
+    permissions: HashMap<IpAddr, Instant>,
+    channels: HashMap<u16, Channel>,
+    channel_by_peer: HashMap<SocketAddr, u16>,
+    counters: AllocationCounters,
+}
+
+impl Allocation {
+    fn has_permission(&self, now: Instant, ip: IpAddr) -> bool {
+        self.permissions.get(&ip).is_some_and(|e| *e > now)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    /// Thousandths of a token, so refill needs no floats.
+    milli_tokens: u64,
+    last: Instant,
+}
+
+/// Result of authenticating a request.
+struct Auth {
+    key: [u8; 16],
+    kind: IntegrityKind,
+    username: String,
+    quota_user: String,
+}
+
+/// Where and how to answer one request.
+struct Reply {
+    tuple: FiveTuple,
+    method: Method,
+    txid: TransactionId,
+    integrity: Option<(IntegrityKind, [u8; 16])>,
+    fingerprint: bool,
+}
+
+/// The TURN server core. See the module documentation for the call order.
+pub struct Server {
+    config: ServerConfig,
+    credentials: Credentials,
+    crypto: Box<dyn Crypto + Send>,
+    rng: Box<dyn RngCore + Send>,
+    relays: Box<dyn RelayAllocator + Send>,
+    default_denied: Vec<IpRange>,
+    private: Vec<IpRange>,
+    own_ips: HashSet<IpAddr>,
+    nonce_key: [u8; 20],
+    epoch: Instant,
+    allocations: HashMap<AllocationHandle, Allocation>,
+    by_tuple: HashMap<FiveTuple, AllocationHandle>,
+    by_relay: HashMap<SocketAddr, AllocationHandle>,
+    per_user: HashMap<String, usize>,
+    next_handle: u32,
+    timers: BinaryHeap<Reverse<(Instant, Timer)>>,
+    buckets: HashMap<IpAddr, Bucket>,
+    sweep_armed: bool,
+    out: VecDeque<Output>,
+    counters: ServerCounters,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("config", &self.config)
+            .field("credentials", &self.credentials)
+            .field("allocations", &self.allocations.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Builds a server. `rng` seeds the nonce key and picks relay ports and nonces.
+    pub fn new(
+        now: Instant,
+        config: ServerConfig,
+        credentials: Credentials,
+        relays: Box<dyn RelayAllocator + Send>,
+        crypto: Box<dyn Crypto + Send>,
+        mut rng: Box<dyn RngCore + Send>,
+    ) -> Result<Self, TurnError> {
+        config.validate()?;
+        let mut nonce_key = [0u8; 20];
+        rng.fill_bytes(&mut nonce_key);
+        let own_ips = config
+            .server_addresses
+            .iter()
+            .map(|ip| canonical(*ip))
+            .collect();
+        Ok(Server {
+            config,
+            credentials,
+            crypto,
+            rng,
+            relays,
+            default_denied: ranges(DEFAULT_DENIED),
+            private: ranges(PRIVATE_RANGES),
+            own_ips,
+            nonce_key,
+            epoch: now,
+            allocations: HashMap::new(),
+            by_tuple: HashMap::new(),
+            by_relay: HashMap::new(),
+            per_user: HashMap::new(),
+            next_handle: 1,
+            timers: BinaryHeap::new(),
+            buckets: HashMap::new(),
+            sweep_armed: false,
+            out: VecDeque::new(),
+            counters: ServerCounters::default(),
+        })
+    }
+
+    /// Replaces the credentials (users file reload). Existing allocations keep running; their
+    /// next request is checked against the new credentials.
+    pub fn set_credentials(&mut self, credentials: Credentials) {
+        self.credentials = credentials;
+    }
+
+    /// Next transmit or event. Drain until `None` after every `handle_*` call.
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// Earliest timer deadline; re-read after every `handle_*` call. `None` when idle.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((t, _))| *t)
+    }
+
+    /// Whether `bytes` arriving on a listen port belong to the STUN path (`handle_stun`) or
+    /// ChannelData (`handle_channel_data`).
+    pub fn classify(bytes: &[u8]) -> stun::PacketKind {
+        stun::classify(bytes)
+    }
+
+    /// A STUN message from a client (`from`) to a listen address (`to`). Over TCP/TLS, pass
+    /// one frame cut with [`stun::frame_len`].
+    pub fn handle_stun(
+        &mut self,
+        now: Instant,
+        wall_time: SystemTime,
+        from: SocketAddr,
+        to: SocketAddr,
+        transport: Transport,
+        bytes: &[u8],
+    ) {
+        let tuple = FiveTuple {
+            transport,
+            client: from,
+            server: to,
+        };
+        let msg = match Message::parse(bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                self.counters.malformed += 1;
+                trace!(error = %e, "dropping malformed STUN message");
+                return;
+            }
+        };
+        match msg.class() {
+            Class::Request => {
+                self.counters.requests += 1;
+                self.handle_request(now, wall_time, tuple, &msg);
+            }
+            Class::Indication if msg.method() == Method::SEND => {
+                self.handle_send_indication(now, tuple, &msg)
+            }
+            // Binding indications are keepalives (RFC 8489 §6.3.2); responses are not
+            // expected by a server.
+            _ => trace!(method = msg.method().0, "ignoring STUN message"),
+        }
+    }
+
+    /// ChannelData from a client (RFC 8656 §12.6): relayed to the bound peer.
+    pub fn handle_channel_data(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        to: SocketAddr,
+        transport: Transport,
+        bytes: &[u8],
+    ) {
+        let cd = match ChannelData::parse(bytes) {
+            Ok(cd) => cd,
+            Err(_) => {
+                self.counters.malformed += 1;
+                return;
+            }
+        };
+        let tuple = FiveTuple {
+            transport,
+            client: from,
+            server: to,
+        };
+        let Some(alloc) = self
+            .by_tuple
+            .get(&tuple)
+            .and_then(|h| self.allocations.get_mut(h))
+        else {
+            self.counters.dropped_no_allocation += 1;
+            return;
+        };
+        let Some(peer) = alloc
+            .channels
+            .get(&cd.channel)
+            .filter(|c| c.expires > now)
+            .map(|c| c.peer)
+        else {
+            self.counters.dropped_no_channel += 1;
+            return;
+        };
+        if !alloc.has_permission(now, peer.ip()) {
+            self.counters.dropped_no_permission += 1;
+            return;
+        }
+        alloc.counters.to_peer_packets += 1;
+        alloc.counters.to_peer_bytes += cd.data.len() as u64;
+        let relay = alloc.relay;
+        self.out.push_back(Output::Transmit(Transmit {
+            from: relay,
+            to: peer,
+            transport: Transport::Udp,
+            bytes: cd.data.to_vec(),
+        }));
+    }
+
+    /// A UDP datagram from `peer` arrived on relay address `relay` (RFC 8656 §10.3, §12.5):
+    /// forwarded to the client as ChannelData if a channel is bound, else as a Data indication.
+    pub fn handle_peer_data(
+        &mut self,
+        now: Instant,
+        relay: SocketAddr,
+        peer: SocketAddr,
+        bytes: &[u8],
+    ) {
+        // A dual-stack relay socket reports IPv4 peers as IPv4-mapped; permissions are stored
+        // in canonical form.
+        let peer = SocketAddr::new(canonical(peer.ip()), peer.port());
+        let Some(alloc) = self
+            .by_relay
+            .get(&relay)
+            .and_then(|h| self.allocations.get_mut(h))
+        else {
+            self.counters.dropped_no_allocation += 1;
+            return;
+        };
+        if !alloc.has_permission(now, peer.ip()) {
+            alloc.counters.dropped_no_permission += 1;
+            self.counters.dropped_no_permission += 1;
+            return;
+        }
+        let channel = alloc
+            .channel_by_peer
+            .get(&peer)
+            .copied()
+            .filter(|c| alloc.channels.get(c).is_some_and(|ch| ch.expires > now));
+        let tuple = alloc.tuple;
+        let encoded = match channel {
+            Some(ch) => {
+                let mut buf = Vec::with_capacity(bytes.len() + 8);
+                stun::encode_channel_data(ch, bytes, tuple.transport.is_stream(), &mut buf)
+                    .map(|()| buf)
+            }
+            None => {
+                let mut txid = [0u8; 12];
+                self.rng.fill_bytes(&mut txid);
+                data_indication(TransactionId(txid), peer, bytes)
+            }
+        };
+        let Ok(out) = encoded else {
+            // Only a datagram near 64 KiB can fail to fit a Data indication.
+            self.counters.malformed += 1;
+            return;
+        };
+        alloc.counters.from_peer_packets += 1;
+        alloc.counters.from_peer_bytes += bytes.len() as u64;
+        self.out.push_back(Output::Transmit(Transmit {
+            from: tuple.server,
+            to: tuple.client,
+            transport: tuple.transport,
+            bytes: out,
+        }));
+    }
+
+    /// The client's TCP/TLS connection for `tuple` closed: its allocation ends (RFC 8656 §3.1).
+    pub fn handle_connection_closed(&mut self, now: Instant, tuple: FiveTuple) {
+        if let Some(h) = self.by_tuple.get(&tuple).copied() {
+            self.delete_allocation(now, h, DeleteReason::ConnectionClosed);
+        }
+    }
+
+    /// Ends an allocation at the shell's request (for example its relay socket failed).
+    /// Returns whether it existed.
+    pub fn delete_allocation(
+        &mut self,
+        _now: Instant,
+        handle: AllocationHandle,
+        reason: DeleteReason,
+    ) -> bool {
+        let Some(a) = self.allocations.remove(&handle) else {
+            return false;
+        };
+        self.by_tuple.remove(&a.tuple);
+        self.by_relay.remove(&a.relay);
+        self.relays.release(a.relay);
+        if let Some(n) = self.per_user.get_mut(&a.quota_user) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_user.remove(&a.quota_user);
+            }
+        }
+        let mut channels: Vec<_> = a.channels.iter().map(|(c, ch)| (*c, ch.peer)).collect();
+        channels.sort();
+        for (channel, peer) in channels {
+            self.out.push_back(Output::Event(Event::ChannelExpired {
+                allocation: handle,
+                client: a.tuple,
+                relay: a.relay,
+                peer,
+                channel,
+            }));
+        }
+        let mut peers: Vec<_> = a.permissions.keys().copied().collect();
+        peers.sort();
+        for peer in peers {
+            self.out.push_back(Output::Event(Event::PermissionExpired {
+                allocation: handle,
+                client: a.tuple,
+                relay: a.relay,
+                peer,
+            }));
+        }
+        if reason == DeleteReason::Expired {
+            self.counters.allocations_expired += 1;
+        }
+        self.counters.finished_traffic.add(&a.counters);
+        debug!(allocation = handle.0, ?reason, "allocation deleted");
+        self.out.push_back(Output::Event(Event::AllocationDeleted {
+            allocation: handle,
+            client: a.tuple,
+            relay: a.relay,
+            reason,
+            counters: a.counters,
+        }));
+        true
+    }
+
+    /// Adds traffic the kernel relayed (offloaded channels) to an allocation's counters.
+    pub fn record_offloaded(&mut self, handle: AllocationHandle, delta: AllocationCounters) {
+        if let Some(a) = self.allocations.get_mut(&handle) {
+            a.counters.add(&delta);
+        }
+    }
+
+    /// Fires due timers: expiring channels, permissions and allocations emit their events.
+    /// Calling it early is harmless.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(Reverse((at, timer))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            match timer {
+                Timer::Allocation(h) => {
+                    if self.allocations.get(&h).is_some_and(|a| a.expires <= now) {
+                        self.delete_allocation(now, h, DeleteReason::Expired);
+                    }
+                }
+                Timer::Permission(h, ip) => {
+                    let Some(a) = self.allocations.get_mut(&h) else {
+                        continue;
+                    };
+                    if a.permissions.get(&ip).is_some_and(|e| *e <= now) {
+                        a.permissions.remove(&ip);
+                        self.out.push_back(Output::Event(Event::PermissionExpired {
+                            allocation: h,
+                            client: a.tuple,
+                            relay: a.relay,
+                            peer: ip,
+                        }));
+                    }
+                }
+                Timer::Channel(h, ch) => {
+                    let Some(a) = self.allocations.get_mut(&h) else {
+                        continue;
+                    };
+                    if a.channels.get(&ch).is_some_and(|c| c.expires <= now) {
+                        if let Some(c) = a.channels.remove(&ch) {
+                            a.channel_by_peer.remove(&c.peer);
+                            self.out.push_back(Output::Event(Event::ChannelExpired {
+                                allocation: h,
+                                client: a.tuple,
+                                relay: a.relay,
+                                peer: c.peer,
+                                channel: ch,
+                            }));
+                        }
+                    }
+                }
+                Timer::RateSweep => {
+                    self.sweep_buckets(now);
+                    self.sweep_armed = false;
+                    if !self.buckets.is_empty() {
+                        self.arm_sweep(now);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Counts for a status view.
+    pub fn status(&self) -> Status {
+        let mut s = Status {
+            allocations: self.allocations.len(),
+            clients: 0,
+            relays_udp: 0,
+            relays_tcp: 0,
+            relays_tls: 0,
+            permissions: 0,
+            channels: 0,
+            traffic: self.counters.finished_traffic,
+            counters: self.counters.clone(),
+        };
+        let mut clients = HashSet::new();
+        for a in self.allocations.values() {
+            clients.insert(a.tuple.client.ip());
+            match a.tuple.transport {
+                Transport::Udp => s.relays_udp += 1,
+                Transport::Tcp => s.relays_tcp += 1,
+                Transport::Tls => s.relays_tls += 1,
+            }
+            s.permissions += a.permissions.len();
+            s.channels += a.channels.len();
+            s.traffic.add(&a.counters);
+        }
+        s.clients = clients.len();
+        s
+    }
+
+    /// Every allocation, sorted by handle, for a detailed status view.
+    pub fn allocations(&self, now: Instant) -> Vec<AllocationInfo> {
+        let mut v: Vec<_> = self
+            .allocations
+            .iter()
+            .map(|(h, a)| {
+                let mut permissions: Vec<_> = a.permissions.keys().copied().collect();
+                permissions.sort();
+                let mut channels: Vec<_> = a.channels.iter().map(|(c, ch)| (*c, ch.peer)).collect();
+                channels.sort();
+                AllocationInfo {
+                    handle: *h,
+                    client: a.tuple,
+                    relay: a.relay,
+                    username: a.username.clone(),
+                    expires_in: a.expires.saturating_duration_since(now),
+                    permissions,
+                    channels,
+                    counters: a.counters,
+                }
+            })
+            .collect();
+        v.sort_by_key(|i| i.handle);
+        v
+    }
+
+    fn handle_request(
+        &mut self,
+        now: Instant,
+        wall: SystemTime,
+        tuple: FiveTuple,
+        msg: &Message<'_>,
+    ) {
+        let mut reply = Reply {
+            tuple,
+            method: msg.method(),
+            txid: msg.transaction_id(),
+            integrity: None,
+            fingerprint: msg.has_fingerprint(),
+        };
+        let method = msg.method();
+        if method == Method::BINDING {
+            return self.handle_binding(now, &reply, msg);
+        }
+        if ![
+            Method::ALLOCATE,
+            Method::REFRESH,
+            Method::CREATE_PERMISSION,
+            Method::CHANNEL_BIND,
+        ]
+        .contains(&method)
+        {
+            return self.send_error(now, &reply, 400, &[]);
+        }
+        let Some(auth) = self.authenticate(now, wall, &reply, msg) else {
+            return;
+        };
+        reply.integrity = Some((auth.kind, auth.key));
+        // RFC 8489 §6.3.1.1: unknown comprehension-required attributes get 420.
+        let unknown = msg.unknown_comprehension_required(KNOWN_ATTRIBUTES);
+        if !unknown.is_empty() {
+            return self.send_error(now, &reply, 420, &[Attribute::UnknownAttributes(unknown)]);
+        }
+        if method == Method::ALLOCATE {
+            return self.handle_allocate(now, &reply, msg, auth);
+        }
+        // RFC 8656 §7.3, §9.2, §11.2: other requests need an allocation on this 5-tuple...
+        let Some(handle) = self.by_tuple.get(&tuple).copied() else {
+            return self.send_error(now, &reply, 437, &[]);
+        };
+        // ...created with the same credentials (RFC 8656 §5: else 441 Wrong Credentials).
+        if self
+            .allocations
+            .get(&handle)
+            .is_none_or(|a| a.username != auth.username)
+        {
+            return self.send_error(now, &reply, 441, &[]);
+        }
+        match method {
+            Method::REFRESH => self.handle_refresh(now, &reply, msg, handle),
+            Method::CREATE_PERMISSION => self.handle_create_permission(now, &reply, msg, handle),
+            _ => self.handle_channel_bind(now, &reply, msg, handle),
+        }
+    }
+
+    fn handle_binding(&mut self, now: Instant, reply: &Reply, msg: &Message<'_>) {
+        let unknown = msg.unknown_comprehension_required(KNOWN_ATTRIBUTES);
+        if !unknown.is_empty() {
+            return self.send_error(now, reply, 420, &[Attribute::UnknownAttributes(unknown)]);
+        }
+        self.send_success(
+            now,
+            reply,
+            &[Attribute::XorMappedAddress(reply.tuple.client)],
+        );
+    }
+
+    /// Long-term credential check in the order of RFC 8489 §9.2.4. Sends the error response
+    /// itself and returns `None` on failure.
+    fn authenticate(
+        &mut self,
+        now: Instant,
+        wall: SystemTime,
+        reply: &Reply,
+        msg: &Message<'_>,
+    ) -> Option<Auth> {
+        if !msg.has_integrity() {
+            self.counters.challenges += 1;
+            self.send_challenge(now, reply, 401);
+            return None;
+        }
+        let (Ok(Some(username)), Ok(Some(realm)), Ok(Some(nonce))) =
+            (msg.username(), msg.realm(), msg.nonce())
+        else {
+            self.send_error(now, reply, 400, &[]);
+            return None;
+        };
+        if !self.nonce_valid(now, nonce, reply.tuple.client) {
+            self.counters.stale_nonce += 1;
+            self.send_challenge(now, reply, 438);
+            return None;
+        }
+        let user = match self
+            .credentials
+            .lookup(username, realm, wall, self.crypto.as_ref())
+        {
+            Ok(u) => u,
+            Err(failure) => {
+                match failure {
+                    AuthFailure::UnknownUser => self.counters.unknown_user += 1,
+                    AuthFailure::WrongRealm => self.counters.wrong_realm += 1,
+                    AuthFailure::Expired => self.counters.expired_credentials += 1,
+                }
+                debug!(?failure, "authentication failed");
+                self.send_challenge(now, reply, 401);
+                return None;
+            }
+        };
+        match msg.check_integrity(&user.key, self.crypto.as_ref()) {
+            IntegrityCheck::Valid(kind) => Some(Auth {
+                key: user.key,
+                kind,
+                username: username.to_owned(),
+                quota_user: user.quota_user,
+            }),
+            IntegrityCheck::Invalid(_) | IntegrityCheck::Missing => {
+                self.counters.bad_integrity += 1;
+                debug!("MESSAGE-INTEGRITY check failed (wrong password?)");
+                self.send_challenge(now, reply, 401);
+                None
+            }
+        }
+    }
+
+    /// RFC 8656 §7.2, steps in order.
+    fn handle_allocate(&mut self, now: Instant, reply: &Reply, msg: &Message<'_>, auth: Auth) {
+        if let Some(a) = self
+            .by_tuple
+            .get(&reply.tuple)
+            .and_then(|h| self.allocations.get(h))
+        {
+            // A retransmitted Allocate gets the original success again (§7.2 step 2).
+            if a.created_txid == reply.txid && a.username == auth.username {
+                let secs = a.expires.saturating_duration_since(now).as_secs();
+                let attrs = [
+                    Attribute::XorRelayedAddress(a.relay),
+                    Attribute::Lifetime(u32::try_from(secs).unwrap_or(u32::MAX)),
+                    Attribute::XorMappedAddress(reply.tuple.client),
+                ];
+                return self.send_success(now, reply, &attrs);
+            }
+            return self.send_error(now, reply, 437, &[]);
+        }
+        match msg.requested_transport() {
+            Ok(Some(PROTO_UDP)) => {}
+            Ok(Some(_)) => return self.send_error(now, reply, 442, &[]),
+            Ok(None) | Err(_) => return self.send_error(now, reply, 400, &[]),
+        }
+        let (Ok(even), Ok(family)) = (
+            msg.attribute(attr::EVEN_PORT),
+            msg.requested_address_family(),
+        ) else {
+            return self.send_error(now, reply, 400, &[]);
+        };
+        let even_r = match even {
+            Some(Attribute::EvenPort(r)) => Some(r),
+            _ => None,
+        };
+        if msg.get(attr::RESERVATION_TOKEN).is_some() {
+            if even_r.is_some() || family.is_some() {
+                return self.send_error(now, reply, 400, &[]);
+            }
+            // This server never hands out reservation tokens, so none is valid (§7.2 step 5).
+            return self.send_error(now, reply, 508, &[]);
+        }
+        if even_r == Some(true) {
+            // Reserving the next-higher port is not supported, so R=1 cannot be satisfied
+            // (§7.2 step 6).
+            return self.send_error(now, reply, 508, &[]);
+        }
+        let family = family.unwrap_or(Family::V4);
+        if !self.relays.supports(family) {
+            return self.send_error(now, reply, 440, &[]);
+        }
+        let over_total = self
+            .config
+            .total_quota
+            .is_some_and(|q| self.allocations.len() >= q);
+        let over_user = self
+            .config
+            .user_quota
+            .is_some_and(|q| self.per_user.get(&auth.quota_user).copied().unwrap_or(0) >= q);
+        if over_total || over_user {
+            return self.send_error(now, reply, 486, &[]);
+        }
+        let Some(relay) = self
+            .relays
+            .allocate(family, even_r.is_some(), self.rng.as_mut())
+        else {
+            return self.send_error(now, reply, 508, &[]);
+        };
+        let lifetime = self.desired_lifetime(msg.lifetime().ok().flatten());
+        let handle = self.new_handle();
+        let expires = now + lifetime;
+        self.allocations.insert(
+            handle,
+            Allocation {
+                tuple: reply.tuple,
+                relay,
+                username: auth.username.clone(),
+                quota_user: auth.quota_user.clone(),
+                expires,
+                created_txid: reply.txid,
+                permissions: HashMap::new(),
+                channels: HashMap::new(),
+                channel_by_peer: HashMap::new(),
+                counters: AllocationCounters::default(),
+            },
+        );
+        self.by_tuple.insert(reply.tuple, handle);
+        self.by_relay.insert(relay, handle);
+        *self.per_user.entry(auth.quota_user).or_insert(0) += 1;
+        self.own_ips.insert(canonical(relay.ip()));
+        self.timers
+            .push(Reverse((expires, Timer::Allocation(handle))));
+        self.counters.allocations_created += 1;
+        debug!(
+            allocation = handle.0,
+            lifetime = lifetime.as_secs(),
+            "allocation created"
+        );
+        self.out.push_back(Output::Event(Event::AllocationCreated {
+            allocation: handle,
+            client: reply.tuple,
+            relay,
+            username: auth.username,
+            lifetime,
+        }));
+        let attrs = [
+            Attribute::XorRelayedAddress(relay),
+            Attribute::Lifetime(lifetime.as_secs() as u32),
+            Attribute::XorMappedAddress(reply.tuple.client),
+        ];
+        self.send_success(now, reply, &attrs);
+    }
+
+    /// RFC 8656 §7.3 "desired lifetime": min(requested, max), raised to the default.
+    fn desired_lifetime(&self, requested: Option<u32>) -> Duration {
+        match requested {
+            None => self.config.default_lifetime,
+            Some(secs) => Duration::from_secs(u64::from(secs))
+                .min(self.config.max_lifetime)
+                .max(self.config.default_lifetime),
+        }
+    }
+
+    fn new_handle(&mut self) -> AllocationHandle {
+        loop {
+            let h = AllocationHandle(self.next_handle);
+            self.next_handle = self.next_handle.wrapping_add(1).max(1);
+            if !self.allocations.contains_key(&h) {
+                return h;
+            }
+        }
+    }
+
+    /// RFC 8656 §7.3.
+    fn handle_refresh(
+        &mut self,
+        now: Instant,
+        reply: &Reply,
+        msg: &Message<'_>,
+        handle: AllocationHandle,
+    ) {
+        let Ok(requested) = msg.lifetime() else {
+            return self.send_error(now, reply, 400, &[]);
+        };
+        let Ok(family) = msg.requested_address_family() else {
+            return self.send_error(now, reply, 400, &[]);
+        };
+        let Some(relay) = self.allocations.get(&handle).map(|a| a.relay) else {
+            return self.send_error(now, reply, 437, &[]);
+        };
+        if family.is_some_and(|f| f != Family::of(relay.ip())) {
+            return self.send_error(now, reply, 443, &[]);
+        }
+        if requested == Some(0) {
+            self.delete_allocation(now, handle, DeleteReason::ClientDeleted);
+            return self.send_success(now, reply, &[Attribute::Lifetime(0)]);
+        }
+        let lifetime = self.desired_lifetime(requested);
+        let expires = now + lifetime;
+        if let Some(a) = self.allocations.get_mut(&handle) {
+            a.expires = expires;
+        }
+        self.timers
+            .push(Reverse((expires, Timer::Allocation(handle))));
+        self.send_success(
+            now,
+            reply,
+            &[Attribute::Lifetime(lifetime.as_secs() as u32)],
+        );
+    }
+
+    /// Checks a peer address for CreatePermission / ChannelBind: 443 on family mismatch,
+    /// 403 when denied. Returns the error code to send.
+    fn check_peer(&self, relay: SocketAddr, peer: SocketAddr) -> Option<u16> {
+        if Family::of(canonical(peer.ip())) != Family::of(relay.ip()) {
+            return Some(443);
+        }
+        if !self.peer_allowed(peer.ip()) {
+            return Some(403);
+        }
+        None
+    }
+
+    /// Denied-peer policy, in the spirit of coturn's denied-peer-ip / allowed-peer-ip.
+    pub fn peer_allowed(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        if self.own_ips.contains(&ip) {
+            return false;
+        }
+        if self.config.allowed_peers.iter().any(|r| r.contains(ip)) {
+            return true;
+        }
+        if self.config.denied_peers.iter().any(|r| r.contains(ip))
+            || self.default_denied.iter().any(|r| r.contains(ip))
+        {
+            return false;
+        }
+        self.config.allow_private_peers || !self.private.iter().any(|r| r.contains(ip))
+    }
+
+    /// RFC 8656 §9.2: all peers are checked before any permission is installed.
+    fn handle_create_permission(
+        &mut self,
+        now: Instant,
+        reply: &Reply,
+        msg: &Message<'_>,
+        handle: AllocationHandle,
+    ) {
+        let peers = match msg.xor_peer_addresses() {
+            Ok(p) if !p.is_empty() => p,
+            _ => return self.send_error(now, reply, 400, &[]),
+        };
+        let Some(relay) = self.allocations.get(&handle).map(|a| a.relay) else {
+            return self.send_error(now, reply, 437, &[]);
+        };
+        if let Some(code) = peers.iter().find_map(|p| self.check_peer(relay, *p)) {
+            return self.send_error(now, reply, code, &[]);
+        }
+        for p in peers {
+            self.install_permission(now, handle, canonical(p.ip()));
+        }
+        self.send_success(now, reply, &[]);
+    }
+
+    fn install_permission(&mut self, now: Instant, handle: AllocationHandle, ip: IpAddr) {
+        let expires = now + self.config.permission_lifetime;
+        let Some(a) = self.allocations.get_mut(&handle) else {
+            return;
+        };
+        if a.permissions.insert(ip, expires).is_none() {
+            self.out
+                .push_back(Output::Event(Event::PermissionInstalled {
+                    allocation: handle,
+                    client: a.tuple,
+                    relay: a.relay,
+                    peer: ip,
+                }));
+        }
+        self.timers
+            .push(Reverse((expires, Timer::Permission(handle, ip))));
+    }
+
+    /// RFC 8656 §11.2.
+    fn handle_channel_bind(
+        &mut self,
+        now: Instant,
+        reply: &Reply,
+        msg: &Message<'_>,
+        handle: AllocationHandle,
+    ) {
+        let (Ok(Some(channel)), Ok(Some(peer))) = (msg.channel_number(), msg.xor_peer_address())
+        else {
+            return self.send_error(now, reply, 400, &[]);
+        };
+        if !(stun::CHANNEL_MIN..=stun::CHANNEL_MAX).contains(&channel) {
+            return self.send_error(now, reply, 400, &[]);
+        }
+        let peer = SocketAddr::new(canonical(peer.ip()), peer.port());
+        let Some(a) = self.allocations.get(&handle) else {
+            return self.send_error(now, reply, 437, &[]);
+        };
+        // A channel is bound to one peer and a peer to one channel for the binding's life.
+        let channel_taken = a.channels.get(&channel).is_some_and(|c| c.peer != peer);
+        let peer_taken = a.channel_by_peer.get(&peer).is_some_and(|c| *c != channel);
+        if channel_taken || peer_taken {
+            return self.send_error(now, reply, 400, &[]);
+        }
+        if let Some(code) = self.check_peer(a.relay, peer) {
+            return self.send_error(now, reply, code, &[]);
+        }
+        let expires = now + self.config.channel_lifetime;
+        let Some(a) = self.allocations.get_mut(&handle) else {
+            return;
+        };
+        let new = a
+            .channels
+            .insert(channel, Channel { peer, expires })
+            .is_none();
+        a.channel_by_peer.insert(peer, channel);
+        if new {
+            self.out.push_back(Output::Event(Event::ChannelBound {
+                allocation: handle,
+                client: a.tuple,
+                relay: a.relay,
+                peer,
+                channel,
+            }));
+        }
+        self.timers
+            .push(Reverse((expires, Timer::Channel(handle, channel))));
+        // ChannelBind also installs or refreshes the permission (RFC 8656 §11.2).
+        self.install_permission(now, handle, peer.ip());
+        self.send_success(now, reply, &[]);
+    }
+
+    /// RFC 8656 §10.2: every failure is a silent discard.
+    fn handle_send_indication(&mut self, now: Instant, tuple: FiveTuple, msg: &Message<'_>) {
+        let Some(a) = self
+            .by_tuple
+            .get(&tuple)
+            .and_then(|h| self.allocations.get_mut(h))
+        else {
+            self.counters.dropped_no_allocation += 1;
+            return;
+        };
+        let (Ok(Some(peer)), Some(data)) = (msg.xor_peer_address(), msg.data()) else {
+            self.counters.malformed += 1;
+            return;
+        };
+        // DONT-FRAGMENT and other unknown comprehension-required attributes: discard.
+        if !msg
+            .unknown_comprehension_required(KNOWN_ATTRIBUTES)
+            .is_empty()
+        {
+            self.counters.malformed += 1;
+            return;
+        }
+        let peer = SocketAddr::new(canonical(peer.ip()), peer.port());
+        if !a.has_permission(now, peer.ip()) {
+            self.counters.dropped_no_permission += 1;
+            return;
+        }
+        a.counters.to_peer_packets += 1;
+        a.counters.to_peer_bytes += data.len() as u64;
+        let relay = a.relay;
+        self.out.push_back(Output::Transmit(Transmit {
+            from: relay,
+            to: peer,
+            transport: Transport::Udp,
+            bytes: data.to_vec(),
+        }));
+    }
+
+    /// Nonce = hex(expiry ms since start || 4 random bytes || first 8 bytes of
+    /// HMAC-SHA1(nonce key, those 12 bytes || client address)).
+    fn make_nonce(&mut self, now: Instant, client: SocketAddr) -> String {
+        let expiry = (now + self.config.nonce_lifetime).saturating_duration_since(self.epoch);
+        let mut body = [0u8; 12];
+        body[..8].copy_from_slice(&(expiry.as_millis() as u64).to_be_bytes());
+        self.rng.fill_bytes(&mut body[8..]);
+        let mac = self.nonce_mac(&body, client);
+        body.iter()
+            .chain(&mac[..8])
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    fn nonce_mac(&self, body: &[u8; 12], client: SocketAddr) -> [u8; 20] {
+        let mut data = body.to_vec();
+        match client.ip() {
+            IpAddr::V4(v4) => data.extend_from_slice(&v4.octets()),
+            IpAddr::V6(v6) => data.extend_from_slice(&v6.octets()),
+        }
+        data.extend_from_slice(&client.port().to_be_bytes());
+        self.crypto.hmac_sha1(&self.nonce_key, &data)
+    }
+
+    fn nonce_valid(&self, now: Instant, nonce: &str, client: SocketAddr) -> bool {
+        if nonce.len() != 40 || !nonce.is_ascii() {
+            return false;
+        }
+        let mut raw = [0u8; 20];
+        for (i, b) in raw.iter_mut().enumerate() {
+            match nonce
+                .get(2 * i..2 * i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                Some(v) => *b = v,
+                None => return false,
+            }
+        }
+        let mut body = [0u8; 12];
+        body.copy_from_slice(&raw[..12]);
+        if !ct_eq(&raw[12..], &self.nonce_mac(&body, client)[..8]) {
+            return false;
+        }
+        let mut ms = [0u8; 8];
+        ms.copy_from_slice(&body[..8]);
+        let expiry = self.epoch + Duration::from_millis(u64::from_be_bytes(ms));
+        expiry > now
+    }
+
+    fn send_challenge(&mut self, now: Instant, reply: &Reply, code: u16) {
+        let nonce = self.make_nonce(now, reply.tuple.client);
+        let realm = self.credentials.realm().to_owned();
+        self.send_error(
+            now,
+            reply,
+            code,
+            &[Attribute::Realm(&realm), Attribute::Nonce(&nonce)],
+        );
+    }
+
+    fn send_error(&mut self, now: Instant, reply: &Reply, code: u16, extra: &[Attribute<'_>]) {
+        *self.counters.errors_sent.entry(code).or_insert(0) += 1;
+        let mut attrs = Vec::with_capacity(extra.len() + 1);
+        attrs.push(Attribute::ErrorCode {
+            code,
+            reason: reason_phrase(code),
+        });
+        attrs.extend_from_slice(extra);
+        self.respond(now, reply, Class::Error, &attrs);
+    }
+
+    fn send_success(&mut self, now: Instant, reply: &Reply, attrs: &[Attribute<'_>]) {
+        self.respond(now, reply, Class::Success, attrs);
+    }
+
+    fn respond(&mut self, now: Instant, reply: &Reply, class: Class, attrs: &[Attribute<'_>]) {
+        // Only responses without integrity can be triggered by anyone: rate-limit those.
+        if reply.integrity.is_none() && !self.take_token(now, reply.tuple.client.ip()) {
+            self.counters.rate_limited += 1;
+            return;
+        }
+        let bytes = match self.encode(reply, class, attrs) {
+            Ok(b) => b,
+            Err(e) => {
+                debug!(error = %e, "could not encode response");
+                return;
+            }
+        };
+        self.out.push_back(Output::Transmit(Transmit {
+            from: reply.tuple.server,
+            to: reply.tuple.client,
+            transport: reply.tuple.transport,
+            bytes,
+        }));
+    }
+
+    fn encode(
+        &self,
+        reply: &Reply,
+        class: Class,
+        attrs: &[Attribute<'_>],
+    ) -> Result<Vec<u8>, TurnError> {
+        let mut b = MessageBuilder::new(class, reply.method, reply.txid);
+        for a in attrs {
+            b.add(a)?;
+        }
+        if let Some(sw) = &self.config.software {
+            b.add(&Attribute::Software(sw))?;
+        }
+        if let Some((kind, key)) = &reply.integrity {
+            b.add_integrity_kind(*kind, key, self.crypto.as_ref())?;
+        }
+        if reply.fingerprint {
+            b.add_fingerprint()?;
+        }
+        Ok(b.finish())
+    }
+
+    /// Takes one token from `ip`'s bucket; false when empty or the table is full.
+    fn take_token(&mut self, now: Instant, ip: IpAddr) -> bool {
+        let Some(limit) = self.config.unauthenticated_rate else {
+            return true;
+        };
+        let cap = u64::from(limit.burst) * 1000;
+        if !self.buckets.contains_key(&ip) {
+            if self.buckets.len() >= self.config.max_rate_sources {
+                self.sweep_buckets(now);
+                if self.buckets.len() >= self.config.max_rate_sources {
+                    return false;
+                }
+            }
+            self.buckets.insert(
+                ip,
+                Bucket {
+                    milli_tokens: cap,
+                    last: now,
+                },
+            );
+            if !self.sweep_armed {
+                self.arm_sweep(now);
+            }
+        }
+        let Some(b) = self.buckets.get_mut(&ip) else {
+            return false;
+        };
+        let elapsed = now.saturating_duration_since(b.last).as_millis() as u64;
+        b.milli_tokens = (b.milli_tokens + elapsed * u64::from(limit.per_second)).min(cap);
+        b.last = now;
+        if b.milli_tokens >= 1000 {
+            b.milli_tokens -= 1000;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn arm_sweep(&mut self, now: Instant) {
+        self.sweep_armed = true;
+        self.timers
+            .push(Reverse((now + RATE_SWEEP_INTERVAL, Timer::RateSweep)));
+    }
+
+    /// Forgets buckets that have refilled completely: they behave like new ones.
+    fn sweep_buckets(&mut self, now: Instant) {
+        let Some(limit) = self.config.unauthenticated_rate else {
+            self.buckets.clear();
+            return;
+        };
+        let cap = u64::from(limit.burst) * 1000;
+        self.buckets.retain(|_, b| {
+            let elapsed = now.saturating_duration_since(b.last).as_millis() as u64;
+            b.milli_tokens + elapsed * u64::from(limit.per_second) < cap
+        });
+    }
+}
+
+/// A Data indication carrying a peer's datagram (RFC 8656 §10.3).
+fn data_indication(
+    txid: TransactionId,
+    peer: SocketAddr,
+    data: &[u8],
+) -> Result<Vec<u8>, TurnError> {
+    let mut b = MessageBuilder::new(Class::Indication, Method::DATA, txid);
+    b.add(&Attribute::XorPeerAddress(peer))?;
+    b.add(&Attribute::Data(data))?;
+    Ok(b.finish())
+}
+
+/// Reason phrases (RFC 8489 §14.8, RFC 8656 §19).
+fn reason_phrase(code: u16) -> &'static str {
+    match code {
+        400 => "Bad Request",
+        401 => "Unauthenticated",
+        403 => "Forbidden",
+        420 => "Unknown Attribute",
+        437 => "Allocation Mismatch",
+        438 => "Stale Nonce",
+        440 => "Address Family not Supported",
+        441 => "Wrong Credentials",
+        442 => "Unsupported Transport Protocol",
+        443 => "Peer Address Family Mismatch",
+        486 => "Allocation Quota Reached",
+        508 => "Insufficient Capacity",
+        _ => "Server Error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    use super::*;
+    use crate::credentials::{RestSecret, UserDb};
+    use crate::crypto::RustCrypto;
+    use crate::stun::long_term_key;
+
+    const REALM: &str = "example.org";
+
+    /// Tests step time from an arbitrary origin; only differences are ever compared, so this
+    /// is the one clock read, and no test depends on its value.
+    #[allow(clippy::disallowed_methods)]
+    fn origin() -> Instant {
+        Instant::now()
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().expect("test address")
+    }
+
+    fn client() -> SocketAddr {
+        addr("203.0.113.5:40000")
+    }
+
+    fn listen() -> SocketAddr {
+        addr("198.51.100.1:3478")
+    }
+
+    fn wall() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)
+    }
+
+    struct Fx {
+        server: Server,
+        now: Instant,
+        txid: u8,
+    }
+
+    /// What a test needs from one response, owned.
+    #[derive(Debug)]
+    struct Resp {
+        class: Class,
+        code: Option<u16>,
+        nonce: Option<String>,
+        relayed: Option<SocketAddr>,
+        mapped: Option<SocketAddr>,
+        lifetime: Option<u32>,
+        unknown: Option<Vec<u16>>,
+        integrity_ok: bool,
+    }
+
+    fn config() -> ServerConfig {
+        ServerConfig {
+            server_addresses: vec![listen().ip()],
+            ..ServerConfig::default()
+        }
+    }
+
+    fn fx_with(config: ServerConfig, ports: RangeInclusive<u16>) -> Fx {
+        let users = UserDb::parse("turnuser:cisco\nother:pw\n").expect("users");
+        let creds = Credentials::new(REALM)
+            .with_users(users)
+            .expect("realm")
+            .with_rest_secret(RestSecret::new("shared"));
+        let relays = PortRangeAllocator::new(Some(Ipv4Addr::new(198, 51, 100, 1)), None, ports)
+            .expect("ports");
+        let now = origin();
+        let server = Server::new(
+            now,
+            config,
+            creds,
+            Box::new(relays),
+            Box::new(RustCrypto),
+            Box::new(StdRng::seed_from_u64(7)),
+        )
+        .expect("valid config");
+        Fx {
+            server,
+            now,
+            txid: 0,
+        }
+    }
+
+    fn fx() -> Fx {
+        fx_with(config(), PortRangeAllocator::DEFAULT_PORTS)
+    }
+
+    impl Fx {
+        fn next_txid(&mut self) -> TransactionId {
+            self.txid = self.txid.wrapping_add(1);
+            TransactionId([self.txid; 12])
+        }
+
+        fn build(
+            &mut self,
+            method: Method,
+            creds: Option<(&str, &str, &str)>,
+            attrs: &[Attribute<'_>],
+        ) -> Vec<u8> {
+            let txid = self.next_txid();
+            build(Class::Request, method, txid, creds, attrs)
+        }
+
+        fn drain(&mut self) -> Vec<Output> {
+            std::iter::from_fn(|| self.server.poll_output()).collect()
+        }
+
+        fn send_from(
+            &mut self,
+            from: SocketAddr,
+            transport: Transport,
+            bytes: &[u8],
+        ) -> Vec<Output> {
+            self.server
+                .handle_stun(self.now, wall(), from, listen(), transport, bytes);
+            self.drain()
+        }
+
+        /// Sends one request from `client()` over UDP and parses the single response.
+        fn request(
+            &mut self,
+            method: Method,
+            creds: Option<(&str, &str, &str)>,
+            attrs: &[Attribute<'_>],
+        ) -> Resp {
+            let bytes = self.build(method, creds, attrs);
+            let key = creds.map(|(u, p, _)| long_term_key(&RustCrypto, u, REALM, p));
+            let out = self.send_from(client(), Transport::Udp, &bytes);
+            let t = transmits(&out);
+            assert_eq!(t.len(), 1, "expected one response, got {out:?}");
+            assert_eq!((t[0].from, t[0].to), (listen(), client()));
+            resp(&t[0].bytes, key)
+        }
+
+        fn nonce(&mut self) -> String {
+            let r = self.request(
+                Method::ALLOCATE,
+                None,
+                &[Attribute::RequestedTransport(PROTO_UDP)],
+            );
+            assert_eq!(r.code, Some(401));
+            r.nonce.expect("401 carries a nonce")
+        }
+
+        fn allocate(&mut self, user: &str, pass: &str) -> SocketAddr {
+            let nonce = self.nonce();
+            let r = self.request(
+                Method::ALLOCATE,
+                Some((user, pass, &nonce)),
+                &[Attribute::RequestedTransport(PROTO_UDP)],
+            );
+            assert_eq!(r.class, Class::Success, "{r:?}");
+            assert!(r.integrity_ok);
+            r.relayed.expect("relayed address")
+        }
+
+        fn authed(&mut self, method: Method, attrs: &[Attribute<'_>]) -> Resp {
+            let nonce = self.nonce();
+            self.request(method, Some(("turnuser", "cisco", &nonce)), attrs)
+        }
+    }
+
+    fn build(
+        class: Class,
+        method: Method,
+        txid: TransactionId,
+        creds: Option<(&str, &str, &str)>,
+        attrs: &[Attribute<'_>],
+    ) -> Vec<u8> {
+        let mut b = MessageBuilder::new(class, method, txid);
+        for a in attrs {
+            b.add(a).expect("fits");
+        }
+        if let Some((user, pass, nonce)) = creds {
+            b.add(&Attribute::Username(user)).expect("fits");
+            b.add(&Attribute::Realm(REALM)).expect("fits");
+            b.add(&Attribute::Nonce(nonce)).expect("fits");
+            let key = long_term_key(&RustCrypto, user, REALM, pass);
+            b.add_integrity(&key, &RustCrypto).expect("fits");
+        }
+        b.add_fingerprint().expect("fits");
+        b.finish()
+    }
+
+    fn transmits(out: &[Output]) -> Vec<Transmit> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Transmit(t) => Some(t.clone()),
+                Output::Event(_) => None,
+            })
+            .collect()
+    }
+
+    fn events(out: &[Output]) -> Vec<Event> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Event(e) => Some(e.clone()),
+                Output::Transmit(_) => None,
+            })
+            .collect()
+    }
+
+    fn resp(bytes: &[u8], key: Option<[u8; 16]>) -> Resp {
+        let m = Message::parse(bytes).expect("server output parses");
+        assert!(
+            m.has_fingerprint(),
+            "request had FINGERPRINT so response must"
+        );
+        Resp {
+            class: m.class(),
+            code: m.error_code().expect("valid").map(|(c, _)| c),
+            nonce: m.nonce().expect("valid").map(str::to_owned),
+            relayed: m.xor_relayed_address().expect("valid"),
+            mapped: m.xor_mapped_address().expect("valid"),
+            lifetime: m.lifetime().expect("valid"),
+            unknown: match m.attribute(attr::UNKNOWN_ATTRIBUTES).expect("valid") {
+                Some(Attribute::UnknownAttributes(u)) => Some(u),
+                _ => None,
+            },
+            integrity_ok: key.is_some_and(|k| {
+                m.check_integrity(&k, &RustCrypto) == IntegrityCheck::Valid(IntegrityKind::Sha1)
+            }),
+        }
+    }
+
+    fn peer_perm(ip: &str) -> Attribute<'static> {
+        Attribute::XorPeerAddress(SocketAddr::new(ip.parse().expect("ip"), 5000))
+    }
+
+    #[test]
+    fn binding_returns_reflexive_address() {
+        let mut f = fx();
+        let r = f.request(Method::BINDING, None, &[]);
+        assert_eq!(r.class, Class::Success);
+        assert_eq!(r.mapped, Some(client()));
+    }
+
+    #[test]
+    fn allocate_challenge_then_success() {
+        let mut f = fx();
+        let nonce = f.nonce();
+        assert_eq!(nonce.len(), 40);
+        let r = f.request(
+            Method::ALLOCATE,
+            Some(("turnuser", "cisco", &nonce)),
+            &[
+                Attribute::RequestedTransport(PROTO_UDP),
+                Attribute::Lifetime(60),
+            ],
+        );
+        assert_eq!(r.class, Class::Success);
+        assert!(r.integrity_ok, "success responses carry MESSAGE-INTEGRITY");
+        let relay = r.relayed.expect("relay");
+        assert!(PortRangeAllocator::DEFAULT_PORTS.contains(&relay.port()));
+        assert_eq!(r.mapped, Some(client()));
+        // Asked for 60 s, below the default: the default 600 s applies (RFC 8656 §7.2).
+        assert_eq!(r.lifetime, Some(600));
+        assert_eq!(f.server.status().counters.challenges, 1);
+        assert_eq!(f.server.status().allocations, 1);
+        // The 401 challenge armed the rate-limit sweep, which comes before the 600 s expiry.
+        assert_eq!(f.server.poll_timeout(), Some(f.now + RATE_SWEEP_INTERVAL));
+        assert_eq!(
+            f.server.allocations(f.now)[0].expires_in,
+            Duration::from_secs(600)
+        );
+    }
+
+    #[test]
+    fn allocation_created_event_names_the_relay() {
+        let mut f = fx();
+        let nonce = f.nonce();
+        let bytes = f.build(
+            Method::ALLOCATE,
+            Some(("turnuser", "cisco", &nonce)),
+            &[Attribute::RequestedTransport(PROTO_UDP)],
+        );
+        let out = f.send_from(client(), Transport::Udp, &bytes);
+        let relay = resp(&transmits(&out)[0].bytes, None)
+            .relayed
+            .expect("relay");
+        assert_eq!(
+            events(&out),
+            vec![Event::AllocationCreated {
+                allocation: AllocationHandle(1),
+                client: FiveTuple {
+                    transport: Transport::Udp,
+                    client: client(),
+                    server: listen()
+                },
+                relay,
+                username: "turnuser".into(),
+                lifetime: Duration::from_secs(600),
+            }]
+        );
+    }
+
+    #[test]
+    fn wrong_password_gets_401_and_is_counted_as_bad_integrity() {
+        let mut f = fx();
+        let nonce = f.nonce();
+        let r = f.request(
+            Method::ALLOCATE,
+            Some(("turnuser", "wrong", &nonce)),
+            &[Attribute::RequestedTransport(PROTO_UDP)],
+        );
+        assert_eq!(r.code, Some(401));
+        assert!(r.nonce.is_some());
+        assert!(
+            !r.integrity_ok,
+            "a 401 for bad credentials has no integrity"
+        );
+        let r = f.request(
+            Method::ALLOCATE,
+            Some(("nobody", "x", &nonce)),
+            &[Attribute::RequestedTransport(PROTO_UDP)],
+        );
+        assert_eq!(r.code, Some(401));
+        let c = f.server.status().counters;
+        assert_eq!((c.bad_integrity, c.unknown_user), (1, 1));
+        assert_eq!(c.errors_sent.get(&401), Some(&3));
+    }
+
+    #[test]
+    fn stale_and_forged_nonces_get_438() {
+        let mut f = fx();
+        let nonce = f.nonce();
+        f.now += Duration::from_secs(601);
+        let r = f.request(
+            Method::ALLOCATE,
+            Some(("turnuser", "cisco", &nonce)),
+            &[Attribute::RequestedTransport(PROTO_UDP)],
+        );
+        assert_eq!(r.code, Some(438));
+        let fresh = r.nonce.expect("438 carries a new nonce");
+        assert_ne!(fresh, nonce);
+        let mut forged = fresh.clone().into_bytes();
+        forged[39] = if forged[39] == b'0' { b'1' } else { b'0' };
+        let forged = String::from_utf8(forged).expect("ascii");
+        let r = f.request(
+            Method::ALLOCATE,
+            Some(("turnuser", "cisco", &forged)),
+            &[Attribute::RequestedTransport(PROTO_UDP)],
+        );
+        assert_eq!(r.code, Some(438));
+        let r = f.request(
+            Method::ALLOCATE,
+            Some(("turnuser", "cisco", &fresh)),
+            &[Attribute::RequestedTransport(PROTO_UDP)],
+        );
+        assert_eq!(r.class, Class::Success);
+        // A nonce is bound to the client address: another port cannot reuse it.
+        let bytes = f.build(
+            Method::ALLOCATE,
+            Some(("turnuser", "cisco", &fresh)),
+            &[Attribute::RequestedTransport(PROTO_UDP)],
+        );
+        let out = f.send_from(addr("203.0.113.5:40001"), Transport::Udp, &bytes);
+        assert_eq!(resp(&transmits(&out)[0].bytes, None).code, Some(438));
+    }
+
+    #[test]
+    fn allocate_errors_follow_rfc8656_section_7_2() {
+        let mut f = fx();
+        let r = f.authed(Method::ALLOCATE, &[]);
+        assert_eq!(r.code, Some(400), "missing REQUESTED-TRANSPORT");
+        assert!(r.integrity_ok, "errors after authentication are signed");
+        let r = f.authed(Method::ALLOCATE, &[Attribute::RequestedTransport(6)]);
+        assert_eq!(r.code, Some(442));
+        let r = f.authed(
+            Method::ALLOCATE,
+            &[
+                Attribute::RequestedTransport(PROTO_UDP),
+                Attribute::DontFragment,
+            ],
+        );
+        assert_eq!(r.code, Some(420));
+        assert_eq!(r.unknown, Some(vec![attr::DONT_FRAGMENT]));
+        let r = f.authed(
+            Method::ALLOCATE,
+            &[
+                Attribute::RequestedTransport(PROTO_UDP),
+                Attribute::ReservationToken([1; 8]),
+            ],
+        );
+        assert_eq!(r.code, Some(508), "unknown reservation token");
+        let r = f.authed(
+            Method::ALLOCATE,
+            &[
+                Attribute::RequestedTransport(PROTO_UDP),
+                Attribute::ReservationToken([1; 8]),
+                Attribute::EvenPort(false),
+            ],
+        );
+        assert_eq!(r.code, Some(400), "token with EVEN-PORT");
+        let r = f.authed(
+            Method::ALLOCATE,
+            &[
+                Attribute::RequestedTransport(PROTO_UDP),
+                Attribute::RequestedAddressFamily(Family::V6),
+            ],
+        );
+        assert_eq!(r.code, Some(440), "no IPv6 relay address");
+        let r = f.authed(
+            Method::ALLOCATE,
+            &[
+                Attribute::RequestedTransport(PROTO_UDP),
+                Attribute::EvenPort(false),
+            ],
+        );
+        assert_eq!(r.class, Class::Success);
+        assert_eq!(r.relayed.expect("relay").port() % 2, 0);
+        let r = f.authed(
+            Method::ALLOCATE,
+            &[Attribute::RequestedTransport(PROTO_UDP)],
+        );
+        assert_eq!(r.code, Some(437), "5-tuple already has an allocation");
+    }
+
+    #[test]
+    fn retransmitted_allocate_gets_the_same_success() {
+        let mut f = fx();
+        let nonce = f.nonce();
+        let bytes = f.build(
+            Method::ALLOCATE,
+            Some(("turnuser", "cisco", &nonce)),
+            &[Attribute::RequestedTransport(PROTO_UDP)],
+        );
+        let first = f.send_from(client(), Transport::Udp, &bytes);
+        f.now += Duration::from_secs(1);
+        let again = f.send_from(client(), Transport::Udp, &bytes);
+        let a = resp(&transmits(&first)[0].bytes, None);
+        let b = resp(&transmits(&again)[0].bytes, None);
+        assert_eq!(b.class, Class::Success);
+        assert_eq!(a.relayed, b.relayed);
+        assert_eq!(b.lifetime, Some(599));
+        assert!(events(&again).is_empty());
+    }
+
+    #[test]
+    fn refresh_lifetimes_and_delete() {
+        let mut f = fx();
+        let r = f.authed(Method::REFRESH, &[]);
+        assert_eq!(r.code, Some(437), "no allocation yet");
+        let relay = f.allocate("turnuser", "cisco");
+        let r = f.authed(Method::REFRESH, &[Attribute::Lifetime(7200)]);
+        assert_eq!(r.lifetime, Some(3600), "capped at the maximum");
+        let r = f.authed(Method::REFRESH, &[Attribute::Lifetime(10)]);
+        assert_eq!(r.lifetime, Some(600), "raised to the default");
+        // Another user on the same 5-tuple: 441.
+        let nonce = f.nonce();
+        let r = f.request(Method::REFRESH, Some(("other", "pw", &nonce)), &[]);
+        assert_eq!(r.code, Some(441));
+        let nonce = f.nonce();
+        let bytes = f.build(
+            Method::REFRESH,
+            Some(("turnuser", "cisco", &nonce)),
+            &[Attribute::Lifetime(0)],
+        );
+        let out = f.send_from(client(), Transport::Udp, &bytes);
+        assert_eq!(resp(&transmits(&out)[0].bytes, None).lifetime, Some(0));
+        assert!(matches!(
+            events(&out).as_slice(),
+            [Event::AllocationDeleted { relay: r, reason: DeleteReason::ClientDeleted, .. }] if *r == relay
+        ));
+        assert_eq!(f.server.status().allocations, 0);
+    }
+
+    #[test]
+    fn permissions_deny_special_and_private_peers() {
+        let mut f = fx();
+        f.allocate("turnuser", "cisco");
+        for denied in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "169.254.1.1",
+            "0.1.2.3",
+            "198.51.100.1",
+            "224.0.0.5",
+        ] {
+            let r = f.authed(Method::CREATE_PERMISSION, &[peer_perm(denied)]);
+            assert_eq!(r.code, Some(403), "{denied}");
+        }
+        let r = f.authed(Method::CREATE_PERMISSION, &[peer_perm("::1")]);
+        assert_eq!(r.code, Some(443), "IPv6 peer on an IPv4 relay");
+        let r = f.authed(Method::CREATE_PERMISSION, &[]);
+        assert_eq!(r.code, Some(400));
+        // One denied peer among allowed ones installs nothing.
+        let r = f.authed(
+            Method::CREATE_PERMISSION,
+            &[peer_perm("192.0.2.7"), peer_perm("10.0.0.1")],
+        );
+        assert_eq!(r.code, Some(403));
+        assert_eq!(f.server.status().permissions, 0);
+        let r = f.authed(Method::CREATE_PERMISSION, &[peer_perm("192.0.2.7")]);
+        assert_eq!(r.class, Class::Success);
+        assert_eq!(f.server.status().permissions, 1);
+    }
+
+    #[test]
+    fn allowed_peers_override_defaults_but_not_own_addresses() {
+        let mut cfg = config();
+        cfg.allowed_peers = vec!["172.16.85.0/24".parse().expect("range")];
+        cfg.denied_peers = vec!["192.0.2.10-192.0.2.20".parse().expect("range")];
+        cfg.server_addresses
+            .push("172.16.85.168".parse().expect("ip"));
+        let f = fx_with(cfg, PortRangeAllocator::DEFAULT_PORTS);
+        let ok = |s: &str| f.server.peer_allowed(s.parse().expect("ip"));
+        assert!(ok("172.16.85.180"), "CMS behind the Expressway-E");
+        assert!(!ok("172.16.85.168"), "the server itself");
+        assert!(!ok("172.16.86.1"));
+        assert!(!ok("192.0.2.15"));
+        assert!(ok("192.0.2.21"));
+        assert!(!ok("::ffff:127.0.0.1"), "IPv4-mapped loopback");
+        let mut cfg = config();
+        cfg.allow_private_peers = true;
+        let f = fx_with(cfg, PortRangeAllocator::DEFAULT_PORTS);
+        assert!(f.server.peer_allowed("10.0.0.1".parse().expect("ip")));
+        assert!(!f.server.peer_allowed("127.0.0.1".parse().expect("ip")));
+    }
+
+    #[test]
+    fn ip_range_parsing() {
+        let r: IpRange = "10.0.0.0/8".parse().expect("cidr");
+        assert!(r.contains("10.255.255.255".parse().expect("ip")));
+        assert!(!r.contains("11.0.0.0".parse().expect("ip")));
+        assert!("10.0.0.0/33".parse::<IpRange>().is_err());
+        assert!("1.2.3.4-::1".parse::<IpRange>().is_err());
+        assert!("1.2.3.5-1.2.3.4".parse::<IpRange>().is_err());
+        assert!("nonsense".parse::<IpRange>().is_err());
+        let all: IpRange = "::/0".parse().expect("cidr");
+        assert!(all.contains("2001:db8::1".parse().expect("ip")));
+        assert!(!all.contains("1.2.3.4".parse().expect("ip")));
+    }
+
+    #[test]
+    fn send_and_data_indications_relay_with_permission() {
+        let mut f = fx();
+        let relay = f.allocate("turnuser", "cisco");
+        let peer = addr("192.0.2.7:5000");
+        let txid = f.next_txid();
+        let send = build(
+            Class::Indication,
+            Method::SEND,
+            txid,
+            None,
+            &[Attribute::XorPeerAddress(peer), Attribute::Data(b"rtp")],
+        );
+        assert!(
+            f.send_from(client(), Transport::Udp, &send).is_empty(),
+            "no permission yet"
+        );
+        f.server.handle_peer_data(f.now, relay, peer, b"in");
+        assert!(f.drain().is_empty());
+        assert_eq!(f.server.status().counters.dropped_no_permission, 2);
+
+        f.authed(
+            Method::CREATE_PERMISSION,
+            &[Attribute::XorPeerAddress(peer)],
+        );
+        let out = f.send_from(client(), Transport::Udp, &send);
+        assert_eq!(
+            transmits(&out),
+            vec![Transmit {
+                from: relay,
+                to: peer,
+                transport: Transport::Udp,
+                bytes: b"rtp".to_vec()
+            }]
+        );
+        // Permissions ignore the peer port (RFC 8656 §9).
+        f.server
+            .handle_peer_data(f.now, relay, addr("192.0.2.7:6000"), b"back");
+        let out = f.drain();
+        let t = &transmits(&out)[0];
+        assert_eq!((t.from, t.to), (listen(), client()));
+        let m = Message::parse(&t.bytes).expect("data indication");
+        assert_eq!((m.class(), m.method()), (Class::Indication, Method::DATA));
+        assert_eq!(m.data(), Some(&b"back"[..]));
+        assert_eq!(
+            m.xor_peer_address().expect("valid"),
+            Some(addr("192.0.2.7:6000"))
+        );
+        let st = f.server.status();
+        assert_eq!(st.traffic.to_peer_packets, 1);
+        assert_eq!(st.traffic.from_peer_bytes, 4);
+    }
+
+    #[test]
+    fn channel_bind_relays_channel_data_both_ways() {
+        let mut f = fx();
+        let relay = f.allocate("turnuser", "cisco");
+        let peer = addr("192.0.2.7:5000");
+        let nonce = f.nonce();
+        let bytes = f.build(
+            Method::CHANNEL_BIND,
+            Some(("turnuser", "cisco", &nonce)),
+            &[
+                Attribute::ChannelNumber(0x4001),
+                Attribute::XorPeerAddress(peer),
+            ],
+        );
+        let out = f.send_from(client(), Transport::Udp, &bytes);
+        assert_eq!(resp(&transmits(&out)[0].bytes, None).class, Class::Success);
+        let tuple = FiveTuple {
+            transport: Transport::Udp,
+            client: client(),
+            server: listen(),
+        };
+        assert_eq!(
+            events(&out),
+            vec![
+                Event::ChannelBound {
+                    allocation: AllocationHandle(1),
+                    client: tuple,
+                    relay,
+                    peer,
+                    channel: 0x4001
+                },
+                Event::PermissionInstalled {
+                    allocation: AllocationHandle(1),
+                    client: tuple,
+                    relay,
+                    peer: peer.ip()
+                },
+            ]
+        );
+        let mut cd = Vec::new();
+        stun::encode_channel_data(0x4001, b"media", false, &mut cd).expect("valid");
+        f.server
+            .handle_channel_data(f.now, client(), listen(), Transport::Udp, &cd);
+        assert_eq!(
+            transmits(&f.drain()),
+            vec![Transmit {
+                from: relay,
+                to: peer,
+                transport: Transport::Udp,
+                bytes: b"media".to_vec()
+            }]
+        );
+        f.server.handle_peer_data(f.now, relay, peer, b"reply");
+        let t = transmits(&f.drain());
+        assert_eq!(t[0].bytes, [0x40, 0x01, 0, 5, b'r', b'e', b'p', b'l', b'y']);
+        // Unbound channel: dropped.
+        let mut cd = Vec::new();
+        stun::encode_channel_data(0x4002, b"x", false, &mut cd).expect("valid");
+        f.server
+            .handle_channel_data(f.now, client(), listen(), Transport::Udp, &cd);
+        assert!(f.drain().is_empty());
+        assert_eq!(f.server.status().counters.dropped_no_channel, 1);
+    }
+
+    #[test]
+    fn channel_bind_errors() {
+        let mut f = fx();
+        f.allocate("turnuser", "cisco");
+        let p1 = addr("192.0.2.7:5000");
+        let p2 = addr("192.0.2.8:5000");
+        let bind = |ch, p| [Attribute::ChannelNumber(ch), Attribute::XorPeerAddress(p)];
+        assert_eq!(
+            f.authed(Method::CHANNEL_BIND, &bind(0x3FFF, p1)).code,
+            Some(400)
+        );
+        assert_eq!(
+            f.authed(Method::CHANNEL_BIND, &bind(0x5000, p1)).code,
+            Some(400)
+        );
+        assert_eq!(
+            f.authed(Method::CHANNEL_BIND, &[Attribute::ChannelNumber(0x4000)])
+                .code,
+            Some(400)
+        );
+        assert_eq!(
+            f.authed(Method::CHANNEL_BIND, &bind(0x4000, addr("127.0.0.1:1")))
+                .code,
+            Some(403)
+        );
+        assert_eq!(
+            f.authed(Method::CHANNEL_BIND, &bind(0x4000, p1)).class,
+            Class::Success
+        );
+        // Refreshing the same binding is fine; rebinding either side is not.
+        assert_eq!(
+            f.authed(Method::CHANNEL_BIND, &bind(0x4000, p1)).class,
+            Class::Success
+        );
+        assert_eq!(
+            f.authed(Method::CHANNEL_BIND, &bind(0x4000, p2)).code,
+            Some(400)
+        );
+        assert_eq!(
+            f.authed(Method::CHANNEL_BIND, &bind(0x4001, p1)).code,
+            Some(400)
+        );
+    }
+
+    #[test]
+    fn tcp_clients_get_padded_channel_data() {
+        let mut f = fx();
+        let nonce = f.nonce();
+        let tcp_client = addr("203.0.113.9:50000");
+        let mut bytes = build(
+            Class::Request,
+            Method::ALLOCATE,
+            TransactionId([9; 12]),
+            None,
+            &[Attribute::RequestedTransport(PROTO_UDP)],
+        );
+        let out = f.send_from(tcp_client, Transport::Tcp, &bytes);
+        let nonce_tcp = resp(&transmits(&out)[0].bytes, None).nonce.expect("nonce");
+        assert_ne!(nonce_tcp, nonce);
+        bytes = build(
+            Class::Request,
+            Method::ALLOCATE,
+            TransactionId([10; 12]),
+            Some(("turnuser", "cisco", &nonce_tcp)),
+            &[Attribute::RequestedTransport(PROTO_UDP)],
+        );
+        let out = f.send_from(tcp_client, Transport::Tcp, &bytes);
+        let relay = resp(&transmits(&out)[0].bytes, None)
+            .relayed
+            .expect("relay");
+        let peer = addr("192.0.2.7:5000");
+        bytes = build(
+            Class::Request,
+            Method::CHANNEL_BIND,
+            TransactionId([11; 12]),
+            Some(("turnuser", "cisco", &nonce_tcp)),
+            &[
+                Attribute::ChannelNumber(0x4000),
+                Attribute::XorPeerAddress(peer),
+            ],
+        );
+        let out = f.send_from(tcp_client, Transport::Tcp, &bytes);
+        assert_eq!(transmits(&out)[0].transport, Transport::Tcp);
+        f.server.handle_peer_data(f.now, relay, peer, b"abcde");
+        let t = transmits(&f.drain());
+        assert_eq!(t[0].bytes.len(), 12, "4 header + 5 data + 3 padding");
+        assert_eq!(t[0].transport, Transport::Tcp);
+        let st = f.server.status();
+        assert_eq!((st.relays_tcp, st.relays_udp, st.clients), (1, 0, 1));
+        // Closing the TCP connection ends the allocation.
+        f.server.handle_connection_closed(
+            f.now,
+            FiveTuple {
+                transport: Transport::Tcp,
+                client: tcp_client,
+                server: listen(),
+            },
+        );
+        let ev = events(&f.drain());
+        assert!(matches!(
+            ev.last(),
+            Some(Event::AllocationDeleted {
+                reason: DeleteReason::ConnectionClosed,
+                ..
+            })
+        ));
+        assert_eq!(ev.len(), 3, "channel, permission, allocation: {ev:?}");
+    }
+
+    #[test]
+    fn timers_expire_permission_channel_and_allocation() {
+        let mut f = fx();
+        let relay = f.allocate("turnuser", "cisco");
+        let start = f.now;
+        let p1 = addr("192.0.2.7:5000");
+        let p2 = addr("192.0.2.8:5000");
+        f.authed(Method::CREATE_PERMISSION, &[Attribute::XorPeerAddress(p1)]);
+        f.authed(
+            Method::CHANNEL_BIND,
+            &[
+                Attribute::ChannelNumber(0x4000),
+                Attribute::XorPeerAddress(p2),
+            ],
+        );
+        assert_eq!(
+            f.server.poll_timeout(),
+            Some(start + Duration::from_secs(60)),
+            "rate sweep"
+        );
+        f.now = start + Duration::from_secs(299);
+        f.server.handle_timeout(f.now);
+        assert!(events(&f.drain()).is_empty());
+        f.now = start + Duration::from_secs(300);
+        f.server.handle_timeout(f.now);
+        let ev = events(&f.drain());
+        assert_eq!(ev.len(), 2, "both permissions (300 s): {ev:?}");
+        assert!(ev
+            .iter()
+            .all(|e| matches!(e, Event::PermissionExpired { .. })));
+        // Peer data now dropped even though the channel (600 s) is still bound.
+        f.server.handle_peer_data(f.now, relay, p2, b"x");
+        assert!(f.drain().is_empty());
+        // Refresh at 300 s for 1200 s, so only the channel expires at 600 s.
+        f.authed(Method::REFRESH, &[Attribute::Lifetime(1200)]);
+        f.now = start + Duration::from_secs(600);
+        f.server.handle_timeout(f.now);
+        assert!(matches!(
+            events(&f.drain()).as_slice(),
+            [Event::ChannelExpired {
+                channel: 0x4000,
+                ..
+            }]
+        ));
+        f.now = start + Duration::from_secs(1499);
+        f.server.handle_timeout(f.now);
+        assert!(events(&f.drain()).is_empty(), "refreshed at 300 for 1200 s");
+        f.now = start + Duration::from_secs(1500);
+        f.server.handle_timeout(f.now);
+        assert!(matches!(
+            events(&f.drain()).as_slice(),
+            [Event::AllocationDeleted {
+                reason: DeleteReason::Expired,
+                ..
+            }]
+        ));
+        assert_eq!(f.server.status().counters.allocations_expired, 1);
+        // The rate-limit buckets are idle and full by now, so nothing is left to time.
+        f.server.handle_timeout(f.now + Duration::from_secs(120));
+        assert_eq!(f.server.poll_timeout(), None);
+    }
+
+    #[test]
+    fn quotas_give_486_and_exhausted_ports_508() {
+        let mut cfg = config();
+        cfg.user_quota = Some(1);
+        cfg.total_quota = Some(2);
+        let mut f = fx_with(cfg, 24000..=24001);
+        let c2 = addr("203.0.113.5:40002");
+        let c3 = addr("203.0.113.6:40003");
+        f.allocate("turnuser", "cisco");
+        let try_alloc = |f: &mut Fx, from: SocketAddr, user: &str, pass: &str| {
+            let out = f.send_from(
+                from,
+                Transport::Udp,
+                &build(
+                    Class::Request,
+                    Method::ALLOCATE,
+                    TransactionId([1; 12]),
+                    None,
+                    &[],
+                ),
+            );
+            let nonce = resp(&transmits(&out)[0].bytes, None).nonce.expect("nonce");
+            let txid = f.next_txid();
+            let bytes = build(
+                Class::Request,
+                Method::ALLOCATE,
+                txid,
+                Some((user, pass, &nonce)),
+                &[Attribute::RequestedTransport(PROTO_UDP)],
+            );
+            let out = f.send_from(from, Transport::Udp, &bytes);
+            resp(&transmits(&out)[0].bytes, None)
+        };
+        assert_eq!(
+            try_alloc(&mut f, c2, "turnuser", "cisco").code,
+            Some(486),
+            "user quota"
+        );
+        assert_eq!(try_alloc(&mut f, c2, "other", "pw").class, Class::Success);
+        assert_eq!(
+            try_alloc(&mut f, c3, "other", "pw").code,
+            Some(486),
+            "total quota"
+        );
+
+        let mut cfg = config();
+        cfg.user_quota = None;
+        let mut f = fx_with(cfg, 24000..=24000);
+        f.allocate("turnuser", "cisco");
+        assert_eq!(try_alloc(&mut f, c2, "other", "pw").code, Some(508));
+    }
+
+    #[test]
+    fn rest_credentials_work_and_expire() {
+        let mut f = fx();
+        let secret = RestSecret::new("shared");
+        let (user, pass) = secret.issue("alice", 1_700_000_100, &RustCrypto);
+        let relay = f.allocate(&user, pass.expose());
+        assert!(relay.port() >= 24000);
+        let (old_user, old_pass) = secret.issue("bob", 1_699_999_999, &RustCrypto);
+        let nonce = f.nonce();
+        let c2 = addr("203.0.113.5:40002");
+        let bytes = build(
+            Class::Request,
+            Method::ALLOCATE,
+            TransactionId([3; 12]),
+            Some((&old_user, old_pass.expose(), &nonce)),
+            &[Attribute::RequestedTransport(PROTO_UDP)],
+        );
+        let _ = f.send_from(c2, Transport::Udp, &bytes);
+        assert_eq!(
+            f.server.status().counters.stale_nonce,
+            1,
+            "nonce is per client"
+        );
+        let r = f.request(
+            Method::ALLOCATE,
+            Some((&old_user, old_pass.expose(), &nonce)),
+            &[Attribute::RequestedTransport(PROTO_UDP)],
+        );
+        assert_eq!(r.code, Some(401));
+        assert_eq!(f.server.status().counters.expired_credentials, 1);
+    }
+
+    #[test]
+    fn unauthenticated_responses_are_rate_limited_per_source() {
+        let mut cfg = config();
+        cfg.unauthenticated_rate = Some(RateLimit {
+            burst: 3,
+            per_second: 1,
+        });
+        let mut f = fx_with(cfg, PortRangeAllocator::DEFAULT_PORTS);
+        let binding = |f: &mut Fx, from| {
+            let txid = f.next_txid();
+            let b = build(Class::Request, Method::BINDING, txid, None, &[]);
+            transmits(&f.send_from(from, Transport::Udp, &b)).len()
+        };
+        let sent: usize = (0..5).map(|_| binding(&mut f, client())).sum();
+        assert_eq!(sent, 3);
+        assert_eq!(f.server.status().counters.rate_limited, 2);
+        assert_eq!(
+            binding(&mut f, addr("203.0.113.99:1")),
+            1,
+            "other sources unaffected"
+        );
+        f.now += Duration::from_millis(1000);
+        assert_eq!(binding(&mut f, client()), 1, "refilled one token");
+        assert_eq!(binding(&mut f, client()), 0);
+    }
+
+    #[test]
+    fn unknown_methods_and_attributes() {
+        let mut f = fx();
+        let r = f.request(Method(0x0FF), None, &[]);
+        assert_eq!(r.code, Some(400));
+        let r = f.request(
+            Method::BINDING,
+            None,
+            &[Attribute::Other {
+                typ: 0x7FFF,
+                value: b"x",
+            }],
+        );
+        assert_eq!(r.code, Some(420));
+        assert_eq!(r.unknown, Some(vec![0x7FFF]));
+        // Comprehension-optional unknowns are ignored.
+        let r = f.request(
+            Method::BINDING,
+            None,
+            &[Attribute::Other {
+                typ: 0xC001,
+                value: b"x",
+            }],
+        );
+        assert_eq!(r.class, Class::Success);
+    }
+
+    #[test]
+    fn config_validation() {
+        let mut cfg = config();
+        cfg.default_lifetime = Duration::from_secs(7200);
+        let relays =
+            PortRangeAllocator::new(Some(Ipv4Addr::LOCALHOST), None, 24000..=24000).expect("ok");
+        assert!(matches!(
+            Server::new(
+                origin(),
+                cfg,
+                Credentials::new(REALM),
+                Box::new(relays),
+                Box::new(RustCrypto),
+                Box::new(StdRng::seed_from_u64(1)),
+            ),
+            Err(TurnError::Config { .. })
+        ));
+        assert!(PortRangeAllocator::new(None, None, 1..=2).is_err());
+        #[allow(clippy::reversed_empty_ranges)]
+        let empty = 3..=2;
+        assert!(PortRangeAllocator::new(Some(Ipv4Addr::LOCALHOST), None, empty).is_err());
+    }
+
+    #[test]
+    fn status_and_allocation_listing() {
+        let mut f = fx();
+        let relay = f.allocate("turnuser", "cisco");
+        f.authed(Method::CREATE_PERMISSION, &[peer_perm("192.0.2.7")]);
+        f.server.record_offloaded(
+            AllocationHandle(1),
+            AllocationCounters {
+                to_peer_packets: 10,
+                to_peer_bytes: 1600,
+                ..AllocationCounters::default()
+            },
+        );
+        let list = f.server.allocations(f.now + Duration::from_secs(100));
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].relay, relay);
+        assert_eq!(list[0].username, "turnuser");
+        assert_eq!(list[0].expires_in, Duration::from_secs(500));
+        assert_eq!(
+            list[0].permissions,
+            vec!["192.0.2.7".parse::<IpAddr>().expect("ip")]
+        );
+        let st = f.server.status();
+        assert_eq!(
+            (st.allocations, st.clients, st.relays_udp, st.permissions),
+            (1, 1, 1, 1)
+        );
+        assert_eq!(st.traffic.to_peer_bytes, 1600);
+        assert!(f
+            .server
+            .delete_allocation(f.now, AllocationHandle(1), DeleteReason::Shell));
+        assert_eq!(
+            f.server.status().traffic.to_peer_bytes,
+            1600,
+            "kept after delete"
+        );
+    }
+
+    #[test]
+    fn garbage_inputs_never_panic() {
+        let mut f = fx();
+        let relay = f.allocate("turnuser", "cisco");
+        let nonce = f.nonce();
+        let samples = [
+            f.build(
+                Method::CHANNEL_BIND,
+                Some(("turnuser", "cisco", &nonce)),
+                &[Attribute::ChannelNumber(0x4000), peer_perm("192.0.2.7")],
+            ),
+            f.build(
+                Method::CREATE_PERMISSION,
+                Some(("turnuser", "cisco", &nonce)),
+                &[peer_perm("192.0.2.7"), peer_perm("192.0.2.8")],
+            ),
+            build(
+                Class::Indication,
+                Method::SEND,
+                TransactionId([5; 12]),
+                None,
+                &[peer_perm("192.0.2.7"), Attribute::Data(b"abc")],
+            ),
+        ];
+        for msg in &samples {
+            for i in 0..msg.len() {
+                for v in [0u8, 0xFF, msg[i] ^ 0x01] {
+                    let mut m = msg.clone();
+                    m[i] = v;
+                    for cut in [m.len(), i] {
+                        f.server.handle_stun(
+                            f.now,
+                            wall(),
+                            client(),
+                            listen(),
+                            Transport::Udp,
+                            &m[..cut],
+                        );
+                        f.server.handle_channel_data(
+                            f.now,
+                            client(),
+                            listen(),
+                            Transport::Udp,
+                            &m[..cut],
+                        );
+                        f.server
+                            .handle_peer_data(f.now, relay, addr("192.0.2.7:5000"), &m[..cut]);
+                    }
+                }
+            }
+            let _ = f.drain();
+        }
+    }
+}
