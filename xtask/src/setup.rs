@@ -332,7 +332,9 @@ fn step_bpf_linker(nightly: &Nightly, cache: &Cache) -> Result<()> {
                 "--root",
             ])
             .arg(cache.linker_root())
-            .env("LLVM_PREFIX", cache.llvm_prefix()),
+            .env("LLVM_PREFIX", cache.llvm_prefix())
+            // Build in cargo's throwaway temp dir, not in a target dir the caller exported.
+            .env_remove("CARGO_TARGET_DIR"),
         "build bpf-linker",
         "see the compiler output above; `rm -rf ~/.cache/xdpfork` and rerun `cargo xtask setup`",
     )?;
