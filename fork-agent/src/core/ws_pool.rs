@@ -1,0 +1,1448 @@
+//! WebSocket connection pool policy for ONE speech server (sans-IO, pure policy).
+//!
+//! Role: decide which WebSocket connection carries each forked call, when to open, close and
+//! reconnect connections, and whether a frame may be queued on a connection. It reproduces
+//! CUBE's load balancing (reference: cube-websocket-media-forking.txt, "Load Balancing"):
+//! a connection carries up to `calls_threshold` calls (1–20, default 3), a new call goes to
+//! the least busy connection, a new connection opens only when all are full, and a
+//! connection with no calls closes after `idle_timeout` (default 30 min).
+//!
+//! Inputs (each takes `now`): [`WsPool::handle_stream_wanted`], [`WsPool::handle_call_released`],
+//! [`WsPool::handle_connected`], [`WsPool::handle_closed`], [`WsPool::handle_send_backlog`],
+//! [`WsPool::admit`], [`WsPool::handle_timeout`].
+//! Outputs: [`WsPool::poll_output`] ([`PoolOutput`]) and [`WsPool::poll_timeout`].
+//! Call order for the shell: feed one input, drain `poll_output()` until `None`, re-arm the
+//! timer from `poll_timeout()`, call `handle_timeout(now)` when it fires.
+//!
+//! Policy details:
+//! - While a connection is being opened (or waits to reconnect), new calls wait on it as long
+//!   as it has room, instead of opening one connection per call.
+//! - [`PoolOutput::Assign`] means "the connection is open: send `start` for this call's
+//!   streams now". A waiting call gets it when its connection opens.
+//! - When a connection dies, each of its calls moves to another open connection with room
+//!   ([`PoolOutput::Resend`], or `Assign` if it never started); the rest stay on the dead
+//!   connection, which reconnects after an exponential backoff with jitter and then emits
+//!   `Resend` for them. `Resend` means: re-send `start` with `"resumed": true` (same stream
+//!   ids) for each live stream of the call, then `pause` again if the stream is paused
+//!   (docs/speech-protocol.md, "Reconnect and resume").
+//! - After `max_connect_attempts` consecutive failed connection attempts, the waiting calls
+//!   get [`PoolOutput::CallFailed`] (CUBE status "Connection failed", or "Authentication token
+//!   invalid" for an HTTP 401).
+//! - Send queue, per connection: the shell asks [`WsPool::admit`] before queueing a frame and
+//!   reports the real queue length with [`WsPool::handle_send_backlog`] as its writer drains.
+//!   Control frames are always admitted (they are few and losing one desynchronizes the
+//!   server's stream state). Audio frames are dropped (drop-newest) once `send_queue_limit`
+//!   frames are queued: the oldest queued audio is already in order for the server and the
+//!   newest is the cheapest to lose without reordering. Every drop is counted per connection
+//!   and in total. A queue that stays full for `stall_timeout` closes the connection
+//!   ([`CloseReason::Stalled`]) so its calls move or reconnect: a stalled server must not keep
+//!   calls dark forever, and it never delays anyone else (architecture.md MUST).
+//!
+//! No clock, no sockets, no logging: randomness for the jitter comes from an injected
+//! [`JitterRng`]. Every timer is tested by stepping a fake `now`.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+/// Smallest allowed `calls_threshold` (CUBE `connection calls-threshold` range 1–20).
+pub const MIN_CALLS_THRESHOLD: u32 = 1;
+/// Largest allowed `calls_threshold`.
+pub const MAX_CALLS_THRESHOLD: u32 = 20;
+/// CUBE default and recommended calls per connection.
+pub const DEFAULT_CALLS_THRESHOLD: u32 = 3;
+/// CUBE default `connection idle-timeout` (30 minutes).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// Opaque id of one WebSocket connection (kept across reconnects of that slot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnHandle(pub u32);
+
+/// Opaque id of one forked call (both its streams travel on the same connection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CallHandle(pub u32);
+
+/// Pool tuning. [`PoolConfig::default`] gives the CUBE defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// Calls per connection, 1–20 (default 3).
+    pub calls_threshold: u32,
+    /// Close a connection that has carried no call for this long (default 30 min).
+    pub idle_timeout: Duration,
+    /// Give up on a connection attempt (TCP + TLS + upgrade) after this long (default 10 s).
+    pub connect_timeout: Duration,
+    /// First reconnect delay before jitter (default 500 ms).
+    pub backoff_initial: Duration,
+    /// Reconnect delay cap before jitter (default 30 s).
+    pub backoff_max: Duration,
+    /// A connection that stayed open this long resets the backoff (default 10 s), so a server
+    /// that accepts and immediately drops does not cause a tight reconnect loop.
+    pub stable_after: Duration,
+    /// Consecutive failed connection attempts before waiting calls fail (default 5).
+    pub max_connect_attempts: u32,
+    /// Audio frames queued per connection before audio is dropped (default 1000: 3.3 s of
+    /// 20 ms audio for 3 calls × 2 streams).
+    pub send_queue_limit: usize,
+    /// Close a connection whose queue stays at the limit this long (default 10 s).
+    pub stall_timeout: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            calls_threshold: DEFAULT_CALLS_THRESHOLD,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            connect_timeout: Duration::from_secs(10),
+            backoff_initial: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+            stable_after: Duration::from_secs(10),
+            max_connect_attempts: 5,
+            send_queue_limit: 1000,
+            stall_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl PoolConfig {
+    /// Checks every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), PoolError> {
+        let bad = |field: &'static str, reason: &'static str| {
+            Err(PoolError::InvalidConfig { field, reason })
+        };
+        if !(MIN_CALLS_THRESHOLD..=MAX_CALLS_THRESHOLD).contains(&self.calls_threshold) {
+            return bad("calls_threshold", "must be between 1 and 20");
+        }
+        if self.idle_timeout.is_zero() {
+            return bad("idle_timeout", "must be greater than zero");
+        }
+        if self.connect_timeout.is_zero() {
+            return bad("connect_timeout", "must be greater than zero");
+        }
+        if self.backoff_initial.is_zero() {
+            return bad("backoff_initial", "must be greater than zero");
+        }
+        if self.backoff_max < self.backoff_initial {
+            return bad("backoff_max", "must not be smaller than backoff_initial");
+        }
+        if self.max_connect_attempts == 0 {
+            return bad("max_connect_attempts", "must be at least 1");
+        }
+        if self.send_queue_limit == 0 {
+            return bad("send_queue_limit", "must be at least 1");
+        }
+        if self.stall_timeout.is_zero() {
+            return bad("stall_timeout", "must be greater than zero");
+        }
+        Ok(())
+    }
+}
+
+/// Misuse of the pool API or a bad configuration (protocol failures are outputs, not errors).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PoolError {
+    /// A [`PoolConfig`] field is out of range.
+    InvalidConfig {
+        /// Name of the field.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// `handle_stream_wanted` for a call the pool already holds.
+    CallAlreadyWanted(CallHandle),
+    /// A call handle the pool does not know (never wanted, released, or failed).
+    UnknownCall(CallHandle),
+    /// A connection handle the pool does not know (never emitted, or already removed).
+    UnknownConn(ConnHandle),
+    /// `handle_connected` for a connection that is not being opened.
+    NotConnecting(ConnHandle),
+}
+
+impl fmt::Display for PoolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PoolError::InvalidConfig { field, reason } => {
+                write!(f, "invalid pool configuration: {field} {reason}")
+            }
+            PoolError::CallAlreadyWanted(c) => write!(f, "call {} is already in the pool", c.0),
+            PoolError::UnknownCall(c) => write!(f, "call {} is not in the pool", c.0),
+            PoolError::UnknownConn(c) => write!(f, "connection {} is not in the pool", c.0),
+            PoolError::NotConnecting(c) => {
+                write!(f, "connection {} was not being connected", c.0)
+            }
+        }
+    }
+}
+
+impl std::error::Error for PoolError {}
+
+/// How a connection went away, as seen by the shell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disconnect {
+    /// TCP connect, DNS or TLS failed before the upgrade (CUBE "TCP failures").
+    ConnectFailed,
+    /// The upgrade got an HTTP answer other than 101 (CUBE "HTTP failures"; 401 = token).
+    HandshakeRejected {
+        /// HTTP status received.
+        status: u16,
+    },
+    /// The server sent a Close frame (CUBE "Remote WebSocket closure").
+    RemoteClose {
+        /// Close status code (RFC 6455 §7.4).
+        code: u16,
+    },
+    /// The TCP connection broke without a Close (CUBE "TCP closure").
+    TransportError,
+    /// The shell closed it after a [`PoolOutput::Close`] (or an operator clear).
+    LocalClose,
+}
+
+impl Disconnect {
+    fn is_connect_failure(self) -> bool {
+        matches!(
+            self,
+            Disconnect::ConnectFailed | Disconnect::HandshakeRejected { .. }
+        )
+    }
+}
+
+/// Why the pool asks the shell to close a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// No call for `idle_timeout` (CUBE "closed locally due to idle-timeout expiry").
+    IdleTimeout,
+    /// The send queue stayed full for `stall_timeout`.
+    Stalled,
+    /// The connection attempt took longer than `connect_timeout`: abort it.
+    ConnectTimeout,
+}
+
+/// Something the shell must do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolOutput {
+    /// Open (or re-open) a WebSocket for `conn`; report `handle_connected` or `handle_closed`.
+    Connect {
+        /// Connection slot to open.
+        conn: ConnHandle,
+    },
+    /// `conn` is open: send `start` for the call's streams on it now.
+    Assign {
+        /// The call.
+        call: CallHandle,
+        /// Its connection.
+        conn: ConnHandle,
+    },
+    /// Close `conn` (or abort the attempt), then report `handle_closed(.., LocalClose)`.
+    Close {
+        /// Connection to close.
+        conn: ConnHandle,
+        /// Why.
+        reason: CloseReason,
+    },
+    /// The call was moved to `conn` (reconnect or rehoming): re-send `start` with
+    /// `"resumed": true` for its live streams, and `pause` for paused ones.
+    Resend {
+        /// The call.
+        call: CallHandle,
+        /// Its new connection.
+        conn: ConnHandle,
+    },
+    /// The pool gave up connecting for this call and forgot it; report the status to the
+    /// controller ("Connection failed", or "Authentication token invalid" after a 401).
+    CallFailed {
+        /// The call.
+        call: CallHandle,
+        /// The last connection failure.
+        last: Disconnect,
+    },
+}
+
+/// Whether the shell may queue a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// Queue it.
+    Send,
+    /// Drop it (already counted).
+    Drop,
+}
+
+/// Kind of frame offered to [`WsPool::admit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameKind {
+    /// Text control message: never dropped while the connection is open.
+    Control,
+    /// Binary audio frame: dropped (newest) when the queue is full.
+    Audio,
+}
+
+/// Life-cycle state of a connection slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnState {
+    /// A `Connect` was emitted and no outcome is known yet.
+    Connecting,
+    /// Upgraded and usable.
+    Open,
+    /// A `Close` was emitted; waiting for `handle_closed`.
+    Closing,
+    /// Failed; waiting for the reconnect timer.
+    Backoff,
+}
+
+/// Source of randomness for reconnect jitter (injected so tests are deterministic).
+pub trait JitterRng: Send {
+    /// A uniformly distributed 64-bit value.
+    fn next_u64(&mut self) -> u64;
+}
+
+/// SplitMix64 (Steele, Lea, Flood 2014): a small, good-enough generator for jitter. Seed it
+/// from the shell (time or OS randomness); tests use fixed seeds.
+#[derive(Debug, Clone)]
+pub struct SplitMix64(pub u64);
+
+impl JitterRng for SplitMix64 {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+/// Per-connection timers (one table per connection, next deadline = minimum).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timer {
+    /// Abort a connection attempt.
+    Connect = 0,
+    /// Retry after backoff.
+    Reconnect = 1,
+    /// Close an unused open connection.
+    Idle = 2,
+    /// Close a connection whose queue stayed full.
+    Stall = 3,
+}
+
+const TIMER_COUNT: usize = 4;
+const TIMERS: [Timer; TIMER_COUNT] = [Timer::Connect, Timer::Reconnect, Timer::Idle, Timer::Stall];
+
+#[derive(Debug)]
+struct Conn {
+    state: ConnState,
+    calls: BTreeSet<CallHandle>,
+    timers: [Option<Instant>; TIMER_COUNT],
+    /// Frames the shell holds for this connection (admitted minus drained).
+    backlog: usize,
+    audio_dropped: u64,
+    opened_at: Option<Instant>,
+    /// Consecutive failed attempts (reset when an attempt succeeds).
+    connect_failures: u32,
+    /// Backoff exponent (reset when a connection was stable).
+    backoff_level: u32,
+    /// Set while Closing: why we asked.
+    closing: Option<CloseReason>,
+    last_failure: Option<Disconnect>,
+}
+
+impl Conn {
+    fn new(state: ConnState) -> Self {
+        Self {
+            state,
+            calls: BTreeSet::new(),
+            timers: [None; TIMER_COUNT],
+            backlog: 0,
+            audio_dropped: 0,
+            opened_at: None,
+            connect_failures: 0,
+            backoff_level: 0,
+            closing: None,
+            last_failure: None,
+        }
+    }
+
+    fn set(&mut self, t: Timer, at: Option<Instant>) {
+        self.timers[t as usize] = at;
+    }
+
+    fn next_deadline(&self) -> Option<(Instant, Timer)> {
+        TIMERS
+            .iter()
+            .filter_map(|&t| self.timers[t as usize].map(|at| (at, t)))
+            .min_by_key(|&(at, _)| at)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Call {
+    conn: ConnHandle,
+    /// `Assign` was emitted once: later moves are `Resend`.
+    started: bool,
+}
+
+/// Statistics of one connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnStats {
+    /// The connection.
+    pub conn: ConnHandle,
+    /// Its state.
+    pub state: ConnState,
+    /// Calls assigned to it (waiting ones included).
+    pub calls: usize,
+    /// Frames the shell holds for it.
+    pub backlog: usize,
+    /// Audio frames dropped on it.
+    pub audio_dropped: u64,
+}
+
+/// Snapshot of the pool (for `show` commands and Prometheus).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PoolStats {
+    /// Calls held (started or waiting).
+    pub calls: usize,
+    /// Calls on a connection that is not open.
+    pub calls_waiting: usize,
+    /// Connection attempts started (`Connect` outputs).
+    pub connects: u64,
+    /// Attempts that failed before the upgrade completed (CUBE TCP + HTTP failures).
+    pub connect_failures: u64,
+    /// Open connections closed by the server (CUBE "Remote WebSocket closures").
+    pub remote_closes: u64,
+    /// Open connections lost without a Close (CUBE "TCP closures").
+    pub transport_closes: u64,
+    /// Connections closed for idleness.
+    pub idle_closes: u64,
+    /// Connections closed because their queue stalled.
+    pub stall_closes: u64,
+    /// Calls failed after `max_connect_attempts`.
+    pub calls_failed: u64,
+    /// Audio frames dropped, all connections (including ones offered to a closed connection).
+    pub audio_dropped: u64,
+    /// Per connection, by handle.
+    pub conns: Vec<ConnStats>,
+}
+
+/// The pool for one speech server.
+pub struct WsPool {
+    config: PoolConfig,
+    rng: Box<dyn JitterRng>,
+    conns: BTreeMap<ConnHandle, Conn>,
+    calls: BTreeMap<CallHandle, Call>,
+    next_conn: u32,
+    outputs: VecDeque<PoolOutput>,
+    stats: PoolStats,
+}
+
+impl fmt::Debug for WsPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WsPool")
+            .field("conns", &self.conns)
+            .field("calls", &self.calls)
+            .field("outputs", &self.outputs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WsPool {
+    /// A pool with no connections. Fails if `config` is invalid.
+    pub fn new(config: PoolConfig, rng: Box<dyn JitterRng>) -> Result<Self, PoolError> {
+        config.validate()?;
+        Ok(Self {
+            config,
+            rng,
+            conns: BTreeMap::new(),
+            calls: BTreeMap::new(),
+            next_conn: 1,
+            outputs: VecDeque::new(),
+            stats: PoolStats::default(),
+        })
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &PoolConfig {
+        &self.config
+    }
+
+    /// A call wants its streams forked to this server. Emits `Assign` (an open connection has
+    /// room), nothing (it waits on a pending connection), or `Connect` (all are full).
+    pub fn handle_stream_wanted(
+        &mut self,
+        now: Instant,
+        call: CallHandle,
+    ) -> Result<(), PoolError> {
+        if self.calls.contains_key(&call) {
+            return Err(PoolError::CallAlreadyWanted(call));
+        }
+        if let Some(conn) = self.least_busy(|s| s == ConnState::Open, None) {
+            self.bind(now, call, conn, false);
+            return Ok(());
+        }
+        let pending = |s| s == ConnState::Connecting || s == ConnState::Backoff;
+        let conn = match self.least_busy(pending, None) {
+            Some(conn) => conn,
+            None => self.open_new(now),
+        };
+        self.calls.insert(
+            call,
+            Call {
+                conn,
+                started: false,
+            },
+        );
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.calls.insert(call);
+        }
+        Ok(())
+    }
+
+    /// The call ended (or stopped forking). Its connection goes idle when it was the last.
+    pub fn handle_call_released(
+        &mut self,
+        now: Instant,
+        call: CallHandle,
+    ) -> Result<(), PoolError> {
+        let Some(entry) = self.calls.remove(&call) else {
+            return Err(PoolError::UnknownCall(call));
+        };
+        let Some(c) = self.conns.get_mut(&entry.conn) else {
+            return Ok(());
+        };
+        c.calls.remove(&call);
+        if c.calls.is_empty() {
+            match c.state {
+                ConnState::Open => c.set(Timer::Idle, Some(now + self.config.idle_timeout)),
+                // Nobody needs the reconnect any more.
+                ConnState::Backoff => {
+                    self.conns.remove(&entry.conn);
+                }
+                ConnState::Connecting | ConnState::Closing => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The upgrade of `conn` succeeded. Waiting calls get `Assign` (first time) or `Resend`.
+    pub fn handle_connected(&mut self, now: Instant, conn: ConnHandle) -> Result<(), PoolError> {
+        let idle_timeout = self.config.idle_timeout;
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return Err(PoolError::UnknownConn(conn));
+        };
+        match c.state {
+            ConnState::Connecting => {}
+            // We already asked to abort it (connect timeout): handle_closed follows.
+            ConnState::Closing => return Ok(()),
+            ConnState::Open | ConnState::Backoff => return Err(PoolError::NotConnecting(conn)),
+        }
+        c.state = ConnState::Open;
+        c.opened_at = Some(now);
+        c.connect_failures = 0;
+        c.last_failure = None;
+        c.backlog = 0;
+        c.set(Timer::Connect, None);
+        if c.calls.is_empty() {
+            c.set(Timer::Idle, Some(now + idle_timeout));
+        }
+        let waiting: Vec<CallHandle> = c.calls.iter().copied().collect();
+        for call in waiting {
+            if let Some(entry) = self.calls.get_mut(&call) {
+                self.outputs.push_back(if entry.started {
+                    PoolOutput::Resend { call, conn }
+                } else {
+                    PoolOutput::Assign { call, conn }
+                });
+                entry.started = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// `conn` is gone (failed attempt, remote close, transport error, or our own close).
+    /// Its calls move to other open connections with room; the rest wait for a reconnect.
+    pub fn handle_closed(
+        &mut self,
+        now: Instant,
+        conn: ConnHandle,
+        reason: Disconnect,
+    ) -> Result<(), PoolError> {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return Err(PoolError::UnknownConn(conn));
+        };
+        let was = c.state;
+        let asked = c.closing.take();
+        // What kind of end this was, for the counters and the retry decision.
+        let connect_failure = was == ConnState::Connecting
+            || reason.is_connect_failure()
+            || asked == Some(CloseReason::ConnectTimeout);
+        if connect_failure {
+            self.stats.connect_failures += 1;
+        } else {
+            match (asked, reason) {
+                (Some(CloseReason::IdleTimeout), _) => self.stats.idle_closes += 1,
+                (Some(CloseReason::Stalled), _) => self.stats.stall_closes += 1,
+                (_, Disconnect::RemoteClose { .. }) => self.stats.remote_closes += 1,
+                (_, Disconnect::TransportError) => self.stats.transport_closes += 1,
+                _ => {}
+            }
+        }
+        c.state = ConnState::Backoff;
+        c.timers = [None; TIMER_COUNT];
+        c.backlog = 0;
+        if was == ConnState::Open
+            && c.opened_at
+                .is_some_and(|at| now.saturating_duration_since(at) >= self.config.stable_after)
+        {
+            c.backoff_level = 0;
+        }
+        c.opened_at = None;
+        if connect_failure {
+            c.connect_failures += 1;
+            c.last_failure = Some(reason);
+        }
+
+        // Rehome calls onto other open connections with room, least busy first.
+        let calls: Vec<CallHandle> = c.calls.iter().copied().collect();
+        for call in calls {
+            let Some(target) = self.least_busy(|s| s == ConnState::Open, Some(conn)) else {
+                break;
+            };
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.calls.remove(&call);
+            }
+            self.bind(now, call, target, true);
+        }
+
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return Ok(());
+        };
+        if c.calls.is_empty() {
+            self.conns.remove(&conn);
+            return Ok(());
+        }
+        if c.connect_failures >= self.config.max_connect_attempts {
+            let last = c.last_failure.unwrap_or(reason);
+            let failed: Vec<CallHandle> = c.calls.iter().copied().collect();
+            self.conns.remove(&conn);
+            for call in failed {
+                self.calls.remove(&call);
+                self.stats.calls_failed += 1;
+                self.outputs
+                    .push_back(PoolOutput::CallFailed { call, last });
+            }
+            return Ok(());
+        }
+        c.backoff_level = c.backoff_level.saturating_add(1);
+        let delay = backoff_delay(&self.config, c.backoff_level, self.rng.as_mut());
+        c.set(Timer::Reconnect, Some(now + delay));
+        Ok(())
+    }
+
+    /// The shell's send queue for `conn` now holds `len` frames (report after draining).
+    pub fn handle_send_backlog(
+        &mut self,
+        now: Instant,
+        conn: ConnHandle,
+        len: usize,
+    ) -> Result<(), PoolError> {
+        let limit = self.config.send_queue_limit;
+        let stall = self.config.stall_timeout;
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return Err(PoolError::UnknownConn(conn));
+        };
+        c.backlog = len;
+        update_stall(c, now, limit, stall);
+        Ok(())
+    }
+
+    /// May the shell queue one frame of `kind` on `conn`? Audio beyond `send_queue_limit`,
+    /// or for a connection that is not open, is dropped and counted; control is always
+    /// admitted on an open connection.
+    pub fn admit(&mut self, now: Instant, conn: ConnHandle, kind: FrameKind) -> Admit {
+        let limit = self.config.send_queue_limit;
+        let stall = self.config.stall_timeout;
+        let open = self
+            .conns
+            .get_mut(&conn)
+            .filter(|c| c.state == ConnState::Open);
+        let Some(c) = open else {
+            if kind == FrameKind::Audio {
+                self.stats.audio_dropped += 1;
+            }
+            return Admit::Drop;
+        };
+        if kind == FrameKind::Audio && c.backlog >= limit {
+            c.audio_dropped += 1;
+            self.stats.audio_dropped += 1;
+            return Admit::Drop;
+        }
+        c.backlog += 1;
+        update_stall(c, now, limit, stall);
+        Admit::Send
+    }
+
+    /// Fires every due timer. A spurious call is a no-op.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let due: Vec<(ConnHandle, Timer)> = self
+            .conns
+            .iter()
+            .flat_map(|(&h, c)| {
+                TIMERS
+                    .iter()
+                    .filter(move |&&t| c.timers[t as usize].is_some_and(|at| at <= now))
+                    .map(move |&t| (h, t))
+            })
+            .collect();
+        for (conn, timer) in due {
+            let connect_timeout = self.config.connect_timeout;
+            let Some(c) = self.conns.get_mut(&conn) else {
+                continue;
+            };
+            c.set(timer, None);
+            match (timer, c.state) {
+                (Timer::Reconnect, ConnState::Backoff) => {
+                    c.state = ConnState::Connecting;
+                    c.set(Timer::Connect, Some(now + connect_timeout));
+                    self.stats.connects += 1;
+                    self.outputs.push_back(PoolOutput::Connect { conn });
+                }
+                (Timer::Connect, ConnState::Connecting) => {
+                    self.ask_close(conn, CloseReason::ConnectTimeout);
+                }
+                (Timer::Idle, ConnState::Open) if c.calls.is_empty() => {
+                    self.ask_close(conn, CloseReason::IdleTimeout);
+                }
+                (Timer::Stall, ConnState::Open) => {
+                    self.ask_close(conn, CloseReason::Stalled);
+                }
+                // A timer left over from an earlier state: nothing to do.
+                _ => {}
+            }
+        }
+    }
+
+    /// Next deadline, if any timer is armed. Re-read after every input.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.conns
+            .values()
+            .filter_map(|c| c.next_deadline().map(|(at, _)| at))
+            .min()
+    }
+
+    /// Which timer is next and for which connection (debugging aid).
+    pub fn timeout_reason(&self) -> Option<(ConnHandle, &'static str)> {
+        self.conns
+            .iter()
+            .filter_map(|(&h, c)| c.next_deadline().map(|(at, t)| (at, h, t)))
+            .min_by_key(|&(at, _, _)| at)
+            .map(|(_, h, t)| {
+                let name = match t {
+                    Timer::Connect => "connect",
+                    Timer::Reconnect => "reconnect",
+                    Timer::Idle => "idle",
+                    Timer::Stall => "stall",
+                };
+                (h, name)
+            })
+    }
+
+    /// Next action for the shell. Drain until `None` after every `handle_*` call and after
+    /// `handle_timeout`.
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<PoolOutput> {
+        self.outputs.pop_front()
+    }
+
+    /// Connection currently holding `call`.
+    pub fn conn_of(&self, call: CallHandle) -> Option<ConnHandle> {
+        self.calls.get(&call).map(|c| c.conn)
+    }
+
+    /// Counters and per-connection state.
+    pub fn stats(&self) -> PoolStats {
+        let mut s = self.stats.clone();
+        s.calls = self.calls.len();
+        s.calls_waiting = self
+            .calls
+            .values()
+            .filter(|c| {
+                self.conns
+                    .get(&c.conn)
+                    .is_none_or(|conn| conn.state != ConnState::Open)
+            })
+            .count();
+        s.conns = self
+            .conns
+            .iter()
+            .map(|(&conn, c)| ConnStats {
+                conn,
+                state: c.state,
+                calls: c.calls.len(),
+                backlog: c.backlog,
+                audio_dropped: c.audio_dropped,
+            })
+            .collect();
+        s
+    }
+
+    fn ask_close(&mut self, conn: ConnHandle, reason: CloseReason) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.state = ConnState::Closing;
+            c.closing = Some(reason);
+            c.timers = [None; TIMER_COUNT];
+            self.outputs.push_back(PoolOutput::Close { conn, reason });
+        }
+    }
+
+    /// Least busy connection in a state accepted by `want` with room, lowest handle on ties.
+    fn least_busy(
+        &self,
+        want: impl Fn(ConnState) -> bool,
+        except: Option<ConnHandle>,
+    ) -> Option<ConnHandle> {
+        let threshold = self.config.calls_threshold as usize;
+        self.conns
+            .iter()
+            .filter(|&(&h, c)| Some(h) != except && want(c.state) && c.calls.len() < threshold)
+            .min_by_key(|&(&h, c)| (c.calls.len(), h))
+            .map(|(&h, _)| h)
+    }
+
+    /// Binds `call` to the open connection `conn` and emits Assign or Resend.
+    fn bind(&mut self, _now: Instant, call: CallHandle, conn: ConnHandle, moved: bool) {
+        let started = moved && self.calls.get(&call).is_some_and(|c| c.started);
+        self.calls.insert(
+            call,
+            Call {
+                conn,
+                started: true,
+            },
+        );
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.calls.insert(call);
+            c.set(Timer::Idle, None);
+        }
+        self.outputs.push_back(if started {
+            PoolOutput::Resend { call, conn }
+        } else {
+            PoolOutput::Assign { call, conn }
+        });
+    }
+
+    fn open_new(&mut self, now: Instant) -> ConnHandle {
+        let conn = ConnHandle(self.next_conn);
+        self.next_conn = self.next_conn.wrapping_add(1);
+        let mut c = Conn::new(ConnState::Connecting);
+        c.set(Timer::Connect, Some(now + self.config.connect_timeout));
+        self.conns.insert(conn, c);
+        self.stats.connects += 1;
+        self.outputs.push_back(PoolOutput::Connect { conn });
+        conn
+    }
+}
+
+/// Arms or clears the stall timer after the backlog changed.
+fn update_stall(c: &mut Conn, now: Instant, limit: usize, stall: Duration) {
+    if c.state != ConnState::Open {
+        return;
+    }
+    if c.backlog >= limit {
+        if c.timers[Timer::Stall as usize].is_none() {
+            c.set(Timer::Stall, Some(now + stall));
+        }
+    } else {
+        c.set(Timer::Stall, None);
+    }
+}
+
+/// Exponential backoff with "equal jitter": base = min(max, initial × 2^(level−1)), delay is
+/// uniform in [base/2, base]. Never zero, so a dead server is never hammered, and spread so
+/// many agents restarting together do not reconnect in lockstep.
+fn backoff_delay(config: &PoolConfig, level: u32, rng: &mut dyn JitterRng) -> Duration {
+    let shift = level.saturating_sub(1).min(30);
+    let base = config
+        .backoff_initial
+        .saturating_mul(1u32 << shift)
+        .min(config.backoff_max);
+    let base_ms = base.as_millis().max(1) as u64;
+    let half = base_ms / 2;
+    let jitter = rng.next_u64() % (base_ms - half + 1);
+    Duration::from_millis(half + jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(threshold: u32) -> WsPool {
+        let config = PoolConfig {
+            calls_threshold: threshold,
+            ..PoolConfig::default()
+        };
+        WsPool::new(config, Box::new(SplitMix64(7))).expect("valid config")
+    }
+
+    /// Base instant for the fake clock; tests only ever add durations to it.
+    #[allow(clippy::disallowed_methods)] // any fixed Instant will do; there is no constructor
+    fn epoch() -> Instant {
+        Instant::now()
+    }
+
+    fn drain(p: &mut WsPool) -> Vec<PoolOutput> {
+        std::iter::from_fn(|| p.poll_output()).collect()
+    }
+
+    const C1: ConnHandle = ConnHandle(1);
+    const C2: ConnHandle = ConnHandle(2);
+
+    fn call(n: u32) -> CallHandle {
+        CallHandle(n)
+    }
+
+    #[test]
+    fn config_validation_names_the_field() {
+        let cases: [(PoolConfig, &str); 7] = [
+            (
+                PoolConfig {
+                    calls_threshold: 0,
+                    ..Default::default()
+                },
+                "calls_threshold",
+            ),
+            (
+                PoolConfig {
+                    calls_threshold: 21,
+                    ..Default::default()
+                },
+                "calls_threshold",
+            ),
+            (
+                PoolConfig {
+                    idle_timeout: Duration::ZERO,
+                    ..Default::default()
+                },
+                "idle_timeout",
+            ),
+            (
+                PoolConfig {
+                    backoff_max: Duration::from_millis(1),
+                    ..Default::default()
+                },
+                "backoff_max",
+            ),
+            (
+                PoolConfig {
+                    send_queue_limit: 0,
+                    ..Default::default()
+                },
+                "send_queue_limit",
+            ),
+            (
+                PoolConfig {
+                    max_connect_attempts: 0,
+                    ..Default::default()
+                },
+                "max_connect_attempts",
+            ),
+            (
+                PoolConfig {
+                    stall_timeout: Duration::ZERO,
+                    ..Default::default()
+                },
+                "stall_timeout",
+            ),
+        ];
+        for (cfg, field) in cases {
+            match WsPool::new(cfg, Box::new(SplitMix64(1))) {
+                Err(PoolError::InvalidConfig { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+        assert_eq!(PoolConfig::default().calls_threshold, 3);
+        assert_eq!(
+            PoolConfig::default().idle_timeout,
+            Duration::from_secs(1800)
+        );
+        assert!(PoolConfig {
+            calls_threshold: 20,
+            ..Default::default()
+        }
+        .validate()
+        .is_ok());
+    }
+
+    #[test]
+    fn calls_wait_on_pending_connection_then_assign() {
+        let now = epoch();
+        let mut p = pool(3);
+        p.handle_stream_wanted(now, call(1)).expect("ok");
+        assert_eq!(drain(&mut p), [PoolOutput::Connect { conn: C1 }]);
+        p.handle_stream_wanted(now, call(2)).expect("ok");
+        p.handle_stream_wanted(now, call(3)).expect("ok");
+        assert_eq!(drain(&mut p), [], "no second connect while one is pending");
+        assert_eq!(p.stats().calls_waiting, 3);
+        p.handle_connected(now, C1).expect("ok");
+        assert_eq!(
+            drain(&mut p),
+            [1, 2, 3].map(|n| PoolOutput::Assign {
+                call: call(n),
+                conn: C1
+            })
+        );
+        assert_eq!(p.stats().calls_waiting, 0);
+    }
+
+    #[test]
+    fn full_connections_open_a_new_one() {
+        let now = epoch();
+        let mut p = pool(2);
+        for n in 1..=2 {
+            p.handle_stream_wanted(now, call(n)).expect("ok");
+        }
+        p.handle_connected(now, C1).expect("ok");
+        drain(&mut p);
+        p.handle_stream_wanted(now, call(3)).expect("ok");
+        assert_eq!(drain(&mut p), [PoolOutput::Connect { conn: C2 }]);
+        p.handle_connected(now, C2).expect("ok");
+        assert_eq!(
+            drain(&mut p),
+            [PoolOutput::Assign {
+                call: call(3),
+                conn: C2
+            }]
+        );
+    }
+
+    #[test]
+    fn new_call_goes_to_least_busy_open_connection() {
+        let now = epoch();
+        let mut p = pool(2);
+        for n in 1..=3 {
+            p.handle_stream_wanted(now, call(n)).expect("ok");
+        }
+        p.handle_connected(now, C1).expect("ok");
+        p.handle_connected(now, C2).expect("ok");
+        drain(&mut p);
+        // C1 holds 1 and 2, C2 holds 3. Free one slot on C1: both have 1 call, lowest wins.
+        p.handle_call_released(now, call(1)).expect("ok");
+        p.handle_stream_wanted(now, call(4)).expect("ok");
+        assert_eq!(p.conn_of(call(4)), Some(C1));
+        // Now C1 has 2 (full), C2 has 1.
+        p.handle_call_released(now, call(4)).expect("ok");
+        p.handle_call_released(now, call(2)).expect("ok");
+        // C1: 0 calls, C2: 1 call → least busy is C1.
+        p.handle_stream_wanted(now, call(5)).expect("ok");
+        assert_eq!(p.conn_of(call(5)), Some(C1));
+    }
+
+    #[test]
+    fn idle_connection_closes_after_idle_timeout() {
+        let t0 = epoch();
+        let mut p = pool(3);
+        p.handle_stream_wanted(t0, call(1)).expect("ok");
+        p.handle_connected(t0, C1).expect("ok");
+        drain(&mut p);
+        assert_eq!(p.poll_timeout(), None, "busy open connection has no timer");
+        let t1 = t0 + Duration::from_secs(60);
+        p.handle_call_released(t1, call(1)).expect("ok");
+        assert_eq!(p.poll_timeout(), Some(t1 + DEFAULT_IDLE_TIMEOUT));
+        assert_eq!(p.timeout_reason(), Some((C1, "idle")));
+        p.handle_timeout(t1 + DEFAULT_IDLE_TIMEOUT - Duration::from_millis(1));
+        assert_eq!(drain(&mut p), [], "not yet");
+        p.handle_timeout(t1 + DEFAULT_IDLE_TIMEOUT);
+        assert_eq!(
+            drain(&mut p),
+            [PoolOutput::Close {
+                conn: C1,
+                reason: CloseReason::IdleTimeout
+            }]
+        );
+        p.handle_closed(t1 + DEFAULT_IDLE_TIMEOUT, C1, Disconnect::LocalClose)
+            .expect("ok");
+        assert_eq!(drain(&mut p), []);
+        assert_eq!(p.poll_timeout(), None);
+        let s = p.stats();
+        assert_eq!((s.idle_closes, s.conns.len()), (1, 0));
+    }
+
+    #[test]
+    fn reuse_cancels_idle_timer() {
+        let t0 = epoch();
+        let mut p = pool(3);
+        p.handle_stream_wanted(t0, call(1)).expect("ok");
+        p.handle_connected(t0, C1).expect("ok");
+        p.handle_call_released(t0, call(1)).expect("ok");
+        p.handle_stream_wanted(t0 + Duration::from_secs(5), call(2))
+            .expect("ok");
+        drain(&mut p);
+        assert_eq!(p.poll_timeout(), None);
+        p.handle_timeout(t0 + DEFAULT_IDLE_TIMEOUT * 2);
+        assert_eq!(drain(&mut p), [], "spurious timeout is a no-op");
+        assert_eq!(p.conn_of(call(2)), Some(C1));
+    }
+
+    #[test]
+    fn connect_failure_backs_off_exponentially_with_jitter() {
+        let t0 = epoch();
+        let mut p = pool(3);
+        p.handle_stream_wanted(t0, call(1)).expect("ok");
+        drain(&mut p);
+        let mut now = t0;
+        let mut bases = Vec::new();
+        for attempt in 1..=4u32 {
+            p.handle_closed(now, C1, Disconnect::ConnectFailed)
+                .expect("ok");
+            let at = p.poll_timeout().expect("reconnect armed");
+            let delay = at - now;
+            let base = Duration::from_millis(500) * (1 << (attempt - 1));
+            assert!(
+                delay >= base / 2 && delay <= base,
+                "attempt {attempt}: {delay:?} not in [{:?}, {base:?}]",
+                base / 2
+            );
+            bases.push(base);
+            assert_eq!(p.timeout_reason(), Some((C1, "reconnect")));
+            p.handle_timeout(at - Duration::from_millis(1));
+            assert_eq!(drain(&mut p), []);
+            p.handle_timeout(at);
+            assert_eq!(drain(&mut p), [PoolOutput::Connect { conn: C1 }]);
+            now = at;
+        }
+        p.handle_connected(now, C1).expect("ok");
+        assert_eq!(
+            drain(&mut p),
+            [PoolOutput::Assign {
+                call: call(1),
+                conn: C1
+            }]
+        );
+        assert_eq!(p.stats().connect_failures, 4);
+        assert_eq!(p.stats().connects, 5);
+    }
+
+    #[test]
+    fn backoff_is_capped() {
+        let cfg = PoolConfig::default();
+        let mut rng = SplitMix64(3);
+        for level in [7, 8, 20, 40, u32::MAX] {
+            let d = backoff_delay(&cfg, level, &mut rng);
+            assert!(
+                d <= cfg.backoff_max && d >= cfg.backoff_max / 2,
+                "{level}: {d:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn gives_up_after_max_connect_attempts() {
+        let t0 = epoch();
+        let mut p = pool(3);
+        p.handle_stream_wanted(t0, call(1)).expect("ok");
+        p.handle_stream_wanted(t0, call(2)).expect("ok");
+        drain(&mut p);
+        let mut now = t0;
+        for _ in 1..5 {
+            p.handle_closed(now, C1, Disconnect::HandshakeRejected { status: 401 })
+                .expect("ok");
+            now = p.poll_timeout().expect("reconnect");
+            p.handle_timeout(now);
+            drain(&mut p);
+        }
+        p.handle_closed(now, C1, Disconnect::HandshakeRejected { status: 401 })
+            .expect("ok");
+        let last = Disconnect::HandshakeRejected { status: 401 };
+        assert_eq!(
+            drain(&mut p),
+            [
+                PoolOutput::CallFailed {
+                    call: call(1),
+                    last
+                },
+                PoolOutput::CallFailed {
+                    call: call(2),
+                    last
+                }
+            ]
+        );
+        assert_eq!(p.poll_timeout(), None);
+        assert_eq!(p.stats().calls_failed, 2);
+        assert_eq!(
+            p.handle_call_released(now, call(1)),
+            Err(PoolError::UnknownCall(call(1)))
+        );
+    }
+
+    #[test]
+    fn dead_connection_rehomes_calls_then_reconnects_the_rest() {
+        let t0 = epoch();
+        let mut p = pool(2);
+        for n in 1..=3 {
+            p.handle_stream_wanted(t0, call(n)).expect("ok");
+        }
+        p.handle_connected(t0, C1).expect("ok");
+        p.handle_connected(t0, C2).expect("ok");
+        drain(&mut p);
+        // C1: calls 1, 2. C2: call 3 (room for one more).
+        let t1 = t0 + Duration::from_secs(60);
+        p.handle_closed(t1, C1, Disconnect::RemoteClose { code: 1001 })
+            .expect("ok");
+        assert_eq!(
+            drain(&mut p),
+            [PoolOutput::Resend {
+                call: call(1),
+                conn: C2
+            }]
+        );
+        assert_eq!(p.conn_of(call(2)), Some(C1), "no room left: waits on C1");
+        assert_eq!(p.stats().remote_closes, 1);
+        // C1 was stable (60 s): backoff restarts at the first level.
+        let at = p.poll_timeout().expect("reconnect");
+        assert!(at - t1 <= Duration::from_millis(500));
+        p.handle_timeout(at);
+        assert_eq!(drain(&mut p), [PoolOutput::Connect { conn: C1 }]);
+        p.handle_connected(at, C1).expect("ok");
+        assert_eq!(
+            drain(&mut p),
+            [PoolOutput::Resend {
+                call: call(2),
+                conn: C1
+            }]
+        );
+    }
+
+    #[test]
+    fn connection_with_no_calls_left_is_not_reconnected() {
+        let t0 = epoch();
+        let mut p = pool(3);
+        p.handle_stream_wanted(t0, call(1)).expect("ok");
+        p.handle_connected(t0, C1).expect("ok");
+        p.handle_call_released(t0, call(1)).expect("ok");
+        drain(&mut p);
+        p.handle_closed(t0, C1, Disconnect::TransportError)
+            .expect("ok");
+        assert_eq!(drain(&mut p), []);
+        assert_eq!(p.poll_timeout(), None);
+        assert_eq!(p.stats().transport_closes, 1);
+    }
+
+    #[test]
+    fn release_during_backoff_cancels_reconnect() {
+        let t0 = epoch();
+        let mut p = pool(3);
+        p.handle_stream_wanted(t0, call(1)).expect("ok");
+        drain(&mut p);
+        p.handle_closed(t0, C1, Disconnect::ConnectFailed)
+            .expect("ok");
+        assert!(p.poll_timeout().is_some());
+        p.handle_call_released(t0, call(1)).expect("ok");
+        assert_eq!(p.poll_timeout(), None);
+        assert!(p.stats().conns.is_empty());
+    }
+
+    #[test]
+    fn quick_drops_keep_backing_off() {
+        // A server that accepts and drops at once must not reset the backoff.
+        let t0 = epoch();
+        let mut p = pool(3);
+        p.handle_stream_wanted(t0, call(1)).expect("ok");
+        let mut now = t0;
+        let mut delays = Vec::new();
+        for _ in 0..4 {
+            p.handle_connected(now, C1).expect("ok");
+            p.handle_closed(
+                now + Duration::from_millis(10),
+                C1,
+                Disconnect::TransportError,
+            )
+            .expect("ok");
+            let at = p.poll_timeout().expect("reconnect");
+            delays.push(at - (now + Duration::from_millis(10)));
+            p.handle_timeout(at);
+            now = at;
+        }
+        drain(&mut p);
+        assert!(delays[3] >= Duration::from_secs(2), "{delays:?}");
+        let outs_resend = p.conn_of(call(1));
+        assert_eq!(outs_resend, Some(C1));
+    }
+
+    #[test]
+    fn resend_after_reconnect_for_started_calls() {
+        let t0 = epoch();
+        let mut p = pool(3);
+        p.handle_stream_wanted(t0, call(1)).expect("ok");
+        p.handle_connected(t0, C1).expect("ok");
+        drain(&mut p);
+        p.handle_closed(t0, C1, Disconnect::TransportError)
+            .expect("ok");
+        // A new call arriving meanwhile waits on the reconnecting slot.
+        p.handle_stream_wanted(t0, call(2)).expect("ok");
+        assert_eq!(drain(&mut p), []);
+        let at = p.poll_timeout().expect("reconnect");
+        p.handle_timeout(at);
+        p.handle_connected(at, C1).expect("ok");
+        assert_eq!(
+            drain(&mut p),
+            [
+                PoolOutput::Connect { conn: C1 },
+                PoolOutput::Resend {
+                    call: call(1),
+                    conn: C1
+                },
+                PoolOutput::Assign {
+                    call: call(2),
+                    conn: C1
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn send_queue_drops_newest_audio_never_control() {
+        let t0 = epoch();
+        let config = PoolConfig {
+            send_queue_limit: 3,
+            ..PoolConfig::default()
+        };
+        let mut p = WsPool::new(config, Box::new(SplitMix64(1))).expect("valid");
+        p.handle_stream_wanted(t0, call(1)).expect("ok");
+        p.handle_connected(t0, C1).expect("ok");
+        drain(&mut p);
+        for _ in 0..3 {
+            assert_eq!(p.admit(t0, C1, FrameKind::Audio), Admit::Send);
+        }
+        assert_eq!(p.admit(t0, C1, FrameKind::Audio), Admit::Drop);
+        assert_eq!(p.admit(t0, C1, FrameKind::Audio), Admit::Drop);
+        assert_eq!(p.admit(t0, C1, FrameKind::Control), Admit::Send);
+        let s = p.stats();
+        assert_eq!((s.audio_dropped, s.conns[0].audio_dropped), (2, 2));
+        assert_eq!(s.conns[0].backlog, 4);
+        // The writer drained the queue: audio flows again and the stall timer is cleared.
+        p.handle_send_backlog(t0, C1, 0).expect("ok");
+        assert_eq!(p.poll_timeout(), None);
+        assert_eq!(p.admit(t0, C1, FrameKind::Audio), Admit::Send);
+        // Frames for a connection that is not open are dropped and counted.
+        assert_eq!(p.admit(t0, ConnHandle(99), FrameKind::Audio), Admit::Drop);
+        assert_eq!(p.stats().audio_dropped, 3);
+    }
+
+    #[test]
+    fn stalled_queue_closes_connection_and_calls_reconnect() {
+        let t0 = epoch();
+        let config = PoolConfig {
+            send_queue_limit: 2,
+            ..PoolConfig::default()
+        };
+        let mut p = WsPool::new(config, Box::new(SplitMix64(1))).expect("valid");
+        p.handle_stream_wanted(t0, call(1)).expect("ok");
+        p.handle_connected(t0, C1).expect("ok");
+        drain(&mut p);
+        p.handle_send_backlog(t0, C1, 2).expect("ok");
+        let stall_at = t0 + Duration::from_secs(10);
+        assert_eq!(p.poll_timeout(), Some(stall_at));
+        assert_eq!(p.timeout_reason(), Some((C1, "stall")));
+        // Still full later: the deadline does not move.
+        p.handle_send_backlog(t0 + Duration::from_secs(5), C1, 2)
+            .expect("ok");
+        assert_eq!(p.poll_timeout(), Some(stall_at));
+        p.handle_timeout(stall_at);
+        assert_eq!(
+            drain(&mut p),
+            [PoolOutput::Close {
+                conn: C1,
+                reason: CloseReason::Stalled
+            }]
+        );
+        assert_eq!(p.admit(stall_at, C1, FrameKind::Audio), Admit::Drop);
+        p.handle_closed(stall_at, C1, Disconnect::LocalClose)
+            .expect("ok");
+        assert_eq!(p.stats().stall_closes, 1);
+        let at = p.poll_timeout().expect("reconnect for the call");
+        p.handle_timeout(at);
+        p.handle_connected(at, C1).expect("ok");
+        assert_eq!(
+            drain(&mut p),
+            [
+                PoolOutput::Connect { conn: C1 },
+                PoolOutput::Resend {
+                    call: call(1),
+                    conn: C1
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn connect_timeout_aborts_attempt() {
+        let t0 = epoch();
+        let mut p = pool(3);
+        p.handle_stream_wanted(t0, call(1)).expect("ok");
+        drain(&mut p);
+        let at = t0 + Duration::from_secs(10);
+        assert_eq!(p.poll_timeout(), Some(at));
+        p.handle_timeout(at);
+        assert_eq!(
+            drain(&mut p),
+            [PoolOutput::Close {
+                conn: C1,
+                reason: CloseReason::ConnectTimeout
+            }]
+        );
+        // A late success report for an aborted attempt is ignored.
+        p.handle_connected(at, C1).expect("ignored");
+        assert_eq!(drain(&mut p), []);
+        p.handle_closed(at, C1, Disconnect::LocalClose).expect("ok");
+        assert_eq!(p.stats().connect_failures, 1);
+        assert_eq!(p.timeout_reason(), Some((C1, "reconnect")));
+    }
+
+    #[test]
+    fn api_misuse_is_an_error() {
+        let t0 = epoch();
+        let mut p = pool(3);
+        p.handle_stream_wanted(t0, call(1)).expect("ok");
+        assert_eq!(
+            p.handle_stream_wanted(t0, call(1)),
+            Err(PoolError::CallAlreadyWanted(call(1)))
+        );
+        assert_eq!(
+            p.handle_call_released(t0, call(9)),
+            Err(PoolError::UnknownCall(call(9)))
+        );
+        assert_eq!(
+            p.handle_connected(t0, ConnHandle(9)),
+            Err(PoolError::UnknownConn(ConnHandle(9)))
+        );
+        assert_eq!(
+            p.handle_closed(t0, ConnHandle(9), Disconnect::LocalClose),
+            Err(PoolError::UnknownConn(ConnHandle(9)))
+        );
+        assert_eq!(
+            p.handle_send_backlog(t0, ConnHandle(9), 1),
+            Err(PoolError::UnknownConn(ConnHandle(9)))
+        );
+        p.handle_connected(t0, C1).expect("ok");
+        assert_eq!(
+            p.handle_connected(t0, C1),
+            Err(PoolError::NotConnecting(C1))
+        );
+        assert!(PoolError::InvalidConfig {
+            field: "calls_threshold",
+            reason: "must be between 1 and 20"
+        }
+        .to_string()
+        .contains("calls_threshold"));
+    }
+
+    #[test]
+    fn twenty_calls_per_connection_at_max_threshold() {
+        let t0 = epoch();
+        let mut p = pool(20);
+        for n in 0..41 {
+            p.handle_stream_wanted(t0, call(n)).expect("ok");
+        }
+        let connects = drain(&mut p)
+            .into_iter()
+            .filter(|o| matches!(o, PoolOutput::Connect { .. }))
+            .count();
+        assert_eq!(connects, 3, "41 calls need 3 connections of 20");
+        let per: Vec<usize> = p.stats().conns.iter().map(|c| c.calls).collect();
+        assert_eq!(per, [20, 20, 1]);
+    }
+}
