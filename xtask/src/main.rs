@@ -16,7 +16,11 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "cargo xtask", about = "Set up, build and test xdpfork")]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Set up, build and test xdpfork"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
