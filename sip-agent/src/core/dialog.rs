@@ -74,6 +74,9 @@ pub struct RequestParts<'a> {
     pub body: Option<(&'a str, &'a [u8])>,
     /// CSeq number to use instead of incrementing (ACK and CANCEL reuse the INVITE's).
     pub cseq: Option<u32>,
+    /// Max-Forwards value (70 for requests we originate, §8.1.1.6; the caller's value minus
+    /// one when continuing a caller's request, which keeps loop protection across the B2BUA).
+    pub max_forwards: u32,
 }
 
 impl Dialog {
@@ -88,11 +91,12 @@ impl Dialog {
             }
         };
         let mut text = format!(
-            "{m} {target} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: {from}\r\n\
+            "{m} {target} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: {mf}\r\nFrom: {from}\r\n\
              To: {to}\r\nCall-ID: {cid}\r\nCSeq: {cseq} {m}\r\n",
             m = p.method,
             target = self.remote_target,
             via = p.via,
+            mf = p.max_forwards,
             from = self.local_header,
             to = self.remote_header,
             cid = self.call_id,
@@ -165,6 +169,7 @@ mod tests {
                 contact: None,
                 body: Some(("application/x-cisco-record+json", b"{}")),
                 cseq: None,
+                max_forwards: 70,
             })
             .expect("request");
         let k = message::keys(&SipMessage::Request(r.clone())).expect("keys");

@@ -1,0 +1,1602 @@
+//! The B2BUA: two dialogs per call joined by a [`CallHandle`], media anchored on this host, fork
+//! requests taken from the controller.
+//!
+//! Role: sits on the [`TransactionLayer`] and consumes only its [`TxEvent`]s. An INVITE from the
+//! caller (leg A) is routed by its Request-URI user to a next hop (leg B) with the SDP rewritten
+//! so both sides send RTP to this host. In-dialog requests are relayed to the other leg; fork
+//! requests (INFO `application/x-cisco-record+json`, or the JSON part of a multipart re-INVITE)
+//! are validated and surfaced as [`SessionEvent::ForkRequest`]; the fork layer's answers come
+//! back through [`B2bua::handle_fork_status`] and go to the controller as status INFOs.
+//!
+//! Inputs (each takes `now`): [`B2bua::handle_datagram`] (raw bytes, parses and answers
+//! malformed requests with 400/501) or [`B2bua::handle_message`] (already parsed),
+//! [`B2bua::handle_timeout`], [`B2bua::handle_transport_error`], [`B2bua::handle_fork_status`].
+//! Outputs: drain [`B2bua::poll_output`] after every input ([`Output::Transmit`],
+//! [`Output::Session`]), then re-read [`B2bua::poll_timeout`].
+//!
+//! Scope and simplifications (each also noted where it happens):
+//! - Offer in the INVITE only; an INVITE without SDP (delayed offer) is answered 488.
+//! - Only the first audio stream is anchored; other streams are disabled (port 0).
+//! - In-dialog requests go to the address the leg was set up with (no DNS in the core).
+//! - UPDATE, PRACK, REFER and friends are not supported (405 with Allow).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use rsip::{Header, Method, Request, Response, SipMessage};
+use tracing::{debug, trace};
+
+use crate::core::dialog::{header_values, uri_of, Dialog, RequestParts};
+use crate::core::fork_request::{
+    self, Carrier, ForkCommand, ForkError, ForkRequest, ForkSequence, ForkState, StatusReport,
+};
+use crate::core::message::{self, ParseError};
+use crate::core::multipart;
+use crate::core::sdp::{AudioMedia, Codec, Direction, Sdp};
+use crate::core::transaction::{
+    Output as TxOutput, Peer, TransactionLayer, Transmit, Transport, TxEvent, TxHandle,
+};
+
+/// Methods this agent implements (sent in Allow with 405/501, RFC 3261 §20.5).
+pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO";
+
+/// Opaque call id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CallHandle(pub u32);
+
+/// A side of a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Leg {
+    /// The inbound leg (calling party).
+    A,
+    /// The outbound leg (called party).
+    B,
+}
+
+impl Leg {
+    /// The other side.
+    pub fn other(self) -> Leg {
+        match self {
+            Leg::A => Leg::B,
+            Leg::B => Leg::A,
+        }
+    }
+}
+
+/// How a route matches the Request-URI user part.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoutePattern {
+    /// The user starts with this string.
+    Prefix(String),
+    /// Same length as the user; `X` and `.` match any one character, anything else itself (the
+    /// single-digit wildcards of Cisco dial-peer destination patterns).
+    Pattern(String),
+}
+
+impl RoutePattern {
+    /// Number of literal characters matched, or `None` for no match. More literal characters is
+    /// a more specific route (dial-peer "longest explicit match").
+    pub fn score(&self, user: &str) -> Option<usize> {
+        match self {
+            Self::Prefix(p) => user.starts_with(p.as_str()).then_some(p.len()),
+            Self::Pattern(p) => {
+                if p.chars().count() != user.chars().count() {
+                    return None;
+                }
+                let mut literal = 0;
+                for (pc, uc) in p.chars().zip(user.chars()) {
+                    match pc {
+                        'X' | 'x' | '.' => {}
+                        c if c == uc => literal += 1,
+                        _ => return None,
+                    }
+                }
+                Some(literal)
+            }
+        }
+    }
+}
+
+/// A routing rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// What it matches.
+    pub pattern: RoutePattern,
+    /// Where matching calls go.
+    pub next_hop: Peer,
+    /// Whether fork requests are allowed on calls using this route (the reference's media-class
+    /// binding on the dial-peer); without it a START gets "Unsupported flow".
+    pub forking: bool,
+}
+
+/// Static configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Our SIP address as written in Via and Contact.
+    pub sip_addr: SocketAddr,
+    /// Address written into SDP `c=` for anchored media.
+    pub media_ip: IpAddr,
+    /// Routing rules; the most specific match wins, ties go to the earlier rule.
+    pub routes: Vec<Route>,
+    /// Seed for tags, branches and Call-IDs; the shell passes fresh randomness at start so ids
+    /// do not repeat across restarts.
+    pub seed: u64,
+}
+
+/// Hands out RTP ports on `media_ip` (injected so the shell can back it with real sockets or
+/// kernel flows). Ports are even; the RTCP port is the next one (RFC 3550 §11).
+pub trait PortAllocator {
+    /// A free port for `leg` of `call`, or `None` when exhausted.
+    fn allocate(&mut self, call: CallHandle, leg: Leg) -> Option<u16>;
+    /// Gives a port back.
+    fn release(&mut self, port: u16);
+}
+
+/// One leg's negotiated audio as the fork/relay layer needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NegotiatedMedia {
+    /// Where this leg's peer wants RTP; `None` while it holds with `c=0.0.0.0`.
+    pub remote: Option<SocketAddr>,
+    /// Our port this leg's peer sends RTP to.
+    pub local_port: u16,
+    /// Codec media flows with (first non-DTMF format of the answer).
+    pub codec: Option<Codec>,
+    /// RFC 4733 payload type, if negotiated.
+    pub telephone_event: Option<u8>,
+    /// Direction this leg's peer declared.
+    pub direction: Direction,
+    /// True when this leg's peer put the call on hold (sendonly/inactive/recvonly/0.0.0.0).
+    pub hold: bool,
+    /// `a=ptime`.
+    pub ptime: Option<u32>,
+}
+
+impl NegotiatedMedia {
+    fn from_audio(a: &AudioMedia, local_port: u16) -> Self {
+        Self {
+            remote: (!a.addr.is_unspecified() && a.port != 0)
+                .then(|| SocketAddr::new(a.addr, a.port)),
+            local_port,
+            codec: a.primary_codec().cloned(),
+            telephone_event: a.telephone_event_pt(),
+            direction: a.direction,
+            hold: a.is_hold(),
+            ptime: a.ptime,
+        }
+    }
+}
+
+/// Why a call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// That leg sent BYE.
+    Bye(Leg),
+    /// The called side answered with this final failure code.
+    Rejected(u16),
+    /// The caller cancelled.
+    Cancelled,
+    /// A transaction timed out (no answer, or no ACK to our 2xx).
+    Timeout,
+    /// The transport to a peer failed.
+    TransportError,
+}
+
+/// What the fork layer and the operator must know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEvent {
+    /// Both legs negotiated; `media` is `leg`'s side. Emitted once per leg when the call
+    /// connects.
+    MediaUp {
+        /// Call.
+        call: CallHandle,
+        /// Leg.
+        leg: Leg,
+        /// That leg's media.
+        media: NegotiatedMedia,
+    },
+    /// A re-INVITE changed a leg's media (address, codec, hold). The fork layer turns hold or a
+    /// non-fork codec into PAUSE and the way back into RESUME.
+    MediaChanged {
+        /// Call.
+        call: CallHandle,
+        /// Leg.
+        leg: Leg,
+        /// That leg's new media.
+        media: NegotiatedMedia,
+    },
+    /// Media for the call is gone; remove flows.
+    MediaDown {
+        /// Call.
+        call: CallHandle,
+    },
+    /// A valid, in-sequence fork request from the controller on `leg`.
+    ForkRequest {
+        /// Call.
+        call: CallHandle,
+        /// Leg the controller talks on (status INFOs go there).
+        leg: Leg,
+        /// What to do.
+        request: ForkCommand,
+    },
+    /// The call is over; its handle will not appear again.
+    CallEnded {
+        /// Call.
+        call: CallHandle,
+        /// Why.
+        reason: EndReason,
+    },
+}
+
+/// Everything `poll_output` returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Bytes to send.
+    Transmit(Transmit),
+    /// Event for the fork layer.
+    Session(SessionEvent),
+}
+
+/// API misuse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum B2buaError {
+    /// No such call.
+    #[error("unknown call")]
+    UnknownCall,
+    /// A status report for a call that never had a fork request.
+    #[error("call has no fork controller")]
+    NoForkController,
+}
+
+/// Call counts as the reference's licensing section defines them: a call is Standard until a
+/// fork START reaches the speech server, then Enhanced until it ends (even after STOP), counted
+/// once per call however often forking is invoked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallCounts {
+    /// Connected calls now (CUBE Aggregate Trunk).
+    pub aggregate: u32,
+    /// Connected calls that forked successfully (CUBE Enhanced Trunk).
+    pub enhanced: u32,
+    /// Peak of `aggregate` since the last report.
+    pub peak_aggregate: u32,
+    /// Peak of `enhanced` since the last report.
+    pub peak_enhanced: u32,
+}
+
+impl CallCounts {
+    /// Calls that are not enhanced (CUBE Standard Trunk).
+    pub fn standard(&self) -> u32 {
+        self.aggregate - self.enhanced
+    }
+
+    /// Standard-tag value for a report: peak aggregate minus peak enhanced (reference "License
+    /// Usage Reporting", standalone mode).
+    pub fn standard_peak(&self) -> u32 {
+        self.peak_aggregate.saturating_sub(self.peak_enhanced)
+    }
+
+    fn bump(&mut self) {
+        self.peak_aggregate = self.peak_aggregate.max(self.aggregate);
+        self.peak_enhanced = self.peak_enhanced.max(self.enhanced);
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CallState {
+    /// INVITE sent to B, no final answer yet.
+    Proceeding,
+    /// A cancelled; waiting for B's final response to clean up.
+    Cancelling,
+    /// Both dialogs confirmed.
+    Established,
+}
+
+#[derive(Debug)]
+struct Call {
+    state: CallState,
+    a: Dialog,
+    b: Dialog,
+    route_forking: bool,
+    a_invite: Request,
+    a_invite_tx: TxHandle,
+    b_invite_tx: Option<TxHandle>,
+    b_invite_via: String,
+    b_invite_to: String,
+    b_invite_cseq: u32,
+    b_provisional: bool,
+    cancel_pending: bool,
+    ports: [u16; 2],
+    media: [Option<AudioMedia>; 2],
+    sdp_version: u64,
+    session_id: u64,
+    fork: ForkSequence,
+    fork_leg: Option<Leg>,
+    enhanced: bool,
+    counted: bool,
+}
+
+impl Call {
+    fn dialog(&mut self, leg: Leg) -> &mut Dialog {
+        match leg {
+            Leg::A => &mut self.a,
+            Leg::B => &mut self.b,
+        }
+    }
+    /// Port a leg's peer sends to.
+    fn port(&self, leg: Leg) -> u16 {
+        self.ports[leg as usize]
+    }
+}
+
+#[derive(Debug)]
+enum Pending {
+    /// Our INVITE on leg B for a new call.
+    InitialInvite(CallHandle),
+    /// A request relayed from `from` to the other leg; its response goes back on `server_tx`.
+    Relay {
+        call: CallHandle,
+        from: Leg,
+        server_tx: TxHandle,
+        orig: Box<Request>,
+        /// The relayed offer's audio (re-INVITE), recorded for `from` when the answer arrives.
+        offer: Option<Box<AudioMedia>>,
+    },
+    /// A request we originated (BYE, CANCEL, status INFO); the response needs no action.
+    Own,
+}
+
+/// The B2BUA core.
+pub struct B2bua<P: PortAllocator> {
+    cfg: Config,
+    ports: P,
+    tl: TransactionLayer,
+    calls: BTreeMap<CallHandle, Call>,
+    by_dialog: HashMap<(String, String), (CallHandle, Leg)>,
+    server_invites: HashMap<TxHandle, CallHandle>,
+    pending: HashMap<TxHandle, Pending>,
+    out: VecDeque<Output>,
+    next_call: u32,
+    id_counter: u64,
+    counts: CallCounts,
+}
+
+const SDP: &str = "application/sdp";
+
+fn content_type(headers: &rsip::Headers) -> Option<String> {
+    header_values(headers, "Content-Type").into_iter().next()
+}
+
+/// The SDP part and the fork JSON part of a body, each if present.
+type BodyParts = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// SDP and fork JSON parts of a request body.
+fn body_parts(headers: &rsip::Headers, body: &[u8]) -> Result<BodyParts, &'static str> {
+    if body.is_empty() {
+        return Ok((None, None));
+    }
+    let ct = content_type(headers).unwrap_or_default();
+    let mt = multipart::media_type(&ct);
+    if mt == SDP {
+        return Ok((Some(body.to_vec()), None));
+    }
+    if mt == fork_request::CONTENT_TYPE {
+        return Ok((None, Some(body.to_vec())));
+    }
+    if mt.starts_with("multipart/") {
+        let parts = multipart::split(&ct, body).map_err(|_| "Malformed Multipart Body")?;
+        let find = |t: &str| {
+            parts
+                .iter()
+                .find(|p| p.media_type() == t)
+                .map(|p| p.body.clone())
+        };
+        return Ok((find(SDP), find(fork_request::CONTENT_TYPE)));
+    }
+    Ok((None, None))
+}
+
+impl<P: PortAllocator> B2bua<P> {
+    /// A B2BUA with no calls.
+    pub fn new(cfg: Config, ports: P) -> Self {
+        Self {
+            cfg,
+            ports,
+            tl: TransactionLayer::new(),
+            calls: BTreeMap::new(),
+            by_dialog: HashMap::new(),
+            server_invites: HashMap::new(),
+            pending: HashMap::new(),
+            out: VecDeque::new(),
+            next_call: 0,
+            id_counter: 0,
+            counts: CallCounts::default(),
+        }
+    }
+
+    /// Next transmit or session event. Drain until `None` after every `handle_*` call.
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// Next deadline; re-read after every input.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.tl.poll_timeout()
+    }
+
+    /// Current call counts.
+    pub fn counts(&self) -> CallCounts {
+        self.counts
+    }
+
+    /// Returns the counts for a license report and starts a new peak interval.
+    pub fn take_license_report(&mut self) -> CallCounts {
+        let r = self.counts;
+        self.counts.peak_aggregate = self.counts.aggregate;
+        self.counts.peak_enhanced = self.counts.enhanced;
+        r
+    }
+
+    /// Live calls.
+    pub fn call_count(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// The port allocator (tests and the shell inspect it).
+    pub fn ports(&self) -> &P {
+        &self.ports
+    }
+
+    fn token(&mut self) -> String {
+        // splitmix64 (Steele et al.): cheap, well-mixed, and deterministic from the seed.
+        self.id_counter = self.id_counter.wrapping_add(1);
+        let mut z = self
+            .cfg
+            .seed
+            .wrapping_add(self.id_counter.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        format!("{:016x}", z ^ (z >> 31))
+    }
+
+    fn via(&mut self, transport: Transport) -> String {
+        let t = match transport {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
+            Transport::Ws => "WS",
+            Transport::Wss => "WSS",
+        };
+        let token = self.token();
+        format!(
+            "SIP/2.0/{t} {};branch={}{token}",
+            self.cfg.sip_addr,
+            message::BRANCH_COOKIE
+        )
+    }
+
+    fn contact(&self, transport: Transport) -> String {
+        let param = match transport {
+            Transport::Udp => "",
+            Transport::Tcp => ";transport=tcp",
+            Transport::Tls => ";transport=tls",
+            Transport::Ws | Transport::Wss => ";transport=ws",
+        };
+        format!("<sip:xdpfork@{}{param}>", self.cfg.sip_addr)
+    }
+
+    /// Feeds raw bytes from `from`. Unparseable requests are answered here, statelessly: 400
+    /// with the reason, or 501 with Allow for an unknown method (RFC 3261 §8.2.1, §21.5.2).
+    pub fn handle_datagram(&mut self, now: Instant, from: Peer, bytes: &[u8]) {
+        match message::parse(bytes) {
+            Ok(msg) => self.handle_message(now, from, msg),
+            Err(ParseError::UnknownMethod { head, .. }) => {
+                if let Some(b) =
+                    message::raw_response(&head, 501, "Not Implemented", &[("Allow", ALLOW)])
+                {
+                    self.out.push_back(Output::Transmit(Transmit {
+                        dest: from,
+                        payload: b,
+                        tx: None,
+                    }));
+                }
+            }
+            Err(ParseError::Malformed {
+                reason,
+                head: Some(head),
+            }) => {
+                if let Some(b) = message::raw_response(&head, 400, reason, &[]) {
+                    self.out.push_back(Output::Transmit(Transmit {
+                        dest: from,
+                        payload: b,
+                        tx: None,
+                    }));
+                }
+            }
+            Err(e) => trace!(%e, "dropping unparseable datagram"),
+        }
+    }
+
+    /// Feeds a parsed message.
+    pub fn handle_message(&mut self, now: Instant, from: Peer, msg: SipMessage) {
+        self.tl.handle_message(now, from, msg);
+        self.pump(now);
+    }
+
+    /// Fires due timers.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.tl.handle_timeout(now);
+        self.pump(now);
+    }
+
+    /// The shell failed to send a transmit that carried `tx`.
+    pub fn handle_transport_error(&mut self, now: Instant, tx: TxHandle) {
+        self.tl.handle_transport_error(now, tx);
+        self.pump(now);
+    }
+
+    /// A fork status from the fork layer: sent to the controller in an INFO; `Started` makes the
+    /// call Enhanced for licensing; `Stopped`/`Error` on the active fork ends it so START is
+    /// allowed again.
+    pub fn handle_fork_status(
+        &mut self,
+        now: Instant,
+        call: CallHandle,
+        report: StatusReport,
+    ) -> Result<(), B2buaError> {
+        let c = self.calls.get_mut(&call).ok_or(B2buaError::UnknownCall)?;
+        let leg = c.fork_leg.ok_or(B2buaError::NoForkController)?;
+        match report.state {
+            ForkState::Started if !c.enhanced => {
+                c.enhanced = true;
+                if c.counted {
+                    self.counts.enhanced += 1;
+                    self.counts.bump();
+                }
+            }
+            ForkState::Stopped | ForkState::Error
+                if report.call_guid.as_deref() == c.fork.active_guid() =>
+            {
+                c.fork.end()
+            }
+            _ => {}
+        }
+        self.send_status(now, call, leg, &report);
+        self.pump(now);
+        Ok(())
+    }
+
+    fn pump(&mut self, now: Instant) {
+        while let Some(o) = self.tl.poll_output() {
+            match o {
+                TxOutput::Transmit(t) => self.out.push_back(Output::Transmit(t)),
+                TxOutput::Event(e) => self.on_tx_event(now, e),
+            }
+        }
+    }
+
+    fn emit(&mut self, e: SessionEvent) {
+        debug!(?e, "session event");
+        self.out.push_back(Output::Session(e));
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn respond(
+        &mut self,
+        now: Instant,
+        tx: TxHandle,
+        req: &Request,
+        code: u16,
+        reason: Option<&str>,
+        to_tag: Option<&str>,
+        extra: Vec<Header>,
+        body: Option<(&str, Vec<u8>)>,
+    ) {
+        let mut r = message::response_to(req, code, reason, to_tag);
+        r.headers.extend(extra);
+        if let Some((ct, b)) = body {
+            r.headers
+                .push(Header::Other("Content-Type".into(), ct.into()));
+            r.body = b;
+        }
+        if let Err(e) = self.tl.send_response(now, tx, r) {
+            trace!(%e, "response not sent");
+        }
+    }
+
+    fn on_tx_event(&mut self, now: Instant, e: TxEvent) {
+        match e {
+            TxEvent::Request { tx, from, request } => self.on_request(now, tx, from, request),
+            TxEvent::Ack { .. } => {
+                // We ACK leg B ourselves when its 2xx arrives, so A's ACK needs no relaying.
+                trace!("ACK absorbed")
+            }
+            TxEvent::Response { tx, response } => self.on_response(now, tx, response),
+            TxEvent::Timeout { tx, .. } | TxEvent::TransportError { tx } => {
+                let reason = if matches!(e, TxEvent::Timeout { .. }) {
+                    EndReason::Timeout
+                } else {
+                    EndReason::TransportError
+                };
+                self.on_failure(now, tx, reason)
+            }
+            TxEvent::Terminated { tx } => {
+                self.pending.remove(&tx);
+                self.server_invites.remove(&tx);
+            }
+        }
+    }
+
+    fn on_failure(&mut self, now: Instant, tx: TxHandle, reason: EndReason) {
+        if let Some(call) = self.server_invites.get(&tx).copied() {
+            // No ACK for our 2xx to A (Timer L), §13.3.1.4: end the call.
+            if self
+                .calls
+                .get(&call)
+                .is_some_and(|c| c.state == CallState::Established)
+            {
+                self.hangup(now, call, None, reason);
+            }
+            return;
+        }
+        match self.pending.remove(&tx) {
+            Some(Pending::InitialInvite(call)) => {
+                let Some(c) = self.calls.get(&call) else {
+                    return;
+                };
+                let (atx, inv, tag) = (c.a_invite_tx, c.a_invite.clone(), c.a.local_tag.clone());
+                if self.tl.can_respond(atx) {
+                    let code = if reason == EndReason::Timeout {
+                        408
+                    } else {
+                        503
+                    };
+                    self.respond(now, atx, &inv, code, None, Some(&tag), vec![], None);
+                }
+                self.end_call(call, reason);
+            }
+            Some(Pending::Relay {
+                server_tx,
+                orig,
+                call,
+                ..
+            }) => {
+                let tag = self
+                    .calls
+                    .get(&call)
+                    .map(|c| c.dialog_tag_for_response(&orig));
+                self.respond(
+                    now,
+                    server_tx,
+                    &orig,
+                    408,
+                    None,
+                    tag.flatten().as_deref(),
+                    vec![],
+                    None,
+                );
+            }
+            Some(Pending::Own) | None => {}
+        }
+    }
+
+    fn on_request(&mut self, now: Instant, tx: TxHandle, from: Peer, req: Request) {
+        let Some(k) = message::keys(&SipMessage::Request(req.clone())) else {
+            return;
+        };
+        // §8.2.2 / §16.3: a request that has used up its hops stops here.
+        if let Some(mf) = header_values(&req.headers, "Max-Forwards").first() {
+            if mf.trim() == "0" && req.method != Method::Options {
+                self.respond(now, tx, &req, 483, None, None, vec![], None);
+                return;
+            }
+        }
+        if let Some(to_tag) = &k.to_tag {
+            match self
+                .by_dialog
+                .get(&(k.call_id.clone(), to_tag.clone()))
+                .copied()
+            {
+                Some((call, leg)) => self.in_dialog(now, tx, call, leg, req, k.cseq),
+                None => self.respond(now, tx, &req, 481, None, None, vec![], None),
+            }
+            return;
+        }
+        match req.method {
+            Method::Invite => self.new_call(now, tx, from, req),
+            Method::Cancel => self.on_cancel(now, tx, req),
+            Method::Options => {
+                let allow = Header::Other("Allow".into(), ALLOW.into());
+                let accept = Header::Other(
+                    "Accept".into(),
+                    format!("{SDP}, {}", fork_request::CONTENT_TYPE),
+                );
+                let tag = self.token();
+                self.respond(
+                    now,
+                    tx,
+                    &req,
+                    200,
+                    None,
+                    Some(&tag),
+                    vec![allow, accept],
+                    None,
+                );
+            }
+            // Out-of-dialog INFO/BYE: no call to act on (reference: INFO outside a call gets 4xx).
+            Method::Info | Method::Bye | Method::Update | Method::PRack => {
+                self.respond(now, tx, &req, 481, None, None, vec![], None)
+            }
+            _ => {
+                let allow = Header::Other("Allow".into(), ALLOW.into());
+                self.respond(now, tx, &req, 405, None, None, vec![allow], None);
+            }
+        }
+    }
+
+    fn route(&self, user: &str) -> Option<Route> {
+        let mut best: Option<(usize, &Route)> = None;
+        for r in &self.cfg.routes {
+            if let Some(s) = r.pattern.score(user) {
+                if best.is_none_or(|(b, _)| s > b) {
+                    best = Some((s, r));
+                }
+            }
+        }
+        best.map(|(_, r)| r.clone())
+    }
+
+    fn new_call(&mut self, now: Instant, tx: TxHandle, from: Peer, req: Request) {
+        let reject = |me: &mut Self, code: u16, reason: Option<&str>| {
+            me.respond(now, tx, &req, code, reason, None, vec![], None)
+        };
+        let user = req.uri.user().unwrap_or_default().to_string();
+        let Some(route) = self.route(&user) else {
+            return reject(self, 404, None);
+        };
+        let Some(contact) = header_values(&req.headers, "Contact").into_iter().next() else {
+            return reject(self, 400, Some("Missing Contact"));
+        };
+        let (sdp_bytes, _) = match body_parts(&req.headers, &req.body) {
+            Ok(p) => p,
+            Err(reason) => return reject(self, 400, Some(reason)),
+        };
+        // Delayed offer (INVITE without SDP) is not supported: see module doc.
+        let Some(sdp_bytes) = sdp_bytes else {
+            return reject(self, 488, None);
+        };
+        let Ok(mut sdp) = Sdp::parse(&sdp_bytes) else {
+            return reject(self, 400, Some("Malformed SDP"));
+        };
+        let Some(offer) = sdp.audio() else {
+            return reject(self, 488, None);
+        };
+        self.next_call = self.next_call.wrapping_add(1);
+        let call = CallHandle(self.next_call);
+        let Some(pa) = self.ports.allocate(call, Leg::A) else {
+            return reject(self, 503, None);
+        };
+        let Some(pb) = self.ports.allocate(call, Leg::B) else {
+            self.ports.release(pa);
+            return reject(self, 503, None);
+        };
+        let Some(k) = message::keys(&SipMessage::Request(req.clone())) else {
+            return;
+        };
+        let to = header_values(&req.headers, "To")
+            .into_iter()
+            .next()
+            .unwrap_or_default();
+        let from_hdr = header_values(&req.headers, "From")
+            .into_iter()
+            .next()
+            .unwrap_or_default();
+        let a_tag = self.token();
+        let a = Dialog {
+            call_id: k.call_id.clone(),
+            local_tag: a_tag.clone(),
+            remote_tag: k.from_tag.clone(),
+            local_header: format!("{to};tag={a_tag}"),
+            remote_header: from_hdr.clone(),
+            remote_target: uri_of(&contact).to_string(),
+            route_set: header_values(&req.headers, "Record-Route"),
+            local_cseq: 0,
+            remote_cseq: Some(k.cseq),
+            peer: from,
+        };
+        let b_tag = self.token();
+        let b_call_id = format!("{}@{}", self.token(), self.cfg.sip_addr.ip());
+        let caller = uri_of(&from_hdr).to_string();
+        let caller_user = caller.split_once(':').map(|(_, r)| r).unwrap_or(&caller);
+        let caller_user = caller_user
+            .split('@')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let target = format!("sip:{user}@{}", route.next_hop.addr);
+        let mut b = Dialog {
+            call_id: b_call_id,
+            local_tag: b_tag.clone(),
+            remote_tag: None,
+            local_header: format!("<sip:{caller_user}@{}>;tag={b_tag}", self.cfg.sip_addr.ip()),
+            remote_header: format!("<{target}>"),
+            remote_target: target,
+            route_set: Vec::new(),
+            local_cseq: 0,
+            remote_cseq: None,
+            peer: route.next_hop,
+        };
+        let session_id = self.id_counter;
+        sdp.anchor_audio(self.cfg.media_ip, pb);
+        sdp.set_origin("xdpfork", session_id, 1, self.cfg.media_ip);
+        let body = sdp.to_bytes();
+        let via = self.via(route.next_hop.transport);
+        let contact_b = self.contact(route.next_hop.transport);
+        let mf = header_values(&req.headers, "Max-Forwards")
+            .first()
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .unwrap_or(70)
+            .saturating_sub(1);
+        let Some(b_req) = b.request(RequestParts {
+            method: "INVITE",
+            via: &via,
+            contact: Some(&contact_b),
+            body: Some((SDP, &body)),
+            cseq: None,
+            max_forwards: mf,
+        }) else {
+            self.ports.release(pa);
+            self.ports.release(pb);
+            return reject(self, 500, None);
+        };
+        let b_invite_to = b.remote_header.clone();
+        let b_cseq = b.local_cseq;
+        let b_tx = match self.tl.send_request(now, route.next_hop, b_req) {
+            Ok(t) => t,
+            Err(_) => {
+                self.ports.release(pa);
+                self.ports.release(pb);
+                return reject(self, 500, None);
+            }
+        };
+        debug!(?call, "new call routed");
+        self.by_dialog
+            .insert((a.call_id.clone(), a.local_tag.clone()), (call, Leg::A));
+        self.by_dialog
+            .insert((b.call_id.clone(), b.local_tag.clone()), (call, Leg::B));
+        self.server_invites.insert(tx, call);
+        self.pending.insert(b_tx, Pending::InitialInvite(call));
+        self.calls.insert(
+            call,
+            Call {
+                state: CallState::Proceeding,
+                a,
+                b,
+                route_forking: route.forking,
+                a_invite: req,
+                a_invite_tx: tx,
+                b_invite_tx: Some(b_tx),
+                b_invite_via: via,
+                b_invite_to,
+                b_invite_cseq: b_cseq,
+                b_provisional: false,
+                cancel_pending: false,
+                ports: [pa, pb],
+                media: [Some(offer), None],
+                sdp_version: 1,
+                session_id,
+                fork: ForkSequence::new(),
+                fork_leg: None,
+                enhanced: false,
+                counted: false,
+            },
+        );
+    }
+
+    fn on_cancel(&mut self, now: Instant, tx: TxHandle, req: Request) {
+        let target = self.tl.invite_for_cancel(&req);
+        let call = target.and_then(|t| self.server_invites.get(&t).copied());
+        let (Some(inv_tx), Some(call)) = (target, call) else {
+            return self.respond(now, tx, &req, 481, None, None, vec![], None);
+        };
+        self.respond(now, tx, &req, 200, None, None, vec![], None);
+        let Some(c) = self.calls.get_mut(&call) else {
+            return;
+        };
+        if c.state != CallState::Proceeding || !self.tl.can_respond(inv_tx) {
+            return; // already answered: the CANCEL has no effect (§9.2)
+        }
+        c.state = CallState::Cancelling;
+        let (inv, tag) = (c.a_invite.clone(), c.a.local_tag.clone());
+        // §9.1: CANCEL only after a provisional response; otherwise wait for one.
+        if c.b_provisional {
+            self.send_cancel_b(now, call);
+        } else if let Some(c) = self.calls.get_mut(&call) {
+            c.cancel_pending = true;
+        }
+        self.respond(now, inv_tx, &inv, 487, None, Some(&tag), vec![], None);
+    }
+
+    fn send_cancel_b(&mut self, now: Instant, call: CallHandle) {
+        let Some(c) = self.calls.get_mut(&call) else {
+            return;
+        };
+        c.cancel_pending = false;
+        // §9.1: same Request-URI, Call-ID, From, To, CSeq number and single Via as the INVITE.
+        let text = format!(
+            "CANCEL {} SIP/2.0\r\nVia: {}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} CANCEL\r\nContent-Length: 0\r\n\r\n",
+            c.b.remote_target, c.b_invite_via, c.b.local_header, c.b_invite_to, c.b.call_id, c.b_invite_cseq
+        );
+        let peer = c.b.peer;
+        if let Ok(SipMessage::Request(r)) = message::parse(text.as_bytes()) {
+            if let Ok(t) = self.tl.send_request(now, peer, r) {
+                self.pending.insert(t, Pending::Own);
+            }
+        }
+    }
+
+    fn on_response(&mut self, now: Instant, tx: TxHandle, resp: Response) {
+        let code = resp.status_code.code();
+        match self.pending.get(&tx) {
+            Some(Pending::InitialInvite(call)) => {
+                let call = *call;
+                if code >= 200 {
+                    // The transaction stays (Accepted/Completed) but its outcome is handled now;
+                    // a 2xx retransmission still maps here and is re-ACKed.
+                    if code >= 300 {
+                        self.pending.remove(&tx);
+                    }
+                }
+                self.on_invite_response(now, call, resp);
+            }
+            Some(Pending::Relay { .. }) => {
+                if code < 200 {
+                    return; // provisional responses to relayed requests are not forwarded
+                }
+                if let Some(Pending::Relay {
+                    call,
+                    from,
+                    server_tx,
+                    orig,
+                    offer,
+                }) = self.pending.remove(&tx)
+                {
+                    self.on_relay_response(
+                        now,
+                        call,
+                        from,
+                        server_tx,
+                        *orig,
+                        offer.map(|o| *o),
+                        resp,
+                    );
+                }
+            }
+            Some(Pending::Own) | None => {
+                // A 2xx retransmission to a relayed re-INVITE lands here after the relay
+                // finished; re-ACK is not possible without the dialog, and our first ACK already
+                // went out. Nothing else needs a reaction.
+            }
+        }
+    }
+
+    fn on_invite_response(&mut self, now: Instant, call: CallHandle, resp: Response) {
+        let code = resp.status_code.code();
+        let Some(k) = message::keys(&SipMessage::Response(resp.clone())) else {
+            return;
+        };
+        let Some(c) = self.calls.get_mut(&call) else {
+            return;
+        };
+        if code < 200 {
+            if code == 100 {
+                return;
+            }
+            c.b_provisional = true;
+            if c.cancel_pending {
+                self.send_cancel_b(now, call);
+                return;
+            }
+            if c.state != CallState::Proceeding {
+                return;
+            }
+            let body = self.answer_for_a(call, &resp);
+            let Some(c) = self.calls.get(&call) else {
+                return;
+            };
+            let (atx, inv, tag) = (c.a_invite_tx, c.a_invite.clone(), c.a.local_tag.clone());
+            let contact = Header::Other("Contact".into(), self.contact(c.a.peer.transport));
+            self.respond(
+                now,
+                atx,
+                &inv,
+                code,
+                None,
+                Some(&tag),
+                vec![contact],
+                body.map(|b| (SDP, b)),
+            );
+            return;
+        }
+        if code >= 300 {
+            let state = c.state;
+            let (atx, inv, tag) = (c.a_invite_tx, c.a_invite.clone(), c.a.local_tag.clone());
+            if state == CallState::Proceeding && self.tl.can_respond(atx) {
+                // Relay the failure code; 6xx and 4xx keep their class (§16.7 style).
+                self.respond(now, atx, &inv, code, None, Some(&tag), vec![], None);
+            }
+            let reason = if state == CallState::Cancelling {
+                EndReason::Cancelled
+            } else {
+                EndReason::Rejected(code)
+            };
+            self.end_call(call, reason);
+            return;
+        }
+        // 2xx: confirm the B dialog and ACK it (§13.2.2.4), also for retransmissions.
+        let first = c.b.remote_tag.is_none()
+            || c.state == CallState::Proceeding
+            || c.state == CallState::Cancelling;
+        if c.b.remote_tag.is_none() || c.b.remote_tag != k.to_tag {
+            c.b.remote_tag = k.to_tag.clone();
+            if let Some(to) = header_values(&resp.headers, "To").into_iter().next() {
+                c.b.remote_header = to;
+            }
+            if let Some(ct) = header_values(&resp.headers, "Contact").into_iter().next() {
+                c.b.remote_target = uri_of(&ct).to_string();
+            }
+            let mut rr = header_values(&resp.headers, "Record-Route");
+            rr.reverse();
+            c.b.route_set = rr;
+        }
+        self.ack_b(call);
+        let Some(c) = self.calls.get_mut(&call) else {
+            return;
+        };
+        match c.state {
+            CallState::Cancelling => {
+                // CANCEL race (§9.1): B answered anyway; ACK done above, now BYE it.
+                self.send_bye(now, call, Leg::B);
+                self.end_call(call, EndReason::Cancelled);
+            }
+            CallState::Proceeding if first => {
+                c.state = CallState::Established;
+                let body = self.answer_for_a(call, &resp);
+                let Some(c) = self.calls.get_mut(&call) else {
+                    return;
+                };
+                c.counted = true;
+                let (atx, inv, tag) = (c.a_invite_tx, c.a_invite.clone(), c.a.local_tag.clone());
+                let transport = c.a.peer.transport;
+                let contact = Header::Other("Contact".into(), self.contact(transport));
+                self.respond(
+                    now,
+                    atx,
+                    &inv,
+                    200,
+                    None,
+                    Some(&tag),
+                    vec![contact],
+                    body.map(|b| (SDP, b)),
+                );
+                self.counts.aggregate += 1;
+                self.counts.bump();
+                for leg in [Leg::A, Leg::B] {
+                    if let Some(media) = self.negotiated(call, leg) {
+                        self.emit(SessionEvent::MediaUp { call, leg, media });
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Records B's SDP answer (if any) and returns it rewritten for leg A.
+    fn answer_for_a(&mut self, call: CallHandle, resp: &Response) -> Option<Vec<u8>> {
+        let (sdp, _) = body_parts(&resp.headers, &resp.body).ok()?;
+        let mut sdp = Sdp::parse(&sdp?).ok()?;
+        let media_ip = self.cfg.media_ip;
+        let c = self.calls.get_mut(&call)?;
+        c.media[Leg::B as usize] = sdp.audio();
+        sdp.anchor_audio(media_ip, c.port(Leg::A));
+        sdp.set_origin("xdpfork", c.session_id, c.sdp_version, media_ip);
+        Some(sdp.to_bytes())
+    }
+
+    fn negotiated(&self, call: CallHandle, leg: Leg) -> Option<NegotiatedMedia> {
+        let c = self.calls.get(&call)?;
+        let own = c.media[leg as usize].as_ref()?;
+        // The codec that flows is the answer's choice; take it from the B side's answer when
+        // present so both legs report the same codec.
+        let mut m = NegotiatedMedia::from_audio(own, c.port(leg));
+        if let Some(answer) = c.media[Leg::B as usize].as_ref() {
+            m.codec = answer.primary_codec().cloned();
+        }
+        Some(m)
+    }
+
+    fn ack_b(&mut self, call: CallHandle) {
+        let via = self.via(
+            self.calls
+                .get(&call)
+                .map(|c| c.b.peer.transport)
+                .unwrap_or(Transport::Udp),
+        );
+        let Some(c) = self.calls.get_mut(&call) else {
+            return;
+        };
+        let cseq = c.b_invite_cseq;
+        let peer = c.b.peer;
+        if let Some(ack) = c.b.request(RequestParts {
+            method: "ACK",
+            via: &via,
+            contact: None,
+            body: None,
+            cseq: Some(cseq),
+            max_forwards: 70,
+        }) {
+            self.tl.send_stateless(peer, &SipMessage::Request(ack));
+            self.pump_quiet();
+        }
+    }
+
+    /// Moves transmits produced by stateless sends to the output queue (they carry no events).
+    fn pump_quiet(&mut self) {
+        while let Some(o) = self.tl.poll_output() {
+            match o {
+                TxOutput::Transmit(t) => self.out.push_back(Output::Transmit(t)),
+                TxOutput::Event(e) => trace!(?e, "event during stateless send deferred"),
+            }
+        }
+    }
+
+    fn send_bye(&mut self, now: Instant, call: CallHandle, leg: Leg) {
+        let transport = self
+            .calls
+            .get(&call)
+            .map(|c| c.dialog_peer(leg).transport)
+            .unwrap_or(Transport::Udp);
+        let via = self.via(transport);
+        let Some(c) = self.calls.get_mut(&call) else {
+            return;
+        };
+        let d = c.dialog(leg);
+        let peer = d.peer;
+        if let Some(bye) = d.request(RequestParts {
+            method: "BYE",
+            via: &via,
+            contact: None,
+            body: None,
+            cseq: None,
+            max_forwards: 70,
+        }) {
+            if let Ok(t) = self.tl.send_request(now, peer, bye) {
+                self.pending.insert(t, Pending::Own);
+            }
+        }
+    }
+
+    fn hangup(&mut self, now: Instant, call: CallHandle, except: Option<Leg>, reason: EndReason) {
+        for leg in [Leg::A, Leg::B] {
+            if Some(leg) != except {
+                self.send_bye(now, call, leg);
+            }
+        }
+        self.end_call(call, reason);
+    }
+
+    fn end_call(&mut self, call: CallHandle, reason: EndReason) {
+        let Some(c) = self.calls.remove(&call) else {
+            return;
+        };
+        for p in c.ports {
+            self.ports.release(p);
+        }
+        self.by_dialog
+            .remove(&(c.a.call_id.clone(), c.a.local_tag.clone()));
+        self.by_dialog
+            .remove(&(c.b.call_id.clone(), c.b.local_tag.clone()));
+        if c.counted {
+            self.counts.aggregate -= 1;
+            if c.enhanced {
+                self.counts.enhanced -= 1;
+            }
+            self.emit(SessionEvent::MediaDown { call });
+        }
+        if let Some(t) = c.b_invite_tx {
+            // Keep the INVITE client transaction's outcome mapping only while it can still
+            // deliver a 2xx we must ACK; after end_call nothing refers to the call.
+            if matches!(self.pending.get(&t), Some(Pending::InitialInvite(_))) {
+                self.pending.insert(t, Pending::Own);
+            }
+        }
+        self.emit(SessionEvent::CallEnded { call, reason });
+    }
+
+    fn in_dialog(
+        &mut self,
+        now: Instant,
+        tx: TxHandle,
+        call: CallHandle,
+        leg: Leg,
+        req: Request,
+        cseq: u32,
+    ) {
+        let Some(c) = self.calls.get_mut(&call) else {
+            return self.respond(now, tx, &req, 481, None, None, vec![], None);
+        };
+        if !c.dialog(leg).accept_remote_cseq(cseq) {
+            // §12.2.2: lower CSeq than already seen.
+            return self.respond(
+                now,
+                tx,
+                &req,
+                500,
+                Some("Out Of Order CSeq"),
+                None,
+                vec![],
+                None,
+            );
+        }
+        let established = c.state == CallState::Established;
+        match req.method {
+            Method::Bye => {
+                self.respond(now, tx, &req, 200, None, None, vec![], None);
+                if established {
+                    self.send_bye(now, call, leg.other());
+                    self.end_call(call, EndReason::Bye(leg));
+                }
+            }
+            Method::Options => self.respond(
+                now,
+                tx,
+                &req,
+                200,
+                None,
+                None,
+                vec![Header::Other("Allow".into(), ALLOW.into())],
+                None,
+            ),
+            Method::Info | Method::Invite if established => {
+                let (sdp, json) = match body_parts(&req.headers, &req.body) {
+                    Ok(p) => p,
+                    Err(reason) => {
+                        return self.respond(now, tx, &req, 400, Some(reason), None, vec![], None)
+                    }
+                };
+                if req.method == Method::Info && json.is_some() {
+                    // Reference: the INFO fork request is answered 200 at once; the outcome
+                    // goes back in a status INFO.
+                    self.respond(now, tx, &req, 200, None, None, vec![], None);
+                    if let Some(j) = json {
+                        self.on_fork_body(now, call, leg, &j, Carrier::Info);
+                    }
+                    return;
+                }
+                if let Some(j) = &json {
+                    self.on_fork_body(now, call, leg, j, Carrier::ReInvite);
+                }
+                self.relay(now, tx, call, leg, req, sdp);
+            }
+            Method::Info | Method::Invite => {
+                // Mid-setup re-INVITE/INFO: §14.1 says 491 when an INVITE is in progress.
+                let code = if req.method == Method::Invite {
+                    491
+                } else {
+                    481
+                };
+                self.respond(now, tx, &req, code, None, None, vec![], None);
+            }
+            Method::Ack | Method::Cancel => {}
+            _ => {
+                let allow = Header::Other("Allow".into(), ALLOW.into());
+                self.respond(now, tx, &req, 405, None, None, vec![allow], None);
+            }
+        }
+    }
+
+    /// Relays an in-dialog request to the other leg (a re-INVITE's SDP re-anchored).
+    fn relay(
+        &mut self,
+        now: Instant,
+        tx: TxHandle,
+        call: CallHandle,
+        from: Leg,
+        req: Request,
+        sdp: Option<Vec<u8>>,
+    ) {
+        let to = from.other();
+        let transport = self
+            .calls
+            .get(&call)
+            .map(|c| c.dialog_peer(to).transport)
+            .unwrap_or(Transport::Udp);
+        let via = self.via(transport);
+        let contact = self.contact(transport);
+        let media_ip = self.cfg.media_ip;
+        let Some(c) = self.calls.get_mut(&call) else {
+            return;
+        };
+        let mut offer = None;
+        let body: Option<(String, Vec<u8>)> = match (&req.method, sdp) {
+            (Method::Invite, Some(s)) => match Sdp::parse(&s) {
+                Ok(mut sdp) => {
+                    offer = sdp.audio();
+                    sdp.anchor_audio(media_ip, c.port(to));
+                    c.sdp_version += 1;
+                    sdp.set_origin("xdpfork", c.session_id, c.sdp_version, media_ip);
+                    Some((SDP.to_string(), sdp.to_bytes()))
+                }
+                Err(_) => {
+                    return self.respond(
+                        now,
+                        tx,
+                        &req,
+                        400,
+                        Some("Malformed SDP"),
+                        None,
+                        vec![],
+                        None,
+                    );
+                }
+            },
+            (Method::Invite, None) => None,
+            _ => (!req.body.is_empty()).then(|| {
+                (
+                    content_type(&req.headers).unwrap_or_default(),
+                    req.body.clone(),
+                )
+            }),
+        };
+        let method = req.method.to_string();
+        let d = c.dialog(to);
+        let peer = d.peer;
+        let Some(out) = d.request(RequestParts {
+            method: &method,
+            via: &via,
+            contact: (req.method == Method::Invite).then_some(contact.as_str()),
+            body: body.as_ref().map(|(ct, b)| (ct.as_str(), b.as_slice())),
+            cseq: None,
+            max_forwards: 70,
+        }) else {
+            return self.respond(now, tx, &req, 500, None, None, vec![], None);
+        };
+        match self.tl.send_request(now, peer, out) {
+            Ok(t) => {
+                self.pending.insert(
+                    t,
+                    Pending::Relay {
+                        call,
+                        from,
+                        server_tx: tx,
+                        orig: Box::new(req),
+                        offer: offer.map(Box::new),
+                    },
+                );
+            }
+            Err(_) => self.respond(now, tx, &req, 500, None, None, vec![], None),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_relay_response(
+        &mut self,
+        now: Instant,
+        call: CallHandle,
+        from: Leg,
+        server_tx: TxHandle,
+        orig: Request,
+        offer: Option<AudioMedia>,
+        resp: Response,
+    ) {
+        let code = resp.status_code.code();
+        let to = from.other();
+        let media_ip = self.cfg.media_ip;
+        let mut body: Option<(String, Vec<u8>)> = None;
+        let mut changed = Vec::new();
+        if orig.method == Method::Invite && (200..300).contains(&code) {
+            // ACK the relayed re-INVITE on the other leg ourselves (§13.2.2.4).
+            let cseq = message::keys(&SipMessage::Response(resp.clone())).map(|k| k.cseq);
+            let transport = self
+                .calls
+                .get(&call)
+                .map(|c| c.dialog_peer(to).transport)
+                .unwrap_or(Transport::Udp);
+            let via = self.via(transport);
+            let Some(c) = self.calls.get_mut(&call) else {
+                return;
+            };
+            let peer = c.dialog_peer(to);
+            if let Some(ack) = c.dialog(to).request(RequestParts {
+                method: "ACK",
+                via: &via,
+                contact: None,
+                body: None,
+                cseq,
+                max_forwards: 70,
+            }) {
+                self.tl.send_stateless(peer, &SipMessage::Request(ack));
+                self.pump_quiet();
+            }
+            let Some(c) = self.calls.get_mut(&call) else {
+                return;
+            };
+            if let Some(o) = offer {
+                if c.media[from as usize].as_ref() != Some(&o) {
+                    c.media[from as usize] = Some(o);
+                    changed.push(from);
+                }
+            }
+            if let Ok((Some(s), _)) = body_parts(&resp.headers, &resp.body) {
+                if let Ok(mut sdp) = Sdp::parse(&s) {
+                    let answer = sdp.audio();
+                    if answer.is_some() && c.media[to as usize] != answer {
+                        c.media[to as usize] = answer;
+                        changed.push(to);
+                    }
+                    sdp.anchor_audio(media_ip, c.port(from));
+                    c.sdp_version += 1;
+                    sdp.set_origin("xdpfork", c.session_id, c.sdp_version, media_ip);
+                    body = Some((SDP.to_string(), sdp.to_bytes()));
+                }
+            }
+        } else if !resp.body.is_empty() {
+            body = Some((
+                content_type(&resp.headers).unwrap_or_default(),
+                resp.body.clone(),
+            ));
+        }
+        let reason = match &resp.status_code {
+            rsip::StatusCode::Other(_, r) => Some(r.clone()),
+            _ => None,
+        };
+        let extra = if orig.method == Method::Invite {
+            let transport = self
+                .calls
+                .get(&call)
+                .map(|c| c.dialog_peer(from).transport)
+                .unwrap_or(Transport::Udp);
+            vec![Header::Other("Contact".into(), self.contact(transport))]
+        } else {
+            vec![]
+        };
+        let tag = self
+            .calls
+            .get(&call)
+            .and_then(|c| c.dialog_tag_for_response(&orig));
+        let body_ref = body.as_ref().map(|(ct, b)| (ct.as_str(), b.clone()));
+        self.respond(
+            now,
+            server_tx,
+            &orig,
+            code,
+            reason.as_deref(),
+            tag.as_deref(),
+            extra,
+            body_ref,
+        );
+        // Report every leg whose media changed (codec, address, hold) so the fork layer can
+        // PAUSE/RESUME; both legs carry the codec from the latest answer.
+        if !changed.is_empty() {
+            for leg in [Leg::A, Leg::B] {
+                if let Some(media) = self.negotiated(call, leg) {
+                    self.emit(SessionEvent::MediaChanged { call, leg, media });
+                }
+            }
+        }
+    }
+
+    fn on_fork_body(
+        &mut self,
+        now: Instant,
+        call: CallHandle,
+        leg: Leg,
+        body: &[u8],
+        carrier: Carrier,
+    ) {
+        let parsed = ForkRequest::parse(body);
+        let Some(c) = self.calls.get_mut(&call) else {
+            return;
+        };
+        if c.fork_leg.is_none() {
+            c.fork_leg = Some(leg);
+        }
+        let result = parsed.and_then(|req| {
+            if let ForkRequest::Start(s) = &req {
+                if !c.route_forking {
+                    return Err(ForkError::UnsupportedFlow);
+                }
+                let media: Vec<&AudioMedia> = c.media.iter().flatten().collect();
+                if media.iter().any(|m| m.is_srtp() || m.addr.is_ipv6()) {
+                    return Err(ForkError::UnsupportedFlow);
+                }
+                let codec = c.media[Leg::B as usize]
+                    .as_ref()
+                    .and_then(|m| m.primary_codec());
+                match codec {
+                    Some(k) if k.is_g711() => {
+                        if let Some(want) = s.codec {
+                            if k.name.as_deref() != Some(want_name(want)) {
+                                return Err(ForkError::CodecNotSupported);
+                            }
+                        }
+                    }
+                    _ => return Err(ForkError::CodecNotSupported),
+                }
+            }
+            let kind = req.kind();
+            c.fork.apply(req, carrier).map(|cmd| (kind, cmd))
+        });
+        match result {
+            Ok((_, command)) => self.emit(SessionEvent::ForkRequest {
+                call,
+                leg,
+                request: command,
+            }),
+            Err(err) => {
+                let guid = fork_request::guid_hint(body);
+                let kind = ForkRequest::parse(body).ok().map(|r| r.kind());
+                let report = StatusReport::rejected(guid, kind, err);
+                self.send_status(now, call, leg, &report);
+            }
+        }
+    }
+
+    fn send_status(&mut self, now: Instant, call: CallHandle, leg: Leg, report: &StatusReport) {
+        let transport = self
+            .calls
+            .get(&call)
+            .map(|c| c.dialog_peer(leg).transport)
+            .unwrap_or(Transport::Udp);
+        let via = self.via(transport);
+        let Some(c) = self.calls.get_mut(&call) else {
+            return;
+        };
+        let body = report.to_json();
+        let d = c.dialog(leg);
+        let peer = d.peer;
+        if let Some(info) = d.request(RequestParts {
+            method: "INFO",
+            via: &via,
+            contact: None,
+            body: Some((fork_request::CONTENT_TYPE, &body)),
+            cseq: None,
+            max_forwards: 70,
+        }) {
+            if let Ok(t) = self.tl.send_request(now, peer, info) {
+                self.pending.insert(t, Pending::Own);
+            }
+        }
+    }
+}
+
+fn want_name(c: fork_request::ForkCodec) -> &'static str {
+    match c {
+        fork_request::ForkCodec::G711Ulaw => "PCMU",
+        fork_request::ForkCodec::G711Alaw => "PCMA",
+    }
+}
+
+impl Call {
+    fn dialog_peer(&self, leg: Leg) -> Peer {
+        match leg {
+            Leg::A => self.a.peer,
+            Leg::B => self.b.peer,
+        }
+    }
+
+    /// Our tag on the leg `req` arrived on (for responses to in-dialog requests it is already in
+    /// To, so this is only needed when it is missing).
+    fn dialog_tag_for_response(&self, req: &Request) -> Option<String> {
+        let k = message::keys(&SipMessage::Request(req.clone()))?;
+        if k.call_id == self.a.call_id {
+            Some(self.a.local_tag.clone())
+        } else {
+            Some(self.b.local_tag.clone())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
