@@ -147,6 +147,29 @@ mod tests {
     }
 
     #[test]
+    fn decodes_the_documented_example() {
+        // docs/speech-protocol.md §3: stream 42, seq 0x1234, PCMU, first frame, ts 123456.
+        let mut frame = vec![
+            0x58, 0x46, 0x01, 0x02, 0x00, 0x00, 0x00, 0x2a, 0x12, 0x34, 0x00, 0x00, 0x00, 0x01,
+            0xe2, 0x40,
+        ];
+        frame.extend_from_slice(&[0xFF; 160]);
+        let (hdr, payload) = decode_audio(&frame).expect("documented example is valid");
+        assert_eq!(
+            hdr,
+            AudioHeader {
+                stream_id: 42,
+                seq: 0x1234,
+                payload_type: 0,
+                flags: FLAG_FIRST,
+                timestamp: 123_456,
+            }
+        );
+        assert_eq!(payload.len(), 160);
+        assert_eq!(frame.len(), 176);
+    }
+
+    #[test]
     fn encode_appends_without_touching_existing_bytes() {
         let mut out = vec![9, 9];
         encode_audio(&mut out, &sample(), &[1]);

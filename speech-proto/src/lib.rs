@@ -34,7 +34,7 @@ pub use seq::{SeqOrder, SeqTracker, SEQ_WINDOW};
 pub use validator::{AudioEvent, Event, StreamState, StreamStats, Validator, Violation};
 
 /// WebSocket subprotocol token the client offers in `Sec-WebSocket-Protocol` and the server
-/// must echo (RFC 6455 §4.1 step 10 / §4.2.2). The `v1` suffix is the major protocol version.
+/// must echo (RFC 6455 §4.1, §4.2.2). The `v1` suffix is the major protocol version.
 pub const SUBPROTOCOL: &str = "xdpfork.speech.v1";
 
 /// Protocol version carried in `start.version` and in byte 2 of every audio header.

@@ -316,7 +316,7 @@ fn handle_binary(
                 seq = ev.header.seq,
                 "audio"
             );
-            ctx.registry().audio(&ev);
+            ctx.registry().audio(id, &ev);
             (Next::Continue, None)
         }
         Err(v) => violation(id, &v, ctx),

@@ -207,10 +207,20 @@ impl Registry {
             if s.stopped.is_some() {
                 return Err(StartRefusal::Stopped);
             }
-            if !m.resumed || s.conn.is_some_and(|c| c != conn) {
+            if !m.resumed {
                 return Err(StartRefusal::Duplicate);
             }
-            // Continuation after a reconnect: same files, new sequence baseline.
+            // Continuation after a reconnect: same files, new sequence baseline. It takes the
+            // stream over even if the old connection still looks alive here: the client has
+            // already seen it die (a half-open TCP connection can take minutes to notice).
+            if let Some(old) = s.conn.filter(|&c| c != conn) {
+                tracing::info!(
+                    stream = m.stream_id,
+                    old_conn = old,
+                    conn,
+                    "stream taken over"
+                );
+            }
             s.conn = Some(conn);
             s.codec = m.codec;
             s.metadata = m.metadata.clone();
@@ -277,11 +287,20 @@ impl Registry {
         Ok(())
     }
 
-    /// Records one validated audio frame: counters, raw bytes, decoded samples.
-    pub fn audio(&mut self, ev: &AudioEvent<'_>) {
+    /// Records one validated audio frame: counters, raw bytes, decoded samples. Frames from a
+    /// connection that no longer owns the stream (it was taken over) are ignored.
+    pub fn audio(&mut self, conn: u64, ev: &AudioEvent<'_>) {
         let Some(s) = self.streams.get_mut(&ev.header.stream_id) else {
             return;
         };
+        if s.conn != Some(conn) {
+            tracing::debug!(
+                stream = ev.header.stream_id,
+                conn,
+                "frame from a stale connection"
+            );
+            return;
+        }
         s.frames += 1;
         s.payload_bytes += ev.payload.len() as u64;
         s.last_seq = Some(ev.header.seq);

@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use futures_util::StreamExt;
 
 #[tokio::test]
 async fn resumed_start_continues_the_stream() {
@@ -13,6 +14,8 @@ async fn resumed_start_continues_the_stream() {
     send_text(&mut ws, start_msg(7, "call-r", "caller", "PCMU", false)).await;
     send_bin(&mut ws, frame(7, 10, 0, &[1, 2])).await;
     send_bin(&mut ws, frame(7, 11, 0, &[3, 4])).await; // server aborts after this one
+                                                       // Wait until the server has dropped us, so it has processed everything sent so far.
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(WAIT, ws.next()).await {}
     drop(ws);
 
     let mut ws = connect(&srv.addr, &[]).await;
