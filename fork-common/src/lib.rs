@@ -28,14 +28,16 @@ pub const MAP_TX_PORTS: &str = "TX_PORTS";
 pub const MAP_XSKS: &str = "XSKS";
 pub const MAP_COUNTERS: &str = "COUNTERS";
 pub const MAP_CONFIG: &str = "CONFIG";
+pub const MAP_NEIGHBOURS: &str = "NEIGHBOURS";
 /// Every map fork-agent pins, in a stable order.
-pub const ALL_MAPS: [&str; 6] = [
+pub const ALL_MAPS: [&str; 7] = [
     MAP_FLOWS,
     MAP_FLOW_STATS,
     MAP_TX_PORTS,
     MAP_XSKS,
     MAP_COUNTERS,
     MAP_CONFIG,
+    MAP_NEIGHBOURS,
 ];
 
 /// Capacity of `FLOWS` (one entry per anchored port and direction) and of `FLOW_STATS`.
@@ -98,8 +100,42 @@ pub struct FlowAction {
     /// RFC 4733 telephone-event payload type, or [`NO_PT`].
     pub dtmf_pt: u8,
     pub _pad: [u8; 3],
+    /// Interface the relayed packets leave by, chosen by fork-agent from the routing table when
+    /// it installs the flow (0: ask `bpf_fib_lookup`, which needs IP forwarding enabled).
+    pub egress_ifindex: u32,
+    /// Next hop on `egress_ifindex` (the destination itself when on-link): the key into
+    /// `NEIGHBOURS`. A media relay is an endpoint, not a router, so it must not need the
+    /// forwarding sysctl that `bpf_fib_lookup` insists on.
+    pub nexthop_be: [u32; 4],
 }
-const _: () = assert!(size_of::<FlowAction>() == 84);
+const _: () = assert!(size_of::<FlowAction>() == 104);
+const _: () = assert!(offset_of!(FlowAction, egress_ifindex) == 84);
+const _: () = assert!(offset_of!(FlowAction, nexthop_be) == 88);
+
+/// Key of `NEIGHBOURS`: a next hop on an interface.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NeighKey {
+    pub addr_be: [u32; 4],
+    pub ifindex: u32,
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<NeighKey>() == 24);
+
+/// Value of `NEIGHBOURS`: the MACs of a relayed frame. Written by fork-agent from the kernel's
+/// neighbour table (kept resolved with `managed` entries), read by `xdp_media_relay`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NeighValue {
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+    pub _pad: [u8; 4],
+}
+const _: () = assert!(size_of::<NeighValue>() == 16);
+
+/// Capacity of `NEIGHBOURS`.
+pub const MAX_NEIGHBOURS: u32 = 4096;
 const _: () = assert!(offset_of!(FlowAction, src_port_be) == 48);
 const _: () = assert!(offset_of!(FlowAction, stream_id) == 56);
 const _: () = assert!(offset_of!(FlowAction, pt_mask) == 64);
@@ -198,7 +234,8 @@ pub struct ForkTag {
     pub flags: u16,
 }
 const _: () = assert!(size_of::<ForkTag>() == 20);
-const _: () = assert!(size_of::<ForkTag>() % 4 == 0); // XDP metadata must be 4-byte aligned
+// XDP metadata must be a multiple of 4 bytes.
+const _: () = assert!(size_of::<ForkTag>().is_multiple_of(4));
 
 /// "XFK1" in little-endian memory order: tag format version 1.
 pub const FORK_TAG_MAGIC: u32 = u32::from_le_bytes(*b"XFK1");
@@ -339,6 +376,8 @@ mod user {
     unsafe impl aya::Pod for FlowAction {}
     unsafe impl aya::Pod for FlowStats {}
     unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for NeighKey {}
+    unsafe impl aya::Pod for NeighValue {}
 
     /// An address as the kernel stores it: family plus four big-endian words.
     pub fn addr_words(ip: IpAddr) -> (u8, [u32; 4]) {

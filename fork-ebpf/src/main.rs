@@ -35,11 +35,11 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use csum::CsumDelta;
 use fork_common::{
-    FlowAction, FlowKey, FlowStats, ForkTag, Reason, FAMILY_V4, FLOW_F_FORK, FLOW_F_RTCP,
+    FlowAction, FlowKey, FlowStats, ForkTag, NeighKey, Reason, FAMILY_V4, FLOW_F_FORK, FLOW_F_RTCP,
     FLOW_F_STRICT_SOURCE, FORK_TAG_MAGIC, TAG_F_DTMF,
 };
-use maps::{CONFIG, COUNTERS, FLOWS, FLOW_STATS, TX_PORTS, XSKS};
-use parse::{parse_rtp, parse_udp, ptr_at, ptr_at_mut, RtpKind, UdpPacket, UDP_HLEN};
+use maps::{CONFIG, COUNTERS, FLOWS, FLOW_STATS, NEIGHBOURS, TX_PORTS, XSKS};
+use parse::{parse_rtp, parse_udp, ptr_at_mut, RtpKind, UdpPacket, UDP_HLEN};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -84,7 +84,7 @@ pub fn xdp_media_relay(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn try_media_relay(ctx: &XdpContext) -> Result<Verdict, Reason> {
     let pkt = parse_udp(ctx)?;
-    let key = flow_key(ctx, &pkt)?;
+    let key = flow_key(&pkt);
     let action = match unsafe { FLOWS.get(&key) } {
         Some(a) => *a,
         None => return Err(Reason::PassNoFlow),
@@ -94,7 +94,7 @@ fn try_media_relay(ctx: &XdpContext) -> Result<Verdict, Reason> {
     if action.family != pkt.family {
         return Err(Reason::PassFamilyMismatch);
     }
-    if action.flags & FLOW_F_STRICT_SOURCE != 0 && !source_matches(ctx, &pkt, &action)? {
+    if action.flags & FLOW_F_STRICT_SOURCE != 0 && !source_matches(&pkt, &action) {
         stats.with(|s| add(&mut s.strict_drops, 1));
         return Ok(Verdict(xdp_action::XDP_DROP, Reason::DropStrictSource));
     }
@@ -230,34 +230,23 @@ fn track_sequence(s: &mut FlowStats, ssrc: u32, seq: u16) {
 }
 
 #[inline(always)]
-fn flow_key(ctx: &XdpContext, pkt: &UdpPacket) -> Result<FlowKey, Reason> {
-    let mut key = FlowKey {
+fn flow_key(pkt: &UdpPacket) -> FlowKey {
+    FlowKey {
+        addr_be: pkt.daddr_be,
+        port_be: pkt.dport_be,
         family: pkt.family,
-        port_be: unsafe { *ptr_at::<u16>(ctx, pkt.l4_off + 2)? },
-        ..FlowKey::default()
-    };
-    if pkt.family == FAMILY_V4 {
-        key.addr_be[0] = unsafe { *ptr_at::<u32>(ctx, pkt.l3_off + 16)? };
-    } else {
-        key.addr_be = unsafe { *ptr_at::<[u32; 4]>(ctx, pkt.l3_off + 24)? };
+        _pad: 0,
     }
-    Ok(key)
 }
 
 #[inline(always)]
-fn source_matches(ctx: &XdpContext, pkt: &UdpPacket, a: &FlowAction) -> Result<bool, Reason> {
-    let sport = unsafe { *ptr_at::<u16>(ctx, pkt.l4_off)? };
-    if sport != a.expect_port_be {
-        return Ok(false);
-    }
-    if pkt.family == FAMILY_V4 {
-        Ok(unsafe { *ptr_at::<u32>(ctx, pkt.l3_off + 12)? } == a.expect_addr_be[0])
-    } else {
-        Ok(unsafe { *ptr_at::<[u32; 4]>(ctx, pkt.l3_off + 8)? } == a.expect_addr_be)
-    }
+fn source_matches(pkt: &UdpPacket, a: &FlowAction) -> bool {
+    pkt.sport_be == a.expect_port_be && pkt.saddr_be == a.expect_addr_be
 }
 
-/// Route lookup for the rewritten packet: egress ifindex and the MACs to use.
+/// Next hop of the rewritten packet: egress ifindex and the MACs to use. Flows carry the egress
+/// interface and next hop user space picked; their MACs come from `NEIGHBOURS`. Flows without one
+/// fall back to `bpf_fib_lookup` (which needs IP forwarding on the interface).
 #[inline(always)]
 fn next_hop(
     ctx: &XdpContext,
@@ -265,6 +254,18 @@ fn next_hop(
     a: &FlowAction,
     ingress: u32,
 ) -> Result<(u32, [u8; 6], [u8; 6]), Reason> {
+    if a.egress_ifindex != 0 {
+        let key = NeighKey {
+            addr_be: a.nexthop_be,
+            ifindex: a.egress_ifindex,
+            family: a.family,
+            _pad: [0; 3],
+        };
+        return match unsafe { NEIGHBOURS.get(&key) } {
+            Some(n) => Ok((a.egress_ifindex, n.smac, n.dmac)),
+            None => Err(Reason::PassFibNoNeigh),
+        };
+    }
     let mut p: FibParams = unsafe { core::mem::zeroed() };
     p.l4_protocol = 17;
     p.sport = a.src_port_be;
@@ -311,13 +312,12 @@ fn rewrite(
     let udp = ptr_at_mut::<[u16; 4]>(ctx, pkt.l4_off)?;
     let udp_csum = unsafe { (*udp)[3] };
     let mut uc = CsumDelta::new(udp_csum);
-    uc.replace16(unsafe { (*udp)[0] }, a.src_port_be);
-    uc.replace16(unsafe { (*udp)[1] }, a.dst_port_be);
+    uc.replace16(pkt.sport_be, a.src_port_be);
+    uc.replace16(pkt.dport_be, a.dst_port_be);
 
     if pkt.family == FAMILY_V4 {
         let ip = ptr_at_mut::<[u16; 10]>(ctx, pkt.l3_off)?;
-        let addrs = ptr_at_mut::<[u32; 2]>(ctx, pkt.l3_off + 12)?;
-        let (old_src, old_dst) = unsafe { ((*addrs)[0], (*addrs)[1]) };
+        let (old_src, old_dst) = (pkt.saddr_be[0], pkt.daddr_be[0]);
         let old_ttl_proto = unsafe { (*ip)[4] };
         // TTL is the first byte of word 4 in memory order, the protocol the second.
         let new_ttl_proto = u16::from_ne_bytes([RELAY_TTL, old_ttl_proto.to_ne_bytes()[1]]);
@@ -325,13 +325,17 @@ fn rewrite(
         ic.replace16(old_ttl_proto, new_ttl_proto);
         ic.replace32(old_src, a.src_addr_be[0]);
         ic.replace32(old_dst, a.dst_addr_be[0]);
+        let (src, dst) = (a.src_addr_be[0], a.dst_addr_be[0]);
         unsafe {
             (*ip)[4] = new_ttl_proto;
             (*ip)[5] = ic.finish();
-            *addrs = [a.src_addr_be[0], a.dst_addr_be[0]];
+            (*ip)[6] = src as u16;
+            (*ip)[7] = (src >> 16) as u16;
+            (*ip)[8] = dst as u16;
+            (*ip)[9] = (dst >> 16) as u16;
         }
-        uc.replace32(old_src, a.src_addr_be[0]);
-        uc.replace32(old_dst, a.dst_addr_be[0]);
+        uc.replace32(old_src, src);
+        uc.replace32(old_dst, dst);
         unsafe {
             (*udp)[0] = a.src_port_be;
             (*udp)[1] = a.dst_port_be;
@@ -341,16 +345,19 @@ fn rewrite(
             }
         }
     } else {
-        let hop = ptr_at_mut::<u8>(ctx, pkt.l3_off + 7)?;
-        let addrs = ptr_at_mut::<[[u32; 4]; 2]>(ctx, pkt.l3_off + 8)?;
-        let old = unsafe { *addrs };
+        let ip = ptr_at_mut::<[u32; 10]>(ctx, pkt.l3_off)?;
         for i in 0..4 {
-            uc.replace32(old[0][i], a.src_addr_be[i]);
-            uc.replace32(old[1][i], a.dst_addr_be[i]);
+            uc.replace32(pkt.saddr_be[i], a.src_addr_be[i]);
+            uc.replace32(pkt.daddr_be[i], a.dst_addr_be[i]);
         }
         unsafe {
-            *hop = RELAY_TTL;
-            *addrs = [a.src_addr_be, a.dst_addr_be];
+            // Word 1 is payload length (2 bytes), next header, hop limit.
+            let w = (*ip)[1].to_ne_bytes();
+            (*ip)[1] = u32::from_ne_bytes([w[0], w[1], w[2], RELAY_TTL]);
+            for i in 0..4 {
+                (*ip)[2 + i] = a.src_addr_be[i];
+                (*ip)[6 + i] = a.dst_addr_be[i];
+            }
             (*udp)[0] = a.src_port_be;
             (*udp)[1] = a.dst_port_be;
             (*udp)[3] = nonzero_csum(uc.finish());

@@ -7,7 +7,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use fork_common::{
-    Config, FlowAction, FlowKey, FlowStats, MAX_FLOWS, MAX_REASONS, MAX_TX_PORTS, MAX_XSKS,
+    Config, FlowAction, FlowKey, FlowStats, NeighKey, NeighValue, MAX_FLOWS, MAX_NEIGHBOURS,
+    MAX_REASONS, MAX_TX_PORTS, MAX_XSKS,
 };
 
 /// Anchored flows. Written by fork-agent (install/remove), read by `xdp_media_relay`.
@@ -37,3 +38,8 @@ pub static COUNTERS: PerCpuArray<u64, { MAX_REASONS as usize }> = PerCpuArray::n
 /// Runtime configuration (one entry). Written by fork-agent at start.
 #[btf_map]
 pub static CONFIG: Array<Config, 1> = Array::new();
+
+/// Next-hop MACs by (interface, next hop). Written by fork-agent from the kernel's neighbour
+/// table, read by `xdp_media_relay`.
+#[btf_map]
+pub static NEIGHBOURS: HashMap<NeighKey, NeighValue, { MAX_NEIGHBOURS as usize }> = HashMap::new();

@@ -1,2 +1,4 @@
-//! Sans-IO cores of fork-agent: no sockets, no clock, no tasks (../../../docs/architecture.md).
+//! Sans-IO cores of fork-agent: no sockets, no clock, no tasks (../../../shared/style.md §2).
+pub mod control_api;
+pub mod flows;
 pub mod ws_pool;

@@ -1,1 +1,6 @@
 //! IO shells: kernel (aya, AF_XDP) and network (tokio) around the cores.
+pub mod agent;
+pub mod ebpf;
+pub mod netdev;
+pub mod ws;
+pub mod xsk;

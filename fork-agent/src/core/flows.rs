@@ -1,0 +1,456 @@
+//! Flow and fork bookkeeping (sans-IO). Inputs: flow and fork requests from the control API, and
+//! the entries found in the pinned `FLOWS` map when an agent restarts. Outputs: the
+//! `fork_common` key/value to write into `FLOWS`, the `FLOW_STATS` slot to zero, and the stream
+//! ids of a fork. The shell performs the map writes; this module only decides.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+};
+
+use fork_common::{
+    addr_words, FlowAction, FlowKey, FLOW_F_FORK, FLOW_F_RTCP, FLOW_F_STRICT_SOURCE, MAX_FLOWS,
+    NO_PT,
+};
+use serde::{Deserialize, Serialize};
+
+use super::control_api::{FlowSpec, ForkSpec};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FlowError {
+    /// `local`, `src` and `dst` must share one address family (no v4/v6 translation in kernel).
+    #[error("flow {local}: local, src and dst must all be IPv4 or all IPv6")]
+    FamilyMismatch { local: SocketAddr },
+    /// Port 0 cannot be anchored or sent to.
+    #[error("flow {local}: port 0 is not allowed")]
+    ZeroPort { local: SocketAddr },
+    /// RTP payload types are 7 bits.
+    #[error("flow {local}: payload type {pt} is out of range 0-127")]
+    BadPayloadType { local: SocketAddr, pt: u8 },
+    /// A flow for this local address already exists.
+    #[error("flow {local} already exists")]
+    Exists { local: SocketAddr },
+    /// No flow for this local address.
+    #[error("no flow for {local}")]
+    Unknown { local: SocketAddr },
+    /// All `FLOW_STATS` slots are in use.
+    #[error("flow table full ({MAX_FLOWS} flows)")]
+    Full,
+    /// A fork with this call GUID is already running.
+    #[error("call {guid} is already forking")]
+    ForkExists { guid: String },
+    /// No fork with this call GUID.
+    #[error("no fork for call {guid}")]
+    UnknownFork { guid: String },
+    /// The flow is already forked by another call.
+    #[error("flow {local} is already forked by call {guid}")]
+    FlowBusy { local: SocketAddr, guid: String },
+    /// A fork needs one or two streams with different channels.
+    #[error("a fork needs one stream per channel (caller, callee)")]
+    BadStreams,
+}
+
+/// A flow as the table keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowEntry {
+    pub local: SocketAddr,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub stats_index: u32,
+    pub stream_id: Option<u32>,
+    #[serde(skip)]
+    pub action: FlowAction,
+}
+
+/// A running fork: which stream id each flow's audio goes out as.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fork {
+    pub spec: ForkSpec,
+    /// `(stream_id, flow local address)` in the order of `spec.streams`.
+    pub streams: Vec<(u32, SocketAddr)>,
+}
+
+#[derive(Debug, Default)]
+pub struct FlowTable {
+    flows: BTreeMap<SocketAddr, FlowEntry>,
+    used_slots: HashMap<u32, SocketAddr>,
+    next_slot: u32,
+    forks: BTreeMap<String, Fork>,
+    next_stream: u32,
+}
+
+impl FlowTable {
+    pub fn new() -> Self {
+        FlowTable {
+            next_stream: 1,
+            ..Default::default()
+        }
+    }
+
+    fn alloc_slot(&mut self) -> Result<u32, FlowError> {
+        for _ in 0..MAX_FLOWS {
+            let s = self.next_slot;
+            self.next_slot = (self.next_slot + 1) % MAX_FLOWS;
+            if !self.used_slots.contains_key(&s) {
+                return Ok(s);
+            }
+        }
+        Err(FlowError::Full)
+    }
+
+    /// Set the egress interface and next hop the shell resolved for a flow (before writing it to
+    /// the kernel).
+    pub fn set_egress(
+        &mut self,
+        local: SocketAddr,
+        ifindex: u32,
+        nexthop: std::net::IpAddr,
+    ) -> Result<FlowAction, FlowError> {
+        let e = self
+            .flows
+            .get_mut(&local)
+            .ok_or(FlowError::Unknown { local })?;
+        e.action.egress_ifindex = ifindex;
+        e.action.nexthop_be = addr_words(nexthop).1;
+        Ok(e.action)
+    }
+
+    /// Validate `spec` and reserve a stats slot. The caller writes the returned key/value into
+    /// `FLOWS` after zeroing `FLOW_STATS[stats_index]`.
+    pub fn add(&mut self, spec: &FlowSpec) -> Result<(FlowKey, FlowEntry), FlowError> {
+        let local = spec.local;
+        let v4 = local.is_ipv4();
+        let all_same = [Some(spec.src), Some(spec.dst), spec.expect]
+            .into_iter()
+            .flatten()
+            .all(|a| a.is_ipv4() == v4);
+        if !all_same {
+            return Err(FlowError::FamilyMismatch { local });
+        }
+        if [spec.local, spec.src, spec.dst]
+            .iter()
+            .any(|a| a.port() == 0)
+        {
+            return Err(FlowError::ZeroPort { local });
+        }
+        if let Some(&pt) = spec
+            .payload_types
+            .iter()
+            .chain(spec.dtmf_pt.iter())
+            .find(|pt| **pt > 127)
+        {
+            return Err(FlowError::BadPayloadType { local, pt });
+        }
+        if self.flows.contains_key(&local) {
+            return Err(FlowError::Exists { local });
+        }
+        let stats_index = self.alloc_slot()?;
+        let (family, src_addr_be) = addr_words(spec.src.ip());
+        let (_, dst_addr_be) = addr_words(spec.dst.ip());
+        let mut flags = 0;
+        let (mut expect_addr_be, mut expect_port_be) = ([0; 4], 0);
+        if let Some(e) = spec.expect {
+            flags |= FLOW_F_STRICT_SOURCE;
+            expect_addr_be = addr_words(e.ip()).1;
+            expect_port_be = e.port().to_be();
+        }
+        if spec.rtcp {
+            flags |= FLOW_F_RTCP;
+        }
+        let action = FlowAction {
+            src_addr_be,
+            dst_addr_be,
+            expect_addr_be,
+            src_port_be: spec.src.port().to_be(),
+            dst_port_be: spec.dst.port().to_be(),
+            expect_port_be,
+            family,
+            flags,
+            stream_id: 0,
+            stats_index,
+            pt_mask: FlowAction::mask_of(&spec.payload_types),
+            dtmf_pt: spec.dtmf_pt.unwrap_or(NO_PT),
+            _pad: [0; 3],
+            egress_ifindex: 0,
+            nexthop_be: [0; 4],
+        };
+        let entry = FlowEntry {
+            local,
+            src: spec.src,
+            dst: spec.dst,
+            stats_index,
+            stream_id: None,
+            action,
+        };
+        self.used_slots.insert(stats_index, local);
+        self.flows.insert(local, entry.clone());
+        Ok((FlowKey::new(local), entry))
+    }
+
+    /// Take over a flow found in the pinned map after a restart.
+    pub fn adopt(&mut self, key: FlowKey, action: FlowAction) {
+        let local = key.socket_addr();
+        let addr = |w| fork_common::words_addr(action.family, w);
+        let entry = FlowEntry {
+            local,
+            src: SocketAddr::new(addr(action.src_addr_be), u16::from_be(action.src_port_be)),
+            dst: SocketAddr::new(addr(action.dst_addr_be), u16::from_be(action.dst_port_be)),
+            stats_index: action.stats_index,
+            stream_id: (action.flags & FLOW_F_FORK != 0).then_some(action.stream_id),
+            action,
+        };
+        if action.flags & FLOW_F_FORK != 0 {
+            self.next_stream = self.next_stream.max(action.stream_id.wrapping_add(1));
+        }
+        self.used_slots.insert(action.stats_index, local);
+        self.flows.insert(local, entry);
+    }
+
+    /// Forget a flow; returns its key (to delete from `FLOWS`). A fork using it keeps running on
+    /// its other stream.
+    pub fn remove(&mut self, local: SocketAddr) -> Result<FlowKey, FlowError> {
+        let entry = self
+            .flows
+            .remove(&local)
+            .ok_or(FlowError::Unknown { local })?;
+        self.used_slots.remove(&entry.stats_index);
+        Ok(FlowKey::new(local))
+    }
+
+    /// Start a fork: allocate stream ids and return the flows to rewrite with the fork flag.
+    pub fn start_fork(
+        &mut self,
+        spec: ForkSpec,
+    ) -> Result<(Fork, Vec<(FlowKey, FlowAction)>), FlowError> {
+        if self.forks.contains_key(&spec.call_guid) {
+            return Err(FlowError::ForkExists {
+                guid: spec.call_guid,
+            });
+        }
+        let n = spec.streams.len();
+        if n == 0 || n > 2 || (n == 2 && spec.streams[0].channel == spec.streams[1].channel) {
+            return Err(FlowError::BadStreams);
+        }
+        for s in &spec.streams {
+            let entry = self
+                .flows
+                .get(&s.flow)
+                .ok_or(FlowError::Unknown { local: s.flow })?;
+            if entry.stream_id.is_some() {
+                let guid = self
+                    .forks
+                    .values()
+                    .find(|f| f.streams.iter().any(|(_, l)| *l == s.flow))
+                    .map(|f| f.spec.call_guid.clone())
+                    .unwrap_or_default();
+                return Err(FlowError::FlowBusy {
+                    local: s.flow,
+                    guid,
+                });
+            }
+        }
+        let mut updates = Vec::with_capacity(n);
+        let mut streams = Vec::with_capacity(n);
+        for s in &spec.streams {
+            let id = self.next_stream;
+            self.next_stream = self.next_stream.wrapping_add(1).max(1);
+            let entry = self
+                .flows
+                .get_mut(&s.flow)
+                .expect("invariant: checked above");
+            entry.stream_id = Some(id);
+            entry.action.flags |= FLOW_F_FORK;
+            entry.action.stream_id = id;
+            updates.push((FlowKey::new(s.flow), entry.action));
+            streams.push((id, s.flow));
+        }
+        let fork = Fork { spec, streams };
+        self.forks.insert(fork.spec.call_guid.clone(), fork.clone());
+        Ok((fork, updates))
+    }
+
+    /// Stop a fork: clear the fork flag on its flows (relay untouched).
+    pub fn stop_fork(
+        &mut self,
+        guid: &str,
+    ) -> Result<(Fork, Vec<(FlowKey, FlowAction)>), FlowError> {
+        let fork = self
+            .forks
+            .remove(guid)
+            .ok_or_else(|| FlowError::UnknownFork {
+                guid: guid.to_owned(),
+            })?;
+        let mut updates = Vec::new();
+        for (_, local) in &fork.streams {
+            if let Some(entry) = self.flows.get_mut(local) {
+                entry.stream_id = None;
+                entry.action.flags &= !FLOW_F_FORK;
+                entry.action.stream_id = 0;
+                updates.push((FlowKey::new(*local), entry.action));
+            }
+        }
+        Ok((fork, updates))
+    }
+
+    /// Re-register a fork from saved state after a restart (its flows were adopted already).
+    pub fn restore_fork(&mut self, fork: Fork) {
+        for (id, _) in &fork.streams {
+            self.next_stream = self.next_stream.max(id.wrapping_add(1));
+        }
+        self.forks.insert(fork.spec.call_guid.clone(), fork);
+    }
+
+    pub fn flows(&self) -> impl Iterator<Item = &FlowEntry> {
+        self.flows.values()
+    }
+
+    pub fn forks(&self) -> impl Iterator<Item = &Fork> {
+        self.forks.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use speech_proto::{Channel, Codec};
+
+    use super::*;
+    use crate::core::control_api::StreamSpec;
+
+    fn spec(local: &str) -> FlowSpec {
+        FlowSpec {
+            local: local.parse().expect("addr"),
+            src: "10.0.2.1:30002".parse().expect("addr"),
+            dst: "10.0.2.2:5000".parse().expect("addr"),
+            expect: None,
+            rtcp: false,
+            payload_types: vec![0, 8],
+            dtmf_pt: Some(101),
+        }
+    }
+
+    fn fork(guid: &str, flows: &[(&str, Channel)]) -> ForkSpec {
+        ForkSpec {
+            call_guid: guid.into(),
+            call_id: "c1".into(),
+            from: "a".into(),
+            to: "b".into(),
+            server: "asr".into(),
+            codec: Codec::Pcmu,
+            ptime_ms: 20,
+            metadata: Default::default(),
+            streams: flows
+                .iter()
+                .map(|(f, c)| StreamSpec {
+                    channel: *c,
+                    flow: f.parse().expect("addr"),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn add_builds_kernel_action() {
+        let mut t = FlowTable::new();
+        let (key, e) = t.add(&spec("10.0.1.1:30000")).expect("add");
+        assert_eq!(key.socket_addr(), "10.0.1.1:30000".parse().expect("addr"));
+        assert_eq!(u16::from_be(e.action.dst_port_be), 5000);
+        assert!(e.action.pt_allowed(0) && e.action.pt_allowed(8) && !e.action.pt_allowed(18));
+        assert_eq!(e.action.dtmf_pt, 101);
+        assert_eq!(e.action.flags, 0);
+        assert_eq!(
+            t.add(&spec("10.0.1.1:30000")),
+            Err(FlowError::Exists {
+                local: "10.0.1.1:30000".parse().expect("addr")
+            })
+        );
+        let (_, e2) = t.add(&spec("10.0.1.1:30004")).expect("add");
+        assert_ne!(e.stats_index, e2.stats_index);
+    }
+
+    #[test]
+    fn rejects_bad_specs() {
+        let mut t = FlowTable::new();
+        let mut s = spec("[fd00::1]:30000");
+        assert!(matches!(t.add(&s), Err(FlowError::FamilyMismatch { .. })));
+        s = spec("10.0.1.1:0");
+        assert!(matches!(t.add(&s), Err(FlowError::ZeroPort { .. })));
+        s = spec("10.0.1.1:30000");
+        s.payload_types = vec![200];
+        assert!(matches!(
+            t.add(&s),
+            Err(FlowError::BadPayloadType { pt: 200, .. })
+        ));
+        s.payload_types = vec![0];
+        s.expect = Some("10.0.0.9:4000".parse().expect("addr"));
+        let (_, e) = t.add(&s).expect("strict source flow");
+        assert_eq!(e.action.flags & FLOW_F_STRICT_SOURCE, FLOW_F_STRICT_SOURCE);
+    }
+
+    #[test]
+    fn fork_lifecycle_sets_and_clears_the_flag() {
+        let mut t = FlowTable::new();
+        t.add(&spec("10.0.1.1:30000")).expect("add");
+        t.add(&spec("10.0.2.1:30002")).expect("add");
+        let f = fork(
+            "g1",
+            &[
+                ("10.0.1.1:30000", Channel::Caller),
+                ("10.0.2.1:30002", Channel::Callee),
+            ],
+        );
+        let (fk, updates) = t.start_fork(f.clone()).expect("start");
+        assert_eq!(updates.len(), 2);
+        assert!(updates.iter().all(|(_, a)| a.flags & FLOW_F_FORK != 0));
+        assert_ne!(fk.streams[0].0, fk.streams[1].0);
+        assert!(matches!(
+            t.start_fork(f.clone()),
+            Err(FlowError::ForkExists { .. })
+        ));
+        let mut other = f.clone();
+        other.call_guid = "g2".into();
+        assert!(matches!(
+            t.start_fork(other),
+            Err(FlowError::FlowBusy { .. })
+        ));
+        let (_, updates) = t.stop_fork("g1").expect("stop");
+        assert!(updates
+            .iter()
+            .all(|(_, a)| a.flags & FLOW_F_FORK == 0 && a.stream_id == 0));
+        assert!(matches!(
+            t.stop_fork("g1"),
+            Err(FlowError::UnknownFork { .. })
+        ));
+        let bad = fork(
+            "g3",
+            &[
+                ("10.0.1.1:30000", Channel::Caller),
+                ("10.0.2.1:30002", Channel::Caller),
+            ],
+        );
+        assert_eq!(t.start_fork(bad).unwrap_err(), FlowError::BadStreams);
+    }
+
+    #[test]
+    fn adopt_restores_stream_counter_and_slots() {
+        let mut t = FlowTable::new();
+        t.add(&spec("10.0.1.1:30000")).expect("add");
+        let (fk, updates) = t
+            .start_fork(fork("g1", &[("10.0.1.1:30000", Channel::Caller)]))
+            .expect("start");
+        let (key, action) = updates[0];
+        let mut t2 = FlowTable::new();
+        t2.adopt(key, action);
+        t2.restore_fork(fk.clone());
+        let e = t2.flows().next().expect("adopted").clone();
+        assert_eq!(e.stream_id, Some(fk.streams[0].0));
+        assert_eq!(e.dst, "10.0.2.2:5000".parse().expect("addr"));
+        // New flows do not reuse the adopted slot, new streams do not reuse the adopted id.
+        let (_, e2) = t2.add(&spec("10.0.1.1:30008")).expect("add");
+        assert_ne!(e2.stats_index, e.stats_index);
+        t2.add(&spec("10.0.1.1:30010")).expect("add");
+        let (f2, _) = t2
+            .start_fork(fork("g2", &[("10.0.1.1:30010", Channel::Caller)]))
+            .expect("start");
+        assert!(f2.streams[0].0 > fk.streams[0].0);
+    }
+}

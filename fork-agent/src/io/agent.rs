@@ -1,0 +1,711 @@
+//! The fork-agent daemon: owns the data plane and the flow table, serves the control API, and
+//! moves forked packets from AF_XDP to the speech server connections.
+//!
+//! Tasks: the agent loop (control requests, one at a time, so map writes never interleave), the
+//! media task (stream id → connection routing, one input at a time), one task per speech server,
+//! and a blocking AF_XDP reader thread.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use fork_common::{FlowStats, ForkTag, NeighKey, NeighValue, FORK_TAG_MAGIC, TAG_F_DTMF};
+use serde_json::{json, Value};
+use speech_proto::{AudioHeader, Control, Dtmf, Start, Stop, StopReason};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::UnixListener,
+    sync::{mpsc, oneshot},
+};
+use tracing::{info, warn};
+
+use crate::{
+    config::Config,
+    core::{
+        control_api::{parse_request, Op, Response},
+        flows::{FlowTable, Fork},
+    },
+    io::{
+        ebpf::DataPlane,
+        netdev,
+        ws::{self, ConnHandle},
+        xsk::XskReader,
+    },
+};
+
+/// User-space counters (the kernel's are in `COUNTERS` and `FLOW_STATS`).
+#[derive(Debug, Default)]
+pub struct AgentStats {
+    pub xsk_frames: AtomicU64,
+    pub xsk_bad_frames: AtomicU64,
+    pub media_queue_drops: AtomicU64,
+    pub unknown_stream: AtomicU64,
+    pub dtmf_events: AtomicU64,
+}
+
+/// A forked packet, already encoded as a speech-protocol frame.
+enum Forked {
+    Audio { stream_id: u32, frame: Vec<u8> },
+    Dtmf(Dtmf),
+}
+
+enum RouteUpdate {
+    Add { stream_id: u32, conn: ConnHandle },
+    Remove { stream_id: u32 },
+}
+
+type ControlMsg = (Op, oneshot::Sender<Response>);
+
+pub async fn run(cfg: Config) -> Result<()> {
+    let d = &cfg.dataplane;
+    let mut dp = DataPlane::load(&d.pin_dir)?;
+    let (_fork_ifindex, fork_peer) = dp.attach(&d.interfaces, &d.fork_interface, d.xdp_mode)?;
+
+    if let Some(logger) = dp.take_logger() {
+        #[allow(clippy::disallowed_methods)] // io shell
+        tokio::spawn(flush_ebpf_logs(logger));
+    }
+
+    let mut table = FlowTable::new();
+    let mut adopted = 0;
+    for item in dp.flows.iter() {
+        let (key, action) = item.context("reading pinned FLOWS")?;
+        table.adopt(key, action);
+        adopted += 1;
+    }
+    let state_file = cfg.control.state_dir.join("forks.json");
+    for fork in load_forks(&state_file) {
+        table.restore_fork(fork);
+    }
+    info!(
+        adopted_flows = adopted,
+        forks = table.forks().count(),
+        "data plane ready"
+    );
+
+    let stats = Arc::new(AgentStats::default());
+    let conns: HashMap<String, ConnHandle> = cfg
+        .speech_servers
+        .iter()
+        .map(|s| (s.name.clone(), ws::spawn(s.clone())))
+        .collect();
+
+    // AF_XDP reader thread → media task.
+    let (pkt_tx, pkt_rx) = mpsc::channel::<Forked>(65_536);
+    let (route_tx, route_rx) = mpsc::unbounded_channel::<RouteUpdate>();
+    let reader = XskReader::open(&fork_peer, 0, d.umem_frames)?;
+    dp.set_xsk(0, reader.fd())?;
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        let stats = stats.clone();
+        std::thread::Builder::new()
+            .name("xsk-rx".into())
+            .spawn(move || reader.run(stop, |frame| on_frame(frame, &pkt_tx, &stats)))
+            .context("starting the AF_XDP reader thread")?;
+    }
+    #[allow(clippy::disallowed_methods)] // io shell
+    tokio::spawn(media_task(pkt_rx, route_rx, stats.clone()));
+
+    // Streams restored from state: route them and tell the servers they resume.
+    for fork in table.forks() {
+        open_streams(fork, &conns, &route_tx, true);
+    }
+
+    let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlMsg>(64);
+    let listener = bind_control(&cfg.control.socket)?;
+    #[allow(clippy::disallowed_methods)] // io shell
+    tokio::spawn(accept_loop(listener, ctl_tx));
+    info!(socket = %cfg.control.socket.display(), "control API listening");
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut agent = Agent {
+        dp,
+        neighbours: HashMap::new(),
+        interfaces: d.interfaces.clone(),
+        table,
+        conns,
+        route_tx,
+        stats,
+        state_file,
+        idle_timeout: Duration::from_secs(d.flow_idle_timeout_secs),
+    };
+    // Adopted flows keep their next hops followed like new ones.
+    let hops: Vec<(u32, u8, [u32; 4])> = agent
+        .table
+        .flows()
+        .filter(|f| f.action.egress_ifindex != 0)
+        .map(|f| {
+            (
+                f.action.egress_ifindex,
+                f.action.family,
+                f.action.nexthop_be,
+            )
+        })
+        .collect();
+    for (ifindex, family, addr_be) in hops {
+        if let Ok(dev) = nix::net::if_::if_indextoname(ifindex) {
+            let key = NeighKey {
+                addr_be,
+                ifindex,
+                family,
+                _pad: [0; 3],
+            };
+            let hop = fork_common::words_addr(family, addr_be);
+            agent
+                .neighbours
+                .insert(key, (dev.to_string_lossy().into_owned(), hop));
+        }
+    }
+    let mut idle_check = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            Some((op, reply)) = ctl_rx.recv() => {
+                let resp = agent.handle(op);
+                let _ = reply.send(resp);
+            }
+            _ = idle_check.tick() => {
+                agent.refresh_neighbours();
+                if !agent.idle_timeout.is_zero() {
+                    agent.expire_idle();
+                }
+            }
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+    // Pinned maps and links stay: calls keep their audio until the next agent adopts them.
+    stop.store(true, Ordering::Relaxed);
+    let _ = std::fs::remove_file(&cfg.control.socket);
+    info!("fork-agent stopped; the kernel keeps relaying pinned flows");
+    Ok(())
+}
+
+fn bind_control(path: &Path) -> Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let _ = std::fs::remove_file(path);
+    let l = UnixListener::bind(path)
+        .with_context(|| format!("binding control socket {}", path.display()))?;
+    // Owner and group only: the API programs the kernel data plane.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    Ok(l)
+}
+
+async fn accept_loop(listener: UnixListener, ctl: mpsc::Sender<ControlMsg>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let ctl = ctl.clone();
+        #[allow(clippy::disallowed_methods)] // io shell: one task per control client
+        tokio::spawn(async move {
+            let (r, mut w) = stream.into_split();
+            let mut lines = BufReader::new(r).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let resp = match parse_request(&line) {
+                    Ok(op) => {
+                        let (tx, rx) = oneshot::channel();
+                        if ctl.send((op, tx)).await.is_err() {
+                            break;
+                        }
+                        rx.await
+                            .unwrap_or_else(|_| Response::err("agent shutting down"))
+                    }
+                    Err(e) => Response::err(e),
+                };
+                let mut out = serde_json::to_string(&resp).unwrap_or_else(|e| {
+                    format!("{{\"ok\":false,\"error\":\"cannot encode response: {e}\"}}")
+                });
+                out.push('\n');
+                if w.write_all(out.as_bytes()).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+struct Agent {
+    dp: DataPlane,
+    /// Next hops in use: kernel key → (interface, address).
+    neighbours: HashMap<NeighKey, (String, std::net::IpAddr)>,
+    interfaces: Vec<String>,
+    table: FlowTable,
+    conns: HashMap<String, ConnHandle>,
+    route_tx: mpsc::UnboundedSender<RouteUpdate>,
+    stats: Arc<AgentStats>,
+    state_file: PathBuf,
+    idle_timeout: Duration,
+}
+
+impl Agent {
+    fn handle(&mut self, op: Op) -> Response {
+        match self.try_handle(op) {
+            Ok(v) => Response::ok(v),
+            Err(e) => Response::err(format!("{e:#}")),
+        }
+    }
+
+    fn try_handle(&mut self, op: Op) -> Result<Value> {
+        match op {
+            Op::FlowAdd { flow } => {
+                let (key, entry) = self.table.add(&flow)?;
+                match self.install_flow(&flow, key, entry.stats_index) {
+                    Ok(()) => {
+                        info!(local = %flow.local, dst = %flow.dst, "flow installed in kernel");
+                        Ok(json!({ "stats_index": entry.stats_index }))
+                    }
+                    Err(e) => {
+                        let _ = self.table.remove(flow.local);
+                        Err(e)
+                    }
+                }
+            }
+            Op::FlowDel { local } => {
+                let key = self.table.remove(local)?;
+                self.dp
+                    .flows
+                    .remove(&key)
+                    .context("removing the flow from FLOWS")?;
+                Ok(Value::Null)
+            }
+            Op::ForkStart { fork } => {
+                let conn = self
+                    .conns
+                    .get(&fork.server)
+                    .with_context(|| format!("no speech_server named `{}`", fork.server))?
+                    .clone();
+                let (fork, updates) = self.table.start_fork(fork)?;
+                // Route and start the streams before the kernel forks, so no packet arrives for an
+                // unknown stream.
+                open_streams(
+                    &fork,
+                    &HashMap::from([(conn.name.clone(), conn)]),
+                    &self.route_tx,
+                    false,
+                );
+                for (key, action) in updates {
+                    self.dp
+                        .flows
+                        .insert(key, action, 0)
+                        .context("enabling fork in FLOWS")?;
+                }
+                self.save_forks();
+                let ids: Vec<Value> = fork
+                    .streams
+                    .iter()
+                    .zip(&fork.spec.streams)
+                    .map(|((id, _), s)| json!({"stream_id": id, "channel": s.channel}))
+                    .collect();
+                Ok(json!({ "streams": ids }))
+            }
+            Op::ForkStop { call_guid } => {
+                let (fork, updates) = self.table.stop_fork(&call_guid)?;
+                for (key, action) in updates {
+                    self.dp
+                        .flows
+                        .insert(key, action, 0)
+                        .context("disabling fork in FLOWS")?;
+                }
+                if let Some(conn) = self.conns.get(&fork.spec.server) {
+                    for (id, _) in &fork.streams {
+                        let _ = self.route_tx.send(RouteUpdate::Remove { stream_id: *id });
+                        conn.send_control(Control::Stop(Stop {
+                            stream_id: *id,
+                            reason: StopReason::Request,
+                        }));
+                    }
+                }
+                self.save_forks();
+                Ok(Value::Null)
+            }
+            Op::ShowFlows => self.show_flows(),
+            Op::ShowCounters => self.show_counters(),
+            Op::ShowForks => Ok(serde_json::to_value(
+                self.table.forks().collect::<Vec<_>>(),
+            )?),
+        }
+    }
+
+    /// Pick the egress interface, keep its next hop resolved, and write the flow into the kernel.
+    fn install_flow(
+        &mut self,
+        flow: &crate::core::control_api::FlowSpec,
+        key: fork_common::FlowKey,
+        stats_index: u32,
+    ) -> Result<()> {
+        let (dev, hop) = netdev::route_to(flow.dst.ip())?;
+        if !self.interfaces.contains(&dev) {
+            anyhow::bail!(
+                "{} is routed via {dev}, which is not one of dataplane.interfaces {:?}",
+                flow.dst,
+                self.interfaces
+            );
+        }
+        let ifindex = netdev::ifindex(&dev)?;
+        let action = self.table.set_egress(flow.local, ifindex, hop)?;
+        if let Err(e) = netdev::keep_neighbour_resolved(&dev, hop) {
+            warn!("next hop {hop} of {} not kept resolved: {e:#}", flow.dst);
+        }
+        let nkey = NeighKey {
+            addr_be: fork_common::addr_words(hop).1,
+            ifindex,
+            family: action.family,
+            _pad: [0; 3],
+        };
+        self.neighbours.insert(nkey, (dev.clone(), hop));
+        // Wait briefly for resolution so the kernel relays from the first packet; if the next
+        // hop stays silent the flow still installs and the periodic refresh fills it in.
+        let deadline = std::time::Instant::now() + Duration::from_millis(1500);
+        while !self.refresh_neighbour(&nkey) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.dp
+            .flow_stats
+            .set(stats_index, FlowStats::default(), 0)
+            .and_then(|()| self.dp.flows.insert(key, action, 0))
+            .context("writing the flow into the kernel (FLOWS full?)")
+    }
+
+    /// Copy one next hop's MACs from the kernel neighbour table into `NEIGHBOURS`; true when
+    /// the entry is resolved.
+    fn refresh_neighbour(&mut self, key: &NeighKey) -> bool {
+        let Some((dev, hop)) = self.neighbours.get(key).cloned() else {
+            return false;
+        };
+        let (Ok(Some(dmac)), Ok(smac)) = (netdev::neighbour_mac(&dev, hop), netdev::mac_of(&dev))
+        else {
+            return false;
+        };
+        let value = NeighValue {
+            dmac,
+            smac,
+            _pad: [0; 4],
+        };
+        if self.dp.neighbours.get(key, 0).ok() != Some(value) {
+            if let Err(e) = self.dp.neighbours.insert(*key, value, 0) {
+                warn!("cannot write next hop {hop} on {dev} to NEIGHBOURS: {e}");
+                return false;
+            }
+            info!(%hop, %dev, "next hop resolved for the kernel relay");
+        }
+        true
+    }
+
+    /// Follow MAC changes (and late resolutions) of every next hop in use.
+    fn refresh_neighbours(&mut self) {
+        let keys: Vec<NeighKey> = self.neighbours.keys().copied().collect();
+        for k in keys {
+            self.refresh_neighbour(&k);
+        }
+    }
+
+    fn show_flows(&self) -> Result<Value> {
+        let now_ns = monotonic_ns();
+        let mut out = Vec::new();
+        for f in self.table.flows() {
+            let s = self
+                .dp
+                .flow_stats
+                .get(&f.stats_index, 0)
+                .unwrap_or_default();
+            let in_kernel = self
+                .dp
+                .flows
+                .get(&fork_common::FlowKey::new(f.local), 0)
+                .is_ok();
+            // rtpengine operators' complaint: a call silently left in user space. Say which.
+            let path = if !in_kernel {
+                "missing"
+            } else if s.packets == 0 && s.passed > 0 {
+                "user-space"
+            } else if s.packets > 0 {
+                "kernel"
+            } else {
+                "idle"
+            };
+            out.push(json!({
+                "local": f.local, "src": f.src, "dst": f.dst, "stream_id": f.stream_id,
+                "stats_index": f.stats_index, "path": path,
+                "packets": s.packets, "bytes": s.bytes, "forked": s.forked,
+                "lost": s.lost, "out_of_order": s.out_of_order, "wrong_pt": s.wrong_pt,
+                "errors": s.errors, "strict_drops": s.strict_drops, "passed": s.passed,
+                "dtmf": s.dtmf, "rtcp": s.rtcp, "ssrc": s.ssrc, "last_seq": s.last_seq,
+                "idle_ms": if s.last_seen_ns == 0 { Value::Null } else { json!(now_ns.saturating_sub(s.last_seen_ns) / 1_000_000) },
+            }));
+        }
+        Ok(Value::Array(out))
+    }
+
+    fn show_counters(&self) -> Result<Value> {
+        let kernel: serde_json::Map<String, Value> = self
+            .dp
+            .counters()?
+            .into_iter()
+            .map(|(r, v)| (r.name().to_owned(), json!(v)))
+            .collect();
+        let st = &self.stats;
+        let servers: serde_json::Map<String, Value> = self
+            .conns
+            .iter()
+            .map(|(n, c)| {
+                let s = &c.stats;
+                (
+                    n.clone(),
+                    json!({
+                        "connected": s.connected.load(Ordering::Relaxed) == 1,
+                        "frames_sent": s.frames_sent.load(Ordering::Relaxed),
+                        "bytes_sent": s.bytes_sent.load(Ordering::Relaxed),
+                        "frames_dropped": s.frames_dropped.load(Ordering::Relaxed),
+                        "connects": s.connects.load(Ordering::Relaxed),
+                        "failures": s.failures.load(Ordering::Relaxed),
+                    }),
+                )
+            })
+            .collect();
+        Ok(json!({
+            "kernel": kernel,
+            "user": {
+                "xsk_frames": st.xsk_frames.load(Ordering::Relaxed),
+                "xsk_bad_frames": st.xsk_bad_frames.load(Ordering::Relaxed),
+                "media_queue_drops": st.media_queue_drops.load(Ordering::Relaxed),
+                "unknown_stream": st.unknown_stream.load(Ordering::Relaxed),
+                "dtmf_events": st.dtmf_events.load(Ordering::Relaxed),
+                // fork-agent has no user-space relay: every relayed packet is the kernel's.
+                "userspace_relayed": 0,
+            },
+            "servers": servers,
+        }))
+    }
+
+    fn expire_idle(&mut self) {
+        let now = monotonic_ns();
+        let limit = self.idle_timeout.as_nanos() as u64;
+        let idle: Vec<SocketAddr> = self
+            .table
+            .flows()
+            .filter(|f| f.stream_id.is_none())
+            .filter(|f| {
+                let s = self
+                    .dp
+                    .flow_stats
+                    .get(&f.stats_index, 0)
+                    .unwrap_or_default();
+                s.last_seen_ns != 0 && now.saturating_sub(s.last_seen_ns) > limit
+            })
+            .map(|f| f.local)
+            .collect();
+        for local in idle {
+            if let Ok(key) = self.table.remove(local) {
+                let _ = self.dp.flows.remove(&key);
+                info!(%local, "flow removed after idle timeout");
+            }
+        }
+    }
+
+    fn save_forks(&self) {
+        let forks: Vec<&Fork> = self.table.forks().collect();
+        let write = || -> Result<()> {
+            if let Some(dir) = self.state_file.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let tmp = self.state_file.with_extension("tmp");
+            std::fs::write(&tmp, serde_json::to_vec(&forks)?)?;
+            std::fs::rename(&tmp, &self.state_file)?;
+            Ok(())
+        };
+        if let Err(e) = write() {
+            warn!(
+                "cannot save fork state to {}: {e:#} (a restart will not resume these forks)",
+                self.state_file.display()
+            );
+        }
+    }
+}
+
+fn load_forks(path: &Path) -> Vec<Fork> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            warn!("ignoring unreadable fork state {}: {e}", path.display());
+            Vec::new()
+        }),
+        Err(_) => Vec::new(),
+    }
+}
+
+fn open_streams(
+    fork: &Fork,
+    conns: &HashMap<String, ConnHandle>,
+    routes: &mpsc::UnboundedSender<RouteUpdate>,
+    resumed: bool,
+) {
+    let Some(conn) = conns.get(&fork.spec.server) else {
+        warn!(server = %fork.spec.server, "fork refers to an unknown speech server");
+        return;
+    };
+    for ((id, _), s) in fork.streams.iter().zip(&fork.spec.streams) {
+        conn.send_control(Control::Start(Start {
+            version: speech_proto::VERSION,
+            stream_id: *id,
+            call_guid: fork.spec.call_guid.clone(),
+            call_id: fork.spec.call_id.clone(),
+            channel: s.channel,
+            from: fork.spec.from.clone(),
+            to: fork.spec.to.clone(),
+            codec: fork.spec.codec,
+            sample_rate: speech_proto::SAMPLE_RATE,
+            ptime_ms: fork.spec.ptime_ms,
+            metadata: fork.spec.metadata.clone(),
+            resumed,
+        }));
+        let _ = routes.send(RouteUpdate::Add {
+            stream_id: *id,
+            conn: conn.clone(),
+        });
+    }
+}
+
+/// AF_XDP thread: validate the tag, pick out the RTP fields and encode the frame.
+fn on_frame(frame: &[u8], out: &mpsc::Sender<Forked>, stats: &AgentStats) {
+    stats.xsk_frames.fetch_add(1, Ordering::Relaxed);
+    let Some(item) = decode_forked(frame) else {
+        stats.xsk_bad_frames.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    if matches!(item, Forked::Dtmf(_)) {
+        stats.dtmf_events.fetch_add(1, Ordering::Relaxed);
+    }
+    if out.try_send(item).is_err() {
+        stats.media_queue_drops.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+const TAG_LEN: usize = std::mem::size_of::<ForkTag>();
+
+fn decode_forked(frame: &[u8]) -> Option<Forked> {
+    let tag_bytes = frame.get(..TAG_LEN)?;
+    let u32_at = |o: usize| {
+        u32::from_le_bytes([
+            tag_bytes[o],
+            tag_bytes[o + 1],
+            tag_bytes[o + 2],
+            tag_bytes[o + 3],
+        ])
+    };
+    let u16_at = |o: usize| u16::from_le_bytes([tag_bytes[o], tag_bytes[o + 1]]);
+    if u32_at(0) != FORK_TAG_MAGIC {
+        return None;
+    }
+    let stream_id = u32_at(4);
+    let (rtp_off, payload_off, payload_len, flags) = (
+        u16_at(12) as usize,
+        u16_at(14) as usize,
+        u16_at(16) as usize,
+        u16_at(18),
+    );
+    let eth = &frame[TAG_LEN..];
+    let rtp = eth.get(rtp_off..rtp_off + 12)?;
+    let payload = eth.get(payload_off..payload_off + payload_len)?;
+    let seq = u16::from_be_bytes([rtp[2], rtp[3]]);
+    let timestamp = u32::from_be_bytes([rtp[4], rtp[5], rtp[6], rtp[7]]);
+    if flags & TAG_F_DTMF != 0 {
+        // RFC 4733 §2.3: event, E|R|volume, duration.
+        let p = payload.get(..4)?;
+        return Some(Forked::Dtmf(Dtmf {
+            stream_id,
+            event: p[0],
+            end: p[1] & 0x80 != 0,
+            duration: u16::from_be_bytes([p[2], p[3]]),
+            timestamp,
+        }));
+    }
+    let hdr = AudioHeader {
+        stream_id,
+        seq,
+        payload_type: rtp[1] & 0x7f,
+        flags: if rtp[1] & 0x80 != 0 {
+            speech_proto::FLAG_MARKER
+        } else {
+            0
+        },
+        timestamp,
+    };
+    let mut out = Vec::with_capacity(speech_proto::AUDIO_HEADER_LEN + payload.len());
+    speech_proto::encode_audio(&mut out, &hdr, payload);
+    Some(Forked::Audio {
+        stream_id,
+        frame: out,
+    })
+}
+
+async fn media_task(
+    mut pkts: mpsc::Receiver<Forked>,
+    mut routes: mpsc::UnboundedReceiver<RouteUpdate>,
+    stats: Arc<AgentStats>,
+) {
+    // stream id → (connection, first frame still to be flagged)
+    let mut table: HashMap<u32, (ConnHandle, bool)> = HashMap::new();
+    loop {
+        tokio::select! {
+            biased;
+            r = routes.recv() => match r {
+                Some(RouteUpdate::Add { stream_id, conn }) => { table.insert(stream_id, (conn, true)); }
+                Some(RouteUpdate::Remove { stream_id }) => { table.remove(&stream_id); }
+                None => return,
+            },
+            p = pkts.recv() => match p {
+                Some(Forked::Audio { stream_id, mut frame }) => match table.get_mut(&stream_id) {
+                    Some((conn, first)) => {
+                        if *first {
+                            frame[3] |= speech_proto::FLAG_FIRST;
+                            *first = false;
+                        }
+                        conn.send_audio(frame);
+                    }
+                    None => { stats.unknown_stream.fetch_add(1, Ordering::Relaxed); }
+                },
+                Some(Forked::Dtmf(d)) => match table.get(&d.stream_id) {
+                    Some((conn, _)) => conn.send_control(Control::Dtmf(d)),
+                    None => { stats.unknown_stream.fetch_add(1, Ordering::Relaxed); }
+                },
+                None => return,
+            },
+        }
+    }
+}
+
+/// Forward the programs' aya-log records (rare events only: no logging on the hot path).
+async fn flush_ebpf_logs(logger: crate::io::ebpf::Logger) {
+    // The logger owns its fd (AsFd) and lives inside the AsyncFd, the case the deprecation note
+    // says is sound; the replacement is an `unsafe fn`.
+    #[allow(deprecated)]
+    let Ok(mut fd) = tokio::io::unix::AsyncFd::with_interest(logger, tokio::io::Interest::READABLE) else {
+        warn!("cannot poll the eBPF log ring buffer; kernel log lines will not be shown");
+        return;
+    };
+    loop {
+        let Ok(mut guard) = fd.readable_mut().await else {
+            return;
+        };
+        guard.get_inner_mut().flush();
+        guard.clear_ready();
+    }
+}
+
+/// CLOCK_MONOTONIC in ns, the clock `bpf_ktime_get_ns` uses.
+fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
