@@ -126,7 +126,8 @@ impl DataPlane {
         })
     }
 
-    fn xdp(&mut self, name: &str) -> Result<&mut Xdp> {
+    /// A loaded program by name (fork_common::PROG_*), e.g. for `BPF_PROG_TEST_RUN` in tests.
+    pub fn xdp(&mut self, name: &str) -> Result<&mut Xdp> {
         Ok(self
             .ebpf
             .program_mut(name)
