@@ -293,6 +293,29 @@ impl Topology {
         bail!("{name} did not exit within 10 s of {sig}")
     }
 
+    /// Wait (bounded) for the named child to exit by itself; its exit status.
+    pub fn wait_exit(&mut self, name: &str, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let idx = self
+            .children
+            .iter()
+            .position(|(n, _)| n == name)
+            .with_context(|| format!("no process named {name}"))?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.children[idx].1.try_wait()? {
+                self.children.remove(idx);
+                return Ok(st);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{name} still running after {timeout:?}; log:\n{}",
+                    self.log(name)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
     }

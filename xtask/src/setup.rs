@@ -32,6 +32,10 @@ use anyhow::{bail, Context, Result};
 /// Add a line here when your part needs another tool; `setup` installs whatever is missing.
 pub(crate) const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     (
+        "iputils-ping",
+        "`ping`: ICMP through the XDP program in the passthrough tests",
+    ),
+    (
         "iproute2",
         "`ip`: network namespaces, veth pairs and XDP attach state in the tests",
     ),

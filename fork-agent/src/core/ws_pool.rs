@@ -781,6 +781,14 @@ impl WsPool {
         s
     }
 
+    /// Zeroes the counters (`clear stream-service statistics`); state and calls are kept.
+    pub fn clear_stats(&mut self) {
+        self.stats = PoolStats::default();
+        for c in self.conns.values_mut() {
+            c.audio_dropped = 0;
+        }
+    }
+
     fn ask_close(&mut self, conn: ConnHandle, reason: CloseReason) {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.state = ConnState::Closing;

@@ -66,8 +66,21 @@ type ControlMsg = (Op, oneshot::Sender<Response>);
 
 pub async fn run(cfg: Config) -> Result<()> {
     let d = &cfg.dataplane;
+    // Bind the control socket first: a second agent on the same socket fails before it touches
+    // the data plane.
+    let listener = bind_control(&cfg.control.socket)?;
     let mut dp = DataPlane::load(&d.pin_dir)?;
     let (_fork_ifindex, fork_peer) = dp.attach(&d.interfaces, &d.fork_interface, d.xdp_mode)?;
+    let reader = match XskReader::open(&fork_peer, 0, d.umem_frames)
+        .and_then(|r| dp.set_xsk(0, r.fd()).map(|()| r))
+    {
+        Ok(r) => r,
+        Err(e) => {
+            dp.rollback();
+            let _ = std::fs::remove_file(&cfg.control.socket);
+            return Err(e);
+        }
+    };
 
     if let Some(logger) = dp.take_logger() {
         #[allow(clippy::disallowed_methods)] // io shell
@@ -101,8 +114,6 @@ pub async fn run(cfg: Config) -> Result<()> {
     // AF_XDP reader thread → media task.
     let (pkt_tx, pkt_rx) = mpsc::channel::<Forked>(65_536);
     let (route_tx, route_rx) = mpsc::unbounded_channel::<RouteUpdate>();
-    let reader = XskReader::open(&fork_peer, 0, d.umem_frames)?;
-    dp.set_xsk(0, reader.fd())?;
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
@@ -121,7 +132,6 @@ pub async fn run(cfg: Config) -> Result<()> {
     }
 
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlMsg>(64);
-    let listener = bind_control(&cfg.control.socket)?;
     #[allow(clippy::disallowed_methods)] // io shell
     tokio::spawn(accept_loop(listener, ctl_tx));
     info!(socket = %cfg.control.socket.display(), "control API listening");

@@ -29,6 +29,11 @@ use crate::{config::XdpAttachMode, io::netdev};
 /// The fork-ebpf object, built by build.rs (with BTF) and embedded in the binary.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fork-ebpf.o"));
 
+enum Created {
+    Pin(PathBuf),
+    Veth(String),
+}
+
 /// bpffs magic from statfs(2).
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
@@ -45,6 +50,8 @@ pub struct DataPlane {
     pub xsks: XskMap<MapData>,
     pub config: Array<MapData, KernelConfig>,
     pub neighbours: HashMap<MapData, NeighKey, NeighValue>,
+    /// Pins and devices this process created, removed again if start-up fails half way.
+    created: Vec<Created>,
     /// Keeps aya-log's ring buffer (and so the programs' log map) alive.
     logger: Option<Logger>,
 }
@@ -81,6 +88,12 @@ impl DataPlane {
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
+        // Maps pinned by this process (not adopted) are removed again if start-up fails.
+        let created: Vec<Created> = paths
+            .iter()
+            .filter(|(_, p)| !p.exists())
+            .map(|(_, p)| Created::Pin(p.clone()))
+            .collect();
         let mut ebpf = loader
             .load(EBPF_OBJECT)
             .context("loading the eBPF object (is this kernel >= 5.16 with BTF?)")?;
@@ -122,6 +135,7 @@ impl DataPlane {
             xsks,
             config,
             neighbours,
+            created,
             logger,
         })
     }
@@ -170,6 +184,7 @@ impl DataPlane {
         fd_link
             .pin(&link_path)
             .with_context(|| format!("pinning link at {}", link_path.display()))?;
+        self.created.push(Created::Pin(link_path));
         info!(
             interface = ifname,
             program = prog,
@@ -179,19 +194,40 @@ impl DataPlane {
     }
 
     /// Attach the relay to every media interface and the capture program to the fork veth peer,
-    /// and fill `TX_PORTS` and `CONFIG`.
+    /// and fill `TX_PORTS` and `CONFIG`. On failure, whatever this call attached or created is
+    /// removed again (links unpinned, a fork veth it made deleted), so a bad config leaves the
+    /// host as it was.
     pub fn attach(
         &mut self,
         interfaces: &[String],
         fork_if: &str,
         mode: XdpAttachMode,
     ) -> Result<(u32, String)> {
+        let result = self.try_attach(interfaces, fork_if, mode);
+        if result.is_err() {
+            self.rollback();
+        }
+        result
+    }
+
+    fn try_attach(
+        &mut self,
+        interfaces: &[String],
+        fork_if: &str,
+        mode: XdpAttachMode,
+    ) -> Result<(u32, String)> {
+        // Check every interface first: nothing is attached when one is missing.
+        let ifindexes = interfaces
+            .iter()
+            .map(|i| netdev::ifindex(i))
+            .collect::<Result<Vec<u32>>>()?;
         let fork_peer = format!("{fork_if}c");
-        netdev::ensure_fork_veth(fork_if, &fork_peer)?;
+        if netdev::ensure_fork_veth(fork_if, &fork_peer)? {
+            self.created.push(Created::Veth(fork_if.to_owned()));
+        }
         // Capture first, so the fork veth can take frames before any flow forks.
         self.attach_pinned(PROG_FORK_CAPTURE, &fork_peer, XdpAttachMode::Native)?;
-        for ifname in interfaces {
-            let ifindex = netdev::ifindex(ifname)?;
+        for (ifname, ifindex) in interfaces.iter().zip(ifindexes) {
             let egress_fd = self.xdp(PROG_DEVMAP_EGRESS)?.fd()?.try_clone()?;
             self.tx_ports
                 .insert(ifindex, ifindex, Some(&egress_fd), 0)
@@ -211,6 +247,26 @@ impl DataPlane {
             0,
         )?;
         Ok((fork_ifindex, fork_peer))
+    }
+
+    /// Undo what this process created (start-up failed): links, map pins, the fork veth.
+    pub fn rollback(&mut self) {
+        for c in self.created.drain(..).rev() {
+            match c {
+                Created::Pin(p) => {
+                    if let Err(e) = std::fs::remove_file(&p) {
+                        warn!("cleanup: cannot unpin {}: {e}", p.display());
+                    }
+                }
+                Created::Veth(name) => {
+                    if let Err(e) = netdev::delete_link(&name) {
+                        warn!("cleanup: cannot delete {name}: {e:#}");
+                    }
+                }
+            }
+        }
+        // The directory too, when nothing else is pinned in it.
+        let _ = std::fs::remove_dir(&self.pin_dir);
     }
 
     /// Register an AF_XDP socket for `queue` of the fork veth peer.

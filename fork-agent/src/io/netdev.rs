@@ -27,15 +27,23 @@ fn ip(args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Make sure the fork veth pair `name` / `peer` exists and both ends are up.
-pub fn ensure_fork_veth(name: &str, peer: &str) -> Result<()> {
+/// Make sure the fork veth pair `name` / `peer` exists and both ends are up. True when this call
+/// created it.
+pub fn ensure_fork_veth(name: &str, peer: &str) -> Result<bool> {
+    let mut created = false;
     if nix::net::if_::if_nametoindex(name).is_err() {
         ip(&["link", "add", name, "type", "veth", "peer", "name", peer])
             .with_context(|| format!("creating fork veth pair {name}/{peer}"))?;
+        created = true;
     }
     ip(&["link", "set", name, "up"])?;
     ip(&["link", "set", peer, "up"])?;
-    Ok(())
+    Ok(created)
+}
+
+/// Delete a link (for a veth, both ends go).
+pub fn delete_link(name: &str) -> Result<()> {
+    ip(&["link", "del", name]).map(|_| ())
 }
 
 /// The interface and next hop the routing table picks for `dst`.
