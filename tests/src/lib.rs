@@ -390,14 +390,14 @@ fn is_bpffs(path: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Directory of the workspace's built binaries (target/debug or target/release), found from
-/// the test executable's location (target/<profile>/deps/<test>).
+/// Directory of the workspace's built binaries (target/debug or target/release), found from the
+/// running executable: target/<profile>/deps/<test> for tests, target/<profile>/<bin> for the demo.
 pub fn bin_dir() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("cannot locate the target directory")?;
+    let mut dir = exe.parent().context("cannot locate the target directory")?;
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir = dir.parent().context("cannot locate the target directory")?;
+    }
     Ok(dir.to_owned())
 }
 
@@ -639,5 +639,639 @@ url = "ws://{ws}/stream"
             )
         })?;
         Ok(serde_json::from_str(&text)?)
+    }
+}
+
+/// Packet-level harness for the XDP programs: frame builders with from-scratch checksums, and an
+/// [`kernel::XdpBench`] that loads the real fork-ebpf object through fork-agent's loader inside a
+/// private network namespace and runs single frames through `BPF_PROG_TEST_RUN`.
+///
+/// Call order: [`kernel::XdpBench::run`] creates the namespace (`lo` plus two veth pairs), pins
+/// the maps under a private bpffs directory, and calls the test body on a thread that entered the
+/// namespace (test runs resolve `ingress_ifindex`, and `TX_PORTS` resolves its devices, in the
+/// calling thread's namespace). The body installs flows and neighbours through the public map
+/// handles of `DataPlane` and calls [`kernel::XdpBench::relay`] / [`kernel::XdpBench::capture`],
+/// which return the action, the output frame split into metadata and packet, and the delta of
+/// every `COUNTERS` slot. Everything is removed when `run` returns, also on panic.
+pub mod kernel {
+    use std::{
+        fs::File,
+        net::{IpAddr, SocketAddr},
+        path::PathBuf,
+        sync::atomic::Ordering,
+    };
+
+    use anyhow::{bail, Context, Result};
+    use aya::programs::{TestRun, TestRunOptions};
+    use fork_agent::io::ebpf::{unpin_all, DataPlane};
+    use fork_common::{FlowStats, ForkTag, Reason, MAX_REASONS};
+    use nix::sched::CloneFlags;
+
+    use super::{ns_run, run, COUNTER, PREFIX};
+
+    pub const XDP_ABORTED: u32 = 0;
+    pub const XDP_DROP: u32 = 1;
+    pub const XDP_PASS: u32 = 2;
+    pub const XDP_TX: u32 = 3;
+    pub const XDP_REDIRECT: u32 = 4;
+
+    /// The kernel's `struct xdp_md` as `BPF_PROG_TEST_RUN` takes it in `ctx_in`.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default)]
+    struct XdpMd {
+        data: u32,
+        data_end: u32,
+        data_meta: u32,
+        ingress_ifindex: u32,
+        rx_queue_index: u32,
+        egress_ifindex: u32,
+    }
+
+    impl XdpMd {
+        fn bytes(&self) -> [u8; 24] {
+            let mut b = [0u8; 24];
+            for (i, w) in [
+                self.data,
+                self.data_end,
+                self.data_meta,
+                self.ingress_ifindex,
+                self.rx_queue_index,
+                self.egress_ifindex,
+            ]
+            .iter()
+            .enumerate()
+            {
+                b[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
+            }
+            b
+        }
+
+        fn from_bytes(b: &[u8; 24]) -> XdpMd {
+            let w = |i: usize| u32::from_ne_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]);
+            XdpMd {
+                data: w(0),
+                data_end: w(1),
+                data_meta: w(2),
+                ingress_ifindex: w(3),
+                rx_queue_index: w(4),
+                egress_ifindex: w(5),
+            }
+        }
+    }
+
+    /// What one test run of a program did.
+    #[derive(Clone, Debug)]
+    pub struct Outcome {
+        /// The program's return value (`XDP_*`).
+        pub action: u32,
+        /// XDP metadata in front of the frame after the run (the fork tag, if one was written).
+        pub meta: Vec<u8>,
+        /// The frame after the run.
+        pub frame: Vec<u8>,
+        /// `COUNTERS` slots that changed, with their deltas (summed over CPUs).
+        pub counted: Vec<(Reason, u64)>,
+    }
+
+    impl Outcome {
+        /// The fork tag in the metadata, if the metadata holds exactly one.
+        pub fn tag(&self) -> Option<ForkTag> {
+            (self.meta.len() == std::mem::size_of::<ForkTag>()).then(|| parse_tag(&self.meta))
+        }
+
+        /// Assert the action and that exactly `reason` was counted, once.
+        #[track_caller]
+        pub fn expect(&self, action: u32, reason: Reason) {
+            assert_eq!(
+                (self.action, self.counted.as_slice()),
+                (action, [(reason, 1)].as_slice()),
+                "action and counted reasons"
+            );
+        }
+    }
+
+    /// Decode a [`ForkTag`] from its 20 memory-order bytes.
+    pub fn parse_tag(b: &[u8]) -> ForkTag {
+        let u32_at = |o: usize| u32::from_ne_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+        let u16_at = |o: usize| u16::from_ne_bytes([b[o], b[o + 1]]);
+        ForkTag {
+            magic: u32_at(0),
+            stream_id: u32_at(4),
+            egress_ifindex: u32_at(8),
+            rtp_off: u16_at(12),
+            payload_off: u16_at(14),
+            payload_len: u16_at(16),
+            flags: u16_at(18),
+        }
+    }
+
+    /// Encode a [`ForkTag`] as the kernel lays it out in memory.
+    pub fn tag_bytes(t: &ForkTag) -> Vec<u8> {
+        let mut b = Vec::with_capacity(20);
+        for w in [t.magic, t.stream_id, t.egress_ifindex] {
+            b.extend_from_slice(&w.to_ne_bytes());
+        }
+        for h in [t.rtp_off, t.payload_off, t.payload_len, t.flags] {
+            b.extend_from_slice(&h.to_ne_bytes());
+        }
+        b
+    }
+
+    /// A loaded data plane in a private network namespace.
+    pub struct XdpBench {
+        pub dp: DataPlane,
+        /// Namespace name (`ip netns`).
+        pub ns: String,
+        pub pin_dir: PathBuf,
+        /// `lo` of the namespace: the ingress interface of a test run without `ingress_ifindex`.
+        pub lo: u32,
+        /// Media interfaces (veth `xk0` and `xk1`, peers of each other).
+        pub media: [u32; 2],
+        /// The fork veth (`xkf0`) and its peer (`xkf0c`).
+        pub fork_if: u32,
+        pub fork_peer: u32,
+    }
+
+    /// Removes the namespace and the pins however the bench ends.
+    struct Cleanup {
+        ns: String,
+        pin_dir: PathBuf,
+    }
+
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = unpin_all(&self.pin_dir);
+            let _ = std::fs::remove_dir_all(&self.pin_dir);
+            let _ = run("ip", &["netns", "del", &self.ns]);
+        }
+    }
+
+    fn ifindex(ns: &str, dev: &str) -> Result<u32> {
+        let out = ns_run(ns, "cat", &[&format!("/sys/class/net/{dev}/ifindex")])?;
+        out.trim()
+            .parse()
+            .with_context(|| format!("ifindex of {dev}: {out:?}"))
+    }
+
+    impl XdpBench {
+        /// Build the namespace, load the programs and run `body` inside the namespace.
+        pub fn run<T: Send>(body: impl FnOnce(&mut XdpBench) -> Result<T> + Send) -> Result<T> {
+            super::require_root()?;
+            let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+            let id = format!("{PREFIX}{}x{n}k", std::process::id());
+            let cleanup = Cleanup {
+                ns: id.clone(),
+                pin_dir: PathBuf::from(format!("/sys/fs/bpf/{PREFIX}-{}", &id[PREFIX.len()..])),
+            };
+            if !super::is_bpffs("/sys/fs/bpf") {
+                run("mount", &["-t", "bpf", "bpf", "/sys/fs/bpf"])?;
+            }
+            run("ip", &["netns", "add", &id])?;
+            ns_run(&id, "ip", &["link", "set", "lo", "up"])?;
+            for (a, b) in [("xk0", "xk1"), ("xkf0", "xkf0c")] {
+                ns_run(
+                    &id,
+                    "ip",
+                    &["link", "add", a, "type", "veth", "peer", "name", b],
+                )?;
+                ns_run(&id, "ip", &["link", "set", a, "up"])?;
+                ns_run(&id, "ip", &["link", "set", b, "up"])?;
+            }
+            let lo = ifindex(&id, "lo")?;
+            let media = [ifindex(&id, "xk0")?, ifindex(&id, "xk1")?];
+            let (fork_if, fork_peer) = (ifindex(&id, "xkf0")?, ifindex(&id, "xkf0c")?);
+            let ns_path = format!("/run/netns/{id}");
+            let pin_dir = cleanup.pin_dir.clone();
+            let result = std::thread::scope(|s| {
+                s.spawn(move || -> Result<T> {
+                    let f = File::open(&ns_path).with_context(|| format!("opening {ns_path}"))?;
+                    nix::sched::setns(&f, CloneFlags::CLONE_NEWNET)?;
+                    let dp = DataPlane::load(&pin_dir)?;
+                    let mut bench = XdpBench {
+                        dp,
+                        ns: id.clone(),
+                        pin_dir,
+                        lo,
+                        media,
+                        fork_if,
+                        fork_peer,
+                    };
+                    body(&mut bench)
+                })
+                .join()
+            });
+            drop(cleanup);
+            match result {
+                Ok(r) => r,
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+
+        /// Every `COUNTERS` slot summed over CPUs, indexed by `Reason as usize`.
+        pub fn counters(&self) -> Result<Vec<u64>> {
+            (0..MAX_REASONS)
+                .map(|i| Ok(self.dp.counters.get(&i, 0)?.iter().sum()))
+                .collect()
+        }
+
+        /// `FLOW_STATS[index]`.
+        pub fn stats(&self, index: u32) -> Result<FlowStats> {
+            Ok(self.dp.flow_stats.get(&index, 0)?)
+        }
+
+        /// Run `prog` once over `meta ++ frame` arriving on `ingress` (0: the kernel's default,
+        /// `lo`) and split its output.
+        pub fn test_run(
+            &mut self,
+            prog: &str,
+            meta: &[u8],
+            frame: &[u8],
+            ingress: u32,
+        ) -> Result<Outcome> {
+            let before = self.counters()?;
+            let mut data_in = meta.to_vec();
+            data_in.extend_from_slice(frame);
+            let ctx = XdpMd {
+                data: meta.len() as u32,
+                data_end: data_in.len() as u32,
+                ingress_ifindex: ingress,
+                ..XdpMd::default()
+            }
+            .bytes();
+            // Room for the frame plus whatever a program may prepend from the headroom.
+            let mut data_out = vec![0u8; data_in.len() + 256];
+            let mut ctx_out = [0u8; 24];
+            let res = self
+                .dp
+                .xdp(prog)?
+                .test_run(TestRunOptions {
+                    data_in: Some(&data_in),
+                    data_out: Some(&mut data_out),
+                    ctx_in: Some(&ctx),
+                    ctx_out: Some(&mut ctx_out),
+                    ..TestRunOptions::default()
+                })
+                .with_context(|| format!("BPF_PROG_TEST_RUN of {prog}"))?;
+            let out_ctx = XdpMd::from_bytes(&ctx_out);
+            let size = res.data_size_out as usize;
+            let meta_len = out_ctx.data as usize;
+            if meta_len > size || size > data_out.len() {
+                bail!("test run returned {size} bytes with {meta_len} of metadata");
+            }
+            let after = self.counters()?;
+            let counted = before
+                .iter()
+                .zip(&after)
+                .enumerate()
+                .filter(|(_, (b, a))| a != b)
+                .map(|(i, (b, a))| {
+                    let reason = Reason::try_from(i as u32)
+                        .map_err(|v| anyhow::anyhow!("counter slot {v} has no Reason"))?;
+                    Ok((reason, a.wrapping_sub(*b)))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(Outcome {
+                action: res.return_value,
+                meta: data_out[..meta_len].to_vec(),
+                frame: data_out[meta_len..size].to_vec(),
+                counted,
+            })
+        }
+
+        /// `xdp_media_relay` over `frame` arriving on `lo`.
+        pub fn relay(&mut self, frame: &[u8]) -> Result<Outcome> {
+            self.test_run(fork_common::PROG_MEDIA_RELAY, &[], frame, 0)
+        }
+
+        /// `xdp_fork_capture` over `meta ++ frame` arriving on the fork veth's peer.
+        pub fn capture(&mut self, meta: &[u8], frame: &[u8]) -> Result<Outcome> {
+            let peer = self.fork_peer;
+            self.test_run(fork_common::PROG_FORK_CAPTURE, meta, frame, peer)
+        }
+    }
+
+    pub const ETH_P_IP: u16 = 0x0800;
+    pub const ETH_P_IPV6: u16 = 0x86dd;
+    pub const ETH_P_ARP: u16 = 0x0806;
+    pub const ETH_P_8021Q: u16 = 0x8100;
+    pub const ETH_P_8021AD: u16 = 0x88a8;
+
+    /// An RTP packet (RFC 3550 §5.1) with every optional part.
+    #[derive(Clone, Debug)]
+    pub struct RtpSpec {
+        pub version: u8,
+        pub marker: bool,
+        pub pt: u8,
+        pub seq: u16,
+        pub ts: u32,
+        pub ssrc: u32,
+        pub csrcs: Vec<u32>,
+        /// Header extension (§5.3.1): profile word and data (a multiple of 4 bytes).
+        pub ext: Option<(u16, Vec<u8>)>,
+        pub payload: Vec<u8>,
+        /// Padding octets to append (the last one holds the count), 0 for none.
+        pub padding: u8,
+    }
+
+    impl RtpSpec {
+        /// A plain PCMU packet with a 160-byte payload.
+        pub fn pcmu(seq: u16) -> RtpSpec {
+            RtpSpec {
+                version: 2,
+                marker: false,
+                pt: 0,
+                seq,
+                ts: u32::from(seq).wrapping_mul(160),
+                ssrc: 0x1122_3344,
+                csrcs: Vec::new(),
+                ext: None,
+                payload: (0..160u16).map(|i| (i as u8) ^ 0x5a).collect(),
+                padding: 0,
+            }
+        }
+
+        /// Length of the header (fixed part, CSRCs and extension).
+        pub fn header_len(&self) -> usize {
+            12 + 4 * self.csrcs.len() + self.ext.as_ref().map_or(0, |(_, d)| 4 + d.len())
+        }
+
+        pub fn bytes(&self) -> Vec<u8> {
+            let mut p = Vec::new();
+            p.push(
+                (self.version << 6)
+                    | (u8::from(self.padding > 0) << 5)
+                    | (u8::from(self.ext.is_some()) << 4)
+                    | (self.csrcs.len() as u8 & 0x0f),
+            );
+            p.push((u8::from(self.marker) << 7) | (self.pt & 0x7f));
+            p.extend_from_slice(&self.seq.to_be_bytes());
+            p.extend_from_slice(&self.ts.to_be_bytes());
+            p.extend_from_slice(&self.ssrc.to_be_bytes());
+            for c in &self.csrcs {
+                p.extend_from_slice(&c.to_be_bytes());
+            }
+            if let Some((profile, data)) = &self.ext {
+                p.extend_from_slice(&profile.to_be_bytes());
+                p.extend_from_slice(&((data.len() / 4) as u16).to_be_bytes());
+                p.extend_from_slice(data);
+            }
+            p.extend_from_slice(&self.payload);
+            if self.padding > 0 {
+                p.extend(std::iter::repeat_n(0u8, usize::from(self.padding) - 1));
+                p.push(self.padding);
+            }
+            p
+        }
+    }
+
+    /// An RTCP sender report header plus `n` filler words (RFC 3550 §6.4.1): enough for the
+    /// relay's classification, which looks at the first two octets only.
+    pub fn rtcp_sr(ssrc: u32) -> Vec<u8> {
+        let mut p = vec![0x80, 200, 0, 6];
+        p.extend_from_slice(&ssrc.to_be_bytes());
+        p.extend_from_slice(&[0u8; 20]);
+        p
+    }
+
+    /// An Ethernet frame carrying one IP datagram. Every field a test varies is public; the
+    /// builder computes lengths and checksums from scratch (RFC 791, RFC 768, RFC 8200 §8.1).
+    #[derive(Clone, Debug)]
+    pub struct FrameSpec {
+        pub dmac: [u8; 6],
+        pub smac: [u8; 6],
+        /// VLAN tags, outermost first: (TPID, TCI).
+        pub vlans: Vec<(u16, u16)>,
+        pub src: SocketAddr,
+        pub dst: SocketAddr,
+        /// TTL / hop limit.
+        pub ttl: u8,
+        /// IP protocol / next header of the transport (17 = UDP).
+        pub proto: u8,
+        /// IPv4 options (a multiple of 4 bytes).
+        pub ip_options: Vec<u8>,
+        /// IPv4 flags and fragment offset word (DF = 0x4000).
+        pub frag: u16,
+        /// IPv6 extension header in front of the transport: (its type, its bytes; the builder
+        /// writes the transport's next header into byte 0).
+        pub v6_ext: Option<(u8, Vec<u8>)>,
+        /// Leave the UDP checksum 0 (IPv4 only: "no checksum").
+        pub zero_udp_csum: bool,
+        /// UDP payload (for `proto != 17`, the transport bytes).
+        pub payload: Vec<u8>,
+    }
+
+    pub const PEER_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x01];
+    pub const OUR_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x02];
+
+    impl FrameSpec {
+        pub fn udp(src: SocketAddr, dst: SocketAddr, payload: Vec<u8>) -> FrameSpec {
+            FrameSpec {
+                dmac: OUR_MAC,
+                smac: PEER_MAC,
+                vlans: Vec::new(),
+                src,
+                dst,
+                ttl: 61,
+                proto: 17,
+                ip_options: Vec::new(),
+                frag: 0x4000,
+                v6_ext: None,
+                zero_udp_csum: false,
+                payload,
+            }
+        }
+
+        fn transport(&self) -> Vec<u8> {
+            if self.proto != 17 {
+                return self.payload.clone();
+            }
+            let len = (8 + self.payload.len()) as u16;
+            let mut u = Vec::with_capacity(len as usize);
+            u.extend_from_slice(&self.src.port().to_be_bytes());
+            u.extend_from_slice(&self.dst.port().to_be_bytes());
+            u.extend_from_slice(&len.to_be_bytes());
+            u.extend_from_slice(&[0, 0]);
+            u.extend_from_slice(&self.payload);
+            if !self.zero_udp_csum {
+                let c = udp_checksum(self.src.ip(), self.dst.ip(), &u);
+                u[6..8].copy_from_slice(&c.to_be_bytes());
+            }
+            u
+        }
+
+        pub fn bytes(&self) -> Vec<u8> {
+            let mut f = Vec::new();
+            f.extend_from_slice(&self.dmac);
+            f.extend_from_slice(&self.smac);
+            for (tpid, tci) in &self.vlans {
+                f.extend_from_slice(&tpid.to_be_bytes());
+                f.extend_from_slice(&tci.to_be_bytes());
+            }
+            let l4 = self.transport();
+            match (self.src.ip(), self.dst.ip()) {
+                (IpAddr::V4(s), IpAddr::V4(d)) => {
+                    f.extend_from_slice(&ETH_P_IP.to_be_bytes());
+                    let ihl = 20 + self.ip_options.len();
+                    let mut h = Vec::with_capacity(ihl);
+                    h.push(0x40 | (ihl / 4) as u8);
+                    h.push(0xb8); // DSCP EF, as media usually is.
+                    h.extend_from_slice(&((ihl + l4.len()) as u16).to_be_bytes());
+                    h.extend_from_slice(&0x1c46u16.to_be_bytes());
+                    h.extend_from_slice(&self.frag.to_be_bytes());
+                    h.push(self.ttl);
+                    h.push(self.proto);
+                    h.extend_from_slice(&[0, 0]);
+                    h.extend_from_slice(&s.octets());
+                    h.extend_from_slice(&d.octets());
+                    h.extend_from_slice(&self.ip_options);
+                    let c = !fold(sum16(&h, 0));
+                    h[10..12].copy_from_slice(&c.to_be_bytes());
+                    f.extend_from_slice(&h);
+                }
+                (IpAddr::V6(s), IpAddr::V6(d)) => {
+                    f.extend_from_slice(&ETH_P_IPV6.to_be_bytes());
+                    let ext = self.v6_ext.as_ref().map(|(t, b)| {
+                        let mut b = b.clone();
+                        b[0] = self.proto;
+                        (*t, b)
+                    });
+                    let ext_len = ext.as_ref().map_or(0, |(_, b)| b.len());
+                    f.extend_from_slice(&[0x60, 0x00, 0x00, 0x00]);
+                    f.extend_from_slice(&((ext_len + l4.len()) as u16).to_be_bytes());
+                    f.push(ext.as_ref().map_or(self.proto, |(t, _)| *t));
+                    f.push(self.ttl);
+                    f.extend_from_slice(&s.octets());
+                    f.extend_from_slice(&d.octets());
+                    if let Some((_, b)) = ext {
+                        f.extend_from_slice(&b);
+                    }
+                }
+                _ => panic!("FrameSpec: source and destination must be one family"),
+            }
+            f.extend_from_slice(&l4);
+            f
+        }
+    }
+
+    /// An ARP request (RFC 826) for 10.0.0.1 from 10.0.0.2.
+    pub fn arp_frame() -> Vec<u8> {
+        let mut f = vec![0xff; 6];
+        f.extend_from_slice(&PEER_MAC);
+        f.extend_from_slice(&ETH_P_ARP.to_be_bytes());
+        f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+        f.extend_from_slice(&PEER_MAC);
+        f.extend_from_slice(&[10, 0, 0, 2]);
+        f.extend_from_slice(&[0; 6]);
+        f.extend_from_slice(&[10, 0, 0, 1]);
+        f
+    }
+
+    /// One's complement sum of `b` as big-endian 16-bit words (odd length: zero-padded), added to
+    /// `acc` without folding.
+    pub fn sum16(b: &[u8], mut acc: u64) -> u64 {
+        let mut chunks = b.chunks_exact(2);
+        for c in &mut chunks {
+            acc += u64::from(u16::from_be_bytes([c[0], c[1]]));
+        }
+        if let [last] = chunks.remainder() {
+            acc += u64::from(*last) << 8;
+        }
+        acc
+    }
+
+    pub fn fold(mut s: u64) -> u16 {
+        while s > 0xffff {
+            s = (s & 0xffff) + (s >> 16);
+        }
+        s as u16
+    }
+
+    /// UDP checksum over the pseudo-header and `udp` (its checksum field zero), 0 sent as 0xffff.
+    pub fn udp_checksum(src: IpAddr, dst: IpAddr, udp: &[u8]) -> u16 {
+        let mut acc = 0;
+        match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                acc = sum16(&s.octets(), acc);
+                acc = sum16(&d.octets(), acc);
+                acc += 17 + udp.len() as u64;
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                acc = sum16(&s.octets(), acc);
+                acc = sum16(&d.octets(), acc);
+                acc += udp.len() as u64 + 17;
+            }
+            _ => panic!("udp_checksum: mixed families"),
+        }
+        let c = !fold(sum16(udp, acc));
+        if c == 0 {
+            0xffff
+        } else {
+            c
+        }
+    }
+
+    /// Where the layers of a frame built by [`FrameSpec`] start.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Layout {
+        pub l3: usize,
+        pub l4: usize,
+        pub v6: bool,
+    }
+
+    /// Locate L3 and L4 of an Ethernet frame (VLAN tags, IPv4 options, no IPv6 extensions).
+    pub fn layout(f: &[u8]) -> Result<Layout> {
+        let mut off = 12;
+        let mut proto = u16::from_be_bytes([f[off], f[off + 1]]);
+        while proto == ETH_P_8021Q || proto == ETH_P_8021AD {
+            off += 4;
+            proto = u16::from_be_bytes([f[off], f[off + 1]]);
+        }
+        let l3 = off + 2;
+        match proto {
+            ETH_P_IP => Ok(Layout {
+                l3,
+                l4: l3 + usize::from(f[l3] & 0x0f) * 4,
+                v6: false,
+            }),
+            ETH_P_IPV6 => Ok(Layout {
+                l3,
+                l4: l3 + 40,
+                v6: true,
+            }),
+            other => bail!("ethertype {other:#06x} is not IP"),
+        }
+    }
+
+    /// Recompute the IPv4 header checksum and the UDP checksum of `f` from scratch and compare
+    /// them with the frame's (a zero IPv4 UDP checksum is accepted as "none").
+    pub fn check_checksums(f: &[u8]) -> Result<()> {
+        let l = layout(f)?;
+        let (src, dst): (IpAddr, IpAddr) = if l.v6 {
+            let s: [u8; 16] = f[l.l3 + 8..l.l3 + 24].try_into()?;
+            let d: [u8; 16] = f[l.l3 + 24..l.l3 + 40].try_into()?;
+            (s.into(), d.into())
+        } else {
+            let mut h = f[l.l3..l.l4].to_vec();
+            let got = u16::from_be_bytes([h[10], h[11]]);
+            h[10..12].copy_from_slice(&[0, 0]);
+            let want = !fold(sum16(&h, 0));
+            if got != want {
+                bail!("IPv4 header checksum {got:#06x}, recomputed {want:#06x}");
+            }
+            let s: [u8; 4] = f[l.l3 + 12..l.l3 + 16].try_into()?;
+            let d: [u8; 4] = f[l.l3 + 16..l.l3 + 20].try_into()?;
+            (s.into(), d.into())
+        };
+        let ulen = usize::from(u16::from_be_bytes([f[l.l4 + 4], f[l.l4 + 5]]));
+        let mut u = f[l.l4..l.l4 + ulen].to_vec();
+        let got = u16::from_be_bytes([u[6], u[7]]);
+        if got == 0 && !l.v6 {
+            return Ok(());
+        }
+        u[6..8].copy_from_slice(&[0, 0]);
+        let want = udp_checksum(src, dst, &u);
+        if got != want {
+            bail!("UDP checksum {got:#06x}, recomputed {want:#06x}");
+        }
+        Ok(())
     }
 }

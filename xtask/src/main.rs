@@ -7,6 +7,7 @@
 //! something is missing. See docs/toolchain.md for why each piece is there.
 
 mod build;
+mod demo;
 mod setup;
 mod test;
 
@@ -34,6 +35,8 @@ enum Command {
     Build(build::Args),
     /// Set up if needed, then fmt, clippy, unit tests and the privileged integration tests.
     Test(test::Args),
+    /// Run the main job: one call relayed in the kernel and forked to a speech server (needs root).
+    Demo(demo::Args),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
         Command::Setup(args) => setup::run(args),
         Command::Build(args) => build::run(args),
         Command::Test(args) => test::run(args),
+        Command::Demo(args) => demo::run(args),
     };
     // Print the context chain ourselves: anyhow's `Termination` adds a backtrace whenever
     // RUST_BACKTRACE is set (it is on CI), which buries the one line telling the operator what to do.

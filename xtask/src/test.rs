@@ -49,9 +49,21 @@ fn stages(test_args: &[String]) -> Vec<Stage> {
             args: words("clippy --all-targets -- -D warnings"),
             needs_root: false,
         },
+        // The root-only tests crate is not a default member: lint it explicitly.
+        Stage {
+            name: "clippy tests",
+            args: words("clippy -p xdpfork-tests --all-targets -- -D warnings"),
+            needs_root: false,
+        },
         Stage {
             name: "unit tests",
             args: with_args(words("test --")),
+            needs_root: false,
+        },
+        // The privileged tests run the agents' binaries from the target dir: build them all.
+        Stage {
+            name: "build",
+            args: words("build"),
             needs_root: false,
         },
         Stage {
@@ -159,15 +171,26 @@ mod tests {
     fn filter_goes_to_both_test_runs_only() {
         let s = stages(&["turn_refresh".to_string()]);
         let names: Vec<&str> = s.iter().map(|s| s.name).collect();
-        assert_eq!(names, ["fmt", "clippy", "unit tests", "privileged tests"]);
+        assert_eq!(
+            names,
+            [
+                "fmt",
+                "clippy",
+                "clippy tests",
+                "unit tests",
+                "build",
+                "privileged tests"
+            ]
+        );
         assert_eq!(s[0].args.join(" "), "fmt --all -- --check");
         assert_eq!(s[1].args.join(" "), "clippy --all-targets -- -D warnings");
-        assert_eq!(s[2].args.join(" "), "test -- turn_refresh");
+        assert_eq!(s[3].args.join(" "), "test -- turn_refresh");
+        assert_eq!(s[4].args.join(" "), "build");
         assert_eq!(
-            s[3].args.join(" "),
+            s[5].args.join(" "),
             "test -p xdpfork-tests -- --test-threads=1 turn_refresh"
         );
-        assert!(s[3].needs_root && !s[2].needs_root);
+        assert!(s[5].needs_root && !s[3].needs_root);
     }
 
     #[test]
