@@ -43,8 +43,9 @@ pub enum TurnError {
     /// FINGERPRINT does not match the CRC-32 of the message (RFC 8489 §14.7).
     #[error("FINGERPRINT mismatch")]
     BadFingerprint,
-    /// A ChannelData channel number outside 0x4000-0x4FFF (RFC 8656 §12).
-    #[error("channel number {0:#06x} outside 0x4000-0x4FFF")]
+    /// A ChannelData channel number outside 0x4000-0x7FFF, the range ChannelData framing can
+    /// carry (RFC 8656 §12.4; RFC 8656 itself lets clients bind only up to 0x4FFF).
+    #[error("channel number {0:#06x} outside 0x4000-0x7FFF")]
     BadChannelNumber(u16),
     /// A value too long to fit the 16-bit length field it must be written into.
     #[error("{what} too large to encode ({len} bytes)")]

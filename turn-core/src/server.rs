@@ -266,6 +266,10 @@ pub struct ServerConfig {
     /// Most source IPs tracked by the rate limiter; new sources beyond it are dropped until
     /// idle ones are swept.
     pub max_rate_sources: usize,
+    /// Let clients bind channels 0x5000-0x7FFF as RFC 5766 §11 allowed. RFC 8656 §12 reserves
+    /// them, but deployed clients (coturn's turnutils_uclient, restund, libre) still pick from
+    /// the old range and fail with 400 otherwise.
+    pub rfc5766_channels: bool,
 }
 
 impl Default for ServerConfig {
@@ -288,6 +292,7 @@ impl Default for ServerConfig {
                 per_second: 10,
             }),
             max_rate_sources: 65_536,
+            rfc5766_channels: false,
         }
     }
 }
@@ -1519,7 +1524,12 @@ impl Server {
         else {
             return self.send_error(now, reply, 400, &[]);
         };
-        if !(stun::CHANNEL_MIN..=stun::CHANNEL_MAX).contains(&channel) {
+        let max = if self.config.rfc5766_channels {
+            stun::CHANNEL_MAX_RFC5766
+        } else {
+            stun::CHANNEL_MAX
+        };
+        if !(stun::CHANNEL_MIN..=max).contains(&channel) {
             return self.send_error(now, reply, 400, &[]);
         }
         let peer = SocketAddr::new(canonical(peer.ip()), peer.port());
@@ -2460,6 +2470,53 @@ mod tests {
     }
 
     #[test]
+    fn rfc5766_channel_numbers_bind_only_when_enabled() {
+        let peer = addr("192.0.2.7:5000");
+        let bind = [
+            Attribute::ChannelNumber(0x7ABC),
+            Attribute::XorPeerAddress(peer),
+        ];
+        let mut strict = fx();
+        strict.allocate("turnuser", "cisco");
+        assert_eq!(strict.authed(Method::CHANNEL_BIND, &bind).code, Some(400));
+
+        let mut f = fx_with(
+            ServerConfig {
+                rfc5766_channels: true,
+                ..config()
+            },
+            PortRangeAllocator::DEFAULT_PORTS,
+        );
+        let relay = f.allocate("turnuser", "cisco");
+        let r = f.authed(Method::CHANNEL_BIND, &bind);
+        assert_eq!(r.class, Class::Success, "{r:?}");
+        let mut cd = Vec::new();
+        stun::encode_channel_data(0x7ABC, b"media", false, &mut cd).expect("valid");
+        f.server
+            .handle_channel_data(f.now, client(), listen(), Transport::Udp, &cd);
+        let t = transmits(&f.drain());
+        assert_eq!(
+            (t[0].from, t[0].to, &t[0].bytes[..]),
+            (relay, peer, &b"media"[..])
+        );
+        f.server.handle_peer_data(f.now, relay, peer, b"back");
+        let t = transmits(&f.drain());
+        assert_eq!(t[0].bytes, [0x7A, 0xBC, 0, 4, b'b', b'a', b'c', b'k']);
+        // 0x8000 and above is not ChannelData at all.
+        assert_eq!(
+            f.authed(
+                Method::CHANNEL_BIND,
+                &[
+                    Attribute::ChannelNumber(0x8000),
+                    Attribute::XorPeerAddress(peer)
+                ]
+            )
+            .code,
+            Some(400)
+        );
+    }
+
+    #[test]
     fn channel_bind_errors() {
         let mut f = fx();
         f.allocate("turnuser", "cisco");
@@ -2880,5 +2937,169 @@ mod tests {
             }
             let _ = f.drain();
         }
+    }
+
+    /// Bounded fuzz run through the whole server (not only the codec): 20 000 inputs, half of
+    /// them correctly signed requests whose attributes are random (so authentication passes
+    /// and every method handler sees garbage), the rest byte-mutated messages and ChannelData,
+    /// plus peer datagrams and timer steps. Nothing may panic, and the server must stay
+    /// consistent: every byte sent to a client is well-formed STUN or ChannelData.
+    #[test]
+    fn fuzzed_inputs_never_panic_the_server() {
+        let mut f = fx_with(
+            ServerConfig {
+                allow_private_peers: true,
+                unauthenticated_rate: None,
+                ..config()
+            },
+            24000..=24031,
+        );
+        let mut rng = StdRng::seed_from_u64(0x5EED);
+        let methods = [
+            Method::BINDING,
+            Method::ALLOCATE,
+            Method::REFRESH,
+            Method::CREATE_PERMISSION,
+            Method::CHANNEL_BIND,
+            Method::SEND,
+            Method(0x0FF),
+        ];
+        let types = [
+            attr::XOR_PEER_ADDRESS,
+            attr::CHANNEL_NUMBER,
+            attr::LIFETIME,
+            attr::REQUESTED_TRANSPORT,
+            attr::REQUESTED_ADDRESS_FAMILY,
+            attr::EVEN_PORT,
+            attr::RESERVATION_TOKEN,
+            attr::DATA,
+            attr::DONT_FRAGMENT,
+            attr::USERHASH,
+            0x7F00,
+            0xC001,
+        ];
+        let clients: Vec<SocketAddr> = (0..4)
+            .map(|i| addr(&format!("203.0.113.{}:4000{i}", i + 5)))
+            .collect();
+        let mut seen: Vec<Vec<u8>> = Vec::new();
+        for i in 0..20_000u32 {
+            let from = clients[rng.next_u32() as usize % clients.len()];
+            let transport = [Transport::Udp, Transport::Tcp][rng.next_u32() as usize % 2];
+            let bytes = match i % 4 {
+                // A signed request with random attribute values.
+                0 | 1 => {
+                    let nonce = f.nonce();
+                    let method = methods[rng.next_u32() as usize % methods.len()];
+                    let class = if method == Method::SEND {
+                        Class::Indication
+                    } else {
+                        Class::Request
+                    };
+                    let mut txid = [0u8; 12];
+                    rng.fill_bytes(&mut txid);
+                    let mut b = MessageBuilder::new(class, method, TransactionId(txid));
+                    let mut values = Vec::new();
+                    for _ in 0..(rng.next_u32() % 4) {
+                        let typ = types[rng.next_u32() as usize % types.len()];
+                        let len = [0usize, 1, 4, 8, 20, 32][rng.next_u32() as usize % 6];
+                        let mut v = vec![0u8; len];
+                        rng.fill_bytes(&mut v);
+                        // Keep some values well-formed so deeper checks are reached.
+                        if typ == attr::REQUESTED_TRANSPORT && len == 4 && rng.next_u32() % 2 == 0 {
+                            v = vec![17, 0, 0, 0];
+                        }
+                        values.push((typ, v));
+                    }
+                    for (typ, v) in &values {
+                        // Oversized combinations are simply skipped.
+                        let _ = b.add(&Attribute::Other {
+                            typ: *typ,
+                            value: v,
+                        });
+                    }
+                    let _ = b.add(&Attribute::Username("turnuser"));
+                    let _ = b.add(&Attribute::Realm(REALM));
+                    let _ = b.add(&Attribute::Nonce(&nonce));
+                    let key = long_term_key(&RustCrypto, "turnuser", REALM, "cisco");
+                    let _ = b.add_integrity(&key, &RustCrypto);
+                    if rng.next_u32() % 2 == 0 {
+                        let _ = b.add_fingerprint();
+                    }
+                    b.finish()
+                }
+                // A byte-mutated earlier input or fresh ChannelData.
+                2 => {
+                    let mut m = if seen.is_empty() || rng.next_u32() % 3 == 0 {
+                        let mut cd = Vec::new();
+                        let ch = 0x4000 + (rng.next_u32() % 0x4000) as u16;
+                        let mut data = vec![0u8; (rng.next_u32() % 64) as usize];
+                        rng.fill_bytes(&mut data);
+                        stun::encode_channel_data(ch, &data, rng.next_u32() % 2 == 0, &mut cd)
+                            .expect("valid channel");
+                        cd
+                    } else {
+                        seen[rng.next_u32() as usize % seen.len()].clone()
+                    };
+                    for _ in 0..(rng.next_u32() % 4) {
+                        if !m.is_empty() {
+                            let j = rng.next_u32() as usize % m.len();
+                            m[j] = rng.next_u32() as u8;
+                        }
+                    }
+                    let cut = rng.next_u32() as usize % (m.len() + 1);
+                    m.truncate(cut.max(m.len() / 2));
+                    m
+                }
+                // Random bytes from a peer to some relay port, then time moves on.
+                _ => {
+                    let mut data = vec![0u8; (rng.next_u32() % 32) as usize];
+                    rng.fill_bytes(&mut data);
+                    let relay = addr(&format!("198.51.100.1:{}", 24000 + rng.next_u32() % 32));
+                    let peer = addr(&format!("192.0.2.{}:5000", rng.next_u32() % 4));
+                    f.server.handle_peer_data(f.now, relay, peer, &data);
+                    f.now += Duration::from_secs(u64::from(rng.next_u32() % 90));
+                    f.server.handle_timeout(f.now);
+                    data
+                }
+            };
+            if i % 4 != 3 {
+                match stun::classify(&bytes) {
+                    stun::PacketKind::ChannelData => {
+                        f.server
+                            .handle_channel_data(f.now, from, listen(), transport, &bytes)
+                    }
+                    _ => f
+                        .server
+                        .handle_stun(f.now, wall(), from, listen(), transport, &bytes),
+                }
+            }
+            for out in f.drain() {
+                if let Output::Transmit(t) = out {
+                    if t.from == listen() {
+                        let ok = match stun::classify(&t.bytes) {
+                            stun::PacketKind::Stun => Message::parse(&t.bytes).is_ok(),
+                            stun::PacketKind::ChannelData => ChannelData::parse(&t.bytes).is_ok(),
+                            stun::PacketKind::Other => false,
+                        };
+                        assert!(ok, "server sent malformed bytes to a client: {:?}", t.bytes);
+                    }
+                }
+            }
+            if seen.len() < 256 {
+                seen.push(bytes);
+            } else {
+                let j = rng.next_u32() as usize % seen.len();
+                seen[j] = bytes;
+            }
+            let st = f.server.status();
+            assert_eq!(
+                st.allocations,
+                st.relays_udp + st.relays_tcp + st.relays_tls
+            );
+        }
+        // The run reached deep paths, not only the parser.
+        let c = f.server.status().counters;
+        assert!(c.allocations_created > 0, "{c:?}");
+        assert!(c.errors_sent.keys().count() >= 4, "{c:?}");
     }
 }

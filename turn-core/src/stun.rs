@@ -26,6 +26,10 @@ pub const CHANNEL_DATA_HEADER_LEN: usize = 4;
 pub const CHANNEL_MIN: u16 = 0x4000;
 /// Highest channel number a client may bind (RFC 8656 §12; RFC 5766 allowed up to 0x7FFF).
 pub const CHANNEL_MAX: u16 = 0x4FFF;
+/// Highest channel number of RFC 5766 §11, still used by deployed clients (coturn's
+/// turnutils_uclient, restund, libre pick from 0x4000-0x7FFF). It is also the largest value
+/// whose first two bits are 01, i.e. that ChannelData framing can carry (RFC 8656 §12.4).
+pub const CHANNEL_MAX_RFC5766: u16 = 0x7FFF;
 /// Longest USERNAME value (RFC 8489 §14.3).
 const MAX_USERNAME: usize = 513;
 /// Longest REALM, NONCE, SOFTWARE and reason phrase value: 763 bytes (RFC 8489 §14.9, §14.10,
@@ -1034,7 +1038,9 @@ impl<'a> ChannelData<'a> {
             });
         };
         let channel = u16::from_be_bytes([c0, c1]);
-        if !(CHANNEL_MIN..=CHANNEL_MAX).contains(&channel) {
+        // Accept the whole RFC 5766 range on the wire; whether a number may be bound is the
+        // server's policy (`ServerConfig::rfc5766_channels`), and unbound numbers are dropped.
+        if !(CHANNEL_MIN..=CHANNEL_MAX_RFC5766).contains(&channel) {
             return Err(TurnError::BadChannelNumber(channel));
         }
         let len = usize::from(u16::from_be_bytes([l0, l1]));
@@ -1054,7 +1060,7 @@ pub fn encode_channel_data(
     pad: bool,
     out: &mut Vec<u8>,
 ) -> Result<(), TurnError> {
-    if !(CHANNEL_MIN..=CHANNEL_MAX).contains(&channel) {
+    if !(CHANNEL_MIN..=CHANNEL_MAX_RFC5766).contains(&channel) {
         return Err(TurnError::BadChannelNumber(channel));
     }
     let len = u16::try_from(data.len()).map_err(|_| TurnError::TooLarge {
@@ -1435,12 +1441,21 @@ mod tests {
         encode_channel_data(0x4FFF, b"abcde", false, &mut unpadded).expect("valid");
         assert_eq!(unpadded.len(), 9);
         assert_eq!(
-            encode_channel_data(0x5000, b"", false, &mut out),
-            Err(TurnError::BadChannelNumber(0x5000))
+            encode_channel_data(0x8000, b"", false, &mut out),
+            Err(TurnError::BadChannelNumber(0x8000))
         );
         assert_eq!(
-            ChannelData::parse(&[0x50, 0, 0, 0]),
-            Err(TurnError::BadChannelNumber(0x5000))
+            ChannelData::parse(&[0x80, 0, 0, 0]),
+            Err(TurnError::BadChannelNumber(0x8000))
+        );
+        assert_eq!(
+            ChannelData::parse(&[0x3F, 0xFF, 0, 0]),
+            Err(TurnError::BadChannelNumber(0x3FFF))
+        );
+        // RFC 5766 numbers are valid framing; binding them is server policy.
+        assert_eq!(
+            ChannelData::parse(&[0x7F, 0xFF, 0, 0]).map(|c| c.channel),
+            Ok(0x7FFF)
         );
         assert_eq!(
             ChannelData::parse(&[0x40, 0, 0, 8, 1]),

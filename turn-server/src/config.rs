@@ -1,0 +1,754 @@
+//! turn-server's TOML configuration, validated at start.
+//!
+//! Role: turn the operator's file into the pieces the shell needs: a turn-core
+//! [`ServerConfig`], [`Credentials`] (users file and/or REST shared secret), the relay port
+//! allocator settings, listen addresses, the TLS server config and the control socket path.
+//! Every error names the field it is about (`listen.tls`, `auth.users_file`, `peers.allowed[1]`,
+//! ...), so `turn-server check-config` tells the operator exactly what to fix.
+//! Call order: [`Config::load`] once at start; the result is immutable.
+//!
+//! Secrets (the REST shared secret, passwords in the users file) are only ever held in types
+//! whose `Debug` prints `<redacted>`.
+
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use serde::Deserialize;
+use turn_core::{
+    server::{IpRange, RateLimit},
+    Credentials, RestSecret, ServerConfig, UserDb,
+};
+
+/// Why a configuration was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// File named on the command line.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// TOML syntax or type error (the message names line and key).
+    #[error("config file {path}: {source}")]
+    Parse {
+        /// File named on the command line.
+        path: PathBuf,
+        /// Underlying error.
+        source: toml::de::Error,
+    },
+    /// A value is out of range, inconsistent, or names a file that is unusable.
+    #[error("config field `{field}`: {problem}")]
+    Invalid {
+        /// Dotted path of the field, e.g. `relay.min_port`.
+        field: String,
+        /// What is wrong and what to do.
+        problem: String,
+    },
+}
+
+fn invalid(field: impl Into<String>, problem: impl fmt::Display) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        problem: problem.to_string(),
+    }
+}
+
+/// A secret string from the config file; `Debug` never shows it.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// The file as written. See docs/turn.md "turn-server configuration" for every field.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    realm: String,
+    software: Option<String>,
+    listen: RawListen,
+    tls: Option<RawTls>,
+    auth: RawAuth,
+    relay: RawRelay,
+    #[serde(default)]
+    peers: RawPeers,
+    #[serde(default)]
+    quotas: RawQuotas,
+    #[serde(default)]
+    rate_limit: RawRateLimit,
+    #[serde(default)]
+    lifetimes: RawLifetimes,
+    #[serde(default)]
+    control: RawControl,
+    #[serde(default)]
+    compat: RawCompat,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCompat {
+    #[serde(default)]
+    rfc5766_channels: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListen {
+    #[serde(default)]
+    udp: Vec<SocketAddr>,
+    #[serde(default)]
+    tcp: Vec<SocketAddr>,
+    #[serde(default)]
+    tls: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    users_file: Option<PathBuf>,
+    rest_secret: Option<Secret>,
+    rest_secret_file: Option<PathBuf>,
+    #[serde(default = "default_nonce_lifetime")]
+    nonce_lifetime_secs: u64,
+}
+
+fn default_nonce_lifetime() -> u64 {
+    600
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRelay {
+    ipv4: Option<Ipv4Addr>,
+    ipv6: Option<Ipv6Addr>,
+    #[serde(default = "default_min_port")]
+    min_port: u16,
+    #[serde(default = "default_max_port")]
+    max_port: u16,
+}
+
+fn default_min_port() -> u16 {
+    *turn_core::PortRangeAllocator::DEFAULT_PORTS.start()
+}
+fn default_max_port() -> u16 {
+    *turn_core::PortRangeAllocator::DEFAULT_PORTS.end()
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeers {
+    #[serde(default)]
+    allowed: Vec<String>,
+    #[serde(default)]
+    denied: Vec<String>,
+    #[serde(default)]
+    allow_private: bool,
+    #[serde(default)]
+    own_addresses: Vec<IpAddr>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQuotas {
+    user: Option<usize>,
+    total: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimit {
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default = "default_burst")]
+    burst: u32,
+    #[serde(default = "default_per_second")]
+    per_second: u32,
+    #[serde(default = "default_max_sources")]
+    max_sources: usize,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_burst() -> u32 {
+    20
+}
+fn default_per_second() -> u32 {
+    10
+}
+fn default_max_sources() -> usize {
+    65_536
+}
+
+impl Default for RawRateLimit {
+    fn default() -> Self {
+        RawRateLimit {
+            enabled: true,
+            burst: default_burst(),
+            per_second: default_per_second(),
+            max_sources: default_max_sources(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLifetimes {
+    #[serde(default = "default_lifetime")]
+    default_secs: u64,
+    #[serde(default = "default_max_lifetime")]
+    max_secs: u64,
+}
+
+fn default_lifetime() -> u64 {
+    600
+}
+fn default_max_lifetime() -> u64 {
+    3600
+}
+
+impl Default for RawLifetimes {
+    fn default() -> Self {
+        RawLifetimes {
+            default_secs: default_lifetime(),
+            max_secs: default_max_lifetime(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawControl {
+    #[serde(default = "default_socket")]
+    socket: PathBuf,
+}
+
+/// Where `turn-server status` looks when `--socket` is not given.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/xdpfork/turn-server.sock";
+
+fn default_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_CONTROL_SOCKET)
+}
+
+impl Default for RawControl {
+    fn default() -> Self {
+        RawControl {
+            socket: default_socket(),
+        }
+    }
+}
+
+/// Listen addresses per client transport.
+#[derive(Debug, Clone, Default)]
+pub struct Listen {
+    /// UDP listen sockets (3478 in the Expressway deployment).
+    pub udp: Vec<SocketAddr>,
+    /// TCP listen sockets (3478).
+    pub tcp: Vec<SocketAddr>,
+    /// TLS listen sockets (5349 by RFC 8656 §4; anything the operator chooses).
+    pub tls: Vec<SocketAddr>,
+}
+
+/// Relay addresses and port range.
+#[derive(Debug, Clone)]
+pub struct Relay {
+    /// IPv4 relay address (advertised in XOR-RELAYED-ADDRESS and bound).
+    pub ipv4: Option<Ipv4Addr>,
+    /// IPv6 relay address.
+    pub ipv6: Option<Ipv6Addr>,
+    /// Lowest relay port.
+    pub min_port: u16,
+    /// Highest relay port.
+    pub max_port: u16,
+}
+
+/// A validated configuration.
+pub struct Config {
+    /// Listen addresses.
+    pub listen: Listen,
+    /// TLS server settings, present when `listen.tls` is non-empty.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Relay addresses and ports.
+    pub relay: Relay,
+    /// The core's settings (quotas, peers, lifetimes, rate limit, own addresses).
+    pub server: ServerConfig,
+    /// Users file and/or REST secret.
+    pub credentials: Credentials,
+    /// Unix control socket for `turn-server status`.
+    pub control_socket: PathBuf,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("tls", &self.tls.is_some())
+            .field("relay", &self.relay)
+            .field("server", &self.server)
+            .field("credentials", &self.credentials)
+            .field("control_socket", &self.control_socket)
+            .finish()
+    }
+}
+
+impl Config {
+    /// Reads and validates `path`, including the users file, secret file and TLS files it
+    /// names.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { source, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                source,
+            },
+            other => other,
+        })
+    }
+
+    /// Validates config text (files it names are read relative to the working directory).
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: PathBuf::new(),
+            source,
+        })?;
+        raw.validate()
+    }
+}
+
+impl RawConfig {
+    fn validate(self) -> Result<Config, ConfigError> {
+        // RFC 8489 §14.9: REALM is fewer than 128 characters.
+        if self.realm.is_empty() || self.realm.chars().count() >= 128 {
+            return Err(invalid("realm", "must be 1 to 127 characters"));
+        }
+        let listen = Listen {
+            udp: self.listen.udp,
+            tcp: self.listen.tcp,
+            tls: self.listen.tls,
+        };
+        if listen.udp.is_empty() && listen.tcp.is_empty() && listen.tls.is_empty() {
+            return Err(invalid(
+                "listen",
+                "no listen address: set listen.udp, listen.tcp and/or listen.tls (e.g. [\"0.0.0.0:3478\"])",
+            ));
+        }
+        let tls = match (&self.tls, listen.tls.is_empty()) {
+            (None, false) => {
+                return Err(invalid(
+                    "tls",
+                    "listen.tls is set but there is no [tls] section with cert and key",
+                ))
+            }
+            (Some(t), false) => Some(load_tls(&t.cert, &t.key)?),
+            (_, true) => None,
+        };
+        let credentials = load_credentials(&self.realm, &self.auth)?;
+        if self.auth.nonce_lifetime_secs == 0 {
+            return Err(invalid("auth.nonce_lifetime_secs", "must be at least 1"));
+        }
+
+        let relay = Relay {
+            ipv4: self.relay.ipv4,
+            ipv6: self.relay.ipv6,
+            min_port: self.relay.min_port,
+            max_port: self.relay.max_port,
+        };
+        if relay.ipv4.is_none() && relay.ipv6.is_none() {
+            return Err(invalid(
+                "relay",
+                "set relay.ipv4 and/or relay.ipv6 (the address peers send to)",
+            ));
+        }
+        if relay.ipv4.is_some_and(|a| a.is_unspecified())
+            || relay.ipv6.is_some_and(|a| a.is_unspecified())
+        {
+            return Err(invalid(
+                "relay",
+                "relay addresses are advertised to clients, so they cannot be 0.0.0.0 or ::",
+            ));
+        }
+        if relay.min_port == 0 || relay.min_port > relay.max_port {
+            return Err(invalid(
+                "relay.min_port",
+                format!(
+                    "port range {}-{} is empty or starts at 0",
+                    relay.min_port, relay.max_port
+                ),
+            ));
+        }
+
+        let allowed_peers = parse_ranges("peers.allowed", &self.peers.allowed)?;
+        let denied_peers = parse_ranges("peers.denied", &self.peers.denied)?;
+        for (field, q) in [
+            ("quotas.user", self.quotas.user),
+            ("quotas.total", self.quotas.total),
+        ] {
+            if q == Some(0) {
+                return Err(invalid(
+                    field,
+                    "must be at least 1; leave it out for unlimited",
+                ));
+            }
+        }
+        let rl = &self.rate_limit;
+        if rl.enabled && (rl.burst == 0 || rl.per_second == 0 || rl.max_sources == 0) {
+            return Err(invalid(
+                "rate_limit",
+                "burst, per_second and max_sources must be at least 1 (or set enabled = false)",
+            ));
+        }
+
+        let server = ServerConfig {
+            software: self.software.or(ServerConfig::default().software),
+            default_lifetime: Duration::from_secs(self.lifetimes.default_secs),
+            max_lifetime: Duration::from_secs(self.lifetimes.max_secs),
+            nonce_lifetime: Duration::from_secs(self.auth.nonce_lifetime_secs),
+            user_quota: self.quotas.user,
+            total_quota: self.quotas.total,
+            server_addresses: own_addresses(&listen, &relay, &self.peers.own_addresses),
+            allow_private_peers: self.peers.allow_private,
+            denied_peers,
+            allowed_peers,
+            unauthenticated_rate: rl.enabled.then_some(RateLimit {
+                burst: rl.burst,
+                per_second: rl.per_second,
+            }),
+            max_rate_sources: rl.max_sources,
+            rfc5766_channels: self.compat.rfc5766_channels,
+            ..ServerConfig::default()
+        };
+        if self.lifetimes.default_secs == 0 || self.lifetimes.default_secs > self.lifetimes.max_secs
+        {
+            return Err(invalid(
+                "lifetimes.default_secs",
+                "must be at least 1 and at most lifetimes.max_secs",
+            ));
+        }
+        if self.lifetimes.max_secs > u64::from(u32::MAX) {
+            return Err(invalid(
+                "lifetimes.max_secs",
+                "does not fit the LIFETIME attribute",
+            ));
+        }
+        if server.software.as_ref().is_some_and(|s| s.len() > 763) {
+            return Err(invalid(
+                "software",
+                "longer than 763 bytes (RFC 8489 §14.14)",
+            ));
+        }
+        Ok(Config {
+            listen,
+            tls,
+            relay,
+            server,
+            credentials,
+            control_socket: self.control.socket,
+        })
+    }
+}
+
+fn parse_ranges(field: &str, list: &[String]) -> Result<Vec<IpRange>, ConfigError> {
+    list.iter()
+        .enumerate()
+        .map(|(i, s)| {
+            s.parse::<IpRange>()
+                .map_err(|e| invalid(format!("{field}[{i}]"), e))
+        })
+        .collect()
+}
+
+fn load_credentials(realm: &str, auth: &RawAuth) -> Result<Credentials, ConfigError> {
+    let mut creds = Credentials::new(realm);
+    if let Some(path) = &auth.users_file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            invalid(
+                "auth.users_file",
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        let users = UserDb::parse(&text)
+            .map_err(|e| invalid("auth.users_file", format!("{}: {e}", path.display())))?;
+        creds = creds
+            .with_users(users)
+            .map_err(|e| invalid("auth.users_file", format!("{}: {e}", path.display())))?;
+    }
+    let secret = match (&auth.rest_secret, &auth.rest_secret_file) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "auth.rest_secret_file",
+                "set either auth.rest_secret or auth.rest_secret_file, not both",
+            ))
+        }
+        (Some(s), None) => Some(s.0.clone()),
+        (None, Some(path)) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| {
+                    invalid(
+                        "auth.rest_secret_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?
+                .trim()
+                .to_owned(),
+        ),
+        (None, None) => None,
+    };
+    if let Some(s) = secret {
+        if s.is_empty() {
+            return Err(invalid("auth.rest_secret", "the shared secret is empty"));
+        }
+        creds = creds.with_rest_secret(RestSecret::new(s.into_bytes()));
+    }
+    if auth.users_file.is_none() && auth.rest_secret.is_none() && auth.rest_secret_file.is_none() {
+        return Err(invalid(
+            "auth",
+            "no credentials: set auth.users_file and/or auth.rest_secret (or rest_secret_file)",
+        ));
+    }
+    Ok(creds)
+}
+
+fn load_tls(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| invalid("tls.cert", format!("cannot read {}: {e}", cert.display())))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            invalid(
+                "tls.cert",
+                format!("{} is not a PEM certificate chain: {e}", cert.display()),
+            )
+        })?;
+    if certs.is_empty() {
+        return Err(invalid(
+            "tls.cert",
+            format!("{} holds no certificate", cert.display()),
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        invalid(
+            "tls.key",
+            format!("cannot read a PEM private key from {}: {e}", key.display()),
+        )
+    })?;
+    // Name the provider: with several rustls providers in the build, the process default is
+    // ambiguous and `ServerConfig::builder()` panics.
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| invalid("tls", e))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| {
+        invalid(
+            "tls.key",
+            format!("does not match tls.cert or is unsupported: {e}"),
+        )
+    })?;
+    Ok(Arc::new(config))
+}
+
+/// The addresses peers may never be: concrete listen and relay addresses, the operator's
+/// extra list, and, when a listen address is a wildcard, every address on this host's
+/// interfaces (a client could otherwise relay to the server's own ports).
+fn own_addresses(listen: &Listen, relay: &Relay, extra: &[IpAddr]) -> Vec<IpAddr> {
+    let mut v: Vec<IpAddr> = extra.to_vec();
+    let all = listen.udp.iter().chain(&listen.tcp).chain(&listen.tls);
+    let mut wildcard = false;
+    for a in all {
+        if a.ip().is_unspecified() {
+            wildcard = true;
+        } else {
+            v.push(a.ip());
+        }
+    }
+    v.extend(relay.ipv4.map(IpAddr::V4));
+    v.extend(relay.ipv6.map(IpAddr::V6));
+    if wildcard {
+        if let Ok(ifs) = nix::ifaddrs::getifaddrs() {
+            for ifa in ifs {
+                let Some(addr) = ifa.address else { continue };
+                if let Some(sin) = addr.as_sockaddr_in() {
+                    v.push(IpAddr::V4(sin.ip()));
+                } else if let Some(sin6) = addr.as_sockaddr_in6() {
+                    v.push(IpAddr::V6(sin6.ip()));
+                }
+            }
+        }
+    }
+    v.sort();
+    v.dedup();
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_users(extra: &str) -> (tempdir::Dir, String) {
+        let dir = tempdir::Dir::new();
+        let users = dir.path.join("users");
+        std::fs::write(&users, "turnuser:cisco\n").expect("write users file");
+        let text = format!(
+            r#"realm = "example.org"
+[listen]
+udp = ["10.77.1.1:3478"]
+tcp = ["10.77.1.1:3478"]
+[auth]
+users_file = "{}"
+[relay]
+ipv4 = "10.77.2.1"
+{extra}"#,
+            users.display()
+        );
+        (dir, text)
+    }
+
+    /// A throwaway directory removed on drop (no extra dependency for one test helper).
+    mod tempdir {
+        pub struct Dir {
+            pub path: std::path::PathBuf,
+        }
+        impl Dir {
+            pub fn new() -> Dir {
+                static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+                let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let path = std::env::temp_dir()
+                    .join(format!("turn-server-cfg-{}-{n}", std::process::id()));
+                std::fs::create_dir_all(&path).expect("create temp dir");
+                Dir { path }
+            }
+        }
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.path);
+            }
+        }
+    }
+
+    fn field_of(r: Result<Config, ConfigError>) -> String {
+        match r {
+            Err(ConfigError::Invalid { field, .. }) => field,
+            Err(e) => panic!("expected a field error, got {e}"),
+            Ok(_) => panic!("expected an error"),
+        }
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let (_d, text) = with_users("");
+        let c = Config::parse(&text).expect("valid");
+        assert_eq!((c.relay.min_port, c.relay.max_port), (24000, 29999));
+        assert_eq!(c.server.user_quota, None);
+        assert_eq!(c.server.nonce_lifetime, Duration::from_secs(600));
+        assert!(c.server.unauthenticated_rate.is_some());
+        assert!(c
+            .server
+            .server_addresses
+            .contains(&"10.77.1.1".parse().expect("ip")));
+        assert!(c
+            .server
+            .server_addresses
+            .contains(&"10.77.2.1".parse().expect("ip")));
+        assert_eq!(c.control_socket, PathBuf::from(DEFAULT_CONTROL_SOCKET));
+        assert!(!c.server.rfc5766_channels);
+        let (_d, text) = with_users("[compat]\nrfc5766_channels = true\n");
+        assert!(Config::parse(&text).expect("valid").server.rfc5766_channels);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let (_d, text) = with_users("[peers]\nallowed = [\"10.77.0.0/16\", \"10.0.0.0/99\"]\n");
+        assert_eq!(field_of(Config::parse(&text)), "peers.allowed[1]");
+        let (_d, text) = with_users("min_port = 30000\nmax_port = 29999\n");
+        assert_eq!(field_of(Config::parse(&text)), "relay.min_port");
+        let (_d, text) = with_users("[quotas]\nuser = 0\n");
+        assert_eq!(field_of(Config::parse(&text)), "quotas.user");
+        let (_d, text) = with_users("[lifetimes]\ndefault_secs = 4000\n");
+        assert_eq!(field_of(Config::parse(&text)), "lifetimes.default_secs");
+        let (_d, text) = with_users("");
+        let text = text.replace("[listen]", "[listen]\ntls = [\"10.77.1.1:5349\"]");
+        assert_eq!(field_of(Config::parse(&text)), "tls");
+    }
+
+    #[test]
+    fn missing_users_file_and_no_credentials_are_rejected() {
+        let (_d, text) = with_users("");
+        let gone = text.replace("users_file = \"", "users_file = \"/nonexistent");
+        assert_eq!(field_of(Config::parse(&gone)), "auth.users_file");
+        let none = text
+            .lines()
+            .filter(|l| !l.starts_with("users_file"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert_eq!(field_of(Config::parse(&none)), "auth");
+    }
+
+    #[test]
+    fn rest_secret_is_redacted_and_exclusive() {
+        let (d, text) = with_users("");
+        let t = text.replace("[auth]", "[auth]\nrest_secret = \"hunter2\"");
+        let c = Config::parse(&t).expect("valid");
+        assert!(!format!("{c:?}").contains("hunter2"));
+        let secret_file = d.path.join("secret");
+        std::fs::write(&secret_file, "s3\n").expect("write");
+        let both = t.replace(
+            "[auth]",
+            &format!("[auth]\nrest_secret_file = \"{}\"", secret_file.display()),
+        );
+        assert_eq!(field_of(Config::parse(&both)), "auth.rest_secret_file");
+    }
+
+    #[test]
+    fn unknown_fields_and_wildcard_relay_are_rejected() {
+        let (_d, text) = with_users("");
+        assert!(matches!(
+            Config::parse(&text.replace("[relay]", "[relay]\nport = 1")),
+            Err(ConfigError::Parse { .. })
+        ));
+        let t = text.replace("ipv4 = \"10.77.2.1\"", "ipv4 = \"0.0.0.0\"");
+        assert_eq!(field_of(Config::parse(&t)), "relay");
+    }
+
+    #[test]
+    fn tls_files_are_loaded_and_checked() {
+        let (d, text) = with_users("");
+        let ck =
+            rcgen::generate_simple_self_signed(vec!["turn.example.org".into()]).expect("rcgen");
+        let (cert, key) = (d.path.join("cert.pem"), d.path.join("key.pem"));
+        std::fs::write(&cert, ck.cert.pem()).expect("write");
+        std::fs::write(&key, ck.key_pair.serialize_pem()).expect("write");
+        let t = text.replace("[listen]", "[listen]\ntls = [\"10.77.1.1:5349\"]")
+            + &format!(
+                "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+                cert.display(),
+                key.display()
+            );
+        assert!(Config::parse(&t).expect("valid").tls.is_some());
+        std::fs::write(&key, "not a key").expect("write");
+        assert_eq!(field_of(Config::parse(&t)), "tls.key");
+    }
+}

@@ -1,0 +1,516 @@
+//! The tokio shell around `turn_core::Server`.
+//!
+//! Role: own the sockets and the clock, and feed the sans-IO core. One task ([`Shell::run`])
+//! owns the core; every socket reader (UDP listen sockets, one UDP relay socket per allocation,
+//! TCP/TLS connections) runs in its own small task and forwards what it reads as an [`Input`]
+//! on one bounded channel. The owning task sends directly: UDP with `try_send_to` from the
+//! listen or relay socket named by `Transmit::from`, streams through the connection's bounded
+//! queue found by 5-tuple. Status requests arrive as [`Command`]s from the control socket.
+//! Inputs: [`Input`], [`Command`], the core's timer, SIGINT/SIGTERM.
+//! Outputs: datagrams and stream bytes; relay sockets opened and closed on the core's events;
+//! debug logs of every lifecycle event (the hook for kernel offload, see
+//! [`Shell::handle_event`]).
+//! Call order per iteration (style guide §4): take **one** input, drain `poll_output` to
+//! `None`, then re-read `poll_timeout`; timers are checked against the clock each iteration,
+//! not only when the sleep fires.
+#![allow(clippy::disallowed_methods)] // io shell: reads the clock, spawns socket tasks
+
+pub mod control;
+pub mod relay;
+pub mod stream;
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Instant, SystemTime},
+};
+
+use anyhow::{Context, Result};
+use tokio::{
+    net::UdpSocket,
+    signal::unix::{signal, SignalKind},
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+};
+use tracing::{debug, info, trace, warn};
+use turn_core::{
+    server::DeleteReason, stun::PacketKind, AllocationHandle, Event, FiveTuple, Output,
+    PortRangeAllocator, RustCrypto, Server, Transmit, Transport,
+};
+
+use crate::{
+    config::Config,
+    pii::Pii,
+    status::{transport_name, ShellCounters, StatusReport},
+};
+use relay::{BindingAllocator, BoundRelays};
+use stream::StreamGauge;
+
+/// Inputs queued towards the core task. Bounded: readers wait (UDP then drops in the kernel
+/// buffer) rather than letting memory grow.
+const INPUT_QUEUE: usize = 8192;
+/// Largest UDP datagram read (STUN and relayed media are far smaller; a bigger one is cut and
+/// then fails to parse, which the core counts).
+const MAX_DATAGRAM: usize = 65_535;
+
+/// Something a socket task read, for the core task.
+#[derive(Debug)]
+pub enum Input {
+    /// A datagram on a UDP listen socket (`local` is the socket's bound address).
+    Datagram {
+        /// Listen socket address.
+        local: SocketAddr,
+        /// Client address.
+        from: SocketAddr,
+        /// The datagram.
+        bytes: Vec<u8>,
+    },
+    /// A datagram a peer sent to a relay socket.
+    Peer {
+        /// Relay address it arrived on.
+        relay: SocketAddr,
+        /// Peer address.
+        peer: SocketAddr,
+        /// The datagram.
+        bytes: Vec<u8>,
+    },
+    /// A TCP/TLS client connection is ready; `tx` queues bytes to it.
+    StreamOpened {
+        /// Its 5-tuple.
+        tuple: FiveTuple,
+        /// Bounded queue to its writer.
+        tx: mpsc::Sender<Vec<u8>>,
+    },
+    /// One STUN or ChannelData frame from a connection.
+    StreamFrame {
+        /// Its 5-tuple.
+        tuple: FiveTuple,
+        /// The frame.
+        bytes: Vec<u8>,
+    },
+    /// The connection closed.
+    StreamClosed {
+        /// Its 5-tuple.
+        tuple: FiveTuple,
+    },
+    /// A connection was refused (limit) or failed its TLS handshake, for the counters.
+    StreamRefused {
+        /// True for a failed TLS handshake, false for the connection limit.
+        tls_failed: bool,
+    },
+    /// A relay socket's reader failed and stopped.
+    RelayFailed {
+        /// Relay address.
+        relay: SocketAddr,
+    },
+}
+
+/// Requests from the control socket.
+#[derive(Debug)]
+pub enum Command {
+    /// Send back the status view.
+    Status(oneshot::Sender<StatusReport>),
+}
+
+/// One allocation's relay socket and its reader task.
+struct RelaySocket {
+    socket: Arc<UdpSocket>,
+    reader: JoinHandle<()>,
+}
+
+/// The task that owns the core.
+pub struct Shell {
+    server: Server,
+    listen_udp: HashMap<SocketAddr, Arc<UdpSocket>>,
+    relays: HashMap<SocketAddr, RelaySocket>,
+    streams: HashMap<FiveTuple, mpsc::Sender<Vec<u8>>>,
+    bound: BoundRelays,
+    inputs_tx: mpsc::Sender<Input>,
+    counters: ShellCounters,
+    gauge: StreamGauge,
+}
+
+fn now() -> Instant {
+    // tokio's clock, so a paused test runtime controls it too (style guide §4).
+    tokio::time::Instant::now().into_std()
+}
+
+/// Binds everything in `cfg` and serves until SIGINT/SIGTERM.
+pub async fn run(cfg: Config) -> Result<()> {
+    let (inputs_tx, mut inputs_rx) = mpsc::channel::<Input>(INPUT_QUEUE);
+    let (cmd_tx, mut cmd_rx) = mpsc::channel::<Command>(64);
+    let bound = BoundRelays::default();
+    let ports = PortRangeAllocator::new(
+        cfg.relay.ipv4,
+        cfg.relay.ipv6,
+        cfg.relay.min_port..=cfg.relay.max_port,
+    )
+    .context("relay: building the port allocator")?;
+    let server = Server::new(
+        now(),
+        cfg.server.clone(),
+        cfg.credentials.clone(),
+        Box::new(BindingAllocator::new(ports, bound.clone())),
+        Box::new(RustCrypto),
+        Box::new(<rand::rngs::StdRng as rand::SeedableRng>::from_entropy()),
+    )
+    .context("building the TURN core from the configuration")?;
+
+    let mut listen_udp = HashMap::new();
+    for addr in &cfg.listen.udp {
+        let sock = UdpSocket::bind(addr).await.with_context(|| {
+            format!("listen.udp: cannot bind {addr} (port in use, e.g. by coturn? address not on this host?)")
+        })?;
+        let local = sock.local_addr()?;
+        let sock = Arc::new(sock);
+        tokio::spawn(read_udp(sock.clone(), local, inputs_tx.clone()));
+        listen_udp.insert(local, sock);
+        info!(%local, "listening for TURN over UDP");
+    }
+    let gauge = StreamGauge::default();
+    for addr in &cfg.listen.tcp {
+        let l = stream::bind(*addr).await.with_context(|| {
+            format!("listen.tcp: cannot bind {addr} (port in use? address not on this host?)")
+        })?;
+        info!(local = %addr, "listening for TURN over TCP");
+        tokio::spawn(stream::accept_loop(
+            l,
+            None,
+            inputs_tx.clone(),
+            gauge.clone(),
+        ));
+    }
+    if let Some(tls) = &cfg.tls {
+        for addr in &cfg.listen.tls {
+            let l = stream::bind(*addr).await.with_context(|| {
+                format!("listen.tls: cannot bind {addr} (port in use? address not on this host?)")
+            })?;
+            info!(local = %addr, "listening for TURN over TLS");
+            tokio::spawn(stream::accept_loop(
+                l,
+                Some(tokio_rustls::TlsAcceptor::from(tls.clone())),
+                inputs_tx.clone(),
+                gauge.clone(),
+            ));
+        }
+    }
+    let control = control::bind(&cfg.control_socket)?;
+    tokio::spawn(control::serve(control, cmd_tx));
+    info!(socket = %cfg.control_socket.display(), "control socket ready");
+
+    let mut shell = Shell {
+        server,
+        listen_udp,
+        relays: HashMap::new(),
+        streams: HashMap::new(),
+        bound,
+        inputs_tx,
+        counters: ShellCounters::default(),
+        gauge,
+    };
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    loop {
+        let deadline = shell.server.poll_timeout();
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            Some(input) = inputs_rx.recv() => shell.handle_input(input),
+            Some(cmd) = cmd_rx.recv() => shell.handle_command(cmd),
+            () = sleep => {}
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+        // Fire due timers against the clock, whichever branch woke us.
+        let now = now();
+        if shell.server.poll_timeout().is_some_and(|t| t <= now) {
+            shell.server.handle_timeout(now);
+        }
+        shell.drain(now);
+    }
+    info!("shutting down");
+    let _ = std::fs::remove_file(&cfg.control_socket);
+    Ok(())
+}
+
+/// Reads one UDP listen socket forever.
+async fn read_udp(sock: Arc<UdpSocket>, local: SocketAddr, inputs: mpsc::Sender<Input>) {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        match sock.recv_from(&mut buf).await {
+            Ok((n, from)) => {
+                let input = Input::Datagram {
+                    local,
+                    from,
+                    bytes: buf[..n].to_vec(),
+                };
+                if inputs.send(input).await.is_err() {
+                    return;
+                }
+            }
+            // ICMP errors (ECONNREFUSED from an earlier send) surface here on Linux; they
+            // say nothing about this socket, so keep reading.
+            Err(e) => trace!(error = %e, "UDP listen recv error"),
+        }
+    }
+}
+
+/// Reads one relay socket until aborted (allocation deleted) or it fails.
+async fn read_relay(sock: Arc<UdpSocket>, relay: SocketAddr, inputs: mpsc::Sender<Input>) {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        match sock.recv_from(&mut buf).await {
+            Ok((n, peer)) => {
+                let input = Input::Peer {
+                    relay,
+                    peer,
+                    bytes: buf[..n].to_vec(),
+                };
+                if inputs.send(input).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                trace!("relay: ICMP port unreachable from a peer")
+            }
+            Err(e) => {
+                warn!(%relay, error = %e, "relay socket failed");
+                let _ = inputs.send(Input::RelayFailed { relay }).await;
+                return;
+            }
+        }
+    }
+}
+
+impl Shell {
+    /// Feeds one input to the core (outputs are drained by the caller).
+    fn handle_input(&mut self, input: Input) {
+        let now = now();
+        match input {
+            Input::Datagram { local, from, bytes } => {
+                self.feed_client(now, from, local, Transport::Udp, &bytes)
+            }
+            Input::StreamFrame { tuple, bytes } => {
+                self.feed_client(now, tuple.client, tuple.server, tuple.transport, &bytes)
+            }
+            Input::Peer { relay, peer, bytes } => {
+                self.server.handle_peer_data(now, relay, peer, &bytes)
+            }
+            Input::StreamOpened { tuple, tx } => {
+                debug!(client = %Pii(tuple.client), transport = transport_name(tuple.transport), "connection opened");
+                self.streams.insert(tuple, tx);
+            }
+            Input::StreamClosed { tuple } => {
+                debug!(client = %Pii(tuple.client), "connection closed");
+                self.streams.remove(&tuple);
+                self.server.handle_connection_closed(now, tuple);
+            }
+            Input::StreamRefused { tls_failed } => {
+                if tls_failed {
+                    self.counters.tls_handshake_failed += 1;
+                } else {
+                    self.counters.stream_refused += 1;
+                }
+            }
+            Input::RelayFailed { relay } => {
+                if let Some(h) = self.allocation_of_relay(now, relay) {
+                    self.server.delete_allocation(now, h, DeleteReason::Shell);
+                }
+            }
+        }
+    }
+
+    fn feed_client(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        to: SocketAddr,
+        transport: Transport,
+        bytes: &[u8],
+    ) {
+        match Server::classify(bytes) {
+            PacketKind::Stun => {
+                self.server
+                    .handle_stun(now, SystemTime::now(), from, to, transport, bytes)
+            }
+            PacketKind::ChannelData => self
+                .server
+                .handle_channel_data(now, from, to, transport, bytes),
+            PacketKind::Other => trace!("ignoring non-STUN datagram"),
+        }
+    }
+
+    fn allocation_of_relay(&self, now: Instant, relay: SocketAddr) -> Option<AllocationHandle> {
+        self.server
+            .allocations(now)
+            .into_iter()
+            .find(|a| a.relay == relay)
+            .map(|a| a.handle)
+    }
+
+    fn handle_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Status(reply) => {
+                let now = now();
+                let mut shell = self.counters;
+                shell.stream_connections = self.gauge.get() as u64;
+                let report =
+                    StatusReport::new(&self.server.status(), &self.server.allocations(now), shell);
+                let _ = reply.send(report);
+            }
+        }
+    }
+
+    /// Drains the core's outputs until `None`.
+    fn drain(&mut self, now: Instant) {
+        while let Some(out) = self.server.poll_output() {
+            match out {
+                Output::Transmit(t) => self.transmit(t),
+                Output::Event(e) => self.handle_event(now, e),
+            }
+        }
+    }
+
+    /// Sends one transmit from the socket it names; never waits (a full buffer drops and
+    /// counts, which UDP and media tolerate better than a stalled core).
+    fn transmit(&mut self, t: Transmit) {
+        let sent = match t.transport {
+            Transport::Udp => {
+                let sock = self
+                    .listen_udp
+                    .get(&t.from)
+                    .or_else(|| self.relays.get(&t.from).map(|r| &r.socket));
+                match sock {
+                    Some(s) => s.try_send_to(&t.bytes, t.to).is_ok(),
+                    None => false,
+                }
+            }
+            Transport::Tcp | Transport::Tls => {
+                let tuple = FiveTuple {
+                    transport: t.transport,
+                    client: t.to,
+                    server: t.from,
+                };
+                self.streams
+                    .get(&tuple)
+                    .is_some_and(|tx| tx.try_send(t.bytes).is_ok())
+            }
+        };
+        if !sent {
+            self.counters.send_dropped += 1;
+            trace!(to = %Pii(t.to), "transmit dropped");
+        }
+    }
+
+    /// Acts on one core event. This is the single place lifecycle events reach the shell:
+    /// relay sockets are opened and closed here, and kernel offload (programming the XDP
+    /// channel and permission maps from `ChannelBound` / `ChannelExpired` /
+    /// `PermissionInstalled` / `PermissionExpired`, see docs/turn.md "Relay offload to XDP")
+    /// belongs here too.
+    pub fn handle_event(&mut self, now: Instant, event: Event) {
+        match event {
+            Event::AllocationCreated {
+                allocation,
+                client,
+                relay,
+                username,
+                lifetime,
+            } => {
+                debug!(
+                    allocation = allocation.0,
+                    transport = transport_name(client.transport),
+                    client = %Pii(client.client),
+                    %relay,
+                    user = %Pii(&username),
+                    lifetime_secs = lifetime.as_secs(),
+                    "allocation created"
+                );
+                if let Err(e) = self.open_relay(relay) {
+                    warn!(allocation = allocation.0, %relay, error = %e, "relay socket setup failed; deleting the allocation");
+                    self.counters.relay_setup_failed += 1;
+                    self.server
+                        .delete_allocation(now, allocation, DeleteReason::Shell);
+                }
+            }
+            Event::AllocationDeleted {
+                allocation,
+                client,
+                relay,
+                reason,
+                counters,
+            } => {
+                if let Some(r) = self.relays.remove(&relay) {
+                    r.reader.abort();
+                }
+                debug!(
+                    allocation = allocation.0,
+                    client = %Pii(client.client),
+                    %relay,
+                    ?reason,
+                    to_peer_packets = counters.to_peer_packets,
+                    to_peer_bytes = counters.to_peer_bytes,
+                    from_peer_packets = counters.from_peer_packets,
+                    from_peer_bytes = counters.from_peer_bytes,
+                    "allocation deleted"
+                );
+            }
+            Event::PermissionInstalled {
+                allocation, peer, ..
+            } => debug!(allocation = allocation.0, peer = %Pii(peer), "permission installed"),
+            Event::PermissionExpired {
+                allocation, peer, ..
+            } => debug!(allocation = allocation.0, peer = %Pii(peer), "permission expired"),
+            Event::ChannelBound {
+                allocation,
+                client,
+                relay,
+                peer,
+                channel,
+            } => debug!(
+                allocation = allocation.0,
+                transport = transport_name(client.transport),
+                client = %Pii(client.client),
+                %relay,
+                peer = %Pii(peer),
+                channel = format_args!("{channel:#06x}"),
+                "channel bound"
+            ),
+            Event::ChannelExpired {
+                allocation,
+                relay,
+                peer,
+                channel,
+                ..
+            } => debug!(
+                allocation = allocation.0,
+                %relay,
+                peer = %Pii(peer),
+                channel = format_args!("{channel:#06x}"),
+                "channel expired"
+            ),
+        }
+    }
+
+    /// Takes the socket the allocator bound for `relay` and starts its reader.
+    fn open_relay(&mut self, relay: SocketAddr) -> Result<()> {
+        let std_sock = self
+            .bound
+            .take(relay)
+            .context("no socket was bound for this relay address")?;
+        let sock = Arc::new(UdpSocket::from_std(std_sock).context("registering with tokio")?);
+        let reader = tokio::spawn(read_relay(sock.clone(), relay, self.inputs_tx.clone()));
+        self.relays.insert(
+            relay,
+            RelaySocket {
+                socket: sock,
+                reader,
+            },
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,15 @@
+//! turn-server: a STUN/TURN server (RFC 8489 / RFC 8656) for WebRTC clients.
+//!
+//! - [`config`]: the TOML file, validated with errors that name the field.
+//! - [`io`]: the thin tokio shell around `turn_core::Server` (listeners, relay sockets, timer,
+//!   control socket). One task owns the core.
+//! - [`status`]: the control socket's wire types and the status view's text rendering.
+//! - [`pii`]: hides client and peer addresses in logs unless asked.
+//!
+//! The protocol logic is in turn-core; docs/turn.md has the operator's guide.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod io;
+pub mod pii;
+pub mod status;
