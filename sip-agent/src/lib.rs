@@ -2,4 +2,6 @@
 //! controller. `core` holds the sans-IO protocol machines; the tokio shell lives in `io` and
 //! `main.rs`.
 #![forbid(unsafe_code)]
+pub mod config;
 pub mod core;
+pub mod io;

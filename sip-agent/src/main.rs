@@ -1,1 +1,74 @@
-fn main() {}
+//! `sip-agent run --config FILE` runs the B2BUA; `sip-agent check-config --config FILE`
+//! validates a configuration and exits (docs/sip-agent.md).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use sip_agent::config::Settings;
+
+#[derive(Parser)]
+#[command(
+    name = "sip-agent",
+    about = "SIP B2BUA that anchors media and forks calls to speech servers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the agent.
+    Run {
+        /// TOML configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and print a summary.
+    CheckConfig {
+        /// TOML configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+fn load(path: &PathBuf) -> Result<Settings> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading {} (is the path right?)", path.display()))?;
+    Settings::from_toml(&text)
+        .with_context(|| format!("{} is not a valid sip-agent config", path.display()))
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match Cli::parse().cmd {
+        Cmd::CheckConfig { config } => {
+            let s = load(&config)?;
+            println!(
+                "{}: ok ({} listeners, {} routes, media {}:{}-{}, fork-agent {})",
+                config.display(),
+                s.listen.len(),
+                s.core.routes.len(),
+                s.core.media_ip,
+                s.media_ports.0,
+                s.media_ports.1,
+                s.control_socket.display()
+            );
+            Ok(())
+        }
+        Cmd::Run { config } => {
+            let s = load(&config)?;
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the tokio runtime")?
+                .block_on(sip_agent::io::run(s))
+        }
+    }
+}

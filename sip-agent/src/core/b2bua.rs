@@ -108,6 +108,21 @@ pub struct Route {
     /// Whether fork requests are allowed on calls using this route (the reference's media-class
     /// binding on the dial-peer); without it a START gets "Unsupported flow".
     pub forking: bool,
+    /// Local addresses the outbound leg uses; `None` means [`Config::sip_addr`] and
+    /// [`Config::media_ip`]. The dial-peer's `voice-class sip bind control|media
+    /// source-interface` in CUBE terms: a B2BUA between two networks speaks to each from its own
+    /// interface.
+    pub bind: Option<Bind>,
+}
+
+/// Local addresses one leg of a call uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bind {
+    /// IP written in Via, Contact and Call-ID host (the port comes from the transport, see
+    /// [`Config::transport_ports`]).
+    pub sip_ip: IpAddr,
+    /// Address written into SDP `c=` and `o=` for this leg's anchored media.
+    pub media_ip: IpAddr,
 }
 
 /// Static configuration.
@@ -119,6 +134,9 @@ pub struct Config {
     pub media_ip: IpAddr,
     /// Routing rules; the most specific match wins, ties go to the earlier rule.
     pub routes: Vec<Route>,
+    /// Listening port per transport, written into Via sent-by and Contact for messages on that
+    /// transport; a transport not listed uses `sip_addr`'s port.
+    pub transport_ports: Vec<(Transport, u16)>,
     /// Seed for tags, branches and Call-IDs; the shell passes fresh randomness at start so ids
     /// do not repeat across restarts.
     pub seed: u64,
@@ -138,6 +156,8 @@ pub trait PortAllocator {
 pub struct NegotiatedMedia {
     /// Where this leg's peer wants RTP; `None` while it holds with `c=0.0.0.0`.
     pub remote: Option<SocketAddr>,
+    /// Our address this leg's peer sends RTP to (the leg's [`Bind::media_ip`]).
+    pub local_ip: IpAddr,
     /// Our port this leg's peer sends RTP to.
     pub local_port: u16,
     /// Codec media flows with (first non-DTMF format of the answer).
@@ -153,10 +173,11 @@ pub struct NegotiatedMedia {
 }
 
 impl NegotiatedMedia {
-    fn from_audio(a: &AudioMedia, local_port: u16) -> Self {
+    fn from_audio(a: &AudioMedia, local_ip: IpAddr, local_port: u16) -> Self {
         Self {
             remote: (!a.addr.is_unspecified() && a.port != 0)
                 .then(|| SocketAddr::new(a.addr, a.port)),
+            local_ip,
             local_port,
             codec: a.primary_codec().cloned(),
             telephone_event: a.telephone_event_pt(),
@@ -306,6 +327,8 @@ struct Call {
     b_provisional: bool,
     cancel_pending: bool,
     ports: [u16; 2],
+    /// Local addresses per leg (A from the config, B from the route's bind).
+    binds: [Bind; 2],
     media: [Option<AudioMedia>; 2],
     sdp_version: u64,
     session_id: u64,
@@ -460,7 +483,34 @@ impl<P: PortAllocator> B2bua<P> {
         format!("{:016x}", z ^ (z >> 31))
     }
 
-    fn via(&mut self, transport: Transport) -> String {
+    /// The addresses `leg` of `call` uses (the config's defaults once the call is gone).
+    fn bind_of(&self, call: CallHandle, leg: Leg) -> Bind {
+        self.calls
+            .get(&call)
+            .map(|c| c.binds[leg as usize])
+            .unwrap_or(self.default_bind())
+    }
+
+    fn default_bind(&self) -> Bind {
+        Bind {
+            sip_ip: self.cfg.sip_addr.ip(),
+            media_ip: self.cfg.media_ip,
+        }
+    }
+
+    /// Our SIP address on `transport` from `bind`.
+    fn sip_addr(&self, transport: Transport, bind: Bind) -> SocketAddr {
+        let port = self
+            .cfg
+            .transport_ports
+            .iter()
+            .find(|(t, _)| *t == transport)
+            .map(|(_, p)| *p)
+            .unwrap_or(self.cfg.sip_addr.port());
+        SocketAddr::new(bind.sip_ip, port)
+    }
+
+    fn via(&mut self, transport: Transport, bind: Bind) -> String {
         let t = match transport {
             Transport::Udp => "UDP",
             Transport::Tcp => "TCP",
@@ -471,19 +521,19 @@ impl<P: PortAllocator> B2bua<P> {
         let token = self.token();
         format!(
             "SIP/2.0/{t} {};branch={}{token}",
-            self.cfg.sip_addr,
+            self.sip_addr(transport, bind),
             message::BRANCH_COOKIE
         )
     }
 
-    fn contact(&self, transport: Transport) -> String {
+    fn contact(&self, transport: Transport, bind: Bind) -> String {
         let param = match transport {
             Transport::Udp => "",
             Transport::Tcp => ";transport=tcp",
             Transport::Tls => ";transport=tls",
             Transport::Ws | Transport::Wss => ";transport=ws",
         };
-        format!("<sip:xdpfork@{}{param}>", self.cfg.sip_addr)
+        format!("<sip:xdpfork@{}{param}>", self.sip_addr(transport, bind))
     }
 
     /// Feeds raw bytes from `from`. Unparseable requests are answered here, statelessly: 400
@@ -805,8 +855,10 @@ impl<P: PortAllocator> B2bua<P> {
             remote_cseq: Some(k.cseq),
             peer: from,
         };
+        let bind_a = self.default_bind();
+        let bind_b = route.bind.unwrap_or(bind_a);
         let b_tag = self.token();
-        let b_call_id = format!("{}@{}", self.token(), self.cfg.sip_addr.ip());
+        let b_call_id = format!("{}@{}", self.token(), bind_b.sip_ip);
         let caller = uri_of(&from_hdr).to_string();
         let caller_user = caller.split_once(':').map(|(_, r)| r).unwrap_or(&caller);
         let caller_user = caller_user
@@ -819,7 +871,7 @@ impl<P: PortAllocator> B2bua<P> {
             call_id: b_call_id,
             local_tag: b_tag.clone(),
             remote_tag: None,
-            local_header: format!("<sip:{caller_user}@{}>;tag={b_tag}", self.cfg.sip_addr.ip()),
+            local_header: format!("<sip:{caller_user}@{}>;tag={b_tag}", bind_b.sip_ip),
             remote_header: format!("<{target}>"),
             remote_target: target,
             route_set: Vec::new(),
@@ -828,11 +880,11 @@ impl<P: PortAllocator> B2bua<P> {
             peer: route.next_hop,
         };
         let session_id = self.id_counter;
-        sdp.anchor_audio(self.cfg.media_ip, pb);
-        sdp.set_origin("xdpfork", session_id, 1, self.cfg.media_ip);
+        sdp.anchor_audio(bind_b.media_ip, pb);
+        sdp.set_origin("xdpfork", session_id, 1, bind_b.media_ip);
         let body = sdp.to_bytes();
-        let via = self.via(route.next_hop.transport);
-        let contact_b = self.contact(route.next_hop.transport);
+        let via = self.via(route.next_hop.transport, bind_b);
+        let contact_b = self.contact(route.next_hop.transport, bind_b);
         let mf = header_values(&req.headers, "Max-Forwards")
             .first()
             .and_then(|v| v.trim().parse::<u32>().ok())
@@ -883,6 +935,7 @@ impl<P: PortAllocator> B2bua<P> {
                 b_provisional: false,
                 cancel_pending: false,
                 ports: [pa, pb],
+                binds: [bind_a, bind_b],
                 media: [Some(offer), None],
                 sdp_version: 1,
                 session_id,
@@ -1006,7 +1059,10 @@ impl<P: PortAllocator> B2bua<P> {
                 return;
             };
             let (atx, inv, tag) = (c.a_invite_tx, c.a_invite.clone(), c.a.local_tag.clone());
-            let contact = Header::Other("Contact".into(), self.contact(c.a.peer.transport));
+            let contact = Header::Other(
+                "Contact".into(),
+                self.contact(c.a.peer.transport, c.binds[Leg::A as usize]),
+            );
             self.respond(
                 now,
                 atx,
@@ -1069,7 +1125,8 @@ impl<P: PortAllocator> B2bua<P> {
                 c.counted = true;
                 let (atx, inv, tag) = (c.a_invite_tx, c.a_invite.clone(), c.a.local_tag.clone());
                 let transport = c.a.peer.transport;
-                let contact = Header::Other("Contact".into(), self.contact(transport));
+                let bind = c.binds[Leg::A as usize];
+                let contact = Header::Other("Contact".into(), self.contact(transport, bind));
                 self.respond(
                     now,
                     atx,
@@ -1096,8 +1153,8 @@ impl<P: PortAllocator> B2bua<P> {
     fn answer_for_a(&mut self, call: CallHandle, resp: &Response) -> Option<Vec<u8>> {
         let (sdp, _) = body_parts(&resp.headers, &resp.body).ok()?;
         let mut sdp = Sdp::parse(&sdp?).ok()?;
-        let media_ip = self.cfg.media_ip;
         let c = self.calls.get_mut(&call)?;
+        let media_ip = c.binds[Leg::A as usize].media_ip;
         c.media[Leg::B as usize] = sdp.audio();
         sdp.anchor_audio(media_ip, c.port(Leg::A));
         sdp.set_origin("xdpfork", c.session_id, c.sdp_version, media_ip);
@@ -1109,7 +1166,7 @@ impl<P: PortAllocator> B2bua<P> {
         let own = c.media[leg as usize].as_ref()?;
         // The codec that flows is the answer's choice; take it from the B side's answer when
         // present so both legs report the same codec.
-        let mut m = NegotiatedMedia::from_audio(own, c.port(leg));
+        let mut m = NegotiatedMedia::from_audio(own, c.binds[leg as usize].media_ip, c.port(leg));
         if let Some(answer) = c.media[Leg::B as usize].as_ref() {
             m.codec = answer.primary_codec().cloned();
         }
@@ -1122,6 +1179,7 @@ impl<P: PortAllocator> B2bua<P> {
                 .get(&call)
                 .map(|c| c.b.peer.transport)
                 .unwrap_or(Transport::Udp),
+            self.bind_of(call, Leg::B),
         );
         let Some(c) = self.calls.get_mut(&call) else {
             return;
@@ -1157,7 +1215,7 @@ impl<P: PortAllocator> B2bua<P> {
             .get(&call)
             .map(|c| c.dialog_peer(leg).transport)
             .unwrap_or(Transport::Udp);
-        let via = self.via(transport);
+        let via = self.via(transport, self.bind_of(call, leg));
         let Some(c) = self.calls.get_mut(&call) else {
             return;
         };
@@ -1312,9 +1370,9 @@ impl<P: PortAllocator> B2bua<P> {
             .get(&call)
             .map(|c| c.dialog_peer(to).transport)
             .unwrap_or(Transport::Udp);
-        let via = self.via(transport);
-        let contact = self.contact(transport);
-        let media_ip = self.cfg.media_ip;
+        let via = self.via(transport, self.bind_of(call, to));
+        let contact = self.contact(transport, self.bind_of(call, to));
+        let media_ip = self.bind_of(call, to).media_ip;
         let Some(c) = self.calls.get_mut(&call) else {
             return;
         };
@@ -1392,7 +1450,7 @@ impl<P: PortAllocator> B2bua<P> {
     ) {
         let code = resp.status_code.code();
         let to = from.other();
-        let media_ip = self.cfg.media_ip;
+        let media_ip = self.bind_of(call, from).media_ip;
         let mut body: Option<(String, Vec<u8>)> = None;
         let mut changed = Vec::new();
         if orig.method == Method::Invite && (200..300).contains(&code) {
@@ -1403,7 +1461,7 @@ impl<P: PortAllocator> B2bua<P> {
                 .get(&call)
                 .map(|c| c.dialog_peer(to).transport)
                 .unwrap_or(Transport::Udp);
-            let via = self.via(transport);
+            let via = self.via(transport, self.bind_of(call, to));
             let Some(c) = self.calls.get_mut(&call) else {
                 return;
             };
@@ -1457,7 +1515,10 @@ impl<P: PortAllocator> B2bua<P> {
                 .get(&call)
                 .map(|c| c.dialog_peer(from).transport)
                 .unwrap_or(Transport::Udp);
-            vec![Header::Other("Contact".into(), self.contact(transport))]
+            vec![Header::Other(
+                "Contact".into(),
+                self.contact(transport, self.bind_of(call, from)),
+            )]
         } else {
             vec![]
         };
@@ -1549,7 +1610,7 @@ impl<P: PortAllocator> B2bua<P> {
             .get(&call)
             .map(|c| c.dialog_peer(leg).transport)
             .unwrap_or(Transport::Udp);
-        let via = self.via(transport);
+        let via = self.via(transport, self.bind_of(call, leg));
         let Some(c) = self.calls.get_mut(&call) else {
             return;
         };

@@ -4,8 +4,11 @@
 pub mod b2bua;
 pub mod dialog;
 pub mod fork_request;
+pub mod framing;
+pub mod media;
 pub mod message;
 pub mod multipart;
+pub mod port_pool;
 pub mod sdp;
 #[cfg(test)]
 pub mod testing;

@@ -104,7 +104,9 @@ impl Harness {
                 pattern: RoutePattern::Pattern("6XXX".into()),
                 next_hop: udp(B_ADDR),
                 forking: true,
+                bind: None,
             }],
+            transport_ports: Vec::new(),
             seed: 42,
         };
         Self {

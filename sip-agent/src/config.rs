@@ -1,0 +1,475 @@
+//! sip-agent's TOML configuration: parsed, validated and turned into the cores' configs at
+//! start, with every error naming the field it is about (`route[1].next_hop: ...`).
+//!
+//! Input: the file text ([`Settings::from_toml`]). Output: [`Settings`], or all problems found
+//! at once as [`ConfigError`]. Next hops given as DNS names are resolved here, once, because the
+//! B2BUA core does no DNS (see docs/sip-agent.md).
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::core::b2bua::{self, Bind, Route, RoutePattern};
+use crate::core::media::MediaConfig;
+use crate::core::transaction::{Peer, Transport};
+
+/// Default control socket of fork-agent (docs/control-api.md).
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/xdpfork/fork-agent.sock";
+
+/// Problems found in a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file is not valid TOML or does not have the expected shape (serde names the key).
+    #[error("{0}")]
+    Syntax(#[from] toml::de::Error),
+    /// One line per invalid field: `field: problem`.
+    #[error("invalid configuration:\n  {}", .0.join("\n  "))]
+    Invalid(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    sip: RawSip,
+    media: RawMedia,
+    fork_agent: RawForkAgent,
+    #[serde(default)]
+    tls: Option<RawTls>,
+    #[serde(default, rename = "route")]
+    routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSip {
+    #[serde(default)]
+    udp: Vec<String>,
+    #[serde(default)]
+    tcp: Vec<String>,
+    #[serde(default)]
+    tls: Vec<String>,
+    #[serde(default)]
+    ws: Vec<String>,
+    #[serde(default)]
+    address: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMedia {
+    ip: String,
+    ports: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawForkAgent {
+    #[serde(default)]
+    socket: Option<PathBuf>,
+    speech_server: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
+    #[serde(default)]
+    client_ca: Option<PathBuf>,
+    #[serde(default)]
+    ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    #[serde(default)]
+    pattern: Option<String>,
+    #[serde(default)]
+    prefix: Option<String>,
+    next_hop: String,
+    #[serde(default = "yes")]
+    forking: bool,
+    #[serde(default)]
+    bind_sip: Option<String>,
+    #[serde(default)]
+    bind_media: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// TLS material (PEM files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// Our certificate chain.
+    pub cert: PathBuf,
+    /// Our private key.
+    pub key: PathBuf,
+    /// When set, TLS clients must present a certificate signed by this CA (mutual TLS).
+    pub client_ca: Option<PathBuf>,
+    /// CA that outbound TLS next hops are verified against.
+    pub ca: Option<PathBuf>,
+}
+
+/// Everything the shell needs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Sockets to listen on.
+    pub listen: Vec<(Transport, SocketAddr)>,
+    /// The B2BUA core's config (the shell replaces `seed` with fresh randomness).
+    pub core: b2bua::Config,
+    /// First and last port of the media range.
+    pub media_ports: (u16, u16),
+    /// fork-agent control socket.
+    pub control_socket: PathBuf,
+    /// The media layer's config.
+    pub media: MediaConfig,
+    /// TLS material, required when a TLS listener or next hop is configured.
+    pub tls: Option<TlsSettings>,
+}
+
+fn parse_transport(s: &str) -> Option<Transport> {
+    match s.to_ascii_lowercase().as_str() {
+        "udp" => Some(Transport::Udp),
+        "tcp" => Some(Transport::Tcp),
+        "tls" => Some(Transport::Tls),
+        "ws" => Some(Transport::Ws),
+        _ => None,
+    }
+}
+
+/// `host:port:transport`, host an IPv4 address, `[IPv6]` or a DNS name (resolved now).
+fn parse_next_hop(s: &str) -> Result<Peer, String> {
+    let (addr, transport) = s
+        .rsplit_once(':')
+        .ok_or("expected host:port:transport, e.g. 10.0.0.5:5060:udp")?;
+    let transport = parse_transport(transport)
+        .ok_or_else(|| format!("unknown transport {transport:?} (udp, tcp, tls, ws)"))?;
+    if transport == Transport::Ws {
+        return Err("ws next hops are not supported (WebSocket is inbound only)".into());
+    }
+    let addr = match addr.parse::<SocketAddr>() {
+        Ok(a) => a,
+        Err(_) => addr
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve {addr:?}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{addr:?} resolves to no address"))?,
+    };
+    Ok(Peer { addr, transport })
+}
+
+/// `first-last`, both even/odd ports allowed, the pool uses the even ones.
+fn parse_range(s: &str) -> Result<(u16, u16), String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or("expected first-last, e.g. 30000-39999")?;
+    let a: u16 = a.trim().parse().map_err(|_| "first port is not 1-65535")?;
+    let b: u16 = b.trim().parse().map_err(|_| "last port is not 1-65535")?;
+    if a == 0 || a >= b {
+        return Err("first port must be non-zero and below the last".into());
+    }
+    if b - a < 3 {
+        return Err("range must hold at least one call (two RTP ports plus RTCP)".into());
+    }
+    Ok((a, b))
+}
+
+fn concrete_ip(s: &str) -> Result<IpAddr, String> {
+    let ip: IpAddr = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not an IP address"))?;
+    if ip.is_unspecified() || ip.is_multicast() {
+        return Err(format!(
+            "{ip} cannot be advertised (unspecified or multicast)"
+        ));
+    }
+    Ok(ip)
+}
+
+impl Settings {
+    /// Parses and validates `text`.
+    pub fn from_toml(text: &str) -> Result<Settings, ConfigError> {
+        let raw: RawConfig = toml::from_str(text)?;
+        let mut errs = Vec::new();
+        let mut listen = Vec::new();
+        for (name, t, list) in [
+            ("udp", Transport::Udp, &raw.sip.udp),
+            ("tcp", Transport::Tcp, &raw.sip.tcp),
+            ("tls", Transport::Tls, &raw.sip.tls),
+            ("ws", Transport::Ws, &raw.sip.ws),
+        ] {
+            for (i, a) in list.iter().enumerate() {
+                match a.parse::<SocketAddr>() {
+                    Ok(sa) if sa.port() == 0 => {
+                        errs.push(format!("sip.{name}[{i}]: port 0 cannot be advertised"))
+                    }
+                    Ok(sa) => listen.push((t, sa)),
+                    Err(_) => errs.push(format!(
+                        "sip.{name}[{i}]: {a:?} is not an ip:port socket address"
+                    )),
+                }
+            }
+        }
+        if listen.is_empty() && errs.is_empty() {
+            errs.push("sip: no listen address (set at least one of udp, tcp, tls, ws)".into());
+        }
+        let address = match &raw.sip.address {
+            Some(a) => concrete_ip(a)
+                .map_err(|e| errs.push(format!("sip.address: {e}")))
+                .ok(),
+            None => match listen.iter().find(|(_, a)| !a.ip().is_unspecified()) {
+                Some((_, a)) => Some(a.ip()),
+                None if !listen.is_empty() => {
+                    errs.push(
+                        "sip.address: required when every listen address is unspecified".into(),
+                    );
+                    None
+                }
+                None => None,
+            },
+        };
+        let media_ip = concrete_ip(&raw.media.ip)
+            .map_err(|e| errs.push(format!("media.ip: {e}")))
+            .ok();
+        let media_ports = parse_range(&raw.media.ports)
+            .map_err(|e| errs.push(format!("media.ports: {e}")))
+            .ok();
+        if raw.fork_agent.speech_server.trim().is_empty() {
+            errs.push(
+                "fork_agent.speech_server: must name a [[speech_server]] of fork-agent".into(),
+            );
+        }
+        let mut routes = Vec::new();
+        if raw.routes.is_empty() {
+            errs.push("route: at least one [[route]] is needed".into());
+        }
+        for (i, r) in raw.routes.iter().enumerate() {
+            let pattern = match (&r.pattern, &r.prefix) {
+                (Some(p), None) if !p.is_empty() => Some(RoutePattern::Pattern(p.clone())),
+                (None, Some(p)) => Some(RoutePattern::Prefix(p.clone())),
+                (Some(_), Some(_)) => {
+                    errs.push(format!("route[{i}]: set pattern or prefix, not both"));
+                    None
+                }
+                _ => {
+                    errs.push(format!(
+                        "route[{i}].pattern: missing (pattern = \"6XXX\" or prefix = \"6\")"
+                    ));
+                    None
+                }
+            };
+            let next_hop = parse_next_hop(&r.next_hop)
+                .map_err(|e| errs.push(format!("route[{i}].next_hop: {e}")))
+                .ok();
+            let bind_sip = r.bind_sip.as_deref().map(concrete_ip).transpose();
+            let bind_sip = bind_sip
+                .map_err(|e| errs.push(format!("route[{i}].bind_sip: {e}")))
+                .ok()
+                .flatten();
+            let bind_media = r.bind_media.as_deref().map(concrete_ip).transpose();
+            let bind_media = bind_media
+                .map_err(|e| errs.push(format!("route[{i}].bind_media: {e}")))
+                .ok()
+                .flatten();
+            if let Some(hop) = next_hop {
+                if hop.transport != Transport::Udp
+                    && !listen.iter().any(|(t, _)| *t == hop.transport)
+                {
+                    errs.push(format!(
+                        "route[{i}].next_hop: transport {:?} has no listener in [sip]",
+                        hop.transport
+                    ));
+                }
+                if hop.transport == Transport::Udp
+                    && !listen.iter().any(|(t, _)| *t == Transport::Udp)
+                {
+                    errs.push(format!("route[{i}].next_hop: udp needs a sip.udp listener"));
+                }
+            }
+            if let (Some(pattern), Some(next_hop), Some(a), Some(m)) =
+                (pattern, next_hop, address, media_ip)
+            {
+                let bind = (bind_sip.is_some() || bind_media.is_some()).then(|| Bind {
+                    sip_ip: bind_sip.unwrap_or(a),
+                    media_ip: bind_media.unwrap_or(m),
+                });
+                routes.push(Route {
+                    pattern,
+                    next_hop,
+                    forking: r.forking,
+                    bind,
+                });
+            }
+        }
+        let needs_tls = listen.iter().any(|(t, _)| *t == Transport::Tls)
+            || routes
+                .iter()
+                .any(|r| r.next_hop.transport == Transport::Tls);
+        let tls = raw.tls.map(|t| TlsSettings {
+            cert: t.cert,
+            key: t.key,
+            client_ca: t.client_ca,
+            ca: t.ca,
+        });
+        if needs_tls && tls.is_none() {
+            errs.push(
+                "tls: a [tls] section (cert, key) is needed for TLS listeners or next hops".into(),
+            );
+        }
+        if let Some(t) = &tls {
+            for (name, p) in [("cert", Some(&t.cert)), ("key", Some(&t.key))]
+                .into_iter()
+                .chain([("client_ca", t.client_ca.as_ref()), ("ca", t.ca.as_ref())])
+            {
+                if let Some(p) = p {
+                    if !p.is_file() {
+                        errs.push(format!(
+                            "tls.{name}: {} is not a readable file",
+                            p.display()
+                        ));
+                    }
+                }
+            }
+        }
+        let (Some(address), Some(media_ip), Some(media_ports), true) =
+            (address, media_ip, media_ports, errs.is_empty())
+        else {
+            return Err(ConfigError::Invalid(errs));
+        };
+        let mut transport_ports = Vec::new();
+        for (t, a) in &listen {
+            if !transport_ports.iter().any(|(x, _)| x == t) {
+                transport_ports.push((*t, a.port()));
+            }
+        }
+        let sip_port = transport_ports.first().map(|(_, p)| *p).unwrap_or(5060);
+        Ok(Settings {
+            listen,
+            core: b2bua::Config {
+                sip_addr: SocketAddr::new(address, sip_port),
+                media_ip,
+                routes,
+                transport_ports,
+                seed: 0,
+            },
+            media_ports,
+            control_socket: raw
+                .fork_agent
+                .socket
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET)),
+            media: MediaConfig {
+                speech_server: raw.fork_agent.speech_server,
+            },
+            tls,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[sip]
+udp = ["10.77.1.1:5060", "10.77.2.1:5060"]
+tcp = ["10.77.1.1:5060"]
+
+[media]
+ip = "10.77.1.1"
+ports = "30000-39999"
+
+[fork_agent]
+socket = "/tmp/fa.sock"
+speech_server = "asr"
+
+[[route]]
+pattern = "2XXX"
+next_hop = "10.77.2.2:5060:udp"
+bind_sip = "10.77.2.1"
+bind_media = "10.77.2.1"
+
+[[route]]
+prefix = "9"
+next_hop = "10.77.2.2:5060:tcp"
+forking = false
+"#;
+
+    fn errors(text: &str) -> Vec<String> {
+        match Settings::from_toml(text) {
+            Err(ConfigError::Invalid(e)) => e,
+            other => panic!("expected field errors, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn good_config_builds_the_core_config() {
+        let s = Settings::from_toml(GOOD).expect("valid");
+        assert_eq!(s.listen.len(), 3);
+        assert_eq!(s.core.sip_addr, "10.77.1.1:5060".parse().expect("addr"));
+        assert_eq!(s.media_ports, (30000, 39999));
+        assert_eq!(s.core.routes.len(), 2);
+        let r0 = &s.core.routes[0];
+        assert_eq!(r0.pattern, RoutePattern::Pattern("2XXX".into()));
+        assert_eq!(
+            r0.bind,
+            Some(Bind {
+                sip_ip: "10.77.2.1".parse().expect("ip"),
+                media_ip: "10.77.2.1".parse().expect("ip"),
+            })
+        );
+        assert_eq!(s.core.routes[1].next_hop.transport, Transport::Tcp);
+        assert!(!s.core.routes[1].forking);
+        assert_eq!(s.media.speech_server, "asr");
+        assert_eq!(s.control_socket, PathBuf::from("/tmp/fa.sock"));
+    }
+
+    #[test]
+    fn each_error_names_its_field() {
+        let bad = GOOD
+            .replace("10.77.2.2:5060:udp", "10.77.2.2:5060:sctp")
+            .replace("30000-39999", "39999-30000")
+            .replace("ip = \"10.77.1.1\"", "ip = \"0.0.0.0\"")
+            .replace("\"10.77.2.1:5060\"]", "\"nonsense\"]");
+        let e = errors(&bad);
+        for field in ["route[0].next_hop", "media.ports", "media.ip", "sip.udp[1]"] {
+            assert!(
+                e.iter().any(|l| l.starts_with(field)),
+                "{field} not in {e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_are_syntax_errors_naming_the_key() {
+        let e = Settings::from_toml(&GOOD.replace("forking = false", "forking = \"no\""))
+            .expect_err("bad type");
+        assert!(e.to_string().contains("forking"), "{e}");
+        let e = Settings::from_toml(&GOOD.replace("[media]", "[media]\nport = 1"))
+            .expect_err("unknown key");
+        assert!(e.to_string().contains("port"), "{e}");
+    }
+
+    #[test]
+    fn tls_listener_needs_tls_section_and_routes_need_listeners() {
+        let e = errors(&GOOD.replace("tcp = [\"10.77.1.1:5060\"]", "tls = [\"10.77.1.1:5061\"]"));
+        assert!(e.iter().any(|l| l.starts_with("tls:")), "{e:?}");
+        assert!(
+            e.iter().any(|l| l.starts_with("route[1].next_hop")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn ranges_and_patterns() {
+        assert!(parse_range("30000-30001").is_err());
+        assert_eq!(parse_range("30000-30003"), Ok((30000, 30003)));
+        let e = errors(&GOOD.replace("pattern = \"2XXX\"", "pattern = \"2XXX\"\nprefix = \"2\""));
+        assert!(e.iter().any(|l| l.starts_with("route[0]:")), "{e:?}");
+        assert!(parse_next_hop("[fd77:2::2]:5060:tcp").is_ok());
+        assert!(parse_next_hop("10.0.0.1:5060").is_err());
+    }
+}

@@ -1,0 +1,717 @@
+//! Media layer: turns the B2BUA's [`SessionEvent`]s into fork-agent control API operations
+//! (docs/control-api.md) and the operations' results into fork status reports.
+//!
+//! Role: keeps, per call, the two legs' negotiated media, the kernel flows asked for and the
+//! fork's phase. Flows are reconciled, not scripted: after every media event the wanted flow set
+//! is computed (caller → A anchor → from the B anchor → callee, the reverse, and the RTCP pair on
+//! port + 1) and compared with what was installed, so a re-INVITE that moves an address, a hold
+//! with `c=0.0.0.0` or a codec change each produce exactly the `flow_del`/`flow_add` needed.
+//!
+//! Inputs: [`MediaLayer::handle_session`] with every [`SessionEvent`] the B2BUA emits, in order;
+//! [`MediaLayer::handle_control_result`] with each control operation's answer.
+//! Outputs: drain [`MediaLayer::poll_output`] after each input: [`MediaOutput::Control`] is one
+//! request line for fork-agent (the shell must execute them in order on one connection, which
+//! makes `fork_start` follow the flows it names); [`MediaOutput::Status`] goes to
+//! `B2bua::handle_fork_status`.
+//!
+//! Fork phases (reference "Media Forking Session", PAUSE/RESUME): START is reported CONNECTING
+//! at once, STARTED or ERROR when fork-agent answered. Hold or a non-G.711 codec on an active
+//! fork sends `fork_pause`, and the way back `fork_resume`; UPDATE sends `fork_update`. A
+//! fork-agent without these operations refuses them; the refusal is logged and no PAUSED/RESUMED
+//! /UPDATED is reported, so the controller is never told something that did not happen.
+//!
+//! This layer has no timers (fork-agent owns stream inactivity), hence no clock input.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+use tracing::{debug, warn};
+
+use crate::core::b2bua::{CallHandle, Leg, NegotiatedMedia, SessionEvent};
+use crate::core::fork_request::{
+    ForkCommand, ForkError, ForkKind, ForkState, Party, StatusReport, StreamStatus,
+};
+
+/// Control API version spoken (docs/control-api.md "Framing").
+pub const API_VERSION: u32 = 1;
+
+/// Default packetisation when the SDP has no `a=ptime` (RFC 3551 §4.5: G.711 frames are 20 ms
+/// by default).
+pub const DEFAULT_PTIME_MS: u32 = 20;
+
+/// Static configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaConfig {
+    /// `[[speech_server]]` name in fork-agent's config that forks go to.
+    pub speech_server: String,
+}
+
+/// Opaque id of one control request, echoed in [`MediaLayer::handle_control_result`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JobId(pub u64);
+
+/// `flow_add`'s `flow` object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FlowSpec {
+    /// Packets arriving here ...
+    pub local: SocketAddr,
+    /// ... leave from here ...
+    pub src: SocketAddr,
+    /// ... to here.
+    pub dst: SocketAddr,
+    /// An RTCP flow (relayed, never forked).
+    pub rtcp: bool,
+    /// Payload types forked as audio.
+    pub payload_types: Vec<u8>,
+    /// RFC 4733 telephone-event payload type.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dtmf_pt: Option<u8>,
+}
+
+/// One stream of `fork_start`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StreamSpec {
+    /// `caller` or `callee`.
+    pub channel: &'static str,
+    /// `local` of the flow carrying that party's audio.
+    pub flow: SocketAddr,
+}
+
+/// `fork_start`'s `fork` object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ForkSpec {
+    /// GUID from the controller's START.
+    pub call_guid: String,
+    /// Speech server name.
+    pub server: String,
+    /// `PCMU` or `PCMA`.
+    pub codec: &'static str,
+    /// Packetisation time.
+    pub ptime_ms: u32,
+    /// Opaque metadata from the START.
+    pub metadata: Map<String, Value>,
+    /// Caller stream first, then callee.
+    pub streams: Vec<StreamSpec>,
+}
+
+/// One control API request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ControlOp {
+    /// Relay one direction in the kernel.
+    FlowAdd {
+        /// The flow.
+        flow: FlowSpec,
+    },
+    /// Remove a flow.
+    FlowDel {
+        /// Its `local`.
+        local: SocketAddr,
+    },
+    /// Start forking a call.
+    ForkStart {
+        /// The fork.
+        fork: ForkSpec,
+    },
+    /// Stop forking a call.
+    ForkStop {
+        /// Fork GUID.
+        call_guid: String,
+    },
+    /// Pause a fork (hold, codec change).
+    ForkPause {
+        /// Fork GUID.
+        call_guid: String,
+    },
+    /// Resume a paused fork.
+    ForkResume {
+        /// Fork GUID.
+        call_guid: String,
+    },
+    /// Replace a fork's metadata.
+    ForkUpdate {
+        /// Fork GUID.
+        call_guid: String,
+        /// New metadata.
+        metadata: Map<String, Value>,
+    },
+}
+
+impl ControlOp {
+    /// The request line (without the trailing newline).
+    pub fn to_line(&self) -> String {
+        #[derive(Serialize)]
+        struct Wire<'a> {
+            v: u32,
+            #[serde(flatten)]
+            op: &'a ControlOp,
+        }
+        // Socket addresses, strings and JSON values always serialise; an empty object (refused
+        // by the agent, hence visible) beats a panic.
+        serde_json::to_string(&Wire {
+            v: API_VERSION,
+            op: self,
+        })
+        .unwrap_or_else(|_| "{}".into())
+    }
+}
+
+/// What the shell must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MediaOutput {
+    /// Send this request to fork-agent (in order) and report the answer with `job`.
+    Control {
+        /// Id to report the answer with.
+        job: JobId,
+        /// The request.
+        op: ControlOp,
+    },
+    /// Give this report to `B2bua::handle_fork_status`.
+    Status {
+        /// Call.
+        call: CallHandle,
+        /// Report.
+        report: StatusReport,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// `fork_start` sent, no answer yet.
+    Starting,
+    /// Forking.
+    Active,
+    /// `fork_pause` sent.
+    Pausing,
+    /// Paused.
+    Paused,
+    /// `fork_resume` sent.
+    Resuming,
+}
+
+#[derive(Debug, Clone)]
+struct Fork {
+    guid: String,
+    phase: Phase,
+}
+
+#[derive(Debug, Default)]
+struct CallMedia {
+    legs: [Option<NegotiatedMedia>; 2],
+    /// Flows asked for (by `local`), as last sent.
+    flows: BTreeMap<SocketAddr, FlowSpec>,
+    fork: Option<Fork>,
+}
+
+#[derive(Debug, Clone)]
+enum Purpose {
+    FlowAdd(SocketAddr),
+    FlowDel,
+    Start(String),
+    Stop(String),
+    Pause(String),
+    Resume(String),
+    Update(String),
+}
+
+/// The media layer.
+#[derive(Debug)]
+pub struct MediaLayer {
+    cfg: MediaConfig,
+    calls: HashMap<CallHandle, CallMedia>,
+    jobs: HashMap<JobId, (CallHandle, Purpose)>,
+    next_job: u64,
+    out: VecDeque<MediaOutput>,
+}
+
+fn local(m: &NegotiatedMedia) -> SocketAddr {
+    SocketAddr::new(m.local_ip, m.local_port)
+}
+
+fn plus_one(a: SocketAddr) -> Option<SocketAddr> {
+    Some(SocketAddr::new(a.ip(), a.port().checked_add(1)?))
+}
+
+/// True when forking must be paused: hold on either leg, or a codec other than G.711
+/// (reference: PAUSE "when the call is put on hold or the codec changes").
+fn should_pause(legs: &[Option<NegotiatedMedia>; 2]) -> bool {
+    legs.iter()
+        .flatten()
+        .any(|m| m.hold || !m.codec.as_ref().is_some_and(|c| c.is_g711()) || m.remote.is_none())
+}
+
+/// The flows a call wants: each leg's peer sends to that leg's anchor, and the packets leave
+/// from the other leg's anchor towards the other peer (so both peers see symmetric RTP).
+fn desired_flows(legs: &[Option<NegotiatedMedia>; 2]) -> BTreeMap<SocketAddr, FlowSpec> {
+    let mut out = BTreeMap::new();
+    let (Some(a), Some(b)) = (&legs[Leg::A as usize], &legs[Leg::B as usize]) else {
+        return out;
+    };
+    for (from, to) in [(a, b), (b, a)] {
+        // No destination while the far side holds with c=0.0.0.0 (RFC 3264 §8.4).
+        let Some(dst) = to.remote else { continue };
+        let codec = from.codec.as_ref().or(to.codec.as_ref());
+        let payload_types = codec
+            .filter(|c| c.is_g711())
+            .map(|c| vec![c.pt])
+            .unwrap_or_default();
+        let rtp = FlowSpec {
+            local: local(from),
+            src: local(to),
+            dst,
+            rtcp: false,
+            payload_types,
+            dtmf_pt: from.telephone_event.or(to.telephone_event),
+        };
+        // RTCP on the next port up (RFC 3550 §11); SDP `a=rtcp` is not honoured (see
+        // docs/sip-agent.md).
+        if let (Some(l), Some(s), Some(d)) = (plus_one(rtp.local), plus_one(rtp.src), plus_one(dst))
+        {
+            out.insert(
+                l,
+                FlowSpec {
+                    local: l,
+                    src: s,
+                    dst: d,
+                    rtcp: true,
+                    payload_types: Vec::new(),
+                    dtmf_pt: None,
+                },
+            );
+        }
+        out.insert(rtp.local, rtp);
+    }
+    out
+}
+
+fn fork_error(e: &str) -> ForkError {
+    ForkError::from_wire(e).unwrap_or(ForkError::InternalError)
+}
+
+impl MediaLayer {
+    /// A layer with no calls.
+    pub fn new(cfg: MediaConfig) -> Self {
+        Self {
+            cfg,
+            calls: HashMap::new(),
+            jobs: HashMap::new(),
+            next_job: 0,
+            out: VecDeque::new(),
+        }
+    }
+
+    /// Next output; drain until `None` after every `handle_*` call.
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<MediaOutput> {
+        self.out.pop_front()
+    }
+
+    /// Calls with media state.
+    pub fn call_count(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// Flows currently asked for across all calls.
+    pub fn flow_count(&self) -> usize {
+        self.calls.values().map(|c| c.flows.len()).sum()
+    }
+
+    fn control(&mut self, call: CallHandle, purpose: Purpose, op: ControlOp) {
+        self.next_job += 1;
+        let job = JobId(self.next_job);
+        self.jobs.insert(job, (call, purpose));
+        self.out.push_back(MediaOutput::Control { job, op });
+    }
+
+    fn status(
+        &mut self,
+        call: CallHandle,
+        guid: &str,
+        request: Option<ForkKind>,
+        state: ForkState,
+        status: Option<ForkError>,
+        streams: Vec<StreamStatus>,
+    ) {
+        self.out.push_back(MediaOutput::Status {
+            call,
+            report: StatusReport {
+                call_guid: Some(guid.to_string()),
+                request,
+                state,
+                status,
+                streams,
+            },
+        });
+    }
+
+    /// Feeds one session event from the B2BUA.
+    pub fn handle_session(&mut self, ev: &SessionEvent) {
+        match ev {
+            SessionEvent::MediaUp { call, leg, media }
+            | SessionEvent::MediaChanged { call, leg, media } => {
+                let c = self.calls.entry(*call).or_default();
+                c.legs[*leg as usize] = Some(media.clone());
+                self.reconcile_flows(*call);
+                self.reconcile_pause(*call);
+            }
+            SessionEvent::MediaDown { call } | SessionEvent::CallEnded { call, .. } => {
+                self.teardown(*call)
+            }
+            SessionEvent::ForkRequest { call, request, .. } => self.on_fork(*call, request),
+        }
+    }
+
+    fn reconcile_flows(&mut self, call: CallHandle) {
+        let Some(c) = self.calls.get_mut(&call) else {
+            return;
+        };
+        let want = desired_flows(&c.legs);
+        let dels: Vec<SocketAddr> = c
+            .flows
+            .iter()
+            .filter(|(l, spec)| want.get(l) != Some(spec))
+            .map(|(l, _)| *l)
+            .collect();
+        let adds: Vec<FlowSpec> = want
+            .values()
+            .filter(|spec| c.flows.get(&spec.local) != Some(spec))
+            .cloned()
+            .collect();
+        for l in &dels {
+            c.flows.remove(l);
+        }
+        for spec in &adds {
+            c.flows.insert(spec.local, spec.clone());
+        }
+        for local in dels {
+            self.control(call, Purpose::FlowDel, ControlOp::FlowDel { local });
+        }
+        for flow in adds {
+            self.control(
+                call,
+                Purpose::FlowAdd(flow.local),
+                ControlOp::FlowAdd { flow },
+            );
+        }
+    }
+
+    fn reconcile_pause(&mut self, call: CallHandle) {
+        let Some(c) = self.calls.get_mut(&call) else {
+            return;
+        };
+        let pause = should_pause(&c.legs);
+        let Some(f) = c.fork.as_mut() else { return };
+        let guid = f.guid.clone();
+        match (f.phase, pause) {
+            (Phase::Active, true) => {
+                f.phase = Phase::Pausing;
+                self.control(
+                    call,
+                    Purpose::Pause(guid.clone()),
+                    ControlOp::ForkPause { call_guid: guid },
+                );
+            }
+            (Phase::Paused, false) => {
+                f.phase = Phase::Resuming;
+                self.control(
+                    call,
+                    Purpose::Resume(guid.clone()),
+                    ControlOp::ForkResume { call_guid: guid },
+                );
+            }
+            // Starting/Pausing/Resuming: re-checked when the answer arrives.
+            _ => {}
+        }
+    }
+
+    fn teardown(&mut self, call: CallHandle) {
+        let Some(c) = self.calls.remove(&call) else {
+            return;
+        };
+        if let Some(f) = c.fork {
+            // The call is gone, so no status goes back (reference: forking stops with the call).
+            self.control(
+                call,
+                Purpose::Stop(f.guid.clone()),
+                ControlOp::ForkStop { call_guid: f.guid },
+            );
+        }
+        for local in c.flows.into_keys() {
+            self.control(call, Purpose::FlowDel, ControlOp::FlowDel { local });
+        }
+    }
+
+    fn on_fork(&mut self, call: CallHandle, request: &ForkCommand) {
+        let server = self.cfg.speech_server.clone();
+        let Some(c) = self.calls.get_mut(&call) else {
+            // The core only accepts fork requests on established calls, which have had MediaUp.
+            warn!(?call, "fork request for a call without media");
+            let guid = match request {
+                ForkCommand::Start(s) => s.call_guid.clone(),
+                ForkCommand::Stop { call_guid } | ForkCommand::Update { call_guid, .. } => {
+                    call_guid.clone()
+                }
+            };
+            let kind = match request {
+                ForkCommand::Start(_) => ForkKind::Start,
+                ForkCommand::Stop { .. } => ForkKind::Stop,
+                ForkCommand::Update { .. } => ForkKind::Update,
+            };
+            self.status(
+                call,
+                &guid,
+                Some(kind),
+                ForkState::Error,
+                Some(ForkError::InternalError),
+                vec![],
+            );
+            return;
+        };
+        match request {
+            ForkCommand::Start(s) => {
+                let (Some(a), Some(b)) = (&c.legs[Leg::A as usize], &c.legs[Leg::B as usize])
+                else {
+                    return self.status(
+                        call,
+                        &s.call_guid,
+                        Some(ForkKind::Start),
+                        ForkState::Error,
+                        Some(ForkError::InternalError),
+                        vec![],
+                    );
+                };
+                // The core checked the codec is G.711 before accepting the START.
+                let codec = match b.codec.as_ref().and_then(|k| k.name.as_deref()) {
+                    Some("PCMA") => "PCMA",
+                    _ => "PCMU",
+                };
+                let fork = ForkSpec {
+                    call_guid: s.call_guid.clone(),
+                    server,
+                    codec,
+                    ptime_ms: a.ptime.or(b.ptime).unwrap_or(DEFAULT_PTIME_MS),
+                    metadata: s.metadata.clone().unwrap_or_default(),
+                    streams: vec![
+                        StreamSpec {
+                            channel: "caller",
+                            flow: local(a),
+                        },
+                        StreamSpec {
+                            channel: "callee",
+                            flow: local(b),
+                        },
+                    ],
+                };
+                c.fork = Some(Fork {
+                    guid: s.call_guid.clone(),
+                    phase: Phase::Starting,
+                });
+                // Reference: status goes back once a connection is identified; fork-agent picks
+                // it when it receives fork_start.
+                self.status(
+                    call,
+                    &s.call_guid,
+                    Some(ForkKind::Start),
+                    ForkState::Connecting,
+                    None,
+                    vec![],
+                );
+                self.control(
+                    call,
+                    Purpose::Start(s.call_guid.clone()),
+                    ControlOp::ForkStart { fork },
+                );
+            }
+            ForkCommand::Stop { call_guid } => {
+                if c.fork.as_ref().is_some_and(|f| f.guid == *call_guid) {
+                    c.fork = None;
+                }
+                self.control(
+                    call,
+                    Purpose::Stop(call_guid.clone()),
+                    ControlOp::ForkStop {
+                        call_guid: call_guid.clone(),
+                    },
+                );
+            }
+            ForkCommand::Update {
+                call_guid,
+                metadata,
+            } => self.control(
+                call,
+                Purpose::Update(call_guid.clone()),
+                ControlOp::ForkUpdate {
+                    call_guid: call_guid.clone(),
+                    metadata: metadata.clone(),
+                },
+            ),
+        }
+    }
+
+    /// The answer to control request `job`: the response's `data` or its `error` string (also
+    /// used for a lost connection to fork-agent).
+    pub fn handle_control_result(&mut self, job: JobId, result: Result<Value, String>) {
+        let Some((call, purpose)) = self.jobs.remove(&job) else {
+            return;
+        };
+        let live = self.calls.contains_key(&call);
+        match purpose {
+            Purpose::FlowAdd(l) => {
+                if let Err(e) = result {
+                    warn!(?call, %l, error = %e, "flow_add refused");
+                    // Forget it, so the next media event asks again.
+                    if let Some(c) = self.calls.get_mut(&call) {
+                        c.flows.remove(&l);
+                    }
+                }
+            }
+            Purpose::FlowDel => {
+                if let Err(e) = result {
+                    warn!(?call, error = %e, "flow_del refused");
+                }
+            }
+            Purpose::Start(guid) => {
+                let Some(c) = self.calls.get_mut(&call) else {
+                    return; // call ended meanwhile; teardown already queued fork_stop
+                };
+                let current = c.fork.as_mut().filter(|f| f.guid == guid);
+                match (result, current) {
+                    (Ok(data), Some(f)) => {
+                        f.phase = Phase::Active;
+                        let streams = streams_of(&data);
+                        self.status(
+                            call,
+                            &guid,
+                            Some(ForkKind::Start),
+                            ForkState::Started,
+                            None,
+                            streams,
+                        );
+                        self.reconcile_pause(call);
+                    }
+                    (Ok(_), None) => debug!(?call, "fork started after a STOP was queued"),
+                    (Err(e), current) => {
+                        warn!(?call, error = %e, "fork_start refused");
+                        if current.is_some() {
+                            c.fork = None;
+                        }
+                        self.status(
+                            call,
+                            &guid,
+                            Some(ForkKind::Start),
+                            ForkState::Error,
+                            Some(fork_error(&e)),
+                            vec![],
+                        );
+                    }
+                }
+            }
+            Purpose::Stop(guid) => {
+                if !live {
+                    return;
+                }
+                match result {
+                    Ok(_) => self.status(
+                        call,
+                        &guid,
+                        Some(ForkKind::Stop),
+                        ForkState::Stopped,
+                        Some(ForkError::ForkingStopped),
+                        vec![],
+                    ),
+                    Err(e) => self.status(
+                        call,
+                        &guid,
+                        Some(ForkKind::Stop),
+                        ForkState::Error,
+                        Some(fork_error(&e)),
+                        vec![],
+                    ),
+                }
+            }
+            Purpose::Pause(ref guid) | Purpose::Resume(ref guid) => {
+                let resume = matches!(purpose, Purpose::Resume(_));
+                let guid = guid.clone();
+                let Some(f) = self
+                    .calls
+                    .get_mut(&call)
+                    .and_then(|c| c.fork.as_mut())
+                    .filter(|f| f.guid == guid)
+                else {
+                    return;
+                };
+                match result {
+                    Ok(_) => {
+                        f.phase = if resume { Phase::Active } else { Phase::Paused };
+                        let state = if resume {
+                            ForkState::Resumed
+                        } else {
+                            ForkState::Paused
+                        };
+                        self.status(call, &guid, None, state, None, vec![]);
+                    }
+                    Err(e) => {
+                        // Unsupported by this fork-agent or refused: the fork keeps running
+                        // as it was; nothing is reported (see module doc).
+                        warn!(?call, error = %e, resume, "fork pause/resume refused");
+                        f.phase = if resume { Phase::Paused } else { Phase::Active };
+                        return;
+                    }
+                }
+                // Media may have changed again while the request was in flight.
+                self.reconcile_pause(call);
+            }
+            Purpose::Update(guid) => {
+                if !live {
+                    return;
+                }
+                match result {
+                    Ok(_) => self.status(
+                        call,
+                        &guid,
+                        Some(ForkKind::Update),
+                        ForkState::Updated,
+                        None,
+                        vec![],
+                    ),
+                    Err(e) => self.status(
+                        call,
+                        &guid,
+                        Some(ForkKind::Update),
+                        ForkState::Error,
+                        Some(fork_error(&e)),
+                        vec![],
+                    ),
+                }
+            }
+        }
+    }
+}
+
+/// `fork_start`'s answer `{"streams":[{"stream_id":1,"channel":"caller"},...]}` as status streams.
+fn streams_of(data: &Value) -> Vec<StreamStatus> {
+    data.get("streams")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| {
+                    let id = u32::try_from(s.get("stream_id")?.as_u64()?).ok()?;
+                    let party = match s.get("channel")?.as_str()? {
+                        "caller" => Party::Calling,
+                        "callee" => Party::Called,
+                        _ => return None,
+                    };
+                    Some(StreamStatus {
+                        channel_id: id,
+                        party,
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,395 @@
+use std::net::{IpAddr, SocketAddr};
+
+use serde_json::json;
+
+use super::*;
+use crate::core::b2bua::EndReason;
+use crate::core::fork_request::{SpeechServer, StartRequest, WsScheme};
+use crate::core::sdp::{Codec, Direction};
+
+const CALL: CallHandle = CallHandle(7);
+
+fn codec(name: &str, pt: u8) -> Codec {
+    Codec {
+        pt,
+        name: Some(name.into()),
+        clock_rate: Some(8000),
+        channels: None,
+        fmtp: None,
+    }
+}
+
+fn media(local_ip: &str, local_port: u16, remote: &str, c: Codec) -> NegotiatedMedia {
+    NegotiatedMedia {
+        remote: Some(remote.parse().expect("addr")),
+        local_ip: local_ip.parse::<IpAddr>().expect("ip"),
+        local_port,
+        codec: Some(c),
+        telephone_event: Some(101),
+        direction: Direction::SendRecv,
+        hold: false,
+        ptime: None,
+    }
+}
+
+fn a_media() -> NegotiatedMedia {
+    media("10.77.1.1", 30000, "10.77.1.2:40000", codec("PCMU", 0))
+}
+
+fn b_media() -> NegotiatedMedia {
+    media("10.77.2.1", 30002, "10.77.2.2:40000", codec("PCMU", 0))
+}
+
+fn layer() -> MediaLayer {
+    MediaLayer::new(MediaConfig {
+        speech_server: "asr".into(),
+    })
+}
+
+fn drain(m: &mut MediaLayer) -> Vec<MediaOutput> {
+    std::iter::from_fn(|| m.poll_output()).collect()
+}
+
+fn ops(out: &[MediaOutput]) -> Vec<(JobId, ControlOp)> {
+    out.iter()
+        .filter_map(|o| match o {
+            MediaOutput::Control { job, op } => Some((*job, op.clone())),
+            MediaOutput::Status { .. } => None,
+        })
+        .collect()
+}
+
+fn statuses(out: &[MediaOutput]) -> Vec<StatusReport> {
+    out.iter()
+        .filter_map(|o| match o {
+            MediaOutput::Status { report, .. } => Some(report.clone()),
+            MediaOutput::Control { .. } => None,
+        })
+        .collect()
+}
+
+fn up(m: &mut MediaLayer) -> Vec<MediaOutput> {
+    m.handle_session(&SessionEvent::MediaUp {
+        call: CALL,
+        leg: Leg::A,
+        media: a_media(),
+    });
+    m.handle_session(&SessionEvent::MediaUp {
+        call: CALL,
+        leg: Leg::B,
+        media: b_media(),
+    });
+    drain(m)
+}
+
+fn ok_all(m: &mut MediaLayer, out: &[MediaOutput]) -> Vec<MediaOutput> {
+    for (job, _) in ops(out) {
+        m.handle_control_result(job, Ok(json!({})));
+    }
+    drain(m)
+}
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().expect("addr")
+}
+
+fn start(guid: &str) -> SessionEvent {
+    SessionEvent::ForkRequest {
+        call: CALL,
+        leg: Leg::A,
+        request: ForkCommand::Start(StartRequest {
+            call_guid: guid.into(),
+            server: SpeechServer {
+                scheme: WsScheme::Ws,
+                host: "10.77.3.2".into(),
+                port: 9000,
+                path: "/".into(),
+            },
+            auth_token: None,
+            codec: None,
+            metadata: None,
+        }),
+    }
+}
+
+#[test]
+fn media_up_installs_both_directions_and_rtcp() {
+    let mut m = layer();
+    let out = up(&mut m);
+    let adds: Vec<FlowSpec> = ops(&out)
+        .into_iter()
+        .filter_map(|(_, op)| match op {
+            ControlOp::FlowAdd { flow } => Some(flow),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(adds.len(), 4, "{out:?}");
+    let a = adds
+        .iter()
+        .find(|f| f.local == sa("10.77.1.1:30000"))
+        .expect("caller flow");
+    assert_eq!(a.src, sa("10.77.2.1:30002"));
+    assert_eq!(a.dst, sa("10.77.2.2:40000"));
+    assert_eq!(a.payload_types, vec![0]);
+    assert_eq!(a.dtmf_pt, Some(101));
+    let b = adds
+        .iter()
+        .find(|f| f.local == sa("10.77.2.1:30002"))
+        .expect("callee flow");
+    assert_eq!(
+        (b.src, b.dst),
+        (sa("10.77.1.1:30000"), sa("10.77.1.2:40000"))
+    );
+    let rtcp = adds
+        .iter()
+        .find(|f| f.local == sa("10.77.1.1:30001"))
+        .expect("rtcp flow");
+    assert!(rtcp.rtcp);
+    assert_eq!(rtcp.dst, sa("10.77.2.2:40001"));
+    assert_eq!(m.flow_count(), 4);
+}
+
+#[test]
+fn wire_format_matches_control_api_doc() {
+    let op = ControlOp::FlowDel {
+        local: sa("10.77.1.1:30000"),
+    };
+    assert_eq!(
+        op.to_line(),
+        r#"{"v":1,"op":"flow_del","local":"10.77.1.1:30000"}"#
+    );
+    let op = ControlOp::ForkStop {
+        call_guid: "g".into(),
+    };
+    assert_eq!(op.to_line(), r#"{"v":1,"op":"fork_stop","call_guid":"g"}"#);
+}
+
+#[test]
+fn address_change_replaces_only_the_affected_flows() {
+    let mut m = layer();
+    let out = up(&mut m);
+    ok_all(&mut m, &out);
+    let mut moved = b_media();
+    moved.remote = Some(sa("10.77.2.2:41000"));
+    m.handle_session(&SessionEvent::MediaChanged {
+        call: CALL,
+        leg: Leg::B,
+        media: moved,
+    });
+    let out = drain(&mut m);
+    let ops = ops(&out);
+    // The caller → callee RTP and RTCP flows change destination; the reverse ones stay.
+    assert_eq!(ops.len(), 4, "{ops:?}");
+    assert!(matches!(&ops[0].1, ControlOp::FlowDel { .. }));
+    assert!(matches!(&ops[1].1, ControlOp::FlowDel { .. }));
+    assert!(ops.iter().any(|(_, op)| matches!(op,
+        ControlOp::FlowAdd { flow } if flow.dst == sa("10.77.2.2:41000"))));
+}
+
+#[test]
+fn start_reports_connecting_then_started_with_streams() {
+    let mut m = layer();
+    let out = up(&mut m);
+    ok_all(&mut m, &out);
+    m.handle_session(&start("abc"));
+    let out = drain(&mut m);
+    let st = statuses(&out);
+    assert_eq!(st.len(), 1);
+    assert_eq!(st[0].state, ForkState::Connecting);
+    let ops = ops(&out);
+    let (job, ControlOp::ForkStart { fork }) = &ops[0] else {
+        panic!("{ops:?}")
+    };
+    assert_eq!(fork.codec, "PCMU");
+    assert_eq!(fork.server, "asr");
+    assert_eq!(fork.ptime_ms, 20);
+    assert_eq!(fork.streams[0].channel, "caller");
+    assert_eq!(fork.streams[0].flow, sa("10.77.1.1:30000"));
+    assert_eq!(fork.streams[1].flow, sa("10.77.2.1:30002"));
+    m.handle_control_result(
+        *job,
+        Ok(json!({"streams":[{"stream_id":4,"channel":"caller"},{"stream_id":5,"channel":"callee"}]})),
+    );
+    let st = statuses(&drain(&mut m));
+    assert_eq!(st[0].state, ForkState::Started);
+    assert_eq!(
+        st[0].streams,
+        vec![
+            StreamStatus {
+                channel_id: 4,
+                party: Party::Calling
+            },
+            StreamStatus {
+                channel_id: 5,
+                party: Party::Called
+            }
+        ]
+    );
+}
+
+#[test]
+fn start_refused_reports_the_agents_error_string() {
+    let mut m = layer();
+    let out = up(&mut m);
+    ok_all(&mut m, &out);
+    m.handle_session(&start("abc"));
+    let out = drain(&mut m);
+    let (job, _) = ops(&out)[0].clone();
+    m.handle_control_result(job, Err("Codec is not supported".into()));
+    let st = statuses(&drain(&mut m));
+    assert_eq!(st[0].state, ForkState::Error);
+    assert_eq!(st[0].status, Some(ForkError::CodecNotSupported));
+    m.handle_session(&start("abd"));
+    let out = drain(&mut m);
+    let (job, _) = ops(&out)[0].clone();
+    m.handle_control_result(job, Err("no such speech server".into()));
+    let st = statuses(&drain(&mut m));
+    assert_eq!(st[0].status, Some(ForkError::InternalError));
+}
+
+#[test]
+fn stop_and_call_end() {
+    let mut m = layer();
+    let out = up(&mut m);
+    ok_all(&mut m, &out);
+    m.handle_session(&start("abc"));
+    let out = drain(&mut m);
+    ok_all(&mut m, &out);
+    m.handle_session(&SessionEvent::ForkRequest {
+        call: CALL,
+        leg: Leg::A,
+        request: ForkCommand::Stop {
+            call_guid: "abc".into(),
+        },
+    });
+    let out = drain(&mut m);
+    assert!(matches!(&ops(&out)[0].1, ControlOp::ForkStop { call_guid } if call_guid == "abc"));
+    let st = statuses(&ok_all(&mut m, &out));
+    assert_eq!(st[0].state, ForkState::Stopped);
+    assert_eq!(st[0].status, Some(ForkError::ForkingStopped));
+
+    // A new fork, then the call ends: fork_stop first, then every flow removed, no status.
+    m.handle_session(&start("abe"));
+    let out = drain(&mut m);
+    ok_all(&mut m, &out);
+    m.handle_session(&SessionEvent::MediaDown { call: CALL });
+    m.handle_session(&SessionEvent::CallEnded {
+        call: CALL,
+        reason: EndReason::Bye(Leg::A),
+    });
+    let out = drain(&mut m);
+    let ops = ops(&out);
+    assert!(matches!(&ops[0].1, ControlOp::ForkStop { .. }));
+    assert_eq!(
+        ops.iter()
+            .filter(|(_, o)| matches!(o, ControlOp::FlowDel { .. }))
+            .count(),
+        4
+    );
+    assert!(statuses(&ok_all(&mut m, &out)).is_empty());
+    assert_eq!(m.call_count(), 0);
+    assert_eq!(m.flow_count(), 0);
+}
+
+#[test]
+fn hold_pauses_and_unhold_resumes() {
+    let mut m = layer();
+    let out = up(&mut m);
+    ok_all(&mut m, &out);
+    m.handle_session(&start("abc"));
+    let out = drain(&mut m);
+    ok_all(&mut m, &out);
+    let mut held = a_media();
+    held.hold = true;
+    held.direction = Direction::SendOnly;
+    m.handle_session(&SessionEvent::MediaChanged {
+        call: CALL,
+        leg: Leg::A,
+        media: held,
+    });
+    let out = drain(&mut m);
+    assert!(ops(&out)
+        .iter()
+        .any(|(_, o)| matches!(o, ControlOp::ForkPause { .. })));
+    let st = statuses(&ok_all(&mut m, &out));
+    assert_eq!(st[0].state, ForkState::Paused);
+    m.handle_session(&SessionEvent::MediaChanged {
+        call: CALL,
+        leg: Leg::A,
+        media: a_media(),
+    });
+    let out = drain(&mut m);
+    assert!(ops(&out)
+        .iter()
+        .any(|(_, o)| matches!(o, ControlOp::ForkResume { .. })));
+    let st = statuses(&ok_all(&mut m, &out));
+    assert_eq!(st[0].state, ForkState::Resumed);
+}
+
+#[test]
+fn codec_change_pauses_and_refusal_is_not_reported() {
+    let mut m = layer();
+    let out = up(&mut m);
+    ok_all(&mut m, &out);
+    m.handle_session(&start("abc"));
+    let out = drain(&mut m);
+    ok_all(&mut m, &out);
+    let mut g729 = b_media();
+    g729.codec = Some(codec("G729", 18));
+    m.handle_session(&SessionEvent::MediaChanged {
+        call: CALL,
+        leg: Leg::B,
+        media: g729,
+    });
+    let out = drain(&mut m);
+    let pause = ops(&out)
+        .into_iter()
+        .find(|(_, o)| matches!(o, ControlOp::ForkPause { .. }))
+        .expect("pause");
+    m.handle_control_result(pause.0, Err("unknown op fork_pause".into()));
+    assert!(statuses(&drain(&mut m)).is_empty());
+}
+
+#[test]
+fn held_side_with_zero_address_gets_no_flow() {
+    let mut m = layer();
+    m.handle_session(&SessionEvent::MediaUp {
+        call: CALL,
+        leg: Leg::A,
+        media: NegotiatedMedia {
+            remote: None,
+            ..a_media()
+        },
+    });
+    m.handle_session(&SessionEvent::MediaUp {
+        call: CALL,
+        leg: Leg::B,
+        media: b_media(),
+    });
+    let out = drain(&mut m);
+    let locals: Vec<SocketAddr> = ops(&out)
+        .into_iter()
+        .filter_map(|(_, o)| match o {
+            ControlOp::FlowAdd { flow } => Some(flow.local),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(locals.len(), 2);
+    assert!(locals.contains(&sa("10.77.1.1:30000")));
+}
+
+#[test]
+fn failed_flow_add_is_retried_on_next_event() {
+    let mut m = layer();
+    let out = up(&mut m);
+    for (job, _) in ops(&out) {
+        m.handle_control_result(job, Err("neighbour unresolved".into()));
+    }
+    assert_eq!(m.flow_count(), 0);
+    m.handle_session(&SessionEvent::MediaChanged {
+        call: CALL,
+        leg: Leg::A,
+        media: a_media(),
+    });
+    assert_eq!(ops(&drain(&mut m)).len(), 4);
+}
