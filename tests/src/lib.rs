@@ -664,7 +664,9 @@ pub mod kernel {
     use anyhow::{bail, Context, Result};
     use aya::programs::{TestRun, TestRunOptions};
     use fork_agent::io::ebpf::{unpin_all, DataPlane};
-    use fork_common::{FlowStats, ForkTag, Reason, MAX_REASONS};
+    use fork_common::{
+        FlowAction, FlowKey, FlowStats, ForkTag, NeighKey, NeighValue, Reason, MAX_REASONS,
+    };
     use nix::sched::CloneFlags;
 
     use super::{ns_run, run, COUNTER, PREFIX};
@@ -707,7 +709,8 @@ pub mod kernel {
         }
 
         fn from_bytes(b: &[u8; 24]) -> XdpMd {
-            let w = |i: usize| u32::from_ne_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]);
+            let w =
+                |i: usize| u32::from_ne_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]);
             XdpMd {
                 data: w(0),
                 data_end: w(1),
@@ -946,6 +949,155 @@ pub mod kernel {
         pub fn capture(&mut self, meta: &[u8], frame: &[u8]) -> Result<Outcome> {
             let peer = self.fork_peer;
             self.test_run(fork_common::PROG_FORK_CAPTURE, meta, frame, peer)
+        }
+    }
+
+    /// MACs the relay writes, as `NEIGHBOURS` holds them.
+    pub const NEXT_HOP_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x0d];
+    pub const EGRESS_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x05];
+
+    /// One `FLOWS` entry as a test describes it.
+    #[derive(Clone, Debug)]
+    pub struct FlowCfg {
+        /// The anchored address packets arrive at (the key).
+        pub local: SocketAddr,
+        /// Our address on the egress leg (new source).
+        pub src: SocketAddr,
+        /// The peer on the egress leg (new destination).
+        pub dst: SocketAddr,
+        pub egress_ifindex: u32,
+        /// Next hop on `egress_ifindex`: `dst`'s address unless a test routes elsewhere.
+        pub nexthop: IpAddr,
+        /// `FLOW_F_*`.
+        pub flags: u8,
+        pub stream_id: u32,
+        pub stats_index: u32,
+        /// Payload types forked as audio.
+        pub pts: Vec<u8>,
+        pub dtmf_pt: u8,
+        /// Expected source for strict-source flows.
+        pub expect: Option<SocketAddr>,
+        /// Family written into the action (defaults to `local`'s).
+        pub family: Option<u8>,
+    }
+
+    impl FlowCfg {
+        pub fn new(local: SocketAddr, src: SocketAddr, dst: SocketAddr, egress: u32) -> FlowCfg {
+            FlowCfg {
+                local,
+                src,
+                dst,
+                egress_ifindex: egress,
+                nexthop: dst.ip(),
+                flags: 0,
+                stream_id: 7,
+                stats_index: 3,
+                pts: vec![0, 8],
+                dtmf_pt: 101,
+                expect: None,
+                family: None,
+            }
+        }
+
+        pub fn key(&self) -> FlowKey {
+            FlowKey::new(self.local)
+        }
+
+        pub fn action(&self) -> FlowAction {
+            let (family, src) = fork_common::addr_words(self.src.ip());
+            let (_, dst) = fork_common::addr_words(self.dst.ip());
+            let (_, nexthop_be) = fork_common::addr_words(self.nexthop);
+            let (expect_addr_be, expect_port_be) = self.expect.map_or(([0; 4], 0), |e| {
+                (fork_common::addr_words(e.ip()).1, e.port().to_be())
+            });
+            FlowAction {
+                src_addr_be: src,
+                dst_addr_be: dst,
+                expect_addr_be,
+                src_port_be: self.src.port().to_be(),
+                dst_port_be: self.dst.port().to_be(),
+                expect_port_be,
+                family: self.family.unwrap_or(family),
+                flags: self.flags,
+                stream_id: self.stream_id,
+                stats_index: self.stats_index,
+                pt_mask: FlowAction::mask_of(&self.pts),
+                dtmf_pt: self.dtmf_pt,
+                _pad: [0; 3],
+                egress_ifindex: self.egress_ifindex,
+                nexthop_be,
+            }
+        }
+
+        /// The frame the relay must emit for `input`: new MACs, addresses and ports, TTL 64,
+        /// checksums recomputed from scratch by the builder.
+        pub fn expected(&self, input: &FrameSpec) -> FrameSpec {
+            FrameSpec {
+                dmac: NEXT_HOP_MAC,
+                smac: EGRESS_MAC,
+                src: self.src,
+                dst: self.dst,
+                ttl: 64,
+                ..input.clone()
+            }
+        }
+    }
+
+    impl XdpBench {
+        /// Insert the flow and zero its `FLOW_STATS` slot (as fork-agent does on slot reuse).
+        pub fn install(&mut self, f: &FlowCfg) -> Result<()> {
+            self.dp.flows.insert(f.key(), f.action(), 0)?;
+            self.dp
+                .flow_stats
+                .set(f.stats_index, FlowStats::default(), 0)?;
+            Ok(())
+        }
+
+        /// Resolve `f`'s next hop in `NEIGHBOURS` to [`NEXT_HOP_MAC`] / [`EGRESS_MAC`].
+        pub fn add_neighbour(&mut self, f: &FlowCfg) -> Result<()> {
+            let (family, addr_be) = fork_common::addr_words(f.nexthop);
+            let key = NeighKey {
+                addr_be,
+                ifindex: f.egress_ifindex,
+                family,
+                _pad: [0; 3],
+            };
+            let value = NeighValue {
+                dmac: NEXT_HOP_MAC,
+                smac: EGRESS_MAC,
+                _pad: [0; 4],
+            };
+            self.dp.neighbours.insert(key, value, 0)?;
+            Ok(())
+        }
+
+        /// Add an interface of this namespace to `TX_PORTS` (no devmap program).
+        pub fn add_tx_port(&mut self, ifindex: u32) -> Result<()> {
+            self.dp.tx_ports.insert(ifindex, ifindex, None, 0)?;
+            Ok(())
+        }
+
+        /// Set `CONFIG.fork_ifindex` (0: forking unavailable).
+        pub fn set_fork_if(&mut self, ifindex: u32) -> Result<()> {
+            self.dp.config.set(
+                0,
+                fork_common::Config {
+                    fork_ifindex: ifindex,
+                    _pad: 0,
+                },
+                0,
+            )?;
+            Ok(())
+        }
+
+        /// A flow from `local` relayed out of media interface 1 with its neighbour resolved and
+        /// the interface in `TX_PORTS`: the common case.
+        pub fn relay_flow(&mut self, local: &str, src: &str, dst: &str) -> Result<FlowCfg> {
+            let f = FlowCfg::new(local.parse()?, src.parse()?, dst.parse()?, self.media[1]);
+            self.add_tx_port(f.egress_ifindex)?;
+            self.add_neighbour(&f)?;
+            self.install(&f)?;
+            Ok(f)
         }
     }
 
