@@ -42,6 +42,17 @@ pub struct Config {
     pub control: ControlConfig,
     #[serde(default, rename = "speech_server")]
     pub speech_servers: Vec<SpeechServerConfig>,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// Prometheus text endpoint (off unless `listen` is set).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `host:port` serving `GET /metrics`, e.g. "127.0.0.1:9464".
+    #[serde(default)]
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -114,19 +125,133 @@ fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/xdpfork")
 }
 
+/// One speech server profile (CUBE `media profile stream-service`): where to connect and how.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SpeechServerConfig {
     pub name: String,
-    /// `ws://host:port/path` (wss comes with the TLS work of the fork-agent issue).
+    /// `ws://host[:port]/path` or `wss://…`; a fork request may override it with its own URL.
     pub url: String,
-    /// Frames queued per connection before new audio is dropped (counted).
+    /// Sent as `Authorization: Bearer <token>`; a fork request may override it.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Frames queued per connection before new audio is dropped (counted; control is never
+    /// dropped).
     #[serde(default = "default_queue")]
     pub queue_frames: usize,
+    /// Calls per WebSocket connection, 1–20 (CUBE `connection calls-threshold`, default 3).
+    #[serde(default = "default_calls_threshold")]
+    pub calls_threshold: u32,
+    /// Seconds an unused connection stays open (CUBE `connection idle-timeout`, 30 min).
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_secs: u64,
+    /// Give up one connection attempt (DNS + TCP + proxy + TLS + upgrade) after this long.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_ms: u64,
+    /// First reconnect delay (doubled per failure, with jitter).
+    #[serde(default = "default_backoff_initial")]
+    pub backoff_initial_ms: u64,
+    /// Largest reconnect delay.
+    #[serde(default = "default_backoff_max")]
+    pub backoff_max_ms: u64,
+    /// Failed attempts in a row before waiting forks fail ("Connection failed").
+    #[serde(default = "default_max_attempts")]
+    pub max_connect_attempts: u32,
+    /// Close a connection whose queue stayed full this long.
+    #[serde(default = "default_stall_timeout")]
+    pub stall_timeout_ms: u64,
+    /// Local address to connect from (CUBE `source-ip`).
+    #[serde(default)]
+    pub source_address: Option<std::net::IpAddr>,
+    /// HTTP CONNECT proxy (CUBE `proxy host H port P`).
+    #[serde(default)]
+    pub proxy: Option<ProxyConfig>,
+    /// TLS settings for `wss://`.
+    #[serde(default)]
+    pub tls: TlsConfig,
+}
+
+/// HTTP proxy reached with CONNECT (RFC 9110 §9.3.6).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    pub host: String,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum TlsMinVersion {
+    /// TLS 1.2 and 1.3 (the reference speaks 1.2 only).
+    #[default]
+    #[serde(rename = "1.2")]
+    V1_2,
+    /// TLS 1.3 only.
+    #[serde(rename = "1.3")]
+    V1_3,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// "1.2" (default) or "1.3".
+    #[serde(default)]
+    pub min_version: TlsMinVersion,
+    /// Allowed cipher suites (rustls names or `ecdhe-rsa-aes-gcm-sha2`-style groups); empty =
+    /// rustls defaults (AES-GCM and ChaCha20-Poly1305).
+    #[serde(default)]
+    pub cipher_suites: Vec<String>,
+    /// PEM CA bundle; default: the system bundle.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate chain, for servers that require one.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `client_cert`.
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
 }
 
 fn default_queue() -> usize {
     4096
+}
+fn default_calls_threshold() -> u32 {
+    3
+}
+fn default_idle_timeout() -> u64 {
+    30 * 60
+}
+fn default_connect_timeout() -> u64 {
+    10_000
+}
+fn default_backoff_initial() -> u64 {
+    500
+}
+fn default_backoff_max() -> u64 {
+    30_000
+}
+fn default_max_attempts() -> u32 {
+    5
+}
+fn default_stall_timeout() -> u64 {
+    10_000
+}
+
+impl SpeechServerConfig {
+    /// The pool policy settings of this profile.
+    pub fn pool_config(&self) -> crate::core::ws_pool::PoolConfig {
+        use std::time::Duration;
+        crate::core::ws_pool::PoolConfig {
+            calls_threshold: self.calls_threshold,
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+            backoff_initial: Duration::from_millis(self.backoff_initial_ms),
+            backoff_max: Duration::from_millis(self.backoff_max_ms),
+            stable_after: Duration::from_secs(10),
+            max_connect_attempts: self.max_connect_attempts,
+            send_queue_limit: self.queue_frames,
+            stall_timeout: Duration::from_millis(self.stall_timeout_ms),
+        }
+    }
 }
 
 /// Longest interface name Linux accepts (IFNAMSIZ - 1).
@@ -208,19 +333,29 @@ impl Config {
             if s.name.is_empty() || !names.insert(&s.name) {
                 return Err(invalid(f("name"), "must be non-empty and unique"));
             }
-            if !s.url.starts_with("ws://") {
-                return Err(invalid(f("url"), "must start with ws://"));
-            }
-            if s.url["ws://".len()..]
-                .split('/')
-                .next()
-                .unwrap_or("")
-                .is_empty()
-            {
-                return Err(invalid(f("url"), "has no host"));
+            if let Err(e) = crate::core::ws_url::WsUrl::parse(&s.url) {
+                return Err(invalid(f("url"), e));
             }
             if !(16..=1_000_000).contains(&s.queue_frames) {
                 return Err(invalid(f("queue_frames"), "must be from 16 to 1000000"));
+            }
+            if let Err(e) = s.pool_config().validate() {
+                let field = match e {
+                    crate::core::ws_pool::PoolError::InvalidConfig { field, .. } => field,
+                    _ => "pool",
+                };
+                return Err(invalid(f(field), e.to_string()));
+            }
+            if s.tls.client_cert.is_some() != s.tls.client_key.is_some() {
+                return Err(invalid(
+                    f("tls.client_cert"),
+                    "client_cert and client_key go together",
+                ));
+            }
+            if let Some(p) = &s.proxy {
+                if p.host.is_empty() || p.port == 0 {
+                    return Err(invalid(f("proxy"), "needs a host and a non-zero port"));
+                }
             }
         }
         Ok(())
@@ -277,6 +412,17 @@ mod tests {
         );
         let bad_url = GOOD.replace("ws://127.0.0.1:9000/stream", "http://x");
         assert!(err_of(&bad_url).contains("speech_server[0].url"));
+        let bad = GOOD.replace("stream\"", "stream\"\ncalls_threshold = 21");
+        assert!(
+            err_of(&bad).contains("speech_server[0].calls_threshold"),
+            "{}",
+            err_of(&bad)
+        );
+        let bad = GOOD.replace(
+            "stream\"",
+            "stream\"\n[speech_server.tls]\nmin_version = \"1.1\"",
+        );
+        assert!(err_of(&bad).contains("min_version"), "{}", err_of(&bad));
     }
 
     #[test]

@@ -10,7 +10,9 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use fork_agent::{
     config::Config,
-    core::control_api::{FlowSpec, ForkSpec, Op, Request, StreamSpec, API_VERSION},
+    core::control_api::{
+        FlowSpec, ForkSpec, Op, Request, StreamServiceShow, StreamSpec, API_VERSION,
+    },
 };
 use serde_json::Value;
 
@@ -55,8 +57,44 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum CtlCmd {
-    /// show flows | counters | forks
-    Show { what: String },
+    /// show flows | counters | forks | stream-service …
+    Show {
+        /// flows, counters, forks, or stream-service
+        what: String,
+        /// For stream-service: callid ID | connection | connection-history |
+        /// connection-id N | server HOST:PORT | statistics
+        args: Vec<String>,
+    },
+    /// clear stream-service connection-id N forced | clear stream-service statistics
+    Clear {
+        /// stream-service
+        what: String,
+        /// connection-id N forced | statistics
+        args: Vec<String>,
+    },
+    /// Pause a fork's streams (reason: hold, codec_change, request).
+    ForkPause {
+        #[arg(long)]
+        guid: String,
+        #[arg(long, default_value = "request")]
+        reason: String,
+    },
+    /// Resume a paused fork, optionally in another G.711 law.
+    ForkResume {
+        #[arg(long)]
+        guid: String,
+        #[arg(long)]
+        codec: Option<String>,
+    },
+    /// Replace a fork's metadata (a JSON object).
+    ForkUpdate {
+        #[arg(long)]
+        guid: String,
+        #[arg(long)]
+        metadata: String,
+    },
+    /// Print fork status events as they happen (Ctrl-C to stop).
+    Subscribe,
     /// Install a relay flow in the kernel.
     FlowAdd {
         #[arg(long)]
@@ -127,13 +165,60 @@ fn init_tracing() {
 }
 
 fn ctl(socket: &PathBuf, json: bool, cmd: CtlCmd) -> Result<()> {
+    let mut table_kind = TableKind::Generic;
+    let mut subscribe = false;
     let op = match cmd {
-        CtlCmd::Show { what } => match what.as_str() {
+        CtlCmd::Show { what, args } => match what.as_str() {
             "flows" => Op::ShowFlows,
             "counters" => Op::ShowCounters,
             "forks" => Op::ShowForks,
-            other => bail!("unknown `show {other}`: use flows, counters or forks"),
+            "stream-service" => {
+                let (op, kind) = show_stream_service(&args)?;
+                table_kind = kind;
+                op
+            }
+            other => {
+                bail!("unknown `show {other}`: use flows, counters, forks or stream-service")
+            }
         },
+        CtlCmd::Clear { what, args } => {
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            match (what.as_str(), a.as_slice()) {
+                ("stream-service", ["statistics"]) => Op::ClearStreamStatistics,
+                ("stream-service", ["connection-id", n, rest @ ..]) => Op::ClearStreamConnection {
+                    id: n.parse().with_context(|| format!("connection id `{n}` is not a number"))?,
+                    forced: rest == ["forced"],
+                },
+                _ => bail!(
+                    "use `clear stream-service connection-id N forced` or `clear stream-service statistics`"
+                ),
+            }
+        }
+        CtlCmd::ForkPause { guid, reason } => Op::ForkPause {
+            call_guid: guid,
+            reason: serde_json::from_value(Value::String(reason.clone())).with_context(|| {
+                format!("pause reason `{reason}`: use hold, codec_change or request")
+            })?,
+        },
+        CtlCmd::ForkResume { guid, codec } => Op::ForkResume {
+            call_guid: guid,
+            codec: match codec {
+                Some(c) => Some(
+                    speech_proto::Codec::from_name(&c)
+                        .with_context(|| format!("Codec is not supported: {c} (PCMU or PCMA)"))?,
+                ),
+                None => None,
+            },
+        },
+        CtlCmd::ForkUpdate { guid, metadata } => Op::ForkUpdate {
+            call_guid: guid,
+            metadata: serde_json::from_str(&metadata)
+                .context("--metadata must be a JSON object")?,
+        },
+        CtlCmd::Subscribe => {
+            subscribe = true;
+            Op::Subscribe
+        }
         CtlCmd::FlowAdd {
             local,
             src,
@@ -190,7 +275,10 @@ fn ctl(socket: &PathBuf, json: bool, cmd: CtlCmd) -> Result<()> {
                 },
             }
         }
-        CtlCmd::ForkStop { guid } => Op::ForkStop { call_guid: guid },
+        CtlCmd::ForkStop { guid } => Op::ForkStop {
+            call_guid: guid,
+            reason: speech_proto::StopReason::Request,
+        },
     };
     let mut stream = UnixStream::connect(socket).with_context(|| {
         format!(
@@ -213,12 +301,263 @@ fn ctl(socket: &PathBuf, json: bool, cmd: CtlCmd) -> Result<()> {
         );
     }
     let data = v.get("data").cloned().unwrap_or(Value::Null);
+    if subscribe {
+        // Event lines follow until the agent goes away.
+        let mut reader = BufReader::new(&stream);
+        let mut line = String::new();
+        while reader.read_line(&mut line)? > 0 {
+            print!("{line}");
+            line.clear();
+        }
+        return Ok(());
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&data)?);
     } else {
-        print_table(&data);
+        match table_kind {
+            TableKind::Generic => print_table(&data),
+            kind => print!("{}", render_stream_service(kind, &data)),
+        }
     }
     Ok(())
+}
+
+/// How `ctl show` prints the answer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TableKind {
+    Generic,
+    Calls,
+    Connections,
+    ConnectionDetail,
+    History,
+    Statistics,
+}
+
+fn show_stream_service(args: &[String]) -> Result<(Op, TableKind)> {
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (what, arg, kind) = match a.as_slice() {
+        ["callid"] => (StreamServiceShow::Callid, None, TableKind::Calls),
+        ["callid", id] => (StreamServiceShow::Callid, Some(*id), TableKind::Calls),
+        ["connection"] => (StreamServiceShow::Connection, None, TableKind::Connections),
+        ["connection-history"] | ["connection", "history"] => (
+            StreamServiceShow::ConnectionHistory,
+            None,
+            TableKind::History,
+        ),
+        ["connection-id", n] | ["connection", "id", n] => (
+            StreamServiceShow::ConnectionId,
+            Some(*n),
+            TableKind::ConnectionDetail,
+        ),
+        ["server", hp] => (StreamServiceShow::Server, Some(*hp), TableKind::Connections),
+        ["statistics"] => (StreamServiceShow::Statistics, None, TableKind::Statistics),
+        _ => bail!(
+            "use `show stream-service callid [ID] | connection | connection-history | \
+             connection-id N | server HOST:PORT | statistics`"
+        ),
+    };
+    Ok((
+        Op::ShowStreamService {
+            what,
+            arg: arg.map(str::to_owned),
+        },
+        kind,
+    ))
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Fixed-width table: header row, then one row per item.
+fn table(rows: &[Value], cols: &[(&str, &str)]) -> String {
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            cols.iter()
+                .map(|(k, _)| cell(&r.pointer(k).cloned().unwrap_or(Value::Null)))
+                .collect()
+        })
+        .collect();
+    let widths: Vec<usize> = cols
+        .iter()
+        .enumerate()
+        .map(|(i, (_, h))| {
+            cells
+                .iter()
+                .map(|r| r[i].len())
+                .chain([h.len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    let line = |vals: Vec<&str>| -> String {
+        let parts: Vec<String> = vals
+            .iter()
+            .zip(&widths)
+            .map(|(v, w)| format!("{v:<w$}"))
+            .collect();
+        format!("{}\n", parts.join("  ").trim_end())
+    };
+    out += &line(cols.iter().map(|(_, h)| *h).collect());
+    for r in &cells {
+        out += &line(r.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+/// Human rendering of the stream-service answers, in the spirit of CUBE's show output.
+fn render_stream_service(kind: TableKind, data: &Value) -> String {
+    let rows = data.as_array().cloned().unwrap_or_default();
+    match kind {
+        TableKind::Calls => {
+            let mut out = String::new();
+            for c in &rows {
+                out += &format!(
+                    "Call GUID: {}\nCall-ID: {}\nServer: {}\nConnection: {}\nState: {}{}\n",
+                    cell(&c["call_guid"]),
+                    cell(&c["call_id"]),
+                    cell(&c["server"]),
+                    cell(&c["connection"]),
+                    cell(&c["state"]),
+                    c["error"]
+                        .as_str()
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default(),
+                );
+                let streams = c["streams"].as_array().cloned().unwrap_or_default();
+                out += &table(
+                    &streams,
+                    &[
+                        ("/stream_id", "Stream"),
+                        ("/channel", "Channel"),
+                        ("/codec", "Codec"),
+                        ("/state", "State"),
+                        ("/frames", "Frames"),
+                        ("/bytes", "Bytes"),
+                        ("/dropped", "Dropped"),
+                    ],
+                );
+                out += "\n";
+            }
+            if rows.is_empty() {
+                out += "no forks\n";
+            }
+            out
+        }
+        TableKind::Connections => table(
+            &rows,
+            &[
+                ("/id", "Id"),
+                ("/server", "Server"),
+                ("/server_address", "Address"),
+                ("/state", "State"),
+                ("/calls", "Calls"),
+                ("/info/local", "Local"),
+                ("/info/tls_version", "TLS"),
+                ("/frames_sent", "Frames"),
+                ("/audio_dropped", "Dropped"),
+            ],
+        ),
+        TableKind::ConnectionDetail => {
+            let i = &data["info"];
+            format!(
+                "Id: {}\nTotal session count: {}\nActive session count: {}\nSecure: {}\n\
+                 TLS Version: {}\nCipher Suite: {}\nServer: {} {}\nLocal Address: {}\n\
+                 Peer Address: {}\nState: {}\nConnected at (unix): {}\nFrames sent: {}\n\
+                 Bytes sent: {}\nAudio dropped: {}\nCalls: {}\n",
+                cell(&data["id"]),
+                cell(&data["calls_total"]),
+                cell(&data["calls"]),
+                if i["tls_version"].is_string() {
+                    "Yes"
+                } else {
+                    "No"
+                },
+                cell(&i["tls_version"]),
+                cell(&i["cipher_suite"]),
+                cell(&data["server"]),
+                cell(&data["server_address"]),
+                cell(&i["local"]),
+                cell(&i["peer"]),
+                cell(&data["state"]),
+                cell(&i["connected_at"]),
+                cell(&data["frames_sent"]),
+                cell(&data["bytes_sent"]),
+                cell(&data["audio_dropped"]),
+                data["call_guids"]
+                    .as_array()
+                    .map(|a| a.iter().map(cell).collect::<Vec<_>>().join(", "))
+                    .unwrap_or_default(),
+            )
+        }
+        TableKind::History => table(
+            &rows,
+            &[
+                ("/id", "Id"),
+                ("/server", "Server"),
+                ("/connected_at", "Connected"),
+                ("/closed_at", "Closed"),
+                ("/calls", "Calls"),
+                ("/reason", "Reason"),
+            ],
+        ),
+        TableKind::Statistics => {
+            let mut out = format!(
+                "Forks: {}  Streams: {}  Connections: {} ({} open)\n",
+                cell(&data["forks"]),
+                cell(&data["streams"]),
+                cell(&data["connections"]),
+                cell(&data["connections_open"]),
+            );
+            for (k, label) in [
+                ("tcp_failures", "TCP connection failures"),
+                ("http_failures", "HTTP connection failures"),
+                ("remote_ws_closures", "Remote WebSocket closures"),
+                ("tcp_closures", "TCP closures"),
+            ] {
+                out += &format!("{:>8} {label}\n", cell(&data["alarms"][k]));
+            }
+            if let Some(m) = data["media"].as_object() {
+                for (k, v) in m {
+                    out += &format!("{k}: {}\n", cell(v));
+                }
+            }
+            let servers: Vec<Value> = data["servers"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(n, v)| {
+                            let mut v = v.clone();
+                            v["name"] = Value::String(n.clone());
+                            v
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            out += &table(
+                &servers,
+                &[
+                    ("/name", "Server"),
+                    ("/address", "Address"),
+                    ("/calls", "Calls"),
+                    ("/connects", "Connects"),
+                    ("/connect_failures", "ConnFail"),
+                    ("/remote_closes", "RemoteClose"),
+                    ("/transport_closes", "TcpClose"),
+                    ("/idle_closes", "Idle"),
+                    ("/audio_dropped", "Dropped"),
+                ],
+            );
+            out
+        }
+        TableKind::Generic => String::new(),
+    }
 }
 
 /// Human view: one row per array element, `key=value` pairs for objects.

@@ -89,7 +89,7 @@ impl Alarms {
         let c = &mut self.counts[kind.index()];
         *c += 1;
         let count = *c;
-        (count == 1 || count % ALARM_EVERY == 0).then(|| {
+        (count == 1 || count.is_multiple_of(ALARM_EVERY)).then(|| {
             self.raised += 1;
             Alarm { kind, count }
         })

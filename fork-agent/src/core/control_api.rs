@@ -81,13 +81,100 @@ fn default_ptime() -> u32 {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Op {
-    FlowAdd { flow: FlowSpec },
-    FlowDel { local: SocketAddr },
-    ForkStart { fork: ForkSpec },
-    ForkStop { call_guid: String },
+    FlowAdd {
+        flow: FlowSpec,
+    },
+    FlowDel {
+        local: SocketAddr,
+    },
+    ForkStart {
+        fork: ForkSpec,
+    },
+    ForkStop {
+        call_guid: String,
+        /// `request` (controller STOP, default: status "Forking stopped") or `call_end`.
+        #[serde(default = "default_stop_reason")]
+        reason: speech_proto::StopReason,
+    },
+    /// Pause both streams (hold, codec change, request); their audio is dropped and counted.
+    ForkPause {
+        call_guid: String,
+        #[serde(default = "default_pause_reason")]
+        reason: speech_proto::PauseReason,
+    },
+    /// Resume both streams, optionally in another G.711 law.
+    ForkResume {
+        call_guid: String,
+        #[serde(default)]
+        codec: Option<speech_proto::Codec>,
+    },
+    /// Replace the metadata (CUBE UPDATE: metadata only).
+    ForkUpdate {
+        call_guid: String,
+        metadata: Map<String, Value>,
+    },
+    /// From now on this connection also receives `{"event":...}` lines.
+    Subscribe,
+    /// CUBE `show voip stream-service ...`.
+    ShowStreamService {
+        what: StreamServiceShow,
+        /// Call GUID / Call-ID for `callid`, the id for `connection_id`, `host:port` for
+        /// `server`.
+        #[serde(default)]
+        arg: Option<String>,
+    },
+    /// CUBE `clear voip stream-service connection id N forced`.
+    ClearStreamConnection {
+        id: u32,
+        #[serde(default)]
+        forced: bool,
+    },
+    /// CUBE `clear voip stream-service statistics`.
+    ClearStreamStatistics,
     ShowFlows,
     ShowCounters,
     ShowForks,
+}
+
+/// What `show_stream_service` shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamServiceShow {
+    /// Forks (all, or the one whose call GUID or Call-ID is `arg`).
+    Callid,
+    /// Live connections.
+    Connection,
+    /// Closed connections.
+    ConnectionHistory,
+    /// One connection by id (`arg`).
+    ConnectionId,
+    /// Connections of the servers at `arg` (`host:port`).
+    Server,
+    /// Counters and alarms.
+    Statistics,
+}
+
+fn default_stop_reason() -> speech_proto::StopReason {
+    speech_proto::StopReason::Request
+}
+
+fn default_pause_reason() -> speech_proto::PauseReason {
+    speech_proto::PauseReason::Request
+}
+
+impl Op {
+    /// Ops served by the stream service rather than the data-plane agent.
+    pub fn is_stream_service(&self) -> bool {
+        matches!(
+            self,
+            Op::ForkPause { .. }
+                | Op::ForkResume { .. }
+                | Op::ForkUpdate { .. }
+                | Op::ShowStreamService { .. }
+                | Op::ClearStreamConnection { .. }
+                | Op::ClearStreamStatistics
+        )
+    }
 }
 
 /// One response line: `{"ok":true,...}` or `{"ok":false,"error":"..."}`.
@@ -160,5 +247,44 @@ mod tests {
         assert!(parse_request(r#"{"v":1,"op":"launch_rockets"}"#)
             .unwrap_err()
             .contains("bad request"));
+    }
+
+    #[test]
+    fn fork_ops_parse_with_defaults() {
+        match parse_request(r#"{"v":1,"op":"fork_pause","call_guid":"g"}"#).expect("valid") {
+            Op::ForkPause { reason, .. } => assert_eq!(reason, speech_proto::PauseReason::Request),
+            other => panic!("unexpected {other:?}"),
+        }
+        match parse_request(r#"{"v":1,"op":"fork_pause","call_guid":"g","reason":"hold"}"#)
+            .expect("valid")
+        {
+            Op::ForkPause { reason, .. } => assert_eq!(reason, speech_proto::PauseReason::Hold),
+            other => panic!("unexpected {other:?}"),
+        }
+        match parse_request(r#"{"v":1,"op":"fork_resume","call_guid":"g","codec":"PCMA"}"#)
+            .expect("valid")
+        {
+            Op::ForkResume { codec, .. } => assert_eq!(codec, Some(speech_proto::Codec::Pcma)),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(
+            parse_request(r#"{"v":1,"op":"fork_resume","call_guid":"g","codec":"G729"}"#).is_err()
+        );
+        match parse_request(r#"{"v":1,"op":"fork_stop","call_guid":"g"}"#).expect("valid") {
+            Op::ForkStop { reason, .. } => assert_eq!(reason, speech_proto::StopReason::Request),
+            other => panic!("unexpected {other:?}"),
+        }
+        let op =
+            parse_request(r#"{"v":1,"op":"show_stream_service","what":"connection_id","arg":"3"}"#)
+                .expect("valid");
+        assert!(op.is_stream_service());
+        assert!(!parse_request(r#"{"v":1,"op":"subscribe"}"#)
+            .expect("valid")
+            .is_stream_service());
+        assert!(
+            parse_request(r#"{"v":1,"op":"fork_update","call_guid":"g"}"#)
+                .unwrap_err()
+                .contains("metadata")
+        );
     }
 }

@@ -2,3 +2,6 @@
 pub mod control_api;
 pub mod flows;
 pub mod ws_pool;
+pub mod alarms;
+pub mod session;
+pub mod ws_url;

@@ -19,7 +19,7 @@ use std::{
 use anyhow::{Context, Result};
 use fork_common::{FlowStats, ForkTag, NeighKey, NeighValue, FORK_TAG_MAGIC, TAG_F_DTMF};
 use serde_json::{json, Value};
-use speech_proto::{AudioHeader, Control, Dtmf, Start, Stop, StopReason};
+use speech_proto::{AudioHeader, Dtmf};
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     net::UnixListener,
@@ -36,7 +36,7 @@ use crate::{
     io::{
         ebpf::DataPlane,
         netdev,
-        ws::{self, ConnHandle},
+        speech::{Media as Forked, SpeechService},
         xsk::XskReader,
     },
 };
@@ -49,17 +49,6 @@ pub struct AgentStats {
     pub media_queue_drops: AtomicU64,
     pub unknown_stream: AtomicU64,
     pub dtmf_events: AtomicU64,
-}
-
-/// A forked packet, already encoded as a speech-protocol frame.
-enum Forked {
-    Audio { stream_id: u32, frame: Vec<u8> },
-    Dtmf(Dtmf),
-}
-
-enum RouteUpdate {
-    Add { stream_id: u32, conn: ConnHandle },
-    Remove { stream_id: u32 },
 }
 
 type ControlMsg = (Op, oneshot::Sender<Response>);
@@ -105,15 +94,9 @@ pub async fn run(cfg: Config) -> Result<()> {
     );
 
     let stats = Arc::new(AgentStats::default());
-    let conns: HashMap<String, ConnHandle> = cfg
-        .speech_servers
-        .iter()
-        .map(|s| (s.name.clone(), ws::spawn(s.clone())))
-        .collect();
-
-    // AF_XDP reader thread → media task.
+    // AF_XDP reader thread → stream service (io/speech: pools, fork sessions, media routing).
     let (pkt_tx, pkt_rx) = mpsc::channel::<Forked>(65_536);
-    let (route_tx, route_rx) = mpsc::unbounded_channel::<RouteUpdate>();
+    let speech = SpeechService::spawn(&cfg.speech_servers, pkt_rx)?;
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
@@ -123,17 +106,20 @@ pub async fn run(cfg: Config) -> Result<()> {
             .spawn(move || reader.run(stop, |frame| on_frame(frame, &pkt_tx, &stats)))
             .context("starting the AF_XDP reader thread")?;
     }
-    #[allow(clippy::disallowed_methods)] // io shell
-    tokio::spawn(media_task(pkt_rx, route_rx, stats.clone()));
 
-    // Streams restored from state: route them and tell the servers they resume.
+    // Streams restored from state: tell the servers they resume.
     for fork in table.forks() {
-        open_streams(fork, &conns, &route_tx, true);
+        if let Err(e) = speech.start_fork(fork, true) {
+            warn!(call_guid = %fork.spec.call_guid, "restored fork not resumed: {e:#}");
+        }
     }
 
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlMsg>(64);
     #[allow(clippy::disallowed_methods)] // io shell
-    tokio::spawn(accept_loop(listener, ctl_tx));
+    tokio::spawn(accept_loop(listener, ctl_tx.clone(), speech.events()));
+    if let Some(addr) = cfg.metrics.listen {
+        crate::io::metrics::spawn(addr, ctl_tx).await?;
+    }
     info!(socket = %cfg.control.socket.display(), "control API listening");
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -142,8 +128,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         neighbours: HashMap::new(),
         interfaces: d.interfaces.clone(),
         table,
-        conns,
-        route_tx,
+        speech,
         stats,
         state_file,
         idle_timeout: Duration::from_secs(d.flow_idle_timeout_secs),
@@ -179,8 +164,13 @@ pub async fn run(cfg: Config) -> Result<()> {
     loop {
         tokio::select! {
             Some((op, reply)) = ctl_rx.recv() => {
-                let resp = agent.handle(op);
-                let _ = reply.send(resp);
+                if op.is_stream_service() {
+                    // Same queue as fork start/stop: ops reach the service in request order.
+                    agent.speech.request(op, reply);
+                } else {
+                    let resp = agent.handle(op);
+                    let _ = reply.send(resp);
+                }
             }
             _ = idle_check.tick() => {
                 agent.refresh_neighbours();
@@ -212,18 +202,52 @@ fn bind_control(path: &Path) -> Result<UnixListener> {
     Ok(l)
 }
 
-async fn accept_loop(listener: UnixListener, ctl: mpsc::Sender<ControlMsg>) {
+async fn accept_loop(
+    listener: UnixListener,
+    ctl: mpsc::Sender<ControlMsg>,
+    events: tokio::sync::broadcast::Sender<String>,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let ctl = ctl.clone();
+        let events = events.clone();
         #[allow(clippy::disallowed_methods)] // io shell: one task per control client
         tokio::spawn(async move {
             let (r, mut w) = stream.into_split();
             let mut lines = BufReader::new(r).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
+            // After `subscribe`, status event lines interleave with responses.
+            let mut sub: Option<tokio::sync::broadcast::Receiver<String>> = None;
+            loop {
+                let line = tokio::select! {
+                    l = lines.next_line() => match l {
+                        Ok(Some(l)) => l,
+                        _ => break,
+                    },
+                    ev = async { match sub.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    } } => {
+                        let mut out = match ev {
+                            Ok(line) => line,
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                                format!("{{\"event\":\"lagged\",\"missed\":{n}}}")
+                            }
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                        };
+                        out.push('\n');
+                        if w.write_all(out.as_bytes()).await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                };
                 let resp = match parse_request(&line) {
+                    Ok(Op::Subscribe) => {
+                        sub = Some(events.subscribe());
+                        Response::ok(Value::Null)
+                    }
                     Ok(op) => {
                         let (tx, rx) = oneshot::channel();
                         if ctl.send((op, tx)).await.is_err() {
@@ -252,8 +276,7 @@ struct Agent {
     neighbours: HashMap<NeighKey, (String, std::net::IpAddr)>,
     interfaces: Vec<String>,
     table: FlowTable,
-    conns: HashMap<String, ConnHandle>,
-    route_tx: mpsc::UnboundedSender<RouteUpdate>,
+    speech: SpeechService,
     stats: Arc<AgentStats>,
     state_file: PathBuf,
     idle_timeout: Duration,
@@ -291,20 +314,16 @@ impl Agent {
                 Ok(Value::Null)
             }
             Op::ForkStart { fork } => {
-                let conn = self
-                    .conns
-                    .get(&fork.server)
-                    .with_context(|| format!("no speech_server named `{}`", fork.server))?
-                    .clone();
+                if !self.speech.has_server(&fork.server) {
+                    anyhow::bail!("no speech_server named `{}`", fork.server);
+                }
                 let (fork, updates) = self.table.start_fork(fork)?;
-                // Route and start the streams before the kernel forks, so no packet arrives for an
-                // unknown stream.
-                open_streams(
-                    &fork,
-                    &HashMap::from([(conn.name.clone(), conn)]),
-                    &self.route_tx,
-                    false,
-                );
+                // Hand the fork to the stream service before the kernel forks, so no packet
+                // arrives for an unknown stream.
+                if let Err(e) = self.speech.start_fork(&fork, false) {
+                    let _ = self.table.stop_fork(&fork.spec.call_guid);
+                    return Err(e);
+                }
                 for (key, action) in updates {
                     self.dp
                         .flows
@@ -320,7 +339,7 @@ impl Agent {
                     .collect();
                 Ok(json!({ "streams": ids }))
             }
-            Op::ForkStop { call_guid } => {
+            Op::ForkStop { call_guid, reason } => {
                 let (fork, updates) = self.table.stop_fork(&call_guid)?;
                 for (key, action) in updates {
                     self.dp
@@ -328,17 +347,21 @@ impl Agent {
                         .insert(key, action, 0)
                         .context("disabling fork in FLOWS")?;
                 }
-                if let Some(conn) = self.conns.get(&fork.spec.server) {
-                    for (id, _) in &fork.streams {
-                        let _ = self.route_tx.send(RouteUpdate::Remove { stream_id: *id });
-                        conn.send_control(Control::Stop(Stop {
-                            stream_id: *id,
-                            reason: StopReason::Request,
-                        }));
-                    }
+                if let Err(e) = self.speech.stop_fork(&fork.spec.call_guid, reason) {
+                    warn!(call_guid = %fork.spec.call_guid, "stop not sent: {e:#}");
                 }
                 self.save_forks();
                 Ok(Value::Null)
+            }
+            // Served by the stream service or the control connection itself (see `run`).
+            op @ (Op::Subscribe
+            | Op::ForkPause { .. }
+            | Op::ForkResume { .. }
+            | Op::ForkUpdate { .. }
+            | Op::ShowStreamService { .. }
+            | Op::ClearStreamConnection { .. }
+            | Op::ClearStreamStatistics) => {
+                anyhow::bail!("Internal error: {op:?} reached the data-plane handler")
             }
             Op::ShowFlows => self.show_flows(),
             Op::ShowCounters => self.show_counters(),
@@ -467,16 +490,17 @@ impl Agent {
             .collect();
         let st = &self.stats;
         let servers: serde_json::Map<String, Value> = self
-            .conns
+            .speech
+            .stats
             .iter()
-            .map(|(n, c)| {
-                let s = &c.stats;
+            .map(|(n, s)| {
                 (
                     n.clone(),
                     json!({
-                        "connected": s.connected.load(Ordering::Relaxed) == 1,
-                        "frames_sent": s.frames_sent.load(Ordering::Relaxed),
-                        "bytes_sent": s.bytes_sent.load(Ordering::Relaxed),
+                        "connected": s.connected.load(Ordering::Relaxed) > 0,
+                        "connections_open": s.connected.load(Ordering::Relaxed),
+                        "frames_sent": s.wire.frames_sent.load(Ordering::Relaxed),
+                        "bytes_sent": s.wire.bytes_sent.load(Ordering::Relaxed),
                         "frames_dropped": s.frames_dropped.load(Ordering::Relaxed),
                         "connects": s.connects.load(Ordering::Relaxed),
                         "failures": s.failures.load(Ordering::Relaxed),
@@ -554,38 +578,6 @@ fn load_forks(path: &Path) -> Vec<Fork> {
     }
 }
 
-fn open_streams(
-    fork: &Fork,
-    conns: &HashMap<String, ConnHandle>,
-    routes: &mpsc::UnboundedSender<RouteUpdate>,
-    resumed: bool,
-) {
-    let Some(conn) = conns.get(&fork.spec.server) else {
-        warn!(server = %fork.spec.server, "fork refers to an unknown speech server");
-        return;
-    };
-    for ((id, _), s) in fork.streams.iter().zip(&fork.spec.streams) {
-        conn.send_control(Control::Start(Start {
-            version: speech_proto::VERSION,
-            stream_id: *id,
-            call_guid: fork.spec.call_guid.clone(),
-            call_id: fork.spec.call_id.clone(),
-            channel: s.channel,
-            from: fork.spec.from.clone(),
-            to: fork.spec.to.clone(),
-            codec: fork.spec.codec,
-            sample_rate: speech_proto::SAMPLE_RATE,
-            ptime_ms: fork.spec.ptime_ms,
-            metadata: fork.spec.metadata.clone(),
-            resumed,
-        }));
-        let _ = routes.send(RouteUpdate::Add {
-            stream_id: *id,
-            conn: conn.clone(),
-        });
-    }
-}
-
 /// AF_XDP thread: validate the tag, pick out the RTP fields and encode the frame.
 fn on_frame(frame: &[u8], out: &mpsc::Sender<Forked>, stats: &AgentStats) {
     stats.xsk_frames.fetch_add(1, Ordering::Relaxed);
@@ -657,42 +649,6 @@ fn decode_forked(frame: &[u8]) -> Option<Forked> {
         stream_id,
         frame: out,
     })
-}
-
-async fn media_task(
-    mut pkts: mpsc::Receiver<Forked>,
-    mut routes: mpsc::UnboundedReceiver<RouteUpdate>,
-    stats: Arc<AgentStats>,
-) {
-    // stream id → (connection, first frame still to be flagged)
-    let mut table: HashMap<u32, (ConnHandle, bool)> = HashMap::new();
-    loop {
-        tokio::select! {
-            biased;
-            r = routes.recv() => match r {
-                Some(RouteUpdate::Add { stream_id, conn }) => { table.insert(stream_id, (conn, true)); }
-                Some(RouteUpdate::Remove { stream_id }) => { table.remove(&stream_id); }
-                None => return,
-            },
-            p = pkts.recv() => match p {
-                Some(Forked::Audio { stream_id, mut frame }) => match table.get_mut(&stream_id) {
-                    Some((conn, first)) => {
-                        if *first {
-                            frame[3] |= speech_proto::FLAG_FIRST;
-                            *first = false;
-                        }
-                        conn.send_audio(frame);
-                    }
-                    None => { stats.unknown_stream.fetch_add(1, Ordering::Relaxed); }
-                },
-                Some(Forked::Dtmf(d)) => match table.get(&d.stream_id) {
-                    Some((conn, _)) => conn.send_control(Control::Dtmf(d)),
-                    None => { stats.unknown_stream.fetch_add(1, Ordering::Relaxed); }
-                },
-                None => return,
-            },
-        }
-    }
 }
 
 /// Forward the programs' aya-log records (rare events only: no logging on the hot path).

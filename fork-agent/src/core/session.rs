@@ -1,0 +1,1829 @@
+//! Fork sessions over pooled WebSocket connections: the stream service core (sans-IO).
+//!
+//! Role: the one owner of every forked call's speech-server state. It keeps, per call, the
+//! streams (two per call: caller and callee, reference "Feature Characteristics"), their
+//! pause state and codec, the metadata, and which connection carries them; it owns one
+//! [`WsPool`] per speech server (pool policy: `ws_pool.rs`) and turns pool decisions into the
+//! speech-protocol messages of docs/speech-protocol.md, in order: `start` strictly before
+//! audio, `pause`/`resume`/`update`/`stop` in request order on the call's connection. It maps
+//! every connection failure to the reference's error strings ([`ForkFailure`]), reports fork
+//! status changes ([`StatusEvent`]) for the controller, counts alarms ([`Alarms`]) and keeps a
+//! bounded history of closed connections.
+//!
+//! Inputs (each takes `now`): [`ForkService::add_server`], [`ForkService::handle_fork_start`],
+//! [`ForkService::handle_fork_pause`], [`ForkService::handle_fork_resume`],
+//! [`ForkService::handle_fork_update`], [`ForkService::handle_fork_stop`],
+//! [`ForkService::handle_audio`] and [`ForkService::handle_dtmf`] (media path),
+//! [`ForkService::handle_connected`], [`ForkService::handle_closed`],
+//! [`ForkService::handle_clear_connection`], [`ForkService::handle_timeout`].
+//! Outputs: [`ForkService::poll_output`] ([`Output`]) and [`ForkService::poll_timeout`].
+//! Call order for the shell: feed one input, drain `poll_output()` until `None` (perform each
+//! output in order: a `Send` queued before a later audio verdict is what keeps `start` ahead
+//! of media), re-arm the timer from `poll_timeout()`.
+//!
+//! Audio of a paused stream is never sent: [`ForkService::handle_audio`] answers
+//! [`AudioVerdict::Drop`] with [`DropReason::Paused`], and every drop is counted by reason.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Instant;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+use speech_proto::{
+    Channel, Codec, Control, Dtmf, Pause, PauseReason, Resume, Start, Stop, StopReason, Update,
+};
+
+use crate::core::alarms::{Alarm, AlarmKind, Alarms, ClosedConn, ConnHistory, HISTORY_LEN};
+use crate::core::ws_pool::{
+    CallHandle, CloseReason, ConnHandle, ConnState, Disconnect, JitterRng, PoolConfig, PoolError,
+    PoolOutput, PoolStats, WsPool,
+};
+
+/// Index of a speech server (one pool each), from [`ForkService::add_server`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct ServerId(pub u32);
+
+/// Process-wide connection id shown by `show stream-service connection` (stable across the
+/// reconnects of one pool slot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct ConnId(pub u32);
+
+/// Misuse of the service API (protocol and network failures are outputs, not errors).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    /// No fork with this call GUID (CUBE "Invalid Stop/Update Fork Request").
+    #[error("no fork for call_guid {0}")]
+    UnknownCall(String),
+    /// A fork with this call GUID already exists (CUBE "Invalid Start Fork Request").
+    #[error("a fork for call_guid {0} already exists")]
+    DuplicateCall(String),
+    /// The fork's streams are already paused.
+    #[error("fork {0} is already paused")]
+    AlreadyPaused(String),
+    /// `resume` for a fork that is not paused.
+    #[error("fork {0} is not paused")]
+    NotPaused(String),
+    /// The fork failed (its status said why); only `fork_stop` is accepted.
+    #[error("fork {0} has failed ({1}); stop it")]
+    Failed(String, &'static str),
+    /// A server id that [`ForkService::add_server`] never returned.
+    #[error("unknown speech server {0:?}")]
+    UnknownServer(ServerId),
+    /// A connection id that is not live.
+    #[error("no connection with id {0}")]
+    UnknownConn(u32),
+    /// A fork request without streams.
+    #[error("fork {0} has no streams")]
+    NoStreams(String),
+    /// The pool refused its configuration or an input.
+    #[error("connection pool: {0}")]
+    Pool(PoolError),
+}
+
+impl From<PoolError> for SessionError {
+    fn from(e: PoolError) -> Self {
+        SessionError::Pool(e)
+    }
+}
+
+/// The reference's error strings ("Error Strings in WebSocket Forking"), as reported to the
+/// controller in status events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ForkFailure {
+    /// "Codec is not supported".
+    CodecNotSupported,
+    /// "Connection failed": no WebSocket could be established.
+    ConnectionFailed,
+    /// "Internal error".
+    InternalError,
+    /// "Connection closed": closed by the server, for idleness, or by a clear command.
+    ConnectionClosed,
+    /// "Authentication token invalid": the upgrade got 401 or 403.
+    AuthenticationTokenInvalid,
+    /// "DNS lookup failed" for the speech server's name.
+    DnsLookupFailed,
+    /// "Proxy DNS lookup failed" for the configured proxy's name.
+    ProxyDnsLookupFailed,
+    /// "Forking stopped" on a STOP request.
+    ForkingStopped,
+    /// "TCP Connection closed": the TCP connection broke without a WebSocket close.
+    TcpConnectionClosed,
+}
+
+impl ForkFailure {
+    /// The exact string of the reference's table.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ForkFailure::CodecNotSupported => "Codec is not supported",
+            ForkFailure::ConnectionFailed => "Connection failed",
+            ForkFailure::InternalError => "Internal error",
+            ForkFailure::ConnectionClosed => "Connection closed",
+            ForkFailure::AuthenticationTokenInvalid => "Authentication token invalid",
+            ForkFailure::DnsLookupFailed => "DNS lookup failed",
+            ForkFailure::ProxyDnsLookupFailed => "Proxy DNS lookup failed",
+            ForkFailure::ForkingStopped => "Forking stopped",
+            ForkFailure::TcpConnectionClosed => "TCP Connection closed",
+        }
+    }
+}
+
+/// How a connection (attempt) ended, as the shell observed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnFailure {
+    /// The speech server's name did not resolve.
+    Dns,
+    /// The proxy's name did not resolve.
+    ProxyDns,
+    /// No TCP connection to any address (refused, unreachable, timeout).
+    Tcp,
+    /// The TLS handshake failed (certificate, name, version, cipher).
+    Tls,
+    /// The proxy answered CONNECT with a non-2xx status (0 when it answered garbage).
+    Proxy {
+        /// HTTP status of the proxy's answer.
+        status: u16,
+    },
+    /// The upgrade got a non-101 answer (0 when the answer was not HTTP or the accept key,
+    /// subprotocol or headers were wrong).
+    Http {
+        /// HTTP status.
+        status: u16,
+    },
+    /// The server sent a WebSocket Close.
+    RemoteClose {
+        /// Close code (RFC 6455 §7.4).
+        code: u16,
+    },
+    /// The TCP connection broke (reset, EOF without Close, write error).
+    Transport,
+    /// We closed it (after an [`Output::Close`]).
+    Local,
+}
+
+impl ConnFailure {
+    fn disconnect(self) -> Disconnect {
+        match self {
+            ConnFailure::Dns | ConnFailure::ProxyDns | ConnFailure::Tcp | ConnFailure::Tls => {
+                Disconnect::ConnectFailed
+            }
+            ConnFailure::Proxy { status } | ConnFailure::Http { status } => {
+                Disconnect::HandshakeRejected { status }
+            }
+            ConnFailure::RemoteClose { code } => Disconnect::RemoteClose { code },
+            ConnFailure::Transport => Disconnect::TransportError,
+            ConnFailure::Local => Disconnect::LocalClose,
+        }
+    }
+
+    fn failure(self) -> ForkFailure {
+        match self {
+            ConnFailure::Dns => ForkFailure::DnsLookupFailed,
+            ConnFailure::ProxyDns => ForkFailure::ProxyDnsLookupFailed,
+            ConnFailure::Http { status: 401 | 403 } => ForkFailure::AuthenticationTokenInvalid,
+            ConnFailure::Tcp
+            | ConnFailure::Tls
+            | ConnFailure::Proxy { .. }
+            | ConnFailure::Http { .. } => ForkFailure::ConnectionFailed,
+            ConnFailure::RemoteClose { .. } | ConnFailure::Local => ForkFailure::ConnectionClosed,
+            ConnFailure::Transport => ForkFailure::TcpConnectionClosed,
+        }
+    }
+
+    fn alarm(self) -> Option<AlarmKind> {
+        match self {
+            ConnFailure::Dns | ConnFailure::ProxyDns | ConnFailure::Tcp | ConnFailure::Tls => {
+                Some(AlarmKind::TcpFailure)
+            }
+            ConnFailure::Proxy { .. } | ConnFailure::Http { .. } => Some(AlarmKind::HttpFailure),
+            ConnFailure::RemoteClose { .. } => Some(AlarmKind::RemoteWsClosure),
+            ConnFailure::Transport => Some(AlarmKind::TcpClosure),
+            ConnFailure::Local => None,
+        }
+    }
+}
+
+/// Why the service asks the shell to close a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CloseWhy {
+    /// No call for the idle timeout.
+    IdleTimeout,
+    /// The send queue stayed full.
+    Stalled,
+    /// The connection attempt took too long.
+    ConnectTimeout,
+    /// `clear stream-service connection-id N forced`.
+    Cleared,
+}
+
+impl CloseWhy {
+    /// The reference's event-trace wording.
+    pub fn describe(self) -> &'static str {
+        match self {
+            CloseWhy::IdleTimeout => "closed locally due to idle-timeout expiry",
+            CloseWhy::Stalled => "closed locally: send queue stalled",
+            CloseWhy::ConnectTimeout => "connection attempt timed out",
+            CloseWhy::Cleared => "closed locally using clear command",
+        }
+    }
+}
+
+/// A fork status change for the controller (sip-agent turns it into a status INFO).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StatusEvent {
+    /// The fork.
+    pub call_guid: String,
+    /// What happened.
+    pub status: ForkStatus,
+    /// The reference error string, for `error` and `stopped`.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "ser_failure"
+    )]
+    pub error: Option<ForkFailure>,
+    /// `started` again after a reconnect (streams re-announced with `resumed: true`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub reconnected: bool,
+}
+
+fn ser_failure<S: serde::Serializer>(f: &Option<ForkFailure>, s: S) -> Result<S::Ok, S::Error> {
+    match f {
+        Some(f) => s.serialize_str(f.as_str()),
+        None => s.serialize_none(),
+    }
+}
+
+/// Fork status values of the `fork_status` event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForkStatus {
+    /// `start` was sent for the streams (first time, or again after a reconnect).
+    Started,
+    /// `pause` was sent (or will be, once connected).
+    Paused,
+    /// `resume` was sent.
+    Resumed,
+    /// The fork ended.
+    Stopped,
+    /// Something failed; `error` says what.
+    Error,
+}
+
+/// Something the shell must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Open a connection for `conn` to `server`; report `handle_connected` or `handle_closed`.
+    Connect {
+        /// Connection id.
+        conn: ConnId,
+        /// Its server.
+        server: ServerId,
+    },
+    /// Queue this control message on `conn` (never dropped).
+    Send {
+        /// Connection.
+        conn: ConnId,
+        /// Message.
+        msg: Control,
+    },
+    /// Close `conn` (or abort its attempt), then report `handle_closed(.., Local)`.
+    Close {
+        /// Connection.
+        conn: ConnId,
+        /// Why.
+        why: CloseWhy,
+    },
+    /// Report a fork status change to subscribers.
+    Status(StatusEvent),
+    /// Log an alarm at warn (`"{count} {label}"`).
+    Alarm(Alarm),
+}
+
+/// Why an audio frame was not sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// No fork knows the stream id.
+    UnknownStream,
+    /// The stream is paused.
+    Paused,
+    /// The call has no open connection (connecting, reconnecting, or failed).
+    NotConnected,
+    /// The connection's send queue is full (drop-newest).
+    QueueFull,
+}
+
+/// Media-path decision for one audio frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AudioVerdict {
+    /// Queue it on `conn`; set the "first frame" flag when `first`.
+    Send {
+        /// Connection.
+        conn: ConnId,
+        /// First frame after `start` or `resume` (docs/speech-protocol.md §3, flags bit 1).
+        first: bool,
+    },
+    /// Drop it (counted).
+    Drop(DropReason),
+}
+
+/// What the shell learned when a connection opened.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ConnInfo {
+    /// Local address of the TCP connection.
+    pub local: Option<String>,
+    /// Address connected to (the proxy's when one is used).
+    pub peer: Option<String>,
+    /// TLS version, when secure.
+    pub tls_version: Option<String>,
+    /// Negotiated cipher suite, when secure.
+    pub cipher_suite: Option<String>,
+    /// Unix seconds of the upgrade.
+    pub connected_at: u64,
+}
+
+/// A fork request as the service needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForkRequest {
+    /// Call GUID (key of the fork).
+    pub call_guid: String,
+    /// SIP Call-ID.
+    pub call_id: String,
+    /// Calling party.
+    pub from: String,
+    /// Called party.
+    pub to: String,
+    /// Pool that carries it.
+    pub server: ServerId,
+    /// Initial codec.
+    pub codec: Codec,
+    /// Packetization time.
+    pub ptime_ms: u32,
+    /// Metadata for `start`.
+    pub metadata: Map<String, Value>,
+    /// Stream ids (unique for the process lifetime) and their party.
+    pub streams: Vec<(u32, Channel)>,
+    /// Re-announce after an agent restart: the first `start` carries `resumed: true`.
+    pub resumed: bool,
+}
+
+/// Drop and traffic counters of the media path.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct MediaCounters {
+    /// Audio frames queued to a connection.
+    pub frames_queued: u64,
+    /// Bytes of those frames.
+    pub bytes_queued: u64,
+    /// Frames dropped: unknown stream id.
+    pub dropped_unknown_stream: u64,
+    /// Frames dropped: stream paused.
+    pub dropped_paused: u64,
+    /// Frames dropped: no open connection for the call.
+    pub dropped_not_connected: u64,
+    /// Frames dropped: connection queue full.
+    pub dropped_queue_full: u64,
+    /// DTMF reports forwarded.
+    pub dtmf_sent: u64,
+    /// DTMF reports dropped (paused, not connected, unknown).
+    pub dtmf_dropped: u64,
+}
+
+#[derive(Debug, Clone)]
+struct StreamRec {
+    id: u32,
+    channel: Channel,
+    codec: Codec,
+    paused: Option<PauseReason>,
+    first: bool,
+    frames: u64,
+    bytes: u64,
+    dropped: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SessState {
+    /// Waiting for its first connection.
+    Waiting,
+    /// Its streams are announced on this open connection.
+    Live(ConnId),
+    /// Lost its connection; the pool reconnects or rehomes it.
+    Reconnecting,
+    /// The pool gave up or the connection was cleared.
+    Failed(ForkFailure),
+}
+
+#[derive(Debug, Clone)]
+struct Session {
+    req: ForkRequest,
+    call: CallHandle,
+    streams: Vec<StreamRec>,
+    state: SessState,
+    started_once: bool,
+}
+
+impl Session {
+    fn start_msgs(&self, resumed: bool) -> Vec<Control> {
+        let mut out = Vec::new();
+        for s in &self.streams {
+            out.push(Control::Start(Start {
+                version: speech_proto::VERSION,
+                stream_id: s.id,
+                call_guid: self.req.call_guid.clone(),
+                call_id: self.req.call_id.clone(),
+                channel: s.channel,
+                from: self.req.from.clone(),
+                to: self.req.to.clone(),
+                codec: s.codec,
+                sample_rate: speech_proto::SAMPLE_RATE,
+                ptime_ms: self.req.ptime_ms,
+                metadata: self.req.metadata.clone(),
+                resumed,
+            }));
+            if let Some(reason) = s.paused {
+                out.push(Control::Pause(Pause {
+                    stream_id: s.id,
+                    reason,
+                }));
+            }
+        }
+        out
+    }
+
+    fn paused(&self) -> bool {
+        self.streams.iter().any(|s| s.paused.is_some())
+    }
+}
+
+#[derive(Debug, Clone)]
+struct ConnRec {
+    server: ServerId,
+    handle: ConnHandle,
+    info: Option<ConnInfo>,
+    calls_total: u64,
+    asked: Option<CloseWhy>,
+}
+
+struct Server {
+    name: String,
+    host_port: String,
+    pool: WsPool,
+    conns: BTreeMap<ConnHandle, ConnId>,
+}
+
+/// Snapshot of one stream for `show stream-service callid`.
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamView {
+    /// Stream id.
+    pub stream_id: u32,
+    /// Party.
+    pub channel: Channel,
+    /// Current codec.
+    pub codec: Codec,
+    /// `active` or `paused`.
+    pub state: &'static str,
+    /// Pause reason while paused.
+    pub pause_reason: Option<PauseReason>,
+    /// Frames queued.
+    pub frames: u64,
+    /// Bytes queued.
+    pub bytes: u64,
+    /// Frames dropped (paused, not connected, queue full).
+    pub dropped: u64,
+}
+
+/// Snapshot of one fork.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionView {
+    /// Call GUID.
+    pub call_guid: String,
+    /// SIP Call-ID.
+    pub call_id: String,
+    /// Server name.
+    pub server: String,
+    /// Connection id while connected.
+    pub connection: Option<u32>,
+    /// `waiting`, `active`, `paused`, `reconnecting`, `failed`.
+    pub state: &'static str,
+    /// The failure, when failed.
+    pub error: Option<&'static str>,
+    /// Streams.
+    pub streams: Vec<StreamView>,
+}
+
+/// Snapshot of one live connection.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnView {
+    /// Connection id.
+    pub id: u32,
+    /// Server name.
+    pub server: String,
+    /// Server `host:port`.
+    pub server_address: String,
+    /// `connecting`, `active`, `closing`, `backoff`.
+    pub state: &'static str,
+    /// Calls on it (waiting ones included).
+    pub calls: usize,
+    /// Calls carried since it was created.
+    pub calls_total: u64,
+    /// Frames queued and not yet written.
+    pub backlog: usize,
+    /// Audio dropped on it (queue full).
+    pub audio_dropped: u64,
+    /// What the shell reported at the last upgrade.
+    pub info: Option<ConnInfo>,
+    /// Call GUIDs it carries.
+    pub call_guids: Vec<String>,
+}
+
+/// Global statistics for `show stream-service statistics`.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatsView {
+    /// Forks live.
+    pub forks: usize,
+    /// Streams live.
+    pub streams: usize,
+    /// Connections in any state.
+    pub connections: usize,
+    /// Open connections.
+    pub connections_open: usize,
+    /// Alarm counters by kind name.
+    pub alarms: BTreeMap<&'static str, u64>,
+    /// Alarm lines raised.
+    pub alarms_raised: u64,
+    /// Media counters.
+    pub media: MediaCounters,
+    /// Forks started, stopped, failed.
+    pub forks_started: u64,
+    /// Forks stopped.
+    pub forks_stopped: u64,
+    /// Forks failed.
+    pub forks_failed: u64,
+    /// Pool counters per server name.
+    pub servers: BTreeMap<String, PoolCounters>,
+    /// History records pushed out by newer ones.
+    pub history_dropped: u64,
+}
+
+/// Pool counters of one server.
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolCounters {
+    /// `host:port`.
+    pub address: String,
+    /// Connection attempts.
+    pub connects: u64,
+    /// Attempts that failed before the upgrade.
+    pub connect_failures: u64,
+    /// Remote closes.
+    pub remote_closes: u64,
+    /// TCP closures.
+    pub transport_closes: u64,
+    /// Idle closes.
+    pub idle_closes: u64,
+    /// Stall closes.
+    pub stall_closes: u64,
+    /// Calls failed.
+    pub calls_failed: u64,
+    /// Audio dropped by the pool (queue full or not open).
+    pub audio_dropped: u64,
+    /// Calls held.
+    pub calls: usize,
+    /// Calls waiting for a connection.
+    pub calls_waiting: usize,
+}
+
+/// The stream service core. See the module docs.
+pub struct ForkService {
+    servers: Vec<Server>,
+    conns: BTreeMap<ConnId, ConnRec>,
+    sessions: HashMap<u32, Session>,
+    by_guid: HashMap<String, u32>,
+    by_stream: HashMap<u32, (u32, usize)>,
+    next_call: u32,
+    next_conn: u32,
+    outputs: VecDeque<Output>,
+    alarms: Alarms,
+    history: ConnHistory,
+    media: MediaCounters,
+    forks_started: u64,
+    forks_stopped: u64,
+    forks_failed: u64,
+    /// Cause of the close being handled, for `CallFailed` outputs it triggers.
+    closing_failure: Option<ForkFailure>,
+}
+
+impl Default for ForkService {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ForkService {
+    /// An empty service.
+    pub fn new() -> Self {
+        Self {
+            servers: Vec::new(),
+            conns: BTreeMap::new(),
+            sessions: HashMap::new(),
+            by_guid: HashMap::new(),
+            by_stream: HashMap::new(),
+            next_call: 1,
+            next_conn: 1,
+            outputs: VecDeque::new(),
+            alarms: Alarms::default(),
+            history: ConnHistory::new(HISTORY_LEN),
+            media: MediaCounters::default(),
+            forks_started: 0,
+            forks_stopped: 0,
+            forks_failed: 0,
+            closing_failure: None,
+        }
+    }
+
+    /// Adds a speech server with its own pool; `host_port` is what `show .. server` matches.
+    pub fn add_server(
+        &mut self,
+        name: &str,
+        host_port: &str,
+        config: PoolConfig,
+        rng: Box<dyn JitterRng>,
+    ) -> Result<ServerId, SessionError> {
+        let pool = WsPool::new(config, rng)?;
+        self.servers.push(Server {
+            name: name.to_owned(),
+            host_port: host_port.to_owned(),
+            pool,
+            conns: BTreeMap::new(),
+        });
+        Ok(ServerId(self.servers.len() as u32 - 1))
+    }
+
+    /// Starts forking a call. Its streams are announced once a connection is open.
+    pub fn handle_fork_start(
+        &mut self,
+        now: Instant,
+        req: ForkRequest,
+    ) -> Result<(), SessionError> {
+        if self.by_guid.contains_key(&req.call_guid) {
+            return Err(SessionError::DuplicateCall(req.call_guid));
+        }
+        if req.streams.is_empty() {
+            return Err(SessionError::NoStreams(req.call_guid));
+        }
+        let server = req.server;
+        if self.servers.get(server.0 as usize).is_none() {
+            return Err(SessionError::UnknownServer(server));
+        }
+        let key = self.next_call;
+        self.next_call = self.next_call.wrapping_add(1).max(1);
+        let call = CallHandle(key);
+        let streams: Vec<StreamRec> = req
+            .streams
+            .iter()
+            .map(|&(id, channel)| StreamRec {
+                id,
+                channel,
+                codec: req.codec,
+                paused: None,
+                first: true,
+                frames: 0,
+                bytes: 0,
+                dropped: 0,
+            })
+            .collect();
+        for (i, s) in streams.iter().enumerate() {
+            self.by_stream.insert(s.id, (key, i));
+        }
+        self.by_guid.insert(req.call_guid.clone(), key);
+        self.sessions.insert(
+            key,
+            Session {
+                req,
+                call,
+                streams,
+                state: SessState::Waiting,
+                started_once: false,
+            },
+        );
+        self.forks_started += 1;
+        let res = self.servers[server.0 as usize]
+            .pool
+            .handle_stream_wanted(now, call);
+        self.drain_pool(now, server);
+        res.map_err(SessionError::from)
+    }
+
+    /// Pauses both streams (hold, codec change, request): `pause` goes out now if connected,
+    /// else right after the `start`s; audio is dropped until resumed.
+    pub fn handle_fork_pause(
+        &mut self,
+        _now: Instant,
+        call_guid: &str,
+        reason: PauseReason,
+    ) -> Result<(), SessionError> {
+        let s = self.session_mut(call_guid)?;
+        if s.paused() {
+            return Err(SessionError::AlreadyPaused(call_guid.to_owned()));
+        }
+        let mut msgs = Vec::new();
+        for st in &mut s.streams {
+            st.paused = Some(reason);
+            msgs.push(Control::Pause(Pause {
+                stream_id: st.id,
+                reason,
+            }));
+        }
+        let live = live_conn(s.state);
+        self.send_all(live, msgs);
+        self.status(call_guid, ForkStatus::Paused, None, false);
+        Ok(())
+    }
+
+    /// Resumes both streams in `codec` (which may be the other G.711 law; `None` keeps each
+    /// stream's codec).
+    pub fn handle_fork_resume(
+        &mut self,
+        _now: Instant,
+        call_guid: &str,
+        codec: Option<Codec>,
+    ) -> Result<(), SessionError> {
+        let s = self.session_mut(call_guid)?;
+        if !s.paused() {
+            return Err(SessionError::NotPaused(call_guid.to_owned()));
+        }
+        let mut msgs = Vec::new();
+        for st in &mut s.streams {
+            st.paused = None;
+            st.codec = codec.unwrap_or(st.codec);
+            st.first = true;
+            msgs.push(Control::Resume(Resume {
+                stream_id: st.id,
+                codec: st.codec,
+            }));
+        }
+        let live = live_conn(s.state);
+        self.send_all(live, msgs);
+        self.status(call_guid, ForkStatus::Resumed, None, false);
+        Ok(())
+    }
+
+    /// Replaces the metadata (CUBE UPDATE: metadata only; the connection never changes).
+    pub fn handle_fork_update(
+        &mut self,
+        _now: Instant,
+        call_guid: &str,
+        metadata: Map<String, Value>,
+    ) -> Result<(), SessionError> {
+        let s = self.session_mut(call_guid)?;
+        s.req.metadata = metadata.clone();
+        let msgs = s
+            .streams
+            .iter()
+            .map(|st| {
+                Control::Update(Update {
+                    stream_id: st.id,
+                    metadata: metadata.clone(),
+                })
+            })
+            .collect();
+        let live = live_conn(s.state);
+        self.send_all(live, msgs);
+        Ok(())
+    }
+
+    /// Ends the fork: `stop` for each announced stream, the call leaves its connection.
+    /// Accepted for failed forks too (they only need forgetting).
+    pub fn handle_fork_stop(
+        &mut self,
+        now: Instant,
+        call_guid: &str,
+        reason: StopReason,
+    ) -> Result<(), SessionError> {
+        let key = *self
+            .by_guid
+            .get(call_guid)
+            .ok_or_else(|| SessionError::UnknownCall(call_guid.to_owned()))?;
+        let Some(s) = self.sessions.remove(&key) else {
+            return Err(SessionError::UnknownCall(call_guid.to_owned()));
+        };
+        self.by_guid.remove(call_guid);
+        for st in &s.streams {
+            self.by_stream.remove(&st.id);
+        }
+        let msgs = s
+            .streams
+            .iter()
+            .map(|st| {
+                Control::Stop(Stop {
+                    stream_id: st.id,
+                    reason,
+                })
+            })
+            .collect();
+        self.send_all(live_conn(s.state), msgs);
+        if !matches!(s.state, SessState::Failed(_)) {
+            let server = s.req.server;
+            // The pool forgot calls it failed; anything else is released.
+            let _ = self.servers[server.0 as usize]
+                .pool
+                .handle_call_released(now, s.call);
+            self.drain_pool(now, server);
+        }
+        self.forks_stopped += 1;
+        let error = (reason == StopReason::Request).then_some(ForkFailure::ForkingStopped);
+        self.status(call_guid, ForkStatus::Stopped, error, false);
+        Ok(())
+    }
+
+    /// Media path: where does this audio frame of `len` bytes go? `backlog(conn)` is the
+    /// shell's current queue length for a connection.
+    pub fn handle_audio(
+        &mut self,
+        now: Instant,
+        stream_id: u32,
+        len: usize,
+        backlog: impl Fn(ConnId) -> usize,
+    ) -> AudioVerdict {
+        let Some(&(key, idx)) = self.by_stream.get(&stream_id) else {
+            self.media.dropped_unknown_stream += 1;
+            return AudioVerdict::Drop(DropReason::UnknownStream);
+        };
+        let Some(s) = self.sessions.get_mut(&key) else {
+            self.media.dropped_unknown_stream += 1;
+            return AudioVerdict::Drop(DropReason::UnknownStream);
+        };
+        let state = s.state;
+        let Some(st) = s.streams.get_mut(idx) else {
+            self.media.dropped_unknown_stream += 1;
+            return AudioVerdict::Drop(DropReason::UnknownStream);
+        };
+        if st.paused.is_some() {
+            st.dropped += 1;
+            self.media.dropped_paused += 1;
+            return AudioVerdict::Drop(DropReason::Paused);
+        }
+        let SessState::Live(conn) = state else {
+            st.dropped += 1;
+            self.media.dropped_not_connected += 1;
+            return AudioVerdict::Drop(DropReason::NotConnected);
+        };
+        let Some(rec) = self.conns.get(&conn) else {
+            st.dropped += 1;
+            self.media.dropped_not_connected += 1;
+            return AudioVerdict::Drop(DropReason::NotConnected);
+        };
+        let pool = &mut self.servers[rec.server.0 as usize].pool;
+        let _ = pool.handle_send_backlog(now, rec.handle, backlog(conn));
+        match pool.admit(now, rec.handle, crate::core::ws_pool::FrameKind::Audio) {
+            crate::core::ws_pool::Admit::Send => {
+                let first = std::mem::replace(&mut st.first, false);
+                st.frames += 1;
+                st.bytes += len as u64;
+                self.media.frames_queued += 1;
+                self.media.bytes_queued += len as u64;
+                AudioVerdict::Send { conn, first }
+            }
+            crate::core::ws_pool::Admit::Drop => {
+                st.dropped += 1;
+                self.media.dropped_queue_full += 1;
+                // A full queue may have armed the stall timer: the shell re-reads
+                // poll_timeout after every input.
+                AudioVerdict::Drop(DropReason::QueueFull)
+            }
+        }
+    }
+
+    /// Media path: a telephone-event report; emits a `Send` when the stream is live.
+    pub fn handle_dtmf(&mut self, _now: Instant, d: Dtmf) {
+        let live = self
+            .by_stream
+            .get(&d.stream_id)
+            .and_then(|&(key, idx)| self.sessions.get(&key).map(|s| (s, idx)))
+            .filter(|(s, idx)| s.streams.get(*idx).is_some_and(|st| st.paused.is_none()))
+            .and_then(|(s, _)| live_conn(s.state));
+        match live {
+            Some(conn) => {
+                self.media.dtmf_sent += 1;
+                self.send_all(Some(conn), vec![Control::Dtmf(d)]);
+            }
+            None => self.media.dtmf_dropped += 1,
+        }
+    }
+
+    /// The upgrade of `conn` succeeded.
+    pub fn handle_connected(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        info: ConnInfo,
+    ) -> Result<(), SessionError> {
+        let rec = self
+            .conns
+            .get_mut(&conn)
+            .ok_or(SessionError::UnknownConn(conn.0))?;
+        rec.info = Some(info);
+        let (server, handle) = (rec.server, rec.handle);
+        let res = self.servers[server.0 as usize]
+            .pool
+            .handle_connected(now, handle);
+        self.drain_pool(now, server);
+        res.map_err(SessionError::from)
+    }
+
+    /// `conn` (or its attempt) ended. `wall` is the Unix time, for the history.
+    pub fn handle_closed(
+        &mut self,
+        now: Instant,
+        wall: u64,
+        conn: ConnId,
+        failure: ConnFailure,
+    ) -> Result<(), SessionError> {
+        let rec = self
+            .conns
+            .get_mut(&conn)
+            .ok_or(SessionError::UnknownConn(conn.0))?;
+        let asked = rec.asked.take();
+        let (server, handle) = (rec.server, rec.handle);
+        let was_open = self.servers[server.0 as usize]
+            .pool
+            .stats()
+            .conns
+            .iter()
+            .any(|c| c.conn == handle && c.state == ConnState::Open);
+        // What to report: our own closes say why we asked; a connect timeout is a TCP failure.
+        let (alarm, fork_failure) = match (asked, failure) {
+            (Some(CloseWhy::ConnectTimeout), _) => {
+                (Some(AlarmKind::TcpFailure), ForkFailure::ConnectionFailed)
+            }
+            (Some(_), _) => (None, ForkFailure::ConnectionClosed),
+            (None, f) => (f.alarm(), f.failure()),
+        };
+        if let Some(kind) = alarm {
+            if let Some(a) = self.alarms.record(kind) {
+                self.outputs.push_back(Output::Alarm(a));
+            }
+        }
+        if let Some(rec) = self.conns.get_mut(&conn) {
+            if was_open {
+                let reason = match asked {
+                    Some(why) => why.describe().to_owned(),
+                    None => fork_failure.as_str().to_owned(),
+                };
+                self.history.push(ClosedConn {
+                    id: conn.0,
+                    server: self.servers[server.0 as usize].name.clone(),
+                    connected_at: rec.info.as_ref().map(|i| i.connected_at),
+                    closed_at: wall,
+                    reason,
+                    calls: rec.calls_total,
+                });
+            }
+            rec.info = None;
+        }
+        // Calls that were live here lost their streams until Resend.
+        let lost: Vec<String> = self
+            .sessions
+            .values_mut()
+            .filter(|s| s.state == SessState::Live(conn))
+            .map(|s| {
+                s.state = SessState::Reconnecting;
+                s.req.call_guid.clone()
+            })
+            .collect();
+        for guid in lost {
+            self.status(&guid, ForkStatus::Error, Some(fork_failure), false);
+        }
+        let disconnect = if asked.is_some() {
+            Disconnect::LocalClose
+        } else {
+            failure.disconnect()
+        };
+        let res = self.servers[server.0 as usize]
+            .pool
+            .handle_closed(now, handle, disconnect);
+        // A failed attempt fails its waiting calls with this cause, if the pool gives up now.
+        self.closing_failure = Some(fork_failure);
+        self.drain_pool(now, server);
+        self.closing_failure = None;
+        self.forget_removed_conns(server);
+        res.map_err(SessionError::from)
+    }
+
+    /// `clear stream-service connection-id N forced`: its forks fail with "Connection closed"
+    /// and the connection is closed.
+    pub fn handle_clear_connection(&mut self, now: Instant, id: u32) -> Result<(), SessionError> {
+        let conn = ConnId(id);
+        let rec = self
+            .conns
+            .get_mut(&conn)
+            .ok_or(SessionError::UnknownConn(id))?;
+        rec.asked = Some(CloseWhy::Cleared);
+        let (server, handle) = (rec.server, rec.handle);
+        let pool = &mut self.servers[server.0 as usize].pool;
+        let victims: Vec<u32> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.req.server == server && pool.conn_of(s.call) == Some(handle))
+            .map(|(&k, _)| k)
+            .collect();
+        let mut guids = Vec::new();
+        for key in victims {
+            if let Some(s) = self.sessions.get_mut(&key) {
+                let _ = pool.handle_call_released(now, s.call);
+                s.state = SessState::Failed(ForkFailure::ConnectionClosed);
+                guids.push(s.req.call_guid.clone());
+            }
+        }
+        self.forks_failed += guids.len() as u64;
+        for g in guids {
+            self.status(
+                &g,
+                ForkStatus::Error,
+                Some(ForkFailure::ConnectionClosed),
+                false,
+            );
+        }
+        self.drain_pool(now, server);
+        self.outputs.push_back(Output::Close {
+            conn,
+            why: CloseWhy::Cleared,
+        });
+        Ok(())
+    }
+
+    /// `clear stream-service statistics`.
+    pub fn clear_statistics(&mut self) {
+        self.alarms.clear();
+        self.media = MediaCounters::default();
+        self.forks_started = 0;
+        self.forks_stopped = 0;
+        self.forks_failed = 0;
+        for s in &mut self.servers {
+            s.pool.clear_stats();
+        }
+    }
+
+    /// Fires due timers of every pool. A spurious call is a no-op.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for i in 0..self.servers.len() {
+            let due = self.servers[i]
+                .pool
+                .poll_timeout()
+                .is_some_and(|t| t <= now);
+            if due {
+                self.servers[i].pool.handle_timeout(now);
+                self.drain_pool(now, ServerId(i as u32));
+            }
+        }
+    }
+
+    /// Next deadline of any pool. Re-read after every input.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.servers
+            .iter()
+            .filter_map(|s| s.pool.poll_timeout())
+            .min()
+    }
+
+    /// Next action. Drain until `None` after every input.
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// Media counters.
+    pub fn media_counters(&self) -> MediaCounters {
+        self.media
+    }
+
+    /// Alarm counters.
+    pub fn alarms(&self) -> &Alarms {
+        &self.alarms
+    }
+
+    /// Server of a connection (for the shell's connect target).
+    pub fn conn_server(&self, conn: ConnId) -> Option<ServerId> {
+        self.conns.get(&conn).map(|c| c.server)
+    }
+
+    /// Forks whose call GUID or SIP Call-ID equals `id` (all forks when `id` is None).
+    pub fn sessions_view(&self, id: Option<&str>) -> Vec<SessionView> {
+        let mut v: Vec<SessionView> = self
+            .sessions
+            .values()
+            .filter(|s| id.is_none_or(|id| s.req.call_guid == id || s.req.call_id == id))
+            .map(|s| {
+                let (state, error) = match s.state {
+                    SessState::Waiting => ("waiting", None),
+                    SessState::Live(_) if s.paused() => ("paused", None),
+                    SessState::Live(_) => ("active", None),
+                    SessState::Reconnecting => ("reconnecting", None),
+                    SessState::Failed(f) => ("failed", Some(f.as_str())),
+                };
+                SessionView {
+                    call_guid: s.req.call_guid.clone(),
+                    call_id: s.req.call_id.clone(),
+                    server: self.servers[s.req.server.0 as usize].name.clone(),
+                    connection: live_conn(s.state).map(|c| c.0),
+                    state,
+                    error,
+                    streams: s
+                        .streams
+                        .iter()
+                        .map(|st| StreamView {
+                            stream_id: st.id,
+                            channel: st.channel,
+                            codec: st.codec,
+                            state: if st.paused.is_some() {
+                                "paused"
+                            } else {
+                                "active"
+                            },
+                            pause_reason: st.paused,
+                            frames: st.frames,
+                            bytes: st.bytes,
+                            dropped: st.dropped,
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        v.sort_by(|a, b| a.call_guid.cmp(&b.call_guid));
+        v
+    }
+
+    /// Live connections, optionally only those of servers at `host_port`.
+    pub fn conns_view(&self, host_port: Option<&str>) -> Vec<ConnView> {
+        let mut out = Vec::new();
+        for (sid, server) in self.servers.iter().enumerate() {
+            if host_port.is_some_and(|hp| hp != server.host_port) {
+                continue;
+            }
+            let stats = server.pool.stats();
+            for c in &stats.conns {
+                let Some(&id) = server.conns.get(&c.conn) else {
+                    continue;
+                };
+                let rec = self.conns.get(&id);
+                let call_guids = self
+                    .sessions
+                    .values()
+                    .filter(|s| {
+                        s.req.server == ServerId(sid as u32)
+                            && server.pool.conn_of(s.call) == Some(c.conn)
+                    })
+                    .map(|s| s.req.call_guid.clone())
+                    .collect();
+                out.push(ConnView {
+                    id: id.0,
+                    server: server.name.clone(),
+                    server_address: server.host_port.clone(),
+                    state: match c.state {
+                        ConnState::Connecting => "connecting",
+                        ConnState::Open => "active",
+                        ConnState::Closing => "closing",
+                        ConnState::Backoff => "backoff",
+                    },
+                    calls: c.calls,
+                    calls_total: rec.map_or(0, |r| r.calls_total),
+                    backlog: c.backlog,
+                    audio_dropped: c.audio_dropped,
+                    info: rec.and_then(|r| r.info.clone()),
+                    call_guids,
+                });
+            }
+        }
+        out.sort_by_key(|c| c.id);
+        out
+    }
+
+    /// Closed connections, oldest first.
+    pub fn history(&self) -> Vec<ClosedConn> {
+        self.history.iter().cloned().collect()
+    }
+
+    /// Global statistics.
+    pub fn stats_view(&self) -> StatsView {
+        let mut servers = BTreeMap::new();
+        let mut connections = 0;
+        let mut open = 0;
+        for s in &self.servers {
+            let p: PoolStats = s.pool.stats();
+            connections += p.conns.len();
+            open += p
+                .conns
+                .iter()
+                .filter(|c| c.state == ConnState::Open)
+                .count();
+            servers.insert(
+                s.name.clone(),
+                PoolCounters {
+                    address: s.host_port.clone(),
+                    connects: p.connects,
+                    connect_failures: p.connect_failures,
+                    remote_closes: p.remote_closes,
+                    transport_closes: p.transport_closes,
+                    idle_closes: p.idle_closes,
+                    stall_closes: p.stall_closes,
+                    calls_failed: p.calls_failed,
+                    audio_dropped: p.audio_dropped,
+                    calls: p.calls,
+                    calls_waiting: p.calls_waiting,
+                },
+            );
+        }
+        StatsView {
+            forks: self.sessions.len(),
+            streams: self.by_stream.len(),
+            connections,
+            connections_open: open,
+            alarms: AlarmKind::ALL
+                .iter()
+                .map(|&k| (k.name(), self.alarms.count(k)))
+                .collect(),
+            alarms_raised: self.alarms.raised(),
+            media: self.media,
+            forks_started: self.forks_started,
+            forks_stopped: self.forks_stopped,
+            forks_failed: self.forks_failed,
+            servers,
+            history_dropped: self.history.dropped(),
+        }
+    }
+
+    fn session_mut(&mut self, call_guid: &str) -> Result<&mut Session, SessionError> {
+        let key = self
+            .by_guid
+            .get(call_guid)
+            .ok_or_else(|| SessionError::UnknownCall(call_guid.to_owned()))?;
+        let s = self
+            .sessions
+            .get_mut(key)
+            .ok_or_else(|| SessionError::UnknownCall(call_guid.to_owned()))?;
+        if let SessState::Failed(f) = s.state {
+            return Err(SessionError::Failed(call_guid.to_owned(), f.as_str()));
+        }
+        Ok(s)
+    }
+
+    /// Queues control messages on a live connection (accounted in its backlog). Without a
+    /// live connection nothing is sent: the `start`s sent on (re)connection carry the state.
+    fn send_all(&mut self, conn: Option<ConnId>, msgs: Vec<Control>) {
+        let Some(conn) = conn else { return };
+        let Some(rec) = self.conns.get(&conn) else {
+            return;
+        };
+        // Control is never dropped (ws_pool: losing one desynchronizes the server); the pool
+        // learns the real queue length before the next audio admission.
+        let _ = rec;
+        for msg in msgs {
+            self.outputs.push_back(Output::Send { conn, msg });
+        }
+    }
+
+    fn status(
+        &mut self,
+        call_guid: &str,
+        status: ForkStatus,
+        error: Option<ForkFailure>,
+        reconnected: bool,
+    ) {
+        self.outputs.push_back(Output::Status(StatusEvent {
+            call_guid: call_guid.to_owned(),
+            status,
+            error,
+            reconnected,
+        }));
+    }
+
+    fn conn_id(&mut self, server: ServerId, handle: ConnHandle) -> ConnId {
+        if let Some(&id) = self.servers[server.0 as usize].conns.get(&handle) {
+            return id;
+        }
+        let id = ConnId(self.next_conn);
+        self.next_conn = self.next_conn.wrapping_add(1).max(1);
+        self.servers[server.0 as usize].conns.insert(handle, id);
+        self.conns.insert(
+            id,
+            ConnRec {
+                server,
+                handle,
+                info: None,
+                calls_total: 0,
+                asked: None,
+            },
+        );
+        id
+    }
+
+    /// Turns pool outputs into service outputs.
+    fn drain_pool(&mut self, _now: Instant, server: ServerId) {
+        while let Some(out) = self.servers[server.0 as usize].pool.poll_output() {
+            match out {
+                PoolOutput::Connect { conn } => {
+                    let id = self.conn_id(server, conn);
+                    self.outputs.push_back(Output::Connect { conn: id, server });
+                }
+                PoolOutput::Assign { call, conn } | PoolOutput::Resend { call, conn } => {
+                    let resend = matches!(out, PoolOutput::Resend { .. });
+                    let id = self.conn_id(server, conn);
+                    let Some(s) = self.sessions.get_mut(&call.0) else {
+                        continue;
+                    };
+                    let resumed = resend || s.started_once || s.req.resumed;
+                    let reconnected = s.started_once;
+                    s.started_once = true;
+                    s.state = SessState::Live(id);
+                    for st in &mut s.streams {
+                        st.first = true;
+                    }
+                    let msgs = s.start_msgs(resumed);
+                    let guid = s.req.call_guid.clone();
+                    if let Some(rec) = self.conns.get_mut(&id) {
+                        rec.calls_total += 1;
+                    }
+                    self.send_all(Some(id), msgs);
+                    self.status(&guid, ForkStatus::Started, None, reconnected);
+                }
+                PoolOutput::Close { conn, reason } => {
+                    let id = self.conn_id(server, conn);
+                    let why = match reason {
+                        CloseReason::IdleTimeout => CloseWhy::IdleTimeout,
+                        CloseReason::Stalled => CloseWhy::Stalled,
+                        CloseReason::ConnectTimeout => CloseWhy::ConnectTimeout,
+                    };
+                    if let Some(rec) = self.conns.get_mut(&id) {
+                        rec.asked = Some(why);
+                    }
+                    self.outputs.push_back(Output::Close { conn: id, why });
+                }
+                PoolOutput::CallFailed { call, last } => {
+                    let Some(s) = self.sessions.get_mut(&call.0) else {
+                        continue;
+                    };
+                    // The detailed cause (DNS, proxy DNS, token) of the attempt that just
+                    // failed; the pool's own summary only knows TCP versus HTTP.
+                    let failure = self.closing_failure.unwrap_or(match last {
+                        Disconnect::HandshakeRejected { status: 401 | 403 } => {
+                            ForkFailure::AuthenticationTokenInvalid
+                        }
+                        _ => ForkFailure::ConnectionFailed,
+                    });
+                    s.state = SessState::Failed(failure);
+                    let guid = s.req.call_guid.clone();
+                    self.forks_failed += 1;
+                    self.status(&guid, ForkStatus::Error, Some(failure), false);
+                }
+            }
+        }
+    }
+
+    /// Drops bookkeeping of connections the pool removed.
+    fn forget_removed_conns(&mut self, server: ServerId) {
+        let live: Vec<ConnHandle> = self.servers[server.0 as usize]
+            .pool
+            .stats()
+            .conns
+            .iter()
+            .map(|c| c.conn)
+            .collect();
+        let srv = &mut self.servers[server.0 as usize];
+        let gone: Vec<(ConnHandle, ConnId)> = srv
+            .conns
+            .iter()
+            .filter(|(h, _)| !live.contains(h))
+            .map(|(&h, &id)| (h, id))
+            .collect();
+        for (h, id) in gone {
+            srv.conns.remove(&h);
+            self.conns.remove(&id);
+        }
+    }
+}
+
+fn live_conn(state: SessState) -> Option<ConnId> {
+    match state {
+        SessState::Live(c) => Some(c),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::ws_pool::SplitMix64;
+    use std::time::Duration;
+
+    /// Base instant for the fake clock; tests only add durations to it.
+    #[allow(clippy::disallowed_methods)] // any fixed Instant will do; there is no constructor
+    fn epoch() -> Instant {
+        Instant::now()
+    }
+
+    fn service(max_attempts: u32) -> (ForkService, ServerId) {
+        let mut svc = ForkService::new();
+        let cfg = PoolConfig {
+            calls_threshold: 2,
+            max_connect_attempts: max_attempts,
+            ..PoolConfig::default()
+        };
+        let id = svc
+            .add_server("asr", "10.0.0.1:9000", cfg, Box::new(SplitMix64(1)))
+            .expect("valid");
+        (svc, id)
+    }
+
+    fn req(guid: &str, server: ServerId, first_id: u32) -> ForkRequest {
+        ForkRequest {
+            call_guid: guid.into(),
+            call_id: format!("{guid}@pbx"),
+            from: "1000".into(),
+            to: "2000".into(),
+            server,
+            codec: Codec::Pcmu,
+            ptime_ms: 20,
+            metadata: Map::new(),
+            streams: vec![(first_id, Channel::Caller), (first_id + 1, Channel::Callee)],
+            resumed: false,
+        }
+    }
+
+    fn drain(s: &mut ForkService) -> Vec<Output> {
+        std::iter::from_fn(|| s.poll_output()).collect()
+    }
+
+    /// Message types sent, as "type:stream_id".
+    fn sent(outs: &[Output]) -> Vec<String> {
+        outs.iter()
+            .filter_map(|o| match o {
+                Output::Send { msg, .. } => {
+                    let v: Value = serde_json::from_str(&msg.to_json()).expect("json");
+                    Some(format!(
+                        "{}:{}",
+                        v["type"].as_str().unwrap_or("?"),
+                        v["stream_id"]
+                    ))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn statuses(outs: &[Output]) -> Vec<(ForkStatus, Option<&'static str>)> {
+        outs.iter()
+            .filter_map(|o| match o {
+                Output::Status(e) => Some((e.status, e.error.map(ForkFailure::as_str))),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn connect_id(outs: &[Output]) -> ConnId {
+        outs.iter()
+            .find_map(|o| match o {
+                Output::Connect { conn, .. } => Some(*conn),
+                _ => None,
+            })
+            .expect("a Connect output")
+    }
+
+    #[test]
+    fn start_precedes_audio_and_first_flag_is_set_once() {
+        let t0 = epoch();
+        let (mut s, srv) = service(5);
+        s.handle_fork_start(t0, req("g1", srv, 1)).expect("ok");
+        let c = connect_id(&drain(&mut s));
+        // Audio before the connection is open is dropped and counted, never sent.
+        assert_eq!(
+            s.handle_audio(t0, 1, 176, |_| 0),
+            AudioVerdict::Drop(DropReason::NotConnected)
+        );
+        s.handle_connected(t0, c, ConnInfo::default()).expect("ok");
+        let outs = drain(&mut s);
+        assert_eq!(sent(&outs), ["start:1", "start:2"]);
+        assert_eq!(statuses(&outs), [(ForkStatus::Started, None)]);
+        assert_eq!(
+            s.handle_audio(t0, 1, 176, |_| 0),
+            AudioVerdict::Send {
+                conn: c,
+                first: true
+            }
+        );
+        assert_eq!(
+            s.handle_audio(t0, 1, 176, |_| 1),
+            AudioVerdict::Send {
+                conn: c,
+                first: false
+            }
+        );
+        assert_eq!(
+            s.handle_audio(t0, 99, 176, |_| 0),
+            AudioVerdict::Drop(DropReason::UnknownStream)
+        );
+        let m = s.media_counters();
+        assert_eq!(
+            (
+                m.frames_queued,
+                m.dropped_not_connected,
+                m.dropped_unknown_stream
+            ),
+            (2, 1, 1)
+        );
+    }
+
+    #[test]
+    fn pause_resume_update_stop_in_order_and_paused_audio_dropped() {
+        let t0 = epoch();
+        let (mut s, srv) = service(5);
+        s.handle_fork_start(t0, req("g1", srv, 1)).expect("ok");
+        let c = connect_id(&drain(&mut s));
+        s.handle_connected(t0, c, ConnInfo::default()).expect("ok");
+        drain(&mut s);
+        s.handle_fork_pause(t0, "g1", PauseReason::Hold)
+            .expect("ok");
+        assert_eq!(
+            s.handle_fork_pause(t0, "g1", PauseReason::Hold),
+            Err(SessionError::AlreadyPaused("g1".into()))
+        );
+        assert_eq!(
+            s.handle_audio(t0, 2, 176, |_| 0),
+            AudioVerdict::Drop(DropReason::Paused)
+        );
+        s.handle_fork_resume(t0, "g1", Some(Codec::Pcma))
+            .expect("ok");
+        assert_eq!(
+            s.handle_fork_resume(t0, "g1", Some(Codec::Pcma)),
+            Err(SessionError::NotPaused("g1".into()))
+        );
+        assert_eq!(
+            s.handle_audio(t0, 2, 176, |_| 0),
+            AudioVerdict::Send {
+                conn: c,
+                first: true
+            },
+            "first frame after resume is flagged"
+        );
+        let mut md = Map::new();
+        md.insert("agent".into(), Value::from("1042"));
+        s.handle_fork_update(t0, "g1", md).expect("ok");
+        s.handle_fork_stop(t0, "g1", StopReason::Request)
+            .expect("ok");
+        let outs = drain(&mut s);
+        assert_eq!(
+            sent(&outs),
+            [
+                "pause:1", "pause:2", "resume:1", "resume:2", "update:1", "update:2", "stop:1",
+                "stop:2"
+            ]
+        );
+        assert_eq!(
+            statuses(&outs),
+            [
+                (ForkStatus::Paused, None),
+                (ForkStatus::Resumed, None),
+                (ForkStatus::Stopped, Some("Forking stopped"))
+            ]
+        );
+        assert_eq!(s.media_counters().dropped_paused, 1);
+        assert_eq!(
+            s.handle_fork_stop(t0, "g1", StopReason::Request),
+            Err(SessionError::UnknownCall("g1".into()))
+        );
+        // The idle connection closes after the idle timeout.
+        s.handle_timeout(t0 + Duration::from_secs(1800));
+        assert_eq!(
+            drain(&mut s),
+            [Output::Close {
+                conn: c,
+                why: CloseWhy::IdleTimeout
+            }]
+        );
+    }
+
+    #[test]
+    fn pause_before_connect_is_sent_after_start() {
+        let t0 = epoch();
+        let (mut s, srv) = service(5);
+        s.handle_fork_start(t0, req("g1", srv, 1)).expect("ok");
+        let c = connect_id(&drain(&mut s));
+        s.handle_fork_pause(t0, "g1", PauseReason::CodecChange)
+            .expect("ok");
+        assert_eq!(sent(&drain(&mut s)), Vec::<String>::new());
+        s.handle_connected(t0, c, ConnInfo::default()).expect("ok");
+        assert_eq!(
+            sent(&drain(&mut s)),
+            ["start:1", "pause:1", "start:2", "pause:2"]
+        );
+    }
+
+    #[test]
+    fn connect_failures_map_to_reference_strings_and_alarms() {
+        let cases = [
+            (ConnFailure::Dns, "DNS lookup failed", AlarmKind::TcpFailure),
+            (
+                ConnFailure::ProxyDns,
+                "Proxy DNS lookup failed",
+                AlarmKind::TcpFailure,
+            ),
+            (ConnFailure::Tcp, "Connection failed", AlarmKind::TcpFailure),
+            (ConnFailure::Tls, "Connection failed", AlarmKind::TcpFailure),
+            (
+                ConnFailure::Http { status: 401 },
+                "Authentication token invalid",
+                AlarmKind::HttpFailure,
+            ),
+            (
+                ConnFailure::Http { status: 403 },
+                "Authentication token invalid",
+                AlarmKind::HttpFailure,
+            ),
+            (
+                ConnFailure::Http { status: 503 },
+                "Connection failed",
+                AlarmKind::HttpFailure,
+            ),
+            (
+                ConnFailure::Proxy { status: 407 },
+                "Connection failed",
+                AlarmKind::HttpFailure,
+            ),
+        ];
+        for (failure, text, kind) in cases {
+            let t0 = epoch();
+            let (mut s, srv) = service(1);
+            s.handle_fork_start(t0, req("g1", srv, 1)).expect("ok");
+            let c = connect_id(&drain(&mut s));
+            s.handle_closed(t0, 0, c, failure).expect("ok");
+            let outs = drain(&mut s);
+            assert_eq!(
+                statuses(&outs),
+                [(ForkStatus::Error, Some(text))],
+                "{failure:?}"
+            );
+            assert!(outs.contains(&Output::Alarm(Alarm { kind, count: 1 })));
+            assert_eq!(s.alarms().count(kind), 1);
+            assert_eq!(
+                s.handle_fork_pause(t0, "g1", PauseReason::Hold),
+                Err(SessionError::Failed("g1".into(), text))
+            );
+            // A failed fork can still be stopped (and is then forgotten).
+            s.handle_fork_stop(t0, "g1", StopReason::CallEnd)
+                .expect("ok");
+            assert_eq!(s.poll_timeout(), None, "{failure:?}");
+        }
+    }
+
+    #[test]
+    fn lost_connection_reports_and_resends_start_resumed_with_pause() {
+        let t0 = epoch();
+        let (mut s, srv) = service(5);
+        s.handle_fork_start(t0, req("g1", srv, 1)).expect("ok");
+        let c = connect_id(&drain(&mut s));
+        s.handle_connected(t0, c, ConnInfo::default()).expect("ok");
+        s.handle_fork_pause(t0, "g1", PauseReason::Hold)
+            .expect("ok");
+        drain(&mut s);
+        let t1 = t0 + Duration::from_secs(60);
+        s.handle_closed(t1, 100, c, ConnFailure::RemoteClose { code: 1001 })
+            .expect("ok");
+        let outs = drain(&mut s);
+        assert_eq!(
+            statuses(&outs),
+            [(ForkStatus::Error, Some("Connection closed"))]
+        );
+        assert!(outs.contains(&Output::Alarm(Alarm {
+            kind: AlarmKind::RemoteWsClosure,
+            count: 1
+        })));
+        assert_eq!(s.history().len(), 1);
+        assert_eq!(s.history()[0].reason, "Connection closed");
+        let at = s.poll_timeout().expect("reconnect timer");
+        s.handle_timeout(at);
+        assert_eq!(connect_id(&drain(&mut s)), c, "same slot reconnects");
+        s.handle_connected(at, c, ConnInfo::default()).expect("ok");
+        let outs = drain(&mut s);
+        assert_eq!(sent(&outs), ["start:1", "pause:1", "start:2", "pause:2"]);
+        assert!(outs.iter().all(|o| match o {
+            Output::Send {
+                msg: Control::Start(st),
+                ..
+            } => st.resumed,
+            _ => true,
+        }));
+        assert!(outs.iter().any(|o| matches!(
+            o,
+            Output::Status(StatusEvent {
+                status: ForkStatus::Started,
+                reconnected: true,
+                ..
+            })
+        )));
+        // A TCP closure is reported with its own string.
+        s.handle_closed(at, 200, c, ConnFailure::Transport)
+            .expect("ok");
+        assert_eq!(
+            statuses(&drain(&mut s)),
+            [(ForkStatus::Error, Some("TCP Connection closed"))]
+        );
+        assert_eq!(s.alarms().count(AlarmKind::TcpClosure), 1);
+    }
+
+    #[test]
+    fn calls_threshold_opens_a_second_connection() {
+        let t0 = epoch();
+        let (mut s, srv) = service(5);
+        s.handle_fork_start(t0, req("g1", srv, 1)).expect("ok");
+        let c1 = connect_id(&drain(&mut s));
+        s.handle_connected(t0, c1, ConnInfo::default()).expect("ok");
+        s.handle_fork_start(t0, req("g2", srv, 3)).expect("ok");
+        assert!(drain(&mut s)
+            .iter()
+            .all(|o| !matches!(o, Output::Connect { .. })));
+        s.handle_fork_start(t0, req("g3", srv, 5)).expect("ok");
+        let c2 = connect_id(&drain(&mut s));
+        assert_ne!(c1, c2);
+        let views = s.conns_view(Some("10.0.0.1:9000"));
+        assert_eq!(views.iter().map(|v| v.calls).collect::<Vec<_>>(), [2, 1]);
+        assert!(s.conns_view(Some("10.9.9.9:1")).is_empty());
+        assert_eq!(s.stats_view().forks, 3);
+        assert_eq!(
+            s.handle_fork_start(t0, req("g3", srv, 7)),
+            Err(SessionError::DuplicateCall("g3".into()))
+        );
+    }
+
+    #[test]
+    fn clear_connection_fails_its_forks_and_records_history() {
+        let t0 = epoch();
+        let (mut s, srv) = service(5);
+        s.handle_fork_start(t0, req("g1", srv, 1)).expect("ok");
+        let c = connect_id(&drain(&mut s));
+        s.handle_connected(
+            t0,
+            c,
+            ConnInfo {
+                connected_at: 10,
+                ..ConnInfo::default()
+            },
+        )
+        .expect("ok");
+        drain(&mut s);
+        s.handle_clear_connection(t0, c.0).expect("ok");
+        let outs = drain(&mut s);
+        assert_eq!(
+            statuses(&outs),
+            [(ForkStatus::Error, Some("Connection closed"))]
+        );
+        assert!(outs.contains(&Output::Close {
+            conn: c,
+            why: CloseWhy::Cleared
+        }));
+        s.handle_closed(t0, 20, c, ConnFailure::Local).expect("ok");
+        assert_eq!(drain(&mut s), [], "no alarm and no reconnect for a clear");
+        assert_eq!(s.poll_timeout(), None);
+        let h = s.history();
+        assert_eq!(
+            (
+                h[0].id,
+                h[0].connected_at,
+                h[0].closed_at,
+                h[0].reason.as_str()
+            ),
+            (c.0, Some(10), 20, "closed locally using clear command")
+        );
+        assert!(s.conns_view(None).is_empty());
+        assert_eq!(
+            s.handle_clear_connection(t0, c.0),
+            Err(SessionError::UnknownConn(c.0))
+        );
+        s.clear_statistics();
+        assert_eq!(s.stats_view().forks_failed, 0);
+    }
+
+    #[test]
+    fn restored_fork_announces_resumed_start() {
+        let t0 = epoch();
+        let (mut s, srv) = service(5);
+        let mut r = req("g1", srv, 1);
+        r.resumed = true;
+        s.handle_fork_start(t0, r).expect("ok");
+        let c = connect_id(&drain(&mut s));
+        s.handle_connected(t0, c, ConnInfo::default()).expect("ok");
+        let outs = drain(&mut s);
+        assert!(outs.iter().any(|o| matches!(o,
+            Output::Send { msg: Control::Start(st), .. } if st.resumed)));
+    }
+
+    #[test]
+    fn status_event_json_uses_reference_strings() {
+        let e = StatusEvent {
+            call_guid: "g".into(),
+            status: ForkStatus::Error,
+            error: Some(ForkFailure::ProxyDnsLookupFailed),
+            reconnected: false,
+        };
+        assert_eq!(
+            serde_json::to_value(&e).expect("json"),
+            serde_json::json!({"call_guid":"g","status":"error","error":"Proxy DNS lookup failed"})
+        );
+    }
+}

@@ -1,0 +1,585 @@
+//! The stream service shell: one task owns the [`ForkService`] core and every speech-server
+//! connection handle; connection tasks (`conn.rs`) do the network IO.
+//!
+//! Inputs of the task, in priority order: [`Command`]s from the agent (fork start/stop in the
+//! order the control API executed them, stream-service ops with their reply channel),
+//! [`ConnEvent`]s from connection tasks, the core's timer, and forked media from the AF_XDP
+//! reader ([`Media`]). After each input the core's outputs are performed in order (connect,
+//! queue control, close, publish status events, log alarms), then the timer is re-armed.
+//!
+//! Status events are published as JSON lines (`{"event":"fork_status",...}`) on a broadcast
+//! channel the control API's `subscribe` hands to its clients.
+
+pub mod conn;
+pub mod tls;
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use serde_json::{json, Value};
+use speech_proto::{Dtmf, StopReason};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tracing::{info, warn};
+
+use crate::{
+    config::SpeechServerConfig,
+    core::{
+        control_api::{Op, Response, StreamServiceShow},
+        flows::Fork,
+        session::{AudioVerdict, ConnId, ForkRequest, ForkService, Output, ServerId, SessionError},
+        ws_pool::SplitMix64,
+        ws_url::WsUrl,
+    },
+};
+use conn::{ConnCounters, ConnEvent, ConnTx, Outgoing, Target};
+
+/// A forked packet from the AF_XDP reader, already encoded as a speech-protocol frame.
+#[derive(Debug)]
+pub enum Media {
+    /// One audio frame (docs/speech-protocol.md §3) of `stream_id`.
+    Audio {
+        /// Stream.
+        stream_id: u32,
+        /// Encoded frame (header + payload).
+        frame: Vec<u8>,
+    },
+    /// One RFC 4733 report.
+    Dtmf(Dtmf),
+}
+
+/// What the agent asks of the service.
+#[derive(Debug)]
+pub enum Command {
+    /// Start (or, after a restart, resume) forking a call.
+    Start {
+        /// The fork as the flow table holds it.
+        fork: Box<Fork>,
+        /// Announce the streams with `resumed: true`.
+        resumed: bool,
+    },
+    /// Stop forking a call.
+    Stop {
+        /// Call GUID.
+        call_guid: String,
+        /// Why.
+        reason: StopReason,
+    },
+    /// A stream-service op of the control API, answered on `reply`.
+    Op {
+        /// The op ([`Op::is_stream_service`]).
+        op: Op,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Response>,
+    },
+}
+
+/// Per-server counters read by `show_counters` and metrics.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    /// Frames and bytes written by this server's connections.
+    pub wire: Arc<ConnCounters>,
+    /// Frames dropped (paused, not connected, queue full, lost on close).
+    pub frames_dropped: AtomicU64,
+    /// Connection attempts.
+    pub connects: AtomicU64,
+    /// Attempts or connections that failed (not closed by us).
+    pub failures: AtomicU64,
+    /// Open connections.
+    pub connected: AtomicU64,
+}
+
+/// Cloneable handle of the service task.
+#[derive(Clone)]
+pub struct SpeechService {
+    cmd: mpsc::Sender<Command>,
+    names: Arc<HashSet<String>>,
+    events: broadcast::Sender<String>,
+    /// Counters per server name.
+    pub stats: Arc<HashMap<String, Arc<ServerStats>>>,
+}
+
+/// Commands waiting for the service task (fork requests arrive at control-API pace).
+const COMMAND_QUEUE: usize = 1024;
+/// Status events kept for slow subscribers before they see `lagged`.
+const EVENT_BACKLOG: usize = 1024;
+
+impl SpeechService {
+    /// Builds every server's target (TLS configs included) and starts the task.
+    pub fn spawn(servers: &[SpeechServerConfig], media: mpsc::Receiver<Media>) -> Result<Self> {
+        let mut core = ForkService::new();
+        let mut targets = Vec::new();
+        let mut stats = HashMap::new();
+        let mut by_name = HashMap::new();
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0x5eed)
+            ^ u64::from(std::process::id());
+        for (i, s) in servers.iter().enumerate() {
+            let url = WsUrl::parse(&s.url)
+                .map_err(|e| anyhow::anyhow!("speech_server {}: url {e}", s.name))?;
+            let tls = if url.secure {
+                Some(
+                    tls::client_config(&s.tls)
+                        .with_context(|| format!("speech_server {}: TLS settings", s.name))?,
+                )
+            } else {
+                None
+            };
+            let id = core
+                .add_server(
+                    &s.name,
+                    &url.host_port(),
+                    s.pool_config(),
+                    Box::new(SplitMix64(seed.wrapping_add(i as u64))),
+                )
+                .map_err(|e| anyhow::anyhow!("speech_server {}: {e}", s.name))?;
+            targets.push(Arc::new(Target {
+                name: s.name.clone(),
+                url,
+                token: s.token.clone(),
+                proxy: s.proxy.as_ref().map(|p| (p.host.clone(), p.port)),
+                source: s.source_address,
+                tls,
+                connect_timeout: Duration::from_millis(s.connect_timeout_ms),
+            }));
+            let st = Arc::new(ServerStats::default());
+            stats.insert(s.name.clone(), st.clone());
+            by_name.insert(s.name.clone(), (id, st));
+        }
+        let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+        let (events, _) = broadcast::channel(EVENT_BACKLOG);
+        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let task = Task {
+            core,
+            targets,
+            by_name,
+            stream_server: HashMap::new(),
+            conns: HashMap::new(),
+            conn_counters: HashMap::new(),
+            open: HashSet::new(),
+            ev_tx,
+            events: events.clone(),
+        };
+        tokio::spawn(task.run(cmd_rx, ev_rx, media));
+        Ok(SpeechService {
+            cmd: cmd_tx,
+            names: Arc::new(servers.iter().map(|s| s.name.clone()).collect()),
+            events,
+            stats: Arc::new(stats),
+        })
+    }
+
+    /// Whether a `[[speech_server]]` has this name.
+    pub fn has_server(&self, name: &str) -> bool {
+        self.names.contains(name)
+    }
+
+    /// Queues a fork start (after the flow table accepted it, before the kernel forks).
+    pub fn start_fork(&self, fork: &Fork, resumed: bool) -> Result<()> {
+        self.send(Command::Start {
+            fork: Box::new(fork.clone()),
+            resumed,
+        })
+    }
+
+    /// Queues a fork stop.
+    pub fn stop_fork(&self, call_guid: &str, reason: StopReason) -> Result<()> {
+        self.send(Command::Stop {
+            call_guid: call_guid.to_owned(),
+            reason,
+        })
+    }
+
+    /// Hands a stream-service op to the task; it answers on `reply`.
+    pub fn request(&self, op: Op, reply: oneshot::Sender<Response>) {
+        if let Err(e) = self.cmd.try_send(Command::Op { op, reply }) {
+            let reply = match e {
+                mpsc::error::TrySendError::Full(Command::Op { reply, .. })
+                | mpsc::error::TrySendError::Closed(Command::Op { reply, .. }) => reply,
+                _ => return,
+            };
+            let _ = reply.send(Response::err("Internal error: stream service busy or gone"));
+        }
+    }
+
+    /// Subscribes to status event lines.
+    pub fn subscribe(&self) -> broadcast::Receiver<String> {
+        self.events.subscribe()
+    }
+
+    /// The sender side, for the control API's subscribers.
+    pub fn events(&self) -> broadcast::Sender<String> {
+        self.events.clone()
+    }
+
+    fn send(&self, c: Command) -> Result<()> {
+        self.cmd
+            .try_send(c)
+            .map_err(|_| anyhow::anyhow!("Internal error: stream service busy or gone"))
+    }
+}
+
+struct Task {
+    core: ForkService,
+    targets: Vec<Arc<Target>>,
+    by_name: HashMap<String, (ServerId, Arc<ServerStats>)>,
+    stream_server: HashMap<u32, Arc<ServerStats>>,
+    conns: HashMap<ConnId, ConnTx>,
+    conn_counters: HashMap<ConnId, Arc<ConnCounters>>,
+    open: HashSet<ConnId>,
+    ev_tx: mpsc::UnboundedSender<ConnEvent>,
+    events: broadcast::Sender<String>,
+}
+
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Task {
+    async fn run(
+        mut self,
+        mut cmds: mpsc::Receiver<Command>,
+        mut conn_events: mpsc::UnboundedReceiver<ConnEvent>,
+        mut media: mpsc::Receiver<Media>,
+    ) {
+        loop {
+            let deadline = self.core.poll_timeout();
+            let sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                c = cmds.recv() => match c {
+                    Some(c) => self.command(c),
+                    None => return,
+                },
+                Some(ev) = conn_events.recv() => self.conn_event(ev),
+                _ = sleep => self.core.handle_timeout(now()),
+                m = media.recv() => match m {
+                    Some(m) => self.media(m),
+                    None => return,
+                },
+            }
+            self.perform();
+        }
+    }
+
+    fn command(&mut self, c: Command) {
+        match c {
+            Command::Start { fork, resumed } => {
+                let Some((server, stats)) = self.by_name.get(&fork.spec.server).cloned() else {
+                    warn!(server = %fork.spec.server, "fork refers to an unknown speech server");
+                    return;
+                };
+                let streams = fork
+                    .streams
+                    .iter()
+                    .zip(&fork.spec.streams)
+                    .map(|((id, _), s)| (*id, s.channel))
+                    .collect::<Vec<_>>();
+                for (id, _) in &streams {
+                    self.stream_server.insert(*id, stats.clone());
+                }
+                let spec = fork.spec;
+                let req = ForkRequest {
+                    call_guid: spec.call_guid,
+                    call_id: spec.call_id,
+                    from: spec.from,
+                    to: spec.to,
+                    server,
+                    codec: spec.codec,
+                    ptime_ms: spec.ptime_ms,
+                    metadata: spec.metadata,
+                    streams,
+                    resumed,
+                };
+                let guid = req.call_guid.clone();
+                match self.core.handle_fork_start(now(), req) {
+                    Ok(()) => info!(call_guid = %guid, "forking requested"),
+                    Err(e) => warn!(call_guid = %guid, "fork not started: {e}"),
+                }
+            }
+            Command::Stop { call_guid, reason } => {
+                if let Err(e) = self.core.handle_fork_stop(now(), &call_guid, reason) {
+                    warn!(%call_guid, "fork stop: {e}");
+                }
+            }
+            Command::Op { op, reply } => {
+                let resp = match self.op(op) {
+                    Ok(v) => Response::ok(v),
+                    Err(e) => Response::err(e.to_string()),
+                };
+                let _ = reply.send(resp);
+            }
+        }
+    }
+
+    fn op(&mut self, op: Op) -> Result<Value, OpError> {
+        let t = now();
+        match op {
+            Op::ForkPause { call_guid, reason } => {
+                self.core.handle_fork_pause(t, &call_guid, reason)?;
+                Ok(Value::Null)
+            }
+            Op::ForkResume { call_guid, codec } => {
+                self.core.handle_fork_resume(t, &call_guid, codec)?;
+                Ok(Value::Null)
+            }
+            Op::ForkUpdate {
+                call_guid,
+                metadata,
+            } => {
+                self.core.handle_fork_update(t, &call_guid, metadata)?;
+                Ok(Value::Null)
+            }
+            Op::ClearStreamConnection { id, forced } => {
+                if !forced {
+                    return Err(OpError::Usage(
+                        "clearing a connection ends its forks: add `forced`".into(),
+                    ));
+                }
+                self.core.handle_clear_connection(t, id)?;
+                Ok(Value::Null)
+            }
+            Op::ClearStreamStatistics => {
+                self.core.clear_statistics();
+                Ok(Value::Null)
+            }
+            Op::ShowStreamService { what, arg } => self.show(what, arg.as_deref()),
+            other => Err(OpError::Usage(format!(
+                "op {other:?} is not a stream-service op"
+            ))),
+        }
+    }
+
+    fn show(&self, what: StreamServiceShow, arg: Option<&str>) -> Result<Value, OpError> {
+        let conns_json = |host_port: Option<&str>| -> Value {
+            let list: Vec<Value> = self
+                .core
+                .conns_view(host_port)
+                .into_iter()
+                .map(|c| {
+                    let mut v = serde_json::to_value(&c).unwrap_or(Value::Null);
+                    if let Some(k) = self.conn_counters.get(&ConnId(c.id)) {
+                        v["frames_sent"] = json!(k.frames_sent.load(Ordering::Relaxed));
+                        v["bytes_sent"] = json!(k.bytes_sent.load(Ordering::Relaxed));
+                        v["dropped_on_close"] = json!(k.dropped_on_close.load(Ordering::Relaxed));
+                    }
+                    v
+                })
+                .collect();
+            Value::Array(list)
+        };
+        let v = match what {
+            StreamServiceShow::Callid => serde_json::to_value(self.core.sessions_view(arg))?,
+            StreamServiceShow::Connection => conns_json(None),
+            StreamServiceShow::ConnectionHistory => serde_json::to_value(self.core.history())?,
+            StreamServiceShow::ConnectionId => {
+                let id: u32 = arg
+                    .and_then(|a| a.parse().ok())
+                    .ok_or_else(|| OpError::Usage("connection_id needs a numeric `arg`".into()))?;
+                let all = conns_json(None);
+                all.as_array()
+                    .and_then(|a| a.iter().find(|c| c["id"] == json!(id)).cloned())
+                    .ok_or(OpError::Session(SessionError::UnknownConn(id)))?
+            }
+            StreamServiceShow::Server => {
+                let hp =
+                    arg.ok_or_else(|| OpError::Usage("server needs `arg` host:port".into()))?;
+                conns_json(Some(hp))
+            }
+            StreamServiceShow::Statistics => serde_json::to_value(self.core.stats_view())?,
+        };
+        Ok(v)
+    }
+
+    fn conn_event(&mut self, ev: ConnEvent) {
+        let t = now();
+        match ev {
+            ConnEvent::Connected { conn, info } => {
+                let url = self.url_of(conn);
+                info!(conn = conn.0, %url, local = ?info.local, tls = ?info.tls_version,
+                    "WebSocket Connection creation successful");
+                if self.open.insert(conn) {
+                    if let Some(s) = self.stats_of(conn) {
+                        s.connected.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                if let Err(e) = self.core.handle_connected(t, conn, info) {
+                    warn!(conn = conn.0, "connected event: {e}");
+                }
+            }
+            ConnEvent::Closed {
+                conn,
+                failure,
+                detail,
+            } => {
+                let url = self.url_of(conn);
+                let stats = self.stats_of(conn);
+                if self.open.remove(&conn) {
+                    if let Some(s) = &stats {
+                        s.connected.fetch_sub(1, Ordering::Relaxed);
+                    }
+                }
+                if failure != crate::core::session::ConnFailure::Local {
+                    if let Some(s) = &stats {
+                        s.failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                    warn!(conn = conn.0, %url, ?failure, "WebSocket Connection ended: {detail}");
+                } else {
+                    info!(conn = conn.0, %url, "WebSocket Connection closed: {detail}");
+                }
+                if let Some(tx) = self.conns.remove(&conn) {
+                    let lost = tx.counters.dropped_on_close.swap(0, Ordering::Relaxed);
+                    if let Some(s) = &stats {
+                        s.frames_dropped.fetch_add(lost, Ordering::Relaxed);
+                    }
+                }
+                if let Err(e) = self.core.handle_closed(t, unix_now(), conn, failure) {
+                    warn!(conn = conn.0, "closed event: {e}");
+                }
+            }
+        }
+    }
+
+    fn media(&mut self, m: Media) {
+        let t = now();
+        match m {
+            Media::Audio {
+                stream_id,
+                mut frame,
+            } => {
+                let conns = &self.conns;
+                let verdict = self.core.handle_audio(t, stream_id, frame.len(), |c| {
+                    conns
+                        .get(&c)
+                        .map_or(0, |tx| tx.backlog.load(Ordering::Relaxed))
+                });
+                match verdict {
+                    AudioVerdict::Send { conn, first } => {
+                        if first {
+                            if let Some(b) = frame.get_mut(3) {
+                                *b |= speech_proto::FLAG_FIRST;
+                            }
+                        }
+                        match self.conns.get(&conn) {
+                            Some(tx) => tx.send(Outgoing::Binary(frame)),
+                            None => self.count_drop(stream_id),
+                        }
+                    }
+                    AudioVerdict::Drop(_) => self.count_drop(stream_id),
+                }
+            }
+            Media::Dtmf(d) => self.core.handle_dtmf(t, d),
+        }
+    }
+
+    fn count_drop(&self, stream_id: u32) {
+        if let Some(s) = self.stream_server.get(&stream_id) {
+            s.frames_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Performs the core's outputs in order.
+    fn perform(&mut self) {
+        while let Some(out) = self.core.poll_output() {
+            match out {
+                Output::Connect { conn, server } => {
+                    let Some(target) = self.targets.get(server.0 as usize).cloned() else {
+                        continue;
+                    };
+                    if let Some(s) = self.by_name.get(&target.name) {
+                        s.1.connects.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let wire = self
+                        .by_name
+                        .get(&target.name)
+                        .map(|s| s.1.wire.clone())
+                        .unwrap_or_default();
+                    let counters = Arc::new(ConnCounters::default());
+                    self.conn_counters.insert(conn, counters.clone());
+                    let tx = conn::spawn(conn, target, self.ev_tx.clone(), counters, wire);
+                    self.conns.insert(conn, tx);
+                }
+                Output::Send { conn, msg } => {
+                    if let Some(tx) = self.conns.get(&conn) {
+                        tx.send(Outgoing::Text(msg.to_json()));
+                    }
+                }
+                Output::Close { conn, why } => {
+                    info!(conn = conn.0, url = %self.url_of(conn), "WebSocket Connection {}", why.describe());
+                    if let Some(tx) = self.conns.get_mut(&conn) {
+                        tx.close();
+                    }
+                }
+                Output::Status(ev) => {
+                    info!(call_guid = %ev.call_guid, status = ?ev.status,
+                        error = ev.error.map(|e| e.as_str()), "fork status");
+                    let mut v = serde_json::to_value(&ev).unwrap_or(Value::Null);
+                    v["event"] = json!("fork_status");
+                    // No subscriber is fine: sip-agent may not be connected yet.
+                    let _ = self.events.send(v.to_string());
+                }
+                Output::Alarm(a) => {
+                    warn!(
+                        target: "stream_service",
+                        "%SIP-3-STREAM_SERVICE: {} {}",
+                        a.count,
+                        a.kind.label()
+                    );
+                }
+            }
+        }
+        // Forget counters of connections the core no longer has.
+        if self.conn_counters.len() > self.conns.len() + 64 {
+            let live: HashSet<u32> = self.core.conns_view(None).iter().map(|c| c.id).collect();
+            self.conn_counters.retain(|c, _| live.contains(&c.0));
+        }
+    }
+
+    fn url_of(&self, conn: ConnId) -> String {
+        self.core
+            .conn_server(conn)
+            .and_then(|s| self.targets.get(s.0 as usize))
+            .map(|t| t.url.to_url())
+            .unwrap_or_default()
+    }
+
+    fn stats_of(&self, conn: ConnId) -> Option<Arc<ServerStats>> {
+        let s = self.core.conn_server(conn)?;
+        let t = self.targets.get(s.0 as usize)?;
+        self.by_name.get(&t.name).map(|x| x.1.clone())
+    }
+}
+
+/// Failures of a stream-service op (the message is the response's `error`).
+#[derive(Debug, thiserror::Error)]
+enum OpError {
+    /// The core refused it.
+    #[error("{0}")]
+    Session(#[from] SessionError),
+    /// Bad arguments.
+    #[error("{0}")]
+    Usage(String),
+    /// A view did not serialize (never expected).
+    #[error("Internal error: {0}")]
+    Json(#[from] serde_json::Error),
+}
