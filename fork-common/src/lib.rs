@@ -29,8 +29,10 @@ pub const MAP_XSKS: &str = "XSKS";
 pub const MAP_COUNTERS: &str = "COUNTERS";
 pub const MAP_CONFIG: &str = "CONFIG";
 pub const MAP_NEIGHBOURS: &str = "NEIGHBOURS";
+pub const MAP_TURN_CHANNELS: &str = "TURN_CHANNELS";
+pub const MAP_TURN_PEERS: &str = "TURN_PEERS";
 /// Every map fork-agent pins, in a stable order.
-pub const ALL_MAPS: [&str; 7] = [
+pub const ALL_MAPS: [&str; 9] = [
     MAP_FLOWS,
     MAP_FLOW_STATS,
     MAP_TX_PORTS,
@@ -38,6 +40,8 @@ pub const ALL_MAPS: [&str; 7] = [
     MAP_COUNTERS,
     MAP_CONFIG,
     MAP_NEIGHBOURS,
+    MAP_TURN_CHANNELS,
+    MAP_TURN_PEERS,
 ];
 
 /// Capacity of `FLOWS` (one entry per anchored port and direction) and of `FLOW_STATS`.
@@ -71,6 +75,11 @@ pub const FLOW_F_STRICT_SOURCE: u8 = 1 << 0;
 pub const FLOW_F_FORK: u8 = 1 << 1;
 /// The flow carries RTCP: relayed, never inspected as RTP nor forked.
 pub const FLOW_F_RTCP: u8 = 1 << 2;
+/// The key is a TURN server's listening address: ChannelData from clients, looked up in
+/// `TURN_CHANNELS` (the rest of the action is unused).
+pub const FLOW_F_TURN_LISTENER: u8 = 1 << 3;
+/// The key is a TURN relayed address: data from peers, looked up in `TURN_PEERS`.
+pub const FLOW_F_TURN_RELAY: u8 = 1 << 4;
 
 /// Value of `FLOWS`: how to relay (and whether to fork) a packet that matched a [`FlowKey`].
 /// Written by fork-agent only; the kernel never modifies it (counters live in `FLOW_STATS`), so
@@ -136,6 +145,55 @@ const _: () = assert!(size_of::<NeighValue>() == 16);
 
 /// Capacity of `NEIGHBOURS`.
 pub const MAX_NEIGHBOURS: u32 = 4096;
+
+/// Capacity of `TURN_CHANNELS` and of `TURN_PEERS` (one entry per bound channel each).
+pub const MAX_TURN_CHANNELS: u32 = 65_536;
+
+/// RFC 8656 §12: channel numbers 0x4000 through 0x4FFF (RFC 5766 allowed up to 0x7FFF; the
+/// kernel leaves those to user space, which answers them as the RFC in force says).
+pub const TURN_CHANNEL_MIN: u16 = 0x4000;
+pub const TURN_CHANNEL_MAX: u16 = 0x4FFF;
+
+/// Key of `TURN_CHANNELS`: ChannelData from a client (5-tuple towards the server plus channel).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TurnChannelKey {
+    pub client_addr_be: [u32; 4],
+    pub server_addr_be: [u32; 4],
+    pub client_port_be: u16,
+    pub server_port_be: u16,
+    pub channel_be: u16,
+    pub family: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<TurnChannelKey>() == 40);
+
+/// Key of `TURN_PEERS`: data from a peer to a relayed address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TurnPeerKey {
+    pub relay_addr_be: [u32; 4],
+    pub peer_addr_be: [u32; 4],
+    pub relay_port_be: u16,
+    pub peer_port_be: u16,
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<TurnPeerKey>() == 40);
+
+/// Value of `TURN_CHANNELS` and `TURN_PEERS`: the relay action for the packet once the
+/// ChannelData header is stripped (client → peer: from the relayed address to the peer) or pushed
+/// (peer → client: from the server's listening address to the client), and the channel number
+/// to push. Written by fork-agent on behalf of the TURN server (bound channel with a live
+/// permission), removed on expiry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TurnAction {
+    pub flow: FlowAction,
+    pub channel_be: u16,
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(size_of::<TurnAction>() == 112);
 const _: () = assert!(offset_of!(FlowAction, src_port_be) == 48);
 const _: () = assert!(offset_of!(FlowAction, stream_id) == 56);
 const _: () = assert!(offset_of!(FlowAction, pt_mask) == 64);
@@ -299,11 +357,23 @@ pub enum Reason {
     AbortedRedirect = 19,
     /// Capture program: no headroom to move the tag into the frame: dropped.
     ForkNoHeadroom = 20,
+    /// TURN ChannelData from a client relayed to its peer (header stripped).
+    TurnToPeer = 21,
+    /// TURN data from a peer relayed to its client as ChannelData (header pushed).
+    TurnToClient = 22,
+    /// TURN: no bound channel (or permission) for this packet: passed to the TURN server.
+    PassTurnNoChannel = 23,
+    /// TURN: not ChannelData, a channel number out of range, or a length that does not fit:
+    /// passed to the TURN server, which answers as the RFC says.
+    PassTurnMalformed = 24,
+    /// TURN: a layout the kernel does not rewrite (VLAN tag, IPv4 options, padded UDP
+    /// ChannelData): passed to the TURN server.
+    PassTurnLayout = 25,
 }
 
 impl Reason {
     /// Every reason, in index order.
-    pub const ALL: [Reason; 21] = [
+    pub const ALL: [Reason; 26] = [
         Reason::PassNotIp,
         Reason::PassNotUdp,
         Reason::PassFragment,
@@ -325,6 +395,11 @@ impl Reason {
         Reason::RelayedForkUnavailable,
         Reason::AbortedRedirect,
         Reason::ForkNoHeadroom,
+        Reason::TurnToPeer,
+        Reason::TurnToClient,
+        Reason::PassTurnNoChannel,
+        Reason::PassTurnMalformed,
+        Reason::PassTurnLayout,
     ];
 
     /// Stable snake_case name, used as a metrics label and in the CLI.
@@ -351,6 +426,11 @@ impl Reason {
             Reason::RelayedForkUnavailable => "relayed_fork_unavailable",
             Reason::AbortedRedirect => "aborted_redirect",
             Reason::ForkNoHeadroom => "fork_no_headroom",
+            Reason::TurnToPeer => "turn_to_peer",
+            Reason::TurnToClient => "turn_to_client",
+            Reason::PassTurnNoChannel => "pass_turn_no_channel",
+            Reason::PassTurnMalformed => "pass_turn_malformed",
+            Reason::PassTurnLayout => "pass_turn_layout",
         }
     }
 }
@@ -378,6 +458,9 @@ mod user {
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for NeighKey {}
     unsafe impl aya::Pod for NeighValue {}
+    unsafe impl aya::Pod for TurnChannelKey {}
+    unsafe impl aya::Pod for TurnPeerKey {}
+    unsafe impl aya::Pod for TurnAction {}
 
     /// An address as the kernel stores it: family plus four big-endian words.
     pub fn addr_words(ip: IpAddr) -> (u8, [u32; 4]) {

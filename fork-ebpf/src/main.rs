@@ -35,11 +35,14 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use csum::CsumDelta;
 use fork_common::{
-    FlowAction, FlowKey, FlowStats, ForkTag, NeighKey, Reason, FAMILY_V4, FLOW_F_FORK, FLOW_F_RTCP,
-    FLOW_F_STRICT_SOURCE, FORK_TAG_MAGIC, TAG_F_DTMF,
+    FlowAction, FlowKey, FlowStats, ForkTag, NeighKey, Reason, TurnChannelKey, TurnPeerKey,
+    FAMILY_V4, FLOW_F_FORK, FLOW_F_RTCP, FLOW_F_STRICT_SOURCE, FLOW_F_TURN_LISTENER,
+    FLOW_F_TURN_RELAY, FORK_TAG_MAGIC, TAG_F_DTMF, TURN_CHANNEL_MAX, TURN_CHANNEL_MIN,
 };
-use maps::{CONFIG, COUNTERS, FLOWS, FLOW_STATS, NEIGHBOURS, TX_PORTS, XSKS};
-use parse::{parse_rtp, parse_udp, ptr_at_mut, RtpKind, UdpPacket, UDP_HLEN};
+use maps::{
+    CONFIG, COUNTERS, FLOWS, FLOW_STATS, NEIGHBOURS, TURN_CHANNELS, TURN_PEERS, TX_PORTS, XSKS,
+};
+use parse::{parse_rtp, parse_udp, ptr_at, ptr_at_mut, RtpKind, UdpPacket, ETH_HLEN, UDP_HLEN};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -85,22 +88,78 @@ pub fn xdp_media_relay(ctx: XdpContext) -> u32 {
 fn try_media_relay(ctx: &XdpContext) -> Result<Verdict, Reason> {
     let pkt = parse_udp(ctx)?;
     let key = flow_key(&pkt);
+    // References into the maps, not copies: the actions are large and the BPF stack is 512 bytes.
     let action = match unsafe { FLOWS.get(&key) } {
-        Some(a) => *a,
+        Some(a) => a,
         None => return Err(Reason::PassNoFlow),
     };
+    if action.flags & FLOW_F_TURN_LISTENER != 0 {
+        return turn_from_client(ctx, &pkt);
+    }
+    if action.flags & FLOW_F_TURN_RELAY != 0 {
+        return turn_from_peer(ctx, &pkt);
+    }
     let stats = Slot(FLOW_STATS.get_ptr_mut(action.stats_index));
 
     if action.family != pkt.family {
         return Err(Reason::PassFamilyMismatch);
     }
-    if action.flags & FLOW_F_STRICT_SOURCE != 0 && !source_matches(&pkt, &action) {
+    if action.flags & FLOW_F_STRICT_SOURCE != 0 && !source_matches(&pkt, action) {
         stats.with(|s| add(&mut s.strict_drops, 1));
         return Ok(Verdict(xdp_action::XDP_DROP, Reason::DropStrictSource));
     }
+    let hop = resolve_hop(ctx, &pkt, action, &stats)?;
+    relay(
+        ctx,
+        &pkt,
+        action,
+        &stats,
+        hop,
+        pkt.l4_off + UDP_HLEN,
+        Reason::Relayed,
+    )
+}
 
-    // Classify before touching the packet: a PASS after a rewrite would hand the stack garbage.
-    let payload_len = pkt.udp_len - UDP_HLEN;
+/// Where a relayed packet goes: (egress ifindex, source MAC, destination MAC, ingress ifindex).
+type Hop = (u32, [u8; 6], [u8; 6], u32);
+
+/// Next hop and egress check, before the packet is touched: a PASS after a rewrite would hand
+/// the stack garbage.
+#[inline(always)]
+fn resolve_hop(
+    ctx: &XdpContext,
+    pkt: &UdpPacket,
+    action: &FlowAction,
+    stats: &Slot,
+) -> Result<Hop, Reason> {
+    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
+    let (egress, smac, dmac) = match next_hop(ctx, pkt, action, ingress) {
+        Ok(hop) => hop,
+        Err(reason) => {
+            stats.with(|s| add(&mut s.passed, 1));
+            return Err(reason);
+        }
+    };
+    if egress != ingress && TX_PORTS.get(egress).is_none() {
+        return Err(Reason::PassEgressUnknown);
+    }
+    Ok((egress, smac, dmac, ingress))
+}
+
+/// Classify the RTP at `rtp_off`, rewrite, count, and send (cloning to the fork veth when the
+/// flow forks this packet). `ok` is the verdict of an unforked relay.
+#[inline(always)]
+fn relay(
+    ctx: &XdpContext,
+    pkt: &UdpPacket,
+    action: &FlowAction,
+    stats: &Slot,
+    hop: Hop,
+    rtp_off: usize,
+    ok: Reason,
+) -> Result<Verdict, Reason> {
+    let (egress, smac, dmac, ingress) = hop;
+    let payload_len = (pkt.l4_off + pkt.udp_len).saturating_sub(rtp_off);
     let mut tag = ForkTag {
         magic: FORK_TAG_MAGIC,
         stream_id: action.stream_id,
@@ -108,7 +167,6 @@ fn try_media_relay(ctx: &XdpContext) -> Result<Verdict, Reason> {
     };
     let mut fork = false;
     if action.flags & FLOW_F_RTCP == 0 {
-        let rtp_off = pkt.l4_off + UDP_HLEN;
         match parse_rtp(ctx, rtp_off, payload_len) {
             Ok(RtpKind::Rtp(rtp)) => {
                 let dtmf = rtp.pt == action.dtmf_pt;
@@ -135,19 +193,7 @@ fn try_media_relay(ctx: &XdpContext) -> Result<Verdict, Reason> {
         stats.with(|s| add(&mut s.rtcp, 1));
     }
 
-    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
-    let (egress, smac, dmac) = match next_hop(ctx, &pkt, &action, ingress) {
-        Ok(hop) => hop,
-        Err(reason) => {
-            stats.with(|s| add(&mut s.passed, 1));
-            return Err(reason);
-        }
-    };
-    if egress != ingress && TX_PORTS.get(egress).is_none() {
-        return Err(Reason::PassEgressUnknown);
-    }
-
-    rewrite(ctx, &pkt, &action, smac, dmac)?;
+    rewrite(ctx, pkt, action, smac, dmac)?;
 
     stats.with(|s| {
         add(&mut s.packets, 1);
@@ -178,7 +224,184 @@ fn try_media_relay(ctx: &XdpContext) -> Result<Verdict, Reason> {
             Err(_) => Verdict(xdp_action::XDP_ABORTED, Reason::AbortedRedirect),
         });
     }
-    send(egress, ingress, Reason::Relayed)
+    send(egress, ingress, ok)
+}
+
+/// Only plain layouts are rewritten in the kernel: no VLAN tag, no IPv4 options (the headers are
+/// moved with fixed-size copies the verifier can follow).
+#[inline(always)]
+fn turn_layout_ok(pkt: &UdpPacket) -> bool {
+    pkt.l3_off == ETH_HLEN
+        && (pkt.family != FAMILY_V4 || pkt.l4_off == ETH_HLEN + 20)
+        && (pkt.family == FAMILY_V4 || pkt.l4_off == ETH_HLEN + 40)
+}
+
+/// ChannelData from a TURN client (RFC 8656 §12.4): strip the 4-byte header and send the data
+/// from the relayed address to the peer.
+#[inline(always)]
+fn turn_from_client(ctx: &XdpContext, pkt: &UdpPacket) -> Result<Verdict, Reason> {
+    let hdr = unsafe {
+        *ptr_at::<[u8; 4]>(ctx, pkt.l4_off + UDP_HLEN).map_err(|_| Reason::PassTurnMalformed)?
+    };
+    let channel = u16::from_be_bytes([hdr[0], hdr[1]]);
+    let len = u16::from_be_bytes([hdr[2], hdr[3]]) as usize;
+    if !(TURN_CHANNEL_MIN..=TURN_CHANNEL_MAX).contains(&channel) || len + 4 > pkt.udp_len - UDP_HLEN
+    {
+        return Err(Reason::PassTurnMalformed);
+    }
+    // Padding after the data (optional over UDP) would have to be trimmed: leave it to user space.
+    if len + 4 != pkt.udp_len - UDP_HLEN || !turn_layout_ok(pkt) {
+        return Err(Reason::PassTurnLayout);
+    }
+    let key = TurnChannelKey {
+        client_addr_be: pkt.saddr_be,
+        server_addr_be: pkt.daddr_be,
+        client_port_be: pkt.sport_be,
+        server_port_be: pkt.dport_be,
+        channel_be: channel.to_be(),
+        family: pkt.family,
+        _pad: 0,
+    };
+    let ta = match unsafe { TURN_CHANNELS.get(&key) } {
+        Some(t) => t,
+        None => return Err(Reason::PassTurnNoChannel),
+    };
+    let stats = Slot(FLOW_STATS.get_ptr_mut(ta.flow.stats_index));
+    let hop = resolve_hop(ctx, pkt, &ta.flow, &stats)?;
+    resize_channel_data(ctx, pkt, 4, [hdr[0], hdr[1], hdr[2], hdr[3]])?;
+    let mut p = *pkt;
+    p.udp_len -= 4;
+    relay(
+        ctx,
+        &p,
+        &ta.flow,
+        &stats,
+        hop,
+        p.l4_off + UDP_HLEN,
+        Reason::TurnToPeer,
+    )
+}
+
+/// Data from a peer to a relayed address: push a ChannelData header and send it from the
+/// server's listening address to the client.
+#[inline(always)]
+fn turn_from_peer(ctx: &XdpContext, pkt: &UdpPacket) -> Result<Verdict, Reason> {
+    if !turn_layout_ok(pkt) {
+        return Err(Reason::PassTurnLayout);
+    }
+    let key = TurnPeerKey {
+        relay_addr_be: pkt.daddr_be,
+        peer_addr_be: pkt.saddr_be,
+        relay_port_be: pkt.dport_be,
+        peer_port_be: pkt.sport_be,
+        family: pkt.family,
+        _pad: [0; 3],
+    };
+    let ta = match unsafe { TURN_PEERS.get(&key) } {
+        Some(t) => t,
+        None => return Err(Reason::PassTurnNoChannel),
+    };
+    let stats = Slot(FLOW_STATS.get_ptr_mut(ta.flow.stats_index));
+    let hop = resolve_hop(ctx, pkt, &ta.flow, &stats)?;
+    let data_len = ((pkt.udp_len - UDP_HLEN) as u16).to_be_bytes();
+    let ch = ta.channel_be.to_ne_bytes();
+    resize_channel_data(ctx, pkt, -4, [ch[0], ch[1], data_len[0], data_len[1]])?;
+    let mut p = *pkt;
+    p.udp_len += 4;
+    relay(
+        ctx,
+        &p,
+        &ta.flow,
+        &stats,
+        hop,
+        p.l4_off + UDP_HLEN + 4,
+        Reason::TurnToClient,
+    )
+}
+
+/// Strip (`delta` = 4) or push (`delta` = -4) the ChannelData header `chd` right after the UDP
+/// header: move the Ethernet/IP/UDP headers, then fix the IP and UDP lengths and checksums
+/// incrementally (the header's two words leave or join the UDP sum; the data after it keeps its
+/// word alignment).
+#[inline(always)]
+fn resize_channel_data(
+    ctx: &XdpContext,
+    pkt: &UdpPacket,
+    delta: i32,
+    chd: [u8; 4],
+) -> Result<(), Reason> {
+    if pkt.family == FAMILY_V4 {
+        move_headers::<{ ETH_HLEN + 20 + UDP_HLEN }>(ctx, delta)?;
+    } else {
+        move_headers::<{ ETH_HLEN + 40 + UDP_HLEN }>(ctx, delta)?;
+    }
+    let grow = delta < 0;
+    let w0 = u16::from_ne_bytes([chd[0], chd[1]]);
+    let w1 = u16::from_ne_bytes([chd[2], chd[3]]);
+    let udp = ptr_at_mut::<[u16; 4]>(ctx, pkt.l4_off)?;
+    let old_len = unsafe { (*udp)[2] };
+    let new_len = if grow {
+        (u16::from_be(old_len) + 4).to_be()
+    } else {
+        (u16::from_be(old_len) - 4).to_be()
+    };
+    let old_csum = unsafe { (*udp)[3] };
+    if old_csum != 0 || pkt.family != FAMILY_V4 {
+        let mut c = CsumDelta::new(old_csum);
+        // The length is in the UDP header and in the pseudo-header.
+        c.replace16(old_len, new_len);
+        c.replace16(old_len, new_len);
+        if grow {
+            c.replace16(0, w0);
+            c.replace16(0, w1);
+        } else {
+            c.replace16(w0, 0);
+            c.replace16(w1, 0);
+        }
+        unsafe { (*udp)[3] = nonzero_csum(c.finish()) };
+    }
+    unsafe { (*udp)[2] = new_len };
+    if grow {
+        let d = ptr_at_mut::<[u8; 4]>(ctx, pkt.l4_off + UDP_HLEN)?;
+        unsafe { *d = chd };
+    }
+    if pkt.family == FAMILY_V4 {
+        let ip = ptr_at_mut::<[u16; 10]>(ctx, pkt.l3_off)?;
+        let old = unsafe { (*ip)[1] };
+        let new = if grow {
+            (u16::from_be(old) + 4).to_be()
+        } else {
+            (u16::from_be(old) - 4).to_be()
+        };
+        let mut c = CsumDelta::new(unsafe { (*ip)[5] });
+        c.replace16(old, new);
+        unsafe {
+            (*ip)[1] = new;
+            (*ip)[5] = c.finish();
+        }
+    } else {
+        let ip = ptr_at_mut::<[u16; 20]>(ctx, pkt.l3_off)?;
+        let old = unsafe { (*ip)[2] };
+        let new = if grow {
+            (u16::from_be(old) + 4).to_be()
+        } else {
+            (u16::from_be(old) - 4).to_be()
+        };
+        unsafe { (*ip)[2] = new };
+    }
+    Ok(())
+}
+
+/// Move the first `N` bytes (all headers) by `delta` and adjust the frame start to match.
+#[inline(always)]
+fn move_headers<const N: usize>(ctx: &XdpContext, delta: i32) -> Result<(), Reason> {
+    let saved = unsafe { *ptr_at::<[u8; N]>(ctx, 0).map_err(|_| Reason::PassTurnLayout)? };
+    if unsafe { bpf_xdp_adjust_head(ctx.as_ptr() as *mut _, delta) } != 0 {
+        return Err(Reason::PassTurnLayout);
+    }
+    let dst = ptr_at_mut::<[u8; N]>(ctx, 0)?;
+    unsafe { *dst = saved };
+    Ok(())
 }
 
 /// Transmit the rewritten frame: XDP_TX on the ingress interface, else a devmap redirect.

@@ -7,8 +7,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use fork_common::{
-    Config, FlowAction, FlowKey, FlowStats, NeighKey, NeighValue, MAX_FLOWS, MAX_NEIGHBOURS,
-    MAX_REASONS, MAX_TX_PORTS, MAX_XSKS,
+    Config, FlowAction, FlowKey, FlowStats, NeighKey, NeighValue, TurnAction, TurnChannelKey,
+    TurnPeerKey, MAX_FLOWS, MAX_NEIGHBOURS, MAX_REASONS, MAX_TURN_CHANNELS, MAX_TX_PORTS, MAX_XSKS,
 };
 
 /// Anchored flows. Written by fork-agent (install/remove), read by `xdp_media_relay`.
@@ -43,3 +43,15 @@ pub static CONFIG: Array<Config, 1> = Array::new();
 /// table, read by `xdp_media_relay`.
 #[btf_map]
 pub static NEIGHBOURS: HashMap<NeighKey, NeighValue, { MAX_NEIGHBOURS as usize }> = HashMap::new();
+
+/// Bound TURN channels, client side. Written by fork-agent for the TURN server, read by
+/// `xdp_media_relay` for ChannelData arriving at a TURN listener.
+#[btf_map]
+pub static TURN_CHANNELS: HashMap<TurnChannelKey, TurnAction, { MAX_TURN_CHANNELS as usize }> =
+    HashMap::new();
+
+/// Bound TURN channels, peer side. Written by fork-agent for the TURN server, read by
+/// `xdp_media_relay` for data arriving at a relayed address.
+#[btf_map]
+pub static TURN_PEERS: HashMap<TurnPeerKey, TurnAction, { MAX_TURN_CHANNELS as usize }> =
+    HashMap::new();

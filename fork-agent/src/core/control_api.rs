@@ -134,6 +134,18 @@ pub enum Op {
     ShowFlows,
     ShowCounters,
     ShowForks,
+    /// Relay a bound TURN channel (both directions) in the kernel.
+    TurnChannelAdd {
+        channel: super::turn_offload::ChannelSpec,
+    },
+    /// Stop relaying a TURN channel in the kernel (expiry, refresh to 0, permission lost).
+    TurnChannelDel {
+        client: SocketAddr,
+        server: SocketAddr,
+        number: u16,
+    },
+    /// Offloaded TURN channels with their kernel counters.
+    ShowTurn,
 }
 
 /// What `show_stream_service` shows.

@@ -70,6 +70,23 @@ pub struct Fork {
     pub streams: Vec<(u32, SocketAddr)>,
 }
 
+/// The kernel action that sends a packet from `src` to `dst`, counted in `stats_index` (no fork,
+/// no strict source; egress and next hop are filled in by the shell).
+pub fn relay_action(src: SocketAddr, dst: SocketAddr, stats_index: u32) -> FlowAction {
+    let (family, src_addr_be) = addr_words(src.ip());
+    FlowAction {
+        src_addr_be,
+        dst_addr_be: addr_words(dst.ip()).1,
+        src_port_be: src.port().to_be(),
+        dst_port_be: dst.port().to_be(),
+        family,
+        stats_index,
+        pt_mask: FlowAction::mask_of(&[0, 8]),
+        dtmf_pt: NO_PT,
+        ..FlowAction::default()
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct FlowTable {
     flows: BTreeMap<SocketAddr, FlowEntry>,
@@ -85,6 +102,23 @@ impl FlowTable {
             next_stream: 1,
             ..Default::default()
         }
+    }
+
+    /// Reserve a `FLOW_STATS` slot for something other than a flow (a TURN channel direction).
+    pub fn reserve_stats(&mut self, owner: SocketAddr) -> Result<u32, FlowError> {
+        let slot = self.alloc_slot()?;
+        self.used_slots.insert(slot, owner);
+        Ok(slot)
+    }
+
+    /// Mark a slot found in use in the pinned maps after a restart.
+    pub fn adopt_stats(&mut self, slot: u32, owner: SocketAddr) {
+        self.used_slots.insert(slot, owner);
+    }
+
+    /// Give back a slot from [`FlowTable::reserve_stats`].
+    pub fn release_stats(&mut self, slot: u32) {
+        self.used_slots.remove(&slot);
     }
 
     fn alloc_slot(&mut self) -> Result<u32, FlowError> {

@@ -1,7 +1,8 @@
 //! Sans-IO cores of fork-agent: no sockets, no clock, no tasks (../../../shared/style.md §2).
+pub mod alarms;
 pub mod control_api;
 pub mod flows;
-pub mod ws_pool;
-pub mod alarms;
 pub mod session;
+pub mod turn_offload;
+pub mod ws_pool;
 pub mod ws_url;

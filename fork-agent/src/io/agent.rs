@@ -17,7 +17,9 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use fork_common::{FlowStats, ForkTag, NeighKey, NeighValue, FORK_TAG_MAGIC, TAG_F_DTMF};
+use fork_common::{
+    FlowStats, ForkTag, NeighKey, NeighValue, TurnAction, FORK_TAG_MAGIC, TAG_F_DTMF,
+};
 use serde_json::{json, Value};
 use speech_proto::{AudioHeader, Dtmf};
 use tokio::{
@@ -31,7 +33,8 @@ use crate::{
     config::Config,
     core::{
         control_api::{parse_request, Op, Response},
-        flows::{FlowTable, Fork},
+        flows::{relay_action, FlowTable, Fork},
+        turn_offload::{self, ChannelSpec, MapOp, Offloaded, TurnOffload},
     },
     io::{
         ebpf::DataPlane,
@@ -80,8 +83,37 @@ pub async fn run(cfg: Config) -> Result<()> {
     let mut adopted = 0;
     for item in dp.flows.iter() {
         let (key, action) = item.context("reading pinned FLOWS")?;
-        table.adopt(key, action);
-        adopted += 1;
+        let turn_marker = fork_common::FLOW_F_TURN_LISTENER | fork_common::FLOW_F_TURN_RELAY;
+        if action.flags & turn_marker == 0 {
+            table.adopt(key, action);
+            adopted += 1;
+        }
+    }
+    let mut turn = TurnOffload::new();
+    for item in dp.turn_channels.iter() {
+        let (key, to_peer) = item.context("reading pinned TURN_CHANNELS")?;
+        let fam = key.family;
+        let addr = |w, port_be: u16| {
+            SocketAddr::new(fork_common::words_addr(fam, w), u16::from_be(port_be))
+        };
+        let spec = ChannelSpec {
+            client: addr(key.client_addr_be, key.client_port_be),
+            server: addr(key.server_addr_be, key.server_port_be),
+            number: u16::from_be(key.channel_be),
+            relay: addr(to_peer.flow.src_addr_be, to_peer.flow.src_port_be),
+            peer: addr(to_peer.flow.dst_addr_be, to_peer.flow.dst_port_be),
+        };
+        let Ok(to_client) = dp.turn_peers.get(&turn_offload::peer_key(&spec), 0) else {
+            warn!(client = %spec.client, channel = spec.number, "pinned TURN channel without its peer entry; left to expire");
+            continue;
+        };
+        table.adopt_stats(to_peer.flow.stats_index, spec.client);
+        table.adopt_stats(to_client.flow.stats_index, spec.client);
+        turn.commit(Offloaded {
+            spec,
+            to_peer_stats: to_peer.flow.stats_index,
+            to_client_stats: to_client.flow.stats_index,
+        });
     }
     let state_file = cfg.control.state_dir.join("forks.json");
     for fork in load_forks(&state_file) {
@@ -125,6 +157,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut agent = Agent {
         dp,
+        turn,
         neighbours: HashMap::new(),
         interfaces: d.interfaces.clone(),
         table,
@@ -133,18 +166,28 @@ pub async fn run(cfg: Config) -> Result<()> {
         state_file,
         idle_timeout: Duration::from_secs(d.flow_idle_timeout_secs),
     };
-    // Adopted flows keep their next hops followed like new ones.
-    let hops: Vec<(u32, u8, [u32; 4])> = agent
-        .table
-        .flows()
-        .filter(|f| f.action.egress_ifindex != 0)
-        .map(|f| {
-            (
-                f.action.egress_ifindex,
-                f.action.family,
-                f.action.nexthop_be,
-            )
-        })
+    // Adopted flows and TURN channels keep their next hops followed like new ones.
+    let mut actions: Vec<fork_common::FlowAction> = agent.table.flows().map(|f| f.action).collect();
+    actions.extend(
+        agent
+            .dp
+            .turn_channels
+            .iter()
+            .filter_map(|r| r.ok())
+            .map(|(_, t)| t.flow),
+    );
+    actions.extend(
+        agent
+            .dp
+            .turn_peers
+            .iter()
+            .filter_map(|r| r.ok())
+            .map(|(_, t)| t.flow),
+    );
+    let hops: Vec<(u32, u8, [u32; 4])> = actions
+        .iter()
+        .filter(|a| a.egress_ifindex != 0)
+        .map(|a| (a.egress_ifindex, a.family, a.nexthop_be))
         .collect();
     for (ifindex, family, addr_be) in hops {
         if let Ok(dev) = nix::net::if_::if_indextoname(ifindex) {
@@ -272,6 +315,7 @@ async fn accept_loop(
 
 struct Agent {
     dp: DataPlane,
+    turn: TurnOffload,
     /// Next hops in use: kernel key → (interface, address).
     neighbours: HashMap<NeighKey, (String, std::net::IpAddr)>,
     interfaces: Vec<String>,
@@ -363,12 +407,189 @@ impl Agent {
             | Op::ClearStreamStatistics) => {
                 anyhow::bail!("Internal error: {op:?} reached the data-plane handler")
             }
+            Op::TurnChannelAdd { channel } => self.turn_channel_add(channel),
+            Op::TurnChannelDel {
+                client,
+                server,
+                number,
+            } => {
+                let (o, ops) = self.turn.remove(client, server, number)?;
+                self.apply_turn_ops(&ops)?;
+                self.table.release_stats(o.to_peer_stats);
+                self.table.release_stats(o.to_client_stats);
+                Ok(Value::Null)
+            }
+            Op::ShowTurn => self.show_turn(),
             Op::ShowFlows => self.show_flows(),
             Op::ShowCounters => self.show_counters(),
             Op::ShowForks => Ok(serde_json::to_value(
                 self.table.forks().collect::<Vec<_>>(),
             )?),
         }
+    }
+
+    /// Egress interface (one of ours) and next hop towards `dst`, kept resolved in NEIGHBOURS.
+    fn prepare_egress(&mut self, dst: std::net::IpAddr) -> Result<(u32, std::net::IpAddr)> {
+        let (dev, hop) = netdev::route_to(dst)?;
+        if !self.interfaces.contains(&dev) {
+            anyhow::bail!(
+                "{dst} is routed via {dev}, which is not one of dataplane.interfaces {:?}",
+                self.interfaces
+            );
+        }
+        let ifindex = netdev::ifindex(&dev)?;
+        if let Err(e) = netdev::keep_neighbour_resolved(&dev, hop) {
+            warn!("next hop {hop} of {dst} not kept resolved: {e:#}");
+        }
+        let (family, addr_be) = fork_common::addr_words(hop);
+        let nkey = NeighKey {
+            addr_be,
+            ifindex,
+            family,
+            _pad: [0; 3],
+        };
+        self.neighbours.insert(nkey, (dev, hop));
+        // Wait briefly for resolution so the kernel relays from the first packet; if the next
+        // hop stays silent the periodic refresh fills it in later.
+        let deadline = std::time::Instant::now() + Duration::from_millis(1500);
+        while !self.refresh_neighbour(&nkey) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok((ifindex, hop))
+    }
+
+    fn turn_channel_add(&mut self, spec: ChannelSpec) -> Result<Value> {
+        for addr in [spec.server, spec.relay] {
+            if self.table.flows().any(|f| f.local == addr) {
+                anyhow::bail!("{addr} is a media flow's address, not a TURN address");
+            }
+        }
+        let markers = self.turn.prepare(&spec)?;
+        let to_peer_stats = self.table.reserve_stats(spec.client)?;
+        let to_client_stats = match self.table.reserve_stats(spec.client) {
+            Ok(s) => s,
+            Err(e) => {
+                self.table.release_stats(to_peer_stats);
+                return Err(e.into());
+            }
+        };
+        let written = self.write_turn_channel(&spec, &markers, to_peer_stats, to_client_stats);
+        if let Err(e) = written {
+            let _ = self
+                .dp
+                .turn_channels
+                .remove(&turn_offload::channel_key(&spec));
+            let _ = self.dp.turn_peers.remove(&turn_offload::peer_key(&spec));
+            self.table.release_stats(to_peer_stats);
+            self.table.release_stats(to_client_stats);
+            return Err(e);
+        }
+        self.turn.commit(Offloaded {
+            spec,
+            to_peer_stats,
+            to_client_stats,
+        });
+        info!(client = %spec.client, channel = spec.number, peer = %spec.peer, "TURN channel relayed in kernel");
+        Ok(json!({ "to_peer_stats": to_peer_stats, "to_client_stats": to_client_stats }))
+    }
+
+    fn write_turn_channel(
+        &mut self,
+        spec: &ChannelSpec,
+        markers: &[MapOp],
+        to_peer_stats: u32,
+        to_client_stats: u32,
+    ) -> Result<()> {
+        let mut to_peer = relay_action(spec.relay, spec.peer, to_peer_stats);
+        (to_peer.egress_ifindex, to_peer.nexthop_be) = {
+            let (i, hop) = self.prepare_egress(spec.peer.ip())?;
+            (i, fork_common::addr_words(hop).1)
+        };
+        let mut to_client = relay_action(spec.server, spec.client, to_client_stats);
+        (to_client.egress_ifindex, to_client.nexthop_be) = {
+            let (i, hop) = self.prepare_egress(spec.client.ip())?;
+            (i, fork_common::addr_words(hop).1)
+        };
+        for slot in [to_peer_stats, to_client_stats] {
+            self.dp.flow_stats.set(slot, FlowStats::default(), 0)?;
+        }
+        // Channel entries before the markers: a packet that finds a marker finds its channel.
+        self.dp.turn_channels.insert(
+            turn_offload::channel_key(spec),
+            TurnAction {
+                flow: to_peer,
+                channel_be: 0,
+                _pad: [0; 6],
+            },
+            0,
+        )?;
+        self.dp.turn_peers.insert(
+            turn_offload::peer_key(spec),
+            TurnAction {
+                flow: to_client,
+                channel_be: spec.number.to_be(),
+                _pad: [0; 6],
+            },
+            0,
+        )?;
+        self.apply_turn_ops(markers)
+    }
+
+    fn apply_turn_ops(&mut self, ops: &[MapOp]) -> Result<()> {
+        for op in ops {
+            match op {
+                MapOp::AddListener(k) | MapOp::AddRelay(k) => {
+                    let flag = if matches!(op, MapOp::AddListener(_)) {
+                        fork_common::FLOW_F_TURN_LISTENER
+                    } else {
+                        fork_common::FLOW_F_TURN_RELAY
+                    };
+                    let marker = fork_common::FlowAction {
+                        family: k.family,
+                        flags: flag,
+                        ..Default::default()
+                    };
+                    self.dp
+                        .flows
+                        .insert(*k, marker, 0)
+                        .context("marking a TURN address in FLOWS")?;
+                }
+                MapOp::DelRelay(k) => self
+                    .dp
+                    .flows
+                    .remove(k)
+                    .context("unmarking a TURN relayed address")?,
+                MapOp::DelChannel(k) => self
+                    .dp
+                    .turn_channels
+                    .remove(k)
+                    .context("removing a TURN channel")?,
+                MapOp::DelPeer(k) => self
+                    .dp
+                    .turn_peers
+                    .remove(k)
+                    .context("removing a TURN peer")?,
+            }
+        }
+        Ok(())
+    }
+
+    fn show_turn(&self) -> Result<Value> {
+        let stat = |i: u32| self.dp.flow_stats.get(&i, 0).unwrap_or_default();
+        Ok(Value::Array(
+            self.turn
+                .channels()
+                .map(|o| {
+                    let (a, b) = (stat(o.to_peer_stats), stat(o.to_client_stats));
+                    json!({
+                        "client": o.spec.client, "server": o.spec.server, "channel": o.spec.number,
+                        "relay": o.spec.relay, "peer": o.spec.peer,
+                        "to_peer": {"packets": a.packets, "bytes": a.bytes, "passed": a.passed},
+                        "to_client": {"packets": b.packets, "bytes": b.bytes, "passed": b.passed},
+                    })
+                })
+                .collect(),
+        ))
     }
 
     /// Pick the egress interface, keep its next hop resolved, and write the flow into the kernel.
@@ -378,32 +599,11 @@ impl Agent {
         key: fork_common::FlowKey,
         stats_index: u32,
     ) -> Result<()> {
-        let (dev, hop) = netdev::route_to(flow.dst.ip())?;
-        if !self.interfaces.contains(&dev) {
-            anyhow::bail!(
-                "{} is routed via {dev}, which is not one of dataplane.interfaces {:?}",
-                flow.dst,
-                self.interfaces
-            );
+        if self.turn.owns(&flow.local) {
+            anyhow::bail!("{} is a TURN address", flow.local);
         }
-        let ifindex = netdev::ifindex(&dev)?;
+        let (ifindex, hop) = self.prepare_egress(flow.dst.ip())?;
         let action = self.table.set_egress(flow.local, ifindex, hop)?;
-        if let Err(e) = netdev::keep_neighbour_resolved(&dev, hop) {
-            warn!("next hop {hop} of {} not kept resolved: {e:#}", flow.dst);
-        }
-        let nkey = NeighKey {
-            addr_be: fork_common::addr_words(hop).1,
-            ifindex,
-            family: action.family,
-            _pad: [0; 3],
-        };
-        self.neighbours.insert(nkey, (dev.clone(), hop));
-        // Wait briefly for resolution so the kernel relays from the first packet; if the next
-        // hop stays silent the flow still installs and the periodic refresh fills it in.
-        let deadline = std::time::Instant::now() + Duration::from_millis(1500);
-        while !self.refresh_neighbour(&nkey) && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
         self.dp
             .flow_stats
             .set(stats_index, FlowStats::default(), 0)

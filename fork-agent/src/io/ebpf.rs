@@ -19,8 +19,9 @@ use aya::{
 };
 use fork_common::{
     Config as KernelConfig, FlowAction, FlowKey, FlowStats, NeighKey, NeighValue, Reason,
-    MAP_CONFIG, MAP_COUNTERS, MAP_FLOWS, MAP_FLOW_STATS, MAP_NEIGHBOURS, MAP_TX_PORTS, MAP_XSKS,
-    PROG_DEVMAP_EGRESS, PROG_FORK_CAPTURE, PROG_MEDIA_RELAY,
+    TurnAction, TurnChannelKey, TurnPeerKey, MAP_CONFIG, MAP_COUNTERS, MAP_FLOWS, MAP_FLOW_STATS,
+    MAP_NEIGHBOURS, MAP_TURN_CHANNELS, MAP_TURN_PEERS, MAP_TX_PORTS, MAP_XSKS, PROG_DEVMAP_EGRESS,
+    PROG_FORK_CAPTURE, PROG_MEDIA_RELAY,
 };
 use tracing::{info, warn};
 
@@ -50,6 +51,8 @@ pub struct DataPlane {
     pub xsks: XskMap<MapData>,
     pub config: Array<MapData, KernelConfig>,
     pub neighbours: HashMap<MapData, NeighKey, NeighValue>,
+    pub turn_channels: HashMap<MapData, TurnChannelKey, TurnAction>,
+    pub turn_peers: HashMap<MapData, TurnPeerKey, TurnAction>,
     /// Pins and devices this process created, removed again if start-up fails half way.
     created: Vec<Created>,
     /// Keeps aya-log's ring buffer (and so the programs' log map) alive.
@@ -125,6 +128,8 @@ impl DataPlane {
         let xsks = XskMap::try_from(take(MAP_XSKS)?)?;
         let config = Array::try_from(take(MAP_CONFIG)?)?;
         let neighbours = HashMap::try_from(take(MAP_NEIGHBOURS)?)?;
+        let turn_channels = HashMap::try_from(take(MAP_TURN_CHANNELS)?)?;
+        let turn_peers = HashMap::try_from(take(MAP_TURN_PEERS)?)?;
         Ok(DataPlane {
             ebpf,
             pin_dir: pin_dir.to_owned(),
@@ -135,6 +140,8 @@ impl DataPlane {
             xsks,
             config,
             neighbours,
+            turn_channels,
+            turn_peers,
             created,
             logger,
         })
