@@ -119,16 +119,23 @@ pub enum ControlOp {
     ForkStop {
         /// Fork GUID.
         call_guid: String,
+        /// Why (fork-agent reports "Forking stopped" only for a controller request).
+        reason: StopReason,
     },
     /// Pause a fork (hold, codec change).
     ForkPause {
         /// Fork GUID.
         call_guid: String,
+        /// Why.
+        reason: PauseReason,
     },
     /// Resume a paused fork.
     ForkResume {
         /// Fork GUID.
         call_guid: String,
+        /// The G.711 law now flowing, when it differs from the one the fork started with.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        codec: Option<&'static str>,
     },
     /// Replace a fork's metadata.
     ForkUpdate {
@@ -156,6 +163,26 @@ impl ControlOp {
         })
         .unwrap_or_else(|_| "{}".into())
     }
+}
+
+/// `fork_stop`'s reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// The controller sent STOP.
+    Request,
+    /// The call ended.
+    CallEnd,
+}
+
+/// `fork_pause`'s reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PauseReason {
+    /// A party put the call on hold.
+    Hold,
+    /// The call moved to a codec that is not forked.
+    CodecChange,
 }
 
 /// What the shell must do.
@@ -195,6 +222,8 @@ enum Phase {
 struct Fork {
     guid: String,
     phase: Phase,
+    /// G.711 law the fork runs with.
+    codec: &'static str,
 }
 
 #[derive(Debug, Default)]
@@ -234,12 +263,25 @@ fn plus_one(a: SocketAddr) -> Option<SocketAddr> {
     Some(SocketAddr::new(a.ip(), a.port().checked_add(1)?))
 }
 
-/// True when forking must be paused: hold on either leg, or a codec other than G.711
+/// Why forking must be paused, if it must: hold on either leg, or a codec other than G.711
 /// (reference: PAUSE "when the call is put on hold or the codec changes").
-fn should_pause(legs: &[Option<NegotiatedMedia>; 2]) -> bool {
-    legs.iter()
-        .flatten()
-        .any(|m| m.hold || !m.codec.as_ref().is_some_and(|c| c.is_g711()) || m.remote.is_none())
+fn pause_reason(legs: &[Option<NegotiatedMedia>; 2]) -> Option<PauseReason> {
+    let legs = || legs.iter().flatten();
+    if legs().any(|m| m.hold || m.remote.is_none()) {
+        Some(PauseReason::Hold)
+    } else if legs().any(|m| !m.codec.as_ref().is_some_and(|c| c.is_g711())) {
+        Some(PauseReason::CodecChange)
+    } else {
+        None
+    }
+}
+
+/// The G.711 law flowing (both legs carry the answer's codec).
+fn law(m: &NegotiatedMedia) -> &'static str {
+    match m.codec.as_ref().and_then(|k| k.name.as_deref()) {
+        Some("PCMA") => "PCMA",
+        _ => "PCMU",
+    }
 }
 
 /// The flows a call wants: each leg's peer sends to that leg's anchor, and the packets leave
@@ -401,24 +443,36 @@ impl MediaLayer {
         let Some(c) = self.calls.get_mut(&call) else {
             return;
         };
-        let pause = should_pause(&c.legs);
+        let pause = pause_reason(&c.legs);
+        let now_law = c.legs[Leg::B as usize].as_ref().map(law);
         let Some(f) = c.fork.as_mut() else { return };
         let guid = f.guid.clone();
         match (f.phase, pause) {
-            (Phase::Active, true) => {
+            (Phase::Active, Some(reason)) => {
                 f.phase = Phase::Pausing;
                 self.control(
                     call,
                     Purpose::Pause(guid.clone()),
-                    ControlOp::ForkPause { call_guid: guid },
+                    ControlOp::ForkPause {
+                        call_guid: guid,
+                        reason,
+                    },
                 );
             }
-            (Phase::Paused, false) => {
+            (Phase::Paused, None) => {
                 f.phase = Phase::Resuming;
+                // Back on G.711, possibly the other law (reference RESUME).
+                let codec = now_law.filter(|l| *l != f.codec);
+                if let Some(l) = codec {
+                    f.codec = l;
+                }
                 self.control(
                     call,
                     Purpose::Resume(guid.clone()),
-                    ControlOp::ForkResume { call_guid: guid },
+                    ControlOp::ForkResume {
+                        call_guid: guid,
+                        codec,
+                    },
                 );
             }
             // Starting/Pausing/Resuming: re-checked when the answer arrives.
@@ -435,7 +489,10 @@ impl MediaLayer {
             self.control(
                 call,
                 Purpose::Stop(f.guid.clone()),
-                ControlOp::ForkStop { call_guid: f.guid },
+                ControlOp::ForkStop {
+                    call_guid: f.guid,
+                    reason: StopReason::CallEnd,
+                },
             );
         }
         for local in c.flows.into_keys() {
@@ -483,10 +540,7 @@ impl MediaLayer {
                     );
                 };
                 // The core checked the codec is G.711 before accepting the START.
-                let codec = match b.codec.as_ref().and_then(|k| k.name.as_deref()) {
-                    Some("PCMA") => "PCMA",
-                    _ => "PCMU",
-                };
+                let codec = law(b);
                 let fork = ForkSpec {
                     call_guid: s.call_guid.clone(),
                     server,
@@ -507,6 +561,7 @@ impl MediaLayer {
                 c.fork = Some(Fork {
                     guid: s.call_guid.clone(),
                     phase: Phase::Starting,
+                    codec,
                 });
                 // Reference: status goes back once a connection is identified; fork-agent picks
                 // it when it receives fork_start.
@@ -533,6 +588,7 @@ impl MediaLayer {
                     Purpose::Stop(call_guid.clone()),
                     ControlOp::ForkStop {
                         call_guid: call_guid.clone(),
+                        reason: StopReason::Request,
                     },
                 );
             }

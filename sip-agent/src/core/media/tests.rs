@@ -160,8 +160,20 @@ fn wire_format_matches_control_api_doc() {
     );
     let op = ControlOp::ForkStop {
         call_guid: "g".into(),
+        reason: StopReason::CallEnd,
     };
-    assert_eq!(op.to_line(), r#"{"v":1,"op":"fork_stop","call_guid":"g"}"#);
+    assert_eq!(
+        op.to_line(),
+        r#"{"v":1,"op":"fork_stop","call_guid":"g","reason":"call_end"}"#
+    );
+    let op = ControlOp::ForkPause {
+        call_guid: "g".into(),
+        reason: PauseReason::CodecChange,
+    };
+    assert_eq!(
+        op.to_line(),
+        r#"{"v":1,"op":"fork_pause","call_guid":"g","reason":"codec_change"}"#
+    );
 }
 
 #[test]
@@ -263,7 +275,8 @@ fn stop_and_call_end() {
         },
     });
     let out = drain(&mut m);
-    assert!(matches!(&ops(&out)[0].1, ControlOp::ForkStop { call_guid } if call_guid == "abc"));
+    assert!(matches!(&ops(&out)[0].1,
+        ControlOp::ForkStop { call_guid, reason: StopReason::Request } if call_guid == "abc"));
     let st = statuses(&ok_all(&mut m, &out));
     assert_eq!(st[0].state, ForkState::Stopped);
     assert_eq!(st[0].status, Some(ForkError::ForkingStopped));
@@ -279,7 +292,13 @@ fn stop_and_call_end() {
     });
     let out = drain(&mut m);
     let ops = ops(&out);
-    assert!(matches!(&ops[0].1, ControlOp::ForkStop { .. }));
+    assert!(matches!(
+        &ops[0].1,
+        ControlOp::ForkStop {
+            reason: StopReason::CallEnd,
+            ..
+        }
+    ));
     assert_eq!(
         ops.iter()
             .filter(|(_, o)| matches!(o, ControlOp::FlowDel { .. }))
@@ -392,4 +411,45 @@ fn failed_flow_add_is_retried_on_next_event() {
         media: a_media(),
     });
     assert_eq!(ops(&drain(&mut m)).len(), 4);
+}
+
+#[test]
+fn resume_names_the_new_law_after_a_codec_round_trip() {
+    let mut m = layer();
+    let out = up(&mut m);
+    ok_all(&mut m, &out);
+    m.handle_session(&start("abc"));
+    let out = drain(&mut m);
+    ok_all(&mut m, &out);
+    let mut g729 = b_media();
+    g729.codec = Some(codec("G729", 18));
+    m.handle_session(&SessionEvent::MediaChanged {
+        call: CALL,
+        leg: Leg::B,
+        media: g729,
+    });
+    let out = drain(&mut m);
+    assert!(ops(&out).iter().any(|(_, o)| matches!(
+        o,
+        ControlOp::ForkPause {
+            reason: PauseReason::CodecChange,
+            ..
+        }
+    )));
+    ok_all(&mut m, &out);
+    let mut pcma = b_media();
+    pcma.codec = Some(codec("PCMA", 8));
+    m.handle_session(&SessionEvent::MediaChanged {
+        call: CALL,
+        leg: Leg::B,
+        media: pcma,
+    });
+    let out = drain(&mut m);
+    assert!(ops(&out).iter().any(|(_, o)| matches!(
+        o,
+        ControlOp::ForkResume {
+            codec: Some("PCMA"),
+            ..
+        }
+    )));
 }
