@@ -3,6 +3,9 @@
 //! checked by the reference speech-server's summary (order rules: no violations) and by the
 //! `fork_status` events a `subscribe`d control connection receives.
 
+// A test drives real processes against the wall clock.
+#![allow(clippy::disallowed_methods)]
+
 use std::{
     io::{BufRead, BufReader, Write},
     net::SocketAddr,

@@ -1,0 +1,262 @@
+//! Connection pool and failure reporting against real speech-server processes: calls-threshold
+//! growth, token accepted and rejected ("Authentication token invalid"), DNS failure ("DNS lookup
+//! failed"), an abrupt TCP drop ("TCP Connection closed", then a resumed start on a new
+//! connection) and a graceful server close ("Connection closed"), with the alarm counters and
+//! the closed-connection history they leave behind.
+
+// A test drives real processes against the wall clock.
+#![allow(clippy::disallowed_methods)]
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::SocketAddr,
+    os::unix::net::UnixStream,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+use xdpfork_tests::{bin, control, rtp_packet, Host, Topology};
+
+const SPEECH: &str = "10.77.3.2";
+
+fn speech(t: &mut Topology, name: &str, port: u16, extra: &[&str]) -> Result<()> {
+    let out = t.dir.join(name);
+    std::fs::create_dir_all(&out)?;
+    let listen = format!("{SPEECH}:{port}");
+    let out_s = out.to_string_lossy().into_owned();
+    let mut args = vec![
+        "--listen",
+        &listen,
+        "--out-dir",
+        &out_s,
+        "--duration-secs",
+        "120",
+    ];
+    args.extend_from_slice(extra);
+    t.spawn(name, Host::Speech, &bin("speech-server")?, &args)
+}
+
+fn config(t: &Topology, socket: &Path) -> String {
+    let srv = |name: &str, port: u16, extra: &str| {
+        format!(
+            "[[speech_server]]\nname = \"{name}\"\nurl = \"ws://{SPEECH}:{port}/fork\"\n\
+             backoff_initial_ms = 100\nbackoff_max_ms = 400\n{extra}\n"
+        )
+    };
+    format!(
+        "[dataplane]\npin_dir = \"{pin}\"\ninterfaces = [\"fa0\", \"fb0\"]\n\
+         [control]\nsocket = \"{sock}\"\nstate_dir = \"{state}\"\n{a}{b}{c}{d}{e}",
+        pin = t.pin_dir.display(),
+        sock = socket.display(),
+        state = t.dir.join("state").display(),
+        a = srv("asr", 9000, "token = \"s3cret\"\ncalls_threshold = 1"),
+        b = srv("badtoken", 9000, "token = \"wrong\"\nmax_connect_attempts = 1"),
+        c = srv("abort", 9001, ""),
+        d = srv("closer", 9002, "max_connect_attempts = 1"),
+        e = "[[speech_server]]\nname = \"nodns\"\nurl = \"ws://no-such-host.invalid/fork\"\nmax_connect_attempts = 1\n",
+    )
+}
+
+/// One call's caller flow on its own port pair; returns the flow's local address.
+fn flow(socket: &Path, n: u16) -> Result<String> {
+    let local = format!("10.77.1.1:{}", 31000 + 2 * n);
+    let src = format!("10.77.2.1:{}", 31000 + 2 * n);
+    control(
+        socket,
+        &json!({"v":1,"op":"flow_add","flow":{"local":local,"src":src,"dst":format!("10.77.2.2:{}", 41000 + 2 * n)}}),
+    )?;
+    Ok(local)
+}
+
+fn fork(socket: &Path, guid: &str, server: &str, flow: &str) -> Result<Value> {
+    control(
+        socket,
+        &json!({"v":1,"op":"fork_start","fork":{"call_guid":guid,"server":server,"codec":"PCMU",
+            "streams":[{"channel":"caller","flow":flow}]}}),
+    )
+}
+
+fn send(t: &Topology, to: &str, n: u16) -> Result<()> {
+    let tx = t.udp_socket(Host::Caller, "10.77.1.2:0".parse()?)?;
+    let dst: SocketAddr = to.parse()?;
+    for i in 0..n {
+        tx.send_to(&rtp_packet(0, i, 160 * u32::from(i), 7, &[0xff; 160]), dst)?;
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(())
+}
+
+/// Collects fork_status events until `done` holds (bounded by 15 s).
+fn events_until(
+    r: &mut BufReader<UnixStream>,
+    seen: &mut Vec<Value>,
+    done: impl Fn(&[Value]) -> bool,
+) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !done(seen) {
+        if Instant::now() > deadline {
+            bail!("events so far: {seen:#?}");
+        }
+        let mut line = String::new();
+        match r.read_line(&mut line) {
+            Ok(0) => bail!("control connection closed"),
+            Ok(_) => {
+                let v: Value = serde_json::from_str(&line)?;
+                if v["event"] == "fork_status" {
+                    seen.push(v);
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+fn has(seen: &[Value], guid: &str, status: &str, error: Option<&str>) -> bool {
+    seen.iter().any(|e| {
+        e["call_guid"] == guid && e["status"] == status && error.is_none_or(|x| e["error"] == x)
+    })
+}
+
+#[test]
+fn pool_grows_and_failures_are_reported_with_reference_strings() -> Result<()> {
+    let mut t = Topology::new()?;
+    speech(&mut t, "speech-main", 9000, &["--token", "s3cret"])?;
+    speech(
+        &mut t,
+        "speech-abort",
+        9001,
+        &["--abort-after-frames", "20"],
+    )?;
+    speech(
+        &mut t,
+        "speech-close",
+        9002,
+        &["--close-after-frames", "20"],
+    )?;
+    let socket = t.dir.join("fork-agent.sock");
+    let cfg = t.dir.join("fork-agent.toml");
+    std::fs::write(&cfg, config(&t, &socket))?;
+    let cfg_s = cfg.to_string_lossy().into_owned();
+    t.spawn(
+        "fork-agent",
+        Host::Forker,
+        &bin("fork-agent")?,
+        &["run", "--config", &cfg_s],
+    )?;
+    t.wait_for_path(&socket, "fork-agent control socket", "fork-agent")?;
+
+    let sub = UnixStream::connect(&socket)?;
+    sub.set_read_timeout(Some(Duration::from_millis(200)))?;
+    sub.try_clone()?
+        .write_all(b"{\"v\":1,\"op\":\"subscribe\"}\n")?;
+    let mut r = BufReader::new(sub);
+    let mut seen = Vec::new();
+
+    // calls_threshold = 1: two calls, two connections, both authenticated.
+    let f1 = flow(&socket, 1)?;
+    let f2 = flow(&socket, 2)?;
+    fork(&socket, "g-one", "asr", &f1)?;
+    fork(&socket, "g-two", "asr", &f2)?;
+    // Wrong token, unresolvable name, abrupt and graceful servers.
+    let f3 = flow(&socket, 3)?;
+    let f4 = flow(&socket, 4)?;
+    let f5 = flow(&socket, 5)?;
+    let f6 = flow(&socket, 6)?;
+    fork(&socket, "g-token", "badtoken", &f3)?;
+    fork(&socket, "g-dns", "nodns", &f4)?;
+    fork(&socket, "g-abort", "abort", &f5)?;
+    fork(&socket, "g-close", "closer", &f6)?;
+
+    events_until(&mut r, &mut seen, |s| {
+        has(s, "g-one", "started", None)
+            && has(s, "g-two", "started", None)
+            && has(s, "g-token", "error", Some("Authentication token invalid"))
+            && has(s, "g-dns", "error", Some("DNS lookup failed"))
+            && has(s, "g-abort", "started", None)
+            && has(s, "g-close", "started", None)
+    })?;
+    let conns = control(
+        &socket,
+        &json!({"v":1,"op":"show_stream_service","what":"server","arg":format!("{SPEECH}:9000")}),
+    )?;
+    let asr: Vec<&Value> = conns
+        .as_array()
+        .context("array")?
+        .iter()
+        .filter(|c| c["server"] == "asr" && c["state"] == "active")
+        .collect();
+    assert_eq!(
+        asr.len(),
+        2,
+        "one connection per call at threshold 1: {conns}"
+    );
+    assert!(asr.iter().all(|c| c["calls"] == 1), "{conns}");
+
+    send(&t, &f5, 40)?;
+    send(&t, &f6, 40)?;
+    events_until(&mut r, &mut seen, |s| {
+        has(s, "g-abort", "error", Some("TCP Connection closed"))
+            && has(s, "g-close", "error", Some("Connection closed"))
+    })?;
+    // The aborted connection comes back: start re-sent with resumed: true.
+    events_until(&mut r, &mut seen, |s| {
+        s.iter().any(|e| {
+            e["call_guid"] == "g-abort" && e["status"] == "started" && e["reconnected"] == true
+        })
+    })?;
+
+    let st = control(
+        &socket,
+        &json!({"v":1,"op":"show_stream_service","what":"statistics"}),
+    )?;
+    let a = &st["alarms"];
+    assert!(a["http_failures"].as_u64() >= Some(1), "{st}");
+    assert!(a["tcp_failures"].as_u64() >= Some(1), "{st}");
+    assert!(a["tcp_closures"].as_u64() >= Some(1), "{st}");
+    assert!(a["remote_ws_closures"].as_u64() >= Some(1), "{st}");
+    let hist = control(
+        &socket,
+        &json!({"v":1,"op":"show_stream_service","what":"connection_history"}),
+    )?;
+    let reasons: Vec<&str> = hist
+        .as_array()
+        .context("array")?
+        .iter()
+        .filter_map(|h| h["reason"].as_str())
+        .collect();
+    assert!(reasons.contains(&"TCP Connection closed"), "{hist}");
+    assert!(reasons.contains(&"Connection closed"), "{hist}");
+
+    // Clearing a connection fails its fork with "Connection closed".
+    let id = asr[0]["id"].as_u64().context("id")?;
+    let guid = asr[0]["call_guids"][0].as_str().context("guid")?.to_owned();
+    assert!(
+        control(
+            &socket,
+            &json!({"v":1,"op":"clear_stream_connection","id":id})
+        )
+        .is_err(),
+        "clear needs `forced`"
+    );
+    control(
+        &socket,
+        &json!({"v":1,"op":"clear_stream_connection","id":id,"forced":true}),
+    )?;
+    events_until(&mut r, &mut seen, |s| {
+        has(s, &guid, "error", Some("Connection closed"))
+    })?;
+    let log = t.log("fork-agent");
+    assert!(
+        log.contains("%SIP-3-STREAM_SERVICE: 1 HTTP connection failures"),
+        "alarm line missing:\n{log}"
+    );
+    Ok(())
+}
