@@ -49,8 +49,11 @@ const AF_INET6: u8 = 10;
 /// TTL / hop limit of relayed packets: the relay is an endpoint of each leg (as rtpengine's
 /// kernel module), not a router, so the caller's TTL is not carried over.
 const RELAY_TTL: u8 = 64;
-/// Sequence jumps at least this large are a restart, not loss (cf. RFC 3550 A.1 MAX_DROPOUT).
+/// Sequence jumps at least this large are a restart, not loss (RFC 3550 A.1 MAX_DROPOUT).
 const MAX_DROPOUT: i16 = 3000;
+/// Packets at most this far behind the highest sequence are late; further back is a restart
+/// (RFC 3550 A.1 MAX_MISORDER).
+const MAX_MISORDER: i16 = 100;
 const TAG_LEN: i32 = core::mem::size_of::<ForkTag>() as i32;
 
 /// The outcome of one packet: the action to return and the reason to count.
@@ -195,6 +198,11 @@ fn relay(
 
     rewrite(ctx, pkt, action, smac, dmac)?;
 
+    // A fork without a fork interface relays only; nothing is cloned, so nothing is counted as
+    // forked.
+    let fork_if = CONFIG.get(0).map(|c| c.fork_ifindex).unwrap_or(0);
+    let unavailable = fork && fork_if == 0;
+    let fork = fork && !unavailable;
     stats.with(|s| {
         add(&mut s.packets, 1);
         add(&mut s.bytes, payload_len as u64);
@@ -204,11 +212,10 @@ fn relay(
         }
     });
 
+    if unavailable {
+        return send(egress, ingress, Reason::RelayedForkUnavailable);
+    }
     if fork {
-        let fork_if = CONFIG.get(0).map(|c| c.fork_ifindex).unwrap_or(0);
-        if fork_if == 0 {
-            return send(egress, ingress, Reason::RelayedForkUnavailable);
-        }
         tag.egress_ifindex = egress;
         write_meta(ctx, &tag)?;
         // One frame to every port in TX_PORTS: the egress interface and the fork veth; the
@@ -447,8 +454,11 @@ fn track_sequence(s: &mut FlowStats, ssrc: u32, seq: u16) {
             add(&mut s.lost, (delta - 1) as u64);
         }
         s.last_seq = seq;
-    } else {
+    } else if delta > -MAX_MISORDER {
         add(&mut s.out_of_order, 1);
+    } else {
+        // The sender restarted its sequence (or jumped far back): track from here.
+        s.last_seq = seq;
     }
 }
 

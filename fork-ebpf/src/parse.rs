@@ -84,6 +84,9 @@ pub fn parse_udp(ctx: &XdpContext) -> Result<UdpPacket, Reason> {
         }
     }
     let mut saddr_be = [0u32; 4];
+    // Bytes after the IP header as the IP header says (IPv4 total length minus header, IPv6
+    // payload length): a UDP length beyond it is a lie, whatever the frame holds.
+    let mut ip_payload = 0usize;
     let mut daddr_be = [0u32; 4];
     let (family, l4_off) = match proto {
         ETH_P_IP => {
@@ -104,6 +107,7 @@ pub fn parse_udp(ctx: &XdpContext) -> Result<UdpPacket, Reason> {
             }
             saddr_be[0] = u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]);
             daddr_be[0] = u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]);
+            ip_payload = (u16::from_be_bytes([ip[2], ip[3]]) as usize).saturating_sub(ihl);
             (FAMILY_V4, l3_off + ihl)
         }
         ETH_P_IPV6 => {
@@ -116,6 +120,8 @@ pub fn parse_udp(ctx: &XdpContext) -> Result<UdpPacket, Reason> {
                 IPV6_FRAGMENT => return Err(Reason::PassFragment),
                 _ => return Err(Reason::PassNotUdp),
             }
+            ip_payload =
+                u16::from_be_bytes([ip[1].to_ne_bytes()[0], ip[1].to_ne_bytes()[1]]) as usize;
             saddr_be = [ip[2], ip[3], ip[4], ip[5]];
             daddr_be = [ip[6], ip[7], ip[8], ip[9]];
             (FAMILY_V6, l3_off + 40)
@@ -124,7 +130,16 @@ pub fn parse_udp(ctx: &XdpContext) -> Result<UdpPacket, Reason> {
     };
     let udp = unsafe { &*ptr_at::<[u16; 4]>(ctx, l4_off)? };
     let udp_len = u16::from_be(udp[2]) as usize;
-    if udp_len < UDP_HLEN || udp_len > MAX_FRAME {
+    // The frame must hold the whole IP packet (hence the datagram). The length goes through a volatile stack slot so
+    // LLVM cannot turn this check into a reason to drop the per-access pointer checks the
+    // verifier needs.
+    let frame_len = ctx.data_end() - ctx.data();
+    let frame_len = unsafe { core::ptr::read_volatile(&frame_len) };
+    if udp_len < UDP_HLEN
+        || udp_len > MAX_FRAME
+        || udp_len > ip_payload
+        || l4_off + ip_payload > frame_len
+    {
         return Err(Reason::PassTruncated);
     }
     Ok(UdpPacket {
