@@ -592,17 +592,39 @@ url = "ws://{ws}/stream"
         Ok(())
     }
 
+    /// Start forking and wait (bounded) until the speech server connection carries the call:
+    /// like CUBE, audio is forked from the moment the stream is established.
     pub fn start_fork(
         &self,
         guid: &str,
         caller_flow: &str,
         callee_flow: &str,
     ) -> Result<serde_json::Value> {
-        self.ctl(serde_json::json!({"v":1,"op":"fork_start","fork":{
+        let started = self.ctl(serde_json::json!({"v":1,"op":"fork_start","fork":{
             "call_guid": guid, "call_id": "call-1", "from": "1000", "to": "2000",
             "server": "asr", "codec": "PCMU",
             "streams": [{"channel":"caller","flow":caller_flow},{"channel":"callee","flow":callee_flow}]
-        }}))
+        }}))?;
+        self.wait_fork_state(guid, "active")?;
+        Ok(started)
+    }
+
+    /// Wait (bounded) until fork `guid` is in `state` (waiting, active, paused, reconnecting,
+    /// failed) as `show_stream_service callid` reports it.
+    pub fn wait_fork_state(&self, guid: &str, state: &str) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let v = self.ctl(
+                serde_json::json!({"v":1,"op":"show_stream_service","what":"callid","arg":guid}),
+            )?;
+            if v[0]["state"] == state {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("fork {guid} not {state} within 10 s: {v}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn counters(&self) -> Result<serde_json::Value> {
