@@ -144,6 +144,7 @@ fn resolve_hop(
         }
     };
     if egress != ingress && TX_PORTS.get(egress).is_none() {
+        stats.with(|s| add(&mut s.passed, 1));
         return Err(Reason::PassEgressUnknown);
     }
     Ok((egress, smac, dmac, ingress))

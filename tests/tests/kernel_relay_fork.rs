@@ -101,3 +101,76 @@ fn caller_audio_is_relayed_in_kernel_and_forked_to_speech_server() -> Result<()>
     );
     Ok(())
 }
+
+/// Both directions of a call at once, relayed and forked, over IPv4 and over IPv6.
+fn bidirectional(v6: bool) -> Result<()> {
+    let mut s = Scenario::start()?;
+    s.add_call_flows(v6)?;
+    let (caller, callee, a, b) = if v6 {
+        (CALLER_RTP6, CALLEE_RTP6, A_LOCAL6, B_LOCAL6)
+    } else {
+        (CALLER_RTP, CALLEE_RTP, A_LOCAL, B_LOCAL)
+    };
+    s.start_fork("guid-both", a, b)?;
+    let caller_sock = s.topo.udp_socket(Host::Caller, caller.parse()?)?;
+    let callee_sock = s.topo.udp_socket(Host::Callee, callee.parse()?)?;
+    let at_callee = spawn_receiver(callee_sock.try_clone()?, N as usize, Duration::from_secs(3));
+    let at_caller = spawn_receiver(caller_sock.try_clone()?, N as usize, Duration::from_secs(3));
+    let (a, b): (SocketAddr, SocketAddr) = (a.parse()?, b.parse()?);
+    let mut sent_ab = Vec::new();
+    let mut sent_ba = Vec::new();
+    for i in 0..N {
+        let p = rtp_packet(0, i, 160 * u32::from(i), 0xaaaa, &payload(i));
+        caller_sock.send_to(&p, a)?;
+        sent_ab.push(p);
+        let q = rtp_packet(8, 5000 + i, 160 * u32::from(i), 0xbbbb, &payload(i + 1));
+        callee_sock.send_to(&q, b)?;
+        sent_ba.push(q);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let got_ab = at_callee
+        .join()
+        .map_err(|_| anyhow::anyhow!("receiver panicked"))??;
+    let got_ba = at_caller
+        .join()
+        .map_err(|_| anyhow::anyhow!("receiver panicked"))??;
+    assert!(
+        got_ab == sent_ab,
+        "caller→callee: {} of {} byte-identical",
+        got_ab.len(),
+        N
+    );
+    assert!(
+        got_ba == sent_ba,
+        "callee→caller: {} of {} byte-identical",
+        got_ba.len(),
+        N
+    );
+
+    let c = s.counters()?;
+    assert_eq!(c["kernel"]["relayed_forked"], 2 * N as u64, "{c}");
+    for f in s.flows()?.as_array().cloned().unwrap_or_default() {
+        assert_eq!(f["packets"], N as u64, "{f}");
+        assert_eq!(f["forked"], N as u64, "{f}");
+        assert_eq!(f["path"], "kernel", "{f}");
+    }
+    s.wait_frames_sent("asr", 2 * N as u64)?;
+    let summary = s.speech_summary()?;
+    let streams = summary["streams"].as_array().cloned().unwrap_or_default();
+    assert_eq!(streams.len(), 2, "{summary}");
+    for st in streams {
+        assert_eq!(st["frames"], N as u64, "{st}");
+        assert_eq!(st["lost"], 0, "{st}");
+    }
+    Ok(())
+}
+
+#[test]
+fn bidirectional_call_is_relayed_and_forked_over_ipv4() -> Result<()> {
+    bidirectional(false)
+}
+
+#[test]
+fn bidirectional_call_is_relayed_and_forked_over_ipv6() -> Result<()> {
+    bidirectional(true)
+}
