@@ -178,11 +178,22 @@ bind_media = "10.77.2.1"
         keys: &[(&str, &str)],
         extra: &[&str],
     ) -> Result<Child> {
+        self.caller_spawn_to(AGENT_A, scenario, keys, extra)
+    }
+
+    /// Starts the caller sipp towards `target` (ip:port of a sip-agent listener).
+    pub fn caller_spawn_to(
+        &self,
+        target: &str,
+        scenario: &str,
+        keys: &[(&str, &str)],
+        extra: &[&str],
+    ) -> Result<Child> {
         let msg = self.dir.join("caller.msg").to_string_lossy().into_owned();
         let err = self.dir.join("caller.err").to_string_lossy().into_owned();
         let sf = sipp_file(scenario);
         let mut args: Vec<String> = [
-            AGENT_A,
+            target,
             "-sf",
             &sf,
             "-i",
@@ -246,6 +257,17 @@ bind_media = "10.77.2.1"
             stdout: String::from_utf8_lossy(&out.stdout).into_owned()
                 + &String::from_utf8_lossy(&out.stderr),
         })
+    }
+
+    pub fn caller_to(
+        &self,
+        target: &str,
+        scenario: &str,
+        keys: &[(&str, &str)],
+        extra: &[&str],
+    ) -> Result<CallerRun> {
+        let c = self.caller_spawn_to(target, scenario, keys, extra)?;
+        self.caller_wait(c)
     }
 
     pub fn caller(
