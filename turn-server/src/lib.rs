@@ -3,6 +3,7 @@
 //! - [`config`]: the TOML file, validated with errors that name the field.
 //! - [`io`]: the thin tokio shell around `turn_core::Server` (listeners, relay sockets, timer,
 //!   control socket). One task owns the core.
+//! - [`offload`]: which bound channels the XDP program relays (pure decision from core events).
 //! - [`status`]: the control socket's wire types and the status view's text rendering.
 //! - [`pii`]: hides client and peer addresses in logs unless asked.
 //!
@@ -11,5 +12,6 @@
 
 pub mod config;
 pub mod io;
+pub mod offload;
 pub mod pii;
 pub mod status;
