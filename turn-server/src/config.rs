@@ -2,7 +2,8 @@
 //!
 //! Role: turn the operator's file into the pieces the shell needs: a turn-core
 //! [`ServerConfig`], [`Credentials`] (users file and/or REST shared secret), the relay port
-//! allocator settings, listen addresses, the TLS server config and the control socket path.
+//! allocator settings, listen addresses, the TLS server config, the control socket path and the
+//! optional kernel offload (`[offload]`, fork-agent's control socket).
 //! Every error names the field it is about (`listen.tls`, `auth.users_file`, `peers.allowed[1]`,
 //! ...), so `turn-server check-config` tells the operator exactly what to fix.
 //! Call order: [`Config::load`] once at start; the result is immutable.
@@ -93,6 +94,21 @@ struct RawConfig {
     control: RawControl,
     #[serde(default)]
     compat: RawCompat,
+    offload: Option<RawOffload>,
+}
+
+/// `[offload]`: relay bound channels in fork-agent's XDP program (docs/turn.md "Relay offload
+/// to XDP"). Absent: everything stays in user space.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOffload {
+    fork_agent_socket: PathBuf,
+    #[serde(default = "default_counters_interval_ms")]
+    counters_interval_ms: u64,
+}
+
+fn default_counters_interval_ms() -> u64 {
+    2000
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -280,6 +296,19 @@ pub struct Relay {
     pub max_port: u16,
 }
 
+/// Kernel offload of bound channels through fork-agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offload {
+    /// fork-agent's control socket (its `[control] socket`).
+    pub fork_agent_socket: PathBuf,
+    /// How often kernel counters are read back into the allocations' counters.
+    pub counters_interval: Duration,
+}
+
+/// Shortest and longest accepted `offload.counters_interval_ms`: faster polls load fork-agent
+/// for nothing, slower ones leave `turn-server status` stale for a minute.
+const COUNTERS_INTERVAL_MS: std::ops::RangeInclusive<u64> = 100..=60_000;
+
 /// A validated configuration.
 pub struct Config {
     /// Listen addresses.
@@ -294,6 +323,8 @@ pub struct Config {
     pub credentials: Credentials,
     /// Unix control socket for `turn-server status`.
     pub control_socket: PathBuf,
+    /// Kernel offload, when `[offload]` is present.
+    pub offload: Option<Offload>,
 }
 
 impl fmt::Debug for Config {
@@ -305,6 +336,7 @@ impl fmt::Debug for Config {
             .field("server", &self.server)
             .field("credentials", &self.credentials)
             .field("control_socket", &self.control_socket)
+            .field("offload", &self.offload)
             .finish()
     }
 }
@@ -457,6 +489,10 @@ impl RawConfig {
                 "longer than 763 bytes (RFC 8489 §14.14)",
             ));
         }
+        let offload = self
+            .offload
+            .map(|o| validate_offload(o, &listen))
+            .transpose()?;
         Ok(Config {
             listen,
             tls,
@@ -464,8 +500,49 @@ impl RawConfig {
             server,
             credentials,
             control_socket: self.control.socket,
+            offload,
         })
     }
+}
+
+fn validate_offload(o: RawOffload, listen: &Listen) -> Result<Offload, ConfigError> {
+    if !o.fork_agent_socket.is_absolute() {
+        return Err(invalid(
+            "offload.fork_agent_socket",
+            format!(
+                "{} must be an absolute path (fork-agent's [control] socket, e.g. /run/xdpfork/fork-agent.sock)",
+                o.fork_agent_socket.display()
+            ),
+        ));
+    }
+    // The kernel relays UDP clients only, and matches the exact destination address of their
+    // ChannelData: a wildcard listener has no address to match.
+    if listen.udp.is_empty() {
+        return Err(invalid(
+            "offload",
+            "only UDP clients are offloaded, but listen.udp is empty: add a UDP listener or remove [offload]",
+        ));
+    }
+    if let Some(a) = listen.udp.iter().find(|a| a.ip().is_unspecified()) {
+        return Err(invalid(
+            "listen.udp",
+            format!("{a} is a wildcard; with [offload] each UDP listener must name the address clients send to (the kernel matches it)"),
+        ));
+    }
+    if !COUNTERS_INTERVAL_MS.contains(&o.counters_interval_ms) {
+        return Err(invalid(
+            "offload.counters_interval_ms",
+            format!(
+                "must be {} to {}",
+                COUNTERS_INTERVAL_MS.start(),
+                COUNTERS_INTERVAL_MS.end()
+            ),
+        ));
+    }
+    Ok(Offload {
+        fork_agent_socket: o.fork_agent_socket,
+        counters_interval: Duration::from_millis(o.counters_interval_ms),
+    })
 }
 
 fn parse_ranges(field: &str, list: &[String]) -> Result<Vec<IpRange>, ConfigError> {
@@ -731,6 +808,41 @@ ipv4 = "10.77.2.1"
         ));
         let t = text.replace("ipv4 = \"10.77.2.1\"", "ipv4 = \"0.0.0.0\"");
         assert_eq!(field_of(Config::parse(&t)), "relay");
+    }
+
+    #[test]
+    fn offload_section_is_optional_and_validated() {
+        let (_d, text) = with_users("");
+        assert_eq!(Config::parse(&text).expect("valid").offload, None);
+        let (_d, text) =
+            with_users("[offload]\nfork_agent_socket = \"/run/xdpfork/fork-agent.sock\"\n");
+        let o = Config::parse(&text)
+            .expect("valid")
+            .offload
+            .expect("offload");
+        assert_eq!(
+            o.fork_agent_socket,
+            PathBuf::from("/run/xdpfork/fork-agent.sock")
+        );
+        assert_eq!(o.counters_interval, Duration::from_secs(2));
+        let (_d, text) = with_users("[offload]\nfork_agent_socket = \"fork-agent.sock\"\n");
+        assert_eq!(field_of(Config::parse(&text)), "offload.fork_agent_socket");
+        let (_d, text) = with_users(
+            "[offload]\nfork_agent_socket = \"/run/f.sock\"\ncounters_interval_ms = 0\n",
+        );
+        assert_eq!(
+            field_of(Config::parse(&text)),
+            "offload.counters_interval_ms"
+        );
+        let (_d, text) = with_users("[offload]\nfork_agent_socket = \"/run/f.sock\"\n");
+        let wildcard = text.replace("udp = [\"10.77.1.1:3478\"]", "udp = [\"0.0.0.0:3478\"]");
+        assert_eq!(field_of(Config::parse(&wildcard)), "listen.udp");
+        let tcp_only = text.replace("udp = [\"10.77.1.1:3478\"]\n", "");
+        assert_eq!(field_of(Config::parse(&tcp_only)), "offload");
+        assert!(matches!(
+            Config::parse(&text.replace("[offload]", "[offload]\nsocket = 1")),
+            Err(ConfigError::Parse { .. })
+        ));
     }
 
     #[test]

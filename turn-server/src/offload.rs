@@ -10,7 +10,7 @@
 //! - the channel number is in RFC 8656's 0x4000–0x4FFF (RFC 5766 numbers up to 0x7FFF, which
 //!   `[compat] rfc5766_channels` admits, stay in user space: the kernel rejects them),
 //! - client, server, relay and peer addresses are one family (the kernel rewrites v4→v4 and
-//!   v6→v6 only).
+//!   v6→v6 only), and the server address is concrete (the kernel matches it exactly).
 //!
 //! Inputs: [`OffloadPlanner::handle_event`] with every core event, in the order the core
 //! emitted them; [`OffloadPlanner::shutdown`] once when the server stops.
@@ -121,6 +121,8 @@ impl Allocation {
     fn eligible(&self, number: u16, peer: SocketAddr) -> bool {
         let v4 = self.client.client.is_ipv4();
         self.client.transport == Transport::Udp
+            // A wildcard listener gives no destination address for the kernel to match.
+            && !self.client.server.ip().is_unspecified()
             && KERNEL_CHANNELS.contains(&number)
             && self.permissions.contains(&peer.ip())
             && [self.client.server, self.relay, peer]

@@ -150,8 +150,29 @@ pub struct AllocationView {
     pub permissions: Vec<IpAddr>,
     /// Channel bindings.
     pub channels: Vec<ChannelView>,
-    /// Traffic so far.
+    /// Traffic so far (user space and kernel).
     pub traffic: Traffic,
+    /// The part of `traffic` the XDP program relayed on offloaded channels (read back from
+    /// fork-agent every `offload.counters_interval_ms`).
+    #[serde(default)]
+    pub kernel: Traffic,
+}
+
+/// Kernel offload through fork-agent (`[offload]`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OffloadView {
+    /// fork-agent's control socket.
+    pub fork_agent_socket: String,
+    /// Whether turn-server is connected to it now.
+    pub connected: bool,
+    /// Channels that should be relayed in the kernel now.
+    pub channels: usize,
+    /// Requests fork-agent refused (logged at warn).
+    pub refused: u64,
+    /// Failed connection attempts and lost connections.
+    pub connection_failures: u64,
+    /// Commands dropped on a full queue (a full resynchronisation followed).
+    pub commands_dropped: u64,
 }
 
 /// The whole status view.
@@ -179,6 +200,9 @@ pub struct StatusReport {
     pub shell: ShellCounters,
     /// Every active allocation, by handle.
     pub active: Vec<AllocationView>,
+    /// Kernel offload, when configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offload: Option<OffloadView>,
 }
 
 /// Lower-case transport name used in the status view.
@@ -245,8 +269,10 @@ impl StatusReport {
                         })
                         .collect(),
                     traffic: a.counters.into(),
+                    kernel: Traffic::default(),
                 })
                 .collect(),
+            offload: None,
         }
     }
 
@@ -301,6 +327,25 @@ impl StatusReport {
             self.shell.send_dropped,
             self.shell.stream_connections
         );
+        if let Some(o) = &self.offload {
+            let k = self.active.iter().fold((0, 0), |(p, f), a| {
+                (p + a.kernel.to_peer_packets, f + a.kernel.from_peer_packets)
+            });
+            let _ = writeln!(
+                s,
+                "  kernel offload                   {} via {}, {} channels, refused {}, connection failures {}",
+                if o.connected { "connected" } else { "NOT connected" },
+                o.fork_agent_socket,
+                o.channels,
+                o.refused,
+                o.connection_failures
+            );
+            let _ = writeln!(
+                s,
+                "    kernel-relayed (live relays)   {} packets to peers, {} packets to clients",
+                k.0, k.1
+            );
+        }
         if !self.active.is_empty() {
             let _ = writeln!(
                 s,
@@ -386,7 +431,9 @@ mod tests {
                     peer: "10.77.2.2:3480".parse().expect("addr"),
                 }],
                 traffic: Traffic::default(),
+                kernel: Traffic::default(),
             }],
+            offload: None,
         };
         let json = serde_json::to_string(&report).expect("serialises");
         let back: StatusReport = serde_json::from_str(&json).expect("parses");
@@ -397,5 +444,27 @@ mod tests {
         assert!(text.contains("5 packets, 500 bytes"), "{text}");
         assert!(text.contains("401:3"), "{text}");
         assert!(text.contains("10.77.2.1:24000"), "{text}");
+        assert!(!text.contains("kernel offload"), "{text}");
+
+        let mut with = report.clone();
+        with.active[0].kernel.to_peer_packets = 4;
+        with.offload = Some(OffloadView {
+            fork_agent_socket: "/run/xdpfork/fork-agent.sock".into(),
+            connected: true,
+            channels: 1,
+            refused: 0,
+            connection_failures: 0,
+            commands_dropped: 0,
+        });
+        let back: StatusReport =
+            serde_json::from_str(&serde_json::to_string(&with).expect("serialises"))
+                .expect("parses");
+        assert_eq!(back, with);
+        let text = with.render();
+        assert!(
+            text.contains("kernel offload                   connected via /run/xdpfork/fork-agent.sock, 1 channels"),
+            "{text}"
+        );
+        assert!(text.contains("4 packets to peers"), "{text}");
     }
 }

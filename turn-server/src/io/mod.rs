@@ -6,16 +6,19 @@
 //! on one bounded channel. The owning task sends directly: UDP with `try_send_to` from the
 //! listen or relay socket named by `Transmit::from`, streams through the connection's bounded
 //! queue found by 5-tuple. Status requests arrive as [`Command`]s from the control socket.
+//! With `[offload]`, [`Shell::handle_event`] also feeds every lifecycle event to the
+//! [`OffloadPlanner`] and hands its commands to the offload task ([`offload`]), which programs
+//! fork-agent and sends kernel counter growth back as [`Input::OffloadCounters`].
 //! Inputs: [`Input`], [`Command`], the core's timer, SIGINT/SIGTERM.
 //! Outputs: datagrams and stream bytes; relay sockets opened and closed on the core's events;
-//! debug logs of every lifecycle event (the hook for kernel offload, see
-//! [`Shell::handle_event`]).
+//! kernel offload commands; debug logs of every lifecycle event.
 //! Call order per iteration (style guide §4): take **one** input, drain `poll_output` to
 //! `None`, then re-read `poll_timeout`; timers are checked against the clock each iteration,
 //! not only when the sleep fires.
 #![allow(clippy::disallowed_methods)] // io shell: reads the clock, spawns socket tasks
 
 pub mod control;
+pub mod offload;
 pub mod relay;
 pub mod stream;
 
@@ -23,7 +26,7 @@ use std::{
     collections::HashMap,
     net::SocketAddr,
     sync::Arc,
-    time::{Instant, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context, Result};
@@ -35,21 +38,30 @@ use tokio::{
 };
 use tracing::{debug, info, trace, warn};
 use turn_core::{
-    server::DeleteReason, stun::PacketKind, AllocationHandle, Event, FiveTuple, Output,
-    PortRangeAllocator, RustCrypto, Server, Transmit, Transport,
+    server::{AllocationCounters, DeleteReason},
+    stun::PacketKind,
+    AllocationHandle, Event, FiveTuple, Output, PortRangeAllocator, RustCrypto, Server, Transmit,
+    Transport,
 };
 
 use crate::{
     config::Config,
+    offload::OffloadPlanner,
     pii::Pii,
-    status::{transport_name, ShellCounters, StatusReport},
+    status::{transport_name, OffloadView, ShellCounters, StatusReport, Traffic},
 };
+use offload::{OffloadGauge, OffloadMsg};
 use relay::{BindingAllocator, BoundRelays};
 use stream::StreamGauge;
 
 /// Inputs queued towards the core task. Bounded: readers wait (UDP then drops in the kernel
 /// buffer) rather than letting memory grow.
 const INPUT_QUEUE: usize = 8192;
+/// Offload messages queued towards the offload task. The core task never waits on it: when
+/// it is full, commands are dropped (counted) and a full snapshot follows once there is room.
+const OFFLOAD_QUEUE: usize = 4096;
+/// How long shutdown waits for the offload task to remove the kernel channels.
+const OFFLOAD_SHUTDOWN: Duration = Duration::from_secs(5);
 /// Largest UDP datagram read (STUN and relayed media are far smaller; a bigger one is cut and
 /// then fails to parse, which the core counts).
 const MAX_DATAGRAM: usize = 65_535;
@@ -104,6 +116,11 @@ pub enum Input {
         /// Relay address.
         relay: SocketAddr,
     },
+    /// Traffic the kernel relayed on offloaded channels since the last report.
+    OffloadCounters {
+        /// Growth per allocation.
+        deltas: Vec<(AllocationHandle, AllocationCounters)>,
+    },
 }
 
 /// Requests from the control socket.
@@ -119,6 +136,70 @@ struct RelaySocket {
     reader: JoinHandle<()>,
 }
 
+/// The core task's side of kernel offload.
+struct OffloadLink {
+    planner: OffloadPlanner,
+    tx: mpsc::Sender<OffloadMsg>,
+    /// A command was dropped on a full queue: send a snapshot when there is room.
+    resync: bool,
+    gauge: OffloadGauge,
+    task: JoinHandle<()>,
+    socket: String,
+    /// Kernel-relayed share of each live allocation's counters.
+    kernel: HashMap<AllocationHandle, AllocationCounters>,
+    commands_dropped: u64,
+}
+
+impl OffloadLink {
+    /// Hands the planner's commands to the task without waiting.
+    fn flush(&mut self) {
+        while let Some(c) = self.planner.poll_command() {
+            if self.resync {
+                // A snapshot follows anyway; it includes this command's effect.
+                continue;
+            }
+            if self.tx.try_send(OffloadMsg::Command(c)).is_err() {
+                self.commands_dropped += 1;
+                self.resync = true;
+                warn!("offload queue full; the kernel channels are resynchronised when it drains");
+            }
+        }
+        if self.resync
+            && self
+                .tx
+                .try_send(OffloadMsg::Sync(self.planner.offloaded()))
+                .is_ok()
+        {
+            self.resync = false;
+        }
+    }
+
+    /// Removes every channel from the kernel and stops the task (bounded wait).
+    async fn shutdown(mut self) {
+        self.planner.shutdown();
+        let mut cmds = Vec::new();
+        while let Some(c) = self.planner.poll_command() {
+            cmds.push(c);
+        }
+        let (done_tx, done_rx) = oneshot::channel();
+        let finish = async {
+            for c in cmds {
+                self.tx.send(OffloadMsg::Command(c)).await?;
+            }
+            self.tx.send(OffloadMsg::Shutdown(done_tx)).await?;
+            done_rx.await?;
+            anyhow::Ok(())
+        };
+        match tokio::time::timeout(OFFLOAD_SHUTDOWN, finish).await {
+            Ok(Ok(())) => info!("kernel channels removed"),
+            _ => {
+                warn!("could not confirm that the kernel channels were removed; check `fork-agent ctl` show_turn");
+                self.task.abort();
+            }
+        }
+    }
+}
+
 /// The task that owns the core.
 pub struct Shell {
     server: Server,
@@ -129,6 +210,7 @@ pub struct Shell {
     inputs_tx: mpsc::Sender<Input>,
     counters: ShellCounters,
     gauge: StreamGauge,
+    offload: Option<OffloadLink>,
 }
 
 fn now() -> Instant {
@@ -199,6 +281,29 @@ pub async fn run(cfg: Config) -> Result<()> {
     tokio::spawn(control::serve(control, cmd_tx));
     info!(socket = %cfg.control_socket.display(), "control socket ready");
 
+    let offload = cfg.offload.as_ref().map(|o| {
+        let (tx, rx) = mpsc::channel(OFFLOAD_QUEUE);
+        let gauge = OffloadGauge::default();
+        let task = offload::spawn(
+            o.fork_agent_socket.clone(),
+            listen_udp.keys().copied().collect(),
+            o.counters_interval,
+            rx,
+            inputs_tx.clone(),
+            gauge.clone(),
+        );
+        info!(socket = %o.fork_agent_socket.display(), "kernel offload of bound UDP channels through fork-agent");
+        OffloadLink {
+            planner: OffloadPlanner::new(),
+            tx,
+            resync: false,
+            gauge,
+            task,
+            socket: o.fork_agent_socket.display().to_string(),
+            kernel: HashMap::new(),
+            commands_dropped: 0,
+        }
+    });
     let mut shell = Shell {
         server,
         listen_udp,
@@ -208,6 +313,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         inputs_tx,
         counters: ShellCounters::default(),
         gauge,
+        offload,
     };
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -234,8 +340,19 @@ pub async fn run(cfg: Config) -> Result<()> {
         shell.drain(now);
     }
     info!("shutting down");
+    if let Some(o) = shell.offload.take() {
+        o.shutdown().await;
+    }
     let _ = std::fs::remove_file(&cfg.control_socket);
     Ok(())
+}
+
+fn add_counters(total: &mut AllocationCounters, d: &AllocationCounters) {
+    total.to_peer_packets += d.to_peer_packets;
+    total.to_peer_bytes += d.to_peer_bytes;
+    total.from_peer_packets += d.from_peer_packets;
+    total.from_peer_bytes += d.from_peer_bytes;
+    total.dropped_no_permission += d.dropped_no_permission;
 }
 
 /// Reads one UDP listen socket forever.
@@ -322,6 +439,16 @@ impl Shell {
                     self.server.delete_allocation(now, h, DeleteReason::Shell);
                 }
             }
+            Input::OffloadCounters { deltas } => {
+                let Some(o) = &mut self.offload else { return };
+                for (h, d) in deltas {
+                    // Growth reported after its allocation ended has nowhere to go.
+                    if let Some(k) = o.kernel.get_mut(&h) {
+                        add_counters(k, &d);
+                        self.server.record_offloaded(h, d);
+                    }
+                }
+            }
         }
     }
 
@@ -359,8 +486,23 @@ impl Shell {
                 let now = now();
                 let mut shell = self.counters;
                 shell.stream_connections = self.gauge.get() as u64;
-                let report =
+                let mut report =
                     StatusReport::new(&self.server.status(), &self.server.allocations(now), shell);
+                if let Some(o) = &self.offload {
+                    for a in &mut report.active {
+                        if let Some(k) = o.kernel.get(&AllocationHandle(a.handle)) {
+                            a.kernel = Traffic::from(*k);
+                        }
+                    }
+                    report.offload = Some(OffloadView {
+                        fork_agent_socket: o.socket.clone(),
+                        connected: o.gauge.connected(),
+                        channels: o.planner.offloaded().len(),
+                        refused: o.gauge.refused(),
+                        connection_failures: o.gauge.connection_failures(),
+                        commands_dropped: o.commands_dropped,
+                    });
+                }
                 let _ = reply.send(report);
             }
         }
@@ -373,6 +515,9 @@ impl Shell {
                 Output::Transmit(t) => self.transmit(t),
                 Output::Event(e) => self.handle_event(now, e),
             }
+        }
+        if let Some(o) = &mut self.offload {
+            o.flush();
         }
     }
 
@@ -408,11 +553,22 @@ impl Shell {
     }
 
     /// Acts on one core event. This is the single place lifecycle events reach the shell:
-    /// relay sockets are opened and closed here, and kernel offload (programming the XDP
-    /// channel and permission maps from `ChannelBound` / `ChannelExpired` /
-    /// `PermissionInstalled` / `PermissionExpired`, see docs/turn.md "Relay offload to XDP")
-    /// belongs here too.
+    /// relay sockets are opened and closed here, and with `[offload]` every event goes to the
+    /// [`OffloadPlanner`] (docs/turn.md "Relay offload to XDP"), whose commands
+    /// [`Shell::drain`] hands to the offload task.
     pub fn handle_event(&mut self, now: Instant, event: Event) {
+        if let Some(o) = &mut self.offload {
+            o.planner.handle_event(&event);
+            match &event {
+                Event::AllocationCreated { allocation, .. } => {
+                    o.kernel.insert(*allocation, AllocationCounters::default());
+                }
+                Event::AllocationDeleted { allocation, .. } => {
+                    o.kernel.remove(allocation);
+                }
+                _ => {}
+            }
+        }
         match event {
             Event::AllocationCreated {
                 allocation,
