@@ -169,6 +169,18 @@ impl Topology {
         for h in [Host::Caller, Host::Forker, Host::Callee, Host::Speech] {
             run("ip", &["netns", "add", &self.ns(h)])?;
             ns_run(&self.ns(h), "ip", &["link", "set", "lo", "up"])?;
+            // Fresh links run IPv6 duplicate address detection on their link-local address for
+            // a second or more, delaying neighbour discovery: the test hosts skip it.
+            ns_run(
+                &self.ns(h),
+                "sysctl",
+                &[
+                    "-q",
+                    "-w",
+                    "net.ipv6.conf.all.accept_dad=0",
+                    "net.ipv6.conf.default.accept_dad=0",
+                ],
+            )?;
         }
         let f = self.ns(Host::Forker);
         let links = [

@@ -134,18 +134,16 @@ fn bidirectional(v6: bool) -> Result<()> {
     let got_ba = at_caller
         .join()
         .map_err(|_| anyhow::anyhow!("receiver panicked"))??;
-    assert!(
-        got_ab == sent_ab,
-        "caller→callee: {} of {} byte-identical",
-        got_ab.len(),
-        N
-    );
-    assert!(
-        got_ba == sent_ba,
-        "callee→caller: {} of {} byte-identical",
-        got_ba.len(),
-        N
-    );
+    if got_ab != sent_ab || got_ba != sent_ba {
+        panic!(
+            "caller→callee {} and callee→caller {} of {N} byte-identical\ncounters {}\nflows {}\nlog {}",
+            got_ab.len(),
+            got_ba.len(),
+            s.counters()?,
+            s.flows()?,
+            s.topo.log("fork-agent")
+        );
+    }
 
     let c = s.counters()?;
     assert_eq!(c["kernel"]["relayed_forked"], 2 * N as u64, "{c}");
