@@ -199,10 +199,14 @@ fn relay(
 
     rewrite(ctx, pkt, action, smac, dmac)?;
 
-    // A fork without a fork interface relays only; nothing is cloned, so nothing is counted as
-    // forked.
+    // A fork without a fork interface, or without room for the tag, relays only: nothing is
+    // cloned, so nothing is counted as forked.
     let fork_if = CONFIG.get(0).map(|c| c.fork_ifindex).unwrap_or(0);
-    let unavailable = fork && fork_if == 0;
+    let mut unavailable = fork && fork_if == 0;
+    if fork && !unavailable {
+        tag.egress_ifindex = egress;
+        unavailable = !write_meta(ctx, &tag);
+    }
     let fork = fork && !unavailable;
     stats.with(|s| {
         add(&mut s.packets, 1);
@@ -217,8 +221,6 @@ fn relay(
         return send(egress, ingress, Reason::RelayedForkUnavailable);
     }
     if fork {
-        tag.egress_ifindex = egress;
-        write_meta(ctx, &tag)?;
         // One frame to every port in TX_PORTS: the egress interface and the fork veth; the
         // devmap egress program drops copies to any other media interface. Hairpin (egress ==
         // ingress) must not exclude the ingress interface.
@@ -611,18 +613,19 @@ fn nonzero_csum(c: u16) -> u16 {
 }
 
 /// Put the fork tag into XDP metadata, which travels with both broadcast copies but is never
-/// transmitted on the wire.
+/// transmitted on the wire. False when the driver has no room for metadata: then no broadcast
+/// may happen, since the devmap egress program could not tell the copies apart.
 #[inline(always)]
-fn write_meta(ctx: &XdpContext, tag: &ForkTag) -> Result<(), Reason> {
+fn write_meta(ctx: &XdpContext, tag: &ForkTag) -> bool {
     if unsafe { bpf_xdp_adjust_meta(ctx.as_ptr() as *mut _, -TAG_LEN) } != 0 {
-        return Ok(()); // Driver without metadata support: the clone arrives untagged and counted.
+        return false;
     }
     let meta = ctx.metadata();
     if meta + TAG_LEN as usize > ctx.data() {
-        return Ok(());
+        return false;
     }
     unsafe { core::ptr::write_unaligned(meta as *mut ForkTag, *tag) };
-    Ok(())
+    true
 }
 
 #[inline(always)]
