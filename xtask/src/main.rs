@@ -8,6 +8,7 @@
 
 mod build;
 mod demo;
+mod install;
 mod setup;
 mod test;
 
@@ -37,6 +38,10 @@ enum Command {
     Test(test::Args),
     /// Run the main job: one call relayed in the kernel and forked to a speech server (needs root).
     Demo(demo::Args),
+    /// Build release binaries and install them with configs and systemd units (see docs/operations.md).
+    Install(install::Args),
+    /// Remove what `install` put there; without --destdir also stop the services and detach XDP.
+    Uninstall(install::UninstallArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +50,8 @@ fn main() -> ExitCode {
         Command::Build(args) => build::run(args),
         Command::Test(args) => test::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Install(args) => install::run(args),
+        Command::Uninstall(args) => install::run_uninstall(args),
     };
     // Print the context chain ourselves: anyhow's `Termination` adds a backtrace whenever
     // RUST_BACKTRACE is set (it is on CI), which buries the one line telling the operator what to do.
