@@ -6,6 +6,7 @@
 //! cache, the Debian packages and bpffs in well under a second and runs the full setup only when
 //! something is missing. See docs/toolchain.md for why each piece is there.
 
+mod bench;
 mod build;
 mod demo;
 mod install;
@@ -42,6 +43,8 @@ enum Command {
     Install(install::Args),
     /// Remove what `install` put there; without --destdir also stop the services and detach XDP.
     Uninstall(install::UninstallArgs),
+    /// Benchmark the relays side by side: `relay` (XDP vs udp-relay vs rtpengine) or `turn` (needs root).
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Install(args) => install::run(args),
         Command::Uninstall(args) => install::run_uninstall(args),
+        Command::Bench(args) => bench::run(args),
     };
     // Print the context chain ourselves: anyhow's `Termination` adds a backtrace whenever
     // RUST_BACKTRACE is set (it is on CI), which buries the one line telling the operator what to do.

@@ -1,0 +1,156 @@
+//! `cargo xtask bench relay|turn [--reps N] [--secs S] [--rates LIST] [--out DIR]`: the
+//! benchmarks of docs/benchmarks.md (needs root; never part of `cargo xtask test`).
+//!
+//! Input: which benchmark and its sweep options. Output: the report of `xdpfork-bench`
+//! (tests/src/bin/xdpfork-bench) on stdout and in `<out>/<bench>.md` plus raw points in
+//! `<out>/<bench>.json`. Call order: [`setup::ensure_ready`], install the comparison daemon if
+//! it is missing (rtpengine-daemon for `relay`; coturn is already in setup's list), build the
+//! agents, udp-relay and the driver with the release profile (a debug user-space baseline would
+//! be an unfair comparison), check root, run the driver. The driver builds and removes its own
+//! network namespaces.
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{bail, Result};
+
+use crate::{build, setup};
+
+/// Which benchmark to run.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub(crate) enum Which {
+    /// RTP relaying: XDP relay (with and without forking) vs udp-relay vs rtpengine.
+    Relay,
+    /// TURN ChannelData relaying: XDP channel offload vs coturn.
+    Turn,
+}
+
+/// `cargo xtask bench` options.
+#[derive(clap::Args, Debug)]
+pub(crate) struct Args {
+    /// The benchmark to run.
+    #[arg(value_enum)]
+    which: Which,
+    /// Repetitions of every point (the report shows medians).
+    #[arg(long, default_value_t = 3)]
+    reps: u32,
+    /// Seconds of load per point.
+    #[arg(long, default_value_t = 2.0)]
+    secs: f64,
+    /// Offered rates in packets per second, comma-separated; `max` means unpaced.
+    #[arg(long, default_value = "50000,100000,200000,400000,max")]
+    rates: String,
+    /// Where the report and the raw points go.
+    #[arg(long, default_value = "target/bench")]
+    out: String,
+}
+
+/// Debian packages a benchmark needs beyond `cargo xtask setup`'s list, with their binary.
+fn extra_packages(which: Which) -> &'static [(&'static str, &'static str)] {
+    match which {
+        // rtpengine's user-space daemon is the comparison of the relay benchmark only, so it is
+        // installed here, lazily, and not by setup.
+        Which::Relay => &[("rtpengine-daemon", "/usr/bin/rtpengine")],
+        Which::Turn => &[("coturn", "/usr/bin/turnserver")],
+    }
+}
+
+fn ensure_packages(which: Which) -> Result<()> {
+    let missing: Vec<&str> = extra_packages(which)
+        .iter()
+        .filter(|(_, bin)| !std::path::Path::new(bin).exists())
+        .map(|(pkg, _)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!("bench: installing {}", missing.join(" "));
+    setup::run_checked(
+        Command::new("apt-get")
+            .arg("update")
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+        "apt-get update",
+        "check network access and /etc/apt/sources.list",
+    )?;
+    setup::run_checked(
+        Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+        "apt-get install",
+        "see apt's output above",
+    )?;
+    // Debian enables the packaged daemon; the benchmark starts its own copy inside a network
+    // namespace and the system one is not wanted. Best effort: without systemd there is none.
+    for unit in ["rtpengine-daemon", "coturn"] {
+        let _ = Command::new("systemctl")
+            .args(["disable", "--now", unit])
+            .stderr(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .status();
+    }
+    Ok(())
+}
+
+/// Where cargo puts release binaries (honours CARGO_TARGET_DIR like cargo does).
+fn release_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| build::workspace_root().join("target"));
+    let target = if target.is_relative() {
+        build::workspace_root().join(target)
+    } else {
+        target
+    };
+    target.join("release")
+}
+
+/// Entry point of `cargo xtask bench`.
+pub(crate) fn run(args: Args) -> Result<()> {
+    setup::ensure_ready()?;
+    if !setup::is_root()? {
+        bail!(
+            "the benchmarks create network namespaces, attach XDP programs and install packages: \
+             run `cargo xtask bench` as root or with sudo -E"
+        );
+    }
+    ensure_packages(args.which)?;
+    setup::run_checked(
+        build::cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "fork-agent",
+            "-p",
+            "speech-server",
+            "-p",
+            "udp-relay",
+        ]),
+        "building the agents and udp-relay (release)",
+        "see the compiler output above",
+    )?;
+    setup::run_checked(
+        build::cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "xdpfork-tests",
+            "--bin",
+            "xdpfork-bench",
+        ]),
+        "building the benchmark driver (release)",
+        "see the compiler output above",
+    )?;
+    let which = match args.which {
+        Which::Relay => "relay",
+        Which::Turn => "turn",
+    };
+    setup::run_checked(
+        Command::new(release_dir().join("xdpfork-bench"))
+            .args([which, "--reps", &args.reps.to_string()])
+            .args(["--secs", &args.secs.to_string(), "--rates", &args.rates])
+            .args(["--out", &args.out])
+            .current_dir(build::workspace_root()),
+        "the benchmark",
+        "its output above names the stage that failed",
+    )
+}
