@@ -468,7 +468,7 @@ pub fn spawn_receiver(
 pub fn recv_all(sock: &UdpSocket, n: usize, quiet: Duration) -> Result<Vec<Vec<u8>>> {
     sock.set_read_timeout(Some(quiet))?;
     let mut out = Vec::with_capacity(n);
-    let mut buf = [0u8; 2048];
+    let mut buf = vec![0u8; 65_536];
     while out.len() < n {
         match sock.recv(&mut buf) {
             Ok(len) => out.push(buf[..len].to_vec()),

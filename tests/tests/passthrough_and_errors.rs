@@ -144,3 +144,53 @@ fn invalid_config_is_rejected_naming_the_field() -> Result<()> {
     assert!(err.contains("dataplane.interfaces"), "{err}");
     Ok(())
 }
+
+/// IP fragments are never rewritten in the kernel: they go to the stack, which reassembles them,
+/// and fork-agent's fallback socket relays the datagram. `show flows` says so.
+#[test]
+fn fragments_are_passed_to_the_stack_and_relayed_in_user_space() -> Result<()> {
+    let s = Scenario::start()?;
+    s.add_call_flows(false)?;
+    let tx = s.topo.udp_socket(Host::Caller, CALLER_RTP.parse()?)?;
+    let rx = spawn_receiver(
+        s.topo.udp_socket(Host::Callee, CALLEE_RTP.parse()?)?,
+        2,
+        Duration::from_secs(2),
+    );
+    let big = rtp_packet(
+        0,
+        7,
+        1120,
+        9,
+        &(0..3000u32).map(|i| i as u8).collect::<Vec<u8>>(),
+    );
+    tx.send_to(&big, A_LOCAL.parse::<SocketAddr>()?)?;
+    std::thread::sleep(Duration::from_millis(200));
+    let small = rtp_packet(0, 8, 1280, 9, &[0x55; 160]);
+    tx.send_to(&small, A_LOCAL.parse::<SocketAddr>()?)?;
+    let got = rx
+        .join()
+        .map_err(|_| anyhow::anyhow!("receiver panicked"))??;
+    let lens: Vec<usize> = got.iter().map(Vec::len).collect();
+    assert!(
+        got == vec![big.clone(), small.clone()],
+        "both datagrams must reach the callee intact, in order: got lengths {lens:?}, sent {} and {}; counters {}",
+        big.len(),
+        small.len(),
+        s.counters()?
+    );
+
+    let k = s.counters()?;
+    assert!(k["kernel"]["pass_fragment"].as_u64() >= Some(3), "{k}");
+    assert_eq!(k["user"]["userspace_relayed"], 1, "{k}");
+    let flows = s.flows()?;
+    let a = flows
+        .as_array()
+        .and_then(|f| f.iter().find(|f| f["local"] == A_LOCAL))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(a["userspace_packets"], 1, "{a}");
+    assert_eq!(a["packets"], 1, "{a}");
+    assert_eq!(a["path"], "kernel+user-space", "{a}");
+    Ok(())
+}

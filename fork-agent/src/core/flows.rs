@@ -62,6 +62,18 @@ pub struct FlowEntry {
     pub action: FlowAction,
 }
 
+impl FlowEntry {
+    /// The strict-source address, if the flow has one.
+    pub fn expect(&self) -> Option<SocketAddr> {
+        (self.action.flags & FLOW_F_STRICT_SOURCE != 0).then(|| {
+            SocketAddr::new(
+                fork_common::words_addr(self.action.family, self.action.expect_addr_be),
+                u16::from_be(self.action.expect_port_be),
+            )
+        })
+    }
+}
+
 /// A running fork: which stream id each flow's audio goes out as.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Fork {

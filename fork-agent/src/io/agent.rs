@@ -157,6 +157,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut agent = Agent {
         dp,
+        fallback: crate::io::fallback::Fallback::default(),
         turn,
         neighbours: HashMap::new(),
         interfaces: d.interfaces.clone(),
@@ -166,6 +167,17 @@ pub async fn run(cfg: Config) -> Result<()> {
         state_file,
         idle_timeout: Duration::from_secs(d.flow_idle_timeout_secs),
     };
+    // Adopted flows get their fallback sockets back.
+    let adopted_flows: Vec<_> = agent
+        .table
+        .flows()
+        .map(|f| (f.local, f.src, f.dst, f.expect()))
+        .collect();
+    for (local, src, dst, expect) in adopted_flows {
+        if let Err(e) = agent.fallback.add(local, src, dst, expect) {
+            warn!(%local, "no user-space fallback for this flow: {e:#}");
+        }
+    }
     // Adopted flows and TURN channels keep their next hops followed like new ones.
     let mut actions: Vec<fork_common::FlowAction> = agent.table.flows().map(|f| f.action).collect();
     actions.extend(
@@ -315,6 +327,7 @@ async fn accept_loop(
 
 struct Agent {
     dp: DataPlane,
+    fallback: crate::io::fallback::Fallback,
     turn: TurnOffload,
     /// Next hops in use: kernel key → (interface, address).
     neighbours: HashMap<NeighKey, (String, std::net::IpAddr)>,
@@ -341,7 +354,20 @@ impl Agent {
                 match self.install_flow(&flow, key, entry.stats_index) {
                     Ok(()) => {
                         info!(local = %flow.local, dst = %flow.dst, "flow installed in kernel");
-                        Ok(json!({ "stats_index": entry.stats_index }))
+                        // The kernel relays; the fallback catches what it hands to the stack.
+                        let fallback = match self.fallback.add(
+                            flow.local,
+                            flow.src,
+                            flow.dst,
+                            flow.expect,
+                        ) {
+                            Ok(()) => "bound".to_owned(),
+                            Err(e) => {
+                                warn!(local = %flow.local, "no user-space fallback for this flow: {e:#}");
+                                format!("unavailable: {e:#}")
+                            }
+                        };
+                        Ok(json!({ "stats_index": entry.stats_index, "fallback": fallback }))
                     }
                     Err(e) => {
                         let _ = self.table.remove(flow.local);
@@ -350,11 +376,15 @@ impl Agent {
                 }
             }
             Op::FlowDel { local } => {
+                let src = self.table.flows().find(|f| f.local == local).map(|f| f.src);
                 let key = self.table.remove(local)?;
                 self.dp
                     .flows
                     .remove(&key)
                     .context("removing the flow from FLOWS")?;
+                if let Some(src) = src {
+                    self.fallback.remove(local, src);
+                }
                 Ok(Value::Null)
             }
             Op::ForkStart { fork } => {
@@ -659,12 +689,16 @@ impl Agent {
                 .get(&fork_common::FlowKey::new(f.local), 0)
                 .is_ok();
             // rtpengine operators' complaint: a call silently left in user space. Say which.
+            let user = self.fallback.stats(&f.local);
+            let user_packets = user.map_or(0, |u| u.packets.load(Ordering::Relaxed));
             let path = if !in_kernel {
                 "missing"
-            } else if s.packets == 0 && s.passed > 0 {
-                "user-space"
-            } else if s.packets > 0 {
+            } else if s.packets > 0 && user_packets == 0 && s.passed == 0 {
                 "kernel"
+            } else if s.packets > 0 {
+                "kernel+user-space"
+            } else if user_packets > 0 || s.passed > 0 {
+                "user-space"
             } else {
                 "idle"
             };
@@ -674,6 +708,9 @@ impl Agent {
                 "packets": s.packets, "bytes": s.bytes, "forked": s.forked,
                 "lost": s.lost, "out_of_order": s.out_of_order, "wrong_pt": s.wrong_pt,
                 "errors": s.errors, "strict_drops": s.strict_drops, "passed": s.passed,
+                "userspace_packets": user_packets,
+                "userspace_bytes": user.map_or(0, |u| u.bytes.load(Ordering::Relaxed)),
+                "fallback": if user.is_some() { "bound" } else { "unavailable" },
                 "dtmf": s.dtmf, "rtcp": s.rtcp, "ssrc": s.ssrc, "last_seq": s.last_seq,
                 "idle_ms": if s.last_seen_ns == 0 { Value::Null } else { json!(now_ns.saturating_sub(s.last_seen_ns) / 1_000_000) },
             }));
@@ -716,8 +753,8 @@ impl Agent {
                 "media_queue_drops": st.media_queue_drops.load(Ordering::Relaxed),
                 "unknown_stream": st.unknown_stream.load(Ordering::Relaxed),
                 "dtmf_events": st.dtmf_events.load(Ordering::Relaxed),
-                // fork-agent has no user-space relay: every relayed packet is the kernel's.
-                "userspace_relayed": 0,
+                // Packets the kernel handed to the stack and the fallback relayed.
+                "userspace_relayed": self.fallback.total_packets(),
             },
             "servers": servers,
         }))
@@ -741,8 +778,12 @@ impl Agent {
             .map(|f| f.local)
             .collect();
         for local in idle {
+            let src = self.table.flows().find(|f| f.local == local).map(|f| f.src);
             if let Ok(key) = self.table.remove(local) {
                 let _ = self.dp.flows.remove(&key);
+                if let Some(src) = src {
+                    self.fallback.remove(local, src);
+                }
                 info!(%local, "flow removed after idle timeout");
             }
         }

@@ -1,0 +1,184 @@
+//! User-space fallback relay: what the kernel hands to the stack instead of relaying (IP
+//! fragments, a next hop not resolved yet, a layout it does not rewrite) still reaches the far end.
+//!
+//! fork-agent binds a UDP socket on every flow's local address (which also keeps the anchored port
+//! from being taken by another program, as rtpengine does) and on every source address it relays
+//! from. A datagram the stack delivers to a flow's socket is sent from the flow's source socket to
+//! its destination. Each such packet is counted per flow, so `show flows` tells an operator when a
+//! call is not fully in the kernel instead of hiding it.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+};
+
+use anyhow::{Context, Result};
+use tokio::{net::UdpSocket, sync::watch, task::JoinHandle};
+use tracing::{debug, warn};
+
+/// Per-flow counters of the fallback path.
+#[derive(Debug, Default)]
+pub struct FallbackStats {
+    pub packets: AtomicU64,
+    pub bytes: AtomicU64,
+    /// Dropped by strict source checking.
+    pub strict_drops: AtomicU64,
+    /// Send errors (e.g. no route).
+    pub errors: AtomicU64,
+}
+
+#[derive(Clone)]
+struct Route {
+    dst: SocketAddr,
+    out: Arc<UdpSocket>,
+    expect: Option<SocketAddr>,
+    stats: Arc<FallbackStats>,
+}
+
+struct Bound {
+    sock: Arc<UdpSocket>,
+    route: watch::Sender<Option<Route>>,
+    reader: JoinHandle<()>,
+    /// Flows using this socket, as their local or their source address.
+    users: u32,
+}
+
+impl Drop for Bound {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// The fallback sockets, owned by the agent task.
+#[derive(Default)]
+pub struct Fallback {
+    sockets: HashMap<SocketAddr, Bound>,
+    stats: HashMap<SocketAddr, Arc<FallbackStats>>,
+}
+
+impl Fallback {
+    fn bind(&mut self, addr: SocketAddr) -> Result<&mut Bound> {
+        if !self.sockets.contains_key(&addr) {
+            let std = std::net::UdpSocket::bind(addr).with_context(|| {
+                format!("binding the fallback socket {addr} (is the port used by another program?)")
+            })?;
+            std.set_nonblocking(true)?;
+            let sock = Arc::new(UdpSocket::from_std(std)?);
+            let (tx, rx) = watch::channel(None);
+            #[allow(clippy::disallowed_methods)] // io shell: one reader per bound address
+            let reader = tokio::spawn(read_loop(addr, sock.clone(), rx));
+            self.sockets.insert(
+                addr,
+                Bound {
+                    sock,
+                    route: tx,
+                    reader,
+                    users: 0,
+                },
+            );
+        }
+        Ok(self
+            .sockets
+            .get_mut(&addr)
+            .expect("invariant: inserted above"))
+    }
+
+    /// Start relaying in user space what reaches `local` and the kernel did not relay.
+    pub fn add(
+        &mut self,
+        local: SocketAddr,
+        src: SocketAddr,
+        dst: SocketAddr,
+        expect: Option<SocketAddr>,
+    ) -> Result<()> {
+        let out = {
+            let b = self.bind(src)?;
+            b.users += 1;
+            b.sock.clone()
+        };
+        let stats = Arc::new(FallbackStats::default());
+        let bound = match self.bind(local) {
+            Ok(b) => b,
+            Err(e) => {
+                self.release(src);
+                return Err(e);
+            }
+        };
+        bound.users += 1;
+        bound.route.send_replace(Some(Route {
+            dst,
+            out,
+            expect,
+            stats: stats.clone(),
+        }));
+        self.stats.insert(local, stats);
+        Ok(())
+    }
+
+    /// Stop relaying `local` (its source socket goes when no other flow uses it).
+    pub fn remove(&mut self, local: SocketAddr, src: SocketAddr) {
+        if let Some(b) = self.sockets.get_mut(&local) {
+            b.route.send_replace(None);
+        }
+        self.stats.remove(&local);
+        self.release(local);
+        self.release(src);
+    }
+
+    fn release(&mut self, addr: SocketAddr) {
+        if let Some(b) = self.sockets.get_mut(&addr) {
+            b.users = b.users.saturating_sub(1);
+            if b.users == 0 {
+                self.sockets.remove(&addr);
+            }
+        }
+    }
+
+    pub fn stats(&self, local: &SocketAddr) -> Option<&FallbackStats> {
+        self.stats.get(local).map(|s| s.as_ref())
+    }
+
+    /// Packets relayed in user space over all flows.
+    pub fn total_packets(&self) -> u64 {
+        self.stats
+            .values()
+            .map(|s| s.packets.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+async fn read_loop(addr: SocketAddr, sock: Arc<UdpSocket>, route: watch::Receiver<Option<Route>>) {
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let (len, from) = match sock.recv_from(&mut buf).await {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(%addr, "fallback socket receive failed: {e}");
+                continue;
+            }
+        };
+        let Some(r) = route.borrow().clone() else {
+            // A source-only socket: replies to it belong to another flow or to nobody.
+            debug!(%addr, "datagram on a fallback socket without a flow; dropped");
+            continue;
+        };
+        if r.expect.is_some_and(|e| e != from) {
+            r.stats.strict_drops.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        match r.out.send_to(&buf[..len], r.dst).await {
+            Ok(_) => {
+                r.stats.packets.fetch_add(1, Ordering::Relaxed);
+                r.stats.bytes.fetch_add(len as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                r.stats.errors.fetch_add(1, Ordering::Relaxed);
+                debug!(%addr, dst = %r.dst, "fallback relay send failed: {e}");
+            }
+        }
+    }
+}
