@@ -72,96 +72,8 @@ impl TurnScenario {
     fn start_opts(auth_lines: &str, extra: &str, tls: bool) -> Result<TurnScenario> {
         require_coturn_tools()?;
         let mut topo = Topology::new()?;
-        let (tls_listen, tls_section) = if tls {
-            let (cert, key) = (topo.dir.join("turn.crt"), topo.dir.join("turn.key"));
-            let out = Command::new("openssl")
-                .args([
-                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                ])
-                .args(["-subj", "/CN=turn.test", "-keyout"])
-                .arg(&key)
-                .arg("-out")
-                .arg(&cert)
-                .output()
-                .context("running openssl (apt-get install openssl) to make a test certificate")?;
-            if !out.status.success() {
-                bail!("openssl failed: {}", String::from_utf8_lossy(&out.stderr));
-            }
-            (
-                format!("tls = [\"{TLS_SERVER}\"]"),
-                format!(
-                    "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
-                    cert.display(),
-                    key.display()
-                ),
-            )
-        } else {
-            (String::new(), String::new())
-        };
-        let users = topo.dir.join("turn-users");
-        std::fs::write(
-            &users,
-            format!(
-                "# test users\nrealm={REALM}\n{USER}:{PASSWORD}\n{OTHER_USER}:{OTHER_PASSWORD}\n"
-            ),
-        )?;
-        let socket = topo.dir.join("turn-server.sock");
-        let config = topo.dir.join("turn-server.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"realm = "{REALM}"
-
-[listen]
-udp = ["{SERVER}"]
-tcp = ["{SERVER}"]
-{tls_listen}
-
-{tls_section}
-[auth]
-users_file = "{users}"
-{auth_lines}
-
-[relay]
-ipv4 = "{RELAY_IP}"
-min_port = 24000
-max_port = 24099
-
-[control]
-socket = "{sock}"
-
-# coturn's turnutils_uclient picks channel numbers from RFC 5766's 0x4000-0x7FFF.
-[compat]
-rfc5766_channels = true
-
-{extra}"#,
-                users = users.display(),
-                sock = socket.display(),
-            ),
-        )?;
-        // Debug logs carry the lifecycle events (allocation, permission, channel) the tests
-        // look for; the child inherits the variable.
-        if std::env::var_os("RUST_LOG").is_none() {
-            std::env::set_var("RUST_LOG", "info,turn_server=debug,turn_core=debug");
-        }
-        let server = bin("turn-server")?;
-        let cfg = config.to_string_lossy().into_owned();
-        let out = Command::new(&server)
-            .args(["check-config", "--config", &cfg])
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "turn-server check-config rejected the test config: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        topo.spawn(
-            "turn-server",
-            Host::Forker,
-            &server,
-            &["run", "--config", &cfg, "--log-pii"],
-        )?;
-        topo.wait_for_path(&socket, "turn-server control socket", "turn-server")?;
+        // coturn's turnutils_uclient picks channel numbers from RFC 5766's 0x4000-0x7FFF.
+        let (socket, config) = spawn_turn_server(&mut topo, auth_lines, extra, tls, true)?;
         Ok(TurnScenario {
             topo,
             socket,
@@ -192,17 +104,7 @@ rfc5766_channels = true
 
     /// `turn-server status --json`, parsed.
     pub fn status(&self) -> Result<serde_json::Value> {
-        let out = Command::new(bin("turn-server")?)
-            .args(["status", "--json", "--socket"])
-            .arg(&self.socket)
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "turn-server status failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(serde_json::from_slice(&out.stdout)?)
+        turn_status(&self.socket)
     }
 
     /// `turn-server status` (text), for failure messages and the text-view checks.
@@ -233,16 +135,136 @@ rfc5766_channels = true
 
     /// A UDP socket in the caller namespace for crafted requests.
     pub fn client_socket(&self) -> Result<StunClient> {
-        let sock = self
-            .topo
-            .udp_socket(Host::Caller, format!("{CLIENT_IP}:0").parse()?)?;
-        sock.set_read_timeout(Some(Duration::from_secs(3)))?;
-        Ok(StunClient {
-            sock,
-            server: SERVER.parse()?,
-            next_txid: 1,
-        })
+        stun_client(&self.topo)
     }
+}
+
+/// `turn-server status --json` on `socket`, parsed.
+pub fn turn_status(socket: &std::path::Path) -> Result<serde_json::Value> {
+    let out = Command::new(bin("turn-server")?)
+        .args(["status", "--json", "--socket"])
+        .arg(socket)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "turn-server status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// A [`StunClient`] on a UDP socket in `topo`'s caller namespace, talking to [`SERVER`].
+pub fn stun_client(topo: &Topology) -> Result<StunClient> {
+    let sock = topo.udp_socket(Host::Caller, format!("{CLIENT_IP}:0").parse()?)?;
+    sock.set_read_timeout(Some(Duration::from_secs(3)))?;
+    Ok(StunClient {
+        sock,
+        server: SERVER.parse()?,
+        next_txid: 1,
+    })
+}
+
+/// Writes a turn-server config into `topo` and starts turn-server in the forker namespace:
+/// the base config plus `extra` (whole sections, appended), `auth_lines` inside `[auth]`, TLS on
+/// 10.77.1.1:5349 with an openssl self-signed certificate when `tls`, and `[compat]
+/// rfc5766_channels` as given; then waits for its control socket. Returns the control socket
+/// and config paths.
+pub fn spawn_turn_server(
+    topo: &mut Topology,
+    auth_lines: &str,
+    extra: &str,
+    tls: bool,
+    rfc5766_channels: bool,
+) -> Result<(PathBuf, PathBuf)> {
+    let (tls_listen, tls_section) = if tls {
+        let (cert, key) = (topo.dir.join("turn.crt"), topo.dir.join("turn.key"));
+        let out = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", "/CN=turn.test", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .context("running openssl (apt-get install openssl) to make a test certificate")?;
+        if !out.status.success() {
+            bail!("openssl failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        (
+            format!("tls = [\"{TLS_SERVER}\"]"),
+            format!(
+                "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+                cert.display(),
+                key.display()
+            ),
+        )
+    } else {
+        (String::new(), String::new())
+    };
+    let users = topo.dir.join("turn-users");
+    std::fs::write(
+        &users,
+        format!("# test users\nrealm={REALM}\n{USER}:{PASSWORD}\n{OTHER_USER}:{OTHER_PASSWORD}\n"),
+    )?;
+    let socket = topo.dir.join("turn-server.sock");
+    let config = topo.dir.join("turn-server.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"realm = "{REALM}"
+
+[listen]
+udp = ["{SERVER}"]
+tcp = ["{SERVER}"]
+{tls_listen}
+
+{tls_section}
+[auth]
+users_file = "{users}"
+{auth_lines}
+
+[relay]
+ipv4 = "{RELAY_IP}"
+min_port = 24000
+max_port = 24099
+
+[control]
+socket = "{sock}"
+
+[compat]
+rfc5766_channels = {rfc5766_channels}
+
+{extra}"#,
+            users = users.display(),
+            sock = socket.display(),
+        ),
+    )?;
+    // Debug logs carry the lifecycle events (allocation, permission, channel) the tests
+    // look for; the child inherits the variable.
+    if std::env::var_os("RUST_LOG").is_none() {
+        std::env::set_var("RUST_LOG", "info,turn_server=debug,turn_core=debug");
+    }
+    let server = bin("turn-server")?;
+    let cfg = config.to_string_lossy().into_owned();
+    let out = Command::new(&server)
+        .args(["check-config", "--config", &cfg])
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "turn-server check-config rejected the test config: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    topo.spawn(
+        "turn-server",
+        Host::Forker,
+        &server,
+        &["run", "--config", &cfg, "--log-pii"],
+    )?;
+    topo.wait_for_path(&socket, "turn-server control socket", "turn-server")?;
+    Ok((socket, config))
 }
 
 /// Polls `turn-server status --json` on a thread (every 50 ms, at most 30 s) while a client
