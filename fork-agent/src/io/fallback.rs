@@ -62,29 +62,28 @@ pub struct Fallback {
 
 impl Fallback {
     fn bind(&mut self, addr: SocketAddr) -> Result<&mut Bound> {
-        if !self.sockets.contains_key(&addr) {
-            let std = std::net::UdpSocket::bind(addr).with_context(|| {
-                format!("binding the fallback socket {addr} (is the port used by another program?)")
-            })?;
-            std.set_nonblocking(true)?;
-            let sock = Arc::new(UdpSocket::from_std(std)?);
-            let (tx, rx) = watch::channel(None);
-            #[allow(clippy::disallowed_methods)] // io shell: one reader per bound address
-            let reader = tokio::spawn(read_loop(addr, sock.clone(), rx));
-            self.sockets.insert(
-                addr,
-                Bound {
+        use std::collections::hash_map::Entry;
+        match self.sockets.entry(addr) {
+            Entry::Occupied(e) => Ok(e.into_mut()),
+            Entry::Vacant(e) => {
+                let std = std::net::UdpSocket::bind(addr).with_context(|| {
+                    format!(
+                        "binding the fallback socket {addr} (is the port used by another program?)"
+                    )
+                })?;
+                std.set_nonblocking(true)?;
+                let sock = Arc::new(UdpSocket::from_std(std)?);
+                let (tx, rx) = watch::channel(None);
+                #[allow(clippy::disallowed_methods)] // io shell: one reader per bound address
+                let reader = tokio::spawn(read_loop(addr, sock.clone(), rx));
+                Ok(e.insert(Bound {
                     sock,
                     route: tx,
                     reader,
                     users: 0,
-                },
-            );
+                }))
+            }
         }
-        Ok(self
-            .sockets
-            .get_mut(&addr)
-            .expect("invariant: inserted above"))
     }
 
     /// Start relaying in user space what reaches `local` and the kernel did not relay.
