@@ -16,7 +16,7 @@ mod turn_support;
 
 use std::{net::SocketAddr, time::Duration};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use turn_core::stun::{Attribute, Class, Method};
 use turn_support::*;
 use xdpfork_tests::{recv_all, spawn_receiver, Host, Scenario};
@@ -26,62 +26,6 @@ const PEER: &str = "10.77.2.2:60000";
 const N: usize = 40;
 /// turn-server's counter read-back interval in this test (2 s by default).
 const COUNTERS_INTERVAL_MS: u64 = 500;
-
-fn channel_data(channel: u16, data: &[u8]) -> Vec<u8> {
-    let mut p = channel.to_be_bytes().to_vec();
-    p.extend_from_slice(&(data.len() as u16).to_be_bytes());
-    p.extend_from_slice(data);
-    p
-}
-
-fn kernel_counter(s: &Scenario, name: &str) -> Result<u64> {
-    s.counters()?["kernel"][name]
-        .as_u64()
-        .with_context(|| format!("fork-agent show_counters has no kernel.{name}"))
-}
-
-fn show_turn(s: &Scenario) -> Result<Vec<serde_json::Value>> {
-    let v = s.ctl(serde_json::json!({"v":1,"op":"show_turn"}))?;
-    v.as_array().cloned().context("show_turn is not an array")
-}
-
-/// Waits (bounded: 10 s, 50 ms steps) until `pred` holds.
-fn wait(what: &str, mut pred: impl FnMut() -> Result<bool>) -> Result<()> {
-    wait_until(Duration::from_secs(10), &mut pred).with_context(|| format!("waiting for {what}"))
-}
-
-/// Allocate, CreatePermission and ChannelBind `CHANNEL` to `peer`; returns the nonce.
-fn bind_channel(c: &mut StunClient, peer: SocketAddr) -> Result<String> {
-    let (nonce, r) = c.allocate(USER, PASSWORD)?;
-    if r.class != Class::Success {
-        bail!("Allocate failed: {r:?}");
-    }
-    let creds = Creds {
-        user: USER,
-        password: PASSWORD,
-        nonce: &nonce,
-    };
-    let r = c.request(
-        Method::CREATE_PERMISSION,
-        &[Attribute::XorPeerAddress(peer)],
-        Some(creds),
-    )?;
-    if r.class != Class::Success {
-        bail!("CreatePermission failed: {r:?}");
-    }
-    let r = c.request(
-        Method::CHANNEL_BIND,
-        &[
-            Attribute::ChannelNumber(CHANNEL),
-            Attribute::XorPeerAddress(peer),
-        ],
-        Some(creds),
-    )?;
-    if r.class != Class::Success {
-        bail!("ChannelBind failed: {r:?}");
-    }
-    Ok(nonce)
-}
 
 #[test]
 fn bound_channel_is_relayed_in_kernel_counted_and_removed() -> Result<()> {
@@ -97,7 +41,7 @@ fn bound_channel_is_relayed_in_kernel_counted_and_removed() -> Result<()> {
     let mut c = stun_client(&s.topo)?;
     let server: SocketAddr = SERVER.parse()?;
 
-    let nonce = bind_channel(&mut c, peer_addr)?;
+    let nonce = bind_channel(&mut c, CHANNEL, peer_addr)?;
     let st = turn_status(&tsock)?;
     let relay: SocketAddr = st["active"][0]["relay"]
         .as_str()
@@ -198,7 +142,7 @@ fn bound_channel_is_relayed_in_kernel_counted_and_removed() -> Result<()> {
 
     // A new allocation's channel is offloaded again; stopping turn-server removes it.
     let mut c2 = stun_client(&s.topo)?;
-    bind_channel(&mut c2, peer_addr)?;
+    bind_channel(&mut c2, CHANNEL, peer_addr)?;
     wait("the new channel in show_turn", || {
         Ok(show_turn(&s)?.len() == 1)
     })?;

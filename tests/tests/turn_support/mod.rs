@@ -515,6 +515,66 @@ impl StunClient {
     }
 }
 
+/// A ChannelData message (RFC 8656 §12.4), unpadded.
+pub fn channel_data(channel: u16, data: &[u8]) -> Vec<u8> {
+    let mut p = channel.to_be_bytes().to_vec();
+    p.extend_from_slice(&(data.len() as u16).to_be_bytes());
+    p.extend_from_slice(data);
+    p
+}
+
+/// fork-agent `show_counters` kernel counter `name`.
+pub fn kernel_counter(s: &xdpfork_tests::Scenario, name: &str) -> Result<u64> {
+    s.counters()?["kernel"][name]
+        .as_u64()
+        .with_context(|| format!("fork-agent show_counters has no kernel.{name}"))
+}
+
+/// fork-agent `show_turn` rows.
+pub fn show_turn(s: &xdpfork_tests::Scenario) -> Result<Vec<serde_json::Value>> {
+    let v = s.ctl(serde_json::json!({"v":1,"op":"show_turn"}))?;
+    v.as_array().cloned().context("show_turn is not an array")
+}
+
+/// Waits (bounded: 10 s, 50 ms steps) until `pred` holds.
+pub fn wait(what: &str, mut pred: impl FnMut() -> Result<bool>) -> Result<()> {
+    wait_until(Duration::from_secs(10), &mut pred).with_context(|| format!("waiting for {what}"))
+}
+
+/// Allocate, CreatePermission and ChannelBind `channel` to `peer` as [`USER`]; returns the
+/// nonce for later requests.
+pub fn bind_channel(c: &mut StunClient, channel: u16, peer: SocketAddr) -> Result<String> {
+    let (nonce, r) = c.allocate(USER, PASSWORD)?;
+    if r.class != Class::Success {
+        bail!("Allocate failed: {r:?}");
+    }
+    let creds = Creds {
+        user: USER,
+        password: PASSWORD,
+        nonce: &nonce,
+    };
+    let r = c.request(
+        Method::CREATE_PERMISSION,
+        &[Attribute::XorPeerAddress(peer)],
+        Some(creds),
+    )?;
+    if r.class != Class::Success {
+        bail!("CreatePermission failed: {r:?}");
+    }
+    let r = c.request(
+        Method::CHANNEL_BIND,
+        &[
+            Attribute::ChannelNumber(channel),
+            Attribute::XorPeerAddress(peer),
+        ],
+        Some(creds),
+    )?;
+    if r.class != Class::Success {
+        bail!("ChannelBind failed: {r:?}");
+    }
+    Ok(nonce)
+}
+
 /// `status.counters.errors_sent[code]`, 0 when absent.
 pub fn errors_sent(status: &serde_json::Value, code: u16) -> u64 {
     status["counters"]["errors_sent"][code.to_string()]
