@@ -143,7 +143,7 @@ fn start_coturn(t: &mut Topology) -> Result<()> {
     let pidfile = t.dir.join("turnserver.pid");
     let user = format!("--user={USER}:{PASSWORD}");
     let realm = format!("--realm={REALM}");
-    let pid = format!("--pid-file={}", pidfile.display());
+    let pid = format!("--pidfile={}", pidfile.display());
     let relay_ip = format!("--relay-ip={RELAY_IP}");
     let args = [
         "-n", // no configuration file
