@@ -31,7 +31,7 @@ use tracing::{debug, warn};
 
 use crate::core::b2bua::{CallHandle, Leg, NegotiatedMedia, SessionEvent};
 use crate::core::fork_request::{
-    ForkCommand, ForkError, ForkKind, ForkState, Party, StatusReport, StreamStatus,
+    ForkCodec, ForkCommand, ForkError, ForkKind, ForkState, Party, StatusReport, StreamStatus,
 };
 
 /// Control API version spoken (docs/control-api.md "Framing").
@@ -224,6 +224,8 @@ struct Fork {
     phase: Phase,
     /// G.711 law the fork runs with.
     codec: &'static str,
+    /// The law the START asked for (`codec`), if any: the fork only runs on that law.
+    requested: Option<&'static str>,
 }
 
 #[derive(Debug, Default)]
@@ -294,11 +296,15 @@ fn desired_flows(legs: &[Option<NegotiatedMedia>; 2]) -> BTreeMap<SocketAddr, Fl
     for (from, to) in [(a, b), (b, a)] {
         // No destination while the far side holds with c=0.0.0.0 (RFC 3264 §8.4).
         let Some(dst) = to.remote else { continue };
+        // Both G.711 laws (plus a dynamic G.711 type, if negotiated) whatever the current
+        // codec: a re-INVITE switching µ-law ↔ A-law or to G.729 then leaves the flow as it is.
+        // Replacing the flow would drop fork-agent's fork flag on it (a re-added flow starts
+        // unforked), and the fork could not resume; pause/resume decide what is forked.
         let codec = from.codec.as_ref().or(to.codec.as_ref());
-        let payload_types = codec
-            .filter(|c| c.is_g711())
-            .map(|c| vec![c.pt])
-            .unwrap_or_default();
+        let mut payload_types = vec![0, 8];
+        if let Some(c) = codec.filter(|c| c.is_g711() && !payload_types.contains(&c.pt)) {
+            payload_types.push(c.pt);
+        }
         let rtp = FlowSpec {
             local: local(from),
             src: local(to),
@@ -443,9 +449,20 @@ impl MediaLayer {
         let Some(c) = self.calls.get_mut(&call) else {
             return;
         };
-        let pause = pause_reason(&c.legs);
         let now_law = c.legs[Leg::B as usize].as_ref().map(law);
         let Some(f) = c.fork.as_mut() else { return };
+        // Reference "Pause and Resume Forking": a codec other than the one the fork runs with
+        // pauses it, even between the two G.711 laws. A START that named its codec resumes only
+        // on that law; one without a codec resumes on the new law (PAUSE then RESUME).
+        let pause = pause_reason(&c.legs).or_else(|| {
+            let wanted = match f.phase {
+                Phase::Active | Phase::Pausing => f.requested.unwrap_or(f.codec),
+                _ => f.requested?,
+            };
+            now_law
+                .filter(|l| *l != wanted)
+                .map(|_| PauseReason::CodecChange)
+        });
         let guid = f.guid.clone();
         match (f.phase, pause) {
             (Phase::Active, Some(reason)) => {
@@ -562,6 +579,10 @@ impl MediaLayer {
                     guid: s.call_guid.clone(),
                     phase: Phase::Starting,
                     codec,
+                    requested: s.codec.map(|k| match k {
+                        ForkCodec::G711Ulaw => "PCMU",
+                        ForkCodec::G711Alaw => "PCMA",
+                    }),
                 });
                 // Reference: status goes back once a connection is identified; fork-agent picks
                 // it when it receives fork_start.

@@ -130,7 +130,7 @@ fn media_up_installs_both_directions_and_rtcp() {
         .expect("caller flow");
     assert_eq!(a.src, sa("10.77.2.1:30002"));
     assert_eq!(a.dst, sa("10.77.2.2:40000"));
-    assert_eq!(a.payload_types, vec![0]);
+    assert_eq!(a.payload_types, vec![0, 8]);
     assert_eq!(a.dtmf_pt, Some(101));
     let b = adds
         .iter()
@@ -452,4 +452,107 @@ fn resume_names_the_new_law_after_a_codec_round_trip() {
             ..
         }
     )));
+}
+
+fn start_with_codec(
+    guid: &str,
+    codec: Option<crate::core::fork_request::ForkCodec>,
+) -> SessionEvent {
+    match start(guid) {
+        SessionEvent::ForkRequest {
+            call,
+            leg,
+            request: ForkCommand::Start(mut s),
+        } => {
+            s.codec = codec;
+            SessionEvent::ForkRequest {
+                call,
+                leg,
+                request: ForkCommand::Start(s),
+            }
+        }
+        other => other,
+    }
+}
+
+/// Moves both legs to PCMA (a re-INVITE answered with A-law).
+fn to_pcma(m: &mut MediaLayer) -> Vec<MediaOutput> {
+    for (leg, base) in [(Leg::A, a_media()), (Leg::B, b_media())] {
+        m.handle_session(&SessionEvent::MediaChanged {
+            call: CALL,
+            leg,
+            media: NegotiatedMedia {
+                codec: Some(codec("PCMA", 8)),
+                ..base
+            },
+        });
+    }
+    drain(m)
+}
+
+#[test]
+fn law_change_without_requested_codec_pauses_then_resumes_on_the_new_law() {
+    let mut m = layer();
+    let out = up(&mut m);
+    ok_all(&mut m, &out);
+    m.handle_session(&start("abc"));
+    let out = drain(&mut m);
+    ok_all(&mut m, &out);
+    let out = to_pcma(&mut m);
+    assert!(ops(&out).iter().any(|(_, o)| matches!(
+        o,
+        ControlOp::ForkPause {
+            reason: PauseReason::CodecChange,
+            ..
+        }
+    )));
+    // The pause's answer makes the layer resume at once, naming the new law.
+    let out = ok_all(&mut m, &out);
+    assert_eq!(statuses(&out)[0].state, ForkState::Paused);
+    assert!(ops(&out).iter().any(|(_, o)| matches!(
+        o,
+        ControlOp::ForkResume {
+            codec: Some("PCMA"),
+            ..
+        }
+    )));
+    let st = statuses(&ok_all(&mut m, &out));
+    assert_eq!(st[0].state, ForkState::Resumed);
+    // A further re-INVITE on the same law changes nothing.
+    let out = to_pcma(&mut m);
+    assert!(ops(&out).is_empty(), "{out:?}");
+}
+
+#[test]
+fn law_change_away_from_requested_codec_stays_paused() {
+    let mut m = layer();
+    let out = up(&mut m);
+    ok_all(&mut m, &out);
+    m.handle_session(&start_with_codec(
+        "abc",
+        Some(crate::core::fork_request::ForkCodec::G711Ulaw),
+    ));
+    let out = drain(&mut m);
+    ok_all(&mut m, &out);
+    let out = to_pcma(&mut m);
+    let after = ok_all(&mut m, &out);
+    assert_eq!(statuses(&after)[0].state, ForkState::Paused);
+    assert!(
+        !ops(&after)
+            .iter()
+            .any(|(_, o)| matches!(o, ControlOp::ForkResume { .. })),
+        "{after:?}"
+    );
+    // Back on the requested µ-law: resumed without a codec change.
+    for (leg, media) in [(Leg::A, a_media()), (Leg::B, b_media())] {
+        m.handle_session(&SessionEvent::MediaChanged {
+            call: CALL,
+            leg,
+            media,
+        });
+    }
+    let out = drain(&mut m);
+    assert!(ops(&out)
+        .iter()
+        .any(|(_, o)| matches!(o, ControlOp::ForkResume { codec: None, .. })));
 }
