@@ -1461,3 +1461,174 @@ pub mod kernel {
         Ok(())
     }
 }
+
+/// Shared setup of the fork_* tests that run fork-agent against one or more real
+/// speech-server processes in a [`Topology`]: start servers and fork-agent with the given
+/// `[[speech_server]]` sections, subscribe to `fork_status` events, add caller flows, start a
+/// caller-only fork, send RTP from the caller namespace and read a server's JSON summary.
+///
+/// Call order: [`fork_rig::spawn_speech`] (one per server), [`fork_rig::start_fork_agent`],
+/// [`fork_rig::Events::subscribe`], then [`fork_rig::caller_flow`] / [`fork_rig::fork_caller`] /
+/// [`fork_rig::send_rtp`] per call, [`fork_rig::Events::until`] to wait for statuses, and
+/// [`fork_rig::speech_summary`] at the end.
+pub mod fork_rig {
+    use super::*;
+    use serde_json::{json, Value};
+    use std::os::unix::net::UnixStream;
+
+    /// The speech namespace's address.
+    pub const SPEECH_IP: &str = "10.77.3.2";
+
+    /// Starts speech-server `name` on `SPEECH_IP:port` (extra flags appended); returns the path of
+    /// the summary it writes on SIGTERM.
+    pub fn spawn_speech(
+        t: &mut Topology,
+        name: &str,
+        port: u16,
+        extra: &[&str],
+    ) -> Result<PathBuf> {
+        let out = t.dir.join(name);
+        std::fs::create_dir_all(&out)?;
+        let summary = t.dir.join(format!("{name}-summary.json"));
+        let listen = format!("{SPEECH_IP}:{port}");
+        let out_s = out.to_string_lossy().into_owned();
+        let sum_s = summary.to_string_lossy().into_owned();
+        let mut args = vec![
+            "--listen",
+            &listen,
+            "--out-dir",
+            &out_s,
+            "--summary",
+            &sum_s,
+            "--duration-secs",
+            "120",
+        ];
+        args.extend_from_slice(extra);
+        t.spawn(name, Host::Speech, &bin("speech-server")?, &args)?;
+        Ok(summary)
+    }
+
+    /// Writes a fork-agent config with `servers` (TOML `[[speech_server]]` sections) after the
+    /// topology's dataplane and control sections, starts fork-agent in the forker namespace and
+    /// waits for its control socket; returns the socket path.
+    pub fn start_fork_agent(t: &mut Topology, servers: &str) -> Result<PathBuf> {
+        let socket = t.dir.join("fork-agent.sock");
+        let cfg = t.dir.join("fork-agent.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[dataplane]\npin_dir = \"{pin}\"\ninterfaces = [\"fa0\", \"fb0\"]\n\
+                 [control]\nsocket = \"{sock}\"\nstate_dir = \"{state}\"\n{servers}",
+                pin = t.pin_dir.display(),
+                sock = socket.display(),
+                state = t.dir.join("state").display(),
+            ),
+        )?;
+        let cfg_s = cfg.to_string_lossy().into_owned();
+        t.spawn(
+            "fork-agent",
+            Host::Forker,
+            &bin("fork-agent")?,
+            &["run", "--config", &cfg_s],
+        )?;
+        t.wait_for_path(&socket, "fork-agent control socket", "fork-agent")?;
+        Ok(socket)
+    }
+
+    /// A `subscribe`d control connection and the `fork_status` events read from it so far.
+    pub struct Events {
+        r: BufReader<UnixStream>,
+        pub seen: Vec<Value>,
+    }
+
+    impl Events {
+        pub fn subscribe(socket: &Path) -> Result<Events> {
+            let sub = UnixStream::connect(socket).context("subscribe connection")?;
+            sub.set_read_timeout(Some(Duration::from_millis(200)))?;
+            sub.try_clone()?
+                .write_all(b"{\"v\":1,\"op\":\"subscribe\"}\n")?;
+            Ok(Events {
+                r: BufReader::new(sub),
+                seen: Vec::new(),
+            })
+        }
+
+        /// Reads events until `done(seen)` holds, bounded by `limit`.
+        pub fn until(&mut self, limit: Duration, done: impl Fn(&[Value]) -> bool) -> Result<()> {
+            let deadline = Instant::now() + limit;
+            while !done(&self.seen) {
+                if Instant::now() > deadline {
+                    bail!("events so far: {:#?}", self.seen);
+                }
+                let mut line = String::new();
+                match self.r.read_line(&mut line) {
+                    Ok(0) => bail!("control connection closed"),
+                    Ok(_) => {
+                        let v: Value = serde_json::from_str(&line)?;
+                        if v["event"] == "fork_status" {
+                            self.seen.push(v);
+                        }
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Ok(())
+        }
+    }
+
+    /// Whether `seen` holds a `fork_status` of `guid` with `status` (and `error`, when given).
+    pub fn has(seen: &[Value], guid: &str, status: &str, error: Option<&str>) -> bool {
+        seen.iter().any(|e| {
+            e["call_guid"] == guid && e["status"] == status && error.is_none_or(|x| e["error"] == x)
+        })
+    }
+
+    /// The callee-side address call `n`'s caller flow relays to.
+    pub fn callee_addr(n: u16) -> String {
+        format!("10.77.2.2:{}", 41000 + 2 * n)
+    }
+
+    /// Adds call `n`'s caller flow (10.77.1.1:31000+2n → 10.77.2.2:41000+2n); its local address.
+    pub fn caller_flow(socket: &Path, n: u16) -> Result<String> {
+        let local = format!("10.77.1.1:{}", 31000 + 2 * n);
+        let src = format!("10.77.2.1:{}", 31000 + 2 * n);
+        control(
+            socket,
+            &json!({"v":1,"op":"flow_add","flow":{"local":local,"src":src,"dst":callee_addr(n)}}),
+        )?;
+        Ok(local)
+    }
+
+    /// Starts a PCMU fork of one caller stream on `flow` to profile `server`.
+    pub fn fork_caller(socket: &Path, guid: &str, server: &str, flow: &str) -> Result<Value> {
+        control(
+            socket,
+            &json!({"v":1,"op":"fork_start","fork":{"call_guid":guid,"server":server,"codec":"PCMU",
+                "streams":[{"channel":"caller","flow":flow}]}}),
+        )
+    }
+
+    /// Sends `n` 20 ms PCMU packets (every `gap`) from the caller namespace to `to`.
+    pub fn send_rtp(t: &Topology, to: &str, n: u16, gap: Duration) -> Result<()> {
+        let tx = t.udp_socket(Host::Caller, "10.77.1.2:0".parse()?)?;
+        let dst: SocketAddr = to.parse()?;
+        for i in 0..n {
+            tx.send_to(&rtp_packet(0, i, 160 * u32::from(i), 7, &[0xff; 160]), dst)?;
+            std::thread::sleep(gap);
+        }
+        Ok(())
+    }
+
+    /// Stops speech-server `name` (SIGTERM) and reads the summary it wrote.
+    pub fn speech_summary(t: &mut Topology, name: &str, summary: &Path) -> Result<Value> {
+        t.signal(name, nix::sys::signal::Signal::SIGTERM)?;
+        let text = std::fs::read_to_string(summary)
+            .with_context(|| format!("{name} wrote no summary; log:\n{}", t.log(name)))?;
+        Ok(serde_json::from_str(&text)?)
+    }
+}
