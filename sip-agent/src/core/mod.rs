@@ -5,6 +5,8 @@ pub mod b2bua;
 pub mod dialog;
 pub mod fork_request;
 pub mod framing;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod media;
 pub mod message;
 pub mod multipart;
