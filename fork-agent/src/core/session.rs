@@ -942,12 +942,9 @@ impl ForkService {
             .ok_or(SessionError::UnknownConn(conn.0))?;
         let asked = rec.asked.take();
         let (server, handle) = (rec.server, rec.handle);
-        let was_open = self.servers[server.0 as usize]
-            .pool
-            .stats()
-            .conns
-            .iter()
-            .any(|c| c.conn == handle && c.state == ConnState::Open);
+        // The upgrade completed (info is set by handle_connected). Not the pool state: a
+        // connection we asked to close (idle timeout, stall) is already Closing here.
+        let was_open = rec.info.is_some();
         // What to report: our own closes say why we asked; a connect timeout is a TCP failure.
         let (alarm, fork_failure) = match (asked, failure) {
             (Some(CloseWhy::ConnectTimeout), _) => {
@@ -1597,6 +1594,13 @@ mod tests {
                 why: CloseWhy::IdleTimeout
             }]
         );
+        // ...and the history says why, although the pool already marked it Closing.
+        s.handle_closed(t0 + Duration::from_secs(1800), 99, c, ConnFailure::Local)
+            .expect("ok");
+        let h = s.history();
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h[0].reason, "closed locally due to idle-timeout expiry");
+        assert!(s.conns_view(None).is_empty());
     }
 
     #[test]
