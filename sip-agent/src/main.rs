@@ -24,6 +24,18 @@ enum Cmd {
         /// TOML configuration file.
         #[arg(long)]
         config: PathBuf,
+        /// Unix socket answering `sip-agent ctl` (call counts); off when absent.
+        #[arg(long)]
+        admin_socket: Option<PathBuf>,
+    },
+    /// Ask a running agent over its admin socket: `show calls` or `metrics`.
+    Ctl {
+        /// The agent's `--admin-socket`.
+        #[arg(long)]
+        socket: PathBuf,
+        /// Command words, e.g. `show calls`.
+        #[arg(required = true)]
+        command: Vec<String>,
     },
     /// Validate a configuration file and print a summary.
     CheckConfig {
@@ -62,13 +74,30 @@ fn main() -> Result<()> {
             );
             Ok(())
         }
-        Cmd::Run { config } => {
+        Cmd::Ctl { socket, command } => {
+            use std::io::{Read, Write};
+            let mut c = std::os::unix::net::UnixStream::connect(&socket)
+                .with_context(|| format!("connecting to {}", socket.display()))?;
+            c.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+            c.write_all(format!("{}\n", command.join(" ")).as_bytes())?;
+            let mut out = String::new();
+            c.read_to_string(&mut out)?;
+            print!("{out}");
+            if out.starts_with("error:") {
+                anyhow::bail!("the agent refused the command");
+            }
+            Ok(())
+        }
+        Cmd::Run {
+            config,
+            admin_socket,
+        } => {
             let s = load(&config)?;
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .context("starting the tokio runtime")?
-                .block_on(sip_agent::io::run(s))
+                .block_on(sip_agent::io::run(s, admin_socket))
         }
     }
 }

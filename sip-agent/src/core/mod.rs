@@ -2,6 +2,7 @@
 //! every output is drained with `poll_output`, deadlines come from `poll_timeout`
 //! (../../../shared/style.md §2).
 pub mod b2bua;
+pub mod call_count;
 pub mod dialog;
 pub mod fork_request;
 pub mod framing;

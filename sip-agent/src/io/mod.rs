@@ -10,6 +10,7 @@
 //! Shutdown (SIGINT/SIGTERM) leaves fork-agent's flows and forks alone on purpose: established
 //! calls keep their audio in the kernel (architecture.md "MUST"), only SIP signalling stops.
 
+pub mod admin;
 pub mod control;
 pub mod net;
 
@@ -21,6 +22,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::Settings;
 use crate::core::b2bua::{B2bua, Output};
+use crate::core::call_count::CallCounter;
 use crate::core::media::{MediaLayer, MediaOutput};
 use crate::core::port_pool::PortPool;
 use net::{Net, NetEvent};
@@ -40,7 +42,8 @@ fn now() -> Instant {
 }
 
 /// Runs the agent until SIGINT/SIGTERM.
-pub async fn run(settings: Settings) -> Result<()> {
+/// `admin_socket`: where `sip-agent ctl` asks for call counts (none: no admin socket).
+pub async fn run(settings: Settings, admin_socket: Option<std::path::PathBuf>) -> Result<()> {
     let (net_tx, mut net_rx) = mpsc::channel::<NetEvent>(NET_QUEUE);
     let mut net = Net::start(&settings, net_tx).await?;
     let (ctl_tx, mut ctl_rx) = control::spawn(settings.control_socket.clone());
@@ -50,6 +53,11 @@ pub async fn run(settings: Settings) -> Result<()> {
     cfg.seed = rand::random();
     let mut core = B2bua::new(cfg, ports);
     let mut media = MediaLayer::new(settings.media.clone());
+    let mut counter = CallCounter::new();
+    let (counts_tx, counts_rx) = tokio::sync::watch::channel(counter.snapshot());
+    if let Some(path) = &admin_socket {
+        admin::spawn(path, counts_rx)?;
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     info!(
@@ -90,7 +98,16 @@ pub async fn run(settings: Settings) -> Result<()> {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
         }
-        drive(&mut core, &mut media, &mut net, &ctl_tx);
+        drive(&mut core, &mut media, &mut counter, &mut net, &ctl_tx);
+        let counts = counter.snapshot();
+        counts_tx.send_if_modified(|c| {
+            let changed = *c != counts;
+            if changed {
+                info!(?counts, "call counts");
+            }
+            *c = counts;
+            changed
+        });
     }
     info!(
         calls = core.call_count(),
@@ -104,6 +121,7 @@ pub async fn run(settings: Settings) -> Result<()> {
 fn drive(
     core: &mut B2bua<PortPool>,
     media: &mut MediaLayer,
+    counter: &mut CallCounter,
     net: &mut Net,
     ctl: &mpsc::Sender<(crate::core::media::JobId, crate::core::media::ControlOp)>,
 ) {
@@ -121,6 +139,7 @@ fn drive(
                 Output::Session(e) => {
                     debug!(?e, "session");
                     media.handle_session(&e);
+                    counter.handle_session(&e);
                 }
             }
         }
@@ -137,6 +156,7 @@ fn drive(
                     }
                 }
                 MediaOutput::Status { call, report } => {
+                    counter.handle_fork_status(call, &report);
                     if let Err(e) = core.handle_fork_status(now(), call, report) {
                         // The call ended meanwhile: nobody to tell.
                         debug!(?call, error = %e, "fork status dropped");

@@ -73,6 +73,21 @@ impl SipTest {
     }
 
     pub fn start_with(listen: &str, next_hop: &str, extra: &str) -> Result<SipTest> {
+        Self::start_full(listen, next_hop, extra, &[])
+    }
+
+    /// The standard setup with extra `sip-agent run` arguments (`{dir}` is replaced by the test
+    /// directory).
+    pub fn start_with_args(args: &[&str]) -> Result<SipTest> {
+        Self::start_full(
+            r#"udp = ["10.77.1.1:5060", "10.77.2.1:5060"]"#,
+            "10.77.2.2:5060:udp",
+            "",
+            args,
+        )
+    }
+
+    fn start_full(listen: &str, next_hop: &str, extra: &str, args: &[&str]) -> Result<SipTest> {
         let mut s = Scenario::start()?;
         let dir = s.topo.dir.clone();
         let cfg = dir.join("sip-agent.toml");
@@ -104,12 +119,11 @@ bind_media = "10.77.2.1"
         std::env::set_var("RUST_LOG", "sip_agent=debug");
         let agent = bin("sip-agent")?;
         let cfg_s = cfg.to_string_lossy().into_owned();
-        s.topo.spawn(
-            "sip-agent",
-            Host::Forker,
-            &agent,
-            &["run", "--config", &cfg_s],
-        )?;
+        let dir_s = dir.to_string_lossy().into_owned();
+        let extra_args: Vec<String> = args.iter().map(|a| a.replace("{dir}", &dir_s)).collect();
+        let mut run_args = vec!["run", "--config", cfg_s.as_str()];
+        run_args.extend(extra_args.iter().map(String::as_str));
+        s.topo.spawn("sip-agent", Host::Forker, &agent, &run_args)?;
         let deadline = Instant::now() + Duration::from_secs(10);
         while !s.topo.log("sip-agent").contains("sip-agent running") {
             if Instant::now() > deadline || !s.topo.is_running("sip-agent") {
