@@ -4,6 +4,9 @@
 //! (`queue_frames`), counting the audio it drops; meanwhile the other server's stream gets every
 //! frame and the kernel relay delivers every packet to the callee.
 //!
+//! A queue that stays full for `stall_timeout_ms` closes the connection ("closed locally: send
+//! queue stalled" in the history) and the call resumes on a new connection (`reconnected`).
+//!
 //! Also the pool's idle timeout: with a 2 s `idle_timeout_secs`, a connection whose last call
 //! stopped closes about 2 s later, leaves the connection list, and the history records
 //! "closed locally due to idle-timeout expiry".
@@ -226,5 +229,59 @@ fn idle_connection_closes_after_idle_timeout() -> Result<()> {
         h["reason"], "closed locally due to idle-timeout expiry",
         "{hist}"
     );
+    Ok(())
+}
+
+#[test]
+fn stalled_queue_closes_the_connection_and_the_call_reconnects() -> Result<()> {
+    let mut t = Topology::new()?;
+    ns_run(
+        &t.ns(Host::Speech),
+        "sysctl",
+        &["-q", "-w", "net.ipv4.tcp_rmem=4096 4096 4096"],
+    )?;
+    ns_run(
+        &t.ns(Host::Forker),
+        "sysctl",
+        &["-q", "-w", "net.ipv4.tcp_wmem=4096 8192 8192"],
+    )?;
+    spawn_speech(&mut t, "speech-slow", 9001, &["--stall-after-frames", "5"])?;
+    let servers = format!(
+        "[[speech_server]]\nname = \"slow\"\nurl = \"ws://{SPEECH_IP}:9001/fork\"\n\
+         queue_frames = {QUEUE}\nstall_timeout_ms = 1000\nbackoff_initial_ms = 100\n"
+    );
+    let socket = start_fork_agent(&mut t, &servers)?;
+    let mut ev = Events::subscribe(&socket)?;
+    let f1 = caller_flow(&socket, 1)?;
+    fork_caller(&socket, "g-stall", "slow", &f1)?;
+    ev.until(Duration::from_secs(15), |s| {
+        has(s, "g-stall", "started", None)
+    })?;
+    // 2 s of audio: the queue fills within the first ~150 frames and stays full for > 1 s.
+    let tx = t.udp_socket(Host::Caller, "10.77.1.2:0".parse()?)?;
+    let d1: SocketAddr = f1.parse()?;
+    for i in 0..1000u16 {
+        tx.send_to(&rtp_packet(0, i, 160 * u32::from(i), 7, &[0xd5; 160]), d1)?;
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // The stalled connection is closed; the call is not lost but moves to a new connection.
+    ev.until(Duration::from_secs(15), |s| {
+        has(s, "g-stall", "error", Some("Connection closed"))
+            && s.iter().any(|e| {
+                e["call_guid"] == "g-stall" && e["status"] == "started" && e["reconnected"] == true
+            })
+    })?;
+    let hist = control(
+        &socket,
+        &json!({"v":1,"op":"show_stream_service","what":"connection_history"}),
+    )?;
+    assert!(
+        hist.as_array().is_some_and(|h| h
+            .iter()
+            .any(|h| h["reason"] == "closed locally: send queue stalled")),
+        "{hist}"
+    );
+    let st = stats(&socket)?;
+    assert!(st["media"]["dropped_queue_full"].as_u64() > Some(0), "{st}");
     Ok(())
 }
