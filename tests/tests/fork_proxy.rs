@@ -3,7 +3,10 @@
 //! speech-server (tinyproxy's log shows the CONNECT, fork-agent's connection peer is the proxy,
 //! every frame arrives); a proxy name that does not resolve fails the fork with "Proxy DNS
 //! lookup failed"; a CONNECT the proxy refuses (port not in its ConnectPort list, HTTP 403)
-//! fails it with "Connection failed" and counts an HTTP failure (docs/fork-agent.md).
+//! fails it with "Connection failed" and counts an HTTP failure (docs/fork-agent.md). A `wss://`
+//! server behind the same proxy is reached too: the TLS session runs inside the tunnel and its
+//! certificate (an IP SAN for the speech host, made with rcgen) is checked against the server's
+//! address, not the proxy's.
 
 // A test drives real processes against the wall clock.
 #![allow(clippy::disallowed_methods)]
@@ -22,6 +25,26 @@ use xdpfork_tests::{
 };
 
 const PROXY_PORT: u16 = 3128;
+
+/// A CA (written to `dir/ca.pem`) and a speech-host certificate it signed; (cert, key) paths.
+fn pki(dir: &std::path::Path) -> Result<(String, String)> {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate()?;
+    let mut p = CertificateParams::new(Vec::<String>::new())?;
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = p.self_signed(&ca_key)?;
+    let key = KeyPair::generate()?;
+    let cert = CertificateParams::new(vec![SPEECH_IP.to_owned()])?.signed_by(&key, &ca, &ca_key)?;
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("ca.pem"), ca.pem())?;
+    let (crt, k) = (dir.join("speech.crt"), dir.join("speech.key"));
+    std::fs::write(&crt, cert.pem())?;
+    std::fs::write(&k, key.serialize_pem())?;
+    Ok((
+        crt.to_string_lossy().into_owned(),
+        k.to_string_lossy().into_owned(),
+    ))
+}
 
 fn start_tinyproxy(t: &mut Topology) -> Result<std::path::PathBuf> {
     let conf = t.dir.join("tinyproxy.conf");
@@ -65,6 +88,14 @@ fn connect_proxy_tunnels_and_its_failures_are_reported() -> Result<()> {
     let mut t = Topology::new()?;
     let proxy_log = start_tinyproxy(&mut t)?;
     let summary = spawn_speech(&mut t, "speech", 9000, &[])?;
+    let pki_dir = t.dir.join("pki");
+    let (crt, key) = pki(&pki_dir)?;
+    spawn_speech(
+        &mut t,
+        "speech-tls",
+        9443,
+        &["--tls-cert", &crt, "--tls-key", &key],
+    )?;
     let srv = |name: &str, port: u16, proxy_host: &str| {
         format!(
             "[[speech_server]]\nname = \"{name}\"\nurl = \"ws://{SPEECH_IP}:{port}/fork\"\n\
@@ -76,6 +107,13 @@ fn connect_proxy_tunnels_and_its_failures_are_reported() -> Result<()> {
         srv("viaproxy", 9000, SPEECH_IP),
         srv("nodnsproxy", 9000, "no-such-proxy.invalid"),
         srv("refused", 9001, SPEECH_IP),
+        format!(
+            "[[speech_server]]\nname = \"tlsproxy\"\nurl = \"wss://{SPEECH_IP}:9443/fork\"\n\
+             max_connect_attempts = 1\n\
+             proxy = {{ host = \"{SPEECH_IP}\", port = {PROXY_PORT} }}\n\
+             [speech_server.tls]\nca_file = \"{}\"\n",
+            pki_dir.join("ca.pem").display()
+        ),
     ]
     .concat();
     let socket = start_fork_agent(&mut t, &servers)?;
@@ -87,8 +125,11 @@ fn connect_proxy_tunnels_and_its_failures_are_reported() -> Result<()> {
     fork_caller(&socket, "g-proxy", "viaproxy", &f1)?;
     fork_caller(&socket, "g-nodns", "nodnsproxy", &f2)?;
     fork_caller(&socket, "g-refused", "refused", &f3)?;
+    let f4 = caller_flow(&socket, 4)?;
+    fork_caller(&socket, "g-tls", "tlsproxy", &f4)?;
     ev.until(Duration::from_secs(15), |s| {
         has(s, "g-proxy", "started", None)
+            && has(s, "g-tls", "started", None)
             && has(s, "g-nodns", "error", Some("Proxy DNS lookup failed"))
             && has(s, "g-refused", "error", Some("Connection failed"))
     })?;
@@ -103,10 +144,23 @@ fn connect_proxy_tunnels_and_its_failures_are_reported() -> Result<()> {
         log.contains(&format!("CONNECT {SPEECH_IP}:9001 HTTP/1.1")),
         "the refused CONNECT reached tinyproxy:\n{log}"
     );
+    assert!(
+        log.contains(&format!("CONNECT {SPEECH_IP}:9443 HTTP/1.1")),
+        "the wss:// server was reached through tinyproxy:\n{log}"
+    );
     let conns = control(
         &socket,
         &json!({"v":1,"op":"show_stream_service","what":"connection"}),
     )?;
+    let tls = conns
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["server"] == "tlsproxy"))
+        .with_context(|| format!("no tlsproxy connection: {conns}"))?;
+    let tls_s = tls.to_string();
+    assert!(
+        tls_s.contains("TLSv1_3") && tls_s.contains(&format!("{SPEECH_IP}:{PROXY_PORT}")),
+        "TLS inside the tunnel, TCP peer the proxy: {tls}"
+    );
     let c = conns
         .as_array()
         .and_then(|a| a.iter().find(|c| c["server"] == "viaproxy"))
