@@ -226,6 +226,8 @@ struct Fork {
     codec: &'static str,
     /// The law the START asked for (`codec`), if any: the fork only runs on that law.
     requested: Option<&'static str>,
+    /// The flows (by `local`) carrying the caller and callee streams.
+    streams: [Option<SocketAddr>; 2],
 }
 
 #[derive(Debug, Default)]
@@ -416,10 +418,18 @@ impl MediaLayer {
             return;
         };
         let want = desired_flows(&c.legs);
+        // A forked stream's flow is kept while its destination is gone (hold with c=0.0.0.0):
+        // fork-agent re-adds a deleted flow without the fork flag, so deleting it would leave
+        // that stream unforked after the resume. It keeps relaying to the held party's last
+        // address meanwhile, which the held party ignores.
+        let forked = c.fork.as_ref().map(|f| f.streams).unwrap_or_default();
         let dels: Vec<SocketAddr> = c
             .flows
             .iter()
-            .filter(|(l, spec)| want.get(l) != Some(spec))
+            .filter(|(l, spec)| match want.get(l) {
+                Some(w) => w != *spec,
+                None => !forked.contains(&Some(**l)),
+            })
             .map(|(l, _)| *l)
             .collect();
         let adds: Vec<FlowSpec> = want
@@ -583,6 +593,7 @@ impl MediaLayer {
                         ForkCodec::G711Ulaw => "PCMU",
                         ForkCodec::G711Alaw => "PCMA",
                     }),
+                    streams: [Some(local(a)), Some(local(b))],
                 });
                 // Reference: status goes back once a connection is identified; fork-agent picks
                 // it when it receives fork_start.

@@ -556,3 +556,47 @@ fn law_change_away_from_requested_codec_stays_paused() {
         .iter()
         .any(|(_, o)| matches!(o, ControlOp::ForkResume { codec: None, .. })));
 }
+
+#[test]
+fn forked_flow_survives_a_zero_address_hold() {
+    let mut m = layer();
+    let out = up(&mut m);
+    ok_all(&mut m, &out);
+    m.handle_session(&start("abc"));
+    let out = drain(&mut m);
+    ok_all(&mut m, &out);
+    // A holds with c=0.0.0.0: nothing may go to A, but the B-anchor flow (callee stream,
+    // relayed towards A) stays installed so it is still forked after the resume.
+    let mut held = a_media();
+    held.remote = None;
+    held.hold = true;
+    m.handle_session(&SessionEvent::MediaChanged {
+        call: CALL,
+        leg: Leg::A,
+        media: held,
+    });
+    let out = drain(&mut m);
+    let dels: Vec<SocketAddr> = ops(&out)
+        .into_iter()
+        .filter_map(|(_, o)| match o {
+            ControlOp::FlowDel { local } => Some(local),
+            _ => None,
+        })
+        .collect();
+    // Only the RTCP flow towards A goes; the forked RTP flow stays.
+    assert_eq!(dels, vec![sa("10.77.2.1:30003")], "{out:?}");
+    ok_all(&mut m, &out);
+    m.handle_session(&SessionEvent::MediaChanged {
+        call: CALL,
+        leg: Leg::A,
+        media: a_media(),
+    });
+    let out = drain(&mut m);
+    assert!(
+        !ops(&out)
+            .iter()
+            .any(|(_, o)| matches!(o, ControlOp::FlowDel { .. })
+                || matches!(o, ControlOp::FlowAdd { flow } if !flow.rtcp)),
+        "{out:?}"
+    );
+}
