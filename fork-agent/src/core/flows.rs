@@ -220,12 +220,25 @@ impl FlowTable {
             egress_ifindex: 0,
             nexthop_be: [0; 4],
         };
+        // A running fork keeps its streams when a re-INVITE replaces a flow (new destination,
+        // new source): the replacement is forked under the same stream id.
+        let mut action = action;
+        let stream_id = self
+            .forks
+            .values()
+            .flat_map(|f| f.streams.iter())
+            .find(|(_, l)| *l == local)
+            .map(|(id, _)| *id);
+        if let Some(id) = stream_id {
+            action.flags |= FLOW_F_FORK;
+            action.stream_id = id;
+        }
         let entry = FlowEntry {
             local,
             src: spec.src,
             dst: spec.dst,
             stats_index,
-            stream_id: None,
+            stream_id,
             action,
         };
         self.used_slots.insert(stats_index, local);
@@ -474,6 +487,30 @@ mod tests {
             ],
         );
         assert_eq!(t.start_fork(bad).unwrap_err(), FlowError::BadStreams);
+    }
+
+    #[test]
+    fn a_replaced_flow_stays_forked_under_its_stream_id() {
+        let mut t = FlowTable::new();
+        t.add(&spec("10.0.1.1:30000")).expect("add");
+        let (fk, _) = t
+            .start_fork(fork("g1", &[("10.0.1.1:30000", Channel::Caller)]))
+            .expect("start");
+        t.remove("10.0.1.1:30000".parse().expect("addr"))
+            .expect("remove");
+        let mut moved = spec("10.0.1.1:30000");
+        moved.dst = "10.0.2.9:6000".parse().expect("addr");
+        let (_, e) = t.add(&moved).expect("re-add");
+        assert_eq!(e.stream_id, Some(fk.streams[0].0));
+        assert_eq!(e.action.flags & FLOW_F_FORK, FLOW_F_FORK);
+        assert_eq!(e.action.stream_id, fk.streams[0].0);
+        // Once the fork stops, a re-added flow is plain.
+        t.stop_fork("g1").expect("stop");
+        t.remove("10.0.1.1:30000".parse().expect("addr"))
+            .expect("remove");
+        let (_, e) = t.add(&moved).expect("re-add");
+        assert_eq!(e.stream_id, None);
+        assert_eq!(e.action.flags & FLOW_F_FORK, 0);
     }
 
     #[test]
