@@ -68,9 +68,16 @@ struct Args {
     /// Test switch: answer every upgrade request with this HTTP status (e.g. 503).
     #[arg(long, value_parser = clap::value_parser!(u16).range(100..=599))]
     reject_handshake: Option<u16>,
+    /// Require a TLS client certificate signed by a CA in this PEM file (wss only).
+    #[arg(long, requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
 }
 
-fn tls_acceptor(cert: &PathBuf, key: &PathBuf) -> anyhow::Result<TlsAcceptor> {
+fn tls_acceptor(
+    cert: &PathBuf,
+    key: &PathBuf,
+    client_ca: Option<&PathBuf>,
+) -> anyhow::Result<TlsAcceptor> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let certs = CertificateDer::pem_file_iter(cert)
@@ -90,14 +97,36 @@ fn tls_acceptor(cert: &PathBuf, key: &PathBuf) -> anyhow::Result<TlsAcceptor> {
     })?;
     // Pick the provider explicitly: if several rustls providers are compiled into the
     // workspace, the process-wide default is ambiguous and `ServerConfig::builder()` panics.
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .context("rustls protocol versions")?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .context("certificate and key do not match or are unsupported")?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .context("rustls protocol versions")?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_file_iter(ca)
+                .with_context(|| format!("cannot read --tls-client-ca {}", ca.display()))?
+            {
+                let c = c.with_context(|| {
+                    format!("--tls-client-ca {} is not PEM certificates", ca.display())
+                })?;
+                roots
+                    .add(c)
+                    .with_context(|| format!("bad CA certificate in {}", ca.display()))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .context("building the client certificate verifier")?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let config = builder
+        .with_single_cert(certs, key)
+        .context("certificate and key do not match or are unsupported")?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
@@ -144,7 +173,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
 
     let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(c), Some(k)) => Some(tls_acceptor(c, k)?),
+        (Some(c), Some(k)) => Some(tls_acceptor(c, k, args.tls_client_ca.as_ref())?),
         _ => None,
     };
     let ctx = Arc::new(Ctx {

@@ -5,8 +5,9 @@
 //! its fork with the reference's "Connection failed", counts a TCP failure, and leaves the
 //! rustls reason in fork-agent's log.
 //!
-//! Not covered: a server that requires a client certificate — speech-server has no switch to
-//! request one (it serves with `with_no_client_auth`).
+//! A second test runs a server that requires a client certificate (speech-server
+//! `--tls-client-ca`): the fork whose server entry carries `tls.client_cert` streams, the one
+//! without fails with "Connection failed".
 
 // A test drives real processes against the wall clock.
 #![allow(clippy::disallowed_methods)]
@@ -203,6 +204,92 @@ fn wss_valid_certificate_carries_frames_and_bad_ones_fail() -> Result<()> {
             .iter()
             .any(|c| c["tls"] == true && c["binary_frames"] == 50),
         "{sum}"
+    );
+    Ok(())
+}
+
+#[test]
+fn wss_server_requiring_a_client_certificate() -> Result<()> {
+    let mut t = Topology::new()?;
+    let dir = t.dir.join("pki");
+    std::fs::create_dir_all(&dir)?;
+    let trusted = ca("xdpfork test CA")?;
+    let ca_pem = dir.join("ca.pem");
+    std::fs::write(&ca_pem, trusted.0.pem())?;
+    let (crt, key) = leaf(&dir, "server", SPEECH_IP, &trusted, false)?;
+    let (client_crt, client_key) =
+        leaf(&dir, "fork-agent.test", "fork-agent.test", &trusted, false)?;
+    let ca_arg = ca_pem.to_string_lossy().into_owned();
+    let summary = spawn_speech(
+        &mut t,
+        "speech-mtls",
+        9447,
+        &[
+            "--tls-cert",
+            &crt,
+            "--tls-key",
+            &key,
+            "--tls-client-ca",
+            &ca_arg,
+        ],
+    )?;
+    let entry = |name: &str, client: bool| {
+        let mut e = format!(
+            "[[speech_server]]\nname = \"{name}\"\nurl = \"wss://{SPEECH_IP}:9447/fork\"\n\
+             max_connect_attempts = 1\nbackoff_initial_ms = 100\n\
+             [speech_server.tls]\nca_file = \"{}\"\n",
+            ca_pem.display()
+        );
+        if client {
+            e.push_str(&format!(
+                "client_cert = \"{client_crt}\"\nclient_key = \"{client_key}\"\n"
+            ));
+        }
+        e
+    };
+    let servers = format!("{}{}", entry("withcert", true), entry("nocert", false));
+    let socket = start_fork_agent(&mut t, &servers)?;
+    let mut ev = Events::subscribe(&socket)?;
+
+    let f1 = caller_flow(&socket, 1)?;
+    fork_caller(&socket, "g-withcert", "withcert", &f1)?;
+    ev.until(Duration::from_secs(15), |s| {
+        has(s, "g-withcert", "started", None)
+    })?;
+    send_rtp(&t, &f1, 20, Duration::from_millis(2))?;
+    let f2 = caller_flow(&socket, 2)?;
+    fork_caller(&socket, "g-nocert", "nocert", &f2)?;
+    ev.until(Duration::from_secs(15), |s| {
+        has(s, "g-nocert", "error", Some("Connection failed"))
+    })?;
+    assert!(
+        !has(&ev.seen, "g-withcert", "error", None),
+        "the fork with a client certificate never fails: {:#?}",
+        ev.seen
+    );
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let c = control(&socket, &json!({"v":1,"op":"show_counters"}))?;
+        if c["servers"]["withcert"]["frames_sent"].as_u64() >= Some(20) {
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "fewer than 20 frames sent: {c}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let sum = speech_summary(&mut t, "speech-mtls", &summary)?;
+    let stream = sum["streams"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["call_guid"] == "g-withcert"))
+        .with_context(|| format!("no g-withcert stream: {sum}"))?;
+    assert_eq!(stream["frames"], 20, "{stream}");
+    assert!(
+        !sum.to_string().contains("g-nocert"),
+        "the server must never see the fork without a client certificate: {sum}"
     );
     Ok(())
 }
