@@ -1,4 +1,4 @@
-//! `cargo xtask bench relay|turn [--reps N] [--secs S] [--rates LIST] [--out DIR]`: the
+//! `cargo xtask bench relay|turn|fork [--reps N] [--secs S] [--rates LIST] [--streams LIST] [--out DIR]`: the
 //! benchmarks of docs/benchmarks.md (needs root; never part of `cargo xtask test`).
 //!
 //! Input: which benchmark and its sweep options. Output: the report of `xdpfork-bench`
@@ -22,6 +22,8 @@ pub(crate) enum Which {
     Relay,
     /// TURN ChannelData relaying: XDP channel offload vs coturn.
     Turn,
+    /// Concurrent forked G.711 streams on one fork-agent core (loss, CPU, latency).
+    Fork,
 }
 
 /// `cargo xtask bench` options.
@@ -42,6 +44,10 @@ pub(crate) struct Args {
     /// Where the report and the raw points go.
     #[arg(long, default_value = "target/bench")]
     out: String,
+    /// `fork` only: concurrent stream counts, comma-separated (the sweep stops at the first
+    /// count with loss).
+    #[arg(long, default_value = "500,1000,2000,5000,10000")]
+    streams: String,
 }
 
 /// Debian packages a benchmark needs beyond `cargo xtask setup`'s list, with their binary.
@@ -51,6 +57,7 @@ fn extra_packages(which: Which) -> &'static [(&'static str, &'static str)] {
         // installed here, lazily, and not by setup.
         Which::Relay => &[("rtpengine-daemon", "/usr/bin/rtpengine")],
         Which::Turn => &[("coturn", "/usr/bin/turnserver")],
+        Which::Fork => &[],
     }
 }
 
@@ -143,12 +150,17 @@ pub(crate) fn run(args: Args) -> Result<()> {
     let which = match args.which {
         Which::Relay => "relay",
         Which::Turn => "turn",
+        Which::Fork => "fork",
     };
     setup::run_checked(
         Command::new(release_dir().join("xdpfork-bench"))
             .args([which, "--reps", &args.reps.to_string()])
             .args(["--secs", &args.secs.to_string(), "--rates", &args.rates])
             .args(["--out", &args.out])
+            .args(match args.which {
+                Which::Fork => vec!["--streams", args.streams.as_str()],
+                _ => vec![],
+            })
             .current_dir(build::workspace_root()),
         "the benchmark",
         "its output above names the stage that failed",

@@ -23,6 +23,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod cpu;
+mod fork;
 mod load;
 mod ng;
 mod turn;
@@ -48,6 +49,8 @@ pub struct Opts {
     /// Offered rates in datagrams per second; `None` is "as fast as the generator can".
     pub rates: Vec<Option<u64>>,
     pub out: PathBuf,
+    /// Concurrent stream counts of `fork`.
+    pub streams: Vec<usize>,
 }
 
 fn parse_args() -> Result<(String, Opts)> {
@@ -66,6 +69,7 @@ fn parse_args() -> Result<(String, Opts)> {
             None,
         ],
         out: PathBuf::from("target/bench"),
+        streams: vec![500, 1000, 2000, 5000, 10_000],
     };
     while let Some(a) = args.next() {
         let v = args.next().with_context(|| format!("{a} needs a value"))?;
@@ -73,6 +77,12 @@ fn parse_args() -> Result<(String, Opts)> {
             "--reps" => o.reps = v.parse().context("--reps")?,
             "--secs" => o.secs = v.parse().context("--secs")?,
             "--out" => o.out = PathBuf::from(v),
+            "--streams" => {
+                o.streams = v
+                    .split(',')
+                    .map(|n| n.parse().context("--streams: numbers"))
+                    .collect::<Result<_>>()?
+            }
             "--rates" => {
                 o.rates = v
                     .split(',')
@@ -98,7 +108,8 @@ fn main() -> Result<()> {
     let report = match cmd.as_str() {
         "relay" => relay(&opts)?,
         "turn" => turn::run(&opts)?,
-        other => bail!("unknown benchmark {other}: relay or turn"),
+        "fork" => fork::run(&opts.streams, opts.secs)?,
+        other => bail!("unknown benchmark {other}: relay, turn or fork"),
     };
     println!("{}", report.markdown);
     std::fs::write(opts.out.join(format!("{cmd}.md")), &report.markdown)?;
