@@ -395,7 +395,9 @@ calls_threshold = 20
     let mut note = String::new();
     for (i, &n) in streams.iter().enumerate() {
         let t0 = mono_ns();
+        let mut flow_ns = 0u64;
         while installed < n {
+            let f0 = mono_ns();
             let c = installed;
             let a = format!("10.77.1.1:{}", A_BASE as usize + c);
             let b = format!("10.77.2.1:{}", B_BASE as usize + c);
@@ -408,6 +410,7 @@ calls_threshold = 20
                 &socket,
                 json!({"v":1,"op":"flow_add","flow":{"local":b,"src":a,"dst":caller}}),
             )?;
+            flow_ns += mono_ns() - f0;
             ctl(
                 &socket,
                 json!({"v":1,"op":"fork_start","fork":{
@@ -426,6 +429,11 @@ calls_threshold = 20
             ));
             installed += 1;
         }
+        eprintln!(
+            "  installed {n} calls: {:.1} s in flow_add, {:.1} s in all",
+            flow_ns as f64 / 1e9,
+            (mono_ns() - t0) as f64 / 1e9
+        );
         // Every call announces two streams; wait until all reached the receiver.
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while rx.starts.load(Ordering::Relaxed) < 2 * n as u64 {
