@@ -281,6 +281,12 @@ struct Point {
     p99_us: f64,
     max_us: f64,
     frames_dropped: i64,
+    /// Datagrams dropped at the caller's veth (the forker's receive ring was full: before XDP).
+    ring_drops: u64,
+    /// Packets the XDP program relayed and captured for forking (`fork_captured` delta).
+    captured: i64,
+    /// Audio frames fork-agent handed to its WebSocket connections (`frames_sent` delta).
+    frames_sent: i64,
 }
 
 impl Point {
@@ -299,7 +305,9 @@ impl Point {
                "agent_cores_per_1k_streams": self.agent_cores_per_1k(),
                "napi_forker_cpu_ns": self.napi_cpu_ns, "receiver_cpu_ns": self.recv_cpu_ns,
                "lat_p50_us": self.p50_us, "lat_p99_us": self.p99_us, "lat_max_us": self.max_us,
-               "agent_frames_dropped_delta": self.frames_dropped})
+               "agent_frames_dropped_delta": self.frames_dropped,
+               "caller_veth_ring_drops": self.ring_drops, "xdp_fork_captured": self.captured,
+               "agent_frames_sent": self.frames_sent})
     }
 }
 
@@ -311,25 +319,35 @@ fn ctl(sock: &std::path::Path, v: serde_json::Value) -> Result<serde_json::Value
     Ok(r)
 }
 
-/// Sum of every numeric "frames_dropped"-like server counter, to attribute loss to fork-agent's
-/// queues: the `servers` section of `show_counters`.
-fn agent_dropped(sock: &std::path::Path) -> i64 {
+/// fork-agent's counters that locate loss along the path: (its queue drops, i.e. every
+/// `servers.*` counter named `*drop*` plus `user.media_queue_drops`; `kernel.fork_captured`;
+/// `servers.*.frames_sent`). -1 when the agent does not answer.
+fn agent_counters(sock: &std::path::Path) -> (i64, i64, i64) {
     let Ok(c) = control(sock, &json!({"v":1,"op":"show_counters"})) else {
-        return -1;
+        return (-1, -1, -1);
     };
-    c["servers"]
+    let servers: Vec<&serde_json::Map<String, serde_json::Value>> = c["servers"]
         .as_object()
-        .map(|m| {
-            m.values()
-                .filter_map(|s| s.as_object())
-                .flat_map(|s| {
-                    s.iter()
-                        .filter(|(k, _)| k.contains("drop"))
-                        .filter_map(|(_, v)| v.as_i64())
-                })
-                .sum()
+        .map(|m| m.values().filter_map(|s| s.as_object()).collect())
+        .unwrap_or_default();
+    let dropped: i64 = servers
+        .iter()
+        .flat_map(|s| {
+            s.iter()
+                .filter(|(k, _)| k.contains("drop"))
+                .filter_map(|(_, v)| v.as_i64())
         })
-        .unwrap_or(-1)
+        .sum::<i64>()
+        + c["user"]["media_queue_drops"].as_i64().unwrap_or(0);
+    let sent: i64 = servers
+        .iter()
+        .filter_map(|s| s.get("frames_sent").and_then(|v| v.as_i64()))
+        .sum();
+    (
+        dropped,
+        c["kernel"]["fork_captured"].as_i64().unwrap_or(-1),
+        sent,
+    )
 }
 
 pub fn run(streams: &[usize], secs: f64) -> Result<Report> {
@@ -457,7 +475,9 @@ calls_threshold = 20
                 ..Acc::default()
             };
         }
-        let d0 = agent_dropped(&socket);
+        let d0 = agent_counters(&socket);
+        let ns = [Host::Caller, Host::Forker, Host::Callee].map(|h| t.ns(h));
+        let ring0 = crate::drops(&ns)[0];
         let (a0, n0) = (
             cpu::process_cpu_ns(agent_pid),
             napi.iter().map(|p| cpu::process_cpu_ns(*p)).sum::<u64>(),
@@ -470,7 +490,8 @@ calls_threshold = 20
             napi.iter().map(|p| cpu::process_cpu_ns(*p)).sum::<u64>(),
         );
         let r1 = rx.cpu_ns.load(Ordering::Relaxed);
-        let d1 = agent_dropped(&socket);
+        let d1 = agent_counters(&socket);
+        let ring1 = crate::drops(&ns)[0];
         let mut acc = {
             let mut a = rx.acc.lock().unwrap_or_else(|e| e.into_inner());
             std::mem::take(&mut *a)
@@ -488,11 +509,17 @@ calls_threshold = 20
             p50_us: load::quantile_us(&mut acc.lat_ns, 0.5),
             p99_us: load::quantile_us(&mut acc.lat_ns, 0.99),
             max_us: load::quantile_us(&mut acc.lat_ns, 1.0),
-            frames_dropped: d1 - d0,
+            frames_dropped: d1.0 - d0.0,
+            ring_drops: ring1.saturating_sub(ring0),
+            captured: d1.1 - d0.1,
+            frames_sent: d1.2 - d0.2,
         };
         eprintln!(
-            "  {n:>6} streams: sent {} got {} loss {:.3}% fork-agent {:.3} cores ({:.3}/1k streams), napi {:.3} cores, latency p50 {:.0} µs p99 {:.0} µs (setup {:.1} s)",
+            "  {n:>6} streams: sent {} veth-ring drops {} XDP captured {} agent frames sent {} got {} loss {:.3}% fork-agent {:.3} cores ({:.3}/1k streams), napi {:.3} cores, latency p50 {:.0} µs p99 {:.0} µs (setup {:.1} s)",
             p.sent,
+            p.ring_drops,
+            p.captured,
+            p.frames_sent,
             p.received,
             p.loss() * 100.0,
             p.agent_cpu_ns as f64 / (p.secs * 1e9),
@@ -513,11 +540,11 @@ calls_threshold = 20
     drop(sink);
     let counters = control(&socket, &json!({"v":1,"op":"show_counters"}))?;
     let mut md = format!(
-        "## `cargo xtask bench fork`\n\n{facts}\nfork-agent pinned to CPU {AGENT_CORE} (`taskset`), `calls_threshold = 20`. One forked caller → callee RTP stream per call (172-byte G.711 packets, 50 packets/s, spread evenly over each 20 ms period), {secs} s per point; the speech side is a light counting WebSocket receiver in the speech namespace. Latency: caller's CLOCK_MONOTONIC stamp in the RTP payload → the receiver decoding the audio frame.\n\n{note}\n| streams | frames sent | frames received | loss | fork-agent CPU (cores) | fork-agent cores per 1,000 streams | forker NAPI (XDP) cores | latency p50 / p99 / max (ms) | receiver cores | fork-agent queue drops |\n|---|---|---|---|---|---|---|---|---|---|\n"
+        "## `cargo xtask bench fork`\n\n{facts}\nfork-agent pinned to CPU {AGENT_CORE} (`taskset`), `calls_threshold = 20`. One forked caller → callee RTP stream per call (172-byte G.711 packets, 50 packets/s, spread evenly over each 20 ms period), {secs} s per point; the speech side is a light counting WebSocket receiver in the speech namespace. Latency: caller's CLOCK_MONOTONIC stamp in the RTP payload → the receiver decoding the audio frame.\n\n{note}\n| streams | frames sent | frames received | loss | fork-agent CPU (cores) | fork-agent cores per 1,000 streams | forker NAPI (XDP) cores | latency p50 / p99 / max (ms) | receiver cores | where lost: caller veth ring / XDP captured / fork-agent frames sent / fork-agent queue drops |\n|---|---|---|---|---|---|---|---|---|---|\n"
     );
     for p in &points {
         md.push_str(&format!(
-            "| {} | {} | {} | {:.3}% | {:.3} | {:.3} | {:.3} | {:.2} / {:.2} / {:.2} | {:.2} | {} |\n",
+            "| {} | {} | {} | {:.3}% | {:.3} | {:.3} | {:.3} | {:.2} / {:.2} / {:.2} | {:.2} | {} / {} / {} / {} |\n",
             p.streams,
             p.sent,
             p.received,
@@ -529,6 +556,9 @@ calls_threshold = 20
             p.p99_us / 1000.0,
             p.max_us / 1000.0,
             p.recv_cpu_ns as f64 / (p.secs * 1e9),
+            p.ring_drops,
+            p.captured,
+            p.frames_sent,
             p.frames_dropped,
         ));
     }
@@ -584,6 +614,9 @@ mod tests {
             p99_us: 0.0,
             max_us: 0.0,
             frames_dropped: 0,
+            ring_drops: 0,
+            captured: 0,
+            frames_sent: 0,
         };
         assert!((p.loss() - 0.01).abs() < 1e-12);
         assert!((p.agent_cores_per_1k() - 0.25).abs() < 1e-12);
