@@ -46,7 +46,7 @@ pub(crate) struct Args {
     out: String,
     /// `fork` only: concurrent stream counts, comma-separated (the sweep stops at the first
     /// count with loss).
-    #[arg(long, default_value = "500,1000,2000,5000,10000")]
+    #[arg(long, default_value = "500,1000,2000,5000")]
     streams: String,
 }
 

@@ -15,7 +15,9 @@
 //! receiver counted. Each call forks its caller → callee direction (one active stream; the
 //! callee stream of the call is announced but silent). The stamp (`load::Stamp`, CLOCK_MONOTONIC
 //! send time) sits at the start of the RTP payload, which fork-agent forwards verbatim, so the
-//! receiver reads it in the audio frame. The sweep stops at the first point with loss.
+//! receiver reads it in the audio frame. The sweep stops at fork-agent's first loss (a frame
+//! captured by XDP that never reached the receiver) or when more than 5% is lost before XDP (the
+//! host cannot offer more).
 
 use std::{
     collections::HashMap,
@@ -46,6 +48,9 @@ const SINK: &str = "10.77.2.2:9999";
 /// First relay port on fa0 (caller side); call `i` uses `A_BASE + i` and `B_BASE + i`.
 const A_BASE: u16 = 20_000;
 const B_BASE: u16 = 40_000;
+/// Loss before the XDP program (the forker's veth ring) above which the host cannot offer the
+/// load any more and the sweep stops.
+const MAX_HOST_LOSS: f64 = 0.05;
 /// The core fork-agent is pinned to.
 const AGENT_CORE: &str = "1";
 
@@ -139,6 +144,8 @@ fn spawn_ws_receiver(listener: TcpListener, r: Arc<Receiver>, stop: Arc<AtomicBo
                 let _ = tcp.set_nodelay(true);
                 let r = r.clone();
                 tokio::spawn(async move {
+                    // tungstenite's callback signature returns its (large) error response type.
+                    #[allow(clippy::result_large_err)]
                     let cb = |_req: &tokio_tungstenite::tungstenite::handshake::server::Request,
                               mut resp: tokio_tungstenite::tungstenite::handshake::server::Response| {
                         if let Ok(v) = speech_proto::SUBPROTOCOL.parse() {
@@ -152,10 +159,10 @@ fn spawn_ws_receiver(listener: TcpListener, r: Arc<Receiver>, stop: Arc<AtomicBo
                     while let Some(Ok(msg)) = ws.next().await {
                         match msg {
                             tokio_tungstenite::tungstenite::Message::Binary(b) => on_binary(&r, &b),
-                            tokio_tungstenite::tungstenite::Message::Text(t) => {
-                                if t.contains("\"start\"") {
-                                    r.starts.fetch_add(1, Ordering::Relaxed);
-                                }
+                            tokio_tungstenite::tungstenite::Message::Text(t)
+                                if t.contains("\"start\"") =>
+                            {
+                                r.starts.fetch_add(1, Ordering::Relaxed);
                             }
                             _ => {}
                         }
@@ -529,16 +536,30 @@ calls_threshold = 20
             p.p99_us,
             install_secs.last().map_or(0.0, |x| x.1)
         );
-        let lossy = p.received < p.sent;
+        // Loss before the XDP program (the caller veth's ring) is the host failing to offer
+        // the load, not fork-agent; the sweep goes on through it while it stays small so that
+        // fork-agent's own limit still shows, and stops at fork-agent's first loss.
+        let agent_lost = p.captured > p.received as i64;
+        let host_lost = p.loss() > MAX_HOST_LOSS;
         points.push(p);
-        if lossy {
-            note = format!("The sweep stopped at {n} streams: the first point with loss.\n");
+        if agent_lost || host_lost {
+            note = format!(
+                "The sweep stopped at {n} streams: {}.\n",
+                if agent_lost {
+                    "frames that reached the XDP program were lost after it"
+                } else {
+                    "more than 5% of the offered packets were dropped before the XDP program"
+                }
+            );
             break;
         }
     }
     stop.store(true, Ordering::Relaxed);
     drop(sink);
-    let counters = control(&socket, &json!({"v":1,"op":"show_counters"}))?;
+    // A fork-agent still working off a backlog may not answer in time; the report does not
+    // depend on these totals.
+    let counters = control(&socket, &json!({"v":1,"op":"show_counters"}))
+        .unwrap_or_else(|e| json!({"error": e.to_string()}));
     let mut md = format!(
         "## `cargo xtask bench fork`\n\n{facts}\nfork-agent pinned to CPU {AGENT_CORE} (`taskset`), `calls_threshold = 20`. One forked caller → callee RTP stream per call (172-byte G.711 packets, 50 packets/s, spread evenly over each 20 ms period), {secs} s per point; the speech side is a light counting WebSocket receiver in the speech namespace. Latency: caller's CLOCK_MONOTONIC stamp in the RTP payload → the receiver decoding the audio frame.\n\n{note}\n| streams | frames sent | frames received | loss | fork-agent CPU (cores) | fork-agent cores per 1,000 streams | forker NAPI (XDP) cores | latency p50 / p99 / max (ms) | receiver cores | where lost: caller veth ring / XDP captured / fork-agent frames sent / fork-agent queue drops |\n|---|---|---|---|---|---|---|---|---|---|\n"
     );
@@ -567,9 +588,15 @@ calls_threshold = 20
         .filter(|p| p.received >= p.sent)
         .map(|p| p.streams)
         .max();
+    let agent_best = points
+        .iter()
+        .filter(|p| p.captured <= p.received as i64)
+        .map(|p| p.streams)
+        .max();
     md.push_str(&format!(
-        "\nMost streams with zero loss: {}.\n",
-        best.map_or("none".into(), |b| b.to_string())
+        "\nMost streams with zero loss end to end: {}. Most streams where fork-agent delivered every frame its XDP program captured: {}.\n",
+        best.map_or("none".into(), |b| b.to_string()),
+        agent_best.map_or("none".into(), |b| b.to_string())
     ));
     let per_stream: HashMap<String, f64> = install_secs
         .iter()

@@ -69,7 +69,7 @@ fn parse_args() -> Result<(String, Opts)> {
             None,
         ],
         out: PathBuf::from("target/bench"),
-        streams: vec![500, 1000, 2000, 5000, 10_000],
+        streams: vec![500, 1000, 2000, 5000],
     };
     while let Some(a) = args.next() {
         let v = args.next().with_context(|| format!("{a} needs a value"))?;
