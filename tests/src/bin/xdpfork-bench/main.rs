@@ -12,6 +12,9 @@
 //! `xdpfork-bench turn ...` does the same for TURN ChannelData: xdpfork's kernel channel offload
 //! against coturn's `turnserver`.
 //!
+//! `xdpfork-bench fork [--secs S] [--streams 500,1000,...]` measures how many concurrent forked
+//! G.711 streams one pinned fork-agent core carries (loss, CPU per frame, latency): `fork.rs`.
+//!
 //! Two topologies are built: one with fork-agent (XDP attached on fa0/fb0) for the kernel
 //! variants, one without any XDP program for the user-space relays, so neither pays for the
 //! other. Points run interleaved (for each repetition, for each rate, every variant) so slow
@@ -56,7 +59,7 @@ pub struct Opts {
 fn parse_args() -> Result<(String, Opts)> {
     let mut args = std::env::args().skip(1);
     let cmd = args.next().context(
-        "usage: xdpfork-bench relay|turn [--reps N] [--secs S] [--rates R,R,max] [--out DIR]",
+        "usage: xdpfork-bench relay|turn|fork [--reps N] [--secs S] [--rates R,R,max] [--streams N,N] [--out DIR]",
     )?;
     let mut o = Opts {
         reps: 3,
