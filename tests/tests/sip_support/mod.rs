@@ -347,3 +347,71 @@ pub fn start_body(guid: &str) -> String {
 }
 
 pub const PCMA: [(&str, &str); 2] = [("pt", "8"), ("codec", "PCMA")];
+
+/// A forked call that goes on hold and comes back (re-INVITEs from `scenario`, the hold
+/// direction `hold_dir`): checks STARTED < PAUSED < RESUMED and no ERROR, that the caller's
+/// forked stream paused, resumed, stayed PCMA and shows the hold as a gap of at least 60 RTP
+/// sequence numbers with audio on both sides. Returns the speech server's summary.
+pub fn hold_and_resume(guid: &str, scenario: &str, hold_dir: &str) -> Result<serde_json::Value> {
+    let mut t = SipTest::start()?;
+    t.callee("uas_mirror.xml", &PCMA, &["-rtp_echo"])?;
+    let body = start_body(guid);
+    let mut keys = PCMA.to_vec();
+    keys.extend([
+        ("fork_body", body.as_str()),
+        ("pt2", "8"),
+        ("codec2", "PCMA"),
+        ("dir2", hold_dir),
+        ("pt3", "8"),
+        ("codec3", "PCMA"),
+        ("dir3", "sendrecv"),
+    ]);
+    let run = t.caller(scenario, &keys, &[])?;
+    assert!(run.ok, "caller failed\n{}", t.diag(Some(&run)));
+    let st = run.statuses();
+    let pos = |state: &str| st.iter().position(|s| s.contains(state));
+    let (started, paused, resumed) = (pos("\"STARTED\""), pos("\"PAUSED\""), pos("\"RESUMED\""));
+    assert!(
+        matches!((started, paused, resumed), (Some(a), Some(b), Some(c)) if a < b && b < c),
+        "statuses {st:?}\n{}",
+        t.diag(Some(&run))
+    );
+    assert!(st.iter().all(|s| !s.contains("\"ERROR\"")), "{st:?}");
+    t.wait_callee_done()?;
+    t.wait_no_flows()?;
+    let summary = t.s.speech_summary()?;
+    let caller = stream_of(&summary, "caller");
+    assert!(caller["pauses"].as_u64() >= Some(1), "{caller}");
+    assert!(caller["resumes"].as_u64() >= Some(1), "{caller}");
+    assert_eq!(caller["codec"], "PCMA", "{caller}");
+    // No audio while on hold: the ~2 s hold leaves a gap of well over 50 RTP sequence numbers
+    // (20 ms frames) between two consecutive forked frames, while audio flowed on both sides.
+    let (gap_at, seqs) = hold_gap(&caller);
+    assert!(
+        gap_at.is_some(),
+        "no hold gap of 60+ sequence numbers: {caller}"
+    );
+    assert!(seqs.len() > 40, "{caller}");
+    Ok(summary)
+}
+
+/// The stream of `channel` in a speech-server summary.
+pub fn stream_of(summary: &serde_json::Value, channel: &str) -> serde_json::Value {
+    summary["streams"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["channel"] == channel))
+        .cloned()
+        .unwrap_or_else(|| panic!("no {channel} stream in {summary}"))
+}
+
+/// Where a stream's forked sequence numbers jump by 60 or more (a hold), and the numbers.
+pub fn hold_gap(stream: &serde_json::Value) -> (Option<usize>, Vec<u64>) {
+    let seqs: Vec<u64> = stream["seqs"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_u64()).collect())
+        .unwrap_or_default();
+    let at = seqs
+        .windows(2)
+        .position(|w| (w[1].wrapping_sub(w[0]) & 0xffff) >= 60);
+    (at, seqs)
+}
