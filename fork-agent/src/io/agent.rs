@@ -50,7 +50,6 @@ pub struct AgentStats {
     pub xsk_frames: AtomicU64,
     pub xsk_bad_frames: AtomicU64,
     pub media_queue_drops: AtomicU64,
-    pub unknown_stream: AtomicU64,
     pub dtmf_events: AtomicU64,
 }
 
@@ -751,7 +750,6 @@ impl Agent {
                 "xsk_frames": st.xsk_frames.load(Ordering::Relaxed),
                 "xsk_bad_frames": st.xsk_bad_frames.load(Ordering::Relaxed),
                 "media_queue_drops": st.media_queue_drops.load(Ordering::Relaxed),
-                "unknown_stream": st.unknown_stream.load(Ordering::Relaxed),
                 "dtmf_events": st.dtmf_events.load(Ordering::Relaxed),
                 // Packets the kernel handed to the stack and the fallback relayed.
                 "userspace_relayed": self.fallback.total_packets(),
