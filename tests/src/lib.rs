@@ -464,6 +464,29 @@ pub fn spawn_receiver(
     std::thread::spawn(move || recv_all(&sock, n, quiet))
 }
 
+/// Send `n` RTP packets (160-byte payloads, payload type `pt`) from `tx` to `dst`, `gap` apart,
+/// on a thread; joining it gives the packets sent, in order.
+pub fn send_rtp_in_background(
+    tx: UdpSocket,
+    dst: SocketAddr,
+    n: u16,
+    pt: u8,
+    ssrc: u32,
+    gap: Duration,
+) -> std::thread::JoinHandle<Result<Vec<Vec<u8>>>> {
+    std::thread::spawn(move || {
+        let mut sent = Vec::with_capacity(n as usize);
+        for i in 0..n {
+            let payload = vec![(i & 0xff) as u8; 160];
+            let p = rtp_packet(pt, i, 160 * u32::from(i), ssrc, &payload);
+            tx.send_to(&p, dst)?;
+            sent.push(p);
+            std::thread::sleep(gap);
+        }
+        Ok(sent)
+    })
+}
+
 /// Receive up to `n` datagrams, stopping after `quiet` without one.
 pub fn recv_all(sock: &UdpSocket, n: usize, quiet: Duration) -> Result<Vec<Vec<u8>>> {
     sock.set_read_timeout(Some(quiet))?;
@@ -513,25 +536,7 @@ impl Scenario {
     /// Build the topology, start speech-server and fork-agent, and wait until both are ready.
     pub fn start() -> Result<Scenario> {
         let mut topo = Topology::new()?;
-        let speech_out = topo.dir.join("speech");
-        std::fs::create_dir_all(&speech_out)?;
-        let summary = topo.dir.join("speech-summary.json");
-        let speech_bin = bin("speech-server")?;
-        topo.spawn(
-            "speech-server",
-            Host::Speech,
-            &speech_bin,
-            &[
-                "--listen",
-                addrs::SPEECH_WS,
-                "--out-dir",
-                &speech_out.to_string_lossy(),
-                "--summary",
-                &summary.to_string_lossy(),
-                "--duration-secs",
-                "300",
-            ],
-        )?;
+        let (speech_out, summary) = Scenario::spawn_speech_server(&mut topo)?;
         let socket = topo.dir.join("fork-agent.sock");
         let config = topo.dir.join("fork-agent.toml");
         std::fs::write(
@@ -565,6 +570,31 @@ url = "ws://{ws}/stream"
         };
         s.start_agent()?;
         Ok(s)
+    }
+
+    /// Start the reference speech-server at [`addrs::SPEECH_WS`] in the speech namespace;
+    /// returns its output directory and summary file.
+    pub fn spawn_speech_server(topo: &mut Topology) -> Result<(PathBuf, PathBuf)> {
+        let speech_out = topo.dir.join("speech");
+        std::fs::create_dir_all(&speech_out)?;
+        let summary = topo.dir.join("speech-summary.json");
+        let speech_bin = bin("speech-server")?;
+        topo.spawn(
+            "speech-server",
+            Host::Speech,
+            &speech_bin,
+            &[
+                "--listen",
+                addrs::SPEECH_WS,
+                "--out-dir",
+                &speech_out.to_string_lossy(),
+                "--summary",
+                &summary.to_string_lossy(),
+                "--duration-secs",
+                "300",
+            ],
+        )?;
+        Ok((speech_out, summary))
     }
 
     /// (Re)start fork-agent and wait for its control socket.

@@ -9,14 +9,7 @@
 
 mod install_support;
 
-use std::{
-    net::SocketAddr,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
-    time::Duration,
-};
+use std::{net::SocketAddr, time::Duration};
 
 use anyhow::{Context, Result};
 use install_support::{
@@ -24,7 +17,7 @@ use install_support::{
     Stage, SERVICE_UID,
 };
 use nix::sys::signal::Signal;
-use xdpfork_tests::{addrs::*, rtp_packet, spawn_receiver, Host};
+use xdpfork_tests::{addrs::*, send_rtp_in_background, spawn_receiver, Host};
 
 /// 1500 packets at 5 ms: long enough that forking resumes after the second restart.
 const N: u16 = 1500;
@@ -83,22 +76,7 @@ fn call_audio_survives_restarts_of_the_capability_limited_agent() -> Result<()> 
         Duration::from_secs(5),
     );
     let dst: SocketAddr = A_LOCAL.parse()?;
-    let done = Arc::new(AtomicBool::new(false));
-    let sender = {
-        let done = done.clone();
-        std::thread::spawn(move || -> Result<Vec<Vec<u8>>> {
-            let mut sent = Vec::new();
-            for i in 0..N {
-                let payload = vec![(i & 0xff) as u8; 160];
-                let p = rtp_packet(0, i, 160 * u32::from(i), 0x5eed, &payload);
-                tx.send_to(&p, dst)?;
-                sent.push(p);
-                std::thread::sleep(GAP);
-            }
-            done.store(true, Ordering::SeqCst);
-            Ok(sent)
-        })
-    };
+    let sender = send_rtp_in_background(tx, dst, N, 0, 0x5eed, GAP);
 
     // systemctl restart: SIGTERM, RestartSec=, start.
     std::thread::sleep(GAP * u32::from(N) / 5);
@@ -115,7 +93,6 @@ fn call_audio_survives_restarts_of_the_capability_limited_agent() -> Result<()> 
     let sent = sender
         .join()
         .map_err(|_| anyhow::anyhow!("sender panicked"))??;
-    assert!(done.load(Ordering::SeqCst));
     let got = rx
         .join()
         .map_err(|_| anyhow::anyhow!("receiver panicked"))??;

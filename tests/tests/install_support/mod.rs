@@ -214,25 +214,7 @@ fn chown(path: &Path) -> Result<()> {
 /// belong to [`SERVICE_UID`]; fork-agent is not started yet.
 pub fn limited_scenario() -> Result<Scenario> {
     let mut topo = Topology::new()?;
-    let speech_out = topo.dir.join("speech");
-    std::fs::create_dir_all(&speech_out)?;
-    let summary = topo.dir.join("speech-summary.json");
-    let speech_bin = bin("speech-server")?;
-    topo.spawn(
-        "speech-server",
-        Host::Speech,
-        &speech_bin,
-        &[
-            "--listen",
-            addrs::SPEECH_WS,
-            "--out-dir",
-            &speech_out.to_string_lossy(),
-            "--summary",
-            &summary.to_string_lossy(),
-            "--duration-secs",
-            "300",
-        ],
-    )?;
+    let (speech_out, summary) = Scenario::spawn_speech_server(&mut topo)?;
     // What the unit's ExecStartPre=+ and tmpfiles do for the xdpfork user.
     let run_dir = topo.dir.join("run");
     let state_dir = topo.dir.join("state");
