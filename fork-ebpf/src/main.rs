@@ -174,15 +174,16 @@ fn relay(
         match parse_rtp(ctx, rtp_off, payload_len) {
             Ok(RtpKind::Rtp(rtp)) => {
                 let dtmf = rtp.pt == action.dtmf_pt;
+                let audio = action.pt_allowed(rtp.pt);
                 stats.with(|s| {
                     track_sequence(s, rtp.ssrc, rtp.seq);
                     if dtmf {
                         add(&mut s.dtmf, 1);
-                    } else if !action.pt_allowed(rtp.pt) {
+                    } else if !audio {
                         add(&mut s.wrong_pt, 1);
                     }
                 });
-                if action.flags & FLOW_F_FORK != 0 && (dtmf || action.pt_allowed(rtp.pt)) {
+                if action.flags & FLOW_F_FORK != 0 && (dtmf || audio) {
                     fork = true;
                     tag.rtp_off = rtp_off as u16;
                     tag.payload_off = rtp.payload_off as u16;
@@ -201,12 +202,12 @@ fn relay(
 
     // A fork without a fork interface, or without room for the tag, relays only: nothing is
     // cloned, so nothing is counted as forked.
-    let fork_if = CONFIG.get(0).map(|c| c.fork_ifindex).unwrap_or(0);
-    let mut unavailable = fork && fork_if == 0;
-    if fork && !unavailable {
-        tag.egress_ifindex = egress;
-        unavailable = !write_meta(ctx, &tag);
-    }
+    // CONFIG is read only for packets to fork: the plain relay path does no extra lookup.
+    let unavailable = fork
+        && (CONFIG.get(0).map_or(0, |c| c.fork_ifindex) == 0 || {
+            tag.egress_ifindex = egress;
+            !write_meta(ctx, &tag)
+        });
     let fork = fork && !unavailable;
     stats.with(|s| {
         add(&mut s.packets, 1);
