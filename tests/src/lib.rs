@@ -269,11 +269,25 @@ impl Topology {
     /// Start a long-running process in `h`; it is killed when the topology is dropped. Its
     /// output goes to `<dir>/<name>.log`.
     pub fn spawn(&mut self, name: &str, h: Host, program: &Path, args: &[&str]) -> Result<()> {
+        self.spawn_env(name, h, program, args, &[])
+    }
+
+    /// `spawn` with extra environment variables for the child only (tests share one process,
+    /// so nothing is set process-wide).
+    pub fn spawn_env(
+        &mut self,
+        name: &str,
+        h: Host,
+        program: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<()> {
         let log_path = self.dir.join(format!("{name}.log"));
         let log =
             File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
         let mut cmd = self.command(h, program)?;
         cmd.args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

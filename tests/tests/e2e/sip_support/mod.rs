@@ -1,0 +1,408 @@
+//! Shared harness for the sip_* tests: the standard netns topology with fork-agent and the
+//! speech-server (`Scenario`), sip-agent in the forker namespace (A side 10.77.1.1:5060, B side
+//! bound to 10.77.2.1), and sipp as caller/controller (10.77.1.2) and callee (10.77.2.2).
+//! Scenario files live in tests/sipp/; sipp's message logs are read back to check what
+//! sip-agent sent (status INFOs are auto-answered with `-aa`).
+
+#![allow(clippy::disallowed_methods)] // wall clock drives real processes
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use xdpfork_tests::{bin, Host, Scenario};
+
+pub const AGENT_A: &str = "10.77.1.1:5060";
+pub const CALLER_IP: &str = "10.77.1.2";
+pub const CALLEE_IP: &str = "10.77.2.2";
+pub const SPEECH_URL: &str = "ws://10.77.3.2:9000/stream";
+
+/// Path of a scenario file in tests/sipp/.
+pub fn sipp_file(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("sipp")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
+}
+
+pub struct SipTest {
+    pub s: Scenario,
+    pub dir: PathBuf,
+}
+
+/// The finished caller run.
+pub struct CallerRun {
+    pub ok: bool,
+    pub messages: String,
+    pub errors: String,
+}
+
+impl CallerRun {
+    /// Bodies of the fork status INFOs sip-agent sent to the caller/controller, in order.
+    pub fn statuses(&self) -> Vec<String> {
+        self.messages
+            .split("INFO sip:")
+            .skip(1)
+            .filter_map(|m| {
+                let body = m.find("{\"type\":\"STATUS\"")?;
+                let rest = &m[body..];
+                let end = rest.find('}').map(|e| {
+                    // Include nested arrays/objects: take up to the line end.
+                    rest[e..].find('\n').map(|n| e + n).unwrap_or(rest.len())
+                })?;
+                Some(rest[..end].trim().to_string())
+            })
+            .collect()
+    }
+}
+
+impl SipTest {
+    /// Topology, fork-agent, speech-server and sip-agent (with `extra` TOML appended to the
+    /// standard config: one route `2...` to the callee over UDP).
+    pub fn start() -> Result<SipTest> {
+        Self::start_with(
+            r#"udp = ["10.77.1.1:5060", "10.77.2.1:5060"]"#,
+            "10.77.2.2:5060:udp",
+            "",
+        )
+    }
+
+    pub fn start_with(listen: &str, next_hop: &str, extra: &str) -> Result<SipTest> {
+        Self::start_full(listen, next_hop, extra, &[])
+    }
+
+    /// The standard setup with extra `sip-agent run` arguments (`{dir}` is replaced by the test
+    /// directory).
+    pub fn start_with_args(args: &[&str]) -> Result<SipTest> {
+        Self::start_full(
+            r#"udp = ["10.77.1.1:5060", "10.77.2.1:5060"]"#,
+            "10.77.2.2:5060:udp",
+            "",
+            args,
+        )
+    }
+
+    fn start_full(listen: &str, next_hop: &str, extra: &str, args: &[&str]) -> Result<SipTest> {
+        let mut s = Scenario::start()?;
+        let dir = s.topo.dir.clone();
+        let cfg = dir.join("sip-agent.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                r#"[sip]
+{listen}
+
+[media]
+ip = "10.77.1.1"
+ports = "30000-30099"
+
+[fork_agent]
+socket = "{sock}"
+speech_server = "asr"
+
+[[route]]
+prefix = "2"
+next_hop = "{next_hop}"
+bind_sip = "10.77.2.1"
+bind_media = "10.77.2.1"
+{extra}
+"#,
+                sock = s.socket.display(),
+            ),
+        )?;
+        let agent = bin("sip-agent")?;
+        let cfg_s = cfg.to_string_lossy().into_owned();
+        let dir_s = dir.to_string_lossy().into_owned();
+        let extra_args: Vec<String> = args.iter().map(|a| a.replace("{dir}", &dir_s)).collect();
+        let mut run_args = vec!["run", "--config", cfg_s.as_str()];
+        run_args.extend(extra_args.iter().map(String::as_str));
+        // Debug logs land in sip-agent.log, where a failure's message points.
+        s.topo.spawn_env(
+            "sip-agent",
+            Host::Forker,
+            &agent,
+            &run_args,
+            &[("RUST_LOG", "sip_agent=debug")],
+        )?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !s.topo.log("sip-agent").contains("sip-agent running") {
+            if Instant::now() > deadline || !s.topo.is_running("sip-agent") {
+                bail!("sip-agent did not start:\n{}", s.topo.log("sip-agent"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(SipTest { s, dir })
+    }
+
+    /// Starts the callee sipp (UAS) with `scenario` and keys; `-rtp_echo` sends the caller's
+    /// audio back as the callee's.
+    pub fn callee(&mut self, scenario: &str, keys: &[(&str, &str)], extra: &[&str]) -> Result<()> {
+        let msg = self.dir.join("callee.msg").to_string_lossy().into_owned();
+        let err = self.dir.join("callee.err").to_string_lossy().into_owned();
+        let sf = sipp_file(scenario);
+        let mut args: Vec<String> = [
+            "-sf",
+            &sf,
+            "-i",
+            CALLEE_IP,
+            "-p",
+            "5060",
+            "-mi",
+            CALLEE_IP,
+            "-mp",
+            "40000",
+            "-m",
+            "1",
+            "-nostdin",
+            "-trace_msg",
+            "-message_file",
+            &msg,
+            "-trace_err",
+            "-error_file",
+            &err,
+            "-timeout",
+            "50s",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        for (k, v) in keys {
+            args.extend(["-key".to_string(), k.to_string(), v.to_string()]);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.s
+            .topo
+            .spawn("callee", Host::Callee, Path::new("/usr/bin/sipp"), &a)?;
+        // sipp binds its SIP socket within milliseconds; give it a moment before the INVITE.
+        std::thread::sleep(Duration::from_millis(400));
+        if !self.s.topo.is_running("callee") {
+            bail!(
+                "callee sipp exited at start:\n{}",
+                self.s.topo.log("callee")
+            );
+        }
+        Ok(())
+    }
+
+    /// Starts the caller sipp towards sip-agent's A side.
+    pub fn caller_spawn(
+        &self,
+        scenario: &str,
+        keys: &[(&str, &str)],
+        extra: &[&str],
+    ) -> Result<Child> {
+        self.caller_spawn_to(AGENT_A, scenario, keys, extra)
+    }
+
+    /// Starts the caller sipp towards `target` (ip:port of a sip-agent listener).
+    pub fn caller_spawn_to(
+        &self,
+        target: &str,
+        scenario: &str,
+        keys: &[(&str, &str)],
+        extra: &[&str],
+    ) -> Result<Child> {
+        let msg = self.dir.join("caller.msg").to_string_lossy().into_owned();
+        let err = self.dir.join("caller.err").to_string_lossy().into_owned();
+        let sf = sipp_file(scenario);
+        let mut args: Vec<String> = [
+            target,
+            "-sf",
+            &sf,
+            "-i",
+            CALLER_IP,
+            "-p",
+            "5060",
+            "-mi",
+            CALLER_IP,
+            "-mp",
+            "40000",
+            "-m",
+            "1",
+            "-s",
+            "2000",
+            "-nostdin",
+            "-aa",
+            "-trace_msg",
+            "-message_file",
+            &msg,
+            "-trace_err",
+            "-error_file",
+            &err,
+            "-timeout",
+            "40s",
+            "-timeout_error",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        for (k, v) in keys {
+            args.extend(["-key".to_string(), k.to_string(), v.to_string()]);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut cmd: Command = self.s.topo.command(Host::Caller, "/usr/bin/sipp")?;
+        cmd.args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd.spawn().context("starting caller sipp")
+    }
+
+    /// Waits (bounded by sipp's own -timeout plus a margin) for the caller to finish.
+    pub fn caller_wait(&self, mut child: Child) -> Result<CallerRun> {
+        let deadline = Instant::now() + Duration::from_secs(45);
+        loop {
+            if child.try_wait()?.is_some() {
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = child.wait_with_output()?;
+        let read = |n: &str| std::fs::read_to_string(self.dir.join(n)).unwrap_or_default();
+        Ok(CallerRun {
+            ok: out.status.success(),
+            messages: read("caller.msg"),
+            errors: read("caller.err"),
+        })
+    }
+
+    pub fn caller(
+        &self,
+        scenario: &str,
+        keys: &[(&str, &str)],
+        extra: &[&str],
+    ) -> Result<CallerRun> {
+        let c = self.caller_spawn(scenario, keys, extra)?;
+        self.caller_wait(c)
+    }
+
+    /// Everything a failing assertion should print.
+    pub fn diag(&self, run: Option<&CallerRun>) -> String {
+        let read = |n: &str| std::fs::read_to_string(self.dir.join(n)).unwrap_or_default();
+        format!(
+            "caller ok={:?}\ncaller errors:\n{}\ncaller messages:\n{}\ncallee messages:\n{}\nsip-agent log:\n{}\nfork-agent log (tail):\n{}",
+            run.map(|r| r.ok),
+            run.map(|r| r.errors.as_str()).unwrap_or(""),
+            run.map(|r| r.messages.as_str()).unwrap_or(""),
+            read("callee.msg"),
+            self.s.topo.log("sip-agent"),
+            tail(&self.s.topo.log("fork-agent"), 40),
+        )
+    }
+
+    /// Waits (bounded) until fork-agent has no flow left.
+    pub fn wait_no_flows(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let f = self.s.flows()?;
+            if f.as_array().is_some_and(Vec::is_empty) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("flows left after the call: {f}\n{}", self.diag(None));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits (bounded) until the callee sipp has exited.
+    pub fn wait_callee_done(&mut self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.s.topo.is_running("callee") {
+            if Instant::now() > deadline {
+                bail!("callee sipp still running:\n{}", self.diag(None));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A START body for the reference speech server.
+pub fn start_body(guid: &str) -> String {
+    format!(r#"{{"type":"START","call-guid":"{guid}","url":"{SPEECH_URL}"}}"#)
+}
+
+pub const PCMA: [(&str, &str); 2] = [("pt", "8"), ("codec", "PCMA")];
+
+/// A forked call that goes on hold and comes back (re-INVITEs from `scenario`, the hold
+/// direction `hold_dir`): checks STARTED < PAUSED < RESUMED and no ERROR, that the caller's
+/// forked stream paused, resumed, stayed PCMA and shows the hold as a gap of at least 60 RTP
+/// sequence numbers with audio on both sides. Returns the speech server's summary.
+pub fn hold_and_resume(guid: &str, scenario: &str, hold_dir: &str) -> Result<serde_json::Value> {
+    let mut t = SipTest::start()?;
+    t.callee("uas_mirror.xml", &PCMA, &["-rtp_echo"])?;
+    let body = start_body(guid);
+    let mut keys = PCMA.to_vec();
+    keys.extend([
+        ("fork_body", body.as_str()),
+        ("pt2", "8"),
+        ("codec2", "PCMA"),
+        ("dir2", hold_dir),
+        ("pt3", "8"),
+        ("codec3", "PCMA"),
+        ("dir3", "sendrecv"),
+    ]);
+    let run = t.caller(scenario, &keys, &[])?;
+    assert!(run.ok, "caller failed\n{}", t.diag(Some(&run)));
+    let st = run.statuses();
+    let pos = |state: &str| st.iter().position(|s| s.contains(state));
+    let (started, paused, resumed) = (pos("\"STARTED\""), pos("\"PAUSED\""), pos("\"RESUMED\""));
+    assert!(
+        matches!((started, paused, resumed), (Some(a), Some(b), Some(c)) if a < b && b < c),
+        "statuses {st:?}\n{}",
+        t.diag(Some(&run))
+    );
+    assert!(st.iter().all(|s| !s.contains("\"ERROR\"")), "{st:?}");
+    t.wait_callee_done()?;
+    t.wait_no_flows()?;
+    let summary = t.s.speech_summary()?;
+    let caller = stream_of(&summary, "caller");
+    assert!(caller["pauses"].as_u64() >= Some(1), "{caller}");
+    assert!(caller["resumes"].as_u64() >= Some(1), "{caller}");
+    assert_eq!(caller["codec"], "PCMA", "{caller}");
+    // No audio while on hold: the ~2 s hold leaves a gap of well over 50 RTP sequence numbers
+    // (20 ms frames) between two consecutive forked frames, while audio flowed on both sides.
+    let (gap_at, seqs) = hold_gap(&caller);
+    assert!(
+        gap_at.is_some(),
+        "no hold gap of 60+ sequence numbers: {caller}"
+    );
+    assert!(seqs.len() > 40, "{caller}");
+    Ok(summary)
+}
+
+/// The stream of `channel` in a speech-server summary.
+pub fn stream_of(summary: &serde_json::Value, channel: &str) -> serde_json::Value {
+    summary["streams"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["channel"] == channel))
+        .cloned()
+        .unwrap_or_else(|| panic!("no {channel} stream in {summary}"))
+}
+
+/// Where a stream's forked sequence numbers jump by 60 or more (a hold), and the numbers.
+pub fn hold_gap(stream: &serde_json::Value) -> (Option<usize>, Vec<u64>) {
+    let seqs: Vec<u64> = stream["seqs"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_u64()).collect())
+        .unwrap_or_default();
+    let at = seqs
+        .windows(2)
+        .position(|w| (w[1].wrapping_sub(w[0]) & 0xffff) >= 60);
+    (at, seqs)
+}
