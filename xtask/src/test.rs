@@ -11,8 +11,86 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 
-use crate::build::cargo;
+use crate::build::{cargo, workspace_root};
 use crate::setup;
+
+const GIB: u64 = 1 << 30;
+
+/// A cold run writes about 2.5 GB under target/ (measured in docs/toolchain.md); incremental
+/// caches are about 1 GB of that.
+const COLD_RUN_BYTES: u64 = 5 * GIB / 2;
+/// Below this much free space the run goes without incremental caches.
+const ROOMY_BYTES: u64 = 4 * GIB;
+
+/// What the free space under target/ means for this run.
+#[derive(Debug, PartialEq, Eq)]
+enum DiskPlan {
+    /// Enough room: build as usual.
+    Normal,
+    /// Tight: build without incremental caches (`CARGO_INCREMENTAL=0`).
+    NoIncremental,
+    /// Probably too little even so: warn, then try (a warm target dir needs far less).
+    TooLittle,
+}
+
+fn disk_plan(free: u64) -> DiskPlan {
+    if free >= ROOMY_BYTES {
+        DiskPlan::Normal
+    } else if free >= COLD_RUN_BYTES - GIB {
+        DiskPlan::NoIncremental
+    } else {
+        DiskPlan::TooLittle
+    }
+}
+
+/// Free bytes on the file system that holds the target dir (or the workspace, before the first
+/// build).
+fn free_bytes() -> Result<u64> {
+    let root = workspace_root();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let at = if target.exists() { target } else { root };
+    let st = nix::sys::statvfs::statvfs(&at)
+        .map_err(|e| anyhow::anyhow!("statvfs {}: {e}", at.display()))?;
+    Ok(st.blocks_available() as u64 * st.fragment_size() as u64)
+}
+
+/// Checks the free space, says what it means and returns extra environment for the stages.
+fn disk_preflight() -> Vec<(&'static str, &'static str)> {
+    let free = match free_bytes() {
+        Ok(free) => free,
+        Err(e) => {
+            eprintln!("xtask: could not read the free disk space ({e}); going on");
+            return Vec::new();
+        }
+    };
+    let gib = free as f64 / GIB as f64;
+    let user_set = std::env::var_os("CARGO_INCREMENTAL").is_some();
+    match disk_plan(free) {
+        DiskPlan::Normal => Vec::new(),
+        DiskPlan::NoIncremental | DiskPlan::TooLittle if user_set => {
+            println!("xtask: {gib:.1} GiB free under target/ (CARGO_INCREMENTAL is yours)");
+            Vec::new()
+        }
+        DiskPlan::NoIncremental => {
+            println!(
+                "xtask: {gib:.1} GiB free under target/: building without incremental caches \
+                 (CARGO_INCREMENTAL=0) to save about 1 GB"
+            );
+            vec![("CARGO_INCREMENTAL", "0")]
+        }
+        DiskPlan::TooLittle => {
+            eprintln!(
+                "xtask: warning: only {gib:.1} GiB free under target/; a cold run writes about \
+                 {:.1} GiB (1.5 without incremental caches). Going on without incremental \
+                 caches; free space if a stage fails with \"No space left on device\"",
+                COLD_RUN_BYTES as f64 / GIB as f64
+            );
+            vec![("CARGO_INCREMENTAL", "0")]
+        }
+    }
+}
 
 /// `cargo xtask test` options.
 #[derive(clap::Args, Debug)]
@@ -77,6 +155,7 @@ fn stages(test_args: &[String]) -> Vec<Stage> {
 /// Entry point of `cargo xtask test`.
 pub(crate) fn run(args: Args) -> Result<()> {
     setup::ensure_ready()?;
+    let env = disk_preflight();
     let stages = stages(&args.test_args);
     let mut done: Vec<(&str, Duration, bool)> = Vec::new();
     let total = stages.len();
@@ -96,7 +175,7 @@ pub(crate) fn run(args: Args) -> Result<()> {
             );
         }
         let started = crate::now();
-        let ok = run_stage(cargo().args(&stage.args));
+        let ok = run_stage(cargo().args(&stage.args).envs(env.iter().copied()));
         let took = started.elapsed();
         println!(
             "<== {} {} in {}",
@@ -191,6 +270,16 @@ mod tests {
             "test -p xdpfork-tests -- --test-threads=1 turn_refresh"
         );
         assert!(s[5].needs_root && !s[3].needs_root);
+    }
+
+    #[test]
+    fn disk_plan_drops_incremental_caches_when_space_is_tight() {
+        assert_eq!(disk_plan(50 * GIB), DiskPlan::Normal);
+        assert_eq!(disk_plan(ROOMY_BYTES), DiskPlan::Normal);
+        assert_eq!(disk_plan(ROOMY_BYTES - 1), DiskPlan::NoIncremental);
+        assert_eq!(disk_plan(COLD_RUN_BYTES - GIB), DiskPlan::NoIncremental);
+        assert_eq!(disk_plan(COLD_RUN_BYTES - GIB - 1), DiskPlan::TooLittle);
+        assert_eq!(disk_plan(0), DiskPlan::TooLittle);
     }
 
     #[test]
