@@ -3,10 +3,13 @@
 //! `recvfrom` and one `sendto` through the socket stack.
 //!
 //! Input: two local addresses and the peer behind each (`--a 10.77.1.1:32000 --a-peer
-//! 10.77.1.2:42000 --b 10.77.2.1:32002 --b-peer 10.77.2.2:42000`). Output: every datagram that
-//! arrives on A is sent from B to B's peer, and every datagram arriving on B is sent from A to
-//! A's peer, unchanged. Call order: parse the arguments, bind both sockets, run one task per
-//! direction until SIGTERM/SIGINT, then print the per-direction counts on stderr.
+//! 10.77.1.2:42000 --b 10.77.2.1:32002 --b-peer 10.77.2.2:42000`), and optionally `--pairs N`
+//! for N calls: pair `i` is A's port + `i` and B's port + `i` (one port pair per call, as an
+//! RTP anchor allocates them), all relaying to the same two peers. Output: every datagram that
+//! arrives on a pair's A is sent from that pair's B to B's peer, and every datagram arriving on
+//! B is sent from A to A's peer, unchanged. Call order: parse the arguments, bind all sockets,
+//! run one task per direction and pair until SIGTERM/SIGINT, then print the per-direction
+//! counts on stderr.
 //!
 //! Deliberately plain: a multi-threaded tokio runtime with default settings, one
 //! `recv_from`/`send_to` pair per datagram, default socket buffers, no batching (no
@@ -25,7 +28,8 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use tokio::net::UdpSocket;
 
-/// Command line of udp-relay.
+/// Command line of udp-relay. One pair by default, so `--a/--a-peer/--b/--b-peer` alone is the
+/// original one-call relay.
 #[derive(Parser, Debug, PartialEq, Eq)]
 #[command(
     name = "udp-relay",
@@ -44,6 +48,25 @@ struct Args {
     /// Where datagrams arriving on A are sent (from B).
     #[arg(long)]
     b_peer: SocketAddr,
+    /// Number of port pairs (calls): pair `i` binds A's port + `i` and B's port + `i`.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pairs: u16,
+}
+
+impl Args {
+    /// The local (A, B) addresses of every pair; fails if a port would pass 65535.
+    fn pair_addrs(&self) -> Result<Vec<(SocketAddr, SocketAddr)>> {
+        let shift = |base: SocketAddr, i: u16| -> Result<SocketAddr> {
+            let port = base
+                .port()
+                .checked_add(i)
+                .with_context(|| format!("{} pairs from {base} run past port 65535", self.pairs))?;
+            Ok(SocketAddr::new(base.ip(), port))
+        };
+        (0..self.pairs)
+            .map(|i| Ok((shift(self.a, i)?, shift(self.b, i)?)))
+            .collect()
+    }
 }
 
 /// Largest UDP payload relayed (an IPv4 datagram can carry at most 65 507 bytes).
@@ -79,32 +102,50 @@ struct Direction {
     send_errors: Arc<AtomicU64>,
 }
 
+async fn bind(addr: SocketAddr) -> Result<Arc<UdpSocket>> {
+    Ok(Arc::new(UdpSocket::bind(addr).await.with_context(
+        || format!("binding {addr} (is the address on this host, the port free?)"),
+    )?))
+}
+
+// The binary's IO shell: one tokio task per direction and pair is the plain way to relay many
+// sockets on a multi-threaded runtime, which is the baseline this binary stands for.
+#[allow(clippy::disallowed_methods)]
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let a = Arc::new(
-        UdpSocket::bind(args.a)
-            .await
-            .with_context(|| format!("binding {} (is the address on this host?)", args.a))?,
-    );
-    let b = Arc::new(
-        UdpSocket::bind(args.b)
-            .await
-            .with_context(|| format!("binding {} (is the address on this host?)", args.b))?,
-    );
     let (a_to_b, b_to_a) = (Direction::default(), Direction::default());
+    let mut pumps = tokio::task::JoinSet::new();
+    for (a, b) in args.pair_addrs()? {
+        let (a, b) = (bind(a).await?, bind(b).await?);
+        pumps.spawn(pump(
+            a.clone(),
+            b.clone(),
+            args.b_peer,
+            a_to_b.relayed.clone(),
+            a_to_b.send_errors.clone(),
+        ));
+        pumps.spawn(pump(
+            b,
+            a,
+            args.a_peer,
+            b_to_a.relayed.clone(),
+            b_to_a.send_errors.clone(),
+        ));
+    }
     eprintln!(
-        "udp-relay: {} -> {} via {}, {} -> {} via {}",
-        args.a, args.b_peer, args.b, args.b, args.a_peer, args.a
+        "udp-relay: {} pair(s): {}+i -> {} via {}+i, {}+i -> {} via {}+i",
+        args.pairs, args.a, args.b_peer, args.b, args.b, args.a_peer, args.a
     );
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     let result = tokio::select! {
-        r = pump(a.clone(), b.clone(), args.b_peer, a_to_b.relayed.clone(), a_to_b.send_errors.clone()) => r,
-        r = pump(b, a, args.a_peer, b_to_a.relayed.clone(), b_to_a.send_errors.clone()) => r,
+        // A pump returns only on a receive error; the first one ends the relay.
+        Some(r) = pumps.join_next() => r.context("a relay task panicked").and_then(|r| r),
         _ = sigterm.recv() => Ok(()),
         _ = tokio::signal::ctrl_c() => Ok(()),
     };
+    pumps.abort_all();
     eprintln!(
         "udp-relay: a->b relayed {} send errors {}, b->a relayed {} send errors {}",
         a_to_b.relayed.load(Ordering::Relaxed),
@@ -137,6 +178,42 @@ mod tests {
         .expect("valid arguments");
         assert_eq!(args.a, "10.77.1.1:32000".parse().expect("addr"));
         assert_eq!(args.b_peer, "10.77.2.2:42000".parse().expect("addr"));
+    }
+
+    #[test]
+    fn pairs_shift_both_ports_and_default_to_one() {
+        let parse = |extra: &[&str]| {
+            let mut v = vec![
+                "udp-relay",
+                "--a",
+                "10.77.1.1:20000",
+                "--a-peer",
+                "10.77.1.2:42000",
+                "--b",
+                "10.77.2.1:20000",
+                "--b-peer",
+                "10.77.2.2:42000",
+            ];
+            v.extend_from_slice(extra);
+            Args::try_parse_from(v)
+        };
+        let one = parse(&[]).expect("valid");
+        assert_eq!(one.pairs, 1);
+        assert_eq!(one.pair_addrs().expect("fits").len(), 1);
+        let three = parse(&["--pairs", "3"]).expect("valid");
+        let addrs = three.pair_addrs().expect("fits");
+        assert_eq!(
+            addrs[2],
+            (
+                "10.77.1.1:20002".parse().expect("addr"),
+                "10.77.2.1:20002".parse().expect("addr")
+            )
+        );
+        assert!(parse(&["--pairs", "0"]).is_err());
+        assert!(parse(&["--pairs", "65535"])
+            .expect("parses")
+            .pair_addrs()
+            .is_err());
     }
 
     #[test]
