@@ -34,6 +34,7 @@ use crate::{
     core::{
         control_api::{parse_request, Op, Response},
         flows::{relay_action, FlowTable, Fork},
+        route_cache::RouteCache,
         turn_offload::{self, ChannelSpec, MapOp, Offloaded, TurnOffload},
     },
     io::{
@@ -159,6 +160,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         fallback: crate::io::fallback::Fallback::default(),
         turn,
         neighbours: HashMap::new(),
+        routes: RouteCache::new(ROUTE_CACHE_TTL, ROUTE_CACHE_CAPACITY),
         interfaces: d.interfaces.clone(),
         table,
         speech,
@@ -330,6 +332,8 @@ struct Agent {
     turn: TurnOffload,
     /// Next hops in use: kernel key → (interface, address).
     neighbours: HashMap<NeighKey, (String, std::net::IpAddr)>,
+    /// Recent `ip route get` answers: destination → (interface, next hop).
+    routes: RouteCache<std::net::IpAddr, (String, std::net::IpAddr)>,
     interfaces: Vec<String>,
     table: FlowTable,
     speech: SpeechService,
@@ -458,8 +462,19 @@ impl Agent {
     }
 
     /// Egress interface (one of ours) and next hop towards `dst`, kept resolved in NEIGHBOURS.
+    /// The common case, a destination seen moments ago through a next hop already resolved,
+    /// starts no process and does not wait.
     fn prepare_egress(&mut self, dst: std::net::IpAddr) -> Result<(u32, std::net::IpAddr)> {
-        let (dev, hop) = netdev::route_to(dst)?;
+        #[allow(clippy::disallowed_methods)] // io shell: the cache's clock
+        let now = std::time::Instant::now();
+        let (dev, hop) = match self.routes.get(dst, now) {
+            Some(route) => route,
+            None => {
+                let route = netdev::route_to(dst)?;
+                self.routes.insert(dst, route.clone(), now);
+                route
+            }
+        };
         if !self.interfaces.contains(&dev) {
             anyhow::bail!(
                 "{dst} is routed via {dev}, which is not one of dataplane.interfaces {:?}",
@@ -467,9 +482,6 @@ impl Agent {
             );
         }
         let ifindex = netdev::ifindex(&dev)?;
-        if let Err(e) = netdev::keep_neighbour_resolved(&dev, hop) {
-            warn!("next hop {hop} of {dst} not kept resolved: {e:#}");
-        }
         let (family, addr_be) = fork_common::addr_words(hop);
         let nkey = NeighKey {
             addr_be,
@@ -477,10 +489,19 @@ impl Agent {
             family,
             _pad: [0; 3],
         };
+        // Already followed by the periodic refresh and resolved in the kernel map.
+        if self.neighbours.contains_key(&nkey) && self.dp.neighbours.get(&nkey, 0).is_ok() {
+            return Ok((ifindex, hop));
+        }
+        if let Err(e) = netdev::keep_neighbour_resolved(&dev, hop) {
+            warn!("next hop {hop} of {dst} not kept resolved: {e:#}");
+        }
         self.neighbours.insert(nkey, (dev, hop));
         // Wait briefly for resolution so the kernel relays from the first packet; if the next
         // hop stays silent the periodic refresh fills it in later.
+        #[allow(clippy::disallowed_methods)] // io shell: bounded wait for a new next hop
         let deadline = std::time::Instant::now() + Duration::from_millis(1500);
+        #[allow(clippy::disallowed_methods)] // io shell
         while !self.refresh_neighbour(&nkey) && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -831,6 +852,11 @@ fn on_frame(frame: &[u8], out: &mpsc::Sender<Forked>, stats: &AgentStats) {
         stats.media_queue_drops.fetch_add(1, Ordering::Relaxed);
     }
 }
+
+/// How long a route lookup is reused for new flows (existing flows keep their egress).
+const ROUTE_CACHE_TTL: Duration = Duration::from_secs(5);
+/// Destinations remembered at most; a contact center has few border elements.
+const ROUTE_CACHE_CAPACITY: usize = 1024;
 
 const TAG_LEN: usize = std::mem::size_of::<ForkTag>();
 
