@@ -366,6 +366,10 @@ impl FlowTable {
     pub fn forks(&self) -> impl Iterator<Item = &Fork> {
         self.forks.values()
     }
+
+    pub fn fork_count(&self) -> usize {
+        self.forks.len()
+    }
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 pub mod alarms;
 pub mod control_api;
 pub mod flows;
+pub mod fork_journal;
 pub mod route_cache;
 pub mod session;
 pub mod turn_offload;

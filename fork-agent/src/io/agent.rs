@@ -8,7 +8,7 @@
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::Path,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
@@ -33,12 +33,14 @@ use crate::{
     config::Config,
     core::{
         control_api::{parse_request, Op, Response},
-        flows::{relay_action, FlowTable, Fork},
+        flows::{relay_action, FlowTable},
+        fork_journal,
         route_cache::RouteCache,
         turn_offload::{self, ChannelSpec, MapOp, Offloaded, TurnOffload},
     },
     io::{
         ebpf::DataPlane,
+        fork_store::ForkStore,
         netdev,
         speech::{Media as Forked, SpeechService},
         xsk::XskReader,
@@ -115,8 +117,8 @@ pub async fn run(cfg: Config) -> Result<()> {
             to_client_stats: to_client.flow.stats_index,
         });
     }
-    let state_file = cfg.control.state_dir.join("forks.json");
-    for fork in load_forks(&state_file) {
+    let (fork_store, restored) = ForkStore::open(&cfg.control.state_dir);
+    for fork in restored {
         table.restore_fork(fork);
     }
     info!(
@@ -165,7 +167,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         table,
         speech,
         stats,
-        state_file,
+        fork_store,
         idle_timeout: Duration::from_secs(d.flow_idle_timeout_secs),
     };
     // Adopted flows get their fallback sockets back.
@@ -338,7 +340,7 @@ struct Agent {
     table: FlowTable,
     speech: SpeechService,
     stats: Arc<AgentStats>,
-    state_file: PathBuf,
+    fork_store: ForkStore,
     idle_timeout: Duration,
 }
 
@@ -407,7 +409,7 @@ impl Agent {
                         .insert(key, action, 0)
                         .context("enabling fork in FLOWS")?;
                 }
-                self.save_forks();
+                self.record_fork(&fork_journal::Entry::Start(fork.clone()));
                 let ids: Vec<Value> = fork
                     .streams
                     .iter()
@@ -427,7 +429,9 @@ impl Agent {
                 if let Err(e) = self.speech.stop_fork(&fork.spec.call_guid, reason) {
                     warn!(call_guid = %fork.spec.call_guid, "stop not sent: {e:#}");
                 }
-                self.save_forks();
+                self.record_fork(&fork_journal::Entry::Stop {
+                    call_guid: fork.spec.call_guid.clone(),
+                });
                 Ok(Value::Null)
             }
             // Served by the stream service or the control connection itself (see `run`).
@@ -808,33 +812,10 @@ impl Agent {
         }
     }
 
-    fn save_forks(&self) {
-        let forks: Vec<&Fork> = self.table.forks().collect();
-        let write = || -> Result<()> {
-            if let Some(dir) = self.state_file.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            let tmp = self.state_file.with_extension("tmp");
-            std::fs::write(&tmp, serde_json::to_vec(&forks)?)?;
-            std::fs::rename(&tmp, &self.state_file)?;
-            Ok(())
-        };
-        if let Err(e) = write() {
-            warn!(
-                "cannot save fork state to {}: {e:#} (a restart will not resume these forks)",
-                self.state_file.display()
-            );
-        }
-    }
-}
-
-fn load_forks(path: &Path) -> Vec<Fork> {
-    match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-            warn!("ignoring unreadable fork state {}: {e}", path.display());
-            Vec::new()
-        }),
-        Err(_) => Vec::new(),
+    /// Keep the fork state file in step with the table (see io::fork_store).
+    fn record_fork(&mut self, entry: &fork_journal::Entry) {
+        let live = self.table.fork_count();
+        self.fork_store.record(entry, live, self.table.forks());
     }
 }
 

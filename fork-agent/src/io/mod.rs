@@ -2,6 +2,7 @@
 pub mod agent;
 pub mod ebpf;
 pub mod fallback;
+pub mod fork_store;
 pub mod metrics;
 pub mod netdev;
 pub mod speech;
