@@ -367,6 +367,10 @@ impl FlowTable {
         self.forks.values()
     }
 
+    pub fn flow(&self, local: &SocketAddr) -> Option<&FlowEntry> {
+        self.flows.get(local)
+    }
+
     pub fn fork_count(&self) -> usize {
         self.forks.len()
     }

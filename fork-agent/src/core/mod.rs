@@ -4,6 +4,7 @@ pub mod control_api;
 pub mod flows;
 pub mod fork_journal;
 pub mod route_cache;
+pub mod rtp;
 pub mod session;
 pub mod turn_offload;
 pub mod ws_pool;

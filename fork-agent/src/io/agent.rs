@@ -131,6 +131,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     // AF_XDP reader thread → stream service (io/speech: pools, fork sessions, media routing).
     let (pkt_tx, pkt_rx) = mpsc::channel::<Forked>(65_536);
     let speech = SpeechService::spawn(&cfg.speech_servers, pkt_rx)?;
+    let fallback_media = pkt_tx.clone();
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
@@ -159,7 +160,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut agent = Agent {
         dp,
-        fallback: crate::io::fallback::Fallback::default(),
+        fallback: crate::io::fallback::Fallback::new(fallback_media),
         turn,
         neighbours: HashMap::new(),
         routes: RouteCache::new(ROUTE_CACHE_TTL, ROUTE_CACHE_CAPACITY),
@@ -180,6 +181,15 @@ pub async fn run(cfg: Config) -> Result<()> {
         if let Err(e) = agent.fallback.add(local, src, dst, expect) {
             warn!(%local, "no user-space fallback for this flow: {e:#}");
         }
+    }
+    // Restored forks: their flows' fallback packets are forked too.
+    let forked: Vec<std::net::SocketAddr> = agent
+        .table
+        .forks()
+        .flat_map(|f| f.streams.iter().map(|(_, local)| *local))
+        .collect();
+    for local in forked {
+        agent.sync_fallback_fork(local);
     }
     // Adopted flows and TURN channels keep their next hops followed like new ones.
     let mut actions: Vec<fork_common::FlowAction> = agent.table.flows().map(|f| f.action).collect();
@@ -366,7 +376,11 @@ impl Agent {
                             flow.dst,
                             flow.expect,
                         ) {
-                            Ok(()) => "bound".to_owned(),
+                            Ok(()) => {
+                                // A flow re-added while its call forks stays forked.
+                                self.sync_fallback_fork(flow.local);
+                                "bound".to_owned()
+                            }
                             Err(e) => {
                                 warn!(local = %flow.local, "no user-space fallback for this flow: {e:#}");
                                 format!("unavailable: {e:#}")
@@ -409,6 +423,9 @@ impl Agent {
                         .insert(key, action, 0)
                         .context("enabling fork in FLOWS")?;
                 }
+                for (_, local) in &fork.streams {
+                    self.sync_fallback_fork(*local);
+                }
                 self.record_fork(&fork_journal::Entry::Start(fork.clone()));
                 let ids: Vec<Value> = fork
                     .streams
@@ -425,6 +442,9 @@ impl Agent {
                         .flows
                         .insert(key, action, 0)
                         .context("disabling fork in FLOWS")?;
+                }
+                for (_, local) in &fork.streams {
+                    self.sync_fallback_fork(*local);
                 }
                 if let Err(e) = self.speech.stop_fork(&fork.spec.call_guid, reason) {
                     warn!(call_guid = %fork.spec.call_guid, "stop not sent: {e:#}");
@@ -734,6 +754,8 @@ impl Agent {
                 "errors": s.errors, "strict_drops": s.strict_drops, "passed": s.passed,
                 "userspace_packets": user_packets,
                 "userspace_bytes": user.map_or(0, |u| u.bytes.load(Ordering::Relaxed)),
+                "userspace_forked": user.map_or(0, |u| u.forked.load(Ordering::Relaxed)),
+                "userspace_fork_drops": user.map_or(0, |u| u.fork_drops.load(Ordering::Relaxed)),
                 "fallback": if user.is_some() { "bound" } else { "unavailable" },
                 "dtmf": s.dtmf, "rtcp": s.rtcp, "ssrc": s.ssrc, "last_seq": s.last_seq,
                 "idle_ms": if s.last_seen_ns == 0 { Value::Null } else { json!(now_ns.saturating_sub(s.last_seen_ns) / 1_000_000) },
@@ -778,6 +800,7 @@ impl Agent {
                 "dtmf_events": st.dtmf_events.load(Ordering::Relaxed),
                 // Packets the kernel handed to the stack and the fallback relayed.
                 "userspace_relayed": self.fallback.total_packets(),
+                "userspace_forked": self.fallback.total_forked(),
             },
             "servers": servers,
         }))
@@ -809,6 +832,13 @@ impl Agent {
                 }
                 info!(%local, "flow removed after idle timeout");
             }
+        }
+    }
+
+    /// Give the fallback relay of `local` the flow's current action (fork on or off, stream).
+    fn sync_fallback_fork(&mut self, local: std::net::SocketAddr) {
+        if let Some(action) = self.table.flow(&local).map(|f| f.action) {
+            self.fallback.set_action(local, &action);
         }
     }
 
@@ -865,9 +895,21 @@ fn decode_forked(frame: &[u8]) -> Option<Forked> {
     let eth = &frame[TAG_LEN..];
     let rtp = eth.get(rtp_off..rtp_off + 12)?;
     let payload = eth.get(payload_off..payload_off + payload_len)?;
+    forked_item(stream_id, rtp, payload, flags & TAG_F_DTMF != 0)
+}
+
+/// The speech-service item for one RTP packet of `stream_id`: its fixed 12-byte header and
+/// payload, as the kernel's tag or the fallback's classification (core::rtp) found them.
+pub(crate) fn forked_item(
+    stream_id: u32,
+    rtp: &[u8],
+    payload: &[u8],
+    dtmf: bool,
+) -> Option<Forked> {
+    let rtp = rtp.get(..12)?;
     let seq = u16::from_be_bytes([rtp[2], rtp[3]]);
     let timestamp = u32::from_be_bytes([rtp[4], rtp[5], rtp[6], rtp[7]]);
-    if flags & TAG_F_DTMF != 0 {
+    if dtmf {
         // RFC 4733 §2.3: event, E|R|volume, duration.
         let p = payload.get(..4)?;
         return Some(Forked::Dtmf(Dtmf {

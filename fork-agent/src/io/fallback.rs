@@ -6,6 +6,10 @@
 //! from. A datagram the stack delivers to a flow's socket is sent from the flow's source socket to
 //! its destination. Each such packet is counted per flow, so `show flows` tells an operator when a
 //! call is not fully in the kernel instead of hiding it.
+//!
+//! A forked flow's fallback packets are forked here too, by the kernel's rules (core::rtp), into
+//! the same queue as the AF_XDP frames: a call whose packets take the slow path still reaches
+//! the speech server whole. [`Fallback::set_action`] follows the flow's fork flag and stream.
 
 use std::{
     collections::HashMap,
@@ -17,8 +21,15 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use tokio::{net::UdpSocket, sync::watch, task::JoinHandle};
+use fork_common::{FlowAction, FLOW_F_FORK, FLOW_F_RTCP};
+use tokio::{
+    net::UdpSocket,
+    sync::{mpsc, watch},
+    task::JoinHandle,
+};
 use tracing::{debug, warn};
+
+use crate::{core::rtp, io::speech::Media};
 
 /// Per-flow counters of the fallback path.
 #[derive(Debug, Default)]
@@ -29,6 +40,18 @@ pub struct FallbackStats {
     pub strict_drops: AtomicU64,
     /// Send errors (e.g. no route).
     pub errors: AtomicU64,
+    /// Forked in user space (the flow was forked and the packet was audio or DTMF).
+    pub forked: AtomicU64,
+    /// To fork, but the speech service's queue was full.
+    pub fork_drops: AtomicU64,
+}
+
+/// Where a forked flow's fallback packets go.
+#[derive(Clone)]
+struct ForkTo {
+    /// The flow's kernel action: stream id, payload types, DTMF type, flags.
+    action: FlowAction,
+    media: mpsc::Sender<Media>,
 }
 
 #[derive(Clone)]
@@ -37,6 +60,7 @@ struct Route {
     out: Arc<UdpSocket>,
     expect: Option<SocketAddr>,
     stats: Arc<FallbackStats>,
+    fork: Option<ForkTo>,
 }
 
 struct Bound {
@@ -54,13 +78,39 @@ impl Drop for Bound {
 }
 
 /// The fallback sockets, owned by the agent task.
-#[derive(Default)]
 pub struct Fallback {
     sockets: HashMap<SocketAddr, Bound>,
     stats: HashMap<SocketAddr, Arc<FallbackStats>>,
+    /// The speech service's media queue, shared with the AF_XDP reader.
+    media: mpsc::Sender<Media>,
 }
 
 impl Fallback {
+    pub fn new(media: mpsc::Sender<Media>) -> Self {
+        Self {
+            sockets: HashMap::new(),
+            stats: HashMap::new(),
+            media,
+        }
+    }
+
+    /// Follow a change of `local`'s kernel action (fork started or stopped): fallback packets
+    /// are forked exactly when the kernel forks the flow's packets.
+    pub fn set_action(&mut self, local: SocketAddr, action: &FlowAction) {
+        let fork =
+            (action.flags & FLOW_F_FORK != 0 && action.flags & FLOW_F_RTCP == 0).then(|| ForkTo {
+                action: *action,
+                media: self.media.clone(),
+            });
+        if let Some(b) = self.sockets.get(&local) {
+            b.route.send_modify(|r| {
+                if let Some(r) = r {
+                    r.fork = fork;
+                }
+            });
+        }
+    }
+
     fn bind(&mut self, addr: SocketAddr) -> Result<&mut Bound> {
         use std::collections::hash_map::Entry;
         match self.sockets.entry(addr) {
@@ -113,6 +163,7 @@ impl Fallback {
             out,
             expect,
             stats: stats.clone(),
+            fork: None,
         }));
         self.stats.insert(local, stats);
         Ok(())
@@ -139,6 +190,14 @@ impl Fallback {
 
     pub fn stats(&self, local: &SocketAddr) -> Option<&FallbackStats> {
         self.stats.get(local).map(|s| s.as_ref())
+    }
+
+    /// Packets forked in user space over all flows.
+    pub fn total_forked(&self) -> u64 {
+        self.stats
+            .values()
+            .map(|s| s.forked.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Packets relayed in user space over all flows.
@@ -169,6 +228,9 @@ async fn read_loop(addr: SocketAddr, sock: Arc<UdpSocket>, route: watch::Receive
             r.stats.strict_drops.fetch_add(1, Ordering::Relaxed);
             continue;
         }
+        if let Some(f) = &r.fork {
+            fork(&buf[..len], f, &r.stats);
+        }
         match r.out.send_to(&buf[..len], r.dst).await {
             Ok(_) => {
                 r.stats.packets.fetch_add(1, Ordering::Relaxed);
@@ -179,5 +241,23 @@ async fn read_loop(addr: SocketAddr, sock: Arc<UdpSocket>, route: watch::Receive
                 debug!(%addr, dst = %r.dst, "fallback relay send failed: {e}");
             }
         }
+    }
+}
+
+/// Hand a fallback datagram of a forked flow to the speech service, as the AF_XDP reader does
+/// with the kernel's clones (never blocking the relay).
+fn fork(dgram: &[u8], f: &ForkTo, stats: &FallbackStats) {
+    let Some(part) = rtp::to_fork(dgram, &f.action) else {
+        return;
+    };
+    let Some(item) =
+        crate::io::agent::forked_item(f.action.stream_id, part.header, part.payload, part.dtmf)
+    else {
+        return;
+    };
+    if f.media.try_send(item).is_ok() {
+        stats.forked.fetch_add(1, Ordering::Relaxed);
+    } else {
+        stats.fork_drops.fetch_add(1, Ordering::Relaxed);
     }
 }
