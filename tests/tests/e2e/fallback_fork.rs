@@ -13,7 +13,7 @@ const N: u16 = 20;
 
 /// Every fourth packet carries 1,600 bytes of audio: more than the veth MTU, so it is fragmented.
 fn is_big(i: u16) -> bool {
-    i % 4 == 0
+    i.is_multiple_of(4)
 }
 
 fn flow(s: &Scenario, local: &str) -> Result<serde_json::Value> {

@@ -16,51 +16,16 @@ fn tcp_client_relays_channel_data_round_trip_and_is_shown_as_tcp_relay() -> Resu
     let mut s = TurnScenario::start(ALLOW_TEST_PEERS)?;
     s.start_peer()?;
     // 100 messages 20 ms apart: about 2 s during which the allocation is live.
-    let watcher = watch_status(s.socket.clone(), |v| {
+    let RoundTrip {
+        status,
+        seen: seen_tcp,
+        ..
+    } = channel_round_trip(&s, &["-t"], N, LEN, |v| {
         v["relays_tcp"].as_u64() >= Some(1)
             && v["active"]
                 .as_array()
                 .is_some_and(|a| a.iter().any(|x| x["transport"] == "tcp"))
-    });
-    let (ok, out) = s.uclient(
-        &[
-            "-t",
-            "-u",
-            USER,
-            "-w",
-            PASSWORD,
-            "-e",
-            PEER_IP,
-            "-r",
-            "3480",
-            "-n",
-            &N.to_string(),
-            "-l",
-            &LEN.to_string(),
-            "-c",
-        ],
-        Duration::from_secs(60),
-    )?;
-    let seen_tcp = watcher
-        .join()
-        .map_err(|_| anyhow::anyhow!("status watcher panicked"))??;
-    let stats = parse_uclient_stats(&out)?;
-    let status = s.status()?;
-    assert!(
-        ok,
-        "uclient failed:\n{out}\nserver:\n{}",
-        s.topo.log("turn-server")
-    );
-    assert_eq!(stats.send_msgs, N, "{out}");
-    assert_eq!(stats.recv_msgs, N, "{out}");
-    assert_eq!(stats.send_bytes, N * LEN, "{out}");
-    assert_eq!(stats.recv_bytes, stats.send_bytes, "{out}");
-    assert_eq!(stats.lost, 0, "{out}");
-    let t = &status["traffic"];
-    assert_eq!(t["to_peer_packets"], N, "{status}");
-    assert_eq!(t["to_peer_bytes"], N * LEN, "{status}");
-    assert_eq!(t["from_peer_packets"], N, "{status}");
-    assert_eq!(t["from_peer_bytes"], N * LEN, "{status}");
+    })?;
     assert!(
         seen_tcp,
         "the status view never showed a relay connected via TCP; final status {status}"

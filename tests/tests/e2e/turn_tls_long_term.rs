@@ -2,8 +2,6 @@
 //! long-term credentials, channel data round trip with matching counts, and the relay listed
 //! under "connected via TLS" while it runs.
 
-use std::time::Duration;
-
 use crate::turn_support::*;
 use anyhow::Result;
 
@@ -14,45 +12,13 @@ const LEN: u64 = 100;
 fn tls_client_relays_channel_data_round_trip() -> Result<()> {
     let mut s = TurnScenario::start_tls(ALLOW_TEST_PEERS)?;
     s.start_peer()?;
-    let watcher = watch_status(s.socket.clone(), |v| v["relays_tls"].as_u64() >= Some(1));
-    let (ok, out) = s.uclient(
-        &[
-            "-S",
-            "-t",
-            "-p",
-            "5349",
-            "-u",
-            USER,
-            "-w",
-            PASSWORD,
-            "-e",
-            PEER_IP,
-            "-r",
-            "3480",
-            "-n",
-            &N.to_string(),
-            "-l",
-            &LEN.to_string(),
-            "-c",
-        ],
-        Duration::from_secs(60),
-    )?;
-    let seen_tls = watcher
-        .join()
-        .map_err(|_| anyhow::anyhow!("status watcher panicked"))??;
-    let stats = parse_uclient_stats(&out)?;
-    let status = s.status()?;
-    assert!(
-        ok,
-        "uclient failed:\n{out}\nserver:\n{}",
-        s.topo.log("turn-server")
-    );
-    assert_eq!((stats.send_msgs, stats.recv_msgs), (N, N), "{out}");
-    assert_eq!(stats.send_bytes, N * LEN, "{out}");
-    assert_eq!(stats.recv_bytes, stats.send_bytes, "{out}");
-    let t = &status["traffic"];
-    assert_eq!(t["to_peer_bytes"], N * LEN, "{status}");
-    assert_eq!(t["from_peer_bytes"], N * LEN, "{status}");
+    let RoundTrip {
+        status,
+        seen: seen_tls,
+        ..
+    } = channel_round_trip(&s, &["-S", "-t", "-p", "5349"], N, LEN, |v| {
+        v["relays_tls"].as_u64() >= Some(1)
+    })?;
     assert!(
         seen_tls,
         "the status view never showed a TLS relay; final {status}"

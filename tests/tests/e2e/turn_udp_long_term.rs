@@ -3,8 +3,6 @@
 //! with turnutils_peer through the relay; every byte it sent comes back, and turn-server's
 //! status view counts the same packets and bytes.
 
-use std::time::Duration;
-
 use crate::turn_support::*;
 use anyhow::Result;
 
@@ -15,44 +13,7 @@ const LEN: u64 = 120;
 fn udp_client_relays_channel_data_round_trip_with_matching_counts() -> Result<()> {
     let mut s = TurnScenario::start(ALLOW_TEST_PEERS)?;
     s.start_peer()?;
-    let (ok, out) = s.uclient(
-        &[
-            "-u",
-            USER,
-            "-w",
-            PASSWORD,
-            "-e",
-            PEER_IP,
-            "-r",
-            "3480",
-            "-n",
-            &N.to_string(),
-            "-l",
-            &LEN.to_string(),
-            "-c",
-        ],
-        Duration::from_secs(60),
-    )?;
-    let stats = parse_uclient_stats(&out)?;
-    let status = s.status()?;
-    assert!(
-        ok,
-        "uclient failed:\n{out}\nserver:\n{}",
-        s.topo.log("turn-server")
-    );
-    assert_eq!(stats.send_msgs, N, "{out}");
-    assert_eq!(stats.recv_msgs, N, "every message echoed back:\n{out}");
-    assert_eq!(stats.send_bytes, N * LEN, "{out}");
-    assert_eq!(stats.recv_bytes, stats.send_bytes, "{out}");
-    assert_eq!(stats.lost, 0, "{out}");
-
-    // The server relayed exactly that payload in both directions (payload bytes, without the
-    // 4-byte ChannelData header).
-    let t = &status["traffic"];
-    assert_eq!(t["to_peer_packets"], N, "{status}");
-    assert_eq!(t["to_peer_bytes"], N * LEN, "{status}");
-    assert_eq!(t["from_peer_packets"], N, "{status}");
-    assert_eq!(t["from_peer_bytes"], N * LEN, "{status}");
+    let RoundTrip { status, .. } = channel_round_trip(&s, &[], N, LEN, |_| true)?;
     let c = &status["counters"];
     assert!(c["allocations_created"].as_u64() >= Some(1), "{status}");
     assert_eq!(c["bad_integrity"], 0, "{status}");

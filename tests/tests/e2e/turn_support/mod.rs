@@ -275,6 +275,61 @@ pub fn watch_status(
     })
 }
 
+/// What one channel round trip of the real client gave.
+pub struct RoundTrip {
+    /// `turn-server status --json` right after the client exited.
+    pub status: serde_json::Value,
+    /// Whether the status view matched the watch predicate while the client ran.
+    pub seen: bool,
+}
+
+/// Runs turnutils_uclient with the test user's long-term credentials against the echo peer
+/// (10.77.2.2:3480): `n` messages of `len` bytes over channels, `transport` options first
+/// (none for UDP, `-t` for TCP, `-S -t -p 5349` for TLS), while `watch` polls the status view.
+/// Checks what every transport must give: the client succeeded, every message and byte came
+/// back, none was lost, and the server's traffic counters match in both directions.
+pub fn channel_round_trip(
+    s: &TurnScenario,
+    transport: &[&str],
+    n: u64,
+    len: u64,
+    watch: impl Fn(&serde_json::Value) -> bool + Send + 'static,
+) -> Result<RoundTrip> {
+    let watcher = watch_status(s.socket.clone(), watch);
+    let (n_s, len_s) = (n.to_string(), len.to_string());
+    let mut args = transport.to_vec();
+    args.extend([
+        "-u", USER, "-w", PASSWORD, "-e", PEER_IP, "-r", "3480", "-n", &n_s, "-l", &len_s, "-c",
+    ]);
+    let (ok, out) = s.uclient(&args, Duration::from_secs(60))?;
+    let seen = watcher
+        .join()
+        .map_err(|_| anyhow::anyhow!("status watcher panicked"))??;
+    let status = s.status()?;
+    if !ok {
+        bail!(
+            "uclient failed:\n{out}\nserver:\n{}",
+            s.topo.log("turn-server")
+        );
+    }
+    let stats = parse_uclient_stats(&out)?;
+    assert_eq!(
+        (stats.send_msgs, stats.recv_msgs),
+        (n, n),
+        "every message echoed back:\n{out}"
+    );
+    assert_eq!(stats.send_bytes, n * len, "{out}");
+    assert_eq!(stats.recv_bytes, stats.send_bytes, "{out}");
+    assert_eq!(stats.lost, 0, "{out}");
+    // Payload bytes, without the 4-byte ChannelData header (or its stream padding).
+    let t = &status["traffic"];
+    assert_eq!(t["to_peer_packets"], n, "{status}");
+    assert_eq!(t["to_peer_bytes"], n * len, "{status}");
+    assert_eq!(t["from_peer_packets"], n, "{status}");
+    assert_eq!(t["from_peer_bytes"], n * len, "{status}");
+    Ok(RoundTrip { status, seen })
+}
+
 /// Fails with an actionable message instead of skipping when coturn's tools are missing.
 pub fn require_coturn_tools() -> Result<()> {
     for tool in ["turnutils_uclient", "turnutils_peer"] {
