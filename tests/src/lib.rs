@@ -547,16 +547,11 @@ pub struct Scenario {
 }
 
 impl Scenario {
-    /// Build the topology, start speech-server and fork-agent, and wait until both are ready.
-    pub fn start() -> Result<Scenario> {
-        let mut topo = Topology::new()?;
-        let (speech_out, summary) = Scenario::spawn_speech_server(&mut topo)?;
-        let socket = topo.dir.join("fork-agent.sock");
-        let config = topo.dir.join("fork-agent.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"[dataplane]
+    /// The standard fork-agent config of the topology: XDP on fa0/fb0, fork veth xfork0, one
+    /// speech server `asr` (the speech-server in the speech namespace).
+    pub fn fork_agent_config(pin_dir: &Path, socket: &Path, state_dir: &Path) -> String {
+        format!(
+            r#"[dataplane]
 pin_dir = "{pin}"
 interfaces = ["fa0", "fb0"]
 fork_interface = "xfork0"
@@ -569,11 +564,22 @@ state_dir = "{state}"
 name = "asr"
 url = "ws://{ws}/stream"
 "#,
-                pin = topo.pin_dir.display(),
-                sock = socket.display(),
-                state = topo.dir.join("state").display(),
-                ws = addrs::SPEECH_WS,
-            ),
+            pin = pin_dir.display(),
+            sock = socket.display(),
+            state = state_dir.display(),
+            ws = addrs::SPEECH_WS,
+        )
+    }
+
+    /// Build the topology, start speech-server and fork-agent, and wait until both are ready.
+    pub fn start() -> Result<Scenario> {
+        let mut topo = Topology::new()?;
+        let (speech_out, summary) = Scenario::spawn_speech_server(&mut topo)?;
+        let socket = topo.dir.join("fork-agent.sock");
+        let config = topo.dir.join("fork-agent.toml");
+        std::fs::write(
+            &config,
+            Scenario::fork_agent_config(&topo.pin_dir, &socket, &topo.dir.join("state")),
         )?;
         let mut s = Scenario {
             topo,

@@ -14,7 +14,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use xdpfork_tests::{addrs, bin, bin_dir, Host, Scenario, Topology};
+use xdpfork_tests::{bin, bin_dir, Host, Scenario, Topology};
 
 /// The uid (and gid) fork-agent runs as in these tests, standing in for the `xdpfork` user
 /// (no passwd entry needed: setpriv takes numbers).
@@ -224,25 +224,7 @@ pub fn limited_scenario() -> Result<Scenario> {
     let config = topo.dir.join("fork-agent.toml");
     std::fs::write(
         &config,
-        format!(
-            r#"[dataplane]
-pin_dir = "{pin}"
-interfaces = ["fa0", "fb0"]
-fork_interface = "xfork0"
-
-[control]
-socket = "{sock}"
-state_dir = "{state}"
-
-[[speech_server]]
-name = "asr"
-url = "ws://{ws}/stream"
-"#,
-            pin = topo.pin_dir.display(),
-            sock = socket.display(),
-            state = state_dir.display(),
-            ws = addrs::SPEECH_WS,
-        ),
+        Scenario::fork_agent_config(&topo.pin_dir, &socket, &state_dir),
     )?;
     Ok(Scenario {
         topo,
