@@ -697,6 +697,16 @@ url = "ws://{ws}/stream"
         self.ctl(serde_json::json!({"v":1,"op":"show_flows"}))
     }
 
+    /// The `show_flows` entry of the flow at `local`; an error names the flows there are.
+    pub fn flow(&self, local: &str) -> Result<serde_json::Value> {
+        let flows = self.flows()?;
+        flows
+            .as_array()
+            .and_then(|f| f.iter().find(|f| f["local"] == local))
+            .cloned()
+            .with_context(|| format!("no flow {local} in {flows}"))
+    }
+
     /// Wait (bounded) until fork-agent has sent `n` audio frames to server `name`.
     pub fn wait_frames_sent(&self, name: &str, n: u64) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -45,12 +45,7 @@ fn sigkill_keeps_audio_and_restart_resumes_forking() -> Result<()> {
     assert!(got == sent, "relayed packets differ from the ones sent");
 
     // The restarted agent adopted the flows (counters continue) and the fork.
-    let flows = s.flows()?;
-    let a = flows
-        .as_array()
-        .and_then(|f| f.iter().find(|f| f["local"] == A_LOCAL))
-        .cloned()
-        .unwrap_or_default();
+    let a = s.flow(A_LOCAL)?;
     assert_eq!(a["packets"], N as u64, "flow after restart: {a}");
     assert_eq!(a["path"], "kernel");
     let forks = s.ctl(serde_json::json!({"v":1,"op":"show_forks"}))?;

@@ -16,14 +16,6 @@ fn is_big(i: u16) -> bool {
     i.is_multiple_of(4)
 }
 
-fn flow(s: &Scenario, local: &str) -> Result<serde_json::Value> {
-    s.flows()?
-        .as_array()
-        .and_then(|f| f.iter().find(|f| f["local"] == local))
-        .cloned()
-        .with_context(|| format!("no flow {local}"))
-}
-
 #[test]
 fn fragmented_packets_of_a_forked_flow_are_forked_from_user_space() -> Result<()> {
     let mut s = Scenario::start()?;
@@ -47,7 +39,7 @@ fn fragmented_packets_of_a_forked_flow_are_forked_from_user_space() -> Result<()
         std::thread::sleep(Duration::from_millis(20));
     }
     s.wait_frames_sent("asr", u64::from(N))?;
-    let a = flow(&s, A_LOCAL)?;
+    let a = s.flow(A_LOCAL)?;
     let big = sent.len() as u64 / 4;
     assert_eq!(a["userspace_packets"], big, "{a}");
     assert_eq!(a["userspace_forked"], big, "{a}");
@@ -69,7 +61,7 @@ fn fragmented_packets_of_a_forked_flow_are_forked_from_user_space() -> Result<()
         sent.len(),
         s.counters()?
     );
-    let a = flow(&s, A_LOCAL)?;
+    let a = s.flow(A_LOCAL)?;
     assert_eq!(a["userspace_packets"], big + 1, "{a}");
     assert_eq!(a["userspace_forked"], big, "not forked after STOP: {a}");
     let c = s.counters()?;

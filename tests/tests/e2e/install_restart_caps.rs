@@ -102,12 +102,7 @@ fn call_audio_survives_restarts_of_the_capability_limited_agent() -> Result<()> 
     assert!(got == sent, "relayed packets differ from the ones sent");
 
     // The third agent adopted the flow (its counters continued) and the fork.
-    let flows = s.flows()?;
-    let a = flows
-        .as_array()
-        .and_then(|f| f.iter().find(|f| f["local"] == A_LOCAL))
-        .cloned()
-        .unwrap_or_default();
+    let a = s.flow(A_LOCAL)?;
     assert_eq!(a["packets"], u64::from(N), "flow after restarts: {a}");
     assert_eq!(a["path"], "kernel");
     let forks = s.ctl(serde_json::json!({"v":1,"op":"show_forks"}))?;

@@ -72,12 +72,7 @@ fn caller_audio_is_relayed_in_kernel_and_forked_to_speech_server() -> Result<()>
     let c = s.counters()?;
     assert_eq!(c["kernel"]["relayed_forked"], N as u64, "counters: {c}");
     assert_eq!(c["user"]["userspace_relayed"], 0, "counters: {c}");
-    let flows = s.flows()?;
-    let a = flows
-        .as_array()
-        .and_then(|f| f.iter().find(|f| f["local"] == A_LOCAL))
-        .cloned()
-        .unwrap_or_default();
+    let a = s.flow(A_LOCAL)?;
     assert_eq!(a["packets"], N as u64, "flow: {a}");
     assert_eq!(a["forked"], N as u64, "flow: {a}");
     assert_eq!(a["path"], "kernel", "flow: {a}");

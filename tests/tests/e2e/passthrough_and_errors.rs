@@ -58,12 +58,7 @@ fn unknown_traffic_passes_to_the_host_stack() -> Result<()> {
         .join()
         .map_err(|_| anyhow::anyhow!("receiver panicked"))??;
     assert_eq!(got.len(), 3);
-    let flows = s.flows()?;
-    let a = flows
-        .as_array()
-        .and_then(|f| f.iter().find(|f| f["local"] == A_LOCAL))
-        .cloned()
-        .unwrap_or_default();
+    let a = s.flow(A_LOCAL)?;
     assert_eq!(a["errors"], 3, "{a}");
     assert_eq!(a["forked"], 0, "{a}");
     // And a valid RTP packet after it still goes through.
@@ -183,12 +178,7 @@ fn fragments_are_passed_to_the_stack_and_relayed_in_user_space() -> Result<()> {
     let k = s.counters()?;
     assert!(k["kernel"]["pass_fragment"].as_u64() >= Some(3), "{k}");
     assert_eq!(k["user"]["userspace_relayed"], 1, "{k}");
-    let flows = s.flows()?;
-    let a = flows
-        .as_array()
-        .and_then(|f| f.iter().find(|f| f["local"] == A_LOCAL))
-        .cloned()
-        .unwrap_or_default();
+    let a = s.flow(A_LOCAL)?;
     assert_eq!(a["userspace_packets"], 1, "{a}");
     assert_eq!(a["packets"], 1, "{a}");
     assert_eq!(a["path"], "kernel+user-space", "{a}");
