@@ -7,15 +7,25 @@
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::core::b2bua::{self, Bind, Route, RoutePattern};
 use crate::core::media::MediaConfig;
+use crate::core::session_timer::MIN_SE_FLOOR;
 use crate::core::transaction::{Peer, Transport};
 
 /// Default control socket of fork-agent (docs/control-api.md).
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/xdpfork/fork-agent.sock";
+
+/// Longest `calls.max_duration_secs` accepted (7 days): a larger value is almost certainly a
+/// unit mistake (milliseconds), and the limit exists to catch calls nobody ended.
+pub const MAX_DURATION_LIMIT_SECS: i64 = 7 * 24 * 3600;
+
+/// Longest `calls.min_se_secs` accepted (1 day): a minimum this high would refuse most session
+/// timers callers propose (RFC 4028 §4 suggests 1800 s).
+pub const MIN_SE_LIMIT_SECS: i64 = 24 * 3600;
 
 /// Problems found in a configuration.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +48,19 @@ struct RawConfig {
     tls: Option<RawTls>,
     #[serde(default, rename = "route")]
     routes: Vec<RawRoute>,
+    #[serde(default)]
+    calls: RawCalls,
+}
+
+/// `[calls]`: limits on established calls. Signed so a negative value gets a message naming the
+/// field instead of a type error.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCalls {
+    #[serde(default)]
+    max_duration_secs: i64,
+    #[serde(default)]
+    min_se_secs: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -243,6 +266,33 @@ impl Settings {
                 "fork_agent.speech_server: must name a [[speech_server]] of fork-agent".into(),
             );
         }
+        let max_call_duration = match raw.calls.max_duration_secs {
+            0 => None,
+            s if (1..=MAX_DURATION_LIMIT_SECS).contains(&s) => {
+                Some(Duration::from_secs(s.unsigned_abs()))
+            }
+            s => {
+                errs.push(format!(
+                    "calls.max_duration_secs: {s} is outside 0-{MAX_DURATION_LIMIT_SECS} \
+                     (seconds; 0 turns the limit off)"
+                ));
+                None
+            }
+        };
+        let min_se = match raw.calls.min_se_secs {
+            None => MIN_SE_FLOOR,
+            Some(s) if (MIN_SE_FLOOR.as_secs() as i64..=MIN_SE_LIMIT_SECS).contains(&s) => {
+                Duration::from_secs(s.unsigned_abs())
+            }
+            Some(s) => {
+                errs.push(format!(
+                    "calls.min_se_secs: {s} is outside {}-{MIN_SE_LIMIT_SECS} (RFC 4028 §5: \
+                     Min-SE is never below 90 seconds)",
+                    MIN_SE_FLOOR.as_secs()
+                ));
+                MIN_SE_FLOOR
+            }
+        };
         let mut routes = Vec::new();
         if raw.routes.is_empty() {
             errs.push("route: at least one [[route]] is needed".into());
@@ -355,6 +405,8 @@ impl Settings {
                 routes,
                 transport_ports,
                 seed: 0,
+                min_se,
+                max_call_duration,
             },
             media_ports,
             control_socket: raw
@@ -459,6 +511,36 @@ forking = false
         assert!(e.iter().any(|l| l.starts_with("tls:")), "{e:?}");
         assert!(
             e.iter().any(|l| l.starts_with("route[1].next_hop")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn calls_limits_default_off_and_are_validated() {
+        let s = Settings::from_toml(GOOD).expect("valid");
+        assert_eq!(s.core.max_call_duration, None);
+        assert_eq!(s.core.min_se, Duration::from_secs(90));
+        let s = Settings::from_toml(&format!(
+            "{GOOD}\n[calls]\nmax_duration_secs = 7200\nmin_se_secs = 1800\n"
+        ))
+        .expect("valid");
+        assert_eq!(s.core.max_call_duration, Some(Duration::from_secs(7200)));
+        assert_eq!(s.core.min_se, Duration::from_secs(1800));
+        let e = errors(&format!(
+            "{GOOD}\n[calls]\nmax_duration_secs = -5\nmin_se_secs = 30\n"
+        ));
+        assert!(
+            e.iter()
+                .any(|l| l.starts_with("calls.max_duration_secs: -5")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter().any(|l| l.starts_with("calls.min_se_secs: 30")),
+            "{e:?}"
+        );
+        let e = errors(&format!("{GOOD}\n[calls]\nmax_duration_secs = 99999999\n"));
+        assert!(
+            e.iter().any(|l| l.starts_with("calls.max_duration_secs")),
             "{e:?}"
         );
     }

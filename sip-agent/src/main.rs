@@ -62,15 +62,21 @@ fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::CheckConfig { config } => {
             let s = load(&config)?;
+            let max = match s.core.max_call_duration {
+                Some(d) => format!("{} s", d.as_secs()),
+                None => "off".into(),
+            };
             println!(
-                "{}: ok ({} listeners, {} routes, media {}:{}-{}, fork-agent {})",
+                "{}: ok ({} listeners, {} routes, media {}:{}-{}, fork-agent {}, min-SE {} s, \
+                 max call duration {max})",
                 config.display(),
                 s.listen.len(),
                 s.core.routes.len(),
                 s.core.media_ip,
                 s.media_ports.0,
                 s.media_ports.1,
-                s.control_socket.display()
+                s.control_socket.display(),
+                s.core.min_se.as_secs(),
             );
             Ok(())
         }

@@ -19,13 +19,17 @@
 //! - Only the first audio stream is anchored; other streams are disabled (port 0).
 //! - In-dialog requests go to the address the leg was set up with (no DNS in the core).
 //! - UPDATE, PRACK, REFER and friends are not supported (405 with Allow).
+//! - RFC 4028 session timers: sip-agent passes the negotiation between the legs, refuses
+//!   intervals below [`Config::min_se`] with 422, and ends a call that was not refreshed in
+//!   time; it is never the refresher (core/session_timer.rs). A call also ends after
+//!   [`Config::max_call_duration`]. Both release with BYE on both legs carrying a Reason header.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rsip::{Header, Method, Request, Response, SipMessage};
-use tracing::{debug, trace};
+use tracing::{debug, info, trace};
 
 use crate::core::dialog::{header_values, uri_of, Dialog, RequestParts};
 use crate::core::fork_request::{
@@ -34,6 +38,7 @@ use crate::core::fork_request::{
 use crate::core::message::{self, ParseError};
 use crate::core::multipart;
 use crate::core::sdp::{AudioMedia, Codec, Direction, Sdp};
+use crate::core::session_timer::{self, CallTimer, CallTimers, RequestCheck, SessionExpires};
 use crate::core::transaction::{
     Output as TxOutput, Peer, TransactionLayer, Transmit, Transport, TxEvent, TxHandle,
 };
@@ -140,6 +145,11 @@ pub struct Config {
     /// Seed for tags, branches and Call-IDs; the shell passes fresh randomness at start so ids
     /// do not repeat across restarts.
     pub seed: u64,
+    /// Shortest RFC 4028 session interval accepted: a request asking for less gets 422 with this
+    /// `Min-SE` (§8.1). At least [`session_timer::MIN_SE_FLOOR`] (90 s).
+    pub min_se: Duration,
+    /// A call connected this long is released (BYE on both legs); `None` means no limit.
+    pub max_call_duration: Option<Duration>,
 }
 
 /// Hands out RTP ports on `media_ip` (injected so the shell can back it with real sockets or
@@ -201,6 +211,21 @@ pub enum EndReason {
     Timeout,
     /// The transport to a peer failed.
     TransportError,
+    /// No RFC 4028 session refresh arrived in time (§10); BYE sent on both legs.
+    SessionExpired,
+    /// The call reached [`Config::max_call_duration`]; BYE sent on both legs.
+    MaxDuration,
+}
+
+impl EndReason {
+    /// The RFC 3326 Reason header value for BYEs sent because of this reason, if any.
+    fn reason_header(self) -> Option<&'static str> {
+        match self {
+            EndReason::SessionExpired => Some(CallTimer::SessionExpires.reason_header()),
+            EndReason::MaxDuration => Some(CallTimer::MaxDuration.reason_header()),
+            _ => None,
+        }
+    }
 }
 
 /// What the fork layer and the operator must know.
@@ -336,6 +361,8 @@ struct Call {
     fork_leg: Option<Leg>,
     enhanced: bool,
     counted: bool,
+    /// Session expiry and maximum duration deadlines (mirrored in `B2bua::deadlines`).
+    timers: CallTimers,
 }
 
 impl Call {
@@ -381,6 +408,9 @@ pub struct B2bua<P: PortAllocator> {
     next_call: u32,
     id_counter: u64,
     counts: CallCounts,
+    /// Every armed per-call timer, soonest first; each entry mirrors a `Call::timers` slot so
+    /// `poll_timeout` is a lookup rather than a scan over calls.
+    deadlines: BTreeSet<(Instant, CallHandle, CallTimer)>,
 }
 
 const SDP: &str = "application/sdp";
@@ -433,6 +463,7 @@ impl<P: PortAllocator> B2bua<P> {
             next_call: 0,
             id_counter: 0,
             counts: CallCounts::default(),
+            deadlines: BTreeSet::new(),
         }
     }
 
@@ -442,10 +473,34 @@ impl<P: PortAllocator> B2bua<P> {
         self.out.pop_front()
     }
 
-    /// Next deadline; re-read after every input.
+    /// Next deadline (transaction timers, session expiry, maximum duration); re-read after
+    /// every input and after [`B2bua::handle_timeout`].
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.tl.poll_timeout()
+        let call = self.deadlines.first().map(|(at, _, _)| *at);
+        match (self.tl.poll_timeout(), call) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The soonest per-call timer, for debugging (transaction timers have
+    /// `TransactionLayer::timeout_reason`).
+    pub fn timeout_reason(&self) -> Option<(CallHandle, CallTimer, Instant)> {
+        self.deadlines.first().map(|(at, c, t)| (*c, *t, *at))
+    }
+
+    /// Arms (`Some`) or stops (`None`) a call's timer, keeping the deadline index in step.
+    fn set_timer(&mut self, call: CallHandle, timer: CallTimer, at: Option<Instant>) {
+        let Some(c) = self.calls.get_mut(&call) else {
+            return;
+        };
+        if let Some(old) = c.timers.set(timer, at) {
+            self.deadlines.remove(&(old, call, timer));
+        }
+        if let Some(at) = at {
+            self.deadlines.insert((at, call, timer));
+        }
     }
 
     /// Current call counts.
@@ -574,10 +629,33 @@ impl<P: PortAllocator> B2bua<P> {
         self.pump(now);
     }
 
-    /// Fires due timers.
+    /// Fires due timers: transaction timers first, then calls whose session expired or that
+    /// reached the maximum duration. A call not due is left alone, so a spurious call is a
+    /// no-op.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.tl.handle_timeout(now);
         self.pump(now);
+        while let Some(&(at, call, timer)) = self.deadlines.first() {
+            if at > now {
+                break;
+            }
+            self.set_timer(call, timer, None);
+            self.deadlines.remove(&(at, call, timer));
+            let reason = match timer {
+                CallTimer::SessionExpires => EndReason::SessionExpired,
+                CallTimer::MaxDuration => EndReason::MaxDuration,
+            };
+            if let Some(c) = self.calls.get(&call) {
+                info!(
+                    ?call,
+                    call_id = %c.a.call_id,
+                    ?reason,
+                    "releasing call: BYE on both legs"
+                );
+            }
+            self.hangup(now, call, None, reason);
+            self.pump(now);
+        }
     }
 
     /// The shell failed to send a transmit that carried `tx`.
@@ -808,6 +886,10 @@ impl<P: PortAllocator> B2bua<P> {
         let Some(contact) = header_values(&req.headers, "Contact").into_iter().next() else {
             return reject(self, 400, Some("Missing Contact"));
         };
+        if session_timer::check_request(&req.headers, self.cfg.min_se) == RequestCheck::TooSmall {
+            let min_se = session_timer::min_se_header(self.cfg.min_se);
+            return self.respond(now, tx, &req, 422, None, None, vec![min_se], None);
+        }
         let (sdp_bytes, _) = match body_parts(&req.headers, &req.body) {
             Ok(p) => p,
             Err(reason) => return reject(self, 400, Some(reason)),
@@ -890,7 +972,7 @@ impl<P: PortAllocator> B2bua<P> {
             .and_then(|v| v.trim().parse::<u32>().ok())
             .unwrap_or(70)
             .saturating_sub(1);
-        let Some(b_req) = b.request(RequestParts {
+        let Some(mut b_req) = b.request(RequestParts {
             method: "INVITE",
             via: &via,
             contact: Some(&contact_b),
@@ -902,6 +984,10 @@ impl<P: PortAllocator> B2bua<P> {
             self.ports.release(pb);
             return reject(self, 500, None);
         };
+        b_req.headers.extend(session_timer::forward_request(
+            &req.headers,
+            self.cfg.min_se,
+        ));
         let b_invite_to = b.remote_header.clone();
         let b_cseq = b.local_cseq;
         let b_tx = match self.tl.send_request(now, route.next_hop, b_req) {
@@ -943,6 +1029,7 @@ impl<P: PortAllocator> B2bua<P> {
                 fork_leg: None,
                 enhanced: false,
                 counted: false,
+                timers: CallTimers::default(),
             },
         );
     }
@@ -1079,8 +1166,10 @@ impl<P: PortAllocator> B2bua<P> {
             let state = c.state;
             let (atx, inv, tag) = (c.a_invite_tx, c.a_invite.clone(), c.a.local_tag.clone());
             if state == CallState::Proceeding && self.tl.can_respond(atx) {
-                // Relay the failure code; 6xx and 4xx keep their class (§16.7 style).
-                self.respond(now, atx, &inv, code, None, Some(&tag), vec![], None);
+                // Relay the failure code; 6xx and 4xx keep their class (§16.7 style). A 422
+                // keeps its Min-SE so the caller can retry with a longer interval (RFC 4028 §6).
+                let extra = session_timer::forward_response(code, &resp.headers);
+                self.respond(now, atx, &inv, code, None, Some(&tag), extra, None);
             }
             let reason = if state == CallState::Cancelling {
                 EndReason::Cancelled
@@ -1113,7 +1202,7 @@ impl<P: PortAllocator> B2bua<P> {
         match c.state {
             CallState::Cancelling => {
                 // CANCEL race (§9.1): B answered anyway; ACK done above, now BYE it.
-                self.send_bye(now, call, Leg::B);
+                self.send_bye(now, call, Leg::B, None);
                 self.end_call(call, EndReason::Cancelled);
             }
             CallState::Proceeding if first => {
@@ -1127,6 +1216,8 @@ impl<P: PortAllocator> B2bua<P> {
                 let transport = c.a.peer.transport;
                 let bind = c.binds[Leg::A as usize];
                 let contact = Header::Other("Contact".into(), self.contact(transport, bind));
+                let mut extra = vec![contact];
+                extra.extend(session_timer::forward_response(code, &resp.headers));
                 self.respond(
                     now,
                     atx,
@@ -1134,11 +1225,15 @@ impl<P: PortAllocator> B2bua<P> {
                     200,
                     None,
                     Some(&tag),
-                    vec![contact],
+                    extra,
                     body.map(|b| (SDP, b)),
                 );
                 self.counts.aggregate += 1;
                 self.counts.bump();
+                self.arm_session_timer(now, call, &resp);
+                if let Some(max) = self.cfg.max_call_duration {
+                    self.set_timer(call, CallTimer::MaxDuration, Some(now + max));
+                }
                 for leg in [Leg::A, Leg::B] {
                     if let Some(media) = self.negotiated(call, leg) {
                         self.emit(SessionEvent::MediaUp { call, leg, media });
@@ -1209,7 +1304,9 @@ impl<P: PortAllocator> B2bua<P> {
         }
     }
 
-    fn send_bye(&mut self, now: Instant, call: CallHandle, leg: Leg) {
+    /// Sends BYE on `leg`; `reason` is an RFC 3326 Reason header value for BYEs we originate
+    /// for a reason of our own (session expiry, maximum duration).
+    fn send_bye(&mut self, now: Instant, call: CallHandle, leg: Leg, reason: Option<&str>) {
         let transport = self
             .calls
             .get(&call)
@@ -1221,7 +1318,7 @@ impl<P: PortAllocator> B2bua<P> {
         };
         let d = c.dialog(leg);
         let peer = d.peer;
-        if let Some(bye) = d.request(RequestParts {
+        if let Some(mut bye) = d.request(RequestParts {
             method: "BYE",
             via: &via,
             contact: None,
@@ -1229,22 +1326,40 @@ impl<P: PortAllocator> B2bua<P> {
             cseq: None,
             max_forwards: 70,
         }) {
+            if let Some(r) = reason {
+                bye.headers.push(Header::Other("Reason".into(), r.into()));
+            }
             if let Ok(t) = self.tl.send_request(now, peer, bye) {
                 self.pending.insert(t, Pending::Own);
             }
         }
     }
 
+    /// (Re)arms the session expiry from a 2xx to an INVITE: the interval is the 2xx's
+    /// `Session-Expires`, and a 2xx without one means the session has no expiry any more
+    /// (RFC 4028 §7.2 for the client's view; the proxy learns the same from the 2xx, §8.2).
+    fn arm_session_timer(&mut self, now: Instant, call: CallHandle, resp: &Response) {
+        let se = SessionExpires::from_headers(&resp.headers);
+        let at = se.map(|se| session_timer::bye_deadline(now, se.interval));
+        if let Some(se) = se {
+            debug!(?call, interval = se.interval.as_secs(), refresher = ?se.refresher, "session timer armed");
+        }
+        self.set_timer(call, CallTimer::SessionExpires, at);
+    }
+
     fn hangup(&mut self, now: Instant, call: CallHandle, except: Option<Leg>, reason: EndReason) {
         for leg in [Leg::A, Leg::B] {
             if Some(leg) != except {
-                self.send_bye(now, call, leg);
+                self.send_bye(now, call, leg, reason.reason_header());
             }
         }
         self.end_call(call, reason);
     }
 
     fn end_call(&mut self, call: CallHandle, reason: EndReason) {
+        for t in CallTimer::ALL {
+            self.set_timer(call, t, None);
+        }
         let Some(c) = self.calls.remove(&call) else {
             return;
         };
@@ -1302,7 +1417,7 @@ impl<P: PortAllocator> B2bua<P> {
             Method::Bye => {
                 self.respond(now, tx, &req, 200, None, None, vec![], None);
                 if established {
-                    self.send_bye(now, call, leg.other());
+                    self.send_bye(now, call, leg.other(), None);
                     self.end_call(call, EndReason::Bye(leg));
                 }
             }
@@ -1323,6 +1438,15 @@ impl<P: PortAllocator> B2bua<P> {
                         return self.respond(now, tx, &req, 400, Some(reason), None, vec![], None)
                     }
                 };
+                if req.method == Method::Invite
+                    && session_timer::check_request(&req.headers, self.cfg.min_se)
+                        == RequestCheck::TooSmall
+                {
+                    // RFC 4028 §8.1 applies to session refreshes too; the fork JSON of a
+                    // refused re-INVITE is not acted on.
+                    let min_se = session_timer::min_se_header(self.cfg.min_se);
+                    return self.respond(now, tx, &req, 422, None, None, vec![min_se], None);
+                }
                 if req.method == Method::Info && json.is_some() {
                     // Reference: the INFO fork request is answered 200 at once; the outcome
                     // goes back in a status INFO.
@@ -1410,7 +1534,7 @@ impl<P: PortAllocator> B2bua<P> {
         let method = req.method.to_string();
         let d = c.dialog(to);
         let peer = d.peer;
-        let Some(out) = d.request(RequestParts {
+        let Some(mut out) = d.request(RequestParts {
             method: &method,
             via: &via,
             contact: (req.method == Method::Invite).then_some(contact.as_str()),
@@ -1420,6 +1544,13 @@ impl<P: PortAllocator> B2bua<P> {
         }) else {
             return self.respond(now, tx, &req, 500, None, None, vec![], None);
         };
+        if req.method == Method::Invite {
+            // A re-INVITE is a session refresh (RFC 4028 §7.4); its negotiation passes through.
+            out.headers.extend(session_timer::forward_request(
+                &req.headers,
+                self.cfg.min_se,
+            ));
+        }
         match self.tl.send_request(now, peer, out) {
             Ok(t) => {
                 self.pending.insert(
@@ -1515,10 +1646,16 @@ impl<P: PortAllocator> B2bua<P> {
                 .get(&call)
                 .map(|c| c.dialog_peer(from).transport)
                 .unwrap_or(Transport::Udp);
-            vec![Header::Other(
+            let mut extra = vec![Header::Other(
                 "Contact".into(),
                 self.contact(transport, self.bind_of(call, from)),
-            )]
+            )];
+            extra.extend(session_timer::forward_response(code, &resp.headers));
+            if (200..300).contains(&code) {
+                // A successful refresh: the session interval restarts (RFC 4028 §10).
+                self.arm_session_timer(now, call, &resp);
+            }
+            extra
         } else {
             vec![]
         };

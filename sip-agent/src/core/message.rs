@@ -92,6 +92,8 @@ fn expand_compact(name: &str) -> &str {
         "k" => "Supported",
         "s" => "Subject",
         "e" => "Content-Encoding",
+        // RFC 4028 §4.
+        "x" => "Session-Expires",
         _ => name,
     }
 }
@@ -324,6 +326,7 @@ pub fn reason_phrase(code: u16) -> &'static str {
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         415 => "Unsupported Media Type",
+        422 => "Session Interval Too Small",
         480 => "Temporarily Unavailable",
         481 => "Call/Transaction Does Not Exist",
         482 => "Loop Detected",

@@ -13,6 +13,7 @@ pub mod message;
 pub mod multipart;
 pub mod port_pool;
 pub mod sdp;
+pub mod session_timer;
 #[cfg(test)]
 pub mod testing;
 pub mod transaction;

@@ -97,6 +97,12 @@ pub struct Harness {
 impl Harness {
     /// B2BUA with one route `6XXX` → B, forking enabled.
     pub fn new() -> Self {
+        Self::with_config(|_| {})
+    }
+
+    /// Like [`Harness::new`], with `edit` applied to the config first (session timer minimum,
+    /// maximum call duration).
+    pub fn with_config(edit: impl FnOnce(&mut Config)) -> Self {
         let cfg = Config {
             sip_addr: HOST.parse().expect("host"),
             media_ip: "192.0.2.10".parse().expect("ip"),
@@ -108,7 +114,11 @@ impl Harness {
             }],
             transport_ports: Vec::new(),
             seed: 42,
+            min_se: crate::core::session_timer::MIN_SE_FLOOR,
+            max_call_duration: None,
         };
+        let mut cfg = cfg;
+        edit(&mut cfg);
         Self {
             now: epoch(),
             b2bua: B2bua::new(cfg, TestPorts::default()),
@@ -249,6 +259,18 @@ CSeq: 1 INVITE\r\nContact: <sip:alice@{A_ADDR}>\r\nContent-Type: application/sdp
         body.len()
     );
     message::parse(text.as_bytes()).expect("test INVITE parses")
+}
+
+/// `msg` with extra headers appended (session timer headers in tests).
+pub fn with_headers(mut msg: SipMessage, extra: &[(&str, &str)]) -> SipMessage {
+    let headers = match &mut msg {
+        SipMessage::Request(r) => &mut r.headers,
+        SipMessage::Response(r) => &mut r.headers,
+    };
+    for (n, v) in extra {
+        headers.push(rsip::Header::Other((*n).into(), (*v).into()));
+    }
+    msg
 }
 
 /// A request on leg A's dialog, as the caller would send it: `to_tag` is the B2BUA's tag.

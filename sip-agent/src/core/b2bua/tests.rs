@@ -21,11 +21,22 @@ fn json_of(m: &SipMessage) -> serde_json::Value {
 /// Sets up A→B2BUA→B up to an established call; returns the harness, the B2BUA's tag on leg A
 /// and B's view of the INVITE.
 fn established() -> (Harness, String, Request) {
-    let mut h = Harness::new();
-    h.send_from_a(&invite(
-        "6777",
-        "z9hG4bKa1",
-        &sdp("198.51.100.7", 16384, "0 8 101", ""),
+    established_in(Harness::new(), &[], &[])
+}
+
+/// [`established`] on a given harness, with extra headers on A's INVITE and on B's 200.
+fn established_in(
+    mut h: Harness,
+    invite_extra: &[(&str, &str)],
+    answer_extra: &[(&str, &str)],
+) -> (Harness, String, Request) {
+    h.send_from_a(&with_headers(
+        invite(
+            "6777",
+            "z9hG4bKa1",
+            &sdp("198.51.100.7", 16384, "0 8 101", ""),
+        ),
+        invite_extra,
     ));
     let to_a = h.take_for_a();
     assert_eq!(to_a.iter().map(code).collect::<Vec<_>>(), vec![100]);
@@ -35,12 +46,15 @@ fn established() -> (Harness, String, Request) {
     h.send_from_b(&answer(&b_inv, 180, "btag", B_ADDR, None));
     let ringing = h.take_for_a();
     assert_eq!(ringing.iter().map(code).collect::<Vec<_>>(), vec![180]);
-    h.send_from_b(&answer(
-        &b_inv,
-        200,
-        "btag",
-        B_ADDR,
-        Some(&sdp("203.0.113.20", 20000, "0 101", "")),
+    h.send_from_b(&with_headers(
+        answer(
+            &b_inv,
+            200,
+            "btag",
+            B_ADDR,
+            Some(&sdp("203.0.113.20", 20000, "0 101", "")),
+        ),
+        answer_extra,
     ));
     let to_b = h.take_for_b();
     assert_eq!(
@@ -655,4 +669,385 @@ fn route_patterns() {
         Some(2)
     );
     assert_eq!(RoutePattern::Prefix("+1".into()).score("+44"), None);
+}
+
+// RFC 4028 session timers and the maximum call duration.
+
+/// The Reason headers of the BYEs in `msgs` (one entry per BYE).
+fn bye_reasons(msgs: &[SipMessage]) -> Vec<Vec<String>> {
+    msgs.iter()
+        .filter(|m| code(m) == 0 && method(m) == "BYE")
+        .map(|m| header_values(&request(m).headers, "Reason"))
+        .collect()
+}
+
+/// Answers every BYE in `msgs` with 200 from `peer`.
+fn ok_byes(h: &mut Harness, msgs: &[SipMessage], from_b: bool) {
+    for m in msgs.iter().filter(|m| code(m) == 0 && method(m) == "BYE") {
+        let ok = answer(
+            request(m),
+            200,
+            "x",
+            if from_b { B_ADDR } else { A_ADDR },
+            None,
+        );
+        if from_b {
+            h.send_from_b(&ok);
+        } else {
+            h.send_from_a(&ok);
+        }
+    }
+}
+
+/// Checks a release by timer: one BYE per leg with `reason`, media down, call ended with
+/// `why`, counts and ports back, no call timer left.
+fn assert_released(h: &mut Harness, reason: &str, why: EndReason) {
+    let to_a = h.take_for_a();
+    let to_b = h.take_for_b();
+    assert_eq!(
+        bye_reasons(&to_a),
+        vec![vec![reason.to_string()]],
+        "{to_a:?}"
+    );
+    assert_eq!(
+        bye_reasons(&to_b),
+        vec![vec![reason.to_string()]],
+        "{to_b:?}"
+    );
+    let ev = h.take_events();
+    assert!(
+        matches!(
+            ev.as_slice(),
+            [
+                SessionEvent::MediaDown { .. },
+                SessionEvent::CallEnded { reason, .. }
+            ] if *reason == why
+        ),
+        "{ev:?}"
+    );
+    assert_eq!(h.b2bua.call_count(), 0);
+    assert_eq!(h.b2bua.counts().aggregate, 0);
+    assert!(h.b2bua.ports().live.is_empty(), "ports released");
+    assert_eq!(h.b2bua.timeout_reason(), None);
+    ok_byes(h, &to_a, false);
+    ok_byes(h, &to_b, true);
+}
+
+const SE_REASON: &str = "SIP;cause=408;text=\"Session expired\"";
+const MAX_REASON: &str = "Q.850;cause=102;text=\"Maximum call duration\"";
+
+#[test]
+fn session_expires_without_refresh_releases_both_legs() {
+    let (mut h, _, b_inv) = established_in(
+        Harness::new(),
+        &[
+            ("Session-Expires", "90;refresher=uac"),
+            ("Supported", "100rel, timer"),
+        ],
+        &[
+            ("Session-Expires", "90;refresher=uac"),
+            ("Require", "timer"),
+        ],
+    );
+    // The negotiation passes through: only the timer tag, our Min-SE added.
+    assert_eq!(
+        header_values(&b_inv.headers, "Session-Expires"),
+        vec!["90;refresher=uac"]
+    );
+    assert_eq!(header_values(&b_inv.headers, "Min-SE"), vec!["90"]);
+    assert_eq!(header_values(&b_inv.headers, "Supported"), vec!["timer"]);
+    let start = h.now;
+    h.take_events();
+    // §10: BYE at 90 - min(32, 30) = 60 s after the 2xx, not before.
+    h.advance(Duration::from_secs(59));
+    assert!(bye_reasons(&h.take_for_a()).is_empty());
+    assert!(bye_reasons(&h.take_for_b()).is_empty());
+    assert_eq!(
+        h.b2bua.timeout_reason().map(|(_, t, at)| (t, at)),
+        Some((CallTimer::SessionExpires, start + Duration::from_secs(60)))
+    );
+    h.advance(Duration::from_secs(1));
+    assert_released(&mut h, SE_REASON, EndReason::SessionExpired);
+}
+
+#[test]
+fn session_timer_headers_reach_the_caller_in_the_2xx() {
+    let mut h = Harness::new();
+    h.send_from_a(&with_headers(
+        invite("6777", "z9hG4bKs2", &sdp("198.51.100.7", 16384, "0", "")),
+        &[("Supported", "timer")],
+    ));
+    h.take_for_a();
+    let b_inv = request(&h.take_for_b()[0]).clone();
+    h.send_from_b(&with_headers(
+        answer(
+            &b_inv,
+            200,
+            "btag",
+            B_ADDR,
+            Some(&sdp("203.0.113.20", 20000, "0", "")),
+        ),
+        &[
+            ("Session-Expires", "1800;refresher=uas"),
+            ("Require", "timer"),
+        ],
+    ));
+    let to_a = h.take_for_a();
+    let SipMessage::Response(ok) = &to_a[0] else {
+        panic!("{to_a:?}")
+    };
+    assert_eq!(
+        header_values(&ok.headers, "Session-Expires"),
+        vec!["1800;refresher=uas"]
+    );
+    assert_eq!(header_values(&ok.headers, "Require"), vec!["timer"]);
+    // 1800 s interval: BYE at 1800 - 32 s.
+    let (_, t, at) = h.b2bua.timeout_reason().expect("armed");
+    assert_eq!(
+        (t, at),
+        (CallTimer::SessionExpires, h.now + Duration::from_secs(1768))
+    );
+}
+
+#[test]
+fn refresh_rearms_the_session_timer() {
+    let (mut h, tag, _) = established_in(
+        Harness::new(),
+        &[
+            ("Session-Expires", "120;refresher=uac"),
+            ("Supported", "timer"),
+        ],
+        &[
+            ("Session-Expires", "120;refresher=uac"),
+            ("Require", "timer"),
+        ],
+    );
+    h.take_events();
+    // First deadline: 120 - 32 = 88 s. The caller refreshes at 80 s with a re-INVITE.
+    h.advance(Duration::from_secs(80));
+    let refresh_at = h.now;
+    h.send_from_a(&with_headers(
+        a_in_dialog(
+            "INVITE",
+            2,
+            "z9hG4bKref1",
+            &tag,
+            Some("application/sdp"),
+            sdp("198.51.100.7", 16384, "0 101", "").as_bytes(),
+        ),
+        &[
+            ("Session-Expires", "150;refresher=uac"),
+            ("Supported", "timer"),
+        ],
+    ));
+    let re = request(&h.take_for_b()[0]).clone();
+    assert_eq!(
+        header_values(&re.headers, "Session-Expires"),
+        vec!["150;refresher=uac"],
+        "the refresh passes through"
+    );
+    h.send_from_b(&with_headers(
+        answer(
+            &re,
+            200,
+            "btag",
+            B_ADDR,
+            Some(&sdp("203.0.113.20", 20000, "0 101", "")),
+        ),
+        &[
+            ("Session-Expires", "150;refresher=uac"),
+            ("Require", "timer"),
+        ],
+    ));
+    let to_a = h.take_for_a();
+    let ok = to_a.iter().find(|m| code(m) == 200).expect("200 to A");
+    let SipMessage::Response(ok) = ok else {
+        unreachable!("a code")
+    };
+    assert_eq!(
+        header_values(&ok.headers, "Session-Expires"),
+        vec!["150;refresher=uac"]
+    );
+    h.take_events(); // the refresh's offer differs from the first one: MediaChanged
+                     // New interval 150 s: BYE at refresh + 150 - 32 = 118 s, so nothing at the old 88 s.
+    h.advance(Duration::from_secs(30));
+    assert!(bye_reasons(&h.take_for_b()).is_empty(), "old deadline gone");
+    assert_eq!(
+        h.b2bua.timeout_reason().map(|(_, _, at)| at),
+        Some(refresh_at + Duration::from_secs(118))
+    );
+    h.advance(refresh_at + Duration::from_secs(118) - h.now);
+    assert_released(&mut h, SE_REASON, EndReason::SessionExpired);
+}
+
+#[test]
+fn a_refresh_without_session_expires_ends_the_timer() {
+    let (mut h, tag, _) = established_in(
+        Harness::new(),
+        &[("Session-Expires", "90"), ("Supported", "timer")],
+        &[("Session-Expires", "90;refresher=uac")],
+    );
+    h.send_from_a(&a_in_dialog(
+        "INVITE",
+        2,
+        "z9hG4bKref2",
+        &tag,
+        Some("application/sdp"),
+        sdp("198.51.100.7", 16384, "0 101", "").as_bytes(),
+    ));
+    let re = request(&h.take_for_b()[0]).clone();
+    assert!(header_values(&re.headers, "Session-Expires").is_empty());
+    h.send_from_b(&answer(
+        &re,
+        200,
+        "btag",
+        B_ADDR,
+        Some(&sdp("203.0.113.20", 20000, "0 101", "")),
+    ));
+    assert_eq!(
+        h.b2bua.timeout_reason(),
+        None,
+        "§7.2: no Session-Expires, no expiry"
+    );
+    h.advance(Duration::from_secs(3600));
+    assert!(bye_reasons(&h.take_for_a()).is_empty());
+    assert_eq!(h.b2bua.call_count(), 1);
+}
+
+#[test]
+fn session_expires_below_min_se_gets_422() {
+    let mut h = Harness::with_config(|c| c.min_se = Duration::from_secs(1800));
+    h.send_from_a(&with_headers(
+        invite("6777", "z9hG4bKs4", &sdp("198.51.100.7", 16384, "0", "")),
+        &[("Session-Expires", "90"), ("Supported", "timer")],
+    ));
+    let to_a = h.take_for_a();
+    assert_eq!(to_a.iter().map(code).collect::<Vec<_>>(), vec![100, 422]);
+    let SipMessage::Response(r) = &to_a[1] else {
+        unreachable!("a code")
+    };
+    assert_eq!(header_values(&r.headers, "Min-SE"), vec!["1800"]);
+    let raw = String::from_utf8(h.wire.last().expect("sent").1.clone()).expect("utf8");
+    assert!(
+        raw.starts_with("SIP/2.0 422 Session Interval Too Small\r\n"),
+        "{raw}"
+    );
+    assert!(h.take_for_b().is_empty());
+    assert_eq!(h.b2bua.call_count(), 0);
+    assert!(h.b2bua.ports().live.is_empty());
+
+    // A caller without Supported: timer cannot act on a 422 (§8.1): raised on the way through.
+    h.send_from_a(&with_headers(
+        invite("6777", "z9hG4bKs5", &sdp("198.51.100.7", 16384, "0", "")),
+        &[("Session-Expires", "90")],
+    ));
+    let b_inv = request(&h.take_for_b()[0]).clone();
+    assert_eq!(
+        header_values(&b_inv.headers, "Session-Expires"),
+        vec!["1800"]
+    );
+    assert_eq!(header_values(&b_inv.headers, "Min-SE"), vec!["1800"]);
+    // B answering 422 itself: relayed with its Min-SE.
+    h.take_for_a();
+    h.send_from_b(&with_headers(
+        answer(&b_inv, 422, "btag", B_ADDR, None),
+        &[("Min-SE", "3600")],
+    ));
+    let to_a = h.take_for_a();
+    let r = to_a.iter().find(|m| code(m) == 422).expect("422 relayed");
+    let SipMessage::Response(r) = r else {
+        unreachable!("a code")
+    };
+    assert_eq!(header_values(&r.headers, "Min-SE"), vec!["3600"]);
+}
+
+#[test]
+fn reinvite_below_min_se_gets_422_and_is_not_relayed() {
+    let (mut h, tag, _) = established_in(
+        Harness::with_config(|c| c.min_se = Duration::from_secs(600)),
+        &[("Session-Expires", "900"), ("Supported", "timer")],
+        &[("Session-Expires", "900;refresher=uac")],
+    );
+    let armed = h.b2bua.timeout_reason();
+    h.send_from_a(&with_headers(
+        a_in_dialog(
+            "INVITE",
+            2,
+            "z9hG4bKs6",
+            &tag,
+            Some("application/sdp"),
+            sdp("198.51.100.7", 16384, "0 101", "").as_bytes(),
+        ),
+        &[("Session-Expires", "300"), ("Supported", "timer")],
+    ));
+    let to_a = h.take_for_a();
+    assert!(to_a.iter().any(|m| code(m) == 422), "{to_a:?}");
+    assert!(h.take_for_b().is_empty());
+    assert_eq!(
+        h.b2bua.timeout_reason(),
+        armed,
+        "a refused refresh re-arms nothing"
+    );
+}
+
+#[test]
+fn max_duration_releases_the_call() {
+    let h = Harness::with_config(|c| c.max_call_duration = Some(Duration::from_secs(3)));
+    let (mut h, _, _) = established_in(h, &[], &[]);
+    h.take_events();
+    h.advance(Duration::from_millis(2999));
+    assert!(bye_reasons(&h.take_for_a()).is_empty());
+    assert_eq!(h.b2bua.call_count(), 1);
+    h.advance(Duration::from_millis(1));
+    assert_released(&mut h, MAX_REASON, EndReason::MaxDuration);
+    // The BYEs were answered: every transaction drains, nothing else is sent.
+    h.advance(Duration::from_secs(120));
+    assert!(h.take_for_a().is_empty());
+    assert!(h.take_for_b().is_empty());
+    assert_eq!(h.b2bua.poll_timeout(), None);
+}
+
+#[test]
+fn the_sooner_of_session_expiry_and_max_duration_wins() {
+    let h = Harness::with_config(|c| c.max_call_duration = Some(Duration::from_secs(30)));
+    let (mut h, _, _) = established_in(
+        h,
+        &[("Session-Expires", "90"), ("Supported", "timer")],
+        &[("Session-Expires", "90;refresher=uas")],
+    );
+    h.take_events();
+    h.advance(Duration::from_secs(30));
+    assert_released(&mut h, MAX_REASON, EndReason::MaxDuration);
+    h.advance(Duration::from_secs(60));
+    assert!(
+        bye_reasons(&h.take_for_a()).is_empty(),
+        "session timer went with the call"
+    );
+}
+
+#[test]
+fn nothing_fires_after_a_normal_bye() {
+    let h = Harness::with_config(|c| c.max_call_duration = Some(Duration::from_secs(10)));
+    let (mut h, tag, _) = established_in(
+        h,
+        &[("Session-Expires", "90"), ("Supported", "timer")],
+        &[("Session-Expires", "90;refresher=uac")],
+    );
+    h.take_events();
+    h.advance(Duration::from_secs(5));
+    h.send_from_a(&a_in_dialog("BYE", 2, "z9hG4bKbye2", &tag, None, b""));
+    let to_b = h.take_for_b();
+    assert_eq!(
+        bye_reasons(&to_b),
+        vec![Vec::<String>::new()],
+        "relayed BYE, no Reason"
+    );
+    ok_byes(&mut h, &to_b, true);
+    assert_eq!(h.b2bua.timeout_reason(), None);
+    h.take_for_a();
+    h.take_events();
+    h.advance(Duration::from_secs(600));
+    assert!(h.take_for_a().is_empty());
+    assert!(h.take_for_b().is_empty());
+    assert!(h.take_events().is_empty());
 }
