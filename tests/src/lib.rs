@@ -70,7 +70,8 @@ pub fn require_root() -> Result<()> {
     Ok(())
 }
 
-fn run(cmd: &str, args: &[&str]) -> Result<String> {
+/// Run `cmd` in this process's network namespace; its stdout, or an error with its stderr.
+pub fn run(cmd: &str, args: &[&str]) -> Result<String> {
     let out = Command::new(cmd)
         .args(args)
         .output()

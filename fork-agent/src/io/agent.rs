@@ -688,16 +688,50 @@ impl Agent {
     /// Copy one next hop's MACs from the kernel neighbour table into `NEIGHBOURS`; true when
     /// the entry is resolved.
     fn refresh_neighbour(&mut self, key: &NeighKey) -> bool {
+        match (netdev::neighbour_table(), netdev::link_macs()) {
+            (Ok(table), Ok(macs)) => self.apply_neighbour(key, &table, &macs),
+            (Err(e), _) | (_, Err(e)) => {
+                warn!("cannot read the neighbour table: {e:#}");
+                false
+            }
+        }
+    }
+
+    /// Follow MAC changes (and late resolutions) of every next hop in use: one neighbour dump
+    /// and one interface listing for all of them.
+    fn refresh_neighbours(&mut self) {
+        if self.neighbours.is_empty() {
+            return;
+        }
+        let (table, macs) = match (netdev::neighbour_table(), netdev::link_macs()) {
+            (Ok(t), Ok(m)) => (t, m),
+            (Err(e), _) | (_, Err(e)) => {
+                warn!("cannot read the neighbour table: {e:#}");
+                return;
+            }
+        };
+        let keys: Vec<NeighKey> = self.neighbours.keys().copied().collect();
+        for k in keys {
+            self.apply_neighbour(&k, &table, &macs);
+        }
+    }
+
+    fn apply_neighbour(
+        &mut self,
+        key: &NeighKey,
+        table: &netdev::NeighbourTable,
+        macs: &HashMap<String, [u8; 6]>,
+    ) -> bool {
         let Some((dev, hop)) = self.neighbours.get(key).cloned() else {
             return false;
         };
-        let (Ok(Some(dmac)), Ok(smac)) = (netdev::neighbour_mac(&dev, hop), netdev::mac_of(&dev))
+        let (Some(Some(dmac)), Some(smac)) = (table.get(&(key.ifindex, hop)), macs.get(&dev))
         else {
             return false;
         };
         let value = NeighValue {
-            dmac,
-            smac,
+            dmac: *dmac,
+            smac: *smac,
             _pad: [0; 4],
         };
         if self.dp.neighbours.get(key, 0).ok() != Some(value) {
@@ -708,14 +742,6 @@ impl Agent {
             info!(%hop, %dev, "next hop resolved for the kernel relay");
         }
         true
-    }
-
-    /// Follow MAC changes (and late resolutions) of every next hop in use.
-    fn refresh_neighbours(&mut self) {
-        let keys: Vec<NeighKey> = self.neighbours.keys().copied().collect();
-        for k in keys {
-            self.refresh_neighbour(&k);
-        }
     }
 
     fn show_flows(&self) -> Result<Value> {

@@ -1,9 +1,18 @@
-//! Interface plumbing through iproute2: interface indexes, the fork veth pair, and managed
-//! neighbour entries so the kernel relay can resolve next hops before the first packet.
+//! Interface plumbing: interface indexes, the fork veth pair and managed neighbour entries
+//! through iproute2 (rare: start and new next hops), and the neighbour table and interface MACs
+//! through rtnetlink and getifaddrs (every second: no process per next hop).
 
-use std::{net::IpAddr, process::Command};
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    os::fd::AsRawFd,
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+};
 
 use anyhow::{bail, Context, Result};
+
+use crate::core::neigh_dump;
 
 /// ifindex of `name` in this network namespace.
 pub fn ifindex(name: &str) -> Result<u32> {
@@ -79,55 +88,63 @@ pub fn keep_neighbour_resolved(dev: &str, hop: IpAddr) -> Result<()> {
     Ok(())
 }
 
-/// The MAC address of interface `dev` (through netlink, so it works in any network namespace;
-/// /sys/class/net shows the namespace sysfs was mounted in).
-pub fn mac_of(dev: &str) -> Result<[u8; 6]> {
-    let out = ip(&["-j", "link", "show", "dev", dev])?;
-    let v: serde_json::Value =
-        serde_json::from_str(out.trim()).context("unexpected `ip -j link` output")?;
-    v.as_array()
-        .and_then(|a| a.first())
-        .and_then(|e| e["address"].as_str())
-        .and_then(parse_mac)
-        .with_context(|| format!("{dev} has no Ethernet address"))
+/// A neighbour table: (ifindex, address) → MAC (`None` while incomplete or failed).
+pub type NeighbourTable = HashMap<(u32, IpAddr), Option<[u8; 6]>>;
+
+/// The whole neighbour table of this network namespace, one rtnetlink dump.
+pub fn neighbour_table() -> Result<NeighbourTable> {
+    use nix::sys::socket::{
+        recv, sendto, socket, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol,
+        SockType,
+    };
+    static SEQ: AtomicU32 = AtomicU32::new(1);
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    let fd = socket(
+        AddressFamily::Netlink,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::NetlinkRoute,
+    )
+    .context("opening an rtnetlink socket")?;
+    // The kernel answers a dump at once; the timeout only bounds a kernel that does not.
+    let timeout = nix::sys::time::TimeVal::new(1, 0);
+    nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::ReceiveTimeout, &timeout)?;
+    sendto(
+        fd.as_raw_fd(),
+        &neigh_dump::request(seq),
+        &NetlinkAddr::new(0, 0),
+        MsgFlags::empty(),
+    )
+    .context("sending the neighbour dump request")?;
+    let mut table = HashMap::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    // A dump of even thousands of entries takes a few datagrams; the bound stops a runaway.
+    for _ in 0..10_000 {
+        let n = recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty())
+            .context("receiving the neighbour dump")?;
+        let parsed = neigh_dump::parse(&buf[..n], seq)?;
+        for e in parsed.entries {
+            table.insert((e.ifindex, e.addr), e.mac);
+        }
+        if parsed.done {
+            return Ok(table);
+        }
+    }
+    bail!("the neighbour dump did not end")
 }
 
-/// The resolved link-layer address of `hop` on `dev`, if the neighbour table has one.
-pub fn neighbour_mac(dev: &str, hop: IpAddr) -> Result<Option<[u8; 6]>> {
-    let out = ip(&["-j", "neigh", "show", "to", &hop.to_string(), "dev", dev])?;
-    let v: serde_json::Value =
-        serde_json::from_str(out.trim()).context("unexpected `ip -j neigh` output")?;
-    let entry = v.as_array().and_then(|a| a.first());
-    let failed = entry
-        .and_then(|e| e["state"].as_array())
-        .is_some_and(|st| st.iter().any(|s| s == "FAILED" || s == "INCOMPLETE"));
-    if failed {
-        return Ok(None);
+/// The MAC address of every interface of this network namespace that has one.
+pub fn link_macs() -> Result<HashMap<String, [u8; 6]>> {
+    let mut out = HashMap::new();
+    for ifa in nix::ifaddrs::getifaddrs().context("listing interfaces (getifaddrs)")? {
+        if let Some(mac) = ifa
+            .address
+            .as_ref()
+            .and_then(|a| a.as_link_addr())
+            .and_then(|l| l.addr())
+        {
+            out.insert(ifa.interface_name, mac);
+        }
     }
-    Ok(entry.and_then(|e| e["lladdr"].as_str()).and_then(parse_mac))
-}
-
-pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = s.split(':');
-    for b in &mut mac {
-        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_mac;
-
-    #[test]
-    fn macs() {
-        assert_eq!(
-            parse_mac("1a:1a:2c:01:9e:ba"),
-            Some([0x1a, 0x1a, 0x2c, 0x01, 0x9e, 0xba])
-        );
-        assert_eq!(parse_mac("1a:1a:2c:01:9e"), None);
-        assert_eq!(parse_mac("1a:1a:2c:01:9e:ba:00"), None);
-        assert_eq!(parse_mac("zz:1a:2c:01:9e:ba"), None);
-    }
+    Ok(out)
 }
