@@ -41,6 +41,10 @@ pub(crate) struct Args {
     /// Offered rates in packets per second, comma-separated; `max` means unpaced.
     #[arg(long, default_value = "50000,100000,200000,400000,max")]
     rates: String,
+    /// `relay` only: calls the offered rate is spread over, comma-separated (each call its own
+    /// port pair and SSRC; 2000 calls at 100k pkt/s is 50 pkt/s per call, like G.711).
+    #[arg(long, default_value = "2000")]
+    relay_calls: String,
     /// Where the report and the raw points go.
     #[arg(long, default_value = "target/bench")]
     out: String,
@@ -157,6 +161,10 @@ pub(crate) fn run(args: Args) -> Result<()> {
             .args([which, "--reps", &args.reps.to_string()])
             .args(["--secs", &args.secs.to_string(), "--rates", &args.rates])
             .args(["--out", &args.out])
+            .args(match args.which {
+                Which::Relay => vec!["--relay-calls", args.relay_calls.as_str()],
+                _ => vec![],
+            })
             .args(match args.which {
                 Which::Fork => vec!["--streams", args.streams.as_str()],
                 _ => vec![],

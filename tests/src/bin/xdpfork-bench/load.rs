@@ -1,11 +1,18 @@
 //! Load generator and counting receiver of the benchmarks.
 //!
-//! Input: a UDP socket in the caller namespace (connected to the relay's address), the offered
-//! rate, the duration and a datagram template; a socket in the callee namespace for the
-//! receiver. Output: [`GenStats`] (datagrams sent, the generator thread's CPU time) and
-//! [`RecvStats`] (datagrams of this run received, their latencies, the receiver thread's CPU
-//! time). Call order: [`spawn_receiver`] first, then [`generate`] on another thread, then set
+//! Input: a UDP socket in the caller namespace (connected to the relay's address, or unconnected
+//! with a [`CallSet`] of destinations), the offered rate, the duration and a datagram template;
+//! a socket in the callee namespace for the receiver. Output: [`GenStats`] (datagrams sent, the
+//! generator thread's CPU time) and [`RecvStats`] (datagrams of this run received, per call,
+//! their latencies, the receiver thread's CPU time). Call order: [`spawn_receiver`] first, then
+//! [`generate`] (one destination) or [`generate_calls`] (many calls) on another thread, then set
 //! the receiver's stop flag once the relay has drained and join it.
+//!
+//! Many calls: the offered rate is spread evenly over the first `n` calls of a [`CallSet`].
+//! Datagram `k` of a run goes to call `k mod n`, so each call gets every `n`-th datagram, i.e.
+//! `rate / n` per second evenly spaced, as `n` independent G.711 streams would at 50 pkt/s when
+//! `rate = 50 n`. Each call has its own RTP sequence, timestamp and SSRC, and the call index is
+//! written right after the stamp so the receiver counts per call.
 //!
 //! Every datagram carries a [`Stamp`] at a fixed offset: a magic word, the run id (so late
 //! datagrams of the previous point are not counted), a sequence number and the send time on two
@@ -25,6 +32,8 @@ use std::{
     thread::JoinHandle,
     time::{Duration, Instant},
 };
+
+use std::net::SocketAddr;
 
 use anyhow::{bail, Result};
 use nix::libc;
@@ -126,6 +135,55 @@ pub struct Template {
     pub seq_base: u64,
 }
 
+/// Destinations of a many-call load: call `i` is sent to `dests[i]`, with its own SSRC and RTP
+/// sequence (continued across points, as a live stream would).
+#[derive(Default)]
+pub struct CallSet {
+    pub dests: Vec<libc::sockaddr_in>,
+    /// Next sequence handed to the template's `patch`, per call.
+    pub next_seq: Vec<u64>,
+    /// Offset of the 32-bit per-call identifier in the datagram (the RTP SSRC: 8), written as
+    /// `ssrc_base + call index`.
+    pub ssrc_at: usize,
+    pub ssrc_base: u32,
+}
+
+impl CallSet {
+    /// Calls sending to `dests` (IPv4) with RTP's SSRC at offset 8.
+    pub fn rtp(dests: &[SocketAddr], ssrc_base: u32) -> Result<CallSet> {
+        Ok(CallSet {
+            dests: dests.iter().map(|a| sockaddr(*a)).collect::<Result<_>>()?,
+            next_seq: vec![0; dests.len()],
+            ssrc_at: 8,
+            ssrc_base,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.dests.len()
+    }
+}
+
+/// An IPv4 socket address as `sendmmsg` takes it.
+pub fn sockaddr(a: SocketAddr) -> Result<libc::sockaddr_in> {
+    let SocketAddr::V4(a) = a else {
+        bail!("the benchmark load is IPv4 only: {a}");
+    };
+    // SAFETY: sockaddr_in is plain data; all-zero is valid before the fields are set.
+    let mut s: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    s.sin_family = libc::AF_INET as libc::sa_family_t;
+    s.sin_port = a.port().to_be();
+    s.sin_addr.s_addr = u32::from(*a.ip()).to_be();
+    Ok(s)
+}
+
+/// Datagrams of a run of `sent` datagrams over `n` calls that call `c` was sent (datagram `k`
+/// goes to call `k mod n`).
+pub fn sent_to_call(sent: u64, n: usize, c: usize) -> u64 {
+    let n = n.max(1) as u64;
+    sent / n + u64::from((c as u64) < sent % n)
+}
+
 /// Result of one generator run.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct GenStats {
@@ -142,6 +200,40 @@ pub struct GenStats {
 pub fn generate(
     sock: &UdpSocket,
     template: &Template,
+    run: u32,
+    rate: Option<u64>,
+    duration: Duration,
+) -> Result<GenStats> {
+    generate_inner(sock, template, None, run, rate, duration)
+}
+
+/// [`generate`] over the first `n` calls of `calls` on the unconnected socket `sock`: datagram
+/// `k` of the run goes to call `k mod n` (see the module doc), carrying that call's SSRC, RTP
+/// sequence and, after the stamp, its index. `calls.next_seq` is advanced by what was sent.
+pub fn generate_calls(
+    sock: &UdpSocket,
+    template: &Template,
+    calls: &mut CallSet,
+    n: usize,
+    run: u32,
+    rate: Option<u64>,
+    duration: Duration,
+) -> Result<GenStats> {
+    if n == 0 || n > calls.len() {
+        bail!("{n} calls asked, {} set up", calls.len());
+    }
+    if template.bytes.len() < template.stamp_at + STAMP_LEN + 4
+        || template.bytes.len() < calls.ssrc_at + 4
+    {
+        bail!("datagram too short for the stamp, the call index and the SSRC");
+    }
+    generate_inner(sock, template, Some((calls, n)), run, rate, duration)
+}
+
+fn generate_inner(
+    sock: &UdpSocket,
+    template: &Template,
+    mut calls: Option<(&mut CallSet, usize)>,
     run: u32,
     rate: Option<u64>,
     duration: Duration,
@@ -188,9 +280,24 @@ pub fn generate(
             }
         };
         let (mono, real) = (mono_ns(), real_ns());
-        for (i, b) in bufs.iter_mut().take(n).enumerate() {
+        for (i, (b, m)) in bufs.iter_mut().zip(msgs.iter_mut()).take(n).enumerate() {
             let seq = stats.sent + i as u64;
-            (template.patch)(b, template.seq_base + seq);
+            match calls.as_mut() {
+                None => (template.patch)(b, template.seq_base + seq),
+                Some((set, ncalls)) => {
+                    let c = (seq % *ncalls as u64) as usize;
+                    // The call's own sequence; advanced below only for what was sent.
+                    (template.patch)(b, set.next_seq[c]);
+                    let ssrc = set.ssrc_base.wrapping_add(c as u32);
+                    b[set.ssrc_at..set.ssrc_at + 4].copy_from_slice(&ssrc.to_be_bytes());
+                    let at = template.stamp_at + STAMP_LEN;
+                    b[at..at + 4].copy_from_slice(&(c as u32).to_be_bytes());
+                    m.msg_hdr.msg_name = (&set.dests[c] as *const libc::sockaddr_in)
+                        .cast_mut()
+                        .cast();
+                    m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
+                }
+            }
             Stamp {
                 run,
                 seq,
@@ -199,7 +306,8 @@ pub fn generate(
             }
             .write(&mut b[template.stamp_at..]);
         }
-        // SAFETY: msgs points at n valid iovecs over live buffers; the socket is connected.
+        // SAFETY: msgs points at n valid iovecs over live buffers; the socket is connected, or
+        // every header names a call's address in `calls`, which outlives the call.
         let r = unsafe { libc::sendmmsg(sock.as_raw_fd(), msgs.as_mut_ptr(), n as u32, 0) };
         if r < 0 {
             let e = std::io::Error::last_os_error();
@@ -210,6 +318,11 @@ pub fn generate(
                     continue;
                 }
                 _ => bail!("sendmmsg: {e}"),
+            }
+        }
+        if let Some((set, ncalls)) = calls.as_mut() {
+            for i in 0..r as u64 {
+                set.next_seq[((stats.sent + i) % *ncalls as u64) as usize] += 1;
             }
         }
         stats.sent += r as u64;
@@ -232,19 +345,39 @@ pub struct RecvStats {
     pub lat_kernel_ns: Vec<u32>,
     /// Receiver's CLOCK_MONOTONIC after `recvmmsg` − send time, per datagram, ns.
     pub lat_app_ns: Vec<u32>,
+    /// Datagrams of this run received per call index (empty for a one-destination load).
+    pub per_call: Vec<u64>,
     pub cpu_ns: u64,
 }
 
+impl RecvStats {
+    /// (calls that lost at least one datagram, calls that received nothing) of a run of `sent`
+    /// datagrams over `per_call.len()` calls.
+    pub fn call_losses(&self, sent: u64) -> (usize, usize) {
+        let n = self.per_call.len();
+        let mut lossy = 0;
+        let mut silent = 0;
+        for (c, got) in self.per_call.iter().enumerate() {
+            let want = sent_to_call(sent, n, c);
+            lossy += usize::from(*got < want);
+            silent += usize::from(*got == 0 && want > 0);
+        }
+        (lossy, silent)
+    }
+}
+
 /// Receive on a thread until `stop` is set (checked every 20 ms), counting datagrams whose stamp
-/// (at `stamp_at` in what arrives) carries `run`. The socket gets a 32 MiB receive buffer
-/// (`SO_RCVBUFFORCE`) so that the receiver is never where datagrams are lost.
+/// (at `stamp_at` in what arrives) carries `run`; with `calls > 0` also per call index (the
+/// 32-bit word after the stamp, see [`generate_calls`]). The socket gets a 32 MiB receive
+/// buffer (`SO_RCVBUFFORCE`) so that the receiver is never where datagrams are lost.
 pub fn spawn_receiver(
     sock: UdpSocket,
     stamp_at: usize,
+    calls: usize,
     run: u32,
     stop: Arc<AtomicBool>,
 ) -> JoinHandle<Result<RecvStats>> {
-    std::thread::spawn(move || receive(&sock, stamp_at, run, &stop))
+    std::thread::spawn(move || receive(&sock, stamp_at, calls, run, &stop))
 }
 
 fn setsockopt_int(sock: &UdpSocket, level: i32, name: i32, value: i32) -> Result<()> {
@@ -270,13 +403,22 @@ fn setsockopt_int(sock: &UdpSocket, level: i32, name: i32, value: i32) -> Result
 /// Room for one SCM_TIMESTAMPNS control message.
 const CMSG_SPACE: usize = 64;
 
-fn receive(sock: &UdpSocket, stamp_at: usize, run: u32, stop: &AtomicBool) -> Result<RecvStats> {
+fn receive(
+    sock: &UdpSocket,
+    stamp_at: usize,
+    calls: usize,
+    run: u32,
+    stop: &AtomicBool,
+) -> Result<RecvStats> {
     boost_thread();
     setsockopt_int(sock, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 32 << 20)?;
     setsockopt_int(sock, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1)?;
     sock.set_read_timeout(Some(Duration::from_millis(20)))?;
     let cpu0 = thread_cpu_ns();
-    let mut stats = RecvStats::default();
+    let mut stats = RecvStats {
+        per_call: vec![0; calls],
+        ..RecvStats::default()
+    };
     let mut seen = Vec::<u64>::new(); // bitmap of sequence numbers
     let mut bufs = vec![[0u8; 2048]; BATCH];
     let mut ctrl = vec![[0u8; CMSG_SPACE]; BATCH];
@@ -334,6 +476,15 @@ fn receive(sock: &UdpSocket, stamp_at: usize, run: u32, stop: &AtomicBool) -> Re
             }
             seen[word] |= 1 << bit;
             stats.received += 1;
+            if calls > 0 {
+                let at = stamp_at + STAMP_LEN;
+                if let Some(c) = bufs[i].get(at..at + 4).filter(|_| at + 4 <= len) {
+                    let c = u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize;
+                    if let Some(n) = stats.per_call.get_mut(c) {
+                        *n += 1;
+                    }
+                }
+            }
             stats
                 .lat_app_ns
                 .push(now_mono.saturating_sub(st.mono_ns).min(u64::from(u32::MAX)) as u32);
@@ -393,6 +544,67 @@ mod tests {
         b[0] ^= 1;
         assert_eq!(Stamp::read(&b), None);
         assert_eq!(Stamp::read(&b[..10]), None);
+    }
+
+    #[test]
+    fn calls_share_a_run_evenly_and_losses_are_per_call() {
+        // 10 datagrams over 4 calls: calls 0 and 1 get 3, calls 2 and 3 get 2.
+        let want: Vec<u64> = (0..4).map(|c| sent_to_call(10, 4, c)).collect();
+        assert_eq!(want, [3, 3, 2, 2]);
+        assert_eq!(want.iter().sum::<u64>(), 10);
+        let r = RecvStats {
+            per_call: vec![3, 2, 0, 2],
+            ..RecvStats::default()
+        };
+        assert_eq!(r.call_losses(10), (2, 1), "call 1 short, call 2 silent");
+    }
+
+    #[test]
+    fn generator_spreads_datagrams_over_calls_with_their_own_ssrc_and_sequence() {
+        let rx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let rx2 = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let tx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let dests = [
+            rx.local_addr().expect("addr"),
+            rx2.local_addr().expect("addr"),
+        ];
+        let mut calls = CallSet::rtp(&dests, 0x1000).expect("ipv4");
+        let template = Template {
+            bytes: vec![0u8; 12 + 160],
+            stamp_at: 12,
+            patch: |b, seq| b[2..4].copy_from_slice(&(seq as u16).to_be_bytes()),
+            seq_base: 0,
+        };
+        // Unpaced for a few ms; loopback drops nothing at this size within the buffers.
+        let g = generate_calls(
+            &tx,
+            &template,
+            &mut calls,
+            2,
+            9,
+            Some(2_000),
+            Duration::from_millis(5),
+        )
+        .expect("sends");
+        assert!(g.sent >= 2, "sent {}", g.sent);
+        assert_eq!(
+            calls.next_seq,
+            [sent_to_call(g.sent, 2, 0), sent_to_call(g.sent, 2, 1)]
+        );
+        let mut buf = [0u8; 256];
+        for (c, s) in [&rx, &rx2].into_iter().enumerate() {
+            let n = s.recv(&mut buf).expect("first datagram of the call");
+            assert_eq!(n, 172);
+            assert_eq!(&buf[8..12], &(0x1000 + c as u32).to_be_bytes(), "SSRC");
+            assert_eq!(&buf[2..4], &[0, 0], "the call's own first sequence number");
+            let st = Stamp::read(&buf[12..]).expect("stamp");
+            assert_eq!((st.run, st.seq), (9, c as u64));
+            assert_eq!(
+                &buf[12 + STAMP_LEN..12 + STAMP_LEN + 4],
+                &(c as u32).to_be_bytes()
+            );
+        }
+        assert!(generate_calls(&tx, &template, &mut calls, 3, 9, None, Duration::ZERO).is_err());
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! `xdpfork-bench`: the benchmark driver behind `cargo xtask bench` (needs root).
 //!
-//! `xdpfork-bench relay [--reps N] [--secs S] [--rates 50000,100000,max] [--out DIR]` measures,
-//! in one run and on the netns topology of the test harness (caller 10.77.1.2 → forker fa0
-//! 10.77.1.1 / fb0 10.77.2.1 → callee 10.77.2.2), packets per second per busy relay core, loss
-//! and one-way latency of four relays side by side:
+//! `xdpfork-bench relay [--reps N] [--secs S] [--rates 50000,100000,max] [--relay-calls 200,2000]
+//! [--out DIR]` measures, in one run and on the netns topology of the test harness (caller
+//! 10.77.1.2 → forker fa0 10.77.1.1 / fb0 10.77.2.1 → callee 10.77.2.2), packets per second per
+//! busy relay core, loss and one-way latency of four relays side by side, the offered rate spread
+//! over many calls (each its own port pair and SSRC; `relay.rs`):
 //! - xdpfork's XDP relay (flows installed through fork-agent's control API), without forking,
 //! - the same with the call forked to a speech server (devmap broadcast + AF_XDP + WebSocket),
 //! - udp-relay, the plain tokio relay of this repository,
@@ -29,20 +30,22 @@ mod cpu;
 mod fork;
 mod load;
 mod ng;
+mod relay;
 mod turn;
 
 use std::{
+    cell::RefCell,
     net::{SocketAddr, UdpSocket},
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{atomic::AtomicBool, Arc},
     time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
-use xdpfork_tests::{bin, ns_run, Host, Scenario, Topology};
+use xdpfork_tests::{ns_run, Host, Topology};
 
-use crate::load::{GenStats, Template};
+use crate::load::{CallSet, GenStats, Template};
 
 /// Options common to both benchmarks.
 #[derive(Clone, Debug)]
@@ -54,12 +57,14 @@ pub struct Opts {
     pub out: PathBuf,
     /// Concurrent stream counts of `fork`.
     pub streams: Vec<usize>,
+    /// Calls counts of `relay`: the offered rate is spread over this many calls.
+    pub relay_calls: Vec<usize>,
 }
 
 fn parse_args() -> Result<(String, Opts)> {
     let mut args = std::env::args().skip(1);
     let cmd = args.next().context(
-        "usage: xdpfork-bench relay|turn|fork [--reps N] [--secs S] [--rates R,R,max] [--streams N,N] [--out DIR]",
+        "usage: xdpfork-bench relay|turn|fork [--reps N] [--secs S] [--rates R,R,max] [--relay-calls N,N] [--streams N,N] [--out DIR]",
     )?;
     let mut o = Opts {
         reps: 3,
@@ -73,6 +78,7 @@ fn parse_args() -> Result<(String, Opts)> {
         ],
         out: PathBuf::from("target/bench"),
         streams: vec![500, 1000, 2000, 5000],
+        relay_calls: vec![2000],
     };
     while let Some(a) = args.next() {
         let v = args.next().with_context(|| format!("{a} needs a value"))?;
@@ -80,6 +86,12 @@ fn parse_args() -> Result<(String, Opts)> {
             "--reps" => o.reps = v.parse().context("--reps")?,
             "--secs" => o.secs = v.parse().context("--secs")?,
             "--out" => o.out = PathBuf::from(v),
+            "--relay-calls" => {
+                o.relay_calls = v
+                    .split(',')
+                    .map(|n| n.parse().context("--relay-calls: numbers"))
+                    .collect::<Result<_>>()?
+            }
             "--streams" => {
                 o.streams = v
                     .split(',')
@@ -109,7 +121,7 @@ fn main() -> Result<()> {
     xdpfork_tests::require_root()?;
     std::fs::create_dir_all(&opts.out)?;
     let report = match cmd.as_str() {
-        "relay" => relay(&opts)?,
+        "relay" => relay::run(&opts)?,
         "turn" => turn::run(&opts)?,
         "fork" => fork::run(&opts.streams, opts.secs)?,
         other => bail!("unknown benchmark {other}: relay, turn or fork"),
@@ -136,7 +148,8 @@ pub struct Report {
 /// One relay under test: where the load enters and leaves, and which tasks do its work.
 pub struct Variant {
     pub name: String,
-    /// Caller-side socket, connected to the relay's address.
+    /// Caller-side socket: connected to the relay's address for a one-destination load,
+    /// unconnected for a many-call load (each datagram names its call's address).
     pub tx: UdpSocket,
     /// Callee-side socket.
     pub rx: UdpSocket,
@@ -176,10 +189,19 @@ pub fn drops(ns: &[String; 3]) -> [u64; 3] {
     [ring, udp_rcvbuf(&ns[1]), udp_rcvbuf(&ns[2])]
 }
 
+/// A variant with the calls it relays: `None` is the one-destination load on the connected
+/// `tx` socket (TURN), `Some` a [`CallSet`] of which a point uses the first `n`.
+pub type Subject<'a> = (&'a Variant, Option<&'a RefCell<CallSet>>);
+
 /// One measured point.
 #[derive(Clone, Debug)]
 pub struct Point {
     pub variant: String,
+    /// Calls the offered rate was spread over (0: one connected destination).
+    pub calls: usize,
+    /// Calls that lost at least one datagram, and calls that received none.
+    pub calls_lossy: usize,
+    pub calls_silent: usize,
     pub rate: Option<u64>,
     pub rep: usize,
     pub gen: GenStats,
@@ -226,7 +248,8 @@ impl Point {
 
     pub fn json(&self) -> serde_json::Value {
         json!({
-            "variant": self.variant, "rate": self.rate, "rep": self.rep,
+            "variant": self.variant, "calls": self.calls, "calls_lossy": self.calls_lossy,
+            "calls_silent": self.calls_silent, "rate": self.rate, "rep": self.rep,
             "sent": self.gen.sent, "send_errors": self.gen.send_errors,
             "gen_secs": self.gen.elapsed.as_secs_f64(), "gen_cpu_ns": self.gen.cpu_ns,
             "received": self.received, "duplicates": self.duplicates, "loss": self.loss(),
@@ -245,10 +268,19 @@ impl Point {
 /// Time the relay gets to deliver what is queued after the generator stops.
 const DRAIN: Duration = Duration::from_millis(300);
 
-/// Run one point: receiver up, CPU sampled, generator for `secs`, drain, CPU sampled again.
-pub fn measure(v: &Variant, rate: Option<u64>, secs: f64, run: u32, rep: usize) -> Result<Point> {
+/// Run one point: receiver up, CPU sampled, generator for `secs` (over the first `n` calls of
+/// the subject's [`CallSet`], if it has one), drain, CPU sampled again.
+pub fn measure(
+    (v, calls): Subject,
+    n: usize,
+    rate: Option<u64>,
+    secs: f64,
+    run: u32,
+    rep: usize,
+) -> Result<Point> {
+    let n = if calls.is_some() { n } else { 0 };
     let stop = Arc::new(AtomicBool::new(false));
-    let rx = load::spawn_receiver(v.rx.try_clone()?, v.rx_stamp_at, run, stop.clone());
+    let rx = load::spawn_receiver(v.rx.try_clone()?, v.rx_stamp_at, n, run, stop.clone());
     let d0 = drops(&v.ns);
     std::thread::sleep(Duration::from_millis(20));
     let t0 = load::mono_ns();
@@ -260,11 +292,19 @@ pub fn measure(v: &Variant, rate: Option<u64>, secs: f64, run: u32, rep: usize) 
         patch: v.template.patch,
         seq_base: v.sent.get(),
     };
-    let gen = std::thread::spawn(move || {
-        load::generate(&tx, &template, run, rate, Duration::from_secs_f64(secs))
+    let duration = Duration::from_secs_f64(secs);
+    // The call set moves into the generator thread and comes back with its sequences advanced.
+    let set = calls.map(|c| c.take());
+    let (gen, set) = std::thread::spawn(move || match set {
+        None => load::generate(&tx, &template, run, rate, duration).map(|g| (g, None)),
+        Some(mut set) => load::generate_calls(&tx, &template, &mut set, n, run, rate, duration)
+            .map(|g| (g, Some(set))),
     })
     .join()
     .map_err(|_| anyhow::anyhow!("generator thread panicked"))??;
+    if let (Some(c), Some(set)) = (calls, set) {
+        c.replace(set);
+    }
     v.sent.set(v.sent.get() + gen.sent);
     std::thread::sleep(DRAIN);
     let (r1, o1) = (v.relay.sample(), v.other.sample());
@@ -282,9 +322,13 @@ pub fn measure(v: &Variant, rate: Option<u64>, secs: f64, run: u32, rep: usize) 
             .collect()
     };
     let relay_groups = delta(&r0, &r1, &v.relay);
+    let (calls_lossy, calls_silent) = got.call_losses(gen.sent);
     let busy_ns = (r1.stat.busy - r0.stat.busy) * cpu::ProcStat::ns_per_jiffy();
     Ok(Point {
         variant: v.name.clone(),
+        calls: n,
+        calls_lossy,
+        calls_silent,
         rate,
         rep,
         gen,
@@ -366,7 +410,13 @@ pub fn one_pid(t: &Topology, h: Host, comm: &str) -> Result<i32> {
 /// Warm a variant up (ARP, rtpengine's endpoint learning, page faults) and check that it
 /// relays at all; nothing is recorded.
 pub fn warm_up(v: &Variant, run: u32) -> Result<()> {
-    let p = measure(v, Some(10_000), 0.5, run, 0)?;
+    warm_up_calls((v, None), 0, run)
+}
+
+/// [`warm_up`] over the first `n` calls of a subject (10k datagrams/s spread over them).
+pub fn warm_up_calls(s: Subject, n: usize, run: u32) -> Result<()> {
+    let v = s.0;
+    let p = measure(s, n, Some(10_000), 0.5, run, 0)?;
     if p.received * 10 < p.gen.sent * 9 {
         bail!(
             "{}: warm-up delivered {} of {} datagrams; the relay is not set up",
@@ -469,6 +519,19 @@ impl XdpRow {
 /// reads per run, so the main sweep runs without it). Returns rows (device, program, runs,
 /// ns per run, runs per delivered datagram).
 pub fn xdp_run_time(v: &Variant, ns: &str, rate: u64, secs: f64, run: u32) -> Result<Vec<XdpRow>> {
+    xdp_run_time_calls((v, None), 0, ns, rate, secs, run)
+}
+
+/// [`xdp_run_time`] over the first `n` calls of a subject.
+pub fn xdp_run_time_calls(
+    s: Subject,
+    n: usize,
+    ns: &str,
+    rate: u64,
+    secs: f64,
+    run: u32,
+) -> Result<Vec<XdpRow>> {
+    let v = s.0;
     let progs = xdp_progs(ns)?;
     if progs.is_empty() {
         bail!("no XDP program attached in {ns}");
@@ -478,7 +541,7 @@ pub fn xdp_run_time(v: &Variant, ns: &str, rate: u64, secs: f64, run: u32) -> Re
         .iter()
         .map(|(_, id)| prog_stats(*id))
         .collect::<Result<_>>()?;
-    let p = measure(v, Some(rate), secs, run, 0)?;
+    let p = measure(s, n, Some(rate), secs, run, 0)?;
     let after: Vec<_> = progs
         .iter()
         .map(|(_, id)| prog_stats(*id))
@@ -528,61 +591,100 @@ pub fn rate_label(r: Option<u64>) -> String {
 /// Loss above which a rate counts as saturated.
 pub const SATURATION_LOSS: f64 = 0.001;
 
-/// Median rows per (variant, rate) and a per-variant summary, as Markdown.
+/// Median rows per (variant, calls, rate) and a summary per (variant, calls), as Markdown. The
+/// calls columns appear when the points spread their load over calls.
 pub fn summarize(
     points: &[Point],
     variants: &[String],
     rates: &[Option<u64>],
     unit: &str,
 ) -> String {
-    let mut md = String::new();
-    md.push_str(&format!(
-        "| relay | offered | offered {unit}/s | delivered {unit}/s | loss | relay CPU (cores) | {unit}/s per relay core | latency p50 / p99 (µs) | app latency p50 (µs) |\n|---|---|---|---|---|---|---|---|---|\n"
-    ));
-    let mut summary = String::from(
-        "| relay | best delivered/s with loss ≤ 0.1% | at rate | its per-core rate | saturation (first rate with loss > 0.1%) |\n|---|---|---|---|---|\n",
+    let mut calls: Vec<usize> = points.iter().map(|p| p.calls).collect();
+    calls.sort_unstable();
+    calls.dedup();
+    let per_call = calls.iter().any(|c| *c > 0);
+    let (ch, cs) = if per_call {
+        ("calls | ", "---|")
+    } else {
+        ("", "")
+    };
+    let mut md = format!(
+        "| relay | {ch}offered | offered {unit}/s | delivered {unit}/s | loss | {}relay CPU (cores) | {unit}/s per relay core | latency p50 / p99 (µs) | app latency p50 (µs) |\n|---|{cs}---|---|---|---|{}---|---|---|---|\n",
+        if per_call { "calls with loss | " } else { "" },
+        if per_call { "---|" } else { "" },
+    );
+    let mut summary = format!(
+        "| relay | {ch}best delivered/s with loss ≤ 0.1% | at rate | its per-core rate | saturation (first rate with loss > 0.1%) |\n|---|{cs}---|---|---|---|\n",
     );
     for v in variants {
-        let mut best: Option<(f64, Option<u64>, f64)> = None;
-        let mut saturation = None;
-        for r in rates {
-            let ps: Vec<&Point> = points
-                .iter()
-                .filter(|p| &p.variant == v && p.rate == *r)
-                .collect();
-            if ps.is_empty() {
+        for n in &calls {
+            let mut best: Option<(f64, Option<u64>, f64)> = None;
+            let mut saturation = None;
+            let mut any = false;
+            for r in rates {
+                let ps: Vec<&Point> = points
+                    .iter()
+                    .filter(|p| &p.variant == v && p.rate == *r && p.calls == *n)
+                    .collect();
+                if ps.is_empty() {
+                    continue;
+                }
+                any = true;
+                let m = |f: &dyn Fn(&Point) -> f64| median(ps.iter().map(|p| f(p)).collect());
+                let delivered = m(&|p| p.received as f64 / p.gen.elapsed.as_secs_f64());
+                let loss = m(&|p| p.loss());
+                let per_core = m(&|p| p.pps_per_core());
+                let mut row = format!("| {v} | ");
+                if per_call {
+                    row.push_str(&format!("{n} | "));
+                }
+                row.push_str(&format!(
+                    "{} | {:.0} | {:.0} | {:.3}% | ",
+                    rate_label(*r),
+                    m(&|p| p.offered_pps()),
+                    delivered,
+                    loss * 100.0
+                ));
+                if per_call {
+                    row.push_str(&format!("{:.0} of {n} | ", m(&|p| p.calls_lossy as f64)));
+                }
+                row.push_str(&format!(
+                    "{:.2} | {:.0} | {:.0} / {:.0} | {:.0} |\n",
+                    m(&|p| p.relay_cores()),
+                    per_core,
+                    m(&|p| p.lat_kernel_p50_us),
+                    m(&|p| p.lat_kernel_p99_us),
+                    m(&|p| p.lat_app_p50_us),
+                ));
+                md.push_str(&row);
+                if loss <= SATURATION_LOSS {
+                    if best.is_none_or(|(d, _, _)| delivered > d) {
+                        best = Some((delivered, *r, per_core));
+                    }
+                } else if saturation.is_none() {
+                    saturation = Some(*r);
+                }
+            }
+            if !any {
                 continue;
             }
-            let m = |f: &dyn Fn(&Point) -> f64| median(ps.iter().map(|p| f(p)).collect());
-            let delivered = m(&|p| p.received as f64 / p.gen.elapsed.as_secs_f64());
-            let loss = m(&|p| p.loss());
-            let per_core = m(&|p| p.pps_per_core());
-            md.push_str(&format!(
-                "| {v} | {} | {:.0} | {:.0} | {:.3}% | {:.2} | {:.0} | {:.0} / {:.0} | {:.0} |\n",
-                rate_label(*r),
-                m(&|p| p.offered_pps()),
-                delivered,
-                loss * 100.0,
-                m(&|p| p.relay_cores()),
-                per_core,
-                m(&|p| p.lat_kernel_p50_us),
-                m(&|p| p.lat_kernel_p99_us),
-                m(&|p| p.lat_app_p50_us),
-            ));
-            if loss <= SATURATION_LOSS {
-                if best.is_none_or(|(d, _, _)| delivered > d) {
-                    best = Some((delivered, *r, per_core));
-                }
-            } else if saturation.is_none() {
-                saturation = Some(*r);
-            }
+            let calls_col = if per_call {
+                format!("{n} | ")
+            } else {
+                String::new()
+            };
+            summary.push_str(&match best {
+                Some((d, r, pc)) => format!(
+                    "| {v} | {calls_col}{d:.0} | {} | {pc:.0} | {} |\n",
+                    rate_label(r),
+                    saturation.map_or("none in the sweep".into(), rate_label)
+                ),
+                None => format!(
+                    "| {v} | {calls_col}none | – | – | {} |\n",
+                    saturation.map_or("none in the sweep".into(), rate_label)
+                ),
+            });
         }
-        let (d, r, pc) = best.unwrap_or((0.0, Some(0), 0.0));
-        summary.push_str(&format!(
-            "| {v} | {d:.0} | {} | {pc:.0} | {} |\n",
-            rate_label(r),
-            saturation.map_or("none in the sweep".into(), rate_label)
-        ));
     }
     format!("{md}\n{summary}")
 }
@@ -618,262 +720,46 @@ pub fn host_facts() -> String {
     )
 }
 
-/// Run the relay sweep over `variants` (interleaved) and return the points.
+/// Run the sweep over `variants` (one destination each, interleaved) and return the points.
 pub fn sweep(variants: &[Variant], opts: &Opts, run: &mut u32) -> Result<Vec<Point>> {
+    let subjects: Vec<Subject> = variants.iter().map(|v| (v, None)).collect();
+    sweep_calls(&subjects, &[0], opts, run)
+}
+
+/// Run the sweep over `subjects`, interleaved: for each repetition, for each calls count, for
+/// each rate, every subject in turn (slow drifts of the shared host hit all of them alike).
+pub fn sweep_calls(
+    subjects: &[Subject],
+    calls: &[usize],
+    opts: &Opts,
+    run: &mut u32,
+) -> Result<Vec<Point>> {
     let mut points = Vec::new();
     for rep in 0..opts.reps {
-        for rate in &opts.rates {
-            for v in variants {
-                *run += 1;
-                let p = measure(v, *rate, opts.secs, *run, rep)?;
-                eprintln!(
-                    "  rep {rep} {:>4} {:<28} sent {:>8} got {:>8} loss {:>7.3}% relay CPU {:.2} cores, {:>9.0}/s per core, lat p50 {:.0} µs, drops ring/relay/callee {:?}",
-                    rate_label(*rate),
-                    v.name,
-                    p.gen.sent,
-                    p.received,
-                    p.loss() * 100.0,
-                    p.relay_cores(),
-                    p.pps_per_core(),
-                    p.lat_kernel_p50_us,
-                    p.drops
-                );
-                points.push(p);
+        for n in calls {
+            for rate in &opts.rates {
+                for s in subjects {
+                    *run += 1;
+                    let p = measure(*s, *n, *rate, opts.secs, *run, rep)?;
+                    eprintln!(
+                        "  rep {rep} {:>5} calls {:>4} {:<28} sent {:>8} got {:>8} loss {:>7.3}% (calls lossy {} silent {}) relay CPU {:.2} cores, {:>9.0}/s per core, lat p50 {:.0} µs, drops ring/relay/callee {:?}",
+                        p.calls,
+                        rate_label(*rate),
+                        s.0.name,
+                        p.gen.sent,
+                        p.received,
+                        p.loss() * 100.0,
+                        p.calls_lossy,
+                        p.calls_silent,
+                        p.relay_cores(),
+                        p.pps_per_core(),
+                        p.lat_kernel_p50_us,
+                        p.drops
+                    );
+                    points.push(p);
+                }
             }
         }
     }
     Ok(points)
-}
-
-// Addresses of the relay benchmark. Each variant has its own ports so late datagrams of one
-// never reach another's receiver.
-const K_CALLER: &str = "10.77.1.2:41000";
-const K_A: &str = "10.77.1.1:31000";
-const K_B: &str = "10.77.2.1:31002";
-const K_CALLEE: &str = "10.77.2.2:41000";
-const KF_CALLER: &str = "10.77.1.2:40000";
-const KF_A: &str = "10.77.1.1:30000";
-const KF_B: &str = "10.77.2.1:30002";
-const KF_CALLEE: &str = "10.77.2.2:40000";
-const U_CALLER: &str = "10.77.1.2:42000";
-const U_A: &str = "10.77.1.1:32000";
-const U_B: &str = "10.77.2.1:32002";
-const U_CALLEE: &str = "10.77.2.2:42000";
-const R_CALLER: &str = "10.77.1.2:43000";
-const R_CALLEE: &str = "10.77.2.2:43000";
-const RTPENGINE_NG: &str = "127.0.0.1:2223";
-
-fn flow_pair(s: &Scenario, caller: &str, a: &str, b: &str, callee: &str) -> Result<()> {
-    s.ctl(json!({"v":1,"op":"flow_add","flow":{"local":a,"src":b,"dst":callee}}))?;
-    s.ctl(json!({"v":1,"op":"flow_add","flow":{"local":b,"src":a,"dst":caller}}))?;
-    Ok(())
-}
-
-/// Start rtpengine (user space only) in the forker namespace of `t` and anchor one call.
-/// Returns where the caller sends.
-pub fn start_rtpengine(t: &mut Topology) -> Result<SocketAddr> {
-    let pidfile = t.dir.join("rtpengine.pid");
-    let args = [
-        "--config-file=none".to_owned(),
-        // No kernel forwarding table: every packet goes through the daemon.
-        "--table=-1".to_owned(),
-        "--interface=a/10.77.1.1".to_owned(),
-        "--interface=b/10.77.2.1".to_owned(),
-        format!("--listen-ng={RTPENGINE_NG}"),
-        "--port-min=33000".to_owned(),
-        "--port-max=33999".to_owned(),
-        "--foreground".to_owned(),
-        "--log-stderr".to_owned(),
-        "--log-level=5".to_owned(),
-        format!("--pidfile={}", pidfile.display()),
-    ];
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    t.spawn(
-        "rtpengine",
-        Host::Forker,
-        Path::new("/usr/bin/rtpengine"),
-        &args,
-    )
-    .context("starting rtpengine (cargo xtask bench installs rtpengine-daemon)")?;
-    let ctl = t.udp_socket(Host::Forker, "127.0.0.1:0".parse()?)?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match ng::anchor_call(
-            &ctl,
-            RTPENGINE_NG.parse()?,
-            &format!("bench-{attempt}"),
-            R_CALLER.parse()?,
-            R_CALLEE.parse()?,
-        ) {
-            Ok((caller_sends_to, _)) => return Ok(caller_sends_to),
-            Err(e) if std::time::Instant::now() < deadline && t.is_running("rtpengine") => {
-                let _ = e;
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            Err(e) => {
-                return Err(e.context(format!("rtpengine log:\n{}", t.log("rtpengine"))));
-            }
-        }
-    }
-}
-
-fn relay(opts: &Opts) -> Result<Report> {
-    let facts = host_facts();
-    eprintln!("xdpfork-bench relay: building topologies");
-    // Kernel topology: fork-agent with XDP on fa0/fb0, two calls (one forked).
-    let s = Scenario::start()?;
-    flow_pair(&s, K_CALLER, K_A, K_B, K_CALLEE)?;
-    flow_pair(&s, KF_CALLER, KF_A, KF_B, KF_CALLEE)?;
-    s.start_fork("bench-fork", KF_A, KF_B)?;
-    let k_napi = thread_all(&s.topo, &[Host::Forker, Host::Callee, Host::Speech])?;
-    // User-space topology: no XDP anywhere.
-    let mut u = Topology::new()?;
-    let relay_bin = bin("udp-relay")?;
-    let relay_args = [
-        "--a", U_A, "--a-peer", U_CALLER, "--b", U_B, "--b-peer", U_CALLEE,
-    ];
-    u.spawn("udp-relay", Host::Forker, &relay_bin, &relay_args)?;
-    let rtpengine_at = start_rtpengine(&mut u)?;
-    let u_napi = thread_all(&u, &[Host::Forker, Host::Callee])?;
-    std::thread::sleep(Duration::from_millis(200)); // udp-relay bound (warm-up checks it)
-
-    let agent = one_pid(&s.topo, Host::Forker, "fork-agent")?;
-    let speech = one_pid(&s.topo, Host::Speech, "speech-server")?;
-    let udp_relay = one_pid(&u, Host::Forker, "udp-relay")?;
-    let rtpengine = one_pid(&u, Host::Forker, "rtpengine")?;
-    for pid in [agent, speech, udp_relay, rtpengine] {
-        load::boost_process(pid);
-    }
-    let kernel_tasks = |with_fork: bool| {
-        let mut relay = cpu::Tasks::default();
-        relay.add("napi threads (forker ns)", napi_of(&k_napi, Host::Forker));
-        relay.add("fork-agent", vec![agent]);
-        let mut other = cpu::Tasks::default();
-        other.add("napi threads (callee ns)", napi_of(&k_napi, Host::Callee));
-        if with_fork {
-            other.add("napi threads (speech ns)", napi_of(&k_napi, Host::Speech));
-            other.add("speech-server", vec![speech]);
-        }
-        (relay, other)
-    };
-    let user_tasks = |pid: i32, name: &str| {
-        let mut relay = cpu::Tasks::default();
-        relay.add("napi threads (forker ns)", napi_of(&u_napi, Host::Forker));
-        relay.add(name, vec![pid]);
-        let mut other = cpu::Tasks::default();
-        other.add("napi threads (callee ns)", napi_of(&u_napi, Host::Callee));
-        (relay, other)
-    };
-    let mut variants = Vec::new();
-    let (relay, other) = kernel_tasks(false);
-    variants.push(Variant {
-        name: "xdpfork XDP relay".into(),
-        tx: connected(&s.topo, Host::Caller, K_CALLER, K_A.parse()?)?,
-        rx: s.topo.udp_socket(Host::Callee, K_CALLEE.parse()?)?,
-        template: rtp_template(),
-        rx_stamp_at: 12,
-        relay,
-        other,
-        sent: Default::default(),
-        ns: [Host::Caller, Host::Forker, Host::Callee].map(|h| s.topo.ns(h)),
-    });
-    let (relay, other) = kernel_tasks(true);
-    variants.push(Variant {
-        name: "xdpfork XDP relay + fork".into(),
-        tx: connected(&s.topo, Host::Caller, KF_CALLER, KF_A.parse()?)?,
-        rx: s.topo.udp_socket(Host::Callee, KF_CALLEE.parse()?)?,
-        template: rtp_template(),
-        rx_stamp_at: 12,
-        relay,
-        other,
-        sent: Default::default(),
-        ns: [Host::Caller, Host::Forker, Host::Callee].map(|h| s.topo.ns(h)),
-    });
-    let (relay, other) = user_tasks(udp_relay, "udp-relay");
-    variants.push(Variant {
-        name: "udp-relay (tokio)".into(),
-        tx: connected(&u, Host::Caller, U_CALLER, U_A.parse()?)?,
-        rx: u.udp_socket(Host::Callee, U_CALLEE.parse()?)?,
-        template: rtp_template(),
-        rx_stamp_at: 12,
-        relay,
-        other,
-        sent: Default::default(),
-        ns: [Host::Caller, Host::Forker, Host::Callee].map(|h| u.ns(h)),
-    });
-    let (relay, other) = user_tasks(rtpengine, "rtpengine");
-    variants.push(Variant {
-        name: "rtpengine (user space)".into(),
-        tx: connected(&u, Host::Caller, R_CALLER, rtpengine_at)?,
-        rx: u.udp_socket(Host::Callee, R_CALLEE.parse()?)?,
-        template: rtp_template(),
-        rx_stamp_at: 12,
-        relay,
-        other,
-        sent: Default::default(),
-        ns: [Host::Caller, Host::Forker, Host::Callee].map(|h| u.ns(h)),
-    });
-    let mut run = 0u32;
-    let mut warnings = String::new();
-    for v in &variants {
-        run += 1;
-        // A relay that fails its warm-up is still measured (its loss is the finding), but the
-        // report says so; the kernel variants must work, or the setup is broken.
-        if let Err(e) = warm_up(v, run) {
-            if v.name.starts_with("xdpfork") {
-                return Err(e);
-            }
-            eprintln!("xdpfork-bench relay: warning: {e:#}");
-            warnings.push_str(&format!("Warning: {e:#}.\n\n"));
-        }
-    }
-    eprintln!(
-        "xdpfork-bench relay: {} reps x {} rates x {} relays, {} s each",
-        opts.reps,
-        opts.rates.len(),
-        variants.len(),
-        opts.secs
-    );
-    let points = sweep(&variants, opts, &mut run)?;
-
-    // XDP programs' own run time, in a separate pass with bpf_stats on.
-    let mut xdp_rows = Vec::new();
-    for v in &variants[..2] {
-        run += 1;
-        for row in xdp_run_time(v, &s.topo.ns(Host::Forker), 100_000, opts.secs, run)? {
-            xdp_rows.push((v.name.clone(), row));
-        }
-    }
-    let counters = s.counters()?;
-
-    let names: Vec<String> = variants.iter().map(|v| v.name.clone()).collect();
-    let mut md = format!(
-        "## `cargo xtask bench relay`\n\n{facts}\nRTP datagrams of 172 bytes (12-byte header + 160 bytes G.711), one call, caller → callee; {} repetitions × {} s per point, medians shown.\n\n",
-        opts.reps, opts.secs
-    );
-    md.push_str(&warnings);
-    md.push_str(&summarize(&points, &names, &opts.rates, "pkt"));
-    md.push_str(&format!(
-        "\nrtpengine log (last lines):\n\n```\n{}\n```\n",
-        tail(&u.log("rtpengine"), 8)
-    ));
-    md.push_str("\nXDP program run time (bpf_stats, separate pass at 100k pkt/s):\n\n| relay | device | program | runs | ns per run | runs per delivered packet |\n|---|---|---|---|---|---|\n");
-    for (v, r) in &xdp_rows {
-        md.push_str(&format!(
-            "| {v} | {} | {} | {} | {:.0} | {:.2} |\n",
-            r.dev, r.prog, r.runs, r.ns_per_run, r.runs_per_delivered
-        ));
-    }
-    let kernel_pass = counters["kernel"].clone();
-    Ok(Report {
-        markdown: md,
-        raw: json!({
-            "facts": facts,
-            "points": points.iter().map(Point::json).collect::<Vec<_>>(),
-            "xdp": xdp_rows.iter().map(|(v, r)| json!({"variant": v, "row": r.json()})).collect::<Vec<_>>(),
-            "fork_agent_kernel_counters": kernel_pass,
-        }),
-    })
 }
