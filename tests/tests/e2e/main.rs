@@ -39,6 +39,7 @@ mod sip_info_retransmit;
 mod sip_json_parse_failure;
 mod sip_json_port_string;
 mod sip_mixed_carriers_update;
+mod sip_session_timeout;
 mod sip_tcp_call;
 mod sip_tls_call;
 mod sip_tls_full_call;
