@@ -128,8 +128,9 @@ fn max_call_duration_releases_a_forked_call() -> Result<()> {
     );
     let log = t.s.topo.log("sip-agent");
     assert!(
-        log.lines()
-            .any(|l| l.contains("INFO") && l.contains("releasing call") && l.contains("MaxDuration")),
+        log.lines().any(|l| l.contains("INFO")
+            && l.contains("releasing call")
+            && l.contains("MaxDuration")),
         "no info log of the release:\n{log}"
     );
     t.wait_no_flows()?;
