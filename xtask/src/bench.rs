@@ -1,4 +1,5 @@
-//! `cargo xtask bench relay|turn|fork [--reps N] [--secs S] [--rates LIST] [--streams LIST] [--out DIR]`: the
+//! `cargo xtask bench relay|turn|fork|calls [--reps N] [--secs S] [--rates LIST] [--streams LIST]
+//! [--cps LIST] [--calls N] [--hold S] [--concurrent LIST] [--rtp yes|no] [--out DIR]`: the
 //! benchmarks of docs/benchmarks.md (needs root; never part of `cargo xtask test`).
 //!
 //! Input: which benchmark and its sweep options. Output: the report of `xdpfork-bench`
@@ -24,6 +25,8 @@ pub(crate) enum Which {
     Turn,
     /// Concurrent forked G.711 streams on one fork-agent core (loss, CPU, latency).
     Fork,
+    /// SIP calls per second and concurrent calls through sip-agent, media anchored and forked.
+    Calls,
 }
 
 /// `cargo xtask bench` options.
@@ -52,6 +55,22 @@ pub(crate) struct Args {
     /// count with loss).
     #[arg(long, default_value = "500,1000,2000,5000")]
     streams: String,
+    /// `calls` only: calls per second, comma-separated (the sweep stops at the first rate with
+    /// a failed call).
+    #[arg(long, default_value = "5,10,20,50,100,200")]
+    cps: String,
+    /// `calls` only: calls per CPS point.
+    #[arg(long, default_value_t = 200)]
+    calls: u32,
+    /// `calls` only: seconds each call stays up after its fork request.
+    #[arg(long, default_value_t = 5.0)]
+    hold: f64,
+    /// `calls` only: calls held up at once, comma-separated.
+    #[arg(long, default_value = "100,250,500")]
+    concurrent: String,
+    /// `calls` only: real RTP per call (sipp rtp_stream, echoed by the callee).
+    #[arg(long, default_value = "yes", value_parser = ["yes", "no"])]
+    rtp: String,
 }
 
 /// Debian packages a benchmark needs beyond `cargo xtask setup`'s list, with their binary.
@@ -62,6 +81,7 @@ fn extra_packages(which: Which) -> &'static [(&'static str, &'static str)] {
         Which::Relay => &[("rtpengine-daemon", "/usr/bin/rtpengine")],
         Which::Turn => &[("coturn", "/usr/bin/turnserver")],
         Which::Fork => &[],
+        Which::Calls => &[("sip-tester", "/usr/bin/sipp")],
     }
 }
 
@@ -135,6 +155,8 @@ pub(crate) fn run(args: Args) -> Result<()> {
             "speech-server",
             "-p",
             "udp-relay",
+            "-p",
+            "sip-agent",
         ]),
         "building the agents and udp-relay (release)",
         "see the compiler output above",
@@ -155,6 +177,7 @@ pub(crate) fn run(args: Args) -> Result<()> {
         Which::Relay => "relay",
         Which::Turn => "turn",
         Which::Fork => "fork",
+        Which::Calls => "calls",
     };
     setup::run_checked(
         Command::new(release_dir().join("xdpfork-bench"))
@@ -166,7 +189,24 @@ pub(crate) fn run(args: Args) -> Result<()> {
                 _ => vec![],
             })
             .args(match args.which {
+                Which::Calls => vec![
+                    "--calls".to_owned(),
+                    args.calls.to_string(),
+                    "--hold".to_owned(),
+                    args.hold.to_string(),
+                ],
+                _ => vec![],
+            })
+            .args(match args.which {
                 Which::Fork => vec!["--streams", args.streams.as_str()],
+                Which::Calls => vec![
+                    "--cps",
+                    args.cps.as_str(),
+                    "--concurrent",
+                    args.concurrent.as_str(),
+                    "--rtp",
+                    args.rtp.as_str(),
+                ],
                 _ => vec![],
             })
             .current_dir(build::workspace_root()),

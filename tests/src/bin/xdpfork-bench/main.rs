@@ -16,6 +16,9 @@
 //! `xdpfork-bench fork [--secs S] [--streams 500,1000,...]` measures how many concurrent forked
 //! G.711 streams one pinned fork-agent core carries (loss, CPU per frame, latency): `fork.rs`.
 //!
+//! `xdpfork-bench calls [--cps 5,10,...] [--calls N] [--hold S] [--concurrent N,...] [--rtp yes|no]`
+//! drives SIP calls with sipp through sip-agent, media anchored and forked: `calls.rs`.
+//!
 //! Two topologies are built: one with fork-agent (XDP attached on fa0/fb0) for the kernel
 //! variants, one without any XDP program for the user-space relays, so neither pays for the
 //! other. Points run interleaved (for each repetition, for each rate, every variant) so slow
@@ -26,6 +29,7 @@
 // A benchmark driver reads the wall clock and runs threads; this is an IO shell.
 #![allow(clippy::disallowed_methods)]
 
+mod calls;
 mod cpu;
 mod fork;
 mod load;
@@ -59,12 +63,14 @@ pub struct Opts {
     pub streams: Vec<usize>,
     /// Calls counts of `relay`: the offered rate is spread over this many calls.
     pub relay_calls: Vec<usize>,
+    /// `calls` options (`--cps`, `--calls`, `--hold`, `--concurrent`, `--rtp`), parsed by calls.rs.
+    pub calls_args: Vec<(String, String)>,
 }
 
 fn parse_args() -> Result<(String, Opts)> {
     let mut args = std::env::args().skip(1);
     let cmd = args.next().context(
-        "usage: xdpfork-bench relay|turn|fork [--reps N] [--secs S] [--rates R,R,max] [--relay-calls N,N] [--streams N,N] [--out DIR]",
+        "usage: xdpfork-bench relay|turn|fork|calls [--reps N] [--secs S] [--rates R,R,max] [--relay-calls N,N] [--streams N,N] [--cps N,N] [--calls N] [--hold S] [--concurrent N,N] [--rtp yes|no] [--out DIR]",
     )?;
     let mut o = Opts {
         reps: 3,
@@ -79,6 +85,7 @@ fn parse_args() -> Result<(String, Opts)> {
         out: PathBuf::from("target/bench"),
         streams: vec![500, 1000, 2000, 5000],
         relay_calls: vec![2000],
+        calls_args: Vec::new(),
     };
     while let Some(a) = args.next() {
         let v = args.next().with_context(|| format!("{a} needs a value"))?;
@@ -86,6 +93,7 @@ fn parse_args() -> Result<(String, Opts)> {
             "--reps" => o.reps = v.parse().context("--reps")?,
             "--secs" => o.secs = v.parse().context("--secs")?,
             "--out" => o.out = PathBuf::from(v),
+            "--cps" | "--calls" | "--hold" | "--concurrent" | "--rtp" => o.calls_args.push((a, v)),
             "--relay-calls" => {
                 o.relay_calls = v
                     .split(',')
@@ -124,7 +132,8 @@ fn main() -> Result<()> {
         "relay" => relay::run(&opts)?,
         "turn" => turn::run(&opts)?,
         "fork" => fork::run(&opts.streams, opts.secs)?,
-        other => bail!("unknown benchmark {other}: relay, turn or fork"),
+        "calls" => calls::run(&calls::Opts::from_args(&opts.calls_args)?)?,
+        other => bail!("unknown benchmark {other}: relay, turn, fork or calls"),
     };
     println!("{}", report.markdown);
     std::fs::write(opts.out.join(format!("{cmd}.md")), &report.markdown)?;
