@@ -7,30 +7,12 @@
 use std::time::{Duration, Instant};
 
 use crate::sip_support::*;
-use anyhow::{bail, Context, Result};
-use xdpfork_tests::bin;
-
-fn ctl(sock: &str, cmd: &[&str]) -> Result<String> {
-    let out = std::process::Command::new(bin("sip-agent")?)
-        .args(["ctl", "--socket", sock])
-        .args(cmd)
-        .output()
-        .context("running sip-agent ctl")?;
-    if !out.status.success() {
-        bail!("ctl failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn calls(sock: &str) -> Result<serde_json::Value> {
-    Ok(serde_json::from_str(&ctl(sock, &["show", "calls"])?)?)
-}
+use anyhow::Result;
 
 #[test]
 fn forked_call_counts_as_enhanced_until_bye_and_peaks_stay() -> Result<()> {
     let mut t = SipTest::start_with_args(&["--admin-socket", "{dir}/admin.sock"])?;
-    let sock = t.dir.join("admin.sock").to_string_lossy().into_owned();
-    let idle = calls(&sock)?;
+    let idle = t.calls()?;
     assert_eq!(idle["aggregate"], 0, "{idle}");
     t.callee("uas_answer.xml", &PCMA, &["-rtp_echo"])?;
     let body = start_body("C0117");
@@ -40,7 +22,7 @@ fn forked_call_counts_as_enhanced_until_bye_and_peaks_stay() -> Result<()> {
     // Poll (bounded) until the fork has started.
     let deadline = Instant::now() + Duration::from_secs(8);
     let during = loop {
-        let c = calls(&sock)?;
+        let c = t.calls()?;
         if c["enhanced"] == 1 || Instant::now() > deadline {
             break c;
         }
@@ -53,7 +35,7 @@ fn forked_call_counts_as_enhanced_until_bye_and_peaks_stay() -> Result<()> {
     assert_eq!(during["aggregate"], 1, "{during}");
     t.wait_callee_done()?;
     t.wait_no_flows()?;
-    let after = calls(&sock)?;
+    let after = t.calls()?;
     assert_eq!(
         after,
         serde_json::json!({"standard":0,"enhanced":0,"aggregate":0,
@@ -61,7 +43,7 @@ fn forked_call_counts_as_enhanced_until_bye_and_peaks_stay() -> Result<()> {
         "{}",
         t.diag(Some(&run))
     );
-    let metrics = ctl(&sock, &["metrics"])?;
+    let metrics = t.admin_ctl(&["metrics"])?;
     assert!(
         metrics.contains("\nsip_agent_calls_enhanced 0\n")
             && metrics.contains("\nsip_agent_calls_peak_enhanced 1\n"),

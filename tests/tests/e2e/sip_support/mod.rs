@@ -86,6 +86,36 @@ impl SipTest {
         )
     }
 
+    /// The standard UDP setup with both `extra` config and extra `run` arguments.
+    pub fn start_with_config_and_args(extra: &str, args: &[&str]) -> Result<SipTest> {
+        Self::start_full(
+            r#"udp = ["10.77.1.1:5060", "10.77.2.1:5060"]"#,
+            "10.77.2.2:5060:udp",
+            extra,
+            args,
+        )
+    }
+
+    /// `sip-agent ctl <cmd>` against the admin socket `{dir}/admin.sock` (start sip-agent with
+    /// `--admin-socket {dir}/admin.sock`).
+    pub fn admin_ctl(&self, cmd: &[&str]) -> Result<String> {
+        let out = Command::new(bin("sip-agent")?)
+            .args(["ctl", "--socket"])
+            .arg(self.dir.join("admin.sock"))
+            .args(cmd)
+            .output()
+            .context("running sip-agent ctl")?;
+        if !out.status.success() {
+            bail!("ctl failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `sip-agent ctl show calls` as JSON.
+    pub fn calls(&self) -> Result<serde_json::Value> {
+        Ok(serde_json::from_str(&self.admin_ctl(&["show", "calls"])?)?)
+    }
+
     fn start_full(listen: &str, next_hop: &str, extra: &str, args: &[&str]) -> Result<SipTest> {
         let mut s = Scenario::start()?;
         let dir = s.topo.dir.clone();
