@@ -732,22 +732,25 @@ pub fn host_facts() -> String {
 /// Run the sweep over `variants` (one destination each, interleaved) and return the points.
 pub fn sweep(variants: &[Variant], opts: &Opts, run: &mut u32) -> Result<Vec<Point>> {
     let subjects: Vec<Subject> = variants.iter().map(|v| (v, None)).collect();
-    sweep_calls(&subjects, &[0], opts, run)
+    sweep_calls(&subjects, &[0], opts, run, &mut |_, _| Ok(()))
 }
 
 /// Run the sweep over `subjects`, interleaved: for each repetition, for each calls count, for
 /// each rate, every subject in turn (slow drifts of the shared host hit all of them alike).
+/// `before(subject index, calls)` runs before each point (rtpengine gets fresh calls there).
 pub fn sweep_calls(
     subjects: &[Subject],
     calls: &[usize],
     opts: &Opts,
     run: &mut u32,
+    before: &mut dyn FnMut(usize, usize) -> Result<()>,
 ) -> Result<Vec<Point>> {
     let mut points = Vec::new();
     for rep in 0..opts.reps {
         for n in calls {
             for rate in &opts.rates {
-                for s in subjects {
+                for (k, s) in subjects.iter().enumerate() {
+                    before(k, *n)?;
                     *run += 1;
                     let p = measure(*s, *n, *rate, opts.secs, *run, rep)?;
                     eprintln!(

@@ -5,7 +5,7 @@
 //!
 //! Input: a UDP socket in the namespace of rtpengine's `--listen-ng`, the two endpoints.
 //! Output: the address the caller must send to ([`anchor_call`]). Call order: start rtpengine,
-//! then [`anchor_call`] once per call.
+//! then [`anchor_call`] once per call; [`delete_call`] tears one down.
 
 use std::{
     collections::BTreeMap,
@@ -226,6 +226,22 @@ pub fn anchor_call(
         .and_then(Value::as_str)
         .context("answer reply without sdp")?;
     Ok((media_address(to_caller)?, callee_sends_to))
+}
+
+/// Tear call `call_id` down (`delete`): rtpengine closes its sockets (at once with
+/// `--delete-delay=0`) and frees its ports.
+pub fn delete_call(sock: &UdpSocket, ng: SocketAddr, call_id: &str) -> Result<()> {
+    request(
+        sock,
+        ng,
+        &format!("{call_id}-delete"),
+        &dict(&[
+            ("command", Value::str("delete")),
+            ("call-id", Value::str(call_id)),
+            ("from-tag", Value::str("caller")),
+        ]),
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]

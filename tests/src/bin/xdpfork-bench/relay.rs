@@ -16,8 +16,9 @@
 //! - XDP relay + fork: the same at 30000+i, and every [`FORK_EVERY`]-th call (i = 0, 10, ...)
 //!   forked to the speech server with `fork_start` (caller and callee stream).
 //! - udp-relay: `--pairs N` from 10.77.1.1:20000 / 10.77.2.1:20000.
-//! - rtpengine: `offer`/`answer` over NG per call (call-id `bench-i`); rtpengine picks the
-//!   ports from 40000–59999 on both interfaces.
+//! - rtpengine: `offer`/`answer` over NG per call; rtpengine picks the ports from 40000–59999 on
+//!   both interfaces. Before each of its points the calls it uses are deleted and anchored
+//!   afresh ([`Rtpengine`] says why).
 //!
 //! All calls of one relay share one caller address (the generator's socket) and one callee
 //! address (the counting receiver's socket); the relays' per-call state is keyed by their own
@@ -207,6 +208,9 @@ fn rtpengine_args(pidfile: &Path) -> Vec<String> {
         // timeout of 60 s would delete calls that are silent between their points).
         "--timeout=3600",
         "--silent-timeout=3600",
+        // A deleted call frees its ports at once (default: kept 30 s), so re-anchoring the
+        // calls before every point (see `Rtpengine::renew`) never runs out of ports.
+        "--delete-delay=0",
         "--foreground",
         "--log-stderr",
         "--log-level=5",
@@ -217,42 +221,97 @@ fn rtpengine_args(pidfile: &Path) -> Vec<String> {
     .collect()
 }
 
-/// Start rtpengine in the forker namespace of `u` and anchor `n` calls over NG. Returns where
-/// the caller sends for each call, and the seconds the NG exchanges took (after the first call
-/// succeeded, i.e. without rtpengine's start-up).
-fn start_rtpengine(u: &mut Topology, n: usize) -> Result<(Vec<SocketAddr>, f64)> {
-    let args = rtpengine_args(&u.dir.join("rtpengine.pid"));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    u.spawn(
-        "rtpengine",
-        Host::Forker,
-        Path::new("/usr/bin/rtpengine"),
-        &args,
-    )
-    .context("starting rtpengine (cargo xtask bench installs rtpengine-daemon)")?;
-    let ctl = u.udp_socket(Host::Forker, "127.0.0.1:0".parse()?)?;
-    let (ng_at, caller, callee) = (RTPENGINE_NG.parse()?, R_CALLER.parse()?, R_CALLEE.parse()?);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut out = Vec::with_capacity(n);
-    let first = loop {
-        match ng::anchor_call(&ctl, ng_at, "bench-0", caller, callee) {
-            Ok((to, _)) => break to,
-            Err(_) if Instant::now() < deadline && u.is_running("rtpengine") => {
-                std::thread::sleep(Duration::from_millis(200));
+/// rtpengine's NG client and the calls it has anchored.
+///
+/// rtpengine stops reading a socket for good once it found more than 50 datagrams queued on it
+/// (`MAX_RECV_ITERS`) five times (`MAX_RECV_LOOP_STRIKES`, both compile-time constants of
+/// daemon/media_socket.c): its edge-triggered poller is never re-armed for that socket, so the
+/// call is dead until it is deleted. One overloaded point would then carry dead calls into every
+/// later point. So every rtpengine point starts with fresh calls ([`Rtpengine::renew`]: NG
+/// `delete` and a new `offer`/`answer` for each call the point uses). This favours rtpengine:
+/// a production call hit this way stays broken.
+struct Rtpengine {
+    ctl: std::net::UdpSocket,
+    ng: SocketAddr,
+    caller: SocketAddr,
+    callee: SocketAddr,
+    /// Call-ids of the calls now anchored, by call index.
+    live: Vec<String>,
+    generation: usize,
+    /// Calls renewed and the time it took (delete + offer + answer).
+    renewed: usize,
+    renew_ns: u64,
+}
+
+impl Rtpengine {
+    /// Start rtpengine in the forker namespace of `u` and anchor `n` calls over NG. Returns it,
+    /// where the caller sends for each call, and the seconds the NG exchanges took (after the
+    /// first call succeeded, i.e. without rtpengine's start-up).
+    fn start(u: &mut Topology, n: usize) -> Result<(Rtpengine, Vec<SocketAddr>, f64)> {
+        let args = rtpengine_args(&u.dir.join("rtpengine.pid"));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        u.spawn(
+            "rtpengine",
+            Host::Forker,
+            Path::new("/usr/bin/rtpengine"),
+            &args,
+        )
+        .context("starting rtpengine (cargo xtask bench installs rtpengine-daemon)")?;
+        let mut r = Rtpengine {
+            ctl: u.udp_socket(Host::Forker, "127.0.0.1:0".parse()?)?,
+            ng: RTPENGINE_NG.parse()?,
+            caller: R_CALLER.parse()?,
+            callee: R_CALLEE.parse()?,
+            live: Vec::new(),
+            generation: 0,
+            renewed: 0,
+            renew_ns: 0,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut out = Vec::with_capacity(n);
+        loop {
+            match r.anchor("bench-0-0") {
+                Ok(to) => break out.push(to),
+                Err(_) if Instant::now() < deadline && u.is_running("rtpengine") => {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => return Err(e.context(format!("rtpengine log:\n{}", u.log("rtpengine")))),
             }
-            Err(e) => return Err(e.context(format!("rtpengine log:\n{}", u.log("rtpengine")))),
         }
-    };
-    out.push(first);
-    let t0 = mono_ns();
-    for i in 1..n {
-        let (to, _) = ng::anchor_call(&ctl, ng_at, &format!("bench-{i}"), caller, callee)
-            .with_context(|| format!("anchoring call {i}: {}", tail(&u.log("rtpengine"), 5)))?;
-        out.push(to);
+        r.live.push("bench-0-0".into());
+        let t0 = mono_ns();
+        for i in 1..n {
+            let id = format!("bench-0-{i}");
+            out.push(r.anchor(&id).with_context(|| {
+                format!("anchoring call {i}: {}", tail(&u.log("rtpengine"), 5))
+            })?);
+            r.live.push(id);
+        }
+        // The first call's exchange is not timed (it waited for start-up): scale to n calls.
+        let secs = (mono_ns() - t0) as f64 / 1e9 * n as f64 / (n - 1).max(1) as f64;
+        Ok((r, out, secs))
     }
-    // The first call's exchange is not timed (it waited for start-up): scale to n calls.
-    let secs = (mono_ns() - t0) as f64 / 1e9 * n as f64 / (n - 1).max(1) as f64;
-    Ok((out, secs))
+
+    fn anchor(&self, id: &str) -> Result<SocketAddr> {
+        Ok(ng::anchor_call(&self.ctl, self.ng, id, self.caller, self.callee)?.0)
+    }
+
+    /// Replace the first `n` calls by fresh ones and point `set`'s destinations at them.
+    fn renew(&mut self, n: usize, set: &RefCell<CallSet>) -> Result<()> {
+        self.generation += 1;
+        let t0 = mono_ns();
+        let mut dests = Vec::with_capacity(n);
+        for i in 0..n {
+            ng::delete_call(&self.ctl, self.ng, &self.live[i])?;
+            let id = format!("bench-{}-{i}", self.generation);
+            dests.push(load::sockaddr(self.anchor(&id)?)?);
+            self.live[i] = id;
+        }
+        self.renew_ns += mono_ns() - t0;
+        self.renewed += n;
+        set.borrow_mut().dests[..n].copy_from_slice(&dests);
+        Ok(())
+    }
 }
 
 /// The callee-facing and caller-facing addresses of `n` calls from `port` on.
@@ -307,7 +366,7 @@ pub fn run(opts: &Opts) -> Result<Report> {
         secs: (mono_ns() - t0) as f64 / 1e9,
         what: "process start and binding 2 sockets per call",
     });
-    let (rtpengine_at, ng_s) = start_rtpengine(&mut u, n_max)?;
+    let (mut rtpe, rtpengine_at, ng_s) = Rtpengine::start(&mut u, n_max)?;
     setups.push(Setup {
         relay: "rtpengine (user space)",
         calls: n_max,
@@ -441,7 +500,21 @@ pub fn run(opts: &Opts) -> Result<Report> {
         subjects.len(),
         opts.secs
     );
-    let points = sweep_calls(&subjects, &opts.relay_calls, opts, &mut run)?;
+    const RTPENGINE: usize = 3;
+    let points = sweep_calls(&subjects, &opts.relay_calls, opts, &mut run, &mut |k, n| {
+        if k == RTPENGINE {
+            rtpe.renew(n, &sets[RTPENGINE])?;
+        }
+        Ok(())
+    })?;
+    if rtpe.renewed > 0 {
+        setups.push(Setup {
+            relay: "rtpengine (user space)",
+            calls: rtpe.renewed,
+            secs: rtpe.renew_ns as f64 / 1e9,
+            what: "fresh calls before each point: NG delete + offer + answer per call",
+        });
+    }
 
     // XDP programs' own run time, in a separate pass with bpf_stats on.
     let mut xdp_rows = Vec::new();
