@@ -502,6 +502,31 @@ pub fn send_rtp_in_background(
     })
 }
 
+/// The standard call's caller → callee audio, sent and received on threads (see
+/// [`Scenario::play_caller_audio`]).
+pub struct CallAudio {
+    sender: std::thread::JoinHandle<Result<Packets>>,
+    receiver: std::thread::JoinHandle<Result<Packets>>,
+}
+
+/// Datagrams, in order.
+pub type Packets = Vec<Vec<u8>>;
+
+impl CallAudio {
+    /// Wait for both ends; `(sent, received)`, each in order.
+    pub fn finish(self) -> Result<(Packets, Packets)> {
+        let sent = self
+            .sender
+            .join()
+            .map_err(|_| anyhow::anyhow!("sender panicked"))??;
+        let got = self
+            .receiver
+            .join()
+            .map_err(|_| anyhow::anyhow!("receiver panicked"))??;
+        Ok((sent, got))
+    }
+}
+
 /// Receive up to `n` datagrams, stopping after `quiet` without one.
 pub fn recv_all(sock: &UdpSocket, n: usize, quiet: Duration) -> Result<Vec<Vec<u8>>> {
     sock.set_read_timeout(Some(quiet))?;
@@ -696,6 +721,21 @@ url = "ws://{ws}/stream"
 
     pub fn flows(&self) -> Result<serde_json::Value> {
         self.ctl(serde_json::json!({"v":1,"op":"show_flows"}))
+    }
+
+    /// Start the caller's audio of the standard v4 call: `n` RTP packets (`pt`, `ssrc`) from
+    /// CALLER_RTP to A_LOCAL, `gap` apart, while the callee (CALLEE_RTP) collects them until
+    /// 5 s pass without one.
+    pub fn play_caller_audio(&self, n: u16, pt: u8, ssrc: u32, gap: Duration) -> Result<CallAudio> {
+        use addrs::*;
+        let tx = self.topo.udp_socket(Host::Caller, CALLER_RTP.parse()?)?;
+        let receiver = spawn_receiver(
+            self.topo.udp_socket(Host::Callee, CALLEE_RTP.parse()?)?,
+            n as usize,
+            Duration::from_secs(5),
+        );
+        let sender = send_rtp_in_background(tx, A_LOCAL.parse()?, n, pt, ssrc, gap);
+        Ok(CallAudio { sender, receiver })
     }
 
     /// The `show_flows` entry of the flow at `local`; an error names the flows there are.

@@ -1,11 +1,11 @@
 //! fork-agent killed with SIGKILL in the middle of a call: the kernel keeps relaying every packet
 //! (pinned maps and links), and a restarted agent re-adopts the pinned state and resumes forking.
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use anyhow::Result;
 use nix::sys::signal::Signal;
-use xdpfork_tests::{addrs::*, send_rtp_in_background, spawn_receiver, Host, Scenario};
+use xdpfork_tests::{addrs::*, Scenario};
 
 const N: u16 = 600;
 const GAP: Duration = Duration::from_millis(5);
@@ -16,14 +16,7 @@ fn sigkill_keeps_audio_and_restart_resumes_forking() -> Result<()> {
     s.add_call_flows(false)?;
     s.start_fork("guid-restart", A_LOCAL, B_LOCAL)?;
 
-    let tx = s.topo.udp_socket(Host::Caller, CALLER_RTP.parse()?)?;
-    let rx = spawn_receiver(
-        s.topo.udp_socket(Host::Callee, CALLEE_RTP.parse()?)?,
-        N as usize,
-        Duration::from_secs(5),
-    );
-    let dst: SocketAddr = A_LOCAL.parse()?;
-    let sender = send_rtp_in_background(tx, dst, N, 8, 0xabcd, GAP);
+    let audio = s.play_caller_audio(N, 8, 0xabcd, GAP)?;
 
     // Kill the agent a third of the way in, restart it at two thirds.
     std::thread::sleep(GAP * u32::from(N) / 3);
@@ -31,12 +24,7 @@ fn sigkill_keeps_audio_and_restart_resumes_forking() -> Result<()> {
     std::thread::sleep(GAP * u32::from(N) / 3);
     s.start_agent()?;
 
-    let sent = sender
-        .join()
-        .map_err(|_| anyhow::anyhow!("sender panicked"))??;
-    let got = rx
-        .join()
-        .map_err(|_| anyhow::anyhow!("receiver panicked"))??;
+    let (sent, got) = audio.finish()?;
     assert_eq!(
         got.len(),
         sent.len(),

@@ -7,7 +7,7 @@
 //! second is a crash (SIGKILL, Restart=on-failure). Every relayed packet must arrive byte for byte,
 //! the restarted agents must re-adopt the flows and the fork, and forking must span both restarts.
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use crate::install_support::{
     agent_pid, installed_limits, limited_scenario, start_limited, status_field, ServiceLimits,
@@ -15,7 +15,7 @@ use crate::install_support::{
 };
 use anyhow::{Context, Result};
 use nix::sys::signal::Signal;
-use xdpfork_tests::{addrs::*, send_rtp_in_background, spawn_receiver, Host};
+use xdpfork_tests::addrs::*;
 
 /// 1500 packets at 5 ms: long enough that forking resumes after the second restart.
 const N: u16 = 1500;
@@ -67,14 +67,7 @@ fn call_audio_survives_restarts_of_the_capability_limited_agent() -> Result<()> 
     s.add_call_flows(false)?;
     s.start_fork("guid-unit-restart", A_LOCAL, B_LOCAL)?;
 
-    let tx = s.topo.udp_socket(Host::Caller, CALLER_RTP.parse()?)?;
-    let rx = spawn_receiver(
-        s.topo.udp_socket(Host::Callee, CALLEE_RTP.parse()?)?,
-        N as usize,
-        Duration::from_secs(5),
-    );
-    let dst: SocketAddr = A_LOCAL.parse()?;
-    let sender = send_rtp_in_background(tx, dst, N, 0, 0x5eed, GAP);
+    let audio = s.play_caller_audio(N, 0, 0x5eed, GAP)?;
 
     // systemctl restart: SIGTERM, RestartSec=, start.
     std::thread::sleep(GAP * u32::from(N) / 5);
@@ -88,12 +81,7 @@ fn call_audio_survives_restarts_of_the_capability_limited_agent() -> Result<()> 
     std::thread::sleep(RESTART_SEC);
     start_limited(&mut s, &limits, &staged_bin, &[])?;
 
-    let sent = sender
-        .join()
-        .map_err(|_| anyhow::anyhow!("sender panicked"))??;
-    let got = rx
-        .join()
-        .map_err(|_| anyhow::anyhow!("receiver panicked"))??;
+    let (sent, got) = audio.finish()?;
     assert_eq!(
         got.len(),
         sent.len(),
