@@ -491,8 +491,9 @@ mod tests {
         assert_eq!(got, vec![add(0x4001)]);
     }
 
-    #[test]
-    fn refreshes_yield_nothing() {
+    /// A planner that has offloaded channel 0x4001 of a UDP allocation with a permission for
+    /// the peer's IP.
+    fn udp_channel_offloaded() -> OffloadPlanner {
         let mut p = OffloadPlanner::new();
         feed(
             &mut p,
@@ -502,6 +503,12 @@ mod tests {
                 channel(true, 0x4001, peer()),
             ],
         );
+        p
+    }
+
+    #[test]
+    fn refreshes_yield_nothing() {
+        let mut p = udp_channel_offloaded();
         let again = feed(
             &mut p,
             &[channel(true, 0x4001, peer()), permission(true, "10.77.2.2")],
@@ -511,15 +518,7 @@ mod tests {
 
     #[test]
     fn permission_loss_removes_and_a_new_permission_restores() {
-        let mut p = OffloadPlanner::new();
-        feed(
-            &mut p,
-            &[
-                created(Transport::Udp),
-                permission(true, "10.77.2.2"),
-                channel(true, 0x4001, peer()),
-            ],
-        );
+        let mut p = udp_channel_offloaded();
         // A permission for another IP touches nothing.
         assert!(feed(&mut p, &[permission(false, "10.77.2.9")]).is_empty());
         assert_eq!(
@@ -537,15 +536,7 @@ mod tests {
 
     #[test]
     fn channel_expiry_and_allocation_deletion_remove_once() {
-        let mut p = OffloadPlanner::new();
-        feed(
-            &mut p,
-            &[
-                created(Transport::Udp),
-                permission(true, "10.77.2.2"),
-                channel(true, 0x4001, peer()),
-            ],
-        );
+        let mut p = udp_channel_offloaded();
         assert_eq!(
             feed(&mut p, &[channel(false, 0x4001, peer())]),
             vec![del(0x4001)]
@@ -555,15 +546,7 @@ mod tests {
 
         // Deletion: the core expires channels and permissions before AllocationDeleted, which
         // then has nothing left to do.
-        let mut p = OffloadPlanner::new();
-        feed(
-            &mut p,
-            &[
-                created(Transport::Udp),
-                permission(true, "10.77.2.2"),
-                channel(true, 0x4001, peer()),
-            ],
-        );
+        let mut p = udp_channel_offloaded();
         let got = feed(
             &mut p,
             &[
@@ -574,15 +557,7 @@ mod tests {
         );
         assert_eq!(got, vec![del(0x4001)]);
         // A bare AllocationDeleted still clears what is left.
-        let mut p = OffloadPlanner::new();
-        feed(
-            &mut p,
-            &[
-                created(Transport::Udp),
-                permission(true, "10.77.2.2"),
-                channel(true, 0x4001, peer()),
-            ],
-        );
+        let mut p = udp_channel_offloaded();
         assert_eq!(feed(&mut p, &[deleted()]), vec![del(0x4001)]);
         assert!(feed(&mut p, &[channel(false, 0x4001, peer())]).is_empty());
     }
