@@ -20,7 +20,10 @@
 //! `show calls` is 0. The sweep stops at the first failing point. Then per concurrency point
 //! the same scenario holds N calls at once (calls placed at a moderate rate, held long enough to
 //! overlap), and while they are all up the driver reads sip-agent's call counts, fork-agent's
-//! flows and forks and the forked frame rate at the receiver.
+//! flows and forks and the forked frame rate at the receiver. Over the same 5 s it takes two
+//! [`Snapshot`]s of every stage a forked frame passes (the generator's interface and UDP
+//! counters, `show_flows` per direction, `show_counters`, the receiver) and reports each stage
+//! per call per second ([`Loss`]), so a shortfall at the receiver is placed at one stage.
 //! CPU per call: the scheduler's run time of every thread of sip-agent and of fork-agent (see
 //! cpu.rs) over the point, divided by its calls.
 
@@ -490,6 +493,62 @@ bind_media = "10.77.2.1"
         Ok(f.as_array().map_or(0, Vec::len))
     }
 
+    /// Reads every stage counter of the loss-location row (see [`Loss`]).
+    fn snapshot(&self) -> Result<Snapshot> {
+        let flows = self.flows()?;
+        let c = control(&self.fork_sock, &json!({"v":1,"op":"show_counters"}))?;
+        let kernel = c["kernel"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let servers = c["servers"].as_object().cloned().unwrap_or_default();
+        let server_sum =
+            |k: &str| -> u64 { servers.values().map(|s| s[k].as_u64().unwrap_or(0)).sum() };
+        let rx_frames = self.rx.frames.load(Ordering::Relaxed);
+        // Interface counters and /proc/net/snmp in one `cat` per namespace.
+        let read = |h: Host, dev: &str| -> Result<(u64, u64, HashMap<String, u64>)> {
+            let out = xdpfork_tests::ns_run(
+                &self.t.ns(h),
+                "cat",
+                &[
+                    &format!("/sys/class/net/{dev}/statistics/tx_packets"),
+                    &format!("/sys/class/net/{dev}/statistics/rx_packets"),
+                    "/proc/net/snmp",
+                ],
+            )?;
+            let mut lines = out.lines();
+            let mut num = || -> u64 {
+                lines
+                    .next()
+                    .and_then(|l| l.trim().parse().ok())
+                    .unwrap_or(0)
+            };
+            let (tx, rx) = (num(), num());
+            Ok((tx, rx, udp_snmp(&out)))
+        };
+        let (ca0_tx, ca0_rx, caller_udp) = read(Host::Caller, "ca0")?;
+        let (cb0_tx, cb0_rx, callee_udp) = read(Host::Callee, "cb0")?;
+        Ok(Snapshot {
+            flows,
+            kernel,
+            xsk_frames: c["user"]["xsk_frames"].as_u64().unwrap_or(0),
+            media_queue_drops: c["user"]["media_queue_drops"].as_u64().unwrap_or(0),
+            frames_sent: server_sum("frames_sent"),
+            frames_dropped: server_sum("frames_dropped"),
+            rx_frames,
+            ca0_tx,
+            ca0_rx,
+            cb0_rx,
+            cb0_tx,
+            caller_udp,
+            callee_udp,
+        })
+    }
+
     /// Warning and error lines `name` logged since the last call.
     fn new_warnings(&mut self, name: &'static str) -> Vec<String> {
         let log = self.t.log(name);
@@ -744,6 +803,8 @@ struct HoldPoint {
     /// fork-agent and sip-agent CPU (cores) while all calls were up and nothing was set up.
     fork_cores_held: f64,
     sip_cores_held: f64,
+    /// Stage counts over the 5 s window (where forked frames go missing).
+    loss: Loss,
     errors: String,
     warnings: Vec<String>,
 }
@@ -771,7 +832,271 @@ impl HoldPoint {
                "sip_agent_cpu_ns": self.sip_cpu_ns, "fork_agent_cpu_ns": self.fork_cpu_ns,
                "fork_agent_cores_held": self.fork_cores_held,
                "sip_agent_cores_held": self.sip_cores_held,
+               "loss": self.loss.json(),
                "sipp_errors": self.errors, "agent_warnings": self.warnings, "passed": self.passed()})
+    }
+}
+
+/// Counters of one RTP direction's flows (sums over the flows of that direction).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct DirCounters {
+    flows: u64,
+    packets: u64,
+    forked: u64,
+    lost: u64,
+    out_of_order: u64,
+    errors: u64,
+    passed: u64,
+    userspace_packets: u64,
+}
+
+impl DirCounters {
+    fn add(&mut self, f: &serde_json::Value) {
+        let n = |k: &str| f[k].as_u64().unwrap_or(0);
+        self.flows += 1;
+        self.packets += n("packets");
+        self.forked += n("forked");
+        self.lost += n("lost");
+        self.out_of_order += n("out_of_order");
+        self.errors += n("errors");
+        self.passed += n("passed");
+        self.userspace_packets += n("userspace_packets");
+    }
+
+    fn minus(&self, o: &DirCounters) -> DirCounters {
+        DirCounters {
+            flows: self.flows.min(o.flows),
+            packets: self.packets.saturating_sub(o.packets),
+            forked: self.forked.saturating_sub(o.forked),
+            lost: self.lost.saturating_sub(o.lost),
+            out_of_order: self.out_of_order.saturating_sub(o.out_of_order),
+            errors: self.errors.saturating_sub(o.errors),
+            passed: self.passed.saturating_sub(o.passed),
+            userspace_packets: self.userspace_packets.saturating_sub(o.userspace_packets),
+        }
+    }
+}
+
+/// Per-flow counters of the RTP flows present in both snapshots, split by direction: flows
+/// anchored on the caller side (local 10.77.1.1, packets from the caller, relayed to the
+/// callee) and on the callee side (local 10.77.2.1, the callee's echo, relayed to the caller).
+/// RTP flows are the even local ports (RFC 3550 §11: RTP even, RTCP the next odd port).
+fn rtp_flow_deltas(
+    before: &[serde_json::Value],
+    after: &[serde_json::Value],
+) -> (DirCounters, DirCounters) {
+    let by_local: HashMap<&str, &serde_json::Value> = before
+        .iter()
+        .filter_map(|f| f["local"].as_str().map(|l| (l, f)))
+        .collect();
+    let (mut a0, mut a1, mut b0, mut b1) = Default::default();
+    for f in after {
+        let Some(local) = f["local"].as_str() else {
+            continue;
+        };
+        let Ok(addr) = local.parse::<SocketAddr>() else {
+            continue;
+        };
+        let Some(f0) = by_local.get(local) else {
+            continue;
+        };
+        if addr.port() % 2 != 0 {
+            continue;
+        }
+        let (d0, d1): (&mut DirCounters, &mut DirCounters) =
+            if addr.ip().to_string() == AGENT_A.split(':').next().unwrap_or_default() {
+                (&mut a0, &mut a1)
+            } else {
+                (&mut b0, &mut b1)
+            };
+        d0.add(f0);
+        d1.add(f);
+    }
+    (a1.minus(&a0), b1.minus(&b0))
+}
+
+/// The `Udp:` counters of a namespace's /proc/net/snmp (header line, then values).
+fn udp_snmp(text: &str) -> HashMap<String, u64> {
+    let mut udp = text.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(head), Some(vals)) = (udp.next(), udp.next()) else {
+        return HashMap::new();
+    };
+    head.split_whitespace()
+        .skip(1)
+        .zip(vals.split_whitespace().skip(1))
+        .filter_map(|(k, v)| Some((k.to_owned(), v.parse().ok()?)))
+        .collect()
+}
+
+/// Everything the loss-location row compares, read at one instant while the calls are held.
+#[derive(Clone, Debug, Default)]
+struct Snapshot {
+    flows: Vec<serde_json::Value>,
+    kernel: HashMap<String, u64>,
+    xsk_frames: u64,
+    media_queue_drops: u64,
+    frames_sent: u64,
+    frames_dropped: u64,
+    rx_frames: u64,
+    /// Interface packet counters: caller ca0 tx/rx, callee cb0 rx/tx.
+    ca0_tx: u64,
+    ca0_rx: u64,
+    cb0_rx: u64,
+    cb0_tx: u64,
+    /// UDP counters (`/proc/net/snmp`) of the caller and callee namespaces.
+    caller_udp: HashMap<String, u64>,
+    callee_udp: HashMap<String, u64>,
+}
+
+/// Stage counts over the measurement window (deltas of two snapshots).
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Loss {
+    secs: f64,
+    /// RTP flows counted per direction (calls with that direction anchored).
+    a_flows: u64,
+    b_flows: u64,
+    /// Caller's interface: packets sipp sent (RTP plus a little SIP).
+    caller_sent: u64,
+    a: DirCounters,
+    callee_received: u64,
+    /// Callee's interface: packets the echo sent back (RTP plus a little SIP).
+    callee_sent: u64,
+    b: DirCounters,
+    caller_received: u64,
+    relayed_forked: u64,
+    fork_captured: u64,
+    fork_no_socket: u64,
+    fork_no_headroom: u64,
+    xsk_frames: u64,
+    media_queue_drops: u64,
+    frames_sent: u64,
+    frames_dropped: u64,
+    rx_frames: u64,
+    callee_rcvbuf_errors: u64,
+    caller_rcvbuf_errors: u64,
+}
+
+impl Loss {
+    fn between(s0: &Snapshot, s1: &Snapshot, secs: f64) -> Loss {
+        let (a, b) = rtp_flow_deltas(&s0.flows, &s1.flows);
+        let k = |name: &str| {
+            s1.kernel
+                .get(name)
+                .copied()
+                .unwrap_or(0)
+                .saturating_sub(s0.kernel.get(name).copied().unwrap_or(0))
+        };
+        let udp = |m1: &HashMap<String, u64>, m0: &HashMap<String, u64>| {
+            m1.get("RcvbufErrors")
+                .copied()
+                .unwrap_or(0)
+                .saturating_sub(m0.get("RcvbufErrors").copied().unwrap_or(0))
+        };
+        Loss {
+            secs,
+            a_flows: a.flows,
+            b_flows: b.flows,
+            caller_sent: s1.ca0_tx.saturating_sub(s0.ca0_tx),
+            a,
+            callee_received: s1.cb0_rx.saturating_sub(s0.cb0_rx),
+            callee_sent: s1.cb0_tx.saturating_sub(s0.cb0_tx),
+            b,
+            caller_received: s1.ca0_rx.saturating_sub(s0.ca0_rx),
+            relayed_forked: k("relayed_forked"),
+            fork_captured: k("fork_captured"),
+            fork_no_socket: k("fork_no_socket"),
+            fork_no_headroom: k("fork_no_headroom"),
+            xsk_frames: s1.xsk_frames.saturating_sub(s0.xsk_frames),
+            media_queue_drops: s1.media_queue_drops.saturating_sub(s0.media_queue_drops),
+            frames_sent: s1.frames_sent.saturating_sub(s0.frames_sent),
+            frames_dropped: s1.frames_dropped.saturating_sub(s0.frames_dropped),
+            rx_frames: s1.rx_frames.saturating_sub(s0.rx_frames),
+            callee_rcvbuf_errors: udp(&s1.callee_udp, &s0.callee_udp),
+            caller_rcvbuf_errors: udp(&s1.caller_udp, &s0.caller_udp),
+        }
+    }
+
+    /// `v` packets over the window as packets per second per call (`calls` calls).
+    fn rate(&self, v: u64, calls: u64) -> f64 {
+        v as f64 / self.secs.max(1e-9) / calls.max(1) as f64
+    }
+
+    /// Stages in path order: (name, packets per second per call). One-direction stages are
+    /// divided by that direction's flows; two-direction stages by the calls (the A flows).
+    fn stages(&self) -> Vec<(&'static str, f64)> {
+        let (na, nb) = (self.a_flows, self.b_flows);
+        vec![
+            ("caller sent (ca0 tx)", self.rate(self.caller_sent, na)),
+            ("A relayed", self.rate(self.a.packets, na)),
+            ("A forked", self.rate(self.a.forked, na)),
+            ("callee got (cb0 rx)", self.rate(self.callee_received, na)),
+            ("echo sent (cb0 tx)", self.rate(self.callee_sent, nb)),
+            ("B relayed", self.rate(self.b.packets, nb)),
+            ("B forked", self.rate(self.b.forked, nb)),
+            ("relayed_forked", self.rate(self.relayed_forked, na)),
+            ("fork_captured", self.rate(self.fork_captured, na)),
+            ("xsk_frames", self.rate(self.xsk_frames, na)),
+            ("frames_sent", self.rate(self.frames_sent, na)),
+            ("receiver", self.rate(self.rx_frames, na)),
+        ]
+    }
+
+    /// Losses along the way, per call per second: anything not zero is where frames went.
+    fn drops(&self) -> Vec<(&'static str, f64)> {
+        let (na, nb) = (self.a_flows, self.b_flows);
+        vec![
+            ("A lost (RTP seq gaps)", self.rate(self.a.lost, na)),
+            ("A out_of_order", self.rate(self.a.out_of_order, na)),
+            ("B lost (RTP seq gaps)", self.rate(self.b.lost, nb)),
+            ("B out_of_order", self.rate(self.b.out_of_order, nb)),
+            (
+                "passed + userspace",
+                self.rate(
+                    self.a.passed
+                        + self.b.passed
+                        + self.a.userspace_packets
+                        + self.b.userspace_packets,
+                    na,
+                ),
+            ),
+            ("flow errors", self.rate(self.a.errors + self.b.errors, na)),
+            (
+                "callee UDP RcvbufErrors",
+                self.rate(self.callee_rcvbuf_errors, na),
+            ),
+            (
+                "caller UDP RcvbufErrors",
+                self.rate(self.caller_rcvbuf_errors, na),
+            ),
+            ("fork_no_socket", self.rate(self.fork_no_socket, na)),
+            ("fork_no_headroom", self.rate(self.fork_no_headroom, na)),
+            ("media_queue_drops", self.rate(self.media_queue_drops, na)),
+            ("frames_dropped", self.rate(self.frames_dropped, na)),
+        ]
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let obj = |v: &[(&str, f64)]| -> serde_json::Map<String, serde_json::Value> {
+            v.iter().map(|(k, r)| ((*k).to_owned(), json!(r))).collect()
+        };
+        json!({"secs": self.secs, "a_flows": self.a_flows, "b_flows": self.b_flows,
+               "caller_sent": self.caller_sent, "callee_received": self.callee_received,
+               "callee_sent": self.callee_sent, "caller_received": self.caller_received,
+               "a": {"packets": self.a.packets, "forked": self.a.forked, "lost": self.a.lost,
+                     "out_of_order": self.a.out_of_order, "errors": self.a.errors,
+                     "passed": self.a.passed, "userspace_packets": self.a.userspace_packets},
+               "b": {"packets": self.b.packets, "forked": self.b.forked, "lost": self.b.lost,
+                     "out_of_order": self.b.out_of_order, "errors": self.b.errors,
+                     "passed": self.b.passed, "userspace_packets": self.b.userspace_packets},
+               "relayed_forked": self.relayed_forked, "fork_captured": self.fork_captured,
+               "fork_no_socket": self.fork_no_socket, "fork_no_headroom": self.fork_no_headroom,
+               "xsk_frames": self.xsk_frames, "media_queue_drops": self.media_queue_drops,
+               "frames_sent": self.frames_sent, "frames_dropped": self.frames_dropped,
+               "receiver_frames": self.rx_frames,
+               "callee_rcvbuf_errors": self.callee_rcvbuf_errors,
+               "caller_rcvbuf_errors": self.caller_rcvbuf_errors,
+               "stages_per_call_per_s": obj(&self.stages()),
+               "drops_per_call_per_s": obj(&self.drops())})
     }
 }
 
@@ -834,15 +1159,21 @@ fn hold_point(b: &mut Bench, run: u32, n: usize) -> Result<HoldPoint> {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let (fr0, sh0, fh0, th0) = (
-        b.rx.frames.load(Ordering::Relaxed),
+    // Each snapshot reads its counters in the same order, so every counter's window is the
+    // time between the two snapshots' starts (show_flows over 2000 flows takes a while).
+    let w0 = Instant::now();
+    let snap0 = b.snapshot()?;
+    let (sh0, fh0, th0) = (
         cpu::process_cpu_ns(b.sip_pid),
         cpu::process_cpu_ns(b.fork_pid),
         Instant::now(),
     );
     std::thread::sleep(Duration::from_secs(5));
     let held = th0.elapsed().as_secs_f64();
-    let frames_per_s = (b.rx.frames.load(Ordering::Relaxed) - fr0) as f64 / held;
+    let window = w0.elapsed().as_secs_f64();
+    let snap1 = b.snapshot()?;
+    let loss = Loss::between(&snap0, &snap1, window);
+    let frames_per_s = loss.rx_frames as f64 / window;
     let (fork_cores_held, sip_cores_held) = (
         cpu::process_cpu_ns(b.fork_pid).saturating_sub(fh0) as f64 / (held * 1e9),
         cpu::process_cpu_ns(b.sip_pid).saturating_sub(sh0) as f64 / (held * 1e9),
@@ -879,6 +1210,7 @@ fn hold_point(b: &mut Bench, run: u32, n: usize) -> Result<HoldPoint> {
         fork_cpu_ns: cpu::process_cpu_ns(b.fork_pid).saturating_sub(f0),
         fork_cores_held,
         sip_cores_held,
+        loss,
         errors,
         warnings,
     })
@@ -935,6 +1267,21 @@ pub fn run(o: &Opts) -> Result<Report> {
             p.stats.successful,
             p.stats.failed,
             if p.passed() { String::new() } else { " FAILED".to_owned() }
+        );
+        eprintln!(
+            "  {n:>5} held, per call per s: {}; losses: {}",
+            p.loss
+                .stages()
+                .iter()
+                .map(|(k, v)| format!("{k} {v:.1}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            p.loss
+                .drops()
+                .iter()
+                .map(|(k, v)| format!("{k} {v:.2}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         let passed = p.passed();
         hold_points.push(p);
@@ -1049,6 +1396,7 @@ fn markdown(o: &Opts, facts: &str, cps: &[CpsPoint], hold: &[HoldPoint]) -> Stri
             if p.passed() { "pass" } else { "**fail**" }
         ));
     }
+    md.push_str(&loss_tables(hold));
     let most = hold.iter().filter(|p| p.passed()).map(|p| p.target).max();
     md.push_str(&format!(
         "\nMost calls held at once with every call forked: {}.\n",
@@ -1075,6 +1423,42 @@ fn markdown(o: &Opts, facts: &str, cps: &[CpsPoint], hold: &[HoldPoint]) -> Stri
         ));
     }
     md
+}
+
+/// The loss-location tables: each stage's packets per second per call over the window (A =
+/// caller→callee, B = callee→caller; nominal 50 per direction, 100 for two-direction stages),
+/// then each counter that names a loss.
+fn loss_tables(hold: &[HoldPoint]) -> String {
+    let Some(first) = hold.first() else {
+        return String::new();
+    };
+    let table = |rows: &dyn Fn(&Loss) -> Vec<(&'static str, f64)>, prec: usize| -> String {
+        let names: Vec<&str> = rows(&first.loss).iter().map(|(k, _)| *k).collect();
+        let mut t = format!(
+            "| calls | RTP flows A / B | {} |\n|---|---|{}\n",
+            names.join(" | "),
+            "---|".repeat(names.len())
+        );
+        for p in hold {
+            t.push_str(&format!(
+                "| {} | {} / {} | {} |\n",
+                p.target,
+                p.loss.a_flows,
+                p.loss.b_flows,
+                rows(&p.loss)
+                    .iter()
+                    .map(|(_, v)| format!("{v:.prec$}"))
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            ));
+        }
+        t
+    };
+    format!(
+        "\nWhere forked frames go (packets per second per call over the window; A = caller→callee, B = callee→caller, nominal 50 each; two-direction stages nominal 100):\n\n{}\nLoss counters over the same window (per second per call):\n\n{}",
+        table(&Loss::stages, 1),
+        table(&Loss::drops, 2)
+    )
 }
 
 #[cfg(test)]
@@ -1157,6 +1541,78 @@ mod tests {
         assert_eq!(linear_to_ulaw(i16::MAX), 0x80);
         assert_eq!(linear_to_ulaw(-32_767), 0x00);
         assert_eq!(pcmu_tone().len(), 16_000);
+    }
+
+    #[test]
+    fn udp_snmp_reads_the_udp_lines_only() {
+        let t = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
+                 Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors\n\
+                 Udp: 100 2 7 90 7 0\n\
+                 UdpLite: InDatagrams NoPorts\nUdpLite: 0 0\n";
+        let u = udp_snmp(t);
+        assert_eq!(u.get("InDatagrams"), Some(&100));
+        assert_eq!(u.get("RcvbufErrors"), Some(&7));
+        assert_eq!(u.len(), 6);
+        assert!(udp_snmp("Ip: 1\n").is_empty());
+    }
+
+    fn flow(local: &str, packets: u64, forked: u64, lost: u64) -> serde_json::Value {
+        json!({"local": local, "packets": packets, "forked": forked, "lost": lost,
+               "out_of_order": 1, "errors": 0, "passed": 0, "userspace_packets": 0})
+    }
+
+    #[test]
+    fn flow_deltas_split_by_direction_and_skip_rtcp_and_new_flows() {
+        let before = vec![
+            flow("10.77.1.1:20000", 100, 100, 0),
+            flow("10.77.1.1:20001", 0, 0, 0),
+            flow("10.77.2.1:20002", 80, 80, 1),
+        ];
+        let after = vec![
+            flow("10.77.1.1:20000", 350, 350, 0),
+            // RTCP (odd port): not an RTP stage.
+            flow("10.77.1.1:20001", 9, 0, 0),
+            flow("10.77.2.1:20002", 280, 270, 4),
+            // Appeared during the window: no baseline, left out.
+            flow("10.77.2.1:20004", 50, 50, 0),
+        ];
+        let (a, b) = rtp_flow_deltas(&before, &after);
+        assert_eq!((a.flows, a.packets, a.forked, a.lost), (1, 250, 250, 0));
+        assert_eq!((b.flows, b.packets, b.forked, b.lost), (1, 200, 190, 3));
+        assert_eq!(a.out_of_order, 0);
+    }
+
+    #[test]
+    fn loss_rates_are_per_call_per_second() {
+        let mut s0 = Snapshot::default();
+        let mut s1 = Snapshot {
+            flows: vec![
+                flow("10.77.1.1:20000", 500, 500, 0),
+                flow("10.77.2.1:20000", 400, 400, 0),
+            ],
+            rx_frames: 800,
+            ca0_tx: 500,
+            cb0_rx: 500,
+            cb0_tx: 400,
+            ..Snapshot::default()
+        };
+        s0.flows = vec![
+            flow("10.77.1.1:20000", 0, 0, 0),
+            flow("10.77.2.1:20000", 0, 0, 0),
+        ];
+        s0.callee_udp.insert("RcvbufErrors".into(), 10);
+        s1.callee_udp.insert("RcvbufErrors".into(), 110);
+        s1.kernel.insert("relayed_forked".into(), 900);
+        let l = Loss::between(&s0, &s1, 10.0);
+        let st: HashMap<_, _> = l.stages().into_iter().collect();
+        assert!((st["caller sent (ca0 tx)"] - 50.0).abs() < 1e-9);
+        assert!((st["echo sent (cb0 tx)"] - 40.0).abs() < 1e-9);
+        assert!((st["B relayed"] - 40.0).abs() < 1e-9);
+        assert!((st["relayed_forked"] - 90.0).abs() < 1e-9);
+        assert!((st["receiver"] - 80.0).abs() < 1e-9);
+        let dr: HashMap<_, _> = l.drops().into_iter().collect();
+        assert!((dr["callee UDP RcvbufErrors"] - 10.0).abs() < 1e-9);
+        assert!(loss_tables(&[]).is_empty());
     }
 
     #[test]
