@@ -11,13 +11,13 @@
 //! forker → callee 10.77.2.2, speech receiver at 10.77.3.2:9100), starts a light WebSocket
 //! receiver (a thread of this process that counts each stream's `start` per call GUID and the
 //! audio frames), fork-agent, sip-agent (with `--admin-socket`) and a sipp UAS in the callee
-//! namespace (tests/sipp/uas_answer.xml, `-rtp_echo`). Per CPS point a sipp UAC
-//! (tests/sipp/bench_uac.xml) in the caller namespace places `--calls` calls at the rate: INVITE,
-//! 200, ACK, RTP (`rtp_stream`, PCMU, 50 packets/s from a port of its own per call, echoed back
-//! by the callee), the START INFO and its 200, `--hold` seconds, BYE. A point passes when sipp
-//! counts every call successful and none failed, every call's two streams announced `start` at
-//! the receiver, and within 10 s after the last BYE fork-agent has no flow and sip-agent's
-//! `show calls` is 0. The sweep stops at the first failing point. Then per concurrency point
+//! namespace (a copy of tests/sipp/uas_answer.xml that plays its own `rtp_stream` tone per
+//! call). Per CPS point a sipp UAC (tests/sipp/bench_uac.xml) in the caller namespace places
+//! `--calls` calls at the rate: INVITE, 200, ACK, RTP (`rtp_stream`, PCMU, 50 packets/s from a
+//! port of its own per call, and the callee's tone the same way), the START INFO and its 200,
+//! `--hold` seconds, BYE. A point passes when sipp counts every call successful and none failed,
+//! every call's two streams announced `start` at the receiver, and within 10 s after the last BYE
+//! fork-agent has no flow and sip-agent's `show calls` is 0. The sweep stops at the first failing point. Then per concurrency point
 //! the same scenario holds N calls at once (calls placed at a moderate rate, held long enough to
 //! overlap), and while they are all up the driver reads sip-agent's call counts, fork-agent's
 //! flows and forks and the forked frame rate at the receiver. Over the same 5 s it takes two
@@ -67,7 +67,7 @@ pub struct Opts {
     pub hold: f64,
     /// Calls held up at once, per concurrency point.
     pub concurrent: Vec<usize>,
-    /// Real RTP per call (sipp `rtp_stream`, echoed by the callee).
+    /// Real RTP per call (sipp `rtp_stream` from both caller and callee).
     pub rtp: bool,
 }
 
@@ -405,9 +405,31 @@ bind_media = "10.77.2.1"
             std::thread::sleep(Duration::from_millis(50));
         }
 
-        // The callee answers every call and echoes the RTP it gets back to its sender (the
-        // call's B anchor), so both directions of every call carry audio.
-        let uas = sipp_file("uas_answer.xml").to_string_lossy().into_owned();
+        let tone = dir.join("tone.pcmu");
+        std::fs::write(&tone, pcmu_tone())?;
+        // The callee answers every call and plays the tone from a port of its own per call
+        // (its copy of uas_answer.xml with `rtp_stream` after the ACK), so both directions of
+        // every call carry 50 packets/s. sipp's `-rtp_echo` answers all calls on one socket,
+        // whose receive buffer overflowed above 100 calls: the echo, not the relay, lost audio.
+        let uas_text = std::fs::read_to_string(sipp_file("uas_answer.xml"))?;
+        let uas_text = if rtp {
+            let ack = r#"<recv request="ACK" crlf="true"/>"#;
+            if !uas_text.contains(ack) || !uas_text.contains("m=audio [media_port]") {
+                bail!("uas_answer.xml: no ACK receive or media line to add the callee's audio to");
+            }
+            let play = format!(
+                "{ack}\n  <nop><action><exec rtp_stream=\"{},-1,0\"/></action></nop>",
+                tone.display()
+            );
+            uas_text
+                .replacen("m=audio [media_port]", "m=audio [rtpstream_audio_port]", 1)
+                .replacen(ack, &play, 1)
+        } else {
+            uas_text
+        };
+        let uas_path = dir.join("bench_uas.xml");
+        std::fs::write(&uas_path, uas_text)?;
+        let uas = uas_path.to_string_lossy().into_owned();
         let err = dir.join("callee.err").to_string_lossy().into_owned();
         t.spawn(
             "callee",
@@ -424,7 +446,6 @@ bind_media = "10.77.2.1"
                 CALLEE_IP,
                 "-mp",
                 "40000",
-                "-rtp_echo",
                 "-key",
                 "pt",
                 "0",
@@ -438,8 +459,6 @@ bind_media = "10.77.2.1"
             ],
         )?;
 
-        let tone = dir.join("tone.pcmu");
-        std::fs::write(&tone, pcmu_tone())?;
         let text = std::fs::read_to_string(sipp_file("bench_uac.xml"))?;
         let text = if rtp {
             text.replace("@PCMU@", &tone.to_string_lossy())
@@ -879,7 +898,7 @@ impl DirCounters {
 
 /// Per-flow counters of the RTP flows present in both snapshots, split by direction: flows
 /// anchored on the caller side (local 10.77.1.1, packets from the caller, relayed to the
-/// callee) and on the callee side (local 10.77.2.1, the callee's echo, relayed to the caller).
+/// callee) and on the callee side (local 10.77.2.1, the callee's audio, relayed to the caller).
 /// RTP flows are the even local ports (RFC 3550 §11: RTP even, RTCP the next odd port).
 fn rtp_flow_deltas(
     before: &[serde_json::Value],
@@ -959,7 +978,7 @@ struct Loss {
     caller_sent: u64,
     a: DirCounters,
     callee_received: u64,
-    /// Callee's interface: packets the echo sent back (RTP plus a little SIP).
+    /// Callee's interface: packets the callee sent (RTP plus a little SIP).
     callee_sent: u64,
     b: DirCounters,
     caller_received: u64,
@@ -1030,7 +1049,7 @@ impl Loss {
             ("A relayed", self.rate(self.a.packets, na)),
             ("A forked", self.rate(self.a.forked, na)),
             ("callee got (cb0 rx)", self.rate(self.callee_received, na)),
-            ("echo sent (cb0 tx)", self.rate(self.callee_sent, nb)),
+            ("callee sent (cb0 tx)", self.rate(self.callee_sent, nb)),
             ("B relayed", self.rate(self.b.packets, nb)),
             ("B forked", self.rate(self.b.forked, nb)),
             ("relayed_forked", self.rate(self.relayed_forked, na)),
@@ -1311,7 +1330,7 @@ fn markdown(o: &Opts, facts: &str, cps: &[CpsPoint], hold: &[HoldPoint]) -> Stri
     let mut md = format!(
         "## `cargo xtask bench calls`\n\n{facts}\nsipp UAC in the caller namespace → sip-agent (B2BUA, UDP) → sipp UAS in the callee namespace; fork-agent anchors each call's media in XDP (four flows) and forks both parties to a light counting WebSocket receiver in the speech namespace. Per call: INVITE/100/180/200/ACK, {}the START INFO (`application/x-cisco-record+json`) and its 200, {} s up, BYE/200. Nothing is pinned: sipp, sip-agent and fork-agent share the host's cores. CPU: scheduler run time of all threads of each process over the point (set-up, hold and tear-down of every call plus its media), divided by the calls.\n\n### Calls per second ({} calls per point)\n\n| CPS | calls ok / failed | retrans | INVITE→200 avg (ms) | INFO→200 avg (ms) | both streams at the speech side | left after 10 s (flows / calls) | run (s) | sip-agent ms CPU per call | fork-agent ms CPU per call | sipp caller cores | result |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         if o.rtp {
-            "RTP (PCMU 50 packets/s from sipp's `rtp_stream`, echoed back by the callee, so both directions are relayed and forked), "
+            "RTP (PCMU 50 packets/s from sipp's `rtp_stream` in the caller and in the callee, so both directions are relayed and forked), "
         } else {
             "no RTP, "
         },
@@ -1606,7 +1625,7 @@ mod tests {
         let l = Loss::between(&s0, &s1, 10.0);
         let st: HashMap<_, _> = l.stages().into_iter().collect();
         assert!((st["caller sent (ca0 tx)"] - 50.0).abs() < 1e-9);
-        assert!((st["echo sent (cb0 tx)"] - 40.0).abs() < 1e-9);
+        assert!((st["callee sent (cb0 tx)"] - 40.0).abs() < 1e-9);
         assert!((st["B relayed"] - 40.0).abs() < 1e-9);
         assert!((st["relayed_forked"] - 90.0).abs() < 1e-9);
         assert!((st["receiver"] - 80.0).abs() < 1e-9);
