@@ -565,6 +565,19 @@ impl<P: PortAllocator> B2bua<P> {
         SocketAddr::new(bind.sip_ip, port)
     }
 
+    /// The transport towards `leg`'s peer (UDP once the call is gone).
+    fn leg_transport(&self, call: CallHandle, leg: Leg) -> Transport {
+        self.calls
+            .get(&call)
+            .map_or(Transport::Udp, |c| c.dialog_peer(leg).transport)
+    }
+
+    /// A fresh Via for a request we send on `leg`.
+    fn leg_via(&mut self, call: CallHandle, leg: Leg) -> String {
+        let transport = self.leg_transport(call, leg);
+        self.via(transport, self.bind_of(call, leg))
+    }
+
     fn via(&mut self, transport: Transport, bind: Bind) -> String {
         let t = match transport {
             Transport::Udp => "UDP",
@@ -1307,12 +1320,7 @@ impl<P: PortAllocator> B2bua<P> {
     /// Sends BYE on `leg`; `reason` is an RFC 3326 Reason header value for BYEs we originate
     /// for a reason of our own (session expiry, maximum duration).
     fn send_bye(&mut self, now: Instant, call: CallHandle, leg: Leg, reason: Option<&str>) {
-        let transport = self
-            .calls
-            .get(&call)
-            .map(|c| c.dialog_peer(leg).transport)
-            .unwrap_or(Transport::Udp);
-        let via = self.via(transport, self.bind_of(call, leg));
+        let via = self.leg_via(call, leg);
         let Some(c) = self.calls.get_mut(&call) else {
             return;
         };
@@ -1489,13 +1497,8 @@ impl<P: PortAllocator> B2bua<P> {
         sdp: Option<Vec<u8>>,
     ) {
         let to = from.other();
-        let transport = self
-            .calls
-            .get(&call)
-            .map(|c| c.dialog_peer(to).transport)
-            .unwrap_or(Transport::Udp);
-        let via = self.via(transport, self.bind_of(call, to));
-        let contact = self.contact(transport, self.bind_of(call, to));
+        let via = self.leg_via(call, to);
+        let contact = self.contact(self.leg_transport(call, to), self.bind_of(call, to));
         let media_ip = self.bind_of(call, to).media_ip;
         let Some(c) = self.calls.get_mut(&call) else {
             return;
@@ -1587,12 +1590,7 @@ impl<P: PortAllocator> B2bua<P> {
         if orig.method == Method::Invite && (200..300).contains(&code) {
             // ACK the relayed re-INVITE on the other leg ourselves (§13.2.2.4).
             let cseq = message::keys(&SipMessage::Response(resp.clone())).map(|k| k.cseq);
-            let transport = self
-                .calls
-                .get(&call)
-                .map(|c| c.dialog_peer(to).transport)
-                .unwrap_or(Transport::Udp);
-            let via = self.via(transport, self.bind_of(call, to));
+            let via = self.leg_via(call, to);
             let Some(c) = self.calls.get_mut(&call) else {
                 return;
             };
@@ -1641,11 +1639,7 @@ impl<P: PortAllocator> B2bua<P> {
             _ => None,
         };
         let extra = if orig.method == Method::Invite {
-            let transport = self
-                .calls
-                .get(&call)
-                .map(|c| c.dialog_peer(from).transport)
-                .unwrap_or(Transport::Udp);
+            let transport = self.leg_transport(call, from);
             let mut extra = vec![Header::Other(
                 "Contact".into(),
                 self.contact(transport, self.bind_of(call, from)),
@@ -1742,12 +1736,7 @@ impl<P: PortAllocator> B2bua<P> {
     }
 
     fn send_status(&mut self, now: Instant, call: CallHandle, leg: Leg, report: &StatusReport) {
-        let transport = self
-            .calls
-            .get(&call)
-            .map(|c| c.dialog_peer(leg).transport)
-            .unwrap_or(Transport::Udp);
-        let via = self.via(transport, self.bind_of(call, leg));
+        let via = self.leg_via(call, leg);
         let Some(c) = self.calls.get_mut(&call) else {
             return;
         };
