@@ -574,8 +574,15 @@ pub struct Scenario {
 
 impl Scenario {
     /// The standard fork-agent config of the topology: XDP on fa0/fb0, fork veth xfork0, one
-    /// speech server `asr` (the speech-server in the speech namespace).
-    pub fn fork_agent_config(pin_dir: &Path, socket: &Path, state_dir: &Path) -> String {
+    /// speech server `asr` at `ws://{speech_ws}/stream` (the speech-server in the speech
+    /// namespace listens on [`addrs::SPEECH_WS`]). It ends inside the `[[speech_server]]` table,
+    /// so keys appended to it land there.
+    pub fn fork_agent_config(
+        pin_dir: &Path,
+        socket: &Path,
+        state_dir: &Path,
+        speech_ws: &str,
+    ) -> String {
         format!(
             r#"[dataplane]
 pin_dir = "{pin}"
@@ -593,7 +600,7 @@ url = "ws://{ws}/stream"
             pin = pin_dir.display(),
             sock = socket.display(),
             state = state_dir.display(),
-            ws = addrs::SPEECH_WS,
+            ws = speech_ws,
         )
     }
 
@@ -605,7 +612,12 @@ url = "ws://{ws}/stream"
         let config = topo.dir.join("fork-agent.toml");
         std::fs::write(
             &config,
-            Scenario::fork_agent_config(&topo.pin_dir, &socket, &topo.dir.join("state")),
+            Scenario::fork_agent_config(
+                &topo.pin_dir,
+                &socket,
+                &topo.dir.join("state"),
+                addrs::SPEECH_WS,
+            ),
         )?;
         let mut s = Scenario {
             topo,

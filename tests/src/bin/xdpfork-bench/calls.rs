@@ -329,28 +329,15 @@ impl Bench {
         let dir = t.dir.clone();
         let fork_sock = dir.join("fork-agent.sock");
         let fork_cfg = dir.join("fork-agent.toml");
-        std::fs::write(
-            &fork_cfg,
-            format!(
-                r#"[dataplane]
-pin_dir = "{pin}"
-interfaces = ["fa0", "fb0"]
-fork_interface = "xfork0"
-
-[control]
-socket = "{sock}"
-state_dir = "{state}"
-
-[[speech_server]]
-name = "asr"
-url = "ws://{WS}/stream"
-calls_threshold = 20
-"#,
-                pin = t.pin_dir.display(),
-                sock = fork_sock.display(),
-                state = dir.join("state").display(),
-            ),
-        )?;
+        // The standard config ends inside its [[speech_server]] table: the key lands there.
+        let mut text = xdpfork_tests::Scenario::fork_agent_config(
+            &t.pin_dir,
+            &fork_sock,
+            &dir.join("state"),
+            WS,
+        );
+        text.push_str("calls_threshold = 20\n");
+        std::fs::write(&fork_cfg, text)?;
         let cfg = fork_cfg.to_string_lossy().into_owned();
         t.spawn_env(
             "fork-agent",

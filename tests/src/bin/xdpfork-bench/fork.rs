@@ -379,28 +379,11 @@ pub fn run(streams: &[usize], secs: f64) -> Result<Report> {
 
     let socket = t.dir.join("fork-agent.sock");
     let config = t.dir.join("fork-agent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[dataplane]
-pin_dir = "{pin}"
-interfaces = ["fa0", "fb0"]
-fork_interface = "xfork0"
-
-[control]
-socket = "{sock}"
-state_dir = "{state}"
-
-[[speech_server]]
-name = "asr"
-url = "ws://{WS}/stream"
-calls_threshold = 20
-"#,
-            pin = t.pin_dir.display(),
-            sock = socket.display(),
-            state = t.dir.join("state").display(),
-        ),
-    )?;
+    // The standard config ends inside its [[speech_server]] table: the key lands there.
+    let mut text =
+        xdpfork_tests::Scenario::fork_agent_config(&t.pin_dir, &socket, &t.dir.join("state"), WS);
+    text.push_str("calls_threshold = 20\n");
+    std::fs::write(&config, text)?;
     let agent = bin("fork-agent")?;
     let cfg = config.to_string_lossy().into_owned();
     let agent_s = agent.to_string_lossy().into_owned();

@@ -111,7 +111,12 @@ fn start_scenario() -> Result<Scenario> {
     let socket = topo.dir.join("fork-agent.sock");
     let config = topo.dir.join("fork-agent.toml");
     // The standard config ends inside its [[speech_server]] table: the key lands there.
-    let mut text = Scenario::fork_agent_config(&topo.pin_dir, &socket, &topo.dir.join("state"));
+    let mut text = Scenario::fork_agent_config(
+        &topo.pin_dir,
+        &socket,
+        &topo.dir.join("state"),
+        addrs::SPEECH_WS,
+    );
     text.push_str("calls_threshold = 20\n");
     std::fs::write(&config, text)?;
     let mut s = Scenario {

@@ -14,7 +14,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use xdpfork_tests::{bin, bin_dir, Host, Scenario, Topology};
+use xdpfork_tests::{addrs, bin, bin_dir, Host, Scenario, Topology};
 
 /// The uid (and gid) fork-agent runs as in these tests, standing in for the `xdpfork` user
 /// (no passwd entry needed: setpriv takes numbers).
@@ -224,7 +224,7 @@ pub fn limited_scenario() -> Result<Scenario> {
     let config = topo.dir.join("fork-agent.toml");
     std::fs::write(
         &config,
-        Scenario::fork_agent_config(&topo.pin_dir, &socket, &state_dir),
+        Scenario::fork_agent_config(&topo.pin_dir, &socket, &state_dir, addrs::SPEECH_WS),
     )?;
     Ok(Scenario {
         topo,
