@@ -227,6 +227,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let (mut sink, mut source) = ws.split();
+    // Reused for every batch: no allocation per wakeup on the media path.
+    let mut batch: Vec<Outgoing> = Vec::with_capacity(MAX_BATCH);
     loop {
         tokio::select! {
             biased;
@@ -242,7 +244,6 @@ where
                 // Whatever else is queued already goes out with it: one flush (one write
                 // syscall, one TLS record run) for the batch instead of one per frame. Nothing
                 // waits for a batch to fill, so latency is unchanged.
-                let mut batch = Vec::with_capacity(8);
                 batch.push(item);
                 while batch.len() < MAX_BATCH {
                     match rx.try_recv() {
@@ -250,9 +251,10 @@ where
                         Err(_) => break,
                     }
                 }
-                let (frames, bytes) = (batch.len() as u64, batch.iter().map(Outgoing::len).sum::<usize>() as u64);
+                let frames = batch.len() as u64;
+                let bytes = batch.iter().map(Outgoing::len).sum::<usize>() as u64;
                 let write = async {
-                    for item in batch {
+                    for item in batch.drain(..) {
                         let msg = match item {
                             Outgoing::Text(t) => Message::text(t),
                             Outgoing::Binary(b) => Message::binary(b),
