@@ -95,8 +95,9 @@ impl ForkStore {
         }
     }
 
-    /// Lines in the file now (for tests and `show_counters`-style views).
-    pub fn lines(&self) -> usize {
+    /// Lines in the file now.
+    #[cfg(test)]
+    fn lines(&self) -> usize {
         self.journal.lines()
     }
 
