@@ -83,6 +83,50 @@ pub struct DataplaneConfig {
     /// Seconds without a packet after which a flow is removed (0 = never).
     #[serde(default)]
     pub flow_idle_timeout_secs: u64,
+    /// How forked packets carry their tag to the capture program (docs/maps.md "Fork path").
+    /// The environment variable [`FORK_PATH_ENV`] overrides it (CI forces `headroom` with it).
+    #[serde(default)]
+    pub fork_path: ForkPathSetting,
+}
+
+/// Environment variable that overrides `dataplane.fork_path` (same values).
+pub const FORK_PATH_ENV: &str = "XDPFORK_FORK_PATH";
+
+/// `dataplane.fork_path`: which program set fork-agent loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForkPathSetting {
+    /// Load the metadata programs; if the kernel refuses them, the headroom programs.
+    #[default]
+    Auto,
+    /// Only the metadata programs (fails on kernels that refuse `bpf_xdp_adjust_meta`).
+    Metadata,
+    /// Only the headroom programs (need nothing optional).
+    Headroom,
+}
+
+impl ForkPathSetting {
+    /// The paths to try, in order: the first whose programs the kernel accepts is used.
+    pub fn candidates(self) -> &'static [fork_common::ForkPath] {
+        use fork_common::ForkPath;
+        match self {
+            ForkPathSetting::Auto => &ForkPath::ALL,
+            ForkPathSetting::Metadata => &[ForkPath::Metadata],
+            ForkPathSetting::Headroom => &[ForkPath::Headroom],
+        }
+    }
+
+    /// Parse the value of [`FORK_PATH_ENV`] (or a CLI flag); the error names the values.
+    pub fn parse(s: &str) -> Result<ForkPathSetting, String> {
+        match s {
+            "auto" => Ok(ForkPathSetting::Auto),
+            "metadata" => Ok(ForkPathSetting::Metadata),
+            "headroom" => Ok(ForkPathSetting::Headroom),
+            other => Err(format!(
+                "`{other}` is not a fork path: use auto, metadata or headroom"
+            )),
+        }
+    }
 }
 
 fn default_pin_dir() -> PathBuf {
@@ -273,10 +317,19 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+        Config::parse_with_env(text, std::env::var(FORK_PATH_ENV).ok().as_deref())
+    }
+
+    /// [`Config::parse`] with the value of [`FORK_PATH_ENV`] given (tests pass it explicitly).
+    pub fn parse_with_env(text: &str, fork_path_env: Option<&str>) -> Result<Config, ConfigError> {
+        let mut cfg: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
             path: PathBuf::new(),
             source,
         })?;
+        if let Some(v) = fork_path_env {
+            cfg.dataplane.fork_path =
+                ForkPathSetting::parse(v).map_err(|problem| invalid(FORK_PATH_ENV, problem))?;
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -390,6 +443,42 @@ mod tests {
         assert_eq!(c.dataplane.fork_interface, "xfork0");
         assert_eq!(c.dataplane.xdp_mode, XdpAttachMode::Native);
         assert_eq!(c.speech_servers[0].queue_frames, 4096);
+    }
+
+    #[test]
+    fn fork_path_defaults_to_auto_and_the_environment_overrides_it() {
+        use fork_common::ForkPath;
+        let c = Config::parse_with_env(GOOD, None).expect("valid");
+        assert_eq!(c.dataplane.fork_path, ForkPathSetting::Auto);
+        assert_eq!(
+            c.dataplane.fork_path.candidates(),
+            [ForkPath::Metadata, ForkPath::Headroom]
+        );
+        let with_field = format!("{GOOD}\n").replace(
+            "interfaces = [\"eth0\", \"eth1\"]",
+            "interfaces = [\"eth0\", \"eth1\"]\nfork_path = \"metadata\"",
+        );
+        let c = Config::parse_with_env(&with_field, None).expect("valid");
+        assert_eq!(c.dataplane.fork_path.candidates(), [ForkPath::Metadata]);
+        let c = Config::parse_with_env(&with_field, Some("headroom")).expect("valid");
+        assert_eq!(c.dataplane.fork_path.candidates(), [ForkPath::Headroom]);
+        let e = Config::parse_with_env(GOOD, Some("meta"))
+            .expect_err("unknown value")
+            .to_string();
+        assert!(
+            e.contains(FORK_PATH_ENV) && e.contains("auto, metadata or headroom"),
+            "{e}"
+        );
+        let e = Config::parse_with_env(
+            &GOOD.replace(
+                "[[speech_server]]",
+                "fork_path = \"fast\"\n[[speech_server]]",
+            ),
+            None,
+        )
+        .expect_err("unknown value")
+        .to_string();
+        assert!(e.contains("fork_path"), "{e}");
     }
 
     fn err_of(text: &str) -> String {

@@ -14,17 +14,64 @@ use core::mem::{offset_of, size_of};
 /// Default bpffs directory under which fork-agent pins every map and link.
 pub const PIN_DIR_DEFAULT: &str = "/sys/fs/bpf/xdpfork";
 
-/// Program names (the Rust function names in fork-ebpf, hence the ELF symbols).
-pub const PROG_MEDIA_RELAY: &str = "xdp_media_relay";
-/// Runs on the fork veth's peer: moves the fork tag into the frame and redirects into `XSKS`.
-pub const PROG_FORK_CAPTURE: &str = "xdp_fork_capture";
-/// Devmap egress program on media interfaces: drops broadcast copies meant for another interface.
-pub const PROG_DEVMAP_EGRESS: &str = "xdp_devmap_egress";
+/// Where a forked packet's [`ForkTag`] travels from the relay to the devmap egress and capture
+/// programs (docs/maps.md "Fork path"). fork-agent loads the programs of one path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ForkPath {
+    /// XDP metadata (`bpf_xdp_adjust_meta`): never in the frame. Some kernel builds refuse the
+    /// helper to XDP programs.
+    Metadata,
+    /// Pushed in front of the frame into its headroom (`bpf_xdp_adjust_head`), taken off again by
+    /// the devmap egress program on the relayed copy. Needs nothing optional.
+    Headroom,
+}
+
+/// The three programs of one [`ForkPath`] (Rust function names in fork-ebpf, hence the ELF
+/// symbols; at most 15 characters, so the kernel shows them whole).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Programs {
+    /// On media interfaces: relays anchored flows and broadcasts forked packets.
+    pub relay: &'static str,
+    /// Devmap program of each media interface in `FORK_PORTS`: keeps only the copy for the
+    /// packet's egress interface.
+    pub egress: &'static str,
+    /// On the fork veth's peer: redirects tagged copies into `XSKS`, tag in front.
+    pub capture: &'static str,
+}
+
+impl ForkPath {
+    /// In the order `auto` tries them: metadata keeps the frame untouched, headroom always loads.
+    pub const ALL: [ForkPath; 2] = [ForkPath::Metadata, ForkPath::Headroom];
+
+    /// Stable name, as in config (`fork_path`), logs and `check-kernel`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            ForkPath::Metadata => "metadata",
+            ForkPath::Headroom => "headroom",
+        }
+    }
+
+    pub const fn programs(self) -> Programs {
+        match self {
+            ForkPath::Metadata => Programs {
+                relay: "xdp_relay_meta",
+                egress: "xdp_egress_meta",
+                capture: "xdp_fork_meta",
+            },
+            ForkPath::Headroom => Programs {
+                relay: "xdp_relay_head",
+                egress: "xdp_egress_head",
+                capture: "xdp_fork_head",
+            },
+        }
+    }
+}
 
 /// Map names, as pinned under the pin directory.
 pub const MAP_FLOWS: &str = "FLOWS";
 pub const MAP_FLOW_STATS: &str = "FLOW_STATS";
 pub const MAP_TX_PORTS: &str = "TX_PORTS";
+pub const MAP_FORK_PORTS: &str = "FORK_PORTS";
 pub const MAP_XSKS: &str = "XSKS";
 pub const MAP_COUNTERS: &str = "COUNTERS";
 pub const MAP_CONFIG: &str = "CONFIG";
@@ -32,10 +79,11 @@ pub const MAP_NEIGHBOURS: &str = "NEIGHBOURS";
 pub const MAP_TURN_CHANNELS: &str = "TURN_CHANNELS";
 pub const MAP_TURN_PEERS: &str = "TURN_PEERS";
 /// Every map fork-agent pins, in a stable order.
-pub const ALL_MAPS: [&str; 9] = [
+pub const ALL_MAPS: [&str; 10] = [
     MAP_FLOWS,
     MAP_FLOW_STATS,
     MAP_TX_PORTS,
+    MAP_FORK_PORTS,
     MAP_XSKS,
     MAP_COUNTERS,
     MAP_CONFIG,
@@ -347,7 +395,7 @@ pub enum Reason {
     ForkNoSocket = 14,
     /// Capture program: a frame without a fork tag (the stack's own traffic): passed.
     ForkUntagged = 15,
-    /// Devmap egress program: a broadcast copy meant for another interface: dropped.
+    /// Devmap egress program: a fork broadcast copy meant for another interface: dropped.
     EgressFiltered = 16,
     /// Devmap egress program: copy sent.
     EgressSent = 17,
@@ -369,11 +417,16 @@ pub enum Reason {
     /// TURN: a layout the kernel does not rewrite (VLAN tag, IPv4 options, padded UDP
     /// ChannelData): passed to the TURN server.
     PassTurnLayout = 25,
+    /// Devmap egress program: a frame in `FORK_PORTS` without a fork tag (nothing but the fork
+    /// broadcast sends there): dropped rather than sent with unknown bytes in front.
+    EgressUntagged = 26,
+    /// Devmap egress program, headroom path: the tag could not be taken off: dropped.
+    EgressUntagFailed = 27,
 }
 
 impl Reason {
     /// Every reason, in index order.
-    pub const ALL: [Reason; 26] = [
+    pub const ALL: [Reason; 28] = [
         Reason::PassNotIp,
         Reason::PassNotUdp,
         Reason::PassFragment,
@@ -400,6 +453,8 @@ impl Reason {
         Reason::PassTurnNoChannel,
         Reason::PassTurnMalformed,
         Reason::PassTurnLayout,
+        Reason::EgressUntagged,
+        Reason::EgressUntagFailed,
     ];
 
     /// Stable snake_case name, used as a metrics label and in the CLI.
@@ -431,6 +486,8 @@ impl Reason {
             Reason::PassTurnNoChannel => "pass_turn_no_channel",
             Reason::PassTurnMalformed => "pass_turn_malformed",
             Reason::PassTurnLayout => "pass_turn_layout",
+            Reason::EgressUntagged => "egress_untagged",
+            Reason::EgressUntagFailed => "egress_untag_failed",
         }
     }
 }

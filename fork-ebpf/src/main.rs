@@ -1,14 +1,20 @@
 //! xdpfork's XDP programs. Each `#[xdp]` function is a shim: it calls `try_*`, and the single
 //! `finish` turns the outcome into an action while counting exactly one `Reason` per packet.
 //!
-//! - `xdp_media_relay` (media interfaces): relays anchored RTP/RTCP flows entirely in the kernel
+//! - `xdp_relay_*` (media interfaces): relays anchored RTP/RTCP flows entirely in the kernel
 //!   (address/port rewrite, incremental checksums, next hop by `bpf_fib_lookup`, redirect or
-//!   XDP_TX) and, for forked flows, clones the packet with one devmap broadcast to the egress
-//!   interface and the fork veth, tagging it in XDP metadata.
-//! - `xdp_devmap_egress` (devmap program on media interfaces): drops broadcast copies that were
-//!   not meant for that interface (hosts with more than two media interfaces).
-//! - `xdp_fork_capture` (peer of the fork veth): moves the tag into the frame and redirects it
-//!   into fork-agent's AF_XDP socket.
+//!   XDP_TX) and, for forked flows, tags the packet and clones it with one devmap broadcast
+//!   (`FORK_PORTS`) to the egress interface and the fork veth.
+//! - `xdp_egress_*` (devmap program on media interfaces in `FORK_PORTS`): drops broadcast copies
+//!   that were not meant for that interface, and takes the tag off the relayed copy.
+//! - `xdp_fork_*` (peer of the fork veth): hands the tagged copy to fork-agent's AF_XDP socket
+//!   with the tag in front of the frame.
+//!
+//! Every program exists in two variants that differ only in where the tag travels between the
+//! relay and the other two (docs/maps.md "Fork path"): `_meta` in XDP metadata
+//! (`bpf_xdp_adjust_meta`, which some kernel builds refuse), `_head` in the frame's headroom
+//! (`bpf_xdp_adjust_head` only). fork-agent loads one set, chosen by really loading it. The
+//! variants are one generic function each, instantiated with `HEAD = false | true`.
 #![no_std]
 #![no_main]
 // The BPF target has no compare-and-swap, so core's AtomicU64 lacks fetch_add; the intrinsic
@@ -40,7 +46,8 @@ use fork_common::{
     FLOW_F_TURN_RELAY, FORK_TAG_MAGIC, TAG_F_DTMF, TURN_CHANNEL_MAX, TURN_CHANNEL_MIN,
 };
 use maps::{
-    CONFIG, COUNTERS, FLOWS, FLOW_STATS, NEIGHBOURS, TURN_CHANNELS, TURN_PEERS, TX_PORTS, XSKS,
+    CONFIG, COUNTERS, FLOWS, FLOW_STATS, FORK_PORTS, NEIGHBOURS, TURN_CHANNELS, TURN_PEERS,
+    TX_PORTS, XSKS,
 };
 use parse::{parse_rtp, parse_udp, ptr_at, ptr_at_mut, RtpKind, UdpPacket, ETH_HLEN, UDP_HLEN};
 
@@ -80,15 +87,25 @@ fn add(counter: &mut u64, n: u64) {
 }
 
 #[xdp]
-pub fn xdp_media_relay(ctx: XdpContext) -> u32 {
-    finish(match try_media_relay(&ctx) {
+pub fn xdp_relay_meta(ctx: XdpContext) -> u32 {
+    media_relay::<false>(&ctx)
+}
+
+#[xdp]
+pub fn xdp_relay_head(ctx: XdpContext) -> u32 {
+    media_relay::<true>(&ctx)
+}
+
+#[inline(always)]
+fn media_relay<const HEAD: bool>(ctx: &XdpContext) -> u32 {
+    finish(match try_media_relay::<HEAD>(ctx) {
         Ok(v) => v,
         Err(reason) => pass(reason),
     })
 }
 
 #[inline(always)]
-fn try_media_relay(ctx: &XdpContext) -> Result<Verdict, Reason> {
+fn try_media_relay<const HEAD: bool>(ctx: &XdpContext) -> Result<Verdict, Reason> {
     let pkt = parse_udp(ctx)?;
     let key = flow_key(&pkt);
     // References into the maps, not copies: the actions are large and the BPF stack is 512 bytes.
@@ -97,10 +114,10 @@ fn try_media_relay(ctx: &XdpContext) -> Result<Verdict, Reason> {
         None => return Err(Reason::PassNoFlow),
     };
     if action.flags & FLOW_F_TURN_LISTENER != 0 {
-        return turn_from_client(ctx, &pkt);
+        return turn_from_client::<HEAD>(ctx, &pkt);
     }
     if action.flags & FLOW_F_TURN_RELAY != 0 {
-        return turn_from_peer(ctx, &pkt);
+        return turn_from_peer::<HEAD>(ctx, &pkt);
     }
     let stats = Slot(FLOW_STATS.get_ptr_mut(action.stats_index));
 
@@ -112,7 +129,7 @@ fn try_media_relay(ctx: &XdpContext) -> Result<Verdict, Reason> {
         return Ok(Verdict(xdp_action::XDP_DROP, Reason::DropStrictSource));
     }
     let hop = resolve_hop(ctx, &pkt, action, &stats)?;
-    relay(
+    relay::<HEAD>(
         ctx,
         &pkt,
         action,
@@ -153,7 +170,7 @@ fn resolve_hop(
 /// Classify the RTP at `rtp_off`, rewrite, count, and send (cloning to the fork veth when the
 /// flow forks this packet). `ok` is the verdict of an unforked relay.
 #[inline(always)]
-fn relay(
+fn relay<const HEAD: bool>(
     ctx: &XdpContext,
     pkt: &UdpPacket,
     action: &FlowAction,
@@ -206,7 +223,7 @@ fn relay(
     let unavailable = fork
         && (CONFIG.get(0).map_or(0, |c| c.fork_ifindex) == 0 || {
             tag.egress_ifindex = egress;
-            !write_meta(ctx, &tag)
+            !push_tag::<HEAD>(ctx, &tag)
         });
     let fork = fork && !unavailable;
     stats.with(|s| {
@@ -222,15 +239,15 @@ fn relay(
         return send(egress, ingress, Reason::RelayedForkUnavailable);
     }
     if fork {
-        // One frame to every port in TX_PORTS: the egress interface and the fork veth; the
-        // devmap egress program drops copies to any other media interface. Hairpin (egress ==
-        // ingress) must not exclude the ingress interface.
+        // One frame to every port in FORK_PORTS: the egress interface and the fork veth; the
+        // devmap egress program drops copies to any other media interface and untags the one
+        // that leaves. Hairpin (egress == ingress) must not exclude the ingress interface.
         let flags = if egress == ingress {
             BPF_F_BROADCAST
         } else {
             BPF_F_BROADCAST | BPF_F_EXCLUDE_INGRESS
         };
-        return Ok(match TX_PORTS.redirect(0, flags as u64) {
+        return Ok(match FORK_PORTS.redirect(0, flags as u64) {
             Ok(act) => Verdict(act, Reason::RelayedForked),
             Err(_) => Verdict(xdp_action::XDP_ABORTED, Reason::AbortedRedirect),
         });
@@ -250,7 +267,10 @@ fn turn_layout_ok(pkt: &UdpPacket) -> bool {
 /// ChannelData from a TURN client (RFC 8656 §12.4): strip the 4-byte header and send the data
 /// from the relayed address to the peer.
 #[inline(always)]
-fn turn_from_client(ctx: &XdpContext, pkt: &UdpPacket) -> Result<Verdict, Reason> {
+fn turn_from_client<const HEAD: bool>(
+    ctx: &XdpContext,
+    pkt: &UdpPacket,
+) -> Result<Verdict, Reason> {
     let hdr = unsafe {
         *ptr_at::<[u8; 4]>(ctx, pkt.l4_off + UDP_HLEN).map_err(|_| Reason::PassTurnMalformed)?
     };
@@ -282,7 +302,7 @@ fn turn_from_client(ctx: &XdpContext, pkt: &UdpPacket) -> Result<Verdict, Reason
     resize_channel_data(ctx, pkt, 4, [hdr[0], hdr[1], hdr[2], hdr[3]])?;
     let mut p = *pkt;
     p.udp_len -= 4;
-    relay(
+    relay::<HEAD>(
         ctx,
         &p,
         &ta.flow,
@@ -296,7 +316,7 @@ fn turn_from_client(ctx: &XdpContext, pkt: &UdpPacket) -> Result<Verdict, Reason
 /// Data from a peer to a relayed address: push a ChannelData header and send it from the
 /// server's listening address to the client.
 #[inline(always)]
-fn turn_from_peer(ctx: &XdpContext, pkt: &UdpPacket) -> Result<Verdict, Reason> {
+fn turn_from_peer<const HEAD: bool>(ctx: &XdpContext, pkt: &UdpPacket) -> Result<Verdict, Reason> {
     if !turn_layout_ok(pkt) {
         return Err(Reason::PassTurnLayout);
     }
@@ -319,7 +339,7 @@ fn turn_from_peer(ctx: &XdpContext, pkt: &UdpPacket) -> Result<Verdict, Reason> 
     resize_channel_data(ctx, pkt, -4, [ch[0], ch[1], data_len[0], data_len[1]])?;
     let mut p = *pkt;
     p.udp_len += 4;
-    relay(
+    relay::<HEAD>(
         ctx,
         &p,
         &ta.flow,
@@ -613,62 +633,113 @@ fn nonzero_csum(c: u16) -> u16 {
     }
 }
 
-/// Put the fork tag into XDP metadata, which travels with both broadcast copies but is never
-/// transmitted on the wire. False when the driver has no room for metadata: then no broadcast
-/// may happen, since the devmap egress program could not tell the copies apart.
+/// Attach the fork tag to the frame for the broadcast: in XDP metadata, or pushed in front of
+/// the frame into its headroom (`HEAD`). Both travel with every broadcast copy; neither reaches the
+/// wire, because the devmap egress program takes the tag off (headroom) or the driver ignores it
+/// (metadata). False when there is no room: then no broadcast may happen, since the devmap egress
+/// program could not tell the copies apart.
 #[inline(always)]
-fn write_meta(ctx: &XdpContext, tag: &ForkTag) -> bool {
-    if unsafe { bpf_xdp_adjust_meta(ctx.as_ptr() as *mut _, -TAG_LEN) } != 0 {
-        return false;
+fn push_tag<const HEAD: bool>(ctx: &XdpContext, tag: &ForkTag) -> bool {
+    if HEAD {
+        if unsafe { bpf_xdp_adjust_head(ctx.as_ptr() as *mut _, -TAG_LEN) } != 0 {
+            return false;
+        }
+        match ptr_at_mut::<ForkTag>(ctx, 0) {
+            Ok(p) => {
+                unsafe { core::ptr::write_unaligned(p, *tag) };
+                true
+            }
+            Err(_) => {
+                // Never leave bytes in front of a frame that is relayed untagged.
+                unsafe { bpf_xdp_adjust_head(ctx.as_ptr() as *mut _, TAG_LEN) };
+                false
+            }
+        }
+    } else {
+        if unsafe { bpf_xdp_adjust_meta(ctx.as_ptr() as *mut _, -TAG_LEN) } != 0 {
+            return false;
+        }
+        let meta = ctx.metadata();
+        if meta + TAG_LEN as usize > ctx.data() {
+            return false;
+        }
+        unsafe { core::ptr::write_unaligned(meta as *mut ForkTag, *tag) };
+        true
     }
-    let meta = ctx.metadata();
-    if meta + TAG_LEN as usize > ctx.data() {
-        return false;
-    }
-    unsafe { core::ptr::write_unaligned(meta as *mut ForkTag, *tag) };
-    true
 }
 
+/// The fork tag the relay attached, if this frame carries one: from XDP metadata, or from the
+/// first bytes of the frame (`HEAD`).
 #[inline(always)]
-fn read_meta(ctx: &XdpContext) -> Option<ForkTag> {
-    let meta = ctx.metadata();
-    if meta + TAG_LEN as usize > ctx.data() {
-        return None;
-    }
-    let tag = unsafe { core::ptr::read_unaligned(meta as *const ForkTag) };
+fn read_tag<const HEAD: bool>(ctx: &XdpContext) -> Option<ForkTag> {
+    let tag = if HEAD {
+        let p = ptr_at::<ForkTag>(ctx, 0).ok()?;
+        unsafe { core::ptr::read_unaligned(p) }
+    } else {
+        let meta = ctx.metadata();
+        if meta + TAG_LEN as usize > ctx.data() {
+            return None;
+        }
+        unsafe { core::ptr::read_unaligned(meta as *const ForkTag) }
+    };
     (tag.magic == FORK_TAG_MAGIC).then_some(tag)
 }
 
 #[xdp(map = "devmap")]
-pub fn xdp_devmap_egress(ctx: XdpContext) -> u32 {
+pub fn xdp_egress_meta(ctx: XdpContext) -> u32 {
+    finish(devmap_egress::<false>(&ctx))
+}
+
+#[xdp(map = "devmap")]
+pub fn xdp_egress_head(ctx: XdpContext) -> u32 {
+    finish(devmap_egress::<true>(&ctx))
+}
+
+/// Runs on every copy the fork broadcast sends to a media interface (only tagged frames are
+/// broadcast, to `FORK_PORTS`; plain redirects use `TX_PORTS`, which has no devmap program).
+#[inline(always)]
+fn devmap_egress<const HEAD: bool>(ctx: &XdpContext) -> Verdict {
     let egress = unsafe { (*ctx.ctx).egress_ifindex };
-    finish(match read_meta(&ctx) {
-        Some(tag) if tag.egress_ifindex != egress => {
-            Verdict(xdp_action::XDP_DROP, Reason::EgressFiltered)
-        }
-        _ => Verdict(xdp_action::XDP_PASS, Reason::EgressSent),
-    })
+    let Some(tag) = read_tag::<HEAD>(ctx) else {
+        // Not from the fork broadcast: never send a frame whose first bytes may be a tag.
+        return Verdict(xdp_action::XDP_DROP, Reason::EgressUntagged);
+    };
+    if tag.egress_ifindex != egress {
+        return Verdict(xdp_action::XDP_DROP, Reason::EgressFiltered);
+    }
+    if HEAD && unsafe { bpf_xdp_adjust_head(ctx.as_ptr() as *mut _, TAG_LEN) } != 0 {
+        return Verdict(xdp_action::XDP_DROP, Reason::EgressUntagFailed);
+    }
+    Verdict(xdp_action::XDP_PASS, Reason::EgressSent)
 }
 
 #[xdp]
-pub fn xdp_fork_capture(ctx: XdpContext) -> u32 {
-    finish(try_fork_capture(&ctx))
+pub fn xdp_fork_meta(ctx: XdpContext) -> u32 {
+    finish(try_fork_capture::<false>(&ctx))
 }
 
+#[xdp]
+pub fn xdp_fork_head(ctx: XdpContext) -> u32 {
+    finish(try_fork_capture::<true>(&ctx))
+}
+
+/// Hand a tagged copy to fork-agent with the tag in front of the frame, where it finds it
+/// whatever the AF_XDP copy mode does with metadata.
 #[inline(always)]
-fn try_fork_capture(ctx: &XdpContext) -> Verdict {
-    let Some(tag) = read_meta(ctx) else {
+fn try_fork_capture<const HEAD: bool>(ctx: &XdpContext) -> Verdict {
+    let Some(tag) = read_tag::<HEAD>(ctx) else {
         return pass(Reason::ForkUntagged);
     };
-    // Move the tag from metadata into the frame, so fork-agent finds it whatever the AF_XDP
-    // copy mode does with metadata.
-    if unsafe { bpf_xdp_adjust_head(ctx.as_ptr() as *mut _, -TAG_LEN) } != 0 {
-        warn!(ctx, "fork capture: no headroom for the tag, clone dropped");
-        return Verdict(xdp_action::XDP_DROP, Reason::ForkNoHeadroom);
-    }
-    match ptr_at_mut::<ForkTag>(ctx, 0) {
-        Ok(p) => unsafe { core::ptr::write_unaligned(p, tag) },
-        Err(_) => return Verdict(xdp_action::XDP_DROP, Reason::ForkNoHeadroom),
+    if !HEAD {
+        // Move the tag from metadata into the frame.
+        if unsafe { bpf_xdp_adjust_head(ctx.as_ptr() as *mut _, -TAG_LEN) } != 0 {
+            warn!(ctx, "fork capture: no headroom for the tag, clone dropped");
+            return Verdict(xdp_action::XDP_DROP, Reason::ForkNoHeadroom);
+        }
+        match ptr_at_mut::<ForkTag>(ctx, 0) {
+            Ok(p) => unsafe { core::ptr::write_unaligned(p, tag) },
+            Err(_) => return Verdict(xdp_action::XDP_DROP, Reason::ForkNoHeadroom),
+        }
     }
     match XSKS.redirect(ctx.rx_queue_index(), 0) {
         Ok(act) => Verdict(act, Reason::ForkCaptured),

@@ -20,10 +20,16 @@ pub static FLOWS: HashMap<FlowKey, FlowAction, { MAX_FLOWS as usize }> = HashMap
 #[btf_map]
 pub static FLOW_STATS: Array<FlowStats, { MAX_FLOWS as usize }> = Array::new();
 
-/// Egress interfaces by ifindex (media interfaces and the fork veth). Written by fork-agent, used
-/// by `xdp_media_relay` for redirects and for the broadcast that clones forked packets.
+/// Media interfaces by ifindex, without a devmap program. Written by fork-agent at attach, used by
+/// `xdp_relay_*` to check an egress interface and to redirect relayed packets.
 #[btf_map]
 pub static TX_PORTS: DevMapHash<{ MAX_TX_PORTS as usize }> = DevMapHash::new();
+
+/// The fork broadcast's destinations: every media interface, each with the `xdp_egress_*` devmap
+/// program that keeps only the copy for the packet's egress (and untags it), plus the fork veth.
+/// Written by fork-agent at attach, used by `xdp_relay_*` for forked packets only.
+#[btf_map]
+pub static FORK_PORTS: DevMapHash<{ MAX_TX_PORTS as usize }> = DevMapHash::new();
 
 /// AF_XDP sockets of fork-agent by fork-veth RX queue. Written by fork-agent, used by
 /// `xdp_fork_capture`.

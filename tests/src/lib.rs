@@ -379,6 +379,47 @@ impl Topology {
         )
     }
 
+    /// The last `n` lines of the named child's log, for error messages.
+    pub fn log_tail(&self, name: &str, n: usize) -> String {
+        tail_lines(&self.log(name), n)
+    }
+
+    /// Wait (bounded) until the fork-agent `name` answers on `socket`: the socket exists and a
+    /// request gets an answer that is not "not ready". Fails at once, with the tail of its log,
+    /// if the agent exits or answers with another error.
+    pub fn wait_fork_agent(&mut self, socket: &Path, name: &str) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let probe = serde_json::json!({"v": 1, "op": "show_counters"});
+        loop {
+            if !self.is_running(name) {
+                bail!(
+                    "{name} exited while starting; last lines of its log:\n{}",
+                    self.log_tail(name, 40)
+                );
+            }
+            if socket.exists() {
+                match control(socket, &probe) {
+                    Ok(_) => return Ok(()),
+                    Err(e) if format!("{e:#}").contains(NOT_READY) => {}
+                    // Connection refused or reset: the agent is gone or going; the next round
+                    // sees it exit.
+                    Err(e) if e.downcast_ref::<std::io::Error>().is_some() => {}
+                    Err(e) => bail!(
+                        "{name} is not serving: {e:#}; last lines of its log:\n{}",
+                        self.log_tail(name, 40)
+                    ),
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{name} not ready within 30 s; last lines of its log:\n{}",
+                    self.log_tail(name, 40)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn is_running(&mut self, name: &str) -> bool {
         self.children
             .iter_mut()
@@ -455,6 +496,15 @@ pub fn control(socket: &Path, request: &serde_json::Value) -> Result<serde_json:
     }
     Ok(v["data"].clone())
 }
+
+/// The last `n` lines of `text`.
+pub fn tail_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// What fork-agent's control API errors start with while its data plane is coming up.
+pub const NOT_READY: &str = fork_agent::io::agent::NOT_READY;
 
 /// An RTP packet (RFC 3550 §5.1) with a fixed header, no CSRC.
 pub fn rtp_packet(pt: u8, seq: u16, ts: u32, ssrc: u32, payload: &[u8]) -> Vec<u8> {
@@ -666,12 +716,18 @@ url = "ws://{ws}/stream"
             &agent,
             &["run", "--config", &cfg],
         )?;
-        self.topo
-            .wait_for_path(&self.socket, "fork-agent control socket", "fork-agent")
+        self.topo.wait_fork_agent(&self.socket, "fork-agent")
     }
 
+    /// A control request; a failure carries the tail of fork-agent's log.
     pub fn ctl(&self, req: serde_json::Value) -> Result<serde_json::Value> {
-        control(&self.socket, &req)
+        // The cause first (tests match on it), then where to look.
+        control(&self.socket, &req).map_err(|e| {
+            anyhow::anyhow!(
+                "{e:#}\nlast lines of the fork-agent log:\n{}",
+                self.topo.log_tail("fork-agent", 20)
+            )
+        })
     }
 
     /// Install both directions of a call's media: caller → A_LOCAL → (from B_LOCAL) → callee,
@@ -810,9 +866,13 @@ pub mod kernel {
 
     use anyhow::{bail, Context, Result};
     use aya::programs::{TestRun, TestRunOptions};
-    use fork_agent::io::ebpf::{unpin_all, DataPlane};
+    use fork_agent::{
+        config::ForkPathSetting,
+        io::ebpf::{unpin_all, DataPlane},
+    };
     use fork_common::{
-        FlowAction, FlowKey, FlowStats, ForkTag, NeighKey, NeighValue, Reason, MAX_REASONS,
+        FlowAction, FlowKey, FlowStats, ForkPath, ForkTag, NeighKey, NeighValue, Reason,
+        FORK_TAG_MAGIC, MAX_REASONS,
     };
     use nix::sched::CloneFlags;
 
@@ -876,16 +936,24 @@ pub mod kernel {
         pub action: u32,
         /// XDP metadata in front of the frame after the run (the fork tag, if one was written).
         pub meta: Vec<u8>,
-        /// The frame after the run.
+        /// The frame after the run (for the relay: without a tag pushed in front of it).
         pub frame: Vec<u8>,
+        /// The fork tag the relay attached: in the metadata, or (headroom path) in front of the
+        /// frame.
+        pub tag: Option<ForkTag>,
         /// `COUNTERS` slots that changed, with their deltas (summed over CPUs).
         pub counted: Vec<(Reason, u64)>,
     }
 
     impl Outcome {
-        /// The fork tag in the metadata, if the metadata holds exactly one.
+        /// The fork tag the relay attached, wherever the fork path puts it.
         pub fn tag(&self) -> Option<ForkTag> {
-            (self.meta.len() == std::mem::size_of::<ForkTag>()).then(|| parse_tag(&self.meta))
+            self.tag
+        }
+
+        /// No tag anywhere: neither metadata nor a tag in front of the frame.
+        pub fn untagged(&self) -> bool {
+            self.tag.is_none() && self.meta.is_empty()
         }
 
         /// Assert the action and that exactly `reason` was counted, once.
@@ -898,6 +966,8 @@ pub mod kernel {
             );
         }
     }
+
+    const TAG_LEN: usize = std::mem::size_of::<ForkTag>();
 
     /// Decode a [`ForkTag`] from its 20 memory-order bytes.
     pub fn parse_tag(b: &[u8]) -> ForkTag {
@@ -929,6 +999,8 @@ pub mod kernel {
     /// A loaded data plane in a private network namespace.
     pub struct XdpBench {
         pub dp: DataPlane,
+        /// The fork path whose programs this run loaded.
+        pub path: ForkPath,
         /// Namespace name (`ip netns`).
         pub ns: String,
         pub pin_dir: PathBuf,
@@ -963,8 +1035,34 @@ pub mod kernel {
     }
 
     impl XdpBench {
-        /// Build the namespace, load the programs and run `body` inside the namespace.
-        pub fn run<T: Send>(body: impl FnOnce(&mut XdpBench) -> Result<T> + Send) -> Result<T> {
+        /// Run `body` once per fork path: each time in a fresh namespace with that path's
+        /// programs. A kernel that refuses the metadata programs runs the headroom path only, and
+        /// says so; the headroom path must load everywhere.
+        pub fn run<T: Send>(body: impl Fn(&mut XdpBench) -> Result<T> + Sync) -> Result<T> {
+            let mut last = None;
+            for path in ForkPath::ALL {
+                match XdpBench::run_path(path, &body) {
+                    Ok(t) => last = Some(t),
+                    Err(e)
+                        if path == ForkPath::Metadata
+                            && format!("{e:#}").contains("verifier rejected") =>
+                    {
+                        eprintln!(
+                            "this kernel refuses the metadata fork path; tested the headroom \
+                             path only: {e:#}"
+                        );
+                    }
+                    Err(e) => return Err(e.context(format!("on the {} fork path", path.name()))),
+                }
+            }
+            last.context("no fork path ran")
+        }
+
+        /// Build the namespace, load the programs of `path` and run `body` inside the namespace.
+        pub fn run_path<T: Send>(
+            path: ForkPath,
+            body: &(impl Fn(&mut XdpBench) -> Result<T> + Sync),
+        ) -> Result<T> {
             super::require_root()?;
             let n = COUNTER.fetch_add(1, Ordering::SeqCst);
             let id = format!("{PREFIX}{}x{n}k", std::process::id());
@@ -995,9 +1093,14 @@ pub mod kernel {
                 s.spawn(move || -> Result<T> {
                     let f = File::open(&ns_path).with_context(|| format!("opening {ns_path}"))?;
                     nix::sched::setns(&f, CloneFlags::CLONE_NEWNET)?;
-                    let dp = DataPlane::load(&pin_dir)?;
+                    let setting = match path {
+                        ForkPath::Metadata => ForkPathSetting::Metadata,
+                        ForkPath::Headroom => ForkPathSetting::Headroom,
+                    };
+                    let dp = DataPlane::load(&pin_dir, setting)?;
                     let mut bench = XdpBench {
                         dp,
+                        path,
                         ns: id.clone(),
                         pin_dir,
                         lo,
@@ -1079,23 +1182,43 @@ pub mod kernel {
                     Ok((reason, a.wrapping_sub(*b)))
                 })
                 .collect::<Result<Vec<_>>>()?;
+            let meta = data_out[..meta_len].to_vec();
+            let tag = (meta.len() == TAG_LEN).then(|| parse_tag(&meta));
             Ok(Outcome {
                 action: res.return_value,
-                meta: data_out[..meta_len].to_vec(),
+                meta,
                 frame: data_out[meta_len..size].to_vec(),
+                tag,
                 counted,
             })
         }
 
-        /// `xdp_media_relay` over `frame` arriving on `lo`.
+        /// The relay program of this path over `frame` arriving on `lo`. On the headroom path a
+        /// tag pushed in front of the frame is split off into [`Outcome::tag`].
         pub fn relay(&mut self, frame: &[u8]) -> Result<Outcome> {
-            self.test_run(fork_common::PROG_MEDIA_RELAY, &[], frame, 0)
+            let mut out = self.test_run(self.path.programs().relay, &[], frame, 0)?;
+            if self.path == ForkPath::Headroom
+                && out.frame.len() >= TAG_LEN
+                && out.frame[..4] == FORK_TAG_MAGIC.to_ne_bytes()
+            {
+                out.tag = Some(parse_tag(&out.frame[..TAG_LEN]));
+                out.frame.drain(..TAG_LEN);
+            }
+            Ok(out)
         }
 
-        /// `xdp_fork_capture` over `meta ++ frame` arriving on the fork veth's peer.
-        pub fn capture(&mut self, meta: &[u8], frame: &[u8]) -> Result<Outcome> {
+        /// The capture program of this path over a frame carrying `tag` (metadata, or in front of
+        /// the frame on the headroom path) arriving on the fork veth's peer.
+        pub fn capture(&mut self, tag: &[u8], frame: &[u8]) -> Result<Outcome> {
             let peer = self.fork_peer;
-            self.test_run(fork_common::PROG_FORK_CAPTURE, meta, frame, peer)
+            let prog = self.path.programs().capture;
+            match self.path {
+                ForkPath::Metadata => self.test_run(prog, tag, frame, peer),
+                ForkPath::Headroom => {
+                    let data = [tag, frame].concat();
+                    self.test_run(prog, &[], &data, peer)
+                }
+            }
         }
     }
 
@@ -1644,7 +1767,7 @@ pub mod fork_rig {
             &bin("fork-agent")?,
             &["run", "--config", &cfg_s],
         )?;
-        t.wait_for_path(&socket, "fork-agent control socket", "fork-agent")?;
+        t.wait_fork_agent(&socket, "fork-agent")?;
         Ok(socket)
     }
 

@@ -18,14 +18,16 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use fork_common::{
-    Config as KernelConfig, FlowAction, FlowKey, FlowStats, NeighKey, NeighValue, Reason,
+    Config as KernelConfig, FlowAction, FlowKey, FlowStats, ForkPath, NeighKey, NeighValue, Reason,
     TurnAction, TurnChannelKey, TurnPeerKey, MAP_CONFIG, MAP_COUNTERS, MAP_FLOWS, MAP_FLOW_STATS,
-    MAP_NEIGHBOURS, MAP_TURN_CHANNELS, MAP_TURN_PEERS, MAP_TX_PORTS, MAP_XSKS, PROG_DEVMAP_EGRESS,
-    PROG_FORK_CAPTURE, PROG_MEDIA_RELAY,
+    MAP_FORK_PORTS, MAP_NEIGHBOURS, MAP_TURN_CHANNELS, MAP_TURN_PEERS, MAP_TX_PORTS, MAP_XSKS,
 };
 use tracing::{info, warn};
 
-use crate::{config::XdpAttachMode, io::netdev};
+use crate::{
+    config::{ForkPathSetting, XdpAttachMode},
+    io::netdev,
+};
 
 /// The fork-ebpf object, built by build.rs (with BTF) and embedded in the binary.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fork-ebpf.o"));
@@ -48,6 +50,7 @@ pub struct DataPlane {
     pub flow_stats: Array<MapData, FlowStats>,
     pub counters: PerCpuArray<MapData, u64>,
     pub tx_ports: DevMapHash<MapData>,
+    pub fork_ports: DevMapHash<MapData>,
     pub xsks: XskMap<MapData>,
     pub config: Array<MapData, KernelConfig>,
     pub neighbours: HashMap<MapData, NeighKey, NeighValue>,
@@ -57,6 +60,156 @@ pub struct DataPlane {
     created: Vec<Created>,
     /// Keeps aya-log's ring buffer (and so the programs' log map) alive.
     logger: Option<Logger>,
+    /// The fork path whose programs are loaded.
+    path: ForkPath,
+    /// Paths tried before `path` whose programs the kernel refused (`auto` only).
+    refused: Vec<Refusal>,
+}
+
+/// A program the kernel refused to load, with what the verifier said.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub path: ForkPath,
+    pub program: &'static str,
+    /// The syscall's error and the verifier log's last [`VERIFIER_TAIL_LINES`] lines.
+    pub detail: String,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the kernel verifier rejected {} ({} fork path): {}",
+            self.program,
+            self.path.name(),
+            self.detail
+        )
+    }
+}
+
+/// How much of a verifier log an error carries: the reason is at the end, and a whole log can
+/// run to thousands of lines.
+pub const VERIFIER_TAIL_LINES: usize = 20;
+
+/// The syscall error plus the last lines of the verifier log of a failed program load.
+fn refusal_detail(e: &aya::programs::ProgramError) -> String {
+    match e {
+        aya::programs::ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+            let tail = &lines[lines.len().saturating_sub(VERIFIER_TAIL_LINES)..];
+            format!(
+                "{io_error}; verifier log (last {} lines):\n  {}",
+                tail.len(),
+                tail.join("\n  ")
+            )
+        }
+        other => format!("{other:#}"),
+    }
+}
+
+/// Load the programs of `path` into `ebpf`; on a refusal, unload whatever of the set was loaded.
+fn load_path(ebpf: &mut Ebpf, path: ForkPath) -> std::result::Result<(), Refusal> {
+    let p = path.programs();
+    let names = [p.relay, p.egress, p.capture];
+    for (i, &name) in names.iter().enumerate() {
+        let refused = |detail: String| Refusal {
+            path,
+            program: name,
+            detail,
+        };
+        let prog: &mut Xdp = ebpf
+            .program_mut(name)
+            .ok_or_else(|| refused("missing from the eBPF object".into()))?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| refused(e.to_string()))?;
+        if let Err(e) = prog.load() {
+            let refusal = refused(refusal_detail(&e));
+            for done in &names[..i] {
+                if let Some(Ok(x)) = ebpf.program_mut(done).map(<&mut Xdp>::try_from) {
+                    let _ = x.unload();
+                }
+            }
+            return Err(refusal);
+        }
+    }
+    Ok(())
+}
+
+/// Load the eBPF object (maps pinned under `pin_dir` when given) and the program set of the first
+/// candidate path the kernel accepts.
+fn load_object(
+    pin_dir: Option<&Path>,
+    setting: ForkPathSetting,
+) -> Result<(Ebpf, Option<Logger>, ForkPath, Vec<Refusal>)> {
+    let mut loader = EbpfLoader::new();
+    if let Some(dir) = pin_dir {
+        for name in fork_common::ALL_MAPS {
+            loader.map_pin_path(name, dir.join(name));
+        }
+    }
+    let mut ebpf = loader
+        .load(EBPF_OBJECT)
+        .context("loading the eBPF object (is this kernel >= 5.16 with BTF?)")?;
+    // The logger must outlive program loading: dropping it closes the log map's fd, and the
+    // verifier then rejects the programs with "fd N is not pointing to valid bpf_map".
+    let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            warn!("eBPF logging unavailable: {e}");
+            None
+        }
+    };
+    let mut refused = Vec::new();
+    for &path in setting.candidates() {
+        match load_path(&mut ebpf, path) {
+            Ok(()) => return Ok((ebpf, logger, path, refused)),
+            Err(r) => {
+                warn!(fork_path = path.name(), "{r}");
+                refused.push(r);
+            }
+        }
+    }
+    let why: Vec<String> = refused.iter().map(ToString::to_string).collect();
+    bail!("{}", why.join("\n"))
+}
+
+/// Whether the kernel accepted one program of one fork path.
+#[derive(Debug, Clone)]
+pub struct ProgramProbe {
+    pub path: ForkPath,
+    pub program: &'static str,
+    /// The verifier's refusal (syscall error and the log's last lines).
+    pub result: std::result::Result<(), String>,
+}
+
+/// Try to load every program of every fork path (maps unpinned, freed on return): what
+/// `check-kernel` reports. One entry per program, in [`ForkPath::ALL`] order.
+pub fn probe_programs() -> Result<Vec<ProgramProbe>> {
+    let mut ebpf = EbpfLoader::new()
+        .load(EBPF_OBJECT)
+        .context("loading the eBPF object (maps, BTF)")?;
+    let _logger = aya_log::EbpfLogger::init(&mut ebpf).ok();
+    let mut out = Vec::new();
+    for path in ForkPath::ALL {
+        let p = path.programs();
+        for name in [p.relay, p.egress, p.capture] {
+            let res = match ebpf.program_mut(name).map(<&mut Xdp>::try_from) {
+                None => Err("missing from the eBPF object".to_owned()),
+                Some(Err(e)) => Err(e.to_string()),
+                Some(Ok(prog)) => prog.load().map_err(|e| refusal_detail(&e)),
+            };
+            out.push(ProgramProbe {
+                path,
+                program: name,
+                result: res,
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// Make sure `dir` is inside a mounted bpffs and exists.
@@ -80,43 +233,18 @@ pub fn ensure_bpffs(dir: &Path) -> Result<()> {
 }
 
 impl DataPlane {
-    /// Load the programs, creating or re-adopting the pinned maps under `pin_dir`.
-    pub fn load(pin_dir: &Path) -> Result<DataPlane> {
+    /// Load the programs of the first fork path in `setting` the kernel accepts, creating or
+    /// re-adopting the pinned maps under `pin_dir`.
+    pub fn load(pin_dir: &Path, setting: ForkPathSetting) -> Result<DataPlane> {
         ensure_bpffs(pin_dir)?;
-        let paths: Vec<(&str, PathBuf)> = fork_common::ALL_MAPS
-            .iter()
-            .map(|m| (*m, pin_dir.join(m)))
-            .collect();
-        let mut loader = EbpfLoader::new();
-        for (name, path) in &paths {
-            loader.map_pin_path(name, path.as_path());
-        }
         // Maps pinned by this process (not adopted) are removed again if start-up fails.
-        let created: Vec<Created> = paths
+        let created: Vec<Created> = fork_common::ALL_MAPS
             .iter()
-            .filter(|(_, p)| !p.exists())
-            .map(|(_, p)| Created::Pin(p.clone()))
+            .map(|m| pin_dir.join(m))
+            .filter(|p| !p.exists())
+            .map(Created::Pin)
             .collect();
-        let mut ebpf = loader
-            .load(EBPF_OBJECT)
-            .context("loading the eBPF object (is this kernel >= 5.16 with BTF?)")?;
-        // The logger must outlive program loading: dropping it closes the log map's fd, and the
-        // verifier then rejects the programs with "fd N is not pointing to valid bpf_map".
-        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
-            Ok(l) => Some(l),
-            Err(e) => {
-                warn!("eBPF logging unavailable: {e}");
-                None
-            }
-        };
-        for name in [PROG_MEDIA_RELAY, PROG_DEVMAP_EGRESS, PROG_FORK_CAPTURE] {
-            let prog: &mut Xdp = ebpf
-                .program_mut(name)
-                .with_context(|| format!("program {name} missing from the eBPF object"))?
-                .try_into()?;
-            prog.load()
-                .with_context(|| format!("the kernel verifier rejected {name}"))?;
-        }
+        let (mut ebpf, logger, path, refused) = load_object(Some(pin_dir), setting)?;
         let mut take = |name: &str| {
             ebpf.take_map(name)
                 .with_context(|| format!("map {name} missing from the eBPF object"))
@@ -125,6 +253,7 @@ impl DataPlane {
         let flow_stats = Array::try_from(take(MAP_FLOW_STATS)?)?;
         let counters = PerCpuArray::try_from(take(MAP_COUNTERS)?)?;
         let tx_ports = DevMapHash::try_from(take(MAP_TX_PORTS)?)?;
+        let fork_ports = DevMapHash::try_from(take(MAP_FORK_PORTS)?)?;
         let xsks = XskMap::try_from(take(MAP_XSKS)?)?;
         let config = Array::try_from(take(MAP_CONFIG)?)?;
         let neighbours = HashMap::try_from(take(MAP_NEIGHBOURS)?)?;
@@ -137,6 +266,7 @@ impl DataPlane {
             flow_stats,
             counters,
             tx_ports,
+            fork_ports,
             xsks,
             config,
             neighbours,
@@ -144,7 +274,19 @@ impl DataPlane {
             turn_peers,
             created,
             logger,
+            path,
+            refused,
         })
+    }
+
+    /// The fork path whose programs are loaded.
+    pub fn fork_path(&self) -> ForkPath {
+        self.path
+    }
+
+    /// Paths `auto` tried first and the kernel refused, with why.
+    pub fn refused(&self) -> &[Refusal] {
+        &self.refused
     }
 
     /// A loaded program by name (fork_common::PROG_*), e.g. for `BPF_PROG_TEST_RUN` in tests.
@@ -232,19 +374,29 @@ impl DataPlane {
         if netdev::ensure_fork_veth(fork_if, &fork_peer)? {
             self.created.push(Created::Veth(fork_if.to_owned()));
         }
-        // Capture first, so the fork veth can take frames before any flow forks.
-        self.attach_pinned(PROG_FORK_CAPTURE, &fork_peer, XdpAttachMode::Native)?;
-        for (ifname, ifindex) in interfaces.iter().zip(ifindexes) {
-            let egress_fd = self.xdp(PROG_DEVMAP_EGRESS)?.fd()?.try_clone()?;
-            self.tx_ports
-                .insert(ifindex, ifindex, Some(&egress_fd), 0)
-                .with_context(|| format!("adding {ifname} to {MAP_TX_PORTS}"))?;
-            self.attach_pinned(PROG_MEDIA_RELAY, ifname, mode)?;
-        }
         let fork_ifindex = netdev::ifindex(fork_if)?;
-        self.tx_ports
+        let progs = self.path.programs();
+        // The broadcast's destinations before any relay can broadcast: each media interface with
+        // the egress program of this path, then the fork veth. A restarted agent overwrites the
+        // entries, so the egress program always matches the relay about to be swapped in.
+        for (ifname, ifindex) in interfaces.iter().zip(&ifindexes) {
+            let egress_fd = self.xdp(progs.egress)?.fd()?.try_clone()?;
+            self.fork_ports
+                .insert(*ifindex, *ifindex, Some(&egress_fd), 0)
+                .with_context(|| format!("adding {ifname} to {MAP_FORK_PORTS}"))?;
+        }
+        self.fork_ports
             .insert(fork_ifindex, fork_ifindex, None, 0)
-            .with_context(|| format!("adding {fork_if} to {MAP_TX_PORTS}"))?;
+            .with_context(|| format!("adding {fork_if} to {MAP_FORK_PORTS}"))?;
+        // Capture next, so the fork veth can take frames before any flow forks.
+        self.attach_pinned(progs.capture, &fork_peer, XdpAttachMode::Native)?;
+        for (ifname, ifindex) in interfaces.iter().zip(ifindexes) {
+            // Plain redirects run no devmap program.
+            self.tx_ports
+                .insert(ifindex, ifindex, None, 0)
+                .with_context(|| format!("adding {ifname} to {MAP_TX_PORTS}"))?;
+            self.attach_pinned(progs.relay, ifname, mode)?;
+        }
         self.config.set(
             0,
             KernelConfig {

@@ -42,7 +42,7 @@ fn assert_passed(b: &mut XdpBench, frame: &[u8], reason: Reason) -> Result<()> {
     let out = b.relay(frame)?;
     out.expect(XDP_PASS, reason);
     assert_eq!(out.frame, frame, "a passed frame must be unchanged");
-    assert!(out.meta.is_empty());
+    assert!(out.untagged());
     Ok(())
 }
 

@@ -34,7 +34,7 @@ fn assert_relayed(b: &mut XdpBench, f: &FlowCfg, input: &FrameSpec, reason: Reas
         XDP_REDIRECT
     };
     out.expect(action, reason);
-    assert!(out.meta.is_empty(), "no fork tag on an unforked flow");
+    assert!(out.untagged(), "no fork tag on an unforked flow");
     check_checksums(&out.frame)?;
     assert_eq!(out.frame, f.expected(input).bytes(), "rewritten frame");
     let after = b.stats(f.stats_index)?;

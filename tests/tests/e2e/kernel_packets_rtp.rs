@@ -33,7 +33,7 @@ fn frame(from: &str, to: &str, rtp: &RtpSpec) -> Result<FrameSpec> {
     Ok(FrameSpec::udp(from.parse()?, to.parse()?, rtp.bytes()))
 }
 
-/// Relay a forked packet: the relayed frame is the rewritten input, the metadata holds a tag
+/// Relay a forked packet: the relayed frame is the rewritten input, with a tag (metadata or headroom)
 /// that locates the payload in it.
 fn assert_forked(
     b: &mut XdpBench,
@@ -46,9 +46,7 @@ fn assert_forked(
     out.expect(XDP_REDIRECT, Reason::RelayedForked);
     assert_eq!(out.frame, f.expected(input).bytes());
     check_checksums(&out.frame)?;
-    let tag = out
-        .tag()
-        .expect("a forked frame carries a fork tag in its metadata");
+    let tag = out.tag().expect("a forked frame carries a fork tag");
     let rtp_off = layout(&out.frame)?.l4 + 8;
     let payload_off = rtp_off + rtp.header_len();
     assert_eq!(
@@ -74,7 +72,7 @@ fn assert_forked(
 fn assert_not_forked(b: &mut XdpBench, f: &FlowCfg, input: &FrameSpec) -> Result<()> {
     let out = b.relay(&input.bytes())?;
     out.expect(XDP_REDIRECT, Reason::Relayed);
-    assert!(out.meta.is_empty(), "no tag on an unforked packet");
+    assert!(out.untagged(), "no tag on an unforked packet");
     assert_eq!(out.frame, f.expected(input).bytes());
     check_checksums(&out.frame)
 }
@@ -518,7 +516,7 @@ fn fork_without_a_fork_interface_relays_and_counts_no_clone() -> Result<()> {
         let input = frame(CALLER, A_LOCAL, &RtpSpec::pcmu(1))?;
         let out = b.relay(&input.bytes())?;
         out.expect(XDP_REDIRECT, Reason::RelayedForkUnavailable);
-        assert!(out.meta.is_empty());
+        assert!(out.untagged());
         assert_eq!(out.frame, f.expected(&input).bytes());
         let s = b.stats(f.stats_index)?;
         assert_eq!(s.packets, 1);
