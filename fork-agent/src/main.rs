@@ -9,7 +9,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use fork_agent::{
-    config::Config,
+    config::{Config, ForkPathSetting, FORK_PATH_ENV},
     core::control_api::{
         FlowSpec, ForkSpec, Op, Request, StreamServiceShow, StreamSpec, API_VERSION,
     },
@@ -32,6 +32,15 @@ enum Cmd {
     Run {
         #[arg(long, default_value = "/etc/xdpfork/fork-agent.toml")]
         config: PathBuf,
+    },
+    /// Will xdpfork run on this kernel, and how? Loads every program variant, pins maps, attaches
+    /// native XDP and forks one packet in a private network namespace; exits non-zero (with the
+    /// verifier's last lines) when the product cannot run.
+    CheckKernel {
+        /// The fork path to judge: auto, metadata or headroom (default: $XDPFORK_FORK_PATH, else
+        /// auto).
+        #[arg(long, value_parser = ForkPathSetting::parse)]
+        fork_path: Option<ForkPathSetting>,
     },
     /// Validate a config file and exit.
     CheckConfig {
@@ -137,8 +146,20 @@ enum CtlCmd {
     },
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            // The whole chain (with a verifier's last lines) on stderr, which the journal keeps:
+            // never just "Error: ".
+            eprintln!("fork-agent: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<std::process::ExitCode> {
     match cli.cmd {
         Cmd::Run { config } => {
             init_tracing();
@@ -146,16 +167,29 @@ fn main() -> Result<()> {
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
-                .block_on(fork_agent::io::agent::run(cfg))
+                .block_on(fork_agent::io::agent::run(cfg))?;
+        }
+        Cmd::CheckKernel { fork_path } => {
+            let setting = match (fork_path, std::env::var(FORK_PATH_ENV)) {
+                (Some(s), _) => s,
+                (None, Ok(v)) => ForkPathSetting::parse(&v)
+                    .map_err(|e| anyhow::anyhow!("{FORK_PATH_ENV}: {e}"))?,
+                (None, Err(_)) => ForkPathSetting::Auto,
+            };
+            let report = fork_agent::io::check_kernel::run(setting);
+            println!("{report}");
+            if !report.runs() {
+                return Ok(std::process::ExitCode::FAILURE);
+            }
         }
         Cmd::CheckConfig { config } => {
             Config::load(&config)?;
             println!("{}: ok", config.display());
-            Ok(())
         }
-        Cmd::Ctl { socket, json, cmd } => ctl(&socket, json, cmd),
-        Cmd::Unpin { pin_dir } => fork_agent::io::ebpf::unpin_all(&pin_dir),
+        Cmd::Ctl { socket, json, cmd } => ctl(&socket, json, cmd)?,
+        Cmd::Unpin { pin_dir } => fork_agent::io::ebpf::unpin_all(&pin_dir)?,
     }
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 fn init_tracing() {

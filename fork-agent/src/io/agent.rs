@@ -58,12 +58,52 @@ pub struct AgentStats {
 
 type ControlMsg = (Op, oneshot::Sender<Response>);
 
+/// Whether the control API serves requests yet. Until the data plane is up, every request gets
+/// an error that says so (docs/control-api.md "Readiness"), never a bare connection reset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Readiness {
+    Starting(&'static str),
+    Ready,
+}
+
 pub async fn run(cfg: Config) -> Result<()> {
-    let d = &cfg.dataplane;
     // Bind the control socket first: a second agent on the same socket fails before it touches
-    // the data plane.
+    // the data plane. It answers "not ready" until the data plane is up.
     let listener = bind_control(&cfg.control.socket)?;
-    let mut dp = DataPlane::load(&d.pin_dir)?;
+    let (ctl_tx, ctl_rx) = mpsc::channel::<ControlMsg>(64);
+    let (events, _) = tokio::sync::broadcast::channel(crate::io::speech::EVENT_BACKLOG);
+    let (ready_tx, ready_rx) =
+        tokio::sync::watch::channel(Readiness::Starting("loading the XDP programs"));
+    #[allow(clippy::disallowed_methods)] // io shell
+    tokio::spawn(accept_loop(
+        listener,
+        ctl_tx.clone(),
+        events.clone(),
+        ready_rx,
+    ));
+    let result = serve(&cfg, ctl_tx, ctl_rx, events, ready_tx).await;
+    // Pinned maps and links stay: calls keep their audio until the next agent adopts them.
+    let _ = std::fs::remove_file(&cfg.control.socket);
+    result
+}
+
+async fn serve(
+    cfg: &Config,
+    ctl_tx: mpsc::Sender<ControlMsg>,
+    mut ctl_rx: mpsc::Receiver<ControlMsg>,
+    events: tokio::sync::broadcast::Sender<String>,
+    ready: tokio::sync::watch::Sender<Readiness>,
+) -> Result<()> {
+    let d = &cfg.dataplane;
+    let mut dp = DataPlane::load(&d.pin_dir, d.fork_path)?;
+    for r in dp.refused() {
+        warn!(fork_path = r.path.name(), "not used: {r}");
+    }
+    info!(
+        fork_path = dp.fork_path().name(),
+        "XDP programs loaded (docs/maps.md \"Fork path\")"
+    );
+    let _ = ready.send(Readiness::Starting("attaching the XDP programs"));
     let (_fork_ifindex, fork_peer) = dp.attach(&d.interfaces, &d.fork_interface, d.xdp_mode)?;
     let reader = match XskReader::open(&fork_peer, 0, d.umem_frames)
         .and_then(|r| dp.set_xsk(0, r.fd()).map(|()| r))
@@ -71,7 +111,6 @@ pub async fn run(cfg: Config) -> Result<()> {
         Ok(r) => r,
         Err(e) => {
             dp.rollback();
-            let _ = std::fs::remove_file(&cfg.control.socket);
             return Err(e);
         }
     };
@@ -130,7 +169,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     let stats = Arc::new(AgentStats::default());
     // AF_XDP reader thread → stream service (io/speech: pools, fork sessions, media routing).
     let (pkt_tx, pkt_rx) = mpsc::channel::<Forked>(65_536);
-    let speech = SpeechService::spawn(&cfg.speech_servers, pkt_rx)?;
+    let speech = SpeechService::spawn(&cfg.speech_servers, pkt_rx, events)?;
     let fallback_media = pkt_tx.clone();
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -149,13 +188,9 @@ pub async fn run(cfg: Config) -> Result<()> {
         }
     }
 
-    let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlMsg>(64);
-    #[allow(clippy::disallowed_methods)] // io shell
-    tokio::spawn(accept_loop(listener, ctl_tx.clone(), speech.events()));
     if let Some(addr) = cfg.metrics.listen {
         crate::io::metrics::spawn(addr, ctl_tx).await?;
     }
-    info!(socket = %cfg.control.socket.display(), "control API listening");
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut agent = Agent {
@@ -228,6 +263,8 @@ pub async fn run(cfg: Config) -> Result<()> {
                 .insert(key, (dev.to_string_lossy().into_owned(), hop));
         }
     }
+    let _ = ready.send(Readiness::Ready);
+    info!(socket = %cfg.control.socket.display(), "control API ready");
     let mut idle_check = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -250,12 +287,13 @@ pub async fn run(cfg: Config) -> Result<()> {
             _ = sigterm.recv() => break,
         }
     }
-    // Pinned maps and links stay: calls keep their audio until the next agent adopts them.
     stop.store(true, Ordering::Relaxed);
-    let _ = std::fs::remove_file(&cfg.control.socket);
     info!("fork-agent stopped; the kernel keeps relaying pinned flows");
     Ok(())
 }
+
+/// How every control API error starts while the data plane is not up yet.
+pub const NOT_READY: &str = "not ready";
 
 fn bind_control(path: &Path) -> Result<UnixListener> {
     if let Some(dir) = path.parent() {
@@ -274,6 +312,7 @@ async fn accept_loop(
     listener: UnixListener,
     ctl: mpsc::Sender<ControlMsg>,
     events: tokio::sync::broadcast::Sender<String>,
+    ready: tokio::sync::watch::Receiver<Readiness>,
 ) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -281,6 +320,7 @@ async fn accept_loop(
         };
         let ctl = ctl.clone();
         let events = events.clone();
+        let ready = ready.clone();
         #[allow(clippy::disallowed_methods)] // io shell: one task per control client
         tokio::spawn(async move {
             let (r, mut w) = stream.into_split();
@@ -311,12 +351,17 @@ async fn accept_loop(
                         continue;
                     }
                 };
-                let resp = match parse_request(&line) {
-                    Ok(Op::Subscribe) => {
+                let readiness = *ready.borrow();
+                let resp = match (readiness, parse_request(&line)) {
+                    (_, Err(e)) => Response::err(e),
+                    (Readiness::Starting(stage), Ok(_)) => {
+                        Response::err(format!("{NOT_READY}: fork-agent is {stage}"))
+                    }
+                    (Readiness::Ready, Ok(Op::Subscribe)) => {
                         sub = Some(events.subscribe());
                         Response::ok(Value::Null)
                     }
-                    Ok(op) => {
+                    (Readiness::Ready, Ok(op)) => {
                         let (tx, rx) = oneshot::channel();
                         if ctl.send((op, tx)).await.is_err() {
                             break;
@@ -324,7 +369,6 @@ async fn accept_loop(
                         rx.await
                             .unwrap_or_else(|_| Response::err("agent shutting down"))
                     }
-                    Err(e) => Response::err(e),
                 };
                 let mut out = serde_json::to_string(&resp).unwrap_or_else(|e| {
                     format!("{{\"ok\":false,\"error\":\"cannot encode response: {e}\"}}")

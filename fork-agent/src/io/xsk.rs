@@ -48,8 +48,16 @@ pub struct XskReader {
 // SAFETY: the rings are used from one thread at a time (moved into the reader thread).
 unsafe impl Send for XskReader {}
 
+/// `XDP_ZEROCOPY` bind flag (linux/if_xdp.h): fail instead of falling back to copy mode.
+pub const XDP_ZEROCOPY: u16 = 1 << 2;
+
 impl XskReader {
     pub fn open(ifname: &str, queue: u32, frames: u32) -> Result<XskReader> {
+        XskReader::open_with(ifname, queue, frames, 0)
+    }
+
+    /// [`XskReader::open`] with `XDP_*` bind flags (e.g. [`XDP_ZEROCOPY`]).
+    pub fn open_with(ifname: &str, queue: u32, frames: u32, bind_flags: u16) -> Result<XskReader> {
         let size = (frames * FRAME_SIZE) as usize;
         let layout =
             Layout::from_size_align(size, 4096).map_err(|e| anyhow!("UMEM layout: {e}"))?;
@@ -83,7 +91,7 @@ impl XskReader {
                 &SocketConfig {
                     rx_size: NonZeroU32::new(frames),
                     tx_size: None,
-                    bind_flags: 0,
+                    bind_flags,
                 },
             )
             .map_err(|e| anyhow!("AF_XDP rx ring: {e:?}"))?;

@@ -151,7 +151,7 @@ fn pool_grows_and_failures_are_reported_with_reference_strings() -> Result<()> {
         &bin("fork-agent")?,
         &["run", "--config", &cfg_s],
     )?;
-    t.wait_for_path(&socket, "fork-agent control socket", "fork-agent")?;
+    t.wait_fork_agent(&socket, "fork-agent")?;
 
     let sub = UnixStream::connect(&socket)?;
     sub.set_read_timeout(Some(Duration::from_millis(200)))?;

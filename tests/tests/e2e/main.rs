@@ -7,6 +7,7 @@ mod sip_support;
 mod turn_support;
 
 mod agent_restart;
+mod check_kernel;
 mod fallback_fork;
 mod fork_isolation;
 mod fork_pool_failures;

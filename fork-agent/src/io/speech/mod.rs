@@ -108,11 +108,16 @@ pub struct SpeechService {
 /// Commands waiting for the service task (fork requests arrive at control-API pace).
 const COMMAND_QUEUE: usize = 1024;
 /// Status events kept for slow subscribers before they see `lagged`.
-const EVENT_BACKLOG: usize = 1024;
+pub const EVENT_BACKLOG: usize = 1024;
 
 impl SpeechService {
-    /// Builds every server's target (TLS configs included) and starts the task.
-    pub fn spawn(servers: &[SpeechServerConfig], media: mpsc::Receiver<Media>) -> Result<Self> {
+    /// Builds every server's target (TLS configs included) and starts the task, which publishes
+    /// status events on `events`.
+    pub fn spawn(
+        servers: &[SpeechServerConfig],
+        media: mpsc::Receiver<Media>,
+        events: broadcast::Sender<String>,
+    ) -> Result<Self> {
         let mut core = ForkService::new();
         let mut targets = Vec::new();
         let mut stats = HashMap::new();
@@ -155,7 +160,6 @@ impl SpeechService {
             by_name.insert(s.name.clone(), (id, st));
         }
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
-        let (events, _) = broadcast::channel(EVENT_BACKLOG);
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let task = Task {
             core,

@@ -346,7 +346,7 @@ impl Bench {
             &["run", "--config", &cfg],
             &[("RUST_LOG", "fork_agent=info")],
         )?;
-        t.wait_for_path(&fork_sock, "fork-agent control socket", "fork-agent")?;
+        t.wait_fork_agent(&fork_sock, "fork-agent")?;
 
         let sip_cfg = dir.join("sip-agent.toml");
         std::fs::write(

@@ -393,7 +393,7 @@ pub fn run(streams: &[usize], secs: f64) -> Result<Report> {
         std::path::Path::new("/usr/bin/taskset"),
         &["-c", AGENT_CORE, &agent_s, "run", "--config", &cfg],
     )?;
-    t.wait_for_path(&socket, "fork-agent control socket", "fork-agent")?;
+    t.wait_fork_agent(&socket, "fork-agent")?;
     let napi = cpu::thread_napi(&t.ns(Host::Forker))?;
     // The forker's NAPI threads (XDP) run SCHED_FIFO; kept off fork-agent's core so that the
     // core measured is fork-agent's alone (apart from other work on the host).
