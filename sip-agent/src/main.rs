@@ -10,6 +10,7 @@ use sip_agent::config::Settings;
 #[derive(Parser)]
 #[command(
     name = "sip-agent",
+    version,
     about = "SIP B2BUA that anchors media and forks calls to speech servers"
 )]
 struct Cli {

@@ -33,6 +33,7 @@ use tokio::net::UdpSocket;
 #[derive(Parser, Debug, PartialEq, Eq)]
 #[command(
     name = "udp-relay",
+    version,
     about = "Relay UDP datagrams between two local ports (user-space benchmark baseline)"
 )]
 struct Args {

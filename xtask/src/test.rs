@@ -100,13 +100,32 @@ pub(crate) struct Args {
     test_args: Vec<String>,
 }
 
-/// One step of the gate: a name for the summary and the cargo arguments.
+/// One step of the gate: a name for the summary, the cargo arguments and extra environment.
 #[derive(Debug, PartialEq, Eq)]
 struct Stage {
     name: &'static str,
     args: Vec<String>,
     needs_root: bool,
+    env: Vec<(&'static str, &'static str)>,
 }
+
+/// The e2e modules whose calls fork through the kernel. The second privileged pass runs them
+/// again with the headroom fork path forced, so the path that kernels refusing
+/// `bpf_xdp_adjust_meta` use is exercised on every machine (docs/maps.md "Fork path"). The
+/// packet-level kernel_packets_* tests need no second pass: they run every path themselves.
+const HEADROOM_PASS: &[&str] = &[
+    "check_kernel",
+    "kernel_relay_fork",
+    "fallback_fork",
+    "fork_",
+    "agent_restart",
+    "sip_fork_",
+    "sip_hold_resume",
+    "sip_codec_change",
+    "turn_kernel_relay",
+    "turn_offload",
+    "next_hop_mac_change",
+];
 
 /// The gate, in order. `test_args` go after `--` of both test runs.
 fn stages(test_args: &[String]) -> Vec<Stage> {
@@ -115,39 +134,58 @@ fn stages(test_args: &[String]) -> Vec<Stage> {
         base.extend(test_args.iter().cloned());
         base
     };
+    // A filter given on the command line applies to the second pass too.
+    let mut headroom = words("test -p xdpfork-tests --test e2e -- --test-threads=1");
+    if test_args.is_empty() {
+        headroom.extend(HEADROOM_PASS.iter().map(|m| m.to_string()));
+    } else {
+        headroom.extend(test_args.iter().cloned());
+    }
     vec![
         Stage {
             name: "fmt",
             args: words("fmt --all -- --check"),
             needs_root: false,
+            env: Vec::new(),
         },
         // Default members (no --workspace: that would add the BPF-only fork-ebpf crate).
         Stage {
             name: "clippy",
             args: words("clippy --all-targets -- -D warnings"),
             needs_root: false,
+            env: Vec::new(),
         },
         // The root-only tests crate is not a default member: lint it explicitly.
         Stage {
             name: "clippy tests",
             args: words("clippy -p xdpfork-tests --all-targets -- -D warnings"),
             needs_root: false,
+            env: Vec::new(),
         },
         Stage {
             name: "unit tests",
             args: with_args(words("test --")),
             needs_root: false,
+            env: Vec::new(),
         },
         // The privileged tests run the agents' binaries from the target dir: build them all.
         Stage {
             name: "build",
             args: words("build"),
             needs_root: false,
+            env: Vec::new(),
         },
         Stage {
             name: "privileged tests",
             args: with_args(words("test -p xdpfork-tests -- --test-threads=1")),
             needs_root: true,
+            env: Vec::new(),
+        },
+        Stage {
+            name: "headroom path",
+            args: headroom,
+            needs_root: true,
+            env: vec![("XDPFORK_FORK_PATH", "headroom")],
         },
     ]
 }
@@ -160,8 +198,9 @@ pub(crate) fn run(args: Args) -> Result<()> {
     let mut done: Vec<(&str, Duration, bool)> = Vec::new();
     let total = stages.len();
     for (i, stage) in stages.iter().enumerate() {
+        let env_words: String = stage.env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
         println!(
-            "==> xtask test [{}/{total}] {}: cargo {}",
+            "==> xtask test [{}/{total}] {}: {env_words}cargo {}",
             i + 1,
             stage.name,
             stage.args.join(" ")
@@ -175,7 +214,12 @@ pub(crate) fn run(args: Args) -> Result<()> {
             );
         }
         let started = crate::now();
-        let ok = run_stage(cargo().args(&stage.args).envs(env.iter().copied()));
+        let ok = run_stage(
+            cargo()
+                .args(&stage.args)
+                .envs(env.iter().copied())
+                .envs(stage.env.iter().copied()),
+        );
         let took = started.elapsed();
         println!(
             "<== {} {} in {}",
@@ -247,7 +291,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn filter_goes_to_both_test_runs_only() {
+    fn filter_goes_to_the_test_runs_only() {
         let s = stages(&["turn_refresh".to_string()]);
         let names: Vec<&str> = s.iter().map(|s| s.name).collect();
         assert_eq!(
@@ -258,7 +302,8 @@ mod tests {
                 "clippy tests",
                 "unit tests",
                 "build",
-                "privileged tests"
+                "privileged tests",
+                "headroom path"
             ]
         );
         assert_eq!(s[0].args.join(" "), "fmt --all -- --check");
@@ -270,6 +315,21 @@ mod tests {
             "test -p xdpfork-tests -- --test-threads=1 turn_refresh"
         );
         assert!(s[5].needs_root && !s[3].needs_root);
+        assert_eq!(
+            s[6].args.join(" "),
+            "test -p xdpfork-tests --test e2e -- --test-threads=1 turn_refresh"
+        );
+        assert_eq!(s[6].env, [("XDPFORK_FORK_PATH", "headroom")]);
+    }
+
+    #[test]
+    fn without_a_filter_the_headroom_pass_runs_the_forking_modules() {
+        let s = stages(&[]);
+        let last = s.last().expect("stages");
+        assert_eq!(last.env, [("XDPFORK_FORK_PATH", "headroom")]);
+        assert!(last.args.iter().any(|a| a == "kernel_relay_fork"));
+        assert!(last.args.iter().any(|a| a == "sip_fork_"));
+        assert!(s[..s.len() - 1].iter().all(|st| st.env.is_empty()));
     }
 
     #[test]

@@ -15,8 +15,19 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
+use clap::Parser;
 use xdpfork_tests::{addrs::*, rtp_packet, spawn_receiver, Host, Scenario};
+
+/// xdpfork demo: one call's audio relayed in the kernel and forked to a speech server, in
+/// network namespaces of its own (root). `cargo xtask demo` builds and runs it.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// Where to leave the source and recorded WAV files.
+    #[arg(default_value = "target/demo")]
+    out_dir: PathBuf,
+}
 
 const CALLER_TEXT: &str = "Hello, this is the caller. I would like to check the status of my order, number four two seven.";
 const CALLEE_TEXT: &str =
@@ -62,12 +73,53 @@ fn stream(tx: UdpSocket, to: SocketAddr, pt: u8, ssrc: u32, audio: Vec<u8>) -> R
     Ok(n)
 }
 
-fn main() -> Result<()> {
-    let out = std::env::args()
-        .nth(1)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("target/demo"));
-    std::fs::create_dir_all(&out)?;
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    match run(&args.out_dir) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The daemons' log tails are part of the error chain (docs/operations.md).
+            eprintln!("xdpfork demo failed: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Decode a 16-bit PCM WAV as hound writes it (RIFF, `fmt `, `data`).
+fn wav_samples(path: &Path) -> Result<Vec<i16>> {
+    let b = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    ensure!(
+        b.len() >= 12 && &b[..4] == b"RIFF" && &b[8..12] == b"WAVE",
+        "{} is not a WAV file",
+        path.display()
+    );
+    let mut at = 12;
+    while at + 8 <= b.len() {
+        let len = u32::from_le_bytes([b[at + 4], b[at + 5], b[at + 6], b[at + 7]]) as usize;
+        let body = b.get(at + 8..at + 8 + len).context("truncated WAV chunk")?;
+        if &b[at..at + 4] == b"data" {
+            return Ok(body
+                .chunks_exact(2)
+                .map(|c| i16::from_le_bytes([c[0], c[1]]))
+                .collect());
+        }
+        at += 8 + len + (len & 1);
+    }
+    bail!("{} has no data chunk", path.display())
+}
+
+/// Whether the recording holds exactly the µ-law audio that was sent (the last packet is padded
+/// to 160 bytes by nobody: it is sent short, so compare what was sent).
+fn matches_source(recorded: &[i16], source: &[u8]) -> bool {
+    recorded.len() == source.len()
+        && recorded
+            .iter()
+            .zip(source)
+            .all(|(r, s)| *r == speech_proto::ulaw_to_linear(*s))
+}
+
+fn run(out: &Path) -> Result<()> {
+    std::fs::create_dir_all(out)?;
     let out = out.canonicalize()?;
     println!("xdpfork demo: caller ⇄ [XDP relay + fork on the forker host] ⇄ callee, forked to a speech server");
 
@@ -99,6 +151,7 @@ fn main() -> Result<()> {
     );
     let a: SocketAddr = A_LOCAL.parse()?;
     let b: SocketAddr = B_LOCAL.parse()?;
+    let (caller_src, callee_src) = (caller_audio.clone(), callee_audio.clone());
     let t1 = std::thread::spawn(move || stream(caller_tx, a, 0, 0x1111, caller_audio));
     let t2 = std::thread::spawn(move || stream(callee_tx, b, 0, 0x2222, callee_audio));
     let sent_a = t1
@@ -137,23 +190,42 @@ fn main() -> Result<()> {
         counters["user"]["userspace_relayed"]
     );
     println!("\n  speech server recorded:");
+    let mut faithful = Vec::new();
     for st in summary["streams"].as_array().cloned().unwrap_or_default() {
         let wav = PathBuf::from(st["wav"].as_str().unwrap_or_default());
         let dest = out.join(wav.file_name().unwrap_or_default());
         std::fs::copy(&wav, &dest).with_context(|| format!("copying {}", wav.display()))?;
+        let channel = st["channel"].as_str().unwrap_or("?").to_owned();
+        let source = if channel == "caller" {
+            &caller_src
+        } else {
+            &callee_src
+        };
+        let same = matches_source(&wav_samples(&dest)?, source);
         println!(
-            "    {:<6} stream {}: {} frames, {} lost, {}  → {}",
-            st["channel"].as_str().unwrap_or("?"),
+            "    {:<6} stream {}: {} frames, {} lost, {}, {}  → {}",
+            channel,
             st["stream_id"],
             st["frames"],
             st["lost"],
             st["stopped"].as_str().unwrap_or("open"),
+            if same {
+                "sample for sample the audio played"
+            } else {
+                "DIFFERS from the audio played"
+            },
             dest.display()
         );
+        faithful.push((channel, same));
     }
     if got_b != sent_a || got_a != sent_b {
         bail!("the kernel relay lost packets");
     }
+    ensure!(
+        faithful.len() == 2 && faithful.iter().all(|(_, same)| *same),
+        "the forked recordings do not match the audio played: {faithful:?}; speech-server log:\n{}",
+        s.topo.log_tail("speech-server", 20)
+    );
     println!("\nxdpfork demo: ok");
     Ok(())
 }

@@ -67,61 +67,89 @@ pub struct Opts {
     pub calls_args: Vec<(String, String)>,
 }
 
+/// xdpfork benchmarks (root): each builds its own namespaces and prints a Markdown report
+/// (docs/benchmarks.md explains the method). `cargo xtask bench` builds and runs them.
+#[derive(clap::Parser)]
+#[command(version)]
+struct Cli {
+    /// Which benchmark to run.
+    #[arg(value_parser = ["relay", "turn", "fork", "calls"])]
+    bench: String,
+    /// Repetitions of every point (medians are reported).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(usize))]
+    reps: usize,
+    /// Seconds per point, in (0, 10].
+    #[arg(long, default_value_t = 2.0)]
+    secs: f64,
+    /// Offered rates in datagrams per second, comma-separated; `max` is as fast as the
+    /// generator can.
+    #[arg(long, default_value = "50000,100000,200000,400000,max")]
+    rates: String,
+    /// Where the report and raw points go.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+    /// fork: concurrent stream counts, comma-separated.
+    #[arg(long, default_value = "500,1000,2000,5000")]
+    streams: String,
+    /// relay: numbers of calls the offered rate is spread over, comma-separated.
+    #[arg(long, default_value = "2000")]
+    relay_calls: String,
+    /// calls: calls per second, comma-separated.
+    #[arg(long)]
+    cps: Option<String>,
+    /// calls: calls per point.
+    #[arg(long)]
+    calls: Option<String>,
+    /// calls: seconds each call is held.
+    #[arg(long)]
+    hold: Option<String>,
+    /// calls: held-call counts, comma-separated.
+    #[arg(long)]
+    concurrent: Option<String>,
+    /// calls: whether calls carry RTP (yes or no).
+    #[arg(long)]
+    rtp: Option<String>,
+}
+
+fn numbers(flag: &str, v: &str) -> Result<Vec<usize>> {
+    v.split(',')
+        .map(|n| n.parse().with_context(|| format!("--{flag}: numbers")))
+        .collect()
+}
+
 fn parse_args() -> Result<(String, Opts)> {
-    let mut args = std::env::args().skip(1);
-    let cmd = args.next().context(
-        "usage: xdpfork-bench relay|turn|fork|calls [--reps N] [--secs S] [--rates R,R,max] [--relay-calls N,N] [--streams N,N] [--cps N,N] [--calls N] [--hold S] [--concurrent N,N] [--rtp yes|no] [--out DIR]",
-    )?;
-    let mut o = Opts {
-        reps: 3,
-        secs: 2.0,
-        rates: vec![
-            Some(50_000),
-            Some(100_000),
-            Some(200_000),
-            Some(400_000),
-            None,
-        ],
-        out: PathBuf::from("target/bench"),
-        streams: vec![500, 1000, 2000, 5000],
-        relay_calls: vec![2000],
-        calls_args: Vec::new(),
+    let cli = <Cli as clap::Parser>::parse();
+    let rates = cli
+        .rates
+        .split(',')
+        .map(|r| match r {
+            "max" => Ok(None),
+            r => r.parse().map(Some).context("--rates: numbers or max"),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let calls_args = [
+        ("--cps", &cli.cps),
+        ("--calls", &cli.calls),
+        ("--hold", &cli.hold),
+        ("--concurrent", &cli.concurrent),
+        ("--rtp", &cli.rtp),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.clone().map(|v| (k.to_owned(), v)))
+    .collect();
+    let o = Opts {
+        reps: cli.reps,
+        secs: cli.secs,
+        rates,
+        out: cli.out,
+        streams: numbers("streams", &cli.streams)?,
+        relay_calls: numbers("relay-calls", &cli.relay_calls)?,
+        calls_args,
     };
-    while let Some(a) = args.next() {
-        let v = args.next().with_context(|| format!("{a} needs a value"))?;
-        match a.as_str() {
-            "--reps" => o.reps = v.parse().context("--reps")?,
-            "--secs" => o.secs = v.parse().context("--secs")?,
-            "--out" => o.out = PathBuf::from(v),
-            "--cps" | "--calls" | "--hold" | "--concurrent" | "--rtp" => o.calls_args.push((a, v)),
-            "--relay-calls" => {
-                o.relay_calls = v
-                    .split(',')
-                    .map(|n| n.parse().context("--relay-calls: numbers"))
-                    .collect::<Result<_>>()?
-            }
-            "--streams" => {
-                o.streams = v
-                    .split(',')
-                    .map(|n| n.parse().context("--streams: numbers"))
-                    .collect::<Result<_>>()?
-            }
-            "--rates" => {
-                o.rates = v
-                    .split(',')
-                    .map(|r| match r {
-                        "max" => Ok(None),
-                        r => r.parse().map(Some).context("--rates: numbers or max"),
-                    })
-                    .collect::<Result<_>>()?
-            }
-            other => bail!("unknown option {other}"),
-        }
-    }
     if o.reps == 0 || o.secs <= 0.0 || o.secs > 10.0 || o.rates.is_empty() {
         bail!("--reps must be > 0, --secs in (0, 10], --rates non-empty");
     }
-    Ok((cmd, o))
+    Ok((cli.bench, o))
 }
 
 fn main() -> Result<()> {
