@@ -71,6 +71,10 @@ pub(crate) struct Args {
     /// `calls` only: real RTP per call (sipp rtp_stream, echoed by the callee).
     #[arg(long, default_value = "yes", value_parser = ["yes", "no"])]
     rtp: String,
+    /// fork-agent's fork paths (docs/maps.md "Fork path"), comma-separated: the benchmark runs
+    /// once per path, each with its own baselines, into `<out>/<path>` when there are several.
+    #[arg(long, default_value = "auto")]
+    fork_paths: String,
 }
 
 /// Debian packages a benchmark needs beyond `cargo xtask setup`'s list, with their binary.
@@ -179,11 +183,32 @@ pub(crate) fn run(args: Args) -> Result<()> {
         Which::Fork => "fork",
         Which::Calls => "calls",
     };
+    let paths: Vec<&str> = args.fork_paths.split(',').map(str::trim).collect();
+    if let Some(bad) = paths
+        .iter()
+        .find(|p| !["auto", "metadata", "headroom"].contains(p))
+    {
+        bail!("--fork-paths: `{bad}` is not auto, metadata or headroom");
+    }
+    for path in &paths {
+        let out = if paths.len() > 1 {
+            format!("{}/{path}", args.out)
+        } else {
+            args.out.clone()
+        };
+        println!("bench: {which} with fork path {path}");
+        run_one(&args, which, path, &out)?;
+    }
+    Ok(())
+}
+
+fn run_one(args: &Args, which: &str, fork_path: &str, out: &str) -> Result<()> {
     setup::run_checked(
         Command::new(release_dir().join("xdpfork-bench"))
+            .env("XDPFORK_FORK_PATH", fork_path)
             .args([which, "--reps", &args.reps.to_string()])
             .args(["--secs", &args.secs.to_string(), "--rates", &args.rates])
-            .args(["--out", &args.out])
+            .args(["--out", out])
             .args(match args.which {
                 Which::Relay => vec!["--relay-calls", args.relay_calls.as_str()],
                 _ => vec![],

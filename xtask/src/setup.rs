@@ -208,7 +208,40 @@ pub(crate) fn setup() -> Result<()> {
     step_packages()?;
     step_services_off();
     step_bpffs()?;
+    step_check_kernel()?;
     println!("setup: ready in {:.1}s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Will xdpfork run on this kernel, and how? Builds fork-agent and runs its `check-kernel`, which
+/// proves each piece by doing it (docs/toolchain.md "Kernel compatibility"); its table is the
+/// answer. A kernel that cannot run xdpfork fails setup here, not later in a test.
+fn step_check_kernel() -> Result<()> {
+    if !is_root()? {
+        println!("setup: kernel check ... skipped (needs root: run `fork-agent check-kernel` as root)");
+        return Ok(());
+    }
+    println!("setup: kernel check ... building fork-agent");
+    run_checked(
+        crate::build::cargo().args(["build", "-p", "fork-agent"]),
+        "build fork-agent for the kernel check",
+        "see the compiler output above",
+    )?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| crate::build::workspace_root().join("target"));
+    let exe = target.join("debug/fork-agent");
+    let status = Command::new(&exe)
+        .arg("check-kernel")
+        .status()
+        .with_context(|| format!("running {} check-kernel", exe.display()))?;
+    if !status.success() {
+        bail!(
+            "xdpfork cannot run on this kernel: the table above names what is missing \
+             (docs/toolchain.md \"Kernel compatibility\")"
+        );
+    }
+    println!("setup: kernel check ... ok");
     Ok(())
 }
 
