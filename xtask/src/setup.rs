@@ -218,7 +218,9 @@ pub(crate) fn setup() -> Result<()> {
 /// answer. A kernel that cannot run xdpfork fails setup here, not later in a test.
 fn step_check_kernel() -> Result<()> {
     if !is_root()? {
-        println!("setup: kernel check ... skipped (needs root: run `fork-agent check-kernel` as root)");
+        println!(
+            "setup: kernel check ... skipped (needs root: run `fork-agent check-kernel` as root)"
+        );
         return Ok(());
     }
     println!("setup: kernel check ... building fork-agent");

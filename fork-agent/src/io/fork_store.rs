@@ -13,6 +13,7 @@
 use std::{
     fs::{File, OpenOptions},
     io::Write,
+    os::unix::fs::{OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
 };
 
@@ -128,7 +129,18 @@ impl ForkStore {
             body.extend(fork_journal::encode(&Entry::Start(fork.clone()))?);
             n += 1;
         }
-        std::fs::write(&tmp, &body).with_context(|| format!("writing {}", tmp.display()))?;
+        // Owner only, whatever the umask: the journal holds call ids, numbers and metadata.
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .and_then(|()| f.write_all(&body))
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        drop(f);
         std::fs::rename(&tmp, &self.path)
             .with_context(|| format!("renaming {} into place", tmp.display()))?;
         let file = OpenOptions::new()
@@ -211,6 +223,30 @@ mod tests {
         back.sort_by(|a, b| a.spec.call_guid.cmp(&b.spec.call_guid));
         live.sort_by(|a, b| a.spec.call_guid.cmp(&b.spec.call_guid));
         assert_eq!(back, live);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_journal_is_readable_by_its_owner_only_whatever_the_umask() {
+        let dir = scratch("mode");
+        std::fs::create_dir_all(&dir).unwrap();
+        // A file an older agent left world-readable is replaced by an owner-only one.
+        std::fs::write(dir.join("forks.jsonl"), b"").unwrap();
+        std::fs::set_permissions(
+            dir.join("forks.jsonl"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+        let (mut s, _) = ForkStore::open(&dir);
+        let f = fork("g");
+        s.record(&Entry::Start(f.clone()), 1, std::iter::once(&f));
+        nix::sys::stat::umask(old);
+        let mode = std::fs::metadata(dir.join("forks.jsonl"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -750,8 +750,10 @@ pub fn host_facts() -> String {
     std::thread::sleep(Duration::from_secs(1));
     let s1 = cpu::ProcStat::read();
     let bg = (s1.busy - s0.busy) as f64 / (s1.total - s0.total).max(1) as f64 * cpus as f64;
+    // fork-agent inherits the variable (docs/maps.md "Fork path").
+    let fork_path = std::env::var("XDPFORK_FORK_PATH").unwrap_or_else(|_| "auto".into());
     format!(
-        "Host: {cpus} CPUs ({model}), kernel {}, load average {}, background busy before the run {bg:.2} cores (other work on this shared machine).\n",
+        "Host: {cpus} CPUs ({model}), kernel {}, load average {}, background busy before the run {bg:.2} cores (other work on this shared machine). fork-agent's fork path: {fork_path}.\n",
         kernel.trim(),
         load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
     )
