@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::core::authz::{Cidr, Policy};
 use crate::core::b2bua::{self, Bind, Route, RoutePattern};
 use crate::core::media::MediaConfig;
 use crate::core::session_timer::MIN_SE_FLOOR;
@@ -50,6 +51,20 @@ struct RawConfig {
     routes: Vec<RawRoute>,
     #[serde(default)]
     calls: RawCalls,
+    #[serde(default)]
+    security: RawSecurity,
+}
+
+/// `[security]`: who may send in-dialog and fork requests (docs/security.md).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecurity {
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
+    #[serde(default)]
+    controllers: Vec<String>,
+    #[serde(default)]
+    controller_tls_names: Vec<String>,
 }
 
 /// `[calls]`: limits on established calls. Signed so a negative value gets a message naming the
@@ -142,7 +157,7 @@ pub struct TlsSettings {
 pub struct Settings {
     /// Sockets to listen on.
     pub listen: Vec<(Transport, SocketAddr)>,
-    /// The B2BUA core's config (the shell replaces `seed` with fresh randomness).
+    /// The B2BUA core's config.
     pub core: b2bua::Config,
     /// First and last port of the media range.
     pub media_ports: (u16, u16),
@@ -385,6 +400,8 @@ impl Settings {
                 }
             }
         }
+        let security =
+            security_policy(&raw.security, &raw.routes, &listen, tls.as_ref(), &mut errs);
         let (Some(address), Some(media_ip), Some(media_ports), true) =
             (address, media_ip, media_ports, errs.is_empty())
         else {
@@ -404,7 +421,7 @@ impl Settings {
                 media_ip,
                 routes,
                 transport_ports,
-                seed: 0,
+                security,
                 min_se,
                 max_call_duration,
             },
@@ -418,6 +435,71 @@ impl Settings {
             },
             tls,
         })
+    }
+}
+
+/// Parses and checks `[security]`: every entry is a CIDR or address, certificate names can be
+/// verified (a TLS listener asking for client certificates, or a TLS next hop), and forking is
+/// only on when somebody is allowed to ask for it.
+fn security_policy(
+    raw: &RawSecurity,
+    routes: &[RawRoute],
+    listen: &[(Transport, SocketAddr)],
+    tls: Option<&TlsSettings>,
+    errs: &mut Vec<String>,
+) -> Policy {
+    let mut cidrs = |field: &str, list: &[String]| -> Vec<Cidr> {
+        list.iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                s.parse::<Cidr>()
+                    .map_err(|e| errs.push(format!("security.{field}[{i}]: {s:?}: {e}")))
+                    .ok()
+            })
+            .collect()
+    };
+    let trusted_proxies = cidrs("trusted_proxies", &raw.trusted_proxies);
+    let controllers = cidrs("controllers", &raw.controllers);
+    let mut names = Vec::new();
+    for (i, n) in raw.controller_tls_names.iter().enumerate() {
+        let n = n.trim();
+        if n.is_empty() || n.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            errs.push(format!(
+                "security.controller_tls_names[{i}]: {n:?} is not a certificate name (subject CN \
+                 or DNS SAN, e.g. \"cvp.example.com\")"
+            ));
+        } else {
+            names.push(n.to_string());
+        }
+    }
+    if !names.is_empty() {
+        let tls_in = listen.iter().any(|(t, _)| *t == Transport::Tls)
+            && tls.is_some_and(|t| t.client_ca.is_some());
+        let tls_out = routes
+            .iter()
+            .any(|r| r.next_hop.to_ascii_lowercase().ends_with(":tls"));
+        if !tls_in && !tls_out {
+            errs.push(
+                "security.controller_tls_names: no certificate to check (needs a sip.tls \
+                 listener with tls.client_ca, so clients present certificates, or a tls next hop)"
+                    .into(),
+            );
+        }
+    }
+    if let Some(i) = routes.iter().position(|r| r.forking) {
+        if controllers.is_empty() && names.is_empty() && raw.controllers.is_empty() {
+            errs.push(format!(
+                "security.controllers: required when forking is enabled (route[{i}] has forking \
+                 = true, the default): list the controller's addresses or CIDRs, e.g. \
+                 controllers = [\"10.0.0.5\"], or set security.controller_tls_names, or set \
+                 forking = false on every route"
+            ));
+        }
+    }
+    Policy {
+        trusted_proxies,
+        controllers,
+        controller_tls_names: names,
     }
 }
 
@@ -437,6 +519,9 @@ ports = "30000-39999"
 [fork_agent]
 socket = "/tmp/fa.sock"
 speech_server = "asr"
+
+[security]
+controllers = ["10.77.1.2"]
 
 [[route]]
 pattern = "2XXX"
@@ -543,6 +628,70 @@ forking = false
             e.iter().any(|l| l.starts_with("calls.max_duration_secs")),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn security_section_is_parsed_and_checked() {
+        let s = Settings::from_toml(GOOD).expect("valid");
+        assert_eq!(
+            s.core.security.controllers,
+            vec!["10.77.1.2".parse::<Cidr>().expect("cidr")]
+        );
+        assert!(s.core.security.trusted_proxies.is_empty());
+        let with = |sec: &str| GOOD.replace("controllers = [\"10.77.1.2\"]", sec);
+        let s = Settings::from_toml(&with(
+            "controllers = [\"10.77.1.0/24\"]\ntrusted_proxies = [\"10.0.0.0/8\", \"fd00::/8\"]",
+        ))
+        .expect("valid");
+        assert_eq!(s.core.security.trusted_proxies.len(), 2);
+        let e = errors(&with(
+            "controllers = [\"10.77.1.2\", \"nope\"]\ntrusted_proxies = [\"10.1.0.0/8\"]",
+        ));
+        assert!(
+            e.iter()
+                .any(|l| l.starts_with("security.controllers[1]: \"nope\"")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|l| l.starts_with("security.trusted_proxies[0]") && l.contains("10.0.0.0/8")),
+            "{e:?}"
+        );
+        // Certificate names need a way to see a certificate.
+        let e = errors(&with("controller_tls_names = [\"cvp.example.com\"]"));
+        assert!(
+            e.iter()
+                .any(|l| l.starts_with("security.controller_tls_names: no certificate")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn forking_needs_a_controller_list() {
+        let no_section = GOOD.replace("[security]\ncontrollers = [\"10.77.1.2\"]\n", "");
+        let e = errors(&no_section);
+        assert!(
+            e.iter().any(
+                |l| l.starts_with("security.controllers: required when forking")
+                    && l.contains("route[0]")
+            ),
+            "{e:?}"
+        );
+        // Without forking on any route, no controller is needed.
+        let no_fork = no_section.replace(
+            "bind_media = \"10.77.2.1\"\n",
+            "bind_media = \"10.77.2.1\"\nforking = false\n",
+        );
+        let s = Settings::from_toml(&no_fork).expect("no forking, no controllers");
+        assert!(s.core.security.controllers.is_empty());
+    }
+
+    #[test]
+    fn shipped_default_config_is_valid() {
+        // The file `cargo xtask install` puts in /etc/xdpfork must start as it is.
+        let text = include_str!("../../dist/config/sip-agent.toml");
+        let s = Settings::from_toml(text).expect("dist/config/sip-agent.toml is valid");
+        assert!(!s.core.security.controllers.is_empty());
     }
 
     #[test]

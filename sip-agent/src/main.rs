@@ -25,11 +25,11 @@ enum Cmd {
         /// TOML configuration file.
         #[arg(long)]
         config: PathBuf,
-        /// Unix socket answering `sip-agent ctl` (call counts); off when absent.
+        /// Unix socket answering `sip-agent ctl` (call and security counters); off when absent.
         #[arg(long)]
         admin_socket: Option<PathBuf>,
     },
-    /// Ask a running agent over its admin socket: `show calls` or `metrics`.
+    /// Ask a running agent over its admin socket: `show calls`, `show security` or `metrics`.
     Ctl {
         /// The agent's `--admin-socket`.
         #[arg(long)]

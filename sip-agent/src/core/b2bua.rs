@@ -19,6 +19,11 @@
 //! - Only the first audio stream is anchored; other streams are disabled (port 0).
 //! - In-dialog requests go to the address the leg was set up with (no DNS in the core).
 //! - UPDATE, PRACK, REFER and friends are not supported (405 with Allow).
+//! - Who may send what (docs/security.md): an in-dialog request must match its dialog's
+//!   Call-ID and both tags (else 481) and come from that leg's peer or a trusted proxy (else
+//!   403); a fork request must also come from a configured controller (else 403). Both refusals
+//!   are counted ([`B2bua::security_counters`]). Tags, branches and Call-IDs come from the
+//!   injected RNG, which the shell seeds from the OS (a CSPRNG), so they cannot be predicted.
 //! - RFC 4028 session timers: sip-agent passes the negotiation between the legs, refuses
 //!   intervals below [`Config::min_se`] with 422, and ends a call that was not refreshed in
 //!   time; it is never the refresher (core/session_timer.rs). A call also ends after
@@ -28,9 +33,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use rand::RngCore;
 use rsip::{Header, Method, Request, Response, SipMessage};
 use tracing::{debug, info, trace};
 
+use crate::core::authz::{self, PeerIdentities, SecurityCounters};
 use crate::core::dialog::{header_values, uri_of, Dialog, RequestParts};
 use crate::core::fork_request::{
     self, Carrier, ForkCommand, ForkError, ForkRequest, ForkSequence, ForkState, StatusReport,
@@ -142,9 +149,8 @@ pub struct Config {
     /// Listening port per transport, written into Via sent-by and Contact for messages on that
     /// transport; a transport not listed uses `sip_addr`'s port.
     pub transport_ports: Vec<(Transport, u16)>,
-    /// Seed for tags, branches and Call-IDs; the shell passes fresh randomness at start so ids
-    /// do not repeat across restarts.
-    pub seed: u64,
+    /// Who may send in-dialog and fork requests (`[security]`).
+    pub security: authz::Policy,
     /// Shortest RFC 4028 session interval accepted: a request asking for less gets 422 with this
     /// `Min-SE` (§8.1). At least [`session_timer::MIN_SE_FLOOR`] (90 s).
     pub min_se: Duration,
@@ -378,6 +384,17 @@ impl Call {
     }
 }
 
+/// What an in-dialog request's identifiers and source match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DialogMatch {
+    /// No dialog has this Call-ID and both tags: 481.
+    None,
+    /// The dialog of `leg` of the call, from an allowed source.
+    Allowed(CallHandle, Leg),
+    /// The dialog of `leg` of the call, from a source outside it: 403.
+    Forbidden(CallHandle, Leg),
+}
+
 #[derive(Debug)]
 enum Pending {
     /// Our INVITE on leg B for a new call.
@@ -406,7 +423,12 @@ pub struct B2bua<P: PortAllocator> {
     pending: HashMap<TxHandle, Pending>,
     out: VecDeque<Output>,
     next_call: u32,
-    id_counter: u64,
+    /// Source of tags, branches, Call-IDs and SDP session ids: a CSPRNG in the shell, a seeded
+    /// one in tests. Predictable ids would let a third party address a dialog (issue 13).
+    rng: Box<dyn RngCore + Send>,
+    /// Certificate names of live TLS connections (for `security.controller_tls_names`).
+    identities: PeerIdentities,
+    security: SecurityCounters,
     counts: CallCounts,
     /// Every armed per-call timer, soonest first; each entry mirrors a `Call::timers` slot so
     /// `poll_timeout` is a lookup rather than a scan over calls.
@@ -449,8 +471,9 @@ fn body_parts(headers: &rsip::Headers, body: &[u8]) -> Result<BodyParts, &'stati
 }
 
 impl<P: PortAllocator> B2bua<P> {
-    /// A B2BUA with no calls.
-    pub fn new(cfg: Config, ports: P) -> Self {
+    /// A B2BUA with no calls. `rng` must be a CSPRNG seeded from the OS outside tests
+    /// (`StdRng::from_entropy()`): every tag, branch and Call-ID comes from it.
+    pub fn new(cfg: Config, ports: P, rng: Box<dyn RngCore + Send>) -> Self {
         Self {
             cfg,
             ports,
@@ -461,7 +484,9 @@ impl<P: PortAllocator> B2bua<P> {
             pending: HashMap::new(),
             out: VecDeque::new(),
             next_call: 0,
-            id_counter: 0,
+            rng,
+            identities: PeerIdentities::default(),
+            security: SecurityCounters::default(),
             counts: CallCounts::default(),
             deadlines: BTreeSet::new(),
         }
@@ -526,16 +551,30 @@ impl<P: PortAllocator> B2bua<P> {
         &self.ports
     }
 
+    /// Requests refused by the security policy since start.
+    pub fn security_counters(&self) -> SecurityCounters {
+        self.security
+    }
+
+    /// The TLS connection `conn` from `peer` presented a verified certificate naming `names`
+    /// (subject CN and DNS SANs). Call before feeding that connection's first message.
+    pub fn handle_peer_identity(&mut self, peer: Peer, conn: u64, names: Vec<String>) {
+        self.identities.connected(peer, conn, names);
+    }
+
+    /// Connection `conn` from `peer` closed; its certificate names no longer apply.
+    pub fn handle_connection_closed(&mut self, peer: Peer, conn: u64) {
+        self.identities.closed(peer, conn);
+    }
+
+    /// A fresh random token: 128 bits from the injected RNG, as 32 hex digits. Used for tags,
+    /// branches and Call-IDs; RFC 3261 §19.3 asks for at least 32 random bits in a tag, §8.1.1.4
+    /// for Call-IDs that are hard to guess. 128 bits keep a full dialog id unguessable even when
+    /// the peer's own tag and Call-ID are predictable.
     fn token(&mut self) -> String {
-        // splitmix64 (Steele et al.): cheap, well-mixed, and deterministic from the seed.
-        self.id_counter = self.id_counter.wrapping_add(1);
-        let mut z = self
-            .cfg
-            .seed
-            .wrapping_add(self.id_counter.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        format!("{:016x}", z ^ (z >> 31))
+        let mut b = [0u8; 16];
+        self.rng.fill_bytes(&mut b);
+        b.iter().map(|x| format!("{x:02x}")).collect()
     }
 
     /// The addresses `leg` of `call` uses (the config's defaults once the call is gone).
@@ -834,19 +873,28 @@ impl<P: PortAllocator> B2bua<P> {
             }
         }
         if let Some(to_tag) = &k.to_tag {
-            match self
-                .by_dialog
-                .get(&(k.call_id.clone(), to_tag.clone()))
-                .copied()
-            {
-                Some((call, leg)) => self.in_dialog(now, tx, call, leg, req, k.cseq),
-                None => self.respond(now, tx, &req, 481, None, None, vec![], None),
+            match self.match_dialog(&k.call_id, to_tag, k.from_tag.as_deref(), from) {
+                DialogMatch::Allowed(call, leg) => {
+                    self.in_dialog(now, tx, from, call, leg, req, k.cseq)
+                }
+                DialogMatch::Forbidden(call, leg) => {
+                    self.security.forbidden_dialog_source += 1;
+                    debug!(
+                        ?call,
+                        ?leg,
+                        from = %from.addr,
+                        method = %req.method,
+                        "in-dialog request from outside the dialog: 403"
+                    );
+                    self.respond(now, tx, &req, 403, None, None, vec![], None)
+                }
+                DialogMatch::None => self.respond(now, tx, &req, 481, None, None, vec![], None),
             }
             return;
         }
         match req.method {
             Method::Invite => self.new_call(now, tx, from, req),
-            Method::Cancel => self.on_cancel(now, tx, req),
+            Method::Cancel => self.on_cancel(now, tx, from, req),
             Method::Options => {
                 let allow = Header::Other("Allow".into(), ALLOW.into());
                 let accept = Header::Other(
@@ -874,6 +922,54 @@ impl<P: PortAllocator> B2bua<P> {
                 self.respond(now, tx, &req, 405, None, None, vec![allow], None);
             }
         }
+    }
+
+    /// Finds the dialog an in-dialog request belongs to and applies the dialog-source rule.
+    /// The dialog id is the Call-ID, our tag (the request's To-tag) and the peer's tag (its
+    /// From-tag, RFC 3261 §12.2.2); a request that differs in any of them matches no dialog
+    /// (481). A full match from a source that is neither the leg's peer nor a trusted proxy is
+    /// [`DialogMatch::Forbidden`] (403). Before the callee's 2xx, leg B has no peer tag yet, so
+    /// requests on it match nothing; none would have an effect then.
+    fn match_dialog(
+        &self,
+        call_id: &str,
+        to_tag: &str,
+        from_tag: Option<&str>,
+        from: Peer,
+    ) -> DialogMatch {
+        let Some(&(call, leg)) = self
+            .by_dialog
+            .get(&(call_id.to_string(), to_tag.to_string()))
+        else {
+            return DialogMatch::None;
+        };
+        let Some(c) = self.calls.get(&call) else {
+            return DialogMatch::None;
+        };
+        let d = match leg {
+            Leg::A => &c.a,
+            Leg::B => &c.b,
+        };
+        if d.remote_tag.as_deref() != from_tag {
+            return DialogMatch::None;
+        }
+        if self
+            .cfg
+            .security
+            .dialog_source_allowed(d.peer, &d.remote_target, from)
+        {
+            DialogMatch::Allowed(call, leg)
+        } else {
+            DialogMatch::Forbidden(call, leg)
+        }
+    }
+
+    /// True when a fork request from `from` may be acted on (`security.controllers` or
+    /// `security.controller_tls_names`).
+    fn is_controller(&self, from: Peer) -> bool {
+        self.cfg
+            .security
+            .is_controller(from, self.identities.names(from))
     }
 
     fn route(&self, user: &str) -> Option<Route> {
@@ -974,7 +1070,9 @@ impl<P: PortAllocator> B2bua<P> {
             remote_cseq: None,
             peer: route.next_hop,
         };
-        let session_id = self.id_counter;
+        // SDP o= sess-id (RFC 4566 §5.2): any numeric value; kept below 2^62 for parsers that
+        // read it as a signed 64-bit number.
+        let session_id = self.rng.next_u64() >> 2;
         sdp.anchor_audio(bind_b.media_ip, pb);
         sdp.set_origin("xdpfork", session_id, 1, bind_b.media_ip);
         let body = sdp.to_bytes();
@@ -1047,8 +1145,10 @@ impl<P: PortAllocator> B2bua<P> {
         );
     }
 
-    fn on_cancel(&mut self, now: Instant, tx: TxHandle, req: Request) {
-        let target = self.tl.invite_for_cancel(&req);
+    fn on_cancel(&mut self, now: Instant, tx: TxHandle, from: Peer, req: Request) {
+        // Only a CANCEL from the IP the INVITE came from finds it: the caller's branch may be
+        // predictable, so a third party's copy must not cancel the call (docs/security.md).
+        let target = self.tl.invite_for_cancel(&req, from);
         let call = target.and_then(|t| self.server_invites.get(&t).copied());
         let (Some(inv_tx), Some(call)) = (target, call) else {
             return self.respond(now, tx, &req, 481, None, None, vec![], None);
@@ -1395,10 +1495,12 @@ impl<P: PortAllocator> B2bua<P> {
         self.emit(SessionEvent::CallEnded { call, reason });
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn in_dialog(
         &mut self,
         now: Instant,
         tx: TxHandle,
+        from: Peer,
         call: CallHandle,
         leg: Leg,
         req: Request,
@@ -1439,13 +1541,35 @@ impl<P: PortAllocator> B2bua<P> {
                 vec![Header::Other("Allow".into(), ALLOW.into())],
                 None,
             ),
-            Method::Info | Method::Invite if established => {
+            Method::Info | Method::Invite => {
                 let (sdp, json) = match body_parts(&req.headers, &req.body) {
                     Ok(p) => p,
                     Err(reason) => {
                         return self.respond(now, tx, &req, 400, Some(reason), None, vec![], None)
                     }
                 };
+                if json.is_some() && !self.is_controller(from) {
+                    // A dialog party that is not a controller: the whole request is refused
+                    // (a re-INVITE is not relayed either), so it changes nothing.
+                    self.security.forbidden_fork_request += 1;
+                    debug!(
+                        ?call,
+                        ?leg,
+                        from = %from.addr,
+                        method = %req.method,
+                        "fork request from a peer that is not a controller: 403"
+                    );
+                    return self.respond(now, tx, &req, 403, None, None, vec![], None);
+                }
+                if !established {
+                    // Mid-setup re-INVITE/INFO: §14.1 says 491 when an INVITE is in progress.
+                    let code = if req.method == Method::Invite {
+                        491
+                    } else {
+                        481
+                    };
+                    return self.respond(now, tx, &req, code, None, None, vec![], None);
+                }
                 if req.method == Method::Invite
                     && session_timer::check_request(&req.headers, self.cfg.min_se)
                         == RequestCheck::TooSmall
@@ -1468,15 +1592,6 @@ impl<P: PortAllocator> B2bua<P> {
                     self.on_fork_body(now, call, leg, j, Carrier::ReInvite);
                 }
                 self.relay(now, tx, call, leg, req, sdp);
-            }
-            Method::Info | Method::Invite => {
-                // Mid-setup re-INVITE/INFO: §14.1 says 491 when an INVITE is in progress.
-                let code = if req.method == Method::Invite {
-                    491
-                } else {
-                    481
-                };
-                self.respond(now, tx, &req, code, None, None, vec![], None);
             }
             Method::Ack | Method::Cancel => {}
             _ => {
@@ -1785,5 +1900,7 @@ impl Call {
     }
 }
 
+#[cfg(test)]
+mod security_tests;
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,7 @@
 //! Sans-IO cores of sip-agent: no sockets, no clock reads, no tasks. Every input carries `now`,
 //! every output is drained with `poll_output`, deadlines come from `poll_timeout`
 //! (../../../shared/style.md §2).
+pub mod authz;
 pub mod b2bua;
 pub mod call_count;
 pub mod dialog;

@@ -10,8 +10,10 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use rand::SeedableRng;
 use rsip::{Request, SipMessage};
 
+use crate::core::authz::Policy;
 use crate::core::b2bua::{
     B2bua, CallHandle, Config, Leg, Output, PortAllocator, Route, RoutePattern, SessionEvent,
 };
@@ -101,7 +103,8 @@ impl Harness {
     }
 
     /// Like [`Harness::new`], with `edit` applied to the config first (session timer minimum,
-    /// maximum call duration).
+    /// maximum call duration, security policy). The default policy makes caller A's address the
+    /// one controller; the RNG is seeded, so every run sees the same tags.
     pub fn with_config(edit: impl FnOnce(&mut Config)) -> Self {
         let cfg = Config {
             sip_addr: HOST.parse().expect("host"),
@@ -113,7 +116,10 @@ impl Harness {
                 bind: None,
             }],
             transport_ports: Vec::new(),
-            seed: 42,
+            security: Policy {
+                controllers: vec![A_ADDR.split(':').next().expect("ip").parse().expect("cidr")],
+                ..Policy::default()
+            },
             min_se: crate::core::session_timer::MIN_SE_FLOOR,
             max_call_duration: None,
         };
@@ -121,7 +127,11 @@ impl Harness {
         edit(&mut cfg);
         Self {
             now: epoch(),
-            b2bua: B2bua::new(cfg, TestPorts::default()),
+            b2bua: B2bua::new(
+                cfg,
+                TestPorts::default(),
+                Box::new(rand::rngs::StdRng::seed_from_u64(42)),
+            ),
             outbox: Vec::new(),
             events: VecDeque::new(),
             drop: None,
@@ -173,6 +183,18 @@ impl Harness {
             self.b2bua.handle_datagram(self.now, udp(from), bytes);
             self.drain();
         }
+    }
+
+    /// Delivers a message from `peer` (any transport), without drop/duplicate.
+    pub fn send_peer(&mut self, peer: Peer, msg: &SipMessage) {
+        self.b2bua
+            .handle_datagram(self.now, peer, &message::encode(msg));
+        self.drain();
+    }
+
+    /// Delivers a message from `from` over UDP (a third party in tests of the security rules).
+    pub fn send_from(&mut self, from: &str, msg: &SipMessage) {
+        self.send_raw(from, &message::encode(msg));
     }
 
     /// Delivers a message from caller A.

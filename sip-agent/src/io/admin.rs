@@ -1,10 +1,11 @@
 //! Admin socket: a Unix stream socket answering one line-based request per connection with the
-//! current call counts (core/call_count.rs), for `sip-agent ctl` and for scraping.
+//! current call counts (core/call_count.rs) and security counters (core/authz.rs), for
+//! `sip-agent ctl` and for scraping.
 //!
-//! Requests: `show calls` → one JSON object (`CallCounts`) and a newline; `metrics` → the same
-//! counts as Prometheus text exposition. Anything else → `error: unknown command`. The counts come
-//! from a `watch` channel the B2BUA task updates after every input; this task never touches the
-//! cores.
+//! Requests: `show calls` → one JSON object (`CallCounts`) and a newline; `show security` → one
+//! JSON object (`SecurityCounters`) and a newline; `metrics` → both as Prometheus text
+//! exposition. Anything else → `error: unknown command`. The numbers come from a `watch` channel
+//! the B2BUA task updates after every input; this task never touches the cores.
 
 use std::path::Path;
 
@@ -14,13 +15,24 @@ use tokio::net::UnixListener;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
+use crate::core::authz::SecurityCounters;
 use crate::core::call_count::CallCounts;
+
+/// What the admin socket reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// License call counts.
+    pub calls: CallCounts,
+    /// Requests refused by the `[security]` policy.
+    pub security: SecurityCounters,
+}
 
 /// Longest request line read (a command is a few bytes; this bounds a misbehaving client).
 const MAX_LINE: u64 = 256;
 
-/// Prometheus text for `c`.
-pub fn prometheus(c: &CallCounts) -> String {
+/// Prometheus text for `s`.
+pub fn prometheus(s: &Stats) -> String {
+    let c = &s.calls;
     let mut out = String::new();
     for (name, help, kind, v) in [
         (
@@ -64,23 +76,34 @@ pub fn prometheus(c: &CallCounts) -> String {
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
         ));
     }
+    let name = "sip_agent_requests_forbidden_total";
+    out.push_str(&format!(
+        "# HELP {name} Requests answered 403 by the security policy, by cause.\n\
+         # TYPE {name} counter\n\
+         {name}{{cause=\"dialog_source\"}} {}\n\
+         {name}{{cause=\"fork_not_controller\"}} {}\n",
+        s.security.forbidden_dialog_source, s.security.forbidden_fork_request
+    ));
     out
 }
 
 /// Answer to one request line.
-pub fn answer(line: &str, c: &CallCounts) -> String {
+pub fn answer(line: &str, s: &Stats) -> String {
     match line.trim() {
-        "show calls" => serde_json::to_string(c)
+        "show calls" => serde_json::to_string(&s.calls)
             .map(|j| j + "\n")
             .unwrap_or_default(),
-        "metrics" => prometheus(c),
-        _ => "error: unknown command (show calls, metrics)\n".into(),
+        "show security" => serde_json::to_string(&s.security)
+            .map(|j| j + "\n")
+            .unwrap_or_default(),
+        "metrics" => prometheus(s),
+        _ => "error: unknown command (show calls, show security, metrics)\n".into(),
     }
 }
 
 /// Binds `path` (replacing a stale socket file) and serves it on a task.
 #[allow(clippy::disallowed_methods)] // io shell: the admin server is its own task
-pub fn spawn(path: &Path, counts: watch::Receiver<CallCounts>) -> Result<()> {
+pub fn spawn(path: &Path, counts: watch::Receiver<Stats>) -> Result<()> {
     if path.exists() {
         std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
     }
@@ -114,14 +137,20 @@ pub fn spawn(path: &Path, counts: watch::Receiver<CallCounts>) -> Result<()> {
 mod tests {
     use super::*;
 
-    fn counts() -> CallCounts {
-        CallCounts {
-            standard: 1,
-            enhanced: 2,
-            aggregate: 3,
-            peak_aggregate: 4,
-            peak_enhanced: 2,
-            peak_standard: 2,
+    fn counts() -> Stats {
+        Stats {
+            calls: CallCounts {
+                standard: 1,
+                enhanced: 2,
+                aggregate: 3,
+                peak_aggregate: 4,
+                peak_enhanced: 2,
+                peak_standard: 2,
+            },
+            security: SecurityCounters {
+                forbidden_dialog_source: 5,
+                forbidden_fork_request: 7,
+            },
         }
     }
 
@@ -139,7 +168,18 @@ mod tests {
         let m = answer("metrics", &counts());
         assert!(m.contains("# TYPE sip_agent_calls_enhanced gauge\nsip_agent_calls_enhanced 2\n"));
         assert!(m.contains("\nsip_agent_calls_peak_aggregate 4\n"));
-        assert_eq!(m.lines().filter(|l| !l.starts_with('#')).count(), 6);
+        assert!(
+            m.contains("\nsip_agent_requests_forbidden_total{cause=\"fork_not_controller\"} 7\n")
+        );
+        assert_eq!(m.lines().filter(|l| !l.starts_with('#')).count(), 8);
+    }
+
+    #[test]
+    fn show_security_is_one_json_line() {
+        let a = answer("show security", &counts());
+        let v: serde_json::Value = serde_json::from_str(&a).expect("json");
+        assert_eq!(v["forbidden_dialog_source"], 5);
+        assert_eq!(v["forbidden_fork_request"], 7);
     }
 
     #[test]

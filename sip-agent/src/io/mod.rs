@@ -11,6 +11,7 @@
 //! calls keep their audio in the kernel (architecture.md "MUST"), only SIP signalling stops.
 
 pub mod admin;
+pub mod cert_names;
 pub mod control;
 pub mod net;
 
@@ -49,14 +50,19 @@ pub async fn run(settings: Settings, admin_socket: Option<std::path::PathBuf>) -
     let (ctl_tx, mut ctl_rx) = control::spawn(settings.control_socket.clone());
     let (first, last) = settings.media_ports;
     let ports = PortPool::new(first, last).context("media.ports")?;
-    let mut cfg = settings.core.clone();
-    cfg.seed = rand::random();
-    let mut core = B2bua::new(cfg, ports);
+    // Tags, branches and Call-IDs must be unpredictable (docs/security.md): ChaCha12 seeded
+    // from the OS.
+    let rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
+    let mut core = B2bua::new(settings.core.clone(), ports, Box::new(rng));
     let mut media = MediaLayer::new(settings.media.clone());
     let mut counter = CallCounter::new();
-    let (counts_tx, counts_rx) = tokio::sync::watch::channel(counter.snapshot());
+    let stats = |counter: &CallCounter, core: &B2bua<PortPool>| admin::Stats {
+        calls: counter.snapshot(),
+        security: core.security_counters(),
+    };
+    let (stats_tx, stats_rx) = tokio::sync::watch::channel(stats(&counter, &core));
     if let Some(path) = &admin_socket {
-        admin::spawn(path, counts_rx)?;
+        admin::spawn(path, stats_rx)?;
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
@@ -80,7 +86,13 @@ pub async fn run(settings: Settings, admin_socket: Option<std::path::PathBuf>) -
                 match ev {
                     NetEvent::Message { peer, bytes } => core.handle_datagram(now, peer, &bytes),
                     NetEvent::Connected { peer, id, writer } => net.connected(peer, id, writer),
-                    NetEvent::Closed { peer, id } => net.closed(peer, id),
+                    NetEvent::PeerNames { peer, id, names } => {
+                        core.handle_peer_identity(peer, id, names)
+                    }
+                    NetEvent::Closed { peer, id } => {
+                        core.handle_connection_closed(peer, id);
+                        net.closed(peer, id)
+                    }
                     NetEvent::SendFailed { tx } => core.handle_transport_error(now, tx),
                 }
             }
@@ -99,13 +111,13 @@ pub async fn run(settings: Settings, admin_socket: Option<std::path::PathBuf>) -
             _ = term.recv() => break,
         }
         drive(&mut core, &mut media, &mut counter, &mut net, &ctl_tx);
-        let counts = counter.snapshot();
-        counts_tx.send_if_modified(|c| {
-            let changed = *c != counts;
-            if changed {
-                info!(?counts, "call counts");
+        let now_stats = stats(&counter, &core);
+        stats_tx.send_if_modified(|s| {
+            let changed = *s != now_stats;
+            if s.calls != now_stats.calls {
+                info!(counts = ?now_stats.calls, "call counts");
             }
-            *c = counts;
+            *s = now_stats;
             changed
         });
     }

@@ -67,6 +67,16 @@ pub enum NetEvent {
         /// Queue of the connection's writer.
         writer: mpsc::Sender<Outbound>,
     },
+    /// A TLS connection's verified peer certificate names (subject CN, DNS SANs), sent after
+    /// the handshake and before its first message (security.controller_tls_names).
+    PeerNames {
+        /// Remote end.
+        peer: Peer,
+        /// Connection id.
+        id: u64,
+        /// Names in the certificate; empty when it presented none.
+        names: Vec<String>,
+    },
     /// A connection ended.
     Closed {
         /// Remote end.
@@ -374,7 +384,10 @@ async fn accept_loop(
                 (Transport::Tls, Some(a)) => {
                     match tokio::time::timeout(CONNECT_TIMEOUT, a.accept(stream)).await {
                         Ok(Ok(tls)) => {
-                            if announce(&events, peer, id, w).await {
+                            let names = super::cert_names::of_peer(tls.get_ref().1);
+                            if announce(&events, peer, id, w).await
+                                && announce_names(&events, peer, id, names).await
+                            {
                                 run_stream(tls, peer, id, rx, events).await
                             }
                         }
@@ -412,6 +425,18 @@ async fn announce(
         .is_ok()
 }
 
+async fn announce_names(
+    events: &mpsc::Sender<NetEvent>,
+    peer: Peer,
+    id: u64,
+    names: Vec<String>,
+) -> bool {
+    events
+        .send(NetEvent::PeerNames { peer, id, names })
+        .await
+        .is_ok()
+}
+
 async fn connect(
     peer: Peer,
     id: u64,
@@ -435,7 +460,12 @@ async fn connect(
             // The next hop is configured by address; its certificate must name that IP.
             let name = ServerName::IpAddress(peer.addr.ip().into());
             match tokio::time::timeout(CONNECT_TIMEOUT, c.connect(name, stream)).await {
-                Ok(Ok(s)) => run_stream(s, peer, id, rx, events).await,
+                Ok(Ok(s)) => {
+                    let names = super::cert_names::of_peer(s.get_ref().1);
+                    if announce_names(&events, peer, id, names).await {
+                        run_stream(s, peer, id, rx, events).await
+                    }
+                }
                 Ok(Err(e)) => fail(peer, id, &mut rx, &events, &e.to_string()).await,
                 Err(_) => fail(peer, id, &mut rx, &events, "TLS handshake timed out").await,
             }

@@ -5,10 +5,10 @@ use crate::core::fork_request::{ForkKind, Party, StreamStatus};
 use crate::core::testing::*;
 use std::time::Duration;
 
-const FORK_CT: &str = "application/x-cisco-record+json";
-const GUID: &str = "6F0C9A2E1D3B11EEB5D6000C29F1A2B3";
+pub(super) const FORK_CT: &str = "application/x-cisco-record+json";
+pub(super) const GUID: &str = "6F0C9A2E1D3B11EEB5D6000C29F1A2B3";
 
-fn start_json() -> String {
+pub(super) fn start_json() -> String {
     format!(
         r#"{{"type":"START","call-guid":"{GUID}","url":"ws://10.64.86.215:8000","codec":"g711ulaw"}}"#
     )
@@ -20,12 +20,12 @@ fn json_of(m: &SipMessage) -> serde_json::Value {
 
 /// Sets up A→B2BUA→B up to an established call; returns the harness, the B2BUA's tag on leg A
 /// and B's view of the INVITE.
-fn established() -> (Harness, String, Request) {
+pub(super) fn established() -> (Harness, String, Request) {
     established_in(Harness::new(), &[], &[])
 }
 
 /// [`established`] on a given harness, with extra headers on A's INVITE and on B's 200.
-fn established_in(
+pub(super) fn established_in(
     mut h: Harness,
     invite_extra: &[(&str, &str)],
     answer_extra: &[(&str, &str)],

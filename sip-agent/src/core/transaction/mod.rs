@@ -17,7 +17,10 @@
 //!
 //! Keys (§17.1.3, §17.2.3): client transactions by top-Via branch + CSeq method; server
 //! transactions by branch + sent-by + method, where ACK matches the INVITE. A CANCEL is its own
-//! transaction ([`TransactionLayer::invite_for_cancel`] finds the INVITE it cancels).
+//! transaction ([`TransactionLayer::invite_for_cancel`] finds the INVITE it cancels). Server
+//! keys also carry the source IP the request came from: Via is the sender's word, so without it
+//! a third party that sends first with a peer's branch would have the peer's real request
+//! absorbed as a "retransmission" (and its CANCEL match the peer's INVITE); docs/security.md.
 //!
 //! Deliberate simplifications, each marked where it happens:
 //! - The INVITE server transaction sends `100 Trying` as soon as it is created (§17.2.1 allows it
@@ -32,7 +35,7 @@
 pub mod timer;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use rsip::{Method, Request, Response, SipMessage};
@@ -190,11 +193,13 @@ struct Key {
     method: String,
     /// Empty for client transactions (§17.1.3 does not use sent-by).
     sent_by: String,
-    server: bool,
+    /// Server transactions: the IP the request came from (see module doc). `None` for client
+    /// transactions.
+    source: Option<IpAddr>,
 }
 
 impl Key {
-    fn new(k: &Keys, server: bool) -> Self {
+    fn new(k: &Keys, source: Option<IpAddr>) -> Self {
         let method = if k.method == Method::Ack {
             Method::Invite
         } else {
@@ -203,13 +208,21 @@ impl Key {
         Self {
             branch: k.branch.clone(),
             method: method.to_string(),
-            sent_by: if server {
+            sent_by: if source.is_some() {
                 k.sent_by.clone()
             } else {
                 String::new()
             },
-            server,
+            source,
         }
+    }
+
+    fn client(k: &Keys) -> Self {
+        Self::new(k, None)
+    }
+
+    fn server(k: &Keys, from: Peer) -> Self {
+        Self::new(k, Some(from.addr.ip().to_canonical()))
     }
 }
 
@@ -335,7 +348,7 @@ impl TransactionLayer {
     }
 
     fn on_request(&mut self, now: Instant, from: Peer, k: Keys, req: Request) {
-        let key = Key::new(&k, true);
+        let key = Key::server(&k, from);
         let found = self.by_key.get(&key).copied();
         if req.method == Method::Ack {
             self.on_ack(now, from, k, req, found);
@@ -454,7 +467,7 @@ impl TransactionLayer {
     }
 
     fn on_response(&mut self, now: Instant, k: Keys, resp: Response) {
-        let Some(h) = self.by_key.get(&Key::new(&k, false)).copied() else {
+        let Some(h) = self.by_key.get(&Key::client(&k)).copied() else {
             trace!(branch = %k.branch, "stray response dropped");
             return;
         };
@@ -562,7 +575,7 @@ impl TransactionLayer {
         if !k.branch.starts_with(message::BRANCH_COOKIE) {
             return Err(TxError::MissingKeys);
         }
-        let key = Key::new(&k, false);
+        let key = Key::client(&k);
         if self.by_key.contains_key(&key) {
             return Err(TxError::DuplicateKey);
         }
@@ -665,11 +678,11 @@ impl TransactionLayer {
     }
 
     /// The INVITE server transaction a received CANCEL targets (§9.2: same branch, same
-    /// sent-by, method INVITE).
-    pub fn invite_for_cancel(&self, cancel: &Request) -> Option<TxHandle> {
+    /// sent-by, method INVITE), if the CANCEL came `from` the IP the INVITE came from.
+    pub fn invite_for_cancel(&self, cancel: &Request, from: Peer) -> Option<TxHandle> {
         let mut k = message::keys(&SipMessage::Request(cancel.clone()))?;
         k.method = Method::Invite;
-        let h = *self.by_key.get(&Key::new(&k, true))?;
+        let h = *self.by_key.get(&Key::server(&k, from))?;
         let tx = self.txs.get(&h)?;
         (tx.kind == Kind::InviteServer).then_some(h)
     }

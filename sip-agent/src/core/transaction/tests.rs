@@ -503,15 +503,45 @@ fn api_misuse_and_cancel_matching() {
     l.handle_message(t0, peer(Transport::Udp), SipMessage::Request(inv));
     drain(&mut l);
     let cancel = req("CANCEL", "z9hG4bKc1", "");
-    let target = l.invite_for_cancel(&cancel).expect("matches INVITE");
+    let target = l
+        .invite_for_cancel(&cancel, peer(Transport::Udp))
+        .expect("matches INVITE");
+    // The same CANCEL from another IP does not find the INVITE.
+    let elsewhere = Peer {
+        addr: "192.0.2.99:5060".parse().expect("addr"),
+        transport: Transport::Udp,
+    };
+    assert_eq!(l.invite_for_cancel(&cancel, elsewhere), None);
     assert!(l.can_respond(target));
     // The CANCEL is its own server transaction.
     l.handle_message(t0, peer(Transport::Udp), SipMessage::Request(cancel));
     let (_, e) = drain(&mut l);
     assert!(matches!(e.as_slice(), [TxEvent::Request { tx, .. }] if *tx != target));
     assert_eq!(
-        l.invite_for_cancel(&req("CANCEL", "z9hG4bKother", "")),
+        l.invite_for_cancel(&req("CANCEL", "z9hG4bKother", ""), peer(Transport::Udp)),
         None
+    );
+}
+
+#[test]
+fn a_third_party_cannot_preempt_a_peers_request() {
+    // A request from another IP with the same branch and sent-by is a transaction of its own,
+    // so the peer's real request is delivered rather than absorbed as a retransmission.
+    let t0 = epoch();
+    let mut l = TransactionLayer::new();
+    let other = Peer {
+        addr: "192.0.2.99:5060".parse().expect("addr"),
+        transport: Transport::Udp,
+    };
+    let bye = req("BYE", "z9hG4bKsame", "");
+    l.handle_message(t0, other, SipMessage::Request(bye.clone()));
+    let (_, e) = drain(&mut l);
+    assert!(matches!(e.as_slice(), [TxEvent::Request { from, .. }] if *from == other));
+    l.handle_message(t0, peer(Transport::Udp), SipMessage::Request(bye));
+    let (_, e) = drain(&mut l);
+    assert!(
+        matches!(e.as_slice(), [TxEvent::Request { from, .. }] if *from == peer(Transport::Udp)),
+        "{e:?}"
     );
 }
 

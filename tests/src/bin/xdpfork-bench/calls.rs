@@ -363,6 +363,10 @@ ports = "20000-59999"
 socket = "{sock}"
 speech_server = "asr"
 
+[security]
+# The caller sipp is also the controller (it sends the fork INFOs).
+controllers = ["{CALLER_IP}"]
+
 [[route]]
 prefix = "2"
 next_hop = "{CALLEE_IP}:5060:udp"

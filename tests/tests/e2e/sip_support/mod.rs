@@ -19,6 +19,9 @@ pub const AGENT_A: &str = "10.77.1.1:5060";
 pub const CALLER_IP: &str = "10.77.1.2";
 pub const CALLEE_IP: &str = "10.77.2.2";
 pub const SPEECH_URL: &str = "ws://10.77.3.2:9000/stream";
+/// The standard `[security]` body: the caller sipp is also the controller (CVP as the calling
+/// UA), so its address may send fork requests.
+pub const CALLER_IS_CONTROLLER: &str = r#"controllers = ["10.77.1.2"]"#;
 
 /// Path of a scenario file in tests/sipp/.
 pub fn sipp_file(name: &str) -> String {
@@ -72,7 +75,19 @@ impl SipTest {
     }
 
     pub fn start_with(listen: &str, next_hop: &str, extra: &str) -> Result<SipTest> {
-        Self::start_full(listen, next_hop, extra, &[])
+        Self::start_full(listen, next_hop, extra, CALLER_IS_CONTROLLER, &[])
+    }
+
+    /// The standard UDP setup with `security` as the body of `[security]` and extra `run`
+    /// arguments.
+    pub fn start_with_security(security: &str, args: &[&str]) -> Result<SipTest> {
+        Self::start_full(
+            r#"udp = ["10.77.1.1:5060", "10.77.2.1:5060"]"#,
+            "10.77.2.2:5060:udp",
+            "",
+            security,
+            args,
+        )
     }
 
     /// The standard setup with extra `sip-agent run` arguments (`{dir}` is replaced by the test
@@ -82,6 +97,7 @@ impl SipTest {
             r#"udp = ["10.77.1.1:5060", "10.77.2.1:5060"]"#,
             "10.77.2.2:5060:udp",
             "",
+            CALLER_IS_CONTROLLER,
             args,
         )
     }
@@ -92,6 +108,7 @@ impl SipTest {
             r#"udp = ["10.77.1.1:5060", "10.77.2.1:5060"]"#,
             "10.77.2.2:5060:udp",
             extra,
+            CALLER_IS_CONTROLLER,
             args,
         )
     }
@@ -116,7 +133,13 @@ impl SipTest {
         Ok(serde_json::from_str(&self.admin_ctl(&["show", "calls"])?)?)
     }
 
-    fn start_full(listen: &str, next_hop: &str, extra: &str, args: &[&str]) -> Result<SipTest> {
+    fn start_full(
+        listen: &str,
+        next_hop: &str,
+        extra: &str,
+        security: &str,
+        args: &[&str],
+    ) -> Result<SipTest> {
         let mut s = Scenario::start()?;
         let dir = s.topo.dir.clone();
         let cfg = dir.join("sip-agent.toml");
@@ -133,6 +156,9 @@ ports = "30000-30099"
 [fork_agent]
 socket = "{sock}"
 speech_server = "asr"
+
+[security]
+{security}
 
 [[route]]
 prefix = "2"
