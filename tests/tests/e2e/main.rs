@@ -30,6 +30,7 @@ mod sip_callee_bye;
 mod sip_cancel;
 mod sip_codec_change;
 mod sip_codec_g729;
+mod sip_dialog_hijack;
 mod sip_fork_info;
 mod sip_fork_reinvite;
 mod sip_fork_stop;
