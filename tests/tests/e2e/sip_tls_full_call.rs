@@ -6,7 +6,10 @@
 //! (RFC 3261 §18.3), ACK, a fork START by INFO (200), fork-agent shows the four flows and the
 //! fork active, RTP from the caller's port to the anchored port comes back echoed by the callee
 //! through the relay, then BYE (200) removes every flow. Status INFOs sip-agent sends back over
-//! the same TLS connection are answered 200, and STARTED must be among them.
+//! the same TLS connection are answered 200, and STARTED must be among them. The controller is
+//! named only by its certificate (`security.controller_tls_names = ["caller"]`, the caller
+//! certificate's CN; no controller address), so the START is accepted only because sip-agent
+//! read the name from the verified client certificate (docs/security.md).
 
 use std::{
     io::{Read, Write},
@@ -266,11 +269,13 @@ fn call_flow_over_mutual_tls() -> Result<()> {
     let pki_dir = std::env::temp_dir().join(format!("xdpfork-sip-tls-full-{}", std::process::id()));
     let result = (|| -> Result<()> {
         let pki = make_pki(&pki_dir)?;
-        let mut t = SipTest::start_with(
+        let mut t = SipTest::start_full(
             r#"udp = ["10.77.1.1:5060", "10.77.2.1:5060"]
 tls = ["10.77.1.1:5061"]"#,
             "10.77.2.2:5060:udp",
             &pki.tls_toml,
+            r#"controller_tls_names = ["caller"]"#,
+            &[],
         )?;
         t.callee("uas_answer.xml", &PCMA, &["-rtp_echo"])?;
         // The caller's media socket exists before the offer names it.

@@ -133,7 +133,9 @@ impl SipTest {
         Ok(serde_json::from_str(&self.admin_ctl(&["show", "calls"])?)?)
     }
 
-    fn start_full(
+    /// The standard setup with every part given: listeners, next hop, `extra` TOML after the
+    /// route, the body of `[security]`, and extra `run` arguments.
+    pub fn start_full(
         listen: &str,
         next_hop: &str,
         extra: &str,
