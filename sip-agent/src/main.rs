@@ -67,9 +67,11 @@ fn main() -> Result<()> {
                 Some(d) => format!("{} s", d.as_secs()),
                 None => "off".into(),
             };
+            let sec = &s.core.security;
             println!(
                 "{}: ok ({} listeners, {} routes, media {}:{}-{}, fork-agent {}, min-SE {} s, \
-                 max call duration {max})",
+                 max call duration {max}, {} controller addresses, {} controller TLS names, \
+                 {} trusted proxies)",
                 config.display(),
                 s.listen.len(),
                 s.core.routes.len(),
@@ -78,6 +80,9 @@ fn main() -> Result<()> {
                 s.media_ports.1,
                 s.control_socket.display(),
                 s.core.min_se.as_secs(),
+                sec.controllers.len(),
+                sec.controller_tls_names.len(),
+                sec.trusted_proxies.len(),
             );
             Ok(())
         }
