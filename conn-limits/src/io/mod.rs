@@ -1,0 +1,3 @@
+//! Tokio shells around the sans-IO [`crate::core`] types.
+
+pub mod gate;
