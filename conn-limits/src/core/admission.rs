@@ -298,6 +298,11 @@ impl<K: Copy + Eq + Hash> Admission<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[allow(clippy::disallowed_methods)] // any fixed Instant will do; there is no constructor
+    fn epoch() -> Instant {
+        Instant::now()
+    }
     use std::net::{IpAddr, Ipv4Addr};
 
     const A: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
@@ -318,12 +323,15 @@ mod tests {
 
     #[test]
     fn per_key_limit_refuses_one_address_but_not_another() {
-        let t0 = Instant::now();
+        let t0 = epoch();
         let mut a = Admission::new(cfg());
         assert!(a.handle_accept(t0, A).is_ok());
         assert!(a.handle_accept(t0, A).is_ok());
         assert_eq!(a.handle_accept(t0, A), Err(Refused::PerKey));
-        assert!(a.handle_accept(t0, B).is_ok(), "another address still gets in");
+        assert!(
+            a.handle_accept(t0, B).is_ok(),
+            "another address still gets in"
+        );
         assert_eq!(a.open(), 3);
         assert_eq!(a.open_for(&A), 2);
         assert_eq!(a.counters().refused_per_key, 1);
@@ -331,7 +339,7 @@ mod tests {
 
     #[test]
     fn global_limit_refuses_everyone_until_a_slot_frees() {
-        let t0 = Instant::now();
+        let t0 = epoch();
         let mut a = Admission::new(cfg());
         let first = a.handle_accept(t0, A).expect("admitted");
         a.handle_accept(t0, A).expect("admitted");
@@ -349,7 +357,7 @@ mod tests {
 
     #[test]
     fn pending_connection_expires_unless_it_progresses() {
-        let t0 = Instant::now();
+        let t0 = epoch();
         let mut a = Admission::new(cfg());
         let idle = a.handle_accept(t0, A).expect("admitted");
         let busy = a
@@ -379,7 +387,7 @@ mod tests {
 
     #[test]
     fn late_progress_does_not_revive_an_expired_connection() {
-        let t0 = Instant::now();
+        let t0 = epoch();
         let mut a = Admission::new(AdmissionConfig {
             idle_timeout: Some(Duration::from_secs(30)),
             ..cfg()
@@ -388,14 +396,18 @@ mod tests {
         a.handle_timeout(t0 + Duration::from_secs(10));
         assert_eq!(drain(&mut a).len(), 1);
         a.handle_progress(t0 + Duration::from_secs(11), id);
-        assert_eq!(a.poll_timeout(), None, "no new deadline for a closing connection");
+        assert_eq!(
+            a.poll_timeout(),
+            None,
+            "no new deadline for a closing connection"
+        );
         a.handle_timeout(t0 + Duration::from_secs(100));
         assert!(drain(&mut a).is_empty());
     }
 
     #[test]
     fn idle_timeout_restarts_with_each_progress() {
-        let t0 = Instant::now();
+        let t0 = epoch();
         let mut a = Admission::new(AdmissionConfig {
             idle_timeout: Some(Duration::from_secs(30)),
             ..cfg()
@@ -419,7 +431,7 @@ mod tests {
 
     #[test]
     fn no_pending_timeout_means_no_deadline() {
-        let t0 = Instant::now();
+        let t0 = epoch();
         let mut a = Admission::new(AdmissionConfig {
             pending_timeout: None,
             ..cfg()

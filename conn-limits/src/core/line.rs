@@ -118,7 +118,11 @@ mod tests {
         let mut r = LineReader::new(8);
         r.handle_bytes(b"12345");
         r.handle_bytes(b"6789");
-        assert_eq!(lines(&mut r), vec![Line::TooLong], "reported when it crosses");
+        assert_eq!(
+            lines(&mut r),
+            vec![Line::TooLong],
+            "reported when it crosses"
+        );
         for _ in 0..1000 {
             r.handle_bytes(&[b'x'; 1000]);
             assert_eq!(r.buffered(), 0, "the rest is discarded");

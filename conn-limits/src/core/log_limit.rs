@@ -101,13 +101,18 @@ impl<K: Copy + Eq + Hash> LogLimiter<K> {
 mod tests {
     use super::*;
 
+    #[allow(clippy::disallowed_methods)] // any fixed Instant will do; there is no constructor
+    fn epoch() -> Instant {
+        Instant::now()
+    }
+
     fn drain(l: &mut LogLimiter<&'static str>) -> Vec<(&'static str, u64)> {
         std::iter::from_fn(|| l.poll_output()).collect()
     }
 
     #[test]
     fn one_line_per_cause_per_interval_then_a_summary() {
-        let t0 = Instant::now();
+        let t0 = epoch();
         let s = Duration::from_secs(1);
         let mut l = LogLimiter::new(Duration::from_secs(10));
         assert!(l.check(t0, "refused"));
@@ -115,7 +120,10 @@ mod tests {
         let logged = (1..=1000)
             .filter(|i| l.check(t0 + s * (i % 9), "refused"))
             .count();
-        assert_eq!(logged, 0, "all further lines in the interval are suppressed");
+        assert_eq!(
+            logged, 0,
+            "all further lines in the interval are suppressed"
+        );
         assert_eq!(l.poll_timeout(), Some(t0 + 10 * s));
         l.handle_timeout(t0 + 9 * s);
         assert!(drain(&mut l).is_empty(), "spurious timeout");
@@ -134,7 +142,7 @@ mod tests {
 
     #[test]
     fn lines_per_interval_are_bounded_whatever_the_rate() {
-        let t0 = Instant::now();
+        let t0 = epoch();
         let mut l = LogLimiter::new(Duration::from_secs(1));
         let mut lines = 0;
         // 100,000 events over 10 s, timers fired as a shell would.

@@ -297,11 +297,14 @@ pub struct GateOptions<K> {
     pub show_key: fn(&K) -> String,
 }
 
+/// What one `accept` gave: the connection and its key, or the error.
+type Accepted<L> = io::Result<(<L as Listen>::Stream, <L as Listen>::Key)>;
+
 fn poll_accept_any<L: Listen>(
     listeners: &[L],
     next: &mut usize,
     cx: &mut Context<'_>,
-) -> Poll<(usize, io::Result<(L::Stream, L::Key)>)> {
+) -> Poll<(usize, Accepted<L>)> {
     let n = listeners.len();
     for k in 0..n {
         // Start after the last listener served, so one busy listener cannot starve another.
@@ -406,12 +409,8 @@ impl<L: Listen> Gate<L> {
         }
     }
 
-    fn handle_accept<F>(
-        &mut self,
-        listener: usize,
-        r: io::Result<(L::Stream, L::Key)>,
-        on_admit: &mut F,
-    ) where
+    fn handle_accept<F>(&mut self, listener: usize, r: Accepted<L>, on_admit: &mut F)
+    where
         F: FnMut(usize, L::Stream, Conn),
     {
         let now = now();
@@ -566,20 +565,22 @@ mod tests {
         let addr = l.local_addr().expect("addr");
         let gate = Gate::new(GateOptions::new("test"), vec![l], limits());
         let stats = gate.stats();
-        tokio::spawn(gate.run(|_, (mut s, _): (TcpStream, SocketAddr), mut conn| {
-            tokio::spawn(async move {
-                let mut b = [0u8; 1];
-                loop {
-                    tokio::select! {
-                        r = s.read(&mut b) => match r {
-                            Ok(1) => { conn.progress(); let _ = s.write_all(&b).await; }
-                            _ => break,
-                        },
-                        () = conn.expired() => break,
+        tokio::spawn(
+            gate.run(|_, (mut s, _): (TcpStream, SocketAddr), mut conn| {
+                tokio::spawn(async move {
+                    let mut b = [0u8; 1];
+                    loop {
+                        tokio::select! {
+                            r = s.read(&mut b) => match r {
+                                Ok(1) => { conn.progress(); let _ = s.write_all(&b).await; }
+                                _ => break,
+                            },
+                            () = conn.expired() => break,
+                        }
                     }
-                }
-            });
-        }));
+                });
+            }),
+        );
         (addr, stats)
     }
 
@@ -615,7 +616,10 @@ mod tests {
         // Its slot freed, the address may connect again.
         let mut again = TcpStream::connect(addr).await.expect("connect");
         again.write_all(b"z").await.expect("write");
-        again.read_exact(&mut b).await.expect("admitted after the expiry");
+        again
+            .read_exact(&mut b)
+            .await
+            .expect("admitted after the expiry");
         assert_eq!(stats.snapshot().open, 2);
     }
 
