@@ -129,6 +129,40 @@ impl ForkPathSetting {
     }
 }
 
+impl Config {
+    fn validate_control(&self) -> Result<(), ConfigError> {
+        use conn_limits::ConfigProblem;
+        let c = &self.control;
+        if c.request_timeout_secs == 0 {
+            return Err(invalid(
+                "control.request_timeout_secs",
+                "must be at least 1 (seconds a client has to send its first request)",
+            ));
+        }
+        if !CONTROL_MAX_LINE.contains(&c.max_line_bytes) {
+            return Err(invalid(
+                "control.max_line_bytes",
+                format!(
+                    "{} is outside {}-{}",
+                    c.max_line_bytes,
+                    CONTROL_MAX_LINE.start(),
+                    CONTROL_MAX_LINE.end()
+                ),
+            ));
+        }
+        c.admission().check().map_err(|p| {
+            let field = match p {
+                ConfigProblem::ZeroPerKey | ConfigProblem::PerKeyAboveTotal => {
+                    "control.max_connections_per_user"
+                }
+                ConfigProblem::ZeroTotal => "control.max_connections",
+                ConfigProblem::ZeroTimeout => "control.request_timeout_secs",
+            };
+            invalid(field, p.to_string())
+        })
+    }
+}
+
 fn default_pin_dir() -> PathBuf {
     PathBuf::from(fork_common::PIN_DIR_DEFAULT)
 }
@@ -151,6 +185,23 @@ pub struct ControlConfig {
     /// Where fork state is kept so a restarted agent resumes its streams.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
+    /// Connections one local user (uid) may hold on the control socket (docs/operations.md
+    /// "Limits").
+    #[serde(default = "default_control_per_user")]
+    pub max_connections_per_user: usize,
+    /// Connections all users together may hold.
+    #[serde(default = "default_control_total")]
+    pub max_connections: usize,
+    /// A connection that sends no complete request line within this long is closed.
+    #[serde(default = "default_control_request_timeout")]
+    pub request_timeout_secs: u64,
+    /// A connection idle this long after its last request is closed (0 = never: sip-agent keeps
+    /// one connection open between calls).
+    #[serde(default)]
+    pub idle_timeout_secs: u64,
+    /// Longest request line; a longer one gets an error answer and the connection is closed.
+    #[serde(default = "default_control_max_line")]
+    pub max_line_bytes: usize,
 }
 
 impl Default for ControlConfig {
@@ -158,9 +209,45 @@ impl Default for ControlConfig {
         ControlConfig {
             socket: default_socket(),
             state_dir: default_state_dir(),
+            max_connections_per_user: default_control_per_user(),
+            max_connections: default_control_total(),
+            request_timeout_secs: default_control_request_timeout(),
+            idle_timeout_secs: 0,
+            max_line_bytes: default_control_max_line(),
         }
     }
 }
+
+impl ControlConfig {
+    /// The control socket's admission limits.
+    pub fn admission(&self) -> conn_limits::AdmissionConfig {
+        conn_limits::AdmissionConfig {
+            max_per_key: self.max_connections_per_user,
+            max_total: self.max_connections,
+            pending_timeout: Some(std::time::Duration::from_secs(self.request_timeout_secs)),
+            idle_timeout: (self.idle_timeout_secs > 0)
+                .then(|| std::time::Duration::from_secs(self.idle_timeout_secs)),
+        }
+    }
+}
+
+fn default_control_per_user() -> usize {
+    32
+}
+fn default_control_total() -> usize {
+    128
+}
+fn default_control_request_timeout() -> u64 {
+    10
+}
+/// Requests are a few hundred bytes; a fork_start with its metadata stays far below 64 KiB
+/// (fork request bodies are at most 16 KiB, docs/fork-request.md).
+fn default_control_max_line() -> usize {
+    64 * 1024
+}
+/// Bounds for `control.max_line_bytes`: below 1 KiB a fork_start does not fit; above 16 MiB one
+/// client could hold that much memory per connection.
+const CONTROL_MAX_LINE: std::ops::RangeInclusive<usize> = 1024..=16 * 1024 * 1024;
 
 fn default_socket() -> PathBuf {
     PathBuf::from("/run/xdpfork/fork-agent.sock")
@@ -335,6 +422,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_control()?;
         let d = &self.dataplane;
         if d.interfaces.is_empty() {
             return Err(invalid(
@@ -520,5 +608,26 @@ mod tests {
         assert!(e.contains("bogus"), "{e}");
         let e = err_of("[dataplane]\ninterfaces = \"eth0\"");
         assert!(e.contains("interfaces"), "{e}");
+    }
+
+    #[test]
+    fn control_limits_default_and_are_validated() {
+        let c = Config::parse(GOOD).expect("valid");
+        let a = c.control.admission();
+        assert_eq!((a.max_per_key, a.max_total), (32, 128));
+        assert_eq!(a.pending_timeout, Some(std::time::Duration::from_secs(10)));
+        assert_eq!(a.idle_timeout, None);
+        assert_eq!(c.control.max_line_bytes, 65536);
+        for (line, field) in [
+            ("max_connections_per_user = 0", "control.max_connections_per_user"),
+            ("max_connections_per_user = 200", "control.max_connections_per_user"),
+            ("max_connections = 0", "control.max_connections"),
+            ("request_timeout_secs = 0", "control.request_timeout_secs"),
+            ("max_line_bytes = 10", "control.max_line_bytes"),
+        ] {
+            let text = format!("[control]\n{line}\n{GOOD}");
+            let e = err_of(&text);
+            assert!(e.contains(field), "{line}: {e}");
+        }
     }
 }

@@ -504,7 +504,7 @@ pub fn tail_lines(text: &str, n: usize) -> String {
 }
 
 /// What fork-agent's control API errors start with while its data plane is coming up.
-pub const NOT_READY: &str = fork_agent::io::agent::NOT_READY;
+pub const NOT_READY: &str = fork_agent::io::control::NOT_READY;
 
 /// An RTP packet (RFC 3550 §5.1) with a fixed header, no CSRC.
 pub fn rtp_packet(pt: u8, seq: u16, ts: u32, ssrc: u32, payload: &[u8]) -> Vec<u8> {

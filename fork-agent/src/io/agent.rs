@@ -23,16 +23,16 @@ use fork_common::{
 use serde_json::{json, Value};
 use speech_proto::{AudioHeader, Dtmf};
 use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     net::UnixListener,
     sync::{mpsc, oneshot},
 };
 use tracing::{info, warn};
 
+use crate::io::control::Readiness;
 use crate::{
     config::Config,
     core::{
-        control_api::{parse_request, Op, Response},
+        control_api::{Op, Response},
         flows::{relay_action, FlowTable},
         fork_journal,
         route_cache::RouteCache,
@@ -56,15 +56,8 @@ pub struct AgentStats {
     pub dtmf_events: AtomicU64,
 }
 
-type ControlMsg = (Op, oneshot::Sender<Response>);
-
-/// Whether the control API serves requests yet. Until the data plane is up, every request gets
-/// an error that says so (docs/control-api.md "Readiness"), never a bare connection reset.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Readiness {
-    Starting(&'static str),
-    Ready,
-}
+/// A request for the agent loop and where its answer goes.
+pub(crate) type ControlMsg = (Op, oneshot::Sender<Response>);
 
 pub async fn run(cfg: Config) -> Result<()> {
     // Bind the control socket first: a second agent on the same socket fails before it touches
@@ -74,14 +67,14 @@ pub async fn run(cfg: Config) -> Result<()> {
     let (events, _) = tokio::sync::broadcast::channel(crate::io::speech::EVENT_BACKLOG);
     let (ready_tx, ready_rx) =
         tokio::sync::watch::channel(Readiness::Starting("loading the XDP programs"));
-    #[allow(clippy::disallowed_methods)] // io shell
-    tokio::spawn(accept_loop(
+    let control_stats = crate::io::control::spawn(
         listener,
+        &cfg.control,
         ctl_tx.clone(),
         events.clone(),
         ready_rx,
-    ));
-    let result = serve(&cfg, ctl_tx, ctl_rx, events, ready_tx).await;
+    );
+    let result = serve(&cfg, ctl_tx, ctl_rx, events, ready_tx, control_stats).await;
     // Pinned maps and links stay: calls keep their audio until the next agent adopts them.
     let _ = std::fs::remove_file(&cfg.control.socket);
     result
@@ -93,6 +86,7 @@ async fn serve(
     mut ctl_rx: mpsc::Receiver<ControlMsg>,
     events: tokio::sync::broadcast::Sender<String>,
     ready: tokio::sync::watch::Sender<Readiness>,
+    control_stats: Arc<conn_limits::io::gate::GateStats>,
 ) -> Result<()> {
     let d = &cfg.dataplane;
     let mut dp = DataPlane::load(&d.pin_dir, d.fork_path)?;
@@ -205,6 +199,7 @@ async fn serve(
         stats,
         fork_store,
         idle_timeout: Duration::from_secs(d.flow_idle_timeout_secs),
+        control_stats,
     };
     // Adopted flows get their fallback sockets back.
     let adopted_flows: Vec<_> = agent
@@ -292,9 +287,6 @@ async fn serve(
     Ok(())
 }
 
-/// How every control API error starts while the data plane is not up yet.
-pub const NOT_READY: &str = "not ready";
-
 fn bind_control(path: &Path) -> Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -306,80 +298,6 @@ fn bind_control(path: &Path) -> Result<UnixListener> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
     Ok(l)
-}
-
-async fn accept_loop(
-    listener: UnixListener,
-    ctl: mpsc::Sender<ControlMsg>,
-    events: tokio::sync::broadcast::Sender<String>,
-    ready: tokio::sync::watch::Receiver<Readiness>,
-) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let ctl = ctl.clone();
-        let events = events.clone();
-        let ready = ready.clone();
-        #[allow(clippy::disallowed_methods)] // io shell: one task per control client
-        tokio::spawn(async move {
-            let (r, mut w) = stream.into_split();
-            let mut lines = BufReader::new(r).lines();
-            // After `subscribe`, status event lines interleave with responses.
-            let mut sub: Option<tokio::sync::broadcast::Receiver<String>> = None;
-            loop {
-                let line = tokio::select! {
-                    l = lines.next_line() => match l {
-                        Ok(Some(l)) => l,
-                        _ => break,
-                    },
-                    ev = async { match sub.as_mut() {
-                        Some(rx) => rx.recv().await,
-                        None => std::future::pending().await,
-                    } } => {
-                        let mut out = match ev {
-                            Ok(line) => line,
-                            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                                format!("{{\"event\":\"lagged\",\"missed\":{n}}}")
-                            }
-                            Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-                        };
-                        out.push('\n');
-                        if w.write_all(out.as_bytes()).await.is_err() {
-                            break;
-                        }
-                        continue;
-                    }
-                };
-                let readiness = *ready.borrow();
-                let resp = match (readiness, parse_request(&line)) {
-                    (_, Err(e)) => Response::err(e),
-                    (Readiness::Starting(stage), Ok(_)) => {
-                        Response::err(format!("{NOT_READY}: fork-agent is {stage}"))
-                    }
-                    (Readiness::Ready, Ok(Op::Subscribe)) => {
-                        sub = Some(events.subscribe());
-                        Response::ok(Value::Null)
-                    }
-                    (Readiness::Ready, Ok(op)) => {
-                        let (tx, rx) = oneshot::channel();
-                        if ctl.send((op, tx)).await.is_err() {
-                            break;
-                        }
-                        rx.await
-                            .unwrap_or_else(|_| Response::err("agent shutting down"))
-                    }
-                };
-                let mut out = serde_json::to_string(&resp).unwrap_or_else(|e| {
-                    format!("{{\"ok\":false,\"error\":\"cannot encode response: {e}\"}}")
-                });
-                out.push('\n');
-                if w.write_all(out.as_bytes()).await.is_err() {
-                    break;
-                }
-            }
-        });
-    }
 }
 
 struct Agent {
@@ -396,6 +314,8 @@ struct Agent {
     stats: Arc<AgentStats>,
     fork_store: ForkStore,
     idle_timeout: Duration,
+    /// The control socket's connection counters.
+    control_stats: Arc<conn_limits::io::gate::GateStats>,
 }
 
 impl Agent {
@@ -861,7 +781,18 @@ impl Agent {
                 )
             })
             .collect();
+        let c = self.control_stats.snapshot();
         Ok(json!({
+            "control_socket": {
+                "open": c.open,
+                "admitted": c.admitted,
+                "refused_per_user": c.refused_per_address,
+                "refused_global": c.refused_global,
+                "expired_no_request": c.expired_pending,
+                "expired_idle": c.expired_idle,
+                "accept_errors": c.accept_errors,
+                "closed_too_large": c.closed_too_large,
+            },
             "kernel": kernel,
             "user": {
                 "xsk_frames": st.xsk_frames.load(Ordering::Relaxed),

@@ -1,6 +1,7 @@
 //! IO shells: kernel (aya, AF_XDP) and network (tokio) around the cores.
 pub mod agent;
 pub mod check_kernel;
+pub mod control;
 pub mod ebpf;
 pub mod fallback;
 pub mod fork_store;
