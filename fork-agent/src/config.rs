@@ -619,8 +619,14 @@ mod tests {
         assert_eq!(a.idle_timeout, None);
         assert_eq!(c.control.max_line_bytes, 65536);
         for (line, field) in [
-            ("max_connections_per_user = 0", "control.max_connections_per_user"),
-            ("max_connections_per_user = 200", "control.max_connections_per_user"),
+            (
+                "max_connections_per_user = 0",
+                "control.max_connections_per_user",
+            ),
+            (
+                "max_connections_per_user = 200",
+                "control.max_connections_per_user",
+            ),
             ("max_connections = 0", "control.max_connections"),
             ("request_timeout_secs = 0", "control.request_timeout_secs"),
             ("max_line_bytes = 10", "control.max_line_bytes"),

@@ -53,6 +53,8 @@ struct RawConfig {
     calls: RawCalls,
     #[serde(default)]
     security: RawSecurity,
+    #[serde(default)]
+    limits: RawLimits,
 }
 
 /// `[security]`: who may send in-dialog and fork requests (docs/security.md).
@@ -65,6 +67,150 @@ struct RawSecurity {
     controllers: Vec<String>,
     #[serde(default)]
     controller_tls_names: Vec<String>,
+}
+
+/// `[limits]`: bounded resources on the TCP/TLS/WebSocket listeners and the admin socket
+/// (docs/operations.md "Limits"). Signed so a negative value gets a message naming the field.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    #[serde(default = "default_per_address")]
+    max_connections_per_address: i64,
+    #[serde(default = "default_max_connections")]
+    max_connections: i64,
+    #[serde(default = "default_first_message_timeout")]
+    first_message_timeout_secs: i64,
+    #[serde(default)]
+    idle_timeout_secs: i64,
+    #[serde(default = "default_max_message")]
+    max_message_bytes: i64,
+    #[serde(default = "default_admin_max_connections")]
+    admin_max_connections: i64,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            max_connections_per_address: default_per_address(),
+            max_connections: default_max_connections(),
+            first_message_timeout_secs: default_first_message_timeout(),
+            idle_timeout_secs: 0,
+            max_message_bytes: default_max_message(),
+            admin_max_connections: default_admin_max_connections(),
+        }
+    }
+}
+
+fn default_per_address() -> i64 {
+    32
+}
+fn default_max_connections() -> i64 {
+    1024
+}
+fn default_first_message_timeout() -> i64 {
+    10
+}
+fn default_max_message() -> i64 {
+    crate::core::framing::MAX_MESSAGE as i64
+}
+fn default_admin_max_connections() -> i64 {
+    16
+}
+
+/// Bounds of `limits.max_message_bytes`: an INVITE with SDP and a multipart fork request needs
+/// a few KiB; the message parser never takes more than 64 KiB anyway.
+const MAX_MESSAGE_RANGE: std::ops::RangeInclusive<i64> =
+    2048..=crate::core::framing::MAX_MESSAGE as i64;
+/// Longest `limits.*_timeout_secs` accepted (1 day).
+const TIMEOUT_LIMIT_SECS: i64 = 24 * 3600;
+
+/// Validated `[limits]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// TCP/TLS/WebSocket listeners together: per client address, global, first-message
+    /// deadline, idle deadline.
+    pub sip: conn_limits::AdmissionConfig,
+    /// Largest SIP message (headers plus body) on a stream or WebSocket.
+    pub max_message: usize,
+    /// The admin socket: per uid and global (the same number), request deadline.
+    pub admin: conn_limits::AdmissionConfig,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        let mut errs = Vec::new();
+        let l = RawLimits::default().validate(&mut errs);
+        l.expect("invariant: the default limits are valid")
+    }
+}
+
+impl RawLimits {
+    fn validate(&self, errs: &mut Vec<String>) -> Option<Limits> {
+        let before = errs.len();
+        let count = |errs: &mut Vec<String>, name: &str, v: i64| -> usize {
+            if v < 1 {
+                errs.push(format!("limits.{name}: {v} must be at least 1"));
+                return 1;
+            }
+            usize::try_from(v).unwrap_or(usize::MAX)
+        };
+        let per_address = count(
+            errs,
+            "max_connections_per_address",
+            self.max_connections_per_address,
+        );
+        let total = count(errs, "max_connections", self.max_connections);
+        let admin = count(errs, "admin_max_connections", self.admin_max_connections);
+        let secs = |errs: &mut Vec<String>, name: &str, v: i64, zero_ok: bool| {
+            let lo = if zero_ok { 0 } else { 1 };
+            if !(lo..=TIMEOUT_LIMIT_SECS).contains(&v) {
+                errs.push(format!(
+                    "limits.{name}: {v} is outside {lo}-{TIMEOUT_LIMIT_SECS} (seconds{})",
+                    if zero_ok { "; 0 turns it off" } else { "" }
+                ));
+                return None;
+            }
+            (v > 0).then(|| Duration::from_secs(v.unsigned_abs()))
+        };
+        let first = secs(
+            errs,
+            "first_message_timeout_secs",
+            self.first_message_timeout_secs,
+            false,
+        );
+        let idle = secs(errs, "idle_timeout_secs", self.idle_timeout_secs, true);
+        if !MAX_MESSAGE_RANGE.contains(&self.max_message_bytes) {
+            errs.push(format!(
+                "limits.max_message_bytes: {} is outside {}-{}",
+                self.max_message_bytes,
+                MAX_MESSAGE_RANGE.start(),
+                MAX_MESSAGE_RANGE.end()
+            ));
+        }
+        let sip = conn_limits::AdmissionConfig {
+            max_per_key: per_address,
+            max_total: total,
+            pending_timeout: first,
+            idle_timeout: idle,
+        };
+        if errs.len() == before {
+            if let Err(conn_limits::ConfigProblem::PerKeyAboveTotal) = sip.check() {
+                errs.push(format!(
+                    "limits.max_connections_per_address: {per_address} is above limits.max_connections ({total})"
+                ));
+            }
+        }
+        (errs.len() == before).then(|| Limits {
+            sip,
+            max_message: usize::try_from(self.max_message_bytes).unwrap_or(usize::MAX),
+            admin: conn_limits::AdmissionConfig {
+                max_per_key: admin,
+                max_total: admin,
+                pending_timeout: first,
+                idle_timeout: None,
+            },
+        })
+    }
 }
 
 /// `[calls]`: limits on established calls. Signed so a negative value gets a message naming the
@@ -167,6 +313,8 @@ pub struct Settings {
     pub media: MediaConfig,
     /// TLS material, required when a TLS listener or next hop is configured.
     pub tls: Option<TlsSettings>,
+    /// Connection, message and admin socket limits.
+    pub limits: Limits,
 }
 
 fn parse_transport(s: &str) -> Option<Transport> {
@@ -402,8 +550,9 @@ impl Settings {
         }
         let security =
             security_policy(&raw.security, &raw.routes, &listen, tls.as_ref(), &mut errs);
-        let (Some(address), Some(media_ip), Some(media_ports), true) =
-            (address, media_ip, media_ports, errs.is_empty())
+        let limits = raw.limits.validate(&mut errs);
+        let (Some(address), Some(media_ip), Some(media_ports), Some(limits), true) =
+            (address, media_ip, media_ports, limits, errs.is_empty())
         else {
             return Err(ConfigError::Invalid(errs));
         };
@@ -434,6 +583,7 @@ impl Settings {
                 speech_server: raw.fork_agent.speech_server,
             },
             tls,
+            limits,
         })
     }
 }
@@ -702,5 +852,43 @@ forking = false
         assert!(e.iter().any(|l| l.starts_with("route[0]:")), "{e:?}");
         assert!(parse_next_hop("[fd77:2::2]:5060:tcp").is_ok());
         assert!(parse_next_hop("10.0.0.1:5060").is_err());
+    }
+
+    #[test]
+    fn limits_default_and_each_error_names_its_field() {
+        let s = Settings::from_toml(GOOD).expect("valid");
+        assert_eq!(s.limits, Limits::default());
+        assert_eq!(s.limits.sip.max_per_key, 32);
+        assert_eq!(s.limits.sip.max_total, 1024);
+        assert_eq!(s.limits.sip.pending_timeout, Some(Duration::from_secs(10)));
+        assert_eq!(s.limits.sip.idle_timeout, None);
+        assert_eq!(s.limits.max_message, 65536);
+        let s = Settings::from_toml(&format!(
+            "{GOOD}\n[limits]\nmax_connections_per_address = 8\nmax_connections = 32\nidle_timeout_secs = 600\n"
+        ))
+        .expect("valid");
+        assert_eq!((s.limits.sip.max_per_key, s.limits.sip.max_total), (8, 32));
+        assert_eq!(s.limits.sip.idle_timeout, Some(Duration::from_secs(600)));
+        for (line, field) in [
+            (
+                "max_connections_per_address = 0",
+                "limits.max_connections_per_address",
+            ),
+            (
+                "max_connections_per_address = 2000",
+                "limits.max_connections_per_address",
+            ),
+            ("max_connections = -1", "limits.max_connections"),
+            (
+                "first_message_timeout_secs = 0",
+                "limits.first_message_timeout_secs",
+            ),
+            ("idle_timeout_secs = -5", "limits.idle_timeout_secs"),
+            ("max_message_bytes = 100", "limits.max_message_bytes"),
+            ("admin_max_connections = 0", "limits.admin_max_connections"),
+        ] {
+            let e = errors(&format!("{GOOD}\n[limits]\n{line}\n"));
+            assert!(e.iter().any(|l| l.starts_with(field)), "{line}: {e:?}");
+        }
     }
 }

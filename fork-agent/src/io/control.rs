@@ -51,11 +51,7 @@ pub(crate) fn spawn(
     events: broadcast::Sender<String>,
     ready: watch::Receiver<Readiness>,
 ) -> Arc<GateStats> {
-    let gate = Gate::new(
-        GateOptions::new("control"),
-        vec![listener],
-        cfg.admission(),
-    );
+    let gate = Gate::new(GateOptions::new("control"), vec![listener], cfg.admission());
     let stats = gate.stats();
     let max_line = cfg.max_line_bytes;
     tokio::spawn(gate.run(move |_, stream, conn| {
@@ -76,9 +72,8 @@ fn readiness(ready: &watch::Receiver<Readiness>) -> Readiness {
 }
 
 async fn write_line(w: &mut OwnedWriteHalf, resp: &Response) -> std::io::Result<()> {
-    let mut out = serde_json::to_string(resp).unwrap_or_else(|e| {
-        format!("{{\"ok\":false,\"error\":\"cannot encode response: {e}\"}}")
-    });
+    let mut out = serde_json::to_string(resp)
+        .unwrap_or_else(|e| format!("{{\"ok\":false,\"error\":\"cannot encode response: {e}\"}}"));
     out.push('\n');
     w.write_all(out.as_bytes()).await
 }

@@ -62,7 +62,7 @@ pub async fn run(settings: Settings, admin_socket: Option<std::path::PathBuf>) -
     };
     let (stats_tx, stats_rx) = tokio::sync::watch::channel(stats(&counter, &core));
     if let Some(path) = &admin_socket {
-        admin::spawn(path, stats_rx)?;
+        admin::spawn(path, stats_rx, &settings.limits, net.gate_stats())?;
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;

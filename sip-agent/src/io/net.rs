@@ -15,6 +15,11 @@
 //!   instead of at Timer B/F.
 //! - WS: inbound only (SIP clients such as browsers connect to us); subprotocol `sip` is required
 //!   (RFC 7118 §4.1) and each WebSocket message carries one SIP message (§5).
+//! - Inbound TCP/TLS/WS connections pass one [`Gate`] (`[limits]`, docs/operations.md "Limits"):
+//!   per-address and global connection limits across the three listener kinds, a deadline for
+//!   the first complete SIP message (and an optional idle deadline), messages of at most
+//!   `limits.max_message_bytes` (an oversize request gets a 413 before the close), and an accept
+//!   loop that pauses on EMFILE. Client errors are logged by the gate, rate-limited.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -22,6 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use conn_limits::io::gate::{CloseCause, Conn, Gate, GateOptions, GateStats};
 use futures_util::{SinkExt, StreamExt};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -30,11 +36,12 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, info, trace, warn};
 
 use crate::config::{Settings, TlsSettings};
-use crate::core::framing::{Frame, StreamFramer, PONG};
+use crate::core::framing::{Frame, FramingError, StreamFramer, PONG};
 use crate::core::transaction::{Peer, Transmit, Transport, TxHandle};
 
 /// Messages queued per connection before sends fail (a peer that stops reading must not grow
@@ -47,6 +54,16 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest UDP datagram read (RFC 3261 §18.1.1 messages over UDP stay below the path MTU; 64 KiB
 /// is the protocol ceiling).
 const UDP_BUF: usize = 65_535;
+
+/// Bytes read per `read` on a stream; a connection holds this plus at most one message.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// After a 413 the rest of the oversize request is read and dropped for at most this long (and
+/// [`DRAIN_MAX`] bytes) before the close, so the close is a FIN the client sees after the answer,
+/// not a reset that may destroy it.
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+/// See [`DRAIN_TIME`].
+const DRAIN_MAX: usize = 1024 * 1024;
 
 /// What the transport tasks tell the B2BUA task.
 #[derive(Debug)]
@@ -109,6 +126,7 @@ pub struct Net {
     next_id: Arc<std::sync::atomic::AtomicU64>,
     events: mpsc::Sender<NetEvent>,
     tls_client: Option<tokio_rustls::TlsConnector>,
+    gate: Option<Arc<GateStats>>,
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -189,6 +207,7 @@ impl Net {
             None => None,
         };
         let mut udp = Vec::new();
+        let mut streams: Vec<(TcpListener, Transport)> = Vec::new();
         for (t, addr) in &settings.listen {
             match t {
                 Transport::Udp => {
@@ -204,26 +223,39 @@ impl Net {
                     let l = TcpListener::bind(addr)
                         .await
                         .with_context(|| format!("binding SIP {t:?} {addr}"))?;
-                    let acceptor = match t {
-                        Transport::Tls => Some(
-                            acceptor
-                                .clone()
-                                .context("TLS listener without [tls] settings")?,
-                        ),
-                        _ => None,
-                    };
-                    tokio::spawn(accept_loop(
-                        l,
-                        *t,
-                        acceptor,
-                        events.clone(),
-                        next_id.clone(),
-                    ));
+                    if *t == Transport::Tls && acceptor.is_none() {
+                        bail!("TLS listener without [tls] settings");
+                    }
+                    streams.push((l, *t));
                 }
                 Transport::Wss => bail!("WSS listeners are not supported"),
             }
             info!(transport = ?t, %addr, "listening");
         }
+        let gate = if streams.is_empty() {
+            None
+        } else {
+            let (listeners, kinds): (Vec<_>, Vec<_>) = streams.into_iter().unzip();
+            let gate = Gate::new(GateOptions::new("sip"), listeners, settings.limits.sip);
+            let stats = gate.stats();
+            let events = events.clone();
+            let next_id = next_id.clone();
+            let max = settings.limits.max_message;
+            tokio::spawn(gate.run(move |i, (stream, addr), conn| {
+                let transport = kinds.get(i).copied().unwrap_or(Transport::Tcp);
+                let id = next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tokio::spawn(inbound(
+                    stream,
+                    Peer { addr, transport },
+                    id,
+                    acceptor.clone(),
+                    events.clone(),
+                    conn,
+                    max,
+                ));
+            }));
+            Some(stats)
+        };
         Ok(Net {
             udp,
             udp_route: HashMap::new(),
@@ -231,7 +263,13 @@ impl Net {
             next_id,
             events,
             tls_client,
+            gate,
         })
+    }
+
+    /// Counters of the inbound connection gate (none without stream listeners).
+    pub fn gate_stats(&self) -> Option<Arc<GateStats>> {
+        self.gate.clone()
     }
 
     /// Registers a connection announced by [`NetEvent::Connected`].
@@ -356,60 +394,75 @@ async fn udp_reader(sock: Arc<UdpSocket>, events: mpsc::Sender<NetEvent>) {
     }
 }
 
-#[allow(clippy::disallowed_methods)] // shell: one task per connection
-async fn accept_loop(
-    l: TcpListener,
-    transport: Transport,
+/// One admitted inbound connection: handshake (TLS or WebSocket), then the message loop. The
+/// handshake counts against the first-message deadline too.
+async fn inbound(
+    stream: TcpStream,
+    peer: Peer,
+    id: u64,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
     events: mpsc::Sender<NetEvent>,
-    next_id: Arc<std::sync::atomic::AtomicU64>,
+    mut conn: Conn,
+    max: usize,
 ) {
-    loop {
-        let (stream, addr) = match l.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let peer = Peer { addr, transport };
-        let id = next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let events = events.clone();
-        let acceptor = acceptor.clone();
-        tokio::spawn(async move {
-            let (w, rx) = mpsc::channel(CONN_QUEUE);
-            match (transport, acceptor) {
-                (Transport::Tls, Some(a)) => {
-                    match tokio::time::timeout(CONNECT_TIMEOUT, a.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            let names = super::cert_names::of_peer(tls.get_ref().1);
-                            if announce(&events, peer, id, w).await
-                                && announce_names(&events, peer, id, names).await
-                            {
-                                run_stream(tls, peer, id, rx, events).await
-                            }
-                        }
-                        Ok(Err(e)) => debug!(%addr, error = %e, "TLS handshake failed"),
-                        Err(_) => debug!(%addr, "TLS handshake timed out"),
+    let _ = stream.set_nodelay(true);
+    let addr = peer.addr;
+    let (w, rx) = mpsc::channel(CONN_QUEUE);
+    match (peer.transport, acceptor) {
+        (Transport::Tls, Some(a)) => {
+            let hs = tokio::select! {
+                r = tokio::time::timeout(CONNECT_TIMEOUT, a.accept(stream)) => r,
+                () = conn.expired() => return,
+            };
+            match hs {
+                Ok(Ok(tls)) => {
+                    let names = super::cert_names::of_peer(tls.get_ref().1);
+                    if announce(&events, peer, id, w).await
+                        && announce_names(&events, peer, id, names).await
+                    {
+                        run_stream(tls, peer, id, rx, events, Some(conn), max).await
                     }
                 }
-                (Transport::Ws, _) => match accept_ws(stream).await {
-                    Ok(ws) => {
-                        if announce(&events, peer, id, w).await {
-                            run_ws(ws, peer, id, rx, events).await
-                        }
-                    }
-                    Err(e) => debug!(%addr, error = %e, "WebSocket handshake failed"),
-                },
-                _ => {
+                Ok(Err(e)) => {
+                    conn.set_close_cause(CloseCause::Handshake);
+                    debug!(%addr, error = %e, "TLS handshake failed");
+                }
+                Err(_) => {
+                    conn.set_close_cause(CloseCause::Handshake);
+                    debug!(%addr, "TLS handshake timed out");
+                }
+            }
+        }
+        (Transport::Ws, _) => {
+            let hs = tokio::select! {
+                r = accept_ws(stream, max) => r,
+                () = conn.expired() => return,
+            };
+            match hs {
+                Ok(ws) => {
                     if announce(&events, peer, id, w).await {
-                        run_stream(stream, peer, id, rx, events).await
+                        run_ws(ws, peer, id, rx, events, conn).await
                     }
                 }
+                Err(e) => {
+                    conn.set_close_cause(CloseCause::Handshake);
+                    debug!(%addr, error = %e, "WebSocket handshake failed");
+                }
             }
-        });
+        }
+        _ => {
+            if announce(&events, peer, id, w).await {
+                run_stream(stream, peer, id, rx, events, Some(conn), max).await
+            }
+        }
+    }
+}
+
+/// Resolves when the gate expires an inbound connection; never for outbound ones.
+async fn expired(conn: &mut Option<Conn>) {
+    match conn {
+        Some(c) => c.expired().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -454,8 +507,10 @@ async fn connect(
         Ok(Err(e)) => return fail(peer, id, &mut rx, &events, &e.to_string()).await,
         Err(_) => return fail(peer, id, &mut rx, &events, "connect timed out").await,
     };
+    // Outbound connections go to configured next hops: not gated, the default size limit.
+    let max = crate::core::framing::MAX_MESSAGE;
     match tls {
-        None => run_stream(stream, peer, id, rx, events).await,
+        None => run_stream(stream, peer, id, rx, events, None, max).await,
         Some(c) => {
             // The next hop is configured by address; its certificate must name that IP.
             let name = ServerName::IpAddress(peer.addr.ip().into());
@@ -463,7 +518,7 @@ async fn connect(
                 Ok(Ok(s)) => {
                     let names = super::cert_names::of_peer(s.get_ref().1);
                     if announce_names(&events, peer, id, names).await {
-                        run_stream(s, peer, id, rx, events).await
+                        run_stream(s, peer, id, rx, events, None, max).await
                     }
                 }
                 Ok(Err(e)) => fail(peer, id, &mut rx, &events, &e.to_string()).await,
@@ -500,16 +555,23 @@ async fn finish(
     let _ = events.send(NetEvent::Closed { peer, id }).await;
 }
 
+/// The message loop of one TCP/TLS connection. `conn` is the gate's link for inbound
+/// connections (progress per message, expiry), `None` for outbound ones.
 async fn run_stream<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     peer: Peer,
     id: u64,
     mut rx: mpsc::Receiver<Outbound>,
     events: mpsc::Sender<NetEvent>,
+    mut conn: Option<Conn>,
+    max: usize,
 ) {
     let (mut r, mut w) = tokio::io::split(stream);
-    let mut framer = StreamFramer::new();
-    let mut buf = vec![0u8; 16 * 1024];
+    let mut framer = StreamFramer::with_max(max);
+    let mut buf = vec![0u8; READ_CHUNK];
+    // Keep-alive pings keep a connection alive only once it has sent a real message.
+    let mut seen_message = false;
+    let mut drain_after = false;
     'conn: loop {
         tokio::select! {
             n = r.read(&mut buf) => {
@@ -521,18 +583,43 @@ async fn run_stream<S: AsyncRead + AsyncWrite + Unpin>(
                 loop {
                     match framer.next_message() {
                         Ok(Some(Frame::Message(bytes))) => {
+                            seen_message = true;
+                            if let Some(c) = conn.as_mut() {
+                                c.progress();
+                            }
                             if events.send(NetEvent::Message { peer, bytes }).await.is_err() {
                                 break 'conn;
                             }
                         }
                         Ok(Some(Frame::Ping)) => {
+                            if seen_message {
+                                if let Some(c) = conn.as_mut() {
+                                    c.progress();
+                                }
+                            }
                             if w.write_all(PONG).await.is_err() {
                                 break 'conn;
                             }
                         }
                         Ok(None) => break,
                         Err(e) => {
-                            warn!(peer = %peer.addr, error = %e, "closing unframeable SIP stream");
+                            let cause = match e {
+                                FramingError::TooLarge(_) => {
+                                    if let Some(resp) = framer.too_large_response() {
+                                        drain_after = w.write_all(&resp).await.is_ok();
+                                    }
+                                    CloseCause::TooLarge
+                                }
+                                _ => CloseCause::Malformed,
+                            };
+                            match conn.as_mut() {
+                                // Inbound: the gate logs it, rate-limited.
+                                Some(c) => {
+                                    c.set_close_cause(cause);
+                                    debug!(peer = %peer.addr, error = %e, "closing unframeable SIP stream");
+                                }
+                                None => warn!(peer = %peer.addr, error = %e, "closing unframeable SIP stream"),
+                            }
                             break 'conn;
                         }
                     }
@@ -547,17 +634,36 @@ async fn run_stream<S: AsyncRead + AsyncWrite + Unpin>(
                     break;
                 }
             }
+            () = expired(&mut conn) => break,
         }
     }
     let _ = w.shutdown().await;
+    if drain_after {
+        // Read (and drop) what the client still sends, so our close does not reset the
+        // connection before it read the 413. Bounded in time and bytes.
+        let drain = async {
+            let mut total = 0;
+            while total < DRAIN_MAX {
+                match r.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => total += n,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+    }
+    // The gate's slot is released only now that the socket is closed.
+    drop(r);
+    drop(w);
     finish(peer, id, &mut rx, &events).await;
+    drop(conn);
 }
 
 type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
 
 /// RFC 7118 §4.1: the client offers the `sip` subprotocol and the server selects it; a client
 /// that does not offer it is refused.
-async fn accept_ws(stream: TcpStream) -> Result<Ws> {
+async fn accept_ws(stream: TcpStream, max: usize) -> Result<Ws> {
     // The closure's signature is tungstenite's `Callback`, so its error type is not ours to box.
     #[allow(clippy::result_large_err)]
     let check = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
@@ -577,9 +683,15 @@ async fn accept_ws(stream: TcpStream) -> Result<Ws> {
             .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("sip"));
         Ok(resp)
     };
+    // One SIP message per WebSocket message (RFC 7118 §5): the same limit as on streams. The
+    // read buffer default (128 KiB) would cost more per idle connection than the message itself.
+    let cfg = WebSocketConfig::default()
+        .read_buffer_size(READ_CHUNK)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
     let ws = tokio::time::timeout(
         CONNECT_TIMEOUT,
-        tokio_tungstenite::accept_hdr_async(stream, check),
+        tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(cfg)),
     )
     .await
     .context("WebSocket handshake timed out")??;
@@ -592,16 +704,24 @@ async fn run_ws(
     id: u64,
     mut rx: mpsc::Receiver<Outbound>,
     events: mpsc::Sender<NetEvent>,
+    mut conn: Conn,
 ) {
+    use tokio_tungstenite::tungstenite::Error as WsError;
     loop {
         tokio::select! {
             m = ws.next() => {
                 let bytes = match m {
                     Some(Ok(Message::Text(t))) => t.as_bytes().to_vec(),
                     Some(Ok(Message::Binary(b))) => b.to_vec(),
+                    Some(Err(WsError::Capacity(e))) => {
+                        conn.set_close_cause(CloseCause::TooLarge);
+                        debug!(peer = %peer.addr, error = %e, "closing WebSocket: message too large");
+                        break;
+                    }
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
                     Some(Ok(_)) => continue, // ping/pong are answered by tungstenite
                 };
+                conn.progress();
                 if events.send(NetEvent::Message { peer, bytes }).await.is_err() {
                     break;
                 }
@@ -620,8 +740,11 @@ async fn run_ws(
                     break;
                 }
             }
+            () = conn.expired() => break,
         }
     }
     let _ = ws.close(None).await;
+    drop(ws);
     finish(peer, id, &mut rx, &events).await;
+    drop(conn);
 }
