@@ -95,6 +95,103 @@ struct RawConfig {
     #[serde(default)]
     compat: RawCompat,
     offload: Option<RawOffload>,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+/// `[limits]`: the TCP and TLS listeners' bounds (docs/operations.md "Limits").
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    #[serde(default = "default_per_address")]
+    max_connections_per_address: usize,
+    #[serde(default = "default_max_connections")]
+    max_connections: usize,
+    #[serde(default = "default_unauthenticated_timeout")]
+    unauthenticated_timeout_secs: u64,
+    #[serde(default = "default_max_frame")]
+    max_frame_bytes: usize,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            max_connections_per_address: default_per_address(),
+            max_connections: default_max_connections(),
+            unauthenticated_timeout_secs: default_unauthenticated_timeout(),
+            max_frame_bytes: default_max_frame(),
+        }
+    }
+}
+
+fn default_per_address() -> usize {
+    64
+}
+fn default_max_connections() -> usize {
+    4096
+}
+fn default_unauthenticated_timeout() -> u64 {
+    10
+}
+fn default_max_frame() -> usize {
+    8 * 1024
+}
+/// Bounds of `limits.max_frame_bytes`: an Allocate with its attributes needs a few hundred
+/// bytes, 1 KiB leaves room; a STUN message is at most 20 + 65,535 bytes (RFC 8489 §5).
+const MAX_FRAME_RANGE: std::ops::RangeInclusive<usize> = 1024..=65_555;
+/// Longest `limits.unauthenticated_timeout_secs` accepted.
+const MAX_UNAUTHENTICATED_SECS: u64 = 3600;
+
+/// Validated `[limits]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// TCP and TLS listeners together: per client address, global, and the deadline for a
+    /// connection's first allocation.
+    pub streams: conn_limits::AdmissionConfig,
+    /// Largest STUN or ChannelData frame on a stream; a larger one closes the connection.
+    pub max_frame: usize,
+}
+
+impl RawLimits {
+    fn validate(&self) -> Result<Limits, ConfigError> {
+        use conn_limits::ConfigProblem;
+        if !(1..=MAX_UNAUTHENTICATED_SECS).contains(&self.unauthenticated_timeout_secs) {
+            return Err(invalid(
+                "limits.unauthenticated_timeout_secs",
+                format!("must be 1 to {MAX_UNAUTHENTICATED_SECS} seconds"),
+            ));
+        }
+        if !MAX_FRAME_RANGE.contains(&self.max_frame_bytes) {
+            return Err(invalid(
+                "limits.max_frame_bytes",
+                format!(
+                    "must be {} to {} bytes",
+                    MAX_FRAME_RANGE.start(),
+                    MAX_FRAME_RANGE.end()
+                ),
+            ));
+        }
+        let streams = conn_limits::AdmissionConfig {
+            max_per_key: self.max_connections_per_address,
+            max_total: self.max_connections,
+            pending_timeout: Some(Duration::from_secs(self.unauthenticated_timeout_secs)),
+            idle_timeout: None,
+        };
+        streams.check().map_err(|p| {
+            let field = match p {
+                ConfigProblem::ZeroPerKey | ConfigProblem::PerKeyAboveTotal => {
+                    "limits.max_connections_per_address"
+                }
+                ConfigProblem::ZeroTotal => "limits.max_connections",
+                ConfigProblem::ZeroTimeout => "limits.unauthenticated_timeout_secs",
+            };
+            invalid(field, p)
+        })?;
+        Ok(Limits {
+            streams,
+            max_frame: self.max_frame_bytes,
+        })
+    }
 }
 
 /// `[offload]`: relay bound channels in fork-agent's XDP program (docs/turn.md "Relay offload
@@ -325,6 +422,8 @@ pub struct Config {
     pub control_socket: PathBuf,
     /// Kernel offload, when `[offload]` is present.
     pub offload: Option<Offload>,
+    /// Connection and frame limits of the TCP/TLS listeners.
+    pub limits: Limits,
 }
 
 impl fmt::Debug for Config {
@@ -337,6 +436,7 @@ impl fmt::Debug for Config {
             .field("credentials", &self.credentials)
             .field("control_socket", &self.control_socket)
             .field("offload", &self.offload)
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -493,6 +593,7 @@ impl RawConfig {
             .offload
             .map(|o| validate_offload(o, &listen))
             .transpose()?;
+        let limits = self.limits.validate()?;
         Ok(Config {
             listen,
             tls,
@@ -501,6 +602,7 @@ impl RawConfig {
             credentials,
             control_socket: self.control.socket,
             offload,
+            limits,
         })
     }
 }
@@ -754,6 +856,35 @@ ipv4 = "10.77.2.1"
         assert!(!c.server.rfc5766_channels);
         let (_d, text) = with_users("[compat]\nrfc5766_channels = true\n");
         assert!(Config::parse(&text).expect("valid").server.rfc5766_channels);
+    }
+
+    #[test]
+    fn limits_default_and_errors_name_the_field() {
+        let (_d, text) = with_users("");
+        let l = Config::parse(&text).expect("valid").limits;
+        assert_eq!((l.streams.max_per_key, l.streams.max_total), (64, 4096));
+        assert_eq!(l.streams.pending_timeout, Some(Duration::from_secs(10)));
+        assert_eq!(l.max_frame, 8192);
+        for (lines, field) in [
+            (
+                "max_connections_per_address = 0",
+                "limits.max_connections_per_address",
+            ),
+            (
+                "max_connections_per_address = 10\nmax_connections = 5",
+                "limits.max_connections_per_address",
+            ),
+            ("max_connections = 0", "limits.max_connections"),
+            (
+                "unauthenticated_timeout_secs = 0",
+                "limits.unauthenticated_timeout_secs",
+            ),
+            ("max_frame_bytes = 100", "limits.max_frame_bytes"),
+            ("max_frame_bytes = 100000", "limits.max_frame_bytes"),
+        ] {
+            let (_d, text) = with_users(&format!("[limits]\n{lines}\n"));
+            assert_eq!(field_of(Config::parse(&text)), field, "{lines}");
+        }
     }
 
     #[test]

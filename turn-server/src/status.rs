@@ -79,8 +79,24 @@ pub struct ShellCounters {
     pub relay_setup_failed: u64,
     /// TCP and TLS client connections open now.
     pub stream_connections: u64,
-    /// TCP/TLS connections refused because the connection limit was reached.
+    /// TCP/TLS connections refused because a connection limit was reached (both below).
     pub stream_refused: u64,
+    /// ... of which the client's address held `limits.max_connections_per_address`.
+    #[serde(default)]
+    pub stream_refused_per_address: u64,
+    /// ... of which `limits.max_connections` were open.
+    #[serde(default)]
+    pub stream_refused_global: u64,
+    /// TCP/TLS connections closed without an allocation within
+    /// `limits.unauthenticated_timeout_secs`.
+    #[serde(default)]
+    pub stream_unauthenticated_timeout: u64,
+    /// TCP/TLS connections closed for a frame over `limits.max_frame_bytes`.
+    #[serde(default)]
+    pub stream_too_large: u64,
+    /// Failed accepts on the TCP/TLS listeners (each followed by a pause).
+    #[serde(default)]
+    pub accept_errors: u64,
     /// TLS handshakes that failed or timed out.
     pub tls_handshake_failed: u64,
 }

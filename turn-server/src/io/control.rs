@@ -58,9 +58,20 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
 /// Serves control clients until the core task is gone.
 #[allow(clippy::disallowed_methods)] // io shell: one task per control client
 pub async fn serve(listener: UnixListener, commands: mpsc::Sender<Command>) {
+    // EMFILE and friends: pause (bounded, growing) instead of spinning on the failing accept.
+    let mut backoff = conn_limits::AcceptBackoff::default();
     loop {
-        let Ok((conn, _)) = listener.accept().await else {
-            continue;
+        let conn = match listener.accept().await {
+            Ok((conn, _)) => {
+                backoff.handle_success();
+                conn
+            }
+            Err(e) => {
+                let pause = backoff.handle_error(conn_limits::core::backoff::is_resource_error(&e));
+                debug!(error = %e, pause_ms = pause.as_millis() as u64, "control accept failed");
+                tokio::time::sleep(pause).await;
+                continue;
+            }
         };
         if commands.is_closed() {
             return;

@@ -50,9 +50,9 @@ use crate::{
     pii::Pii,
     status::{transport_name, OffloadView, ShellCounters, StatusReport, Traffic},
 };
+use conn_limits::io::gate::{ConnHandle, GateStats};
 use offload::{OffloadGauge, OffloadMsg};
 use relay::{BindingAllocator, BoundRelays};
-use stream::StreamGauge;
 
 /// Inputs queued towards the core task. Bounded: readers wait (UDP then drops in the kernel
 /// buffer) rather than letting memory grow.
@@ -93,6 +93,8 @@ pub enum Input {
         tuple: FiveTuple,
         /// Bounded queue to its writer.
         tx: mpsc::Sender<Vec<u8>>,
+        /// Its gate link: an allocation on it ends its unauthenticated deadline.
+        conn: ConnHandle,
     },
     /// One STUN or ChannelData frame from a connection.
     StreamFrame {
@@ -106,9 +108,10 @@ pub enum Input {
         /// Its 5-tuple.
         tuple: FiveTuple,
     },
-    /// A connection was refused (limit) or failed its TLS handshake, for the counters.
+    /// A connection failed its TLS handshake, for the counters (limit refusals are counted by
+    /// the gate).
     StreamRefused {
-        /// True for a failed TLS handshake, false for the connection limit.
+        /// Always true today (kept as a field so the status counters stay one match).
         tls_failed: bool,
     },
     /// A relay socket's reader failed and stopped.
@@ -205,11 +208,11 @@ pub struct Shell {
     server: Server,
     listen_udp: HashMap<SocketAddr, Arc<UdpSocket>>,
     relays: HashMap<SocketAddr, RelaySocket>,
-    streams: HashMap<FiveTuple, mpsc::Sender<Vec<u8>>>,
+    streams: HashMap<FiveTuple, (mpsc::Sender<Vec<u8>>, ConnHandle)>,
     bound: BoundRelays,
     inputs_tx: mpsc::Sender<Input>,
     counters: ShellCounters,
-    gauge: StreamGauge,
+    gate: Arc<GateStats>,
     offload: Option<OffloadLink>,
 }
 
@@ -250,33 +253,27 @@ pub async fn run(cfg: Config) -> Result<()> {
         listen_udp.insert(local, sock);
         info!(%local, "listening for TURN over UDP");
     }
-    let gauge = StreamGauge::default();
+    let mut tcp = Vec::new();
     for addr in &cfg.listen.tcp {
         let l = stream::bind(*addr).await.with_context(|| {
             format!("listen.tcp: cannot bind {addr} (port in use? address not on this host?)")
         })?;
         info!(local = %addr, "listening for TURN over TCP");
-        tokio::spawn(stream::accept_loop(
-            l,
-            None,
-            inputs_tx.clone(),
-            gauge.clone(),
-        ));
+        tcp.push(l);
     }
-    if let Some(tls) = &cfg.tls {
+    let mut tls = None;
+    if let Some(t) = &cfg.tls {
+        let mut ls = Vec::new();
         for addr in &cfg.listen.tls {
             let l = stream::bind(*addr).await.with_context(|| {
                 format!("listen.tls: cannot bind {addr} (port in use? address not on this host?)")
             })?;
             info!(local = %addr, "listening for TURN over TLS");
-            tokio::spawn(stream::accept_loop(
-                l,
-                Some(tokio_rustls::TlsAcceptor::from(tls.clone())),
-                inputs_tx.clone(),
-                gauge.clone(),
-            ));
+            ls.push(l);
         }
+        tls = Some((ls, tokio_rustls::TlsAcceptor::from(t.clone())));
     }
+    let gate = stream::spawn_gate(tcp, tls, inputs_tx.clone(), cfg.limits);
     let control = control::bind(&cfg.control_socket)?;
     tokio::spawn(control::serve(control, cmd_tx));
     info!(socket = %cfg.control_socket.display(), "control socket ready");
@@ -312,7 +309,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         bound,
         inputs_tx,
         counters: ShellCounters::default(),
-        gauge,
+        gate,
         offload,
     };
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -418,9 +415,9 @@ impl Shell {
             Input::Peer { relay, peer, bytes } => {
                 self.server.handle_peer_data(now, relay, peer, &bytes)
             }
-            Input::StreamOpened { tuple, tx } => {
+            Input::StreamOpened { tuple, tx, conn } => {
                 debug!(client = %Pii(tuple.client), transport = transport_name(tuple.transport), "connection opened");
-                self.streams.insert(tuple, tx);
+                self.streams.insert(tuple, (tx, conn));
             }
             Input::StreamClosed { tuple } => {
                 debug!(client = %Pii(tuple.client), "connection closed");
@@ -430,8 +427,6 @@ impl Shell {
             Input::StreamRefused { tls_failed } => {
                 if tls_failed {
                     self.counters.tls_handshake_failed += 1;
-                } else {
-                    self.counters.stream_refused += 1;
                 }
             }
             Input::RelayFailed { relay } => {
@@ -485,7 +480,14 @@ impl Shell {
             Command::Status(reply) => {
                 let now = now();
                 let mut shell = self.counters;
-                shell.stream_connections = self.gauge.get() as u64;
+                let g = self.gate.snapshot();
+                shell.stream_connections = g.open;
+                shell.stream_refused = g.refused_per_address + g.refused_global;
+                shell.stream_refused_per_address = g.refused_per_address;
+                shell.stream_refused_global = g.refused_global;
+                shell.stream_unauthenticated_timeout = g.expired_pending;
+                shell.stream_too_large = g.closed_too_large;
+                shell.accept_errors = g.accept_errors;
                 let mut report =
                     StatusReport::new(&self.server.status(), &self.server.allocations(now), shell);
                 if let Some(o) = &self.offload {
@@ -543,7 +545,7 @@ impl Shell {
                 };
                 self.streams
                     .get(&tuple)
-                    .is_some_and(|tx| tx.try_send(t.bytes).is_ok())
+                    .is_some_and(|(tx, _)| tx.try_send(t.bytes).is_ok())
             }
         };
         if !sent {
@@ -586,6 +588,12 @@ impl Shell {
                     lifetime_secs = lifetime.as_secs(),
                     "allocation created"
                 );
+                if client.transport != Transport::Udp {
+                    // An allocation authenticates its connection: no more deadline for it.
+                    if let Some((_, conn)) = self.streams.get(&client) {
+                        conn.progress();
+                    }
+                }
                 if let Err(e) = self.open_relay(relay) {
                     warn!(allocation = allocation.0, %relay, error = %e, "relay socket setup failed; deleting the allocation");
                     self.counters.relay_setup_failed += 1;

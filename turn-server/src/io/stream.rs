@@ -1,31 +1,30 @@
-//! TCP and TLS client connections: accept, frame, forward.
+//! TCP and TLS client connections: admit, frame, forward.
 //!
-//! Role: accept connections on the TCP and TLS listen sockets, cut each byte stream into STUN
-//! and ChannelData frames with turn-core's [`frame_len`] (RFC 8656 §12.5: ChannelData is padded
-//! to 4 bytes on streams), and pass frames to the task that owns the core. Bytes the core wants
-//! to send on a connection arrive on a bounded per-connection queue and are written in order.
-//! Inputs: the listener, the core task's input sender.
-//! Outputs: [`Input::StreamOpened`] (with the connection's send queue), [`Input::StreamFrame`],
-//! [`Input::StreamClosed`] on EOF, error or an unframeable stream.
-//! Call order: [`accept_loop`] runs per listen socket for the life of the server; each accepted
-//! connection runs [`serve`] in its own task.
+//! Role: accept connections on the TCP and TLS listen sockets through one
+//! [`Gate`](conn_limits::io::gate::Gate) (`[limits]`: per-address and global connection
+//! limits across both, a deadline for the connection's first allocation, an accept loop that
+//! pauses on EMFILE), cut each byte stream into STUN and ChannelData frames with turn-core's
+//! [`frame_len`] (RFC 8656 §12.5: ChannelData is padded to 4 bytes on streams), and pass frames
+//! to the task that owns the core. A frame announcing more than `limits.max_frame_bytes`
+//! closes the connection before it is buffered. Bytes the core wants to send on a connection
+//! arrive on a bounded per-connection queue and are written in order.
+//! Inputs: the listeners, the core task's input sender.
+//! Outputs: [`Input::StreamOpened`] (with the connection's send queue and its gate handle, which
+//! the core task uses to mark it authenticated when an allocation is made on it),
+//! [`Input::StreamFrame`], [`Input::StreamClosed`] on EOF, error, expiry or an unframeable stream.
+//! Call order: [`spawn_gate`] once at start; each admitted connection runs [`serve`] in its own
+//! task.
 
-use std::{
-    net::SocketAddr,
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc,
-    },
-    time::Duration,
-};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use conn_limits::io::gate::{CloseCause, Conn, Gate, GateOptions, GateStats};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
-    net::TcpListener,
+    net::{TcpListener, TcpStream},
     sync::mpsc,
 };
 use tokio_rustls::TlsAcceptor;
-use tracing::{debug, trace, warn};
+use tracing::{debug, trace};
 use turn_core::{
     stun::{frame_len, Frame},
     FiveTuple, Transport,
@@ -34,98 +33,72 @@ use turn_core::{
 use super::Input;
 use crate::pii::Pii;
 
-/// Open TCP+TLS connections at most; further accepts are closed at once (and counted).
-pub const MAX_STREAMS: usize = 16_384;
 /// Frames queued towards one connection; beyond it transmits are dropped and counted, so one
 /// slow client cannot hold memory or the core.
 pub const STREAM_QUEUE: usize = 256;
 /// Time a TLS client gets to finish its handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// A STUN message is at most 20 + 65535 bytes; the buffer never needs to hold more than one
-/// frame plus one read.
-const READ_CHUNK: usize = 16 * 1024;
+/// Buffer space made available per read; an idle connection holds this and nothing more.
+const READ_CHUNK: usize = 4 * 1024;
 
-/// Shared count of open connections, for the limit and the status view.
-#[derive(Debug, Clone, Default)]
-pub struct StreamGauge(Arc<AtomicUsize>);
-
-impl StreamGauge {
-    /// Connections open now.
-    pub fn get(&self) -> usize {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-/// Decrements the gauge when a connection task ends, however it ends.
-struct GaugeGuard(StreamGauge);
-
-impl Drop for GaugeGuard {
-    fn drop(&mut self) {
-        self.0 .0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Accepts connections until the input channel closes (server shutdown).
-#[allow(clippy::disallowed_methods)] // io shell: one task per client connection
-pub async fn accept_loop(
-    listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+/// Starts the gate over the TCP listeners (`tcp`) and the TLS listeners (`tls`, with their
+/// acceptor); returns its counters.
+#[allow(clippy::disallowed_methods)] // io shell: the gate task and one task per client connection
+pub fn spawn_gate(
+    tcp: Vec<TcpListener>,
+    tls: Option<(Vec<TcpListener>, TlsAcceptor)>,
     inputs: mpsc::Sender<Input>,
-    gauge: StreamGauge,
-) {
-    let transport = if tls.is_some() {
-        Transport::Tls
-    } else {
-        Transport::Tcp
+    limits: crate::config::Limits,
+) -> Arc<GateStats> {
+    let n_tcp = tcp.len();
+    let mut listeners = tcp;
+    let acceptor = tls.map(|(l, a)| {
+        listeners.extend(l);
+        a
+    });
+    let opts = GateOptions {
+        name: "turn",
+        // Client addresses are personal data: shown only with --log-pii.
+        show_key: |k: &std::net::IpAddr| Pii(k).to_string(),
     };
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                // EMFILE and friends: back off briefly instead of spinning.
-                warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        if inputs.is_closed() {
+    let gate = Gate::new(opts, listeners, limits.streams);
+    let stats = gate.stats();
+    let max_frame = limits.max_frame;
+    tokio::spawn(gate.run(move |i, (stream, peer): (TcpStream, SocketAddr), mut conn| {
+        let inputs = inputs.clone();
+        let Ok(local) = stream.local_addr() else {
             return;
-        }
-        if gauge.0.fetch_add(1, Ordering::Relaxed) >= MAX_STREAMS {
-            gauge.0.fetch_sub(1, Ordering::Relaxed);
-            let _ = inputs.try_send(Input::StreamRefused { tls_failed: false });
-            continue;
-        }
-        let guard = GaugeGuard(gauge.clone());
-        let local = match stream.local_addr() {
-            Ok(a) => a,
-            Err(_) => continue,
         };
         let _ = stream.set_nodelay(true);
+        let tls = if i >= n_tcp { acceptor.clone() } else { None };
         let tuple = FiveTuple {
-            transport,
+            transport: if tls.is_some() {
+                Transport::Tls
+            } else {
+                Transport::Tcp
+            },
             client: peer,
             server: local,
         };
-        let inputs = inputs.clone();
-        match tls.clone() {
+        match tls {
             None => {
-                tokio::spawn(async move {
-                    let _guard = guard;
-                    serve(stream, tuple, inputs).await;
-                });
+                tokio::spawn(serve(stream, tuple, inputs, conn, max_frame));
             }
             Some(acceptor) => {
                 tokio::spawn(async move {
-                    let _guard = guard;
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-                    {
-                        Ok(Ok(tls_stream)) => serve(tls_stream, tuple, inputs).await,
+                    let hs = tokio::select! {
+                        r = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => r,
+                        () = conn.expired() => return,
+                    };
+                    match hs {
+                        Ok(Ok(tls_stream)) => serve(tls_stream, tuple, inputs, conn, max_frame).await,
                         Ok(Err(e)) => {
+                            conn.set_close_cause(CloseCause::Handshake);
                             debug!(client = %Pii(peer), error = %e, "TLS handshake failed");
                             let _ = inputs.try_send(Input::StreamRefused { tls_failed: true });
                         }
                         Err(_) => {
+                            conn.set_close_cause(CloseCause::Handshake);
                             debug!(client = %Pii(peer), "TLS handshake timed out");
                             let _ = inputs.try_send(Input::StreamRefused { tls_failed: true });
                         }
@@ -133,20 +106,30 @@ pub async fn accept_loop(
                 });
             }
         }
-    }
+    }));
+    stats
 }
 
 /// Runs one connection: registers it with the core, reads frames, writes queued bytes, and
 /// reports the close.
 #[allow(clippy::disallowed_methods)] // io shell: the writer half runs in its own task
-async fn serve<S>(stream: S, tuple: FiveTuple, inputs: mpsc::Sender<Input>)
-where
+async fn serve<S>(
+    stream: S,
+    tuple: FiveTuple,
+    inputs: mpsc::Sender<Input>,
+    mut conn: Conn,
+    max_frame: usize,
+) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(STREAM_QUEUE);
     if inputs
-        .send(Input::StreamOpened { tuple, tx })
+        .send(Input::StreamOpened {
+            tuple,
+            tx,
+            conn: conn.handle(),
+        })
         .await
         .is_err()
     {
@@ -160,23 +143,33 @@ where
         }
         let _ = wr.shutdown().await;
     });
-    let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
-    let mut chunk = vec![0u8; READ_CHUNK];
+    // Grows only as far as one frame of at most `max_frame` bytes plus one read.
+    let mut buf: Vec<u8> = Vec::new();
     'read: loop {
-        let n = match rd.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
+        buf.reserve(READ_CHUNK);
+        let n = tokio::select! {
+            n = rd.read_buf(&mut buf) => n,
+            () = conn.expired() => break,
         };
-        buf.extend_from_slice(&chunk[..n]);
+        match n {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
         loop {
             let len = match frame_len(&buf) {
                 Frame::Incomplete => break,
                 Frame::Stun(len) | Frame::ChannelData(len) => len,
                 Frame::Invalid => {
+                    conn.set_close_cause(CloseCause::Malformed);
                     debug!(client = %Pii(tuple.client), "unframeable stream, closing");
                     break 'read;
                 }
             };
+            if len > max_frame {
+                conn.set_close_cause(CloseCause::TooLarge);
+                debug!(client = %Pii(tuple.client), len, max_frame, "frame over limits.max_frame_bytes, closing");
+                break 'read;
+            }
             if buf.len() < len {
                 break;
             }
@@ -194,9 +187,12 @@ where
             }
         }
     }
+    drop(rd);
     let _ = inputs.send(Input::StreamClosed { tuple }).await;
     // The core drops its sender on StreamClosed, which ends the writer after it flushed.
     let _ = writer.await;
+    // Only now is the socket closed: the gate's slot is freed last.
+    drop(conn);
 }
 
 /// Binds `addr` for TCP (also used for TLS).
