@@ -3,12 +3,14 @@
 //! name as before, e.g. `cargo xtask test sip_hold_resume`.
 
 mod install_support;
+mod limits_support;
 mod sip_support;
 mod turn_support;
 
 mod agent_restart;
 mod check_kernel;
 mod fallback_fork;
+mod fork_control_limits;
 mod fork_isolation;
 mod fork_pool_failures;
 mod fork_proxy;
