@@ -113,6 +113,11 @@ impl SipTest {
         )
     }
 
+    /// Any listeners, next hop, `extra` config and extra `run` arguments (`{dir}` replaced).
+    pub fn start_custom(listen: &str, next_hop: &str, extra: &str, args: &[&str]) -> Result<SipTest> {
+        Self::start_full(listen, next_hop, extra, args)
+    }
+
     /// `sip-agent ctl <cmd>` against the admin socket `{dir}/admin.sock` (start sip-agent with
     /// `--admin-socket {dir}/admin.sock`).
     pub fn admin_ctl(&self, cmd: &[&str]) -> Result<String> {
