@@ -46,9 +46,11 @@ fn start(control_lines: &str) -> Result<Scenario> {
     s.flows().context("fork-agent answers its first request")?;
     // Until the agent has seen those connections close they count against the limits: wait
     // until only the asking connection is open.
-    wait_for("earlier control connections closed", Duration::from_secs(5), || {
-        Ok(s.counters()?["control_socket"]["open"] == 1)
-    })?;
+    wait_for(
+        "earlier control connections closed",
+        Duration::from_secs(5),
+        || Ok(s.counters()?["control_socket"]["open"] == 1),
+    )?;
     // ... and that last one's close, which no request can observe without opening another.
     std::thread::sleep(Duration::from_millis(500));
     Ok(s)
@@ -167,12 +169,17 @@ fn oversize_and_non_utf8_lines_get_error_answers_and_rss_stays_bounded() -> Resu
 #[test]
 fn exhausted_file_table_does_not_spin_and_service_resumes() -> Result<()> {
     // Generous limits and timeout: only the file table binds in this test.
-    let s = start("max_connections_per_user = 500\nmax_connections = 500\nrequest_timeout_secs = 120")?;
+    let s =
+        start("max_connections_per_user = 500\nmax_connections = 500\nrequest_timeout_secs = 120")?;
     let pid = pid_of(&s.config.to_string_lossy())?;
     let limit = open_fds(pid)? + 8;
     xdpfork_tests::run(
         "prlimit",
-        &["--pid", &pid.to_string(), &format!("--nofile={limit}:{limit}")],
+        &[
+            "--pid",
+            &pid.to_string(),
+            &format!("--nofile={limit}:{limit}"),
+        ],
     )?;
     // 8 are accepted, then accept fails with EMFILE while the rest wait in the backlog.
     let conns = connect_many(&s, 60)?;
@@ -182,7 +189,9 @@ fn exhausted_file_table_does_not_spin_and_service_resumes() -> Result<()> {
     std::thread::sleep(window);
     let used = cpu_ticks(pid)? - t0;
     let budget = CLK_TCK * window.as_secs() / 4;
-    eprintln!("fork-agent used {used} ticks in {window:?} with its file table full (budget {budget})");
+    eprintln!(
+        "fork-agent used {used} ticks in {window:?} with its file table full (budget {budget})"
+    );
     assert!(
         used < budget,
         "fork-agent used {used} CPU ticks in {window:?} while out of descriptors: it spins"

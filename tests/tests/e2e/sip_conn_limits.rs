@@ -35,7 +35,13 @@ tcp = ["10.77.1.1:5060", "10.77.2.1:5060"]"#,
         &["--admin-socket", "{dir}/admin.sock"],
     )?;
     let topo = &t.s.topo;
-    let attackers = ["10.77.1.3", "10.77.1.4", "10.77.1.5", "10.77.1.6", "10.77.1.7"];
+    let attackers = [
+        "10.77.1.3",
+        "10.77.1.4",
+        "10.77.1.5",
+        "10.77.1.6",
+        "10.77.1.7",
+    ];
     for a in attackers {
         add_caller_address(topo, a)?;
     }
@@ -52,7 +58,11 @@ tcp = ["10.77.1.1:5060", "10.77.2.1:5060"]"#,
     let mut keys = PCMA.to_vec();
     keys.push(("fork_body", &body));
     let run = t.caller("uac_call.xml", &keys, &["-d", "1000", "-t", "t1"])?;
-    assert!(run.ok, "caller failed during the flood\n{}", t.diag(Some(&run)));
+    assert!(
+        run.ok,
+        "caller failed during the flood\n{}",
+        t.diag(Some(&run))
+    );
     t.wait_callee_done()?;
 
     // The flood's idle connections sent no message: closed after 3 s.
@@ -71,10 +81,16 @@ tcp = ["10.77.1.1:5060", "10.77.2.1:5060"]"#,
     assert_eq!(count_open(&held), 32, "global limit");
     let late = tcp_connect_many(topo, Host::Caller, ip(CALLER_IP), agent, 1)?;
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(count_open(&late), 0, "a new client is refused while the global limit is full");
+    assert_eq!(
+        count_open(&late),
+        0,
+        "a new client is refused while the global limit is full"
+    );
 
     // Once the idle ones time out, a new client is served.
-    wait_for("flood timed out", Duration::from_secs(10), || Ok(count_open(&held) == 0))?;
+    wait_for("flood timed out", Duration::from_secs(10), || {
+        Ok(count_open(&held) == 0)
+    })?;
     let mut c = tcp_connect_many(topo, Host::Caller, ip(CALLER_IP), agent, 1)?
         .pop()
         .context("one connection")?;
@@ -87,7 +103,10 @@ tcp = ["10.77.1.1:5060", "10.77.2.1:5060"]"#,
     c.write_all(options.as_bytes())?;
     let mut status = String::new();
     BufReader::new(&c).read_line(&mut status)?;
-    assert!(status.starts_with("SIP/2.0 200"), "OPTIONS after the flood: {status:?}");
+    assert!(
+        status.starts_with("SIP/2.0 200"),
+        "OPTIONS after the flood: {status:?}"
+    );
 
     let metrics = t.admin_ctl(&["metrics"])?;
     let counter = |reason: &str| -> u64 {

@@ -56,8 +56,11 @@ tcp = ["10.77.1.1:5060"]"#,
     for round in 0..20 {
         // Content-Length announces 1 MB.
         let call = format!("big-body-{round}");
-        let mut msg = head(&call, "Content-Type: application/sdp\r\nContent-Length: 1000000\r\n\r\n")
-            .into_bytes();
+        let mut msg = head(
+            &call,
+            "Content-Type: application/sdp\r\nContent-Length: 1000000\r\n\r\n",
+        )
+        .into_bytes();
         msg.extend(vec![b'v'; 1_000_000]);
         let c = tcp_connect_many(&t.s.topo, Host::Caller, CALLER_IP.parse()?, agent, 1)?.remove(0);
         let r = answer(c, msg)?;
@@ -66,7 +69,10 @@ tcp = ["10.77.1.1:5060"]"#,
             "round {round}: {r:?}"
         );
         assert!(r.contains(&format!("Call-ID: {call}@10.77.1.2\r\n")), "{r}");
-        assert!(r.contains("CSeq: 1 INVITE\r\n") && r.contains("branch=z9hG4bK-"), "{r}");
+        assert!(
+            r.contains("CSeq: 1 INVITE\r\n") && r.contains("branch=z9hG4bK-"),
+            "{r}"
+        );
         // A header block that never ends.
         let call = format!("endless-head-{round}");
         let mut msg = head(&call, "X-Filler: ").into_bytes();
@@ -74,7 +80,10 @@ tcp = ["10.77.1.1:5060"]"#,
         let c = tcp_connect_many(&t.s.topo, Host::Caller, CALLER_IP.parse()?, agent, 1)?.remove(0);
         let r = answer(c, msg)?;
         assert!(r.starts_with("SIP/2.0 413 "), "round {round}: {r:?}");
-        assert!(r.contains(&format!("Call-ID: {call}@10.77.1.2\r\n")) && !r.contains("X-Filler"), "{r}");
+        assert!(
+            r.contains(&format!("Call-ID: {call}@10.77.1.2\r\n")) && !r.contains("X-Filler"),
+            "{r}"
+        );
     }
     let rss1 = vm_rss_kib(pid)?;
     eprintln!("sip-agent VmRSS {rss0} KiB -> {rss1} KiB after 40 oversize requests (24 MB sent)");

@@ -53,8 +53,12 @@ pub fn tcp_connect_many(
                 SockFlag::SOCK_CLOEXEC,
                 None,
             )?;
-            bind_fd(fd.as_raw_fd(), &SockaddrIn::from(std::net::SocketAddrV4::new(b, 0)))?;
-            connect(fd.as_raw_fd(), &SockaddrIn::from(t)).with_context(|| format!("connect {to}"))?;
+            bind_fd(
+                fd.as_raw_fd(),
+                &SockaddrIn::from(std::net::SocketAddrV4::new(b, 0)),
+            )?;
+            connect(fd.as_raw_fd(), &SockaddrIn::from(t))
+                .with_context(|| format!("connect {to}"))?;
             out.push(TcpStream::from(fd));
         }
         Ok(out)

@@ -114,7 +114,12 @@ impl SipTest {
     }
 
     /// Any listeners, next hop, `extra` config and extra `run` arguments (`{dir}` replaced).
-    pub fn start_custom(listen: &str, next_hop: &str, extra: &str, args: &[&str]) -> Result<SipTest> {
+    pub fn start_custom(
+        listen: &str,
+        next_hop: &str,
+        extra: &str,
+        args: &[&str],
+    ) -> Result<SipTest> {
         Self::start_full(listen, next_hop, extra, args)
     }
 
