@@ -120,7 +120,7 @@ impl SipTest {
         extra: &str,
         args: &[&str],
     ) -> Result<SipTest> {
-        Self::start_full(listen, next_hop, extra, args)
+        Self::start_full(listen, next_hop, extra, CALLER_IS_CONTROLLER, args)
     }
 
     /// `sip-agent ctl <cmd>` against the admin socket `{dir}/admin.sock` (start sip-agent with
