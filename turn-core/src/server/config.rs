@@ -118,6 +118,8 @@ impl ServerConfig {
 mod tests {
     use super::super::testing::*;
     use super::super::*;
+    use std::net::Ipv4Addr;
+
     use crate::crypto::RustCrypto;
     use rand::rngs::StdRng;
     use rand::SeedableRng;

@@ -4,6 +4,9 @@
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
+use std::net::Ipv4Addr;
+use std::ops::RangeInclusive;
+
 use super::*;
 use crate::credentials::{RestSecret, UserDb};
 use crate::crypto::RustCrypto;
