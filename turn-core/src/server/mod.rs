@@ -26,14 +26,15 @@ use std::time::{Duration, Instant, SystemTime};
 use rand::RngCore;
 use tracing::{debug, trace};
 
-use crate::credentials::{AuthFailure, Credentials};
-use crate::crypto::{ct_eq, Crypto};
+use crate::credentials::Credentials;
+use crate::crypto::Crypto;
 use crate::stun::{
-    self, attr, Attribute, ChannelData, Class, Family, IntegrityCheck, IntegrityKind, Message,
-    MessageBuilder, Method, TransactionId,
+    self, attr, Attribute, ChannelData, Class, Family, IntegrityKind, Message, MessageBuilder,
+    Method, TransactionId,
 };
 use crate::TurnError;
 
+mod auth;
 mod config;
 mod peer_policy;
 mod relay_ports;
@@ -41,6 +42,7 @@ mod status;
 #[cfg(test)]
 mod testing;
 
+use auth::Auth;
 pub use config::{RateLimit, ServerConfig};
 pub use peer_policy::IpRange;
 use peer_policy::{canonical, ranges, DEFAULT_DENIED, PRIVATE_RANGES};
@@ -294,14 +296,6 @@ struct Bucket {
     /// Thousandths of a token, so refill needs no floats.
     milli_tokens: u64,
     last: Instant,
-}
-
-/// Result of authenticating a request.
-struct Auth {
-    key: [u8; 16],
-    kind: IntegrityKind,
-    username: String,
-    quota_user: String,
 }
 
 /// Where and how to answer one request.
@@ -759,63 +753,6 @@ impl Server {
         );
     }
 
-    /// Long-term credential check in the order of RFC 8489 §9.2.4. Sends the error response
-    /// itself and returns `None` on failure.
-    fn authenticate(
-        &mut self,
-        now: Instant,
-        wall: SystemTime,
-        reply: &Reply,
-        msg: &Message<'_>,
-    ) -> Option<Auth> {
-        if !msg.has_integrity() {
-            self.counters.challenges += 1;
-            self.send_challenge(now, reply, 401);
-            return None;
-        }
-        let (Ok(Some(username)), Ok(Some(realm)), Ok(Some(nonce))) =
-            (msg.username(), msg.realm(), msg.nonce())
-        else {
-            self.send_error(now, reply, 400, &[]);
-            return None;
-        };
-        if !self.nonce_valid(now, nonce, reply.tuple.client) {
-            self.counters.stale_nonce += 1;
-            self.send_challenge(now, reply, 438);
-            return None;
-        }
-        let user = match self
-            .credentials
-            .lookup(username, realm, wall, self.crypto.as_ref())
-        {
-            Ok(u) => u,
-            Err(failure) => {
-                match failure {
-                    AuthFailure::UnknownUser => self.counters.unknown_user += 1,
-                    AuthFailure::WrongRealm => self.counters.wrong_realm += 1,
-                    AuthFailure::Expired => self.counters.expired_credentials += 1,
-                }
-                debug!(?failure, "authentication failed");
-                self.send_challenge(now, reply, 401);
-                return None;
-            }
-        };
-        match msg.check_integrity(&user.key, self.crypto.as_ref()) {
-            IntegrityCheck::Valid(kind) => Some(Auth {
-                key: user.key,
-                kind,
-                username: username.to_owned(),
-                quota_user: user.quota_user,
-            }),
-            IntegrityCheck::Invalid(_) | IntegrityCheck::Missing => {
-                self.counters.bad_integrity += 1;
-                debug!("MESSAGE-INTEGRITY check failed (wrong password?)");
-                self.send_challenge(now, reply, 401);
-                None
-            }
-        }
-    }
-
     /// RFC 8656 §7.2, steps in order.
     fn handle_allocate(&mut self, now: Instant, reply: &Reply, msg: &Message<'_>, auth: Auth) {
         if let Some(a) = self
@@ -1124,66 +1061,6 @@ impl Server {
         }));
     }
 
-    /// Nonce = hex(expiry ms since start || 4 random bytes || first 8 bytes of
-    /// HMAC-SHA1(nonce key, those 12 bytes || client address)).
-    fn make_nonce(&mut self, now: Instant, client: SocketAddr) -> String {
-        let expiry = (now + self.config.nonce_lifetime).saturating_duration_since(self.epoch);
-        let mut body = [0u8; 12];
-        body[..8].copy_from_slice(&(expiry.as_millis() as u64).to_be_bytes());
-        self.rng.fill_bytes(&mut body[8..]);
-        let mac = self.nonce_mac(&body, client);
-        body.iter()
-            .chain(&mac[..8])
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    }
-
-    fn nonce_mac(&self, body: &[u8; 12], client: SocketAddr) -> [u8; 20] {
-        let mut data = body.to_vec();
-        match client.ip() {
-            IpAddr::V4(v4) => data.extend_from_slice(&v4.octets()),
-            IpAddr::V6(v6) => data.extend_from_slice(&v6.octets()),
-        }
-        data.extend_from_slice(&client.port().to_be_bytes());
-        self.crypto.hmac_sha1(&self.nonce_key, &data)
-    }
-
-    fn nonce_valid(&self, now: Instant, nonce: &str, client: SocketAddr) -> bool {
-        if nonce.len() != 40 || !nonce.is_ascii() {
-            return false;
-        }
-        let mut raw = [0u8; 20];
-        for (i, b) in raw.iter_mut().enumerate() {
-            match nonce
-                .get(2 * i..2 * i + 2)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-            {
-                Some(v) => *b = v,
-                None => return false,
-            }
-        }
-        let mut body = [0u8; 12];
-        body.copy_from_slice(&raw[..12]);
-        if !ct_eq(&raw[12..], &self.nonce_mac(&body, client)[..8]) {
-            return false;
-        }
-        let mut ms = [0u8; 8];
-        ms.copy_from_slice(&body[..8]);
-        let expiry = self.epoch + Duration::from_millis(u64::from_be_bytes(ms));
-        expiry > now
-    }
-
-    fn send_challenge(&mut self, now: Instant, reply: &Reply, code: u16) {
-        let nonce = self.make_nonce(now, reply.tuple.client);
-        let realm = self.credentials.realm().to_owned();
-        self.send_error(
-            now,
-            reply,
-            code,
-            &[Attribute::Realm(&realm), Attribute::Nonce(&nonce)],
-        );
-    }
-
     fn send_error(&mut self, now: Instant, reply: &Reply, code: u16, extra: &[Attribute<'_>]) {
         *self.counters.errors_sent.entry(code).or_insert(0) += 1;
         let mut attrs = Vec::with_capacity(extra.len() + 1);
@@ -1338,7 +1215,6 @@ mod tests {
 
     use super::testing::*;
     use super::*;
-    use crate::credentials::RestSecret;
     use crate::crypto::RustCrypto;
     use crate::stun::long_term_key;
 
@@ -1348,36 +1224,6 @@ mod tests {
         let r = f.request(Method::BINDING, None, &[]);
         assert_eq!(r.class, Class::Success);
         assert_eq!(r.mapped, Some(client()));
-    }
-
-    #[test]
-    fn allocate_challenge_then_success() {
-        let mut f = fx();
-        let nonce = f.nonce();
-        assert_eq!(nonce.len(), 40);
-        let r = f.request(
-            Method::ALLOCATE,
-            Some(("turnuser", "cisco", &nonce)),
-            &[
-                Attribute::RequestedTransport(PROTO_UDP),
-                Attribute::Lifetime(60),
-            ],
-        );
-        assert_eq!(r.class, Class::Success);
-        assert!(r.integrity_ok, "success responses carry MESSAGE-INTEGRITY");
-        let relay = r.relayed.expect("relay");
-        assert!(PortRangeAllocator::DEFAULT_PORTS.contains(&relay.port()));
-        assert_eq!(r.mapped, Some(client()));
-        // Asked for 60 s, below the default: the default 600 s applies (RFC 8656 §7.2).
-        assert_eq!(r.lifetime, Some(600));
-        assert_eq!(f.server.status().counters.challenges, 1);
-        assert_eq!(f.server.status().allocations, 1);
-        // The 401 challenge armed the rate-limit sweep, which comes before the 600 s expiry.
-        assert_eq!(f.server.poll_timeout(), Some(f.now + RATE_SWEEP_INTERVAL));
-        assert_eq!(
-            f.server.allocations(f.now)[0].expires_in,
-            Duration::from_secs(600)
-        );
     }
 
     #[test]
@@ -1407,70 +1253,6 @@ mod tests {
                 lifetime: Duration::from_secs(600),
             }]
         );
-    }
-
-    #[test]
-    fn wrong_password_gets_401_and_is_counted_as_bad_integrity() {
-        let mut f = fx();
-        let nonce = f.nonce();
-        let r = f.request(
-            Method::ALLOCATE,
-            Some(("turnuser", "wrong", &nonce)),
-            &[Attribute::RequestedTransport(PROTO_UDP)],
-        );
-        assert_eq!(r.code, Some(401));
-        assert!(r.nonce.is_some());
-        assert!(
-            !r.integrity_ok,
-            "a 401 for bad credentials has no integrity"
-        );
-        let r = f.request(
-            Method::ALLOCATE,
-            Some(("nobody", "x", &nonce)),
-            &[Attribute::RequestedTransport(PROTO_UDP)],
-        );
-        assert_eq!(r.code, Some(401));
-        let c = f.server.status().counters;
-        assert_eq!((c.bad_integrity, c.unknown_user), (1, 1));
-        assert_eq!(c.errors_sent.get(&401), Some(&3));
-    }
-
-    #[test]
-    fn stale_and_forged_nonces_get_438() {
-        let mut f = fx();
-        let nonce = f.nonce();
-        f.now += Duration::from_secs(601);
-        let r = f.request(
-            Method::ALLOCATE,
-            Some(("turnuser", "cisco", &nonce)),
-            &[Attribute::RequestedTransport(PROTO_UDP)],
-        );
-        assert_eq!(r.code, Some(438));
-        let fresh = r.nonce.expect("438 carries a new nonce");
-        assert_ne!(fresh, nonce);
-        let mut forged = fresh.clone().into_bytes();
-        forged[39] = if forged[39] == b'0' { b'1' } else { b'0' };
-        let forged = String::from_utf8(forged).expect("ascii");
-        let r = f.request(
-            Method::ALLOCATE,
-            Some(("turnuser", "cisco", &forged)),
-            &[Attribute::RequestedTransport(PROTO_UDP)],
-        );
-        assert_eq!(r.code, Some(438));
-        let r = f.request(
-            Method::ALLOCATE,
-            Some(("turnuser", "cisco", &fresh)),
-            &[Attribute::RequestedTransport(PROTO_UDP)],
-        );
-        assert_eq!(r.class, Class::Success);
-        // A nonce is bound to the client address: another port cannot reuse it.
-        let bytes = f.build(
-            Method::ALLOCATE,
-            Some(("turnuser", "cisco", &fresh)),
-            &[Attribute::RequestedTransport(PROTO_UDP)],
-        );
-        let out = f.send_from(addr("203.0.113.5:40001"), Transport::Udp, &bytes);
-        assert_eq!(resp(&transmits(&out)[0].bytes, None).code, Some(438));
     }
 
     #[test]
@@ -1965,38 +1747,6 @@ mod tests {
         let mut f = fx_with(cfg, 24000..=24000);
         f.allocate("turnuser", "cisco");
         assert_eq!(try_alloc(&mut f, c2, "other", "pw").code, Some(508));
-    }
-
-    #[test]
-    fn rest_credentials_work_and_expire() {
-        let mut f = fx();
-        let secret = RestSecret::new("shared");
-        let (user, pass) = secret.issue("alice", 1_700_000_100, &RustCrypto);
-        let relay = f.allocate(&user, pass.expose());
-        assert!(relay.port() >= 24000);
-        let (old_user, old_pass) = secret.issue("bob", 1_699_999_999, &RustCrypto);
-        let nonce = f.nonce();
-        let c2 = addr("203.0.113.5:40002");
-        let bytes = build(
-            Class::Request,
-            Method::ALLOCATE,
-            TransactionId([3; 12]),
-            Some((&old_user, old_pass.expose(), &nonce)),
-            &[Attribute::RequestedTransport(PROTO_UDP)],
-        );
-        let _ = f.send_from(c2, Transport::Udp, &bytes);
-        assert_eq!(
-            f.server.status().counters.stale_nonce,
-            1,
-            "nonce is per client"
-        );
-        let r = f.request(
-            Method::ALLOCATE,
-            Some((&old_user, old_pass.expose(), &nonce)),
-            &[Attribute::RequestedTransport(PROTO_UDP)],
-        );
-        assert_eq!(r.code, Some(401));
-        assert_eq!(f.server.status().counters.expired_credentials, 1);
     }
 
     #[test]
