@@ -151,6 +151,7 @@ impl Server {
 
 #[cfg(test)]
 mod tests {
+    use super::super::rate_limit::RATE_SWEEP_INTERVAL;
     use super::super::testing::*;
     use super::super::*;
     use crate::credentials::RestSecret;

@@ -37,6 +37,7 @@ use crate::TurnError;
 mod auth;
 mod config;
 mod peer_policy;
+mod rate_limit;
 mod relay_ports;
 mod status;
 #[cfg(test)]
@@ -46,13 +47,12 @@ use auth::Auth;
 pub use config::{RateLimit, ServerConfig};
 pub use peer_policy::IpRange;
 use peer_policy::{canonical, ranges, DEFAULT_DENIED, PRIVATE_RANGES};
+use rate_limit::Bucket;
 pub use relay_ports::{PortRangeAllocator, RelayAllocator};
 pub use status::{AllocationInfo, ServerCounters, Status};
 
 /// REQUESTED-TRANSPORT value for UDP, the only relayed transport supported (RFC 8656 §18.8).
 const PROTO_UDP: u8 = 17;
-/// How often idle rate-limit buckets are swept.
-const RATE_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Comprehension-required attributes this server understands. DONT-FRAGMENT is left out on
 /// purpose: a server that cannot set DF must treat it as unknown (RFC 8656 §7.2 step 4), and
@@ -289,13 +289,6 @@ impl Allocation {
     fn has_permission(&self, now: Instant, ip: IpAddr) -> bool {
         self.permissions.get(&ip).is_some_and(|e| *e > now)
     }
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    /// Thousandths of a token, so refill needs no floats.
-    milli_tokens: u64,
-    last: Instant,
 }
 
 /// Where and how to answer one request.
@@ -1118,63 +1111,6 @@ impl Server {
         }
         Ok(b.finish())
     }
-
-    /// Takes one token from `ip`'s bucket; false when empty or the table is full.
-    fn take_token(&mut self, now: Instant, ip: IpAddr) -> bool {
-        let Some(limit) = self.config.unauthenticated_rate else {
-            return true;
-        };
-        let cap = u64::from(limit.burst) * 1000;
-        if !self.buckets.contains_key(&ip) {
-            if self.buckets.len() >= self.config.max_rate_sources {
-                self.sweep_buckets(now);
-                if self.buckets.len() >= self.config.max_rate_sources {
-                    return false;
-                }
-            }
-            self.buckets.insert(
-                ip,
-                Bucket {
-                    milli_tokens: cap,
-                    last: now,
-                },
-            );
-            if !self.sweep_armed {
-                self.arm_sweep(now);
-            }
-        }
-        let Some(b) = self.buckets.get_mut(&ip) else {
-            return false;
-        };
-        let elapsed = now.saturating_duration_since(b.last).as_millis() as u64;
-        b.milli_tokens = (b.milli_tokens + elapsed * u64::from(limit.per_second)).min(cap);
-        b.last = now;
-        if b.milli_tokens >= 1000 {
-            b.milli_tokens -= 1000;
-            true
-        } else {
-            false
-        }
-    }
-
-    fn arm_sweep(&mut self, now: Instant) {
-        self.sweep_armed = true;
-        self.timers
-            .push(Reverse((now + RATE_SWEEP_INTERVAL, Timer::RateSweep)));
-    }
-
-    /// Forgets buckets that have refilled completely: they behave like new ones.
-    fn sweep_buckets(&mut self, now: Instant) {
-        let Some(limit) = self.config.unauthenticated_rate else {
-            self.buckets.clear();
-            return;
-        };
-        let cap = u64::from(limit.burst) * 1000;
-        self.buckets.retain(|_, b| {
-            let elapsed = now.saturating_duration_since(b.last).as_millis() as u64;
-            b.milli_tokens + elapsed * u64::from(limit.per_second) < cap
-        });
-    }
 }
 
 /// A Data indication carrying a peer's datagram (RFC 8656 §10.3).
@@ -1747,32 +1683,6 @@ mod tests {
         let mut f = fx_with(cfg, 24000..=24000);
         f.allocate("turnuser", "cisco");
         assert_eq!(try_alloc(&mut f, c2, "other", "pw").code, Some(508));
-    }
-
-    #[test]
-    fn unauthenticated_responses_are_rate_limited_per_source() {
-        let mut cfg = config();
-        cfg.unauthenticated_rate = Some(RateLimit {
-            burst: 3,
-            per_second: 1,
-        });
-        let mut f = fx_with(cfg, PortRangeAllocator::DEFAULT_PORTS);
-        let binding = |f: &mut Fx, from| {
-            let txid = f.next_txid();
-            let b = build(Class::Request, Method::BINDING, txid, None, &[]);
-            transmits(&f.send_from(from, Transport::Udp, &b)).len()
-        };
-        let sent: usize = (0..5).map(|_| binding(&mut f, client())).sum();
-        assert_eq!(sent, 3);
-        assert_eq!(f.server.status().counters.rate_limited, 2);
-        assert_eq!(
-            binding(&mut f, addr("203.0.113.99:1")),
-            1,
-            "other sources unaffected"
-        );
-        f.now += Duration::from_millis(1000);
-        assert_eq!(binding(&mut f, client()), 1, "refilled one token");
-        assert_eq!(binding(&mut f, client()), 0);
     }
 
     #[test]
