@@ -44,6 +44,7 @@ mod relay_ports;
 mod status;
 #[cfg(test)]
 mod testing;
+mod timers;
 
 use allocation::Allocation;
 pub use allocation::{AllocationCounters, DeleteReason};
@@ -55,6 +56,7 @@ use permissions::Channel;
 use rate_limit::Bucket;
 pub use relay_ports::{PortRangeAllocator, RelayAllocator};
 pub use status::{AllocationInfo, ServerCounters, Status};
+use timers::Timer;
 
 /// REQUESTED-TRANSPORT value for UDP, the only relayed transport supported (RFC 8656 §18.8).
 const PROTO_UDP: u8 = 17;
@@ -218,20 +220,6 @@ pub enum Output {
     Event(Event),
 }
 
-/// Timers, all on one heap; an entry whose state was refreshed meanwhile is skipped when it
-/// fires (the refresh pushed a later entry).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Timer {
-    /// Allocation lifetime (RFC 8656 §7).
-    Allocation(AllocationHandle),
-    /// Permission lifetime (RFC 8656 §9, 300 s).
-    Permission(AllocationHandle, IpAddr),
-    /// Channel binding lifetime (RFC 8656 §12, 600 s).
-    Channel(AllocationHandle, u16),
-    /// Forget full rate-limit buckets.
-    RateSweep,
-}
-
 /// Where and how to answer one request.
 struct Reply {
     tuple: FiveTuple,
@@ -329,12 +317,6 @@ impl Server {
         self.out.pop_front()
     }
 
-    /// Earliest timer deadline; re-read after every `handle_*` call. `None` when idle.
-    #[must_use]
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((t, _))| *t)
-    }
-
     /// Whether `bytes` arriving on a listen port belong to the STUN path (`handle_stun`) or
     /// ChannelData (`handle_channel_data`).
     pub fn classify(bytes: &[u8]) -> stun::PacketKind {
@@ -376,62 +358,6 @@ impl Server {
             // Binding indications are keepalives (RFC 8489 §6.3.2); responses are not
             // expected by a server.
             _ => trace!(method = msg.method().0, "ignoring STUN message"),
-        }
-    }
-
-    /// Fires due timers: expiring channels, permissions and allocations emit their events.
-    /// Calling it early is harmless.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some(Reverse((at, timer))) = self.timers.peek().copied() {
-            if at > now {
-                break;
-            }
-            self.timers.pop();
-            match timer {
-                Timer::Allocation(h) => {
-                    if self.allocations.get(&h).is_some_and(|a| a.expires <= now) {
-                        self.delete_allocation(now, h, DeleteReason::Expired);
-                    }
-                }
-                Timer::Permission(h, ip) => {
-                    let Some(a) = self.allocations.get_mut(&h) else {
-                        continue;
-                    };
-                    if a.permissions.get(&ip).is_some_and(|e| *e <= now) {
-                        a.permissions.remove(&ip);
-                        self.out.push_back(Output::Event(Event::PermissionExpired {
-                            allocation: h,
-                            client: a.tuple,
-                            relay: a.relay,
-                            peer: ip,
-                        }));
-                    }
-                }
-                Timer::Channel(h, ch) => {
-                    let Some(a) = self.allocations.get_mut(&h) else {
-                        continue;
-                    };
-                    if a.channels.get(&ch).is_some_and(|c| c.expires <= now) {
-                        if let Some(c) = a.channels.remove(&ch) {
-                            a.channel_by_peer.remove(&c.peer);
-                            self.out.push_back(Output::Event(Event::ChannelExpired {
-                                allocation: h,
-                                client: a.tuple,
-                                relay: a.relay,
-                                peer: c.peer,
-                                channel: ch,
-                            }));
-                        }
-                    }
-                }
-                Timer::RateSweep => {
-                    self.sweep_buckets(now);
-                    self.sweep_armed = false;
-                    if !self.buckets.is_empty() {
-                        self.arm_sweep(now);
-                    }
-                }
-            }
         }
     }
 
@@ -600,68 +526,6 @@ mod tests {
         let r = f.request(Method::BINDING, None, &[]);
         assert_eq!(r.class, Class::Success);
         assert_eq!(r.mapped, Some(client()));
-    }
-
-    #[test]
-    fn timers_expire_permission_channel_and_allocation() {
-        let mut f = fx();
-        let relay = f.allocate("turnuser", "cisco");
-        let start = f.now;
-        let p1 = addr("192.0.2.7:5000");
-        let p2 = addr("192.0.2.8:5000");
-        f.authed(Method::CREATE_PERMISSION, &[Attribute::XorPeerAddress(p1)]);
-        f.authed(
-            Method::CHANNEL_BIND,
-            &[
-                Attribute::ChannelNumber(0x4000),
-                Attribute::XorPeerAddress(p2),
-            ],
-        );
-        assert_eq!(
-            f.server.poll_timeout(),
-            Some(start + Duration::from_secs(60)),
-            "rate sweep"
-        );
-        f.now = start + Duration::from_secs(299);
-        f.server.handle_timeout(f.now);
-        assert!(events(&f.drain()).is_empty());
-        f.now = start + Duration::from_secs(300);
-        f.server.handle_timeout(f.now);
-        let ev = events(&f.drain());
-        assert_eq!(ev.len(), 2, "both permissions (300 s): {ev:?}");
-        assert!(ev
-            .iter()
-            .all(|e| matches!(e, Event::PermissionExpired { .. })));
-        // Peer data now dropped even though the channel (600 s) is still bound.
-        f.server.handle_peer_data(f.now, relay, p2, b"x");
-        assert!(f.drain().is_empty());
-        // Refresh at 300 s for 1200 s, so only the channel expires at 600 s.
-        f.authed(Method::REFRESH, &[Attribute::Lifetime(1200)]);
-        f.now = start + Duration::from_secs(600);
-        f.server.handle_timeout(f.now);
-        assert!(matches!(
-            events(&f.drain()).as_slice(),
-            [Event::ChannelExpired {
-                channel: 0x4000,
-                ..
-            }]
-        ));
-        f.now = start + Duration::from_secs(1499);
-        f.server.handle_timeout(f.now);
-        assert!(events(&f.drain()).is_empty(), "refreshed at 300 for 1200 s");
-        f.now = start + Duration::from_secs(1500);
-        f.server.handle_timeout(f.now);
-        assert!(matches!(
-            events(&f.drain()).as_slice(),
-            [Event::AllocationDeleted {
-                reason: DeleteReason::Expired,
-                ..
-            }]
-        ));
-        assert_eq!(f.server.status().counters.allocations_expired, 1);
-        // The rate-limit buckets are idle and full by now, so nothing is left to time.
-        f.server.handle_timeout(f.now + Duration::from_secs(120));
-        assert_eq!(f.server.poll_timeout(), None);
     }
 
     #[test]
