@@ -334,6 +334,7 @@ mod tests {
     use super::super::testing::*;
     use super::super::*;
     use crate::stun::Family;
+    use crate::stun::TransactionId;
     #[test]
     fn allocate_challenge_then_success() {
         let mut f = fx();

@@ -155,6 +155,7 @@ mod tests {
     use super::super::*;
     use crate::credentials::RestSecret;
     use crate::crypto::RustCrypto;
+    use crate::stun::TransactionId;
 
     #[test]
     fn wrong_password_gets_401_and_is_counted_as_bad_integrity() {

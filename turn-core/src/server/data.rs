@@ -193,6 +193,7 @@ impl Server {
 mod tests {
     use super::super::testing::*;
     use super::super::*;
+    use crate::stun::TransactionId;
 
     #[test]
     fn send_and_data_indications_relay_with_permission() {

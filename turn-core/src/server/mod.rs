@@ -24,13 +24,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
 use rand::RngCore;
-use tracing::{debug, trace};
+use tracing::trace;
 
 use crate::credentials::Credentials;
 use crate::crypto::Crypto;
-use crate::stun::{
-    self, attr, Attribute, Class, IntegrityKind, Message, MessageBuilder, Method, TransactionId,
-};
+use crate::stun::{self, attr, Attribute, Class, Message, Method};
 use crate::TurnError;
 
 mod allocation;
@@ -41,6 +39,7 @@ mod peer_policy;
 mod permissions;
 mod rate_limit;
 mod relay_ports;
+mod respond;
 mod status;
 #[cfg(test)]
 mod testing;
@@ -55,6 +54,7 @@ use peer_policy::{canonical, ranges, DEFAULT_DENIED, PRIVATE_RANGES};
 use permissions::Channel;
 use rate_limit::Bucket;
 pub use relay_ports::{PortRangeAllocator, RelayAllocator};
+use respond::Reply;
 pub use status::{AllocationInfo, ServerCounters, Status};
 use timers::Timer;
 
@@ -218,15 +218,6 @@ pub enum Output {
     Transmit(Transmit),
     /// Something happened.
     Event(Event),
-}
-
-/// Where and how to answer one request.
-struct Reply {
-    tuple: FiveTuple,
-    method: Method,
-    txid: TransactionId,
-    integrity: Option<(IntegrityKind, [u8; 16])>,
-    fingerprint: bool,
 }
 
 /// The TURN server core. See the module documentation for the call order.
@@ -431,83 +422,6 @@ impl Server {
             &[Attribute::XorMappedAddress(reply.tuple.client)],
         );
     }
-
-    fn send_error(&mut self, now: Instant, reply: &Reply, code: u16, extra: &[Attribute<'_>]) {
-        *self.counters.errors_sent.entry(code).or_insert(0) += 1;
-        let mut attrs = Vec::with_capacity(extra.len() + 1);
-        attrs.push(Attribute::ErrorCode {
-            code,
-            reason: reason_phrase(code),
-        });
-        attrs.extend_from_slice(extra);
-        self.respond(now, reply, Class::Error, &attrs);
-    }
-
-    fn send_success(&mut self, now: Instant, reply: &Reply, attrs: &[Attribute<'_>]) {
-        self.respond(now, reply, Class::Success, attrs);
-    }
-
-    fn respond(&mut self, now: Instant, reply: &Reply, class: Class, attrs: &[Attribute<'_>]) {
-        // Only responses without integrity can be triggered by anyone: rate-limit those.
-        if reply.integrity.is_none() && !self.take_token(now, reply.tuple.client.ip()) {
-            self.counters.rate_limited += 1;
-            return;
-        }
-        let bytes = match self.encode(reply, class, attrs) {
-            Ok(b) => b,
-            Err(e) => {
-                debug!(error = %e, "could not encode response");
-                return;
-            }
-        };
-        self.out.push_back(Output::Transmit(Transmit {
-            from: reply.tuple.server,
-            to: reply.tuple.client,
-            transport: reply.tuple.transport,
-            bytes,
-        }));
-    }
-
-    fn encode(
-        &self,
-        reply: &Reply,
-        class: Class,
-        attrs: &[Attribute<'_>],
-    ) -> Result<Vec<u8>, TurnError> {
-        let mut b = MessageBuilder::new(class, reply.method, reply.txid);
-        for a in attrs {
-            b.add(a)?;
-        }
-        if let Some(sw) = &self.config.software {
-            b.add(&Attribute::Software(sw))?;
-        }
-        if let Some((kind, key)) = &reply.integrity {
-            b.add_integrity_kind(*kind, key, self.crypto.as_ref())?;
-        }
-        if reply.fingerprint {
-            b.add_fingerprint()?;
-        }
-        Ok(b.finish())
-    }
-}
-
-/// Reason phrases (RFC 8489 §14.8, RFC 8656 §19).
-fn reason_phrase(code: u16) -> &'static str {
-    match code {
-        400 => "Bad Request",
-        401 => "Unauthenticated",
-        403 => "Forbidden",
-        420 => "Unknown Attribute",
-        437 => "Allocation Mismatch",
-        438 => "Stale Nonce",
-        440 => "Address Family not Supported",
-        441 => "Wrong Credentials",
-        442 => "Unsupported Transport Protocol",
-        443 => "Peer Address Family Mismatch",
-        486 => "Allocation Quota Reached",
-        508 => "Insufficient Capacity",
-        _ => "Server Error",
-    }
 }
 
 #[cfg(test)]
@@ -519,6 +433,7 @@ mod tests {
     use super::*;
     use crate::crypto::RustCrypto;
     use crate::stun::long_term_key;
+    use crate::stun::{MessageBuilder, TransactionId};
 
     #[test]
     fn binding_returns_reflexive_address() {

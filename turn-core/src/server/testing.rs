@@ -10,7 +10,7 @@ use std::ops::RangeInclusive;
 use super::*;
 use crate::credentials::{RestSecret, UserDb};
 use crate::crypto::RustCrypto;
-use crate::stun::{long_term_key, IntegrityCheck};
+use crate::stun::{long_term_key, IntegrityCheck, IntegrityKind, MessageBuilder, TransactionId};
 
 pub(super) const REALM: &str = "example.org";
 
