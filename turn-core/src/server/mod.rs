@@ -17,6 +17,18 @@
 //! Authentication is the long-term credential mechanism (RFC 8489 §9.2) with stateless
 //! nonces: a nonce carries its expiry and an HMAC under a per-process random key bound to the
 //! client address, so no table grows with unauthenticated traffic.
+//!
+//! This file holds the shared types, the [`Server`] struct and request dispatch; each concern
+//! lives in its own module (all `impl Server` blocks over the same state):
+//! - `allocation`: Allocate, Refresh, deletion, quotas;
+//! - `auth`: long-term credentials and stateless nonces;
+//! - `permissions`: CreatePermission and ChannelBind;
+//! - `peer_policy`: which peer addresses are allowed ([`IpRange`]);
+//! - `data`: the relay data path (Send/Data indications, ChannelData, peer datagrams);
+//! - `timers`: the timer heap, `poll_timeout`, `handle_timeout`;
+//! - `respond`: response encoding and signing; `rate_limit`: the per-source limit on unsigned
+//!   responses;
+//! - `config`, `relay_ports`, `status`: settings, relay address allocation, operator view.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};

@@ -14,6 +14,8 @@ use std::ops::RangeInclusive;
 
 use rand::RngCore;
 
+#[cfg(doc)]
+use super::Event;
 use crate::stun::Family;
 use crate::TurnError;
 
