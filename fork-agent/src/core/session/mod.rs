@@ -39,6 +39,9 @@ use crate::core::ws_pool::{
     PoolOutput, PoolStats, WsPool,
 };
 
+#[cfg(test)]
+mod testing;
+
 /// Index of a speech server (one pool each), from [`ForkService::add_server`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct ServerId(pub u32);
@@ -1406,82 +1409,9 @@ fn live_conn(state: SessState) -> Option<ConnId> {
 
 #[cfg(test)]
 mod tests {
+    use super::testing::*;
     use super::*;
-    use crate::core::ws_pool::SplitMix64;
     use std::time::Duration;
-
-    /// Base instant for the fake clock; tests only add durations to it.
-    #[allow(clippy::disallowed_methods)] // any fixed Instant will do; there is no constructor
-    fn epoch() -> Instant {
-        Instant::now()
-    }
-
-    fn service(max_attempts: u32) -> (ForkService, ServerId) {
-        let mut svc = ForkService::new();
-        let cfg = PoolConfig {
-            calls_threshold: 2,
-            max_connect_attempts: max_attempts,
-            ..PoolConfig::default()
-        };
-        let id = svc
-            .add_server("asr", "10.0.0.1:9000", cfg, Box::new(SplitMix64(1)))
-            .expect("valid");
-        (svc, id)
-    }
-
-    fn req(guid: &str, server: ServerId, first_id: u32) -> ForkRequest {
-        ForkRequest {
-            call_guid: guid.into(),
-            call_id: format!("{guid}@pbx"),
-            from: "1000".into(),
-            to: "2000".into(),
-            server,
-            codec: Codec::Pcmu,
-            ptime_ms: 20,
-            metadata: Map::new(),
-            streams: vec![(first_id, Channel::Caller), (first_id + 1, Channel::Callee)],
-            resumed: false,
-        }
-    }
-
-    fn drain(s: &mut ForkService) -> Vec<Output> {
-        std::iter::from_fn(|| s.poll_output()).collect()
-    }
-
-    /// Message types sent, as "type:stream_id".
-    fn sent(outs: &[Output]) -> Vec<String> {
-        outs.iter()
-            .filter_map(|o| match o {
-                Output::Send { msg, .. } => {
-                    let v: Value = serde_json::from_str(&msg.to_json()).expect("json");
-                    Some(format!(
-                        "{}:{}",
-                        v["type"].as_str().unwrap_or("?"),
-                        v["stream_id"]
-                    ))
-                }
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn statuses(outs: &[Output]) -> Vec<(ForkStatus, Option<&'static str>)> {
-        outs.iter()
-            .filter_map(|o| match o {
-                Output::Status(e) => Some((e.status, e.error.map(ForkFailure::as_str))),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn connect_id(outs: &[Output]) -> ConnId {
-        outs.iter()
-            .find_map(|o| match o {
-                Output::Connect { conn, .. } => Some(*conn),
-                _ => None,
-            })
-            .expect("a Connect output")
-    }
 
     #[test]
     fn start_precedes_audio_and_first_flag_is_set_once() {
