@@ -397,6 +397,8 @@ mod tests {
     use super::super::*;
     use std::time::Duration;
 
+    use crate::core::alarms::AlarmKind;
+
     #[test]
     fn connect_failures_map_to_reference_strings_and_alarms() {
         let cases = [
