@@ -395,6 +395,7 @@ impl ForkService {
 mod tests {
     use super::super::testing::*;
     use super::super::*;
+    use speech_proto::{PauseReason, StopReason};
     use std::time::Duration;
 
     use crate::core::alarms::AlarmKind;
