@@ -23,6 +23,15 @@
 //!
 //! Audio of a paused stream is never sent: [`ForkService::handle_audio`] answers
 //! [`AudioVerdict::Drop`] with [`DropReason::Paused`], and every drop is counted by reason.
+//!
+//! This file holds the service's state, its ids and outputs; each concern lives in its own
+//! module (all `impl ForkService` blocks over the same state):
+//! - `streams`: per-stream sequencing of the fork requests (start, pause, resume, update,
+//!   stop);
+//! - `media`: admission of audio frames and DTMF;
+//! - `connection`: connection policy, the bridge between the pools and the forks;
+//! - `status`: fork status events and the reference error strings;
+//! - `views`: `show stream-service` snapshots and statistics.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Instant;
