@@ -39,11 +39,14 @@
 //!   calls dark forever, and it never delays anyone else (architecture.md MUST).
 //!
 //! No clock, no sockets, no logging: randomness for the jitter comes from an injected
-//! [`JitterRng`]. Every timer is tested by stepping a fake `now`.
+//! [`rand::RngCore`] (the shell passes an OS-seeded generator, tests a seeded one), as in
+//! turn-core. Every timer is tested by stepping a fake `now`.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::time::{Duration, Instant};
+
+use rand::RngCore;
 
 /// Smallest allowed `calls_threshold` (CUBE `connection calls-threshold` range 1–20).
 pub const MIN_CALLS_THRESHOLD: u32 = 1;
@@ -287,27 +290,6 @@ pub enum ConnState {
     Backoff,
 }
 
-/// Source of randomness for reconnect jitter (injected so tests are deterministic).
-pub trait JitterRng: Send {
-    /// A uniformly distributed 64-bit value.
-    fn next_u64(&mut self) -> u64;
-}
-
-/// SplitMix64 (Steele, Lea, Flood 2014): a small, good-enough generator for jitter. Seed it
-/// from the shell (time or OS randomness); tests use fixed seeds.
-#[derive(Debug, Clone)]
-pub struct SplitMix64(pub u64);
-
-impl JitterRng for SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
-
 /// Per-connection timers (one table per connection, next deadline = minimum).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Timer {
@@ -422,7 +404,7 @@ pub struct PoolStats {
 /// The pool for one speech server.
 pub struct WsPool {
     config: PoolConfig,
-    rng: Box<dyn JitterRng>,
+    rng: Box<dyn RngCore + Send>,
     conns: BTreeMap<ConnHandle, Conn>,
     calls: BTreeMap<CallHandle, Call>,
     next_conn: u32,
@@ -442,7 +424,7 @@ impl fmt::Debug for WsPool {
 
 impl WsPool {
     /// A pool with no connections. Fails if `config` is invalid.
-    pub fn new(config: PoolConfig, rng: Box<dyn JitterRng>) -> Result<Self, PoolError> {
+    pub fn new(config: PoolConfig, rng: Box<dyn RngCore + Send>) -> Result<Self, PoolError> {
         config.validate()?;
         Ok(Self {
             config,
@@ -862,7 +844,7 @@ fn update_stall(c: &mut Conn, now: Instant, limit: usize, stall: Duration) {
 /// Exponential backoff with "equal jitter": base = min(max, initial × 2^(level−1)), delay is
 /// uniform in [base/2, base]. Never zero, so a dead server is never hammered, and spread so
 /// many agents restarting together do not reconnect in lockstep.
-fn backoff_delay(config: &PoolConfig, level: u32, rng: &mut dyn JitterRng) -> Duration {
+fn backoff_delay(config: &PoolConfig, level: u32, rng: &mut dyn RngCore) -> Duration {
     let shift = level.saturating_sub(1).min(30);
     let base = config
         .backoff_initial
@@ -876,6 +858,9 @@ fn backoff_delay(config: &PoolConfig, level: u32, rng: &mut dyn JitterRng) -> Du
 
 #[cfg(test)]
 mod tests {
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
     use super::*;
 
     fn pool(threshold: u32) -> WsPool {
@@ -883,7 +868,7 @@ mod tests {
             calls_threshold: threshold,
             ..PoolConfig::default()
         };
-        WsPool::new(config, Box::new(SplitMix64(7))).expect("valid config")
+        WsPool::new(config, Box::new(StdRng::seed_from_u64(7))).expect("valid config")
     }
 
     /// Base instant for the fake clock; tests only ever add durations to it.
@@ -957,7 +942,7 @@ mod tests {
             ),
         ];
         for (cfg, field) in cases {
-            match WsPool::new(cfg, Box::new(SplitMix64(1))) {
+            match WsPool::new(cfg, Box::new(StdRng::seed_from_u64(1))) {
                 Err(PoolError::InvalidConfig { field: f, .. }) => assert_eq!(f, field),
                 other => panic!("{field}: {other:?}"),
             }
@@ -1127,7 +1112,7 @@ mod tests {
     #[test]
     fn backoff_is_capped() {
         let cfg = PoolConfig::default();
-        let mut rng = SplitMix64(3);
+        let mut rng = StdRng::seed_from_u64(3);
         for level in [7, 8, 20, 40, u32::MAX] {
             let d = backoff_delay(&cfg, level, &mut rng);
             assert!(
@@ -1308,7 +1293,7 @@ mod tests {
             send_queue_limit: 3,
             ..PoolConfig::default()
         };
-        let mut p = WsPool::new(config, Box::new(SplitMix64(1))).expect("valid");
+        let mut p = WsPool::new(config, Box::new(StdRng::seed_from_u64(1))).expect("valid");
         p.handle_stream_wanted(t0, call(1)).expect("ok");
         p.handle_connected(t0, C1).expect("ok");
         drain(&mut p);
@@ -1337,7 +1322,7 @@ mod tests {
             send_queue_limit: 2,
             ..PoolConfig::default()
         };
-        let mut p = WsPool::new(config, Box::new(SplitMix64(1))).expect("valid");
+        let mut p = WsPool::new(config, Box::new(StdRng::seed_from_u64(1))).expect("valid");
         p.handle_stream_wanted(t0, call(1)).expect("ok");
         p.handle_connected(t0, C1).expect("ok");
         drain(&mut p);

@@ -41,7 +41,9 @@ use serde_json::{Map, Value};
 use speech_proto::{Channel, Codec, Control};
 
 use crate::core::alarms::{Alarm, Alarms, ConnHistory, HISTORY_LEN};
-use crate::core::ws_pool::{ConnHandle, JitterRng, PoolConfig, PoolError, WsPool};
+use rand::RngCore;
+
+use crate::core::ws_pool::{ConnHandle, PoolConfig, PoolError, WsPool};
 
 mod connection;
 mod media;
@@ -221,7 +223,7 @@ impl ForkService {
         name: &str,
         host_port: &str,
         config: PoolConfig,
-        rng: Box<dyn JitterRng>,
+        rng: Box<dyn RngCore + Send>,
     ) -> Result<ServerId, SessionError> {
         let pool = WsPool::new(config, rng)?;
         self.servers.push(Server {

@@ -1,11 +1,13 @@
 //! Test fixture shared by the session unit tests: a service with one speech server
 //! (calls threshold 2), fork requests, and helpers that read outputs.
 
+use rand::rngs::StdRng;
+use rand::SeedableRng;
 use serde_json::{Map, Value};
 use speech_proto::{Channel, Codec};
 
 use super::*;
-use crate::core::ws_pool::{PoolConfig, SplitMix64};
+use crate::core::ws_pool::PoolConfig;
 
 /// Base instant for the fake clock; tests only add durations to it.
 #[allow(clippy::disallowed_methods)] // any fixed Instant will do; there is no constructor
@@ -21,7 +23,12 @@ pub(super) fn service(max_attempts: u32) -> (ForkService, ServerId) {
         ..PoolConfig::default()
     };
     let id = svc
-        .add_server("asr", "10.0.0.1:9000", cfg, Box::new(SplitMix64(1)))
+        .add_server(
+            "asr",
+            "10.0.0.1:9000",
+            cfg,
+            Box::new(StdRng::seed_from_u64(1)),
+        )
         .expect("valid");
     (svc, id)
 }

@@ -23,6 +23,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+use rand::{rngs::StdRng, SeedableRng};
 use serde_json::{json, Value};
 use speech_proto::{Dtmf, StopReason};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -34,7 +35,6 @@ use crate::{
         control_api::{Op, Response, StreamServiceShow},
         flows::Fork,
         session::{AudioVerdict, ConnId, ForkRequest, ForkService, Output, ServerId, SessionError},
-        ws_pool::SplitMix64,
         ws_url::WsUrl,
     },
 };
@@ -122,12 +122,7 @@ impl SpeechService {
         let mut targets = Vec::new();
         let mut stats = HashMap::new();
         let mut by_name = HashMap::new();
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0x5eed)
-            ^ u64::from(std::process::id());
-        for (i, s) in servers.iter().enumerate() {
+        for s in servers.iter() {
             let url = WsUrl::parse(&s.url)
                 .map_err(|e| anyhow::anyhow!("speech_server {}: url {e}", s.name))?;
             let tls = if url.secure {
@@ -143,7 +138,9 @@ impl SpeechService {
                     &s.name,
                     &url.host_port(),
                     s.pool_config(),
-                    Box::new(SplitMix64(seed.wrapping_add(i as u64))),
+                    // Reconnect jitter from the OS generator: agents restarted together
+                    // must not share a seed.
+                    Box::new(StdRng::from_entropy()),
                 )
                 .map_err(|e| anyhow::anyhow!("speech_server {}: {e}", s.name))?;
             targets.push(Arc::new(Target {
