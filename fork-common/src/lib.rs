@@ -319,9 +319,9 @@ pub struct FlowStats {
 const _: () = assert!(size_of::<FlowStats>() == 104);
 const _: () = assert!(offset_of!(FlowStats, ssrc) == 96);
 
-/// Tag fork-agent finds in front of every forked frame it reads from AF_XDP. The media program
-/// writes it into XDP metadata (so the relayed copy is untouched), the capture program moves it
-/// into the frame.
+/// Tag fork-agent finds in front of every forked frame it reads from AF_XDP. The relay attaches
+/// it to forked packets (in XDP metadata or in front of the frame: [`ForkPath`]); the capture
+/// program hands the frame to AF_XDP with the tag in front either way.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ForkTag {
@@ -342,6 +342,21 @@ pub struct ForkTag {
 const _: () = assert!(size_of::<ForkTag>() == 20);
 // XDP metadata must be a multiple of 4 bytes.
 const _: () = assert!(size_of::<ForkTag>().is_multiple_of(4));
+
+impl ForkTag {
+    /// The tag at the start of `bytes` (an AF_XDP frame from the capture program), if `bytes` is
+    /// long enough and starts with [`FORK_TAG_MAGIC`]. The kernel writes it in this host's byte
+    /// order, so it is read as the struct it is, not field by field from offsets.
+    pub fn from_prefix(bytes: &[u8]) -> Option<ForkTag> {
+        if bytes.len() < size_of::<ForkTag>() {
+            return None;
+        }
+        // SAFETY: at least size_of::<ForkTag>() bytes are readable, the read is unaligned, and
+        // every bit pattern is a valid ForkTag (#[repr(C)], integers only).
+        let tag = unsafe { core::ptr::read_unaligned(bytes.as_ptr() as *const ForkTag) };
+        (tag.magic == FORK_TAG_MAGIC).then_some(tag)
+    }
+}
 
 /// "XFK1" in little-endian memory order: tag format version 1.
 pub const FORK_TAG_MAGIC: u32 = u32::from_le_bytes(*b"XFK1");

@@ -3,6 +3,7 @@ pub mod alarms;
 pub mod control_api;
 pub mod flows;
 pub mod fork_journal;
+pub mod forked;
 pub mod neigh_dump;
 pub mod route_cache;
 pub mod rtp;

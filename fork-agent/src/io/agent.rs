@@ -17,11 +17,8 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use fork_common::{
-    FlowStats, ForkTag, NeighKey, NeighValue, TurnAction, FORK_TAG_MAGIC, TAG_F_DTMF,
-};
+use fork_common::{FlowStats, NeighKey, NeighValue, TurnAction};
 use serde_json::{json, Value};
-use speech_proto::{AudioHeader, Dtmf};
 use tokio::{
     net::UnixListener,
     sync::{mpsc, oneshot},
@@ -381,11 +378,32 @@ impl Agent {
                     let _ = self.table.stop_fork(&fork.spec.call_guid);
                     return Err(e);
                 }
-                for (key, action) in updates {
-                    self.dp
-                        .flows
-                        .insert(key, action, 0)
-                        .context("enabling fork in FLOWS")?;
+                let mut failed = None;
+                let mut written = Vec::new();
+                for (key, action) in &updates {
+                    match self.dp.flows.insert(key, action, 0) {
+                        Ok(()) => written.push(*key),
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
+                }
+                if let Some(e) = failed {
+                    // All or nothing: the kernel stops forking the flows already switched, the
+                    // table forgets the fork and the speech server is told it ended.
+                    if let Ok((_, undo)) = self.table.stop_fork(&fork.spec.call_guid) {
+                        for (key, action) in undo.iter().filter(|(k, _)| written.contains(k)) {
+                            if let Err(e) = self.dp.flows.insert(key, action, 0) {
+                                warn!(call_guid = %fork.spec.call_guid, "rollback of FLOWS failed: {e}");
+                            }
+                        }
+                    }
+                    let _ = self
+                        .speech
+                        .stop_fork(&fork.spec.call_guid, speech_proto::StopReason::Error);
+                    return Err(anyhow::Error::new(e)
+                        .context("enabling fork in FLOWS (the fork start was rolled back)"));
                 }
                 for (_, local) in &fork.streams {
                     self.sync_fallback_fork(*local);
@@ -853,13 +871,14 @@ impl Agent {
 /// AF_XDP thread: validate the tag, pick out the RTP fields and encode the frame.
 fn on_frame(frame: &[u8], out: &mpsc::Sender<Forked>, stats: &AgentStats) {
     stats.xsk_frames.fetch_add(1, Ordering::Relaxed);
-    let Some(item) = decode_forked(frame) else {
+    let Some(item) = crate::core::forked::from_xsk(frame) else {
         stats.xsk_bad_frames.fetch_add(1, Ordering::Relaxed);
         return;
     };
-    if matches!(item, Forked::Dtmf(_)) {
+    if matches!(item, crate::core::forked::Forked::Dtmf(_)) {
         stats.dtmf_events.fetch_add(1, Ordering::Relaxed);
     }
+    let item = Forked::from(item);
     if out.try_send(item).is_err() {
         stats.media_queue_drops.fetch_add(1, Ordering::Relaxed);
     }
@@ -869,76 +888,6 @@ fn on_frame(frame: &[u8], out: &mpsc::Sender<Forked>, stats: &AgentStats) {
 const ROUTE_CACHE_TTL: Duration = Duration::from_secs(5);
 /// Destinations remembered at most; a contact center has few border elements.
 const ROUTE_CACHE_CAPACITY: usize = 1024;
-
-const TAG_LEN: usize = std::mem::size_of::<ForkTag>();
-
-fn decode_forked(frame: &[u8]) -> Option<Forked> {
-    let tag_bytes = frame.get(..TAG_LEN)?;
-    let u32_at = |o: usize| {
-        u32::from_le_bytes([
-            tag_bytes[o],
-            tag_bytes[o + 1],
-            tag_bytes[o + 2],
-            tag_bytes[o + 3],
-        ])
-    };
-    let u16_at = |o: usize| u16::from_le_bytes([tag_bytes[o], tag_bytes[o + 1]]);
-    if u32_at(0) != FORK_TAG_MAGIC {
-        return None;
-    }
-    let stream_id = u32_at(4);
-    let (rtp_off, payload_off, payload_len, flags) = (
-        u16_at(12) as usize,
-        u16_at(14) as usize,
-        u16_at(16) as usize,
-        u16_at(18),
-    );
-    let eth = &frame[TAG_LEN..];
-    let rtp = eth.get(rtp_off..rtp_off + 12)?;
-    let payload = eth.get(payload_off..payload_off + payload_len)?;
-    forked_item(stream_id, rtp, payload, flags & TAG_F_DTMF != 0)
-}
-
-/// The speech-service item for one RTP packet of `stream_id`: its fixed 12-byte header and
-/// payload, as the kernel's tag or the fallback's classification (core::rtp) found them.
-pub(crate) fn forked_item(
-    stream_id: u32,
-    rtp: &[u8],
-    payload: &[u8],
-    dtmf: bool,
-) -> Option<Forked> {
-    let rtp = rtp.get(..12)?;
-    let seq = u16::from_be_bytes([rtp[2], rtp[3]]);
-    let timestamp = u32::from_be_bytes([rtp[4], rtp[5], rtp[6], rtp[7]]);
-    if dtmf {
-        // RFC 4733 §2.3: event, E|R|volume, duration.
-        let p = payload.get(..4)?;
-        return Some(Forked::Dtmf(Dtmf {
-            stream_id,
-            event: p[0],
-            end: p[1] & 0x80 != 0,
-            duration: u16::from_be_bytes([p[2], p[3]]),
-            timestamp,
-        }));
-    }
-    let hdr = AudioHeader {
-        stream_id,
-        seq,
-        payload_type: rtp[1] & 0x7f,
-        flags: if rtp[1] & 0x80 != 0 {
-            speech_proto::FLAG_MARKER
-        } else {
-            0
-        },
-        timestamp,
-    };
-    let mut out = Vec::with_capacity(speech_proto::AUDIO_HEADER_LEN + payload.len());
-    speech_proto::encode_audio(&mut out, &hdr, payload);
-    Some(Forked::Audio {
-        stream_id,
-        frame: out,
-    })
-}
 
 /// Forward the programs' aya-log records (rare events only: no logging on the hot path).
 async fn flush_ebpf_logs(logger: crate::io::ebpf::Logger) {

@@ -251,11 +251,11 @@ fn fork(dgram: &[u8], f: &ForkTo, stats: &FallbackStats) {
         return;
     };
     let Some(item) =
-        crate::io::agent::forked_item(f.action.stream_id, part.header, part.payload, part.dtmf)
+        crate::core::forked::from_rtp(f.action.stream_id, part.header, part.payload, part.dtmf)
     else {
         return;
     };
-    if f.media.try_send(item).is_ok() {
+    if f.media.try_send(item.into()).is_ok() {
         stats.forked.fetch_add(1, Ordering::Relaxed);
     } else {
         stats.fork_drops.fetch_add(1, Ordering::Relaxed);

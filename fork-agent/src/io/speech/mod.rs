@@ -54,6 +54,23 @@ pub enum Media {
     Dtmf(Dtmf),
 }
 
+impl From<crate::core::forked::Forked<'_>> for Media {
+    /// Encode the speech-protocol frame (the one copy of the payload on the media path).
+    fn from(f: crate::core::forked::Forked<'_>) -> Media {
+        match f {
+            crate::core::forked::Forked::Audio { header, payload } => {
+                let mut frame = Vec::with_capacity(speech_proto::AUDIO_HEADER_LEN + payload.len());
+                speech_proto::encode_audio(&mut frame, &header, payload);
+                Media::Audio {
+                    stream_id: header.stream_id,
+                    frame,
+                }
+            }
+            crate::core::forked::Forked::Dtmf(d) => Media::Dtmf(d),
+        }
+    }
+}
+
 /// What the agent asks of the service.
 #[derive(Debug)]
 pub enum Command {
