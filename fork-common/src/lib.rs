@@ -32,8 +32,8 @@ pub enum ForkPath {
 pub struct Programs {
     /// On media interfaces: relays anchored flows and broadcasts forked packets.
     pub relay: &'static str,
-    /// Devmap program of each media interface in `FORK_PORTS`: keeps only the copy for the
-    /// packet's egress interface.
+    /// Devmap program of each media interface in `TX_PORTS`: keeps only the fork broadcast's
+    /// copy for the packet's egress interface (and untags it); relayed frames pass.
     pub egress: &'static str,
     /// On the fork veth's peer: redirects tagged copies into `XSKS`, tag in front.
     pub capture: &'static str,
@@ -71,7 +71,6 @@ impl ForkPath {
 pub const MAP_FLOWS: &str = "FLOWS";
 pub const MAP_FLOW_STATS: &str = "FLOW_STATS";
 pub const MAP_TX_PORTS: &str = "TX_PORTS";
-pub const MAP_FORK_PORTS: &str = "FORK_PORTS";
 pub const MAP_XSKS: &str = "XSKS";
 pub const MAP_COUNTERS: &str = "COUNTERS";
 pub const MAP_CONFIG: &str = "CONFIG";
@@ -79,11 +78,10 @@ pub const MAP_NEIGHBOURS: &str = "NEIGHBOURS";
 pub const MAP_TURN_CHANNELS: &str = "TURN_CHANNELS";
 pub const MAP_TURN_PEERS: &str = "TURN_PEERS";
 /// Every map fork-agent pins, in a stable order.
-pub const ALL_MAPS: [&str; 10] = [
+pub const ALL_MAPS: [&str; 9] = [
     MAP_FLOWS,
     MAP_FLOW_STATS,
     MAP_TX_PORTS,
-    MAP_FORK_PORTS,
     MAP_XSKS,
     MAP_COUNTERS,
     MAP_CONFIG,
@@ -358,8 +356,12 @@ impl ForkTag {
     }
 }
 
-/// "XFK1" in little-endian memory order: tag format version 1.
-pub const FORK_TAG_MAGIC: u32 = u32::from_le_bytes(*b"XFK1");
+/// Tag format version 2: the bytes `ff 'X' 'F' '2'` in memory order. The first byte has the
+/// Ethernet group bit set, which no relayed frame's destination MAC has (the relay passes
+/// packets whose next hop has a group MAC to the stack), so on the headroom path a frame that
+/// starts with the magic is always a tagged one.
+pub const FORK_TAG_MAGIC: u32 = u32::from_le_bytes([0xff, b'X', b'F', b'2']);
+const _: () = assert!(FORK_TAG_MAGIC.to_le_bytes()[0] & 1 == 1);
 /// The forked packet is an RFC 4733 telephone-event, not audio.
 pub const TAG_F_DTMF: u16 = 1 << 0;
 
@@ -412,7 +414,7 @@ pub enum Reason {
     ForkUntagged = 15,
     /// Devmap egress program: a fork broadcast copy meant for another interface: dropped.
     EgressFiltered = 16,
-    /// Devmap egress program: copy sent.
+    /// Devmap egress program: the fork broadcast's copy for this interface, sent untagged.
     EgressSent = 17,
     /// A fork was wanted but no fork interface is configured: relayed without a clone.
     RelayedForkUnavailable = 18,
@@ -432,16 +434,17 @@ pub enum Reason {
     /// TURN: a layout the kernel does not rewrite (VLAN tag, IPv4 options, padded UDP
     /// ChannelData): passed to the TURN server.
     PassTurnLayout = 25,
-    /// Devmap egress program: a frame in `FORK_PORTS` without a fork tag (nothing but the fork
-    /// broadcast sends there): dropped rather than sent with unknown bytes in front.
-    EgressUntagged = 26,
+    /// Devmap egress program: a relayed frame without a fork tag, sent as it is.
+    EgressPlain = 26,
     /// Devmap egress program, headroom path: the tag could not be taken off: dropped.
     EgressUntagFailed = 27,
+    /// The next hop's MAC is a group address (never a host's): passed, user space relays.
+    PassGroupMac = 28,
 }
 
 impl Reason {
     /// Every reason, in index order.
-    pub const ALL: [Reason; 28] = [
+    pub const ALL: [Reason; 29] = [
         Reason::PassNotIp,
         Reason::PassNotUdp,
         Reason::PassFragment,
@@ -468,8 +471,9 @@ impl Reason {
         Reason::PassTurnNoChannel,
         Reason::PassTurnMalformed,
         Reason::PassTurnLayout,
-        Reason::EgressUntagged,
+        Reason::EgressPlain,
         Reason::EgressUntagFailed,
+        Reason::PassGroupMac,
     ];
 
     /// Stable snake_case name, used as a metrics label and in the CLI.
@@ -501,8 +505,9 @@ impl Reason {
             Reason::PassTurnNoChannel => "pass_turn_no_channel",
             Reason::PassTurnMalformed => "pass_turn_malformed",
             Reason::PassTurnLayout => "pass_turn_layout",
-            Reason::EgressUntagged => "egress_untagged",
+            Reason::EgressPlain => "egress_plain",
             Reason::EgressUntagFailed => "egress_untag_failed",
+            Reason::PassGroupMac => "pass_group_mac",
         }
     }
 }

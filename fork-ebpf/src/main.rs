@@ -4,9 +4,10 @@
 //! - `xdp_relay_*` (media interfaces): relays anchored RTP/RTCP flows entirely in the kernel
 //!   (address/port rewrite, incremental checksums, next hop by `bpf_fib_lookup`, redirect or
 //!   XDP_TX) and, for forked flows, tags the packet and clones it with one devmap broadcast
-//!   (`FORK_PORTS`) to the egress interface and the fork veth.
-//! - `xdp_egress_*` (devmap program on media interfaces in `FORK_PORTS`): drops broadcast copies
-//!   that were not meant for that interface, and takes the tag off the relayed copy.
+//!   (`TX_PORTS`) to the egress interface and the fork veth.
+//! - `xdp_egress_*` (devmap program on the media interfaces in `TX_PORTS`): drops broadcast
+//!   copies that were not meant for that interface, takes the tag off the relayed copy, and lets
+//!   plain relayed frames through.
 //! - `xdp_fork_*` (peer of the fork veth): hands the tagged copy to fork-agent's AF_XDP socket
 //!   with the tag in front of the frame.
 //!
@@ -46,8 +47,7 @@ use fork_common::{
     FLOW_F_TURN_RELAY, FORK_TAG_MAGIC, TAG_F_DTMF, TURN_CHANNEL_MAX, TURN_CHANNEL_MIN,
 };
 use maps::{
-    CONFIG, COUNTERS, FLOWS, FLOW_STATS, FORK_PORTS, NEIGHBOURS, TURN_CHANNELS, TURN_PEERS,
-    TX_PORTS, XSKS,
+    CONFIG, COUNTERS, FLOWS, FLOW_STATS, NEIGHBOURS, TURN_CHANNELS, TURN_PEERS, TX_PORTS, XSKS,
 };
 use parse::{parse_rtp, parse_udp, ptr_at, ptr_at_mut, RtpKind, UdpPacket, ETH_HLEN, UDP_HLEN};
 
@@ -164,6 +164,12 @@ fn resolve_hop(
         stats.with(|s| add(&mut s.passed, 1));
         return Err(Reason::PassEgressUnknown);
     }
+    // A frame relayed to a group MAC could be taken for a headroom tag (whose first byte has the
+    // group bit) by the devmap egress program; no host has one, so leave it to user space.
+    if dmac[0] & 1 != 0 {
+        stats.with(|s| add(&mut s.passed, 1));
+        return Err(Reason::PassGroupMac);
+    }
     Ok((egress, smac, dmac, ingress))
 }
 
@@ -239,7 +245,7 @@ fn relay<const HEAD: bool>(
         return send(egress, ingress, Reason::RelayedForkUnavailable);
     }
     if fork {
-        // One frame to every port in FORK_PORTS: the egress interface and the fork veth; the
+        // One frame to every port in TX_PORTS: the egress interface and the fork veth; the
         // devmap egress program drops copies to any other media interface and untags the one
         // that leaves. Hairpin (egress == ingress) must not exclude the ingress interface.
         let flags = if egress == ingress {
@@ -247,7 +253,7 @@ fn relay<const HEAD: bool>(
         } else {
             BPF_F_BROADCAST | BPF_F_EXCLUDE_INGRESS
         };
-        return Ok(match FORK_PORTS.redirect(0, flags as u64) {
+        return Ok(match TX_PORTS.redirect(0, flags as u64) {
             Ok(act) => Verdict(act, Reason::RelayedForked),
             Err(_) => Verdict(xdp_action::XDP_ABORTED, Reason::AbortedRedirect),
         });
@@ -695,14 +701,13 @@ pub fn xdp_egress_head(ctx: XdpContext) -> u32 {
     finish(devmap_egress::<true>(&ctx))
 }
 
-/// Runs on every copy the fork broadcast sends to a media interface (only tagged frames are
-/// broadcast, to `FORK_PORTS`; plain redirects use `TX_PORTS`, which has no devmap program).
+/// Runs on every frame redirected to a media interface: plain relayed frames and the fork
+/// broadcast's copies alike (one program per device: see maps.rs `TX_PORTS`).
 #[inline(always)]
 fn devmap_egress<const HEAD: bool>(ctx: &XdpContext) -> Verdict {
     let egress = unsafe { (*ctx.ctx).egress_ifindex };
     let Some(tag) = read_tag::<HEAD>(ctx) else {
-        // Not from the fork broadcast: never send a frame whose first bytes may be a tag.
-        return Verdict(xdp_action::XDP_DROP, Reason::EgressUntagged);
+        return Verdict(xdp_action::XDP_PASS, Reason::EgressPlain);
     };
     if tag.egress_ifindex != egress {
         return Verdict(xdp_action::XDP_DROP, Reason::EgressFiltered);

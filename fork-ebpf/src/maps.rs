@@ -20,16 +20,15 @@ pub static FLOWS: HashMap<FlowKey, FlowAction, { MAX_FLOWS as usize }> = HashMap
 #[btf_map]
 pub static FLOW_STATS: Array<FlowStats, { MAX_FLOWS as usize }> = Array::new();
 
-/// Media interfaces by ifindex, without a devmap program. Written by fork-agent at attach, used by
-/// `xdp_relay_*` to check an egress interface and to redirect relayed packets.
+/// Egress interfaces by ifindex: every media interface, each with the fork path's
+/// `xdp_egress_*` devmap program, and the fork veth (without). Written by fork-agent at attach;
+/// used by `xdp_relay_*` to check an egress interface, to redirect relayed packets, and for the
+/// broadcast that clones forked packets. One map for both on purpose: the kernel runs the devmap
+/// program of the first frame queued to a device in a NAPI cycle on the whole bulk queue
+/// (`bq_enqueue` keeps one `xdp_prog` per queue), so every entry of a device must carry the same
+/// program.
 #[btf_map]
 pub static TX_PORTS: DevMapHash<{ MAX_TX_PORTS as usize }> = DevMapHash::new();
-
-/// The fork broadcast's destinations: every media interface, each with the `xdp_egress_*` devmap
-/// program that keeps only the copy for the packet's egress (and untags it), plus the fork veth.
-/// Written by fork-agent at attach, used by `xdp_relay_*` for forked packets only.
-#[btf_map]
-pub static FORK_PORTS: DevMapHash<{ MAX_TX_PORTS as usize }> = DevMapHash::new();
 
 /// AF_XDP sockets of fork-agent by fork-veth RX queue. Written by fork-agent, used by
 /// `xdp_fork_capture`.

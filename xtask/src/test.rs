@@ -116,6 +116,7 @@ struct Stage {
 const HEADROOM_PASS: &[&str] = &[
     "check_kernel",
     "kernel_relay_fork",
+    "kernel_mixed_egress",
     "fallback_fork",
     "fork_",
     "agent_restart",

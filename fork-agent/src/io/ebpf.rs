@@ -20,7 +20,7 @@ use aya::{
 use fork_common::{
     Config as KernelConfig, FlowAction, FlowKey, FlowStats, ForkPath, NeighKey, NeighValue, Reason,
     TurnAction, TurnChannelKey, TurnPeerKey, MAP_CONFIG, MAP_COUNTERS, MAP_FLOWS, MAP_FLOW_STATS,
-    MAP_FORK_PORTS, MAP_NEIGHBOURS, MAP_TURN_CHANNELS, MAP_TURN_PEERS, MAP_TX_PORTS, MAP_XSKS,
+    MAP_NEIGHBOURS, MAP_TURN_CHANNELS, MAP_TURN_PEERS, MAP_TX_PORTS, MAP_XSKS,
 };
 use tracing::{info, warn};
 
@@ -50,7 +50,6 @@ pub struct DataPlane {
     pub flow_stats: Array<MapData, FlowStats>,
     pub counters: PerCpuArray<MapData, u64>,
     pub tx_ports: DevMapHash<MapData>,
-    pub fork_ports: DevMapHash<MapData>,
     pub xsks: XskMap<MapData>,
     pub config: Array<MapData, KernelConfig>,
     pub neighbours: HashMap<MapData, NeighKey, NeighValue>,
@@ -253,7 +252,6 @@ impl DataPlane {
         let flow_stats = Array::try_from(take(MAP_FLOW_STATS)?)?;
         let counters = PerCpuArray::try_from(take(MAP_COUNTERS)?)?;
         let tx_ports = DevMapHash::try_from(take(MAP_TX_PORTS)?)?;
-        let fork_ports = DevMapHash::try_from(take(MAP_FORK_PORTS)?)?;
         let xsks = XskMap::try_from(take(MAP_XSKS)?)?;
         let config = Array::try_from(take(MAP_CONFIG)?)?;
         let neighbours = HashMap::try_from(take(MAP_NEIGHBOURS)?)?;
@@ -266,7 +264,6 @@ impl DataPlane {
             flow_stats,
             counters,
             tx_ports,
-            fork_ports,
             xsks,
             config,
             neighbours,
@@ -376,25 +373,21 @@ impl DataPlane {
         }
         let fork_ifindex = netdev::ifindex(fork_if)?;
         let progs = self.path.programs();
-        // The broadcast's destinations before any relay can broadcast: each media interface with
-        // the egress program of this path, then the fork veth. A restarted agent overwrites the
-        // entries, so the egress program always matches the relay about to be swapped in.
+        // Every media interface with the egress program of this path, before any relay can
+        // broadcast (a restarted agent overwrites the entries, so the egress program always
+        // matches the relay about to be swapped in); then the fork veth, without one.
         for (ifname, ifindex) in interfaces.iter().zip(&ifindexes) {
             let egress_fd = self.xdp(progs.egress)?.fd()?.try_clone()?;
-            self.fork_ports
+            self.tx_ports
                 .insert(*ifindex, *ifindex, Some(&egress_fd), 0)
-                .with_context(|| format!("adding {ifname} to {MAP_FORK_PORTS}"))?;
+                .with_context(|| format!("adding {ifname} to {MAP_TX_PORTS}"))?;
         }
-        self.fork_ports
+        self.tx_ports
             .insert(fork_ifindex, fork_ifindex, None, 0)
-            .with_context(|| format!("adding {fork_if} to {MAP_FORK_PORTS}"))?;
+            .with_context(|| format!("adding {fork_if} to {MAP_TX_PORTS}"))?;
         // Capture next, so the fork veth can take frames before any flow forks.
         self.attach_pinned(progs.capture, &fork_peer, XdpAttachMode::Native)?;
-        for (ifname, ifindex) in interfaces.iter().zip(ifindexes) {
-            // Plain redirects run no devmap program.
-            self.tx_ports
-                .insert(ifindex, ifindex, None, 0)
-                .with_context(|| format!("adding {ifname} to {MAP_TX_PORTS}"))?;
+        for ifname in interfaces {
             self.attach_pinned(progs.relay, ifname, mode)?;
         }
         self.config.set(

@@ -20,6 +20,7 @@ mod install_files;
 mod install_restart_caps;
 mod install_syscalls;
 mod install_units;
+mod kernel_mixed_egress;
 mod kernel_packets_capture;
 mod kernel_packets_parse;
 mod kernel_packets_relay;
