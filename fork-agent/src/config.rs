@@ -80,8 +80,10 @@ pub struct DataplaneConfig {
     /// Frames in the AF_XDP UMEM (power of two).
     #[serde(default = "default_umem_frames")]
     pub umem_frames: u32,
-    /// Seconds without a packet after which a flow is removed (0 = never).
-    #[serde(default)]
+    /// Seconds without a packet after which a flow is removed (0 = never); counted from its
+    /// install when no packet ever came. Default one hour, safe for calls on hold
+    /// (docs/fork-agent.md "Idle flows").
+    #[serde(default = "default_flow_idle_timeout")]
     pub flow_idle_timeout_secs: u64,
     /// How forked packets carry their tag to the capture program (docs/maps.md "Fork path").
     /// The environment variable [`FORK_PATH_ENV`] overrides it (CI forces `headroom` with it).
@@ -251,6 +253,9 @@ const CONTROL_MAX_LINE: std::ops::RangeInclusive<usize> = 1024..=16 * 1024 * 102
 
 fn default_socket() -> PathBuf {
     PathBuf::from("/run/xdpfork/fork-agent.sock")
+}
+fn default_flow_idle_timeout() -> u64 {
+    crate::core::idle::DEFAULT_TIMEOUT_SECS
 }
 fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/xdpfork")

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use crate::core::authz::{Cidr, Policy};
 use crate::core::b2bua::{self, Bind, Route, RoutePattern};
 use crate::core::media::MediaConfig;
+use crate::core::reconcile::Owner;
 use crate::core::session_timer::MIN_SE_FLOOR;
 use crate::core::transaction::{Peer, Transport};
 
@@ -27,6 +28,15 @@ pub const MAX_DURATION_LIMIT_SECS: i64 = 7 * 24 * 3600;
 /// Longest `calls.min_se_secs` accepted (1 day): a minimum this high would refuse most session
 /// timers callers propose (RFC 4028 §4 suggests 1800 s).
 pub const MIN_SE_LIMIT_SECS: i64 = 24 * 3600;
+
+/// Default `state.dir`: the call journal lives here (the unit's `StateDirectory=`).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/xdpfork/sip-agent";
+
+/// Default `state.reconcile_grace_secs` (docs/sip-state.md "Reconciliation").
+pub const DEFAULT_RECONCILE_GRACE_SECS: i64 = 30;
+
+/// Longest `state.reconcile_grace_secs` accepted (1 hour): lost calls keep their flows this long.
+pub const RECONCILE_GRACE_LIMIT_SECS: i64 = 3600;
 
 /// Problems found in a configuration.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +65,51 @@ struct RawConfig {
     security: RawSecurity,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    state: RawState,
+}
+
+/// `[state]`: the call journal and restart reconciliation (docs/sip-state.md).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawState {
+    #[serde(default = "default_state_dir")]
+    dir: String,
+    #[serde(default = "yes")]
+    reconcile: bool,
+    #[serde(default = "default_grace")]
+    reconcile_grace_secs: i64,
+}
+
+impl Default for RawState {
+    fn default() -> Self {
+        Self {
+            dir: default_state_dir(),
+            reconcile: true,
+            reconcile_grace_secs: default_grace(),
+        }
+    }
+}
+
+fn default_state_dir() -> String {
+    DEFAULT_STATE_DIR.into()
+}
+
+fn default_grace() -> i64 {
+    DEFAULT_RECONCILE_GRACE_SECS
+}
+
+/// `[state]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateSettings {
+    /// Directory of `calls.jsonl`; `None` (`dir = ""`) keeps no journal.
+    pub dir: Option<PathBuf>,
+    /// Whether to reconcile with fork-agent at start.
+    pub reconcile: bool,
+    /// How long after start unknown flows and forks are removed.
+    pub reconcile_grace: Duration,
+    /// The media addresses this configuration hands out (what reconciliation may touch).
+    pub owner: Owner,
 }
 
 /// `[security]`: who may send in-dialog and fork requests (docs/security.md).
@@ -315,6 +370,8 @@ pub struct Settings {
     pub tls: Option<TlsSettings>,
     /// Connection, message and admin socket limits.
     pub limits: Limits,
+    /// Call journal and restart reconciliation (`[state]`).
+    pub state: StateSettings,
 }
 
 fn parse_transport(s: &str) -> Option<Transport> {
@@ -551,6 +608,28 @@ impl Settings {
         let security =
             security_policy(&raw.security, &raw.routes, &listen, tls.as_ref(), &mut errs);
         let limits = raw.limits.validate(&mut errs);
+        let reconcile_grace = match raw.state.reconcile_grace_secs {
+            s if (0..=RECONCILE_GRACE_LIMIT_SECS).contains(&s) => {
+                Duration::from_secs(s.unsigned_abs())
+            }
+            s => {
+                errs.push(format!(
+                    "state.reconcile_grace_secs: {s} is outside 0-{RECONCILE_GRACE_LIMIT_SECS} \
+                     (seconds after start before unknown flows are removed)"
+                ));
+                Duration::ZERO
+            }
+        };
+        let state_dir = match raw.state.dir.trim() {
+            "" => None,
+            d if PathBuf::from(d).is_absolute() => Some(PathBuf::from(d)),
+            d => {
+                errs.push(format!(
+                    "state.dir: {d:?} is not an absolute path (or \"\" for no journal)"
+                ));
+                None
+            }
+        };
         let (Some(address), Some(media_ip), Some(media_ports), Some(limits), true) =
             (address, media_ip, media_ports, limits, errs.is_empty())
         else {
@@ -563,6 +642,22 @@ impl Settings {
             }
         }
         let sip_port = transport_ports.first().map(|(_, p)| *p).unwrap_or(5060);
+        let mut media_ips = vec![media_ip];
+        for ip in routes.iter().filter_map(|r| r.bind.map(|b| b.media_ip)) {
+            if !media_ips.contains(&ip) {
+                media_ips.push(ip);
+            }
+        }
+        let state = StateSettings {
+            dir: state_dir,
+            reconcile: raw.state.reconcile,
+            reconcile_grace,
+            owner: Owner {
+                ips: media_ips,
+                first: media_ports.0,
+                last: media_ports.1,
+            },
+        };
         Ok(Settings {
             listen,
             core: b2bua::Config {
@@ -584,6 +679,7 @@ impl Settings {
             },
             tls,
             limits,
+            state,
         })
     }
 }
@@ -746,6 +842,42 @@ forking = false
         assert!(e.iter().any(|l| l.starts_with("tls:")), "{e:?}");
         assert!(
             e.iter().any(|l| l.starts_with("route[1].next_hop")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn state_defaults_and_validation() {
+        let s = Settings::from_toml(GOOD).expect("good");
+        assert_eq!(
+            s.state.dir.as_deref(),
+            Some(std::path::Path::new(DEFAULT_STATE_DIR))
+        );
+        assert!(s.state.reconcile);
+        assert_eq!(s.state.reconcile_grace, Duration::from_secs(30));
+        assert_eq!(
+            s.state.owner,
+            Owner {
+                ips: vec!["10.77.1.1".parse().unwrap(), "10.77.2.1".parse().unwrap()],
+                first: 30000,
+                last: 39999,
+            }
+        );
+        let s = Settings::from_toml(&format!(
+            "{GOOD}\n[state]\ndir = \"\"\nreconcile = false\nreconcile_grace_secs = 0\n"
+        ))
+        .expect("no journal");
+        assert_eq!((s.state.dir, s.state.reconcile), (None, false));
+        let e = errors(&format!(
+            "{GOOD}\n[state]\ndir = \"state\"\nreconcile_grace_secs = -1\n"
+        ));
+        assert!(
+            e.iter().any(|l| l.starts_with("state.dir: \"state\"")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|l| l.starts_with("state.reconcile_grace_secs: -1")),
             "{e:?}"
         );
     }

@@ -4,6 +4,7 @@ pub mod control_api;
 pub mod flows;
 pub mod fork_journal;
 pub mod forked;
+pub mod idle;
 pub mod neigh_dump;
 pub mod route_cache;
 pub mod rtp;

@@ -31,7 +31,7 @@ use crate::{
     core::{
         control_api::{Op, Response},
         flows::{relay_action, FlowTable},
-        fork_journal,
+        fork_journal, idle,
         route_cache::RouteCache,
         turn_offload::{self, ChannelSpec, MapOp, Offloaded, TurnOffload},
     },
@@ -160,7 +160,7 @@ async fn serve(
     let stats = Arc::new(AgentStats::default());
     // AF_XDP reader thread → stream service (io/speech: pools, fork sessions, media routing).
     let (pkt_tx, pkt_rx) = mpsc::channel::<Forked>(65_536);
-    let speech = SpeechService::spawn(&cfg.speech_servers, pkt_rx, events)?;
+    let speech = SpeechService::spawn(&cfg.speech_servers, pkt_rx, events.clone())?;
     let fallback_media = pkt_tx.clone();
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -197,7 +197,15 @@ async fn serve(
         fork_store,
         idle_timeout: Duration::from_secs(d.flow_idle_timeout_secs),
         control_stats,
+        installed_ns: HashMap::new(),
+        events,
     };
+    // Adopted flows count as installed now: their idle time starts with this agent.
+    let started = monotonic_ns();
+    let adopted_locals: Vec<SocketAddr> = agent.table.flows().map(|f| f.local).collect();
+    for local in adopted_locals {
+        agent.installed_ns.insert(local, started);
+    }
     // Adopted flows get their fallback sockets back.
     let adopted_flows: Vec<_> = agent
         .table
@@ -313,6 +321,12 @@ struct Agent {
     idle_timeout: Duration,
     /// The control socket's connection counters.
     control_stats: Arc<conn_limits::io::gate::GateStats>,
+    /// When each flow was installed or adopted (CLOCK_MONOTONIC ns), for the idle timeout of
+    /// flows that never saw a packet.
+    installed_ns: HashMap<SocketAddr, u64>,
+    /// Status events for `subscribe`rs (`flow_removed` from here, `fork_status` from the stream
+    /// service).
+    events: tokio::sync::broadcast::Sender<String>,
 }
 
 impl Agent {
@@ -330,6 +344,7 @@ impl Agent {
                 match self.install_flow(&flow, key, entry.stats_index) {
                     Ok(()) => {
                         info!(local = %flow.local, dst = %flow.dst, "flow installed in kernel");
+                        self.installed_ns.insert(flow.local, monotonic_ns());
                         // The kernel relays; the fallback catches what it hands to the stack.
                         let fallback = match self.fallback.add(
                             flow.local,
@@ -358,6 +373,7 @@ impl Agent {
             Op::FlowDel { local } => {
                 let src = self.table.flows().find(|f| f.local == local).map(|f| f.src);
                 let key = self.table.remove(local)?;
+                self.installed_ns.remove(&local);
                 self.dp
                     .flows
                     .remove(&key)
@@ -825,31 +841,62 @@ impl Agent {
         }))
     }
 
+    /// Removes the flows idle past `flow_idle_timeout_secs` (core::idle), tells subscribers
+    /// (`flow_removed`, so sip-agent releases the call), and stops the forks left without any
+    /// flow (reason `call_end`), forked flows included: a media-dead call must not keep its
+    /// fork either.
     fn expire_idle(&mut self) {
         let now = monotonic_ns();
-        let limit = self.idle_timeout.as_nanos() as u64;
-        let idle: Vec<SocketAddr> = self
+        let activity: Vec<idle::FlowActivity> = self
             .table
             .flows()
-            .filter(|f| f.stream_id.is_none())
-            .filter(|f| {
-                let s = self
+            .map(|f| idle::FlowActivity {
+                local: f.local,
+                last_seen_ns: self
                     .dp
                     .flow_stats
                     .get(&f.stats_index, 0)
-                    .unwrap_or_default();
-                s.last_seen_ns != 0 && now.saturating_sub(s.last_seen_ns) > limit
+                    .unwrap_or_default()
+                    .last_seen_ns,
+                installed_ns: self.installed_ns.get(&f.local).copied().unwrap_or(now),
             })
-            .map(|f| f.local)
             .collect();
-        for local in idle {
+        let limit = u64::try_from(self.idle_timeout.as_nanos()).unwrap_or(u64::MAX);
+        let idle = idle::idle_flows(&activity, now, limit);
+        if idle.is_empty() {
+            return;
+        }
+        for local in &idle {
+            let local = *local;
             let src = self.table.flows().find(|f| f.local == local).map(|f| f.src);
             if let Ok(key) = self.table.remove(local) {
                 let _ = self.dp.flows.remove(&key);
                 if let Some(src) = src {
                     self.fallback.remove(local, src);
                 }
-                info!(%local, "flow removed after idle timeout");
+                self.installed_ns.remove(&local);
+                info!(%local, idle_secs = self.idle_timeout.as_secs(), "flow removed after idle timeout");
+                let ev = json!({"event": "flow_removed", "local": local, "reason": "idle"});
+                // No subscriber is fine: nobody to tell.
+                let _ = self.events.send(ev.to_string());
+            }
+        }
+        let orphaned = idle::forks_without_flows(
+            self.table
+                .forks()
+                .map(|f| (f.spec.call_guid.as_str(), f.streams.as_slice())),
+            |l| self.table.flow(l).is_some(),
+        );
+        for guid in orphaned {
+            if let Ok((fork, _)) = self.table.stop_fork(&guid) {
+                info!(call_guid = %guid, "fork stopped: all its flows idled out");
+                if let Err(e) = self
+                    .speech
+                    .stop_fork(&fork.spec.call_guid, speech_proto::StopReason::CallEnd)
+                {
+                    warn!(call_guid = %guid, "stop not sent: {e:#}");
+                }
+                self.record_fork(&fork_journal::Entry::Stop { call_guid: guid });
             }
         }
     }

@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use rand::RngCore;
 use rsip::{Header, Method, Request, Response, SipMessage};
+use serde::{Deserialize, Serialize};
 use tracing::{debug, info, trace};
 
 use crate::core::authz::{self, PeerIdentities, SecurityCounters};
@@ -58,7 +59,7 @@ pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO";
 pub struct CallHandle(pub u32);
 
 /// A side of a call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Leg {
     /// The inbound leg (calling party).
     A,
@@ -128,7 +129,7 @@ pub struct Route {
 }
 
 /// Local addresses one leg of a call uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Bind {
     /// IP written in Via, Contact and Call-ID host (the port comes from the transport, see
     /// [`Config::transport_ports`]).
@@ -165,6 +166,9 @@ pub trait PortAllocator {
     fn allocate(&mut self, call: CallHandle, leg: Leg) -> Option<u16>;
     /// Gives a port back.
     fn release(&mut self, port: u16);
+    /// Marks `port` in use without a call asking for it (a call restored from the journal, or
+    /// a port an unknown flow still holds); false when it was in use already or is not ours.
+    fn reserve(&mut self, port: u16) -> bool;
 }
 
 /// One leg's negotiated audio as the fork/relay layer needs it.
@@ -221,7 +225,14 @@ pub enum EndReason {
     SessionExpired,
     /// The call reached [`Config::max_call_duration`]; BYE sent on both legs.
     MaxDuration,
+    /// fork-agent removed one of the call's RTP flows because no packet had arrived for its
+    /// idle timeout (docs/fork-agent.md "Idle flows"); BYE sent on both legs.
+    MediaTimeout,
 }
+
+/// The Reason header on the BYEs of a call released for dead media: Q.850 cause 102,
+/// "recovery on timer expiry", the cause the maximum duration uses too, with its own text.
+pub const REASON_MEDIA_TIMEOUT: &str = "Q.850;cause=102;text=\"Media timeout\"";
 
 impl EndReason {
     /// The RFC 3326 Reason header value for BYEs sent because of this reason, if any.
@@ -229,6 +240,7 @@ impl EndReason {
         match self {
             EndReason::SessionExpired => Some(CallTimer::SessionExpires.reason_header()),
             EndReason::MaxDuration => Some(CallTimer::MaxDuration.reason_header()),
+            EndReason::MediaTimeout => Some(REASON_MEDIA_TIMEOUT),
             _ => None,
         }
     }
@@ -298,6 +310,68 @@ pub enum B2buaError {
     /// A status report for a call that never had a fork request.
     #[error("call has no fork controller")]
     NoForkController,
+    /// [`B2bua::release`] of a call that is not established yet.
+    #[error("call is not established")]
+    NotEstablished,
+}
+
+/// Why [`B2bua::restore`] refused a journalled call.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RestoreError {
+    /// A live call already has this handle.
+    #[error("call {0} exists already")]
+    DuplicateCall(u32),
+    /// A live call already has one of its dialogs (Call-ID and our tag).
+    #[error("a dialog of call {0} belongs to another call")]
+    DialogInUse(u32),
+    /// A leg has no peer tag: the call was never established.
+    #[error("call {0} has an unconfirmed dialog")]
+    NotEstablished(u32),
+    /// Its media port is in use or outside the port range.
+    #[error("media port {port} of call {call} is taken or outside the range")]
+    PortUnavailable {
+        /// Call.
+        call: u32,
+        /// Port.
+        port: u16,
+    },
+}
+
+/// What the journal keeps of an established call (docs/sip-state.md): both dialogs (Call-IDs,
+/// tags, CSeqs, remote targets, route sets and the transport peers the authorization rules
+/// check), the anchored media and the fork sequence. It is enough to answer a BYE on one leg and
+/// send one on the other, to refuse requests from outside the dialog exactly as before the
+/// restart, and to go on relaying re-INVITEs and fork requests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallSnapshot {
+    /// The [`CallHandle`] number.
+    pub call: u32,
+    /// Leg A's dialog.
+    pub a: Dialog,
+    /// Leg B's dialog.
+    pub b: Dialog,
+    /// Whether the route allows forking.
+    pub route_forking: bool,
+    /// Our RTP port per leg (A, B).
+    pub ports: [u16; 2],
+    /// Our addresses per leg.
+    pub binds: [Bind; 2],
+    /// Each leg's peer's audio, as last negotiated.
+    pub media: [Option<AudioMedia>; 2],
+    /// SDP `o=` version we last sent.
+    pub sdp_version: u64,
+    /// SDP `o=` session id.
+    pub session_id: u64,
+    /// The fork request sequence (active fork GUID, carrier).
+    pub fork: ForkSequence,
+    /// The leg the controller talks on.
+    pub fork_leg: Option<Leg>,
+    /// The call forked successfully once (licensing).
+    pub enhanced: bool,
+    /// The RFC 4028 interval in force, seconds.
+    pub session_interval_secs: Option<u64>,
+    /// CSeq of our INVITE on leg B (ACKs of its 2xx reuse it).
+    pub b_invite_cseq: u32,
 }
 
 /// Call counts as the reference's licensing section defines them: a call is Standard until a
@@ -349,8 +423,9 @@ struct Call {
     a: Dialog,
     b: Dialog,
     route_forking: bool,
-    a_invite: Request,
-    a_invite_tx: TxHandle,
+    /// The caller's INVITE and its server transaction, while it can still be answered; `None`
+    /// for a call restored from the journal (it was answered before the restart).
+    a_invite: Option<(TxHandle, Request)>,
     b_invite_tx: Option<TxHandle>,
     b_invite_via: String,
     b_invite_to: String,
@@ -369,6 +444,9 @@ struct Call {
     counted: bool,
     /// Session expiry and maximum duration deadlines (mirrored in `B2bua::deadlines`).
     timers: CallTimers,
+    /// The RFC 4028 interval of the last 2xx that armed the session timer (journalled, so a
+    /// restored call is armed again).
+    session_interval: Option<Duration>,
 }
 
 impl Call {
@@ -381,6 +459,11 @@ impl Call {
     /// Port a leg's peer sends to.
     fn port(&self, leg: Leg) -> u16 {
         self.ports[leg as usize]
+    }
+    /// The caller's INVITE transaction, its request and our leg A tag, while answerable.
+    fn a_setup(&self) -> Option<(TxHandle, Request, String)> {
+        let (tx, inv) = self.a_invite.as_ref()?;
+        Some((*tx, inv.clone(), self.a.local_tag.clone()))
     }
 }
 
@@ -433,6 +516,8 @@ pub struct B2bua<P: PortAllocator> {
     /// Every armed per-call timer, soonest first; each entry mirrors a `Call::timers` slot so
     /// `poll_timeout` is a lookup rather than a scan over calls.
     deadlines: BTreeSet<(Instant, CallHandle, CallTimer)>,
+    /// Calls whose journalled state changed since the last [`B2bua::take_changed`].
+    changed: BTreeSet<CallHandle>,
 }
 
 const SDP: &str = "application/sdp";
@@ -489,7 +574,146 @@ impl<P: PortAllocator> B2bua<P> {
             security: SecurityCounters::default(),
             counts: CallCounts::default(),
             deadlines: BTreeSet::new(),
+            changed: BTreeSet::new(),
         }
+    }
+
+    /// Calls whose [`CallSnapshot`] may have changed (or that ended) since the last call: the
+    /// shell journals [`B2bua::snapshot`] of each, or its end when that is `None`. Drain after
+    /// every input, with [`B2bua::poll_output`].
+    #[must_use]
+    pub fn take_changed(&mut self) -> Vec<CallHandle> {
+        std::mem::take(&mut self.changed).into_iter().collect()
+    }
+
+    fn touch(&mut self, call: CallHandle) {
+        self.changed.insert(call);
+    }
+
+    /// The journal record of an established call; `None` for a call still being set up (not
+    /// journalled: it has no flows yet) or gone.
+    pub fn snapshot(&self, call: CallHandle) -> Option<CallSnapshot> {
+        let c = self.calls.get(&call)?;
+        if c.state != CallState::Established {
+            return None;
+        }
+        Some(CallSnapshot {
+            call: call.0,
+            a: c.a.clone(),
+            b: c.b.clone(),
+            route_forking: c.route_forking,
+            ports: c.ports,
+            binds: c.binds,
+            media: c.media.clone(),
+            sdp_version: c.sdp_version,
+            session_id: c.session_id,
+            fork: c.fork.clone(),
+            fork_leg: c.fork_leg,
+            enhanced: c.enhanced,
+            session_interval_secs: c.session_interval.map(|d| d.as_secs()),
+            b_invite_cseq: c.b_invite_cseq,
+        })
+    }
+
+    /// Brings back an established call from the journal after a restart. Its dialogs go through
+    /// the same matching and source rules as before ([`Config::security`]), its ports are
+    /// reserved in the allocator, and its session timer and maximum duration are armed again
+    /// counting from `now` (the journal holds no clock reading, so a restart can only lengthen
+    /// them). Emits nothing: its flows and fork are still in fork-agent.
+    pub fn restore(&mut self, now: Instant, snap: CallSnapshot) -> Result<(), RestoreError> {
+        let id = snap.call;
+        let call = CallHandle(id);
+        if self.calls.contains_key(&call) {
+            return Err(RestoreError::DuplicateCall(id));
+        }
+        if snap.a.remote_tag.is_none() || snap.b.remote_tag.is_none() {
+            return Err(RestoreError::NotEstablished(id));
+        }
+        let keys = [
+            (snap.a.call_id.clone(), snap.a.local_tag.clone()),
+            (snap.b.call_id.clone(), snap.b.local_tag.clone()),
+        ];
+        if keys[0] == keys[1] || keys.iter().any(|k| self.by_dialog.contains_key(k)) {
+            return Err(RestoreError::DialogInUse(id));
+        }
+        for (i, &port) in snap.ports.iter().enumerate() {
+            if !self.ports.reserve(port) {
+                for &p in &snap.ports[..i] {
+                    self.ports.release(p);
+                }
+                return Err(RestoreError::PortUnavailable { call: id, port });
+            }
+        }
+        let [ka, kb] = keys;
+        self.by_dialog.insert(ka, (call, Leg::A));
+        self.by_dialog.insert(kb, (call, Leg::B));
+        self.next_call = self.next_call.max(id);
+        self.counts.aggregate += 1;
+        if snap.enhanced {
+            self.counts.enhanced += 1;
+        }
+        self.counts.bump();
+        let session_interval = snap.session_interval_secs.map(Duration::from_secs);
+        self.calls.insert(
+            call,
+            Call {
+                state: CallState::Established,
+                a: snap.a,
+                b: snap.b,
+                route_forking: snap.route_forking,
+                a_invite: None,
+                b_invite_tx: None,
+                // Only a CANCEL uses these, and an established call is never cancelled.
+                b_invite_via: String::new(),
+                b_invite_to: String::new(),
+                b_invite_cseq: snap.b_invite_cseq,
+                b_provisional: true,
+                cancel_pending: false,
+                ports: snap.ports,
+                binds: snap.binds,
+                media: snap.media,
+                sdp_version: snap.sdp_version,
+                session_id: snap.session_id,
+                fork: snap.fork,
+                fork_leg: snap.fork_leg,
+                enhanced: snap.enhanced,
+                counted: true,
+                timers: CallTimers::default(),
+                session_interval,
+            },
+        );
+        if let Some(interval) = session_interval {
+            let at = session_timer::bye_deadline(now, interval);
+            self.set_timer(call, CallTimer::SessionExpires, Some(at));
+        }
+        if let Some(max) = self.cfg.max_call_duration {
+            self.set_timer(call, CallTimer::MaxDuration, Some(now + max));
+        }
+        Ok(())
+    }
+
+    /// Ends an established call from outside SIP (fork-agent removed its media as dead): BYE
+    /// on both legs with `reason`'s Reason header, then the usual teardown events.
+    pub fn release(
+        &mut self,
+        now: Instant,
+        call: CallHandle,
+        reason: EndReason,
+    ) -> Result<(), B2buaError> {
+        let c = self.calls.get(&call).ok_or(B2buaError::UnknownCall)?;
+        if c.state != CallState::Established {
+            return Err(B2buaError::NotEstablished);
+        }
+        info!(?call, call_id = %c.a.call_id, ?reason, "releasing call: BYE on both legs");
+        self.hangup(now, call, None, reason);
+        self.pump(now);
+        Ok(())
+    }
+
+    /// `leg`'s negotiated media of a live call (what `SessionEvent::MediaUp` carried), for
+    /// restoring the media layer next to [`B2bua::restore`].
+    pub fn negotiated_media(&self, call: CallHandle, leg: Leg) -> Option<NegotiatedMedia> {
+        self.negotiated(call, leg)
     }
 
     /// Next transmit or session event. Drain until `None` after every `handle_*` call.
@@ -549,6 +773,11 @@ impl<P: PortAllocator> B2bua<P> {
     /// The port allocator (tests and the shell inspect it).
     pub fn ports(&self) -> &P {
         &self.ports
+    }
+
+    /// The port allocator, to reserve ports no call asked for (restart reconciliation).
+    pub fn ports_mut(&mut self) -> &mut P {
+        &mut self.ports
     }
 
     /// Requests refused by the security policy since start.
@@ -727,6 +956,7 @@ impl<P: PortAllocator> B2bua<P> {
     ) -> Result<(), B2buaError> {
         let c = self.calls.get_mut(&call).ok_or(B2buaError::UnknownCall)?;
         let leg = c.fork_leg.ok_or(B2buaError::NoForkController)?;
+        self.changed.insert(call);
         match report.state {
             ForkState::Started if !c.enhanced => {
                 c.enhanced = true;
@@ -825,7 +1055,9 @@ impl<P: PortAllocator> B2bua<P> {
                 let Some(c) = self.calls.get(&call) else {
                     return;
                 };
-                let (atx, inv, tag) = (c.a_invite_tx, c.a_invite.clone(), c.a.local_tag.clone());
+                let Some((atx, inv, tag)) = c.a_setup() else {
+                    return self.end_call(call, reason);
+                };
                 if self.tl.can_respond(atx) {
                     let code = if reason == EndReason::Timeout {
                         408
@@ -1123,8 +1355,7 @@ impl<P: PortAllocator> B2bua<P> {
                 a,
                 b,
                 route_forking: route.forking,
-                a_invite: req,
-                a_invite_tx: tx,
+                a_invite: Some((tx, req)),
                 b_invite_tx: Some(b_tx),
                 b_invite_via: via,
                 b_invite_to,
@@ -1141,6 +1372,7 @@ impl<P: PortAllocator> B2bua<P> {
                 enhanced: false,
                 counted: false,
                 timers: CallTimers::default(),
+                session_interval: None,
             },
         );
     }
@@ -1160,8 +1392,10 @@ impl<P: PortAllocator> B2bua<P> {
         if c.state != CallState::Proceeding || !self.tl.can_respond(inv_tx) {
             return; // already answered: the CANCEL has no effect (§9.2)
         }
+        let Some((_, inv, tag)) = c.a_setup() else {
+            return;
+        };
         c.state = CallState::Cancelling;
-        let (inv, tag) = (c.a_invite.clone(), c.a.local_tag.clone());
         // §9.1: CANCEL only after a provisional response; otherwise wait for one.
         if c.b_provisional {
             self.send_cancel_b(now, call);
@@ -1258,7 +1492,9 @@ impl<P: PortAllocator> B2bua<P> {
             let Some(c) = self.calls.get(&call) else {
                 return;
             };
-            let (atx, inv, tag) = (c.a_invite_tx, c.a_invite.clone(), c.a.local_tag.clone());
+            let Some((atx, inv, tag)) = c.a_setup() else {
+                return;
+            };
             let contact = Header::Other(
                 "Contact".into(),
                 self.contact(c.a.peer.transport, c.binds[Leg::A as usize]),
@@ -1277,8 +1513,10 @@ impl<P: PortAllocator> B2bua<P> {
         }
         if code >= 300 {
             let state = c.state;
-            let (atx, inv, tag) = (c.a_invite_tx, c.a_invite.clone(), c.a.local_tag.clone());
-            if state == CallState::Proceeding && self.tl.can_respond(atx) {
+            if let Some((atx, inv, tag)) = c
+                .a_setup()
+                .filter(|(atx, _, _)| state == CallState::Proceeding && self.tl.can_respond(*atx))
+            {
                 // Relay the failure code; 6xx and 4xx keep their class (§16.7 style). A 422
                 // keeps its Min-SE so the caller can retry with a longer interval (RFC 4028 §6).
                 let extra = session_timer::forward_response(code, &resp.headers);
@@ -1320,12 +1558,15 @@ impl<P: PortAllocator> B2bua<P> {
             }
             CallState::Proceeding if first => {
                 c.state = CallState::Established;
+                self.changed.insert(call);
                 let body = self.answer_for_a(call, &resp);
                 let Some(c) = self.calls.get_mut(&call) else {
                     return;
                 };
                 c.counted = true;
-                let (atx, inv, tag) = (c.a_invite_tx, c.a_invite.clone(), c.a.local_tag.clone());
+                let Some((atx, inv, tag)) = c.a_setup() else {
+                    return;
+                };
                 let transport = c.a.peer.transport;
                 let bind = c.binds[Leg::A as usize];
                 let contact = Header::Other("Contact".into(), self.contact(transport, bind));
@@ -1449,6 +1690,9 @@ impl<P: PortAllocator> B2bua<P> {
     fn arm_session_timer(&mut self, now: Instant, call: CallHandle, resp: &Response) {
         let se = SessionExpires::from_headers(&resp.headers);
         let at = se.map(|se| session_timer::bye_deadline(now, se.interval));
+        if let Some(c) = self.calls.get_mut(&call) {
+            c.session_interval = se.map(|se| se.interval);
+        }
         if let Some(se) = se {
             debug!(?call, interval = se.interval.as_secs(), refresher = ?se.refresher, "session timer armed");
         }
@@ -1465,6 +1709,7 @@ impl<P: PortAllocator> B2bua<P> {
     }
 
     fn end_call(&mut self, call: CallHandle, reason: EndReason) {
+        self.touch(call);
         for t in CallTimer::ALL {
             self.set_timer(call, t, None);
         }
@@ -1506,6 +1751,7 @@ impl<P: PortAllocator> B2bua<P> {
         req: Request,
         cseq: u32,
     ) {
+        self.touch(call);
         let Some(c) = self.calls.get_mut(&call) else {
             return self.respond(now, tx, &req, 481, None, None, vec![], None);
         };
@@ -1612,6 +1858,7 @@ impl<P: PortAllocator> B2bua<P> {
         sdp: Option<Vec<u8>>,
     ) {
         let to = from.other();
+        self.touch(call);
         let via = self.leg_via(call, to);
         let contact = self.contact(self.leg_transport(call, to), self.bind_of(call, to));
         let media_ip = self.bind_of(call, to).media_ip;
@@ -1699,6 +1946,7 @@ impl<P: PortAllocator> B2bua<P> {
     ) {
         let code = resp.status_code.code();
         let to = from.other();
+        self.touch(call);
         let media_ip = self.bind_of(call, from).media_ip;
         let mut body: Option<(String, Vec<u8>)> = None;
         let mut changed = Vec::new();
@@ -1851,6 +2099,7 @@ impl<P: PortAllocator> B2bua<P> {
     }
 
     fn send_status(&mut self, now: Instant, call: CallHandle, leg: Leg, report: &StatusReport) {
+        self.touch(call);
         let via = self.leg_via(call, leg);
         let Some(c) = self.calls.get_mut(&call) else {
             return;
@@ -1900,6 +2149,8 @@ impl Call {
     }
 }
 
+#[cfg(test)]
+mod restart_tests;
 #[cfg(test)]
 mod security_tests;
 #[cfg(test)]

@@ -62,6 +62,13 @@ impl CallCounter {
         self.update_peaks();
     }
 
+    /// A call restored from the journal after a restart (docs/sip-state.md) counts again, as
+    /// Enhanced when it had forked.
+    pub fn restore(&mut self, call: CallHandle, enhanced: bool) {
+        self.calls.insert(call, enhanced);
+        self.update_peaks();
+    }
+
     /// A STARTED report makes the call Enhanced (reference: successful = START sent to the
     /// speech server and a session created).
     pub fn handle_fork_status(&mut self, call: CallHandle, report: &StatusReport) {

@@ -13,7 +13,7 @@ use crate::core::message;
 use crate::core::transaction::Peer;
 
 /// State of one leg's dialog.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Dialog {
     /// Call-ID of this leg.
     pub call_id: String,

@@ -476,7 +476,8 @@ fn valid_host(host: &str) -> bool {
 }
 
 /// Which SIP request carried the fork request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Carrier {
     /// INFO with `application/x-cisco-record+json`.
     Info,
@@ -507,7 +508,7 @@ pub enum ForkCommand {
 /// Fork Request" and "GUID Mismatch", and the "Restrictions" and "UPDATE Message" sections).
 ///
 /// `apply` only moves state on success, so a rejected request leaves the call as it was.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ForkSequence {
     /// GUID of the active fork, if one is active.
     active: Option<String>,

@@ -22,10 +22,10 @@
 //!
 //! This layer has no timers (fork-agent owns stream inactivity), hence no clock input.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tracing::{debug, warn};
 
@@ -53,7 +53,7 @@ pub struct MediaConfig {
 pub struct JobId(pub u64);
 
 /// `flow_add`'s `flow` object.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowSpec {
     /// Packets arriving here ...
     pub local: SocketAddr,
@@ -66,7 +66,7 @@ pub struct FlowSpec {
     /// Payload types forked as audio.
     pub payload_types: Vec<u8>,
     /// RFC 4733 telephone-event payload type.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dtmf_pt: Option<u8>,
 }
 
@@ -144,6 +144,10 @@ pub enum ControlOp {
         /// New metadata.
         metadata: Map<String, Value>,
     },
+    /// List fork-agent's flows (restart reconciliation, core::reconcile).
+    ShowFlows,
+    /// List fork-agent's forks (restart reconciliation).
+    ShowForks,
 }
 
 impl ControlOp {
@@ -230,6 +234,50 @@ struct Fork {
     streams: [Option<SocketAddr>; 2],
 }
 
+/// What the journal keeps of a call's media layer state (docs/sip-state.md): the flows asked
+/// for and the fork, so a restarted agent removes exactly those when the call ends.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaSnapshot {
+    /// Flows asked for, as sent in `flow_add`.
+    pub flows: Vec<FlowSpec>,
+    /// The call's fork, if one was started and not stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fork: Option<ForkSnapshot>,
+}
+
+/// A journalled fork.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForkSnapshot {
+    /// Call GUID.
+    pub call_guid: String,
+    /// G.711 law it runs with (`PCMU`/`PCMA`).
+    pub codec: String,
+    /// The law the START asked for, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested: Option<String>,
+    /// Paused (or being paused) rather than running.
+    pub paused: bool,
+    /// The flows (`local`) carrying the caller and callee streams.
+    pub streams: [Option<SocketAddr>; 2],
+}
+
+/// A fork-agent flow sip-agent stopped asking for because fork-agent removed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemovedFlow {
+    /// The call it belonged to.
+    pub call: CallHandle,
+    /// An RTP flow (its removal means dead media); RTCP flows may idle out on a live call.
+    pub rtp: bool,
+}
+
+fn law_name(s: &str) -> &'static str {
+    if s == "PCMA" {
+        "PCMA"
+    } else {
+        "PCMU"
+    }
+}
+
 #[derive(Debug, Default)]
 struct CallMedia {
     legs: [Option<NegotiatedMedia>; 2],
@@ -257,6 +305,8 @@ pub struct MediaLayer {
     jobs: HashMap<JobId, (CallHandle, Purpose)>,
     next_job: u64,
     out: VecDeque<MediaOutput>,
+    /// Calls whose [`MediaSnapshot`] may have changed since [`MediaLayer::take_changed`].
+    changed: BTreeSet<CallHandle>,
 }
 
 fn local(m: &NegotiatedMedia) -> SocketAddr {
@@ -349,7 +399,93 @@ impl MediaLayer {
             jobs: HashMap::new(),
             next_job: 0,
             out: VecDeque::new(),
+            changed: BTreeSet::new(),
         }
+    }
+
+    /// Calls whose [`MediaLayer::snapshot`] may have changed since the last call (the shell
+    /// journals them with the B2BUA's part).
+    #[must_use]
+    pub fn take_changed(&mut self) -> Vec<CallHandle> {
+        std::mem::take(&mut self.changed).into_iter().collect()
+    }
+
+    /// The journal record of a call's flows and fork (empty for a call without media).
+    pub fn snapshot(&self, call: CallHandle) -> MediaSnapshot {
+        let Some(c) = self.calls.get(&call) else {
+            return MediaSnapshot::default();
+        };
+        MediaSnapshot {
+            flows: c.flows.values().cloned().collect(),
+            fork: c.fork.as_ref().map(|f| ForkSnapshot {
+                call_guid: f.guid.clone(),
+                codec: f.codec.to_string(),
+                requested: f.requested.map(str::to_string),
+                paused: matches!(f.phase, Phase::Pausing | Phase::Paused),
+                streams: f.streams,
+            }),
+        }
+    }
+
+    /// Brings back a journalled call after a restart: its legs' media (from the restored
+    /// B2BUA), the flows it had asked for and its fork, without sending anything (they are
+    /// still in fork-agent). A fork caught between two states is taken as running or paused;
+    /// the next media event or the call's end acts on it as usual.
+    pub fn restore(
+        &mut self,
+        call: CallHandle,
+        legs: [Option<NegotiatedMedia>; 2],
+        snap: MediaSnapshot,
+    ) {
+        let fork = snap.fork.map(|f| Fork {
+            guid: f.call_guid,
+            phase: if f.paused {
+                Phase::Paused
+            } else {
+                Phase::Active
+            },
+            codec: law_name(&f.codec),
+            requested: f.requested.as_deref().map(law_name),
+            streams: f.streams,
+        });
+        self.calls.insert(
+            call,
+            CallMedia {
+                legs,
+                flows: snap.flows.into_iter().map(|f| (f.local, f)).collect(),
+                fork,
+            },
+        );
+    }
+
+    /// Every flow `local` and fork GUID the live calls stand for, as restart reconciliation
+    /// must keep them (core::reconcile).
+    pub fn known(&self) -> crate::core::reconcile::Known {
+        let mut k = crate::core::reconcile::Known::default();
+        for c in self.calls.values() {
+            k.flows.extend(c.flows.keys().copied());
+            if let Some(f) = &c.fork {
+                k.forks.insert(f.guid.clone());
+                k.flows.extend(f.streams.iter().flatten().copied());
+            }
+        }
+        k
+    }
+
+    /// fork-agent removed the flow at `local` on its own (idle timeout, its `flow_removed`
+    /// event). The flow is forgotten, so the call's end does not ask to delete it again; the
+    /// answer says whose it was and whether it carried RTP (the shell then releases the call).
+    pub fn handle_flow_removed(&mut self, local: SocketAddr) -> Option<RemovedFlow> {
+        let (&call, c) = self
+            .calls
+            .iter_mut()
+            .find(|(_, c)| c.flows.contains_key(&local))?;
+        let spec = c.flows.remove(&local)?;
+        self.changed.insert(call);
+        Some(RemovedFlow {
+            call,
+            rtp: !spec.rtcp,
+        })
     }
 
     /// Next output; drain until `None` after every `handle_*` call.
@@ -369,6 +505,7 @@ impl MediaLayer {
     }
 
     fn control(&mut self, call: CallHandle, purpose: Purpose, op: ControlOp) {
+        self.changed.insert(call);
         self.next_job += 1;
         let job = JobId(self.next_job);
         self.jobs.insert(job, (call, purpose));
@@ -644,6 +781,7 @@ impl MediaLayer {
         let Some((call, purpose)) = self.jobs.remove(&job) else {
             return;
         };
+        self.changed.insert(call);
         let live = self.calls.contains_key(&call);
         match purpose {
             Purpose::FlowAdd(l) => {

@@ -4,6 +4,7 @@
 pub mod authz;
 pub mod b2bua;
 pub mod call_count;
+pub mod call_journal;
 pub mod dialog;
 pub mod fork_request;
 pub mod framing;
@@ -13,6 +14,7 @@ pub mod media;
 pub mod message;
 pub mod multipart;
 pub mod port_pool;
+pub mod reconcile;
 pub mod sdp;
 pub mod session_timer;
 #[cfg(test)]

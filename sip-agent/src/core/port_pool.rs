@@ -91,6 +91,13 @@ impl PortAllocator for PortPool {
     fn release(&mut self, port: u16) {
         self.in_use.remove(&port);
     }
+
+    fn reserve(&mut self, port: u16) -> bool {
+        let in_range = port >= self.first
+            && (port - self.first) % 2 == 0
+            && u32::from(port - self.first) / 2 < self.slots;
+        in_range && self.in_use.insert(port)
+    }
 }
 
 #[cfg(test)]
@@ -123,6 +130,19 @@ mod tests {
         assert_eq!(p.capacity(), 1);
         assert_eq!(take(&mut p), Some(30002));
         assert_eq!(take(&mut p), None);
+    }
+
+    #[test]
+    fn reserved_ports_are_skipped_and_only_range_ports_reserve() {
+        let mut p = PortPool::new(30000, 30007).expect("pool");
+        assert!(p.reserve(30000));
+        assert!(!p.reserve(30000), "already reserved");
+        assert!(!p.reserve(30001), "odd: an RTCP port");
+        assert!(!p.reserve(30008), "outside the range");
+        assert!(!p.reserve(29998), "below the range");
+        assert_eq!(take(&mut p), Some(30002));
+        p.release(30000);
+        assert_eq!(take(&mut p), Some(30004));
     }
 
     #[test]

@@ -14,6 +14,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use serde::{Deserialize, Serialize};
+
 /// Errors for an SDP body we cannot work with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SdpError {
@@ -44,7 +46,8 @@ pub enum SdpError {
 }
 
 /// Media direction (RFC 3264 §5.1, §8.4; RFC 8866 §6.7). Default when absent is `SendRecv`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Direction {
     /// `a=sendrecv`.
     SendRecv,
@@ -79,7 +82,7 @@ impl Direction {
 }
 
 /// One payload format of a media line.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Codec {
     /// RTP payload type (RFC 3550 §5.1).
     pub pt: u8,
@@ -121,7 +124,7 @@ fn static_codec(pt: u8) -> Option<(&'static str, u32)> {
 }
 
 /// What a peer said about its audio stream: where it receives and how.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AudioMedia {
     /// Index of the `m=` section (0-based) among all media sections.
     pub index: usize,

@@ -51,6 +51,13 @@ impl PortAllocator for TestPorts {
     fn release(&mut self, port: u16) {
         self.live.retain(|p| *p != port);
     }
+    fn reserve(&mut self, port: u16) -> bool {
+        if self.live.contains(&port) {
+            return false;
+        }
+        self.live.push(port);
+        true
+    }
 }
 
 /// Caller address.
@@ -148,6 +155,11 @@ impl Harness {
             }
             _ => false,
         }
+    }
+
+    /// Collects what the B2BUA sent after a call made on `b2bua` directly.
+    pub fn drain_for_test(&mut self) {
+        self.drain();
     }
 
     fn drain(&mut self) {

@@ -105,3 +105,117 @@ async fn execute(
         Err(r.error.unwrap_or_else(|| "refused without a reason".into()))
     })
 }
+
+/// A fork-agent status event sip-agent acts on (docs/control-api.md "subscribe").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentEvent {
+    /// fork-agent removed a flow on its own (`{"event":"flow_removed","local":...,"reason":...}`).
+    FlowRemoved {
+        /// The flow's `local`.
+        local: std::net::SocketAddr,
+        /// Why (`idle`).
+        reason: String,
+    },
+}
+
+/// Events buffered towards the B2BUA task.
+pub const EVENT_QUEUE: usize = 1024;
+
+/// How long after a lost or refused subscription it is tried again.
+pub const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(2);
+
+/// Reads one event line; `None` for events sip-agent does not act on.
+pub fn parse_event(line: &str) -> Option<AgentEvent> {
+    let v: Value = serde_json::from_str(line).ok()?;
+    match v.get("event")?.as_str()? {
+        "flow_removed" => Some(AgentEvent::FlowRemoved {
+            local: v.get("local")?.as_str()?.parse().ok()?,
+            reason: v
+                .get("reason")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+        }),
+        "lagged" => {
+            warn!(line, "fork-agent events were lost (this subscriber lagged); a removed flow may go unnoticed until its call ends");
+            None
+        }
+        _ => None,
+    }
+}
+
+/// Starts the event task: a connection of its own to fork-agent, `subscribe`, then every
+/// `flow_removed` event forwarded. A lost or refused subscription (fork-agent restarting, not
+/// ready) is tried again after [`RESUBSCRIBE_AFTER`].
+#[allow(clippy::disallowed_methods)] // shell: the subscriber is its own task
+pub fn spawn_events(socket: PathBuf) -> mpsc::Receiver<AgentEvent> {
+    let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+    tokio::spawn(async move {
+        loop {
+            match subscribe(&socket, &tx).await {
+                Ok(()) => return, // the B2BUA task is gone
+                Err(e) => {
+                    debug!(error = %e, socket = %socket.display(), "fork-agent event subscription lost; retrying");
+                    tokio::time::sleep(RESUBSCRIBE_AFTER).await;
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// One subscription; `Ok` only when the receiver is gone.
+async fn subscribe(socket: &PathBuf, tx: &mpsc::Sender<AgentEvent>) -> std::io::Result<()> {
+    let mut c = BufReader::new(UnixStream::connect(socket).await?);
+    c.get_mut()
+        .write_all(b"{\"v\":1,\"op\":\"subscribe\"}\n")
+        .await?;
+    let mut first = String::new();
+    tokio::time::timeout(ANSWER_TIMEOUT, c.read_line(&mut first))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in 10 s"))??;
+    let r: Response = serde_json::from_str(&first)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    if !r.ok {
+        return Err(std::io::Error::other(
+            r.error.unwrap_or_else(|| "subscribe refused".into()),
+        ));
+    }
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if c.read_line(&mut line).await? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "fork-agent closed the event connection",
+            ));
+        }
+        if let Some(ev) = parse_event(line.trim_end()) {
+            if tx.send(ev).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flow_removed_events_are_read_and_others_ignored() {
+        assert_eq!(
+            parse_event(r#"{"event":"flow_removed","local":"10.77.1.1:30000","reason":"idle"}"#),
+            Some(AgentEvent::FlowRemoved {
+                local: "10.77.1.1:30000".parse().unwrap(),
+                reason: "idle".into()
+            })
+        );
+        assert_eq!(
+            parse_event(r#"{"event":"fork_status","call_guid":"g","status":"started"}"#),
+            None
+        );
+        assert_eq!(parse_event(r#"{"event":"flow_removed","local":"x"}"#), None);
+        assert_eq!(parse_event("not json"), None);
+    }
+}

@@ -46,6 +46,7 @@ mod sip_json_parse_failure;
 mod sip_json_port_string;
 mod sip_mixed_carriers_update;
 mod sip_oversize_message;
+mod sip_restart_reconcile;
 mod sip_session_timeout;
 mod sip_tcp_call;
 mod sip_tls_call;

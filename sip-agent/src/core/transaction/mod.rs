@@ -45,7 +45,8 @@ use crate::core::message::{self, Keys};
 pub use timer::{Timer, T1, T2, T4};
 
 /// Transport a message travels on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Transport {
     /// UDP: unreliable, so this layer retransmits (§17.1.1.2).
     Udp,
@@ -67,7 +68,7 @@ impl Transport {
 }
 
 /// A remote address plus the transport to reach it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Peer {
     /// Remote socket address.
     pub addr: SocketAddr,

@@ -35,6 +35,8 @@ pub fn sipp_file(name: &str) -> String {
 pub struct SipTest {
     pub s: Scenario,
     pub dir: PathBuf,
+    /// `sip-agent run` arguments, for [`SipTest::restart_sip_agent`].
+    run_args: Vec<String>,
 }
 
 /// The finished caller run.
@@ -152,9 +154,18 @@ impl SipTest {
         security: &str,
         args: &[&str],
     ) -> Result<SipTest> {
-        let mut s = Scenario::start()?;
+        let s = Scenario::start()?;
         let dir = s.topo.dir.clone();
         let cfg = dir.join("sip-agent.toml");
+        let dir_s = dir.to_string_lossy().into_owned();
+        // The call journal in the test's directory (never the host's default), unless the test
+        // configures `[state]` itself in `extra` (`{dir}` is the test directory there too).
+        let extra = extra.replace("{dir}", &dir_s);
+        let state = if extra.contains("[state]") {
+            String::new()
+        } else {
+            format!("[state]\ndir = \"{dir_s}/sip-state\"\n")
+        };
         std::fs::write(
             &cfg,
             format!(
@@ -172,6 +183,7 @@ speech_server = "asr"
 [security]
 {security}
 
+{state}
 [[route]]
 prefix = "2"
 next_hop = "{next_hop}"
@@ -182,28 +194,52 @@ bind_media = "10.77.2.1"
                 sock = s.socket.display(),
             ),
         )?;
-        let agent = bin("sip-agent")?;
         let cfg_s = cfg.to_string_lossy().into_owned();
-        let dir_s = dir.to_string_lossy().into_owned();
-        let extra_args: Vec<String> = args.iter().map(|a| a.replace("{dir}", &dir_s)).collect();
-        let mut run_args = vec!["run", "--config", cfg_s.as_str()];
-        run_args.extend(extra_args.iter().map(String::as_str));
+        let mut run_args = vec!["run".to_string(), "--config".to_string(), cfg_s];
+        run_args.extend(args.iter().map(|a| a.replace("{dir}", &dir_s)));
+        let mut t = SipTest { s, dir, run_args };
+        t.spawn_sip_agent()?;
+        Ok(t)
+    }
+
+    /// Starts sip-agent with the test's arguments and waits (bounded) until it runs.
+    fn spawn_sip_agent(&mut self) -> Result<()> {
+        let agent = bin("sip-agent")?;
+        let args: Vec<&str> = self.run_args.iter().map(String::as_str).collect();
         // Debug logs land in sip-agent.log, where a failure's message points.
-        s.topo.spawn_env(
+        self.s.topo.spawn_env(
             "sip-agent",
             Host::Forker,
             &agent,
-            &run_args,
+            &args,
             &[("RUST_LOG", "sip_agent=debug")],
         )?;
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !s.topo.log("sip-agent").contains("sip-agent running") {
-            if Instant::now() > deadline || !s.topo.is_running("sip-agent") {
-                bail!("sip-agent did not start:\n{}", s.topo.log("sip-agent"));
+        while !self.s.topo.log("sip-agent").contains("sip-agent running") {
+            if Instant::now() > deadline || !self.s.topo.is_running("sip-agent") {
+                bail!("sip-agent did not start:\n{}", self.s.topo.log("sip-agent"));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Ok(SipTest { s, dir })
+        Ok(())
+    }
+
+    /// Kills sip-agent with SIGKILL (no chance to clean anything up), keeps its log as
+    /// `sip-agent.killed.log`, then starts it again with the same configuration; `between`
+    /// runs while it is down.
+    pub fn kill_and_restart_sip_agent(
+        &mut self,
+        between: impl FnOnce(&Self) -> Result<()>,
+    ) -> Result<()> {
+        self.s
+            .topo
+            .signal("sip-agent", nix::sys::signal::Signal::SIGKILL)?;
+        std::fs::rename(
+            self.dir.join("sip-agent.log"),
+            self.dir.join("sip-agent.killed.log"),
+        )?;
+        between(self)?;
+        self.spawn_sip_agent()
     }
 
     /// Starts the callee sipp (UAS) with `scenario` and keys; `-rtp_echo` sends the caller's
