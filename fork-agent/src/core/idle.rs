@@ -85,7 +85,8 @@ mod tests {
             vec!["10.0.0.1:30001".parse().unwrap()]
         );
         // Exactly the timeout is not yet idle; one step past is.
-        assert_eq!(idle_flows(&flows, 110 * S, t).len(), 2);
+        assert_eq!(idle_flows(&flows, 110 * S, t).len(), 1);
+        assert_eq!(idle_flows(&flows, 111 * S, t).len(), 2);
         assert_eq!(idle_flows(&flows, 160 * S, t).len(), 2);
         assert_eq!(idle_flows(&flows, 161 * S, t).len(), 3);
         assert!(idle_flows(&flows, 10_000 * S, 0).is_empty(), "0 = never");
