@@ -94,7 +94,7 @@ impl PortAllocator for PortPool {
 
     fn reserve(&mut self, port: u16) -> bool {
         let in_range = port >= self.first
-            && (port - self.first) % 2 == 0
+            && (port - self.first).is_multiple_of(2)
             && u32::from(port - self.first) / 2 < self.slots;
         in_range && self.in_use.insert(port)
     }

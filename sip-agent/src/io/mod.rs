@@ -266,16 +266,16 @@ enum Asked {
     Removal,
 }
 
+/// One control answer: fork-agent's `data`, or its error.
+type Answer = Result<serde_json::Value, String>;
+
 /// The reconciler and its control jobs in flight.
 struct Restart {
     reconciler: Reconciler,
     jobs: HashMap<JobId, Asked>,
     next_job: u64,
     /// Answers of the current query: `show_flows`, `show_forks`.
-    answers: (
-        Option<Result<serde_json::Value, String>>,
-        Option<Result<serde_json::Value, String>>,
-    ),
+    answers: (Option<Answer>, Option<Answer>),
 }
 
 impl Restart {
