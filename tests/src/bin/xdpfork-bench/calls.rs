@@ -367,6 +367,10 @@ speech_server = "asr"
 # The caller sipp is also the controller (it sends the fork INFOs).
 controllers = ["{CALLER_IP}"]
 
+[state]
+# The call journal in the run's directory, as production journals every call.
+dir = "{state}"
+
 [[route]]
 prefix = "2"
 next_hop = "{CALLEE_IP}:5060:udp"
@@ -374,6 +378,7 @@ bind_sip = "10.77.2.1"
 bind_media = "10.77.2.1"
 "#,
                 sock = fork_sock.display(),
+                state = dir.join("sip-state").display(),
             ),
         )?;
         let admin_sock = dir.join("sip-admin.sock");
