@@ -11,6 +11,8 @@
 //! - [`Validator`] is the server-side rule checker for one WebSocket connection: feed it every
 //!   text frame with [`Validator::handle_text`] and every binary frame with
 //!   [`Validator::handle_binary`], in arrival order; it returns the event or the [`Violation`].
+//! - [`check_server_text`] is the client-side check of what a server sends: only `error`
+//!   messages; any other frame is a [`ServerViolation`].
 //! - [`ulaw_to_linear`] / [`alaw_to_linear`] decode G.711 samples (ITU-T G.711 tables).
 //!
 //! Sans-IO: no sockets, no clock, no tasks; every function is deterministic.
@@ -20,6 +22,7 @@ mod audio;
 mod control;
 mod g711;
 mod seq;
+mod server_msg;
 mod validator;
 
 pub use audio::{
@@ -31,6 +34,7 @@ pub use control::{
 };
 pub use g711::{alaw_to_linear, ulaw_to_linear};
 pub use seq::{SeqOrder, SeqTracker, SEQ_WINDOW};
+pub use server_msg::{check_server_text, ServerViolation, MAX_SERVER_MESSAGE};
 pub use validator::{AudioEvent, Event, StreamState, StreamStats, Validator, Violation};
 
 /// WebSocket subprotocol token the client offers in `Sec-WebSocket-Protocol` and the server
