@@ -296,6 +296,20 @@ pub struct SpeechServerConfig {
     /// Close a connection whose queue stayed full this long.
     #[serde(default = "default_stall_timeout")]
     pub stall_timeout_ms: u64,
+    /// Protocol errors (frames the server may not send), with no healthy period in between,
+    /// before the server is held off (1–1000, default 3).
+    #[serde(default = "default_protocol_error_limit")]
+    pub protocol_error_limit: u32,
+    /// First hold-off after `protocol_error_limit` protocol errors (doubled per further one,
+    /// with jitter).
+    #[serde(default = "default_protocol_backoff_initial")]
+    pub protocol_backoff_initial_ms: u64,
+    /// Largest hold-off.
+    #[serde(default = "default_protocol_backoff_max")]
+    pub protocol_backoff_max_ms: u64,
+    /// A connection open this long with no protocol error clears the count and the hold-off.
+    #[serde(default = "default_healthy_after")]
+    pub healthy_after_ms: u64,
     /// Local address to connect from (CUBE `source-ip`).
     #[serde(default)]
     pub source_address: Option<std::net::IpAddr>,
@@ -371,6 +385,18 @@ fn default_max_attempts() -> u32 {
 fn default_stall_timeout() -> u64 {
     10_000
 }
+fn default_protocol_error_limit() -> u32 {
+    crate::core::ws_pool::DEFAULT_PROTOCOL_ERROR_LIMIT
+}
+fn default_protocol_backoff_initial() -> u64 {
+    10_000
+}
+fn default_protocol_backoff_max() -> u64 {
+    300_000
+}
+fn default_healthy_after() -> u64 {
+    60_000
+}
 
 impl SpeechServerConfig {
     /// The pool policy settings of this profile.
@@ -386,7 +412,28 @@ impl SpeechServerConfig {
             max_connect_attempts: self.max_connect_attempts,
             send_queue_limit: self.queue_frames,
             stall_timeout: Duration::from_millis(self.stall_timeout_ms),
+            protocol_error_limit: self.protocol_error_limit,
+            protocol_backoff_initial: Duration::from_millis(self.protocol_backoff_initial_ms),
+            protocol_backoff_max: Duration::from_millis(self.protocol_backoff_max_ms),
+            healthy_after: Duration::from_millis(self.healthy_after_ms),
         }
+    }
+}
+
+/// The `[[speech_server]]` key of a [`crate::core::ws_pool::PoolConfig`] field, for errors
+/// that name what the operator wrote.
+fn speech_server_key(pool_field: &'static str) -> &'static str {
+    match pool_field {
+        "idle_timeout" => "idle_timeout_secs",
+        "connect_timeout" => "connect_timeout_ms",
+        "backoff_initial" => "backoff_initial_ms",
+        "backoff_max" => "backoff_max_ms",
+        "send_queue_limit" => "queue_frames",
+        "stall_timeout" => "stall_timeout_ms",
+        "protocol_backoff_initial" => "protocol_backoff_initial_ms",
+        "protocol_backoff_max" => "protocol_backoff_max_ms",
+        "healthy_after" => "healthy_after_ms",
+        same => same,
     }
 }
 
@@ -487,7 +534,9 @@ impl Config {
             }
             if let Err(e) = s.pool_config().validate() {
                 let field = match e {
-                    crate::core::ws_pool::PoolError::InvalidConfig { field, .. } => field,
+                    crate::core::ws_pool::PoolError::InvalidConfig { field, .. } => {
+                        speech_server_key(field)
+                    }
                     _ => "pool",
                 };
                 return Err(invalid(f(field), e.to_string()));
@@ -536,6 +585,11 @@ mod tests {
         assert_eq!(c.dataplane.fork_interface, "xfork0");
         assert_eq!(c.dataplane.xdp_mode, XdpAttachMode::Native);
         assert_eq!(c.speech_servers[0].queue_frames, 4096);
+        let pool = c.speech_servers[0].pool_config();
+        assert_eq!(pool.protocol_error_limit, 3);
+        assert_eq!(pool.protocol_backoff_initial.as_secs(), 10);
+        assert_eq!(pool.protocol_backoff_max.as_secs(), 300);
+        assert_eq!(pool.healthy_after.as_secs(), 60);
     }
 
     #[test]
@@ -600,6 +654,29 @@ mod tests {
             "{}",
             err_of(&bad)
         );
+        for (line, field) in [
+            (
+                "protocol_error_limit = 0",
+                "speech_server[0].protocol_error_limit",
+            ),
+            (
+                "protocol_backoff_initial_ms = 0",
+                "speech_server[0].protocol_backoff_initial_ms",
+            ),
+            (
+                "protocol_backoff_max_ms = 1000",
+                "speech_server[0].protocol_backoff_max_ms",
+            ),
+            ("healthy_after_ms = 0", "speech_server[0].healthy_after_ms"),
+            (
+                "backoff_initial_ms = 0",
+                "speech_server[0].backoff_initial_ms",
+            ),
+        ] {
+            let bad = GOOD.replace("stream\"", &format!("stream\"\n{line}"));
+            let e = err_of(&bad);
+            assert!(e.contains(field), "{line}: {e}");
+        }
         let bad = GOOD.replace(
             "stream\"",
             "stream\"\n[speech_server.tls]\nmin_version = \"1.1\"",

@@ -554,6 +554,7 @@ fn render_stream_service(kind: TableKind, data: &Value) -> String {
                 ("http_failures", "HTTP connection failures"),
                 ("remote_ws_closures", "Remote WebSocket closures"),
                 ("tcp_closures", "TCP closures"),
+                ("protocol_errors", "speech protocol errors"),
             ] {
                 out += &format!("{:>8} {label}\n", cell(&data["alarms"][k]));
             }
@@ -585,6 +586,7 @@ fn render_stream_service(kind: TableKind, data: &Value) -> String {
                     ("/remote_closes", "RemoteClose"),
                     ("/transport_closes", "TcpClose"),
                     ("/idle_closes", "Idle"),
+                    ("/protocol_errors", "ProtoErr"),
                     ("/audio_dropped", "Dropped"),
                 ],
             );

@@ -2,7 +2,8 @@
 //!
 //! Role: count the four connection events CUBE raises syslog alarms for (reference
 //! cube-websocket-media-forking.txt, "Alarms": TCP failures, HTTP failures, remote WebSocket
-//! closures, TCP closures) and decide when an alarm line is due: on the first occurrence and
+//! closures, TCP closures), plus our own fifth, speech protocol errors (a server sent a frame
+//! it may not send, and we closed the connection), and decide when an alarm line is due: on the first occurrence and
 //! then on every tenth ("after every ten occurences"). `clear` resets the counters, as
 //! `clear voip stream-service statistics` does. It also keeps a bounded history of closed
 //! connections for `show stream-service connection-history`.
@@ -16,7 +17,7 @@ use std::collections::VecDeque;
 
 use serde::Serialize;
 
-/// The four alarm kinds of the reference, with their syslog wording.
+/// The four alarm kinds of the reference and our protocol-error kind, with their syslog wording.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AlarmKind {
@@ -28,15 +29,19 @@ pub enum AlarmKind {
     RemoteWsClosure,
     /// The TCP connection to the speech server broke without a Close frame.
     TcpClosure,
+    /// The speech server sent a frame the protocol does not allow (not in the reference: a
+    /// garbage frame is no TCP closure, and counting it as one hid broken servers).
+    ProtocolError,
 }
 
 impl AlarmKind {
     /// All kinds, in display order.
-    pub const ALL: [AlarmKind; 4] = [
+    pub const ALL: [AlarmKind; 5] = [
         AlarmKind::TcpFailure,
         AlarmKind::HttpFailure,
         AlarmKind::RemoteWsClosure,
         AlarmKind::TcpClosure,
+        AlarmKind::ProtocolError,
     ];
 
     /// Wording of the reference's syslog line (`%SIP-3-STREAM_SERVICE: 50 TCP connection failures`).
@@ -46,6 +51,7 @@ impl AlarmKind {
             AlarmKind::HttpFailure => "HTTP connection failures",
             AlarmKind::RemoteWsClosure => "Remote WebSocket closures",
             AlarmKind::TcpClosure => "TCP closures",
+            AlarmKind::ProtocolError => "speech protocol errors",
         }
     }
 
@@ -56,6 +62,7 @@ impl AlarmKind {
             AlarmKind::HttpFailure => "http_failures",
             AlarmKind::RemoteWsClosure => "remote_ws_closures",
             AlarmKind::TcpClosure => "tcp_closures",
+            AlarmKind::ProtocolError => "protocol_errors",
         }
     }
 
@@ -76,10 +83,10 @@ pub struct Alarm {
 /// Every tenth occurrence after the first raises an alarm again (reference "Alarms").
 pub const ALARM_EVERY: u64 = 10;
 
-/// Counters of the four alarm kinds.
+/// Counters of the alarm kinds.
 #[derive(Debug, Clone, Default)]
 pub struct Alarms {
-    counts: [u64; 4],
+    counts: [u64; AlarmKind::ALL.len()],
     raised: u64,
 }
 
@@ -204,6 +211,10 @@ mod tests {
         assert_eq!(a.count(AlarmKind::RemoteWsClosure), 0);
         assert!(a.record(AlarmKind::RemoteWsClosure).is_some());
         assert_eq!(AlarmKind::TcpClosure.label(), "TCP closures");
+        a.record(AlarmKind::ProtocolError);
+        assert_eq!(a.count(AlarmKind::ProtocolError), 1);
+        assert_eq!(a.count(AlarmKind::TcpClosure), 0, "kinds are apart");
+        assert_eq!(AlarmKind::ProtocolError.name(), "protocol_errors");
     }
 
     #[test]

@@ -37,6 +37,18 @@
 //!   and in total. A queue that stays full for `stall_timeout` closes the connection
 //!   ([`CloseReason::Stalled`]) so its calls move or reconnect: a stalled server must not keep
 //!   calls dark forever, and it never delays anyone else (architecture.md MUST).
+//! - Protocol errors (the server sent a frame docs/speech-protocol.md does not allow it to
+//!   send: [`Disconnect::ProtocolError`]) are counted for the whole server, not per connection:
+//!   after `protocol_error_limit` of them with no healthy period in between, the server is
+//!   held off ([`PoolOutput::ProtocolBackoff`]): no connection to it is attempted before a
+//!   delay that doubles with each further hold-off (`protocol_backoff_initial` up to
+//!   `protocol_backoff_max`, with jitter). While it has not been healthy since, every further
+//!   protocol error holds it off again. Calls keep waiting on their connections (they are not
+//!   failed: a server that behaves again carries them again), and a new call during the
+//!   hold-off waits for its end instead of opening a connection. A healthy period is
+//!   `healthy_after` with a connection open and no protocol error on any connection; it clears
+//!   the count and the hold-off level. Without this a server that answers the upgrade and then
+//!   sends garbage is reconnected to for every call, for ever, since each upgrade succeeds.
 //!
 //! No clock, no sockets, no logging: randomness for the jitter comes from an injected
 //! [`rand::RngCore`] (the shell passes an OS-seeded generator, tests a seeded one), as in
@@ -88,7 +100,23 @@ pub struct PoolConfig {
     pub send_queue_limit: usize,
     /// Close a connection whose queue stays at the limit this long (default 10 s).
     pub stall_timeout: Duration,
+    /// Protocol errors, with no healthy period in between, before the server is held off
+    /// (default 3).
+    pub protocol_error_limit: u32,
+    /// First hold-off before jitter (default 10 s); doubled per further hold-off.
+    pub protocol_backoff_initial: Duration,
+    /// Hold-off cap before jitter (default 5 min).
+    pub protocol_backoff_max: Duration,
+    /// A connection open this long with no protocol error anywhere clears the protocol error
+    /// count and the hold-off level (default 60 s).
+    pub healthy_after: Duration,
 }
+
+/// Default [`PoolConfig::protocol_error_limit`]: one error may be a server bug hit once;
+/// three in a row without a healthy minute means the server does not speak the protocol.
+pub const DEFAULT_PROTOCOL_ERROR_LIMIT: u32 = 3;
+/// Largest allowed [`PoolConfig::protocol_error_limit`].
+pub const MAX_PROTOCOL_ERROR_LIMIT: u32 = 1000;
 
 impl Default for PoolConfig {
     fn default() -> Self {
@@ -102,6 +130,10 @@ impl Default for PoolConfig {
             max_connect_attempts: 5,
             send_queue_limit: 1000,
             stall_timeout: Duration::from_secs(10),
+            protocol_error_limit: DEFAULT_PROTOCOL_ERROR_LIMIT,
+            protocol_backoff_initial: Duration::from_secs(10),
+            protocol_backoff_max: Duration::from_secs(5 * 60),
+            healthy_after: Duration::from_secs(60),
         }
     }
 }
@@ -135,6 +167,21 @@ impl PoolConfig {
         }
         if self.stall_timeout.is_zero() {
             return bad("stall_timeout", "must be greater than zero");
+        }
+        if !(1..=MAX_PROTOCOL_ERROR_LIMIT).contains(&self.protocol_error_limit) {
+            return bad("protocol_error_limit", "must be between 1 and 1000");
+        }
+        if self.protocol_backoff_initial.is_zero() {
+            return bad("protocol_backoff_initial", "must be greater than zero");
+        }
+        if self.protocol_backoff_max < self.protocol_backoff_initial {
+            return bad(
+                "protocol_backoff_max",
+                "must not be smaller than protocol_backoff_initial",
+            );
+        }
+        if self.healthy_after.is_zero() {
+            return bad("healthy_after", "must be greater than zero");
         }
         Ok(())
     }
@@ -195,6 +242,9 @@ pub enum Disconnect {
     },
     /// The TCP connection broke without a Close (CUBE "TCP closure").
     TransportError,
+    /// The server sent a frame the speech protocol does not allow it to send (binary, garbage
+    /// text, oversize, a bad Close, broken framing); the shell closed the connection.
+    ProtocolError,
     /// The shell closed it after a [`PoolOutput::Close`] (or an operator clear).
     LocalClose,
 }
@@ -257,6 +307,14 @@ pub enum PoolOutput {
         /// The last connection failure.
         last: Disconnect,
     },
+    /// Too many protocol errors: no connection to this server is attempted for `delay`
+    /// (log it; the calls wait).
+    ProtocolBackoff {
+        /// Hold-off chosen (jitter included).
+        delay: Duration,
+        /// Protocol errors since the server was last healthy.
+        errors: u32,
+    },
 }
 
 /// Whether the shell may queue a frame.
@@ -301,10 +359,18 @@ enum Timer {
     Idle = 2,
     /// Close a connection whose queue stayed full.
     Stall = 3,
+    /// An open connection saw `healthy_after` with no protocol error: clear the count.
+    Healthy = 4,
 }
 
-const TIMER_COUNT: usize = 4;
-const TIMERS: [Timer; TIMER_COUNT] = [Timer::Connect, Timer::Reconnect, Timer::Idle, Timer::Stall];
+const TIMER_COUNT: usize = 5;
+const TIMERS: [Timer; TIMER_COUNT] = [
+    Timer::Connect,
+    Timer::Reconnect,
+    Timer::Idle,
+    Timer::Stall,
+    Timer::Healthy,
+];
 
 #[derive(Debug)]
 struct Conn {
@@ -393,6 +459,12 @@ pub struct PoolStats {
     pub idle_closes: u64,
     /// Connections closed because their queue stalled.
     pub stall_closes: u64,
+    /// Connections closed because the server broke the protocol.
+    pub protocol_errors: u64,
+    /// Times the server was held off for protocol errors.
+    pub protocol_backoffs: u64,
+    /// Protocol errors since the server was last healthy (state, not cleared by `clear_stats`).
+    pub protocol_error_streak: u32,
     /// Calls failed after `max_connect_attempts`.
     pub calls_failed: u64,
     /// Audio frames dropped, all connections (including ones offered to a closed connection).
@@ -410,6 +482,12 @@ pub struct WsPool {
     next_conn: u32,
     outputs: VecDeque<PoolOutput>,
     stats: PoolStats,
+    /// Protocol errors since the server was last healthy.
+    protocol_errors: u32,
+    /// Hold-offs since then (exponent of the next one).
+    hold_level: u32,
+    /// No connection attempt before this instant (protocol hold-off).
+    hold_until: Option<Instant>,
 }
 
 impl fmt::Debug for WsPool {
@@ -434,6 +512,9 @@ impl WsPool {
             next_conn: 1,
             outputs: VecDeque::new(),
             stats: PoolStats::default(),
+            protocol_errors: 0,
+            hold_level: 0,
+            hold_until: None,
         })
     }
 
@@ -521,6 +602,9 @@ impl WsPool {
         if c.calls.is_empty() {
             c.set(Timer::Idle, Some(now + idle_timeout));
         }
+        if self.protocol_errors > 0 || self.hold_level > 0 {
+            c.set(Timer::Healthy, Some(now + self.config.healthy_after));
+        }
         let waiting: Vec<CallHandle> = c.calls.iter().copied().collect();
         for call in waiting {
             if let Some(entry) = self.calls.get_mut(&call) {
@@ -543,6 +627,12 @@ impl WsPool {
         conn: ConnHandle,
         reason: Disconnect,
     ) -> Result<(), PoolError> {
+        if !self.conns.contains_key(&conn) {
+            return Err(PoolError::UnknownConn(conn));
+        }
+        if reason == Disconnect::ProtocolError {
+            self.protocol_error(now);
+        }
         let Some(c) = self.conns.get_mut(&conn) else {
             return Err(PoolError::UnknownConn(conn));
         };
@@ -560,6 +650,7 @@ impl WsPool {
                 (Some(CloseReason::Stalled), _) => self.stats.stall_closes += 1,
                 (_, Disconnect::RemoteClose { .. }) => self.stats.remote_closes += 1,
                 (_, Disconnect::TransportError) => self.stats.transport_closes += 1,
+                (_, Disconnect::ProtocolError) => self.stats.protocol_errors += 1,
                 _ => {}
             }
         }
@@ -610,9 +701,60 @@ impl WsPool {
             return Ok(());
         }
         c.backoff_level = c.backoff_level.saturating_add(1);
-        let delay = backoff_delay(&self.config, c.backoff_level, self.rng.as_mut());
-        c.set(Timer::Reconnect, Some(now + delay));
+        let delay = backoff_delay(
+            self.config.backoff_initial,
+            self.config.backoff_max,
+            c.backoff_level,
+            self.rng.as_mut(),
+        );
+        let at = (now + delay).max(self.hold_until.unwrap_or(now));
+        c.set(Timer::Reconnect, Some(at));
         Ok(())
+    }
+
+    /// Counts a protocol error of the server and holds it off once there were
+    /// `protocol_error_limit` of them since it was last healthy. Every open connection's
+    /// healthy period starts again.
+    fn protocol_error(&mut self, now: Instant) {
+        self.protocol_errors = self.protocol_errors.saturating_add(1);
+        let healthy_at = now + self.config.healthy_after;
+        for c in self.conns.values_mut() {
+            if c.state == ConnState::Open {
+                c.set(Timer::Healthy, Some(healthy_at));
+            }
+        }
+        if self.protocol_errors < self.config.protocol_error_limit {
+            return;
+        }
+        self.hold_level = self.hold_level.saturating_add(1);
+        let delay = backoff_delay(
+            self.config.protocol_backoff_initial,
+            self.config.protocol_backoff_max,
+            self.hold_level,
+            self.rng.as_mut(),
+        );
+        let until = now + delay;
+        self.hold_until = Some(until);
+        self.stats.protocol_backoffs += 1;
+        // Slots already waiting to reconnect wait for the end of the hold-off too.
+        for c in self.conns.values_mut() {
+            if let Some(at) = c.timers[Timer::Reconnect as usize] {
+                c.set(Timer::Reconnect, Some(at.max(until)));
+            }
+        }
+        self.outputs.push_back(PoolOutput::ProtocolBackoff {
+            delay,
+            errors: self.protocol_errors,
+        });
+    }
+
+    /// The server behaved for a healthy period: protocol errors are forgotten.
+    fn healthy(&mut self) {
+        self.protocol_errors = 0;
+        self.hold_level = 0;
+        for c in self.conns.values_mut() {
+            c.set(Timer::Healthy, None);
+        }
     }
 
     /// The shell's send queue for `conn` now holds `len` frames (report after draining).
@@ -692,6 +834,7 @@ impl WsPool {
                 (Timer::Stall, ConnState::Open) => {
                     self.ask_close(conn, CloseReason::Stalled);
                 }
+                (Timer::Healthy, ConnState::Open) => self.healthy(),
                 // A timer left over from an earlier state: nothing to do.
                 _ => {}
             }
@@ -719,6 +862,7 @@ impl WsPool {
                     Timer::Reconnect => "reconnect",
                     Timer::Idle => "idle",
                     Timer::Stall => "stall",
+                    Timer::Healthy => "healthy",
                 };
                 (h, name)
             })
@@ -739,6 +883,7 @@ impl WsPool {
     /// Counters and per-connection state.
     pub fn stats(&self) -> PoolStats {
         let mut s = self.stats.clone();
+        s.protocol_error_streak = self.protocol_errors;
         s.calls = self.calls.len();
         s.calls_waiting = self
             .calls
@@ -818,6 +963,13 @@ impl WsPool {
     fn open_new(&mut self, now: Instant) -> ConnHandle {
         let conn = ConnHandle(self.next_conn);
         self.next_conn = self.next_conn.wrapping_add(1);
+        if let Some(until) = self.hold_until.filter(|&u| u > now) {
+            // Held off for protocol errors: the slot waits like one that is reconnecting.
+            let mut c = Conn::new(ConnState::Backoff);
+            c.set(Timer::Reconnect, Some(until));
+            self.conns.insert(conn, c);
+            return conn;
+        }
         let mut c = Conn::new(ConnState::Connecting);
         c.set(Timer::Connect, Some(now + self.config.connect_timeout));
         self.conns.insert(conn, c);
@@ -844,12 +996,9 @@ fn update_stall(c: &mut Conn, now: Instant, limit: usize, stall: Duration) {
 /// Exponential backoff with "equal jitter": base = min(max, initial × 2^(level−1)), delay is
 /// uniform in [base/2, base]. Never zero, so a dead server is never hammered, and spread so
 /// many agents restarting together do not reconnect in lockstep.
-fn backoff_delay(config: &PoolConfig, level: u32, rng: &mut dyn RngCore) -> Duration {
+fn backoff_delay(initial: Duration, max: Duration, level: u32, rng: &mut dyn RngCore) -> Duration {
     let shift = level.saturating_sub(1).min(30);
-    let base = config
-        .backoff_initial
-        .saturating_mul(1u32 << shift)
-        .min(config.backoff_max);
+    let base = initial.saturating_mul(1u32 << shift).min(max);
     let base_ms = base.as_millis().max(1) as u64;
     let half = base_ms / 2;
     let jitter = rng.next_u64() % (base_ms - half + 1);
@@ -1114,7 +1263,7 @@ mod tests {
         let cfg = PoolConfig::default();
         let mut rng = StdRng::seed_from_u64(3);
         for level in [7, 8, 20, 40, u32::MAX] {
-            let d = backoff_delay(&cfg, level, &mut rng);
+            let d = backoff_delay(cfg.backoff_initial, cfg.backoff_max, level, &mut rng);
             assert!(
                 d <= cfg.backoff_max && d >= cfg.backoff_max / 2,
                 "{level}: {d:?}"
@@ -1437,5 +1586,356 @@ mod tests {
         assert_eq!(connects, 3, "41 calls need 3 connections of 20");
         let per: Vec<usize> = p.stats().conns.iter().map(|c| c.calls).collect();
         assert_eq!(per, [20, 20, 1]);
+    }
+
+    /// A pool whose server answers every upgrade and then sends garbage (protocol errors).
+    fn garbage_pool(limit: u32) -> WsPool {
+        let config = PoolConfig {
+            protocol_error_limit: limit,
+            ..PoolConfig::default()
+        };
+        WsPool::new(config, Box::new(StdRng::seed_from_u64(11))).expect("valid")
+    }
+
+    /// Steps `p` through timers until `end`, answering every `Connect` with a connection that
+    /// breaks the protocol `after` later. Returns the instants of the connection attempts.
+    fn run_garbage_server(
+        p: &mut WsPool,
+        from: Instant,
+        end: Instant,
+        after: Duration,
+    ) -> Vec<Instant> {
+        let mut attempts = Vec::new();
+        let mut now = from;
+        let mut pending: Vec<(Instant, ConnHandle)> = Vec::new();
+        for _ in 0..100_000 {
+            for out in drain(p) {
+                if let PoolOutput::Connect { conn } = out {
+                    attempts.push(now);
+                    p.handle_connected(now, conn).expect("connected");
+                    pending.push((now + after, conn));
+                }
+            }
+            let next_close = pending.iter().map(|&(at, _)| at).min();
+            let next = [p.poll_timeout(), next_close].into_iter().flatten().min();
+            let Some(at) = next.filter(|&at| at <= end) else {
+                break;
+            };
+            now = at;
+            if let Some(i) = pending.iter().position(|&(t, _)| t == at) {
+                let (_, conn) = pending.remove(i);
+                p.handle_closed(now, conn, Disconnect::ProtocolError)
+                    .expect("closed");
+            } else {
+                p.handle_timeout(now);
+            }
+        }
+        attempts
+    }
+
+    #[test]
+    fn protocol_errors_are_counted_apart_from_tcp_closures() {
+        let t0 = epoch();
+        let mut p = garbage_pool(3);
+        p.handle_stream_wanted(t0, call(1)).expect("ok");
+        p.handle_connected(t0, C1).expect("ok");
+        drain(&mut p);
+        p.handle_closed(t0, C1, Disconnect::ProtocolError)
+            .expect("ok");
+        let s = p.stats();
+        assert_eq!(
+            (
+                s.protocol_errors,
+                s.transport_closes,
+                s.remote_closes,
+                s.connect_failures
+            ),
+            (1, 0, 0, 0)
+        );
+        assert_eq!(s.protocol_error_streak, 1);
+        // Below the limit: the slot reconnects with the ordinary backoff, no hold-off.
+        assert_eq!(drain(&mut p), []);
+        let at = p.poll_timeout().expect("reconnect");
+        assert!(at - t0 <= Duration::from_millis(500), "{:?}", at - t0);
+        assert_eq!(p.timeout_reason(), Some((C1, "reconnect")));
+        p.clear_stats();
+        let s = p.stats();
+        assert_eq!(
+            (s.protocol_errors, s.protocol_error_streak),
+            (0, 1),
+            "the streak is state"
+        );
+    }
+
+    #[test]
+    fn limit_of_protocol_errors_holds_the_server_off_with_growing_capped_delays() {
+        let t0 = epoch();
+        let mut p = garbage_pool(3);
+        p.handle_stream_wanted(t0, call(1)).expect("ok");
+        drain(&mut p);
+        let mut now = t0;
+        let mut holds = Vec::new();
+        for n in 1..=12u32 {
+            p.handle_connected(now, C1).expect("ok");
+            drain(&mut p);
+            let close_at = now + Duration::from_millis(20);
+            p.handle_closed(close_at, C1, Disconnect::ProtocolError)
+                .expect("ok");
+            let outs = drain(&mut p);
+            let at = p
+                .poll_timeout()
+                .expect("the call still waits: reconnect armed");
+            match outs.as_slice() {
+                [] => assert!(n < 3, "error {n} must hold off: {outs:?}"),
+                [PoolOutput::ProtocolBackoff { delay, errors }] => {
+                    assert!(n >= 3, "error {n} is below the limit");
+                    assert_eq!(*errors, n);
+                    assert_eq!(
+                        at,
+                        close_at + *delay,
+                        "the reconnect waits for the hold-off"
+                    );
+                    holds.push(*delay);
+                }
+                other => panic!("error {n}: {other:?}"),
+            }
+            p.handle_timeout(at);
+            assert_eq!(drain(&mut p), [PoolOutput::Connect { conn: C1 }]);
+            now = at;
+        }
+        // Equal jitter around 10 s, 20 s, 40 s, ... capped at 5 min.
+        let cfg = PoolConfig::default();
+        for (i, d) in holds.iter().enumerate() {
+            let base = cfg
+                .protocol_backoff_initial
+                .saturating_mul(1 << i.min(20))
+                .min(cfg.protocol_backoff_max);
+            assert!(*d >= base / 2 && *d <= base, "hold {i}: {d:?} vs {base:?}");
+        }
+        assert!(holds[9] >= cfg.protocol_backoff_max / 2, "{holds:?}");
+        let s = p.stats();
+        assert_eq!((s.protocol_errors, s.protocol_backoffs), (12, 10));
+        assert_eq!(p.conn_of(call(1)), Some(C1), "the call is kept, not failed");
+        assert_eq!(s.calls_failed, 0);
+    }
+
+    #[test]
+    fn new_call_during_hold_off_waits_for_its_end() {
+        let t0 = epoch();
+        let mut p = garbage_pool(1);
+        p.handle_stream_wanted(t0, call(1)).expect("ok");
+        p.handle_connected(t0, C1).expect("ok");
+        p.handle_call_released(t0, call(1)).expect("ok");
+        drain(&mut p);
+        // The idle connection breaks the protocol: nothing to reconnect, but the hold-off stays.
+        p.handle_closed(t0, C1, Disconnect::ProtocolError)
+            .expect("ok");
+        let delay = match drain(&mut p).as_slice() {
+            [PoolOutput::ProtocolBackoff { delay, errors: 1 }] => *delay,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(p.poll_timeout(), None, "no slot is waiting");
+        let t1 = t0 + Duration::from_secs(1);
+        p.handle_stream_wanted(t1, call(2)).expect("ok");
+        assert_eq!(drain(&mut p), [], "no connection attempt while held off");
+        assert_eq!(p.stats().connects, 1);
+        assert_eq!(p.stats().calls_waiting, 1);
+        assert_eq!(p.poll_timeout(), Some(t0 + delay));
+        p.handle_timeout(t0 + delay);
+        let outs = drain(&mut p);
+        assert_eq!(outs.len(), 1);
+        let PoolOutput::Connect { conn } = outs[0] else {
+            panic!("{outs:?}");
+        };
+        p.handle_connected(t0 + delay, conn).expect("ok");
+        assert_eq!(
+            drain(&mut p),
+            [PoolOutput::Assign {
+                call: call(2),
+                conn
+            }]
+        );
+        // After the hold-off, a new call connects at once again.
+        p.handle_stream_wanted(t0 + delay, call(3)).expect("ok");
+        assert_eq!(p.conn_of(call(3)), Some(conn));
+    }
+
+    #[test]
+    fn a_healthy_period_clears_the_count_and_the_hold_off_level() {
+        let t0 = epoch();
+        let mut p = garbage_pool(2);
+        p.handle_stream_wanted(t0, call(1)).expect("ok");
+        drain(&mut p);
+        let mut now = t0;
+        // Two errors: held off once (level 1).
+        for _ in 0..2 {
+            p.handle_connected(now, C1).expect("ok");
+            p.handle_closed(now, C1, Disconnect::ProtocolError)
+                .expect("ok");
+            now = p.poll_timeout().expect("reconnect");
+            p.handle_timeout(now);
+        }
+        assert_eq!(p.stats().protocol_backoffs, 1);
+        p.handle_connected(now, C1).expect("ok");
+        drain(&mut p);
+        let healthy_at = now + Duration::from_secs(60);
+        assert_eq!(p.poll_timeout(), Some(healthy_at));
+        assert_eq!(p.timeout_reason(), Some((C1, "healthy")));
+        p.handle_timeout(healthy_at - Duration::from_millis(1));
+        assert_eq!(p.stats().protocol_error_streak, 2, "not yet");
+        p.handle_timeout(healthy_at);
+        assert_eq!(p.stats().protocol_error_streak, 0);
+        assert_eq!(
+            p.poll_timeout(),
+            None,
+            "a busy healthy connection has no timer"
+        );
+        // One more error is the first of a new count: no hold-off.
+        now = healthy_at + Duration::from_secs(5);
+        p.handle_closed(now, C1, Disconnect::ProtocolError)
+            .expect("ok");
+        assert_eq!(drain(&mut p), []);
+        let at = p.poll_timeout().expect("reconnect");
+        assert!(
+            at - now <= Duration::from_millis(500),
+            "ordinary backoff only"
+        );
+        // A second one holds off again, at the first level (the level was cleared too).
+        p.handle_timeout(at);
+        p.handle_connected(at, C1).expect("ok");
+        p.handle_closed(at, C1, Disconnect::ProtocolError)
+            .expect("ok");
+        let outs = drain(&mut p);
+        let holds: Vec<(Duration, u32)> = outs
+            .iter()
+            .filter_map(|o| match o {
+                PoolOutput::ProtocolBackoff { delay, errors } => Some((*delay, *errors)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(holds.len(), 1, "{outs:?}");
+        assert_eq!(holds[0].1, 2);
+        assert!(holds[0].0 <= Duration::from_secs(10), "{holds:?}");
+    }
+
+    #[test]
+    fn a_later_error_restarts_the_healthy_period() {
+        let t0 = epoch();
+        let mut p = garbage_pool(3);
+        p.handle_stream_wanted(t0, call(1)).expect("ok");
+        p.handle_connected(t0, C1).expect("ok");
+        drain(&mut p);
+        // C1 breaks the protocol; its call waits for the reconnect.
+        p.handle_closed(t0, C1, Disconnect::ProtocolError)
+            .expect("ok");
+        let t1 = t0 + Duration::from_secs(30);
+        let at = p.poll_timeout().expect("reconnect");
+        p.handle_timeout(at);
+        p.handle_connected(at, C1).expect("ok");
+        drain(&mut p);
+        assert_eq!(
+            p.poll_timeout(),
+            Some(at + Duration::from_secs(60)),
+            "C1's healthy period"
+        );
+        // 30 s later C1 breaks the protocol again: the period restarts from there.
+        p.handle_closed(t1, C1, Disconnect::ProtocolError)
+            .expect("ok");
+        let at2 = p.poll_timeout().expect("reconnect");
+        p.handle_timeout(at2);
+        p.handle_connected(at2, C1).expect("ok");
+        drain(&mut p);
+        p.handle_timeout(at + Duration::from_secs(60));
+        assert_eq!(
+            p.stats().protocol_error_streak,
+            2,
+            "the old period does not count"
+        );
+        p.handle_timeout(at2 + Duration::from_secs(60));
+        assert_eq!(p.stats().protocol_error_streak, 0);
+    }
+
+    #[test]
+    fn garbage_server_is_reconnected_to_far_less_often_than_without_the_hold_off() {
+        let t0 = epoch();
+        let window = Duration::from_secs(6 * 3600);
+        let garbage_after = Duration::from_millis(10);
+        let mut held = garbage_pool(DEFAULT_PROTOCOL_ERROR_LIMIT);
+        held.handle_stream_wanted(t0, call(1)).expect("ok");
+        let with = run_garbage_server(&mut held, t0, t0 + window, garbage_after);
+        // Without the hold-off (a limit no server reaches) the ordinary backoff (capped at
+        // 30 s) is all that spaces the attempts.
+        let mut plain = garbage_pool(MAX_PROTOCOL_ERROR_LIMIT);
+        plain.handle_stream_wanted(t0, call(1)).expect("ok");
+        let without = run_garbage_server(&mut plain, t0, t0 + window, garbage_after);
+        // Without: every gap is at most 30 s. With: 3 errors, then hold-offs of at least 5 s,
+        // 10 s, ... and from the sixth on at least 150 s (half the 5 min cap).
+        assert!(without.len() >= 6 * 3600 / 30, "{} attempts", without.len());
+        assert!(
+            with.len() <= 3 + 6 + 6 * 3600 / 150,
+            "{} attempts in 6 h",
+            with.len()
+        );
+        assert!(
+            without.len() >= 4 * with.len(),
+            "with {} / without {}",
+            with.len(),
+            without.len()
+        );
+        // Spacing never below the hold-off floor once held off.
+        let gaps: Vec<Duration> = with.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(
+            gaps[DEFAULT_PROTOCOL_ERROR_LIMIT as usize..]
+                .iter()
+                .all(|g| *g >= Duration::from_secs(5)),
+            "{gaps:?}"
+        );
+        assert_eq!(held.stats().calls_failed, 0);
+    }
+
+    #[test]
+    fn protocol_settings_are_validated() {
+        for (cfg, field) in [
+            (
+                PoolConfig {
+                    protocol_error_limit: 0,
+                    ..Default::default()
+                },
+                "protocol_error_limit",
+            ),
+            (
+                PoolConfig {
+                    protocol_error_limit: MAX_PROTOCOL_ERROR_LIMIT + 1,
+                    ..Default::default()
+                },
+                "protocol_error_limit",
+            ),
+            (
+                PoolConfig {
+                    protocol_backoff_initial: Duration::ZERO,
+                    ..Default::default()
+                },
+                "protocol_backoff_initial",
+            ),
+            (
+                PoolConfig {
+                    protocol_backoff_max: Duration::from_secs(1),
+                    ..Default::default()
+                },
+                "protocol_backoff_max",
+            ),
+            (
+                PoolConfig {
+                    healthy_after: Duration::ZERO,
+                    ..Default::default()
+                },
+                "healthy_after",
+            ),
+        ] {
+            match cfg.validate() {
+                Err(PoolError::InvalidConfig { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{field}: {other:?}"),
+            }
+        }
     }
 }

@@ -811,6 +811,7 @@ impl Agent {
                         "frames_dropped": s.frames_dropped.load(Ordering::Relaxed),
                         "connects": s.connects.load(Ordering::Relaxed),
                         "failures": s.failures.load(Ordering::Relaxed),
+                        "protocol_errors": s.protocol_errors.load(Ordering::Relaxed),
                     }),
                 )
             })

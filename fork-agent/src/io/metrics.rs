@@ -3,7 +3,7 @@
 //! Each scrape asks the agent, through the same queue as the control API, for `show_counters`
 //! (kernel reasons, user-space counters, per-server traffic) and the stream-service statistics,
 //! and renders them. Label values come only from bounded sets: kernel reason names, configured
-//! server names, the four alarm kinds and the drop reasons; never call ids or addresses.
+//! server names, the alarm kinds and the drop reasons; never call ids or addresses.
 
 use std::{fmt::Write as _, net::SocketAddr};
 
@@ -131,6 +131,11 @@ pub fn render(counters: &Value, stats: &Value) -> String {
             "failures",
             "counter",
             "Connection attempts or connections that failed.",
+        ),
+        (
+            "protocol_errors",
+            "counter",
+            "Connections closed because the server sent a frame it may not send.",
         ),
     ] {
         family(

@@ -7,6 +7,11 @@
 //! connection sets its calls reconnecting, a pool that gives up fails its calls with the cause
 //! the shell observed ([`ConnFailure`] mapped to [`ForkFailure`]), and a clear command fails
 //! the connection's forks and closes it. Closed connections that were open go to the history.
+//! A connection the shell closed because the server sent a frame it may not send
+//! ([`ConnFailure::Protocol`]) raises the protocol-error alarm, not "TCP closures", is counted
+//! by kind, and reports "Connection closed" to the controller (the WebSocket connection did
+//! close, by our hand); the pool decides when the server is held off
+//! ([`Output::ServerBackoff`]).
 //! Inputs: [`ForkService::handle_connected`], [`ForkService::handle_closed`],
 //! [`ForkService::handle_clear_connection`], and every pool's outputs (`drain_pool`).
 //! Outputs: [`Output::Connect`], [`Output::Close`], the `Send`s of `start`, status events,
@@ -19,6 +24,8 @@ use serde::Serialize;
 use super::{
     ConnId, ForkFailure, ForkService, ForkStatus, Output, ServerId, SessState, SessionError,
 };
+use speech_proto::ServerViolation;
+
 use crate::core::alarms::{AlarmKind, ClosedConn};
 use crate::core::ws_pool::{CloseReason, ConnHandle, Disconnect, PoolOutput};
 
@@ -51,6 +58,12 @@ pub enum ConnFailure {
     },
     /// The TCP connection broke (reset, EOF without Close, write error).
     Transport,
+    /// The server sent a frame the protocol does not allow it to send; the shell closed the
+    /// connection (docs/speech-protocol.md §2, §4.7).
+    Protocol {
+        /// What it sent.
+        violation: ServerViolation,
+    },
     /// We closed it (after an [`Output::Close`]).
     Local,
 }
@@ -66,6 +79,7 @@ impl ConnFailure {
             }
             ConnFailure::RemoteClose { code } => Disconnect::RemoteClose { code },
             ConnFailure::Transport => Disconnect::TransportError,
+            ConnFailure::Protocol { .. } => Disconnect::ProtocolError,
             ConnFailure::Local => Disconnect::LocalClose,
         }
     }
@@ -79,7 +93,12 @@ impl ConnFailure {
             | ConnFailure::Tls
             | ConnFailure::Proxy { .. }
             | ConnFailure::Http { .. } => ForkFailure::ConnectionFailed,
-            ConnFailure::RemoteClose { .. } | ConnFailure::Local => ForkFailure::ConnectionClosed,
+            // We closed it because of what the server sent: the connection closed, but not the
+            // TCP connection on its own ("TCP Connection closed" would send operators to the
+            // network).
+            ConnFailure::RemoteClose { .. } | ConnFailure::Protocol { .. } | ConnFailure::Local => {
+                ForkFailure::ConnectionClosed
+            }
             ConnFailure::Transport => ForkFailure::TcpConnectionClosed,
         }
     }
@@ -92,6 +111,7 @@ impl ConnFailure {
             ConnFailure::Proxy { .. } | ConnFailure::Http { .. } => Some(AlarmKind::HttpFailure),
             ConnFailure::RemoteClose { .. } => Some(AlarmKind::RemoteWsClosure),
             ConnFailure::Transport => Some(AlarmKind::TcpClosure),
+            ConnFailure::Protocol { .. } => Some(AlarmKind::ProtocolError),
             ConnFailure::Local => None,
         }
     }
@@ -198,11 +218,19 @@ impl ForkService {
                 self.outputs.push_back(Output::Alarm(a));
             }
         }
+        let violation = match (asked, failure) {
+            (None, ConnFailure::Protocol { violation }) => Some(violation),
+            _ => None,
+        };
+        if let Some(v) = violation {
+            *self.protocol_violations.entry(v).or_default() += 1;
+        }
         if let Some(rec) = self.conns.get_mut(&conn) {
             if was_open {
-                let reason = match asked {
-                    Some(why) => why.describe().to_owned(),
-                    None => fork_failure.as_str().to_owned(),
+                let reason = match (asked, violation) {
+                    (Some(why), _) => why.describe().to_owned(),
+                    (None, Some(v)) => format!("closed locally: speech protocol error ({v})"),
+                    (None, None) => fork_failure.as_str().to_owned(),
                 };
                 self.history.push(ClosedConn {
                     id: conn.0,
@@ -346,6 +374,13 @@ impl ForkService {
                         rec.asked = Some(why);
                     }
                     self.outputs.push_back(Output::Close { conn: id, why });
+                }
+                PoolOutput::ProtocolBackoff { delay, errors } => {
+                    self.outputs.push_back(Output::ServerBackoff {
+                        server,
+                        delay,
+                        errors,
+                    });
                 }
                 PoolOutput::CallFailed { call, last } => {
                     let Some(s) = self.sessions.get_mut(&call.0) else {
@@ -582,5 +617,104 @@ mod tests {
         );
         s.clear_statistics();
         assert_eq!(s.stats_view().forks_failed, 0);
+    }
+
+    #[test]
+    fn garbage_from_the_server_is_a_protocol_error_and_holds_the_server_off() {
+        use speech_proto::ServerViolation;
+        let t0 = epoch();
+        let (mut s, srv) = service(5);
+        s.handle_fork_start(t0, req("g1", srv, 1)).expect("ok");
+        let c = connect_id(&drain(&mut s));
+        let mut now = t0;
+        let kinds = [
+            ServerViolation::BinaryFrame,
+            ServerViolation::MalformedText,
+            ServerViolation::BadClose,
+        ];
+        let mut backoff = None;
+        for (n, violation) in kinds.into_iter().enumerate() {
+            s.handle_connected(now, c, ConnInfo::default()).expect("ok");
+            drain(&mut s);
+            s.handle_closed(now, 100, c, ConnFailure::Protocol { violation })
+                .expect("ok");
+            let outs = drain(&mut s);
+            assert_eq!(
+                statuses(&outs),
+                [(ForkStatus::Error, Some("Connection closed"))],
+                "{violation:?}"
+            );
+            if n == 0 {
+                assert!(outs.contains(&Output::Alarm(Alarm {
+                    kind: AlarmKind::ProtocolError,
+                    count: 1
+                })));
+            }
+            backoff = outs.iter().find_map(|o| match o {
+                Output::ServerBackoff {
+                    server,
+                    delay,
+                    errors,
+                } => Some((*server, *delay, *errors)),
+                _ => None,
+            });
+            assert_eq!(
+                backoff.is_some(),
+                n == 2,
+                "held off at the third error: {outs:?}"
+            );
+            now = s.poll_timeout().expect("the fork waits for a reconnect");
+            s.handle_timeout(now);
+            assert_eq!(connect_id(&drain(&mut s)), c);
+        }
+        let (server, delay, errors) = backoff.expect("held off");
+        assert_eq!((server, errors), (srv, 3));
+        assert!(delay >= Duration::from_secs(5), "{delay:?}");
+        assert_eq!(s.alarms().count(AlarmKind::ProtocolError), 3);
+        assert_eq!(s.alarms().count(AlarmKind::TcpClosure), 0);
+        let st = s.stats_view();
+        assert_eq!(st.alarms["protocol_errors"], 3);
+        assert_eq!(st.alarms["tcp_closures"], 0);
+        assert_eq!(
+            (
+                st.protocol_errors["binary_frame"],
+                st.protocol_errors["malformed_text"],
+                st.protocol_errors["bad_close"],
+                st.protocol_errors["too_large"]
+            ),
+            (1, 1, 1, 0)
+        );
+        let pc = &st.servers["asr"];
+        assert_eq!(
+            (
+                pc.protocol_errors,
+                pc.protocol_backoffs,
+                pc.transport_closes
+            ),
+            (3, 1, 0)
+        );
+        assert_eq!(st.forks_failed, 0, "the fork waits, it is not failed");
+        assert_eq!(
+            s.history()[0].reason,
+            "closed locally: speech protocol error (binary frame from the server)"
+        );
+        // The server behaves again: the fork is carried again and, after a healthy minute,
+        // the count is gone.
+        s.handle_connected(now, c, ConnInfo::default()).expect("ok");
+        let outs = drain(&mut s);
+        assert!(outs.iter().any(|o| matches!(
+            o,
+            Output::Status(StatusEvent {
+                status: ForkStatus::Started,
+                reconnected: true,
+                ..
+            })
+        )));
+        let healthy = s.poll_timeout().expect("healthy timer");
+        assert_eq!(healthy, now + Duration::from_secs(60));
+        s.handle_timeout(healthy);
+        assert_eq!(s.stats_view().servers["asr"].protocol_error_streak, 0);
+        s.clear_statistics();
+        assert_eq!(s.stats_view().protocol_errors["binary_frame"], 0);
     }
 }

@@ -34,11 +34,11 @@
 //! - `views`: `show stream-service` snapshots and statistics.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::{Map, Value};
-use speech_proto::{Channel, Codec, Control};
+use speech_proto::{Channel, Codec, Control, ServerViolation};
 
 use crate::core::alarms::{Alarm, Alarms, ConnHistory, HISTORY_LEN};
 use rand::RngCore;
@@ -135,6 +135,16 @@ pub enum Output {
     Status(StatusEvent),
     /// Log an alarm at warn (`"{count} {label}"`).
     Alarm(Alarm),
+    /// Log at warn: `server` broke the protocol `errors` times since it was last healthy and
+    /// gets no connection attempt for `delay`; its forks wait.
+    ServerBackoff {
+        /// The server.
+        server: ServerId,
+        /// Hold-off.
+        delay: Duration,
+        /// Protocol errors since it was last healthy.
+        errors: u32,
+    },
 }
 
 /// A fork request as the service needs it.
@@ -187,6 +197,8 @@ pub struct ForkService {
     forks_failed: u64,
     /// Cause of the close being handled, for `CallFailed` outputs it triggers.
     closing_failure: Option<ForkFailure>,
+    /// Connections closed for a protocol error, by what the server sent.
+    protocol_violations: BTreeMap<ServerViolation, u64>,
 }
 
 impl Default for ForkService {
@@ -214,6 +226,7 @@ impl ForkService {
             forks_stopped: 0,
             forks_failed: 0,
             closing_failure: None,
+            protocol_violations: BTreeMap::new(),
         }
     }
 

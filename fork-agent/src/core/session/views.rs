@@ -96,6 +96,9 @@ pub struct StatsView {
     pub alarms: BTreeMap<&'static str, u64>,
     /// Alarm lines raised.
     pub alarms_raised: u64,
+    /// Connections closed for a speech protocol error, by what the server sent
+    /// (`speech_proto::ServerViolation::name`); every kind is listed.
+    pub protocol_errors: BTreeMap<&'static str, u64>,
     /// Media counters.
     pub media: MediaCounters,
     /// Forks started, stopped, failed.
@@ -127,6 +130,13 @@ pub struct PoolCounters {
     pub idle_closes: u64,
     /// Stall closes.
     pub stall_closes: u64,
+    /// Connections closed because the server broke the protocol.
+    pub protocol_errors: u64,
+    /// Times the server was held off for protocol errors.
+    pub protocol_backoffs: u64,
+    /// Protocol errors since the server was last healthy (the pool holds it off at
+    /// `protocol_error_limit`).
+    pub protocol_error_streak: u32,
     /// Calls failed.
     pub calls_failed: u64,
     /// Audio dropped by the pool (queue full or not open).
@@ -141,6 +151,7 @@ impl ForkService {
     /// `clear stream-service statistics`.
     pub fn clear_statistics(&mut self) {
         self.alarms.clear();
+        self.protocol_violations.clear();
         self.media = MediaCounters::default();
         self.forks_started = 0;
         self.forks_stopped = 0;
@@ -284,6 +295,9 @@ impl ForkService {
                     transport_closes: p.transport_closes,
                     idle_closes: p.idle_closes,
                     stall_closes: p.stall_closes,
+                    protocol_errors: p.protocol_errors,
+                    protocol_backoffs: p.protocol_backoffs,
+                    protocol_error_streak: p.protocol_error_streak,
                     calls_failed: p.calls_failed,
                     audio_dropped: p.audio_dropped,
                     calls: p.calls,
@@ -301,6 +315,15 @@ impl ForkService {
                 .map(|&k| (k.name(), self.alarms.count(k)))
                 .collect(),
             alarms_raised: self.alarms.raised(),
+            protocol_errors: speech_proto::ServerViolation::ALL
+                .iter()
+                .map(|&v| {
+                    (
+                        v.name(),
+                        self.protocol_violations.get(&v).copied().unwrap_or(0),
+                    )
+                })
+                .collect(),
             media: self.media,
             forks_started: self.forks_started,
             forks_stopped: self.forks_stopped,

@@ -8,9 +8,16 @@
 //! report the reference's error string.
 //!
 //! Run: send queued frames in order (control and audio share one queue, so `start` always
-//! precedes the audio after it), read and log what the server sends, and end on a close
-//! request, a server Close, or a transport error. A blocked write (stalled server) never hides
-//! a close request. Reports [`ConnEvent`]s to the service task.
+//! precedes the audio after it), read what the server sends, and end on a close request, a
+//! server Close, a transport error, or the first frame the server may not send. A blocked write
+//! (stalled server) never hides a close request. Reports [`ConnEvent`]s to the service task.
+//!
+//! What the server may send is decided by `speech_proto::check_server_text` (an `error`
+//! message, at most `MAX_SERVER_MESSAGE` bytes, which tungstenite also enforces while
+//! reading); framing errors tungstenite finds are mapped to a `ServerViolation` here. On a
+//! violation the connection is closed at once (Close with the violation's status code) and
+//! reported as [`ConnFailure::Protocol`]: the core counts it and decides about reconnecting.
+//! Valid `error` messages are counted and logged at most once per [`ERROR_LOG_INTERVAL`].
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -21,8 +28,8 @@ use std::{
     time::Duration,
 };
 
-use futures_util::{SinkExt, StreamExt};
-use speech_proto::SUBPROTOCOL;
+use futures_util::{Sink, SinkExt, StreamExt};
+use speech_proto::{ServerViolation, MAX_SERVER_MESSAGE, SUBPROTOCOL};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::{TcpSocket, TcpStream},
@@ -31,8 +38,9 @@ use tokio::{
 use tokio_tungstenite::{
     tungstenite::{
         client::IntoClientRequest,
+        error::ProtocolError,
         http::HeaderValue,
-        protocol::{frame::coding::CloseCode, CloseFrame},
+        protocol::{frame::coding::CloseCode, CloseFrame, WebSocketConfig},
         Message,
     },
     WebSocketStream,
@@ -84,6 +92,15 @@ impl Outgoing {
 /// Frames written with one flush at most (bounds the time a stalled close request waits).
 const MAX_BATCH: usize = 64;
 
+/// At most one log line per connection per interval for the server's `error` messages (the
+/// rest are counted): a server must not be able to fill the disk through our log.
+pub const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Reason tungstenite puts in the Close it substitutes for a Close with a reserved or invalid
+/// status code (tungstenite 0.30 `WebSocketContext::do_close`, "Protocol violation"). It hands
+/// us only the substitute, so this is the one way to tell a bad close from a server's 1002.
+const SUBSTITUTED_CLOSE_REASON: &str = "Protocol violation";
+
 /// What a connection task reports.
 #[derive(Debug)]
 pub enum ConnEvent {
@@ -114,6 +131,8 @@ pub struct ConnCounters {
     pub bytes_sent: AtomicU64,
     /// Audio frames still queued when the connection ended (lost with it).
     pub dropped_on_close: AtomicU64,
+    /// Valid `error` messages the server sent (docs/speech-protocol.md §4.7).
+    pub server_errors: AtomicU64,
 }
 
 /// The service's side of one connection task.
@@ -229,6 +248,7 @@ where
     let (mut sink, mut source) = ws.split();
     // Reused for every batch: no allocation per wakeup on the media path.
     let mut batch: Vec<Outgoing> = Vec::with_capacity(MAX_BATCH);
+    let mut error_log = ErrorLog::default();
     loop {
         tokio::select! {
             biased;
@@ -278,17 +298,119 @@ where
                     c.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
                 }
             }
-            m = source.next() => match m {
-                Some(Ok(Message::Close(frame))) => {
-                    let code = frame.as_ref().map_or(1005, |f| u16::from(f.code));
-                    return (ConnFailure::RemoteClose { code }, format!("server closed: {frame:?}"));
-                }
-                Some(Ok(Message::Text(t))) => warn!(server = %name, "speech server says: {t}"),
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return (ConnFailure::Transport, format!("read failed: {e}")),
-                None => return (ConnFailure::Transport, "connection reset (no close frame)".into()),
-            },
+            m = source.next() => {
+                let violation = match m {
+                    Some(Ok(Message::Close(Some(f))))
+                        if f.code == CloseCode::Protocol && f.reason.as_str() == SUBSTITUTED_CLOSE_REASON =>
+                    {
+                        (ServerViolation::BadClose, "close with a reserved or invalid status code".to_owned())
+                    }
+                    Some(Ok(Message::Close(frame))) => {
+                        let code = frame.as_ref().map_or(1005, |f| u16::from(f.code));
+                        return (ConnFailure::RemoteClose { code }, format!("server closed: {frame:?}"));
+                    }
+                    Some(Ok(Message::Text(t))) => match speech_proto::check_server_text(&t) {
+                        Ok(e) => {
+                            for c in counters {
+                                c.server_errors.fetch_add(1, Ordering::Relaxed);
+                            }
+                            error_log.log(name, &e);
+                            continue;
+                        }
+                        Err(v) => (v, format!("text {:?}", preview(t.as_bytes()))),
+                    },
+                    Some(Ok(Message::Binary(b))) => (
+                        ServerViolation::BinaryFrame,
+                        format!("{} bytes {:?}", b.len(), preview(&b)),
+                    ),
+                    // Ping is answered by tungstenite; a Pong carries nothing; raw frames are
+                    // never produced by reading.
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                    Some(Err(e)) => match read_violation(&e) {
+                        Some(v) => (v, e.to_string()),
+                        None => return (ConnFailure::Transport, format!("read failed: {e}")),
+                    },
+                    None => return (ConnFailure::Transport, "connection reset (no close frame)".into()),
+                };
+                let (violation, detail) = violation;
+                close_for(&mut sink, violation).await;
+                return (
+                    ConnFailure::Protocol { violation },
+                    format!("speech protocol error ({violation}): {detail}"),
+                );
+            }
         }
+    }
+}
+
+/// Which read errors are the server's fault. Everything else (EOF, reset, IO) is a transport
+/// failure. tungstenite reports a TCP close without a Close frame as a protocol error
+/// (`ResetWithoutClosingHandshake`): that one is a TCP closure.
+fn read_violation(e: &tokio_tungstenite::tungstenite::Error) -> Option<ServerViolation> {
+    use tokio_tungstenite::tungstenite::Error;
+    match e {
+        Error::Capacity(_) => Some(ServerViolation::TooLarge),
+        Error::Utf8(_) | Error::AttackAttempt => Some(ServerViolation::BadFrame),
+        Error::Protocol(p) => match p {
+            ProtocolError::InvalidCloseSequence => Some(ServerViolation::BadClose),
+            ProtocolError::NonZeroReservedBits
+            | ProtocolError::MaskedFrameFromServer
+            | ProtocolError::FragmentedControlFrame
+            | ProtocolError::ControlFrameTooBig
+            | ProtocolError::UnknownControlFrameType(_)
+            | ProtocolError::UnknownDataFrameType(_)
+            | ProtocolError::UnexpectedContinueFrame
+            | ProtocolError::ExpectedFragment(_)
+            | ProtocolError::InvalidOpcode(_)
+            | ProtocolError::ReceivedAfterClosing => Some(ServerViolation::BadFrame),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Fails the connection (RFC 6455 §7.1.7): a Close with the violation's status code, bounded
+/// in time (the server may not read); errors are moot, the connection is dropped next.
+async fn close_for<K>(sink: &mut K, violation: ServerViolation)
+where
+    K: Sink<Message> + Unpin,
+{
+    let frame = CloseFrame {
+        code: CloseCode::from(violation.close_code()),
+        reason: violation.name().into(),
+    };
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        sink.send(Message::Close(Some(frame))),
+    )
+    .await;
+}
+
+/// The start of a server frame for the log, escaped by `{:?}`.
+fn preview(b: &[u8]) -> String {
+    String::from_utf8_lossy(&b[..b.len().min(64)]).into_owned()
+}
+
+/// Rate limit of the server's `error` messages in the log.
+#[derive(Default)]
+struct ErrorLog {
+    last: Option<tokio::time::Instant>,
+    skipped: u64,
+}
+
+impl ErrorLog {
+    fn log(&mut self, server: &str, e: &speech_proto::ErrorMsg) {
+        let now = tokio::time::Instant::now();
+        if self.last.is_some_and(|at| now < at + ERROR_LOG_INTERVAL) {
+            self.skipped += 1;
+            return;
+        }
+        self.last = Some(now);
+        let skipped = std::mem::take(&mut self.skipped);
+        let message = preview(e.message.as_bytes());
+        let code = preview(e.code.as_bytes());
+        warn!(%server, stream = ?e.stream_id, ?code, ?message, skipped,
+            "speech server reports an error");
     }
 }
 
@@ -376,7 +498,11 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     use tokio_tungstenite::tungstenite::Error;
-    let (ws, resp) = tokio_tungstenite::client_async(req, stream)
+    // Bounds what we buffer of one server message (tungstenite applies it while reading only).
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_SERVER_MESSAGE))
+        .max_frame_size(Some(MAX_SERVER_MESSAGE));
+    let (ws, resp) = tokio_tungstenite::client_async_with_config(req, stream, Some(config))
         .await
         .map_err(|e| match e {
             Error::Http(resp) => (

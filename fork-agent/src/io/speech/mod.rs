@@ -108,6 +108,9 @@ pub struct ServerStats {
     pub connects: AtomicU64,
     /// Attempts or connections that failed (not closed by us).
     pub failures: AtomicU64,
+    /// Connections closed because the server sent a frame it may not send (a subset of
+    /// `failures`).
+    pub protocol_errors: AtomicU64,
     /// Open connections.
     pub connected: AtomicU64,
 }
@@ -400,6 +403,7 @@ impl Task {
                         v["frames_sent"] = json!(k.frames_sent.load(Ordering::Relaxed));
                         v["bytes_sent"] = json!(k.bytes_sent.load(Ordering::Relaxed));
                         v["dropped_on_close"] = json!(k.dropped_on_close.load(Ordering::Relaxed));
+                        v["server_errors"] = json!(k.server_errors.load(Ordering::Relaxed));
                     }
                     v
                 })
@@ -460,6 +464,9 @@ impl Task {
                 if failure != crate::core::session::ConnFailure::Local {
                     if let Some(s) = &stats {
                         s.failures.fetch_add(1, Ordering::Relaxed);
+                        if matches!(failure, crate::core::session::ConnFailure::Protocol { .. }) {
+                            s.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                     warn!(conn = conn.0, %url, ?failure, "WebSocket Connection ended: {detail}");
                 } else {
@@ -563,6 +570,18 @@ impl Task {
                         a.count,
                         a.kind.label()
                     );
+                }
+                Output::ServerBackoff {
+                    server,
+                    delay,
+                    errors,
+                } => {
+                    let name = self
+                        .targets
+                        .get(server.0 as usize)
+                        .map_or("?", |t| t.name.as_str());
+                    warn!(server = %name, errors, ?delay,
+                        "speech server keeps breaking the protocol: no connection to it for {delay:?}; its forks wait");
                 }
             }
         }
