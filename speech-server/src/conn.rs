@@ -7,6 +7,7 @@
 //! the [`Registry`]; every violation is answered with an `error` text frame and recorded.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -16,7 +17,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
@@ -38,7 +40,77 @@ pub struct Misbehave {
     pub abort_after_frames: Option<u64>,
     /// Answer every upgrade request with this HTTP status.
     pub reject_handshake: Option<u16>,
+    /// Send a frame a server may not send right after each upgrade.
+    pub send_garbage: Option<GarbageArg>,
 }
+
+/// `--send-garbage` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GarbageArg {
+    /// A binary frame (servers never send audio).
+    Binary,
+    /// A text frame that is not JSON.
+    Text,
+    /// A well-formed message of a type only clients send (`stop`).
+    Message,
+    /// An `error` message longer than `speech_proto::MAX_SERVER_MESSAGE`.
+    Oversize,
+    /// A Close frame with status 1005, which must never be sent (RFC 6455 §7.4.1).
+    BadClose,
+    /// A data frame with the reserved opcode 3 (RFC 6455 §5.2).
+    BadFrame,
+    /// Each of the above in turn, one per connection.
+    Cycle,
+}
+
+impl GarbageArg {
+    const KINDS: [GarbageArg; 6] = [
+        GarbageArg::Binary,
+        GarbageArg::Text,
+        GarbageArg::Message,
+        GarbageArg::Oversize,
+        GarbageArg::BadClose,
+        GarbageArg::BadFrame,
+    ];
+
+    /// The kind for the `n`th upgraded connection (0-based).
+    fn pick(self, n: usize) -> GarbageArg {
+        match self {
+            GarbageArg::Cycle => GarbageArg::KINDS[n % GarbageArg::KINDS.len()],
+            one => one,
+        }
+    }
+
+    /// The frame to send. Raw frames bypass tungstenite's checks on what we send.
+    fn frame(self) -> Message {
+        match self {
+            GarbageArg::Binary => Message::Binary(vec![0xde, 0xad, 0xbe, 0xef].into()),
+            GarbageArg::Text => Message::Text("hello, this is not JSON".into()),
+            GarbageArg::Message => {
+                Message::Text(r#"{"type":"stop","stream_id":1,"reason":"request"}"#.into())
+            }
+            GarbageArg::Oversize => Message::Text(
+                format!(
+                    r#"{{"type":"error","code":"x","message":"{}"}}"#,
+                    "x".repeat(speech_proto::MAX_SERVER_MESSAGE)
+                )
+                .into(),
+            ),
+            GarbageArg::BadClose => Message::Frame(Frame::close(Some(CloseFrame {
+                code: CloseCode::from(1005),
+                reason: "".into(),
+            }))),
+            GarbageArg::BadFrame | GarbageArg::Cycle => Message::Frame(Frame::message(
+                b"?".to_vec(),
+                OpCode::Data(Data::Reserved(3)),
+                true,
+            )),
+        }
+    }
+}
+
+/// Upgraded connections so far (`--send-garbage cycle` picks by it).
+static UPGRADED: AtomicUsize = AtomicUsize::new(0);
 
 /// State shared by all connection tasks.
 pub struct Ctx {
@@ -159,6 +231,14 @@ where
         }
     };
     tracing::info!(conn = id, %peer, tls, "connection accepted");
+    let mut ws = ws;
+    if let Some(g) = ctx.misbehave.send_garbage {
+        let kind = g.pick(UPGRADED.fetch_add(1, Ordering::Relaxed));
+        tracing::info!(conn = id, ?kind, "sending garbage (--send-garbage)");
+        if let Err(e) = ws.send(kind.frame()).await {
+            tracing::info!(conn = id, error = %e, "transport error sending garbage");
+        }
+    }
     let how = run(ws, id, &ctx).await;
     tracing::info!(conn = id, %peer, ended = %how, "connection ended");
     ctx.registry().close_conn(id, how);

@@ -68,6 +68,12 @@ struct Args {
     /// Test switch: answer every upgrade request with this HTTP status (e.g. 503).
     #[arg(long, value_parser = clap::value_parser!(u16).range(100..=599))]
     reject_handshake: Option<u16>,
+    /// Test switch: right after each upgrade, send one frame a server may not send: `binary`,
+    /// `text` (not JSON), `message` (a client-only message type), `oversize` (an `error` longer
+    /// than the protocol allows), `bad-close` (Close with the reserved code 1005), `bad-frame`
+    /// (reserved opcode), or `cycle` (each in turn, one kind per connection).
+    #[arg(long, value_enum)]
+    send_garbage: Option<conn::GarbageArg>,
     /// Require a TLS client certificate signed by a CA in this PEM file (wss only).
     #[arg(long, requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
@@ -183,6 +189,7 @@ async fn main() -> anyhow::Result<()> {
             close_after_frames: args.close_after_frames,
             abort_after_frames: args.abort_after_frames,
             reject_handshake: args.reject_handshake,
+            send_garbage: args.send_garbage,
         },
         registry: Mutex::new(Registry::new(&args.out_dir)?),
         exit_after_stops: args.exit_after_stops,
