@@ -379,10 +379,13 @@ where
         code: CloseCode::from(violation.close_code()),
         reason: violation.name().into(),
     };
-    let _ = tokio::time::timeout(
-        Duration::from_secs(1),
-        sink.send(Message::Close(Some(frame))),
-    )
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        if sink.send(Message::Close(Some(frame))).await.is_err() {
+            // Already closing (the server's Close, even a bad one, was answered by
+            // tungstenite): flush that answer instead.
+            let _ = sink.close().await;
+        }
+    })
     .await;
 }
 
