@@ -357,6 +357,22 @@ pub enum Answer {
 }
 
 impl Answer {
+    /// The answer as JSON again (what the agent sent, for printing).
+    pub fn to_value(&self) -> Value {
+        let v = match self {
+            Answer::Done => Ok(Value::Null),
+            Answer::FlowAdded(a) => serde_json::to_value(a),
+            Answer::ForkStarted(a) => serde_json::to_value(a),
+            Answer::ChannelAdded(a) => serde_json::to_value(a),
+            Answer::Flows(a) => serde_json::to_value(a),
+            Answer::Forks(a) => serde_json::to_value(a),
+            Answer::Turn(a) => serde_json::to_value(a),
+            Answer::Json(v) => Ok(v.clone()),
+        };
+        // These types were read from JSON and hold strings, numbers and addresses only.
+        v.unwrap_or(Value::Null)
+    }
+
     /// Reads the `data` answering `op`. An error means the agent answered another shape than
     /// this crate knows: a fork-agent and a client built from different versions.
     pub fn decode(op: &Op, data: Value) -> Result<Answer, serde_json::Error> {

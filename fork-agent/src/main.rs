@@ -1,19 +1,12 @@
 //! fork-agent command line: the daemon (`run`), config validation and the control CLI.
-use std::{
-    io::{BufRead, BufReader, Write},
-    net::SocketAddr,
-    os::unix::net::UnixStream,
-    path::PathBuf,
-};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use fork_agent::{
-    config::{Config, ForkPathSetting, FORK_PATH_ENV},
-    core::control_api::{
-        FlowSpec, ForkSpec, Op, Request, StreamServiceShow, StreamSpec, API_VERSION,
-    },
+use control_api::{
+    BlockingClient, ClientError, FlowSpec, ForkSpec, Op, StreamServiceShow, StreamSpec,
 };
+use fork_agent::config::{Config, ForkPathSetting, FORK_PATH_ENV};
 use serde_json::Value;
 
 #[derive(Parser)]
@@ -198,7 +191,7 @@ fn init_tracing() {
     tracing_subscriber::fmt().with_env_filter(filter).init();
 }
 
-fn ctl(socket: &PathBuf, json: bool, cmd: CtlCmd) -> Result<()> {
+fn ctl(socket: &std::path::Path, json: bool, cmd: CtlCmd) -> Result<()> {
     let mut table_kind = TableKind::Generic;
     let mut subscribe = false;
     let op = match cmd {
@@ -314,36 +307,18 @@ fn ctl(socket: &PathBuf, json: bool, cmd: CtlCmd) -> Result<()> {
             reason: speech_proto::StopReason::Request,
         },
     };
-    let mut stream = UnixStream::connect(socket).with_context(|| {
-        format!(
-            "connecting to {} (is fork-agent running?)",
-            socket.display()
-        )
-    })?;
-    let mut line = serde_json::to_string(&Request { v: API_VERSION, op })?;
-    line.push('\n');
-    stream.write_all(line.as_bytes())?;
-    let mut resp = String::new();
-    BufReader::new(&stream).read_line(&mut resp)?;
-    let v: Value = serde_json::from_str(&resp).context("malformed response from the agent")?;
-    if v.get("ok") != Some(&Value::Bool(true)) {
-        bail!(
-            "{}",
-            v.get("error")
-                .and_then(Value::as_str)
-                .unwrap_or("request failed")
-        );
-    }
-    let data = v.get("data").cloned().unwrap_or(Value::Null);
+    let mut client = BlockingClient::connect(socket)?;
+    let data = client.call(&op)?.to_value();
     if subscribe {
         // Event lines follow until the agent goes away.
-        let mut reader = BufReader::new(&stream);
-        let mut line = String::new();
-        while reader.read_line(&mut line)? > 0 {
-            print!("{line}");
-            line.clear();
+        loop {
+            match client.next_event(Duration::from_secs(3600)) {
+                Ok(Some(ev)) => println!("{}", ev.to_line()),
+                Ok(None) => {}
+                Err(ClientError::Closed) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
         }
-        return Ok(());
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&data)?);

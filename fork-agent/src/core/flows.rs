@@ -14,7 +14,7 @@ use fork_common::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::control_api::{FlowSpec, ForkSpec};
+use control_api::{FlowSpec, ForkSpec};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FlowError {
@@ -74,13 +74,9 @@ impl FlowEntry {
     }
 }
 
-/// A running fork: which stream id each flow's audio goes out as.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Fork {
-    pub spec: ForkSpec,
-    /// `(stream_id, flow local address)` in the order of `spec.streams`.
-    pub streams: Vec<(u32, SocketAddr)>,
-}
+/// A running fork: which stream id each flow's audio goes out as (the `show_forks` entry and
+/// the fork journal's record, hence control-api's type).
+pub use control_api::Fork;
 
 /// The kernel action that sends a packet from `src` to `dst`, counted in `stats_index` (no fork,
 /// no strict source; egress and next hop are filled in by the shell).
@@ -381,7 +377,7 @@ mod tests {
     use speech_proto::{Channel, Codec};
 
     use super::*;
-    use crate::core::control_api::StreamSpec;
+    use control_api::StreamSpec;
 
     fn spec(local: &str) -> FlowSpec {
         FlowSpec {

@@ -113,7 +113,7 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::control_api::{ForkSpec, StreamSpec};
+    use control_api::{ForkSpec, StreamSpec};
     use speech_proto::{Channel, Codec};
 
     fn fork(guid: &str, stream: u32) -> Fork {

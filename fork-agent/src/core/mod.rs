@@ -1,6 +1,5 @@
 //! Sans-IO cores of fork-agent: no sockets, no clock, no tasks (../../../shared/style.md §2).
 pub mod alarms;
-pub mod control_api;
 pub mod flows;
 pub mod fork_journal;
 pub mod forked;

@@ -12,23 +12,10 @@ use std::{
 use fork_common::{
     addr_words, FlowKey, TurnChannelKey, TurnPeerKey, TURN_CHANNEL_MAX, TURN_CHANNEL_MIN,
 };
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-/// A channel bound by the TURN server with a live permission for its peer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ChannelSpec {
-    /// The client's address as the server sees it (UDP source).
-    pub client: SocketAddr,
-    /// The server's listening address the client sends to (e.g. :3478).
-    pub server: SocketAddr,
-    /// RFC 8656 channel number, 0x4000–0x4FFF.
-    pub number: u16,
-    /// The allocation's relayed transport address.
-    pub relay: SocketAddr,
-    /// The peer bound to the channel.
-    pub peer: SocketAddr,
-}
+/// A channel bound by the TURN server with a live permission for its peer (`turn_channel_add`).
+pub use control_api::ChannelSpec;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TurnOffloadError {

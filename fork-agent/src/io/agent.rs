@@ -17,6 +17,10 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+use control_api::{
+    ChannelAdded, Event, FlowAdded, FlowPath, FlowRemovedReason, FlowRow, FlowSpec, ForkStarted,
+    Op, Response, StartedStream, TurnDirection, TurnRow,
+};
 use fork_common::{FlowStats, NeighKey, NeighValue, TurnAction};
 use serde_json::{json, Value};
 use tokio::{
@@ -29,7 +33,6 @@ use crate::io::control::Readiness;
 use crate::{
     config::Config,
     core::{
-        control_api::{Op, Response},
         flows::{relay_action, FlowTable},
         fork_journal, idle,
         route_cache::RouteCache,
@@ -362,7 +365,10 @@ impl Agent {
                                 format!("unavailable: {e:#}")
                             }
                         };
-                        Ok(json!({ "stats_index": entry.stats_index, "fallback": fallback }))
+                        Ok(serde_json::to_value(FlowAdded {
+                            stats_index: entry.stats_index,
+                            fallback,
+                        })?)
                     }
                     Err(e) => {
                         let _ = self.table.remove(flow.local);
@@ -425,13 +431,16 @@ impl Agent {
                     self.sync_fallback_fork(*local);
                 }
                 self.record_fork(&fork_journal::Entry::Start(fork.clone()));
-                let ids: Vec<Value> = fork
+                let streams = fork
                     .streams
                     .iter()
                     .zip(&fork.spec.streams)
-                    .map(|((id, _), s)| json!({"stream_id": id, "channel": s.channel}))
+                    .map(|((id, _), s)| StartedStream {
+                        stream_id: *id,
+                        channel: s.channel,
+                    })
                     .collect();
-                Ok(json!({ "streams": ids }))
+                Ok(serde_json::to_value(ForkStarted { streams })?)
             }
             Op::ForkStop { call_guid, reason } => {
                 let (fork, updates) = self.table.stop_fork(&call_guid)?;
@@ -562,7 +571,10 @@ impl Agent {
             to_client_stats,
         });
         info!(client = %spec.client, channel = spec.number, peer = %spec.peer, "TURN channel relayed in kernel");
-        Ok(json!({ "to_peer_stats": to_peer_stats, "to_client_stats": to_client_stats }))
+        Ok(serde_json::to_value(ChannelAdded {
+            to_peer_stats,
+            to_client_stats,
+        })?)
     }
 
     fn write_turn_channel(
@@ -647,27 +659,34 @@ impl Agent {
     }
 
     fn show_turn(&self) -> Result<Value> {
-        let stat = |i: u32| self.dp.flow_stats.get(&i, 0).unwrap_or_default();
-        Ok(Value::Array(
-            self.turn
-                .channels()
-                .map(|o| {
-                    let (a, b) = (stat(o.to_peer_stats), stat(o.to_client_stats));
-                    json!({
-                        "client": o.spec.client, "server": o.spec.server, "channel": o.spec.number,
-                        "relay": o.spec.relay, "peer": o.spec.peer,
-                        "to_peer": {"packets": a.packets, "bytes": a.bytes, "passed": a.passed},
-                        "to_client": {"packets": b.packets, "bytes": b.bytes, "passed": b.passed},
-                    })
-                })
-                .collect(),
-        ))
+        let stat = |i: u32| {
+            let s = self.dp.flow_stats.get(&i, 0).unwrap_or_default();
+            TurnDirection {
+                packets: s.packets,
+                bytes: s.bytes,
+                passed: s.passed,
+            }
+        };
+        let rows: Vec<TurnRow> = self
+            .turn
+            .channels()
+            .map(|o| TurnRow {
+                client: o.spec.client,
+                server: o.spec.server,
+                channel: o.spec.number,
+                relay: o.spec.relay,
+                peer: o.spec.peer,
+                to_peer: stat(o.to_peer_stats),
+                to_client: stat(o.to_client_stats),
+            })
+            .collect();
+        Ok(serde_json::to_value(rows)?)
     }
 
     /// Pick the egress interface, keep its next hop resolved, and write the flow into the kernel.
     fn install_flow(
         &mut self,
-        flow: &crate::core::control_api::FlowSpec,
+        flow: &FlowSpec,
         key: fork_common::FlowKey,
         stats_index: u32,
     ) -> Result<()> {
@@ -760,32 +779,51 @@ impl Agent {
             let user = self.fallback.stats(&f.local);
             let user_packets = user.map_or(0, |u| u.packets.load(Ordering::Relaxed));
             let path = if !in_kernel {
-                "missing"
+                FlowPath::Missing
             } else if s.packets > 0 && user_packets == 0 && s.passed == 0 {
-                "kernel"
+                FlowPath::Kernel
             } else if s.packets > 0 {
-                "kernel+user-space"
+                FlowPath::KernelAndUserSpace
             } else if user_packets > 0 || s.passed > 0 {
-                "user-space"
+                FlowPath::UserSpace
             } else {
-                "idle"
+                FlowPath::Idle
             };
-            out.push(json!({
-                "local": f.local, "src": f.src, "dst": f.dst, "stream_id": f.stream_id,
-                "stats_index": f.stats_index, "path": path,
-                "packets": s.packets, "bytes": s.bytes, "forked": s.forked,
-                "lost": s.lost, "out_of_order": s.out_of_order, "wrong_pt": s.wrong_pt,
-                "errors": s.errors, "strict_drops": s.strict_drops, "passed": s.passed,
-                "userspace_packets": user_packets,
-                "userspace_bytes": user.map_or(0, |u| u.bytes.load(Ordering::Relaxed)),
-                "userspace_forked": user.map_or(0, |u| u.forked.load(Ordering::Relaxed)),
-                "userspace_fork_drops": user.map_or(0, |u| u.fork_drops.load(Ordering::Relaxed)),
-                "fallback": if user.is_some() { "bound" } else { "unavailable" },
-                "dtmf": s.dtmf, "rtcp": s.rtcp, "ssrc": s.ssrc, "last_seq": s.last_seq,
-                "idle_ms": if s.last_seen_ns == 0 { Value::Null } else { json!(now_ns.saturating_sub(s.last_seen_ns) / 1_000_000) },
-            }));
+            out.push(FlowRow {
+                local: f.local,
+                src: f.src,
+                dst: f.dst,
+                stream_id: f.stream_id,
+                stats_index: f.stats_index,
+                path,
+                packets: s.packets,
+                bytes: s.bytes,
+                forked: s.forked,
+                lost: s.lost,
+                out_of_order: s.out_of_order,
+                wrong_pt: s.wrong_pt,
+                errors: s.errors,
+                strict_drops: s.strict_drops,
+                passed: s.passed,
+                dtmf: s.dtmf,
+                rtcp: s.rtcp,
+                ssrc: s.ssrc,
+                last_seq: s.last_seq,
+                idle_ms: (s.last_seen_ns != 0)
+                    .then(|| now_ns.saturating_sub(s.last_seen_ns) / 1_000_000),
+                userspace_packets: user_packets,
+                userspace_bytes: user.map_or(0, |u| u.bytes.load(Ordering::Relaxed)),
+                userspace_forked: user.map_or(0, |u| u.forked.load(Ordering::Relaxed)),
+                userspace_fork_drops: user.map_or(0, |u| u.fork_drops.load(Ordering::Relaxed)),
+                fallback: if user.is_some() {
+                    "bound"
+                } else {
+                    "unavailable"
+                }
+                .to_owned(),
+            });
         }
-        Ok(Value::Array(out))
+        Ok(serde_json::to_value(out)?)
     }
 
     fn show_counters(&self) -> Result<Value> {
@@ -877,9 +915,12 @@ impl Agent {
                 }
                 self.installed_ns.remove(&local);
                 info!(%local, idle_secs = self.idle_timeout.as_secs(), "flow removed after idle timeout");
-                let ev = json!({"event": "flow_removed", "local": local, "reason": "idle"});
+                let ev = Event::FlowRemoved {
+                    local,
+                    reason: FlowRemovedReason::Idle,
+                };
                 // No subscriber is fine: nobody to tell.
-                let _ = self.events.send(ev.to_string());
+                let _ = self.events.send(ev.to_line());
             }
         }
         let orphaned = idle::forks_without_flows(

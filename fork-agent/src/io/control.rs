@@ -1,6 +1,7 @@
 //! The control socket server (docs/control-api.md): accepts local clients through a
 //! [`Gate`](conn_limits::io::gate::Gate), reads request lines with a bounded
-//! [`LineReader`], and hands each request to the agent loop in order.
+//! [`LineReader`], decodes them with control-api's server codec, and hands each request to the
+//! agent loop in order.
 //!
 //! Role: keep the API answering whatever one local client does. Per-user and global connection
 //! limits, a deadline for the first request, an accept loop that pauses on EMFILE instead of
@@ -15,6 +16,8 @@ use std::sync::Arc;
 
 use conn_limits::io::gate::{CloseCause, Conn, Gate, GateOptions, GateStats};
 use conn_limits::{Line, LineReader};
+use control_api::codec::{decode_request_line, encode_event, encode_response};
+use control_api::{ApiError, Event, Op, Response};
 use serde_json::Value;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -23,10 +26,7 @@ use tokio::{
 };
 
 use super::agent::ControlMsg;
-use crate::{
-    config::ControlConfig,
-    core::control_api::{parse_request, Op, Response},
-};
+use crate::config::ControlConfig;
 
 /// Whether the control API serves requests yet. Until the data plane is up, every request gets
 /// an error that says so (docs/control-api.md "Readiness"), never a bare connection reset.
@@ -37,7 +37,7 @@ pub(crate) enum Readiness {
 }
 
 /// How every control API error starts while the data plane is not up yet.
-pub const NOT_READY: &str = "not ready";
+pub use control_api::NOT_READY;
 
 /// Bytes read per `read` call; a connection holds this plus at most one line.
 const READ_CHUNK: usize = 8 * 1024;
@@ -72,10 +72,7 @@ fn readiness(ready: &watch::Receiver<Readiness>) -> Readiness {
 }
 
 async fn write_line(w: &mut OwnedWriteHalf, resp: &Response) -> std::io::Result<()> {
-    let mut out = serde_json::to_string(resp)
-        .unwrap_or_else(|e| format!("{{\"ok\":false,\"error\":\"cannot encode response: {e}\"}}"));
-    out.push('\n');
-    w.write_all(out.as_bytes()).await
+    w.write_all(&encode_response(resp)).await
 }
 
 /// One client: requests in, one answer line each, events after `subscribe`.
@@ -94,40 +91,34 @@ async fn serve(
     let mut sub: Option<broadcast::Receiver<String>> = None;
     'conn: loop {
         while let Some(line) = lines.poll_line() {
-            let resp = match line {
-                // Copied out: the watch guard must not live across the await below.
-                Line::Text(l) => match (readiness(&ready), parse_request(&l)) {
-                    (_, Err(e)) => Response::err(e),
-                    (Readiness::Starting(stage), Ok(_)) => {
-                        Response::err(format!("{NOT_READY}: fork-agent is {stage}"))
+            let too_long = line == Line::TooLong;
+            // Copied out: the watch guard must not live across the await below.
+            let resp = match (readiness(&ready), decode_request_line(line, max_line)) {
+                (_, Err(e)) => Response::error(&e),
+                (Readiness::Starting(stage), Ok(_)) => Response::error(&ApiError::NotReady {
+                    stage: stage.to_owned(),
+                }),
+                (Readiness::Ready, Ok(Op::Subscribe)) => {
+                    conn.progress();
+                    sub = Some(events.subscribe());
+                    Response::ok(Value::Null)
+                }
+                (Readiness::Ready, Ok(op)) => {
+                    conn.progress();
+                    let (tx, rx) = oneshot::channel();
+                    if ctl.send((op, tx)).await.is_err() {
+                        break 'conn;
                     }
-                    (Readiness::Ready, Ok(Op::Subscribe)) => {
-                        conn.progress();
-                        sub = Some(events.subscribe());
-                        Response::ok(Value::Null)
-                    }
-                    (Readiness::Ready, Ok(op)) => {
-                        conn.progress();
-                        let (tx, rx) = oneshot::channel();
-                        if ctl.send((op, tx)).await.is_err() {
-                            break 'conn;
-                        }
-                        rx.await
-                            .unwrap_or_else(|_| Response::err("agent shutting down"))
-                    }
-                },
-                Line::NotUtf8 => Response::err(
-                    "request line is not UTF-8 (one JSON object per line, UTF-8, \\n-terminated)",
-                ),
-                Line::TooLong => {
-                    conn.set_close_cause(CloseCause::TooLarge);
-                    let resp = Response::err(format!(
-                        "request line longer than {max_line} bytes; closing the connection"
-                    ));
-                    let _ = write_line(&mut w, &resp).await;
-                    break 'conn;
+                    rx.await
+                        .unwrap_or_else(|_| Response::error(&ApiError::ShuttingDown))
                 }
             };
+            if too_long {
+                // The rest of the line cannot be told from the next request: answer, close.
+                conn.set_close_cause(CloseCause::TooLarge);
+                let _ = write_line(&mut w, &resp).await;
+                break 'conn;
+            }
             if write_line(&mut w, &resp).await.is_err() {
                 break 'conn;
             }
@@ -141,15 +132,17 @@ async fn serve(
                 Some(rx) => rx.recv().await,
                 None => std::future::pending().await,
             } } => {
-                let mut out = match ev {
-                    Ok(line) => line,
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        format!("{{\"event\":\"lagged\",\"missed\":{n}}}")
+                let out = match ev {
+                    Ok(mut line) => {
+                        line.push('\n');
+                        line.into_bytes()
+                    }
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        encode_event(&Event::Lagged { missed })
                     }
                     Err(broadcast::error::RecvError::Closed) => break,
                 };
-                out.push('\n');
-                if w.write_all(out.as_bytes()).await.is_err() {
+                if w.write_all(&out).await.is_err() {
                     break;
                 }
             }
@@ -157,4 +150,57 @@ async fn serve(
         }
     }
     let _ = w.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use control_api::{Event, ForkStatus as WireStatus};
+
+    use crate::core::session::{ForkFailure, ForkStatus, StatusEvent};
+
+    /// The stream service publishes `fork_status` lines as its `StatusEvent` plus the `event`
+    /// tag (io/speech); every status and error must read back as control-api's [`Event`], the
+    /// type subscribers decode with.
+    #[test]
+    fn the_stream_services_status_lines_are_control_api_events() {
+        let cases = [
+            (ForkStatus::Started, WireStatus::Started, None, true),
+            (ForkStatus::Paused, WireStatus::Paused, None, false),
+            (ForkStatus::Resumed, WireStatus::Resumed, None, false),
+            (
+                ForkStatus::Stopped,
+                WireStatus::Stopped,
+                Some(ForkFailure::ForkingStopped),
+                false,
+            ),
+            (
+                ForkStatus::Error,
+                WireStatus::Error,
+                Some(ForkFailure::TcpConnectionClosed),
+                false,
+            ),
+        ];
+        for (status, wire, error, reconnected) in cases {
+            let ev = StatusEvent {
+                call_guid: "g".into(),
+                status,
+                error,
+                reconnected,
+            };
+            // As io/speech encodes it.
+            let mut v = serde_json::to_value(&ev).expect("status event is JSON");
+            v["event"] = serde_json::json!("fork_status");
+            let line = v.to_string();
+            assert_eq!(
+                serde_json::from_str::<Event>(&line).expect(&line),
+                Event::ForkStatus {
+                    call_guid: "g".into(),
+                    status: wire,
+                    error: error.map(|e| e.as_str().to_owned()),
+                    reconnected,
+                },
+                "{line}"
+            );
+        }
+    }
 }

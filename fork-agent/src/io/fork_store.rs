@@ -164,7 +164,7 @@ fn read_legacy(path: &Path) -> Vec<Fork> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::control_api::{ForkSpec, StreamSpec};
+    use control_api::{ForkSpec, StreamSpec};
     use speech_proto::{Channel, Codec};
 
     fn fork(guid: &str) -> Fork {

@@ -16,7 +16,7 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use crate::core::control_api::{Op, Response, StreamServiceShow};
+use control_api::{Op, Response, StreamServiceShow};
 
 type ControlMsg = (Op, oneshot::Sender<Response>);
 

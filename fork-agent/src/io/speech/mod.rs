@@ -32,13 +32,13 @@ use tracing::{info, warn};
 use crate::{
     config::SpeechServerConfig,
     core::{
-        control_api::{Op, Response, StreamServiceShow},
         flows::Fork,
         session::{AudioVerdict, ConnId, ForkRequest, ForkService, Output, ServerId, SessionError},
         ws_url::WsUrl,
     },
 };
 use conn::{ConnCounters, ConnEvent, ConnTx, Outgoing, Target};
+use control_api::{Op, Response, StreamServiceShow};
 
 /// A forked packet from the AF_XDP reader, already encoded as a speech-protocol frame.
 #[derive(Debug)]
