@@ -36,6 +36,8 @@ pub use response::{
     Answer, ApiError, ChannelAdded, FlowAdded, FlowPath, FlowRow, Fork, ForkStarted, Response,
     StartedStream, TurnDirection, TurnRow, NOT_READY,
 };
+/// The speech protocol's values that requests carry.
+pub use speech_proto::{Channel, Codec, PauseReason, StopReason};
 
 #[cfg(test)]
 mod tests;

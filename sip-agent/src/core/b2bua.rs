@@ -41,7 +41,7 @@ use tracing::{debug, info, trace};
 use crate::core::authz::{self, PeerIdentities, SecurityCounters};
 use crate::core::dialog::{header_values, uri_of, Dialog, RequestParts};
 use crate::core::fork_request::{
-    self, Carrier, ForkCommand, ForkError, ForkRequest, ForkSequence, ForkState, StatusReport,
+    self, Carrier, ForkError, ForkRequest, ForkSequence, ForkState, StatusReport,
 };
 use crate::core::message::{self, ParseError};
 use crate::core::multipart;
@@ -281,7 +281,7 @@ pub enum SessionEvent {
         /// Leg the controller talks on (status INFOs go there).
         leg: Leg,
         /// What to do.
-        request: ForkCommand,
+        request: ForkRequest,
     },
     /// The call is over; its handle will not appear again.
     CallEnded {

@@ -142,8 +142,9 @@ mod tests {
     use crate::core::b2bua::{Bind, Leg};
     use crate::core::dialog::Dialog;
     use crate::core::fork_request::ForkSequence;
-    use crate::core::media::{FlowSpec, ForkSnapshot};
+    use crate::core::media::ForkSnapshot;
     use crate::core::transaction::{Peer, Transport};
+    use control_api::FlowSpec;
 
     fn record(call: u32, cseq: u32) -> CallRecord {
         let peer = |a: &str| Peer {
@@ -188,6 +189,7 @@ mod tests {
                     local: "10.77.1.1:30000".parse().unwrap(),
                     src: "10.77.1.1:30002".parse().unwrap(),
                     dst: "10.77.2.2:40000".parse().unwrap(),
+                    expect: None,
                     rtcp: false,
                     payload_types: vec![0, 8],
                     dtmf_pt: Some(101),

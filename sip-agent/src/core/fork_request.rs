@@ -16,7 +16,7 @@
 //!    either step changes no state.
 //! 3. [`StatusReport::to_json`] builds the INFO body sent back to the controller.
 //!
-//! Outputs: [`ForkRequest`], [`ForkCommand`], and [`ForkError::as_str`], which returns the
+//! Outputs: [`ForkRequest`] (parsed, then passed by [`ForkSequence::apply`]), and [`ForkError::as_str`], which returns the
 //! reference's error string verbatim (these strings are what the controller parses).
 
 use serde_json::{Map, Value};
@@ -485,25 +485,6 @@ pub enum Carrier {
     ReInvite,
 }
 
-/// What the fork layer must do after a request passed [`ForkSequence::apply`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ForkCommand {
-    /// Start a fork with these parameters.
-    Start(StartRequest),
-    /// Stop the fork identified by this GUID.
-    Stop {
-        /// GUID of the fork being stopped.
-        call_guid: String,
-    },
-    /// Replace metadata of the active fork.
-    Update {
-        /// GUID of the fork being updated.
-        call_guid: String,
-        /// New metadata.
-        metadata: Map<String, Value>,
-    },
-}
-
 /// Per-call sequence rules for fork requests (reference table 2 rows "Invalid Start/Stop/Update
 /// Fork Request" and "GUID Mismatch", and the "Restrictions" and "UPDATE Message" sections).
 ///
@@ -534,7 +515,8 @@ impl ForkSequence {
     }
 
     /// Checks `req` against the call's fork state and, if it is in sequence, records it.
-    pub fn apply(&mut self, req: ForkRequest, carrier: Carrier) -> Result<ForkCommand, ForkError> {
+    /// The request comes back when it is in sequence: what the fork layer must carry out.
+    pub fn apply(&mut self, req: ForkRequest, carrier: Carrier) -> Result<ForkRequest, ForkError> {
         if let Some(c) = self.carrier {
             if c != carrier {
                 return Err(ForkError::UnsupportedFlow);
@@ -546,7 +528,7 @@ impl ForkSequence {
                     return Err(ForkError::InvalidStartForkRequest);
                 }
                 self.active = Some(start.call_guid.clone());
-                ForkCommand::Start(start)
+                ForkRequest::Start(start)
             }
             ForkRequest::Stop { call_guid } => {
                 match &self.active {
@@ -555,7 +537,7 @@ impl ForkSequence {
                     Some(_) => {}
                 }
                 self.active = None;
-                ForkCommand::Stop { call_guid }
+                ForkRequest::Stop { call_guid }
             }
             ForkRequest::Update {
                 call_guid,
@@ -570,7 +552,7 @@ impl ForkSequence {
                     Some(g) if *g != call_guid => return Err(ForkError::GuidMismatch),
                     Some(_) => {}
                 }
-                ForkCommand::Update {
+                ForkRequest::Update {
                     call_guid,
                     metadata,
                 }
@@ -986,7 +968,7 @@ mod tests {
         );
         assert!(matches!(
             seq.apply(start(), Carrier::Info),
-            Ok(ForkCommand::Start(_))
+            Ok(ForkRequest::Start(_))
         ));
         assert!(seq.is_active());
         assert_eq!(
@@ -1003,11 +985,11 @@ mod tests {
         );
         assert!(matches!(
             seq.apply(update(GUID), Carrier::Info),
-            Ok(ForkCommand::Update { .. })
+            Ok(ForkRequest::Update { .. })
         ));
         assert!(matches!(
             seq.apply(stop(GUID), Carrier::Info),
-            Ok(ForkCommand::Stop { .. })
+            Ok(ForkRequest::Stop { .. })
         ));
         assert!(!seq.is_active());
         // Restart after stop is allowed.

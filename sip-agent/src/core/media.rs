@@ -8,9 +8,9 @@
 //! with `c=0.0.0.0` or a codec change each produce exactly the `flow_del`/`flow_add` needed.
 //!
 //! Inputs: [`MediaLayer::handle_session`] with every [`SessionEvent`] the B2BUA emits, in order;
-//! [`MediaLayer::handle_control_result`] with each control operation's answer.
+//! [`MediaLayer::handle_control_result`] with each control operation's typed answer.
 //! Outputs: drain [`MediaLayer::poll_output`] after each input: [`MediaOutput::Control`] is one
-//! request line for fork-agent (the shell must execute them in order on one connection, which
+//! control-api request for fork-agent (the shell must execute them in order on one connection, which
 //! makes `fork_start` follow the flows it names); [`MediaOutput::Status`] goes to
 //! `B2bua::handle_fork_status`.
 //!
@@ -25,21 +25,18 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 
+use control_api::request::DEFAULT_PTIME_MS;
+use control_api::{
+    Answer, ApiError, Channel, ClientError, Codec, FlowSpec, ForkSpec, ForkStarted, Op,
+    PauseReason, StopReason, StreamSpec,
+};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 use tracing::{debug, warn};
 
 use crate::core::b2bua::{CallHandle, Leg, NegotiatedMedia, SessionEvent};
 use crate::core::fork_request::{
-    ForkCodec, ForkCommand, ForkError, ForkKind, ForkState, Party, StatusReport, StreamStatus,
+    ForkCodec, ForkError, ForkKind, ForkRequest, ForkState, Party, StatusReport, StreamStatus,
 };
-
-/// Control API version spoken (docs/control-api.md "Framing").
-pub const API_VERSION: u32 = 1;
-
-/// Default packetisation when the SDP has no `a=ptime` (RFC 3551 §4.5: G.711 frames are 20 ms
-/// by default).
-pub const DEFAULT_PTIME_MS: u32 = 20;
 
 /// Static configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,143 +49,6 @@ pub struct MediaConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct JobId(pub u64);
 
-/// `flow_add`'s `flow` object.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FlowSpec {
-    /// Packets arriving here ...
-    pub local: SocketAddr,
-    /// ... leave from here ...
-    pub src: SocketAddr,
-    /// ... to here.
-    pub dst: SocketAddr,
-    /// An RTCP flow (relayed, never forked).
-    pub rtcp: bool,
-    /// Payload types forked as audio.
-    pub payload_types: Vec<u8>,
-    /// RFC 4733 telephone-event payload type.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dtmf_pt: Option<u8>,
-}
-
-/// One stream of `fork_start`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct StreamSpec {
-    /// `caller` or `callee`.
-    pub channel: &'static str,
-    /// `local` of the flow carrying that party's audio.
-    pub flow: SocketAddr,
-}
-
-/// `fork_start`'s `fork` object.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ForkSpec {
-    /// GUID from the controller's START.
-    pub call_guid: String,
-    /// Speech server name.
-    pub server: String,
-    /// `PCMU` or `PCMA`.
-    pub codec: &'static str,
-    /// Packetisation time.
-    pub ptime_ms: u32,
-    /// Opaque metadata from the START.
-    pub metadata: Map<String, Value>,
-    /// Caller stream first, then callee.
-    pub streams: Vec<StreamSpec>,
-}
-
-/// One control API request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum ControlOp {
-    /// Relay one direction in the kernel.
-    FlowAdd {
-        /// The flow.
-        flow: FlowSpec,
-    },
-    /// Remove a flow.
-    FlowDel {
-        /// Its `local`.
-        local: SocketAddr,
-    },
-    /// Start forking a call.
-    ForkStart {
-        /// The fork.
-        fork: ForkSpec,
-    },
-    /// Stop forking a call.
-    ForkStop {
-        /// Fork GUID.
-        call_guid: String,
-        /// Why (fork-agent reports "Forking stopped" only for a controller request).
-        reason: StopReason,
-    },
-    /// Pause a fork (hold, codec change).
-    ForkPause {
-        /// Fork GUID.
-        call_guid: String,
-        /// Why.
-        reason: PauseReason,
-    },
-    /// Resume a paused fork.
-    ForkResume {
-        /// Fork GUID.
-        call_guid: String,
-        /// The G.711 law now flowing, when it differs from the one the fork started with.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        codec: Option<&'static str>,
-    },
-    /// Replace a fork's metadata.
-    ForkUpdate {
-        /// Fork GUID.
-        call_guid: String,
-        /// New metadata.
-        metadata: Map<String, Value>,
-    },
-    /// List fork-agent's flows (restart reconciliation, core::reconcile).
-    ShowFlows,
-    /// List fork-agent's forks (restart reconciliation).
-    ShowForks,
-}
-
-impl ControlOp {
-    /// The request line (without the trailing newline).
-    pub fn to_line(&self) -> String {
-        #[derive(Serialize)]
-        struct Wire<'a> {
-            v: u32,
-            #[serde(flatten)]
-            op: &'a ControlOp,
-        }
-        // Socket addresses, strings and JSON values always serialise; an empty object (refused
-        // by the agent, hence visible) beats a panic.
-        serde_json::to_string(&Wire {
-            v: API_VERSION,
-            op: self,
-        })
-        .unwrap_or_else(|_| "{}".into())
-    }
-}
-
-/// `fork_stop`'s reason.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StopReason {
-    /// The controller sent STOP.
-    Request,
-    /// The call ended.
-    CallEnd,
-}
-
-/// `fork_pause`'s reason.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PauseReason {
-    /// A party put the call on hold.
-    Hold,
-    /// The call moved to a codec that is not forked.
-    CodecChange,
-}
-
 /// What the shell must do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum MediaOutput {
@@ -197,7 +57,7 @@ pub enum MediaOutput {
         /// Id to report the answer with.
         job: JobId,
         /// The request.
-        op: ControlOp,
+        op: Op,
     },
     /// Give this report to `B2bua::handle_fork_status`.
     Status {
@@ -227,9 +87,9 @@ struct Fork {
     guid: String,
     phase: Phase,
     /// G.711 law the fork runs with.
-    codec: &'static str,
+    codec: Codec,
     /// The law the START asked for (`codec`), if any: the fork only runs on that law.
-    requested: Option<&'static str>,
+    requested: Option<Codec>,
     /// The flows (by `local`) carrying the caller and callee streams.
     streams: [Option<SocketAddr>; 2],
 }
@@ -270,12 +130,9 @@ pub struct RemovedFlow {
     pub rtp: bool,
 }
 
-fn law_name(s: &str) -> &'static str {
-    if s == "PCMA" {
-        "PCMA"
-    } else {
-        "PCMU"
-    }
+/// A journalled law (`PCMU`/`PCMA`); anything else was never written, µ-law is the default.
+fn law_name(s: &str) -> Codec {
+    Codec::from_name(s).unwrap_or(Codec::Pcmu)
 }
 
 #[derive(Debug, Default)]
@@ -331,10 +188,10 @@ fn pause_reason(legs: &[Option<NegotiatedMedia>; 2]) -> Option<PauseReason> {
 }
 
 /// The G.711 law flowing (both legs carry the answer's codec).
-fn law(m: &NegotiatedMedia) -> &'static str {
+fn law(m: &NegotiatedMedia) -> Codec {
     match m.codec.as_ref().and_then(|k| k.name.as_deref()) {
-        Some("PCMA") => "PCMA",
-        _ => "PCMU",
+        Some("PCMA") => Codec::Pcma,
+        _ => Codec::Pcmu,
     }
 }
 
@@ -361,6 +218,7 @@ fn desired_flows(legs: &[Option<NegotiatedMedia>; 2]) -> BTreeMap<SocketAddr, Fl
             local: local(from),
             src: local(to),
             dst,
+            expect: None,
             rtcp: false,
             payload_types,
             dtmf_pt: from.telephone_event.or(to.telephone_event),
@@ -375,6 +233,7 @@ fn desired_flows(legs: &[Option<NegotiatedMedia>; 2]) -> BTreeMap<SocketAddr, Fl
                     local: l,
                     src: s,
                     dst: d,
+                    expect: None,
                     rtcp: true,
                     payload_types: Vec::new(),
                     dtmf_pt: None,
@@ -386,8 +245,14 @@ fn desired_flows(legs: &[Option<NegotiatedMedia>; 2]) -> BTreeMap<SocketAddr, Fl
     out
 }
 
-fn fork_error(e: &str) -> ForkError {
-    ForkError::from_wire(e).unwrap_or(ForkError::InternalError)
+/// The reference's error string fork-agent refused with, or "Internal error" (a refusal
+/// without one, or fork-agent not reachable).
+fn fork_error(e: &ClientError) -> ForkError {
+    match e.api() {
+        Some(ApiError::Refused(text)) => ForkError::from_wire(text),
+        _ => None,
+    }
+    .unwrap_or(ForkError::InternalError)
 }
 
 impl MediaLayer {
@@ -419,8 +284,8 @@ impl MediaLayer {
             flows: c.flows.values().cloned().collect(),
             fork: c.fork.as_ref().map(|f| ForkSnapshot {
                 call_guid: f.guid.clone(),
-                codec: f.codec.to_string(),
-                requested: f.requested.map(str::to_string),
+                codec: f.codec.as_str().to_owned(),
+                requested: f.requested.map(|c| c.as_str().to_owned()),
                 paused: matches!(f.phase, Phase::Pausing | Phase::Paused),
                 streams: f.streams,
             }),
@@ -504,7 +369,7 @@ impl MediaLayer {
         self.calls.values().map(|c| c.flows.len()).sum()
     }
 
-    fn control(&mut self, call: CallHandle, purpose: Purpose, op: ControlOp) {
+    fn control(&mut self, call: CallHandle, purpose: Purpose, op: Op) {
         self.changed.insert(call);
         self.next_job += 1;
         let job = JobId(self.next_job);
@@ -581,14 +446,10 @@ impl MediaLayer {
             c.flows.insert(spec.local, spec.clone());
         }
         for local in dels {
-            self.control(call, Purpose::FlowDel, ControlOp::FlowDel { local });
+            self.control(call, Purpose::FlowDel, Op::FlowDel { local });
         }
         for flow in adds {
-            self.control(
-                call,
-                Purpose::FlowAdd(flow.local),
-                ControlOp::FlowAdd { flow },
-            );
+            self.control(call, Purpose::FlowAdd(flow.local), Op::FlowAdd { flow });
         }
     }
 
@@ -617,7 +478,7 @@ impl MediaLayer {
                 self.control(
                     call,
                     Purpose::Pause(guid.clone()),
-                    ControlOp::ForkPause {
+                    Op::ForkPause {
                         call_guid: guid,
                         reason,
                     },
@@ -633,7 +494,7 @@ impl MediaLayer {
                 self.control(
                     call,
                     Purpose::Resume(guid.clone()),
-                    ControlOp::ForkResume {
+                    Op::ForkResume {
                         call_guid: guid,
                         codec,
                     },
@@ -653,32 +514,32 @@ impl MediaLayer {
             self.control(
                 call,
                 Purpose::Stop(f.guid.clone()),
-                ControlOp::ForkStop {
+                Op::ForkStop {
                     call_guid: f.guid,
                     reason: StopReason::CallEnd,
                 },
             );
         }
         for local in c.flows.into_keys() {
-            self.control(call, Purpose::FlowDel, ControlOp::FlowDel { local });
+            self.control(call, Purpose::FlowDel, Op::FlowDel { local });
         }
     }
 
-    fn on_fork(&mut self, call: CallHandle, request: &ForkCommand) {
+    fn on_fork(&mut self, call: CallHandle, request: &ForkRequest) {
         let server = self.cfg.speech_server.clone();
         let Some(c) = self.calls.get_mut(&call) else {
             // The core only accepts fork requests on established calls, which have had MediaUp.
             warn!(?call, "fork request for a call without media");
             let guid = match request {
-                ForkCommand::Start(s) => s.call_guid.clone(),
-                ForkCommand::Stop { call_guid } | ForkCommand::Update { call_guid, .. } => {
+                ForkRequest::Start(s) => s.call_guid.clone(),
+                ForkRequest::Stop { call_guid } | ForkRequest::Update { call_guid, .. } => {
                     call_guid.clone()
                 }
             };
             let kind = match request {
-                ForkCommand::Start(_) => ForkKind::Start,
-                ForkCommand::Stop { .. } => ForkKind::Stop,
-                ForkCommand::Update { .. } => ForkKind::Update,
+                ForkRequest::Start(_) => ForkKind::Start,
+                ForkRequest::Stop { .. } => ForkKind::Stop,
+                ForkRequest::Update { .. } => ForkKind::Update,
             };
             self.status(
                 call,
@@ -691,7 +552,7 @@ impl MediaLayer {
             return;
         };
         match request {
-            ForkCommand::Start(s) => {
+            ForkRequest::Start(s) => {
                 let (Some(a), Some(b)) = (&c.legs[Leg::A as usize], &c.legs[Leg::B as usize])
                 else {
                     return self.status(
@@ -707,17 +568,20 @@ impl MediaLayer {
                 let codec = law(b);
                 let fork = ForkSpec {
                     call_guid: s.call_guid.clone(),
+                    call_id: String::new(),
+                    from: String::new(),
+                    to: String::new(),
                     server,
                     codec,
                     ptime_ms: a.ptime.or(b.ptime).unwrap_or(DEFAULT_PTIME_MS),
                     metadata: s.metadata.clone().unwrap_or_default(),
                     streams: vec![
                         StreamSpec {
-                            channel: "caller",
+                            channel: Channel::Caller,
                             flow: local(a),
                         },
                         StreamSpec {
-                            channel: "callee",
+                            channel: Channel::Callee,
                             flow: local(b),
                         },
                     ],
@@ -727,8 +591,8 @@ impl MediaLayer {
                     phase: Phase::Starting,
                     codec,
                     requested: s.codec.map(|k| match k {
-                        ForkCodec::G711Ulaw => "PCMU",
-                        ForkCodec::G711Alaw => "PCMA",
+                        ForkCodec::G711Ulaw => Codec::Pcmu,
+                        ForkCodec::G711Alaw => Codec::Pcma,
                     }),
                     streams: [Some(local(a)), Some(local(b))],
                 });
@@ -745,29 +609,29 @@ impl MediaLayer {
                 self.control(
                     call,
                     Purpose::Start(s.call_guid.clone()),
-                    ControlOp::ForkStart { fork },
+                    Op::ForkStart { fork },
                 );
             }
-            ForkCommand::Stop { call_guid } => {
+            ForkRequest::Stop { call_guid } => {
                 if c.fork.as_ref().is_some_and(|f| f.guid == *call_guid) {
                     c.fork = None;
                 }
                 self.control(
                     call,
                     Purpose::Stop(call_guid.clone()),
-                    ControlOp::ForkStop {
+                    Op::ForkStop {
                         call_guid: call_guid.clone(),
                         reason: StopReason::Request,
                     },
                 );
             }
-            ForkCommand::Update {
+            ForkRequest::Update {
                 call_guid,
                 metadata,
             } => self.control(
                 call,
                 Purpose::Update(call_guid.clone()),
-                ControlOp::ForkUpdate {
+                Op::ForkUpdate {
                     call_guid: call_guid.clone(),
                     metadata: metadata.clone(),
                 },
@@ -775,9 +639,9 @@ impl MediaLayer {
         }
     }
 
-    /// The answer to control request `job`: the response's `data` or its `error` string (also
-    /// used for a lost connection to fork-agent).
-    pub fn handle_control_result(&mut self, job: JobId, result: Result<Value, String>) {
+    /// The answer to control request `job`: its typed data, or why fork-agent refused it or
+    /// could not be asked.
+    pub fn handle_control_result(&mut self, job: JobId, result: Result<Answer, ClientError>) {
         let Some((call, purpose)) = self.jobs.remove(&job) else {
             return;
         };
@@ -804,9 +668,12 @@ impl MediaLayer {
                 };
                 let current = c.fork.as_mut().filter(|f| f.guid == guid);
                 match (result, current) {
-                    (Ok(data), Some(f)) => {
+                    (Ok(answer), Some(f)) => {
                         f.phase = Phase::Active;
-                        let streams = streams_of(&data);
+                        let streams = match answer {
+                            Answer::ForkStarted(started) => streams_of(&started),
+                            _ => Vec::new(),
+                        };
                         self.status(
                             call,
                             &guid,
@@ -916,27 +783,19 @@ impl MediaLayer {
     }
 }
 
-/// `fork_start`'s answer `{"streams":[{"stream_id":1,"channel":"caller"},...]}` as status streams.
-fn streams_of(data: &Value) -> Vec<StreamStatus> {
-    data.get("streams")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| {
-                    let id = u32::try_from(s.get("stream_id")?.as_u64()?).ok()?;
-                    let party = match s.get("channel")?.as_str()? {
-                        "caller" => Party::Calling,
-                        "callee" => Party::Called,
-                        _ => return None,
-                    };
-                    Some(StreamStatus {
-                        channel_id: id,
-                        party,
-                    })
-                })
-                .collect()
+/// `fork_start`'s answer as status streams.
+fn streams_of(started: &ForkStarted) -> Vec<StreamStatus> {
+    started
+        .streams
+        .iter()
+        .map(|s| StreamStatus {
+            channel_id: s.stream_id,
+            party: match s.channel {
+                Channel::Caller => Party::Calling,
+                Channel::Callee => Party::Called,
+            },
         })
-        .unwrap_or_default()
+        .collect()
 }
 
 #[cfg(test)]

@@ -31,8 +31,8 @@ use std::collections::{BTreeSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use control_api::{FlowRow, Fork};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 /// How long after a failed query (fork-agent unreachable or not ready) it is asked again.
 pub const RETRY: Duration = Duration::from_secs(2);
@@ -87,44 +87,19 @@ pub struct Listing {
     pub forks: Vec<(String, Vec<SocketAddr>)>,
 }
 
-/// An answer that is not what docs/control-api.md describes.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ListingError {
-    /// `show_flows` did not answer an array of objects with a `local` address.
-    #[error("show_flows answer is not a list of flows with a local address")]
-    Flows,
-    /// `show_forks` did not answer an array of forks with a GUID and stream flows.
-    #[error("show_forks answer is not a list of forks with call_guid and streams")]
-    Forks,
-}
-
 impl Listing {
-    /// Reads the `data` of `show_flows` and `show_forks`.
-    pub fn from_json(flows: &Value, forks: &Value) -> Result<Listing, ListingError> {
-        let addr = |v: &Value| v.as_str().and_then(|s| s.parse::<SocketAddr>().ok());
-        let flows = flows
-            .as_array()
-            .ok_or(ListingError::Flows)?
-            .iter()
-            .map(|f| addr(&f["local"]).ok_or(ListingError::Flows))
-            .collect::<Result<Vec<_>, _>>()?;
-        let forks = forks
-            .as_array()
-            .ok_or(ListingError::Forks)?
-            .iter()
-            .map(|f| {
-                let guid = f["spec"]["call_guid"].as_str().ok_or(ListingError::Forks)?;
-                // `streams` is [[stream_id, "local"], ...] (the journal's Fork, control-api.md).
-                let streams = f["streams"]
-                    .as_array()
-                    .ok_or(ListingError::Forks)?
-                    .iter()
-                    .map(|s| addr(&s[1]).ok_or(ListingError::Forks))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok((guid.to_string(), streams))
-            })
-            .collect::<Result<Vec<_>, ListingError>>()?;
-        Ok(Listing { flows, forks })
+    /// Reads the answers of `show_flows` and `show_forks`.
+    pub fn from_answers(flows: &[FlowRow], forks: &[Fork]) -> Listing {
+        Listing {
+            flows: flows.iter().map(|f| f.local).collect(),
+            forks: forks
+                .iter()
+                .map(|f| {
+                    let locals = f.streams.iter().map(|(_, local)| *local).collect();
+                    (f.spec.call_guid.clone(), locals)
+                })
+                .collect(),
+        }
     }
 }
 
@@ -523,26 +498,24 @@ mod tests {
 
     #[test]
     fn listings_are_read_from_fork_agents_answers() {
-        let flows = json!([{"local":"10.77.1.1:30000","src":"10.77.2.1:30002","packets":3},
-                           {"local":"10.77.2.1:30002"}]);
-        let forks = json!([{"spec":{"call_guid":"g","streams":[]},
+        // As fork-agent answers them (docs/control-api.md), read by control-api.
+        let flows = json!([{"local":"10.77.1.1:30000","src":"10.77.2.1:30002","dst":"10.77.2.2:40000",
+            "stream_id":1,"stats_index":0,"path":"idle","packets":0,"bytes":0,"forked":0,"lost":0,
+            "out_of_order":0,"wrong_pt":0,"errors":0,"strict_drops":0,"passed":0,"dtmf":0,"rtcp":0,
+            "ssrc":0,"last_seq":0,"idle_ms":null,"userspace_packets":0,"userspace_bytes":0,
+            "userspace_forked":0,"userspace_fork_drops":0,"fallback":"bound"}]);
+        let forks = json!([{"spec":{"call_guid":"g","server":"asr","codec":"PCMU","streams":[]},
                             "streams":[[1,"10.77.1.1:30000"],[2,"10.77.2.1:30002"]]}]);
-        let l = Listing::from_json(&flows, &forks).expect("listing");
-        assert_eq!(l.flows, vec![sa("10.77.1.1:30000"), sa("10.77.2.1:30002")]);
+        let flows: Vec<FlowRow> = serde_json::from_value(flows).expect("show_flows");
+        let forks: Vec<Fork> = serde_json::from_value(forks).expect("show_forks");
+        let l = Listing::from_answers(&flows, &forks);
+        assert_eq!(l.flows, vec![sa("10.77.1.1:30000")]);
         assert_eq!(
             l.forks,
             vec![(
                 "g".to_string(),
                 vec![sa("10.77.1.1:30000"), sa("10.77.2.1:30002")]
             )]
-        );
-        assert_eq!(
-            Listing::from_json(&json!({}), &forks),
-            Err(ListingError::Flows)
-        );
-        assert_eq!(
-            Listing::from_json(&flows, &json!([{"streams":[]}])),
-            Err(ListingError::Forks)
         );
     }
 }

@@ -1,27 +1,23 @@
 //! fork-agent control API client (docs/control-api.md): one task, one Unix stream connection,
-//! one request line and one answer line at a time.
+//! one request line and one answer line at a time, through control-api's async client.
 //!
-//! Role: executes the media layer's [`ControlOp`]s strictly in order (a `fork_start` must follow
-//! the `flow_add`s it names) and hands each answer back with its [`JobId`]. fork-agent may wait
-//! up to 1.5 s for a neighbour to resolve on `flow_add`, which is why this runs apart from the
-//! task owning the B2BUA: SIP keeps flowing meanwhile.
+//! Role: executes the media layer's [`Op`]s strictly in order (a `fork_start` must follow
+//! the `flow_add`s it names) and hands each typed answer back with its [`JobId`]. fork-agent may
+//! wait up to 1.5 s for a neighbour to resolve on `flow_add`, which is why this runs apart from
+//! the task owning the B2BUA: SIP keeps flowing meanwhile.
 //!
-//! Input: [`spawn`]'s bounded job sender. Output: the result receiver; an `Err` carries either
-//! fork-agent's `error` string or, if fork-agent cannot be reached, a message saying so. A lost
-//! connection is re-opened for the next request; a request is never sent twice (it may already
-//! have been executed).
+//! Input: [`spawn`]'s bounded job sender. Output: the result receiver; an `Err` is fork-agent's
+//! refusal ([`ClientError::Api`]) or why it could not be asked. A broken connection is re-opened
+//! for the next request; a request is never sent twice (it may already have been executed).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
-use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixStream;
+use control_api::{Answer, AsyncClient, ClientError, Event, Op};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use crate::core::media::{ControlOp, JobId};
+use crate::core::media::JobId;
 
 /// Pending control requests the B2BUA task may queue before it reports failures instead.
 pub const QUEUE: usize = 4096;
@@ -30,41 +26,25 @@ pub const QUEUE: usize = 4096;
 /// `flow_add`, plus a speech-server connect for `fork_start`).
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Deserialize)]
-struct Response {
-    ok: bool,
-    #[serde(default)]
-    error: Option<String>,
-    #[serde(default)]
-    data: Value,
-}
-
 /// A job and its answer.
-pub type ControlResult = (JobId, Result<Value, String>);
+pub type ControlResult = (JobId, Result<Answer, ClientError>);
 
 /// Starts the client task.
 #[allow(clippy::disallowed_methods)] // shell: the client is its own task
-pub fn spawn(
-    socket: PathBuf,
-) -> (
-    mpsc::Sender<(JobId, ControlOp)>,
-    mpsc::Receiver<ControlResult>,
-) {
-    let (job_tx, mut job_rx) = mpsc::channel::<(JobId, ControlOp)>(QUEUE);
+pub fn spawn(socket: PathBuf) -> (mpsc::Sender<(JobId, Op)>, mpsc::Receiver<ControlResult>) {
+    let (job_tx, mut job_rx) = mpsc::channel::<(JobId, Op)>(QUEUE);
     let (res_tx, res_rx) = mpsc::channel::<ControlResult>(QUEUE);
     tokio::spawn(async move {
-        let mut conn: Option<BufReader<UnixStream>> = None;
+        let mut conn: Option<AsyncClient> = None;
         while let Some((job, op)) = job_rx.recv().await {
-            let line = op.to_line();
-            let result = match execute(&socket, &mut conn, &line).await {
-                Ok(r) => r,
-                Err(e) => {
+            let result = execute(&socket, &mut conn, &op).await;
+            if let Err(e) = &result {
+                if e.is_broken() {
                     conn = None;
-                    warn!(error = %e, socket = %socket.display(), "fork-agent control request failed");
-                    Err(format!("fork-agent unreachable: {e}"))
+                    warn!(error = %e, socket = %socket.display(), op = op.name(), "fork-agent control request failed");
                 }
-            };
-            debug!(?job, request = %line, ?result, "control");
+            }
+            debug!(?job, request = %op.to_line(), ?result, "control");
             if res_tx.send((job, result)).await.is_err() {
                 return;
             }
@@ -74,47 +54,30 @@ pub fn spawn(
 }
 
 async fn execute(
-    socket: &PathBuf,
-    conn: &mut Option<BufReader<UnixStream>>,
-    line: &str,
-) -> std::io::Result<Result<Value, String>> {
-    if conn.is_none() {
-        *conn = Some(BufReader::new(UnixStream::connect(socket).await?));
-    }
-    let Some(c) = conn.as_mut() else {
-        return Err(std::io::Error::other("no connection"));
+    socket: &Path,
+    conn: &mut Option<AsyncClient>,
+    op: &Op,
+) -> Result<Answer, ClientError> {
+    let c = match conn {
+        Some(c) => c,
+        None => conn.insert(
+            AsyncClient::connect(socket)
+                .await?
+                .with_timeout(ANSWER_TIMEOUT),
+        ),
     };
-    let mut req = line.to_string();
-    req.push('\n');
-    c.get_mut().write_all(req.as_bytes()).await?;
-    let mut answer = String::new();
-    let n = tokio::time::timeout(ANSWER_TIMEOUT, c.read_line(&mut answer))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in 10 s"))??;
-    if n == 0 {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            "fork-agent closed the control connection",
-        ));
-    }
-    let r: Response = serde_json::from_str(&answer)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-    Ok(if r.ok {
-        Ok(r.data)
-    } else {
-        Err(r.error.unwrap_or_else(|| "refused without a reason".into()))
-    })
+    c.call(op).await
 }
 
 /// A fork-agent status event sip-agent acts on (docs/control-api.md "subscribe").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentEvent {
-    /// fork-agent removed a flow on its own (`{"event":"flow_removed","local":...,"reason":...}`).
+    /// fork-agent removed a flow on its own (`flow_removed`).
     FlowRemoved {
         /// The flow's `local`.
         local: std::net::SocketAddr,
-        /// Why (`idle`).
-        reason: String,
+        /// Why.
+        reason: control_api::FlowRemovedReason,
     },
 }
 
@@ -124,23 +87,15 @@ pub const EVENT_QUEUE: usize = 1024;
 /// How long after a lost or refused subscription it is tried again.
 pub const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(2);
 
-/// Reads one event line; `None` for events sip-agent does not act on.
-pub fn parse_event(line: &str) -> Option<AgentEvent> {
-    let v: Value = serde_json::from_str(line).ok()?;
-    match v.get("event")?.as_str()? {
-        "flow_removed" => Some(AgentEvent::FlowRemoved {
-            local: v.get("local")?.as_str()?.parse().ok()?,
-            reason: v
-                .get("reason")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string(),
-        }),
-        "lagged" => {
-            warn!(line, "fork-agent events were lost (this subscriber lagged); a removed flow may go unnoticed until its call ends");
+/// The events sip-agent acts on; `None` for the others.
+pub fn agent_event(ev: Event) -> Option<AgentEvent> {
+    match ev {
+        Event::FlowRemoved { local, reason } => Some(AgentEvent::FlowRemoved { local, reason }),
+        Event::Lagged { missed } => {
+            warn!(missed, "fork-agent events were lost (this subscriber lagged); a removed flow may go unnoticed until its call ends");
             None
         }
-        _ => None,
+        Event::ForkStatus { .. } | Event::Unknown => None,
     }
 }
 
@@ -165,35 +120,25 @@ pub fn spawn_events(socket: PathBuf) -> mpsc::Receiver<AgentEvent> {
 }
 
 /// One subscription; `Ok` only when the receiver is gone.
-async fn subscribe(socket: &PathBuf, tx: &mpsc::Sender<AgentEvent>) -> std::io::Result<()> {
-    let mut c = BufReader::new(UnixStream::connect(socket).await?);
-    c.get_mut()
-        .write_all(b"{\"v\":1,\"op\":\"subscribe\"}\n")
-        .await?;
-    let mut first = String::new();
-    tokio::time::timeout(ANSWER_TIMEOUT, c.read_line(&mut first))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in 10 s"))??;
-    let r: Response = serde_json::from_str(&first)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-    if !r.ok {
-        return Err(std::io::Error::other(
-            r.error.unwrap_or_else(|| "subscribe refused".into()),
-        ));
-    }
-    let mut line = String::new();
+async fn subscribe(socket: &Path, tx: &mpsc::Sender<AgentEvent>) -> Result<(), ClientError> {
+    let mut c = AsyncClient::connect(socket)
+        .await?
+        .with_timeout(ANSWER_TIMEOUT);
+    c.subscribe().await?;
     loop {
-        line.clear();
-        if c.read_line(&mut line).await? == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "fork-agent closed the event connection",
-            ));
-        }
-        if let Some(ev) = parse_event(line.trim_end()) {
-            if tx.send(ev).await.is_err() {
-                return Ok(());
+        match c.next_event().await {
+            Ok(ev) => {
+                if let Some(ev) = agent_event(ev) {
+                    if tx.send(ev).await.is_err() {
+                        return Ok(());
+                    }
+                }
             }
+            // A line this version cannot read is skipped; the connection is still in step.
+            Err(ClientError::BadLine { line, error }) => {
+                debug!(%line, %error, "fork-agent event not understood; skipped")
+            }
+            Err(e) => return Err(e),
         }
     }
 }
@@ -203,19 +148,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn flow_removed_events_are_read_and_others_ignored() {
+    fn flow_removed_events_are_forwarded_and_others_ignored() {
+        let local: std::net::SocketAddr = "10.77.1.1:30000".parse().expect("addr");
         assert_eq!(
-            parse_event(r#"{"event":"flow_removed","local":"10.77.1.1:30000","reason":"idle"}"#),
+            agent_event(Event::FlowRemoved {
+                local,
+                reason: control_api::FlowRemovedReason::Idle
+            }),
             Some(AgentEvent::FlowRemoved {
-                local: "10.77.1.1:30000".parse().unwrap(),
-                reason: "idle".into()
+                local,
+                reason: control_api::FlowRemovedReason::Idle
             })
         );
         assert_eq!(
-            parse_event(r#"{"event":"fork_status","call_guid":"g","status":"started"}"#),
+            agent_event(Event::ForkStatus {
+                call_guid: "g".into(),
+                status: control_api::ForkStatus::Started,
+                error: None,
+                reconnected: false
+            }),
             None
         );
-        assert_eq!(parse_event(r#"{"event":"flow_removed","local":"x"}"#), None);
-        assert_eq!(parse_event("not json"), None);
+        assert_eq!(agent_event(Event::Lagged { missed: 3 }), None);
     }
 }

@@ -33,11 +33,12 @@ use crate::config::Settings;
 use crate::core::b2bua::{B2bua, CallHandle, EndReason, Leg, Output, PortAllocator};
 use crate::core::call_count::CallCounter;
 use crate::core::call_journal::CallRecord;
-use crate::core::media::{ControlOp, JobId, MediaLayer, MediaOutput, StopReason};
+use crate::core::media::{JobId, MediaLayer, MediaOutput};
 use crate::core::port_pool::PortPool;
 use crate::core::reconcile::{Listing, Ownership, Query, ReconcileOutput, Reconciler};
 use call_store::CallStore;
 use control::AgentEvent;
+use control_api::{Answer, ClientError, FlowRow, Fork, Op, StopReason};
 use net::{Net, NetEvent};
 
 /// Network events buffered towards the B2BUA task; transport tasks wait when it is full
@@ -144,7 +145,7 @@ pub async fn run(settings: Settings, admin_socket: Option<std::path::PathBuf>) -
                 // A flow fork-agent removed by itself: the call's media is dead (an RTP flow),
                 // or an RTCP flow idled out on a live call (forgotten, the call goes on).
                 if let Some(removed) = media.handle_flow_removed(local) {
-                    info!(call = ?removed.call, %local, %reason, rtp = removed.rtp, "fork-agent removed a flow of this call");
+                    info!(call = ?removed.call, %local, ?reason, rtp = removed.rtp, "fork-agent removed a flow of this call");
                     if removed.rtp {
                         if let Err(e) = core.release(now(), removed.call, EndReason::MediaTimeout) {
                             debug!(call = ?removed.call, error = %e, "not released");
@@ -266,8 +267,10 @@ enum Asked {
     Removal,
 }
 
-/// One control answer: fork-agent's `data`, or its error.
-type Answer = Result<serde_json::Value, String>;
+/// `show_flows`' rows, or why they could not be read.
+type FlowsAnswer = Result<Vec<FlowRow>, String>;
+/// `show_forks`' forks, or why they could not be read.
+type ForksAnswer = Result<Vec<Fork>, String>;
 
 /// The reconciler and its control jobs in flight.
 struct Restart {
@@ -275,7 +278,7 @@ struct Restart {
     jobs: HashMap<JobId, Asked>,
     next_job: u64,
     /// Answers of the current query: `show_flows`, `show_forks`.
-    answers: (Option<Answer>, Option<Answer>),
+    answers: (Option<FlowsAnswer>, Option<ForksAnswer>),
 }
 
 impl Restart {
@@ -297,12 +300,7 @@ impl Restart {
     }
 
     /// Queues one control request; false when the queue is full (nothing queued).
-    fn send(
-        &mut self,
-        ctl: &mpsc::Sender<(JobId, ControlOp)>,
-        asked: Asked,
-        op: ControlOp,
-    ) -> bool {
+    fn send(&mut self, ctl: &mpsc::Sender<(JobId, Op)>, asked: Asked, op: Op) -> bool {
         self.next_job += 1;
         let job = JobId(self.next_job);
         if ctl.try_send((job, op)).is_err() {
@@ -318,7 +316,7 @@ impl Restart {
         &mut self,
         now: Instant,
         job: JobId,
-        result: Result<serde_json::Value, String>,
+        result: Result<Answer, ClientError>,
         media: &MediaLayer,
     ) {
         let Some(asked) = self.jobs.remove(&job) else {
@@ -332,17 +330,25 @@ impl Restart {
                 return;
             }
             Asked::Flows(q) => {
-                self.answers.0 = Some(result);
+                self.answers.0 = Some(match result {
+                    Ok(Answer::Flows(rows)) => Ok(rows),
+                    Ok(other) => Err(format!("show_flows answered {other:?}")),
+                    Err(e) => Err(e.to_string()),
+                });
                 q
             }
             Asked::Forks(q) => {
-                self.answers.1 = Some(result);
+                self.answers.1 = Some(match result {
+                    Ok(Answer::Forks(forks)) => Ok(forks),
+                    Ok(other) => Err(format!("show_forks answered {other:?}")),
+                    Err(e) => Err(e.to_string()),
+                });
                 q
             }
         };
         if let (Some(flows), Some(forks)) = (&self.answers.0, &self.answers.1) {
             let listing = match (flows, forks) {
-                (Ok(f), Ok(k)) => Listing::from_json(f, k).map_err(|e| e.to_string()),
+                (Ok(f), Ok(k)) => Ok(Listing::from_answers(f, k)),
                 (Err(e), _) | (_, Err(e)) => Err(e.clone()),
             };
             if let Err(e) = &listing {
@@ -358,14 +364,14 @@ impl Restart {
     fn drive(
         &mut self,
         core: &mut B2bua<PortPool>,
-        ctl: &mpsc::Sender<(JobId, ControlOp)>,
+        ctl: &mpsc::Sender<(JobId, Op)>,
         media: &MediaLayer,
     ) -> bool {
         while let Some(o) = self.reconciler.poll_output() {
             match o {
                 ReconcileOutput::Ask(q) => {
-                    if !(self.send(ctl, Asked::Flows(q), ControlOp::ShowFlows)
-                        && self.send(ctl, Asked::Forks(q), ControlOp::ShowForks))
+                    if !(self.send(ctl, Asked::Flows(q), Op::ShowFlows)
+                        && self.send(ctl, Asked::Forks(q), Op::ShowForks))
                     {
                         // Asked again after a pause, like an unreachable fork-agent.
                         self.jobs.retain(|_, a| matches!(a, Asked::Removal));
@@ -391,7 +397,7 @@ impl Restart {
                     let _ = self.send(
                         ctl,
                         Asked::Removal,
-                        ControlOp::ForkStop {
+                        Op::ForkStop {
                             call_guid,
                             reason: StopReason::CallEnd,
                         },
@@ -399,7 +405,7 @@ impl Restart {
                 }
                 ReconcileOutput::FlowDel(local) => {
                     info!(%local, "reconciliation: removing the flow of a call this agent does not know");
-                    let _ = self.send(ctl, Asked::Removal, ControlOp::FlowDel { local });
+                    let _ = self.send(ctl, Asked::Removal, Op::FlowDel { local });
                 }
                 ReconcileOutput::Done { forks, flows } => {
                     info!(forks, flows, "reconciliation with fork-agent done");
@@ -417,7 +423,7 @@ fn drive(
     media: &mut MediaLayer,
     counter: &mut CallCounter,
     net: &mut Net,
-    ctl: &mpsc::Sender<(crate::core::media::JobId, crate::core::media::ControlOp)>,
+    ctl: &mpsc::Sender<(JobId, Op)>,
 ) {
     for _ in 0..MAX_DRIVE_ROUNDS {
         let mut progressed = false;
@@ -446,7 +452,8 @@ fn drive(
                             mpsc::error::TrySendError::Full(x)
                             | mpsc::error::TrySendError::Closed(x) => x,
                         };
-                        media.handle_control_result(job, Err("control queue full".into()));
+                        let full = std::io::Error::other("control request queue full");
+                        media.handle_control_result(job, Err(ClientError::Io(full)));
                     }
                 }
                 MediaOutput::Status { call, report } => {

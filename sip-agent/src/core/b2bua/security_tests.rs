@@ -121,7 +121,7 @@ fn third_party_with_full_dialog_ids_gets_403_for_fork_and_bye_on_both_legs() {
         h.take_events().as_slice(),
         [SessionEvent::ForkRequest {
             leg: Leg::A,
-            request: ForkCommand::Start(_),
+            request: ForkRequest::Start(_),
             ..
         }]
     ));

@@ -161,7 +161,7 @@ fn full_flow_with_info_fork_retransmission_and_bye() {
     let SessionEvent::ForkRequest {
         call,
         leg: Leg::A,
-        request: ForkCommand::Start(s),
+        request: ForkRequest::Start(s),
     } = &ev[0]
     else {
         panic!("{ev:?}")
@@ -415,7 +415,7 @@ fn reinvite_with_multipart_fork_start() {
         matches!(
             ev.as_slice(),
             [SessionEvent::ForkRequest {
-                request: ForkCommand::Start(_),
+                request: ForkRequest::Start(_),
                 ..
             }]
         ),

@@ -1,7 +1,5 @@
 use std::net::{IpAddr, SocketAddr};
 
-use serde_json::json;
-
 use super::*;
 use crate::core::b2bua::EndReason;
 use crate::core::fork_request::{SpeechServer, StartRequest, WsScheme};
@@ -50,7 +48,7 @@ fn drain(m: &mut MediaLayer) -> Vec<MediaOutput> {
     std::iter::from_fn(|| m.poll_output()).collect()
 }
 
-fn ops(out: &[MediaOutput]) -> Vec<(JobId, ControlOp)> {
+fn ops(out: &[MediaOutput]) -> Vec<(JobId, Op)> {
     out.iter()
         .filter_map(|o| match o {
             MediaOutput::Control { job, op } => Some((*job, op.clone())),
@@ -84,9 +82,14 @@ fn up(m: &mut MediaLayer) -> Vec<MediaOutput> {
 
 fn ok_all(m: &mut MediaLayer, out: &[MediaOutput]) -> Vec<MediaOutput> {
     for (job, _) in ops(out) {
-        m.handle_control_result(job, Ok(json!({})));
+        m.handle_control_result(job, Ok(Answer::Done));
     }
     drain(m)
+}
+
+/// fork-agent's refusal with `text`.
+fn refused(text: &str) -> ClientError {
+    ClientError::Api(ApiError::Refused(text.into()))
 }
 
 fn sa(s: &str) -> SocketAddr {
@@ -97,7 +100,7 @@ fn start(guid: &str) -> SessionEvent {
     SessionEvent::ForkRequest {
         call: CALL,
         leg: Leg::A,
-        request: ForkCommand::Start(StartRequest {
+        request: ForkRequest::Start(StartRequest {
             call_guid: guid.into(),
             server: SpeechServer {
                 scheme: WsScheme::Ws,
@@ -119,7 +122,7 @@ fn media_up_installs_both_directions_and_rtcp() {
     let adds: Vec<FlowSpec> = ops(&out)
         .into_iter()
         .filter_map(|(_, op)| match op {
-            ControlOp::FlowAdd { flow } => Some(flow),
+            Op::FlowAdd { flow } => Some(flow),
             _ => None,
         })
         .collect();
@@ -151,14 +154,14 @@ fn media_up_installs_both_directions_and_rtcp() {
 
 #[test]
 fn wire_format_matches_control_api_doc() {
-    let op = ControlOp::FlowDel {
+    let op = Op::FlowDel {
         local: sa("10.77.1.1:30000"),
     };
     assert_eq!(
         op.to_line(),
         r#"{"v":1,"op":"flow_del","local":"10.77.1.1:30000"}"#
     );
-    let op = ControlOp::ForkStop {
+    let op = Op::ForkStop {
         call_guid: "g".into(),
         reason: StopReason::CallEnd,
     };
@@ -166,7 +169,7 @@ fn wire_format_matches_control_api_doc() {
         op.to_line(),
         r#"{"v":1,"op":"fork_stop","call_guid":"g","reason":"call_end"}"#
     );
-    let op = ControlOp::ForkPause {
+    let op = Op::ForkPause {
         call_guid: "g".into(),
         reason: PauseReason::CodecChange,
     };
@@ -192,10 +195,10 @@ fn address_change_replaces_only_the_affected_flows() {
     let ops = ops(&out);
     // The caller → callee RTP and RTCP flows change destination; the reverse ones stay.
     assert_eq!(ops.len(), 4, "{ops:?}");
-    assert!(matches!(&ops[0].1, ControlOp::FlowDel { .. }));
-    assert!(matches!(&ops[1].1, ControlOp::FlowDel { .. }));
+    assert!(matches!(&ops[0].1, Op::FlowDel { .. }));
+    assert!(matches!(&ops[1].1, Op::FlowDel { .. }));
     assert!(ops.iter().any(|(_, op)| matches!(op,
-        ControlOp::FlowAdd { flow } if flow.dst == sa("10.77.2.2:41000"))));
+        Op::FlowAdd { flow } if flow.dst == sa("10.77.2.2:41000"))));
 }
 
 #[test]
@@ -209,18 +212,29 @@ fn start_reports_connecting_then_started_with_streams() {
     assert_eq!(st.len(), 1);
     assert_eq!(st[0].state, ForkState::Connecting);
     let ops = ops(&out);
-    let (job, ControlOp::ForkStart { fork }) = &ops[0] else {
+    let (job, Op::ForkStart { fork }) = &ops[0] else {
         panic!("{ops:?}")
     };
-    assert_eq!(fork.codec, "PCMU");
+    assert_eq!(fork.codec, control_api::Codec::Pcmu);
     assert_eq!(fork.server, "asr");
     assert_eq!(fork.ptime_ms, 20);
-    assert_eq!(fork.streams[0].channel, "caller");
+    assert_eq!(fork.streams[0].channel, Channel::Caller);
     assert_eq!(fork.streams[0].flow, sa("10.77.1.1:30000"));
     assert_eq!(fork.streams[1].flow, sa("10.77.2.1:30002"));
     m.handle_control_result(
         *job,
-        Ok(json!({"streams":[{"stream_id":4,"channel":"caller"},{"stream_id":5,"channel":"callee"}]})),
+        Ok(Answer::ForkStarted(control_api::ForkStarted {
+            streams: vec![
+                control_api::StartedStream {
+                    stream_id: 4,
+                    channel: Channel::Caller,
+                },
+                control_api::StartedStream {
+                    stream_id: 5,
+                    channel: Channel::Callee,
+                },
+            ],
+        })),
     );
     let st = statuses(&drain(&mut m));
     assert_eq!(st[0].state, ForkState::Started);
@@ -247,14 +261,14 @@ fn start_refused_reports_the_agents_error_string() {
     m.handle_session(&start("abc"));
     let out = drain(&mut m);
     let (job, _) = ops(&out)[0].clone();
-    m.handle_control_result(job, Err("Codec is not supported".into()));
+    m.handle_control_result(job, Err(refused("Codec is not supported")));
     let st = statuses(&drain(&mut m));
     assert_eq!(st[0].state, ForkState::Error);
     assert_eq!(st[0].status, Some(ForkError::CodecNotSupported));
     m.handle_session(&start("abd"));
     let out = drain(&mut m);
     let (job, _) = ops(&out)[0].clone();
-    m.handle_control_result(job, Err("no such speech server".into()));
+    m.handle_control_result(job, Err(refused("no such speech server")));
     let st = statuses(&drain(&mut m));
     assert_eq!(st[0].status, Some(ForkError::InternalError));
 }
@@ -270,13 +284,13 @@ fn stop_and_call_end() {
     m.handle_session(&SessionEvent::ForkRequest {
         call: CALL,
         leg: Leg::A,
-        request: ForkCommand::Stop {
+        request: ForkRequest::Stop {
             call_guid: "abc".into(),
         },
     });
     let out = drain(&mut m);
     assert!(matches!(&ops(&out)[0].1,
-        ControlOp::ForkStop { call_guid, reason: StopReason::Request } if call_guid == "abc"));
+        Op::ForkStop { call_guid, reason: StopReason::Request } if call_guid == "abc"));
     let st = statuses(&ok_all(&mut m, &out));
     assert_eq!(st[0].state, ForkState::Stopped);
     assert_eq!(st[0].status, Some(ForkError::ForkingStopped));
@@ -294,14 +308,14 @@ fn stop_and_call_end() {
     let ops = ops(&out);
     assert!(matches!(
         &ops[0].1,
-        ControlOp::ForkStop {
+        Op::ForkStop {
             reason: StopReason::CallEnd,
             ..
         }
     ));
     assert_eq!(
         ops.iter()
-            .filter(|(_, o)| matches!(o, ControlOp::FlowDel { .. }))
+            .filter(|(_, o)| matches!(o, Op::FlowDel { .. }))
             .count(),
         4
     );
@@ -329,7 +343,7 @@ fn hold_pauses_and_unhold_resumes() {
     let out = drain(&mut m);
     assert!(ops(&out)
         .iter()
-        .any(|(_, o)| matches!(o, ControlOp::ForkPause { .. })));
+        .any(|(_, o)| matches!(o, Op::ForkPause { .. })));
     let st = statuses(&ok_all(&mut m, &out));
     assert_eq!(st[0].state, ForkState::Paused);
     m.handle_session(&SessionEvent::MediaChanged {
@@ -340,7 +354,7 @@ fn hold_pauses_and_unhold_resumes() {
     let out = drain(&mut m);
     assert!(ops(&out)
         .iter()
-        .any(|(_, o)| matches!(o, ControlOp::ForkResume { .. })));
+        .any(|(_, o)| matches!(o, Op::ForkResume { .. })));
     let st = statuses(&ok_all(&mut m, &out));
     assert_eq!(st[0].state, ForkState::Resumed);
 }
@@ -363,9 +377,9 @@ fn codec_change_pauses_and_refusal_is_not_reported() {
     let out = drain(&mut m);
     let pause = ops(&out)
         .into_iter()
-        .find(|(_, o)| matches!(o, ControlOp::ForkPause { .. }))
+        .find(|(_, o)| matches!(o, Op::ForkPause { .. }))
         .expect("pause");
-    m.handle_control_result(pause.0, Err("unknown op fork_pause".into()));
+    m.handle_control_result(pause.0, Err(refused("unknown op fork_pause")));
     assert!(statuses(&drain(&mut m)).is_empty());
 }
 
@@ -389,7 +403,7 @@ fn held_side_with_zero_address_gets_no_flow() {
     let locals: Vec<SocketAddr> = ops(&out)
         .into_iter()
         .filter_map(|(_, o)| match o {
-            ControlOp::FlowAdd { flow } => Some(flow.local),
+            Op::FlowAdd { flow } => Some(flow.local),
             _ => None,
         })
         .collect();
@@ -402,7 +416,7 @@ fn failed_flow_add_is_retried_on_next_event() {
     let mut m = layer();
     let out = up(&mut m);
     for (job, _) in ops(&out) {
-        m.handle_control_result(job, Err("neighbour unresolved".into()));
+        m.handle_control_result(job, Err(refused("neighbour unresolved")));
     }
     assert_eq!(m.flow_count(), 0);
     m.handle_session(&SessionEvent::MediaChanged {
@@ -431,7 +445,7 @@ fn resume_names_the_new_law_after_a_codec_round_trip() {
     let out = drain(&mut m);
     assert!(ops(&out).iter().any(|(_, o)| matches!(
         o,
-        ControlOp::ForkPause {
+        Op::ForkPause {
             reason: PauseReason::CodecChange,
             ..
         }
@@ -447,8 +461,8 @@ fn resume_names_the_new_law_after_a_codec_round_trip() {
     let out = drain(&mut m);
     assert!(ops(&out).iter().any(|(_, o)| matches!(
         o,
-        ControlOp::ForkResume {
-            codec: Some("PCMA"),
+        Op::ForkResume {
+            codec: Some(control_api::Codec::Pcma),
             ..
         }
     )));
@@ -462,13 +476,13 @@ fn start_with_codec(
         SessionEvent::ForkRequest {
             call,
             leg,
-            request: ForkCommand::Start(mut s),
+            request: ForkRequest::Start(mut s),
         } => {
             s.codec = codec;
             SessionEvent::ForkRequest {
                 call,
                 leg,
-                request: ForkCommand::Start(s),
+                request: ForkRequest::Start(s),
             }
         }
         other => other,
@@ -501,7 +515,7 @@ fn law_change_without_requested_codec_pauses_then_resumes_on_the_new_law() {
     let out = to_pcma(&mut m);
     assert!(ops(&out).iter().any(|(_, o)| matches!(
         o,
-        ControlOp::ForkPause {
+        Op::ForkPause {
             reason: PauseReason::CodecChange,
             ..
         }
@@ -511,8 +525,8 @@ fn law_change_without_requested_codec_pauses_then_resumes_on_the_new_law() {
     assert_eq!(statuses(&out)[0].state, ForkState::Paused);
     assert!(ops(&out).iter().any(|(_, o)| matches!(
         o,
-        ControlOp::ForkResume {
-            codec: Some("PCMA"),
+        Op::ForkResume {
+            codec: Some(control_api::Codec::Pcma),
             ..
         }
     )));
@@ -540,7 +554,7 @@ fn law_change_away_from_requested_codec_stays_paused() {
     assert!(
         !ops(&after)
             .iter()
-            .any(|(_, o)| matches!(o, ControlOp::ForkResume { .. })),
+            .any(|(_, o)| matches!(o, Op::ForkResume { .. })),
         "{after:?}"
     );
     // Back on the requested µ-law: resumed without a codec change.
@@ -554,7 +568,7 @@ fn law_change_away_from_requested_codec_stays_paused() {
     let out = drain(&mut m);
     assert!(ops(&out)
         .iter()
-        .any(|(_, o)| matches!(o, ControlOp::ForkResume { codec: None, .. })));
+        .any(|(_, o)| matches!(o, Op::ForkResume { codec: None, .. })));
 }
 
 #[test]
@@ -579,7 +593,7 @@ fn forked_flow_survives_a_zero_address_hold() {
     let dels: Vec<SocketAddr> = ops(&out)
         .into_iter()
         .filter_map(|(_, o)| match o {
-            ControlOp::FlowDel { local } => Some(local),
+            Op::FlowDel { local } => Some(local),
             _ => None,
         })
         .collect();
@@ -595,8 +609,8 @@ fn forked_flow_survives_a_zero_address_hold() {
     assert!(
         !ops(&out)
             .iter()
-            .any(|(_, o)| matches!(o, ControlOp::FlowDel { .. })
-                || matches!(o, ControlOp::FlowAdd { flow } if !flow.rtcp)),
+            .any(|(_, o)| matches!(o, Op::FlowDel { .. })
+                || matches!(o, Op::FlowAdd { flow } if !flow.rtcp)),
         "{out:?}"
     );
 }
