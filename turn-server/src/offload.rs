@@ -29,49 +29,15 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use serde::{Deserialize, Serialize};
 use turn_core::{AllocationHandle, Event, FiveTuple, Transport};
 
 /// RFC 8656 §12: channel numbers 0x4000 through 0x4FFF; the only ones the kernel relays.
 pub const KERNEL_CHANNELS: std::ops::RangeInclusive<u16> =
     turn_core::stun::CHANNEL_MIN..=turn_core::stun::CHANNEL_MAX;
 
-/// How fork-agent names one kernel channel: the client's UDP 5-tuple and the channel number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct ChannelKey {
-    /// Client address as the server sees it.
-    pub client: SocketAddr,
-    /// Listen address the client sends to.
-    pub server: SocketAddr,
-    /// Channel number.
-    pub number: u16,
-}
-
-/// One channel as fork-agent's `turn_channel_add` takes it (docs/control-api.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChannelSpec {
-    /// Client address as the server sees it.
-    pub client: SocketAddr,
-    /// Listen address the client sends to.
-    pub server: SocketAddr,
-    /// Channel number, 0x4000–0x4FFF.
-    pub number: u16,
-    /// The allocation's relayed transport address.
-    pub relay: SocketAddr,
-    /// The peer bound to the channel.
-    pub peer: SocketAddr,
-}
-
-impl ChannelSpec {
-    /// The key fork-agent deletes it by.
-    pub fn key(&self) -> ChannelKey {
-        ChannelKey {
-            client: self.client,
-            server: self.server,
-            number: self.number,
-        }
-    }
-}
+/// How fork-agent names one kernel channel (the client's UDP 5-tuple and the channel number),
+/// and one channel as `turn_channel_add` takes it: control-api's types (docs/control-api.md).
+pub use control_api::{ChannelKey, ChannelSpec};
 
 /// Something the shell must do to the kernel, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

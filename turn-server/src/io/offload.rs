@@ -33,15 +33,8 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{anyhow, bail};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use control_api::{Answer, ApiError, AsyncClient, ClientError, Op, TurnRow};
 use tokio::{
-    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
-    net::{
-        unix::{OwnedReadHalf, OwnedWriteHalf},
-        UnixStream,
-    },
     sync::{mpsc, oneshot},
     task::JoinHandle,
     time::Instant,
@@ -59,8 +52,6 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 /// Longest reconnect delay.
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// Longest answer line read (a `show_turn` of 65 536 channels is about 20 MB).
-const MAX_ANSWER: u64 = 64 << 20;
 
 /// Messages from the core task.
 #[derive(Debug)]
@@ -160,42 +151,13 @@ impl Kernel {
     }
 }
 
-/// One `show_turn` row (docs/control-api.md).
-#[derive(Debug, Deserialize)]
-struct TurnRow {
-    client: SocketAddr,
-    server: SocketAddr,
-    channel: u16,
-    relay: SocketAddr,
-    peer: SocketAddr,
-    to_peer: DirRow,
-    to_client: DirRow,
-}
-
-#[derive(Debug, Deserialize)]
-struct DirRow {
-    packets: u64,
-    bytes: u64,
-}
-
-impl TurnRow {
-    fn spec(&self) -> ChannelSpec {
-        ChannelSpec {
-            client: self.client,
-            server: self.server,
-            number: self.channel,
-            relay: self.relay,
-            peer: self.peer,
-        }
-    }
-
-    fn kernel(&self) -> Kernel {
-        Kernel {
-            to_peer_packets: self.to_peer.packets,
-            to_peer_bytes: self.to_peer.bytes,
-            to_client_packets: self.to_client.packets,
-            to_client_bytes: self.to_client.bytes,
-        }
+/// A `show_turn` row's counters.
+fn kernel(row: &TurnRow) -> Kernel {
+    Kernel {
+        to_peer_packets: row.to_peer.packets,
+        to_peer_bytes: row.to_peer.bytes,
+        to_client_packets: row.to_client.packets,
+        to_client_bytes: row.to_client.bytes,
     }
 }
 
@@ -204,51 +166,6 @@ fn add_to(total: &mut AllocationCounters, d: &AllocationCounters) {
     total.to_peer_bytes += d.to_peer_bytes;
     total.from_peer_packets += d.from_peer_packets;
     total.from_peer_bytes += d.from_peer_bytes;
-}
-
-/// How a request failed.
-enum Failure {
-    /// The connection is unusable (closed, timed out, garbled): drop it and reconnect.
-    Broken(anyhow::Error),
-    /// fork-agent answered `ok: false` with this text.
-    Refused(String),
-}
-
-struct Conn {
-    reader: BufReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
-}
-
-impl Conn {
-    async fn request(&mut self, req: &Value) -> Result<Value, Failure> {
-        let mut line = req.to_string();
-        line.push('\n');
-        let exchange = async {
-            self.writer.write_all(line.as_bytes()).await?;
-            let mut answer = String::new();
-            let n = (&mut self.reader)
-                .take(MAX_ANSWER)
-                .read_line(&mut answer)
-                .await?;
-            if n == 0 || !answer.ends_with('\n') {
-                bail!("fork-agent closed the connection");
-            }
-            Ok(answer)
-        };
-        let answer = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
-            .await
-            .map_err(|_| Failure::Broken(anyhow!("no answer within {REQUEST_TIMEOUT:?}")))?
-            .map_err(Failure::Broken)?;
-        let v: Value = serde_json::from_str(&answer)
-            .map_err(|e| Failure::Broken(anyhow!("answer is not JSON: {e}")))?;
-        if v["ok"] == Value::Bool(true) {
-            Ok(v["data"].clone())
-        } else {
-            Err(Failure::Refused(
-                v["error"].as_str().unwrap_or("(no error text)").to_owned(),
-            ))
-        }
-    }
 }
 
 struct Task {
@@ -261,7 +178,7 @@ struct Task {
     seen: HashMap<ChannelKey, Kernel>,
     /// Channels whose add was refused and logged, so a retry every pass stays quiet.
     refused: HashSet<ChannelKey>,
-    conn: Option<Conn>,
+    conn: Option<AsyncClient>,
     backoff: Duration,
     next_connect: Instant,
     next_poll: Instant,
@@ -337,13 +254,9 @@ impl Task {
         if now < self.next_connect {
             return false;
         }
-        match UnixStream::connect(&self.socket).await {
-            Ok(s) => {
-                let (r, w) = s.into_split();
-                self.conn = Some(Conn {
-                    reader: BufReader::new(r),
-                    writer: w,
-                });
+        match AsyncClient::connect(&self.socket).await {
+            Ok(c) => {
+                self.conn = Some(c.with_timeout(REQUEST_TIMEOUT));
                 self.backoff = BACKOFF_MIN;
                 self.gauge.0.connected.store(true, Ordering::Relaxed);
                 info!(socket = %self.socket.display(), "connected to fork-agent: bound UDP channels are relayed in the kernel");
@@ -368,16 +281,17 @@ impl Task {
     }
 
     /// One request; `None` when the connection broke (it is dropped, and a reconnect is
-    /// scheduled), `Some(Err(text))` when fork-agent refused.
-    async fn request(&mut self, req: Value) -> Option<Result<Value, String>> {
+    /// scheduled), `Some(Err(_))` when fork-agent refused or answered in a shape this build
+    /// does not know.
+    async fn request(&mut self, op: Op) -> Option<Result<Answer, ClientError>> {
         let conn = self.conn.as_mut()?;
-        match conn.request(&req).await {
-            Ok(v) => Some(Ok(v)),
-            Err(Failure::Refused(text)) => Some(Err(text)),
-            Err(Failure::Broken(e)) => {
+        match conn.call(&op).await {
+            Ok(a) => Some(Ok(a)),
+            Err(e) if !e.is_broken() => Some(Err(e)),
+            Err(e) => {
                 warn!(
                     socket = %self.socket.display(),
-                    op = %req["op"],
+                    op = op.name(),
                     error = %e,
                     "lost the connection to fork-agent; reconnecting (check fork-agent's log: restarting or stuck?)"
                 );
@@ -396,8 +310,7 @@ impl Task {
 
     async fn add(&mut self, allocation: AllocationHandle, spec: ChannelSpec) {
         let key = spec.key();
-        let req = json!({"v": 1, "op": "turn_channel_add", "channel": spec});
-        match self.request(req).await {
+        match self.request(Op::TurnChannelAdd { channel: spec }).await {
             Some(Ok(_)) => {
                 self.seen.insert(key, Kernel::default());
                 self.refused.remove(&key);
@@ -407,9 +320,9 @@ impl Task {
                     "channel relayed in the kernel"
                 );
             }
-            Some(Err(text)) => {
+            Some(Err(e)) => {
                 self.gauge.0.refused.fetch_add(1, Ordering::Relaxed);
-                if text.contains("already") {
+                if matches!(e.api(), Some(ApiError::Refused(text)) if text.contains("already")) {
                     // An entry from an earlier run or a changed binding: the next reconcile
                     // sees it in show_turn and replaces it.
                     self.next_poll = Instant::now();
@@ -418,7 +331,7 @@ impl Task {
                     warn!(
                         allocation = allocation.0,
                         channel = format_args!("{:#06x}", spec.number),
-                        error = %text,
+                        error = %e,
                         "fork-agent refused to relay a channel in the kernel; it stays in user space (check that the client and peer are routed via fork-agent's dataplane.interfaces)"
                     );
                 }
@@ -428,22 +341,22 @@ impl Task {
     }
 
     async fn del(&mut self, key: ChannelKey) {
-        let req = json!({"v": 1, "op": "turn_channel_del",
-            "client": key.client, "server": key.server, "number": key.number});
-        match self.request(req).await {
+        match self.request(key.del_op()).await {
             Some(Ok(_)) => debug!(
                 channel = format_args!("{:#06x}", key.number),
                 "channel removed from the kernel"
             ),
             // Already gone (fork-agent restarted without its pinned maps): nothing to undo.
-            Some(Err(text)) if text.contains("no offloaded channel") => {
+            Some(Err(ClientError::Api(ApiError::Refused(text))))
+                if text.contains("no offloaded channel") =>
+            {
                 debug!(error = %text, "channel was not in the kernel")
             }
-            Some(Err(text)) => {
+            Some(Err(e)) => {
                 self.gauge.0.refused.fetch_add(1, Ordering::Relaxed);
                 warn!(
                     channel = format_args!("{:#06x}", key.number),
-                    error = %text,
+                    error = %e,
                     "fork-agent refused to remove a channel; it may keep relaying until removed (fork-agent ctl show_turn)"
                 );
             }
@@ -457,20 +370,21 @@ impl Task {
             return;
         }
         self.next_poll = Instant::now() + self.interval;
-        let listing = match self.request(json!({"v": 1, "op": "show_turn"})).await {
-            Some(Ok(v)) => v,
-            Some(Err(text)) => {
-                warn!(error = %text, "fork-agent refused show_turn (a fork-agent without TURN offload?)");
+        let rows = match self.request(Op::ShowTurn).await {
+            Some(Ok(Answer::Turn(rows))) => rows,
+            Some(Ok(other)) => {
+                warn!(answer = ?other, "fork-agent's show_turn answer is not a channel list");
                 return;
             }
-            None => return,
-        };
-        let rows: Vec<TurnRow> = match serde_json::from_value(listing) {
-            Ok(r) => r,
-            Err(e) => {
+            Some(Err(e @ ClientError::Api(_))) => {
+                warn!(error = %e, "fork-agent refused show_turn (a fork-agent without TURN offload?)");
+                return;
+            }
+            Some(Err(e)) => {
                 warn!(error = %e, "fork-agent's show_turn answer is not understood (version mismatch between fork-agent and turn-server?)");
                 return;
             }
+            None => return,
         };
         let mut growth: BTreeMap<AllocationHandle, AllocationCounters> = BTreeMap::new();
         let mut present = HashSet::new();
@@ -484,7 +398,7 @@ impl Task {
             match self.desired.get(&key) {
                 Some((h, want)) if *want == spec => {
                     present.insert(key);
-                    let now = row.kernel();
+                    let now = kernel(row);
                     if let Some(prev) = self.seen.insert(key, now) {
                         add_to(growth.entry(*h).or_default(), &now.since(prev));
                     }
@@ -539,12 +453,14 @@ impl Task {
 mod tests {
     use std::path::Path;
 
+    use control_api::{Response, TurnDirection};
     use tokio::{
         io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
         net::UnixListener,
     };
 
     use super::*;
+    use crate::offload::ChannelKey;
 
     fn spec(number: u16, peer_port: u16) -> ChannelSpec {
         ChannelSpec {
@@ -586,45 +502,65 @@ mod tests {
 
     type Shared = Arc<std::sync::Mutex<FakeAgent>>;
 
-    fn answer(agent: &Shared, req: &Value) -> Value {
+    /// Answers one request line as fork-agent would, read with control-api's server parser.
+    fn answer(agent: &Shared, line: &str) -> Response {
         let mut a = agent.lock().expect("fake agent lock");
-        let op = req["op"].as_str().unwrap_or("").to_owned();
-        a.ops.push(op.clone());
-        match op.as_str() {
-            "turn_channel_add" => {
-                let s: ChannelSpec =
-                    serde_json::from_value(req["channel"].clone()).expect("channel spec");
+        let op = match control_api::parse_request(line) {
+            Ok(op) => op,
+            Err(e) => return Response::error(&e),
+        };
+        a.ops.push(op.name().to_owned());
+        match op {
+            Op::TurnChannelAdd { channel: s } => {
                 if a.channels.contains_key(&s.key()) {
-                    return json!({"ok": false, "error": "channel already offloaded"});
+                    return Response::err("channel already offloaded");
                 }
                 a.channels.insert(s.key(), (s, 0));
-                json!({"ok": true, "data": {"to_peer_stats": 1, "to_client_stats": 2}})
+                Response::ok_typed(&control_api::ChannelAdded {
+                    to_peer_stats: 1,
+                    to_client_stats: 2,
+                })
             }
-            "turn_channel_del" => {
+            Op::TurnChannelDel {
+                client,
+                server,
+                number,
+            } => {
                 let key = ChannelKey {
-                    client: serde_json::from_value(req["client"].clone()).expect("client"),
-                    server: serde_json::from_value(req["server"].clone()).expect("server"),
-                    number: serde_json::from_value(req["number"].clone()).expect("number"),
+                    client,
+                    server,
+                    number,
                 };
                 match a.channels.remove(&key) {
-                    Some(_) => json!({"ok": true, "data": null}),
-                    None => json!({"ok": false, "error": "no offloaded channel"}),
+                    Some(_) => Response::ok(serde_json::Value::Null),
+                    None => Response::err("no offloaded channel"),
                 }
             }
-            "show_turn" => {
-                let rows: Vec<Value> = a
+            Op::ShowTurn => {
+                let rows: Vec<TurnRow> = a
                     .channels
                     .values()
-                    .map(|(s, n)| {
-                        json!({"client": s.client, "server": s.server, "channel": s.number,
-                            "relay": s.relay, "peer": s.peer,
-                            "to_peer": {"packets": n, "bytes": n * 100, "passed": 0},
-                            "to_client": {"packets": 2 * n, "bytes": n * 200, "passed": 0}})
+                    .map(|(s, n)| TurnRow {
+                        client: s.client,
+                        server: s.server,
+                        channel: s.number,
+                        relay: s.relay,
+                        peer: s.peer,
+                        to_peer: TurnDirection {
+                            packets: *n,
+                            bytes: n * 100,
+                            passed: 0,
+                        },
+                        to_client: TurnDirection {
+                            packets: 2 * n,
+                            bytes: n * 200,
+                            passed: 0,
+                        },
                     })
                     .collect();
-                json!({"ok": true, "data": rows})
+                Response::ok_typed(&rows)
             }
-            _ => json!({"ok": false, "error": "unknown op"}),
+            other => Response::err(format!("unknown op {}", other.name())),
         }
     }
 
@@ -635,13 +571,11 @@ mod tests {
                 let (r, mut w) = s.into_split();
                 let mut lines = BufReader::new(r).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
-                    let req: Value = serde_json::from_str(&line).expect("request is JSON");
                     if std::mem::take(&mut agent.lock().expect("lock").crash_next) {
                         return;
                     }
-                    let mut out = answer(&agent, &req).to_string();
-                    out.push('\n');
-                    if w.write_all(out.as_bytes()).await.is_err() {
+                    let out = control_api::codec::encode_response(&answer(&agent, &line));
+                    if w.write_all(&out).await.is_err() {
                         return;
                     }
                 }
