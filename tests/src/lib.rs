@@ -19,7 +19,6 @@
 
 use std::{
     fs::File,
-    io::{BufRead, BufReader, Write},
     net::{SocketAddr, UdpSocket},
     os::{fd::AsRawFd, unix::process::CommandExt},
     path::{Path, PathBuf},
@@ -403,7 +402,9 @@ impl Topology {
                     Err(e) if format!("{e:#}").contains(NOT_READY) => {}
                     // Connection refused or reset: the agent is gone or going; the next round
                     // sees it exit.
-                    Err(e) if e.downcast_ref::<std::io::Error>().is_some() => {}
+                    Err(e)
+                        if e.downcast_ref::<control_api::ClientError>()
+                            .is_some_and(control_api::ClientError::is_broken) => {}
                     Err(e) => bail!(
                         "{name} is not serving: {e:#}; last lines of its log:\n{}",
                         self.log_tail(name, 40)
@@ -480,21 +481,14 @@ pub fn bin(name: &str) -> Result<PathBuf> {
     Ok(p)
 }
 
-/// Talk to a fork-agent's control socket: one request line, one response line.
+/// Talk to a fork-agent's control socket: one request line, one response line (control-api's
+/// blocking client; the request is JSON so tests can also send what no typed client would).
+/// A connection failure is a [`control_api::ClientError`], a refusal a [`control_api::ApiError`].
 pub fn control(socket: &Path, request: &serde_json::Value) -> Result<serde_json::Value> {
-    let mut s = std::os::unix::net::UnixStream::connect(socket)
-        .with_context(|| format!("connecting to {}", socket.display()))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut line = request.to_string();
-    line.push('\n');
-    s.write_all(line.as_bytes())?;
-    let mut resp = String::new();
-    BufReader::new(&s).read_line(&mut resp)?;
-    let v: serde_json::Value = serde_json::from_str(&resp)?;
-    if v["ok"] != serde_json::Value::Bool(true) {
-        bail!("control request {request} failed: {}", v["error"]);
-    }
-    Ok(v["data"].clone())
+    let mut c = control_api::BlockingClient::connect(socket)?;
+    let resp = c.call_line(&request.to_string())?;
+    resp.into_result()
+        .with_context(|| format!("control request {request} failed"))
 }
 
 /// The last `n` lines of `text`.
@@ -1710,7 +1704,6 @@ pub mod kernel {
 pub mod fork_rig {
     use super::*;
     use serde_json::{json, Value};
-    use std::os::unix::net::UnixStream;
 
     /// The speech namespace's address.
     pub const SPEECH_IP: &str = "10.77.3.2";
@@ -1771,20 +1764,20 @@ pub mod fork_rig {
         Ok(socket)
     }
 
-    /// A `subscribe`d control connection and the `fork_status` events read from it so far.
+    /// A `subscribe`d control connection and the `fork_status` events read from it so far
+    /// (as JSON, the way the tests look at them).
     pub struct Events {
-        r: BufReader<UnixStream>,
+        client: control_api::BlockingClient,
         pub seen: Vec<Value>,
     }
 
     impl Events {
         pub fn subscribe(socket: &Path) -> Result<Events> {
-            let sub = UnixStream::connect(socket).context("subscribe connection")?;
-            sub.set_read_timeout(Some(Duration::from_millis(200)))?;
-            sub.try_clone()?
-                .write_all(b"{\"v\":1,\"op\":\"subscribe\"}\n")?;
+            let mut client =
+                control_api::BlockingClient::connect(socket).context("subscribe connection")?;
+            client.subscribe().context("subscribe")?;
             Ok(Events {
-                r: BufReader::new(sub),
+                client,
                 seen: Vec::new(),
             })
         }
@@ -1796,20 +1789,12 @@ pub mod fork_rig {
                 if Instant::now() > deadline {
                     bail!("events so far: {:#?}", self.seen);
                 }
-                let mut line = String::new();
-                match self.r.read_line(&mut line) {
-                    Ok(0) => bail!("control connection closed"),
-                    Ok(_) => {
-                        let v: Value = serde_json::from_str(&line)?;
-                        if v["event"] == "fork_status" {
-                            self.seen.push(v);
-                        }
+                match self.client.next_event(Duration::from_millis(200)) {
+                    Ok(Some(ev @ control_api::Event::ForkStatus { .. })) => {
+                        self.seen.push(serde_json::to_value(ev)?);
                     }
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        ) => {}
+                    Ok(_) => {}
+                    Err(control_api::ClientError::Closed) => bail!("control connection closed"),
                     Err(e) => return Err(e.into()),
                 }
             }
