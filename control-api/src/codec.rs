@@ -142,16 +142,19 @@ pub fn finish(op: &Op, resp: Response) -> Result<Answer, ClientError> {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The socket could not be opened.
-    #[error("cannot connect to {} ({source}): is fork-agent running, is this its [control] socket, and may this user open it?", socket.display())]
+    // `error` is in the text rather than the source chain: callers log with `%e` as often as
+    // they print the chain, and either way the OS error must show.
+    #[error("cannot connect to {} ({error}): is fork-agent running, is this its [control] socket, and may this user open it?", socket.display())]
     Connect {
         /// The socket path.
         socket: PathBuf,
         /// What `connect` said.
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    /// Reading or writing failed.
+    /// Reading or writing failed (the OS error in the text, not the source chain, as for
+    /// `Connect`).
     #[error("control connection to fork-agent failed: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     /// No answer in time; the connection is not usable any more (a late answer would be taken
     /// for the next request's).
     #[error("no answer from fork-agent within {0:?}")]
@@ -184,6 +187,12 @@ pub enum ClientError {
         /// What did not match.
         error: String,
     },
+}
+
+impl From<std::io::Error> for ClientError {
+    fn from(e: std::io::Error) -> Self {
+        ClientError::Io(e)
+    }
 }
 
 impl ClientError {

@@ -31,9 +31,9 @@ pub struct Client {
 impl Client {
     /// Connects to `socket`; answers are waited for [`DEFAULT_ANSWER_TIMEOUT`].
     pub fn connect(socket: &Path) -> Result<Client, ClientError> {
-        let stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
+        let stream = UnixStream::connect(socket).map_err(|error| ClientError::Connect {
             socket: socket.to_owned(),
-            source,
+            error,
         })?;
         Ok(Client {
             stream,

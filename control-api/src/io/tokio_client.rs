@@ -37,9 +37,9 @@ impl Client {
     pub async fn connect(socket: &Path) -> Result<Client, ClientError> {
         let stream = UnixStream::connect(socket)
             .await
-            .map_err(|source| ClientError::Connect {
+            .map_err(|error| ClientError::Connect {
                 socket: socket.to_owned(),
-                source,
+                error,
             })?;
         Ok(Client {
             stream,
