@@ -10,14 +10,16 @@ use std::path::Path;
 
 use speech_proto::{encode_audio, AudioHeader, FLAG_FIRST, FLAG_MARKER};
 use turn_core::stun::{
-    encode_channel_data, long_term_key, Attribute, Class, Family, Method, MessageBuilder,
+    encode_channel_data, long_term_key, Attribute, Class, Family, MessageBuilder, Method,
     TransactionId,
 };
 use turn_core::RustCrypto;
 use xdpfork_fuzz::record;
 
 fn write(target: &str, name: &str, bytes: &[u8]) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus").join(target);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("corpus")
+        .join(target);
     fs::create_dir_all(&dir).expect("create corpus dir");
     fs::write(dir.join(name), bytes).expect("write seed");
 }
@@ -141,7 +143,10 @@ Contact: <sip:cvp@10.10.10.5:5060>
     write(
         "sip_message",
         "bye.sip",
-        &sip(&format!("BYE sip:cube@192.0.2.10 SIP/2.0\n{dialog}CSeq: 5 BYE\n"), ""),
+        &sip(
+            &format!("BYE sip:cube@192.0.2.10 SIP/2.0\n{dialog}CSeq: 5 BYE\n"),
+            "",
+        ),
     );
     write(
         "sip_message",
@@ -261,7 +266,8 @@ fn fork_json_seeds() {
     write(
         "fork_json",
         "start-minimal.json",
-        format!(r#"{{"type":"START","call-guid":"{GUID}","url":"ws://10.64.86.215:8000"}}"#).as_bytes(),
+        format!(r#"{{"type":"START","call-guid":"{GUID}","url":"ws://10.64.86.215:8000"}}"#)
+            .as_bytes(),
     );
     write(
         "fork_json",
@@ -285,23 +291,60 @@ fn fork_json_seeds() {
 
 fn control_api_seeds() {
     let lines = [
-        ("flow-add", r#"{"v":1,"op":"flow_add","flow":{"local":"10.77.1.1:30000","src":"10.77.2.1:30002","dst":"10.77.2.2:40000","expect":"10.77.1.2:40000","rtcp":false,"payload_types":[0,8],"dtmf_pt":101}}"#),
-        ("flow-del", r#"{"v":1,"op":"flow_del","local":"10.77.1.1:30000"}"#),
-        ("fork-start", r#"{"v":1,"op":"fork_start","fork":{"call_guid":"8ee2e6b0-c5b2","call_id":"a84b4c76e66710@pc33","from":"1000","to":"2000","server":"asr","codec":"PCMU","ptime_ms":20,"metadata":{"any":"object"},"streams":[{"channel":"caller","flow":"10.77.1.1:30000"},{"channel":"callee","flow":"10.77.2.1:30002"}]}}"#),
-        ("fork-stop", r#"{"v":1,"op":"fork_stop","call_guid":"8ee2e6b0-c5b2","reason":"request"}"#),
-        ("fork-pause", r#"{"v":1,"op":"fork_pause","call_guid":"8ee2e6b0-c5b2","reason":"hold"}"#),
-        ("fork-resume", r#"{"v":1,"op":"fork_resume","call_guid":"8ee2e6b0-c5b2","codec":"PCMA"}"#),
-        ("fork-update", r#"{"v":1,"op":"fork_update","call_guid":"8ee2e6b0-c5b2","metadata":{"agent":"1042"}}"#),
+        (
+            "flow-add",
+            r#"{"v":1,"op":"flow_add","flow":{"local":"10.77.1.1:30000","src":"10.77.2.1:30002","dst":"10.77.2.2:40000","expect":"10.77.1.2:40000","rtcp":false,"payload_types":[0,8],"dtmf_pt":101}}"#,
+        ),
+        (
+            "flow-del",
+            r#"{"v":1,"op":"flow_del","local":"10.77.1.1:30000"}"#,
+        ),
+        (
+            "fork-start",
+            r#"{"v":1,"op":"fork_start","fork":{"call_guid":"8ee2e6b0-c5b2","call_id":"a84b4c76e66710@pc33","from":"1000","to":"2000","server":"asr","codec":"PCMU","ptime_ms":20,"metadata":{"any":"object"},"streams":[{"channel":"caller","flow":"10.77.1.1:30000"},{"channel":"callee","flow":"10.77.2.1:30002"}]}}"#,
+        ),
+        (
+            "fork-stop",
+            r#"{"v":1,"op":"fork_stop","call_guid":"8ee2e6b0-c5b2","reason":"request"}"#,
+        ),
+        (
+            "fork-pause",
+            r#"{"v":1,"op":"fork_pause","call_guid":"8ee2e6b0-c5b2","reason":"hold"}"#,
+        ),
+        (
+            "fork-resume",
+            r#"{"v":1,"op":"fork_resume","call_guid":"8ee2e6b0-c5b2","codec":"PCMA"}"#,
+        ),
+        (
+            "fork-update",
+            r#"{"v":1,"op":"fork_update","call_guid":"8ee2e6b0-c5b2","metadata":{"agent":"1042"}}"#,
+        ),
         ("subscribe", r#"{"v":1,"op":"subscribe"}"#),
-        ("show-stream-service", r#"{"v":1,"op":"show_stream_service","what":"server","arg":"10.77.3.2:9000"}"#),
-        ("clear-stream-connection", r#"{"v":1,"op":"clear_stream_connection","id":3,"forced":true}"#),
+        (
+            "show-stream-service",
+            r#"{"v":1,"op":"show_stream_service","what":"server","arg":"10.77.3.2:9000"}"#,
+        ),
+        (
+            "clear-stream-connection",
+            r#"{"v":1,"op":"clear_stream_connection","id":3,"forced":true}"#,
+        ),
         ("show-flows", r#"{"v":1,"op":"show_flows"}"#),
-        ("turn-channel-add", r#"{"v":1,"op":"turn_channel_add","channel":{"client":"10.77.1.2:50000","server":"10.77.1.1:3478","number":16385,"relay":"10.77.2.1:24000","peer":"10.77.2.2:60000"}}"#),
-        ("turn-channel-del", r#"{"v":1,"op":"turn_channel_del","client":"10.77.1.2:50000","server":"10.77.1.1:3478","number":16385}"#),
+        (
+            "turn-channel-add",
+            r#"{"v":1,"op":"turn_channel_add","channel":{"client":"10.77.1.2:50000","server":"10.77.1.1:3478","number":16385,"relay":"10.77.2.1:24000","peer":"10.77.2.2:60000"}}"#,
+        ),
+        (
+            "turn-channel-del",
+            r#"{"v":1,"op":"turn_channel_del","client":"10.77.1.2:50000","server":"10.77.1.1:3478","number":16385}"#,
+        ),
         ("wrong-version", r#"{"v":2,"op":"show_flows"}"#),
     ];
     for (name, line) in lines {
-        write("control_api", &format!("{name}.json"), format!("{line}\n").as_bytes());
+        write(
+            "control_api",
+            &format!("{name}.json"),
+            format!("{line}\n").as_bytes(),
+        );
     }
 }
 
@@ -366,35 +409,88 @@ fn stun_seeds() {
         &turn_request(
             Method::CHANNEL_BIND,
             2,
-            &[Attribute::ChannelNumber(0x4000), Attribute::XorPeerAddress(peer())],
+            &[
+                Attribute::ChannelNumber(0x4000),
+                Attribute::XorPeerAddress(peer()),
+            ],
             Some(nonce),
         ),
     );
     let mut b = MessageBuilder::new(Class::Error, Method::ALLOCATE, TransactionId([3; 12]));
-    b.add(&Attribute::ErrorCode { code: 401, reason: "Unauthorized" }).expect("fits");
+    b.add(&Attribute::ErrorCode {
+        code: 401,
+        reason: "Unauthorized",
+    })
+    .expect("fits");
     b.add(&Attribute::Realm("example.org")).expect("fits");
     b.add(&Attribute::Nonce(nonce)).expect("fits");
-    b.add(&Attribute::PasswordAlgorithms(vec![1, 2])).expect("fits");
-    b.add(&Attribute::UnknownAttributes(vec![0x0024, 0x7fff])).expect("fits");
+    b.add(&Attribute::PasswordAlgorithms(vec![1, 2]))
+        .expect("fits");
+    b.add(&Attribute::UnknownAttributes(vec![0x0024, 0x7fff]))
+        .expect("fits");
     b.add_fingerprint().expect("fits");
     write("stun", "error-401.bin", &b.finish());
     let mut b = MessageBuilder::new(Class::Indication, Method::SEND, TransactionId([4; 12]));
-    b.add(&Attribute::XorPeerAddress("[2001:db8::80]:5000".parse().expect("v6"))).expect("fits");
-    b.add(&Attribute::Data(b"\x80\x00\x00\x01rtp")).expect("fits");
+    b.add(&Attribute::XorPeerAddress(
+        "[2001:db8::80]:5000".parse().expect("v6"),
+    ))
+    .expect("fits");
+    b.add(&Attribute::Data(b"\x80\x00\x00\x01rtp"))
+        .expect("fits");
     write("stun", "send-indication-v6.bin", &b.finish());
     let mut cd = Vec::new();
-    encode_channel_data(0x4000, b"\x80\x00\x12\x34\x00\x00\x00\xa0\xde\xad\xbe\xefaudio", true, &mut cd)
-        .expect("fits");
+    encode_channel_data(
+        0x4000,
+        b"\x80\x00\x12\x34\x00\x00\x00\xa0\xde\xad\xbe\xefaudio",
+        true,
+        &mut cd,
+    )
+    .expect("fits");
     write("stun", "channel-data.bin", &cd);
 }
 
 fn turn_server_seeds() {
     // Records: tag 1 = signed request (the harness adds credentials and the last nonce).
     let mut s = vec![0u8];
-    s.extend(record(0, &turn_request(Method::ALLOCATE, 1, &[Attribute::RequestedTransport(PROTO_UDP)], None)));
-    s.extend(record(1, &turn_request(Method::ALLOCATE, 2, &[Attribute::RequestedTransport(PROTO_UDP)], None)));
-    s.extend(record(1, &turn_request(Method::CREATE_PERMISSION, 3, &[Attribute::XorPeerAddress(peer())], None)));
-    s.extend(record(1, &turn_request(Method::CHANNEL_BIND, 4, &[Attribute::ChannelNumber(0x4001), Attribute::XorPeerAddress(peer())], None)));
+    s.extend(record(
+        0,
+        &turn_request(
+            Method::ALLOCATE,
+            1,
+            &[Attribute::RequestedTransport(PROTO_UDP)],
+            None,
+        ),
+    ));
+    s.extend(record(
+        1,
+        &turn_request(
+            Method::ALLOCATE,
+            2,
+            &[Attribute::RequestedTransport(PROTO_UDP)],
+            None,
+        ),
+    ));
+    s.extend(record(
+        1,
+        &turn_request(
+            Method::CREATE_PERMISSION,
+            3,
+            &[Attribute::XorPeerAddress(peer())],
+            None,
+        ),
+    ));
+    s.extend(record(
+        1,
+        &turn_request(
+            Method::CHANNEL_BIND,
+            4,
+            &[
+                Attribute::ChannelNumber(0x4001),
+                Attribute::XorPeerAddress(peer()),
+            ],
+            None,
+        ),
+    ));
     let mut cd = Vec::new();
     encode_channel_data(0x4001, b"\x80\x00\x00\x01rtp-payload", false, &mut cd).expect("fits");
     s.extend(record(2, &cd));
@@ -404,17 +500,44 @@ fn turn_server_seeds() {
     send.add(&Attribute::Data(b"via-send")).expect("fits");
     s.extend(record(0, &send.finish()));
     s.extend(record(4, &[0x01, 0x2c])); // 300 s: the permission expires
-    s.extend(record(1, &turn_request(Method::REFRESH, 6, &[Attribute::Lifetime(0)], None)));
+    s.extend(record(
+        1,
+        &turn_request(Method::REFRESH, 6, &[Attribute::Lifetime(0)], None),
+    ));
     s.extend(record(5, &[]));
     write("turn_server", "udp-allocate-permission-channel.bin", &s);
 
     // TCP client (tag bits 3-4 = client 1), REST credentials (bit 7), SHA-256 integrity (bit 6).
     let mut t = vec![3u8];
     let tcp = 1 << 3;
-    t.extend(record(tcp, &turn_request(Method::ALLOCATE, 1, &[Attribute::RequestedTransport(PROTO_UDP)], None)));
-    t.extend(record(tcp | 0x80 | 0x40 | 1, &turn_request(Method::ALLOCATE, 2, &[Attribute::RequestedTransport(PROTO_UDP), Attribute::Lifetime(3600)], None)));
+    t.extend(record(
+        tcp,
+        &turn_request(
+            Method::ALLOCATE,
+            1,
+            &[Attribute::RequestedTransport(PROTO_UDP)],
+            None,
+        ),
+    ));
+    t.extend(record(
+        tcp | 0x80 | 0x40 | 1,
+        &turn_request(
+            Method::ALLOCATE,
+            2,
+            &[
+                Attribute::RequestedTransport(PROTO_UDP),
+                Attribute::Lifetime(3600),
+            ],
+            None,
+        ),
+    ));
     let mut stream = turn_request(Method::BINDING, 3, &[], None);
-    stream.extend(turn_request(Method::CREATE_PERMISSION, 4, &[Attribute::XorPeerAddress(peer())], None));
+    stream.extend(turn_request(
+        Method::CREATE_PERMISSION,
+        4,
+        &[Attribute::XorPeerAddress(peer())],
+        None,
+    ));
     t.extend(record(tcp | 7, &stream));
     t.extend(record(tcp | 6, &[]));
     write("turn_server", "tcp-rest-sha256-close.bin", &t);
@@ -441,23 +564,41 @@ fn speech_seeds() {
     s.extend(record(1, &audio(1003, 0, 0)));
     s.extend(record(1, &audio(1002, 0, 0)));
     s.extend(record(0, br#"{"type":"dtmf","stream_id":42,"event":5,"end":true,"duration":1600,"timestamp":124096}"#));
-    s.extend(record(0, br#"{"type":"pause","stream_id":42,"reason":"hold"}"#));
-    s.extend(record(0, br#"{"type":"resume","stream_id":42,"codec":"PCMA"}"#));
+    s.extend(record(
+        0,
+        br#"{"type":"pause","stream_id":42,"reason":"hold"}"#,
+    ));
+    s.extend(record(
+        0,
+        br#"{"type":"resume","stream_id":42,"codec":"PCMA"}"#,
+    ));
     s.extend(record(1, &audio(1004, 0, 8)));
-    s.extend(record(0, br#"{"type":"update","stream_id":42,"metadata":{"campaign":"support","agent":"1042"}}"#));
-    s.extend(record(0, br#"{"type":"stop","stream_id":42,"reason":"call_end"}"#));
+    s.extend(record(
+        0,
+        br#"{"type":"update","stream_id":42,"metadata":{"campaign":"support","agent":"1042"}}"#,
+    ));
+    s.extend(record(
+        0,
+        br#"{"type":"stop","stream_id":42,"reason":"call_end"}"#,
+    ));
     write("speech_validator", "stream-life.bin", &s);
 
     // Violations: audio before start, while paused, after stop; bad sample rate; killed stream.
     let mut v = Vec::new();
     v.extend(record(1, &audio(1, 0, 0)));
     v.extend(record(0, start.as_bytes()));
-    v.extend(record(0, br#"{"type":"pause","stream_id":42,"reason":"request"}"#));
+    v.extend(record(
+        0,
+        br#"{"type":"pause","stream_id":42,"reason":"request"}"#,
+    ));
     v.extend(record(1, &audio(2, 0, 0)));
     v.extend(record(0, br#"{"type":"start","version":1,"stream_id":7,"call_guid":"g","call_id":"c","channel":"callee","from":"a","to":"b","codec":"PCMA","sample_rate":16000,"ptime_ms":20,"metadata":{}}"#));
     v.extend(record(2, &42u32.to_be_bytes()));
     v.extend(record(1, &audio(3, 0, 0)));
-    v.extend(record(0, br#"{"type":"error","stream_id":42,"code":"audio_while_paused","message":"x"}"#));
+    v.extend(record(
+        0,
+        br#"{"type":"error","stream_id":42,"code":"audio_while_paused","message":"x"}"#,
+    ));
     write("speech_validator", "violations.bin", &v);
 }
 

@@ -13,10 +13,7 @@ fuzz_target!(|data: &[u8]| {
     let line = line.strip_suffix('\n').unwrap_or(line);
     if let Ok(op) = parse_request(line) {
         let _ = op.is_stream_service();
-        let req = Request {
-            v: API_VERSION,
-            op,
-        };
+        let req = Request { v: API_VERSION, op };
         let text = serde_json::to_string(&req).expect("a request serialises");
         if let Err(e) = parse_request(&text) {
             panic!("re-serialised request {text} does not parse: {e}");

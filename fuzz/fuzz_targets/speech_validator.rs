@@ -35,7 +35,11 @@ fuzz_target!(|data: &[u8]| {
                 match validator.handle_binary(payload) {
                     Ok(ev) => {
                         assert!(!ev.payload.is_empty(), "audio event without payload");
-                        let _: i32 = ev.payload.iter().map(|b| i32::from(ev.codec.decode(*b))).sum();
+                        let _: i32 = ev
+                            .payload
+                            .iter()
+                            .map(|b| i32::from(ev.codec.decode(*b)))
+                            .sum();
                     }
                     Err(v) => {
                         errors += 1;
@@ -52,7 +56,11 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
-    assert_eq!(validator.violations(), errors, "every violation is counted once");
+    assert_eq!(
+        validator.violations(),
+        errors,
+        "every violation is counted once"
+    );
     for id in validator.stream_ids().collect::<Vec<_>>() {
         assert!(validator.stream(id).is_some());
     }

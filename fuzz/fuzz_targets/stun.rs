@@ -12,11 +12,23 @@ fn message(bytes: &[u8]) {
         return;
     };
     let _ = (msg.class(), msg.method(), msg.transaction_id());
-    let _ = (msg.has_fingerprint(), msg.has_integrity(), msg.raw_attributes().len());
+    let _ = (
+        msg.has_fingerprint(),
+        msg.has_integrity(),
+        msg.raw_attributes().len(),
+    );
     let _ = (msg.username(), msg.realm(), msg.nonce(), msg.software());
-    let _ = (msg.lifetime(), msg.requested_transport(), msg.requested_address_family());
+    let _ = (
+        msg.lifetime(),
+        msg.requested_transport(),
+        msg.requested_address_family(),
+    );
     let _ = (msg.channel_number(), msg.data(), msg.error_code());
-    let _ = (msg.xor_peer_addresses(), msg.xor_peer_address(), msg.xor_mapped_address());
+    let _ = (
+        msg.xor_peer_addresses(),
+        msg.xor_peer_address(),
+        msg.xor_mapped_address(),
+    );
     let _ = (msg.xor_relayed_address(), msg.mapped_address());
     let _ = msg.unknown_comprehension_required(&[stun::attr::USERNAME, stun::attr::LIFETIME]);
     let key = stun::long_term_key(&RustCrypto, "turnuser", "example.org", "cisco");
@@ -26,7 +38,8 @@ fn message(bytes: &[u8]) {
     let decoded: Vec<_> = msg.attributes().filter_map(Result::ok).collect();
     let mut b = MessageBuilder::new(msg.class(), msg.method(), msg.transaction_id());
     for a in &decoded {
-        b.add(a).expect("a decoded attribute of a message that fit re-encodes");
+        b.add(a)
+            .expect("a decoded attribute of a message that fit re-encodes");
     }
     let bytes = b.finish();
     let again = Message::parse(&bytes).expect("a built message parses");

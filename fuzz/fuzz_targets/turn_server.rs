@@ -172,7 +172,12 @@ impl Harness {
             }
         }
         let (user, password) = if tag & 0x80 != 0 {
-            let expiry = self.wall.duration_since(SystemTime::UNIX_EPOCH).ok()?.as_secs() + 86_400;
+            let expiry = self
+                .wall
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .ok()?
+                .as_secs()
+                + 86_400;
             let (u, p) = RestSecret::new(SECRET).issue("alice", expiry, &RustCrypto);
             (u, p.expose().to_owned())
         } else {
@@ -211,8 +216,10 @@ impl Harness {
                     return;
                 };
                 let relay = pick(&self.relays, r).unwrap_or(SocketAddr::new(listen().ip(), 24000));
-                let peer = pick(&self.peers, p)
-                    .unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 99)), 5000));
+                let peer = pick(&self.peers, p).unwrap_or(SocketAddr::new(
+                    IpAddr::V4(Ipv4Addr::new(192, 0, 2, 99)),
+                    5000,
+                ));
                 self.server
                     .handle_peer_data(self.now, relay, peer, &payload[2..]);
             }
@@ -242,8 +249,7 @@ impl Harness {
             ),
             _ => {
                 let mut rest = payload;
-                while let stun::Frame::Stun(n) | stun::Frame::ChannelData(n) =
-                    stun::frame_len(rest)
+                while let stun::Frame::Stun(n) | stun::Frame::ChannelData(n) = stun::frame_len(rest)
                 {
                     let Some(frame) = rest.get(..n) else { break };
                     match stun::classify(frame) {

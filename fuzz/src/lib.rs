@@ -130,10 +130,7 @@ mod tests {
         data.extend(record(7, b""));
         data.extend([9, 0, 10, b'x']);
         let got: Vec<_> = Records::new(&data).collect();
-        assert_eq!(
-            got,
-            vec![(1, &b"abc"[..]), (7, &b""[..]), (9, &b"x"[..])]
-        );
+        assert_eq!(got, vec![(1, &b"abc"[..]), (7, &b""[..]), (9, &b"x"[..])]);
         assert_eq!(Records::new(&[5]).collect::<Vec<_>>(), vec![(5, &b""[..])]);
     }
 }

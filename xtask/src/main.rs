@@ -9,6 +9,7 @@
 mod bench;
 mod build;
 mod demo;
+mod fuzz;
 mod install;
 mod setup;
 mod test;
@@ -45,6 +46,8 @@ enum Command {
     Uninstall(install::UninstallArgs),
     /// Benchmark the relays side by side: `relay` (XDP vs udp-relay vs rtpengine) or `turn` (needs root).
     Bench(bench::Args),
+    /// Fuzz one parser with cargo-fuzz/libFuzzer for --secs seconds, or --list the targets (not in CI).
+    Fuzz(fuzz::Args),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
         Command::Install(args) => install::run(args),
         Command::Uninstall(args) => install::run_uninstall(args),
         Command::Bench(args) => bench::run(args),
+        Command::Fuzz(args) => fuzz::run(args),
     };
     // Print the context chain ourselves: anyhow's `Termination` adds a backtrace whenever
     // RUST_BACKTRACE is set (it is on CI), which buries the one line telling the operator what to do.
