@@ -18,6 +18,7 @@
 //! - 7: the payload as a TCP/TLS byte stream, cut with `stun::frame_len`.
 //!
 //! After every step all output is drained; what the server sends a client must parse.
+//! `XDPFORK_FUZZ_TRACE=1` prints each step and the server's outputs.
 #![no_main]
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -113,6 +114,9 @@ impl Harness {
 
     fn drain(&mut self) {
         while let Some(out) = self.server.poll_output() {
+            if trace() {
+                eprintln!("  -> {out:?}");
+            }
             match out {
                 Output::Transmit(t) if t.from == listen() => {
                     let Some(ci) = CLIENTS
@@ -201,6 +205,9 @@ impl Harness {
     }
 
     fn step(&mut self, tag: u8, payload: &[u8]) {
+        if trace() {
+            eprintln!("step tag {tag:#04x} kind {} payload {} bytes", tag & 7, payload.len());
+        }
         let ci = usize::from(tag >> 3) % CLIENTS.len();
         let (client, transport) = CLIENTS[ci];
         let client: SocketAddr = client.parse().expect("client address");
@@ -281,6 +288,13 @@ impl Harness {
         self.now += d;
         self.wall += d;
     }
+}
+
+/// `XDPFORK_FUZZ_TRACE=1` prints every step and output, to check what an input reaches:
+/// `XDPFORK_FUZZ_TRACE=1 cargo +nightly fuzz run turn_server corpus/turn_server/<file>`.
+fn trace() -> bool {
+    static TRACE: OnceLock<bool> = OnceLock::new();
+    *TRACE.get_or_init(|| std::env::var_os("XDPFORK_FUZZ_TRACE").is_some())
 }
 
 fn remember(list: &mut Vec<SocketAddr>, a: SocketAddr) {
