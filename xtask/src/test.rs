@@ -163,6 +163,15 @@ fn stages(test_args: &[String]) -> Vec<Stage> {
             needs_root: false,
             env: Vec::new(),
         },
+        // The cargo-fuzz crate is a workspace of its own (docs/fuzzing.md); lint it so it keeps
+        // compiling (stable, no sanitizer flags), sharing the workspace's target dir so its
+        // dependencies are not checked a second time.
+        Stage {
+            name: "clippy fuzz",
+            args: fuzz_clippy_args(),
+            needs_root: false,
+            env: Vec::new(),
+        },
         Stage {
             name: "unit tests",
             args: with_args(words("test --")),
@@ -189,6 +198,29 @@ fn stages(test_args: &[String]) -> Vec<Stage> {
             env: vec![("XDPFORK_FORK_PATH", "headroom")],
         },
     ]
+}
+
+/// `cargo clippy` of fuzz/, in the workspace's target dir unless CARGO_TARGET_DIR names one.
+fn fuzz_clippy_args() -> Vec<String> {
+    let mut args: Vec<String> = [
+        "clippy",
+        "--manifest-path",
+        "fuzz/Cargo.toml",
+        "--all-targets",
+    ]
+    .map(String::from)
+    .to_vec();
+    if std::env::var_os("CARGO_TARGET_DIR").is_none() {
+        args.push("--target-dir".into());
+        args.push(
+            crate::build::workspace_root()
+                .join("target")
+                .display()
+                .to_string(),
+        );
+    }
+    args.extend(["--", "-D", "warnings"].map(String::from));
+    args
 }
 
 /// Entry point of `cargo xtask test`.
@@ -301,6 +333,7 @@ mod tests {
                 "fmt",
                 "clippy",
                 "clippy tests",
+                "clippy fuzz",
                 "unit tests",
                 "build",
                 "privileged tests",
@@ -309,18 +342,22 @@ mod tests {
         );
         assert_eq!(s[0].args.join(" "), "fmt --all -- --check");
         assert_eq!(s[1].args.join(" "), "clippy --all-targets -- -D warnings");
-        assert_eq!(s[3].args.join(" "), "test -- turn_refresh");
-        assert_eq!(s[4].args.join(" "), "build");
-        assert_eq!(
-            s[5].args.join(" "),
-            "test -p xdpfork-tests -- --test-threads=1 turn_refresh"
-        );
-        assert!(s[5].needs_root && !s[3].needs_root);
+        assert!(s[3]
+            .args
+            .join(" ")
+            .starts_with("clippy --manifest-path fuzz/Cargo.toml --all-targets"));
+        assert_eq!(s[4].args.join(" "), "test -- turn_refresh");
+        assert_eq!(s[5].args.join(" "), "build");
         assert_eq!(
             s[6].args.join(" "),
+            "test -p xdpfork-tests -- --test-threads=1 turn_refresh"
+        );
+        assert!(s[6].needs_root && !s[4].needs_root);
+        assert_eq!(
+            s[7].args.join(" "),
             "test -p xdpfork-tests --test e2e -- --test-threads=1 turn_refresh"
         );
-        assert_eq!(s[6].env, [("XDPFORK_FORK_PATH", "headroom")]);
+        assert_eq!(s[7].env, [("XDPFORK_FORK_PATH", "headroom")]);
     }
 
     #[test]
