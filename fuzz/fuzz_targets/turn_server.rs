@@ -206,7 +206,11 @@ impl Harness {
 
     fn step(&mut self, tag: u8, payload: &[u8]) {
         if trace() {
-            eprintln!("step tag {tag:#04x} kind {} payload {} bytes", tag & 7, payload.len());
+            eprintln!(
+                "step tag {tag:#04x} kind {} payload {} bytes",
+                tag & 7,
+                payload.len()
+            );
         }
         let ci = usize::from(tag >> 3) % CLIENTS.len();
         let (client, transport) = CLIENTS[ci];
