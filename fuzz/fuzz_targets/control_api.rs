@@ -1,9 +1,9 @@
-//! fork-agent's control API request line (fork-agent/src/core/control_api.rs `parse_request`),
+//! fork-agent's control API request line (control-api/src/request.rs `parse_request`),
 //! as the control socket hands it over: one line, UTF-8 checked first. A request that parses is
 //! serialised as sip-agent would send it and must parse again.
 #![no_main]
 
-use fork_agent::core::control_api::{parse_request, Request, API_VERSION};
+use control_api::{parse_request, Request, API_VERSION};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
