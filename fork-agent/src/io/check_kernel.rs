@@ -83,14 +83,14 @@ impl fmt::Display for Report {
         writeln!(f, "kernel: {}", self.kernel)?;
         writeln!(f)?;
         let w = self.rows.iter().map(|r| r.check.len()).max().unwrap_or(5);
-        writeln!(f, "  {:<w$}  {:<4}  detail", "check", "")?;
+        writeln!(f, "  {:<w$}  {:<6}  detail", "check", "result")?;
         for r in &self.rows {
             let s = match r.status {
                 Status::Ok => "OK",
                 Status::Note => "note",
                 Status::Fail => "FAIL",
             };
-            writeln!(f, "  {:<w$}  {s:<4}  {}", r.check, r.detail)?;
+            writeln!(f, "  {:<w$}  {s:<6}  {}", r.check, r.detail)?;
         }
         for (prog, tail) in &self.refusals {
             writeln!(f, "\n{prog} was refused: {tail}")?;
