@@ -71,44 +71,8 @@ pub fn replay(text: &str) -> Replayed {
     out
 }
 
-/// Line counts that decide when to compact.
-#[derive(Debug, Default)]
-pub struct Journal {
-    /// Lines in the file now.
-    lines: usize,
-}
-
-/// A journal shorter than this is never compacted (it is cheap to replay anyway).
-const MIN_LINES_TO_COMPACT: usize = 1024;
-
-impl Journal {
-    /// The state after a replay (or a fresh, empty file).
-    pub fn new(lines_in_file: usize) -> Self {
-        Self {
-            lines: lines_in_file,
-        }
-    }
-
-    /// One line was appended.
-    pub fn appended(&mut self) {
-        self.lines += 1;
-    }
-
-    /// The file was rewritten with one line per live fork.
-    pub fn compacted(&mut self, live: usize) {
-        self.lines = live;
-    }
-
-    /// True when the file holds more than twice the lines the `live` forks need.
-    pub fn needs_compaction(&self, live: usize) -> bool {
-        self.lines >= MIN_LINES_TO_COMPACT && self.lines > 2 * live
-    }
-
-    /// Lines in the file now.
-    pub fn lines(&self) -> usize {
-        self.lines
-    }
-}
+/// When to compact: shared with sip-agent's call journal.
+pub use jsonl_journal::{Journal, MIN_LINES_TO_COMPACT};
 
 #[cfg(test)]
 mod tests {

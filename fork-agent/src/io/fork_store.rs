@@ -11,13 +11,12 @@
 //! journal exists and replaces it.
 
 use std::{
-    fs::{File, OpenOptions},
+    fs::File,
     io::Write,
-    os::unix::fs::{OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use tracing::{info, warn};
 
 use crate::core::{
@@ -119,10 +118,6 @@ impl ForkStore {
     }
 
     fn try_rewrite<'a>(&self, live: impl Iterator<Item = &'a Fork>) -> Result<(File, usize)> {
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        let tmp = self.path.with_extension("jsonl.tmp");
         let mut body = Vec::new();
         let mut n = 0;
         for fork in live {
@@ -130,23 +125,7 @@ impl ForkStore {
             n += 1;
         }
         // Owner only, whatever the umask: the journal holds call ids, numbers and metadata.
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("creating {}", tmp.display()))?;
-        f.set_permissions(std::fs::Permissions::from_mode(0o600))
-            .and_then(|()| f.write_all(&body))
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        drop(f);
-        std::fs::rename(&tmp, &self.path)
-            .with_context(|| format!("renaming {} into place", tmp.display()))?;
-        let file = OpenOptions::new()
-            .append(true)
-            .open(&self.path)
-            .with_context(|| format!("opening {} for appending", self.path.display()))?;
+        let file = jsonl_journal::rewrite_owner_only(&self.path, &body)?;
         Ok((file, n))
     }
 }
@@ -163,6 +142,8 @@ fn read_legacy(path: &Path) -> Vec<Fork> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
     use control_api::{ForkSpec, StreamSpec};
     use speech_proto::{Channel, Codec};

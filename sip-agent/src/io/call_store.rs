@@ -15,12 +15,11 @@
 //! [`CallStore::save`] / [`CallStore::end`] after every drive of the cores.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use tracing::warn;
 
 use crate::core::call_journal::{self, CallRecord, Entry, Journal, Replayed};
@@ -175,10 +174,6 @@ impl CallStore {
     }
 
     fn try_rewrite(&self) -> Result<(File, usize)> {
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        let tmp = self.path.with_extension("jsonl.tmp");
         let mut body = Vec::new();
         for o in &self.owners {
             body.extend(call_journal::encode(&Entry::Owner(o.clone()))?);
@@ -186,30 +181,15 @@ impl CallStore {
         for line in self.live.values() {
             body.extend_from_slice(line);
         }
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("creating {}", tmp.display()))?;
-        // A temporary an older run left with another mode keeps it through `open`: set it.
-        f.set_permissions(std::fs::Permissions::from_mode(0o600))
-            .and_then(|()| f.write_all(&body))
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        drop(f);
-        std::fs::rename(&tmp, &self.path)
-            .with_context(|| format!("renaming {} into place", tmp.display()))?;
-        let file = OpenOptions::new()
-            .append(true)
-            .open(&self.path)
-            .with_context(|| format!("opening {} for appending", self.path.display()))?;
+        let file = jsonl_journal::rewrite_owner_only(&self.path, &body)?;
         Ok((file, self.owners.len() + self.live.len()))
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
     use crate::core::b2bua::{Bind, CallSnapshot};
     use crate::core::dialog::Dialog;
