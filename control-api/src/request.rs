@@ -80,8 +80,13 @@ pub struct ForkSpec {
     /// Called party.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub to: String,
-    /// Name of a `[[speech_server]]` in the agent's config.
+    /// Name of a `[[speech_server]]` in the agent's config: its settings (TLS, proxy, pool,
+    /// profile) apply, and its URL and token unless `destination` names others.
     pub server: String,
+    /// Where the controller asked the audio to go (CUBE START `url`, `port`, `auth-token`).
+    /// Absent: the server's configured URL and token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<Destination>,
     /// The G.711 law the streams start with.
     pub codec: speech_proto::Codec,
     /// Packetisation time (RFC 3551 §4.5: G.711 defaults to 20 ms).
@@ -92,6 +97,21 @@ pub struct ForkSpec {
     pub metadata: Map<String, Value>,
     /// Caller stream first, then callee (the usual order; any order is accepted).
     pub streams: Vec<StreamSpec>,
+}
+
+/// A per-request speech destination (docs/control-api.md "fork_start"). fork-agent checks it
+/// against its `[speech] allow` list before it connects anywhere.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Destination {
+    /// `ws://host[:port][/path][?query]` or `wss://…`, the port folded in.
+    pub url: String,
+    /// The controller's `auth-token`, presented as the profile prescribes (bearer by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_token: Option<String>,
+    /// The dialect to speak; absent: the server entry's `profile`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<speech_proto::Profile>,
 }
 
 /// RFC 3551 §4.5: G.711 frames are 20 ms unless `a=ptime` says otherwise.

@@ -29,6 +29,7 @@ fn fork() -> ForkSpec {
     let mut metadata = serde_json::Map::new();
     metadata.insert("any".into(), json!("object"));
     ForkSpec {
+        destination: None,
         call_guid: "8ee2e6b0-1".into(),
         call_id: "a84b4c76e66710@pc33".into(),
         from: "1000".into(),
@@ -79,6 +80,26 @@ fn every_op() -> Vec<Op> {
         },
         Op::ForkStart { fork: fork() },
         Op::ForkStart { fork: bare_fork },
+        Op::ForkStart {
+            fork: ForkSpec {
+                destination: Some(Destination {
+                    url: "wss://asr.example.com:8443/fork?lang=en".into(),
+                    auth_token: Some("e2238f3a".into()),
+                    profile: Some(speech_proto::Profile::Twilio),
+                }),
+                ..fork()
+            },
+        },
+        Op::ForkStart {
+            fork: ForkSpec {
+                destination: Some(Destination {
+                    url: "ws://10.64.86.215:8000".into(),
+                    auth_token: None,
+                    profile: None,
+                }),
+                ..fork()
+            },
+        },
         Op::ForkStop {
             call_guid: "g".into(),
             reason: StopReason::CallEnd,

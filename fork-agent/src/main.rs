@@ -290,6 +290,7 @@ fn ctl(socket: &std::path::Path, json: bool, cmd: CtlCmd) -> Result<()> {
             }
             Op::ForkStart {
                 fork: ForkSpec {
+                    destination: None,
                     call_guid: guid,
                     call_id,
                     from: String::new(),

@@ -21,6 +21,7 @@
 mod audio;
 mod control;
 mod g711;
+pub mod profile;
 mod seq;
 mod server_msg;
 mod validator;
@@ -33,6 +34,7 @@ pub use control::{
     Update,
 };
 pub use g711::{alaw_to_linear, ulaw_to_linear};
+pub use profile::{Profile, UnknownProfile};
 pub use seq::{SeqOrder, SeqTracker, SEQ_WINDOW};
 pub use server_msg::{check_server_text, ServerViolation, MAX_SERVER_MESSAGE};
 pub use validator::{AudioEvent, Event, StreamState, StreamStats, Validator, Violation};

@@ -393,6 +393,7 @@ mod tests {
 
     fn fork(guid: &str, flows: &[(&str, Channel)]) -> ForkSpec {
         ForkSpec {
+            destination: None,
             call_guid: guid.into(),
             call_id: "c1".into(),
             from: "a".into(),

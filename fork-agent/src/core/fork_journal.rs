@@ -84,6 +84,7 @@ mod tests {
         let flow = "10.77.1.1:30000".parse().unwrap();
         Fork {
             spec: ForkSpec {
+                destination: None,
                 call_guid: guid.into(),
                 call_id: format!("call-{guid}"),
                 from: "1000".into(),

@@ -567,6 +567,7 @@ impl MediaLayer {
                 // The core checked the codec is G.711 before accepting the START.
                 let codec = law(b);
                 let fork = ForkSpec {
+                    destination: None,
                     call_guid: s.call_guid.clone(),
                     call_id: String::new(),
                     from: String::new(),
