@@ -34,7 +34,10 @@ pub use control::{
     Update,
 };
 pub use g711::{alaw_to_linear, ulaw_to_linear};
-pub use profile::{Profile, UnknownProfile};
+pub use profile::{
+    AuthScheme, Dialect, Profile, ProfileConfig, ProfileConfigError, ServerSignal, UnknownProfile,
+    Upgrade, UpgradeInfo, WireFrame,
+};
 pub use seq::{SeqOrder, SeqTracker, SEQ_WINDOW};
 pub use server_msg::{check_server_text, ServerViolation, MAX_SERVER_MESSAGE};
 pub use validator::{AudioEvent, Event, StreamState, StreamStats, Validator, Violation};
