@@ -399,6 +399,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::disallowed_methods)] // any fixed Instant will do; there is no constructor
     fn xdpfork_dialect_passes_frames_through_and_offers_the_subprotocol() {
         let cfg = ProfileConfig::default();
         let mut d = Dialect::new(&cfg).expect("dialect");
