@@ -2,5 +2,6 @@
 
 pub mod admission;
 pub mod backoff;
+pub mod cidr;
 pub mod line;
 pub mod log_limit;
