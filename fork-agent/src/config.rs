@@ -44,6 +44,35 @@ pub struct Config {
     pub speech_servers: Vec<SpeechServerConfig>,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub destinations: DestinationsConfig,
+}
+
+/// Which per-request speech destinations a controller may name (docs/fork-agent.md
+/// "Destinations"). The configured servers' own URLs are always allowed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationsConfig {
+    /// Rules `scheme://host[:port]` (core::destinations); empty: no per-request URL at all.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Per-request destinations (URL, token and profile) with a pool at the same time; a new
+    /// one beyond this is refused until an idle one is dropped.
+    #[serde(default = "default_max_destinations")]
+    pub max_active: usize,
+}
+
+impl Default for DestinationsConfig {
+    fn default() -> Self {
+        Self {
+            allow: Vec::new(),
+            max_active: default_max_destinations(),
+        }
+    }
+}
+
+fn default_max_destinations() -> usize {
+    1024
 }
 
 /// Prometheus text endpoint (off unless `listen` is set).
@@ -319,6 +348,9 @@ pub struct SpeechServerConfig {
     /// TLS settings for `wss://`.
     #[serde(default)]
     pub tls: TlsConfig,
+    /// The dialect this server speaks and its settings (docs/speech-protocol.md, "Profiles").
+    #[serde(default)]
+    pub protocol: speech_proto::ProfileConfig,
 }
 
 /// HTTP proxy reached with CONNECT (RFC 9110 §9.3.6).
@@ -399,7 +431,21 @@ fn default_healthy_after() -> u64 {
 }
 
 impl SpeechServerConfig {
-    /// The pool policy settings of this profile.
+    /// The pool policy for a destination speaking `profile` (the server's own, or the one a
+    /// fork request named): dialects that name one call per socket get single-use connections.
+    pub fn pool_config_for(
+        &self,
+        profile: speech_proto::Profile,
+    ) -> crate::core::ws_pool::PoolConfig {
+        let mut c = self.pool_config();
+        if !profile.multiplexes_calls() {
+            c.calls_threshold = 1;
+            c.single_use = true;
+        }
+        c
+    }
+
+    /// The pool policy settings of this server, as configured.
     pub fn pool_config(&self) -> crate::core::ws_pool::PoolConfig {
         use std::time::Duration;
         crate::core::ws_pool::PoolConfig {
@@ -416,6 +462,7 @@ impl SpeechServerConfig {
             protocol_backoff_initial: Duration::from_millis(self.protocol_backoff_initial_ms),
             protocol_backoff_max: Duration::from_millis(self.protocol_backoff_max_ms),
             healthy_after: Duration::from_millis(self.healthy_after_ms),
+            single_use: false,
         }
     }
 }
@@ -520,6 +567,15 @@ impl Config {
                 "must be a power of two from 64 to 65536",
             ));
         }
+        if let Err(e) = crate::core::destinations::AllowList::parse(&self.destinations.allow) {
+            return Err(invalid("destinations.allow", e));
+        }
+        if !(1..=100_000).contains(&self.destinations.max_active) {
+            return Err(invalid(
+                "destinations.max_active",
+                "must be from 1 to 100000",
+            ));
+        }
         let mut names = HashSet::new();
         for (i, s) in self.speech_servers.iter().enumerate() {
             let f = |k: &str| format!("speech_server[{i}].{k}");
@@ -546,6 +602,9 @@ impl Config {
                     f("tls.client_cert"),
                     "client_cert and client_key go together",
                 ));
+            }
+            if let Err(e) = s.protocol.validate() {
+                return Err(invalid(f(&format!("protocol.{}", e.field)), e.reason));
             }
             if let Some(p) = &s.proxy {
                 if p.host.is_empty() || p.port == 0 {

@@ -129,6 +129,8 @@ pub enum CloseWhy {
     ConnectTimeout,
     /// `clear stream-service connection-id N forced`.
     Cleared,
+    /// Its one call ended (a dialect with one call per connection).
+    CallEnded,
 }
 
 impl CloseWhy {
@@ -139,6 +141,7 @@ impl CloseWhy {
             CloseWhy::Stalled => "closed locally: send queue stalled",
             CloseWhy::ConnectTimeout => "connection attempt timed out",
             CloseWhy::Cleared => "closed locally using clear command",
+            CloseWhy::CallEnded => "closed locally: its call ended (one call per connection)",
         }
     }
 }
@@ -369,6 +372,7 @@ impl ForkService {
                         CloseReason::IdleTimeout => CloseWhy::IdleTimeout,
                         CloseReason::Stalled => CloseWhy::Stalled,
                         CloseReason::ConnectTimeout => CloseWhy::ConnectTimeout,
+                        CloseReason::CallEnded => CloseWhy::CallEnded,
                     };
                     if let Some(rec) = self.conns.get_mut(&id) {
                         rec.asked = Some(why);
