@@ -21,6 +21,7 @@ use super::flows::Fork;
 /// One journal line.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[allow(clippy::large_enum_variant)] // one per fork start/stop, never on the media path
 pub enum Entry {
     /// A fork started (or, in a compacted journal, is live).
     Start(Fork),

@@ -163,7 +163,12 @@ async fn serve(
     let stats = Arc::new(AgentStats::default());
     // AF_XDP reader thread → stream service (io/speech: pools, fork sessions, media routing).
     let (pkt_tx, pkt_rx) = mpsc::channel::<Forked>(65_536);
-    let speech = SpeechService::spawn(&cfg.speech_servers, pkt_rx, events.clone())?;
+    let speech = SpeechService::spawn(
+        &cfg.speech_servers,
+        &cfg.destinations,
+        pkt_rx,
+        events.clone(),
+    )?;
     let fallback_media = pkt_tx.clone();
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -390,9 +395,8 @@ impl Agent {
                 Ok(Value::Null)
             }
             Op::ForkStart { fork } => {
-                if !self.speech.has_server(&fork.server) {
-                    anyhow::bail!("no speech_server named `{}`", fork.server);
-                }
+                // Server known, destination allowed: refused here, before any state changes.
+                self.speech.check_fork(&fork)?;
                 let (fork, updates) = self.table.start_fork(fork)?;
                 // Hand the fork to the stream service before the kernel forks, so no packet
                 // arrives for an unknown stream.

@@ -184,11 +184,31 @@ impl ForkService {
             .ok_or(SessionError::UnknownConn(conn.0))?;
         rec.info = Some(info);
         let (server, handle) = (rec.server, rec.handle);
-        let res = self.servers[server.0 as usize]
-            .pool
-            .handle_connected(now, handle);
+        let res = self.pool(server)?.handle_connected(now, handle);
         self.drain_pool(now, server);
         res.map_err(SessionError::from)
+    }
+
+    /// The server on `conn` accepted the session its dialect announced (AudioHook `opened`):
+    /// the forks carried there are STARTED now.
+    pub fn handle_accepted(&mut self, _now: Instant, conn: ConnId) -> Result<(), SessionError> {
+        if !self.conns.contains_key(&conn) {
+            return Err(SessionError::UnknownConn(conn.0));
+        }
+        let accepted: Vec<(String, bool)> = self
+            .sessions
+            .values_mut()
+            .filter(|s| s.state == SessState::Live(conn))
+            .filter_map(|s| {
+                s.awaiting_accept
+                    .take()
+                    .map(|reconnected| (s.req.call_guid.clone(), reconnected))
+            })
+            .collect();
+        for (guid, reconnected) in accepted {
+            self.status(&guid, ForkStatus::Started, None, reconnected);
+        }
+        Ok(())
     }
 
     /// `conn` (or its attempt) ended. `wall` is the Unix time, for the history.
@@ -228,6 +248,7 @@ impl ForkService {
         if let Some(v) = violation {
             *self.protocol_violations.entry(v).or_default() += 1;
         }
+        let server_name = self.server_name(server);
         if let Some(rec) = self.conns.get_mut(&conn) {
             if was_open {
                 let reason = match (asked, violation) {
@@ -237,7 +258,7 @@ impl ForkService {
                 };
                 self.history.push(ClosedConn {
                     id: conn.0,
-                    server: self.servers[server.0 as usize].name.clone(),
+                    server: server_name,
                     connected_at: rec.info.as_ref().map(|i| i.connected_at),
                     closed_at: wall,
                     reason,
@@ -264,9 +285,7 @@ impl ForkService {
         } else {
             failure.disconnect()
         };
-        let res = self.servers[server.0 as usize]
-            .pool
-            .handle_closed(now, handle, disconnect);
+        let res = self.pool(server)?.handle_closed(now, handle, disconnect);
         // A failed attempt fails its waiting calls with this cause, if the pool gives up now.
         self.closing_failure = Some(fork_failure);
         self.drain_pool(now, server);
@@ -285,7 +304,11 @@ impl ForkService {
             .ok_or(SessionError::UnknownConn(id))?;
         rec.asked = Some(CloseWhy::Cleared);
         let (server, handle) = (rec.server, rec.handle);
-        let pool = &mut self.servers[server.0 as usize].pool;
+        let pool = &mut self
+            .servers
+            .get_mut(&server)
+            .ok_or(SessionError::UnknownServer(server))?
+            .pool;
         let victims: Vec<u32> = self
             .sessions
             .iter()
@@ -318,12 +341,18 @@ impl ForkService {
     }
 
     fn conn_id(&mut self, server: ServerId, handle: ConnHandle) -> ConnId {
-        if let Some(&id) = self.servers[server.0 as usize].conns.get(&handle) {
+        let Some(srv) = self.servers.get_mut(&server) else {
+            // Never: pools are dropped only when empty. A fresh id keeps the shell going.
+            let id = ConnId(self.next_conn);
+            self.next_conn = self.next_conn.wrapping_add(1).max(1);
+            return id;
+        };
+        if let Some(&id) = srv.conns.get(&handle) {
             return id;
         }
         let id = ConnId(self.next_conn);
         self.next_conn = self.next_conn.wrapping_add(1).max(1);
-        self.servers[server.0 as usize].conns.insert(handle, id);
+        srv.conns.insert(handle, id);
         self.conns.insert(
             id,
             ConnRec {
@@ -339,7 +368,11 @@ impl ForkService {
 
     /// Turns pool outputs into service outputs.
     pub(super) fn drain_pool(&mut self, _now: Instant, server: ServerId) {
-        while let Some(out) = self.servers[server.0 as usize].pool.poll_output() {
+        while let Some(out) = self
+            .servers
+            .get_mut(&server)
+            .and_then(|s| s.pool.poll_output())
+        {
             match out {
                 PoolOutput::Connect { conn } => {
                     let id = self.conn_id(server, conn);
@@ -360,11 +393,20 @@ impl ForkService {
                     }
                     let msgs = s.start_msgs(resumed);
                     let guid = s.req.call_guid.clone();
+                    let awaits = self
+                        .servers
+                        .get(&server)
+                        .is_some_and(|v| v.awaits_acceptance);
+                    s.awaiting_accept = awaits.then_some(reconnected);
                     if let Some(rec) = self.conns.get_mut(&id) {
                         rec.calls_total += 1;
                     }
                     self.send_all(Some(id), msgs);
-                    self.status(&guid, ForkStatus::Started, None, reconnected);
+                    // STARTED only once true: the start is on an open connection, and where the
+                    // dialect confirms sessions, the server confirmed it (handle_accepted).
+                    if !awaits {
+                        self.status(&guid, ForkStatus::Started, None, reconnected);
+                    }
                 }
                 PoolOutput::Close { conn, reason } => {
                     let id = self.conn_id(server, conn);
@@ -409,14 +451,10 @@ impl ForkService {
 
     /// Drops bookkeeping of connections the pool removed.
     fn forget_removed_conns(&mut self, server: ServerId) {
-        let live: Vec<ConnHandle> = self.servers[server.0 as usize]
-            .pool
-            .stats()
-            .conns
-            .iter()
-            .map(|c| c.conn)
-            .collect();
-        let srv = &mut self.servers[server.0 as usize];
+        let Some(srv) = self.servers.get_mut(&server) else {
+            return;
+        };
+        let live: Vec<ConnHandle> = srv.pool.stats().conns.iter().map(|c| c.conn).collect();
         let gone: Vec<(ConnHandle, ConnId)> = srv
             .conns
             .iter()
@@ -549,6 +587,72 @@ mod tests {
             [(ForkStatus::Error, Some("TCP Connection closed"))]
         );
         assert_eq!(s.alarms().count(AlarmKind::TcpClosure), 1);
+    }
+
+    #[test]
+    fn a_confirming_dialect_reports_started_only_when_the_server_accepted() {
+        let t0 = epoch();
+        let (mut s, srv) = service_with(5, true);
+        s.handle_fork_start(t0, req("g1", srv, 1)).expect("ok");
+        let c = connect_id(&drain(&mut s));
+        s.handle_connected(t0, c, ConnInfo::default()).expect("ok");
+        let outs = drain(&mut s);
+        assert_eq!(sent(&outs), ["start:1", "start:2"]);
+        assert_eq!(statuses(&outs), [], "start sent, not yet accepted");
+        s.handle_accepted(t0, c).expect("ok");
+        assert_eq!(statuses(&drain(&mut s)), [(ForkStatus::Started, None)]);
+        s.handle_accepted(t0, c).expect("ok");
+        assert_eq!(statuses(&drain(&mut s)), [], "accepted once");
+        // Lost before the new connection's server accepted: no STARTED, then STARTED
+        // (reconnected) on acceptance.
+        s.handle_closed(t0, 1, c, ConnFailure::Transport)
+            .expect("ok");
+        drain(&mut s);
+        let at = s.poll_timeout().expect("reconnect timer");
+        s.handle_timeout(at);
+        drain(&mut s);
+        s.handle_connected(at, c, ConnInfo::default()).expect("ok");
+        assert_eq!(statuses(&drain(&mut s)), []);
+        s.handle_accepted(at, c).expect("ok");
+        assert!(drain(&mut s).iter().any(|o| matches!(
+            o,
+            Output::Status(StatusEvent {
+                status: ForkStatus::Started,
+                reconnected: true,
+                ..
+            })
+        )));
+        assert_eq!(
+            s.handle_accepted(at, ConnId(999)),
+            Err(SessionError::UnknownConn(999))
+        );
+    }
+
+    #[test]
+    fn an_unused_pool_can_be_dropped_and_a_used_one_cannot() {
+        let t0 = epoch();
+        let (mut s, srv) = service(5);
+        assert!(!s.remove_server_if_idle(ServerId(77)));
+        s.handle_fork_start(t0, req("g1", srv, 1)).expect("ok");
+        assert!(!s.remove_server_if_idle(srv), "a fork uses it");
+        let c = connect_id(&drain(&mut s));
+        s.handle_fork_stop(t0, "g1", StopReason::Request)
+            .expect("ok");
+        drain(&mut s);
+        assert!(
+            !s.remove_server_if_idle(srv),
+            "its connection attempt is still going"
+        );
+        s.handle_timeout(t0 + Duration::from_secs(3600));
+        drain(&mut s);
+        s.handle_closed(t0 + Duration::from_secs(3600), 1, c, ConnFailure::Local)
+            .expect("ok");
+        drain(&mut s);
+        assert!(s.remove_server_if_idle(srv));
+        assert_eq!(
+            s.handle_fork_start(t0, req("g2", srv, 3)),
+            Err(SessionError::UnknownServer(srv))
+        );
     }
 
     #[test]

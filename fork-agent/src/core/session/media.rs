@@ -101,7 +101,11 @@ impl ForkService {
             self.media.dropped_not_connected += 1;
             return AudioVerdict::Drop(DropReason::NotConnected);
         };
-        let pool = &mut self.servers[rec.server.0 as usize].pool;
+        let Some(pool) = self.servers.get_mut(&rec.server).map(|s| &mut s.pool) else {
+            st.dropped += 1;
+            self.media.dropped_not_connected += 1;
+            return AudioVerdict::Drop(DropReason::NotConnected);
+        };
         let _ = pool.handle_send_backlog(now, rec.handle, backlog(conn));
         match pool.admit(now, rec.handle, crate::core::ws_pool::FrameKind::Audio) {
             crate::core::ws_pool::Admit::Send => {

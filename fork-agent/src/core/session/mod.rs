@@ -177,11 +177,13 @@ struct Server {
     host_port: String,
     pool: WsPool,
     conns: BTreeMap<ConnHandle, ConnId>,
+    awaits_acceptance: bool,
 }
 
 /// The stream service core. See the module docs.
 pub struct ForkService {
-    servers: Vec<Server>,
+    servers: BTreeMap<ServerId, Server>,
+    next_server: u32,
     conns: BTreeMap<ConnId, ConnRec>,
     sessions: HashMap<u32, Session>,
     by_guid: HashMap<String, u32>,
@@ -211,7 +213,8 @@ impl ForkService {
     /// An empty service.
     pub fn new() -> Self {
         Self {
-            servers: Vec::new(),
+            servers: BTreeMap::new(),
+            next_server: 0,
             conns: BTreeMap::new(),
             sessions: HashMap::new(),
             by_guid: HashMap::new(),
@@ -230,35 +233,60 @@ impl ForkService {
         }
     }
 
-    /// Adds a speech server with its own pool; `host_port` is what `show .. server` matches.
+    /// Adds a speech server (a configured one, or a destination a fork request named) with
+    /// its own pool; `host_port` is what `show .. server` matches. `awaits_acceptance`: its
+    /// dialect confirms a session before the fork counts as started
+    /// (`speech_proto::Profile::awaits_acceptance`), reported with
+    /// [`ForkService::handle_accepted`].
     pub fn add_server(
         &mut self,
         name: &str,
         host_port: &str,
         config: PoolConfig,
+        awaits_acceptance: bool,
         rng: Box<dyn RngCore + Send>,
     ) -> Result<ServerId, SessionError> {
         let pool = WsPool::new(config, rng)?;
-        self.servers.push(Server {
-            name: name.to_owned(),
-            host_port: host_port.to_owned(),
-            pool,
-            conns: BTreeMap::new(),
-        });
-        Ok(ServerId(self.servers.len() as u32 - 1))
+        let id = ServerId(self.next_server);
+        self.next_server = self.next_server.wrapping_add(1);
+        self.servers.insert(
+            id,
+            Server {
+                name: name.to_owned(),
+                host_port: host_port.to_owned(),
+                pool,
+                conns: BTreeMap::new(),
+                awaits_acceptance,
+            },
+        );
+        Ok(id)
+    }
+
+    /// Drops the pool of `server` if nothing uses it any more (no fork, no connection), and
+    /// says whether it did. The shell drops per-request destinations this way, so a controller
+    /// naming a new token per call cannot grow the table for ever.
+    pub fn remove_server_if_idle(&mut self, server: ServerId) -> bool {
+        let idle = self.servers.get(&server).is_some_and(|s| s.pool.is_empty())
+            && !self.sessions.values().any(|s| s.req.server == server);
+        if idle {
+            self.servers.remove(&server);
+        }
+        idle
     }
 
     /// Fires due timers of every pool. A spurious call is a no-op.
     pub fn handle_timeout(&mut self, now: Instant) {
-        for i in 0..self.servers.len() {
-            let due = self.servers[i]
-                .pool
-                .poll_timeout()
-                .is_some_and(|t| t <= now);
-            if due {
-                self.servers[i].pool.handle_timeout(now);
-                self.drain_pool(now, ServerId(i as u32));
+        let due: Vec<ServerId> = self
+            .servers
+            .iter()
+            .filter(|(_, s)| s.pool.poll_timeout().is_some_and(|t| t <= now))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in due {
+            if let Some(s) = self.servers.get_mut(&id) {
+                s.pool.handle_timeout(now);
             }
+            self.drain_pool(now, id);
         }
     }
 
@@ -266,9 +294,22 @@ impl ForkService {
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.servers
-            .iter()
+            .values()
             .filter_map(|s| s.pool.poll_timeout())
             .min()
+    }
+
+    fn pool(&mut self, id: ServerId) -> Result<&mut WsPool, SessionError> {
+        self.servers
+            .get_mut(&id)
+            .map(|s| &mut s.pool)
+            .ok_or(SessionError::UnknownServer(id))
+    }
+
+    fn server_name(&self, id: ServerId) -> String {
+        self.servers
+            .get(&id)
+            .map_or_else(|| format!("#{}", id.0), |s| s.name.clone())
     }
 
     /// Next action. Drain until `None` after every input.

@@ -93,6 +93,24 @@ pub enum ForkStatus {
     Error,
 }
 
+/// The control API's event line for a status change (docs/control-api.md "subscribe").
+impl From<StatusEvent> for control_api::Event {
+    fn from(e: StatusEvent) -> Self {
+        control_api::Event::ForkStatus {
+            call_guid: e.call_guid,
+            status: match e.status {
+                ForkStatus::Started => control_api::ForkStatus::Started,
+                ForkStatus::Paused => control_api::ForkStatus::Paused,
+                ForkStatus::Resumed => control_api::ForkStatus::Resumed,
+                ForkStatus::Stopped => control_api::ForkStatus::Stopped,
+                ForkStatus::Error => control_api::ForkStatus::Error,
+            },
+            error: e.error.map(|f| f.as_str().to_owned()),
+            reconnected: e.reconnected,
+        }
+    }
+}
+
 impl ForkService {
     pub(super) fn status(
         &mut self,

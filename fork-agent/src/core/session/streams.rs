@@ -53,6 +53,9 @@ pub(super) struct Session {
     pub(super) streams: Vec<StreamRec>,
     pub(super) state: SessState,
     pub(super) started_once: bool,
+    /// `start` went out on a connection whose dialect confirms sessions; STARTED (with this
+    /// `reconnected` flag) waits for [`ForkService::handle_accepted`].
+    pub(super) awaiting_accept: Option<bool>,
 }
 
 impl Session {
@@ -109,7 +112,7 @@ impl ForkService {
             return Err(SessionError::NoStreams(req.call_guid));
         }
         let server = req.server;
-        if self.servers.get(server.0 as usize).is_none() {
+        if !self.servers.contains_key(&server) {
             return Err(SessionError::UnknownServer(server));
         }
         let key = self.next_call;
@@ -141,12 +144,11 @@ impl ForkService {
                 streams,
                 state: SessState::Waiting,
                 started_once: false,
+                awaiting_accept: None,
             },
         );
         self.forks_started += 1;
-        let res = self.servers[server.0 as usize]
-            .pool
-            .handle_stream_wanted(now, call);
+        let res = self.pool(server)?.handle_stream_wanted(now, call);
         self.drain_pool(now, server);
         res.map_err(SessionError::from)
     }
@@ -262,9 +264,9 @@ impl ForkService {
         if !matches!(s.state, SessState::Failed(_)) {
             let server = s.req.server;
             // The pool forgot calls it failed; anything else is released.
-            let _ = self.servers[server.0 as usize]
-                .pool
-                .handle_call_released(now, s.call);
+            if let Some(srv) = self.servers.get_mut(&server) {
+                let _ = srv.pool.handle_call_released(now, s.call);
+            }
             self.drain_pool(now, server);
         }
         self.forks_stopped += 1;

@@ -16,6 +16,11 @@ pub(super) fn epoch() -> Instant {
 }
 
 pub(super) fn service(max_attempts: u32) -> (ForkService, ServerId) {
+    service_with(max_attempts, false)
+}
+
+/// [`service`] whose dialect confirms sessions before they count as started.
+pub(super) fn service_with(max_attempts: u32, awaits_acceptance: bool) -> (ForkService, ServerId) {
     let mut svc = ForkService::new();
     let cfg = PoolConfig {
         calls_threshold: 2,
@@ -27,6 +32,7 @@ pub(super) fn service(max_attempts: u32) -> (ForkService, ServerId) {
             "asr",
             "10.0.0.1:9000",
             cfg,
+            awaits_acceptance,
             Box::new(StdRng::seed_from_u64(1)),
         )
         .expect("valid");

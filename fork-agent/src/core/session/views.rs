@@ -156,7 +156,7 @@ impl ForkService {
         self.forks_started = 0;
         self.forks_stopped = 0;
         self.forks_failed = 0;
-        for s in &mut self.servers {
+        for s in self.servers.values_mut() {
             s.pool.clear_stats();
         }
     }
@@ -176,6 +176,12 @@ impl ForkService {
         self.conns.get(&conn).map(|c| c.server)
     }
 
+    /// Server (pool) of a fork.
+    pub fn server_of(&self, call_guid: &str) -> Option<ServerId> {
+        let key = self.by_guid.get(call_guid)?;
+        self.sessions.get(key).map(|s| s.req.server)
+    }
+
     /// Forks whose call GUID or SIP Call-ID equals `id` (all forks when `id` is None).
     pub fn sessions_view(&self, id: Option<&str>) -> Vec<SessionView> {
         let mut v: Vec<SessionView> = self
@@ -193,7 +199,7 @@ impl ForkService {
                 SessionView {
                     call_guid: s.req.call_guid.clone(),
                     call_id: s.req.call_id.clone(),
-                    server: self.servers[s.req.server.0 as usize].name.clone(),
+                    server: self.server_name(s.req.server),
                     connection: live_conn(s.state).map(|c| c.0),
                     state,
                     error,
@@ -225,7 +231,7 @@ impl ForkService {
     /// Live connections, optionally only those of servers at `host_port`.
     pub fn conns_view(&self, host_port: Option<&str>) -> Vec<ConnView> {
         let mut out = Vec::new();
-        for (sid, server) in self.servers.iter().enumerate() {
+        for (&sid, server) in &self.servers {
             if host_port.is_some_and(|hp| hp != server.host_port) {
                 continue;
             }
@@ -238,10 +244,7 @@ impl ForkService {
                 let call_guids = self
                     .sessions
                     .values()
-                    .filter(|s| {
-                        s.req.server == ServerId(sid as u32)
-                            && server.pool.conn_of(s.call) == Some(c.conn)
-                    })
+                    .filter(|s| s.req.server == sid && server.pool.conn_of(s.call) == Some(c.conn))
                     .map(|s| s.req.call_guid.clone())
                     .collect();
                 out.push(ConnView {
@@ -277,7 +280,7 @@ impl ForkService {
         let mut servers = BTreeMap::new();
         let mut connections = 0;
         let mut open = 0;
-        for s in &self.servers {
+        for s in self.servers.values() {
             let p: PoolStats = s.pool.stats();
             connections += p.conns.len();
             open += p

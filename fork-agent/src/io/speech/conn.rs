@@ -1,21 +1,27 @@
 //! One WebSocket connection attempt and, when it succeeds, its writer/reader loop.
 //!
 //! Connect: resolve the server (or the proxy) and try every DNS answer in order, IPv4 and IPv6,
-//! from the configured source address; through an HTTP proxy, open a CONNECT tunnel
+//! from the configured source address (for a per-request destination matched by address rules
+//! only the answers inside the allowed networks); through an HTTP proxy, open a CONNECT tunnel
 //! (RFC 9110 §9.3.6); for `wss://` run the rustls handshake (SNI for names only); then the
-//! RFC 6455 §4.1 upgrade with our subprotocol and the bearer token (tungstenite validates
-//! `Sec-WebSocket-Accept`). Each failure is classified as a [`ConnFailure`] so the core can
-//! report the reference's error string.
+//! RFC 6455 §4.1 upgrade with the subprotocol and headers the destination's dialect asks for
+//! (tungstenite validates `Sec-WebSocket-Accept`). Each failure is classified as a
+//! [`ConnFailure`] so the core can report the reference's error string.
 //!
-//! Run: send queued frames in order (control and audio share one queue, so `start` always
-//! precedes the audio after it), read what the server sends, and end on a close request, a
-//! server Close, a transport error, or the first frame the server may not send. A blocked write
-//! (stalled server) never hides a close request. Reports [`ConnEvent`]s to the service task.
+//! Run: the service queues its own language ([`Outgoing`]: control messages, 16-byte-header
+//! audio frames, end-of-batch marks) and the connection's [`Dialect`] turns it into the
+//! destination's frames. Control and audio share one queue, so `start` always precedes the
+//! audio after it. The task reads what the server sends, and ends on a close request (after
+//! writing what was queued before it and the dialect's goodbye), a server Close, a transport
+//! error, or the first frame the server may not send. A blocked write (stalled server) never
+//! hides a close request for more than [`CLOSE_FLUSH`]. Reports [`ConnEvent`]s to the service
+//! task, among them [`ConnEvent::Accepted`] when a dialect that confirms sessions got the
+//! server's confirmation.
 //!
-//! What the server may send is decided by `speech_proto::check_server_text` (an `error`
-//! message, at most `MAX_SERVER_MESSAGE` bytes, which tungstenite also enforces while
-//! reading); framing errors tungstenite finds are mapped to a `ServerViolation` here. On a
-//! violation the connection is closed at once (Close with the violation's status code) and
+//! What the server may send is decided by the dialect (`speech_proto::Dialect::on_server_text`
+//! / `on_server_binary`; at most `MAX_SERVER_MESSAGE` bytes, which tungstenite also enforces
+//! while reading); framing errors tungstenite finds are mapped to a `ServerViolation` here. On
+//! a violation the connection is closed at once (Close with the violation's status code) and
 //! reported as [`ConnFailure::Protocol`]: the core counts it and decides about reconnecting.
 //! Valid `error` messages are counted and logged at most once per [`ERROR_LOG_INTERVAL`].
 
@@ -28,8 +34,13 @@ use std::{
     time::Duration,
 };
 
+use conn_limits::core::cidr::Cidr;
 use futures_util::{Sink, SinkExt, StreamExt};
-use speech_proto::{ServerViolation, MAX_SERVER_MESSAGE, SUBPROTOCOL};
+use rand::RngCore;
+use speech_proto::{
+    Control, Dialect, ProfileConfig, ServerSignal, ServerViolation, UpgradeInfo, WireFrame,
+    MAX_SERVER_MESSAGE,
+};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::{TcpSocket, TcpStream},
@@ -39,7 +50,7 @@ use tokio_tungstenite::{
     tungstenite::{
         client::IntoClientRequest,
         error::ProtocolError,
-        http::HeaderValue,
+        http::{HeaderName, HeaderValue},
         protocol::{frame::coding::CloseCode, CloseFrame, WebSocketConfig},
         Message,
     },
@@ -55,12 +66,17 @@ use crate::core::{
 /// Where and how one pool connects.
 #[derive(Debug)]
 pub struct Target {
-    /// Profile name (logs).
+    /// `[[speech_server]]` name (logs, counters).
     pub name: String,
     /// Server URL.
     pub url: WsUrl,
-    /// Bearer token.
+    /// Token, presented as the dialect's `auth` says.
     pub token: Option<String>,
+    /// The dialect and its settings.
+    pub protocol: ProfileConfig,
+    /// Connect only to resolved addresses inside these networks (a per-request destination
+    /// allowed by address rules only; `None`: any).
+    pub resolved_within: Option<Vec<Cidr>>,
     /// CONNECT proxy (host, port).
     pub proxy: Option<(String, u16)>,
     /// Local address to bind.
@@ -71,26 +87,25 @@ pub struct Target {
     pub connect_timeout: Duration,
 }
 
-/// A frame for the connection.
+/// What the service queues for a connection, in the service's own language.
 #[derive(Debug)]
 pub enum Outgoing {
-    /// Control message (JSON text).
-    Text(String),
-    /// Audio frame.
-    Binary(Vec<u8>),
+    /// A control message.
+    Control(Control),
+    /// An audio frame: 16-byte header and G.711 payload (docs/speech-protocol.md §3).
+    Audio(Vec<u8>),
+    /// End of one batch of the service's output (a dialect announcing a call once, with all
+    /// its streams, does it here). Not counted in the backlog.
+    Flush,
 }
 
-impl Outgoing {
-    fn len(&self) -> usize {
-        match self {
-            Outgoing::Text(t) => t.len(),
-            Outgoing::Binary(b) => b.len(),
-        }
-    }
-}
-
-/// Frames written with one flush at most (bounds the time a stalled close request waits).
+/// Items translated and written with one flush at most (bounds the time a stalled close
+/// request waits).
 const MAX_BATCH: usize = 64;
+
+/// How long a local close may take to write what was queued before it and the dialect's
+/// goodbye (a stalled server gets its Close regardless).
+pub const CLOSE_FLUSH: Duration = Duration::from_secs(1);
 
 /// At most one log line per connection per interval for the server's `error` messages (the
 /// rest are counted): a server must not be able to fill the disk through our log.
@@ -110,6 +125,11 @@ pub enum ConnEvent {
         conn: ConnId,
         /// Addresses and TLS details.
         info: ConnInfo,
+    },
+    /// The server confirmed the session its dialect announced (AudioHook `opened`).
+    Accepted {
+        /// Connection.
+        conn: ConnId,
     },
     /// The attempt failed or the connection ended.
     Closed {
@@ -147,10 +167,13 @@ pub struct ConnTx {
 }
 
 impl ConnTx {
-    /// Queues a frame (the service has admitted it).
+    /// Queues an item (the service has admitted it).
     pub fn send(&self, item: Outgoing) {
-        self.backlog.fetch_add(1, Ordering::Relaxed);
-        if self.tx.send(item).is_err() {
+        let counted = !matches!(item, Outgoing::Flush);
+        if counted {
+            self.backlog.fetch_add(1, Ordering::Relaxed);
+        }
+        if self.tx.send(item).is_err() && counted {
             // The task already ended; its Closed event is on the way.
             self.backlog.fetch_sub(1, Ordering::Relaxed);
         }
@@ -212,52 +235,118 @@ async fn run(
         },
         _ = &mut close_rx => return (ConnFailure::Local, "attempt aborted".into()),
     };
+    let mut link = Link {
+        conn,
+        rx: &mut rx,
+        close_rx: &mut close_rx,
+        backlog,
+        counters,
+        events,
+        name: &t.name,
+    };
     let end = match connected {
         Err(f) => return f,
-        Ok((Stream::Plain(ws), info)) => {
+        Ok((Stream::Plain(ws), info, dialect)) => {
             let _ = events.send(ConnEvent::Connected { conn, info });
-            pump(*ws, &mut rx, &mut close_rx, backlog, counters, &t.name).await
+            pump(*ws, dialect, &mut link).await
         }
-        Ok((Stream::Tls(ws), info)) => {
+        Ok((Stream::Tls(ws), info, dialect)) => {
             let _ = events.send(ConnEvent::Connected { conn, info });
-            pump(*ws, &mut rx, &mut close_rx, backlog, counters, &t.name).await
+            pump(*ws, dialect, &mut link).await
         }
     };
     // Whatever is still queued dies with the connection: count the audio.
     rx.close();
     while let Ok(item) = rx.try_recv() {
-        backlog.fetch_sub(1, Ordering::Relaxed);
-        if matches!(item, Outgoing::Binary(_)) {
-            counters[0].dropped_on_close.fetch_add(1, Ordering::Relaxed);
+        match item {
+            Outgoing::Flush => {}
+            Outgoing::Audio(_) => {
+                backlog.fetch_sub(1, Ordering::Relaxed);
+                counters[0].dropped_on_close.fetch_add(1, Ordering::Relaxed);
+            }
+            Outgoing::Control(_) => {
+                backlog.fetch_sub(1, Ordering::Relaxed);
+            }
         }
     }
     end
 }
 
-async fn pump<S>(
-    ws: WebSocketStream<S>,
-    rx: &mut mpsc::UnboundedReceiver<Outgoing>,
-    close_rx: &mut oneshot::Receiver<()>,
-    backlog: &AtomicUsize,
-    counters: [&ConnCounters; 2],
-    name: &str,
-) -> Failure
+/// The connection task's side of the service.
+struct Link<'a> {
+    conn: ConnId,
+    rx: &'a mut mpsc::UnboundedReceiver<Outgoing>,
+    close_rx: &'a mut oneshot::Receiver<()>,
+    backlog: &'a AtomicUsize,
+    counters: [&'a ConnCounters; 2],
+    events: &'a mpsc::UnboundedSender<ConnEvent>,
+    name: &'a str,
+}
+
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// Translates one queued item into wire frames.
+fn translate(dialect: &mut Dialect, item: Outgoing, out: &mut Vec<WireFrame>) {
+    let t = now();
+    match item {
+        Outgoing::Control(c) => dialect.on_control(t, &c, out),
+        Outgoing::Audio(a) => dialect.on_audio(t, a, out),
+        Outgoing::Flush => dialect.flush(t, out),
+    }
+}
+
+fn message(f: WireFrame) -> Message {
+    match f {
+        WireFrame::Text(t) => Message::text(t),
+        WireFrame::Binary(b) => Message::binary(b),
+    }
+}
+
+async fn pump<S>(ws: WebSocketStream<S>, mut dialect: Dialect, l: &mut Link<'_>) -> Failure
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let (mut sink, mut source) = ws.split();
     // Reused for every batch: no allocation per wakeup on the media path.
     let mut batch: Vec<Outgoing> = Vec::with_capacity(MAX_BATCH);
+    let mut frames: Vec<WireFrame> = Vec::with_capacity(MAX_BATCH);
     let mut error_log = ErrorLog::default();
+    // Dialects that confirm sessions say so once per connection.
+    let mut accepted = false;
     loop {
+        let keepalive = dialect.poll_timeout();
+        let tick = async {
+            match keepalive {
+                Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             biased;
-            _ = &mut *close_rx => {
+            _ = &mut *l.close_rx => {
+                // What the service queued before asking (a `stop`, say) and the dialect's
+                // goodbye go out first, bounded: a stalled server still gets its Close.
+                frames.clear();
+                while let Ok(item) = l.rx.try_recv() {
+                    if !matches!(item, Outgoing::Flush) {
+                        l.backlog.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    translate(&mut dialect, item, &mut frames);
+                }
+                dialect.on_local_close(now(), &mut frames);
                 let close = Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "".into() }));
-                let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(close)).await;
+                let _ = tokio::time::timeout(CLOSE_FLUSH, async {
+                    for f in frames.drain(..) {
+                        sink.feed(message(f)).await?;
+                    }
+                    sink.send(close).await
+                })
+                .await;
                 return (ConnFailure::Local, "closed locally".into());
             }
-            item = rx.recv() => {
+            item = l.rx.recv() => {
                 let Some(item) = item else {
                     return (ConnFailure::Local, "service gone".into());
                 };
@@ -266,81 +355,130 @@ where
                 // waits for a batch to fill, so latency is unchanged.
                 batch.push(item);
                 while batch.len() < MAX_BATCH {
-                    match rx.try_recv() {
+                    match l.rx.try_recv() {
                         Ok(more) => batch.push(more),
                         Err(_) => break,
                     }
                 }
-                let frames = batch.len() as u64;
-                let bytes = batch.iter().map(Outgoing::len).sum::<usize>() as u64;
+                let items = batch.iter().filter(|i| !matches!(i, Outgoing::Flush)).count();
+                frames.clear();
+                for item in batch.drain(..) {
+                    translate(&mut dialect, item, &mut frames);
+                }
+                let sent = frames.len() as u64;
+                let bytes = frames.iter().map(WireFrame::len).sum::<usize>() as u64;
                 let write = async {
-                    for item in batch.drain(..) {
-                        let msg = match item {
-                            Outgoing::Text(t) => Message::text(t),
-                            Outgoing::Binary(b) => Message::binary(b),
-                        };
-                        sink.feed(msg).await?;
+                    for f in frames.drain(..) {
+                        sink.feed(message(f)).await?;
                     }
                     sink.flush().await
                 };
                 // A stalled server blocks this write: keep the close request reachable.
                 let r = tokio::select! {
                     r = write => r,
-                    _ = &mut *close_rx => return (ConnFailure::Local, "closed locally while stalled".into()),
+                    _ = &mut *l.close_rx => return (ConnFailure::Local, "closed locally while stalled".into()),
                 };
                 if let Err(e) = r {
                     return (ConnFailure::Transport, format!("write failed: {e}"));
                 }
-                // Frames in a batch that is still being written count as queued.
-                backlog.fetch_sub(frames as usize, Ordering::Relaxed);
-                for c in counters {
-                    c.frames_sent.fetch_add(frames, Ordering::Relaxed);
+                // Items in a batch that is still being written count as queued.
+                l.backlog.fetch_sub(items, Ordering::Relaxed);
+                for c in l.counters {
+                    c.frames_sent.fetch_add(sent, Ordering::Relaxed);
                     c.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
                 }
             }
+            _ = tick => {
+                frames.clear();
+                dialect.on_timeout(now(), &mut frames);
+                if let Err(e) = write_all(&mut sink, &mut frames).await {
+                    return (ConnFailure::Transport, format!("write failed: {e}"));
+                }
+            }
             m = source.next() => {
-                let violation = match m {
+                frames.clear();
+                let said = match m {
                     Some(Ok(Message::Close(Some(f))))
                         if f.code == CloseCode::Protocol && f.reason.as_str() == SUBSTITUTED_CLOSE_REASON =>
                     {
-                        (ServerViolation::BadClose, "close with a reserved or invalid status code".to_owned())
+                        Err((ServerViolation::BadClose, "close with a reserved or invalid status code".to_owned()))
                     }
                     Some(Ok(Message::Close(frame))) => {
                         let code = frame.as_ref().map_or(1005, |f| u16::from(f.code));
                         return (ConnFailure::RemoteClose { code }, format!("server closed: {frame:?}"));
                     }
-                    Some(Ok(Message::Text(t))) => match speech_proto::check_server_text(&t) {
-                        Ok(e) => {
-                            for c in counters {
-                                c.server_errors.fetch_add(1, Ordering::Relaxed);
-                            }
-                            error_log.log(name, &e);
-                            continue;
-                        }
-                        Err(v) => (v, format!("text {:?}", preview(t.as_bytes()))),
-                    },
-                    Some(Ok(Message::Binary(b))) => (
-                        ServerViolation::BinaryFrame,
-                        format!("{} bytes {:?}", b.len(), preview(&b)),
-                    ),
+                    Some(Ok(Message::Text(t))) => dialect
+                        .on_server_text(now(), &t, &mut frames)
+                        .map_err(|v| (v, format!("text {:?}", preview(t.as_bytes())))),
+                    Some(Ok(Message::Binary(b))) => dialect
+                        .on_server_binary(now(), &b, &mut frames)
+                        .map_err(|v| (v, format!("{} bytes {:?}", b.len(), preview(&b)))),
                     // Ping is answered by tungstenite; a Pong carries nothing; raw frames are
                     // never produced by reading.
                     Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
                     Some(Err(e)) => match read_violation(&e) {
-                        Some(v) => (v, e.to_string()),
+                        Some(v) => Err((v, e.to_string())),
                         None => return (ConnFailure::Transport, format!("read failed: {e}")),
                     },
                     None => return (ConnFailure::Transport, "connection reset (no close frame)".into()),
                 };
-                let (violation, detail) = violation;
-                close_for(&mut sink, violation).await;
-                return (
-                    ConnFailure::Protocol { violation },
-                    format!("speech protocol error ({violation}): {detail}"),
-                );
+                match said {
+                    Ok(signal) => {
+                        // Answers the dialect owes the server (a mark echoed, a pong).
+                        if let Err(e) = write_all(&mut sink, &mut frames).await {
+                            return (ConnFailure::Transport, format!("write failed: {e}"));
+                        }
+                        match signal {
+                            ServerSignal::Nothing => {}
+                            ServerSignal::Error(e) => {
+                                for c in l.counters {
+                                    c.server_errors.fetch_add(1, Ordering::Relaxed);
+                                }
+                                error_log.log(l.name, &e);
+                            }
+                            ServerSignal::Accepted => {
+                                if !std::mem::replace(&mut accepted, true) {
+                                    let _ = l.events.send(ConnEvent::Accepted { conn: l.conn });
+                                }
+                            }
+                            ServerSignal::Refused(why) => {
+                                let close = Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "".into() }));
+                                let _ = tokio::time::timeout(CLOSE_FLUSH, sink.send(close)).await;
+                                let detail = format!("server ended the session: {}", preview(why.as_bytes()));
+                                // Before its confirmation this is a refused session (the
+                                // controller hears "Connection failed"); after, a close.
+                                return if accepted {
+                                    (ConnFailure::RemoteClose { code: 1000 }, detail)
+                                } else {
+                                    (ConnFailure::Http { status: 0 }, detail)
+                                };
+                            }
+                        }
+                    }
+                    Err((violation, detail)) => {
+                        close_for(&mut sink, violation).await;
+                        return (
+                            ConnFailure::Protocol { violation },
+                            format!("speech protocol error ({violation}): {detail}"),
+                        );
+                    }
+                }
             }
         }
     }
+}
+
+async fn write_all<K>(sink: &mut K, frames: &mut Vec<WireFrame>) -> Result<(), K::Error>
+where
+    K: Sink<Message> + Unpin,
+{
+    if frames.is_empty() {
+        return Ok(());
+    }
+    for f in frames.drain(..) {
+        sink.feed(message(f)).await?;
+    }
+    sink.flush().await
 }
 
 /// Which read errors are the server's fault. Everything else (EOF, reset, IO) is a transport
@@ -422,8 +560,16 @@ enum Stream {
     Tls(Box<WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>>),
 }
 
-async fn connect(t: &Target) -> Result<(Stream, ConnInfo), Failure> {
+async fn connect(t: &Target) -> Result<(Stream, ConnInfo, Dialect), Failure> {
     let url = &t.url;
+    // The config (or the fork request's profile) was validated; a refusal here is a bug, but
+    // it fails this connection, not the process.
+    let dialect = Dialect::new(&t.protocol).map_err(|e| {
+        (
+            ConnFailure::Http { status: 0 },
+            format!("speech profile: {e}"),
+        )
+    })?;
     let tcp = match &t.proxy {
         Some((host, port)) => {
             let addrs = resolve(host, *port)
@@ -434,9 +580,22 @@ async fn connect(t: &Target) -> Result<(Stream, ConnInfo), Failure> {
             tcp
         }
         None => {
-            let addrs = resolve(&url.host, url.port)
+            let mut addrs = resolve(&url.host, url.port)
                 .await
                 .map_err(|e| (ConnFailure::Dns, format!("{}: {e}", url.host)))?;
+            if let Some(nets) = &t.resolved_within {
+                let all = addrs.len();
+                addrs.retain(|a| nets.iter().any(|n| n.contains(a.ip())));
+                if addrs.is_empty() {
+                    return Err((
+                        ConnFailure::Tcp,
+                        format!(
+                            "{} resolved to {all} address(es), none inside the networks [destinations] allows for it",
+                            url.host
+                        ),
+                    ));
+                }
+            }
             connect_any(&addrs, t.source).await?
         }
     };
@@ -453,18 +612,29 @@ async fn connect(t: &Target) -> Result<(Stream, ConnInfo), Failure> {
             format!("bad request URL: {e}"),
         )
     })?;
-    req.headers_mut().insert(
-        "Sec-WebSocket-Protocol",
-        HeaderValue::from_static(SUBPROTOCOL),
-    );
-    if let Some(token) = &t.token {
-        let v = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+    let mut nonce = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let upgrade_with = dialect.upgrade(&UpgradeInfo {
+        authority: &url.host_port(),
+        path_and_query: &url.target,
+        token: t.token.as_deref(),
+        unix_now: unix_now(),
+        nonce,
+    });
+    if let Some(p) = upgrade_with.subprotocol {
+        req.headers_mut()
+            .insert("Sec-WebSocket-Protocol", HeaderValue::from_static(p));
+    }
+    for (name, value) in &upgrade_with.headers {
+        let bad = || {
             (
                 ConnFailure::Http { status: 0 },
-                "token is not a valid header value".into(),
+                format!("header {name} is not a valid HTTP header (token or configured header)"),
             )
-        })?;
-        req.headers_mut().insert("Authorization", v);
+        };
+        let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad())?;
+        let v = HeaderValue::from_str(value).map_err(|_| bad())?;
+        req.headers_mut().append(n, v);
     }
     if url.secure {
         let cfg = t.tls.clone().ok_or_else(|| {
@@ -486,16 +656,18 @@ async fn connect(t: &Target) -> Result<(Stream, ConnInfo), Failure> {
                 .negotiated_cipher_suite()
                 .map(|s| format!("{:?}", s.suite()));
         }
-        let ws = upgrade(req, tls).await?;
-        Ok((Stream::Tls(Box::new(ws)), info))
+        let ws = upgrade(req, tls, upgrade_with.subprotocol).await?;
+        Ok((Stream::Tls(Box::new(ws)), info, dialect))
     } else {
-        Ok((Stream::Plain(Box::new(upgrade(req, tcp).await?)), info))
+        let ws = upgrade(req, tcp, upgrade_with.subprotocol).await?;
+        Ok((Stream::Plain(Box::new(ws)), info, dialect))
     }
 }
 
 async fn upgrade<S>(
     req: tokio_tungstenite::tungstenite::handshake::client::Request,
     stream: S,
+    subprotocol: Option<&'static str>,
 ) -> Result<WebSocketStream<S>, Failure>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -521,11 +693,15 @@ where
         .headers()
         .get("Sec-WebSocket-Protocol")
         .and_then(|v| v.to_str().ok());
-    if proto != Some(SUBPROTOCOL) {
-        return Err((
-            ConnFailure::Http { status: 101 },
-            format!("server did not accept subprotocol {SUBPROTOCOL} (answered {proto:?})"),
-        ));
+    // A dialect that offers a subprotocol needs the server to speak it (RFC 6455 §4.1: the
+    // client fails the connection otherwise); tungstenite itself refuses one we did not offer.
+    if let Some(want) = subprotocol {
+        if proto != Some(want) {
+            return Err((
+                ConnFailure::Http { status: 101 },
+                format!("server did not accept subprotocol {want} (answered {proto:?})"),
+            ));
+        }
     }
     Ok(ws)
 }

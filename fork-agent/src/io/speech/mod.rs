@@ -7,7 +7,13 @@
 //! reader ([`Media`]). After each input the core's outputs are performed in order (connect,
 //! queue control, close, publish status events, log alarms), then the timer is re-armed.
 //!
-//! Status events are published as JSON lines (`{"event":"fork_status",...}`) on a broadcast
+//! Destinations: every `[[speech_server]]` has a pool from the start. A fork request naming its
+//! own destination (URL, token, profile; control-api `Destination`) is checked against
+//! `[destinations] allow` by [`SpeechService::check_fork`] before the control API answers, and
+//! gets a pool of its own keyed by server, URL, token and profile: forks with different tokens
+//! never share a connection. Such a pool is dropped as soon as nothing uses it.
+//!
+//! Status events are published as control-api `fork_status` event lines on a broadcast
 //! channel the control API's `subscribe` hands to its clients.
 
 pub mod conn;
@@ -30,15 +36,16 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{info, warn};
 
 use crate::{
-    config::SpeechServerConfig,
+    config::{DestinationsConfig, SpeechServerConfig},
     core::{
+        destinations::{AllowList, Verdict},
         flows::Fork,
         session::{AudioVerdict, ConnId, ForkRequest, ForkService, Output, ServerId, SessionError},
         ws_url::WsUrl,
     },
 };
 use conn::{ConnCounters, ConnEvent, ConnTx, Outgoing, Target};
-use control_api::{Op, Response, StreamServiceShow};
+use control_api::{Destination, ForkSpec, Op, Response, StreamServiceShow};
 
 /// A forked packet from the AF_XDP reader, already encoded as a speech-protocol frame.
 #[derive(Debug)]
@@ -73,6 +80,7 @@ impl From<crate::core::forked::Forked<'_>> for Media {
 
 /// What the agent asks of the service.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one per control request, never on the media path
 pub enum Command {
     /// Start (or, after a restart, resume) forking a call.
     Start {
@@ -119,10 +127,105 @@ pub struct ServerStats {
 #[derive(Clone)]
 pub struct SpeechService {
     cmd: mpsc::Sender<Command>,
-    names: Arc<HashSet<String>>,
+    policy: Arc<Policy>,
     events: broadcast::Sender<String>,
     /// Counters per server name.
     pub stats: Arc<HashMap<String, Arc<ServerStats>>>,
+}
+
+/// What [`SpeechService::check_fork`] needs: the configured servers and the allow-list.
+struct Policy {
+    servers: HashMap<String, ServerEntry>,
+    allow: AllowList,
+    max_active: usize,
+    /// Per-request destinations with a pool now (the task keeps it current).
+    active: AtomicU64,
+}
+
+/// One `[[speech_server]]`, as forks use it.
+struct ServerEntry {
+    cfg: SpeechServerConfig,
+    url: WsUrl,
+    /// Built for every server (not only `wss://` ones): a per-request `wss://` destination
+    /// uses its server's TLS settings.
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// The error text of a refused destination (control-api `destination not allowed: …`, which
+/// sip-agent reports as "Connection failed").
+fn not_allowed(why: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!("destination not allowed: {why}")
+}
+
+impl Policy {
+    /// Where a fork goes: its server and, for a per-request destination, the checked URL and
+    /// the networks its resolved addresses must be in.
+    fn resolve(&self, spec: &ForkSpec) -> Result<Resolved, anyhow::Error> {
+        let entry = self
+            .servers
+            .get(&spec.server)
+            .ok_or_else(|| anyhow::anyhow!("no speech_server named `{}`", spec.server))?;
+        let Some(dest) = &spec.destination else {
+            return Ok(Resolved {
+                url: entry.url.clone(),
+                within: None,
+                own: true,
+            });
+        };
+        let url = WsUrl::parse(&dest.url).map_err(|e| not_allowed(format!("url {e}")))?;
+        if let Some(p) = dest.profile {
+            if p != entry.cfg.protocol.profile {
+                // Another dialect with this entry's settings: they must make sense for it.
+                let cfg = speech_proto::ProfileConfig {
+                    profile: p,
+                    ..entry.cfg.protocol.clone()
+                };
+                speech_proto::Dialect::new(&cfg)
+                    .map_err(|e| not_allowed(format!("profile {p}: {e}")))?;
+            }
+        }
+        if url.secure && entry.tls.is_none() {
+            return Err(not_allowed(
+                "wss:// needs TLS settings the server entry lacks",
+            ));
+        }
+        // The operator's own URLs are always allowed.
+        if self.servers.values().any(|e| e.url == url) {
+            return Ok(Resolved {
+                url,
+                within: None,
+                own: false,
+            });
+        }
+        match self.allow.check(&url) {
+            Verdict::Allowed => Ok(Resolved {
+                url,
+                within: None,
+                own: false,
+            }),
+            Verdict::ResolvedWithin(nets) => Ok(Resolved {
+                url,
+                within: Some(nets),
+                own: false,
+            }),
+            Verdict::Refused(why) => Err(not_allowed(why)),
+        }
+    }
+}
+
+/// A fork's checked destination.
+struct Resolved {
+    url: WsUrl,
+    within: Option<Vec<conn_limits::core::cidr::Cidr>>,
+    /// The server entry's own URL and token (no per-request destination).
+    own: bool,
+}
+
+/// What makes two per-request destinations share a pool.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct DestKey {
+    server: String,
+    dest: Destination,
 }
 
 /// Commands waiting for the service task (fork requests arrive at control-API pace).
@@ -135,72 +238,92 @@ impl SpeechService {
     /// status events on `events`.
     pub fn spawn(
         servers: &[SpeechServerConfig],
+        destinations: &DestinationsConfig,
         media: mpsc::Receiver<Media>,
         events: broadcast::Sender<String>,
     ) -> Result<Self> {
         let mut core = ForkService::new();
-        let mut targets = Vec::new();
+        let mut targets = HashMap::new();
         let mut stats = HashMap::new();
         let mut by_name = HashMap::new();
+        let mut entries = HashMap::new();
         for s in servers.iter() {
             let url = WsUrl::parse(&s.url)
                 .map_err(|e| anyhow::anyhow!("speech_server {}: url {e}", s.name))?;
-            let tls = if url.secure {
-                Some(
-                    tls::client_config(&s.tls)
-                        .with_context(|| format!("speech_server {}: TLS settings", s.name))?,
-                )
-            } else {
-                None
-            };
+            let tls = Some(
+                tls::client_config(&s.tls)
+                    .with_context(|| format!("speech_server {}: TLS settings", s.name))?,
+            );
+            let profile = s.protocol.profile;
             let id = core
                 .add_server(
                     &s.name,
                     &url.host_port(),
-                    s.pool_config(),
+                    s.pool_config_for(profile),
+                    profile.awaits_acceptance(),
                     // Reconnect jitter from the OS generator: agents restarted together
                     // must not share a seed.
                     Box::new(StdRng::from_entropy()),
                 )
                 .map_err(|e| anyhow::anyhow!("speech_server {}: {e}", s.name))?;
-            targets.push(Arc::new(Target {
-                name: s.name.clone(),
-                url,
-                token: s.token.clone(),
-                proxy: s.proxy.as_ref().map(|p| (p.host.clone(), p.port)),
-                source: s.source_address,
+            let entry = ServerEntry {
+                cfg: s.clone(),
+                url: url.clone(),
                 tls,
-                connect_timeout: Duration::from_millis(s.connect_timeout_ms),
-            }));
+            };
+            let t = target(&entry, url, s.token.clone(), s.protocol.clone(), None);
+            targets.insert(id, Arc::new(t));
             let st = Arc::new(ServerStats::default());
             stats.insert(s.name.clone(), st.clone());
             by_name.insert(s.name.clone(), (id, st));
+            entries.insert(s.name.clone(), entry);
         }
+        let allow = AllowList::parse(&destinations.allow)
+            .map_err(|e| anyhow::anyhow!("destinations.{e}"))?;
+        let policy = Arc::new(Policy {
+            servers: entries,
+            allow,
+            max_active: destinations.max_active,
+            active: AtomicU64::new(0),
+        });
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let task = Task {
             core,
             targets,
             by_name,
+            dests: HashMap::new(),
+            dest_of: HashMap::new(),
+            policy: policy.clone(),
             stream_server: HashMap::new(),
             conns: HashMap::new(),
             conn_counters: HashMap::new(),
             open: HashSet::new(),
+            flush: HashSet::new(),
             ev_tx,
             events: events.clone(),
         };
         tokio::spawn(task.run(cmd_rx, ev_rx, media));
         Ok(SpeechService {
             cmd: cmd_tx,
-            names: Arc::new(servers.iter().map(|s| s.name.clone()).collect()),
+            policy,
             events,
             stats: Arc::new(stats),
         })
     }
 
-    /// Whether a `[[speech_server]]` has this name.
-    pub fn has_server(&self, name: &str) -> bool {
-        self.names.contains(name)
+    /// Checks where a fork would go before anything else happens: its server exists and a
+    /// per-request destination passes `[destinations] allow` (the error text is the control
+    /// API's answer: `no speech_server named …` or `destination not allowed: …`).
+    pub fn check_fork(&self, spec: &ForkSpec) -> Result<()> {
+        let r = self.policy.resolve(spec)?;
+        if !r.own && self.policy.active.load(Ordering::Relaxed) >= self.policy.max_active as u64 {
+            return Err(not_allowed(format!(
+                "{} per-request destinations are in use ([destinations] max_active)",
+                self.policy.max_active
+            )));
+        }
+        Ok(())
     }
 
     /// Queues a fork start (after the flow table accepted it, before the kernel forks).
@@ -248,10 +371,38 @@ impl SpeechService {
     }
 }
 
+/// A target for `url` with the entry's transport settings.
+fn target(
+    entry: &ServerEntry,
+    url: WsUrl,
+    token: Option<String>,
+    protocol: speech_proto::ProfileConfig,
+    resolved_within: Option<Vec<conn_limits::core::cidr::Cidr>>,
+) -> Target {
+    let s = &entry.cfg;
+    Target {
+        name: s.name.clone(),
+        tls: if url.secure { entry.tls.clone() } else { None },
+        url,
+        token,
+        protocol,
+        resolved_within,
+        proxy: s.proxy.as_ref().map(|p| (p.host.clone(), p.port)),
+        source: s.source_address,
+        connect_timeout: Duration::from_millis(s.connect_timeout_ms),
+    }
+}
+
 struct Task {
     core: ForkService,
-    targets: Vec<Arc<Target>>,
+    targets: HashMap<ServerId, Arc<Target>>,
     by_name: HashMap<String, (ServerId, Arc<ServerStats>)>,
+    /// Pools of per-request destinations, and the way back.
+    dests: HashMap<DestKey, ServerId>,
+    dest_of: HashMap<ServerId, DestKey>,
+    policy: Arc<Policy>,
+    /// Connections sent control messages in this round: they get an end-of-batch mark.
+    flush: HashSet<ConnId>,
     stream_server: HashMap<u32, Arc<ServerStats>>,
     conns: HashMap<ConnId, ConnTx>,
     conn_counters: HashMap<ConnId, Arc<ConnCounters>>,
@@ -306,9 +457,21 @@ impl Task {
     fn command(&mut self, c: Command) {
         match c {
             Command::Start { fork, resumed } => {
-                let Some((server, stats)) = self.by_name.get(&fork.spec.server).cloned() else {
-                    warn!(server = %fork.spec.server, "fork refers to an unknown speech server");
-                    return;
+                let guid = fork.spec.call_guid.clone();
+                let (server, stats) = match self.server_for(&fork.spec) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        // check_fork passed moments ago: the table filled up meanwhile, or a
+                        // restarted agent re-reads a fork the config no longer allows.
+                        warn!(call_guid = %guid, "fork not started: {e}");
+                        self.publish(control_api::Event::ForkStatus {
+                            call_guid: guid,
+                            status: control_api::ForkStatus::Error,
+                            error: Some("Connection failed".into()),
+                            reconnected: false,
+                        });
+                        return;
+                    }
                 };
                 let streams = fork
                     .streams
@@ -332,15 +495,18 @@ impl Task {
                     streams,
                     resumed,
                 };
-                let guid = req.call_guid.clone();
                 match self.core.handle_fork_start(now(), req) {
                     Ok(()) => info!(call_guid = %guid, "forking requested"),
                     Err(e) => warn!(call_guid = %guid, "fork not started: {e}"),
                 }
             }
             Command::Stop { call_guid, reason } => {
+                let server = self.core.server_of(&call_guid);
                 if let Err(e) = self.core.handle_fork_stop(now(), &call_guid, reason) {
                     warn!(%call_guid, "fork stop: {e}");
+                }
+                if let Some(server) = server {
+                    self.drop_if_idle(server);
                 }
             }
             Command::Op { op, reply } => {
@@ -449,11 +615,18 @@ impl Task {
                     warn!(conn = conn.0, "connected event: {e}");
                 }
             }
+            ConnEvent::Accepted { conn } => {
+                info!(conn = conn.0, url = %self.url_of(conn), "speech server accepted the session");
+                if let Err(e) = self.core.handle_accepted(t, conn) {
+                    warn!(conn = conn.0, "accepted event: {e}");
+                }
+            }
             ConnEvent::Closed {
                 conn,
                 failure,
                 detail,
             } => {
+                let server = self.core.conn_server(conn);
                 let url = self.url_of(conn);
                 let stats = self.stats_of(conn);
                 if self.open.remove(&conn) {
@@ -481,6 +654,9 @@ impl Task {
                 if let Err(e) = self.core.handle_closed(t, unix_now(), conn, failure) {
                     warn!(conn = conn.0, "closed event: {e}");
                 }
+                if let Some(server) = server {
+                    self.drop_if_idle(server);
+                }
             }
         }
     }
@@ -506,7 +682,7 @@ impl Task {
                             }
                         }
                         match self.conns.get(&conn) {
-                            Some(tx) => tx.send(Outgoing::Binary(frame)),
+                            Some(tx) => tx.send(Outgoing::Audio(frame)),
                             None => self.count_drop(stream_id),
                         }
                     }
@@ -528,7 +704,7 @@ impl Task {
         while let Some(out) = self.core.poll_output() {
             match out {
                 Output::Connect { conn, server } => {
-                    let Some(target) = self.targets.get(server.0 as usize).cloned() else {
+                    let Some(target) = self.targets.get(&server).cloned() else {
                         continue;
                     };
                     if let Some(s) = self.by_name.get(&target.name) {
@@ -546,7 +722,8 @@ impl Task {
                 }
                 Output::Send { conn, msg } => {
                     if let Some(tx) = self.conns.get(&conn) {
-                        tx.send(Outgoing::Text(msg.to_json()));
+                        tx.send(Outgoing::Control(msg));
+                        self.flush.insert(conn);
                     }
                 }
                 Output::Close { conn, why } => {
@@ -558,10 +735,7 @@ impl Task {
                 Output::Status(ev) => {
                     info!(call_guid = %ev.call_guid, status = ?ev.status,
                         error = ev.error.map(|e| e.as_str()), "fork status");
-                    let mut v = serde_json::to_value(&ev).unwrap_or(Value::Null);
-                    v["event"] = json!("fork_status");
-                    // No subscriber is fine: sip-agent may not be connected yet.
-                    let _ = self.events.send(v.to_string());
+                    self.publish(ev.into());
                 }
                 Output::Alarm(a) => {
                     warn!(
@@ -576,13 +750,16 @@ impl Task {
                     delay,
                     errors,
                 } => {
-                    let name = self
-                        .targets
-                        .get(server.0 as usize)
-                        .map_or("?", |t| t.name.as_str());
+                    let name = self.targets.get(&server).map_or("?", |t| t.name.as_str());
                     warn!(server = %name, errors, ?delay,
                         "speech server keeps breaking the protocol: no connection to it for {delay:?}; its forks wait");
                 }
+            }
+        }
+        // End of this round's control messages on each connection that got some.
+        for conn in self.flush.drain() {
+            if let Some(tx) = self.conns.get(&conn) {
+                tx.send(Outgoing::Flush);
             }
         }
         // Forget counters of connections the core no longer has.
@@ -595,15 +772,93 @@ impl Task {
     fn url_of(&self, conn: ConnId) -> String {
         self.core
             .conn_server(conn)
-            .and_then(|s| self.targets.get(s.0 as usize))
+            .and_then(|s| self.targets.get(&s))
             .map(|t| t.url.to_url())
             .unwrap_or_default()
     }
 
     fn stats_of(&self, conn: ConnId) -> Option<Arc<ServerStats>> {
         let s = self.core.conn_server(conn)?;
-        let t = self.targets.get(s.0 as usize)?;
+        let t = self.targets.get(&s)?;
         self.by_name.get(&t.name).map(|x| x.1.clone())
+    }
+
+    /// Publishes a status event to subscribers (none is fine: sip-agent may not be
+    /// connected yet).
+    fn publish(&self, ev: control_api::Event) {
+        let _ = self.events.send(ev.to_line());
+    }
+
+    /// The pool a fork goes to: its server's, or its per-request destination's (made now if
+    /// it has none). Counters are the server entry's either way.
+    fn server_for(&mut self, spec: &ForkSpec) -> Result<(ServerId, Arc<ServerStats>)> {
+        let (own, stats) = self
+            .by_name
+            .get(&spec.server)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("no speech_server named `{}`", spec.server))?;
+        let resolved = self.policy.resolve(spec)?;
+        let Some(dest) = spec.destination.clone().filter(|_| !resolved.own) else {
+            return Ok((own, stats));
+        };
+        let key = DestKey {
+            server: spec.server.clone(),
+            dest,
+        };
+        if let Some(&id) = self.dests.get(&key) {
+            return Ok((id, stats));
+        }
+        if self.dests.len() >= self.policy.max_active {
+            return Err(not_allowed("[destinations] max_active reached"));
+        }
+        let entry = self
+            .policy
+            .servers
+            .get(&spec.server)
+            .ok_or_else(|| anyhow::anyhow!("no speech_server named `{}`", spec.server))?;
+        let protocol = speech_proto::ProfileConfig {
+            profile: key.dest.profile.unwrap_or(entry.cfg.protocol.profile),
+            ..entry.cfg.protocol.clone()
+        };
+        let profile = protocol.profile;
+        let url = resolved.url;
+        // Names show in `show stream-service` and logs; the token never does.
+        let name = format!("{} {}", spec.server, url.to_url());
+        let id = self.core.add_server(
+            &name,
+            &url.host_port(),
+            entry.cfg.pool_config_for(profile),
+            profile.awaits_acceptance(),
+            Box::new(StdRng::from_entropy()),
+        )?;
+        let t = target(
+            entry,
+            url,
+            key.dest.auth_token.clone(),
+            protocol,
+            resolved.within,
+        );
+        self.targets.insert(id, Arc::new(t));
+        self.dest_of.insert(id, key.clone());
+        self.dests.insert(key, id);
+        self.policy
+            .active
+            .store(self.dests.len() as u64, Ordering::Relaxed);
+        Ok((id, stats))
+    }
+
+    /// Drops a per-request destination's pool once nothing uses it.
+    fn drop_if_idle(&mut self, server: ServerId) {
+        if !self.dest_of.contains_key(&server) || !self.core.remove_server_if_idle(server) {
+            return;
+        }
+        if let Some(key) = self.dest_of.remove(&server) {
+            self.dests.remove(&key);
+        }
+        self.targets.remove(&server);
+        self.policy
+            .active
+            .store(self.dests.len() as u64, Ordering::Relaxed);
     }
 }
 
