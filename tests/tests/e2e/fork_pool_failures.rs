@@ -8,35 +8,17 @@
 #![allow(clippy::disallowed_methods)]
 
 use std::{
-    io::{BufRead, BufReader, Write},
-    net::SocketAddr,
+    io::{BufReader, Write},
     os::unix::net::UnixStream,
     path::Path,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde_json::{json, Value};
-use xdpfork_tests::{bin, control, rtp_packet, Host, Topology};
+use xdpfork_tests::{bin, control, Host, Topology};
 
-const SPEECH: &str = "10.77.3.2";
-
-fn speech(t: &mut Topology, name: &str, port: u16, extra: &[&str]) -> Result<()> {
-    let out = t.dir.join(name);
-    std::fs::create_dir_all(&out)?;
-    let listen = format!("{SPEECH}:{port}");
-    let out_s = out.to_string_lossy().into_owned();
-    let mut args = vec![
-        "--listen",
-        &listen,
-        "--out-dir",
-        &out_s,
-        "--duration-secs",
-        "120",
-    ];
-    args.extend_from_slice(extra);
-    t.spawn(name, Host::Speech, &bin("speech-server")?, &args)
-}
+use crate::fork_support::{events_until, flow, fork, has, send, speech, SPEECH};
 
 fn config(t: &Topology, socket: &Path) -> String {
     let srv = |name: &str, port: u16, extra: &str| {
@@ -57,72 +39,6 @@ fn config(t: &Topology, socket: &Path) -> String {
         d = srv("closer", 9002, "max_connect_attempts = 1"),
         e = "[[speech_server]]\nname = \"nodns\"\nurl = \"ws://no-such-host.invalid/fork\"\nmax_connect_attempts = 1\n",
     )
-}
-
-/// One call's caller flow on its own port pair; returns the flow's local address.
-fn flow(socket: &Path, n: u16) -> Result<String> {
-    let local = format!("10.77.1.1:{}", 31000 + 2 * n);
-    let src = format!("10.77.2.1:{}", 31000 + 2 * n);
-    control(
-        socket,
-        &json!({"v":1,"op":"flow_add","flow":{"local":local,"src":src,"dst":format!("10.77.2.2:{}", 41000 + 2 * n)}}),
-    )?;
-    Ok(local)
-}
-
-fn fork(socket: &Path, guid: &str, server: &str, flow: &str) -> Result<Value> {
-    control(
-        socket,
-        &json!({"v":1,"op":"fork_start","fork":{"call_guid":guid,"server":server,"codec":"PCMU",
-            "streams":[{"channel":"caller","flow":flow}]}}),
-    )
-}
-
-fn send(t: &Topology, to: &str, n: u16) -> Result<()> {
-    let tx = t.udp_socket(Host::Caller, "10.77.1.2:0".parse()?)?;
-    let dst: SocketAddr = to.parse()?;
-    for i in 0..n {
-        tx.send_to(&rtp_packet(0, i, 160 * u32::from(i), 7, &[0xff; 160]), dst)?;
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    Ok(())
-}
-
-/// Collects fork_status events until `done` holds (bounded by 15 s).
-fn events_until(
-    r: &mut BufReader<UnixStream>,
-    seen: &mut Vec<Value>,
-    done: impl Fn(&[Value]) -> bool,
-) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !done(seen) {
-        if Instant::now() > deadline {
-            bail!("events so far: {seen:#?}");
-        }
-        let mut line = String::new();
-        match r.read_line(&mut line) {
-            Ok(0) => bail!("control connection closed"),
-            Ok(_) => {
-                let v: Value = serde_json::from_str(&line)?;
-                if v["event"] == "fork_status" {
-                    seen.push(v);
-                }
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
-}
-
-fn has(seen: &[Value], guid: &str, status: &str, error: Option<&str>) -> bool {
-    seen.iter().any(|e| {
-        e["call_guid"] == guid && e["status"] == status && error.is_none_or(|x| e["error"] == x)
-    })
 }
 
 #[test]

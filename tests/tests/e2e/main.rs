@@ -2,6 +2,7 @@
 //! per scenario. `cargo xtask test` runs it as root with `--test-threads=1`; filter by module
 //! name as before, e.g. `cargo xtask test sip_hold_resume`.
 
+mod fork_support;
 mod install_support;
 mod limits_support;
 mod sip_support;
@@ -11,6 +12,7 @@ mod agent_restart;
 mod check_kernel;
 mod fallback_fork;
 mod fork_control_limits;
+mod fork_destinations;
 mod fork_garbage_server;
 mod fork_isolation;
 mod fork_pool_failures;

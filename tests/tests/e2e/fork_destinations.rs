@@ -1,0 +1,137 @@
+//! Per-request destinations against real speech-server processes: a fork naming its own URL and
+//! token reaches that server with that token (the configured URL has nobody listening), a
+//! different token never rides the same connection ("Authentication token invalid" while the
+//! right one streams), URLs outside `[destinations] allow` are refused before anything is
+//! connected, and a destination's pool is dropped once nothing uses it.
+
+// A test drives real processes against the wall clock.
+#![allow(clippy::disallowed_methods)]
+
+use std::{
+    io::{BufReader, Write},
+    os::unix::net::UnixStream,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Result};
+use serde_json::{json, Value};
+use xdpfork_tests::{bin, control, Host, Topology};
+
+use crate::fork_support::{events_until, flow, fork_to, has, send, speech, SPEECH};
+
+#[test]
+fn forks_reach_the_destination_and_token_the_request_names() -> Result<()> {
+    let mut t = Topology::new()?;
+    speech(&mut t, "speech-b", 9005, &["--token", "tok-B"])?;
+    let socket = t.dir.join("fork-agent.sock");
+    let cfg = t.dir.join("fork-agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[dataplane]\npin_dir = \"{pin}\"\ninterfaces = [\"fa0\", \"fb0\"]\n\
+             [control]\nsocket = \"{sock}\"\nstate_dir = \"{state}\"\n\
+             [destinations]\nallow = [\"ws://10.77.3.0/24:9005\"]\n\
+             [[speech_server]]\nname = \"asr\"\nurl = \"ws://{SPEECH}:9000/fork\"\n\
+             idle_timeout_secs = 1\nmax_connect_attempts = 1\nbackoff_initial_ms = 100\n",
+            pin = t.pin_dir.display(),
+            sock = socket.display(),
+            state = t.dir.join("state").display(),
+        ),
+    )?;
+    let cfg_s = cfg.to_string_lossy().into_owned();
+    t.spawn(
+        "fork-agent",
+        Host::Forker,
+        &bin("fork-agent")?,
+        &["run", "--config", &cfg_s],
+    )?;
+    t.wait_fork_agent(&socket, "fork-agent")?;
+    let sub = UnixStream::connect(&socket)?;
+    sub.set_read_timeout(Some(Duration::from_millis(200)))?;
+    sub.try_clone()?
+        .write_all(b"{\"v\":1,\"op\":\"subscribe\"}\n")?;
+    let mut r = BufReader::new(sub);
+    let mut seen = Vec::new();
+
+    let url = format!("ws://{SPEECH}:9005/x");
+    let f1 = flow(&socket, 1)?;
+    let f2 = flow(&socket, 2)?;
+    fork_to(
+        &socket,
+        "g-ok",
+        "asr",
+        &f1,
+        Some(json!({"url": url, "auth_token": "tok-B"})),
+    )?;
+    fork_to(
+        &socket,
+        "g-wrong",
+        "asr",
+        &f2,
+        Some(json!({"url": url, "auth_token": "nope"})),
+    )?;
+    // Nothing listens at the configured URL: STARTED means the request's URL and token won.
+    events_until(&mut r, &mut seen, |s| {
+        has(s, "g-ok", "started", None)
+            && has(s, "g-wrong", "error", Some("Authentication token invalid"))
+    })?;
+    send(&t, &f1, 20)?;
+
+    // Outside the allow-list: refused by the control API, nothing connected.
+    let f3 = flow(&socket, 3)?;
+    for denied in [
+        format!("ws://{SPEECH}:9006/x"),
+        "ws://192.0.2.1:9005/x".to_owned(),
+        "wss://speech.example.com/x".to_owned(),
+    ] {
+        let e = fork_to(
+            &socket,
+            "g-denied",
+            "asr",
+            &f3,
+            Some(json!({ "url": denied })),
+        )
+        .expect_err("refused");
+        assert!(
+            format!("{e:#}").contains("destination not allowed"),
+            "{denied}: {e:#}"
+        );
+    }
+
+    let stats = |socket: &std::path::Path| -> Result<Value> {
+        control(
+            socket,
+            &json!({"v":1,"op":"show_stream_service","what":"statistics"}),
+        )
+    };
+    let key = format!("asr {url}");
+    let st = stats(&socket)?;
+    assert!(st["servers"].get(&key).is_some(), "{st}");
+    let conns = control(
+        &socket,
+        &json!({"v":1,"op":"show_stream_service","what":"server","arg":format!("{SPEECH}:9005")}),
+    )?;
+    assert!(
+        conns
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["frames_sent"].as_u64() >= Some(3))),
+        "start and audio went to the request's server: {conns}"
+    );
+
+    // Stopped and idle (idle_timeout_secs = 1): the destination's pool goes away.
+    for g in ["g-ok", "g-wrong"] {
+        control(&socket, &json!({"v":1,"op":"fork_stop","call_guid":g}))?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let st = stats(&socket)?;
+        if st["servers"].get(&key).is_none() {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the destination's pool was not dropped: {st}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
