@@ -1,5 +1,6 @@
 //! Sans-IO cores of fork-agent: no sockets, no clock, no tasks (../../../shared/style.md §2).
 pub mod alarms;
+pub mod dataplane;
 pub mod destinations;
 pub mod flows;
 pub mod fork_journal;

@@ -18,8 +18,8 @@ use std::{
 
 use anyhow::{Context, Result};
 use control_api::{
-    ChannelAdded, Event, FlowAdded, FlowPath, FlowRemovedReason, FlowRow, FlowSpec, ForkStarted,
-    Op, Response, StartedStream, TurnDirection, TurnRow,
+    ChannelAdded, Event, FlowAdded, FlowPath, FlowRow, FlowSpec, Op, Response, TurnDirection,
+    TurnRow,
 };
 use fork_common::{FlowStats, NeighKey, NeighValue, TurnAction};
 use serde_json::{json, Value};
@@ -33,8 +33,9 @@ use crate::io::control::Readiness;
 use crate::{
     config::Config,
     core::{
-        flows::{relay_action, FlowTable},
-        fork_journal, idle,
+        dataplane::{Action, Orchestrator},
+        flows::relay_action,
+        fork_journal,
         route_cache::RouteCache,
         turn_offload::{self, ChannelSpec, MapOp, Offloaded, TurnOffload},
     },
@@ -114,14 +115,13 @@ async fn serve(
         tokio::spawn(flush_ebpf_logs(logger));
     }
 
-    let mut table = FlowTable::new();
-    let mut adopted = 0;
+    let mut orch = Orchestrator::new();
+    let mut pinned = Vec::new();
     for item in dp.flows.iter() {
         let (key, action) = item.context("reading pinned FLOWS")?;
         let turn_marker = fork_common::FLOW_F_TURN_LISTENER | fork_common::FLOW_F_TURN_RELAY;
         if action.flags & turn_marker == 0 {
-            table.adopt(key, action);
-            adopted += 1;
+            pinned.push((key, action));
         }
     }
     let mut turn = TurnOffload::new();
@@ -142,8 +142,10 @@ async fn serve(
             warn!(client = %spec.client, channel = spec.number, "pinned TURN channel without its peer entry; left to expire");
             continue;
         };
-        table.adopt_stats(to_peer.flow.stats_index, spec.client);
-        table.adopt_stats(to_client.flow.stats_index, spec.client);
+        orch.table_mut()
+            .adopt_stats(to_peer.flow.stats_index, spec.client);
+        orch.table_mut()
+            .adopt_stats(to_client.flow.stats_index, spec.client);
         turn.commit(Offloaded {
             spec,
             to_peer_stats: to_peer.flow.stats_index,
@@ -151,12 +153,11 @@ async fn serve(
         });
     }
     let (fork_store, restored) = ForkStore::open(&cfg.control.state_dir);
-    for fork in restored {
-        table.restore_fork(fork);
-    }
+    // Adopted flows count as installed now: their idle time starts with this agent.
+    let (found, resume) = orch.adopt(pinned, restored, monotonic_ns());
     info!(
-        adopted_flows = adopted,
-        forks = table.forks().count(),
+        adopted_flows = found.flows,
+        forks = found.forks,
         "data plane ready"
     );
 
@@ -180,13 +181,6 @@ async fn serve(
             .context("starting the AF_XDP reader thread")?;
     }
 
-    // Streams restored from state: tell the servers they resume.
-    for fork in table.forks() {
-        if let Err(e) = speech.start_fork(fork, true) {
-            warn!(call_guid = %fork.spec.call_guid, "restored fork not resumed: {e:#}");
-        }
-    }
-
     if let Some(addr) = cfg.metrics.listen {
         crate::io::metrics::spawn(addr, ctl_tx).await?;
     }
@@ -199,24 +193,18 @@ async fn serve(
         neighbours: HashMap::new(),
         routes: RouteCache::new(ROUTE_CACHE_TTL, ROUTE_CACHE_CAPACITY),
         interfaces: d.interfaces.clone(),
-        table,
+        orch,
         speech,
         stats,
         fork_store,
         idle_timeout: Duration::from_secs(d.flow_idle_timeout_secs),
         control_stats,
-        installed_ns: HashMap::new(),
         events,
     };
-    // Adopted flows count as installed now: their idle time starts with this agent.
-    let started = monotonic_ns();
-    let adopted_locals: Vec<SocketAddr> = agent.table.flows().map(|f| f.local).collect();
-    for local in adopted_locals {
-        agent.installed_ns.insert(local, started);
-    }
     // Adopted flows get their fallback sockets back.
     let adopted_flows: Vec<_> = agent
-        .table
+        .orch
+        .table()
         .flows()
         .map(|f| (f.local, f.src, f.dst, f.expect()))
         .collect();
@@ -225,17 +213,11 @@ async fn serve(
             warn!(%local, "no user-space fallback for this flow: {e:#}");
         }
     }
-    // Restored forks: their flows' fallback packets are forked too.
-    let forked: Vec<std::net::SocketAddr> = agent
-        .table
-        .forks()
-        .flat_map(|f| f.streams.iter().map(|(_, local)| *local))
-        .collect();
-    for local in forked {
-        agent.sync_fallback_fork(local);
-    }
+    // Restored forks: their fallbacks fork too, and the servers hear they resume.
+    agent.perform(resume);
     // Adopted flows and TURN channels keep their next hops followed like new ones.
-    let mut actions: Vec<fork_common::FlowAction> = agent.table.flows().map(|f| f.action).collect();
+    let mut actions: Vec<fork_common::FlowAction> =
+        agent.orch.table().flows().map(|f| f.action).collect();
     actions.extend(
         agent
             .dp
@@ -322,7 +304,8 @@ struct Agent {
     /// Recent `ip route get` answers: destination → (interface, next hop).
     routes: RouteCache<std::net::IpAddr, (String, std::net::IpAddr)>,
     interfaces: Vec<String>,
-    table: FlowTable,
+    /// Flow table and the decisions around it (core::dataplane).
+    orch: Orchestrator,
     speech: SpeechService,
     stats: Arc<AgentStats>,
     fork_store: ForkStore,
@@ -331,7 +314,6 @@ struct Agent {
     control_stats: Arc<conn_limits::io::gate::GateStats>,
     /// When each flow was installed or adopted (CLOCK_MONOTONIC ns), for the idle timeout of
     /// flows that never saw a packet.
-    installed_ns: HashMap<SocketAddr, u64>,
     /// Status events for `subscribe`rs (`flow_removed` from here, `fork_status` from the stream
     /// service).
     events: tokio::sync::broadcast::Sender<String>,
@@ -348,11 +330,11 @@ impl Agent {
     fn try_handle(&mut self, op: Op) -> Result<Value> {
         match op {
             Op::FlowAdd { flow } => {
-                let (key, entry) = self.table.add(&flow)?;
+                let (key, entry) = self.orch.table_mut().add(&flow)?;
                 match self.install_flow(&flow, key, entry.stats_index) {
                     Ok(()) => {
                         info!(local = %flow.local, dst = %flow.dst, "flow installed in kernel");
-                        self.installed_ns.insert(flow.local, monotonic_ns());
+                        self.orch.flow_installed(flow.local, monotonic_ns());
                         // The kernel relays; the fallback catches what it hands to the stack.
                         let fallback = match self.fallback.add(
                             flow.local,
@@ -376,93 +358,48 @@ impl Agent {
                         })?)
                     }
                     Err(e) => {
-                        let _ = self.table.remove(flow.local);
+                        let _ = self.orch.table_mut().remove(flow.local);
                         Err(e)
                     }
                 }
             }
             Op::FlowDel { local } => {
-                let src = self.table.flows().find(|f| f.local == local).map(|f| f.src);
-                let key = self.table.remove(local)?;
-                self.installed_ns.remove(&local);
-                self.dp
-                    .flows
-                    .remove(&key)
+                let actions = self.orch.remove_flow(local)?;
+                self.perform_checked(actions)
                     .context("removing the flow from FLOWS")?;
-                if let Some(src) = src {
-                    self.fallback.remove(local, src);
-                }
                 Ok(Value::Null)
             }
             Op::ForkStart { fork } => {
                 // Server known, destination allowed: refused here, before any state changes.
                 self.speech.check_fork(&fork)?;
-                let (fork, updates) = self.table.start_fork(fork)?;
+                let txn = self.orch.begin_fork(fork)?;
                 // Hand the fork to the stream service before the kernel forks, so no packet
                 // arrives for an unknown stream.
-                if let Err(e) = self.speech.start_fork(&fork, false) {
-                    let _ = self.table.stop_fork(&fork.spec.call_guid);
+                if let Err(e) = self.speech.start_fork(&txn.fork, false) {
+                    let undo = self.orch.abort_fork(&txn, &[], false);
+                    self.perform(undo);
                     return Err(e);
                 }
-                let mut failed = None;
                 let mut written = Vec::new();
-                for (key, action) in &updates {
-                    match self.dp.flows.insert(key, action, 0) {
-                        Ok(()) => written.push(*key),
-                        Err(e) => {
-                            failed = Some(e);
-                            break;
-                        }
+                for (key, action) in &txn.writes {
+                    if let Err(e) = self.dp.flows.insert(key, action, 0) {
+                        // All or nothing (core::dataplane): the kernel stops forking the flows
+                        // already switched, the table forgets the fork, the server hears `stop`.
+                        let undo = self.orch.abort_fork(&txn, &written, true);
+                        self.perform(undo);
+                        return Err(anyhow::Error::new(e)
+                            .context("enabling fork in FLOWS (the fork start was rolled back)"));
                     }
+                    written.push(*key);
                 }
-                if let Some(e) = failed {
-                    // All or nothing: the kernel stops forking the flows already switched, the
-                    // table forgets the fork and the speech server is told it ended.
-                    if let Ok((_, undo)) = self.table.stop_fork(&fork.spec.call_guid) {
-                        for (key, action) in undo.iter().filter(|(k, _)| written.contains(k)) {
-                            if let Err(e) = self.dp.flows.insert(key, action, 0) {
-                                warn!(call_guid = %fork.spec.call_guid, "rollback of FLOWS failed: {e}");
-                            }
-                        }
-                    }
-                    let _ = self
-                        .speech
-                        .stop_fork(&fork.spec.call_guid, speech_proto::StopReason::Error);
-                    return Err(anyhow::Error::new(e)
-                        .context("enabling fork in FLOWS (the fork start was rolled back)"));
-                }
-                for (_, local) in &fork.streams {
-                    self.sync_fallback_fork(*local);
-                }
-                self.record_fork(&fork_journal::Entry::Start(fork.clone()));
-                let streams = fork
-                    .streams
-                    .iter()
-                    .zip(&fork.spec.streams)
-                    .map(|((id, _), s)| StartedStream {
-                        stream_id: *id,
-                        channel: s.channel,
-                    })
-                    .collect();
-                Ok(serde_json::to_value(ForkStarted { streams })?)
+                let (started, actions) = self.orch.commit_fork(&txn);
+                self.perform(actions);
+                Ok(serde_json::to_value(started)?)
             }
             Op::ForkStop { call_guid, reason } => {
-                let (fork, updates) = self.table.stop_fork(&call_guid)?;
-                for (key, action) in updates {
-                    self.dp
-                        .flows
-                        .insert(key, action, 0)
-                        .context("disabling fork in FLOWS")?;
-                }
-                for (_, local) in &fork.streams {
-                    self.sync_fallback_fork(*local);
-                }
-                if let Err(e) = self.speech.stop_fork(&fork.spec.call_guid, reason) {
-                    warn!(call_guid = %fork.spec.call_guid, "stop not sent: {e:#}");
-                }
-                self.record_fork(&fork_journal::Entry::Stop {
-                    call_guid: fork.spec.call_guid.clone(),
-                });
+                let actions = self.orch.stop_fork(&call_guid, reason)?;
+                self.perform_checked(actions)
+                    .context("disabling fork in FLOWS")?;
                 Ok(Value::Null)
             }
             // Served by the stream service or the control connection itself (see `run`).
@@ -483,15 +420,15 @@ impl Agent {
             } => {
                 let (o, ops) = self.turn.remove(client, server, number)?;
                 self.apply_turn_ops(&ops)?;
-                self.table.release_stats(o.to_peer_stats);
-                self.table.release_stats(o.to_client_stats);
+                self.orch.table_mut().release_stats(o.to_peer_stats);
+                self.orch.table_mut().release_stats(o.to_client_stats);
                 Ok(Value::Null)
             }
             Op::ShowTurn => self.show_turn(),
             Op::ShowFlows => self.show_flows(),
             Op::ShowCounters => self.show_counters(),
             Op::ShowForks => Ok(serde_json::to_value(
-                self.table.forks().collect::<Vec<_>>(),
+                self.orch.table().forks().collect::<Vec<_>>(),
             )?),
         }
     }
@@ -545,16 +482,16 @@ impl Agent {
 
     fn turn_channel_add(&mut self, spec: ChannelSpec) -> Result<Value> {
         for addr in [spec.server, spec.relay] {
-            if self.table.flows().any(|f| f.local == addr) {
+            if self.orch.table().flows().any(|f| f.local == addr) {
                 anyhow::bail!("{addr} is a media flow's address, not a TURN address");
             }
         }
         let markers = self.turn.prepare(&spec)?;
-        let to_peer_stats = self.table.reserve_stats(spec.client)?;
-        let to_client_stats = match self.table.reserve_stats(spec.client) {
+        let to_peer_stats = self.orch.table_mut().reserve_stats(spec.client)?;
+        let to_client_stats = match self.orch.table_mut().reserve_stats(spec.client) {
             Ok(s) => s,
             Err(e) => {
-                self.table.release_stats(to_peer_stats);
+                self.orch.table_mut().release_stats(to_peer_stats);
                 return Err(e.into());
             }
         };
@@ -565,8 +502,8 @@ impl Agent {
                 .turn_channels
                 .remove(&turn_offload::channel_key(&spec));
             let _ = self.dp.turn_peers.remove(&turn_offload::peer_key(&spec));
-            self.table.release_stats(to_peer_stats);
-            self.table.release_stats(to_client_stats);
+            self.orch.table_mut().release_stats(to_peer_stats);
+            self.orch.table_mut().release_stats(to_client_stats);
             return Err(e);
         }
         self.turn.commit(Offloaded {
@@ -698,7 +635,7 @@ impl Agent {
             anyhow::bail!("{} is a TURN address", flow.local);
         }
         let (ifindex, hop) = self.prepare_egress(flow.dst.ip())?;
-        let action = self.table.set_egress(flow.local, ifindex, hop)?;
+        let action = self.orch.table_mut().set_egress(flow.local, ifindex, hop)?;
         self.dp
             .flow_stats
             .set(stats_index, FlowStats::default(), 0)
@@ -768,7 +705,7 @@ impl Agent {
     fn show_flows(&self) -> Result<Value> {
         let now_ns = monotonic_ns();
         let mut out = Vec::new();
-        for f in self.table.flows() {
+        for f in self.orch.table().flows() {
             let s = self
                 .dp
                 .flow_stats
@@ -890,74 +827,101 @@ impl Agent {
     /// fork either.
     fn expire_idle(&mut self) {
         let now = monotonic_ns();
-        let activity: Vec<idle::FlowActivity> = self
-            .table
-            .flows()
-            .map(|f| idle::FlowActivity {
-                local: f.local,
-                last_seen_ns: self
-                    .dp
-                    .flow_stats
-                    .get(&f.stats_index, 0)
-                    .unwrap_or_default()
-                    .last_seen_ns,
-                installed_ns: self.installed_ns.get(&f.local).copied().unwrap_or(now),
+        let last_seen: Vec<(SocketAddr, u64)> = self
+            .orch
+            .idle_candidates()
+            .into_iter()
+            .map(|(local, slot)| {
+                let seen = self.dp.flow_stats.get(&slot, 0).unwrap_or_default();
+                (local, seen.last_seen_ns)
             })
             .collect();
         let limit = u64::try_from(self.idle_timeout.as_nanos()).unwrap_or(u64::MAX);
-        let idle = idle::idle_flows(&activity, now, limit);
-        if idle.is_empty() {
-            return;
+        let actions = self.orch.expire_idle(now, limit, &last_seen);
+        for a in &actions {
+            match a {
+                Action::Publish(Event::FlowRemoved { local, .. }) => {
+                    info!(%local, idle_secs = self.idle_timeout.as_secs(), "flow removed after idle timeout");
+                }
+                Action::StopStreams { call_guid, .. } => {
+                    info!(%call_guid, "fork stopped: all its flows idled out");
+                }
+                _ => {}
+            }
         }
-        for local in &idle {
-            let local = *local;
-            let src = self.table.flows().find(|f| f.local == local).map(|f| f.src);
-            if let Ok(key) = self.table.remove(local) {
-                let _ = self.dp.flows.remove(&key);
-                if let Some(src) = src {
+        self.perform(actions);
+    }
+
+    /// Performs the core's actions in order; map failures are logged (the table already moved
+    /// on: the next reconciliation or the idle timeout catches up).
+    fn perform(&mut self, actions: Vec<Action>) {
+        if let Err(e) = self.perform_checked(actions) {
+            warn!("{e:#}");
+        }
+    }
+
+    /// Performs every action; returns the first map failure, after trying the rest.
+    fn perform_checked(&mut self, actions: Vec<Action>) -> Result<()> {
+        let mut first = None;
+        for a in actions {
+            let r = match a {
+                Action::WriteFlow { key, action } => self
+                    .dp
+                    .flows
+                    .insert(key, action, 0)
+                    .context("writing FLOWS"),
+                Action::RemoveFlow { key } => {
+                    self.dp.flows.remove(&key).context("removing from FLOWS")
+                }
+                Action::RemoveFallback { local, src } => {
                     self.fallback.remove(local, src);
+                    Ok(())
                 }
-                self.installed_ns.remove(&local);
-                info!(%local, idle_secs = self.idle_timeout.as_secs(), "flow removed after idle timeout");
-                let ev = Event::FlowRemoved {
-                    local,
-                    reason: FlowRemovedReason::Idle,
-                };
-                // No subscriber is fine: nobody to tell.
-                let _ = self.events.send(ev.to_line());
+                Action::SyncFallback { local, action } => {
+                    self.fallback.set_action(local, &action);
+                    Ok(())
+                }
+                Action::StartStreams { fork, resumed } => {
+                    if let Err(e) = self.speech.start_fork(&fork, resumed) {
+                        warn!(call_guid = %fork.spec.call_guid, "fork not handed to the stream service: {e:#}");
+                    }
+                    Ok(())
+                }
+                Action::StopStreams { call_guid, reason } => {
+                    if let Err(e) = self.speech.stop_fork(&call_guid, reason) {
+                        warn!(%call_guid, "stop not sent: {e:#}");
+                    }
+                    Ok(())
+                }
+                Action::Journal(entry) => {
+                    self.record_fork(&entry);
+                    Ok(())
+                }
+                Action::Publish(ev) => {
+                    // No subscriber is fine: nobody to tell.
+                    let _ = self.events.send(ev.to_line());
+                    Ok(())
+                }
+            };
+            if let Err(e) = r {
+                first.get_or_insert(e);
             }
         }
-        let orphaned = idle::forks_without_flows(
-            self.table
-                .forks()
-                .map(|f| (f.spec.call_guid.as_str(), f.streams.as_slice())),
-            |l| self.table.flow(l).is_some(),
-        );
-        for guid in orphaned {
-            if let Ok((fork, _)) = self.table.stop_fork(&guid) {
-                info!(call_guid = %guid, "fork stopped: all its flows idled out");
-                if let Err(e) = self
-                    .speech
-                    .stop_fork(&fork.spec.call_guid, speech_proto::StopReason::CallEnd)
-                {
-                    warn!(call_guid = %guid, "stop not sent: {e:#}");
-                }
-                self.record_fork(&fork_journal::Entry::Stop { call_guid: guid });
-            }
-        }
+        first.map_or(Ok(()), Err)
     }
 
     /// Give the fallback relay of `local` the flow's current action (fork on or off, stream).
     fn sync_fallback_fork(&mut self, local: std::net::SocketAddr) {
-        if let Some(action) = self.table.flow(&local).map(|f| f.action) {
+        if let Some(action) = self.orch.table().flow(&local).map(|f| f.action) {
             self.fallback.set_action(local, &action);
         }
     }
 
     /// Keep the fork state file in step with the table (see io::fork_store).
     fn record_fork(&mut self, entry: &fork_journal::Entry) {
-        let live = self.table.fork_count();
-        self.fork_store.record(entry, live, self.table.forks());
+        let live = self.orch.table().fork_count();
+        self.fork_store
+            .record(entry, live, self.orch.table().forks());
     }
 }
 
