@@ -13,7 +13,6 @@ import base64
 import binascii
 import json
 import re
-import sys
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -151,17 +150,10 @@ class AudioHookSession(common.Session):
             self.messages["invalid"] += 1
             self.violation(f"text message of {len(text)} characters, over 64 KiB ({SPEC} message limits)")
             return []
-        msg, problem = common.json_object(text)
-        if msg is None:
-            self.messages["invalid"] += 1
-            self.violation(f"{problem} ({SPEC}: text messages are JSON objects)")
+        typed = self.typed_message(text, "type", f'{SPEC}: text messages are JSON objects with a "type"')
+        if typed is None:
             return []
-        kind = msg.get("type")
-        if not isinstance(kind, str):
-            self.messages["invalid"] += 1
-            self.violation(f'message without a string "type": {text[:120]} ({ref("message")})')
-            return []
-        self.messages[kind] += 1
+        msg, kind = typed
         if self.state == "closed":
             self.violation(f'"{kind}" after "close" (the close transaction ends the session, {ref("close")})')
             return []

@@ -268,6 +268,18 @@ class Session:
     def audio_ms(self) -> float:
         return max((1000.0 * t.total / t.rate for t in self.tracks.values()), default=0.0)
 
+    def typed_message(self, text: str, field: str, rule: str) -> tuple[dict, str] | None:
+        """A text frame that must be a JSON object whose string `field` names its type: counts
+        it under that name (or `invalid`), reports what is wrong citing `rule`."""
+        msg, problem = json_object(text)
+        kind = msg.get(field) if msg is not None else None
+        if msg is None or not isinstance(kind, str):
+            self.messages["invalid"] += 1
+            self.violation(f'{problem or f"message without a string {field!r}: {text[:120]}"} ({rule})')
+            return None
+        self.messages[kind] += 1
+        return msg, kind
+
     def check_expectations(self, obj: Any, what: str) -> None:
         """--expect PATH=VALUE against the dialect's metadata object."""
         for path, want in self.args.expect:

@@ -10,7 +10,6 @@ interleaved. Channels: mono -> caller, stereo -> caller (left) + callee (right),
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import common

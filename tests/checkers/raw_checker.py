@@ -79,6 +79,8 @@ def main() -> None:
     p.add_argument("--allow-text-type", action="append", default=[], metavar="TYPE",
                    help='accept JSON text frames {"type": TYPE} (e.g. KeepAlive, CloseStream)')
     args = p.parse_args()
+    if args.expect:
+        p.error("--expect checks a metadata object, which raw streams have none of; use --require-query")
     common.run("raw", args, RawSession)
 
 

@@ -288,6 +288,13 @@ class TwilioTest(CheckerCase):
         self.assertViolations(self.violation(lambda c: [c.connected(), c.start()]), [
             'conn 1: client closed the connection without a "stop" message (Twilio Media Streams "stop" message)'])
 
+    def test_not_json(self):
+        def mutate(c):
+            return [c.connected(), c.start(), "media please", c.stop()]
+        self.assertViolations(self.violation(mutate), [
+            "conn 1: text frame is not JSON (Expecting value: line 1 column 1 (char 0)) (Twilio Media Streams: "
+            'every message is a JSON object with an "event")'])
+
     def test_bad_base64(self):
         def mutate(c):
             head = [c.connected(), c.start()]

@@ -13,7 +13,6 @@ import binascii
 import hashlib
 import hmac
 import re
-import sys
 from typing import Any
 
 from websockets.http11 import Request
@@ -77,17 +76,10 @@ class TwilioSession(common.Session):
         return []
 
     def on_text(self, text: str) -> list[str]:
-        msg, problem = common.json_object(text)
-        if msg is None:
-            self.messages["invalid"] += 1
-            self.violation(f"{problem} ({SPEC}: every message is a JSON object)")
+        typed = self.typed_message(text, "event", f'{SPEC}: every message is a JSON object with an "event"')
+        if typed is None:
             return []
-        event = msg.get("event")
-        if not isinstance(event, str):
-            self.messages["invalid"] += 1
-            self.violation(f'message without a string "event": {text[:120]} ({SPEC})')
-            return []
-        self.messages[event] += 1
+        msg, event = typed
         first, self.first = self.first, False
         if self.stopped:
             self.violation(f'"{event}" after "stop" ("stop" is the last message, {ref("stop")})')
@@ -160,6 +152,12 @@ class TwilioSession(common.Session):
                 )
         self.next_seq = n + 1
 
+    def body(self, msg: dict, event: str) -> dict | None:
+        """The event's own object (`msg[event]`), once the event passed the after-start rules."""
+        if not self.after_start(msg, event):
+            return None
+        return self.obj(msg, event, event)
+
     def after_start(self, msg: dict, event: str) -> bool:
         if self.start is None:
             self.violation(f'"{event}" before "start" ({ref("start")}: start comes right after connected)')
@@ -228,9 +226,7 @@ class TwilioSession(common.Session):
         self.check_expectations(start, "start")
 
     def on_media(self, msg: dict) -> None:
-        if not self.after_start(msg, "media"):
-            return
-        media = self.obj(msg, "media", "media")
+        media = self.body(msg, "media")
         if media is None:
             return
         track = media.get("track")
@@ -272,9 +268,7 @@ class TwilioSession(common.Session):
         self.add_audio(track, 8000, common.decode("ulaw", audio))
 
     def on_dtmf(self, msg: dict) -> None:
-        if not self.after_start(msg, "dtmf"):
-            return
-        dtmf = self.obj(msg, "dtmf", "dtmf")
+        dtmf = self.body(msg, "dtmf")
         if dtmf is None:
             return
         if dtmf.get("track") != "inbound_track":
@@ -292,11 +286,8 @@ class TwilioSession(common.Session):
         self.violation(f"mark {name!r} that this server never sent (Twilio echoes the server's marks, {ref('mark')})")
 
     def on_stop(self, msg: dict) -> None:
-        if not self.after_start(msg, "stop"):
-            self.stopped = True
-            return
         self.stopped = True
-        stop = self.obj(msg, "stop", "stop")
+        stop = self.body(msg, "stop")
         if stop is None or self.start is None:
             return
         for key in ("accountSid", "callSid"):
