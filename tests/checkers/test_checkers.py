@@ -194,7 +194,8 @@ class TwilioTest(CheckerCase):
         run = self.start("--expect-tracks", "inbound,outbound", "--expect", "customParameters.FirstName=Jane",
                          "--strict-sids")
         c = TwilioClient(("inbound", "outbound"))
-        inbound, outbound = ulaw_bytes(signal_8k(800, 1)), ulaw_bytes(signal_8k(800, 2))
+        source = signal_8k(1200, 1)
+        inbound, outbound = ulaw_bytes(source[200:1000]), ulaw_bytes(signal_8k(800, 2))
         msgs = self.conversation(c, {"inbound": inbound, "outbound": outbound}) + [c.dtmf(), c.stop()]
         drive(send_all(run.url + "/media", msgs))
         report = run.report()
@@ -205,6 +206,13 @@ class TwilioTest(CheckerCase):
         rate, channels, samples = common.read_wav(run.wav_dir / "c1-outbound.wav")
         self.assertEqual((rate, channels), (8000, 1))
         self.assertEqual(list(samples), [common.ULAW_TABLE[b] for b in outbound])
+        # What the e2e tests do with a WAV: find it, sample-exact, inside the linear source.
+        src = run.wav_dir / "source.wav"
+        common.write_wav(src, 8000, array.array("h", source))
+        compare = subprocess.run([sys.executable, str(HERE / "compare.py"), str(run.wav_dir / "c1-inbound.wav"),
+                                  str(src), "--quantize", "ulaw"], capture_output=True, text=True, timeout=60)
+        self.assertEqual(compare.returncode, 0, compare.stderr)
+        self.assertIn("exact match: 800 samples equal at lag 200", compare.stdout)
 
     def violation(self, mutate, *args: str) -> dict:
         run = self.start(*args)
