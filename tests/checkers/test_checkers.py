@@ -172,12 +172,12 @@ class TwilioClient:
                 "stop": {"accountSid": SID["accountSid"], "callSid": SID["callSid"]}, "streamSid": SID["streamSid"]}
 
 
-async def send_all(url: str, messages: list, **kw) -> list:
-    received = []
+async def send_all(url: str, messages: list, **kw) -> str | None:
+    """Sends each message (dicts as JSON), closes; returns the negotiated subprotocol."""
     async with connect(url, **kw) as ws:
         for m in messages:
             await ws.send(m if isinstance(m, (bytes, str)) else json.dumps(m))
-    return received
+        return ws.subprotocol
 
 
 class TwilioTest(CheckerCase):
@@ -677,7 +677,7 @@ class JambonzTest(CheckerCase):
         pcm = interleave(l16_bytes(caller), l16_bytes(callee), width=2)
         frames = [json.dumps(metadata())] + [pcm[i:i + 1280] for i in range(0, len(pcm), 1280)]
         auth = "Basic " + base64.b64encode(b"user:pw").decode()
-        self.stream(run, frames, additional_headers={"Authorization": auth})
+        self.assertEqual(self.stream(run, frames, additional_headers={"Authorization": auth}), "audio.jambonz.org")
         report = run.report()
         self.assertViolations(report, [])
         self.assertEqual(report["tracks"], {"caller": {"samples": 3200, "rate": 16000},
