@@ -3,8 +3,9 @@
 //! Inputs: rustup (the `nightly` toolchain), the user cache `${XDG_CACHE_HOME:-$HOME/.cache}/xdpfork`,
 //! dpkg's database, `/proc/mounts` and `/proc/self/status` (are we root?).
 //! Outputs: nightly with `rust-src` (for `-Z build-std=core`), a bpf-linker built against the nightly's
-//! own libLLVM (cache layout below), the Debian packages in [`DEBIAN_PACKAGES`], the services in
-//! [`SERVICES_OFF`] stopped, and a bpf filesystem on `/sys/fs/bpf`.
+//! own libLLVM (cache layout below), the Debian packages in [`DEBIAN_PACKAGES`], the PyPI packages in
+//! [`PYTHON_PACKAGES`] in the machine's `python3`, the services in [`SERVICES_OFF`] stopped, and a
+//! bpf filesystem on `/sys/fs/bpf`.
 //!
 //! Call order: every xtask command first calls [`ensure_ready`]. It runs the fast probe [`missing`]
 //! (a few process spawns, well under a second) and only falls through to the full [`setup`] when
@@ -16,6 +17,7 @@
 //! $CACHE/llvm/lib/libLLVM.so            -> <nightly sysroot>/lib/libLLVM.so.<ver>-rust-<ver>-nightly
 //! $CACHE/llvm/lib/libLLVM.so.<ver>-...  -> same file (the soname, so bpf-linker runs outside rustup)
 //! $CACHE/bpf-linker/bin/bpf-linker      (cargo install --root $CACHE/bpf-linker; RUNPATH = $CACHE/llvm/lib)
+//! $CACHE/pip/                           (pip's download and wheel cache for PYTHON_PACKAGES)
 //! ```
 
 use std::ffi::OsString;
@@ -79,6 +81,21 @@ pub(crate) const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ),
 ];
 
+/// PyPI packages (name, pinned version, reason) that the speech-server checkers in
+/// `tests/checkers/` need in the machine's `python3`. Add a line when a checker needs another.
+pub(crate) const PYTHON_PACKAGES: &[(&str, &str, &str)] = &[
+    (
+        "websockets",
+        "17.4",
+        "the WebSocket server of every speech-server checker",
+    ),
+    (
+        "numpy",
+        "2.4.6",
+        "alignment search and correlation in tests/checkers/compare.py",
+    ),
+];
+
 /// bpf-linker release built from crates.io; 0.13.0 has features `llvm-21`, `llvm-22`, `llvm-23`.
 pub(crate) const BPF_LINKER_VERSION: &str = "0.13.0";
 /// LLVM majors bpf-linker [`BPF_LINKER_VERSION`] can be built against (its `llvm-N` features).
@@ -126,6 +143,8 @@ pub(crate) enum Missing {
     BpfLinker(PathBuf),
     /// Debian packages that dpkg does not report as installed.
     Packages(Vec<&'static str>),
+    /// [`PYTHON_PACKAGES`] that `python3` lacks or has at another version (`name==version`).
+    PythonPackages(Vec<String>),
     /// `/sys/fs/bpf` is not a bpf filesystem.
     Bpffs,
 }
@@ -150,6 +169,12 @@ impl fmt::Display for Missing {
             Missing::Packages(p) => write!(
                 f,
                 "Debian packages {} (apt-get install {})",
+                p.join(" "),
+                p.join(" ")
+            ),
+            Missing::PythonPackages(p) => write!(
+                f,
+                "PyPI packages {} (python3 -m pip install {})",
                 p.join(" "),
                 p.join(" ")
             ),
@@ -191,6 +216,10 @@ pub(crate) fn missing() -> Result<Vec<Missing>> {
     if !packages.is_empty() {
         missing.push(Missing::Packages(packages));
     }
+    let python = missing_python_packages();
+    if !python.is_empty() {
+        missing.push(Missing::PythonPackages(python));
+    }
     if !bpffs_mounted(&read_proc_mounts()?) {
         missing.push(Missing::Bpffs);
     }
@@ -206,6 +235,7 @@ pub(crate) fn setup() -> Result<()> {
     step_llvm_link(&nightly, &cache)?;
     step_bpf_linker(&nightly, &cache)?;
     step_packages()?;
+    step_python_packages(&cache)?;
     step_services_off();
     step_bpffs()?;
     step_check_kernel()?;
@@ -443,6 +473,78 @@ fn step_packages() -> Result<()> {
     Ok(())
 }
 
+/// Installs the [`PYTHON_PACKAGES`] that `python3` lacks, at their pinned versions, with pip's
+/// cache under ours so a reinstall after a Python upgrade downloads nothing.
+fn step_python_packages(cache: &Cache) -> Result<()> {
+    let missing = missing_python_packages();
+    if missing.is_empty() {
+        println!(
+            "setup: python packages ... ok (all {} present)",
+            PYTHON_PACKAGES.len()
+        );
+        return Ok(());
+    }
+    println!(
+        "setup: python packages ... missing {}, installing with pip",
+        missing.join(" ")
+    );
+    run_checked(
+        Command::new("python3")
+            .args(["-m", "pip", "install", "--disable-pip-version-check"])
+            .arg("--cache-dir")
+            .arg(cache.pip())
+            .args(&missing),
+        "pip install",
+        "see pip's output above; python3 needs pip (`python3 -m ensurepip`) and PyPI must be \
+         reachable",
+    )?;
+    let still = missing_python_packages();
+    if !still.is_empty() {
+        bail!(
+            "pip succeeded but python3 still lacks {}: is `python3` the interpreter pip \
+             installed into (`python3 -m pip --version`)?",
+            still.join(" ")
+        );
+    }
+    println!(
+        "setup: python packages ... ok (installed {})",
+        missing.join(" ")
+    );
+    Ok(())
+}
+
+/// [`PYTHON_PACKAGES`] that `python3` does not have at the pinned version, as `name==version`.
+/// A `python3` that does not run lacks them all (the pip step then says why).
+fn missing_python_packages() -> Vec<String> {
+    // importlib.metadata reads the installed distributions without importing them (fast).
+    const PROBE: &str = "import importlib.metadata as m, sys\n\
+        for n in sys.argv[1:]:\n\
+        \x20   try: print(n, m.version(n))\n\
+        \x20   except m.PackageNotFoundError: print(n, '-')\n";
+    let out = Command::new("python3")
+        .args(["-c", PROBE])
+        .args(PYTHON_PACKAGES.iter().map(|(name, _, _)| *name))
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    parse_python_missing(&out, PYTHON_PACKAGES)
+}
+
+/// Given `<name> <version or ->` lines, the `name==version` pins not installed as pinned.
+fn parse_python_missing(output: &str, wanted: &[(&str, &str, &str)]) -> Vec<String> {
+    wanted
+        .iter()
+        .filter(|(name, version, _)| {
+            !output.lines().any(|line| {
+                let mut cols = line.split_whitespace();
+                cols.next() == Some(*name) && cols.next() == Some(*version)
+            })
+        })
+        .map(|(name, version, _)| format!("{name}=={version}"))
+        .collect()
+}
+
 /// System services that Debian starts on install but xdpfork never uses, with the reason they
 /// must stay off. Add a line when a package you add to [`DEBIAN_PACKAGES`] starts a daemon.
 pub(crate) const SERVICES_OFF: &[(&str, &str)] = &[(
@@ -643,6 +745,11 @@ impl Cache {
     pub(crate) fn linker_bin(&self) -> PathBuf {
         self.linker_root().join("bin/bpf-linker")
     }
+
+    /// `pip install --cache-dir` for [`PYTHON_PACKAGES`].
+    fn pip(&self) -> PathBuf {
+        self.root.join("pip")
+    }
 }
 
 /// Same rule as the shell's `${XDG_CACHE_HOME:-$HOME/.cache}/xdpfork` (empty counts as unset).
@@ -812,6 +919,25 @@ mod tests {
     }
 
     #[test]
+    fn python_packages_need_the_pinned_version() {
+        let wanted = [
+            ("websockets", "17.4", ""),
+            ("numpy", "2.4.6", ""),
+            ("x", "1", ""),
+        ];
+        let out = "websockets 17.4\nnumpy 2.4.5\nx -\n";
+        assert_eq!(
+            parse_python_missing(out, &wanted),
+            vec!["numpy==2.4.6", "x==1"]
+        );
+        assert_eq!(
+            parse_python_missing("", &wanted[..1]),
+            vec!["websockets==17.4"]
+        );
+        assert!(parse_python_missing("websockets 17.4\n", &wanted[..1]).is_empty());
+    }
+
+    #[test]
     fn bpffs_detected_only_on_sys_fs_bpf_with_bpf_type() {
         let mounted = "sysfs /sys sysfs rw,nosuid 0 0\nbpf /sys/fs/bpf bpf rw,relatime 0 0\n";
         assert!(bpffs_mounted(mounted));
@@ -859,5 +985,10 @@ mod tests {
         assert!(Missing::RustSrc
             .to_string()
             .contains("rustup component add rust-src"));
+        let text = Missing::PythonPackages(vec!["websockets==17.4".into()]).to_string();
+        assert!(
+            text.contains("python3 -m pip install websockets==17.4"),
+            "{text}"
+        );
     }
 }

@@ -100,10 +100,41 @@ pub(crate) struct Args {
     test_args: Vec<String>,
 }
 
-/// One step of the gate: a name for the summary, the cargo arguments and extra environment.
+/// What a stage runs, in the workspace root.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+enum Program {
+    /// The cargo that runs xtask.
+    Cargo,
+    /// The machine's `python3` (with setup's [`setup::PYTHON_PACKAGES`]).
+    Python3,
+}
+
+impl Program {
+    fn command(self) -> Command {
+        match self {
+            Program::Cargo => cargo(),
+            Program::Python3 => {
+                let mut cmd = Command::new("python3");
+                cmd.current_dir(workspace_root());
+                cmd
+            }
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Program::Cargo => "cargo",
+            Program::Python3 => "python3",
+        }
+    }
+}
+
+/// One step of the gate: a name for the summary, the program and its arguments, and extra
+/// environment.
 #[derive(Debug, PartialEq, Eq)]
 struct Stage {
     name: &'static str,
+    program: Program,
     args: Vec<String>,
     needs_root: bool,
     env: Vec<(&'static str, &'static str)>,
@@ -145,6 +176,7 @@ fn stages(test_args: &[String]) -> Vec<Stage> {
     vec![
         Stage {
             name: "fmt",
+            program: Program::Cargo,
             args: words("fmt --all -- --check"),
             needs_root: false,
             env: Vec::new(),
@@ -152,6 +184,7 @@ fn stages(test_args: &[String]) -> Vec<Stage> {
         // Default members (no --workspace: that would add the BPF-only fork-ebpf crate).
         Stage {
             name: "clippy",
+            program: Program::Cargo,
             args: words("clippy --all-targets -- -D warnings"),
             needs_root: false,
             env: Vec::new(),
@@ -159,6 +192,7 @@ fn stages(test_args: &[String]) -> Vec<Stage> {
         // The root-only tests crate is not a default member: lint it explicitly.
         Stage {
             name: "clippy tests",
+            program: Program::Cargo,
             args: words("clippy -p xdpfork-tests --all-targets -- -D warnings"),
             needs_root: false,
             env: Vec::new(),
@@ -168,31 +202,45 @@ fn stages(test_args: &[String]) -> Vec<Stage> {
         // dependencies are not checked a second time.
         Stage {
             name: "clippy fuzz",
+            program: Program::Cargo,
             args: fuzz_clippy_args(),
             needs_root: false,
             env: Vec::new(),
         },
         Stage {
             name: "unit tests",
+            program: Program::Cargo,
             args: with_args(words("test --")),
+            needs_root: false,
+            env: Vec::new(),
+        },
+        // The strict speech-server checkers (tests/checkers/README.md) prove on their own that
+        // they catch violations; the e2e tests then trust them. Seconds, no filter applies.
+        Stage {
+            name: "speech checkers",
+            program: Program::Python3,
+            args: words("-m unittest discover -s tests/checkers -t tests/checkers"),
             needs_root: false,
             env: Vec::new(),
         },
         // The privileged tests run the agents' binaries from the target dir: build them all.
         Stage {
             name: "build",
+            program: Program::Cargo,
             args: words("build"),
             needs_root: false,
             env: Vec::new(),
         },
         Stage {
             name: "privileged tests",
+            program: Program::Cargo,
             args: with_args(words("test -p xdpfork-tests -- --test-threads=1")),
             needs_root: true,
             env: Vec::new(),
         },
         Stage {
             name: "headroom path",
+            program: Program::Cargo,
             args: headroom,
             needs_root: true,
             env: vec![("XDPFORK_FORK_PATH", "headroom")],
@@ -233,9 +281,10 @@ pub(crate) fn run(args: Args) -> Result<()> {
     for (i, stage) in stages.iter().enumerate() {
         let env_words: String = stage.env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
         println!(
-            "==> xtask test [{}/{total}] {}: {env_words}cargo {}",
+            "==> xtask test [{}/{total}] {}: {env_words}{} {}",
             i + 1,
             stage.name,
+            stage.program.name(),
             stage.args.join(" ")
         );
         if stage.needs_root && !setup::is_root()? {
@@ -248,7 +297,9 @@ pub(crate) fn run(args: Args) -> Result<()> {
         }
         let started = crate::now();
         let ok = run_stage(
-            cargo()
+            stage
+                .program
+                .command()
                 .args(&stage.args)
                 .envs(env.iter().copied())
                 .envs(stage.env.iter().copied()),
@@ -263,7 +314,11 @@ pub(crate) fn run(args: Args) -> Result<()> {
         done.push((stage.name, took, ok));
         if !ok {
             print_summary(&done);
-            bail!("stage `{}` failed: see cargo's output above", stage.name);
+            bail!(
+                "stage `{}` failed: see {}'s output above",
+                stage.name,
+                stage.program.name()
+            );
         }
     }
     print_summary(&done);
@@ -335,6 +390,7 @@ mod tests {
                 "clippy tests",
                 "clippy fuzz",
                 "unit tests",
+                "speech checkers",
                 "build",
                 "privileged tests",
                 "headroom path"
@@ -347,17 +403,23 @@ mod tests {
             .join(" ")
             .starts_with("clippy --manifest-path fuzz/Cargo.toml --all-targets"));
         assert_eq!(s[4].args.join(" "), "test -- turn_refresh");
-        assert_eq!(s[5].args.join(" "), "build");
+        assert_eq!(s[5].program, Program::Python3);
         assert_eq!(
-            s[6].args.join(" "),
-            "test -p xdpfork-tests -- --test-threads=1 turn_refresh"
+            s[5].args.join(" "),
+            "-m unittest discover -s tests/checkers -t tests/checkers"
         );
-        assert!(s[6].needs_root && !s[4].needs_root);
+        assert!(s.iter().filter(|st| st.program == Program::Python3).count() == 1);
+        assert_eq!(s[6].args.join(" "), "build");
         assert_eq!(
             s[7].args.join(" "),
+            "test -p xdpfork-tests -- --test-threads=1 turn_refresh"
+        );
+        assert!(s[7].needs_root && !s[4].needs_root);
+        assert_eq!(
+            s[8].args.join(" "),
             "test -p xdpfork-tests --test e2e -- --test-threads=1 turn_refresh"
         );
-        assert_eq!(s[7].env, [("XDPFORK_FORK_PATH", "headroom")]);
+        assert_eq!(s[8].env, [("XDPFORK_FORK_PATH", "headroom")]);
     }
 
     #[test]
