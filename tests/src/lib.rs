@@ -595,6 +595,9 @@ pub fn recv_all(sock: &UdpSocket, n: usize, quiet: Duration) -> Result<Vec<Vec<u
 
 /// Addresses of the standard scenario: caller media arrives at `A_LOCAL` and leaves towards the
 /// callee from `B_LOCAL`; the reverse flow mirrors it.
+/// The speech dialects, their checkers and WAV matching (e2e tests and the demo).
+pub mod dialects;
+
 pub mod addrs {
     pub const CALLER_RTP: &str = "10.77.1.2:40000";
     pub const CALLEE_RTP: &str = "10.77.2.2:40000";

@@ -1,6 +1,7 @@
 //! `cargo xtask demo [OUT_DIR]`: the main job, end to end, on this host.
 //!
-//! Input: where to leave the WAV files (default `target/demo`). Output: the demo's report (counts
+//! Input: where to leave the WAV files (default `target/demo`) and `--profile` (the speech
+//! dialect, default xdpfork). Output: the demo's report (counts
 //! at each stage and the WAV paths). Call order: [`setup::ensure_ready`], build the agents, the
 //! speech server and the demo driver, check root, then run `xdpfork-demo` (tests/src/bin), which
 //! builds its own network namespaces and removes them when it ends.
@@ -15,6 +16,10 @@ pub(crate) struct Args {
     /// Directory for the recorded WAV files.
     #[arg(default_value = "target/demo")]
     out_dir: String,
+    /// Speech dialect: xdpfork (default), twilio, audiohook, jambonz or raw; the others stream
+    /// to that dialect's strict checker (tests/checkers) and print what it received.
+    #[arg(long, default_value = "xdpfork")]
+    profile: String,
 }
 
 /// Entry point of `cargo xtask demo`.
@@ -37,6 +42,7 @@ pub(crate) fn run(args: Args) -> Result<()> {
     setup::run_checked(
         std::process::Command::new(exe)
             .arg(&args.out_dir)
+            .args(["--profile", &args.profile])
             .current_dir(&root),
         "the demo",
         "its output above names the stage that failed",

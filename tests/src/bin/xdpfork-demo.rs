@@ -4,6 +4,10 @@
 //! two media directions in the kernel, forks both parties, and streams a few seconds of real
 //! speech (espeak-ng, converted to G.711 with sox) from the caller and the callee. Prints where
 //! the WAV files landed and the counters of each stage.
+//!
+//! `--profile twilio|audiohook|jambonz|raw` forks to a server of that dialect instead: the
+//! independent checker of tests/checkers, which judges every message and decodes the audio; the
+//! demo prints what it received and matches the decoded audio with what was played.
 
 // A driver that paces real-time audio: it reads the clock by design.
 #![allow(clippy::disallowed_methods)]
@@ -27,6 +31,10 @@ struct Args {
     /// Where to leave the source and recorded WAV files.
     #[arg(default_value = "target/demo")]
     out_dir: PathBuf,
+    /// The speech dialect: xdpfork (our own speech-server), twilio, audiohook, jambonz or raw
+    /// (a strict checker of that dialect plays the server).
+    #[arg(long, default_value = "xdpfork")]
+    profile: String,
 }
 
 const CALLER_TEXT: &str = "Hello, this is the caller. I would like to check the status of my order, number four two seven.";
@@ -75,7 +83,18 @@ fn stream(tx: UdpSocket, to: SocketAddr, pt: u8, ssrc: u32, audio: Vec<u8>) -> R
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    match run(&args.out_dir) {
+    let result = if args.profile == "xdpfork" {
+        run(&args.out_dir)
+    } else {
+        match xdpfork_tests::dialects::by_name(&args.profile) {
+            Some(d) => run_dialect(&args.out_dir, d),
+            None => Err(anyhow::anyhow!(
+                "--profile {:?}: expected xdpfork, twilio, audiohook, jambonz or raw",
+                args.profile
+            )),
+        }
+    };
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // The daemons' log tails are part of the error chain (docs/operations.md).
@@ -227,5 +246,95 @@ fn run(out: &Path) -> Result<()> {
         s.topo.log_tail("speech-server", 20)
     );
     println!("\nxdpfork demo: ok");
+    Ok(())
+}
+
+/// The demo call forked to a checker of dialect `d`.
+fn run_dialect(out: &Path, d: xdpfork_tests::dialects::Dialect) -> Result<()> {
+    use xdpfork_tests::dialects::{compare, write_ulaw_as_wav};
+    std::fs::create_dir_all(out)?;
+    let out = out.canonicalize()?;
+    println!(
+        "xdpfork demo: caller ⇄ [XDP relay + fork] ⇄ callee, forked to a {} server (tests/checkers/{}_checker.py)",
+        d.profile, d.profile
+    );
+    let caller_audio = tts(CALLER_TEXT, "en-us", &out, "caller-source", "u-law")?;
+    let callee_audio = tts(CALLEE_TEXT, "en-gb", &out, "callee-source", "u-law")?;
+
+    let mut topo = xdpfork_tests::Topology::new()?;
+    let checker = d.spawn_checker(&mut topo, "checker", SPEECH_WS, &out, &[])?;
+    let socket = topo.dir.join("fork-agent.sock");
+    let config = topo.dir.join("fork-agent.toml");
+    let mut cfg =
+        Scenario::fork_agent_config(&topo.pin_dir, &socket, &topo.dir.join("state"), SPEECH_WS);
+    cfg.push_str(&d.server_toml());
+    std::fs::write(&config, cfg)?;
+    let mut s = Scenario {
+        topo,
+        socket,
+        config,
+        speech_out: PathBuf::new(),
+        summary: PathBuf::new(),
+    };
+    s.start_agent()?;
+    s.add_call_flows(false)?;
+    s.start_fork("demo-call-0001", A_LOCAL, B_LOCAL)?;
+    println!("  fork-agent up, speaking {} to {SPEECH_WS}", d.profile);
+
+    let caller_tx = s.topo.udp_socket(Host::Caller, CALLER_RTP.parse()?)?;
+    let callee_tx = s.topo.udp_socket(Host::Callee, CALLEE_RTP.parse()?)?;
+    let (a, b): (SocketAddr, SocketAddr) = (A_LOCAL.parse()?, B_LOCAL.parse()?);
+    let (caller_src, callee_src) = (caller_audio.clone(), callee_audio.clone());
+    let t1 = std::thread::spawn(move || stream(caller_tx, a, 0, 0x1111, caller_audio));
+    let t2 = std::thread::spawn(move || stream(callee_tx, b, 0, 0x2222, callee_audio));
+    let sent_a = t1
+        .join()
+        .map_err(|_| anyhow::anyhow!("caller thread panicked"))??;
+    let sent_b = t2
+        .join()
+        .map_err(|_| anyhow::anyhow!("callee thread panicked"))??;
+    std::thread::sleep(Duration::from_millis(300));
+    s.ctl(serde_json::json!({"v":1,"op":"fork_stop","call_guid":"demo-call-0001"}))?;
+    checker.wait_closed(Duration::from_secs(10))?;
+    s.topo
+        .signal("checker", nix::sys::signal::Signal::SIGTERM)?;
+    let r = checker.read_report();
+
+    println!("\n  parties sent {sent_a} + {sent_b} packets of 20 ms");
+    println!("  the {} server received:", d.profile);
+    println!("    upgrade:  {}", r["upgrade"]);
+    println!("    messages: {}", r["messages"]);
+    println!("    tracks:   {}", r["tracks"]);
+    let violations = r["violations"].as_array().cloned().unwrap_or_default();
+    for v in &violations {
+        println!("    VIOLATION {v}");
+    }
+    let mut faithful = true;
+    for (track, sent, name) in [
+        (d.tracks[0], &caller_src, "caller"),
+        (d.tracks[1], &callee_src, "callee"),
+    ] {
+        let source = out.join(format!("{name}-source-pcm.wav"));
+        write_ulaw_as_wav(&source, sent)?;
+        let decoded = checker.wav(1, track);
+        match compare(d.rate, &decoded, &source) {
+            Ok(how) => println!("    {track:<9} {} → {how}", decoded.display()),
+            Err(e) => {
+                faithful = false;
+                println!("    {track:<9} {e:#}");
+            }
+        }
+    }
+    ensure!(
+        violations.is_empty() && r["ok"] == true,
+        "the {} checker found violations; its log:\n{}",
+        d.profile,
+        s.topo.log_tail("checker", 20)
+    );
+    ensure!(
+        faithful,
+        "the decoded audio does not match the audio played"
+    );
+    println!("\nxdpfork demo ({}): ok", d.profile);
     Ok(())
 }
