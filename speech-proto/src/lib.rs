@@ -13,7 +13,11 @@
 //!   [`Validator::handle_binary`], in arrival order; it returns the event or the [`Violation`].
 //! - [`check_server_text`] is the client-side check of what a server sends: only `error`
 //!   messages; any other frame is a [`ServerViolation`].
-//! - [`ulaw_to_linear`] / [`alaw_to_linear`] decode G.711 samples (ITU-T G.711 tables).
+//! - [`ulaw_to_linear`] / [`alaw_to_linear`] decode G.711 samples (ITU-T G.711 tables),
+//!   [`linear_to_ulaw`] / [`linear_to_alaw`] encode them, [`alaw_to_ulaw`] / [`ulaw_to_alaw`]
+//!   transcode; [`Upsampler`] resamples 8 kHz to 16 kHz.
+//! - [`profile`]: the other dialects a speech server may speak (Twilio Media Streams, Genesys
+//!   AudioHook, jambonz, raw binary audio) and [`Dialect`], the per-connection translator.
 //!
 //! Sans-IO: no sockets, no clock, no tasks; every function is deterministic.
 #![forbid(unsafe_code)]
@@ -21,6 +25,7 @@
 mod audio;
 mod control;
 mod g711;
+mod pcm;
 pub mod profile;
 mod seq;
 mod server_msg;
@@ -33,7 +38,10 @@ pub use control::{
     Channel, Codec, Control, Dtmf, ErrorMsg, Pause, PauseReason, Resume, Start, Stop, StopReason,
     Update,
 };
-pub use g711::{alaw_to_linear, ulaw_to_linear};
+pub use g711::{
+    alaw_to_linear, alaw_to_ulaw, linear_to_alaw, linear_to_ulaw, ulaw_to_alaw, ulaw_to_linear,
+};
+pub use pcm::{write_l16le, Upsampler, HALF_BAND, UPSAMPLER_DELAY};
 pub use profile::{
     AuthScheme, Dialect, Profile, ProfileConfig, ProfileConfigError, ServerSignal, UnknownProfile,
     Upgrade, UpgradeInfo, WireFrame,

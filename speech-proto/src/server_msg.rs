@@ -28,7 +28,8 @@ pub enum ServerViolation {
     /// A text frame that is not one JSON object with a string `type` naming a message of this
     /// protocol, or an `error` without its `code` and `message` strings.
     MalformedText,
-    /// A well-formed message that only the client sends (`start`, `pause`, ...).
+    /// A well-formed message that only the client sends (`start`, `pause`, ...; in the other
+    /// dialects, their client-only messages such as Twilio `start` or AudioHook `open`).
     UnexpectedMessage,
     /// A message or frame longer than [`MAX_SERVER_MESSAGE`].
     TooLarge,
@@ -39,17 +40,32 @@ pub enum ServerViolation {
     /// fragmented or oversized control frame, a stray continuation, text that is not UTF-8
     /// (RFC 6455 §5).
     BadFrame,
+    /// A message whose sequence number is not the next one, or that acknowledges a client
+    /// message never sent (AudioHook `seq` / `clientseq`).
+    SequenceError,
+    /// A message for another session or stream (AudioHook `id`, Twilio `streamSid`).
+    WrongSession,
+    /// A message the session's state does not allow (a second `opened`, a `pong` without a
+    /// `ping`, a `closed` before `close`, anything before the session was announced).
+    UnexpectedState,
+    /// A known message with parameters the client cannot accept (AudioHook `opened` selecting
+    /// media that was not offered, a `disconnect` without a valid reason).
+    BadParameters,
 }
 
 impl ServerViolation {
     /// Every kind, in display order.
-    pub const ALL: [ServerViolation; 6] = [
+    pub const ALL: [ServerViolation; 10] = [
         ServerViolation::BinaryFrame,
         ServerViolation::MalformedText,
         ServerViolation::UnexpectedMessage,
         ServerViolation::TooLarge,
         ServerViolation::BadClose,
         ServerViolation::BadFrame,
+        ServerViolation::SequenceError,
+        ServerViolation::WrongSession,
+        ServerViolation::UnexpectedState,
+        ServerViolation::BadParameters,
     ];
 
     /// Stable name for counters, metrics and logs.
@@ -61,6 +77,10 @@ impl ServerViolation {
             ServerViolation::TooLarge => "too_large",
             ServerViolation::BadClose => "bad_close",
             ServerViolation::BadFrame => "bad_frame",
+            ServerViolation::SequenceError => "sequence_error",
+            ServerViolation::WrongSession => "wrong_session",
+            ServerViolation::UnexpectedState => "unexpected_state",
+            ServerViolation::BadParameters => "bad_parameters",
         }
     }
 
@@ -84,6 +104,10 @@ impl std::fmt::Display for ServerViolation {
             ServerViolation::TooLarge => "message too large",
             ServerViolation::BadClose => "invalid close frame",
             ServerViolation::BadFrame => "invalid WebSocket frame",
+            ServerViolation::SequenceError => "message out of sequence",
+            ServerViolation::WrongSession => "message for another session or stream",
+            ServerViolation::UnexpectedState => "message not allowed in the session's state",
+            ServerViolation::BadParameters => "message parameters the client cannot accept",
         })
     }
 }
@@ -186,9 +210,14 @@ mod tests {
                 "unexpected_message",
                 "too_large",
                 "bad_close",
-                "bad_frame"
+                "bad_frame",
+                "sequence_error",
+                "wrong_session",
+                "unexpected_state",
+                "bad_parameters"
             ]
         );
+        assert_eq!(ServerViolation::SequenceError.close_code(), 1002);
         assert_eq!(ServerViolation::BinaryFrame.close_code(), 1003);
         assert_eq!(ServerViolation::TooLarge.close_code(), 1009);
         assert_eq!(ServerViolation::BadClose.close_code(), 1002);

@@ -17,15 +17,37 @@
 //! [`Dialect::poll_timeout`] is due, and [`Dialect::on_local_close`] before a local close.
 //! Outputs: [`WireFrame`]s appended to the caller's vector, and a [`ServerSignal`] per server
 //! frame. No sockets, no clock (every input takes `now`), no randomness (ids come in
-//! [`UpgradeInfo`]).
+//! [`UpgradeInfo`]). What a dialect could not send is counted in [`DialectStats`].
+//!
+//! One module per dialect: `twilio`, `audiohook`, `jambonz`, `raw`; shared pieces: `call` (the
+//! one call of a connection), `media` (binary audio: transcoding, stereo alignment, mixing,
+//! resampling), `ids` (derived identifiers), `signature` (AudioHook's HTTP signature).
 
 use std::fmt;
 use std::str::FromStr;
 use std::time::Instant;
 
+use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-use crate::{check_server_text, Control, ErrorMsg, ServerViolation, SUBPROTOCOL};
+use crate::{
+    check_server_text, Control, ErrorMsg, ServerViolation, MAX_SERVER_MESSAGE, SUBPROTOCOL,
+};
+
+mod audiohook;
+mod call;
+mod config;
+mod ids;
+mod jambonz;
+mod media;
+mod raw;
+mod signature;
+mod twilio;
+
+pub use config::{
+    AudioEncoding, AudioFormat, AuthScheme, Layout, ProfileConfig, ProfileConfigError,
+    DEFAULT_ACCOUNT_SID, DEFAULT_PING_INTERVAL_MS, NIL_UUID,
+};
 
 /// A WebSocket dialect spoken to a speech server.
 #[derive(
@@ -74,6 +96,23 @@ impl Profile {
     /// other dialect names one call per socket.
     pub fn multiplexes_calls(self) -> bool {
         matches!(self, Profile::Xdpfork)
+    }
+
+    /// Longest message (and frame) a server of this profile may send; the shell's WebSocket
+    /// reader should enforce it (a longer one is [`ServerViolation::TooLarge`]).
+    ///
+    /// xdpfork: [`MAX_SERVER_MESSAGE`] (an `error` is a sentence). AudioHook: 64 KiB − 1, the
+    /// limit both ends of the reference implementation apply. Twilio: 256 KiB, since a
+    /// bidirectional server sends base64 µ-law in `media` (≈ 10.7 KB per second of audio).
+    /// jambonz: 1 MiB, since `playAudio` carries a whole base64 clip. raw: 64 KiB of
+    /// transcripts.
+    pub fn max_server_message(self) -> usize {
+        match self {
+            Profile::Xdpfork => MAX_SERVER_MESSAGE,
+            Profile::Audiohook | Profile::Raw => 65_535,
+            Profile::Twilio => 256 * 1024,
+            Profile::Jambonz => 1024 * 1024,
+        }
     }
 }
 
@@ -128,74 +167,6 @@ impl WireFrame {
     }
 }
 
-/// How the token of a destination is presented in the HTTP upgrade.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum AuthScheme {
-    /// `Authorization: Bearer <token>` (RFC 6750 §2.1).
-    #[default]
-    Bearer,
-    /// `Authorization: Token <token>` (Deepgram-style ASR services).
-    Token,
-    /// The token as the whole value of this header (e.g. `X-API-KEY`).
-    Header(String),
-}
-
-/// Per-destination dialect settings (`[[speech_server]]` in fork-agent's config).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProfileConfig {
-    /// The dialect.
-    #[serde(default)]
-    pub profile: Profile,
-    /// How a token is presented.
-    #[serde(default)]
-    pub auth: AuthScheme,
-    /// Extra headers sent with every upgrade request (name, value).
-    #[serde(default)]
-    pub headers: Vec<(String, String)>,
-}
-
-/// A setting a profile cannot work with; the message names the field.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {reason}")]
-pub struct ProfileConfigError {
-    /// The offending field, as written in the config.
-    pub field: String,
-    /// What is wrong and what is expected.
-    pub reason: String,
-}
-
-impl ProfileConfig {
-    /// Checks every setting; the error names the field.
-    pub fn validate(&self) -> Result<(), ProfileConfigError> {
-        for (i, (name, value)) in self.headers.iter().enumerate() {
-            let token_char = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
-            if name.is_empty() || !name.chars().all(token_char) {
-                return Err(ProfileConfigError {
-                    field: format!("headers[{i}]"),
-                    reason: format!("{name:?} is not an HTTP header name (RFC 9110 §5.1)"),
-                });
-            }
-            if value.chars().any(|c| c.is_control() || !c.is_ascii()) {
-                return Err(ProfileConfigError {
-                    field: format!("headers[{i}]"),
-                    reason: "value must be printable ASCII".into(),
-                });
-            }
-        }
-        if let AuthScheme::Header(h) = &self.auth {
-            if h.is_empty() || !h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-                return Err(ProfileConfigError {
-                    field: "auth.header".into(),
-                    reason: format!("{h:?} is not a header name"),
-                });
-            }
-        }
-        Ok(())
-    }
-}
-
 /// Facts of one upgrade request a dialect may need.
 #[derive(Debug, Clone, Copy)]
 pub struct UpgradeInfo<'a> {
@@ -244,6 +215,146 @@ impl Profile {
     }
 }
 
+/// One JSON object from a server text frame of at most `max` bytes.
+fn server_json(
+    text: &str,
+    max: usize,
+) -> Result<serde_json::Map<String, serde_json::Value>, ServerViolation> {
+    if text.len() > max {
+        return Err(ServerViolation::TooLarge);
+    }
+    match serde_json::from_str(text) {
+        Ok(serde_json::Value::Object(m)) => Ok(m),
+        _ => Err(ServerViolation::MalformedText),
+    }
+}
+
+/// What a dialect did not send, and what it accepted from the server without acting on it.
+///
+/// Every audio frame given to [`Dialect::on_audio`] is either sent (in some form) or counted
+/// in exactly one `audio_*` field.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DialectStats {
+    /// Audio frames received from the service.
+    pub audio_in: u64,
+    /// Audio frames before the server accepted the session (AudioHook before `opened`).
+    pub audio_before_accept: u64,
+    /// Audio frames the server asked not to get: AudioHook server `pause`, an `opened`
+    /// without media; or frames after the session's goodbye (Twilio `stop`, AudioHook `close`).
+    pub audio_withheld: u64,
+    /// Audio frames of a party the layout does not carry (e.g. the callee with
+    /// `layout = "mono-caller"`); a configuration choice, not a loss.
+    pub audio_not_carried: u64,
+    /// Frames that are no audio frame of a live stream of this call: undecodable, a payload
+    /// type other than PCMU/PCMA, an unknown, paused or stopped stream.
+    pub audio_invalid: u64,
+    /// Control messages the dialect has no words for (e.g. `update` on Twilio, `dtmf` on
+    /// AudioHook, anything on raw) or that name another call.
+    pub controls_not_sent: u64,
+    /// Server messages that are allowed but not acted on (Twilio `media` and `clear`,
+    /// AudioHook `event` and `updated`, jambonz commands, raw transcripts).
+    pub server_messages_ignored: u64,
+    /// Binary frames from the server that are allowed but not played (jambonz audio).
+    pub server_binary_ignored: u64,
+    /// AudioHook pings not sent because the previous one had no `pong` yet.
+    pub pongs_missed: u64,
+}
+
+impl DialectStats {
+    /// Audio frames of live streams not delivered because of the session's state or an
+    /// invalid frame: before acceptance, withheld, invalid. (Not-carried frames are excluded.)
+    pub fn dropped_audio(&self) -> u64 {
+        self.audio_before_accept + self.audio_withheld + self.audio_invalid
+    }
+}
+
+/// What a dialect adds to the upgrade request.
+struct UpgradeParts {
+    /// `Sec-WebSocket-Protocol` to offer.
+    subprotocol: Option<&'static str>,
+    /// The dialect used the token itself (AudioHook's `X-API-KEY`); no `auth` header then.
+    token_used: bool,
+}
+
+/// One dialect's side of the [`Dialect`] facade; each method is the facade method of the same
+/// name.
+trait Speaker {
+    fn upgrade(&self, info: &UpgradeInfo<'_>, headers: &mut Vec<(String, String)>) -> UpgradeParts;
+    fn on_control(&mut self, now: Instant, msg: &Control, out: &mut Vec<WireFrame>);
+    fn on_audio(&mut self, now: Instant, frame: Vec<u8>, out: &mut Vec<WireFrame>);
+    fn flush(&mut self, now: Instant, out: &mut Vec<WireFrame>);
+    fn on_server_text(
+        &mut self,
+        now: Instant,
+        text: &str,
+        out: &mut Vec<WireFrame>,
+    ) -> Result<ServerSignal, ServerViolation>;
+    fn on_server_binary(
+        &mut self,
+        now: Instant,
+        data: &[u8],
+        out: &mut Vec<WireFrame>,
+    ) -> Result<ServerSignal, ServerViolation>;
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+    fn on_timeout(&mut self, _now: Instant, _out: &mut Vec<WireFrame>) {}
+    fn on_local_close(&mut self, _now: Instant, _out: &mut Vec<WireFrame>) {}
+    fn stats(&self) -> DialectStats;
+}
+
+/// Our own protocol: frames pass through unchanged.
+#[derive(Debug, Default)]
+struct Xdpfork {
+    stats: DialectStats,
+}
+
+impl Speaker for Xdpfork {
+    fn upgrade(
+        &self,
+        _info: &UpgradeInfo<'_>,
+        _headers: &mut Vec<(String, String)>,
+    ) -> UpgradeParts {
+        UpgradeParts {
+            subprotocol: Some(SUBPROTOCOL),
+            token_used: false,
+        }
+    }
+
+    fn on_control(&mut self, _now: Instant, msg: &Control, out: &mut Vec<WireFrame>) {
+        out.push(WireFrame::Text(msg.to_json()));
+    }
+
+    fn on_audio(&mut self, _now: Instant, frame: Vec<u8>, out: &mut Vec<WireFrame>) {
+        self.stats.audio_in += 1;
+        out.push(WireFrame::Binary(frame));
+    }
+
+    fn flush(&mut self, _now: Instant, _out: &mut Vec<WireFrame>) {}
+
+    fn on_server_text(
+        &mut self,
+        _now: Instant,
+        text: &str,
+        _out: &mut Vec<WireFrame>,
+    ) -> Result<ServerSignal, ServerViolation> {
+        check_server_text(text).map(ServerSignal::Error)
+    }
+
+    fn on_server_binary(
+        &mut self,
+        _now: Instant,
+        _data: &[u8],
+        _out: &mut Vec<WireFrame>,
+    ) -> Result<ServerSignal, ServerViolation> {
+        Err(ServerViolation::BinaryFrame)
+    }
+
+    fn stats(&self) -> DialectStats {
+        self.stats
+    }
+}
+
 /// A dialect's translator for one connection. See the module docs.
 #[derive(Debug)]
 pub struct Dialect {
@@ -253,19 +364,67 @@ pub struct Dialect {
 
 #[derive(Debug)]
 enum Inner {
-    Xdpfork,
+    Xdpfork(Xdpfork),
+    Twilio(Box<twilio::Twilio>),
+    Audiohook(Box<audiohook::Audiohook>),
+    Jambonz(Box<jambonz::Jambonz>),
+    Raw(Box<raw::Raw>),
+}
+
+impl Inner {
+    fn speaker(&self) -> &dyn Speaker {
+        match self {
+            Inner::Xdpfork(d) => d,
+            Inner::Twilio(d) => &**d,
+            Inner::Audiohook(d) => &**d,
+            Inner::Jambonz(d) => &**d,
+            Inner::Raw(d) => &**d,
+        }
+    }
+
+    fn speaker_mut(&mut self) -> &mut dyn Speaker {
+        match self {
+            Inner::Xdpfork(d) => d,
+            Inner::Twilio(d) => &mut **d,
+            Inner::Audiohook(d) => &mut **d,
+            Inner::Jambonz(d) => &mut **d,
+            Inner::Raw(d) => &mut **d,
+        }
+    }
+}
+
+fn push_auth(auth: &AuthScheme, token: &str, headers: &mut Vec<(String, String)>) {
+    match auth {
+        AuthScheme::Bearer => headers.push(("Authorization".into(), format!("Bearer {token}"))),
+        AuthScheme::Token => headers.push(("Authorization".into(), format!("Token {token}"))),
+        AuthScheme::Header(h) => headers.push((h.clone(), token.to_owned())),
+        AuthScheme::Basic => headers.push((
+            "Authorization".into(),
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(token)
+            ),
+        )),
+    }
 }
 
 impl Dialect {
     /// A translator for a new connection to a destination configured with `config`.
     pub fn new(config: &ProfileConfig) -> Result<Dialect, ProfileConfigError> {
         config.validate()?;
-        let inner = match config.profile {
-            Profile::Xdpfork => Inner::Xdpfork,
-            other => {
+        let format = config.audio_format()?;
+        let inner = match (config.profile, format) {
+            (Profile::Xdpfork, _) => Inner::Xdpfork(Xdpfork::default()),
+            (Profile::Twilio, Some(f)) => Inner::Twilio(Box::new(twilio::Twilio::new(config, f))),
+            (Profile::Audiohook, Some(f)) => {
+                Inner::Audiohook(Box::new(audiohook::Audiohook::new(config, f)?))
+            }
+            (Profile::Jambonz, Some(f)) => Inner::Jambonz(Box::new(jambonz::Jambonz::new(f))),
+            (Profile::Raw, Some(f)) => Inner::Raw(Box::new(raw::Raw::new(f))),
+            (p, None) => {
                 return Err(ProfileConfigError {
                     field: "profile".into(),
-                    reason: format!("{other} is not available in this build"),
+                    reason: format!("{p} has no audio format"),
                 })
             }
         };
@@ -280,94 +439,92 @@ impl Dialect {
         self.config.profile
     }
 
-    /// Subprotocol and headers of the upgrade request.
+    /// The audio sent (`None` for xdpfork, which forwards RTP payloads as they are).
+    pub fn audio_format(&self) -> Option<AudioFormat> {
+        self.config.audio_format().ok().flatten()
+    }
+
+    /// Subprotocol and headers of the upgrade request: the configured headers, the dialect's
+    /// own, then the token as `auth` says (unless the dialect used it, as AudioHook does for
+    /// `X-API-KEY`). Call it once per connection, before anything else: AudioHook derives its
+    /// session ids from `info.nonce` here.
     pub fn upgrade(&self, info: &UpgradeInfo<'_>) -> Upgrade {
         let mut headers = self.config.headers.clone();
-        if let Some(token) = info.token {
-            match &self.config.auth {
-                AuthScheme::Bearer => {
-                    headers.push(("Authorization".into(), format!("Bearer {token}")))
-                }
-                AuthScheme::Token => {
-                    headers.push(("Authorization".into(), format!("Token {token}")))
-                }
-                AuthScheme::Header(h) => headers.push((h.clone(), token.to_owned())),
-            }
+        let parts = self.inner.speaker().upgrade(info, &mut headers);
+        if let (Some(token), false) = (info.token, parts.token_used) {
+            push_auth(&self.config.auth, token, &mut headers);
         }
-        match self.inner {
-            Inner::Xdpfork => Upgrade {
-                subprotocol: Some(SUBPROTOCOL),
-                headers,
-            },
+        Upgrade {
+            subprotocol: parts.subprotocol,
+            headers,
         }
     }
 
     /// One control message of the service, in order.
-    pub fn on_control(&mut self, _now: Instant, msg: &Control, out: &mut Vec<WireFrame>) {
-        match self.inner {
-            Inner::Xdpfork => out.push(WireFrame::Text(msg.to_json())),
-        }
+    pub fn on_control(&mut self, now: Instant, msg: &Control, out: &mut Vec<WireFrame>) {
+        self.inner.speaker_mut().on_control(now, msg, out)
     }
 
     /// One audio frame of the service (16-byte header and G.711 payload, docs/speech-protocol.md
     /// §3). Taken by value so our own dialect sends it without a copy.
-    pub fn on_audio(&mut self, _now: Instant, frame: Vec<u8>, out: &mut Vec<WireFrame>) {
-        match self.inner {
-            Inner::Xdpfork => out.push(WireFrame::Binary(frame)),
-        }
+    pub fn on_audio(&mut self, now: Instant, frame: Vec<u8>, out: &mut Vec<WireFrame>) {
+        self.inner.speaker_mut().on_audio(now, frame, out)
     }
 
     /// End of a batch of service messages (dialects that announce a call once, with all its
-    /// streams, do it here).
-    pub fn flush(&mut self, _now: Instant, _out: &mut Vec<WireFrame>) {
-        match self.inner {
-            Inner::Xdpfork => {}
-        }
+    /// streams, do it here; so do those that say goodbye once every stream stopped).
+    pub fn flush(&mut self, now: Instant, out: &mut Vec<WireFrame>) {
+        self.inner.speaker_mut().flush(now, out)
     }
 
-    /// One text frame from the server.
+    /// One text frame from the server. Replies the dialect owes (Twilio's `mark` echo,
+    /// AudioHook's `paused`/`resumed`) are appended to `out`.
     pub fn on_server_text(
         &mut self,
-        _now: Instant,
+        now: Instant,
         text: &str,
-        _out: &mut Vec<WireFrame>,
+        out: &mut Vec<WireFrame>,
     ) -> Result<ServerSignal, ServerViolation> {
-        match self.inner {
-            Inner::Xdpfork => check_server_text(text).map(ServerSignal::Error),
-        }
+        self.inner.speaker_mut().on_server_text(now, text, out)
     }
 
     /// One binary frame from the server.
     pub fn on_server_binary(
         &mut self,
-        _now: Instant,
-        _data: &[u8],
-        _out: &mut Vec<WireFrame>,
+        now: Instant,
+        data: &[u8],
+        out: &mut Vec<WireFrame>,
     ) -> Result<ServerSignal, ServerViolation> {
-        match self.inner {
-            Inner::Xdpfork => Err(ServerViolation::BinaryFrame),
-        }
+        self.inner.speaker_mut().on_server_binary(now, data, out)
     }
 
-    /// When [`Dialect::on_timeout`] wants to run next (keep-alives).
+    /// When [`Dialect::on_timeout`] wants to run next (keep-alives). Re-read after every input.
+    #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match self.inner {
-            Inner::Xdpfork => None,
-        }
+        self.inner.speaker().poll_timeout()
     }
 
-    /// A due timer.
-    pub fn on_timeout(&mut self, _now: Instant, _out: &mut Vec<WireFrame>) {
-        match self.inner {
-            Inner::Xdpfork => {}
-        }
+    /// A due timer. A call before the deadline does nothing.
+    pub fn on_timeout(&mut self, now: Instant, out: &mut Vec<WireFrame>) {
+        self.inner.speaker_mut().on_timeout(now, out)
     }
 
-    /// The connection is about to be closed by us: the dialect's goodbye, if it has one.
-    pub fn on_local_close(&mut self, _now: Instant, _out: &mut Vec<WireFrame>) {
-        match self.inner {
-            Inner::Xdpfork => {}
-        }
+    /// The connection is about to be closed by us: the dialect's goodbye, if it has one and
+    /// has not said it yet.
+    pub fn on_local_close(&mut self, now: Instant, out: &mut Vec<WireFrame>) {
+        self.inner.speaker_mut().on_local_close(now, out)
+    }
+
+    /// Counters of what was not sent or not acted on.
+    pub fn stats(&self) -> DialectStats {
+        self.inner.speaker().stats()
+    }
+
+    /// Audio frames not delivered ([`DialectStats::dropped_audio`]); AudioHook drops audio
+    /// until the server's `opened` rather than holding it, so this is what the fork lost
+    /// before the server accepted it.
+    pub fn dropped_audio(&self) -> u64 {
+        self.stats().dropped_audio()
     }
 }
 
