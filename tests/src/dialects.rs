@@ -180,7 +180,7 @@ impl Checker {
             let r = self.read_report();
             let closed = r["per_connection"]
                 .as_array()
-                .is_some_and(|c| !c.is_empty() && c.iter().all(|c| !c["close_code"].is_null()));
+                .is_some_and(|c| !c.is_empty() && c.iter().all(|c| !c["close"].is_null()));
             if closed {
                 return Ok(r);
             }
