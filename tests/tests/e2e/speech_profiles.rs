@@ -11,11 +11,11 @@
 use std::{
     io::{BufReader, Write},
     os::unix::net::UnixStream,
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde_json::{json, Value};
 use xdpfork_tests::dialects::{
     compare, write_ulaw_as_wav, Checker, Dialect, AUDIOHOOK, JAMBONZ, RAW, RAW_L16_16K, TWILIO,
