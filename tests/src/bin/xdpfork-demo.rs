@@ -255,7 +255,7 @@ fn run_dialect(out: &Path, d: xdpfork_tests::dialects::Dialect) -> Result<()> {
     std::fs::create_dir_all(out)?;
     let out = out.canonicalize()?;
     println!(
-        "xdpfork demo: caller ⇄ [XDP relay + fork] ⇄ callee, forked to a {} server (tests/checkers/{}_checker.py)",
+        "xdpfork demo: caller ⇄ [XDP relay + fork] ⇄ callee, forked to a server speaking {} (tests/checkers/{}_checker.py)",
         d.profile, d.profile
     );
     let caller_audio = tts(CALLER_TEXT, "en-us", &out, "caller-source", "u-law")?;
