@@ -1,4 +1,4 @@
-//! `cargo xtask bench relay|turn|fork|calls [--reps N] [--secs S] [--rates LIST] [--streams LIST]
+//! `cargo xtask bench relay|turn|fork|calls|dialects [--reps N] [--secs S] [--rates LIST] [--streams LIST]
 //! [--cps LIST] [--calls N] [--hold S] [--concurrent LIST] [--rtp yes|no] [--out DIR]`: the
 //! benchmarks of docs/benchmarks.md (needs root; never part of `cargo xtask test`).
 //!
@@ -27,6 +27,8 @@ pub(crate) enum Which {
     Fork,
     /// SIP calls per second and concurrent calls through sip-agent, media anchored and forked.
     Calls,
+    /// Per-frame cost of each speech dialect (twilio, audiohook, jambonz, raw) against ours.
+    Dialects,
 }
 
 /// `cargo xtask bench` options.
@@ -84,7 +86,7 @@ fn extra_packages(which: Which) -> &'static [(&'static str, &'static str)] {
         // installed here, lazily, and not by setup.
         Which::Relay => &[("rtpengine-daemon", "/usr/bin/rtpengine")],
         Which::Turn => &[("coturn", "/usr/bin/turnserver")],
-        Which::Fork => &[],
+        Which::Fork | Which::Dialects => &[],
         Which::Calls => &[("sip-tester", "/usr/bin/sipp")],
     }
 }
@@ -182,6 +184,7 @@ pub(crate) fn run(args: Args) -> Result<()> {
         Which::Turn => "turn",
         Which::Fork => "fork",
         Which::Calls => "calls",
+        Which::Dialects => "dialects",
     };
     let paths: Vec<&str> = args.fork_paths.split(',').map(str::trim).collect();
     if let Some(bad) = paths

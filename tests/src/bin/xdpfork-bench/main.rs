@@ -29,8 +29,13 @@
 // A benchmark driver reads the wall clock and runs threads; this is an IO shell.
 #![allow(clippy::disallowed_methods)]
 
+/// Counts the driver's allocations for `bench dialects` (the daemons are other processes).
+#[global_allocator]
+static ALLOC: dialects::Counting = dialects::Counting;
+
 mod calls;
 mod cpu;
+mod dialects;
 mod fork;
 mod load;
 mod ng;
@@ -73,7 +78,7 @@ pub struct Opts {
 #[command(version)]
 struct Cli {
     /// Which benchmark to run.
-    #[arg(value_parser = ["relay", "turn", "fork", "calls"])]
+    #[arg(value_parser = ["relay", "turn", "fork", "calls", "dialects"])]
     bench: String,
     /// Repetitions of every point (medians are reported).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(usize))]
@@ -161,7 +166,8 @@ fn main() -> Result<()> {
         "turn" => turn::run(&opts)?,
         "fork" => fork::run(&opts.streams, opts.secs)?,
         "calls" => calls::run(&calls::Opts::from_args(&opts.calls_args)?)?,
-        other => bail!("unknown benchmark {other}: relay, turn, fork or calls"),
+        "dialects" => dialects::run(opts.reps)?,
+        other => bail!("unknown benchmark {other}: relay, turn, fork, calls or dialects"),
     };
     println!("{}", report.markdown);
     std::fs::write(opts.out.join(format!("{cmd}.md")), &report.markdown)?;
