@@ -35,6 +35,8 @@ use crate::{
 };
 
 mod audiohook;
+#[doc(hidden)]
+pub mod bench;
 mod call;
 mod config;
 mod ids;
@@ -44,10 +46,12 @@ mod raw;
 mod signature;
 mod twilio;
 
+pub use audiohook::{INITIAL_PING_DELAY, SIGNATURE_LIFETIME_SECS};
 pub use config::{
     AudioEncoding, AudioFormat, AuthScheme, Layout, ProfileConfig, ProfileConfigError,
     DEFAULT_ACCOUNT_SID, DEFAULT_PING_INTERVAL_MS, NIL_UUID,
 };
+pub use jambonz::JAMBONZ_SUBPROTOCOL;
 
 /// A WebSocket dialect spoken to a speech server.
 #[derive(
@@ -603,6 +607,26 @@ mod tests {
     }
 
     #[test]
+    fn every_profile_builds_and_says_its_limits() {
+        for p in Profile::ALL {
+            let d = Dialect::new(&ProfileConfig {
+                profile: p,
+                ..ProfileConfig::default()
+            })
+            .expect("default config of every profile is valid");
+            assert_eq!(d.profile(), p);
+            assert_eq!(d.audio_format().is_none(), p == Profile::Xdpfork);
+            assert_eq!(d.stats(), DialectStats::default());
+            assert!(p.max_server_message() >= MAX_SERVER_MESSAGE);
+            assert_eq!(d.poll_timeout(), None);
+        }
+        assert!(Profile::ALL
+            .iter()
+            .filter(|p| p.awaits_acceptance())
+            .eq([Profile::Audiohook].iter()));
+    }
+
+    #[test]
     fn token_schemes_and_bad_headers() {
         let info = UpgradeInfo {
             authority: "a",
@@ -614,6 +638,7 @@ mod tests {
         for (auth, want) in [
             (AuthScheme::Token, ("Authorization", "Token k")),
             (AuthScheme::Header("X-API-KEY".into()), ("X-API-KEY", "k")),
+            (AuthScheme::Basic, ("Authorization", "Basic aw==")),
         ] {
             let cfg = ProfileConfig {
                 auth,
