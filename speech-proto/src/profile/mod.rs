@@ -165,9 +165,13 @@ impl WireFrame {
         self.len() == 0
     }
 
-    /// Whether it carries audio (dropped first under back-pressure, counted when lost).
+    /// Whether it carries audio (dropped first under back-pressure, counted when lost): every
+    /// binary frame, and the text frames of dialects whose audio is JSON (Twilio `media`).
     pub fn is_audio(&self) -> bool {
-        matches!(self, WireFrame::Binary(_))
+        match self {
+            WireFrame::Binary(_) => true,
+            WireFrame::Text(t) => t.starts_with(twilio::MEDIA_PREFIX),
+        }
     }
 }
 
@@ -604,6 +608,20 @@ mod tests {
             ),
             Ok(ServerSignal::Error(_))
         ));
+    }
+
+    #[test]
+    fn dialects_can_be_shared_with_tasks() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Dialect>();
+    }
+
+    #[test]
+    fn twilio_media_is_audio_and_control_is_not() {
+        assert!(WireFrame::Binary(vec![1]).is_audio());
+        assert!(WireFrame::Text(format!("{}1\"}}", twilio::MEDIA_PREFIX)).is_audio());
+        assert!(!WireFrame::Text(r#"{"event":"mark","sequenceNumber":"1"}"#.into()).is_audio());
+        assert!(!WireFrame::Text(r#"{"type":"start"}"#.into()).is_audio());
     }
 
     #[test]

@@ -39,6 +39,9 @@ use super::{
     ServerSignal, Speaker, UpgradeInfo, UpgradeParts, WireFrame, DEFAULT_ACCOUNT_SID,
 };
 
+/// How every `media` message we send begins (`WireFrame::is_audio` recognises it by this).
+pub(super) const MEDIA_PREFIX: &str = r#"{"event":"media","sequenceNumber":""#;
+
 /// Largest distance between a track's RTP-derived and wall-clock timestamps before the track
 /// is re-anchored to the wall clock.
 pub(super) const REANCHOR_MS: i64 = 1000;
@@ -414,7 +417,7 @@ impl Speaker for Twilio {
         // Built by hand into one string: every value is digits, hex or base64 (no escaping),
         // and the base64 goes straight into the frame without an intermediate string.
         let mut text = String::with_capacity(160 + payload.len() * 4 / 3);
-        text.push_str(r#"{"event":"media","sequenceNumber":""#);
+        text.push_str(MEDIA_PREFIX);
         text.push_str(&self.seq.to_string());
         text.push_str(r#"","media":{"track":""#);
         text.push_str(track(audio.channel));
