@@ -749,15 +749,6 @@ impl Speaker for Audiohook {
         }
     }
 
-    fn on_server_binary(
-        &mut self,
-        _now: Instant,
-        _data: &[u8],
-        _out: &mut Vec<WireFrame>,
-    ) -> Result<ServerSignal, ServerViolation> {
-        Err(ServerViolation::BinaryFrame)
-    }
-
     fn poll_timeout(&self) -> Option<Instant> {
         self.next_ping
     }

@@ -147,31 +147,20 @@ impl Speaker for Jambonz {
     }
 
     fn on_control(&mut self, _now: Instant, msg: &Control, out: &mut Vec<WireFrame>) {
-        match self.call.apply(msg) {
-            Change::Started(ch) | Change::Resumed(ch) => {
-                self.pipe.set_live(ch, true, out);
-            }
-            Change::Paused(ch) | Change::Stopped(ch) => {
-                self.pipe.set_live(ch, false, out);
-            }
-            Change::Updated(_) | Change::Dtmf(..) | Change::Ignored => {
-                self.stats.controls_not_sent += 1
-            }
+        let change = self.call.apply(msg);
+        if matches!(
+            change,
+            Change::Updated(_) | Change::Dtmf(..) | Change::Ignored
+        ) {
+            self.stats.controls_not_sent += 1;
         }
+        self.pipe.follow(&change, out);
     }
 
     fn on_audio(&mut self, _now: Instant, frame: Vec<u8>, out: &mut Vec<WireFrame>) {
-        self.stats.audio_in += 1;
-        let Some(audio) = self.call.audio(&frame) else {
-            self.stats.audio_invalid += 1;
-            return;
-        };
-        if !self.pipe.carries(audio.channel) {
-            self.stats.audio_not_carried += 1;
-            return;
-        }
+        // The metadata frame goes first, whatever the frame turns out to be.
         self.announce(out);
-        self.pipe.push(&audio, out);
+        self.pipe.route(&self.call, &frame, &mut self.stats, out);
     }
 
     fn flush(&mut self, _now: Instant, out: &mut Vec<WireFrame>) {

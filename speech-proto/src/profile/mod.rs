@@ -287,7 +287,18 @@ struct UpgradeParts {
 /// One dialect's side of the [`Dialect`] facade; each method is the facade method of the same
 /// name.
 trait Speaker {
-    fn upgrade(&self, info: &UpgradeInfo<'_>, headers: &mut Vec<(String, String)>) -> UpgradeParts;
+    /// Adds the dialect's headers; by default none, no subprotocol, and the token goes in the
+    /// `auth` scheme.
+    fn upgrade(
+        &self,
+        _info: &UpgradeInfo<'_>,
+        _headers: &mut Vec<(String, String)>,
+    ) -> UpgradeParts {
+        UpgradeParts {
+            subprotocol: None,
+            token_used: false,
+        }
+    }
     fn on_control(&mut self, now: Instant, msg: &Control, out: &mut Vec<WireFrame>);
     fn on_audio(&mut self, now: Instant, frame: Vec<u8>, out: &mut Vec<WireFrame>);
     fn flush(&mut self, now: Instant, out: &mut Vec<WireFrame>);
@@ -297,12 +308,15 @@ trait Speaker {
         text: &str,
         out: &mut Vec<WireFrame>,
     ) -> Result<ServerSignal, ServerViolation>;
+    /// By default audio flows one way: a binary frame from the server is a violation.
     fn on_server_binary(
         &mut self,
-        now: Instant,
-        data: &[u8],
-        out: &mut Vec<WireFrame>,
-    ) -> Result<ServerSignal, ServerViolation>;
+        _now: Instant,
+        _data: &[u8],
+        _out: &mut Vec<WireFrame>,
+    ) -> Result<ServerSignal, ServerViolation> {
+        Err(ServerViolation::BinaryFrame)
+    }
     fn poll_timeout(&self) -> Option<Instant> {
         None
     }
@@ -347,15 +361,6 @@ impl Speaker for Xdpfork {
         _out: &mut Vec<WireFrame>,
     ) -> Result<ServerSignal, ServerViolation> {
         check_server_text(text).map(ServerSignal::Error)
-    }
-
-    fn on_server_binary(
-        &mut self,
-        _now: Instant,
-        _data: &[u8],
-        _out: &mut Vec<WireFrame>,
-    ) -> Result<ServerSignal, ServerViolation> {
-        Err(ServerViolation::BinaryFrame)
     }
 
     fn stats(&self) -> DialectStats {

@@ -36,7 +36,7 @@ use super::call::{idx, Call, Change};
 use super::media::g711_bytes;
 use super::{
     ids, server_json, AudioEncoding, AudioFormat, DialectStats, Layout, ProfileConfig,
-    ServerSignal, Speaker, UpgradeInfo, UpgradeParts, WireFrame, DEFAULT_ACCOUNT_SID,
+    ServerSignal, Speaker, WireFrame, DEFAULT_ACCOUNT_SID,
 };
 
 /// How every `media` message we send begins (`WireFrame::is_audio` recognises it by this).
@@ -352,17 +352,6 @@ impl Twilio {
 }
 
 impl Speaker for Twilio {
-    fn upgrade(
-        &self,
-        _info: &UpgradeInfo<'_>,
-        _headers: &mut Vec<(String, String)>,
-    ) -> UpgradeParts {
-        UpgradeParts {
-            subprotocol: None,
-            token_used: false,
-        }
-    }
-
     fn on_control(&mut self, now: Instant, msg: &Control, out: &mut Vec<WireFrame>) {
         match self.call.apply(msg) {
             Change::Started(ch) => self.clocks[idx(ch)].anchor = None,
@@ -489,15 +478,6 @@ impl Speaker for Twilio {
         }
     }
 
-    fn on_server_binary(
-        &mut self,
-        _now: Instant,
-        _data: &[u8],
-        _out: &mut Vec<WireFrame>,
-    ) -> Result<ServerSignal, ServerViolation> {
-        Err(ServerViolation::BinaryFrame)
-    }
-
     fn on_local_close(&mut self, _now: Instant, out: &mut Vec<WireFrame>) {
         self.stop(out);
     }
@@ -515,7 +495,7 @@ mod tests {
 
     use super::*;
     use crate::profile::call::testing::*;
-    use crate::profile::{Dialect, Profile};
+    use crate::profile::{Dialect, Profile, UpgradeInfo};
     use crate::{alaw_to_ulaw, StopReason};
 
     fn dialect(layout: Option<Layout>) -> Dialect {
@@ -624,7 +604,10 @@ mod tests {
             &mut out,
         );
         let m = texts(&out);
-        assert!(out.iter().all(WireFrame::is_audio), "media may be dropped under back-pressure");
+        assert!(
+            out.iter().all(WireFrame::is_audio),
+            "media may be dropped under back-pressure"
+        );
         assert_eq!(
             keys(&out[0]),
             ["event", "sequenceNumber", "media", "streamSid"]
