@@ -517,30 +517,6 @@ mod tests {
             .collect()
     }
 
-    /// Field names of an object, in the order sent.
-    fn keys(text: &WireFrame) -> Vec<String> {
-        let WireFrame::Text(t) = text else {
-            panic!("binary")
-        };
-        let mut keys = Vec::new();
-        let mut de = serde_json::Deserializer::from_str(t);
-        struct Keys<'a>(&'a mut Vec<String>);
-        impl<'de> serde::de::Visitor<'de> for Keys<'_> {
-            type Value = ();
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<(), A::Error> {
-                while let Some((k, _)) = m.next_entry::<String, serde::de::IgnoredAny>()? {
-                    self.0.push(k);
-                }
-                Ok(())
-            }
-        }
-        serde::Deserializer::deserialize_map(&mut de, Keys(&mut keys)).expect("object");
-        keys
-    }
-
     #[test]
     #[allow(clippy::disallowed_methods)] // any fixed Instant will do; there is no constructor
     fn a_call_as_twilio_sends_it() {
