@@ -43,8 +43,8 @@ pub use g711::{
 };
 pub use pcm::{write_l16le, Upsampler, HALF_BAND, UPSAMPLER_DELAY};
 pub use profile::{
-    AuthScheme, Dialect, Profile, ProfileConfig, ProfileConfigError, ServerSignal, UnknownProfile,
-    Upgrade, UpgradeInfo, WireFrame,
+    AudioEncoding, AudioFormat, AuthScheme, Dialect, DialectStats, Layout, Profile, ProfileConfig,
+    ProfileConfigError, ServerSignal, UnknownProfile, Upgrade, UpgradeInfo, WireFrame,
 };
 pub use seq::{SeqOrder, SeqTracker, SEQ_WINDOW};
 pub use server_msg::{check_server_text, ServerViolation, MAX_SERVER_MESSAGE};

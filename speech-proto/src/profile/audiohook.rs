@@ -31,7 +31,7 @@
 //! violation. Not supported: `continuedSessions` (a reconnect opens a new session), DTMF
 //! (AudioHook v2 has no client DTMF message), `supportedLanguages`, L16 media.
 
-use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -128,8 +128,8 @@ fn is_audiohook_uuid(s: &str) -> bool {
     s == NIL_UUID || (is_uuid(s) && (b'1'..=b'5').contains(&b[14]) && b"89abAB".contains(&b[19]))
 }
 
+/// One media offer; fields a server adds are ignored, as the reference validator does.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct MediaParam {
     #[serde(rename = "type")]
     kind: String,
@@ -228,8 +228,9 @@ pub(super) struct Audiohook {
     secret: Option<Vec<u8>>,
     ping_interval: Duration,
     layout: Layout,
-    /// The upgrade's nonce (set by `upgrade`, which only borrows).
-    nonce: Cell<[u8; 16]>,
+    /// The upgrade's nonce, set by `upgrade` (which only borrows the dialect; atomics keep the
+    /// dialect `Sync` without a lock).
+    nonce: [AtomicU64; 2],
     session_id: String,
     call: Call,
     state: State,
@@ -270,7 +271,7 @@ impl Audiohook {
                 config.ping_interval_ms.unwrap_or(DEFAULT_PING_INTERVAL_MS),
             ),
             layout: format.layout,
-            nonce: Cell::new([0; 16]),
+            nonce: [AtomicU64::new(0), AtomicU64::new(0)],
             session_id: String::new(),
             call: Call::default(),
             state: State::Idle,
@@ -289,6 +290,22 @@ impl Audiohook {
             close_reason: "end",
             stats: DialectStats::default(),
         })
+    }
+
+    fn set_nonce(&self, nonce: [u8; 16]) {
+        for (half, bytes) in self.nonce.iter().zip(nonce.chunks_exact(8)) {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(bytes);
+            half.store(u64::from_be_bytes(b), Ordering::Relaxed);
+        }
+    }
+
+    fn nonce(&self) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        for (half, bytes) in self.nonce.iter().zip(out.chunks_exact_mut(8)) {
+            bytes.copy_from_slice(&half.load(Ordering::Relaxed).to_be_bytes());
+        }
+        out
     }
 
     fn session_id(nonce: [u8; 16]) -> String {
@@ -337,7 +354,7 @@ impl Audiohook {
         let Some(info) = self.call.info.clone() else {
             return;
         };
-        self.session_id = Self::session_id(self.nonce.get());
+        self.session_id = Self::session_id(self.nonce());
         let conversation_id = if is_audiohook_uuid(&info.call_guid) {
             info.call_guid.clone()
         } else {
@@ -499,7 +516,7 @@ impl Audiohook {
 
 impl Speaker for Audiohook {
     fn upgrade(&self, info: &UpgradeInfo<'_>, headers: &mut Vec<(String, String)>) -> UpgradeParts {
-        self.nonce.set(info.nonce);
+        self.set_nonce(info.nonce);
         let session = Self::session_id(info.nonce);
         let correlation = Self::correlation_id(info.nonce);
         let api_key = self.api_key.as_deref().or(info.token);
@@ -730,15 +747,6 @@ impl Speaker for Audiohook {
             t if CLIENT_TYPES.contains(&t) => Err(ServerViolation::UnexpectedMessage),
             _ => Err(ServerViolation::MalformedText),
         }
-    }
-
-    fn on_server_binary(
-        &mut self,
-        _now: Instant,
-        _data: &[u8],
-        _out: &mut Vec<WireFrame>,
-    ) -> Result<ServerSignal, ServerViolation> {
-        Err(ServerViolation::BinaryFrame)
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
@@ -976,12 +984,18 @@ mod tests {
                     "language":"en-US"}})
             ]
         );
-        let WireFrame::Text(open) = &out[0] else {
-            unreachable!()
-        };
-        assert!(
-            open.starts_with(r#"{"version":"2","type":"open","id":""#),
-            "{open}"
+        // Field order as the reference client's buildMessage writes it.
+        assert_eq!(
+            keys(&out[0]),
+            [
+                "version",
+                "type",
+                "id",
+                "seq",
+                "serverseq",
+                "position",
+                "parameters"
+            ]
         );
         out.clear();
         assert_eq!(d.poll_timeout(), None);

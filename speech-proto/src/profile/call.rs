@@ -222,10 +222,35 @@ pub(super) mod testing {
 
     use serde_json::{Map, Value};
 
+    use crate::profile::WireFrame;
     use crate::{
         encode_audio, AudioHeader, Channel, Codec, Control, Dtmf, Pause, PauseReason, Resume,
         Start, Stop, StopReason, Update, FLAG_FIRST,
     };
+
+    /// Field names of an object, in the order sent.
+    pub fn keys(text: &WireFrame) -> Vec<String> {
+        let WireFrame::Text(t) = text else {
+            panic!("binary")
+        };
+        let mut keys = Vec::new();
+        let mut de = serde_json::Deserializer::from_str(t);
+        struct Keys<'a>(&'a mut Vec<String>);
+        impl<'de> serde::de::Visitor<'de> for Keys<'_> {
+            type Value = ();
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<(), A::Error> {
+                while let Some((k, _)) = m.next_entry::<String, serde::de::IgnoredAny>()? {
+                    self.0.push(k);
+                }
+                Ok(())
+            }
+        }
+        serde::Deserializer::deserialize_map(&mut de, Keys(&mut keys)).expect("object");
+        keys
+    }
 
     /// Call GUID of the test call.
     pub const GUID: &str = "8F3C21A0-1DD2-11B2-8001-A2D2D9E0E3C4";

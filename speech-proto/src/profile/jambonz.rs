@@ -147,31 +147,20 @@ impl Speaker for Jambonz {
     }
 
     fn on_control(&mut self, _now: Instant, msg: &Control, out: &mut Vec<WireFrame>) {
-        match self.call.apply(msg) {
-            Change::Started(ch) | Change::Resumed(ch) => {
-                self.pipe.set_live(ch, true, out);
-            }
-            Change::Paused(ch) | Change::Stopped(ch) => {
-                self.pipe.set_live(ch, false, out);
-            }
-            Change::Updated(_) | Change::Dtmf(..) | Change::Ignored => {
-                self.stats.controls_not_sent += 1
-            }
+        let change = self.call.apply(msg);
+        if matches!(
+            change,
+            Change::Updated(_) | Change::Dtmf(..) | Change::Ignored
+        ) {
+            self.stats.controls_not_sent += 1;
         }
+        self.pipe.follow(&change, out);
     }
 
     fn on_audio(&mut self, _now: Instant, frame: Vec<u8>, out: &mut Vec<WireFrame>) {
-        self.stats.audio_in += 1;
-        let Some(audio) = self.call.audio(&frame) else {
-            self.stats.audio_invalid += 1;
-            return;
-        };
-        if !self.pipe.carries(audio.channel) {
-            self.stats.audio_not_carried += 1;
-            return;
-        }
+        // The metadata frame goes first, whatever the frame turns out to be.
         self.announce(out);
-        self.pipe.push(&audio, out);
+        self.pipe.route(&self.call, &frame, &mut self.stats, out);
     }
 
     fn flush(&mut self, _now: Instant, out: &mut Vec<WireFrame>) {
@@ -265,9 +254,20 @@ mod tests {
         let WireFrame::Text(t) = &out[0] else {
             panic!("text")
         };
-        assert!(
-            t.starts_with(r#"{"sampleRate":8000,"mixType":"stereo","callSid":""#),
-            "{t}"
+        // jambonz's order: sampleRate and mixType, then the call attributes, then metadata.
+        assert_eq!(
+            keys(&out[0])[..9],
+            [
+                "sampleRate",
+                "mixType",
+                "callSid",
+                "direction",
+                "from",
+                "to",
+                "callId",
+                "sipStatus",
+                "callStatus"
+            ]
         );
         let v: Value = serde_json::from_str(t).expect("json");
         assert_eq!(

@@ -22,8 +22,8 @@
 use crate::pcm::{write_l16le, Upsampler};
 use crate::{alaw_to_ulaw, linear_to_alaw, linear_to_ulaw, ulaw_to_alaw, Channel, Codec};
 
-use super::call::{idx, AudioIn};
-use super::{AudioEncoding, AudioFormat, Layout, WireFrame};
+use super::call::{idx, AudioIn, Call, Change};
+use super::{AudioEncoding, AudioFormat, DialectStats, Layout, WireFrame};
 
 /// Longest run of samples processed at once (more than an AF_XDP frame can carry).
 pub(super) const MAX_CHUNK: usize = 4096;
@@ -267,6 +267,39 @@ impl MediaPipe {
             output.pair(a, b, out);
         });
         sent
+    }
+
+    /// Follows a change of the call: parties starting, resuming, pausing, stopping (the other
+    /// changes do not concern the audio). Returns the 8 kHz samples per channel sent.
+    pub fn follow(&mut self, change: &Change<'_>, out: &mut Vec<WireFrame>) -> u64 {
+        match change {
+            Change::Started(ch) | Change::Resumed(ch) => self.set_live(*ch, true, out),
+            Change::Paused(ch) | Change::Stopped(ch) => self.set_live(*ch, false, out),
+            Change::Updated(_) | Change::Dtmf(..) | Change::Ignored => 0,
+        }
+    }
+
+    /// One audio frame of the service for `call`: sent, or counted in `stats` as invalid or
+    /// not carried. Returns the 8 kHz samples per channel sent.
+    pub fn route(
+        &mut self,
+        call: &Call,
+        frame: &[u8],
+        stats: &mut DialectStats,
+        out: &mut Vec<WireFrame>,
+    ) -> u64 {
+        stats.audio_in += 1;
+        match call.audio(frame) {
+            None => {
+                stats.audio_invalid += 1;
+                0
+            }
+            Some(a) if !self.carries(a.channel) => {
+                stats.audio_not_carried += 1;
+                0
+            }
+            Some(a) => self.push(&a, out),
+        }
     }
 
     /// Sends every waiting sample, with silence for the party it waited for (before a pause or

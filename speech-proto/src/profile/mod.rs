@@ -35,6 +35,8 @@ use crate::{
 };
 
 mod audiohook;
+#[doc(hidden)]
+pub mod bench;
 mod call;
 mod config;
 mod ids;
@@ -44,10 +46,12 @@ mod raw;
 mod signature;
 mod twilio;
 
+pub use audiohook::{INITIAL_PING_DELAY, SIGNATURE_LIFETIME_SECS};
 pub use config::{
     AudioEncoding, AudioFormat, AuthScheme, Layout, ProfileConfig, ProfileConfigError,
     DEFAULT_ACCOUNT_SID, DEFAULT_PING_INTERVAL_MS, NIL_UUID,
 };
+pub use jambonz::JAMBONZ_SUBPROTOCOL;
 
 /// A WebSocket dialect spoken to a speech server.
 #[derive(
@@ -161,9 +165,13 @@ impl WireFrame {
         self.len() == 0
     }
 
-    /// Whether it carries audio (dropped first under back-pressure, counted when lost).
+    /// Whether it carries audio (dropped first under back-pressure, counted when lost): every
+    /// binary frame, and the text frames of dialects whose audio is JSON (Twilio `media`).
     pub fn is_audio(&self) -> bool {
-        matches!(self, WireFrame::Binary(_))
+        match self {
+            WireFrame::Binary(_) => true,
+            WireFrame::Text(t) => t.starts_with(twilio::MEDIA_PREFIX),
+        }
     }
 }
 
@@ -279,7 +287,18 @@ struct UpgradeParts {
 /// One dialect's side of the [`Dialect`] facade; each method is the facade method of the same
 /// name.
 trait Speaker {
-    fn upgrade(&self, info: &UpgradeInfo<'_>, headers: &mut Vec<(String, String)>) -> UpgradeParts;
+    /// Adds the dialect's headers; by default none, no subprotocol, and the token goes in the
+    /// `auth` scheme.
+    fn upgrade(
+        &self,
+        _info: &UpgradeInfo<'_>,
+        _headers: &mut Vec<(String, String)>,
+    ) -> UpgradeParts {
+        UpgradeParts {
+            subprotocol: None,
+            token_used: false,
+        }
+    }
     fn on_control(&mut self, now: Instant, msg: &Control, out: &mut Vec<WireFrame>);
     fn on_audio(&mut self, now: Instant, frame: Vec<u8>, out: &mut Vec<WireFrame>);
     fn flush(&mut self, now: Instant, out: &mut Vec<WireFrame>);
@@ -289,12 +308,15 @@ trait Speaker {
         text: &str,
         out: &mut Vec<WireFrame>,
     ) -> Result<ServerSignal, ServerViolation>;
+    /// By default audio flows one way: a binary frame from the server is a violation.
     fn on_server_binary(
         &mut self,
-        now: Instant,
-        data: &[u8],
-        out: &mut Vec<WireFrame>,
-    ) -> Result<ServerSignal, ServerViolation>;
+        _now: Instant,
+        _data: &[u8],
+        _out: &mut Vec<WireFrame>,
+    ) -> Result<ServerSignal, ServerViolation> {
+        Err(ServerViolation::BinaryFrame)
+    }
     fn poll_timeout(&self) -> Option<Instant> {
         None
     }
@@ -339,15 +361,6 @@ impl Speaker for Xdpfork {
         _out: &mut Vec<WireFrame>,
     ) -> Result<ServerSignal, ServerViolation> {
         check_server_text(text).map(ServerSignal::Error)
-    }
-
-    fn on_server_binary(
-        &mut self,
-        _now: Instant,
-        _data: &[u8],
-        _out: &mut Vec<WireFrame>,
-    ) -> Result<ServerSignal, ServerViolation> {
-        Err(ServerViolation::BinaryFrame)
     }
 
     fn stats(&self) -> DialectStats {
@@ -603,6 +616,40 @@ mod tests {
     }
 
     #[test]
+    fn dialects_can_be_shared_with_tasks() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Dialect>();
+    }
+
+    #[test]
+    fn twilio_media_is_audio_and_control_is_not() {
+        assert!(WireFrame::Binary(vec![1]).is_audio());
+        assert!(WireFrame::Text(format!("{}1\"}}", twilio::MEDIA_PREFIX)).is_audio());
+        assert!(!WireFrame::Text(r#"{"event":"mark","sequenceNumber":"1"}"#.into()).is_audio());
+        assert!(!WireFrame::Text(r#"{"type":"start"}"#.into()).is_audio());
+    }
+
+    #[test]
+    fn every_profile_builds_and_says_its_limits() {
+        for p in Profile::ALL {
+            let d = Dialect::new(&ProfileConfig {
+                profile: p,
+                ..ProfileConfig::default()
+            })
+            .expect("default config of every profile is valid");
+            assert_eq!(d.profile(), p);
+            assert_eq!(d.audio_format().is_none(), p == Profile::Xdpfork);
+            assert_eq!(d.stats(), DialectStats::default());
+            assert!(p.max_server_message() >= MAX_SERVER_MESSAGE);
+            assert_eq!(d.poll_timeout(), None);
+        }
+        assert!(Profile::ALL
+            .iter()
+            .filter(|p| p.awaits_acceptance())
+            .eq([Profile::Audiohook].iter()));
+    }
+
+    #[test]
     fn token_schemes_and_bad_headers() {
         let info = UpgradeInfo {
             authority: "a",
@@ -614,6 +661,7 @@ mod tests {
         for (auth, want) in [
             (AuthScheme::Token, ("Authorization", "Token k")),
             (AuthScheme::Header("X-API-KEY".into()), ("X-API-KEY", "k")),
+            (AuthScheme::Basic, ("Authorization", "Basic aw==")),
         ] {
             let cfg = ProfileConfig {
                 auth,

@@ -17,9 +17,7 @@ use crate::{Control, ServerViolation};
 
 use super::call::{Call, Change};
 use super::media::MediaPipe;
-use super::{
-    AudioFormat, DialectStats, Profile, ServerSignal, Speaker, UpgradeInfo, UpgradeParts, WireFrame,
-};
+use super::{AudioFormat, DialectStats, Profile, ServerSignal, Speaker, WireFrame};
 
 /// raw dialect state of one connection. See the module docs.
 #[derive(Debug)]
@@ -40,40 +38,19 @@ impl Raw {
 }
 
 impl Speaker for Raw {
-    fn upgrade(
-        &self,
-        _info: &UpgradeInfo<'_>,
-        _headers: &mut Vec<(String, String)>,
-    ) -> UpgradeParts {
-        UpgradeParts {
-            subprotocol: None,
-            token_used: false,
-        }
-    }
-
     fn on_control(&mut self, _now: Instant, msg: &Control, out: &mut Vec<WireFrame>) {
-        match self.call.apply(msg) {
-            Change::Started(ch) | Change::Resumed(ch) => {
-                self.pipe.set_live(ch, true, out);
-            }
-            Change::Paused(ch) | Change::Stopped(ch) => {
-                self.pipe.set_live(ch, false, out);
-            }
-            Change::Updated(_) | Change::Dtmf(..) | Change::Ignored => {
-                self.stats.controls_not_sent += 1
-            }
+        let change = self.call.apply(msg);
+        if matches!(
+            change,
+            Change::Updated(_) | Change::Dtmf(..) | Change::Ignored
+        ) {
+            self.stats.controls_not_sent += 1;
         }
+        self.pipe.follow(&change, out);
     }
 
     fn on_audio(&mut self, _now: Instant, frame: Vec<u8>, out: &mut Vec<WireFrame>) {
-        self.stats.audio_in += 1;
-        match self.call.audio(&frame) {
-            None => self.stats.audio_invalid += 1,
-            Some(a) if !self.pipe.carries(a.channel) => self.stats.audio_not_carried += 1,
-            Some(a) => {
-                self.pipe.push(&a, out);
-            }
-        }
+        self.pipe.route(&self.call, &frame, &mut self.stats, out);
     }
 
     fn flush(&mut self, _now: Instant, _out: &mut Vec<WireFrame>) {}
@@ -91,15 +68,6 @@ impl Speaker for Raw {
         Ok(ServerSignal::Nothing)
     }
 
-    fn on_server_binary(
-        &mut self,
-        _now: Instant,
-        _data: &[u8],
-        _out: &mut Vec<WireFrame>,
-    ) -> Result<ServerSignal, ServerViolation> {
-        Err(ServerViolation::BinaryFrame)
-    }
-
     fn stats(&self) -> DialectStats {
         self.stats
     }
@@ -109,7 +77,7 @@ impl Speaker for Raw {
 mod tests {
     use super::*;
     use crate::profile::call::testing::*;
-    use crate::profile::{AudioEncoding, AuthScheme, Dialect, Layout, ProfileConfig};
+    use crate::profile::{AudioEncoding, AuthScheme, Dialect, Layout, ProfileConfig, UpgradeInfo};
     use crate::{linear_to_alaw, ulaw_to_linear, Channel, Codec, StopReason};
 
     fn dialect(encoding: AudioEncoding, layout: Layout) -> Dialect {

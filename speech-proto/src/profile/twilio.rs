@@ -36,8 +36,11 @@ use super::call::{idx, Call, Change};
 use super::media::g711_bytes;
 use super::{
     ids, server_json, AudioEncoding, AudioFormat, DialectStats, Layout, ProfileConfig,
-    ServerSignal, Speaker, UpgradeInfo, UpgradeParts, WireFrame, DEFAULT_ACCOUNT_SID,
+    ServerSignal, Speaker, WireFrame, DEFAULT_ACCOUNT_SID,
 };
+
+/// How every `media` message we send begins (`WireFrame::is_audio` recognises it by this).
+pub(super) const MEDIA_PREFIX: &str = r#"{"event":"media","sequenceNumber":""#;
 
 /// Largest distance between a track's RTP-derived and wall-clock timestamps before the track
 /// is re-anchored to the wall clock.
@@ -349,17 +352,6 @@ impl Twilio {
 }
 
 impl Speaker for Twilio {
-    fn upgrade(
-        &self,
-        _info: &UpgradeInfo<'_>,
-        _headers: &mut Vec<(String, String)>,
-    ) -> UpgradeParts {
-        UpgradeParts {
-            subprotocol: None,
-            token_used: false,
-        }
-    }
-
     fn on_control(&mut self, now: Instant, msg: &Control, out: &mut Vec<WireFrame>) {
         match self.call.apply(msg) {
             Change::Started(ch) => self.clocks[idx(ch)].anchor = None,
@@ -414,7 +406,7 @@ impl Speaker for Twilio {
         // Built by hand into one string: every value is digits, hex or base64 (no escaping),
         // and the base64 goes straight into the frame without an intermediate string.
         let mut text = String::with_capacity(160 + payload.len() * 4 / 3);
-        text.push_str(r#"{"event":"media","sequenceNumber":""#);
+        text.push_str(MEDIA_PREFIX);
         text.push_str(&self.seq.to_string());
         text.push_str(r#"","media":{"track":""#);
         text.push_str(track(audio.channel));
@@ -486,15 +478,6 @@ impl Speaker for Twilio {
         }
     }
 
-    fn on_server_binary(
-        &mut self,
-        _now: Instant,
-        _data: &[u8],
-        _out: &mut Vec<WireFrame>,
-    ) -> Result<ServerSignal, ServerViolation> {
-        Err(ServerViolation::BinaryFrame)
-    }
-
     fn on_local_close(&mut self, _now: Instant, out: &mut Vec<WireFrame>) {
         self.stop(out);
     }
@@ -512,7 +495,7 @@ mod tests {
 
     use super::*;
     use crate::profile::call::testing::*;
-    use crate::profile::{Dialect, Profile};
+    use crate::profile::{Dialect, Profile, UpgradeInfo};
     use crate::{alaw_to_ulaw, StopReason};
 
     fn dialect(layout: Option<Layout>) -> Dialect {
@@ -532,30 +515,6 @@ mod tests {
                 WireFrame::Binary(_) => panic!("binary frame"),
             })
             .collect()
-    }
-
-    /// Field names of an object, in the order sent.
-    fn keys(text: &WireFrame) -> Vec<String> {
-        let WireFrame::Text(t) = text else {
-            panic!("binary")
-        };
-        let mut keys = Vec::new();
-        let mut de = serde_json::Deserializer::from_str(t);
-        struct Keys<'a>(&'a mut Vec<String>);
-        impl<'de> serde::de::Visitor<'de> for Keys<'_> {
-            type Value = ();
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<(), A::Error> {
-                while let Some((k, _)) = m.next_entry::<String, serde::de::IgnoredAny>()? {
-                    self.0.push(k);
-                }
-                Ok(())
-            }
-        }
-        serde::Deserializer::deserialize_map(&mut de, Keys(&mut keys)).expect("object");
-        keys
     }
 
     #[test]
@@ -621,6 +580,10 @@ mod tests {
             &mut out,
         );
         let m = texts(&out);
+        assert!(
+            out.iter().all(WireFrame::is_audio),
+            "media may be dropped under back-pressure"
+        );
         assert_eq!(
             keys(&out[0]),
             ["event", "sequenceNumber", "media", "streamSid"]
