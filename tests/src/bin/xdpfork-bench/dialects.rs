@@ -2,9 +2,10 @@
 //! path, against our own dialect (which passes the frame through) in the same run.
 //!
 //! Method: one call with two streams through `speech_proto::Dialect` exactly as a connection
-//! task drives it (`start` for both streams, `flush`, for AudioHook the server's `opened`), then
-//! alternating 20 ms G.711 frames of the two parties, each built as the AF_XDP reader builds it
-//! (16-byte header + 160 payload bytes). Per setting: CPU time per input frame (median of the
+//! task drives it (speech-proto's `profile::bench::Bench`: `start` for both streams, `flush`,
+//! for AudioHook the server's `opened`), then 20 ms G.711 frames of the two parties (caller
+//! µ-law, callee A-law), each built as the AF_XDP reader builds it (16-byte header + 160
+//! payload bytes). Per setting: CPU time per input frame (median of the
 //! repetitions, single thread, the calling thread's CPU clock), heap allocations per input frame
 //! inside `on_audio` (a counting allocator; the frame handed to the socket is one of them), and
 //! bytes out per input frame. Nothing here needs the network; the numbers are of the dialect
@@ -16,12 +17,10 @@ use std::{
     time::Instant,
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde_json::{json, Value};
-use speech_proto::{
-    encode_audio, AudioHeader, Channel, Codec, Control, Dialect, ProfileConfig, ServerSignal,
-    Start, UpgradeInfo, WireFrame,
-};
+use speech_proto::profile::bench::Bench;
+use speech_proto::ProfileConfig;
 
 use crate::Report;
 
@@ -66,92 +65,27 @@ const SETTINGS: [(&str, &str); 8] = [
         "raw mixed L16 16 kHz",
         "profile = \"raw\"\nencoding = \"l16\"\nrate = 16000\nlayout = \"mixed\"",
     ),
-    (
-        "raw stereo A-law from µ-law",
-        "profile = \"raw\"\nencoding = \"alaw\"",
-    ),
+    ("raw stereo A-law", "profile = \"raw\"\nencoding = \"alaw\""),
 ];
 
 /// Frames per repetition (both parties together).
 const FRAMES: u64 = 200_000;
 
-fn start(stream_id: u32, channel: Channel) -> Control {
-    Control::Start(Start {
-        version: speech_proto::VERSION,
-        stream_id,
-        call_guid: "6f0c9a2e-1d3b-11ee-b5d6-000c29f1a2b3".into(),
-        call_id: "bench@pbx".into(),
-        channel,
-        from: "1000".into(),
-        to: "2000".into(),
-        codec: Codec::Pcmu,
-        sample_rate: 8000,
-        ptime_ms: 20,
-        metadata: Default::default(),
-        resumed: false,
-    })
-}
-
-/// A dialect with the call announced and, where the dialect waits for it, accepted.
-fn ready(cfg: &ProfileConfig, now: Instant) -> Result<Dialect> {
-    let mut d = Dialect::new(cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let _ = d.upgrade(&UpgradeInfo {
-        authority: "asr:9000",
-        path_and_query: "/fork",
-        token: Some("bench-key"),
-        unix_now: 1_796_000_000,
-        nonce: [7; 16],
-    });
-    let mut out = Vec::new();
-    d.on_control(now, &start(1, Channel::Caller), &mut out);
-    d.on_control(now, &start(2, Channel::Callee), &mut out);
-    d.flush(now, &mut out);
-    if cfg.profile.awaits_acceptance() {
-        let open: Value = out
-            .iter()
-            .find_map(|f| match f {
-                WireFrame::Text(t) => serde_json::from_str(t).ok(),
-                WireFrame::Binary(_) => None,
-            })
-            .context("no open message")?;
-        let opened = json!({"version":"2","type":"opened","id":open["id"],"seq":1,
-            "clientseq":open["seq"],"parameters":{"startPaused":false,"media":[
-                {"type":"audio","format":"PCMU","channels":["external","internal"],"rate":8000}]}});
-        match d.on_server_text(now, &opened.to_string(), &mut out) {
-            Ok(ServerSignal::Accepted) => {}
-            other => bail!("opened not accepted: {other:?}"),
-        }
-    }
-    Ok(d)
-}
-
 /// One repetition: CPU ns per frame, allocations per frame, bytes out per frame.
 fn rep(cfg: &ProfileConfig) -> Result<(f64, f64, f64)> {
-    let now = Instant::now();
-    let mut d = ready(cfg, now)?;
-    let payload: Vec<u8> = (0..160u32).map(|i| (i * 37 % 256) as u8).collect();
-    let mut out: Vec<WireFrame> = Vec::with_capacity(8);
-    let (mut bytes, mut allocs) = (0u64, 0u64);
+    // speech-proto's fixture: the call started (and for AudioHook accepted) the way a
+    // connection task does it; each step is one frame of each party.
+    let mut b = Bench::new(cfg, Instant::now()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let steps = FRAMES / 2;
+    let mut bytes = 0u64;
+    let a0 = ALLOCS.load(Ordering::Relaxed);
     let cpu0 = thread_cpu_ns();
-    for i in 0..FRAMES {
-        // The AF_XDP reader's frame: header + payload, one allocation (not counted).
-        let mut frame = Vec::with_capacity(speech_proto::AUDIO_HEADER_LEN + payload.len());
-        let call_frame = i / 2;
-        let hdr = AudioHeader {
-            stream_id: 1 + (i % 2) as u32,
-            seq: call_frame as u16,
-            payload_type: 0,
-            flags: 0,
-            timestamp: (call_frame * 160) as u32,
-        };
-        encode_audio(&mut frame, &hdr, &payload);
-        let a0 = ALLOCS.load(Ordering::Relaxed);
-        d.on_audio(now, frame, &mut out);
-        allocs += ALLOCS.load(Ordering::Relaxed) - a0;
-        bytes += out.iter().map(|f| f.len() as u64).sum::<u64>();
-        out.clear();
+    for _ in 0..steps {
+        bytes += b.step() as u64;
     }
     let cpu = thread_cpu_ns().saturating_sub(cpu0);
+    // Each step builds the two frames the AF_XDP reader would have built: not the dialect's.
+    let allocs = (ALLOCS.load(Ordering::Relaxed) - a0).saturating_sub(2 * steps);
     let n = FRAMES as f64;
     Ok((cpu as f64 / n, allocs as f64 / n, bytes as f64 / n))
 }
@@ -182,8 +116,10 @@ pub fn run(reps: usize) -> Result<Report> {
         ns.sort_by(f64::total_cmp);
         let median = ns[ns.len() / 2];
         let base = *baseline.get_or_insert(median);
-        raw.push(json!({"setting": name, "ns_per_frame": ns, "allocs_per_frame": allocs,
-            "bytes_per_frame": bytes}));
+        raw.push(
+            json!({"setting": name, "ns_per_frame": ns, "allocs_per_frame": allocs,
+            "bytes_per_frame": bytes}),
+        );
         rows.push(format!(
             "| {name} | {median:.0} | {:+.0} | {allocs:.2} | {bytes:.0} |",
             median - base
@@ -192,8 +128,8 @@ pub fn run(reps: usize) -> Result<Report> {
     let markdown = format!(
         "## bench dialects: per-frame cost of each speech dialect\n\n\
          {FRAMES} frames per repetition (two parties alternating, 160-byte G.711 payloads), \
-         {reps} repetitions, median CPU time of the one thread. Allocations are counted inside \
-         `Dialect::on_audio` only; the frame handed to the socket is one of them.\n\n\
+         {reps} repetitions, median CPU time of the one thread. Allocations exclude the input frames \
+         (the AF_XDP reader's); the frames handed to the socket are among them.\n\n\
          | setting | ns/frame | vs xdpfork | allocations/frame | bytes out/frame |\n\
          |---|---:|---:|---:|---:|\n{}\n",
         rows.join("\n")
