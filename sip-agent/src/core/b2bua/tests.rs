@@ -1,7 +1,8 @@
 //! Full call flows through the B2BUA on the two-sided harness (core/testing.rs).
 
 use super::*;
-use crate::core::fork_request::{ForkKind, Party, StreamStatus};
+use crate::core::fork_request::{ForkKind, ForkState, Party, StatusReport, StreamStatus};
+use crate::core::sdp::Sdp;
 use crate::core::testing::*;
 use std::time::Duration;
 
