@@ -20,6 +20,7 @@
 //! reference's error string verbatim (these strings are what the controller parses).
 
 use serde_json::{Map, Value};
+use speech_proto::Profile;
 
 /// Content type of an INFO body (or multipart part) carrying a fork request or a status report
 /// (reference: "CUBE supports the INFO message with content type application/x-cisco-record+json").
@@ -213,8 +214,27 @@ impl ForkCodec {
 pub enum WsScheme {
     /// Plain `ws://`.
     Ws,
-    /// `wss://` (TLS 1.2, reference "Restrictions").
+    /// `wss://` (the reference allows TLS 1.2 only; fork-agent also 1.3, docs/fork-request.md
+    /// "Differences from CUBE").
     Wss,
+}
+
+impl WsScheme {
+    /// The URL scheme (`ws`, `wss`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ws => "ws",
+            Self::Wss => "wss",
+        }
+    }
+
+    /// The port a URL without one means (RFC 6455 §3: 80 for `ws`, 443 for `wss`).
+    pub fn default_port(self) -> u16 {
+        match self {
+            Self::Ws => 80,
+            Self::Wss => 443,
+        }
+    }
 }
 
 /// Where the speech server is, after validating `url` and `port`.
@@ -231,6 +251,25 @@ pub struct SpeechServer {
     pub path: String,
 }
 
+impl SpeechServer {
+    /// The URL with the effective port folded in, in canonical form: the port is written unless
+    /// it is the scheme's default (RFC 3986 §6.2.3), the host is lower case. This is the
+    /// `fork_start` destination's `url` (docs/control-api.md).
+    pub fn url(&self) -> String {
+        let port = if self.port == self.scheme.default_port() {
+            String::new()
+        } else {
+            format!(":{}", self.port)
+        };
+        format!(
+            "{}://{}{port}{}",
+            self.scheme.as_str(),
+            self.host,
+            self.path
+        )
+    }
+}
+
 /// A validated START request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StartRequest {
@@ -240,6 +279,9 @@ pub struct StartRequest {
     pub server: SpeechServer,
     /// Token presented to the speech server, if any.
     pub auth_token: Option<String>,
+    /// The speech protocol dialect to speak (our extension `profile`); `None`: the one of
+    /// fork-agent's `[[speech_server]]` entry.
+    pub profile: Option<Profile>,
     /// Codec the controller expects; `None` means "whatever G.711 the call negotiated".
     pub codec: Option<ForkCodec>,
     /// Opaque metadata object forwarded to the speech server in the stream start message.
@@ -275,6 +317,7 @@ const START_KEYS: &[&str] = &[
     "auth-token",
     "codec",
     "metadata",
+    "profile",
 ];
 const STOP_KEYS: &[&str] = &["type", "call-guid"];
 const UPDATE_KEYS: &[&str] = &["type", "call-guid", "metadata"];
@@ -398,10 +441,17 @@ fn parse_start(obj: &Map<String, Value>, call_guid: String) -> Result<StartReque
         Some(Value::Object(m)) => Some(m.clone()),
         Some(_) => return Err(ForkError::UnexpectedFormat),
     };
+    // Exact lower-case names, like `codec`: `"Twilio"` is a typo to report, not to guess at.
+    let profile = match obj.get("profile") {
+        None => None,
+        Some(Value::String(s)) => Some(s.parse().map_err(|_| ForkError::UnexpectedFormat)?),
+        Some(_) => return Err(ForkError::UnexpectedFormat),
+    };
     Ok(StartRequest {
         call_guid,
         server,
         auth_token,
+        profile,
         codec,
         metadata,
     })
@@ -443,10 +493,7 @@ fn parse_ws_url(url: &str, port_field: Option<u16>) -> Result<SpeechServer, Fork
     let port = match (port_field, url_port) {
         (Some(a), Some(b)) if a != b => return Err(ForkError::UnexpectedFormat),
         (Some(p), _) | (None, Some(p)) => p,
-        (None, None) => match scheme {
-            WsScheme::Ws => 80,
-            WsScheme::Wss => 443,
-        },
+        (None, None) => scheme.default_port(),
     };
     Ok(SpeechServer {
         scheme,
@@ -572,11 +619,19 @@ impl ForkSequence {
 /// State announced in a status report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ForkState {
-    /// The request was accepted and a WebSocket connection was chosen or is being opened
-    /// (reference: "When a connection is identified, CUBE sends status information").
+    /// fork-agent accepted the fork (its streams have channel ids) and a WebSocket connection
+    /// was chosen or is being opened (reference: "When a connection is identified, CUBE sends
+    /// status information").
     Connecting,
-    /// START metadata reached the speech server; media is flowing.
+    /// The speech server accepted the stream: the WebSocket is up and the START metadata went
+    /// out (fork-agent's `started` event); media is flowing. Again, without `request`, when the
+    /// fork is carried again after a lost connection.
     Started,
+    /// The connection to the speech server was lost (`status`: `Connection closed` or `TCP
+    /// Connection closed`); fork-agent keeps the fork and reconnects. `STARTED` follows when it
+    /// is carried again, `ERROR` when fork-agent gives up. Our extension: the reference ends
+    /// the fork here.
+    Reconnecting,
     /// Forking paused (hold or codec change).
     Paused,
     /// Forking resumed after a pause.
@@ -595,6 +650,7 @@ impl ForkState {
         match self {
             Self::Connecting => "CONNECTING",
             Self::Started => "STARTED",
+            Self::Reconnecting => "RECONNECTING",
             Self::Paused => "PAUSED",
             Self::Resumed => "RESUMED",
             Self::Updated => "UPDATED",
@@ -645,9 +701,9 @@ pub struct StatusReport {
     pub request: Option<ForkKind>,
     /// New fork state.
     pub state: ForkState,
-    /// Reference error string for `Error` and `Stopped` states.
+    /// Reference error string for `Error`, `Stopped` and `Reconnecting` states.
     pub status: Option<ForkError>,
-    /// Streams of the fork (present from `Started` on).
+    /// Streams of the fork (present from `Connecting` on).
     pub streams: Vec<StreamStatus>,
 }
 

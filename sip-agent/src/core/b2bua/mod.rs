@@ -59,11 +59,12 @@ use tracing::{debug, trace};
 
 use crate::core::authz::{PeerIdentities, SecurityCounters};
 use crate::core::dialog::Dialog;
-use crate::core::fork_request::{self, ForkRequest, ForkSequence};
+use crate::core::fork_request::{self, ForkRequest, ForkSequence, StatusReport};
 use crate::core::message::{self, content_type, header_values, ParseError};
 use crate::core::multipart;
 use crate::core::sdp::{AudioMedia, Codec, Direction};
 use crate::core::session_timer::{CallTimer, CallTimers};
+use crate::core::status_pacer::{StatusPacer, STATUS_INTERVAL};
 use crate::core::transaction::{
     Output as TxOutput, Peer, TransactionLayer, Transmit, TxEvent, TxHandle,
 };
@@ -217,6 +218,8 @@ pub enum SessionEvent {
         leg: Leg,
         /// What to do.
         request: ForkRequest,
+        /// Who the call is between (sent to the speech server in `start`).
+        parties: CallParties,
     },
     /// The call is over; its handle will not appear again.
     CallEnded {
@@ -225,6 +228,19 @@ pub enum SessionEvent {
         /// Why.
         reason: EndReason,
     },
+}
+
+/// Who a call is between, as the caller's leg (A) names it: what fork-agent shows for a fork
+/// and sends to the speech server in `start` (control-api `ForkSpec`'s `call_id`, `from`,
+/// `to`; docs/speech-protocol.md "start").
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallParties {
+    /// Leg A's Call-ID.
+    pub call_id: String,
+    /// The calling party: the URI of leg A's From.
+    pub from: String,
+    /// The called party: the URI of leg A's To.
+    pub to: String,
 }
 
 /// Everything `poll_output` returns.
@@ -394,6 +410,9 @@ pub struct B2bua<P: PortAllocator> {
     deadlines: BTreeSet<(Instant, CallHandle, CallTimer)>,
     /// Calls whose journalled state changed since the last [`B2bua::take_changed`].
     changed: BTreeSet<CallHandle>,
+    /// Status INFOs caused by a fork's speech-server connection, at most one per fork per
+    /// [`STATUS_INTERVAL`] (fork.rs).
+    pacer: StatusPacer<CallHandle, StatusReport>,
 }
 
 const SDP: &str = "application/sdp";
@@ -447,6 +466,7 @@ impl<P: PortAllocator> B2bua<P> {
             counts: CallCounts::default(),
             deadlines: BTreeSet::new(),
             changed: BTreeSet::new(),
+            pacer: StatusPacer::new(STATUS_INTERVAL),
         }
     }
 
@@ -877,6 +897,8 @@ impl Call {
     }
 }
 
+#[cfg(test)]
+mod fork_status_tests;
 #[cfg(test)]
 mod restart_tests;
 #[cfg(test)]

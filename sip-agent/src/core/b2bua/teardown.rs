@@ -85,6 +85,7 @@ impl<P: PortAllocator> B2bua<P> {
 
     pub(super) fn end_call(&mut self, call: CallHandle, reason: EndReason) {
         self.touch(call);
+        self.pacer.forget(call);
         for t in CallTimer::ALL {
             self.set_timer(call, t, None);
         }

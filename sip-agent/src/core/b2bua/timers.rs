@@ -16,15 +16,15 @@ use super::{B2bua, CallHandle, EndReason, PortAllocator};
 use crate::core::session_timer::{self, CallTimer, SessionExpires};
 
 impl<P: PortAllocator> B2bua<P> {
-    /// Next deadline (transaction timers, session expiry, maximum duration); re-read after
-    /// every input and after [`B2bua::handle_timeout`].
+    /// Next deadline (transaction timers, session expiry, maximum duration, a held status
+    /// INFO); re-read after every input and after [`B2bua::handle_timeout`].
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         let call = self.deadlines.first().map(|(at, _, _)| *at);
-        match (self.tl.poll_timeout(), call) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.tl.poll_timeout(), call, self.pacer.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// The soonest per-call timer, for debugging (transaction timers have
@@ -46,12 +46,13 @@ impl<P: PortAllocator> B2bua<P> {
         }
     }
 
-    /// Fires due timers: transaction timers first, then calls whose session expired or that
-    /// reached the maximum duration. A call not due is left alone, so a spurious call is a
-    /// no-op.
+    /// Fires due timers: transaction timers first, then status INFOs the pacer held, then
+    /// calls whose session expired or that reached the maximum duration. A call not due is left
+    /// alone, so a spurious call is a no-op.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.tl.handle_timeout(now);
         self.pump(now);
+        self.send_paced_statuses(now);
         while let Some(&(at, call, timer)) = self.deadlines.first() {
             if at > now {
                 break;

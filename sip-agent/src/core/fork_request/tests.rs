@@ -123,6 +123,77 @@ fn url_rules() {
 }
 
 #[test]
+fn destination_url_folds_the_port_in() {
+    let url = |u: &str, port: &str| {
+        let j = format!(r#"{{"type":"START","call-guid":"{GUID}","url":"{u}"{port}}}"#);
+        match ForkRequest::parse(j.as_bytes()).expect(u) {
+            ForkRequest::Start(s) => s.server.url(),
+            _ => unreachable!("START parses to Start"),
+        }
+    };
+    assert_eq!(url("ws://10.77.3.2/stream", ""), "ws://10.77.3.2/stream");
+    assert_eq!(
+        url("ws://10.77.3.2/stream", r#","port":9000"#),
+        "ws://10.77.3.2:9000/stream"
+    );
+    assert_eq!(
+        url("ws://10.77.3.2:9000/s?a=1", r#","port":9000"#),
+        "ws://10.77.3.2:9000/s?a=1"
+    );
+    // The scheme's default port is left out (RFC 3986 §6.2.3), whoever named it.
+    assert_eq!(url("ws://a.example:80/x", ""), "ws://a.example/x");
+    assert_eq!(
+        url("wss://a.example/x", r#","port":443"#),
+        "wss://a.example/x"
+    );
+    assert_eq!(
+        url("wss://a.example", r#","port":80"#),
+        "wss://a.example:80/"
+    );
+    assert_eq!(
+        url("wss://ASR.Example.com:8443?k=v", ""),
+        "wss://asr.example.com:8443/?k=v"
+    );
+}
+
+#[test]
+fn profile_values() {
+    let profile = |extra: &str| {
+        ForkRequest::parse(start_json(extra).as_bytes()).map(|r| match r {
+            ForkRequest::Start(s) => s.profile,
+            _ => unreachable!("START parses to Start"),
+        })
+    };
+    assert_eq!(profile(""), Ok(None));
+    for p in speech_proto::Profile::ALL {
+        assert_eq!(
+            profile(&format!(r#","profile":"{}""#, p.as_str())),
+            Ok(Some(p))
+        );
+    }
+    for bad in [
+        r#""Twilio""#,
+        r#""""#,
+        r#""websocket""#,
+        "3",
+        "null",
+        r#"["raw"]"#,
+    ] {
+        assert_eq!(
+            profile(&format!(r#","profile":{bad}"#)),
+            Err(ForkError::UnexpectedFormat),
+            "{bad}"
+        );
+    }
+    // Only START names a destination.
+    let stop = format!(r#"{{"type":"STOP","call-guid":"{GUID}","profile":"raw"}}"#);
+    assert_eq!(
+        ForkRequest::parse(stop.as_bytes()),
+        Err(ForkError::UnexpectedFormat)
+    );
+}
+
+#[test]
 fn codec_values() {
     assert!(ForkRequest::parse(start_json(r#","codec":"g711ulaw""#).as_bytes()).is_ok());
     for bad in [
@@ -321,6 +392,20 @@ fn status_report_json() {
     assert_eq!(
         String::from_utf8(e.to_json()).expect("utf8"),
         r#"{"type":"STATUS","state":"ERROR","status":"JSON parse failure"}"#
+    );
+    // A lost connection: no request, the reference string in `status` (docs/fork-request.md).
+    let lost = StatusReport {
+        call_guid: Some(GUID.into()),
+        request: None,
+        state: ForkState::Reconnecting,
+        status: Some(ForkError::TcpConnectionClosed),
+        streams: vec![],
+    };
+    assert_eq!(
+        String::from_utf8(lost.to_json()).expect("utf8"),
+        format!(
+            r#"{{"type":"STATUS","call-guid":"{GUID}","state":"RECONNECTING","status":"TCP Connection closed"}}"#
+        )
     );
 }
 
