@@ -15,7 +15,7 @@ use sip_agent::core::sdp::{Direction, Sdp};
 
 const SDP: &str = "application/sdp";
 
-/// A request body as sip-agent's B2BUA reads it (`body_parts` in sip-agent/src/core/b2bua.rs):
+/// A request body as sip-agent's B2BUA reads it (`body_parts` in sip-agent/src/core/b2bua/mod.rs):
 /// by media type of `content_type`, one SDP, one fork request, or a multipart carrying either.
 pub fn sip_body(content_type: &str, body: &[u8]) {
     if body.is_empty() {

@@ -298,6 +298,18 @@ impl Topology {
         Ok(())
     }
 
+    /// Sends `sig` to the process `name` and returns at once; the process stays in the
+    /// topology (SIGSTOP/SIGCONT to freeze and thaw a server in a test).
+    pub fn send_signal(&self, name: &str, sig: nix::sys::signal::Signal) -> Result<()> {
+        let (_, child) = self
+            .children
+            .iter()
+            .find(|(n, _)| n == name)
+            .with_context(|| format!("no process named {name}"))?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig)?;
+        Ok(())
+    }
+
     /// Send `sig` to the named child and wait (bounded) for it to exit.
     pub fn signal(&mut self, name: &str, sig: nix::sys::signal::Signal) -> Result<()> {
         let idx = self
@@ -653,8 +665,14 @@ url = "ws://{ws}/stream"
 
     /// Build the topology, start speech-server and fork-agent, and wait until both are ready.
     pub fn start() -> Result<Scenario> {
+        Scenario::start_with(&[], "")
+    }
+
+    /// [`Scenario::start`] with extra speech-server arguments (its test switches) and TOML
+    /// keys appended to the `asr` `[[speech_server]]` entry of fork-agent's config.
+    pub fn start_with(speech_args: &[&str], asr_extra: &str) -> Result<Scenario> {
         let mut topo = Topology::new()?;
-        let (speech_out, summary) = Scenario::spawn_speech_server(&mut topo)?;
+        let (speech_out, summary) = Scenario::spawn_speech_server_with(&mut topo, speech_args)?;
         let socket = topo.dir.join("fork-agent.sock");
         let config = topo.dir.join("fork-agent.toml");
         std::fs::write(
@@ -664,7 +682,7 @@ url = "ws://{ws}/stream"
                 &socket,
                 &topo.dir.join("state"),
                 addrs::SPEECH_WS,
-            ),
+            ) + asr_extra,
         )?;
         let mut s = Scenario {
             topo,
@@ -680,25 +698,32 @@ url = "ws://{ws}/stream"
     /// Start the reference speech-server at [`addrs::SPEECH_WS`] in the speech namespace;
     /// returns its output directory and summary file.
     pub fn spawn_speech_server(topo: &mut Topology) -> Result<(PathBuf, PathBuf)> {
+        Scenario::spawn_speech_server_with(topo, &[])
+    }
+
+    /// [`Scenario::spawn_speech_server`] with extra arguments (test switches such as
+    /// `--reject-handshake 503`).
+    pub fn spawn_speech_server_with(
+        topo: &mut Topology,
+        extra: &[&str],
+    ) -> Result<(PathBuf, PathBuf)> {
         let speech_out = topo.dir.join("speech");
         std::fs::create_dir_all(&speech_out)?;
         let summary = topo.dir.join("speech-summary.json");
         let speech_bin = bin("speech-server")?;
-        topo.spawn(
-            "speech-server",
-            Host::Speech,
-            &speech_bin,
-            &[
-                "--listen",
-                addrs::SPEECH_WS,
-                "--out-dir",
-                &speech_out.to_string_lossy(),
-                "--summary",
-                &summary.to_string_lossy(),
-                "--duration-secs",
-                "300",
-            ],
-        )?;
+        let (out_s, summary_s) = (speech_out.to_string_lossy(), summary.to_string_lossy());
+        let mut args = vec![
+            "--listen",
+            addrs::SPEECH_WS,
+            "--out-dir",
+            &out_s,
+            "--summary",
+            &summary_s,
+            "--duration-secs",
+            "300",
+        ];
+        args.extend_from_slice(extra);
+        topo.spawn("speech-server", Host::Speech, &speech_bin, &args)?;
         Ok((speech_out, summary))
     }
 

@@ -165,6 +165,7 @@ mod tests {
                     requested: None,
                     paused: false,
                     streams: [Some("10.77.1.1:30000".parse().unwrap()), None],
+                    channel_ids: [Some(7), None],
                 }),
             },
         }

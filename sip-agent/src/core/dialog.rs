@@ -38,29 +38,6 @@ pub struct Dialog {
     pub peer: Peer,
 }
 
-/// The URI inside a Contact/Route value: between `<` and `>`, else up to the first `;`.
-pub fn uri_of(value: &str) -> &str {
-    match (value.find('<'), value.find('>')) {
-        (Some(a), Some(b)) if a < b => &value[a + 1..b],
-        _ => value.split(';').next().unwrap_or(value).trim(),
-    }
-}
-
-/// Values of every header named `name` in a parsed message, in order (multi-value lines were
-/// already split by [`message::parse`]).
-pub fn header_values(headers: &rsip::Headers, name: &str) -> Vec<String> {
-    headers
-        .iter()
-        .filter_map(|h| {
-            let s = h.to_string();
-            let (n, v) = s.split_once(':')?;
-            n.trim()
-                .eq_ignore_ascii_case(name)
-                .then(|| v.trim().to_string())
-        })
-        .collect()
-}
-
 /// What [`Dialog::request`] needs besides the dialog.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestParts<'a> {
@@ -139,6 +116,7 @@ impl Dialog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::message::{header_values, uri_of};
     use crate::core::transaction::Transport;
 
     fn dialog() -> Dialog {

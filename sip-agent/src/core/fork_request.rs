@@ -20,6 +20,7 @@
 //! reference's error string verbatim (these strings are what the controller parses).
 
 use serde_json::{Map, Value};
+use speech_proto::Profile;
 
 /// Content type of an INFO body (or multipart part) carrying a fork request or a status report
 /// (reference: "CUBE supports the INFO message with content type application/x-cisco-record+json").
@@ -213,8 +214,27 @@ impl ForkCodec {
 pub enum WsScheme {
     /// Plain `ws://`.
     Ws,
-    /// `wss://` (TLS 1.2, reference "Restrictions").
+    /// `wss://` (the reference allows TLS 1.2 only; fork-agent also 1.3, docs/fork-request.md
+    /// "Differences from CUBE").
     Wss,
+}
+
+impl WsScheme {
+    /// The URL scheme (`ws`, `wss`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ws => "ws",
+            Self::Wss => "wss",
+        }
+    }
+
+    /// The port a URL without one means (RFC 6455 §3: 80 for `ws`, 443 for `wss`).
+    pub fn default_port(self) -> u16 {
+        match self {
+            Self::Ws => 80,
+            Self::Wss => 443,
+        }
+    }
 }
 
 /// Where the speech server is, after validating `url` and `port`.
@@ -231,6 +251,25 @@ pub struct SpeechServer {
     pub path: String,
 }
 
+impl SpeechServer {
+    /// The URL with the effective port folded in, in canonical form: the port is written unless
+    /// it is the scheme's default (RFC 3986 §6.2.3), the host is lower case. This is the
+    /// `fork_start` destination's `url` (docs/control-api.md).
+    pub fn url(&self) -> String {
+        let port = if self.port == self.scheme.default_port() {
+            String::new()
+        } else {
+            format!(":{}", self.port)
+        };
+        format!(
+            "{}://{}{port}{}",
+            self.scheme.as_str(),
+            self.host,
+            self.path
+        )
+    }
+}
+
 /// A validated START request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StartRequest {
@@ -240,6 +279,9 @@ pub struct StartRequest {
     pub server: SpeechServer,
     /// Token presented to the speech server, if any.
     pub auth_token: Option<String>,
+    /// The speech protocol dialect to speak (our extension `profile`); `None`: the one of
+    /// fork-agent's `[[speech_server]]` entry.
+    pub profile: Option<Profile>,
     /// Codec the controller expects; `None` means "whatever G.711 the call negotiated".
     pub codec: Option<ForkCodec>,
     /// Opaque metadata object forwarded to the speech server in the stream start message.
@@ -275,6 +317,7 @@ const START_KEYS: &[&str] = &[
     "auth-token",
     "codec",
     "metadata",
+    "profile",
 ];
 const STOP_KEYS: &[&str] = &["type", "call-guid"];
 const UPDATE_KEYS: &[&str] = &["type", "call-guid", "metadata"];
@@ -398,10 +441,17 @@ fn parse_start(obj: &Map<String, Value>, call_guid: String) -> Result<StartReque
         Some(Value::Object(m)) => Some(m.clone()),
         Some(_) => return Err(ForkError::UnexpectedFormat),
     };
+    // Exact lower-case names, like `codec`: `"Twilio"` is a typo to report, not to guess at.
+    let profile = match obj.get("profile") {
+        None => None,
+        Some(Value::String(s)) => Some(s.parse().map_err(|_| ForkError::UnexpectedFormat)?),
+        Some(_) => return Err(ForkError::UnexpectedFormat),
+    };
     Ok(StartRequest {
         call_guid,
         server,
         auth_token,
+        profile,
         codec,
         metadata,
     })
@@ -443,10 +493,7 @@ fn parse_ws_url(url: &str, port_field: Option<u16>) -> Result<SpeechServer, Fork
     let port = match (port_field, url_port) {
         (Some(a), Some(b)) if a != b => return Err(ForkError::UnexpectedFormat),
         (Some(p), _) | (None, Some(p)) => p,
-        (None, None) => match scheme {
-            WsScheme::Ws => 80,
-            WsScheme::Wss => 443,
-        },
+        (None, None) => scheme.default_port(),
     };
     Ok(SpeechServer {
         scheme,
@@ -572,11 +619,19 @@ impl ForkSequence {
 /// State announced in a status report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ForkState {
-    /// The request was accepted and a WebSocket connection was chosen or is being opened
-    /// (reference: "When a connection is identified, CUBE sends status information").
+    /// fork-agent accepted the fork (its streams have channel ids) and a WebSocket connection
+    /// was chosen or is being opened (reference: "When a connection is identified, CUBE sends
+    /// status information").
     Connecting,
-    /// START metadata reached the speech server; media is flowing.
+    /// The speech server accepted the stream: the WebSocket is up and the START metadata went
+    /// out (fork-agent's `started` event); media is flowing. Again, without `request`, when the
+    /// fork is carried again after a lost connection.
     Started,
+    /// The connection to the speech server was lost (`status`: `Connection closed` or `TCP
+    /// Connection closed`); fork-agent keeps the fork and reconnects. `STARTED` follows when it
+    /// is carried again, `ERROR` when fork-agent gives up. Our extension: the reference ends
+    /// the fork here.
+    Reconnecting,
     /// Forking paused (hold or codec change).
     Paused,
     /// Forking resumed after a pause.
@@ -595,6 +650,7 @@ impl ForkState {
         match self {
             Self::Connecting => "CONNECTING",
             Self::Started => "STARTED",
+            Self::Reconnecting => "RECONNECTING",
             Self::Paused => "PAUSED",
             Self::Resumed => "RESUMED",
             Self::Updated => "UPDATED",
@@ -645,9 +701,9 @@ pub struct StatusReport {
     pub request: Option<ForkKind>,
     /// New fork state.
     pub state: ForkState,
-    /// Reference error string for `Error` and `Stopped` states.
+    /// Reference error string for `Error`, `Stopped` and `Reconnecting` states.
     pub status: Option<ForkError>,
-    /// Streams of the fork (present from `Started` on).
+    /// Streams of the fork (present from `Connecting` on).
     pub streams: Vec<StreamStatus>,
 }
 
@@ -722,336 +778,4 @@ pub fn guid_hint(body: &[u8]) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const GUID: &str = "6F0C9A2E1D3B11EEB5D6000C29F1A2B3";
-
-    fn start_json(extra: &str) -> String {
-        format!(
-            r#"{{"type":"START","call-guid":"{GUID}","url":"wss://speech.example.com/fork"{extra}}}"#
-        )
-    }
-
-    #[test]
-    fn error_strings_match_reference_table_verbatim() {
-        let table = [
-            "Codec is not supported",
-            "Connection failed",
-            "Internal error",
-            "Connection closed",
-            "Authentication token invalid",
-            "JSON parse failure",
-            "Unexpected format or content in JSON",
-            "Mandatory parameter missing in JSON",
-            "Method not supported",
-            "Invalid Start Fork Request",
-            "Invalid Stop Fork Request",
-            "DNS lookup failed",
-            "Proxy DNS lookup failed",
-            "Unsupported flow",
-            "Forking stopped",
-            "TCP Connection closed",
-            "High availability Switchover",
-            "GUID Mismatch",
-            "Invalid Update Fork Request",
-        ];
-        for (e, s) in ForkError::ALL.iter().zip(table) {
-            assert_eq!(e.as_str(), s);
-            assert_eq!(e.to_string(), s);
-            assert_eq!(ForkError::from_wire(s), Some(*e));
-        }
-        assert_eq!(ForkError::from_wire("json parse failure"), None);
-    }
-
-    #[test]
-    fn full_start_parses() {
-        let body = start_json(
-            r#","port":8443,"auth-token":"abc.def","codec":"g711alaw","metadata":{"agent":"42"}"#,
-        );
-        let ForkRequest::Start(s) = ForkRequest::parse(body.as_bytes()).expect("valid") else {
-            panic!("not a start");
-        };
-        assert_eq!(s.call_guid, GUID);
-        assert_eq!(s.server.scheme, WsScheme::Wss);
-        assert_eq!(s.server.host, "speech.example.com");
-        assert_eq!(s.server.port, 8443);
-        assert_eq!(s.server.path, "/fork");
-        assert_eq!(s.auth_token.as_deref(), Some("abc.def"));
-        assert_eq!(s.codec, Some(ForkCodec::G711Alaw));
-        assert_eq!(s.metadata.expect("metadata")["agent"], "42");
-    }
-
-    #[test]
-    fn port_must_be_a_json_integer() {
-        assert!(ForkRequest::parse(start_json(r#","port":8080"#).as_bytes()).is_ok());
-        for bad in [
-            r#","port":"8080""#,
-            r#","port":8080.0"#,
-            r#","port":0"#,
-            r#","port":65536"#,
-            r#","port":-1"#,
-            r#","port":null"#,
-        ] {
-            assert_eq!(
-                ForkRequest::parse(start_json(bad).as_bytes()),
-                Err(ForkError::UnexpectedFormat),
-                "{bad}"
-            );
-        }
-    }
-
-    #[test]
-    fn url_rules() {
-        let parse = |u: &str| {
-            let j = format!(r#"{{"type":"START","call-guid":"{GUID}","url":"{u}"}}"#);
-            ForkRequest::parse(j.as_bytes()).map(|r| match r {
-                ForkRequest::Start(s) => s.server,
-                _ => unreachable!("START parses to Start"),
-            })
-        };
-        let s = parse("ws://10.64.86.215:8000").expect("ipv4 url");
-        assert_eq!(
-            (s.scheme, s.host.as_str(), s.port, s.path.as_str()),
-            (WsScheme::Ws, "10.64.86.215", 8000, "/")
-        );
-        assert_eq!(
-            parse("wss://Speech.Example.com?x=1").expect("query").path,
-            "/?x=1"
-        );
-        assert_eq!(parse("ws://a.example").expect("default").port, 80);
-        for bad in [
-            "http://a.example/",
-            "ws://[::1]:80/",
-            "ws://user@a.example/",
-            "ws://a.example:0/",
-            "ws://a.example:080/",
-            "ws://a.example:x/",
-            "ws://300.1.1.1/",
-            "ws:///path",
-            "ws://-bad.example/",
-            "ws://a.example/p#frag",
-            "ws://a b/",
-        ] {
-            assert_eq!(parse(bad), Err(ForkError::UnexpectedFormat), "{bad}");
-        }
-        // The port field and the URL's port must agree.
-        let j = format!(
-            r#"{{"type":"START","call-guid":"{GUID}","url":"ws://a.example:81","port":82}}"#
-        );
-        assert_eq!(
-            ForkRequest::parse(j.as_bytes()),
-            Err(ForkError::UnexpectedFormat)
-        );
-    }
-
-    #[test]
-    fn codec_values() {
-        assert!(ForkRequest::parse(start_json(r#","codec":"g711ulaw""#).as_bytes()).is_ok());
-        for bad in [
-            r#","codec":"g729""#,
-            r#","codec":"G711ULAW""#,
-            r#","codec":0"#,
-        ] {
-            assert_eq!(
-                ForkRequest::parse(start_json(bad).as_bytes()),
-                Err(ForkError::UnexpectedFormat),
-                "{bad}"
-            );
-        }
-    }
-
-    #[test]
-    fn json_syntax_and_shape_errors() {
-        assert_eq!(ForkRequest::parse(b"{"), Err(ForkError::JsonParseFailure));
-        assert_eq!(ForkRequest::parse(b""), Err(ForkError::JsonParseFailure));
-        assert_eq!(
-            ForkRequest::parse(&vec![b' '; MAX_BODY_LEN + 1]),
-            Err(ForkError::JsonParseFailure)
-        );
-        assert_eq!(
-            ForkRequest::parse(b"[1,2]"),
-            Err(ForkError::UnexpectedFormat)
-        );
-        assert_eq!(
-            ForkRequest::parse(b"{}"),
-            Err(ForkError::MandatoryParameterMissing)
-        );
-        assert_eq!(
-            ForkRequest::parse(br#"{"type":1,"call-guid":"AB"}"#),
-            Err(ForkError::UnexpectedFormat)
-        );
-        assert_eq!(
-            ForkRequest::parse(br#"{"type":"PAUSE","call-guid":"AB"}"#),
-            Err(ForkError::MethodNotSupported)
-        );
-        assert_eq!(
-            ForkRequest::parse(br#"{"type":"start","call-guid":"AB"}"#),
-            Err(ForkError::MethodNotSupported)
-        );
-    }
-
-    #[test]
-    fn mandatory_parameters() {
-        assert_eq!(
-            ForkRequest::parse(br#"{"type":"STOP"}"#),
-            Err(ForkError::MandatoryParameterMissing)
-        );
-        assert_eq!(
-            ForkRequest::parse(br#"{"type":"START","call-guid":"AB"}"#),
-            Err(ForkError::MandatoryParameterMissing)
-        );
-        assert_eq!(
-            ForkRequest::parse(br#"{"type":"UPDATE","call-guid":"AB"}"#),
-            Err(ForkError::MandatoryParameterMissing)
-        );
-        for guid in [r#""""#, r#""not-hex!""#, "12345"] {
-            let j = format!(r#"{{"type":"STOP","call-guid":{guid}}}"#);
-            assert_eq!(
-                ForkRequest::parse(j.as_bytes()),
-                Err(ForkError::UnexpectedFormat),
-                "{guid}"
-            );
-        }
-    }
-
-    #[test]
-    fn unknown_or_misplaced_keys_are_rejected() {
-        assert_eq!(
-            ForkRequest::parse(start_json(r#","Port":8080"#).as_bytes()),
-            Err(ForkError::UnexpectedFormat)
-        );
-        let j = format!(r#"{{"type":"STOP","call-guid":"{GUID}","url":"ws://a"}}"#);
-        assert_eq!(
-            ForkRequest::parse(j.as_bytes()),
-            Err(ForkError::UnexpectedFormat)
-        );
-        // UPDATE may not change the connection (reference "UPDATE Message" note).
-        let j =
-            format!(r#"{{"type":"UPDATE","call-guid":"{GUID}","metadata":{{}},"url":"ws://a"}}"#);
-        assert_eq!(
-            ForkRequest::parse(j.as_bytes()),
-            Err(ForkError::UnexpectedFormat)
-        );
-        let j = format!(r#"{{"type":"UPDATE","call-guid":"{GUID}","metadata":"x"}}"#);
-        assert_eq!(
-            ForkRequest::parse(j.as_bytes()),
-            Err(ForkError::UnexpectedFormat)
-        );
-    }
-
-    fn stop(g: &str) -> ForkRequest {
-        ForkRequest::Stop {
-            call_guid: g.into(),
-        }
-    }
-    fn update(g: &str) -> ForkRequest {
-        ForkRequest::Update {
-            call_guid: g.into(),
-            metadata: Map::new(),
-        }
-    }
-    fn start() -> ForkRequest {
-        ForkRequest::parse(start_json("").as_bytes()).expect("valid start")
-    }
-
-    #[test]
-    fn sequence_rules() {
-        let mut seq = ForkSequence::new();
-        assert_eq!(
-            seq.apply(stop(GUID), Carrier::Info),
-            Err(ForkError::InvalidStopForkRequest)
-        );
-        assert_eq!(
-            seq.apply(update(GUID), Carrier::Info),
-            Err(ForkError::InvalidUpdateForkRequest)
-        );
-        assert!(matches!(
-            seq.apply(start(), Carrier::Info),
-            Ok(ForkRequest::Start(_))
-        ));
-        assert!(seq.is_active());
-        assert_eq!(
-            seq.apply(start(), Carrier::Info),
-            Err(ForkError::InvalidStartForkRequest)
-        );
-        assert_eq!(
-            seq.apply(update("ABCD"), Carrier::Info),
-            Err(ForkError::GuidMismatch)
-        );
-        assert_eq!(
-            seq.apply(stop("ABCD"), Carrier::Info),
-            Err(ForkError::GuidMismatch)
-        );
-        assert!(matches!(
-            seq.apply(update(GUID), Carrier::Info),
-            Ok(ForkRequest::Update { .. })
-        ));
-        assert!(matches!(
-            seq.apply(stop(GUID), Carrier::Info),
-            Ok(ForkRequest::Stop { .. })
-        ));
-        assert!(!seq.is_active());
-        // Restart after stop is allowed.
-        assert!(seq.apply(start(), Carrier::Info).is_ok());
-        seq.end();
-        assert!(seq.apply(start(), Carrier::Info).is_ok());
-    }
-
-    #[test]
-    fn carriers_cannot_be_mixed_and_update_is_info_only() {
-        let mut seq = ForkSequence::new();
-        assert!(seq.apply(start(), Carrier::ReInvite).is_ok());
-        assert_eq!(
-            seq.apply(update(GUID), Carrier::ReInvite),
-            Err(ForkError::MethodNotSupported)
-        );
-        assert_eq!(
-            seq.apply(stop(GUID), Carrier::Info),
-            Err(ForkError::UnsupportedFlow)
-        );
-        assert!(seq.is_active(), "rejected request must not change state");
-        assert!(seq.apply(stop(GUID), Carrier::ReInvite).is_ok());
-    }
-
-    #[test]
-    fn status_report_json() {
-        let r = StatusReport {
-            call_guid: Some(GUID.into()),
-            request: Some(ForkKind::Start),
-            state: ForkState::Started,
-            status: None,
-            streams: vec![
-                StreamStatus {
-                    channel_id: 1,
-                    party: Party::Calling,
-                },
-                StreamStatus {
-                    channel_id: 2,
-                    party: Party::Called,
-                },
-            ],
-        };
-        let v: Value = serde_json::from_slice(&r.to_json()).expect("json");
-        assert_eq!(v["type"], "STATUS");
-        assert_eq!(v["call-guid"], GUID);
-        assert_eq!(v["request"], "START");
-        assert_eq!(v["state"], "STARTED");
-        assert!(v.get("status").is_none());
-        assert_eq!(v["streams"][1]["channel-id"], 2);
-        assert_eq!(v["streams"][1]["party"], "called");
-
-        let e = StatusReport::rejected(None, None, ForkError::JsonParseFailure);
-        assert_eq!(
-            String::from_utf8(e.to_json()).expect("utf8"),
-            r#"{"type":"STATUS","state":"ERROR","status":"JSON parse failure"}"#
-        );
-    }
-
-    #[test]
-    fn guid_hint_reads_broken_requests() {
-        let j = format!(r#"{{"type":"START","call-guid":"{GUID}","port":"8080"}}"#);
-        assert_eq!(guid_hint(j.as_bytes()).as_deref(), Some(GUID));
-        assert_eq!(guid_hint(b"{"), None);
-    }
-}
+mod tests;

@@ -8,35 +8,53 @@
 //! with `c=0.0.0.0` or a codec change each produce exactly the `flow_del`/`flow_add` needed.
 //!
 //! Inputs: [`MediaLayer::handle_session`] with every [`SessionEvent`] the B2BUA emits, in order;
-//! [`MediaLayer::handle_control_result`] with each control operation's typed answer.
+//! [`MediaLayer::handle_control_result`] with each control operation's typed answer;
+//! [`MediaLayer::handle_fork_event`] with fork-agent's `fork_status` events (they come on
+//! another connection than the answers, so in any order relative to them).
 //! Outputs: drain [`MediaLayer::poll_output`] after each input: [`MediaOutput::Control`] is one
 //! control-api request for fork-agent (the shell must execute them in order on one connection, which
 //! makes `fork_start` follow the flows it names); [`MediaOutput::Status`] goes to
-//! `B2bua::handle_fork_status`.
+//! `B2bua::handle_fork_status`, [`MediaOutput::ConnectionStatus`] to
+//! `B2bua::handle_connection_status` (paced there).
 //!
-//! Fork phases (reference "Media Forking Session", PAUSE/RESUME): START is reported CONNECTING
-//! at once, STARTED or ERROR when fork-agent answered. Hold or a non-G.711 codec on an active
-//! fork sends `fork_pause`, and the way back `fork_resume`; UPDATE sends `fork_update`. A
-//! fork-agent without these operations refuses them; the refusal is logged and no PAUSED/RESUMED
-//! /UPDATED is reported, so the controller is never told something that did not happen.
+//! Fork phases (reference "Media Forking Session", PAUSE/RESUME): the START goes to fork-agent
+//! as `fork_start` with the controller's destination (url with the port folded in, token,
+//! profile) and the call's parties. fork-agent's answer is CONNECTING (with the streams' channel
+//! ids), or ERROR with its refusal's reference string. STARTED is reported only on fork-agent's
+//! `started` event, when the speech server has the streams; an `error` event before it is the
+//! failed START (ERROR). After STARTED, a lost connection is RECONNECTING, the fork carried again
+//! STARTED (without `request`), and fork-agent giving up ERROR: these are connection statuses.
+//! A failed fork is stopped in fork-agent and forgotten, so a new START is allowed. Events that
+//! overtake the `fork_start` answer wait for it (docs/fork-request.md "Status sequences";
+//! media/status.rs).
+//! Hold or a non-G.711 codec on an active fork sends `fork_pause`, and the way back
+//! `fork_resume`; UPDATE sends `fork_update`. A fork-agent without these operations refuses
+//! them; the refusal is logged and no PAUSED/RESUMED/UPDATED is reported, so the controller is
+//! never told something that did not happen.
 //!
-//! This layer has no timers (fork-agent owns stream inactivity), hence no clock input.
+//! This layer has no timers (fork-agent owns stream inactivity and reconnects; the B2BUA paces
+//! the statuses), hence no clock input.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 
 use control_api::request::DEFAULT_PTIME_MS;
 use control_api::{
-    Answer, ApiError, Channel, ClientError, Codec, FlowSpec, ForkSpec, ForkStarted, Op,
-    PauseReason, StopReason, StreamSpec,
+    Answer, Channel, ClientError, Codec, Destination, FlowSpec, ForkSpec, Op, PauseReason,
+    StopReason, StreamSpec,
 };
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
-use crate::core::b2bua::{CallHandle, Leg, NegotiatedMedia, SessionEvent};
+use crate::core::b2bua::{CallHandle, CallParties, Leg, NegotiatedMedia, SessionEvent};
 use crate::core::fork_request::{
-    ForkCodec, ForkError, ForkKind, ForkRequest, ForkState, Party, StatusReport, StreamStatus,
+    ForkCodec, ForkError, ForkKind, ForkRequest, ForkState, StatusReport, StreamStatus,
 };
+
+mod status;
+
+use status::{channel_ids, channels_of, fork_error, streams_of, Link};
+pub use status::{ForkEvent, DESTINATION_NOT_ALLOWED};
 
 /// Static configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +84,14 @@ pub enum MediaOutput {
         /// Report.
         report: StatusReport,
     },
+    /// Give this report, caused by the speech-server connection of a started fork (lost,
+    /// carried again, given up), to `B2bua::handle_connection_status`.
+    ConnectionStatus {
+        /// Call.
+        call: CallHandle,
+        /// Report.
+        report: StatusReport,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +112,9 @@ enum Phase {
 struct Fork {
     guid: String,
     phase: Phase,
+    link: Link,
+    /// The streams' channel ids, from the `fork_start` answer (reported from CONNECTING on).
+    channels: Vec<StreamStatus>,
     /// G.711 law the fork runs with.
     codec: Codec,
     /// The law the START asked for (`codec`), if any: the fork only runs on that law.
@@ -119,6 +148,14 @@ pub struct ForkSnapshot {
     pub paused: bool,
     /// The flows (`local`) carrying the caller and callee streams.
     pub streams: [Option<SocketAddr>; 2],
+    /// fork-agent's channel ids of the caller and callee streams (reported again in the
+    /// STARTED after a reconnect).
+    #[serde(default, skip_serializing_if = "is_none_pair")]
+    pub channel_ids: [Option<u32>; 2],
+}
+
+fn is_none_pair(ids: &[Option<u32>; 2]) -> bool {
+    ids.iter().all(Option::is_none)
 }
 
 /// A fork-agent flow sip-agent stopped asking for because fork-agent removed it.
@@ -149,6 +186,8 @@ enum Purpose {
     FlowDel,
     Start(String),
     Stop(String),
+    /// `fork_stop` of a fork that failed: fork-agent keeps a failed fork until told.
+    Cleanup(String),
     Pause(String),
     Resume(String),
     Update(String),
@@ -245,16 +284,6 @@ fn desired_flows(legs: &[Option<NegotiatedMedia>; 2]) -> BTreeMap<SocketAddr, Fl
     out
 }
 
-/// The reference's error string fork-agent refused with, or "Internal error" (a refusal
-/// without one, or fork-agent not reachable).
-fn fork_error(e: &ClientError) -> ForkError {
-    match e.api() {
-        Some(ApiError::Refused(text)) => ForkError::from_wire(text),
-        _ => None,
-    }
-    .unwrap_or(ForkError::InternalError)
-}
-
 impl MediaLayer {
     /// A layer with no calls.
     pub fn new(cfg: MediaConfig) -> Self {
@@ -288,14 +317,16 @@ impl MediaLayer {
                 requested: f.requested.map(|c| c.as_str().to_owned()),
                 paused: matches!(f.phase, Phase::Pausing | Phase::Paused),
                 streams: f.streams,
+                channel_ids: channel_ids(&f.channels),
             }),
         }
     }
 
     /// Brings back a journalled call after a restart: its legs' media (from the restored
     /// B2BUA), the flows it had asked for and its fork, without sending anything (they are
-    /// still in fork-agent). A fork caught between two states is taken as running or paused;
-    /// the next media event or the call's end acts on it as usual.
+    /// still in fork-agent). A fork caught between two states is taken as running or paused,
+    /// and as started (its connection's events while this agent was down are lost); the next
+    /// media event, fork-agent event or the call's end acts on it as usual.
     pub fn restore(
         &mut self,
         call: CallHandle,
@@ -309,6 +340,8 @@ impl MediaLayer {
             } else {
                 Phase::Active
             },
+            link: Link::Up,
+            channels: channels_of(f.channel_ids),
             codec: law_name(&f.codec),
             requested: f.requested.as_deref().map(law_name),
             streams: f.streams,
@@ -377,27 +410,6 @@ impl MediaLayer {
         self.out.push_back(MediaOutput::Control { job, op });
     }
 
-    fn status(
-        &mut self,
-        call: CallHandle,
-        guid: &str,
-        request: Option<ForkKind>,
-        state: ForkState,
-        status: Option<ForkError>,
-        streams: Vec<StreamStatus>,
-    ) {
-        self.out.push_back(MediaOutput::Status {
-            call,
-            report: StatusReport {
-                call_guid: Some(guid.to_string()),
-                request,
-                state,
-                status,
-                streams,
-            },
-        });
-    }
-
     /// Feeds one session event from the B2BUA.
     pub fn handle_session(&mut self, ev: &SessionEvent) {
         match ev {
@@ -411,7 +423,12 @@ impl MediaLayer {
             SessionEvent::MediaDown { call } | SessionEvent::CallEnded { call, .. } => {
                 self.teardown(*call)
             }
-            SessionEvent::ForkRequest { call, request, .. } => self.on_fork(*call, request),
+            SessionEvent::ForkRequest {
+                call,
+                request,
+                parties,
+                ..
+            } => self.on_fork(*call, request, parties),
         }
     }
 
@@ -525,7 +542,7 @@ impl MediaLayer {
         }
     }
 
-    fn on_fork(&mut self, call: CallHandle, request: &ForkRequest) {
+    fn on_fork(&mut self, call: CallHandle, request: &ForkRequest, parties: &CallParties) {
         let server = self.cfg.speech_server.clone();
         let Some(c) = self.calls.get_mut(&call) else {
             // The core only accepts fork requests on established calls, which have had MediaUp.
@@ -567,11 +584,15 @@ impl MediaLayer {
                 // The core checked the codec is G.711 before accepting the START.
                 let codec = law(b);
                 let fork = ForkSpec {
-                    destination: None,
+                    destination: Some(Destination {
+                        url: s.server.url(),
+                        auth_token: s.auth_token.clone(),
+                        profile: s.profile,
+                    }),
                     call_guid: s.call_guid.clone(),
-                    call_id: String::new(),
-                    from: String::new(),
-                    to: String::new(),
+                    call_id: parties.call_id.clone(),
+                    from: parties.from.clone(),
+                    to: parties.to.clone(),
                     server,
                     codec,
                     ptime_ms: a.ptime.or(b.ptime).unwrap_or(DEFAULT_PTIME_MS),
@@ -590,6 +611,10 @@ impl MediaLayer {
                 c.fork = Some(Fork {
                     guid: s.call_guid.clone(),
                     phase: Phase::Starting,
+                    link: Link::Requested {
+                        early: VecDeque::new(),
+                    },
+                    channels: Vec::new(),
                     codec,
                     requested: s.codec.map(|k| match k {
                         ForkCodec::G711Ulaw => Codec::Pcmu,
@@ -597,16 +622,9 @@ impl MediaLayer {
                     }),
                     streams: [Some(local(a)), Some(local(b))],
                 });
-                // Reference: status goes back once a connection is identified; fork-agent picks
-                // it when it receives fork_start.
-                self.status(
-                    call,
-                    &s.call_guid,
-                    Some(ForkKind::Start),
-                    ForkState::Connecting,
-                    None,
-                    vec![],
-                );
+                // CONNECTING goes back with fork-agent's answer: it picks the connection when
+                // it receives fork_start (reference: "When a connection is identified, CUBE
+                // sends status information").
                 self.control(
                     call,
                     Purpose::Start(s.call_guid.clone()),
@@ -671,18 +689,30 @@ impl MediaLayer {
                 match (result, current) {
                     (Ok(answer), Some(f)) => {
                         f.phase = Phase::Active;
-                        let streams = match answer {
+                        f.channels = match answer {
                             Answer::ForkStarted(started) => streams_of(&started),
                             _ => Vec::new(),
                         };
+                        let early = match std::mem::replace(&mut f.link, Link::Connecting) {
+                            Link::Requested { early } => early,
+                            other => {
+                                f.link = other;
+                                VecDeque::new()
+                            }
+                        };
+                        let channels = f.channels.clone();
                         self.status(
                             call,
                             &guid,
                             Some(ForkKind::Start),
-                            ForkState::Started,
+                            ForkState::Connecting,
                             None,
-                            streams,
+                            channels,
                         );
+                        // Events that overtook the answer, in the order they came.
+                        for e in early {
+                            self.on_link_event(call, e);
+                        }
                         self.reconcile_pause(call);
                     }
                     (Ok(_), None) => debug!(?call, "fork started after a STOP was queued"),
@@ -700,6 +730,11 @@ impl MediaLayer {
                             vec![],
                         );
                     }
+                }
+            }
+            Purpose::Cleanup(guid) => {
+                if let Err(e) = result {
+                    debug!(?call, %guid, error = %e, "fork_stop of a failed fork refused");
                 }
             }
             Purpose::Stop(guid) => {
@@ -784,20 +819,7 @@ impl MediaLayer {
     }
 }
 
-/// `fork_start`'s answer as status streams.
-fn streams_of(started: &ForkStarted) -> Vec<StreamStatus> {
-    started
-        .streams
-        .iter()
-        .map(|s| StreamStatus {
-            channel_id: s.stream_id,
-            party: match s.channel {
-                Channel::Caller => Party::Calling,
-                Channel::Callee => Party::Called,
-            },
-        })
-        .collect()
-}
-
+#[cfg(test)]
+mod status_tests;
 #[cfg(test)]
 mod tests;

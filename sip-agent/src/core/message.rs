@@ -3,6 +3,8 @@
 //! Role: every byte string the shell receives goes through [`parse`], every message the cores
 //! send goes through [`encode`]. Helpers read the header fields transactions and dialogs key on
 //! (top Via branch and sent-by, CSeq, Call-ID, tags) and build responses (RFC 3261 §8.2.6).
+//! Header helpers for everyone else: [`header_value`] / [`header_values`] (any header by name,
+//! as text), [`content_type`], and [`uri_of`] (the URI inside a Contact or Route value).
 //!
 //! Where rsip 0.4 falls short we fix the input before it sees it, or bypass it on output:
 //! - Compact header names (`v:`, `i:`, `f:`, `t:`, `m:`, `l:`, `c:`, `k:`, `s:`, `e:`,
@@ -456,6 +458,34 @@ pub fn header_value(headers: &rsip::Headers, name: &str) -> Option<String> {
             .eq_ignore_ascii_case(name)
             .then(|| v.trim().to_string())
     })
+}
+
+/// The URI inside a Contact/Route value: between `<` and `>`, else up to the first `;`.
+pub fn uri_of(value: &str) -> &str {
+    match (value.find('<'), value.find('>')) {
+        (Some(a), Some(b)) if a < b => &value[a + 1..b],
+        _ => value.split(';').next().unwrap_or(value).trim(),
+    }
+}
+
+/// Values of every header named `name` in a parsed message, in order (multi-value lines were
+/// already split by [`parse`]).
+pub fn header_values(headers: &rsip::Headers, name: &str) -> Vec<String> {
+    headers
+        .iter()
+        .filter_map(|h| {
+            let s = h.to_string();
+            let (n, v) = s.split_once(':')?;
+            n.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+        .collect()
+}
+
+/// The first `Content-Type` value.
+pub fn content_type(headers: &rsip::Headers) -> Option<String> {
+    header_values(headers, "Content-Type").into_iter().next()
 }
 
 #[cfg(test)]

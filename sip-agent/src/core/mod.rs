@@ -17,6 +17,7 @@ pub mod port_pool;
 pub mod reconcile;
 pub mod sdp;
 pub mod session_timer;
+pub mod status_pacer;
 #[cfg(test)]
 pub mod testing;
 pub mod transaction;

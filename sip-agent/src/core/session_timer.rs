@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use rsip::Header;
 
-use crate::core::dialog::header_values;
+use crate::core::message::header_values;
 
 /// The smallest session interval RFC 4028 allows anyone to ask for (§4, §5: Min-SE "MUST NOT be
 /// less than 90 seconds"), and the default of sip-agent's own minimum.

@@ -231,6 +231,18 @@ impl Harness {
         self.drain();
     }
 
+    /// Passes a connection status (paced) to the B2BUA and collects what it sends.
+    pub fn connection_status(
+        &mut self,
+        call: CallHandle,
+        report: crate::core::fork_request::StatusReport,
+    ) {
+        self.b2bua
+            .handle_connection_status(self.now, call, report)
+            .expect("status for a live call with a controller");
+        self.drain();
+    }
+
     /// Takes every message sent to `addr` so far.
     pub fn take_for(&mut self, addr: &str) -> Vec<SipMessage> {
         let addr: SocketAddr = addr.parse().expect("addr");

@@ -17,7 +17,7 @@ use control_api::{Answer, AsyncClient, ClientError, Event, Op};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use crate::core::media::JobId;
+use crate::core::media::{ForkEvent, JobId};
 
 /// Pending control requests the B2BUA task may queue before it reports failures instead.
 pub const QUEUE: usize = 4096;
@@ -79,6 +79,8 @@ pub enum AgentEvent {
         /// Why.
         reason: control_api::FlowRemovedReason,
     },
+    /// A fork's status changed (`fork_status`): for the media layer.
+    ForkStatus(ForkEvent),
 }
 
 /// Events buffered towards the B2BUA task.
@@ -95,12 +97,23 @@ pub fn agent_event(ev: Event) -> Option<AgentEvent> {
             warn!(missed, "fork-agent events were lost (this subscriber lagged); a removed flow may go unnoticed until its call ends");
             None
         }
-        Event::ForkStatus { .. } | Event::Unknown => None,
+        Event::ForkStatus {
+            call_guid,
+            status,
+            error,
+            reconnected,
+        } => Some(AgentEvent::ForkStatus(ForkEvent {
+            call_guid,
+            status,
+            error,
+            reconnected,
+        })),
+        Event::Unknown => None,
     }
 }
 
 /// Starts the event task: a connection of its own to fork-agent, `subscribe`, then every
-/// `flow_removed` event forwarded. A lost or refused subscription (fork-agent restarting, not
+/// `flow_removed` and `fork_status` event forwarded. A lost or refused subscription (fork-agent restarting, not
 /// ready) is tried again after [`RESUBSCRIBE_AFTER`].
 #[allow(clippy::disallowed_methods)] // shell: the subscriber is its own task
 pub fn spawn_events(socket: PathBuf) -> mpsc::Receiver<AgentEvent> {
@@ -148,7 +161,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn flow_removed_events_are_forwarded_and_others_ignored() {
+    fn flow_removed_and_fork_status_events_are_forwarded_and_others_ignored() {
         let local: std::net::SocketAddr = "10.77.1.1:30000".parse().expect("addr");
         assert_eq!(
             agent_event(Event::FlowRemoved {
@@ -163,12 +176,18 @@ mod tests {
         assert_eq!(
             agent_event(Event::ForkStatus {
                 call_guid: "g".into(),
-                status: control_api::ForkStatus::Started,
-                error: None,
+                status: control_api::ForkStatus::Error,
+                error: Some("TCP Connection closed".into()),
                 reconnected: false
             }),
-            None
+            Some(AgentEvent::ForkStatus(ForkEvent {
+                call_guid: "g".into(),
+                status: control_api::ForkStatus::Error,
+                error: Some("TCP Connection closed".into()),
+                reconnected: false
+            }))
         );
+        assert_eq!(agent_event(Event::Unknown), None);
         assert_eq!(agent_event(Event::Lagged { missed: 3 }), None);
     }
 }

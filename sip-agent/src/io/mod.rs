@@ -14,7 +14,8 @@
 //! the call journal ([`call_store`]); at start the journal's calls are restored into both
 //! cores, and a [`Reconciler`] removes the fork-agent flows and forks of calls not restored
 //! after the grace period. fork-agent's `flow_removed` events (a flow's idle timeout) release
-//! the call the flow belonged to.
+//! the call the flow belonged to; its `fork_status` events go to the media layer, which turns
+//! them into STARTED, RECONNECTING and ERROR statuses for the controller.
 
 pub mod admin;
 pub mod call_store;
@@ -141,16 +142,22 @@ pub async fn run(settings: Settings, admin_socket: Option<std::path::PathBuf>) -
                 }
             }
             ev = events.recv() => {
-                let Some(AgentEvent::FlowRemoved { local, reason }) = ev else { continue };
-                // A flow fork-agent removed by itself: the call's media is dead (an RTP flow),
-                // or an RTCP flow idled out on a live call (forgotten, the call goes on).
-                if let Some(removed) = media.handle_flow_removed(local) {
-                    info!(call = ?removed.call, %local, ?reason, rtp = removed.rtp, "fork-agent removed a flow of this call");
-                    if removed.rtp {
-                        if let Err(e) = core.release(now(), removed.call, EndReason::MediaTimeout) {
-                            debug!(call = ?removed.call, error = %e, "not released");
+                let Some(ev) = ev else { continue };
+                match ev {
+                    AgentEvent::FlowRemoved { local, reason } => {
+                        // A flow fork-agent removed by itself: the call's media is dead (an RTP
+                        // flow), or an RTCP flow idled out on a live call (forgotten, the call
+                        // goes on).
+                        if let Some(removed) = media.handle_flow_removed(local) {
+                            info!(call = ?removed.call, %local, ?reason, rtp = removed.rtp, "fork-agent removed a flow of this call");
+                            if removed.rtp {
+                                if let Err(e) = core.release(now(), removed.call, EndReason::MediaTimeout) {
+                                    debug!(call = ?removed.call, error = %e, "not released");
+                                }
+                            }
                         }
                     }
+                    AgentEvent::ForkStatus(ev) => media.handle_fork_event(&ev),
                 }
             }
             () = sleep => {
@@ -460,6 +467,12 @@ fn drive(
                     counter.handle_fork_status(call, &report);
                     if let Err(e) = core.handle_fork_status(now(), call, report) {
                         // The call ended meanwhile: nobody to tell.
+                        debug!(?call, error = %e, "fork status dropped");
+                    }
+                }
+                MediaOutput::ConnectionStatus { call, report } => {
+                    counter.handle_fork_status(call, &report);
+                    if let Err(e) = core.handle_connection_status(now(), call, report) {
                         debug!(?call, error = %e, "fork status dropped");
                     }
                 }

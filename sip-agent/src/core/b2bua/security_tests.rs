@@ -7,6 +7,7 @@ use super::tests::{established, established_in, start_json, FORK_CT, GUID};
 use super::*;
 use crate::core::authz::{Cidr, Policy};
 use crate::core::testing::*;
+use crate::core::transaction::Transport;
 use rand::SeedableRng;
 use std::time::Duration;
 

@@ -1,7 +1,8 @@
 //! Full call flows through the B2BUA on the two-sided harness (core/testing.rs).
 
 use super::*;
-use crate::core::fork_request::{ForkKind, Party, StreamStatus};
+use crate::core::fork_request::{ForkKind, ForkState, Party, StatusReport, StreamStatus};
+use crate::core::sdp::Sdp;
 use crate::core::testing::*;
 use std::time::Duration;
 
@@ -162,11 +163,21 @@ fn full_flow_with_info_fork_retransmission_and_bye() {
         call,
         leg: Leg::A,
         request: ForkRequest::Start(s),
+        parties,
     } = &ev[0]
     else {
         panic!("{ev:?}")
     };
     assert_eq!(s.call_guid, GUID);
+    // The fork names the caller's leg: its Call-ID and the URIs of its From and To.
+    assert_eq!(
+        parties,
+        &CallParties {
+            call_id: "call-a@198.51.100.7".into(),
+            from: "sip:alice@198.51.100.7".into(),
+            to: "sip:6777@192.0.2.10".into(),
+        }
+    );
     assert!(h.take_for_b().is_empty(), "fork INFO is not relayed");
     let call = *call;
     // Fork layer reports START reached the speech server.

@@ -4,8 +4,9 @@ use super::*;
 use crate::core::b2bua::EndReason;
 use crate::core::fork_request::{SpeechServer, StartRequest, WsScheme};
 use crate::core::sdp::{Codec, Direction};
+use control_api::ApiError;
 
-const CALL: CallHandle = CallHandle(7);
+pub(super) const CALL: CallHandle = CallHandle(7);
 
 fn codec(name: &str, pt: u8) -> Codec {
     Codec {
@@ -30,43 +31,46 @@ fn media(local_ip: &str, local_port: u16, remote: &str, c: Codec) -> NegotiatedM
     }
 }
 
-fn a_media() -> NegotiatedMedia {
+pub(super) fn a_media() -> NegotiatedMedia {
     media("10.77.1.1", 30000, "10.77.1.2:40000", codec("PCMU", 0))
 }
 
-fn b_media() -> NegotiatedMedia {
+pub(super) fn b_media() -> NegotiatedMedia {
     media("10.77.2.1", 30002, "10.77.2.2:40000", codec("PCMU", 0))
 }
 
-fn layer() -> MediaLayer {
+pub(super) fn layer() -> MediaLayer {
     MediaLayer::new(MediaConfig {
         speech_server: "asr".into(),
     })
 }
 
-fn drain(m: &mut MediaLayer) -> Vec<MediaOutput> {
+pub(super) fn drain(m: &mut MediaLayer) -> Vec<MediaOutput> {
     std::iter::from_fn(|| m.poll_output()).collect()
 }
 
-fn ops(out: &[MediaOutput]) -> Vec<(JobId, Op)> {
+pub(super) fn ops(out: &[MediaOutput]) -> Vec<(JobId, Op)> {
     out.iter()
         .filter_map(|o| match o {
             MediaOutput::Control { job, op } => Some((*job, op.clone())),
-            MediaOutput::Status { .. } => None,
+            MediaOutput::Status { .. } | MediaOutput::ConnectionStatus { .. } => None,
         })
         .collect()
 }
 
-fn statuses(out: &[MediaOutput]) -> Vec<StatusReport> {
+/// Every status report, paced or not.
+pub(super) fn statuses(out: &[MediaOutput]) -> Vec<StatusReport> {
     out.iter()
         .filter_map(|o| match o {
-            MediaOutput::Status { report, .. } => Some(report.clone()),
+            MediaOutput::Status { report, .. } | MediaOutput::ConnectionStatus { report, .. } => {
+                Some(report.clone())
+            }
             MediaOutput::Control { .. } => None,
         })
         .collect()
 }
 
-fn up(m: &mut MediaLayer) -> Vec<MediaOutput> {
+pub(super) fn up(m: &mut MediaLayer) -> Vec<MediaOutput> {
     m.handle_session(&SessionEvent::MediaUp {
         call: CALL,
         leg: Leg::A,
@@ -80,7 +84,7 @@ fn up(m: &mut MediaLayer) -> Vec<MediaOutput> {
     drain(m)
 }
 
-fn ok_all(m: &mut MediaLayer, out: &[MediaOutput]) -> Vec<MediaOutput> {
+pub(super) fn ok_all(m: &mut MediaLayer, out: &[MediaOutput]) -> Vec<MediaOutput> {
     for (job, _) in ops(out) {
         m.handle_control_result(job, Ok(Answer::Done));
     }
@@ -88,15 +92,15 @@ fn ok_all(m: &mut MediaLayer, out: &[MediaOutput]) -> Vec<MediaOutput> {
 }
 
 /// fork-agent's refusal with `text`.
-fn refused(text: &str) -> ClientError {
+pub(super) fn refused(text: &str) -> ClientError {
     ClientError::Api(ApiError::Refused(text.into()))
 }
 
-fn sa(s: &str) -> SocketAddr {
+pub(super) fn sa(s: &str) -> SocketAddr {
     s.parse().expect("addr")
 }
 
-fn start(guid: &str) -> SessionEvent {
+pub(super) fn start(guid: &str) -> SessionEvent {
     SessionEvent::ForkRequest {
         call: CALL,
         leg: Leg::A,
@@ -109,9 +113,22 @@ fn start(guid: &str) -> SessionEvent {
                 path: "/".into(),
             },
             auth_token: None,
+            profile: None,
             codec: None,
             metadata: None,
         }),
+        parties: CallParties::default(),
+    }
+}
+
+pub(super) fn stop(guid: &str) -> SessionEvent {
+    SessionEvent::ForkRequest {
+        call: CALL,
+        leg: Leg::A,
+        request: ForkRequest::Stop {
+            call_guid: guid.into(),
+        },
+        parties: CallParties::default(),
     }
 }
 
@@ -202,58 +219,6 @@ fn address_change_replaces_only_the_affected_flows() {
 }
 
 #[test]
-fn start_reports_connecting_then_started_with_streams() {
-    let mut m = layer();
-    let out = up(&mut m);
-    ok_all(&mut m, &out);
-    m.handle_session(&start("abc"));
-    let out = drain(&mut m);
-    let st = statuses(&out);
-    assert_eq!(st.len(), 1);
-    assert_eq!(st[0].state, ForkState::Connecting);
-    let ops = ops(&out);
-    let (job, Op::ForkStart { fork }) = &ops[0] else {
-        panic!("{ops:?}")
-    };
-    assert_eq!(fork.codec, control_api::Codec::Pcmu);
-    assert_eq!(fork.server, "asr");
-    assert_eq!(fork.ptime_ms, 20);
-    assert_eq!(fork.streams[0].channel, Channel::Caller);
-    assert_eq!(fork.streams[0].flow, sa("10.77.1.1:30000"));
-    assert_eq!(fork.streams[1].flow, sa("10.77.2.1:30002"));
-    m.handle_control_result(
-        *job,
-        Ok(Answer::ForkStarted(control_api::ForkStarted {
-            streams: vec![
-                control_api::StartedStream {
-                    stream_id: 4,
-                    channel: Channel::Caller,
-                },
-                control_api::StartedStream {
-                    stream_id: 5,
-                    channel: Channel::Callee,
-                },
-            ],
-        })),
-    );
-    let st = statuses(&drain(&mut m));
-    assert_eq!(st[0].state, ForkState::Started);
-    assert_eq!(
-        st[0].streams,
-        vec![
-            StreamStatus {
-                channel_id: 4,
-                party: Party::Calling
-            },
-            StreamStatus {
-                channel_id: 5,
-                party: Party::Called
-            }
-        ]
-    );
-}
-
-#[test]
 fn start_refused_reports_the_agents_error_string() {
     let mut m = layer();
     let out = up(&mut m);
@@ -281,13 +246,7 @@ fn stop_and_call_end() {
     m.handle_session(&start("abc"));
     let out = drain(&mut m);
     ok_all(&mut m, &out);
-    m.handle_session(&SessionEvent::ForkRequest {
-        call: CALL,
-        leg: Leg::A,
-        request: ForkRequest::Stop {
-            call_guid: "abc".into(),
-        },
-    });
+    m.handle_session(&stop("abc"));
     let out = drain(&mut m);
     assert!(matches!(&ops(&out)[0].1,
         Op::ForkStop { call_guid, reason: StopReason::Request } if call_guid == "abc"));
@@ -477,12 +436,14 @@ fn start_with_codec(
             call,
             leg,
             request: ForkRequest::Start(mut s),
+            parties,
         } => {
             s.codec = codec;
             SessionEvent::ForkRequest {
                 call,
                 leg,
                 request: ForkRequest::Start(s),
+                parties,
             }
         }
         other => other,

@@ -63,6 +63,31 @@ impl CallerRun {
             })
             .collect()
     }
+
+    /// [`CallerRun::statuses`] as JSON, each with the time sipp logged it (UTC, `YYYY-MM-DD
+    /// HH:MM:SS.ffffff`; the caller's sipp runs with `TZ=UTC`).
+    pub fn timed_statuses(&self) -> Vec<(String, serde_json::Value)> {
+        let mut out = vec![];
+        for entry in self
+            .messages
+            .split("----------------------------------------------- ")
+        {
+            let Some((stamp, rest)) = entry.split_once('\n') else {
+                continue;
+            };
+            if !rest.contains("INFO sip:") {
+                continue;
+            }
+            let Some(body) = rest.find("{\"type\":\"STATUS\"") else {
+                continue;
+            };
+            let line = rest[body..].lines().next().unwrap_or_default();
+            if let Ok(v) = serde_json::from_str(line.trim()) {
+                out.push((stamp.trim().to_string(), v));
+            }
+        }
+        out
+    }
 }
 
 impl SipTest {
@@ -154,7 +179,31 @@ impl SipTest {
         security: &str,
         args: &[&str],
     ) -> Result<SipTest> {
-        let s = Scenario::start()?;
+        Self::start_on(Scenario::start()?, listen, next_hop, extra, security, args)
+    }
+
+    /// The standard UDP setup on a speech server started with `speech_args` (its test
+    /// switches), fork-agent's `asr` server entry getting `asr_extra` TOML keys.
+    pub fn start_with_speech(speech_args: &[&str], asr_extra: &str) -> Result<SipTest> {
+        Self::start_on(
+            Scenario::start_with(speech_args, asr_extra)?,
+            r#"udp = ["10.77.1.1:5060", "10.77.2.1:5060"]"#,
+            "10.77.2.2:5060:udp",
+            "",
+            CALLER_IS_CONTROLLER,
+            &[],
+        )
+    }
+
+    /// sip-agent on a running [`Scenario`] (see [`SipTest::start_full`]).
+    fn start_on(
+        s: Scenario,
+        listen: &str,
+        next_hop: &str,
+        extra: &str,
+        security: &str,
+        args: &[&str],
+    ) -> Result<SipTest> {
         let dir = s.topo.dir.clone();
         let cfg = dir.join("sip-agent.toml");
         let dir_s = dir.to_string_lossy().into_owned();
@@ -350,7 +399,9 @@ bind_media = "10.77.2.1"
         }
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut cmd: Command = self.s.topo.command(Host::Caller, "/usr/bin/sipp")?;
-        cmd.args(&args)
+        // sipp logs local time; UTC makes its log comparable with the other processes'.
+        cmd.env("TZ", "UTC")
+            .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -509,4 +560,39 @@ pub fn hold_gap(stream: &serde_json::Value) -> (Option<usize>, Vec<u64>) {
         .windows(2)
         .position(|w| (w[1].wrapping_sub(w[0]) & 0xffff) >= 60);
     (at, seqs)
+}
+
+/// fork-agent settings for the fork status tests: a failed connection attempt is retried once,
+/// quickly, so a failure reaches the controller within a second or so.
+pub const QUICK_GIVE_UP: &str =
+    "max_connect_attempts = 2\nbackoff_initial_ms = 100\nbackoff_max_ms = 400\n";
+
+/// A START by the caller/controller naming `url`, with `extra` JSON members (`,"k":v`).
+pub fn start_body_to(guid: &str, url: &str, extra: &str) -> String {
+    format!(r#"{{"type":"START","call-guid":"{guid}","url":"{url}"{extra}}}"#)
+}
+
+/// A call whose caller (the controller) sends `body` by INFO and keeps the call up `hold_ms`
+/// after it; returns the caller's run (status INFOs in it).
+pub fn forked_call(t: &mut SipTest, body: &str, hold_ms: u32) -> Result<CallerRun> {
+    t.callee("uas_answer.xml", &PCMA, &["-rtp_echo"])?;
+    let mut keys = PCMA.to_vec();
+    keys.push(("fork_body", body));
+    let d = hold_ms.to_string();
+    let run = t.caller("uac_call.xml", &keys, &["-d", &d])?;
+    assert!(run.ok, "caller failed\n{}", t.diag(Some(&run)));
+    Ok(run)
+}
+
+/// The statuses' `state` values, in order.
+pub fn states(st: &[serde_json::Value]) -> Vec<&str> {
+    st.iter().filter_map(|s| s["state"].as_str()).collect()
+}
+
+/// Fails unless the speech server's summary holds no stream (it heard nothing of any call).
+pub fn assert_no_streams(summary: &serde_json::Value) {
+    assert!(
+        summary["streams"].as_array().is_none_or(Vec::is_empty),
+        "the speech server got streams: {summary}"
+    );
 }

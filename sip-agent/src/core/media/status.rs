@@ -1,0 +1,271 @@
+//! What the controller hears about a fork, from fork-agent's `fork_start` answer and its
+//! `fork_status` events (docs/fork-request.md "Status sequences").
+//!
+//! Role: the fork's [`Link`] (requested, connecting, up, reconnecting) moves on fork-agent's
+//! `started` and `error` events; events that overtake the `fork_start` answer wait in the link
+//! until it came. STARTED and a START's failure answer the controller's START
+//! ([`MediaOutput::Status`]); a lost connection, the fork carried again and fork-agent giving
+//! up are connection statuses ([`MediaOutput::ConnectionStatus`], paced by the B2BUA). A
+//! failed fork is stopped in fork-agent and forgotten.
+//! Inputs: [`MediaLayer::handle_fork_event`]; the `fork_start` answer (media.rs). Outputs:
+//! status reports and the clean-up `fork_stop` through the layer's output queue.
+
+use std::collections::VecDeque;
+
+use control_api::{ApiError, Channel, ClientError, ForkStarted, ForkStatus, Op, StopReason};
+use tracing::{debug, warn};
+
+use super::{MediaLayer, MediaOutput, Purpose};
+use crate::core::b2bua::CallHandle;
+use crate::core::fork_request::{
+    ForkError, ForkKind, ForkState, Party, StatusReport, StreamStatus,
+};
+
+/// fork-agent's `fork_status` event (control-api `Event::ForkStatus`), as the shell forwards
+/// it (docs/control-api.md "subscribe").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForkEvent {
+    /// The fork.
+    pub call_guid: String,
+    /// What happened.
+    pub status: ForkStatus,
+    /// The reference's error string, for `error` (and `stopped`).
+    pub error: Option<String>,
+    /// `started` again after a lost connection.
+    pub reconnected: bool,
+}
+
+/// What of a `fork_status` event the media layer acts on. `paused`, `resumed` and `stopped`
+/// are not: they follow our own requests, whose answers are reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum LinkEvent {
+    /// The `start`s went out: the speech server has the streams.
+    Started {
+        /// After a lost connection.
+        reconnected: bool,
+    },
+    /// Something failed; the reference string (`Internal error` when fork-agent sent none
+    /// this version knows).
+    Error(ForkError),
+}
+
+impl LinkEvent {
+    pub(super) fn of(ev: &ForkEvent) -> Option<Self> {
+        match ev.status {
+            ForkStatus::Started => Some(Self::Started {
+                reconnected: ev.reconnected,
+            }),
+            ForkStatus::Error => Some(Self::Error(
+                ev.error
+                    .as_deref()
+                    .and_then(ForkError::from_wire)
+                    .unwrap_or(ForkError::InternalError),
+            )),
+            ForkStatus::Paused | ForkStatus::Resumed | ForkStatus::Stopped => None,
+        }
+    }
+}
+
+/// Status events kept for a fork whose `fork_start` answer has not arrived; beyond this
+/// (fork-agent reconnecting again and again before answering) the first and the newest are
+/// kept.
+pub(super) const EARLY_EVENTS: usize = 8;
+
+/// Where a fork's speech-server connection stands, as fork-agent's answer and events tell it.
+#[derive(Debug, Clone)]
+pub(super) enum Link {
+    /// `fork_start` sent, no answer yet; events that overtook the answer wait here.
+    Requested {
+        /// In arrival order.
+        early: VecDeque<LinkEvent>,
+    },
+    /// fork-agent accepted the fork (CONNECTING reported), no `started` yet.
+    Connecting,
+    /// The speech server has the streams (STARTED reported).
+    Up,
+    /// The connection was lost and fork-agent reconnects (RECONNECTING reported).
+    Reconnecting,
+}
+
+/// fork-agent refuses a `fork_start` whose destination its `[speech] allow` list does not name
+/// with this text and the reason after a colon (docs/control-api.md "fork_start"). The
+/// controller hears `Connection failed`: the media host would not connect there.
+pub const DESTINATION_NOT_ALLOWED: &str = "destination not allowed";
+
+/// The reference's error string fork-agent refused with; `Connection failed` for a
+/// destination it does not allow; else "Internal error" (a refusal without one, or fork-agent
+/// not reachable).
+pub(super) fn fork_error(e: &ClientError) -> ForkError {
+    match e.api() {
+        Some(ApiError::Refused(text)) => ForkError::from_wire(text).or_else(|| {
+            text.starts_with(DESTINATION_NOT_ALLOWED)
+                .then_some(ForkError::ConnectionFailed)
+        }),
+        _ => None,
+    }
+    .unwrap_or(ForkError::InternalError)
+}
+
+/// The caller and callee channel ids of `channels`.
+pub(super) fn channel_ids(channels: &[StreamStatus]) -> [Option<u32>; 2] {
+    let id = |p: Party| channels.iter().find(|s| s.party == p).map(|s| s.channel_id);
+    [id(Party::Calling), id(Party::Called)]
+}
+
+/// [`channel_ids`] as status streams again.
+pub(super) fn channels_of(ids: [Option<u32>; 2]) -> Vec<StreamStatus> {
+    [Party::Calling, Party::Called]
+        .into_iter()
+        .zip(ids)
+        .filter_map(|(party, id)| id.map(|channel_id| StreamStatus { channel_id, party }))
+        .collect()
+}
+
+impl MediaLayer {
+    pub(super) fn status(
+        &mut self,
+        call: CallHandle,
+        guid: &str,
+        request: Option<ForkKind>,
+        state: ForkState,
+        status: Option<ForkError>,
+        streams: Vec<StreamStatus>,
+    ) {
+        let report = report(guid, request, state, status, streams);
+        self.out.push_back(MediaOutput::Status { call, report });
+    }
+
+    /// A status caused by the connection of a started fork (paced by the B2BUA); it answers no
+    /// request of the controller's.
+    fn connection_status(
+        &mut self,
+        call: CallHandle,
+        guid: &str,
+        state: ForkState,
+        status: Option<ForkError>,
+        streams: Vec<StreamStatus>,
+    ) {
+        let report = report(guid, None, state, status, streams);
+        self.out
+            .push_back(MediaOutput::ConnectionStatus { call, report });
+    }
+
+    /// fork-agent's `fork_status` event. An event for a fork no call has (stopped, failed, or
+    /// another agent's) is ignored.
+    pub fn handle_fork_event(&mut self, ev: &ForkEvent) {
+        let Some(e) = LinkEvent::of(ev) else {
+            return;
+        };
+        let call = self
+            .calls
+            .iter()
+            .find(|(_, c)| c.fork.as_ref().is_some_and(|f| f.guid == ev.call_guid))
+            .map(|(&call, _)| call);
+        match call {
+            Some(call) => self.on_link_event(call, e),
+            None => debug!(call_guid = %ev.call_guid, ?e, "fork_status event for no fork of ours"),
+        }
+    }
+
+    pub(super) fn on_link_event(&mut self, call: CallHandle, e: LinkEvent) {
+        let Some(f) = self.calls.get_mut(&call).and_then(|c| c.fork.as_mut()) else {
+            return;
+        };
+        let guid = f.guid.clone();
+        let channels = f.channels.clone();
+        match (&mut f.link, e) {
+            (Link::Requested { early }, e) => {
+                // The first decides the START's outcome; of the rest, the newest matter.
+                if early.len() == EARLY_EVENTS {
+                    early.remove(1);
+                }
+                early.push_back(e);
+            }
+            (Link::Connecting, LinkEvent::Started { .. }) => {
+                f.link = Link::Up;
+                self.changed.insert(call);
+                let start = Some(ForkKind::Start);
+                self.status(call, &guid, start, ForkState::Started, None, channels);
+            }
+            // The START failed: fork-agent gave up connecting.
+            (Link::Connecting, LinkEvent::Error(err)) => {
+                self.fork_failed(call, Some(ForkKind::Start), err)
+            }
+            (Link::Up, LinkEvent::Started { reconnected: false }) => {
+                debug!(?call, %guid, "fork started again without a reconnect; nothing to report")
+            }
+            // Carried again ("resumed after reconnect"); from Up when the loss's event was lost.
+            (Link::Up | Link::Reconnecting, LinkEvent::Started { .. }) => {
+                f.link = Link::Up;
+                self.connection_status(call, &guid, ForkState::Started, None, channels);
+            }
+            (
+                Link::Up,
+                LinkEvent::Error(
+                    err @ (ForkError::ConnectionClosed | ForkError::TcpConnectionClosed),
+                ),
+            ) => {
+                f.link = Link::Reconnecting;
+                self.connection_status(call, &guid, ForkState::Reconnecting, Some(err), vec![]);
+            }
+            // Given up while reconnecting, or any other failure of a started fork.
+            (Link::Up | Link::Reconnecting, LinkEvent::Error(err)) => {
+                self.fork_failed(call, None, err)
+            }
+        }
+    }
+
+    /// The fork is over on fork-agent's side: ERROR with the reason, the fork forgotten (a new
+    /// START is allowed) and stopped in fork-agent, which keeps failed forks until told.
+    /// `request` is START for a START that never started, else `None` (a connection status).
+    fn fork_failed(&mut self, call: CallHandle, request: Option<ForkKind>, err: ForkError) {
+        let Some(f) = self.calls.get_mut(&call).and_then(|c| c.fork.take()) else {
+            return;
+        };
+        warn!(?call, call_guid = %f.guid, error = err.as_str(), "fork failed");
+        match request {
+            Some(_) => self.status(call, &f.guid, request, ForkState::Error, Some(err), vec![]),
+            None => self.connection_status(call, &f.guid, ForkState::Error, Some(err), vec![]),
+        }
+        self.control(
+            call,
+            Purpose::Cleanup(f.guid.clone()),
+            Op::ForkStop {
+                call_guid: f.guid,
+                reason: StopReason::Request,
+            },
+        );
+    }
+}
+
+/// A status report on fork `guid`.
+fn report(
+    guid: &str,
+    request: Option<ForkKind>,
+    state: ForkState,
+    status: Option<ForkError>,
+    streams: Vec<StreamStatus>,
+) -> StatusReport {
+    StatusReport {
+        call_guid: Some(guid.to_string()),
+        request,
+        state,
+        status,
+        streams,
+    }
+}
+
+/// `fork_start`'s answer as status streams.
+pub(super) fn streams_of(started: &ForkStarted) -> Vec<StreamStatus> {
+    started
+        .streams
+        .iter()
+        .map(|s| StreamStatus {
+            channel_id: s.stream_id,
+            party: match s.channel {
+                Channel::Caller => Party::Calling,
+                Channel::Callee => Party::Called,
+            },
+        })
+        .collect()
+}
