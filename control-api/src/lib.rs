@@ -30,7 +30,7 @@ pub use io::blocking::Client as BlockingClient;
 pub use io::tokio_client::Client as AsyncClient;
 pub use request::{
     parse_request, ChannelKey, ChannelSpec, Destination, FlowSpec, ForkSpec, Op, Request,
-    StreamServiceShow, StreamSpec, API_VERSION,
+    StreamServiceShow, StreamSpec, API_VERSION, DESTINATION_NOT_ALLOWED,
 };
 pub use response::{
     Answer, ApiError, ChannelAdded, FlowAdded, FlowPath, FlowRow, Fork, ForkStarted, Response,

@@ -114,6 +114,10 @@ pub struct Destination {
     pub profile: Option<speech_proto::Profile>,
 }
 
+/// How fork-agent's answer to a `fork_start` begins when `[destinations] allow` refuses its
+/// destination; the reason follows after `: ` (docs/control-api.md "fork_start").
+pub const DESTINATION_NOT_ALLOWED: &str = "destination not allowed";
+
 /// RFC 3551 §4.5: G.711 frames are 20 ms unless `a=ptime` says otherwise.
 pub const DEFAULT_PTIME_MS: u32 = 20;
 

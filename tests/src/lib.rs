@@ -632,9 +632,10 @@ pub struct Scenario {
 }
 
 impl Scenario {
-    /// The standard fork-agent config of the topology: XDP on fa0/fb0, fork veth xfork0, one
-    /// speech server `asr` at `ws://{speech_ws}/stream` (the speech-server in the speech
-    /// namespace listens on [`addrs::SPEECH_WS`]). It ends inside the `[[speech_server]]` table,
+    /// The standard fork-agent config of the topology: XDP on fa0/fb0, fork veth xfork0,
+    /// per-request destinations allowed on the speech network, one speech server `asr` at
+    /// `ws://{speech_ws}/stream` (the speech-server in the speech namespace listens on
+    /// [`addrs::SPEECH_WS`]). It ends inside the `[[speech_server]]` table,
     /// so keys appended to it land there.
     pub fn fork_agent_config(
         pin_dir: &Path,
@@ -651,6 +652,11 @@ fork_interface = "xfork0"
 [control]
 socket = "{sock}"
 state_dir = "{state}"
+
+# Controllers (sip-agent's START url) may name servers on the speech network, and one name
+# that never resolves (RFC 6761), for the DNS failure tests.
+[destinations]
+allow = ["*://10.77.3.0/24", "ws://asr.invalid"]
 
 [[speech_server]]
 name = "asr"

@@ -3,7 +3,7 @@
 //! CONNECTING then STARTED; the server fork-agent's config names gets nothing.
 //!
 //! Needs fork-agent to connect where the START's `url` says (control API `fork_start`'s
-//! `destination`, issue 15) and its `[speech] allow` list to admit it.
+//! `destination`, issue 15) and its `[destinations] allow` list to admit it.
 
 #![allow(clippy::disallowed_methods)] // wall clock drives real processes
 

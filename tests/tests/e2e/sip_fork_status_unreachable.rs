@@ -4,7 +4,7 @@
 //! configured speech server hears nothing of the call.
 //!
 //! Needs fork-agent to connect where the START's `url` says (control API `fork_start`'s
-//! `destination`, issue 15) and its `[speech] allow` list to admit these destinations.
+//! `destination`, issue 15) and its `[destinations] allow` list to admit these destinations.
 
 use crate::sip_support::*;
 use anyhow::Result;

@@ -154,7 +154,7 @@ struct ServerEntry {
 /// The error text of a refused destination (control-api `destination not allowed: …`, which
 /// sip-agent reports as "Connection failed").
 fn not_allowed(why: impl std::fmt::Display) -> anyhow::Error {
-    anyhow::anyhow!("destination not allowed: {why}")
+    anyhow::anyhow!("{}: {why}", control_api::DESTINATION_NOT_ALLOWED)
 }
 
 impl Policy {

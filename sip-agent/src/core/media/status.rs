@@ -87,10 +87,10 @@ pub(super) enum Link {
     Reconnecting,
 }
 
-/// fork-agent refuses a `fork_start` whose destination its `[speech] allow` list does not name
-/// with this text and the reason after a colon (docs/control-api.md "fork_start"). The
-/// controller hears `Connection failed`: the media host would not connect there.
-pub const DESTINATION_NOT_ALLOWED: &str = "destination not allowed";
+/// fork-agent refuses a `fork_start` whose destination its `[destinations] allow` list does
+/// not name with this text and the reason after a colon (docs/control-api.md "fork_start").
+/// The controller hears `Connection failed`: the media host would not connect there.
+pub use control_api::DESTINATION_NOT_ALLOWED;
 
 /// The reference's error string fork-agent refused with; `Connection failed` for a
 /// destination it does not allow; else "Internal error" (a refusal without one, or fork-agent
