@@ -310,3 +310,53 @@ fn a_server_refusing_the_upgrade_fails_the_fork_with_the_cube_string() -> Result
     }
     Ok(())
 }
+
+#[test]
+fn an_audiohook_server_that_never_accepts_fails_the_fork_not_holds_it() -> Result<()> {
+    // A server that upgrades but never answers `open` with `opened` (here a Twilio server,
+    // which has no such message): the fork must fail within the connect timeout, never STARTED.
+    let d = Dialect {
+        checker: &[],
+        ..AUDIOHOOK
+    };
+    let mut topo = Topology::new()?;
+    let dir = topo.dir.clone();
+    TWILIO.spawn_checker(&mut topo, "checker", CHECKER, &dir, &[])?;
+    let socket = topo.dir.join("fork-agent.sock");
+    let config = topo.dir.join("fork-agent.toml");
+    let mut cfg =
+        Scenario::fork_agent_config(&topo.pin_dir, &socket, &topo.dir.join("state"), CHECKER);
+    cfg.push_str("connect_timeout_ms = 1500\nmax_connect_attempts = 1\n");
+    cfg.push_str(&d.server_toml());
+    std::fs::write(&config, cfg)?;
+    let mut s = Scenario {
+        topo,
+        socket,
+        config,
+        speech_out: PathBuf::new(),
+        summary: PathBuf::new(),
+    };
+    s.start_agent()?;
+    s.add_call_flows(false)?;
+    let sub = UnixStream::connect(&s.socket)?;
+    sub.set_read_timeout(Some(Duration::from_millis(200)))?;
+    sub.try_clone()?
+        .write_all(b"{\"v\":1,\"op\":\"subscribe\"}\n")?;
+    let mut events = BufReader::new(sub);
+    let mut seen = Vec::new();
+    s.ctl(json!({"v":1,"op":"fork_start","fork":{
+        "call_guid": GUID, "server": "asr", "codec": "PCMU",
+        "streams": [{"channel":"caller","flow":addrs::A_LOCAL}]}}))?;
+    events_until(&mut events, &mut seen, |e| {
+        has(e, GUID, "error", Some("Connection failed"))
+    })?;
+    assert!(!has(&seen, GUID, "started", None), "{seen:#?}");
+    assert!(
+        s.topo
+            .log("fork-agent")
+            .contains("did not accept the session within"),
+        "{}",
+        s.topo.log_tail("fork-agent", 20)
+    );
+    Ok(())
+}

@@ -19,7 +19,7 @@
 //! server's confirmation.
 //!
 //! What the server may send is decided by the dialect (`speech_proto::Dialect::on_server_text`
-//! / `on_server_binary`; at most `MAX_SERVER_MESSAGE` bytes, which tungstenite also enforces
+//! / `on_server_binary`; at most `Profile::max_server_message` bytes, which tungstenite enforces
 //! while reading); framing errors tungstenite finds are mapped to a `ServerViolation` here. On
 //! a violation the connection is closed at once (Close with the violation's status code) and
 //! reported as [`ConnFailure::Protocol`]: the core counts it and decides about reconnecting.
@@ -38,8 +38,7 @@ use conn_limits::core::cidr::Cidr;
 use futures_util::{Sink, SinkExt, StreamExt};
 use rand::RngCore;
 use speech_proto::{
-    Control, Dialect, ProfileConfig, ServerSignal, ServerViolation, UpgradeInfo, WireFrame,
-    MAX_SERVER_MESSAGE,
+    Control, Dialect, Profile, ProfileConfig, ServerSignal, ServerViolation, UpgradeInfo, WireFrame,
 };
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
@@ -243,6 +242,7 @@ async fn run(
         counters,
         events,
         name: &t.name,
+        accept_timeout: t.connect_timeout,
     };
     let end = match connected {
         Err(f) => return f,
@@ -281,6 +281,8 @@ struct Link<'a> {
     counters: [&'a ConnCounters; 2],
     events: &'a mpsc::UnboundedSender<ConnEvent>,
     name: &'a str,
+    /// How long a confirming dialect's server may take to accept the session.
+    accept_timeout: Duration,
 }
 
 fn now() -> std::time::Instant {
@@ -313,10 +315,19 @@ where
     let mut batch: Vec<Outgoing> = Vec::with_capacity(MAX_BATCH);
     let mut frames: Vec<WireFrame> = Vec::with_capacity(MAX_BATCH);
     let mut error_log = ErrorLog::default();
-    // Dialects that confirm sessions say so once per connection.
+    // Dialects that confirm sessions say so once per connection; until then a deadline runs
+    // from the first message we sent (a server that never answers `open` must not hold the
+    // fork at CONNECTING for ever).
     let mut accepted = false;
+    let mut accept_by: Option<tokio::time::Instant> = None;
     loop {
         let keepalive = dialect.poll_timeout();
+        let accept_deadline = async {
+            match accept_by {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         let tick = async {
             match keepalive {
                 Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
@@ -367,6 +378,9 @@ where
                 }
                 let sent = frames.len() as u64;
                 let bytes = frames.iter().map(WireFrame::len).sum::<usize>() as u64;
+                if sent > 0 && accept_by.is_none() && !accepted && dialect.profile().awaits_acceptance() {
+                    accept_by = Some(tokio::time::Instant::now() + l.accept_timeout);
+                }
                 let write = async {
                     for f in frames.drain(..) {
                         sink.feed(message(f)).await?;
@@ -387,6 +401,14 @@ where
                     c.frames_sent.fetch_add(sent, Ordering::Relaxed);
                     c.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
                 }
+            }
+            _ = accept_deadline => {
+                let close = Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "".into() }));
+                let _ = tokio::time::timeout(CLOSE_FLUSH, sink.send(close)).await;
+                return (
+                    ConnFailure::Http { status: 0 },
+                    format!("the server did not accept the session within {:?}", l.accept_timeout),
+                );
             }
             _ = tick => {
                 frames.clear();
@@ -437,6 +459,7 @@ where
                                 error_log.log(l.name, &e);
                             }
                             ServerSignal::Accepted => {
+                                accept_by = None;
                                 if !std::mem::replace(&mut accepted, true) {
                                     let _ = l.events.send(ConnEvent::Accepted { conn: l.conn });
                                 }
@@ -656,10 +679,10 @@ async fn connect(t: &Target) -> Result<(Stream, ConnInfo, Dialect), Failure> {
                 .negotiated_cipher_suite()
                 .map(|s| format!("{:?}", s.suite()));
         }
-        let ws = upgrade(req, tls, upgrade_with.subprotocol).await?;
+        let ws = upgrade(req, tls, upgrade_with.subprotocol, dialect.profile()).await?;
         Ok((Stream::Tls(Box::new(ws)), info, dialect))
     } else {
-        let ws = upgrade(req, tcp, upgrade_with.subprotocol).await?;
+        let ws = upgrade(req, tcp, upgrade_with.subprotocol, dialect.profile()).await?;
         Ok((Stream::Plain(Box::new(ws)), info, dialect))
     }
 }
@@ -668,15 +691,19 @@ async fn upgrade<S>(
     req: tokio_tungstenite::tungstenite::handshake::client::Request,
     stream: S,
     subprotocol: Option<&'static str>,
+    profile: Profile,
 ) -> Result<WebSocketStream<S>, Failure>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     use tokio_tungstenite::tungstenite::Error;
-    // Bounds what we buffer of one server message (tungstenite applies it while reading only).
+    // Bounds what we buffer of one server message (tungstenite applies it while reading only);
+    // each dialect's servers send messages of their own size (a Twilio `media` echo is larger
+    // than any message our own protocol allows).
+    let max = profile.max_server_message();
     let config = WebSocketConfig::default()
-        .max_message_size(Some(MAX_SERVER_MESSAGE))
-        .max_frame_size(Some(MAX_SERVER_MESSAGE));
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
     let (ws, resp) = tokio_tungstenite::client_async_with_config(req, stream, Some(config))
         .await
         .map_err(|e| match e {
@@ -693,9 +720,11 @@ where
         .headers()
         .get("Sec-WebSocket-Protocol")
         .and_then(|v| v.to_str().ok());
-    // A dialect that offers a subprotocol needs the server to speak it (RFC 6455 §4.1: the
-    // client fails the connection otherwise); tungstenite itself refuses one we did not offer.
-    if let Some(want) = subprotocol {
+    // Our own protocol needs the server to speak it: a server that does not echo
+    // `xdpfork.speech.v1` would misread every frame. Other dialects offer theirs as a courtesy
+    // (jambonz `audio.jambonz.org`) and servers that ignore it are fine (RFC 6455 §4.2.2 lets a
+    // server pick none); tungstenite itself refuses one we did not offer.
+    if let (Some(want), Profile::Xdpfork) = (subprotocol, profile) {
         if proto != Some(want) {
             return Err((
                 ConnFailure::Http { status: 101 },
