@@ -92,10 +92,46 @@ struct Run {
     seen: Vec<Value>,
 }
 
+/// The checker's `--expect`s: the fork request's metadata and parties where the dialect
+/// carries them (docs/speech-protocol.md, each profile's mapping).
+fn metadata_expects(d: &Dialect) -> &'static [&'static str] {
+    match d.profile {
+        "twilio" => &[
+            "--expect",
+            "customParameters.agent-id=1042",
+            "--expect",
+            "customParameters.language=en-US",
+        ],
+        "audiohook" => &[
+            "--expect",
+            "customConfig.agent-id=1042",
+            "--expect",
+            "language=en-US",
+            "--expect",
+            "participant.ani=sip:1000@pbx",
+            "--expect",
+            "participant.dnis=sip:2000@pbx",
+        ],
+        "jambonz" => &[
+            "--expect",
+            "agent-id=1042",
+            "--expect",
+            "callSid=6f0c9a2e-1d3b-11ee-b5d6-000c29f1a2b3",
+            "--expect",
+            "mixType=stereo",
+            "--expect",
+            "sampleRate=8000",
+        ],
+        _ => &[],
+    }
+}
+
 fn start(d: &Dialect, extra_checker: &[&str], expect: &str) -> Result<Run> {
     let mut topo = Topology::new()?;
     let dir = topo.dir.clone();
-    let checker = d.spawn_checker(&mut topo, "checker", CHECKER, &dir, extra_checker)?;
+    let mut args = metadata_expects(d).to_vec();
+    args.extend_from_slice(extra_checker);
+    let checker = d.spawn_checker(&mut topo, "checker", CHECKER, &dir, &args)?;
     let socket = topo.dir.join("fork-agent.sock");
     let config = topo.dir.join("fork-agent.toml");
     let mut cfg =
