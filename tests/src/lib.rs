@@ -1861,11 +1861,23 @@ pub mod fork_rig {
 
     /// Starts a PCMU fork of one caller stream on `flow` to profile `server`.
     pub fn fork_caller(socket: &Path, guid: &str, server: &str, flow: &str) -> Result<Value> {
-        control(
-            socket,
-            &json!({"v":1,"op":"fork_start","fork":{"call_guid":guid,"server":server,"codec":"PCMU",
-                "streams":[{"channel":"caller","flow":flow}]}}),
-        )
+        fork_caller_to(socket, guid, server, flow, None)
+    }
+
+    /// [`fork_caller`] with a per-request `destination` object (control-api `Destination`).
+    pub fn fork_caller_to(
+        socket: &Path,
+        guid: &str,
+        server: &str,
+        flow: &str,
+        destination: Option<Value>,
+    ) -> Result<Value> {
+        let mut fork = json!({"call_guid":guid,"server":server,"codec":"PCMU",
+            "streams":[{"channel":"caller","flow":flow}]});
+        if let Some(d) = destination {
+            fork["destination"] = d;
+        }
+        control(socket, &json!({"v":1,"op":"fork_start","fork":fork}))
     }
 
     /// Sends `n` 20 ms PCMU packets (every `gap`) from the caller namespace to `to`.

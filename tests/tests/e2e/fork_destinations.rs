@@ -7,22 +7,23 @@
 // A test drives real processes against the wall clock.
 #![allow(clippy::disallowed_methods)]
 
-use std::{
-    io::{BufReader, Write},
-    os::unix::net::UnixStream,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use serde_json::{json, Value};
-use xdpfork_tests::{bin, control, Host, Topology};
-
-use crate::fork_support::{events_until, flow, fork_to, has, send, speech, SPEECH};
+use xdpfork_tests::{
+    bin, control,
+    fork_rig::{
+        caller_flow as flow, fork_caller_to as fork_to, has, send_rtp, spawn_speech, Events,
+        SPEECH_IP as SPEECH,
+    },
+    Host, Topology,
+};
 
 #[test]
 fn forks_reach_the_destination_and_token_the_request_names() -> Result<()> {
     let mut t = Topology::new()?;
-    speech(&mut t, "speech-b", 9005, &["--token", "tok-B"])?;
+    spawn_speech(&mut t, "speech-b", 9005, &["--token", "tok-B"])?;
     let socket = t.dir.join("fork-agent.sock");
     let cfg = t.dir.join("fork-agent.toml");
     std::fs::write(
@@ -46,12 +47,7 @@ fn forks_reach_the_destination_and_token_the_request_names() -> Result<()> {
         &["run", "--config", &cfg_s],
     )?;
     t.wait_fork_agent(&socket, "fork-agent")?;
-    let sub = UnixStream::connect(&socket)?;
-    sub.set_read_timeout(Some(Duration::from_millis(200)))?;
-    sub.try_clone()?
-        .write_all(b"{\"v\":1,\"op\":\"subscribe\"}\n")?;
-    let mut r = BufReader::new(sub);
-    let mut seen = Vec::new();
+    let mut ev = Events::subscribe(&socket)?;
 
     let url = format!("ws://{SPEECH}:9005/x");
     let f1 = flow(&socket, 1)?;
@@ -71,11 +67,11 @@ fn forks_reach_the_destination_and_token_the_request_names() -> Result<()> {
         Some(json!({"url": url, "auth_token": "nope"})),
     )?;
     // Nothing listens at the configured URL: STARTED means the request's URL and token won.
-    events_until(&mut r, &mut seen, |s| {
+    ev.until(Duration::from_secs(15), |s| {
         has(s, "g-ok", "started", None)
             && has(s, "g-wrong", "error", Some("Authentication token invalid"))
     })?;
-    send(&t, &f1, 20)?;
+    send_rtp(&t, &f1, 20, Duration::from_millis(2))?;
 
     // Outside the allow-list: refused by the control API, nothing connected.
     let f3 = flow(&socket, 3)?;

@@ -7,18 +7,26 @@
 // A test drives real processes against the wall clock.
 #![allow(clippy::disallowed_methods)]
 
-use std::{
-    io::{BufReader, Write},
-    os::unix::net::UnixStream,
-    path::Path,
-    time::Duration,
-};
+use std::{path::Path, time::Duration};
 
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
-use xdpfork_tests::{bin, control, Host, Topology};
+use xdpfork_tests::{
+    bin, control,
+    fork_rig::{
+        caller_flow as flow, fork_caller as fork, has, send_rtp, spawn_speech, Events,
+        SPEECH_IP as SPEECH,
+    },
+    Host, Topology,
+};
 
-use crate::fork_support::{events_until, flow, fork, has, send, speech, SPEECH};
+fn speech(t: &mut Topology, name: &str, port: u16, extra: &[&str]) -> Result<()> {
+    spawn_speech(t, name, port, extra).map(|_| ())
+}
+
+fn send(t: &Topology, to: &str, n: u16) -> Result<()> {
+    send_rtp(t, to, n, Duration::from_millis(2))
+}
 
 fn config(t: &Topology, socket: &Path) -> String {
     let srv = |name: &str, port: u16, extra: &str| {
@@ -69,12 +77,7 @@ fn pool_grows_and_failures_are_reported_with_reference_strings() -> Result<()> {
     )?;
     t.wait_fork_agent(&socket, "fork-agent")?;
 
-    let sub = UnixStream::connect(&socket)?;
-    sub.set_read_timeout(Some(Duration::from_millis(200)))?;
-    sub.try_clone()?
-        .write_all(b"{\"v\":1,\"op\":\"subscribe\"}\n")?;
-    let mut r = BufReader::new(sub);
-    let mut seen = Vec::new();
+    let mut ev = Events::subscribe(&socket)?;
 
     // calls_threshold = 1: two calls, two connections, both authenticated.
     let f1 = flow(&socket, 1)?;
@@ -91,7 +94,7 @@ fn pool_grows_and_failures_are_reported_with_reference_strings() -> Result<()> {
     fork(&socket, "g-abort", "abort", &f5)?;
     fork(&socket, "g-close", "closer", &f6)?;
 
-    events_until(&mut r, &mut seen, |s| {
+    ev.until(Duration::from_secs(15), |s| {
         has(s, "g-one", "started", None)
             && has(s, "g-two", "started", None)
             && has(s, "g-token", "error", Some("Authentication token invalid"))
@@ -118,12 +121,12 @@ fn pool_grows_and_failures_are_reported_with_reference_strings() -> Result<()> {
 
     send(&t, &f5, 40)?;
     send(&t, &f6, 40)?;
-    events_until(&mut r, &mut seen, |s| {
+    ev.until(Duration::from_secs(15), |s| {
         has(s, "g-abort", "error", Some("TCP Connection closed"))
             && has(s, "g-close", "error", Some("Connection closed"))
     })?;
     // The aborted connection comes back: start re-sent with resumed: true.
-    events_until(&mut r, &mut seen, |s| {
+    ev.until(Duration::from_secs(15), |s| {
         s.iter().any(|e| {
             e["call_guid"] == "g-abort" && e["status"] == "started" && e["reconnected"] == true
         })
@@ -166,7 +169,7 @@ fn pool_grows_and_failures_are_reported_with_reference_strings() -> Result<()> {
         &socket,
         &json!({"v":1,"op":"clear_stream_connection","id":id,"forced":true}),
     )?;
-    events_until(&mut r, &mut seen, |s| {
+    ev.until(Duration::from_secs(15), |s| {
         has(s, &guid, "error", Some("Connection closed"))
     })?;
     let log = t.log("fork-agent");

@@ -2,7 +2,6 @@
 //! per scenario. `cargo xtask test` runs it as root with `--test-threads=1`; filter by module
 //! name as before, e.g. `cargo xtask test sip_hold_resume`.
 
-mod fork_support;
 mod install_support;
 mod limits_support;
 mod sip_support;

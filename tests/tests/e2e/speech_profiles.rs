@@ -9,8 +9,6 @@
 #![allow(clippy::disallowed_methods)]
 
 use std::{
-    io::{BufReader, Write},
-    os::unix::net::UnixStream,
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -20,9 +18,8 @@ use serde_json::{json, Value};
 use xdpfork_tests::dialects::{
     compare, write_ulaw_as_wav, Checker, Dialect, AUDIOHOOK, JAMBONZ, RAW, RAW_L16_16K, TWILIO,
 };
+use xdpfork_tests::fork_rig::{has, Events};
 use xdpfork_tests::{addrs, rtp_packet, Host, Scenario, Topology};
-
-use crate::fork_support::{events_until, has};
 
 /// Where the checker listens (the speech namespace).
 const CHECKER: &str = "10.77.3.2:9000";
@@ -88,8 +85,7 @@ impl Parties {
 struct Run {
     s: Scenario,
     checker: Checker,
-    events: BufReader<UnixStream>,
-    seen: Vec<Value>,
+    ev: Events,
 }
 
 /// The checker's `--expect`s: the fork request's metadata and parties where the dialect
@@ -148,16 +144,8 @@ fn start(d: &Dialect, extra_checker: &[&str], expect: &str) -> Result<Run> {
     };
     s.start_agent()?;
     s.add_call_flows(false)?;
-    let sub = UnixStream::connect(&s.socket)?;
-    sub.set_read_timeout(Some(Duration::from_millis(200)))?;
-    sub.try_clone()?
-        .write_all(b"{\"v\":1,\"op\":\"subscribe\"}\n")?;
-    let mut run = Run {
-        s,
-        checker,
-        events: BufReader::new(sub),
-        seen: Vec::new(),
-    };
+    let ev = Events::subscribe(&s.socket)?;
+    let mut run = Run { s, checker, ev };
     run.s.ctl(json!({"v":1,"op":"fork_start","fork":{
         "call_guid": GUID, "call_id": "call-1@pbx",
         "from": "sip:1000@pbx", "to": "sip:2000@pbx", "server": "asr", "codec": "PCMU",
@@ -173,13 +161,13 @@ const GUID: &str = "6f0c9a2e-1d3b-11ee-b5d6-000c29f1a2b3";
 
 impl Run {
     fn wait_status(&mut self, status: &str) -> Result<()> {
-        let n = self.seen.len();
-        events_until(&mut self.events, &mut self.seen, |s| {
+        let n = self.ev.seen.len();
+        let r = self.ev.until(Duration::from_secs(15), |s| {
             s[n..]
                 .iter()
                 .any(|e| e["call_guid"] == GUID && e["status"] == status)
-        })
-        .with_context(|| {
+        });
+        r.with_context(|| {
             format!(
                 "fork-agent log:\n{}",
                 self.s.topo.log_tail("fork-agent", 30)
@@ -250,16 +238,16 @@ fn pause_resume_reconnect(d: &Dialect) -> Result<()> {
         .ctl(json!({"v":1,"op":"fork_resume","call_guid":GUID}))?;
     // 2.5 s of audio reach the checker, which then closes the connection (1001).
     parties.play(100)?;
-    let n = run.seen.len();
-    events_until(&mut run.events, &mut run.seen, |s| {
+    let n = run.ev.seen.len();
+    run.ev.until(Duration::from_secs(15), |s| {
         s[n..]
             .iter()
             .any(|e| e["call_guid"] == GUID && e["status"] == "started" && e["reconnected"] == true)
     })?;
     assert!(
-        has(&run.seen, GUID, "error", Some("Connection closed")),
+        has(&run.ev.seen, GUID, "error", Some("Connection closed")),
         "{:#?}",
-        run.seen
+        run.ev.seen
     );
     parties.play(50)?;
     std::thread::sleep(Duration::from_millis(300));
@@ -326,14 +314,14 @@ fn a_server_refusing_the_upgrade_fails_the_fork_with_the_cube_string() -> Result
     ] {
         let mut run = start(&TWILIO, &["--reject-upgrade", code], "error")?;
         assert!(
-            has(&run.seen, GUID, "error", Some(string)),
+            has(&run.ev.seen, GUID, "error", Some(string)),
             "HTTP {code}: {:#?}",
-            run.seen
+            run.ev.seen
         );
         assert!(
-            !has(&run.seen, GUID, "started", None),
+            !has(&run.ev.seen, GUID, "started", None),
             "never STARTED: {:#?}",
-            run.seen
+            run.ev.seen
         );
         run.s
             .topo
@@ -374,19 +362,14 @@ fn an_audiohook_server_that_never_accepts_fails_the_fork_not_holds_it() -> Resul
     };
     s.start_agent()?;
     s.add_call_flows(false)?;
-    let sub = UnixStream::connect(&s.socket)?;
-    sub.set_read_timeout(Some(Duration::from_millis(200)))?;
-    sub.try_clone()?
-        .write_all(b"{\"v\":1,\"op\":\"subscribe\"}\n")?;
-    let mut events = BufReader::new(sub);
-    let mut seen = Vec::new();
+    let mut ev = Events::subscribe(&s.socket)?;
     s.ctl(json!({"v":1,"op":"fork_start","fork":{
         "call_guid": GUID, "server": "asr", "codec": "PCMU",
         "streams": [{"channel":"caller","flow":addrs::A_LOCAL}]}}))?;
-    events_until(&mut events, &mut seen, |e| {
+    ev.until(Duration::from_secs(15), |e| {
         has(e, GUID, "error", Some("Connection failed"))
     })?;
-    assert!(!has(&seen, GUID, "started", None), "{seen:#?}");
+    assert!(!has(&ev.seen, GUID, "started", None), "{:#?}", ev.seen);
     assert!(
         s.topo
             .log("fork-agent")
