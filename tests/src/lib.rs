@@ -610,6 +610,55 @@ pub fn recv_all(sock: &UdpSocket, n: usize, quiet: Duration) -> Result<Vec<Vec<u
 /// The speech dialects, their checkers and WAV matching (e2e tests and the demo).
 pub mod dialects;
 
+/// Test certificates made with rcgen: a CA, and leaves for a name or an IP address.
+pub mod pki {
+    use std::path::Path;
+
+    use anyhow::Result;
+    use rcgen::{
+        date_time_ymd, BasicConstraints, Certificate, CertificateParams, DnType, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+
+    /// A self-signed CA named `name`.
+    pub fn ca(name: &str) -> Result<(Certificate, KeyPair)> {
+        let key = KeyPair::generate()?;
+        let mut p = CertificateParams::new(Vec::<String>::new())?;
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        Ok((p.self_signed(&key)?, key))
+    }
+
+    /// A leaf for `san` (an IP literal becomes an IP SAN) signed by `issuer`, valid now unless
+    /// `expired`; written as `<name>.crt` / `<name>.key` in `dir`.
+    pub fn leaf(
+        dir: &Path,
+        name: &str,
+        san: &str,
+        issuer: &(Certificate, KeyPair),
+        expired: bool,
+    ) -> Result<(String, String)> {
+        let key = KeyPair::generate()?;
+        let mut p = CertificateParams::new(vec![san.to_owned()])?;
+        p.distinguished_name.push(DnType::CommonName, san);
+        if expired {
+            p.not_before = date_time_ymd(2020, 1, 1);
+            p.not_after = date_time_ymd(2021, 1, 1);
+        }
+        let cert = p.signed_by(&key, &issuer.0, &issuer.1)?;
+        let crt = dir.join(format!("{name}.crt"));
+        let k = dir.join(format!("{name}.key"));
+        // Chain: leaf then its issuer, as a server sends it.
+        std::fs::write(&crt, format!("{}{}", cert.pem(), issuer.0.pem()))?;
+        std::fs::write(&k, key.serialize_pem())?;
+        Ok((
+            crt.to_string_lossy().into_owned(),
+            k.to_string_lossy().into_owned(),
+        ))
+    }
+}
+
 pub mod addrs {
     pub const CALLER_RTP: &str = "10.77.1.2:40000";
     pub const CALLEE_RTP: &str = "10.77.2.2:40000";

@@ -2,7 +2,8 @@
 //! token reaches that server with that token (the configured URL has nobody listening), a
 //! different token never rides the same connection ("Authentication token invalid" while the
 //! right one streams), URLs outside `[destinations] allow` are refused before anything is
-//! connected, and a destination's pool is dropped once nothing uses it.
+//! connected, and a destination's pool is dropped once nothing uses it. A `wss://` destination
+//! with a token uses its server entry's TLS settings.
 
 // A test drives real processes against the wall clock.
 #![allow(clippy::disallowed_methods)]
@@ -14,9 +15,10 @@ use serde_json::{json, Value};
 use xdpfork_tests::{
     bin, control,
     fork_rig::{
-        caller_flow as flow, fork_caller_to as fork_to, has, send_rtp, spawn_speech, Events,
-        SPEECH_IP as SPEECH,
+        caller_flow as flow, fork_caller_to as fork_to, has, send_rtp, spawn_speech,
+        start_fork_agent, Events, SPEECH_IP as SPEECH,
     },
+    pki::{ca, leaf},
     Host, Topology,
 };
 
@@ -129,5 +131,72 @@ fn forks_reach_the_destination_and_token_the_request_names() -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+    Ok(())
+}
+
+#[test]
+fn a_wss_destination_with_a_token_uses_the_server_entrys_tls_settings() -> Result<()> {
+    // The entry is plain ws:// (nobody listens there); the request names a wss:// server that
+    // requires its token. The entry's CA verifies the server's certificate (IP SAN).
+    let mut t = Topology::new()?;
+    let dir = t.dir.join("pki");
+    std::fs::create_dir_all(&dir)?;
+    let trusted = ca("xdpfork test CA")?;
+    std::fs::write(dir.join("ca.pem"), trusted.0.pem())?;
+    let (crt, key) = leaf(&dir, "speech", SPEECH, &trusted, false)?;
+    spawn_speech(
+        &mut t,
+        "speech-tls",
+        9443,
+        &["--tls-cert", &crt, "--tls-key", &key, "--token", "tls-tok"],
+    )?;
+    let socket = start_fork_agent(
+        &mut t,
+        &format!(
+            "[destinations]\nallow = [\"wss://{SPEECH}:9443\"]\n\
+             [[speech_server]]\nname = \"asr\"\nurl = \"ws://{SPEECH}:9000/fork\"\n\
+             max_connect_attempts = 1\nbackoff_initial_ms = 100\n\
+             [speech_server.tls]\nca_file = \"{}\"\n",
+            dir.join("ca.pem").display()
+        ),
+    )?;
+    let mut ev = Events::subscribe(&socket)?;
+    let url = format!("wss://{SPEECH}:9443/fork?lang=en");
+    let f1 = flow(&socket, 1)?;
+    fork_to(
+        &socket,
+        "g-wss",
+        "asr",
+        &f1,
+        Some(json!({"url": url, "auth_token": "tls-tok"})),
+    )?;
+    ev.until(Duration::from_secs(15), |s| {
+        has(s, "g-wss", "started", None)
+    })?;
+    send_rtp(&t, &f1, 20, Duration::from_millis(2))?;
+    let conns = control(
+        &socket,
+        &json!({"v":1,"op":"show_stream_service","what":"server","arg":format!("{SPEECH}:9443")}),
+    )?;
+    let c = conns
+        .as_array()
+        .and_then(|c| c.first())
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert!(c.to_string().contains("TLS"), "a TLS connection: {conns}");
+    // A wss:// port the rules do not name is refused.
+    let f2 = flow(&socket, 2)?;
+    let e = fork_to(
+        &socket,
+        "g-other",
+        "asr",
+        &f2,
+        Some(json!({"url": format!("wss://{SPEECH}:9444/fork")})),
+    )
+    .expect_err("refused");
+    assert!(
+        format!("{e:#}").contains("destination not allowed"),
+        "{e:#}"
+    );
     Ok(())
 }

@@ -12,13 +12,9 @@
 // A test drives real processes against the wall clock.
 #![allow(clippy::disallowed_methods)]
 
-use std::{path::Path, time::Duration};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
-use rcgen::{
-    date_time_ymd, BasicConstraints, Certificate, CertificateParams, DnType, IsCa, KeyPair,
-    KeyUsagePurpose,
-};
 use serde_json::{json, Value};
 use xdpfork_tests::{
     control,
@@ -26,45 +22,9 @@ use xdpfork_tests::{
         caller_flow, fork_caller, has, send_rtp, spawn_speech, speech_summary, start_fork_agent,
         Events, SPEECH_IP,
     },
+    pki::{ca, leaf},
     Topology,
 };
-
-fn ca(name: &str) -> Result<(Certificate, KeyPair)> {
-    let key = KeyPair::generate()?;
-    let mut p = CertificateParams::new(Vec::<String>::new())?;
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.distinguished_name.push(DnType::CommonName, name);
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    Ok((p.self_signed(&key)?, key))
-}
-
-/// A leaf for `san` (an IP literal becomes an IP SAN) signed by `issuer`, valid now unless
-/// `expired`; written as `<name>.crt` / `<name>.key` in `dir`.
-fn leaf(
-    dir: &Path,
-    name: &str,
-    san: &str,
-    issuer: &(Certificate, KeyPair),
-    expired: bool,
-) -> Result<(String, String)> {
-    let key = KeyPair::generate()?;
-    let mut p = CertificateParams::new(vec![san.to_owned()])?;
-    p.distinguished_name.push(DnType::CommonName, san);
-    if expired {
-        p.not_before = date_time_ymd(2020, 1, 1);
-        p.not_after = date_time_ymd(2021, 1, 1);
-    }
-    let cert = p.signed_by(&key, &issuer.0, &issuer.1)?;
-    let crt = dir.join(format!("{name}.crt"));
-    let k = dir.join(format!("{name}.key"));
-    // Chain: leaf then its issuer, as a server sends it.
-    std::fs::write(&crt, format!("{}{}", cert.pem(), issuer.0.pem()))?;
-    std::fs::write(&k, key.serialize_pem())?;
-    Ok((
-        crt.to_string_lossy().into_owned(),
-        k.to_string_lossy().into_owned(),
-    ))
-}
 
 #[test]
 fn wss_valid_certificate_carries_frames_and_bad_ones_fail() -> Result<()> {
