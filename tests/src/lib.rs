@@ -728,23 +728,30 @@ url = "ws://{ws}/stream"
     pub fn start_with(speech_args: &[&str], asr_extra: &str) -> Result<Scenario> {
         let mut topo = Topology::new()?;
         let (speech_out, summary) = Scenario::spawn_speech_server_with(&mut topo, speech_args)?;
+        let mut s = Scenario::start_agent_in(topo, addrs::SPEECH_WS, asr_extra)?;
+        s.speech_out = speech_out;
+        s.summary = summary;
+        Ok(s)
+    }
+
+    /// fork-agent in `topo` with the standard config for a speech server at `speech_ws` and
+    /// `asr_extra` appended (keys of the `asr` entry, then any further tables). Starts no
+    /// speech server: the caller runs its own (a checker, say), so `speech_out` and `summary`
+    /// are empty.
+    pub fn start_agent_in(topo: Topology, speech_ws: &str, asr_extra: &str) -> Result<Scenario> {
         let socket = topo.dir.join("fork-agent.sock");
         let config = topo.dir.join("fork-agent.toml");
         std::fs::write(
             &config,
-            Scenario::fork_agent_config(
-                &topo.pin_dir,
-                &socket,
-                &topo.dir.join("state"),
-                addrs::SPEECH_WS,
-            ) + asr_extra,
+            Scenario::fork_agent_config(&topo.pin_dir, &socket, &topo.dir.join("state"), speech_ws)
+                + asr_extra,
         )?;
         let mut s = Scenario {
             topo,
             socket,
             config,
-            speech_out,
-            summary,
+            speech_out: PathBuf::new(),
+            summary: PathBuf::new(),
         };
         s.start_agent()?;
         Ok(s)

@@ -81,6 +81,25 @@ fn stream(tx: UdpSocket, to: SocketAddr, pt: u8, ssrc: u32, audio: Vec<u8>) -> R
     Ok(n)
 }
 
+/// Both parties speak at once, each in real time to its anchor; packets sent by each.
+fn play_call(
+    caller_tx: UdpSocket,
+    callee_tx: UdpSocket,
+    caller_audio: Vec<u8>,
+    callee_audio: Vec<u8>,
+) -> Result<(usize, usize)> {
+    let (a, b): (SocketAddr, SocketAddr) = (A_LOCAL.parse()?, B_LOCAL.parse()?);
+    let t1 = std::thread::spawn(move || stream(caller_tx, a, 0, 0x1111, caller_audio));
+    let t2 = std::thread::spawn(move || stream(callee_tx, b, 0, 0x2222, callee_audio));
+    let sent_a = t1
+        .join()
+        .map_err(|_| anyhow::anyhow!("caller thread panicked"))??;
+    let sent_b = t2
+        .join()
+        .map_err(|_| anyhow::anyhow!("callee thread panicked"))??;
+    Ok((sent_a, sent_b))
+}
+
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let result = if args.profile == "xdpfork" {
@@ -168,17 +187,8 @@ fn run(out: &Path) -> Result<()> {
         caller_audio.len() / 160 + 1,
         Duration::from_secs(3),
     );
-    let a: SocketAddr = A_LOCAL.parse()?;
-    let b: SocketAddr = B_LOCAL.parse()?;
     let (caller_src, callee_src) = (caller_audio.clone(), callee_audio.clone());
-    let t1 = std::thread::spawn(move || stream(caller_tx, a, 0, 0x1111, caller_audio));
-    let t2 = std::thread::spawn(move || stream(callee_tx, b, 0, 0x2222, callee_audio));
-    let sent_a = t1
-        .join()
-        .map_err(|_| anyhow::anyhow!("caller thread panicked"))??;
-    let sent_b = t2
-        .join()
-        .map_err(|_| anyhow::anyhow!("callee thread panicked"))??;
+    let (sent_a, sent_b) = play_call(caller_tx, callee_tx, caller_audio, callee_audio)?;
     let got_b = callee_rx
         .join()
         .map_err(|_| anyhow::anyhow!("receiver panicked"))??
@@ -263,36 +273,15 @@ fn run_dialect(out: &Path, d: xdpfork_tests::dialects::Dialect) -> Result<()> {
 
     let mut topo = xdpfork_tests::Topology::new()?;
     let checker = d.spawn_checker(&mut topo, "checker", SPEECH_WS, &out, &[])?;
-    let socket = topo.dir.join("fork-agent.sock");
-    let config = topo.dir.join("fork-agent.toml");
-    let mut cfg =
-        Scenario::fork_agent_config(&topo.pin_dir, &socket, &topo.dir.join("state"), SPEECH_WS);
-    cfg.push_str(&d.server_toml());
-    std::fs::write(&config, cfg)?;
-    let mut s = Scenario {
-        topo,
-        socket,
-        config,
-        speech_out: PathBuf::new(),
-        summary: PathBuf::new(),
-    };
-    s.start_agent()?;
+    let mut s = Scenario::start_agent_in(topo, SPEECH_WS, &d.server_toml())?;
     s.add_call_flows(false)?;
     s.start_fork("demo-call-0001", A_LOCAL, B_LOCAL)?;
     println!("  fork-agent up, speaking {} to {SPEECH_WS}", d.profile);
 
     let caller_tx = s.topo.udp_socket(Host::Caller, CALLER_RTP.parse()?)?;
     let callee_tx = s.topo.udp_socket(Host::Callee, CALLEE_RTP.parse()?)?;
-    let (a, b): (SocketAddr, SocketAddr) = (A_LOCAL.parse()?, B_LOCAL.parse()?);
     let (caller_src, callee_src) = (caller_audio.clone(), callee_audio.clone());
-    let t1 = std::thread::spawn(move || stream(caller_tx, a, 0, 0x1111, caller_audio));
-    let t2 = std::thread::spawn(move || stream(callee_tx, b, 0, 0x2222, callee_audio));
-    let sent_a = t1
-        .join()
-        .map_err(|_| anyhow::anyhow!("caller thread panicked"))??;
-    let sent_b = t2
-        .join()
-        .map_err(|_| anyhow::anyhow!("callee thread panicked"))??;
+    let (sent_a, sent_b) = play_call(caller_tx, callee_tx, caller_audio, callee_audio)?;
     std::thread::sleep(Duration::from_millis(300));
     s.ctl(serde_json::json!({"v":1,"op":"fork_stop","call_guid":"demo-call-0001"}))?;
     checker.wait_closed(Duration::from_secs(10))?;

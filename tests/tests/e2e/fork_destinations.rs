@@ -13,42 +13,27 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use serde_json::{json, Value};
 use xdpfork_tests::{
-    bin, control,
+    control,
     fork_rig::{
         caller_flow as flow, fork_caller_to as fork_to, has, send_rtp, spawn_speech,
         start_fork_agent, Events, SPEECH_IP as SPEECH,
     },
     pki::{ca, leaf},
-    Host, Topology,
+    Topology,
 };
 
 #[test]
 fn forks_reach_the_destination_and_token_the_request_names() -> Result<()> {
     let mut t = Topology::new()?;
     spawn_speech(&mut t, "speech-b", 9005, &["--token", "tok-B"])?;
-    let socket = t.dir.join("fork-agent.sock");
-    let cfg = t.dir.join("fork-agent.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[dataplane]\npin_dir = \"{pin}\"\ninterfaces = [\"fa0\", \"fb0\"]\n\
-             [control]\nsocket = \"{sock}\"\nstate_dir = \"{state}\"\n\
-             [destinations]\nallow = [\"ws://10.77.3.0/24:9005\"]\n\
+    let socket = start_fork_agent(
+        &mut t,
+        &format!(
+            "[destinations]\nallow = [\"ws://10.77.3.0/24:9005\"]\n\
              [[speech_server]]\nname = \"asr\"\nurl = \"ws://{SPEECH}:9000/fork\"\n\
-             idle_timeout_secs = 1\nmax_connect_attempts = 1\nbackoff_initial_ms = 100\n",
-            pin = t.pin_dir.display(),
-            sock = socket.display(),
-            state = t.dir.join("state").display(),
+             idle_timeout_secs = 1\nmax_connect_attempts = 1\nbackoff_initial_ms = 100\n"
         ),
     )?;
-    let cfg_s = cfg.to_string_lossy().into_owned();
-    t.spawn(
-        "fork-agent",
-        Host::Forker,
-        &bin("fork-agent")?,
-        &["run", "--config", &cfg_s],
-    )?;
-    t.wait_fork_agent(&socket, "fork-agent")?;
     let mut ev = Events::subscribe(&socket)?;
 
     let url = format!("ws://{SPEECH}:9005/x");

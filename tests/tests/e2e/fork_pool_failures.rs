@@ -7,17 +7,17 @@
 // A test drives real processes against the wall clock.
 #![allow(clippy::disallowed_methods)]
 
-use std::{path::Path, time::Duration};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 use xdpfork_tests::{
-    bin, control,
+    control,
     fork_rig::{
-        caller_flow as flow, fork_caller as fork, has, send_rtp, spawn_speech, Events,
-        SPEECH_IP as SPEECH,
+        caller_flow as flow, fork_caller as fork, has, send_rtp, spawn_speech, start_fork_agent,
+        Events, SPEECH_IP as SPEECH,
     },
-    Host, Topology,
+    Topology,
 };
 
 fn speech(t: &mut Topology, name: &str, port: u16, extra: &[&str]) -> Result<()> {
@@ -28,25 +28,22 @@ fn send(t: &Topology, to: &str, n: u16) -> Result<()> {
     send_rtp(t, to, n, Duration::from_millis(2))
 }
 
-fn config(t: &Topology, socket: &Path) -> String {
+/// The `[[speech_server]]` sections: one per behaviour under test.
+fn servers() -> String {
     let srv = |name: &str, port: u16, extra: &str| {
         format!(
             "[[speech_server]]\nname = \"{name}\"\nurl = \"ws://{SPEECH}:{port}/fork\"\n\
              backoff_initial_ms = 100\nbackoff_max_ms = 400\n{extra}\n"
         )
     };
-    format!(
-        "[dataplane]\npin_dir = \"{pin}\"\ninterfaces = [\"fa0\", \"fb0\"]\n\
-         [control]\nsocket = \"{sock}\"\nstate_dir = \"{state}\"\n{a}{b}{c}{d}{e}",
-        pin = t.pin_dir.display(),
-        sock = socket.display(),
-        state = t.dir.join("state").display(),
-        a = srv("asr", 9000, "token = \"s3cret\"\ncalls_threshold = 1"),
-        b = srv("badtoken", 9000, "token = \"wrong\"\nmax_connect_attempts = 1"),
-        c = srv("abort", 9001, ""),
-        d = srv("closer", 9002, "max_connect_attempts = 1"),
-        e = "[[speech_server]]\nname = \"nodns\"\nurl = \"ws://no-such-host.invalid/fork\"\nmax_connect_attempts = 1\n",
-    )
+    [
+        srv("asr", 9000, "token = \"s3cret\"\ncalls_threshold = 1"),
+        srv("badtoken", 9000, "token = \"wrong\"\nmax_connect_attempts = 1"),
+        srv("abort", 9001, ""),
+        srv("closer", 9002, "max_connect_attempts = 1"),
+        "[[speech_server]]\nname = \"nodns\"\nurl = \"ws://no-such-host.invalid/fork\"\nmax_connect_attempts = 1\n".to_owned(),
+    ]
+    .concat()
 }
 
 #[test]
@@ -65,17 +62,7 @@ fn pool_grows_and_failures_are_reported_with_reference_strings() -> Result<()> {
         9002,
         &["--close-after-frames", "20"],
     )?;
-    let socket = t.dir.join("fork-agent.sock");
-    let cfg = t.dir.join("fork-agent.toml");
-    std::fs::write(&cfg, config(&t, &socket))?;
-    let cfg_s = cfg.to_string_lossy().into_owned();
-    t.spawn(
-        "fork-agent",
-        Host::Forker,
-        &bin("fork-agent")?,
-        &["run", "--config", &cfg_s],
-    )?;
-    t.wait_fork_agent(&socket, "fork-agent")?;
+    let socket = start_fork_agent(&mut t, &servers())?;
 
     let mut ev = Events::subscribe(&socket)?;
 

@@ -8,10 +8,7 @@
 // A test drives real processes against the wall clock.
 #![allow(clippy::disallowed_methods)]
 
-use std::{
-    path::PathBuf,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
@@ -128,21 +125,11 @@ fn start(d: &Dialect, extra_checker: &[&str], expect: &str) -> Result<Run> {
     let mut args = metadata_expects(d).to_vec();
     args.extend_from_slice(extra_checker);
     let checker = d.spawn_checker(&mut topo, "checker", CHECKER, &dir, &args)?;
-    let socket = topo.dir.join("fork-agent.sock");
-    let config = topo.dir.join("fork-agent.toml");
-    let mut cfg =
-        Scenario::fork_agent_config(&topo.pin_dir, &socket, &topo.dir.join("state"), CHECKER);
-    cfg.push_str("backoff_initial_ms = 200\nbackoff_max_ms = 400\nmax_connect_attempts = 2\n");
-    cfg.push_str(&d.server_toml());
-    std::fs::write(&config, cfg)?;
-    let mut s = Scenario {
-        topo,
-        socket,
-        config,
-        speech_out: PathBuf::new(),
-        summary: PathBuf::new(),
-    };
-    s.start_agent()?;
+    let extra = format!(
+        "backoff_initial_ms = 200\nbackoff_max_ms = 400\nmax_connect_attempts = 2\n{}",
+        d.server_toml()
+    );
+    let s = Scenario::start_agent_in(topo, CHECKER, &extra)?;
     s.add_call_flows(false)?;
     let ev = Events::subscribe(&s.socket)?;
     let mut run = Run { s, checker, ev };
@@ -346,21 +333,11 @@ fn an_audiohook_server_that_never_accepts_fails_the_fork_not_holds_it() -> Resul
     let mut topo = Topology::new()?;
     let dir = topo.dir.clone();
     TWILIO.spawn_checker(&mut topo, "checker", CHECKER, &dir, &[])?;
-    let socket = topo.dir.join("fork-agent.sock");
-    let config = topo.dir.join("fork-agent.toml");
-    let mut cfg =
-        Scenario::fork_agent_config(&topo.pin_dir, &socket, &topo.dir.join("state"), CHECKER);
-    cfg.push_str("connect_timeout_ms = 1500\nmax_connect_attempts = 1\n");
-    cfg.push_str(&d.server_toml());
-    std::fs::write(&config, cfg)?;
-    let mut s = Scenario {
-        topo,
-        socket,
-        config,
-        speech_out: PathBuf::new(),
-        summary: PathBuf::new(),
-    };
-    s.start_agent()?;
+    let extra = format!(
+        "connect_timeout_ms = 1500\nmax_connect_attempts = 1\n{}",
+        d.server_toml()
+    );
+    let s = Scenario::start_agent_in(topo, CHECKER, &extra)?;
     s.add_call_flows(false)?;
     let mut ev = Events::subscribe(&s.socket)?;
     s.ctl(json!({"v":1,"op":"fork_start","fork":{
