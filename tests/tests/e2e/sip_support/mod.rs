@@ -185,11 +185,20 @@ impl SipTest {
     /// The standard UDP setup on a speech server started with `speech_args` (its test
     /// switches), fork-agent's `asr` server entry getting `asr_extra` TOML keys.
     pub fn start_with_speech(speech_args: &[&str], asr_extra: &str) -> Result<SipTest> {
+        Self::start_with_speech_and(speech_args, asr_extra, "")
+    }
+
+    /// [`SipTest::start_with_speech`] with `extra` sip-agent TOML after the route.
+    pub fn start_with_speech_and(
+        speech_args: &[&str],
+        asr_extra: &str,
+        extra: &str,
+    ) -> Result<SipTest> {
         Self::start_on(
             Scenario::start_with(speech_args, asr_extra)?,
             r#"udp = ["10.77.1.1:5060", "10.77.2.1:5060"]"#,
             "10.77.2.2:5060:udp",
-            "",
+            extra,
             CALLER_IS_CONTROLLER,
             &[],
         )
