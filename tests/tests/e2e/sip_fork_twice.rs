@@ -10,8 +10,6 @@
 
 use crate::sip_support::*;
 use anyhow::{Context, Result};
-use nix::sys::signal::Signal;
-use xdpfork_tests::{bin, Host};
 
 const TRANSCRIPTION: &str = "7A0000000001";
 const RECORDING: &str = "7B0000000002";
@@ -20,25 +18,7 @@ const RECORDER: &str = "10.77.3.2:9100";
 #[test]
 fn a_call_forked_to_transcription_and_recording() -> Result<()> {
     let mut t = SipTest::start_with_speech_and(&[], "", "[forking]\nmax_per_call = 2\n")?;
-    let out = t.dir.join("speech-recorder");
-    std::fs::create_dir_all(&out)?;
-    let summary_path = t.dir.join("speech-recorder-summary.json");
-    let (out_s, sum_s) = (out.to_string_lossy(), summary_path.to_string_lossy());
-    t.s.topo.spawn(
-        "speech-recorder",
-        Host::Speech,
-        &bin("speech-server")?,
-        &[
-            "--listen",
-            RECORDER,
-            "--out-dir",
-            &out_s,
-            "--summary",
-            &sum_s,
-            "--duration-secs",
-            "120",
-        ],
-    )?;
+    let summary_path = spawn_speech_server(&mut t, "speech-recorder", RECORDER, &[])?;
     t.callee("uas_answer.xml", &PCMA, &["-rtp_echo"])?;
     let first = start_body(TRANSCRIPTION);
     let second = start_body_to(RECORDING, &format!("ws://{RECORDER}/record"), "");
@@ -70,10 +50,7 @@ fn a_call_forked_to_transcription_and_recording() -> Result<()> {
     t.wait_callee_done()?;
     t.wait_no_flows()?;
 
-    t.s.topo.signal("speech-recorder", Signal::SIGTERM)?;
-    let recorder: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(&summary_path).context("speech-recorder wrote no summary")?,
-    )?;
+    let recorder = read_summary(&mut t, "speech-recorder", &summary_path)?;
     let transcriber = t.s.speech_summary()?;
     for ch in ["caller", "callee"] {
         let tr = stream_of(&transcriber, ch);

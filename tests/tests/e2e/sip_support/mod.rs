@@ -605,3 +605,44 @@ pub fn assert_no_streams(summary: &serde_json::Value) {
         "the speech server got streams: {summary}"
     );
 }
+
+/// A further speech-server process `name` on `listen` in the speech namespace (besides the one
+/// fork-agent's config names), with `extra` switches; returns its summary file, written when it
+/// gets SIGTERM ([`read_summary`]).
+pub fn spawn_speech_server(
+    t: &mut SipTest,
+    name: &str,
+    listen: &str,
+    extra: &[&str],
+) -> Result<std::path::PathBuf> {
+    let out = t.dir.join(name);
+    std::fs::create_dir_all(&out)?;
+    let summary = t.dir.join(format!("{name}-summary.json"));
+    let (out_s, sum_s) = (out.to_string_lossy(), summary.to_string_lossy());
+    let mut args = vec![
+        "--listen",
+        listen,
+        "--out-dir",
+        &out_s,
+        "--summary",
+        &sum_s,
+        "--duration-secs",
+        "120",
+    ];
+    args.extend_from_slice(extra);
+    t.s.topo
+        .spawn(name, Host::Speech, &bin("speech-server")?, &args)?;
+    Ok(summary)
+}
+
+/// Stops the speech server `name` started by [`spawn_speech_server`] and reads its summary.
+pub fn read_summary(
+    t: &mut SipTest,
+    name: &str,
+    summary: &std::path::Path,
+) -> Result<serde_json::Value> {
+    t.s.topo.signal(name, nix::sys::signal::Signal::SIGTERM)?;
+    let text = std::fs::read_to_string(summary)
+        .with_context(|| format!("{name} wrote no summary:\n{}", t.s.topo.log(name)))?;
+    Ok(serde_json::from_str(&text)?)
+}
