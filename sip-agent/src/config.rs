@@ -30,6 +30,9 @@ pub const MAX_DURATION_LIMIT_SECS: i64 = 7 * 24 * 3600;
 pub const MIN_SE_LIMIT_SECS: i64 = 24 * 3600;
 
 /// Default `state.dir`: the call journal lives here (the unit's `StateDirectory=`).
+use crate::core::fork_request::MAX_FORKS_PER_CALL;
+
+/// Default state directory.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/xdpfork/sip-agent";
 
 /// Default `state.reconcile_grace_secs` (docs/sip-state.md "Reconciliation").
@@ -67,6 +70,26 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     state: RawState,
+    #[serde(default)]
+    forking: RawForking,
+}
+
+/// `[forking]`: how the controller may fork a call (docs/fork-request.md "Sequence rules").
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawForking {
+    #[serde(default = "one")]
+    max_per_call: i64,
+}
+
+impl Default for RawForking {
+    fn default() -> Self {
+        Self { max_per_call: 1 }
+    }
+}
+
+fn one() -> i64 {
+    1
 }
 
 /// `[state]`: the call journal and restart reconciliation (docs/sip-state.md).
@@ -513,6 +536,17 @@ impl Settings {
                 MIN_SE_FLOOR
             }
         };
+        let max_forks_per_call = match usize::try_from(raw.forking.max_per_call) {
+            Ok(n @ 1..=MAX_FORKS_PER_CALL) => n,
+            _ => {
+                errs.push(format!(
+                    "forking.max_per_call: {} is outside 1-{MAX_FORKS_PER_CALL} (1 is CUBE's \
+                     one fork per call)",
+                    raw.forking.max_per_call
+                ));
+                1
+            }
+        };
         let mut routes = Vec::new();
         if raw.routes.is_empty() {
             errs.push("route: at least one [[route]] is needed".into());
@@ -668,6 +702,7 @@ impl Settings {
                 security,
                 min_se,
                 max_call_duration,
+                max_forks_per_call,
             },
             media_ports,
             control_socket: raw

@@ -90,6 +90,16 @@ pub fn encode_audio(out: &mut Vec<u8>, hdr: &AudioHeader, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
+/// Rewrites the stream id of an encoded frame in place (bytes 4–7), for a client that sends
+/// one packet's audio on several streams; `false` when `frame` is shorter than the header.
+pub fn set_audio_stream_id(frame: &mut [u8], stream_id: u32) -> bool {
+    if frame.len() < AUDIO_HEADER_LEN {
+        return false;
+    }
+    frame[4..8].copy_from_slice(&stream_id.to_be_bytes());
+    true
+}
+
 /// Parses one binary frame into its header and payload. Checks magic, version and a non-empty
 /// payload; the reserved byte 11 and reserved flag bits are ignored (forward compatibility).
 pub fn decode_audio(frame: &[u8]) -> Result<(AudioHeader, &[u8]), ProtoError> {
@@ -122,6 +132,24 @@ pub fn decode_audio(frame: &[u8]) -> Result<(AudioHeader, &[u8]), ProtoError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stream_id_is_rewritten_in_place_and_nothing_else() {
+        let mut frame = Vec::new();
+        encode_audio(&mut frame, &sample(), &[0xff; 160]);
+        let before = frame.clone();
+        assert!(set_audio_stream_id(&mut frame, 7));
+        let (hdr, payload) = decode_audio(&frame).expect("valid");
+        assert_eq!(
+            hdr,
+            AudioHeader {
+                stream_id: 7,
+                ..sample()
+            }
+        );
+        assert_eq!(payload, &before[AUDIO_HEADER_LEN..]);
+        assert!(!set_audio_stream_id(&mut [0x58, 0x46, 1], 7));
+    }
 
     fn sample() -> AudioHeader {
         AudioHeader {

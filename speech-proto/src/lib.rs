@@ -32,7 +32,8 @@ mod server_msg;
 mod validator;
 
 pub use audio::{
-    decode_audio, encode_audio, AudioHeader, ProtoError, FLAG_FIRST, FLAG_MARKER, MAGIC,
+    decode_audio, encode_audio, set_audio_stream_id, AudioHeader, ProtoError, FLAG_FIRST,
+    FLAG_MARKER, MAGIC,
 };
 pub use control::{
     Channel, Codec, Control, Dtmf, ErrorMsg, Pause, PauseReason, Resume, Start, Stop, StopReason,

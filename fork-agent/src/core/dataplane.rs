@@ -9,6 +9,11 @@
 //! [`Orchestrator::abort_fork`] with the keys it did write: all or nothing, so the kernel never
 //! forks a flow the table does not know and the speech server is told the fork ended.
 //!
+//! Several forks (call GUIDs) may fork the same flows: the kernel forks a flow under one tap
+//! id while any of them runs (core::flows), so only the first start and the last stop write
+//! `FLOWS`; the stream service fans each tap out to the forks' own stream ids
+//! ([`Action::StartStreams`] `taps`). Undoing a later fork's start therefore writes nothing.
+//!
 //! Inputs: [`Orchestrator::adopt`] (pinned flows and journalled forks after a restart),
 //! [`Orchestrator::begin_fork`] / [`Orchestrator::commit_fork`] / [`Orchestrator::abort_fork`],
 //! [`Orchestrator::stop_fork`], [`Orchestrator::expire_idle`] (with each flow's last packet
@@ -60,6 +65,8 @@ pub enum Action {
     StartStreams {
         /// The fork.
         fork: Box<Fork>,
+        /// The kernel tap each of its streams is fed from (order of `fork.streams`).
+        taps: Vec<u32>,
         /// Announce with `resumed: true`.
         resumed: bool,
     },
@@ -81,6 +88,9 @@ pub enum Action {
 pub struct ForkTxn {
     /// The fork as the table now holds it (stream ids allocated).
     pub fork: Fork,
+    /// The kernel tap each stream is fed from (order of `fork.streams`): the stream's own id
+    /// on a flow no other fork uses, else the tap already there.
+    pub taps: Vec<u32>,
     /// Map entries to write, in order, after the stream service has the fork.
     pub writes: Vec<(FlowKey, FlowAction)>,
 }
@@ -151,6 +161,8 @@ impl Orchestrator {
     /// After a restart: take over the relay flows found pinned (`flows`, TURN entries already
     /// filtered out) and the forks the journal kept. Every adopted flow counts as installed at
     /// `now_ns`; every fork is re-announced (`resumed`) and its flows' fallback relays forked.
+    /// Where the map and the journal disagree (the agent died between the two writes), the
+    /// journal wins: its forks' flows fork, other flows stop forking.
     pub fn adopt(
         &mut self,
         flows: impl IntoIterator<Item = (FlowKey, FlowAction)>,
@@ -176,14 +188,24 @@ impl Orchestrator {
                 }));
                 continue;
             }
-            self.table.restore_fork(fork.clone());
+            let repaired = self.table.restore_fork(fork.clone());
+            out.extend(Self::writes(repaired));
             found.forks += 1;
             out.extend(self.sync(&fork));
             out.push(Action::StartStreams {
+                taps: self.table.taps_of(&fork),
                 fork: Box::new(fork),
                 resumed: true,
             });
         }
+        let unused = self.table.drop_unused_taps();
+        for (key, action) in &unused {
+            out.push(Action::SyncFallback {
+                local: key.socket_addr(),
+                action: *action,
+            });
+        }
+        out.extend(Self::writes(unused));
         (found, out)
     }
 
@@ -191,7 +213,8 @@ impl Orchestrator {
     /// `txn.fork` to the stream service, then writes `txn.writes` in order.
     pub fn begin_fork(&mut self, spec: ForkSpec) -> Result<ForkTxn, FlowError> {
         let (fork, writes) = self.table.start_fork(spec)?;
-        Ok(ForkTxn { fork, writes })
+        let taps = self.table.taps_of(&fork);
+        Ok(ForkTxn { fork, taps, writes })
     }
 
     /// Every write succeeded: the fallback relays fork too, the journal records it, and the
@@ -237,18 +260,15 @@ impl Orchestrator {
         out
     }
 
-    /// Stops a fork: the kernel stops forking its flows (relay untouched), the fallbacks too,
-    /// the stream service says `stop`, the journal records it.
+    /// Stops a fork: the kernel stops forking the flows no other fork uses (relay untouched),
+    /// the fallbacks too, the stream service says `stop`, the journal records it.
     pub fn stop_fork(
         &mut self,
         call_guid: &str,
         reason: StopReason,
     ) -> Result<Vec<Action>, FlowError> {
         let (fork, updates) = self.table.stop_fork(call_guid)?;
-        let mut out: Vec<Action> = updates
-            .into_iter()
-            .map(|(key, action)| Action::WriteFlow { key, action })
-            .collect();
+        let mut out = Self::writes(updates);
         out.extend(self.sync(&fork));
         out.push(Action::StopStreams {
             call_guid: fork.spec.call_guid.clone(),
@@ -308,6 +328,13 @@ impl Orchestrator {
             }
         }
         out
+    }
+
+    fn writes(updates: Vec<(FlowKey, FlowAction)>) -> Vec<Action> {
+        updates
+            .into_iter()
+            .map(|(key, action)| Action::WriteFlow { key, action })
+            .collect()
     }
 
     /// The fallback relays of a fork's flows, with their current actions.
@@ -499,6 +526,7 @@ mod tests {
         assert_eq!(found, Adopted { flows: 2, forks: 1 });
         assert!(acts.contains(&Action::StartStreams {
             fork: Box::new(txn.fork.clone()),
+            taps: vec![1, 2],
             resumed: true
         }));
         assert!(acts.contains(&Action::Journal(Entry::Stop {
@@ -542,5 +570,152 @@ mod tests {
         }));
         assert_eq!(o.table().fork_count(), 0);
         assert_eq!(o.table().flows().count(), 0);
+    }
+
+    /// The `FLOWS` writes among `acts`: (local, forked, tap).
+    fn kernel_writes(acts: &[Action]) -> Vec<(SocketAddr, bool, u32)> {
+        acts.iter()
+            .filter_map(|a| match a {
+                Action::WriteFlow { key, action } => Some((
+                    key.socket_addr(),
+                    action.flags & FLOW_F_FORK != 0,
+                    action.stream_id,
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// g1 then g2 on the same call, both committed.
+    fn forked_twice(o: &mut Orchestrator) -> (ForkTxn, ForkTxn) {
+        call(o);
+        let t1 = o.begin_fork(spec("g1")).expect("plan g1");
+        o.commit_fork(&t1);
+        let t2 = o.begin_fork(spec("g2")).expect("plan g2");
+        o.commit_fork(&t2);
+        (t1, t2)
+    }
+
+    #[test]
+    fn a_second_fork_of_a_call_gets_its_own_streams_fed_from_the_first_forks_taps() {
+        let mut o = Orchestrator::new();
+        let (t1, t2) = forked_twice(&mut o);
+        assert_eq!(t2.writes, vec![], "the kernel already forks both flows");
+        assert_eq!(t1.taps, vec![1, 2]);
+        assert_eq!(t2.taps, vec![1, 2]);
+        let (answer, _) = o.commit_fork(&t2);
+        let ids: Vec<u32> = answer.streams.iter().map(|s| s.stream_id).collect();
+        assert_eq!(
+            ids,
+            vec![3, 4],
+            "the second server sees stream ids of its own"
+        );
+        assert_eq!(
+            o.begin_fork(spec("g2")),
+            Err(FlowError::ForkExists { guid: "g2".into() })
+        );
+    }
+
+    #[test]
+    fn stopping_one_of_two_forks_leaves_the_kernel_forking_until_the_last_stops() {
+        let mut o = Orchestrator::new();
+        forked_twice(&mut o);
+        let acts = o.stop_fork("g1", StopReason::Request).expect("stop g1");
+        assert_eq!(kernel_writes(&acts), vec![]);
+        assert!(acts.contains(&Action::StopStreams {
+            call_guid: "g1".into(),
+            reason: StopReason::Request
+        }));
+        // The fallbacks keep forking under the taps too.
+        assert!(acts.iter().all(|a| !matches!(a,
+            Action::SyncFallback { action, .. } if action.flags & FLOW_F_FORK == 0)));
+        assert!(o.table().flows().all(|f| f.stream_id.is_some()));
+        let acts = o.stop_fork("g2", StopReason::CallEnd).expect("stop g2");
+        assert_eq!(
+            kernel_writes(&acts),
+            vec![
+                (sa("10.0.1.1:30000"), false, 0),
+                (sa("10.0.1.1:30002"), false, 0)
+            ]
+        );
+        assert_eq!(
+            acts.iter()
+                .filter(|a| matches!(a, Action::SyncFallback { action, .. } if action.flags & FLOW_F_FORK == 0))
+                .count(),
+            2
+        );
+    }
+
+    #[test]
+    fn a_rolled_back_second_fork_leaves_the_first_untouched() {
+        let mut o = Orchestrator::new();
+        call(&mut o);
+        let t1 = o.begin_fork(spec("g1")).expect("plan g1");
+        o.commit_fork(&t1);
+        let t2 = o.begin_fork(spec("g2")).expect("plan g2");
+        // The stream service took it, then the start failed: nothing of g1 is undone.
+        let undo = o.abort_fork(&t2, &[], true);
+        assert_eq!(
+            undo,
+            vec![Action::StopStreams {
+                call_guid: "g2".into(),
+                reason: StopReason::Error
+            }]
+        );
+        assert_eq!(o.table().fork_count(), 1);
+        assert!(o.table().flows().all(|f| f.action.flags & FLOW_F_FORK != 0));
+        // g1's stop is still the one that ends the kernel fork.
+        let acts = o.stop_fork("g1", StopReason::Request).expect("stop g1");
+        assert_eq!(kernel_writes(&acts).len(), 2);
+    }
+
+    #[test]
+    fn restart_adopts_both_forks_of_a_call_and_feeds_them_from_the_pinned_taps() {
+        let mut first = Orchestrator::new();
+        let (t1, t2) = forked_twice(&mut first);
+        let pinned: Vec<(FlowKey, FlowAction)> = first
+            .table()
+            .flows()
+            .map(|f| (FlowKey::new(f.local), f.action))
+            .collect();
+        let mut o = Orchestrator::new();
+        let (found, acts) = o.adopt(pinned, [t1.fork.clone(), t2.fork.clone()], SEC);
+        assert_eq!(found, Adopted { flows: 2, forks: 2 });
+        assert_eq!(kernel_writes(&acts), vec![], "map and journal agree");
+        for t in [&t1, &t2] {
+            assert!(acts.contains(&Action::StartStreams {
+                fork: Box::new(t.fork.clone()),
+                taps: vec![1, 2],
+                resumed: true
+            }));
+        }
+        // After the restart, stopping one still keeps the other's audio in the kernel.
+        let acts = o.stop_fork("g2", StopReason::Request).expect("stop g2");
+        assert_eq!(kernel_writes(&acts), vec![]);
+        let acts = o.stop_fork("g1", StopReason::Request).expect("stop g1");
+        assert_eq!(kernel_writes(&acts).len(), 2);
+    }
+
+    #[test]
+    fn idle_flows_take_every_fork_of_the_call_along() {
+        let mut o = Orchestrator::new();
+        forked_twice(&mut o);
+        let (a, b) = (sa("10.0.1.1:30000"), sa("10.0.1.1:30002"));
+        let acts = o.expire_idle(100 * SEC, 60 * SEC, &[(a, 0), (b, 0)]);
+        let stopped: Vec<&str> = acts
+            .iter()
+            .filter_map(|x| match x {
+                Action::StopStreams { call_guid, reason } => {
+                    assert_eq!(*reason, StopReason::CallEnd);
+                    Some(call_guid.as_str())
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(stopped, vec!["g1", "g2"]);
+        assert_eq!(o.table().fork_count(), 0);
+        // A re-added flow is plain: no tap outlived its forks.
+        add(&mut o, "10.0.1.1:30000", 100 * SEC);
+        assert!(o.table().flows().all(|f| f.stream_id.is_none()));
     }
 }

@@ -2,6 +2,13 @@
 //! the entries found in the pinned `FLOWS` map when an agent restarts. Outputs: the
 //! `fork_common` key/value to write into `FLOWS`, the `FLOW_STATS` slot to zero, and the stream
 //! ids of a fork. The shell performs the map writes; this module only decides.
+//!
+//! Several forks may share a flow (a call forked to transcription and to recording). The
+//! kernel knows one *tap* id per flow (`FlowAction::stream_id`, copied into every forked
+//! packet's tag): the stream id of the first fork that forked the flow, kept while any fork
+//! uses it, so `FLOWS` is written only on the first fork's start and the last one's stop. Each
+//! fork keeps stream ids of its own (unique in the process, what its speech server sees); the
+//! stream service fans a tap's frames out to them ([`FlowTable::taps_of`]).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -42,9 +49,6 @@ pub enum FlowError {
     /// No fork with this call GUID.
     #[error("no fork for call {guid}")]
     UnknownFork { guid: String },
-    /// The flow is already forked by another call.
-    #[error("flow {local} is already forked by call {guid}")]
-    FlowBusy { local: SocketAddr, guid: String },
     /// A fork needs one or two streams with different channels.
     #[error("a fork needs one stream per channel (caller, callee)")]
     BadStreams,
@@ -57,6 +61,7 @@ pub struct FlowEntry {
     pub src: SocketAddr,
     pub dst: SocketAddr,
     pub stats_index: u32,
+    /// The tap id the kernel forks this flow under (`None`: not forked).
     pub stream_id: Option<u32>,
     #[serde(skip)]
     pub action: FlowAction,
@@ -101,7 +106,19 @@ pub struct FlowTable {
     used_slots: HashMap<u32, SocketAddr>,
     next_slot: u32,
     forks: BTreeMap<String, Fork>,
+    /// Forked flows (by `local`): their tap id and how many fork streams use it. Outlives a
+    /// removed flow while a fork still names it (a re-INVITE replaces flows one by one).
+    taps: BTreeMap<SocketAddr, Tap>,
     next_stream: u32,
+}
+
+/// One forked flow's tap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Tap {
+    /// The id the kernel writes into the fork tag.
+    id: u32,
+    /// Fork streams on this flow.
+    users: u32,
 }
 
 impl FlowTable {
@@ -216,15 +233,10 @@ impl FlowTable {
             egress_ifindex: 0,
             nexthop_be: [0; 4],
         };
-        // A running fork keeps its streams when a re-INVITE replaces a flow (new destination,
-        // new source): the replacement is forked under the same stream id.
+        // Running forks keep their streams when a re-INVITE replaces a flow (new destination,
+        // new source): the replacement is forked under the same tap id.
         let mut action = action;
-        let stream_id = self
-            .forks
-            .values()
-            .flat_map(|f| f.streams.iter())
-            .find(|(_, l)| *l == local)
-            .map(|(id, _)| *id);
+        let stream_id = self.taps.get(&local).map(|t| t.id);
         if let Some(id) = stream_id {
             action.flags |= FLOW_F_FORK;
             action.stream_id = id;
@@ -256,6 +268,14 @@ impl FlowTable {
         };
         if action.flags & FLOW_F_FORK != 0 {
             self.next_stream = self.next_stream.max(action.stream_id.wrapping_add(1));
+            // Its users are the restored forks that name it ([`FlowTable::restore_fork`]).
+            self.taps.insert(
+                local,
+                Tap {
+                    id: action.stream_id,
+                    users: 0,
+                },
+            );
         }
         self.used_slots.insert(action.stats_index, local);
         self.flows.insert(local, entry);
@@ -272,7 +292,8 @@ impl FlowTable {
         Ok(FlowKey::new(local))
     }
 
-    /// Start a fork: allocate stream ids and return the flows to rewrite with the fork flag.
+    /// Start a fork: allocate its stream ids and return the flows to rewrite with the fork flag
+    /// (only those no other fork taps yet).
     pub fn start_fork(
         &mut self,
         spec: ForkSpec,
@@ -286,37 +307,21 @@ impl FlowTable {
         if n == 0 || n > 2 || (n == 2 && spec.streams[0].channel == spec.streams[1].channel) {
             return Err(FlowError::BadStreams);
         }
-        for s in &spec.streams {
-            let entry = self
-                .flows
-                .get(&s.flow)
-                .ok_or(FlowError::Unknown { local: s.flow })?;
-            if entry.stream_id.is_some() {
-                let guid = self
-                    .forks
-                    .values()
-                    .find(|f| f.streams.iter().any(|(_, l)| *l == s.flow))
-                    .map(|f| f.spec.call_guid.clone())
-                    .unwrap_or_default();
-                return Err(FlowError::FlowBusy {
-                    local: s.flow,
-                    guid,
-                });
-            }
+        if let Some(s) = spec
+            .streams
+            .iter()
+            .find(|s| !self.flows.contains_key(&s.flow))
+        {
+            return Err(FlowError::Unknown { local: s.flow });
         }
         let mut updates = Vec::with_capacity(n);
         let mut streams = Vec::with_capacity(n);
         for s in &spec.streams {
             let id = self.next_stream;
             self.next_stream = self.next_stream.wrapping_add(1).max(1);
-            let entry = self
-                .flows
-                .get_mut(&s.flow)
-                .expect("invariant: checked above");
-            entry.stream_id = Some(id);
-            entry.action.flags |= FLOW_F_FORK;
-            entry.action.stream_id = id;
-            updates.push((FlowKey::new(s.flow), entry.action));
+            if let Some(update) = self.tap(s.flow, id) {
+                updates.push(update);
+            }
             streams.push((id, s.flow));
         }
         let fork = Fork { spec, streams };
@@ -324,7 +329,44 @@ impl FlowTable {
         Ok((fork, updates))
     }
 
-    /// Stop a fork: clear the fork flag on its flows (relay untouched).
+    /// One more fork stream on `local`: the first one makes `stream` the flow's tap and returns
+    /// the kernel update; later ones share the tap.
+    fn tap(&mut self, local: SocketAddr, stream: u32) -> Option<(FlowKey, FlowAction)> {
+        if let Some(t) = self.taps.get_mut(&local) {
+            t.users += 1;
+            return None;
+        }
+        self.taps.insert(
+            local,
+            Tap {
+                id: stream,
+                users: 1,
+            },
+        );
+        let entry = self.flows.get_mut(&local)?;
+        entry.stream_id = Some(stream);
+        entry.action.flags |= FLOW_F_FORK;
+        entry.action.stream_id = stream;
+        Some((FlowKey::new(local), entry.action))
+    }
+
+    /// One fork stream less on `local`: the last one clears the fork flag (relay untouched) and
+    /// returns the kernel update.
+    fn untap(&mut self, local: SocketAddr) -> Option<(FlowKey, FlowAction)> {
+        let t = self.taps.get_mut(&local)?;
+        t.users = t.users.saturating_sub(1);
+        if t.users > 0 {
+            return None;
+        }
+        self.taps.remove(&local);
+        let entry = self.flows.get_mut(&local)?;
+        entry.stream_id = None;
+        entry.action.flags &= !FLOW_F_FORK;
+        entry.action.stream_id = 0;
+        Some((FlowKey::new(local), entry.action))
+    }
+
+    /// Stop a fork: the flows no other fork uses stop forking (relay untouched).
     pub fn stop_fork(
         &mut self,
         guid: &str,
@@ -335,24 +377,46 @@ impl FlowTable {
             .ok_or_else(|| FlowError::UnknownFork {
                 guid: guid.to_owned(),
             })?;
-        let mut updates = Vec::new();
-        for (_, local) in &fork.streams {
-            if let Some(entry) = self.flows.get_mut(local) {
-                entry.stream_id = None;
-                entry.action.flags &= !FLOW_F_FORK;
-                entry.action.stream_id = 0;
-                updates.push((FlowKey::new(*local), entry.action));
-            }
-        }
+        let updates = fork
+            .streams
+            .iter()
+            .filter_map(|(_, local)| self.untap(*local))
+            .collect();
         Ok((fork, updates))
     }
 
     /// Re-register a fork from saved state after a restart (its flows were adopted already).
-    pub fn restore_fork(&mut self, fork: Fork) {
-        for (id, _) in &fork.streams {
+    /// A flow the journal says is forked but the pinned map does not (the agent died between
+    /// the two writes) is returned, to be forked again.
+    pub fn restore_fork(&mut self, fork: Fork) -> Vec<(FlowKey, FlowAction)> {
+        let mut updates = Vec::new();
+        for &(id, local) in &fork.streams {
             self.next_stream = self.next_stream.max(id.wrapping_add(1));
+            updates.extend(self.tap(local, id));
         }
         self.forks.insert(fork.spec.call_guid.clone(), fork);
+        updates
+    }
+
+    /// After [`FlowTable::restore_fork`]: adopted flows forked in the kernel that no restored
+    /// fork uses (the agent died between the map write and the journal) stop forking.
+    pub fn drop_unused_taps(&mut self) -> Vec<(FlowKey, FlowAction)> {
+        let unused: Vec<SocketAddr> = self
+            .taps
+            .iter()
+            .filter(|(_, t)| t.users == 0)
+            .map(|(l, _)| *l)
+            .collect();
+        unused.into_iter().filter_map(|l| self.untap(l)).collect()
+    }
+
+    /// The tap id each of a fork's streams is fed from, in the order of `fork.streams` (the
+    /// stream service's fan-out). A stream of a fork the table does not hold maps to itself.
+    pub fn taps_of(&self, fork: &Fork) -> Vec<u32> {
+        fork.streams
+            .iter()
+            .map(|(id, local)| self.taps.get(local).map_or(*id, |t| t.id))
+            .collect()
     }
 
     pub fn flows(&self) -> impl Iterator<Item = &FlowEntry> {
@@ -470,12 +534,6 @@ mod tests {
             t.start_fork(f.clone()),
             Err(FlowError::ForkExists { .. })
         ));
-        let mut other = f.clone();
-        other.call_guid = "g2".into();
-        assert!(matches!(
-            t.start_fork(other),
-            Err(FlowError::FlowBusy { .. })
-        ));
         let (_, updates) = t.stop_fork("g1").expect("stop");
         assert!(updates
             .iter()
@@ -492,6 +550,73 @@ mod tests {
             ],
         );
         assert_eq!(t.start_fork(bad).unwrap_err(), FlowError::BadStreams);
+    }
+
+    fn forked(t: &FlowTable, local: &str) -> Option<u32> {
+        let e = t.flow(&local.parse().expect("addr")).expect("flow");
+        assert_eq!(e.stream_id.is_some(), e.action.flags & FLOW_F_FORK != 0);
+        e.stream_id
+            .inspect(|id| assert_eq!(*id, e.action.stream_id))
+    }
+
+    #[test]
+    fn two_forks_share_the_flows_tap_and_only_the_first_start_and_last_stop_touch_the_kernel() {
+        let mut t = FlowTable::new();
+        t.add(&spec("10.0.1.1:30000")).expect("add");
+        t.add(&spec("10.0.2.1:30002")).expect("add");
+        let both = [
+            ("10.0.1.1:30000", Channel::Caller),
+            ("10.0.2.1:30002", Channel::Callee),
+        ];
+        let (f1, w1) = t.start_fork(fork("g1", &both)).expect("first");
+        assert_eq!(w1.len(), 2);
+        // A second call GUID on the same flows: its own stream ids, no kernel write.
+        let (f2, w2) = t.start_fork(fork("g2", &both)).expect("second");
+        assert_eq!(w2, vec![]);
+        let ids: std::collections::BTreeSet<u32> = f1
+            .streams
+            .iter()
+            .chain(&f2.streams)
+            .map(|(id, _)| *id)
+            .collect();
+        assert_eq!(ids.len(), 4, "stream ids are unique in the process");
+        // Both are fed from the first fork's ids, the kernel's taps.
+        let taps: Vec<u32> = f1.streams.iter().map(|(id, _)| *id).collect();
+        assert_eq!(t.taps_of(&f1), taps);
+        assert_eq!(t.taps_of(&f2), taps);
+        assert_eq!(forked(&t, "10.0.1.1:30000"), Some(taps[0]));
+        // The same GUID twice is still refused.
+        assert!(matches!(
+            t.start_fork(fork("g2", &both)),
+            Err(FlowError::ForkExists { .. })
+        ));
+        // The first stops: nothing changes in the kernel, the second keeps the first's taps.
+        let (_, w) = t.stop_fork("g1").expect("stop g1");
+        assert_eq!(w, vec![]);
+        assert_eq!(t.taps_of(&f2), taps);
+        assert_eq!(forked(&t, "10.0.2.1:30002"), Some(taps[1]));
+        // A third fork joins the taps still in use.
+        let (f3, w3) = t
+            .start_fork(fork("g3", &[("10.0.2.1:30002", Channel::Callee)]))
+            .expect("third");
+        assert_eq!((w3, t.taps_of(&f3)), (vec![], vec![taps[1]]));
+        // The last user of a flow clears its fork flag, the other flow stays forked.
+        let (_, w) = t.stop_fork("g2").expect("stop g2");
+        assert_eq!(w.len(), 1);
+        assert_eq!(
+            w[0].0.socket_addr(),
+            "10.0.1.1:30000".parse().expect("addr")
+        );
+        assert_eq!((w[0].1.flags & FLOW_F_FORK, w[0].1.stream_id), (0, 0));
+        assert_eq!(forked(&t, "10.0.1.1:30000"), None);
+        assert_eq!(forked(&t, "10.0.2.1:30002"), Some(taps[1]));
+        let (_, w) = t.stop_fork("g3").expect("stop g3");
+        assert_eq!(w.len(), 1);
+        assert_eq!(forked(&t, "10.0.2.1:30002"), None);
+        // A new fork on the idle flows gets a fresh tap.
+        let (f4, w4) = t.start_fork(fork("g4", &both)).expect("fourth");
+        assert_eq!(w4.len(), 2);
+        assert!(t.taps_of(&f4).iter().all(|id| !ids.contains(id)));
     }
 
     #[test]
@@ -528,7 +653,8 @@ mod tests {
         let (key, action) = updates[0];
         let mut t2 = FlowTable::new();
         t2.adopt(key, action);
-        t2.restore_fork(fk.clone());
+        assert_eq!(t2.restore_fork(fk.clone()), vec![]);
+        assert_eq!(t2.drop_unused_taps(), vec![]);
         let e = t2.flows().next().expect("adopted").clone();
         assert_eq!(e.stream_id, Some(fk.streams[0].0));
         assert_eq!(e.dst, "10.0.2.2:5000".parse().expect("addr"));
@@ -540,5 +666,47 @@ mod tests {
             .start_fork(fork("g2", &[("10.0.1.1:30010", Channel::Caller)]))
             .expect("start");
         assert!(f2.streams[0].0 > fk.streams[0].0);
+    }
+
+    #[test]
+    fn restart_repairs_taps_the_map_and_the_journal_disagree_on() {
+        let mut t = FlowTable::new();
+        t.add(&spec("10.0.1.1:30000")).expect("add");
+        t.add(&spec("10.0.1.1:30002")).expect("add");
+        let (f1, w) = t
+            .start_fork(fork("g1", &[("10.0.1.1:30000", Channel::Caller)]))
+            .expect("start");
+        let plain = t
+            .flow(&"10.0.1.1:30002".parse().expect("addr"))
+            .expect("flow")
+            .action;
+        // Restart: 30000 forked in the map but journalled by nobody, 30002 plain in the map
+        // but journalled for g2.
+        let mut t2 = FlowTable::new();
+        t2.adopt(w[0].0, w[0].1);
+        t2.adopt(FlowKey::new("10.0.1.1:30002".parse().expect("addr")), plain);
+        let g2 = Fork {
+            spec: fork("g2", &[("10.0.1.1:30002", Channel::Callee)]),
+            streams: vec![(7, "10.0.1.1:30002".parse().expect("addr"))],
+        };
+        let fixed = t2.restore_fork(g2.clone());
+        assert_eq!(fixed.len(), 1);
+        assert_eq!(
+            (fixed[0].1.flags & FLOW_F_FORK, fixed[0].1.stream_id),
+            (FLOW_F_FORK, 7)
+        );
+        let cleared = t2.drop_unused_taps();
+        assert_eq!(cleared.len(), 1);
+        assert_eq!(cleared[0].0, w[0].0);
+        assert_eq!(cleared[0].1.flags & FLOW_F_FORK, 0);
+        assert_eq!(t2.taps_of(&g2), vec![7]);
+        assert_eq!(forked(&t2, "10.0.1.1:30000"), None);
+        // New ids continue after both the adopted tap and the journalled streams.
+        assert!(f1.streams[0].0 < 7);
+        t2.add(&spec("10.0.1.1:30010")).expect("add");
+        let (f3, _) = t2
+            .start_fork(fork("g3", &[("10.0.1.1:30010", Channel::Caller)]))
+            .expect("start");
+        assert_eq!(f3.streams[0].0, 8);
     }
 }

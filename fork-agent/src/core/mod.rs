@@ -2,6 +2,7 @@
 pub mod alarms;
 pub mod dataplane;
 pub mod destinations;
+pub mod fanout;
 pub mod flows;
 pub mod fork_journal;
 pub mod forked;

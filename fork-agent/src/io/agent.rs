@@ -375,7 +375,7 @@ impl Agent {
                 let txn = self.orch.begin_fork(fork)?;
                 // Hand the fork to the stream service before the kernel forks, so no packet
                 // arrives for an unknown stream.
-                if let Err(e) = self.speech.start_fork(&txn.fork, false) {
+                if let Err(e) = self.speech.start_fork(&txn.fork, &txn.taps, false) {
                     let undo = self.orch.abort_fork(&txn, &[], false);
                     self.perform(undo);
                     return Err(e);
@@ -881,8 +881,12 @@ impl Agent {
                     self.fallback.set_action(local, &action);
                     Ok(())
                 }
-                Action::StartStreams { fork, resumed } => {
-                    if let Err(e) = self.speech.start_fork(&fork, resumed) {
+                Action::StartStreams {
+                    fork,
+                    taps,
+                    resumed,
+                } => {
+                    if let Err(e) = self.speech.start_fork(&fork, &taps, resumed) {
                         warn!(call_guid = %fork.spec.call_guid, "fork not handed to the stream service: {e:#}");
                     }
                     Ok(())

@@ -162,6 +162,22 @@ fn calls_limits_default_off_and_are_validated() {
 }
 
 #[test]
+fn forks_per_call_default_to_one_and_are_bounded() {
+    let s = Settings::from_toml(GOOD).expect("valid");
+    assert_eq!(s.core.max_forks_per_call, 1);
+    let s = Settings::from_toml(&format!("{GOOD}\n[forking]\nmax_per_call = 3\n")).expect("valid");
+    assert_eq!(s.core.max_forks_per_call, 3);
+    for bad in ["0", "9", "-1"] {
+        let e = errors(&format!("{GOOD}\n[forking]\nmax_per_call = {bad}\n"));
+        assert!(
+            e.iter()
+                .any(|l| l.starts_with(&format!("forking.max_per_call: {bad} is outside 1-8"))),
+            "{e:?}"
+        );
+    }
+}
+
+#[test]
 fn security_section_is_parsed_and_checked() {
     let s = Settings::from_toml(GOOD).expect("valid");
     assert_eq!(

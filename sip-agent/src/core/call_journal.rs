@@ -159,14 +159,14 @@ mod tests {
                     payload_types: vec![0, 8],
                     dtmf_pt: Some(101),
                 }],
-                fork: Some(ForkSnapshot {
+                forks: vec![ForkSnapshot {
                     call_guid: "g".into(),
                     codec: "PCMA".into(),
                     requested: None,
                     paused: false,
                     streams: [Some("10.77.1.1:30000".parse().unwrap()), None],
                     channel_ids: [Some(7), None],
-                }),
+                }],
             },
         }
     }

@@ -33,6 +33,10 @@ pub const MAX_BODY_LEN: usize = 16 * 1024;
 /// Longest call GUID accepted. UCCE GUIDs are 32 hex digits, sometimes with dashes.
 pub const MAX_GUID_LEN: usize = 64;
 
+/// Most forks one call may have at once (`[forking] max_per_call`): each is a speech-server
+/// stream pair and a copy per packet, so a controller cannot multiply a call without bound.
+pub const MAX_FORKS_PER_CALL: usize = 8;
+
 /// Longest `auth-token` accepted (it goes into a WebSocket header, so it has to stay small).
 pub const MAX_TOKEN_LEN: usize = 1024;
 
@@ -70,7 +74,8 @@ pub enum ForkError {
     /// `type`, or UPDATE inside a re-INVITE).
     #[error("Method not supported")]
     MethodNotSupported,
-    /// START while a fork is already active on the call.
+    /// START while a fork is already active on the call (with `[forking] max_per_call` above 1:
+    /// while that many are, or one with the same GUID is).
     #[error("Invalid Start Fork Request")]
     InvalidStartForkRequest,
     /// STOP while no fork is active on the call.
@@ -535,11 +540,16 @@ pub enum Carrier {
 /// Per-call sequence rules for fork requests (reference table 2 rows "Invalid Start/Stop/Update
 /// Fork Request" and "GUID Mismatch", and the "Restrictions" and "UPDATE Message" sections).
 ///
-/// `apply` only moves state on success, so a rejected request leaves the call as it was.
+/// CUBE allows one fork per call; with `max_forks` above 1 (our extension, `[forking]
+/// max_per_call`) further STARTs with other GUIDs are accepted while forks are active, and
+/// STOP/UPDATE name their fork by GUID. `apply` only moves state on success, so a rejected
+/// request leaves the call as it was.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ForkSequence {
-    /// GUID of the active fork, if one is active.
-    active: Option<String>,
+    /// GUIDs of the active forks, oldest first (journalled as one GUID or `null` while a call
+    /// has at most one, as before several forks per call existed).
+    #[serde(default, with = "guid_list")]
+    active: Vec<String>,
     /// Carrier used by the first accepted request; the reference forbids mixing INFO and
     /// re-INVITE forking in one call.
     carrier: Option<Carrier>,
@@ -553,17 +563,23 @@ impl ForkSequence {
 
     /// True while a fork is active (between an accepted START and STOP or [`Self::end`]).
     pub fn is_active(&self) -> bool {
-        self.active.is_some()
+        !self.active.is_empty()
     }
 
-    /// GUID of the active fork.
-    pub fn active_guid(&self) -> Option<&str> {
-        self.active.as_deref()
+    /// True while the fork `guid` is active.
+    pub fn is_active_guid(&self, guid: &str) -> bool {
+        self.active.iter().any(|g| g == guid)
     }
 
-    /// Checks `req` against the call's fork state and, if it is in sequence, records it.
-    /// The request comes back when it is in sequence: what the fork layer must carry out.
-    pub fn apply(&mut self, req: ForkRequest, carrier: Carrier) -> Result<ForkRequest, ForkError> {
+    /// Checks `req` against the call's fork state and, if it is in sequence, records it; at
+    /// most `max_forks` forks are active at once. The request comes back when it is in
+    /// sequence: what the fork layer must carry out.
+    pub fn apply(
+        &mut self,
+        req: ForkRequest,
+        carrier: Carrier,
+        max_forks: usize,
+    ) -> Result<ForkRequest, ForkError> {
         if let Some(c) = self.carrier {
             if c != carrier {
                 return Err(ForkError::UnsupportedFlow);
@@ -571,19 +587,20 @@ impl ForkSequence {
         }
         let cmd = match req {
             ForkRequest::Start(start) => {
-                if self.active.is_some() {
+                if self.active.len() >= max_forks || self.is_active_guid(&start.call_guid) {
                     return Err(ForkError::InvalidStartForkRequest);
                 }
-                self.active = Some(start.call_guid.clone());
+                self.active.push(start.call_guid.clone());
                 ForkRequest::Start(start)
             }
             ForkRequest::Stop { call_guid } => {
-                match &self.active {
-                    None => return Err(ForkError::InvalidStopForkRequest),
-                    Some(g) if *g != call_guid => return Err(ForkError::GuidMismatch),
-                    Some(_) => {}
+                if self.active.is_empty() {
+                    return Err(ForkError::InvalidStopForkRequest);
                 }
-                self.active = None;
+                if !self.is_active_guid(&call_guid) {
+                    return Err(ForkError::GuidMismatch);
+                }
+                self.active.retain(|g| *g != call_guid);
                 ForkRequest::Stop { call_guid }
             }
             ForkRequest::Update {
@@ -594,10 +611,11 @@ impl ForkSequence {
                 if carrier != Carrier::Info {
                     return Err(ForkError::MethodNotSupported);
                 }
-                match &self.active {
-                    None => return Err(ForkError::InvalidUpdateForkRequest),
-                    Some(g) if *g != call_guid => return Err(ForkError::GuidMismatch),
-                    Some(_) => {}
+                if self.active.is_empty() {
+                    return Err(ForkError::InvalidUpdateForkRequest);
+                }
+                if !self.is_active_guid(&call_guid) {
+                    return Err(ForkError::GuidMismatch);
                 }
                 ForkRequest::Update {
                     call_guid,
@@ -609,10 +627,38 @@ impl ForkSequence {
         Ok(cmd)
     }
 
-    /// The fork ended for a reason other than STOP (connection lost, call ended); a new START is
-    /// allowed afterwards.
-    pub fn end(&mut self) {
-        self.active = None;
+    /// The fork `guid` ended for a reason other than STOP (it failed, the call ended); a new
+    /// START is allowed afterwards.
+    pub fn end(&mut self, guid: &str) {
+        self.active.retain(|g| g != guid);
+    }
+}
+
+/// [`ForkSequence::active`] in the call journal: `null` or one GUID for up to one fork (what
+/// journals held before several forks per call), a list for more; any of them is read.
+mod guid_list {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Wire {
+        One(Option<String>),
+        Many(Vec<String>),
+    }
+
+    pub fn serialize<S: Serializer>(guids: &[String], s: S) -> Result<S::Ok, S::Error> {
+        match guids {
+            [] => Wire::One(None).serialize(s),
+            [one] => Wire::One(Some(one.clone())).serialize(s),
+            many => Wire::Many(many.to_vec()).serialize(s),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+        Ok(match Wire::deserialize(d)? {
+            Wire::One(one) => one.into_iter().collect(),
+            Wire::Many(many) => many,
+        })
     }
 }
 

@@ -27,6 +27,8 @@
 //! A failed fork is stopped in fork-agent and forgotten, so a new START is allowed. Events that
 //! overtake the `fork_start` answer wait for it (docs/fork-request.md "Status sequences";
 //! media/status.rs).
+//! A call may have several forks (`[forking] max_per_call`, each its own GUID, phase and
+//! connection); every rule here applies to each fork on its own, and hold pauses them all.
 //! Hold or a non-G.711 codec on an active fork sends `fork_pause`, and the way back
 //! `fork_resume`; UPDATE sends `fork_update`. A fork-agent without these operations refuses
 //! them; the refusal is logged and no PAUSED/RESUMED/UPDATED is reported, so the controller is
@@ -124,14 +126,46 @@ struct Fork {
 }
 
 /// What the journal keeps of a call's media layer state (docs/sip-state.md): the flows asked
-/// for and the fork, so a restarted agent removes exactly those when the call ends.
+/// for and the forks, so a restarted agent removes exactly those when the call ends.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "SnapshotWire", into = "SnapshotWire")]
 pub struct MediaSnapshot {
     /// Flows asked for, as sent in `flow_add`.
     pub flows: Vec<FlowSpec>,
-    /// The call's fork, if one was started and not stopped.
+    /// The call's forks started and not stopped, oldest first.
+    pub forks: Vec<ForkSnapshot>,
+}
+
+/// [`MediaSnapshot`] as journalled: the first fork under `fork`, as before several forks per
+/// call existed (a journal of single-fork calls reads the same both ways), further ones under
+/// `more_forks`.
+#[derive(Serialize, Deserialize)]
+struct SnapshotWire {
+    flows: Vec<FlowSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fork: Option<ForkSnapshot>,
+    fork: Option<ForkSnapshot>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    more_forks: Vec<ForkSnapshot>,
+}
+
+impl From<SnapshotWire> for MediaSnapshot {
+    fn from(w: SnapshotWire) -> Self {
+        MediaSnapshot {
+            flows: w.flows,
+            forks: w.fork.into_iter().chain(w.more_forks).collect(),
+        }
+    }
+}
+
+impl From<MediaSnapshot> for SnapshotWire {
+    fn from(m: MediaSnapshot) -> Self {
+        let mut forks = m.forks.into_iter();
+        SnapshotWire {
+            flows: m.flows,
+            fork: forks.next(),
+            more_forks: forks.collect(),
+        }
+    }
 }
 
 /// A journalled fork.
@@ -177,7 +211,19 @@ struct CallMedia {
     legs: [Option<NegotiatedMedia>; 2],
     /// Flows asked for (by `local`), as last sent.
     flows: BTreeMap<SocketAddr, FlowSpec>,
-    fork: Option<Fork>,
+    /// Forks started and not stopped, oldest first.
+    forks: Vec<Fork>,
+}
+
+impl CallMedia {
+    fn fork_mut(&mut self, guid: &str) -> Option<&mut Fork> {
+        self.forks.iter_mut().find(|f| f.guid == guid)
+    }
+
+    fn take_fork(&mut self, guid: &str) -> Option<Fork> {
+        let i = self.forks.iter().position(|f| f.guid == guid)?;
+        Some(self.forks.remove(i))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -311,19 +357,23 @@ impl MediaLayer {
         };
         MediaSnapshot {
             flows: c.flows.values().cloned().collect(),
-            fork: c.fork.as_ref().map(|f| ForkSnapshot {
-                call_guid: f.guid.clone(),
-                codec: f.codec.as_str().to_owned(),
-                requested: f.requested.map(|c| c.as_str().to_owned()),
-                paused: matches!(f.phase, Phase::Pausing | Phase::Paused),
-                streams: f.streams,
-                channel_ids: channel_ids(&f.channels),
-            }),
+            forks: c
+                .forks
+                .iter()
+                .map(|f| ForkSnapshot {
+                    call_guid: f.guid.clone(),
+                    codec: f.codec.as_str().to_owned(),
+                    requested: f.requested.map(|c| c.as_str().to_owned()),
+                    paused: matches!(f.phase, Phase::Pausing | Phase::Paused),
+                    streams: f.streams,
+                    channel_ids: channel_ids(&f.channels),
+                })
+                .collect(),
         }
     }
 
     /// Brings back a journalled call after a restart: its legs' media (from the restored
-    /// B2BUA), the flows it had asked for and its fork, without sending anything (they are
+    /// B2BUA), the flows it had asked for and its forks, without sending anything (they are
     /// still in fork-agent). A fork caught between two states is taken as running or paused,
     /// and as started (its connection's events while this agent was down are lost); the next
     /// media event, fork-agent event or the call's end acts on it as usual.
@@ -333,7 +383,7 @@ impl MediaLayer {
         legs: [Option<NegotiatedMedia>; 2],
         snap: MediaSnapshot,
     ) {
-        let fork = snap.fork.map(|f| Fork {
+        let forks = snap.forks.into_iter().map(|f| Fork {
             guid: f.call_guid,
             phase: if f.paused {
                 Phase::Paused
@@ -351,7 +401,7 @@ impl MediaLayer {
             CallMedia {
                 legs,
                 flows: snap.flows.into_iter().map(|f| (f.local, f)).collect(),
-                fork,
+                forks: forks.collect(),
             },
         );
     }
@@ -362,7 +412,7 @@ impl MediaLayer {
         let mut k = crate::core::reconcile::Known::default();
         for c in self.calls.values() {
             k.flows.extend(c.flows.keys().copied());
-            if let Some(f) = &c.fork {
+            for f in &c.forks {
                 k.forks.insert(f.guid.clone());
                 k.flows.extend(f.streams.iter().flatten().copied());
             }
@@ -441,13 +491,13 @@ impl MediaLayer {
         // fork-agent re-adds a deleted flow without the fork flag, so deleting it would leave
         // that stream unforked after the resume. It keeps relaying to the held party's last
         // address meanwhile, which the held party ignores.
-        let forked = c.fork.as_ref().map(|f| f.streams).unwrap_or_default();
+        let forked = |l: &SocketAddr| c.forks.iter().any(|f| f.streams.contains(&Some(*l)));
         let dels: Vec<SocketAddr> = c
             .flows
             .iter()
             .filter(|(l, spec)| match want.get(l) {
                 Some(w) => w != *spec,
-                None => !forked.contains(&Some(**l)),
+                None => !forked(l),
             })
             .map(|(l, _)| *l)
             .collect();
@@ -470,16 +520,29 @@ impl MediaLayer {
         }
     }
 
+    /// Pauses or resumes every fork of the call as its media now wants (hold pauses them all).
     fn reconcile_pause(&mut self, call: CallHandle) {
+        let guids: Vec<String> = self
+            .calls
+            .get(&call)
+            .map(|c| c.forks.iter().map(|f| f.guid.clone()).collect())
+            .unwrap_or_default();
+        for guid in guids {
+            self.reconcile_fork_pause(call, &guid);
+        }
+    }
+
+    fn reconcile_fork_pause(&mut self, call: CallHandle, guid: &str) {
         let Some(c) = self.calls.get_mut(&call) else {
             return;
         };
         let now_law = c.legs[Leg::B as usize].as_ref().map(law);
-        let Some(f) = c.fork.as_mut() else { return };
+        let legs = c.legs.clone();
+        let Some(f) = c.fork_mut(guid) else { return };
         // Reference "Pause and Resume Forking": a codec other than the one the fork runs with
         // pauses it, even between the two G.711 laws. A START that named its codec resumes only
         // on that law; one without a codec resumes on the new law (PAUSE then RESUME).
-        let pause = pause_reason(&c.legs).or_else(|| {
+        let pause = pause_reason(&legs).or_else(|| {
             let wanted = match f.phase {
                 Phase::Active | Phase::Pausing => f.requested.unwrap_or(f.codec),
                 _ => f.requested?,
@@ -526,7 +589,7 @@ impl MediaLayer {
         let Some(c) = self.calls.remove(&call) else {
             return;
         };
-        if let Some(f) = c.fork {
+        for f in c.forks {
             // The call is gone, so no status goes back (reference: forking stops with the call).
             self.control(
                 call,
@@ -608,7 +671,8 @@ impl MediaLayer {
                         },
                     ],
                 };
-                c.fork = Some(Fork {
+                // The B2BUA's fork sequence allowed it: a new GUID within `max_per_call`.
+                c.forks.push(Fork {
                     guid: s.call_guid.clone(),
                     phase: Phase::Starting,
                     link: Link::Requested {
@@ -632,9 +696,7 @@ impl MediaLayer {
                 );
             }
             ForkRequest::Stop { call_guid } => {
-                if c.fork.as_ref().is_some_and(|f| f.guid == *call_guid) {
-                    c.fork = None;
-                }
+                c.take_fork(call_guid);
                 self.control(
                     call,
                     Purpose::Stop(call_guid.clone()),
@@ -685,7 +747,7 @@ impl MediaLayer {
                 let Some(c) = self.calls.get_mut(&call) else {
                     return; // call ended meanwhile; teardown already queued fork_stop
                 };
-                let current = c.fork.as_mut().filter(|f| f.guid == guid);
+                let current = c.fork_mut(&guid);
                 match (result, current) {
                     (Ok(answer), Some(f)) => {
                         f.phase = Phase::Active;
@@ -711,7 +773,7 @@ impl MediaLayer {
                         );
                         // Events that overtook the answer, in the order they came.
                         for e in early {
-                            self.on_link_event(call, e);
+                            self.on_link_event(call, &guid, e);
                         }
                         self.reconcile_pause(call);
                     }
@@ -719,7 +781,7 @@ impl MediaLayer {
                     (Err(e), current) => {
                         warn!(?call, error = %e, "fork_start refused");
                         if current.is_some() {
-                            c.fork = None;
+                            c.take_fork(&guid);
                         }
                         self.status(
                             call,
@@ -763,12 +825,7 @@ impl MediaLayer {
             Purpose::Pause(ref guid) | Purpose::Resume(ref guid) => {
                 let resume = matches!(purpose, Purpose::Resume(_));
                 let guid = guid.clone();
-                let Some(f) = self
-                    .calls
-                    .get_mut(&call)
-                    .and_then(|c| c.fork.as_mut())
-                    .filter(|f| f.guid == guid)
-                else {
+                let Some(f) = self.calls.get_mut(&call).and_then(|c| c.fork_mut(&guid)) else {
                     return;
                 };
                 match result {
@@ -790,7 +847,7 @@ impl MediaLayer {
                     }
                 }
                 // Media may have changed again while the request was in flight.
-                self.reconcile_pause(call);
+                self.reconcile_fork_pause(call, &guid);
             }
             Purpose::Update(guid) => {
                 if !live {

@@ -29,7 +29,8 @@ struct Slot<T> {
     held: Option<(Instant, T)>,
 }
 
-/// Per-fork pacing of status reports `T`, keyed by `K` (the call: one fork per call at a time).
+/// Per-fork pacing of status reports `T`, keyed by `K` (the call and the fork's GUID: a call may
+/// have several forks).
 #[derive(Debug)]
 pub struct StatusPacer<K, T> {
     interval: Duration,
@@ -38,7 +39,7 @@ pub struct StatusPacer<K, T> {
     due: BTreeSet<(Instant, K)>,
 }
 
-impl<K: Copy + Ord + Hash, T> StatusPacer<K, T> {
+impl<K: Clone + Ord + Hash, T> StatusPacer<K, T> {
     /// A pacer allowing one paced status per `interval` per key.
     pub fn new(interval: Duration) -> Self {
         Self {
@@ -55,7 +56,7 @@ impl<K: Copy + Ord + Hash, T> StatusPacer<K, T> {
     pub fn offer(&mut self, now: Instant, key: K, status: T) -> Option<T> {
         let Some(slot) = self.slots.get_mut(&key) else {
             self.slots.insert(
-                key,
+                key.clone(),
                 Slot {
                     last: now,
                     held: None,
@@ -81,7 +82,7 @@ impl<K: Copy + Ord + Hash, T> StatusPacer<K, T> {
     /// (order is kept over pace), and counts the unpaced one as sent.
     #[must_use]
     pub fn sent_now(&mut self, now: Instant, key: K) -> Option<T> {
-        let slot = self.slots.entry(key).or_insert(Slot {
+        let slot = self.slots.entry(key.clone()).or_insert(Slot {
             last: now,
             held: None,
         });
@@ -95,11 +96,11 @@ impl<K: Copy + Ord + Hash, T> StatusPacer<K, T> {
     /// `None` after every [`StatusPacer::poll_timeout`] deadline; a call before one is a no-op.
     #[must_use]
     pub fn poll_due(&mut self, now: Instant) -> Option<(K, T)> {
-        let &(at, key) = self.due.first()?;
+        let (at, key) = self.due.first()?.clone();
         if at > now {
             return None;
         }
-        self.due.remove(&(at, key));
+        self.due.remove(&(at, key.clone()));
         let slot = self.slots.get_mut(&key)?;
         slot.last = now;
         let (_, status) = slot.held.take()?;
@@ -112,14 +113,18 @@ impl<K: Copy + Ord + Hash, T> StatusPacer<K, T> {
         self.due.first().map(|(at, _)| *at)
     }
 
-    /// `key` is gone (its call ended): what was held for it is dropped, nobody is left to tell.
-    pub fn forget(&mut self, key: K) {
-        if let Some(Slot {
-            held: Some((at, _)),
-            ..
-        }) = self.slots.remove(&key)
-        {
-            self.due.remove(&(at, key));
+    /// The keys `gone` picks are gone (their call ended): what was held for them is dropped,
+    /// nobody is left to tell.
+    pub fn forget(&mut self, gone: impl Fn(&K) -> bool) {
+        let keys: Vec<K> = self.slots.keys().filter(|k| gone(k)).cloned().collect();
+        for key in keys {
+            if let Some(Slot {
+                held: Some((at, _)),
+                ..
+            }) = self.slots.remove(&key)
+            {
+                self.due.remove(&(at, key));
+            }
         }
     }
 
@@ -234,7 +239,7 @@ mod tests {
         let mut p = pacer();
         assert!(p.offer(t0, 1, "RECONNECTING").is_some());
         assert!(p.offer(t0 + ms(10), 1, "ERROR").is_none());
-        p.forget(1);
+        p.forget(|k| *k == 1);
         assert!(p.is_empty());
         assert_eq!(p.poll_timeout(), None);
         assert_eq!(p.poll_due(t0 + ms(5000)), None);

@@ -122,6 +122,7 @@ impl Harness {
                 forking: true,
                 bind: None,
             }],
+            max_forks_per_call: 1,
             transport_ports: Vec::new(),
             security: Policy {
                 controllers: vec![A_ADDR.split(':').next().expect("ip").parse().expect("cidr")],

@@ -46,6 +46,7 @@ mod sip_fork_status_refused;
 mod sip_fork_status_started;
 mod sip_fork_status_unreachable;
 mod sip_fork_stop;
+mod sip_fork_twice;
 mod sip_hold_resume;
 mod sip_hold_zero_address;
 mod sip_info_no_dialog;

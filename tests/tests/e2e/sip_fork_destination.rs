@@ -8,9 +8,7 @@
 #![allow(clippy::disallowed_methods)] // wall clock drives real processes
 
 use crate::sip_support::*;
-use anyhow::{Context, Result};
-use nix::sys::signal::Signal;
-use xdpfork_tests::{bin, Host};
+use anyhow::Result;
 
 const GUID: &str = "DE5700000001";
 const OTHER: &str = "10.77.3.2:9100";
@@ -18,27 +16,7 @@ const OTHER: &str = "10.77.3.2:9100";
 #[test]
 fn start_url_and_token_pick_the_speech_server() -> Result<()> {
     let mut t = SipTest::start_with_speech(&[], QUICK_GIVE_UP)?;
-    let out = t.dir.join("speech-other");
-    std::fs::create_dir_all(&out)?;
-    let summary_path = t.dir.join("speech-other-summary.json");
-    let (out_s, sum_s) = (out.to_string_lossy(), summary_path.to_string_lossy());
-    t.s.topo.spawn(
-        "speech-other",
-        Host::Speech,
-        &bin("speech-server")?,
-        &[
-            "--listen",
-            OTHER,
-            "--out-dir",
-            &out_s,
-            "--summary",
-            &sum_s,
-            "--token",
-            "0th3r",
-            "--duration-secs",
-            "120",
-        ],
-    )?;
+    let summary_path = spawn_speech_server(&mut t, "speech-other", OTHER, &["--token", "0th3r"])?;
     let body = start_body_to(
         GUID,
         &format!("ws://{OTHER}/elsewhere"),
@@ -55,10 +33,7 @@ fn start_url_and_token_pick_the_speech_server() -> Result<()> {
     t.wait_callee_done()?;
     t.wait_no_flows()?;
 
-    t.s.topo.signal("speech-other", Signal::SIGTERM)?;
-    let other: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(&summary_path).context("speech-other wrote no summary")?,
-    )?;
+    let other = read_summary(&mut t, "speech-other", &summary_path)?;
     for ch in ["caller", "callee"] {
         let s = stream_of(&other, ch);
         assert_eq!(s["call_guid"], GUID, "{s}");

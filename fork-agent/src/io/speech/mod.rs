@@ -13,6 +13,10 @@
 //! gets a pool of its own keyed by server, URL, token and profile: forks with different tokens
 //! never share a connection. Such a pool is dropped as soon as nothing uses it.
 //!
+//! Media: a forked packet names its kernel tap (core::flows); every fork stream fed from that
+//! tap (core::fanout) gets the frame under its own stream id, one copy per extra fork and none
+//! when a single fork uses the flow.
+//!
 //! Status events are published as control-api `fork_status` event lines on a broadcast
 //! channel the control API's `subscribe` hands to its clients.
 
@@ -39,6 +43,7 @@ use crate::{
     config::{DestinationsConfig, SpeechServerConfig},
     core::{
         destinations::{AllowList, Verdict},
+        fanout::FanOut,
         flows::Fork,
         session::{AudioVerdict, ConnId, ForkRequest, ForkService, Output, ServerId, SessionError},
         ws_url::WsUrl,
@@ -52,12 +57,12 @@ use control_api::{Destination, ForkSpec, Op, Response, StreamServiceShow};
 pub enum Media {
     /// One audio frame (docs/speech-protocol.md §3) of `stream_id`.
     Audio {
-        /// Stream.
+        /// The kernel tap the packet was forked under (also in the frame's header).
         stream_id: u32,
         /// Encoded frame (header + payload).
         frame: Vec<u8>,
     },
-    /// One RFC 4733 report.
+    /// One RFC 4733 report (its `stream_id` is the tap).
     Dtmf(Dtmf),
 }
 
@@ -86,6 +91,8 @@ pub enum Command {
     Start {
         /// The fork as the flow table holds it.
         fork: Box<Fork>,
+        /// The kernel tap each stream is fed from (order of `fork.streams`).
+        taps: Vec<u32>,
         /// Announce the streams with `resumed: true`.
         resumed: bool,
     },
@@ -296,6 +303,7 @@ impl SpeechService {
             dest_of: HashMap::new(),
             policy: policy.clone(),
             stream_server: HashMap::new(),
+            fanout: FanOut::new(),
             conns: HashMap::new(),
             conn_counters: HashMap::new(),
             open: HashSet::new(),
@@ -326,10 +334,12 @@ impl SpeechService {
         Ok(())
     }
 
-    /// Queues a fork start (after the flow table accepted it, before the kernel forks).
-    pub fn start_fork(&self, fork: &Fork, resumed: bool) -> Result<()> {
+    /// Queues a fork start (after the flow table accepted it, before the kernel forks); its
+    /// streams are fed from `taps` (order of `fork.streams`).
+    pub fn start_fork(&self, fork: &Fork, taps: &[u32], resumed: bool) -> Result<()> {
         self.send(Command::Start {
             fork: Box::new(fork.clone()),
+            taps: taps.to_vec(),
             resumed,
         })
     }
@@ -404,6 +414,8 @@ struct Task {
     /// Connections sent control messages in this round: they get an end-of-batch mark.
     flush: HashSet<ConnId>,
     stream_server: HashMap<u32, Arc<ServerStats>>,
+    /// Kernel tap → fork streams.
+    fanout: FanOut,
     conns: HashMap<ConnId, ConnTx>,
     conn_counters: HashMap<ConnId, Arc<ConnCounters>>,
     open: HashSet<ConnId>,
@@ -456,7 +468,11 @@ impl Task {
 
     fn command(&mut self, c: Command) {
         match c {
-            Command::Start { fork, resumed } => {
+            Command::Start {
+                fork,
+                taps,
+                resumed,
+            } => {
                 let guid = fork.spec.call_guid.clone();
                 let (server, stats) = match self.server_for(&fork.spec) {
                     Ok(s) => s,
@@ -482,6 +498,10 @@ impl Task {
                 for (id, _) in &streams {
                     self.stream_server.insert(*id, stats.clone());
                 }
+                let pairs: Vec<(u32, u32)> = taps
+                    .into_iter()
+                    .zip(streams.iter().map(|(id, _)| *id))
+                    .collect();
                 let spec = fork.spec;
                 let req = ForkRequest {
                     call_guid: spec.call_guid,
@@ -496,11 +516,15 @@ impl Task {
                     resumed,
                 };
                 match self.core.handle_fork_start(now(), req) {
-                    Ok(()) => info!(call_guid = %guid, "forking requested"),
+                    Ok(()) => {
+                        self.fanout.add(&guid, pairs);
+                        info!(call_guid = %guid, "forking requested");
+                    }
                     Err(e) => warn!(call_guid = %guid, "fork not started: {e}"),
                 }
             }
             Command::Stop { call_guid, reason } => {
+                self.fanout.remove(&call_guid);
                 let server = self.core.server_of(&call_guid);
                 if let Err(e) = self.core.handle_fork_stop(now(), &call_guid, reason) {
                     warn!(%call_guid, "fork stop: {e}");
@@ -665,37 +689,40 @@ impl Task {
         let t = now();
         match m {
             Media::Audio {
-                stream_id,
-                mut frame,
+                stream_id: tap,
+                frame,
             } => {
-                let conns = &self.conns;
-                let verdict = self.core.handle_audio(t, stream_id, frame.len(), |c| {
-                    conns
-                        .get(&c)
-                        .map_or(0, |tx| tx.backlog.load(Ordering::Relaxed))
-                });
-                match verdict {
-                    AudioVerdict::Send { conn, first } => {
-                        if first {
-                            if let Some(b) = frame.get_mut(3) {
-                                *b |= speech_proto::FLAG_FIRST;
-                            }
+                let (core, conns, servers) = (&mut self.core, &self.conns, &self.stream_server);
+                let mut send =
+                    |stream, frame| send_audio(core, conns, servers, t, tap, stream, frame);
+                match self.fanout.streams(tap).split_last() {
+                    // Every stream but the last gets a copy; the last one the frame itself.
+                    Some((last, extra)) => {
+                        for &stream in extra {
+                            send(stream, frame.clone());
                         }
-                        match self.conns.get(&conn) {
-                            Some(tx) => tx.send(Outgoing::Audio(frame)),
-                            None => self.count_drop(stream_id),
-                        }
+                        send(*last, frame);
                     }
-                    AudioVerdict::Drop(_) => self.count_drop(stream_id),
+                    // No fork on this tap (stopped a moment ago): the core counts the drop.
+                    None => send(tap, frame),
                 }
             }
-            Media::Dtmf(d) => self.core.handle_dtmf(t, d),
-        }
-    }
-
-    fn count_drop(&self, stream_id: u32) {
-        if let Some(s) = self.stream_server.get(&stream_id) {
-            s.frames_dropped.fetch_add(1, Ordering::Relaxed);
+            Media::Dtmf(d) => {
+                let streams = self.fanout.streams(d.stream_id);
+                if streams.is_empty() {
+                    self.core.handle_dtmf(t, d);
+                    return;
+                }
+                for &stream_id in streams {
+                    self.core.handle_dtmf(
+                        t,
+                        Dtmf {
+                            stream_id,
+                            ..d.clone()
+                        },
+                    );
+                }
+            }
         }
     }
 
@@ -859,6 +886,46 @@ impl Task {
         self.policy
             .active
             .store(self.dests.len() as u64, Ordering::Relaxed);
+    }
+}
+
+/// One stream's audio frame, forked under `tap`: admitted by the core, it goes out under
+/// `stream`'s id (rewritten in the header when it differs) with its own "first" flag.
+fn send_audio(
+    core: &mut ForkService,
+    conns: &HashMap<ConnId, ConnTx>,
+    stream_server: &HashMap<u32, Arc<ServerStats>>,
+    t: Instant,
+    tap: u32,
+    stream: u32,
+    mut frame: Vec<u8>,
+) {
+    let verdict = core.handle_audio(t, stream, frame.len(), |c| {
+        conns
+            .get(&c)
+            .map_or(0, |tx| tx.backlog.load(Ordering::Relaxed))
+    });
+    let conn = match verdict {
+        AudioVerdict::Send { conn, first } => {
+            if stream != tap {
+                speech_proto::set_audio_stream_id(&mut frame, stream);
+            }
+            if first {
+                if let Some(b) = frame.get_mut(3) {
+                    *b |= speech_proto::FLAG_FIRST;
+                }
+            }
+            conns.get(&conn)
+        }
+        AudioVerdict::Drop(_) => None,
+    };
+    match conn {
+        Some(tx) => tx.send(Outgoing::Audio(frame)),
+        None => {
+            if let Some(s) = stream_server.get(&stream) {
+                s.frames_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 }
 

@@ -92,4 +92,7 @@ pub struct Config {
     pub min_se: Duration,
     /// A call connected this long is released (BYE on both legs); `None` means no limit.
     pub max_call_duration: Option<Duration>,
+    /// Forks (distinct GUIDs) a call may have at once, 1 to
+    /// [`MAX_FORKS_PER_CALL`](crate::core::fork_request::MAX_FORKS_PER_CALL); 1 is CUBE's rule.
+    pub max_forks_per_call: usize,
 }

@@ -51,7 +51,8 @@ impl<P: PortAllocator> B2bua<P> {
         report: StatusReport,
     ) -> Result<(), B2buaError> {
         let leg = self.apply_fork_status(call, &report)?;
-        if let Some(report) = self.pacer.offer(now, call, report) {
+        let key = (call, report.call_guid.clone().unwrap_or_default());
+        if let Some(report) = self.pacer.offer(now, key, report) {
             self.send_status(now, call, leg, &report);
             self.pump(now);
         }
@@ -76,10 +77,10 @@ impl<P: PortAllocator> B2bua<P> {
                     self.counts.bump();
                 }
             }
-            ForkState::Stopped | ForkState::Error
-                if report.call_guid.as_deref() == c.fork.active_guid() =>
-            {
-                c.fork.end()
+            ForkState::Stopped | ForkState::Error => {
+                if let Some(guid) = &report.call_guid {
+                    c.fork.end(guid);
+                }
             }
             _ => {}
         }
@@ -88,7 +89,7 @@ impl<P: PortAllocator> B2bua<P> {
 
     /// Sends the paced status INFOs that are due (from [`B2bua::handle_timeout`]).
     pub(super) fn send_paced_statuses(&mut self, now: Instant) {
-        while let Some((call, report)) = self.pacer.poll_due(now) {
+        while let Some(((call, _), report)) = self.pacer.poll_due(now) {
             if let Some(leg) = self.calls.get(&call).and_then(|c| c.fork_leg) {
                 self.send_status(now, call, leg, &report);
             }
@@ -98,7 +99,8 @@ impl<P: PortAllocator> B2bua<P> {
 
     /// Sends an unpaced status INFO, after the fork's held paced one if there is one.
     fn send_status_now(&mut self, now: Instant, call: CallHandle, leg: Leg, report: &StatusReport) {
-        if let Some(held) = self.pacer.sent_now(now, call) {
+        let key = (call, report.call_guid.clone().unwrap_or_default());
+        if let Some(held) = self.pacer.sent_now(now, key) {
             if let Some(fork_leg) = self.calls.get(&call).and_then(|c| c.fork_leg) {
                 self.send_status(now, call, fork_leg, &held);
             }
@@ -115,6 +117,7 @@ impl<P: PortAllocator> B2bua<P> {
         carrier: Carrier,
     ) {
         let parsed = ForkRequest::parse(body);
+        let max_forks = self.cfg.max_forks_per_call;
         let Some(c) = self.calls.get_mut(&call) else {
             return;
         };
@@ -145,7 +148,7 @@ impl<P: PortAllocator> B2bua<P> {
                 }
             }
             let kind = req.kind();
-            c.fork.apply(req, carrier).map(|cmd| (kind, cmd))
+            c.fork.apply(req, carrier, max_forks).map(|cmd| (kind, cmd))
         });
         match result {
             Ok((_, command)) => {

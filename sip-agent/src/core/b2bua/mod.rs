@@ -412,7 +412,8 @@ pub struct B2bua<P: PortAllocator> {
     changed: BTreeSet<CallHandle>,
     /// Status INFOs caused by a fork's speech-server connection, at most one per fork per
     /// [`STATUS_INTERVAL`] (fork.rs).
-    pacer: StatusPacer<CallHandle, StatusReport>,
+    /// Keyed by call and fork GUID.
+    pacer: StatusPacer<(CallHandle, String), StatusReport>,
 }
 
 const SDP: &str = "application/sdp";

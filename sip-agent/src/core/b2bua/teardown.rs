@@ -85,7 +85,7 @@ impl<P: PortAllocator> B2bua<P> {
 
     pub(super) fn end_call(&mut self, call: CallHandle, reason: EndReason) {
         self.touch(call);
-        self.pacer.forget(call);
+        self.pacer.forget(|(c, _)| *c == call);
         for t in CallTimer::ALL {
             self.set_timer(call, t, None);
         }

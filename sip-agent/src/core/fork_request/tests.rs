@@ -306,59 +306,120 @@ fn start() -> ForkRequest {
 fn sequence_rules() {
     let mut seq = ForkSequence::new();
     assert_eq!(
-        seq.apply(stop(GUID), Carrier::Info),
+        seq.apply(stop(GUID), Carrier::Info, 1),
         Err(ForkError::InvalidStopForkRequest)
     );
     assert_eq!(
-        seq.apply(update(GUID), Carrier::Info),
+        seq.apply(update(GUID), Carrier::Info, 1),
         Err(ForkError::InvalidUpdateForkRequest)
     );
     assert!(matches!(
-        seq.apply(start(), Carrier::Info),
+        seq.apply(start(), Carrier::Info, 1),
         Ok(ForkRequest::Start(_))
     ));
     assert!(seq.is_active());
     assert_eq!(
-        seq.apply(start(), Carrier::Info),
+        seq.apply(start(), Carrier::Info, 1),
         Err(ForkError::InvalidStartForkRequest)
     );
     assert_eq!(
-        seq.apply(update("ABCD"), Carrier::Info),
+        seq.apply(update("ABCD"), Carrier::Info, 1),
         Err(ForkError::GuidMismatch)
     );
     assert_eq!(
-        seq.apply(stop("ABCD"), Carrier::Info),
+        seq.apply(stop("ABCD"), Carrier::Info, 1),
         Err(ForkError::GuidMismatch)
     );
     assert!(matches!(
-        seq.apply(update(GUID), Carrier::Info),
+        seq.apply(update(GUID), Carrier::Info, 1),
         Ok(ForkRequest::Update { .. })
     ));
     assert!(matches!(
-        seq.apply(stop(GUID), Carrier::Info),
+        seq.apply(stop(GUID), Carrier::Info, 1),
         Ok(ForkRequest::Stop { .. })
     ));
     assert!(!seq.is_active());
     // Restart after stop is allowed.
-    assert!(seq.apply(start(), Carrier::Info).is_ok());
-    seq.end();
-    assert!(seq.apply(start(), Carrier::Info).is_ok());
+    assert!(seq.apply(start(), Carrier::Info, 1).is_ok());
+    seq.end(GUID);
+    assert!(seq.apply(start(), Carrier::Info, 1).is_ok());
+}
+
+fn start_guid(guid: &str) -> ForkRequest {
+    let body = start_json("").replace(GUID, guid);
+    ForkRequest::parse(body.as_bytes()).expect("valid start")
+}
+
+#[test]
+fn several_forks_per_call_are_named_by_guid() {
+    let mut seq = ForkSequence::new();
+    let (a, b, c) = (GUID, "BBBB", "CCCC");
+    assert!(seq.apply(start_guid(a), Carrier::Info, 2).is_ok());
+    // The same GUID twice is refused; another one is accepted up to the limit.
+    assert_eq!(
+        seq.apply(start_guid(a), Carrier::Info, 2),
+        Err(ForkError::InvalidStartForkRequest)
+    );
+    assert!(seq.apply(start_guid(b), Carrier::Info, 2).is_ok());
+    assert_eq!(
+        seq.apply(start_guid(c), Carrier::Info, 2),
+        Err(ForkError::InvalidStartForkRequest)
+    );
+    // STOP and UPDATE name their fork; a GUID of no active fork is still a mismatch.
+    assert_eq!(
+        seq.apply(stop(c), Carrier::Info, 2),
+        Err(ForkError::GuidMismatch)
+    );
+    assert!(matches!(
+        seq.apply(update(b), Carrier::Info, 2),
+        Ok(ForkRequest::Update { call_guid, .. }) if call_guid == b
+    ));
+    assert!(seq.apply(stop(a), Carrier::Info, 2).is_ok());
+    assert!(seq.is_active_guid(b) && !seq.is_active_guid(a));
+    assert_eq!(
+        seq.apply(update(a), Carrier::Info, 2),
+        Err(ForkError::GuidMismatch)
+    );
+    // A failed fork frees its place.
+    assert!(seq.apply(start_guid(c), Carrier::Info, 2).is_ok());
+    seq.end(b);
+    assert!(seq.apply(start_guid(a), Carrier::Info, 2).is_ok());
+    assert!(seq.is_active_guid(a) && seq.is_active_guid(c));
+}
+
+#[test]
+fn the_journal_reads_one_guid_or_a_list() {
+    let mut seq = ForkSequence::new();
+    let none = serde_json::to_value(&seq).expect("json");
+    assert_eq!(none["active"], serde_json::Value::Null);
+    seq.apply(start_guid("AAAA"), Carrier::Info, 2)
+        .expect("start");
+    let one = serde_json::to_value(&seq).expect("json");
+    assert_eq!(one["active"], "AAAA", "as journals held it before");
+    seq.apply(start_guid("BBBB"), Carrier::Info, 2)
+        .expect("start");
+    let two = serde_json::to_value(&seq).expect("json");
+    assert_eq!(two["active"], serde_json::json!(["AAAA", "BBBB"]));
+    for v in [none, one, two] {
+        let back: ForkSequence = serde_json::from_value(v.clone()).expect("reads back");
+        assert_eq!(serde_json::to_value(&back).expect("json"), v);
+    }
 }
 
 #[test]
 fn carriers_cannot_be_mixed_and_update_is_info_only() {
     let mut seq = ForkSequence::new();
-    assert!(seq.apply(start(), Carrier::ReInvite).is_ok());
+    assert!(seq.apply(start(), Carrier::ReInvite, 1).is_ok());
     assert_eq!(
-        seq.apply(update(GUID), Carrier::ReInvite),
+        seq.apply(update(GUID), Carrier::ReInvite, 1),
         Err(ForkError::MethodNotSupported)
     );
     assert_eq!(
-        seq.apply(stop(GUID), Carrier::Info),
+        seq.apply(stop(GUID), Carrier::Info, 1),
         Err(ForkError::UnsupportedFlow)
     );
     assert!(seq.is_active(), "rejected request must not change state");
-    assert!(seq.apply(stop(GUID), Carrier::ReInvite).is_ok());
+    assert!(seq.apply(stop(GUID), Carrier::ReInvite, 1).is_ok());
 }
 
 #[test]

@@ -159,16 +159,16 @@ impl MediaLayer {
         let call = self
             .calls
             .iter()
-            .find(|(_, c)| c.fork.as_ref().is_some_and(|f| f.guid == ev.call_guid))
+            .find(|(_, c)| c.forks.iter().any(|f| f.guid == ev.call_guid))
             .map(|(&call, _)| call);
         match call {
-            Some(call) => self.on_link_event(call, e),
+            Some(call) => self.on_link_event(call, &ev.call_guid, e),
             None => debug!(call_guid = %ev.call_guid, ?e, "fork_status event for no fork of ours"),
         }
     }
 
-    pub(super) fn on_link_event(&mut self, call: CallHandle, e: LinkEvent) {
-        let Some(f) = self.calls.get_mut(&call).and_then(|c| c.fork.as_mut()) else {
+    pub(super) fn on_link_event(&mut self, call: CallHandle, guid: &str, e: LinkEvent) {
+        let Some(f) = self.calls.get_mut(&call).and_then(|c| c.fork_mut(guid)) else {
             return;
         };
         let guid = f.guid.clone();
@@ -189,7 +189,7 @@ impl MediaLayer {
             }
             // The START failed: fork-agent gave up connecting.
             (Link::Connecting, LinkEvent::Error(err)) => {
-                self.fork_failed(call, Some(ForkKind::Start), err)
+                self.fork_failed(call, &guid, Some(ForkKind::Start), err)
             }
             (Link::Up, LinkEvent::Started { reconnected: false }) => {
                 debug!(?call, %guid, "fork started again without a reconnect; nothing to report")
@@ -210,7 +210,7 @@ impl MediaLayer {
             }
             // Given up while reconnecting, or any other failure of a started fork.
             (Link::Up | Link::Reconnecting, LinkEvent::Error(err)) => {
-                self.fork_failed(call, None, err)
+                self.fork_failed(call, &guid, None, err)
             }
         }
     }
@@ -218,8 +218,14 @@ impl MediaLayer {
     /// The fork is over on fork-agent's side: ERROR with the reason, the fork forgotten (a new
     /// START is allowed) and stopped in fork-agent, which keeps failed forks until told.
     /// `request` is START for a START that never started, else `None` (a connection status).
-    fn fork_failed(&mut self, call: CallHandle, request: Option<ForkKind>, err: ForkError) {
-        let Some(f) = self.calls.get_mut(&call).and_then(|c| c.fork.take()) else {
+    fn fork_failed(
+        &mut self,
+        call: CallHandle,
+        guid: &str,
+        request: Option<ForkKind>,
+        err: ForkError,
+    ) {
+        let Some(f) = self.calls.get_mut(&call).and_then(|c| c.take_fork(guid)) else {
             return;
         };
         warn!(?call, call_guid = %f.guid, error = err.as_str(), "fork failed");

@@ -355,7 +355,7 @@ fn lost_connection_reconnects_then_gives_up() {
         )]
     );
     cleanup_stop(&mut m, &out, "abc");
-    assert_eq!(m.snapshot(CALL).fork, None);
+    assert_eq!(m.snapshot(CALL).forks, vec![]);
 }
 
 #[test]
@@ -467,7 +467,7 @@ fn a_restored_fork_reports_its_streams_after_a_reconnect() {
     let m = up_and_started("abc");
     let snap = m.snapshot(CALL);
     assert_eq!(
-        snap.fork.as_ref().map(|f| f.channel_ids),
+        snap.forks.first().map(|f| f.channel_ids),
         Some([Some(4), Some(5)])
     );
     let json = serde_json::to_string(&snap).expect("json");
@@ -493,5 +493,67 @@ fn a_restored_fork_reports_its_streams_after_a_reconnect() {
     // A journal written before channel ids existed still reads.
     let old = r#"{"flows":[],"fork":{"call_guid":"abc","codec":"PCMU","paused":false,"streams":[null,null]}}"#;
     let old: MediaSnapshot = serde_json::from_str(old).expect("old journal line");
-    assert_eq!(old.fork.map(|f| f.channel_ids), Some([None, None]));
+    assert_eq!(
+        old.forks.iter().map(|f| f.channel_ids).collect::<Vec<_>>(),
+        vec![[None, None]]
+    );
+    // A single fork is written as before (`fork`), so an older agent reads it back.
+    assert!(
+        json.contains(r#""fork":{"#) && !json.contains("more_forks"),
+        "{json}"
+    );
+}
+
+#[test]
+fn events_of_one_fork_of_a_call_report_on_that_fork_only() {
+    let mut m = up_and_started("aaa");
+    m.handle_session(&start("bbb"));
+    let out = drain(&mut m);
+    let job = ops(&out)[0].0;
+    m.handle_control_result(job, Ok(fork_started()));
+    drain(&mut m);
+    m.handle_fork_event(&started("bbb"));
+    let out = drain(&mut m);
+    assert_eq!(statuses(&out)[0].call_guid.as_deref(), Some("bbb"));
+    // bbb fails: ERROR for bbb, its cleanup stop, aaa untouched.
+    m.handle_fork_event(&error("bbb", "Connection failed"));
+    let out = drain(&mut m);
+    let st = statuses(&out);
+    assert_eq!(
+        (st[0].call_guid.as_deref(), st[0].state),
+        (Some("bbb"), ForkState::Error)
+    );
+    cleanup_stop(&mut m, &out, "bbb");
+    let snap = m.snapshot(CALL);
+    assert_eq!(
+        snap.forks
+            .iter()
+            .map(|f| f.call_guid.as_str())
+            .collect::<Vec<_>>(),
+        ["aaa"]
+    );
+    // aaa's connection events still report on aaa.
+    m.handle_fork_event(&error("aaa", "TCP Connection closed"));
+    let st = statuses(&drain(&mut m));
+    assert_eq!(
+        (st[0].call_guid.as_deref(), st[0].state),
+        (Some("aaa"), ForkState::Reconnecting)
+    );
+}
+
+#[test]
+fn a_journal_with_two_forks_reads_back_both() {
+    let mut m = up_and_started("aaa");
+    m.handle_session(&start("bbb"));
+    let out = drain(&mut m);
+    ok_all(&mut m, &out);
+    let snap = m.snapshot(CALL);
+    let json = serde_json::to_string(&snap).expect("json");
+    assert!(json.contains("more_forks"), "{json}");
+    let back: MediaSnapshot = serde_json::from_str(&json).expect("parse");
+    assert_eq!(back, snap);
+    let mut restored = layer();
+    restored.restore(CALL, [Some(a_media()), Some(b_media())], back);
+    let k = restored.known();
+    assert!(k.forks.contains("aaa") && k.forks.contains("bbb"));
 }

@@ -575,3 +575,95 @@ fn forked_flow_survives_a_zero_address_hold() {
         "{out:?}"
     );
 }
+
+fn guids_of(out: &[MediaOutput], pick: fn(&Op) -> Option<&String>) -> Vec<String> {
+    ops(out)
+        .iter()
+        .filter_map(|(_, o)| pick(o).cloned())
+        .collect()
+}
+
+fn stopped(o: &Op) -> Option<&String> {
+    match o {
+        Op::ForkStop { call_guid, .. } => Some(call_guid),
+        _ => None,
+    }
+}
+
+#[test]
+fn two_forks_of_a_call_pause_together_stop_alone_and_end_with_the_call() {
+    let mut m = layer();
+    let out = up(&mut m);
+    ok_all(&mut m, &out);
+    // The B2BUA's sequence admitted both (max_per_call 2): each is its own fork_start.
+    for guid in ["aaa", "bbb"] {
+        m.handle_session(&start(guid));
+        let out = drain(&mut m);
+        assert!(matches!(&ops(&out)[..], [(_, Op::ForkStart { fork })] if fork.call_guid == guid));
+        let st = statuses(&ok_all(&mut m, &out));
+        assert_eq!(st[0].call_guid.as_deref(), Some(guid));
+    }
+    let snap = m.snapshot(CALL);
+    assert_eq!(snap.forks.len(), 2);
+    // Hold pauses every fork, and each gets its PAUSED.
+    let mut held = a_media();
+    held.hold = true;
+    m.handle_session(&SessionEvent::MediaChanged {
+        call: CALL,
+        leg: Leg::A,
+        media: held,
+    });
+    let out = drain(&mut m);
+    let paused = guids_of(&out, |o| match o {
+        Op::ForkPause { call_guid, .. } => Some(call_guid),
+        _ => None,
+    });
+    assert_eq!(paused, ["aaa", "bbb"]);
+    let st = statuses(&ok_all(&mut m, &out));
+    assert_eq!(
+        st.iter()
+            .map(|r| (r.call_guid.clone().unwrap_or_default(), r.state))
+            .collect::<Vec<_>>(),
+        [
+            ("aaa".to_owned(), ForkState::Paused),
+            ("bbb".to_owned(), ForkState::Paused)
+        ]
+    );
+    m.handle_session(&SessionEvent::MediaChanged {
+        call: CALL,
+        leg: Leg::A,
+        media: a_media(),
+    });
+    let out = drain(&mut m);
+    assert_eq!(
+        ops(&out)
+            .iter()
+            .filter(|(_, o)| matches!(o, Op::ForkResume { .. }))
+            .count(),
+        2
+    );
+    ok_all(&mut m, &out);
+    // STOP names one fork: only that one stops.
+    m.handle_session(&stop("aaa"));
+    let out = drain(&mut m);
+    assert_eq!(guids_of(&out, stopped), ["aaa"]);
+    let st = statuses(&ok_all(&mut m, &out));
+    assert_eq!(
+        (st[0].call_guid.as_deref(), st[0].state),
+        (Some("aaa"), ForkState::Stopped)
+    );
+    assert_eq!(m.snapshot(CALL).forks.len(), 1);
+    // The flows of the remaining fork stay while its party holds with c=0.0.0.0.
+    assert!(m.known().forks.contains("bbb") && !m.known().forks.contains("aaa"));
+    // The call ends: the remaining fork stops with it.
+    m.handle_session(&start("ccc"));
+    let out = drain(&mut m);
+    ok_all(&mut m, &out);
+    m.handle_session(&SessionEvent::CallEnded {
+        call: CALL,
+        reason: EndReason::Bye(Leg::A),
+    });
+    let out = drain(&mut m);
+    assert_eq!(guids_of(&out, stopped), ["bbb", "ccc"]);
+    assert!(statuses(&ok_all(&mut m, &out)).is_empty());
+}

@@ -185,11 +185,20 @@ impl SipTest {
     /// The standard UDP setup on a speech server started with `speech_args` (its test
     /// switches), fork-agent's `asr` server entry getting `asr_extra` TOML keys.
     pub fn start_with_speech(speech_args: &[&str], asr_extra: &str) -> Result<SipTest> {
+        Self::start_with_speech_and(speech_args, asr_extra, "")
+    }
+
+    /// [`SipTest::start_with_speech`] with `extra` sip-agent TOML after the route.
+    pub fn start_with_speech_and(
+        speech_args: &[&str],
+        asr_extra: &str,
+        extra: &str,
+    ) -> Result<SipTest> {
         Self::start_on(
             Scenario::start_with(speech_args, asr_extra)?,
             r#"udp = ["10.77.1.1:5060", "10.77.2.1:5060"]"#,
             "10.77.2.2:5060:udp",
-            "",
+            extra,
             CALLER_IS_CONTROLLER,
             &[],
         )
@@ -595,4 +604,45 @@ pub fn assert_no_streams(summary: &serde_json::Value) {
         summary["streams"].as_array().is_none_or(Vec::is_empty),
         "the speech server got streams: {summary}"
     );
+}
+
+/// A further speech-server process `name` on `listen` in the speech namespace (besides the one
+/// fork-agent's config names), with `extra` switches; returns its summary file, written when it
+/// gets SIGTERM ([`read_summary`]).
+pub fn spawn_speech_server(
+    t: &mut SipTest,
+    name: &str,
+    listen: &str,
+    extra: &[&str],
+) -> Result<std::path::PathBuf> {
+    let out = t.dir.join(name);
+    std::fs::create_dir_all(&out)?;
+    let summary = t.dir.join(format!("{name}-summary.json"));
+    let (out_s, sum_s) = (out.to_string_lossy(), summary.to_string_lossy());
+    let mut args = vec![
+        "--listen",
+        listen,
+        "--out-dir",
+        &out_s,
+        "--summary",
+        &sum_s,
+        "--duration-secs",
+        "120",
+    ];
+    args.extend_from_slice(extra);
+    t.s.topo
+        .spawn(name, Host::Speech, &bin("speech-server")?, &args)?;
+    Ok(summary)
+}
+
+/// Stops the speech server `name` started by [`spawn_speech_server`] and reads its summary.
+pub fn read_summary(
+    t: &mut SipTest,
+    name: &str,
+    summary: &std::path::Path,
+) -> Result<serde_json::Value> {
+    t.s.topo.signal(name, nix::sys::signal::Signal::SIGTERM)?;
+    let text = std::fs::read_to_string(summary)
+        .with_context(|| format!("{name} wrote no summary:\n{}", t.s.topo.log(name)))?;
+    Ok(serde_json::from_str(&text)?)
 }
