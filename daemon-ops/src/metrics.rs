@@ -18,8 +18,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use conn_limits::core::admission::AdmissionConfig;
-use conn_limits::io::gate::{CloseCause, Conn, Gate, GateOptions, GateStats};
-use prometheus_client::encoding::prometheus_text;
+use conn_limits::io::gate::{CloseCause, Conn, Gate, GateCounters, GateOptions, GateStats};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{prometheus_text, DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Deserializer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -76,6 +81,147 @@ pub fn render(registry: &Registry) -> String {
         warn!(error = %e, "encoding metrics failed");
     }
     out
+}
+
+/// Label pairs of one sample (keys are static; values from bounded sets only).
+pub type Labels = Vec<(&'static str, String)>;
+
+#[derive(Debug)]
+struct Family {
+    name: String,
+    help: &'static str,
+    kind: MetricType,
+    rows: Vec<(Labels, u64)>,
+}
+
+/// Values read at scrape time (counter snapshots, current gauges), registered with
+/// [`Registry::register_collector`]. A family with no rows is not rendered.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    families: Vec<Family>,
+    histograms: Vec<(String, &'static str, Vec<(Labels, Histogram)>)>,
+}
+
+/// A latency histogram in seconds with `count` buckets doubling from `first` (the `le` bounds
+/// are fixed at start, so a series never changes shape).
+pub fn seconds_histogram(first: f64, count: u16) -> Histogram {
+    Histogram::new(exponential_buckets(first, 2.0, count))
+}
+
+impl Snapshot {
+    /// A counter family `name` (rendered `name_total`; give the name without it).
+    pub fn counter(
+        &mut self,
+        name: impl Into<String>,
+        help: &'static str,
+        rows: Vec<(Labels, u64)>,
+    ) {
+        self.push(name.into(), help, MetricType::Counter, rows);
+    }
+
+    /// A gauge family.
+    pub fn gauge(&mut self, name: impl Into<String>, help: &'static str, rows: Vec<(Labels, u64)>) {
+        self.push(name.into(), help, MetricType::Gauge, rows);
+    }
+
+    fn push(
+        &mut self,
+        name: String,
+        help: &'static str,
+        kind: MetricType,
+        rows: Vec<(Labels, u64)>,
+    ) {
+        if !rows.is_empty() {
+            self.families.push(Family {
+                name,
+                help,
+                kind,
+                rows,
+            });
+        }
+    }
+
+    /// A histogram family whose members live elsewhere (one per configured name, say).
+    pub fn histograms(
+        &mut self,
+        name: impl Into<String>,
+        help: &'static str,
+        rows: Vec<(Labels, Histogram)>,
+    ) {
+        if !rows.is_empty() {
+            self.histograms.push((name.into(), help, rows));
+        }
+    }
+
+    /// The connection counters of the daemon's [`Gate`]s, one series per gate (`listener`):
+    /// `connections_open`, `connections_closed_total{reason}`, `accept_errors_total`.
+    pub fn gates(&mut self, gates: &[(&'static str, GateCounters)]) {
+        let by = |f: fn(&GateCounters) -> u64| -> Vec<(Labels, u64)> {
+            gates
+                .iter()
+                .map(|(l, g)| (vec![("listener", (*l).to_owned())], f(g)))
+                .collect()
+        };
+        self.gauge(
+            "connections_open",
+            "Connections open now, by listener.",
+            by(|g| g.open),
+        );
+        self.counter(
+            "connections_admitted",
+            "Connections admitted, by listener.",
+            by(|g| g.admitted),
+        );
+        let mut closed = Vec::new();
+        for (l, g) in gates {
+            for (reason, v) in [
+                ("per_address_limit", g.refused_per_address),
+                ("global_limit", g.refused_global),
+                ("no_request_in_time", g.expired_pending),
+                ("idle", g.expired_idle),
+                ("too_large", g.closed_too_large),
+                ("malformed", g.closed_malformed),
+                ("handshake_failed", g.closed_handshake),
+            ] {
+                closed.push((
+                    vec![("listener", (*l).to_owned()), ("reason", reason.to_owned())],
+                    v,
+                ));
+            }
+        }
+        self.counter(
+            "connections_closed",
+            "Connections refused or closed by a limit or for bad input, by listener and reason.",
+            closed,
+        );
+        self.counter(
+            "accept_errors",
+            "Failed accepts (each followed by a pause), by listener.",
+            by(|g| g.accept_errors),
+        );
+    }
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for f in &self.families {
+            let mut m = encoder.encode_descriptor(&f.name, f.help, None, f.kind.clone())?;
+            for (labels, v) in &f.rows {
+                let fam = m.encode_family(labels)?;
+                match f.kind {
+                    MetricType::Counter => ConstCounter::new(*v).encode(fam)?,
+                    _ => ConstGauge::new(i64::try_from(*v).unwrap_or(i64::MAX)).encode(fam)?,
+                }
+            }
+        }
+        for (name, help, rows) in &self.histograms {
+            let mut m = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+            for (labels, h) in rows {
+                h.encode(m.encode_family(labels)?)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What one request asks for.
@@ -283,6 +429,50 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("\nxdpfork_things_total 3\n"), "{text}");
+    }
+
+    #[test]
+    fn snapshot_renders_labelled_counters_and_gauges() {
+        let mut snap = Snapshot::default();
+        snap.counter(
+            "kernel_packets",
+            "Packets.",
+            vec![(vec![("reason", "relayed".into())], 5)],
+        );
+        snap.gauge("streams", "Streams.", vec![(vec![], 2)]);
+        snap.counter("empty", "Never rendered.", vec![]);
+        let h = seconds_histogram(0.001, 4);
+        h.observe(0.003);
+        snap.histograms(
+            "connect_seconds",
+            "Connect time.",
+            vec![(vec![("server", "asr".into())], h)],
+        );
+        snap.gates(&[(
+            "control",
+            GateCounters {
+                open: 1,
+                refused_global: 4,
+                ..Default::default()
+            },
+        )]);
+        let mut reg = Registry::with_prefix("xdpfork");
+        reg.register_collector(Box::new(snap));
+        let text = render(&reg);
+        for line in [
+            "# TYPE xdpfork_kernel_packets_total counter\n",
+            "\nxdpfork_kernel_packets_total{reason=\"relayed\"} 5\n",
+            "# TYPE xdpfork_streams gauge\nxdpfork_streams 2\n",
+            "\nxdpfork_connections_open{listener=\"control\"} 1\n",
+            "\nxdpfork_connections_closed_total{listener=\"control\",reason=\"global_limit\"} 4\n",
+            "# TYPE xdpfork_connect_seconds histogram\n",
+            "\nxdpfork_connect_seconds_bucket{server=\"asr\",le=\"0.002\"} 0\n",
+            "\nxdpfork_connect_seconds_bucket{server=\"asr\",le=\"0.004\"} 1\n",
+            "\nxdpfork_connect_seconds_count{server=\"asr\"} 1\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        assert!(!text.contains("empty"), "{text}");
     }
 
     #[test]

@@ -4,6 +4,7 @@ pub mod dataplane;
 pub mod destinations;
 pub mod flows;
 pub mod fork_journal;
+pub mod fork_start;
 pub mod forked;
 pub mod idle;
 pub mod neigh_dump;
