@@ -90,6 +90,7 @@ impl WatchdogTicker {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // paused tokio clock
 mod tests {
     use super::*;
 

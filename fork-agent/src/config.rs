@@ -75,13 +75,28 @@ fn default_max_destinations() -> usize {
     1024
 }
 
-/// Prometheus text endpoint (off unless `listen` is set).
-#[derive(Debug, Clone, Default, Deserialize)]
+/// Prometheus endpoint (docs/operations.md "Metrics"): on by default on 127.0.0.1:9464.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
-    /// `host:port` serving `GET /metrics`, e.g. "127.0.0.1:9464".
-    #[serde(default)]
+    /// `host:port` serving `GET /metrics`; `""` turns the endpoint off.
+    #[serde(
+        default = "default_metrics_listen",
+        deserialize_with = "daemon_ops::metrics::deserialize_listen"
+    )]
     pub listen: Option<std::net::SocketAddr>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: default_metrics_listen(),
+        }
+    }
+}
+
+fn default_metrics_listen() -> Option<std::net::SocketAddr> {
+    Some(daemon_ops::metrics::FORK_AGENT_DEFAULT)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
