@@ -67,6 +67,32 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     state: RawState,
+    #[serde(default)]
+    metrics: RawMetrics,
+}
+
+/// `[metrics]`: the Prometheus endpoint (docs/operations.md "Metrics").
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    /// `host:port` serving `GET /metrics`; `""` turns it off.
+    #[serde(
+        default = "default_metrics_listen",
+        deserialize_with = "daemon_ops::metrics::deserialize_listen"
+    )]
+    listen: Option<SocketAddr>,
+}
+
+impl Default for RawMetrics {
+    fn default() -> Self {
+        RawMetrics {
+            listen: default_metrics_listen(),
+        }
+    }
+}
+
+fn default_metrics_listen() -> Option<SocketAddr> {
+    Some(daemon_ops::metrics::SIP_AGENT_DEFAULT)
 }
 
 /// `[state]`: the call journal and restart reconciliation (docs/sip-state.md).
@@ -372,6 +398,8 @@ pub struct Settings {
     pub limits: Limits,
     /// Call journal and restart reconciliation (`[state]`).
     pub state: StateSettings,
+    /// `[metrics] listen`: the Prometheus endpoint, if on.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 fn parse_transport(s: &str) -> Option<Transport> {
@@ -659,6 +687,7 @@ impl Settings {
             },
         };
         Ok(Settings {
+            metrics_listen: raw.metrics.listen,
             listen,
             core: b2bua::Config {
                 sip_addr: SocketAddr::new(address, sip_port),
