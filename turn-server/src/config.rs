@@ -97,6 +97,32 @@ struct RawConfig {
     offload: Option<RawOffload>,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    metrics: RawMetrics,
+}
+
+/// `[metrics]`: the Prometheus endpoint (docs/operations.md "Metrics").
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    /// `host:port` serving `GET /metrics`; `""` turns it off.
+    #[serde(
+        default = "default_metrics_listen",
+        deserialize_with = "daemon_ops::metrics::deserialize_listen"
+    )]
+    listen: Option<SocketAddr>,
+}
+
+impl Default for RawMetrics {
+    fn default() -> Self {
+        RawMetrics {
+            listen: default_metrics_listen(),
+        }
+    }
+}
+
+fn default_metrics_listen() -> Option<SocketAddr> {
+    Some(daemon_ops::metrics::TURN_SERVER_DEFAULT)
 }
 
 /// `[limits]`: the TCP and TLS listeners' bounds (docs/operations.md "Limits").
@@ -424,6 +450,8 @@ pub struct Config {
     pub offload: Option<Offload>,
     /// Connection and frame limits of the TCP/TLS listeners.
     pub limits: Limits,
+    /// `[metrics] listen`: the Prometheus endpoint, if on.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl fmt::Debug for Config {
@@ -437,6 +465,7 @@ impl fmt::Debug for Config {
             .field("control_socket", &self.control_socket)
             .field("offload", &self.offload)
             .field("limits", &self.limits)
+            .field("metrics_listen", &self.metrics_listen)
             .finish()
     }
 }
@@ -603,6 +632,7 @@ impl RawConfig {
             control_socket: self.control.socket,
             offload,
             limits,
+            metrics_listen: self.metrics.listen,
         })
     }
 }
