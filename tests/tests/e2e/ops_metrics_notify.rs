@@ -189,7 +189,36 @@ fn every_daemon_serves_metrics_that_move_with_real_traffic() -> Result<()> {
             "xdpfork_connections_admitted_total{listener=metrics}"
         ) >= 2.0
     );
+    // Every metric the shipped Grafana dashboard queries is one the daemons serve.
+    let dashboard = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/grafana/xdpfork-dashboard.json"),
+    )?;
+    let served: Vec<&String> = fork.keys().chain(sip.keys()).chain(turn.keys()).collect();
+    for name in dashboard_metrics(&dashboard) {
+        let base = name.strip_suffix("_bucket").unwrap_or(&name);
+        assert!(
+            served.iter().any(|k| k.starts_with(base)),
+            "the dashboard queries {name}, which no daemon serves"
+        );
+    }
     Ok(())
+}
+
+/// The plain metric names in the dashboard's queries (regex selectors left out).
+fn dashboard_metrics(json: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = json;
+    while let Some(i) = rest.find("xdpfork_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        if !tail[end..].starts_with('(') {
+            out.push(tail[..end].to_owned());
+        }
+        rest = &tail[end..];
+    }
+    out
 }
 
 /// What a daemon sent on its notify socket, read on a thread: each message, and whether
