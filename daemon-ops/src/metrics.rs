@@ -56,13 +56,30 @@ pub const SIP_AGENT_DEFAULT: SocketAddr =
 pub const TURN_SERVER_DEFAULT: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9466);
 
-/// `[metrics] listen`: `"ADDR:PORT"`, or `""` to turn the endpoint off.
-pub fn deserialize_listen<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
-    let s = String::deserialize(d)?;
-    parse_listen(&s).map_err(serde::de::Error::custom)
+/// A daemon's `[metrics]` section as written; each daemon applies its own default port.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// `"ADDR:PORT"`, `""` (off), or absent (`None`: the daemon's default).
+    #[serde(default, deserialize_with = "deserialize_listen")]
+    listen: Option<Option<SocketAddr>>,
 }
 
-/// See [`deserialize_listen`].
+impl MetricsSection {
+    /// Where to serve, `default` unless the file says otherwise; `None`: off.
+    pub fn listen(&self, default: SocketAddr) -> Option<SocketAddr> {
+        self.listen.unwrap_or(Some(default))
+    }
+}
+
+fn deserialize_listen<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<SocketAddr>>, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_listen(&s).map(Some).map_err(serde::de::Error::custom)
+}
+
+/// `[metrics] listen`: `"ADDR:PORT"`, or `""` to turn the endpoint off.
 pub fn parse_listen(s: &str) -> Result<Option<SocketAddr>, String> {
     let s = s.trim();
     if s.is_empty() {
@@ -412,6 +429,20 @@ mod tests {
             route(b"\xff\xfe /metrics HTTP/1.1\r\n\r\n"),
             Route::BadRequest
         );
+    }
+
+    #[test]
+    fn section_defaults_per_daemon_and_empty_turns_off() {
+        let parse = |t: &str| toml::from_str::<MetricsSection>(t);
+        let absent = parse("").expect("empty section");
+        assert_eq!(absent.listen(SIP_AGENT_DEFAULT), Some(SIP_AGENT_DEFAULT));
+        let off = parse("listen = \"\"").expect("off");
+        assert_eq!(off.listen(SIP_AGENT_DEFAULT), None);
+        let set = parse("listen = \"[::1]:9000\"").expect("set");
+        assert_eq!(set.listen(SIP_AGENT_DEFAULT), "[::1]:9000".parse().ok());
+        let bad = parse("listen = \"9000\"").expect_err("no address");
+        assert!(bad.to_string().contains("ADDRESS:PORT"), "{bad}");
+        assert!(parse("port = 1").is_err(), "unknown keys are refused");
     }
 
     #[test]

@@ -43,7 +43,8 @@ pub struct Config {
     #[serde(default, rename = "speech_server")]
     pub speech_servers: Vec<SpeechServerConfig>,
     #[serde(default)]
-    pub metrics: MetricsConfig,
+    /// `[metrics]`: 127.0.0.1:9464 unless set (docs/operations.md "Metrics").
+    pub metrics: daemon_ops::metrics::MetricsSection,
     #[serde(default)]
     pub destinations: DestinationsConfig,
 }
@@ -73,30 +74,6 @@ impl Default for DestinationsConfig {
 
 fn default_max_destinations() -> usize {
     1024
-}
-
-/// Prometheus endpoint (docs/operations.md "Metrics"): on by default on 127.0.0.1:9464.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MetricsConfig {
-    /// `host:port` serving `GET /metrics`; `""` turns the endpoint off.
-    #[serde(
-        default = "default_metrics_listen",
-        deserialize_with = "daemon_ops::metrics::deserialize_listen"
-    )]
-    pub listen: Option<std::net::SocketAddr>,
-}
-
-impl Default for MetricsConfig {
-    fn default() -> Self {
-        MetricsConfig {
-            listen: default_metrics_listen(),
-        }
-    }
-}
-
-fn default_metrics_listen() -> Option<std::net::SocketAddr> {
-    Some(daemon_ops::metrics::FORK_AGENT_DEFAULT)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

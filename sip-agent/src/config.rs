@@ -68,31 +68,7 @@ struct RawConfig {
     #[serde(default)]
     state: RawState,
     #[serde(default)]
-    metrics: RawMetrics,
-}
-
-/// `[metrics]`: the Prometheus endpoint (docs/operations.md "Metrics").
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawMetrics {
-    /// `host:port` serving `GET /metrics`; `""` turns it off.
-    #[serde(
-        default = "default_metrics_listen",
-        deserialize_with = "daemon_ops::metrics::deserialize_listen"
-    )]
-    listen: Option<SocketAddr>,
-}
-
-impl Default for RawMetrics {
-    fn default() -> Self {
-        RawMetrics {
-            listen: default_metrics_listen(),
-        }
-    }
-}
-
-fn default_metrics_listen() -> Option<SocketAddr> {
-    Some(daemon_ops::metrics::SIP_AGENT_DEFAULT)
+    metrics: daemon_ops::metrics::MetricsSection,
 }
 
 /// `[state]`: the call journal and restart reconciliation (docs/sip-state.md).
@@ -687,7 +663,7 @@ impl Settings {
             },
         };
         Ok(Settings {
-            metrics_listen: raw.metrics.listen,
+            metrics_listen: raw.metrics.listen(daemon_ops::metrics::SIP_AGENT_DEFAULT),
             listen,
             core: b2bua::Config {
                 sip_addr: SocketAddr::new(address, sip_port),

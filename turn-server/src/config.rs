@@ -98,31 +98,7 @@ struct RawConfig {
     #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
-    metrics: RawMetrics,
-}
-
-/// `[metrics]`: the Prometheus endpoint (docs/operations.md "Metrics").
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawMetrics {
-    /// `host:port` serving `GET /metrics`; `""` turns it off.
-    #[serde(
-        default = "default_metrics_listen",
-        deserialize_with = "daemon_ops::metrics::deserialize_listen"
-    )]
-    listen: Option<SocketAddr>,
-}
-
-impl Default for RawMetrics {
-    fn default() -> Self {
-        RawMetrics {
-            listen: default_metrics_listen(),
-        }
-    }
-}
-
-fn default_metrics_listen() -> Option<SocketAddr> {
-    Some(daemon_ops::metrics::TURN_SERVER_DEFAULT)
+    metrics: daemon_ops::metrics::MetricsSection,
 }
 
 /// `[limits]`: the TCP and TLS listeners' bounds (docs/operations.md "Limits").
@@ -632,7 +608,9 @@ impl RawConfig {
             control_socket: self.control.socket,
             offload,
             limits,
-            metrics_listen: self.metrics.listen,
+            metrics_listen: self
+                .metrics
+                .listen(daemon_ops::metrics::TURN_SERVER_DEFAULT),
         })
     }
 }

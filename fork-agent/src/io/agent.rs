@@ -67,7 +67,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     // the data plane. It answers "not ready" until the data plane is up.
     let listener = bind_control(&cfg.control.socket)?;
     // The metrics port too: a taken port fails the start before the data plane is touched.
-    let metrics = match cfg.metrics.listen {
+    let metrics = match cfg.metrics.listen(daemon_ops::metrics::FORK_AGENT_DEFAULT) {
         Some(addr) => Some(daemon_ops::metrics::bind(addr).await?),
         None => None,
     };
