@@ -103,22 +103,41 @@ pub fn registry(r: &StatusReport, own: GateCounters) -> Registry {
         ),
     );
     let c = &r.counters;
-    s.counter("requests", "STUN requests received.", one(c.requests));
-    s.counter(
-        "malformed",
-        "Inputs that were neither STUN nor ChannelData.",
-        one(c.malformed),
-    );
-    s.counter(
-        "rate_limited",
-        "Unauthenticated responses dropped by the rate limit.",
-        one(c.rate_limited),
-    );
-    s.counter(
-        "challenges",
-        "401 challenges to requests without MESSAGE-INTEGRITY.",
-        one(c.challenges),
-    );
+    for (name, help, v) in [
+        ("requests", "STUN requests received.", c.requests),
+        (
+            "malformed",
+            "Inputs that were neither STUN nor ChannelData.",
+            c.malformed,
+        ),
+        (
+            "rate_limited",
+            "Unauthenticated responses dropped by the rate limit.",
+            c.rate_limited,
+        ),
+        (
+            "challenges",
+            "401 challenges to requests without MESSAGE-INTEGRITY.",
+            c.challenges,
+        ),
+        (
+            "allocations_created",
+            "Allocations created.",
+            c.allocations_created,
+        ),
+        (
+            "allocations_expired",
+            "Allocations that ended by expiry.",
+            c.allocations_expired,
+        ),
+        (
+            "relay_setup_failures",
+            "Allocations whose relay socket could not be set up.",
+            r.shell.relay_setup_failed,
+        ),
+    ] {
+        s.counter(name, help, one(v));
+    }
     s.counter(
         "auth_failures",
         "Requests refused by authentication, by reason.",
@@ -153,21 +172,6 @@ pub fn registry(r: &StatusReport, own: GateCounters) -> Registry {
                 ("send_failed", r.shell.send_dropped),
             ],
         ),
-    );
-    s.counter(
-        "allocations_created",
-        "Allocations created.",
-        one(c.allocations_created),
-    );
-    s.counter(
-        "allocations_expired",
-        "Allocations that ended by expiry.",
-        one(c.allocations_expired),
-    );
-    s.counter(
-        "relay_setup_failures",
-        "Allocations whose relay socket could not be set up.",
-        one(r.shell.relay_setup_failed),
     );
     let sh = &r.shell;
     let stream = GateCounters {
