@@ -43,7 +43,8 @@ pub struct Config {
     #[serde(default, rename = "speech_server")]
     pub speech_servers: Vec<SpeechServerConfig>,
     #[serde(default)]
-    pub metrics: MetricsConfig,
+    /// `[metrics]`: 127.0.0.1:9464 unless set (docs/operations.md "Metrics").
+    pub metrics: daemon_ops::metrics::MetricsSection,
     #[serde(default)]
     pub destinations: DestinationsConfig,
 }
@@ -73,15 +74,6 @@ impl Default for DestinationsConfig {
 
 fn default_max_destinations() -> usize {
     1024
-}
-
-/// Prometheus text endpoint (off unless `listen` is set).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MetricsConfig {
-    /// `host:port` serving `GET /metrics`, e.g. "127.0.0.1:9464".
-    #[serde(default)]
-    pub listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -72,6 +72,8 @@ struct RawConfig {
     state: RawState,
     #[serde(default)]
     forking: RawForking,
+    #[serde(default)]
+    metrics: daemon_ops::metrics::MetricsSection,
 }
 
 /// `[forking]`: how the controller may fork a call (docs/fork-request.md "Sequence rules").
@@ -395,6 +397,8 @@ pub struct Settings {
     pub limits: Limits,
     /// Call journal and restart reconciliation (`[state]`).
     pub state: StateSettings,
+    /// `[metrics] listen`: the Prometheus endpoint, if on.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 fn parse_transport(s: &str) -> Option<Transport> {
@@ -693,6 +697,7 @@ impl Settings {
             },
         };
         Ok(Settings {
+            metrics_listen: raw.metrics.listen(daemon_ops::metrics::SIP_AGENT_DEFAULT),
             listen,
             core: b2bua::Config {
                 sip_addr: SocketAddr::new(address, sip_port),

@@ -791,14 +791,20 @@ url = "ws://{ws}/stream"
 
     /// (Re)start fork-agent and wait for its control socket.
     pub fn start_agent(&mut self) -> Result<()> {
+        self.start_agent_with_env(&[])
+    }
+
+    /// [`Scenario::start_agent`] with extra environment variables (e.g. `NOTIFY_SOCKET`).
+    pub fn start_agent_with_env(&mut self, env: &[(&str, &str)]) -> Result<()> {
         let _ = std::fs::remove_file(&self.socket);
         let agent = bin("fork-agent")?;
         let cfg = self.config.to_string_lossy().into_owned();
-        self.topo.spawn(
+        self.topo.spawn_env(
             "fork-agent",
             Host::Forker,
             &agent,
             &["run", "--config", &cfg],
+            env,
         )?;
         self.topo.wait_fork_agent(&self.socket, "fork-agent")
     }

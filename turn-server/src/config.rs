@@ -97,6 +97,8 @@ struct RawConfig {
     offload: Option<RawOffload>,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    metrics: daemon_ops::metrics::MetricsSection,
 }
 
 /// `[limits]`: the TCP and TLS listeners' bounds (docs/operations.md "Limits").
@@ -424,6 +426,8 @@ pub struct Config {
     pub offload: Option<Offload>,
     /// Connection and frame limits of the TCP/TLS listeners.
     pub limits: Limits,
+    /// `[metrics] listen`: the Prometheus endpoint, if on.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl fmt::Debug for Config {
@@ -437,6 +441,7 @@ impl fmt::Debug for Config {
             .field("control_socket", &self.control_socket)
             .field("offload", &self.offload)
             .field("limits", &self.limits)
+            .field("metrics_listen", &self.metrics_listen)
             .finish()
     }
 }
@@ -603,6 +608,9 @@ impl RawConfig {
             control_socket: self.control.socket,
             offload,
             limits,
+            metrics_listen: self
+                .metrics
+                .listen(daemon_ops::metrics::TURN_SERVER_DEFAULT),
         })
     }
 }

@@ -5,6 +5,7 @@ pub mod destinations;
 pub mod fanout;
 pub mod flows;
 pub mod fork_journal;
+pub mod fork_start;
 pub mod forked;
 pub mod idle;
 pub mod neigh_dump;

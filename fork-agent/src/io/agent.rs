@@ -30,6 +30,7 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::io::control::Readiness;
+use crate::io::metrics::Live;
 use crate::{
     config::Config,
     core::{
@@ -47,6 +48,7 @@ use crate::{
         xsk::XskReader,
     },
 };
+use daemon_ops::notify::Notifier;
 
 /// User-space counters (the kernel's are in `COUNTERS` and `FLOW_STATS`).
 #[derive(Debug, Default)]
@@ -64,10 +66,18 @@ pub async fn run(cfg: Config) -> Result<()> {
     // Bind the control socket first: a second agent on the same socket fails before it touches
     // the data plane. It answers "not ready" until the data plane is up.
     let listener = bind_control(&cfg.control.socket)?;
+    // The metrics port too: a taken port fails the start before the data plane is touched.
+    let metrics = match cfg.metrics.listen(daemon_ops::metrics::FORK_AGENT_DEFAULT) {
+        Some(addr) => Some(daemon_ops::metrics::bind(addr).await?),
+        None => None,
+    };
+    let notify = Notifier::from_env();
+    notify.status("loading the XDP programs");
     let (ctl_tx, ctl_rx) = mpsc::channel::<ControlMsg>(64);
     let (events, _) = tokio::sync::broadcast::channel(crate::io::speech::EVENT_BACKLOG);
     let (ready_tx, ready_rx) =
         tokio::sync::watch::channel(Readiness::Starting("loading the XDP programs"));
+    let ready_rx_metrics = ready_rx.clone();
     let control_stats = crate::io::control::spawn(
         listener,
         &cfg.control,
@@ -75,20 +85,56 @@ pub async fn run(cfg: Config) -> Result<()> {
         events.clone(),
         ready_rx,
     );
-    let result = serve(&cfg, ctl_tx, ctl_rx, events, ready_tx, control_stats).await;
+    let metrics = metrics.map(|l| {
+        (
+            l,
+            crate::io::metrics::Sources {
+                ctl: ctl_tx.clone(),
+                ready: ready_rx_metrics,
+                live: Live::spawn(&events),
+                connect: Vec::new(),
+                control_gate: control_stats.clone(),
+            },
+        )
+    });
+    let started = Started {
+        ready: ready_tx,
+        control_stats,
+        metrics,
+        notify,
+    };
+    let result = serve(&cfg, ctl_rx, events, started).await;
+    notify.stopping();
     // Pinned maps and links stay: calls keep their audio until the next agent adopts them.
     let _ = std::fs::remove_file(&cfg.control.socket);
     result
 }
 
-async fn serve(
-    cfg: &Config,
-    ctl_tx: mpsc::Sender<ControlMsg>,
-    mut ctl_rx: mpsc::Receiver<ControlMsg>,
-    events: tokio::sync::broadcast::Sender<String>,
+/// What `run` set up before the data plane: readiness for the control API, the metrics
+/// endpoint (bound, not yet serving), the service manager.
+struct Started {
     ready: tokio::sync::watch::Sender<Readiness>,
     control_stats: Arc<conn_limits::io::gate::GateStats>,
+    metrics: Option<(tokio::net::TcpListener, crate::io::metrics::Sources)>,
+    notify: Notifier,
+}
+
+async fn serve(
+    cfg: &Config,
+    mut ctl_rx: mpsc::Receiver<ControlMsg>,
+    events: tokio::sync::broadcast::Sender<String>,
+    started: Started,
 ) -> Result<()> {
+    let Started {
+        ready,
+        control_stats,
+        metrics,
+        notify,
+    } = started;
+    // Without an endpoint the latency task still runs (cheap), so the agent has one code path.
+    let live = metrics
+        .as_ref()
+        .map_or_else(|| Live::spawn(&events), |(_, m)| m.live.clone());
     let d = &cfg.dataplane;
     let mut dp = DataPlane::load(&d.pin_dir, d.fork_path)?;
     for r in dp.refused() {
@@ -99,6 +145,7 @@ async fn serve(
         "XDP programs loaded (docs/maps.md \"Fork path\")"
     );
     let _ = ready.send(Readiness::Starting("attaching the XDP programs"));
+    notify.status("attaching the XDP programs");
     let (_fork_ifindex, fork_peer) = dp.attach(&d.interfaces, &d.fork_interface, d.xdp_mode)?;
     let reader = match XskReader::open(&fork_peer, 0, d.umem_frames)
         .and_then(|r| dp.set_xsk(0, r.fd()).map(|()| r))
@@ -181,8 +228,13 @@ async fn serve(
             .context("starting the AF_XDP reader thread")?;
     }
 
-    if let Some(addr) = cfg.metrics.listen {
-        crate::io::metrics::spawn(addr, ctl_tx).await?;
+    if let Some((listener, mut sources)) = metrics {
+        sources.connect = speech
+            .stats
+            .iter()
+            .map(|(n, s)| (n.clone(), s.connect_seconds.clone()))
+            .collect();
+        crate::io::metrics::spawn(listener, sources);
     }
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -200,6 +252,7 @@ async fn serve(
         idle_timeout: Duration::from_secs(d.flow_idle_timeout_secs),
         control_stats,
         events,
+        live,
     };
     // Adopted flows get their fallback sockets back.
     let adopted_flows: Vec<_> = agent
@@ -255,9 +308,16 @@ async fn serve(
     }
     let _ = ready.send(Readiness::Ready);
     info!(socket = %cfg.control.socket.display(), "control API ready");
+    notify.ready(&format!(
+        "serving: {} flows and {} forks adopted",
+        found.flows, found.forks
+    ));
+    let mut watchdog = notify.watchdog_ticker();
     let mut idle_check = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
+            // From this loop, so a wedged agent loop stops the pings (WatchdogSec=).
+            () = watchdog.tick() => notify.watchdog_ping(),
             Some((op, reply)) = ctl_rx.recv() => {
                 if op.is_stream_service() {
                     // Same queue as fork start/stop: ops reach the service in request order.
@@ -317,6 +377,8 @@ struct Agent {
     /// Status events for `subscribe`rs (`flow_removed` from here, `fork_status` from the stream
     /// service).
     events: tokio::sync::broadcast::Sender<String>,
+    /// Live metrics (fork-start latency).
+    live: Live,
 }
 
 impl Agent {
@@ -393,6 +455,7 @@ impl Agent {
                     written.push(*key);
                 }
                 let (started, actions) = self.orch.commit_fork(&txn);
+                self.live.fork_accepted(&txn.fork.spec.call_guid);
                 self.perform(actions);
                 Ok(serde_json::to_value(started)?)
             }

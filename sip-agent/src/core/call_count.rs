@@ -31,6 +31,10 @@ pub struct CallCounts {
     pub peak_enhanced: u64,
     /// `peak_aggregate - peak_enhanced` (reference: Standard tag in standalone mode).
     pub peak_standard: u64,
+    /// Calls whose media came up since start (restored calls not counted again).
+    pub started_total: u64,
+    /// Calls that became Enhanced since start.
+    pub enhanced_total: u64,
 }
 
 /// Tracks which calls are up and which are enhanced.
@@ -40,6 +44,8 @@ pub struct CallCounter {
     calls: HashMap<CallHandle, bool>,
     peak_aggregate: u64,
     peak_enhanced: u64,
+    started_total: u64,
+    enhanced_total: u64,
 }
 
 impl CallCounter {
@@ -51,9 +57,7 @@ impl CallCounter {
     /// A call counts from its first negotiated media until it ends.
     pub fn handle_session(&mut self, ev: &SessionEvent) {
         match ev {
-            SessionEvent::MediaUp { call, .. } => {
-                self.calls.entry(*call).or_insert(false);
-            }
+            SessionEvent::MediaUp { call, .. } => self.call_up(*call),
             SessionEvent::MediaDown { call } | SessionEvent::CallEnded { call, .. } => {
                 self.calls.remove(call);
             }
@@ -74,10 +78,20 @@ impl CallCounter {
     pub fn handle_fork_status(&mut self, call: CallHandle, report: &StatusReport) {
         if report.state == ForkState::Started {
             if let Some(e) = self.calls.get_mut(&call) {
+                if !*e {
+                    self.enhanced_total += 1;
+                }
                 *e = true;
             }
         }
         self.update_peaks();
+    }
+
+    fn call_up(&mut self, call: CallHandle) {
+        if let std::collections::hash_map::Entry::Vacant(v) = self.calls.entry(call) {
+            v.insert(false);
+            self.started_total += 1;
+        }
     }
 
     fn update_peaks(&mut self) {
@@ -101,6 +115,8 @@ impl CallCounter {
             peak_aggregate: self.peak_aggregate,
             peak_enhanced: self.peak_enhanced,
             peak_standard: self.peak_aggregate.saturating_sub(self.peak_enhanced),
+            started_total: self.started_total,
+            enhanced_total: self.enhanced_total,
         }
     }
 }
@@ -114,7 +130,7 @@ mod tests {
         c.handle_session(&SessionEvent::MediaDown {
             call: CallHandle(u32::MAX),
         });
-        c.calls.entry(CallHandle(n)).or_insert(false);
+        c.call_up(CallHandle(n));
         c.update_peaks();
     }
 
@@ -160,6 +176,8 @@ mod tests {
                 peak_aggregate: 2,
                 peak_enhanced: 1,
                 peak_standard: 1,
+                started_total: 2,
+                enhanced_total: 1,
             }
         );
     }

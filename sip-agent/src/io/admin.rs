@@ -2,10 +2,10 @@
 //! current call counts (core/call_count.rs), for `sip-agent ctl` and for scraping.
 //!
 //! Requests: `show calls` → one JSON object (`CallCounts`) and a newline; `show security` → one
-//! JSON object (`SecurityCounters`) and a newline; `metrics` → both as Prometheus text
-//! exposition. Anything else → `error: unknown command`. The numbers come from a `watch` channel
-//! the B2BUA task updates after every input; this task never touches the cores. `metrics` also
-//! carries the connection counters of the SIP listeners' gate.
+//! JSON object (`SecurityCounters`) and a newline; `metrics` → the same Prometheus text as the
+//! `GET /metrics` endpoint ([`spawn_metrics`], on 127.0.0.1:9465 by default). Anything else →
+//! `error: unknown command`. The numbers come from a `watch` channel the B2BUA task updates
+//! after every input; neither task touches the cores.
 //!
 //! The socket goes through its own [`Gate`] (`limits.admin_max_connections`, the request
 //! deadline `limits.first_message_timeout_secs`), so a client that floods it, or a full file
@@ -16,6 +16,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use conn_limits::io::gate::{Gate, GateCounters, GateOptions, GateStats};
+use daemon_ops::metrics::{render, Labels, ScrapeFuture, Snapshot};
+use prometheus_client::registry::Registry;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 use tokio::sync::watch;
@@ -37,98 +39,70 @@ pub struct Stats {
 /// Longest request line read (a command is a few bytes; this bounds a misbehaving client).
 const MAX_LINE: u64 = 256;
 
-/// Prometheus text for the SIP listeners' connection counters.
-pub fn prometheus_connections(g: &GateCounters) -> String {
-    let mut out = String::new();
-    out.push_str(
-        "# HELP sip_agent_connections_open Inbound TCP/TLS/WebSocket connections open now.\n\
-         # TYPE sip_agent_connections_open gauge\n",
-    );
-    out.push_str(&format!("sip_agent_connections_open {}\n", g.open));
-    out.push_str(
-        "# HELP sip_agent_connections_closed_total Inbound connections refused or closed by a limit.\n\
-         # TYPE sip_agent_connections_closed_total counter\n",
-    );
-    for (reason, v) in [
-        ("per_address_limit", g.refused_per_address),
-        ("global_limit", g.refused_global),
-        ("no_message_in_time", g.expired_pending),
-        ("idle", g.expired_idle),
-        ("too_large", g.closed_too_large),
-        ("malformed", g.closed_malformed),
-        ("handshake_failed", g.closed_handshake),
-    ] {
-        out.push_str(&format!(
-            "sip_agent_connections_closed_total{{reason=\"{reason}\"}} {v}\n"
-        ));
-    }
-    out.push_str(&format!(
-        "# HELP sip_agent_accept_errors_total Failed accepts (each followed by a pause).\n\
-         # TYPE sip_agent_accept_errors_total counter\nsip_agent_accept_errors_total {}\n",
-        g.accept_errors
-    ));
-    out
-}
-
-/// Prometheus text for `c`.
-pub fn prometheus(s: &Stats) -> String {
+/// The metrics registry (docs/operations.md "Metrics"): call counts, security refusals and the
+/// connection counters of the gates (`sip` listeners, `admin` socket, `metrics` endpoint).
+pub fn registry(s: &Stats, gates: &[(&'static str, GateCounters)]) -> Registry {
     let c = &s.calls;
-    let mut out = String::new();
-    for (name, help, kind, v) in [
+    let one = |v: u64| vec![(Labels::new(), v)];
+    let mut snap = Snapshot::default();
+    for (name, help, v) in [
         (
-            "sip_agent_calls_standard",
+            "calls_standard",
             "Calls up without a started fork.",
-            "gauge",
             c.standard,
         ),
+        ("calls_enhanced", "Calls up whose fork started.", c.enhanced),
         (
-            "sip_agent_calls_enhanced",
-            "Calls up whose fork started.",
-            "gauge",
-            c.enhanced,
-        ),
-        (
-            "sip_agent_calls_aggregate",
+            "calls_aggregate",
             "Standard plus enhanced calls.",
-            "gauge",
             c.aggregate,
         ),
         (
-            "sip_agent_calls_peak_aggregate",
+            "calls_peak_aggregate",
             "Highest aggregate since start.",
-            "gauge",
             c.peak_aggregate,
         ),
         (
-            "sip_agent_calls_peak_enhanced",
+            "calls_peak_enhanced",
             "Highest enhanced since start.",
-            "gauge",
             c.peak_enhanced,
         ),
         (
-            "sip_agent_calls_peak_standard",
+            "calls_peak_standard",
             "Peak aggregate minus peak enhanced.",
-            "gauge",
             c.peak_standard,
         ),
     ] {
-        out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
-        ));
+        snap.gauge(name, help, one(v));
     }
-    let name = "sip_agent_requests_forbidden_total";
-    out.push_str(&format!(
-        "# HELP {name} Requests answered 403 by the security policy, by cause.\n\
-         # TYPE {name} counter\n\
-         {name}{{cause=\"dialog_source\"}} {}\n\
-         {name}{{cause=\"fork_not_controller\"}} {}\n",
-        s.security.forbidden_dialog_source, s.security.forbidden_fork_request
-    ));
-    out
+    snap.counter("calls", "Calls whose media came up.", one(c.started_total));
+    snap.counter(
+        "calls_forked",
+        "Calls that became enhanced (a fork started).",
+        one(c.enhanced_total),
+    );
+    snap.counter(
+        "requests_forbidden",
+        "Requests answered 403 by the security policy, by cause.",
+        vec![
+            (
+                vec![("cause", "dialog_source".into())],
+                s.security.forbidden_dialog_source,
+            ),
+            (
+                vec![("cause", "fork_not_controller".into())],
+                s.security.forbidden_fork_request,
+            ),
+        ],
+    );
+    snap.gates(gates);
+    let mut reg = Registry::with_prefix("xdpfork_sip");
+    reg.register_collector(Box::new(snap));
+    reg
 }
 
-/// Answer to one request line (`sip` is the SIP listeners' gate, when there are any).
-pub fn answer(line: &str, s: &Stats, sip: Option<&GateCounters>) -> String {
+/// Answer to one request line (`gates`: the connection counters for `metrics`).
+pub fn answer(line: &str, s: &Stats, gates: &[(&'static str, GateCounters)]) -> String {
     match line.trim() {
         "show calls" => serde_json::to_string(&s.calls)
             .map(|j| j + "\n")
@@ -136,13 +110,8 @@ pub fn answer(line: &str, s: &Stats, sip: Option<&GateCounters>) -> String {
         "show security" => serde_json::to_string(&s.security)
             .map(|j| j + "\n")
             .unwrap_or_default(),
-        "metrics" => {
-            let mut m = prometheus(s);
-            if let Some(g) = sip {
-                m.push_str(&prometheus_connections(g));
-            }
-            m
-        }
+        // The same text as `GET /metrics` (its `metrics` listener aside).
+        "metrics" => render(&registry(s, gates)),
         _ => "error: unknown command (show calls, show security, metrics)\n".into(),
     }
 }
@@ -154,16 +123,21 @@ pub fn spawn(
     counts: watch::Receiver<Stats>,
     limits: &Limits,
     sip: Option<Arc<GateStats>>,
-) -> Result<()> {
+) -> Result<Arc<GateStats>> {
     if path.exists() {
         std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
     }
     let listener =
         UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
     let gate = Gate::new(GateOptions::new("admin"), vec![listener], limits.admin);
+    let admin = gate.stats();
+    let own = admin.clone();
     tokio::spawn(gate.run(move |_, stream, mut conn| {
         let counts = *counts.borrow();
-        let sip = sip.as_ref().map(|g| g.snapshot());
+        let mut gates = vec![("admin", own.snapshot())];
+        if let Some(g) = &sip {
+            gates.push(("sip", g.snapshot()));
+        }
         tokio::spawn(async move {
             let (r, mut w) = stream.into_split();
             let mut line = String::new();
@@ -177,12 +151,29 @@ pub fn spawn(
                 return;
             }
             conn.progress();
-            let _ = w
-                .write_all(answer(&line, &counts, sip.as_ref()).as_bytes())
-                .await;
+            let _ = w.write_all(answer(&line, &counts, &gates).as_bytes()).await;
         });
     }));
-    Ok(())
+    Ok(admin)
+}
+
+/// Serves `GET /metrics` on `listener` (`admin`: the admin socket's gate, if there is one).
+pub fn spawn_metrics(
+    listener: tokio::net::TcpListener,
+    counts: watch::Receiver<Stats>,
+    sip: Option<Arc<GateStats>>,
+    admin: Option<Arc<GateStats>>,
+) {
+    daemon_ops::metrics::spawn(listener, move |own| -> ScrapeFuture {
+        let mut gates = vec![("metrics", own)];
+        for (name, g) in [("sip", &sip), ("admin", &admin)] {
+            if let Some(g) = g {
+                gates.push((name, g.snapshot()));
+            }
+        }
+        let reg = registry(&counts.borrow(), &gates);
+        Box::pin(std::future::ready(Ok(reg)))
+    });
 }
 
 #[cfg(test)]
@@ -198,6 +189,8 @@ mod tests {
                 peak_aggregate: 4,
                 peak_enhanced: 2,
                 peak_standard: 2,
+                started_total: 9,
+                enhanced_total: 3,
             },
             security: SecurityCounters {
                 forbidden_dialog_source: 5,
@@ -208,7 +201,7 @@ mod tests {
 
     #[test]
     fn show_calls_is_one_json_line() {
-        let a = answer("show calls\n", &counts(), None);
+        let a = answer("show calls\n", &counts(), &[]);
         assert!(a.ends_with('\n') && a.lines().count() == 1, "{a:?}");
         let v: serde_json::Value = serde_json::from_str(&a).expect("json");
         assert_eq!(v["enhanced"], 2);
@@ -217,18 +210,22 @@ mod tests {
 
     #[test]
     fn metrics_are_prometheus_text() {
-        let m = answer("metrics", &counts(), None);
-        assert!(m.contains("# TYPE sip_agent_calls_enhanced gauge\nsip_agent_calls_enhanced 2\n"));
-        assert!(m.contains("\nsip_agent_calls_peak_aggregate 4\n"));
+        let m = answer("metrics", &counts(), &[]);
         assert!(
-            m.contains("\nsip_agent_requests_forbidden_total{cause=\"fork_not_controller\"} 7\n")
+            m.contains("# TYPE xdpfork_sip_calls_enhanced gauge\nxdpfork_sip_calls_enhanced 2\n")
         );
-        assert_eq!(m.lines().filter(|l| !l.starts_with('#')).count(), 8);
+        assert!(m.contains("\nxdpfork_sip_calls_peak_aggregate 4\n"));
+        assert!(m.contains("\nxdpfork_sip_calls_total 9\n"), "{m}");
+        assert!(m.contains("\nxdpfork_sip_calls_forked_total 3\n"), "{m}");
+        assert!(
+            m.contains("\nxdpfork_sip_requests_forbidden_total{cause=\"fork_not_controller\"} 7\n")
+        );
+        assert_eq!(m.lines().filter(|l| !l.starts_with('#')).count(), 10);
     }
 
     #[test]
     fn show_security_is_one_json_line() {
-        let a = answer("show security", &counts(), None);
+        let a = answer("show security", &counts(), &[]);
         let v: serde_json::Value = serde_json::from_str(&a).expect("json");
         assert_eq!(v["forbidden_dialog_source"], 5);
         assert_eq!(v["forbidden_fork_request"], 7);
@@ -236,7 +233,7 @@ mod tests {
 
     #[test]
     fn unknown_command_is_an_error_line() {
-        assert!(answer("show flows", &counts(), None).starts_with("error:"));
+        assert!(answer("show flows", &counts(), &[]).starts_with("error:"));
     }
 
     #[test]
@@ -247,9 +244,16 @@ mod tests {
             closed_too_large: 2,
             ..GateCounters::default()
         };
-        let m = answer("metrics", &counts(), Some(&g));
-        assert!(m.contains("\nsip_agent_connections_open 3\n"), "{m}");
-        assert!(m.contains("sip_agent_connections_closed_total{reason=\"per_address_limit\"} 7\n"));
-        assert!(m.contains("sip_agent_connections_closed_total{reason=\"too_large\"} 2\n"));
+        let m = answer("metrics", &counts(), &[("sip", g)]);
+        assert!(
+            m.contains("\nxdpfork_sip_connections_open{listener=\"sip\"} 3\n"),
+            "{m}"
+        );
+        assert!(m.contains(
+            "\nxdpfork_sip_connections_closed_total{listener=\"sip\",reason=\"per_address_limit\"} 7\n"
+        ));
+        assert!(m.contains(
+            "\nxdpfork_sip_connections_closed_total{listener=\"sip\",reason=\"too_large\"} 2\n"
+        ));
     }
 }

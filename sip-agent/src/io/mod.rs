@@ -27,6 +27,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use daemon_ops::notify::Notifier;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -95,8 +96,18 @@ pub async fn run(settings: Settings, admin_socket: Option<std::path::PathBuf>) -
         security: core.security_counters(),
     };
     let (stats_tx, stats_rx) = tokio::sync::watch::channel(stats(&counter, &core));
-    if let Some(path) = &admin_socket {
-        admin::spawn(path, stats_rx, &settings.limits, net.gate_stats())?;
+    let admin_gate = match &admin_socket {
+        Some(path) => Some(admin::spawn(
+            path,
+            stats_rx.clone(),
+            &settings.limits,
+            net.gate_stats(),
+        )?),
+        None => None,
+    };
+    if let Some(addr) = settings.metrics_listen {
+        let listener = daemon_ops::metrics::bind(addr).await?;
+        admin::spawn_metrics(listener, stats_rx, net.gate_stats(), admin_gate);
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
@@ -105,6 +116,12 @@ pub async fn run(settings: Settings, admin_socket: Option<std::path::PathBuf>) -
         control = %settings.control_socket.display(),
         "sip-agent running"
     );
+    // Ready once the listeners are bound. fork-agent need not answer yet: requests to it are
+    // made per call and a call that cannot reach it is told so (its unit orders fork-agent
+    // first anyway).
+    let notify = Notifier::from_env();
+    notify.ready(&format!("serving SIP on {}", settings.core.sip_addr));
+    let mut watchdog = notify.watchdog_ticker();
     loop {
         let reconcile_at = restart.as_ref().and_then(|r| r.reconciler.poll_timeout());
         let deadline = match (core.poll_timeout(), reconcile_at) {
@@ -118,6 +135,8 @@ pub async fn run(settings: Settings, admin_socket: Option<std::path::PathBuf>) -
             }
         };
         tokio::select! {
+            // From this loop, so a wedged B2BUA loop stops the pings (WatchdogSec=).
+            () = watchdog.tick() => notify.watchdog_ping(),
             ev = net_rx.recv() => {
                 let Some(ev) = ev else { break };
                 let now = now();
@@ -198,6 +217,7 @@ pub async fn run(settings: Settings, admin_socket: Option<std::path::PathBuf>) -
             changed
         });
     }
+    notify.stopping();
     info!(
         calls = core.call_count(),
         "sip-agent stopping; kernel flows stay"

@@ -30,6 +30,7 @@ mod kernel_packets_relay;
 mod kernel_packets_rtp;
 mod kernel_relay_fork;
 mod next_hop_mac_change;
+mod ops_metrics_notify;
 mod passthrough_and_errors;
 mod sip_call_counts;
 mod sip_callee_bye;

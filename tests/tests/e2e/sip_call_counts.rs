@@ -39,14 +39,16 @@ fn forked_call_counts_as_enhanced_until_bye_and_peaks_stay() -> Result<()> {
     assert_eq!(
         after,
         serde_json::json!({"standard":0,"enhanced":0,"aggregate":0,
-                           "peak_aggregate":1,"peak_enhanced":1,"peak_standard":0}),
+                           "peak_aggregate":1,"peak_enhanced":1,"peak_standard":0,
+                           "started_total":1,"enhanced_total":1}),
         "{}",
         t.diag(Some(&run))
     );
     let metrics = t.admin_ctl(&["metrics"])?;
     assert!(
-        metrics.contains("\nsip_agent_calls_enhanced 0\n")
-            && metrics.contains("\nsip_agent_calls_peak_enhanced 1\n"),
+        metrics.contains("\nxdpfork_sip_calls_enhanced 0\n")
+            && metrics.contains("\nxdpfork_sip_calls_peak_enhanced 1\n")
+            && metrics.contains("\nxdpfork_sip_calls_forked_total 1\n"),
         "{metrics}"
     );
     Ok(())

@@ -110,7 +110,9 @@ tcp = ["10.77.1.1:5060", "10.77.2.1:5060"]"#,
 
     let metrics = t.admin_ctl(&["metrics"])?;
     let counter = |reason: &str| -> u64 {
-        let key = format!("sip_agent_connections_closed_total{{reason=\"{reason}\"}} ");
+        let key = format!(
+            "xdpfork_sip_connections_closed_total{{listener=\"sip\",reason=\"{reason}\"}} "
+        );
         metrics
             .lines()
             .find_map(|l| l.strip_prefix(&key))
@@ -119,7 +121,7 @@ tcp = ["10.77.1.1:5060", "10.77.2.1:5060"]"#,
     };
     assert_eq!(counter("per_address_limit"), 32, "{metrics}");
     assert!(counter("global_limit") >= 9, "{metrics}");
-    assert!(counter("no_message_in_time") >= 40, "{metrics}");
+    assert!(counter("no_request_in_time") >= 40, "{metrics}");
     let log = t.s.topo.log("sip-agent");
     let lines = log_lines(&log, "connection refused: over the connection limit");
     assert!(

@@ -18,10 +18,12 @@
 #![allow(clippy::disallowed_methods)] // io shell: reads the clock, spawns socket tasks
 
 pub mod control;
+pub mod metrics;
 pub mod offload;
 pub mod relay;
 pub mod stream;
 
+use daemon_ops::notify::Notifier;
 use std::{
     collections::HashMap,
     net::SocketAddr,
@@ -275,6 +277,9 @@ pub async fn run(cfg: Config) -> Result<()> {
     }
     let gate = stream::spawn_gate(tcp, tls, inputs_tx.clone(), cfg.limits);
     let control = control::bind(&cfg.control_socket)?;
+    if let Some(addr) = cfg.metrics_listen {
+        metrics::spawn(daemon_ops::metrics::bind(addr).await?, cmd_tx.clone());
+    }
     tokio::spawn(control::serve(control, cmd_tx));
     info!(socket = %cfg.control_socket.display(), "control socket ready");
 
@@ -314,6 +319,15 @@ pub async fn run(cfg: Config) -> Result<()> {
     };
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    // Every listener is bound and the loop below serves them from here on.
+    let notify = Notifier::from_env();
+    notify.ready(&format!(
+        "serving TURN on {} UDP, {} TCP, {} TLS listeners",
+        cfg.listen.udp.len(),
+        cfg.listen.tcp.len(),
+        cfg.listen.tls.len()
+    ));
+    let mut watchdog = notify.watchdog_ticker();
     loop {
         let deadline = shell.server.poll_timeout();
         let sleep = async {
@@ -325,6 +339,8 @@ pub async fn run(cfg: Config) -> Result<()> {
         tokio::select! {
             Some(input) = inputs_rx.recv() => shell.handle_input(input),
             Some(cmd) = cmd_rx.recv() => shell.handle_command(cmd),
+            // From this loop, so a wedged loop stops the pings (WatchdogSec=).
+            () = watchdog.tick() => notify.watchdog_ping(),
             () = sleep => {}
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -336,6 +352,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         }
         shell.drain(now);
     }
+    notify.stopping();
     info!("shutting down");
     if let Some(o) = shell.offload.take() {
         o.shutdown().await;

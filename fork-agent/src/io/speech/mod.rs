@@ -128,6 +128,8 @@ pub struct ServerStats {
     pub protocol_errors: AtomicU64,
     /// Open connections.
     pub connected: AtomicU64,
+    /// Connect time of the connections that opened (metrics).
+    pub connect_seconds: crate::io::metrics::ConnectTime,
 }
 
 /// Cloneable handle of the service task.
@@ -307,6 +309,7 @@ impl SpeechService {
             conns: HashMap::new(),
             conn_counters: HashMap::new(),
             open: HashSet::new(),
+            connecting: HashMap::new(),
             flush: HashSet::new(),
             ev_tx,
             events: events.clone(),
@@ -419,6 +422,8 @@ struct Task {
     conns: HashMap<ConnId, ConnTx>,
     conn_counters: HashMap<ConnId, Arc<ConnCounters>>,
     open: HashSet<ConnId>,
+    /// When each connection still connecting was started (connect-time histogram).
+    connecting: HashMap<ConnId, Instant>,
     ev_tx: mpsc::UnboundedSender<ConnEvent>,
     events: broadcast::Sender<String>,
 }
@@ -630,9 +635,14 @@ impl Task {
                 let url = self.url_of(conn);
                 info!(conn = conn.0, %url, local = ?info.local, tls = ?info.tls_version,
                     "WebSocket Connection creation successful");
+                let began = self.connecting.remove(&conn);
                 if self.open.insert(conn) {
                     if let Some(s) = self.stats_of(conn) {
                         s.connected.fetch_add(1, Ordering::Relaxed);
+                        if let Some(b) = began {
+                            let secs = t.saturating_duration_since(b).as_secs_f64();
+                            s.connect_seconds.0.observe(secs);
+                        }
                     }
                 }
                 if let Err(e) = self.core.handle_connected(t, conn, info) {
@@ -650,6 +660,7 @@ impl Task {
                 failure,
                 detail,
             } => {
+                self.connecting.remove(&conn);
                 let server = self.core.conn_server(conn);
                 let url = self.url_of(conn);
                 let stats = self.stats_of(conn);
@@ -744,6 +755,7 @@ impl Task {
                         .unwrap_or_default();
                     let counters = Arc::new(ConnCounters::default());
                     self.conn_counters.insert(conn, counters.clone());
+                    self.connecting.insert(conn, now());
                     let tx = conn::spawn(conn, target, self.ev_tx.clone(), counters, wire);
                     self.conns.insert(conn, tx);
                 }

@@ -37,6 +37,8 @@ pub struct SipTest {
     pub dir: PathBuf,
     /// `sip-agent run` arguments, for [`SipTest::restart_sip_agent`].
     run_args: Vec<String>,
+    /// Extra environment of sip-agent from its next (re)start on (e.g. `NOTIFY_SOCKET`).
+    pub env: Vec<(String, String)>,
 }
 
 /// The finished caller run.
@@ -255,7 +257,12 @@ bind_media = "10.77.2.1"
         let cfg_s = cfg.to_string_lossy().into_owned();
         let mut run_args = vec!["run".to_string(), "--config".to_string(), cfg_s];
         run_args.extend(args.iter().map(|a| a.replace("{dir}", &dir_s)));
-        let mut t = SipTest { s, dir, run_args };
+        let mut t = SipTest {
+            s,
+            dir,
+            run_args,
+            env: Vec::new(),
+        };
         t.spawn_sip_agent()?;
         Ok(t)
     }
@@ -265,13 +272,11 @@ bind_media = "10.77.2.1"
         let agent = bin("sip-agent")?;
         let args: Vec<&str> = self.run_args.iter().map(String::as_str).collect();
         // Debug logs land in sip-agent.log, where a failure's message points.
-        self.s.topo.spawn_env(
-            "sip-agent",
-            Host::Forker,
-            &agent,
-            &args,
-            &[("RUST_LOG", "sip_agent=debug")],
-        )?;
+        let mut env = vec![("RUST_LOG", "sip_agent=debug")];
+        env.extend(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        self.s
+            .topo
+            .spawn_env("sip-agent", Host::Forker, &agent, &args, &env)?;
         let deadline = Instant::now() + Duration::from_secs(10);
         while !self.s.topo.log("sip-agent").contains("sip-agent running") {
             if Instant::now() > deadline || !self.s.topo.is_running("sip-agent") {

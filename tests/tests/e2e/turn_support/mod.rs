@@ -161,6 +161,18 @@ pub fn spawn_turn_server(
     tls: bool,
     rfc5766_channels: bool,
 ) -> Result<PathBuf> {
+    spawn_turn_server_env(topo, auth_lines, extra, tls, rfc5766_channels, &[])
+}
+
+/// [`spawn_turn_server`] with extra environment variables (e.g. `NOTIFY_SOCKET`).
+pub fn spawn_turn_server_env(
+    topo: &mut Topology,
+    auth_lines: &str,
+    extra: &str,
+    tls: bool,
+    rfc5766_channels: bool,
+    env: &[(&str, &str)],
+) -> Result<PathBuf> {
     let (tls_listen, tls_section) = if tls {
         let (cert, key) = (topo.dir.join("turn.crt"), topo.dir.join("turn.key"));
         let out = Command::new("openssl")
@@ -245,7 +257,7 @@ rfc5766_channels = {rfc5766_channels}
         Host::Forker,
         &server,
         &["run", "--config", &cfg, "--log-pii"],
-        &[("RUST_LOG", filter.as_str())],
+        &[&[("RUST_LOG", filter.as_str())], env].concat(),
     )?;
     topo.wait_for_path(&socket, "turn-server control socket", "turn-server")?;
     Ok(socket)

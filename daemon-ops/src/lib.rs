@@ -1,0 +1,11 @@
+//! What every xdpfork daemon (fork-agent, sip-agent, turn-server) does for its operator, done
+//! once:
+//! - [`metrics`]: `GET /metrics` in the Prometheus text format (0.0.4) on a small, bounded TCP
+//!   endpoint, rendered by prometheus-client from a registry each daemon builds per scrape;
+//! - [`notify`]: sd_notify(3) readiness (`READY=1`), `STATUS=` lines, `STOPPING=1` and the
+//!   watchdog (`WATCHDOG=1` when `WATCHDOG_USEC` is set), through the sd-notify crate.
+//!
+//! docs/operations.md ("Metrics", "Readiness and the watchdog") is the operator's view.
+
+pub mod metrics;
+pub mod notify;
