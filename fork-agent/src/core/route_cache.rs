@@ -1,9 +1,9 @@
 //! Bounded, time-limited cache of route lookups (sans-IO).
 //!
 //! Role: `flow_add` needs the egress interface and next hop of a flow's destination. Asking the
-//! kernel (`ip route get`) costs a process start, several milliseconds, per flow, and a call has
-//! four flows; a contact center sends nearly every call to the same few border elements. So
-//! answers are kept for a short time (a route change reaches new flows within `ttl`; flows that
+//! kernel (an RTM_GETROUTE round trip; it was an `ip route get` process, several milliseconds)
+//! for each of a call's four flows is wasted work when a contact center sends nearly every call
+//! to the same few border elements. So answers are kept for a short time (a route change reaches new flows within `ttl`; flows that
 //! exist keep their egress, as before) and the cache never holds more than `capacity`
 //! destinations, so a scan of many addresses cannot grow it without bound.
 //!

@@ -361,7 +361,7 @@ struct Agent {
     turn: TurnOffload,
     /// Next hops in use: kernel key → (interface, address).
     neighbours: HashMap<NeighKey, (String, std::net::IpAddr)>,
-    /// Recent `ip route get` answers: destination → (interface, next hop).
+    /// Recent route lookups (RTM_GETROUTE): destination → (interface, next hop).
     routes: RouteCache<std::net::IpAddr, (String, std::net::IpAddr)>,
     interfaces: Vec<String>,
     /// Flow table and the decisions around it (core::dataplane).
@@ -498,7 +498,7 @@ impl Agent {
 
     /// Egress interface (one of ours) and next hop towards `dst`, kept resolved in NEIGHBOURS.
     /// The common case, a destination seen moments ago through a next hop already resolved,
-    /// starts no process and does not wait.
+    /// sends no rtnetlink request and does not wait.
     fn prepare_egress(&mut self, dst: std::net::IpAddr) -> Result<(u32, std::net::IpAddr)> {
         #[allow(clippy::disallowed_methods)] // io shell: the cache's clock
         let now = std::time::Instant::now();
@@ -741,12 +741,13 @@ impl Agent {
         &mut self,
         key: &NeighKey,
         table: &netdev::NeighbourTable,
-        macs: &HashMap<String, [u8; 6]>,
+        macs: &HashMap<u32, [u8; 6]>,
     ) -> bool {
         let Some((dev, hop)) = self.neighbours.get(key).cloned() else {
             return false;
         };
-        let (Some(Some(dmac)), Some(smac)) = (table.get(&(key.ifindex, hop)), macs.get(&dev))
+        let (Some(Some(dmac)), Some(smac)) =
+            (table.get(&(key.ifindex, hop)), macs.get(&key.ifindex))
         else {
             return false;
         };

@@ -377,8 +377,12 @@ fn scratch_relay(dp: &mut DataPlane, rows: &mut Vec<Row>) -> Result<()> {
     let ifx = |n: &str| crate::io::netdev::ifindex(n);
     let (xck0, xck1) = (ifx("xck0")?, ifx("xck1")?);
     let macs = crate::io::netdev::link_macs()?;
-    let mac = |n: &str| macs.get(n).copied().with_context(|| format!("MAC of {n}"));
-    let (mac0, mac1) = (mac("xck0")?, mac("xck1")?);
+    let mac = |i: u32| {
+        macs.get(&i)
+            .copied()
+            .with_context(|| format!("MAC of ifindex {i}"))
+    };
+    let (mac0, mac1) = (mac(xck0)?, mac(xck1)?);
 
     let local: SocketAddr = LOCAL.parse()?;
     let src: SocketAddr = RELAY_SRC.parse()?;
