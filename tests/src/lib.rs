@@ -298,6 +298,14 @@ impl Topology {
         Ok(())
     }
 
+    /// The pid of the process `name` started by [`Topology::spawn`].
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.children
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, c)| c.id())
+    }
+
     /// Sends `sig` to the process `name` and returns at once; the process stays in the
     /// topology (SIGSTOP/SIGCONT to freeze and thaw a server in a test).
     pub fn send_signal(&self, name: &str, sig: nix::sys::signal::Signal) -> Result<()> {
@@ -478,6 +486,15 @@ pub fn bin_dir() -> Result<PathBuf> {
     let mut dir = exe.parent().context("cannot locate the target directory")?;
     if dir.file_name().is_some_and(|n| n == "deps") {
         dir = dir.parent().context("cannot locate the target directory")?;
+    }
+    Ok(dir.to_owned())
+}
+
+/// Create `dir` if needed and check it is empty (a child's PATH with no program on it).
+pub fn empty_dir(dir: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    if std::fs::read_dir(dir)?.next().is_some() {
+        bail!("{} is not empty", dir.display());
     }
     Ok(dir.to_owned())
 }
@@ -795,18 +812,47 @@ url = "ws://{ws}/stream"
     }
 
     /// [`Scenario::start_agent`] with extra environment variables (e.g. `NOTIFY_SOCKET`).
+    /// fork-agent's PATH is an empty directory (unless `env` sets one): it runs no program, so
+    /// every test proves that a host without iproute2 works.
     pub fn start_agent_with_env(&mut self, env: &[(&str, &str)]) -> Result<()> {
         let _ = std::fs::remove_file(&self.socket);
         let agent = bin("fork-agent")?;
         let cfg = self.config.to_string_lossy().into_owned();
+        let empty = empty_dir(&self.topo.dir.join("empty-path"))?;
+        let empty = empty.to_string_lossy();
+        let mut env_with_path = vec![("PATH", empty.as_ref())];
+        env_with_path.extend_from_slice(env);
         self.topo.spawn_env(
             "fork-agent",
             Host::Forker,
             &agent,
             &["run", "--config", &cfg],
-            env,
+            &env_with_path,
         )?;
         self.topo.wait_fork_agent(&self.socket, "fork-agent")
+    }
+
+    /// Fails unless the running fork-agent's PATH holds no `ip` (nor any other program): the
+    /// harness really ran it without iproute2.
+    pub fn assert_agent_runs_without_ip(&self) -> Result<()> {
+        let pid = self
+            .topo
+            .pid("fork-agent")
+            .context("fork-agent is not running")?;
+        let environ = std::fs::read(format!("/proc/{pid}/environ"))?;
+        let path = environ
+            .split(|b| *b == 0)
+            .find_map(|v| v.strip_prefix(b"PATH="))
+            .context("fork-agent has no PATH")?;
+        for dir in String::from_utf8_lossy(path).split(':') {
+            let programs: Vec<_> = std::fs::read_dir(dir)
+                .with_context(|| format!("fork-agent's PATH entry {dir}"))?
+                .collect();
+            if !programs.is_empty() {
+                bail!("fork-agent's PATH entry {dir} is not empty: {programs:?}");
+            }
+        }
+        Ok(())
     }
 
     /// A control request; a failure carries the tail of fork-agent's log.
@@ -1850,11 +1896,14 @@ pub mod fork_rig {
             ),
         )?;
         let cfg_s = cfg.to_string_lossy().into_owned();
-        t.spawn(
+        // No program on PATH, as in Scenario::start_agent_with_env: fork-agent runs none.
+        let empty = crate::empty_dir(&t.dir.join("empty-path"))?;
+        t.spawn_env(
             "fork-agent",
             Host::Forker,
             &bin("fork-agent")?,
             &["run", "--config", &cfg_s],
+            &[("PATH", &empty.to_string_lossy())],
         )?;
         t.wait_fork_agent(&socket, "fork-agent")?;
         Ok(socket)

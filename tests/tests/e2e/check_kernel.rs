@@ -10,14 +10,20 @@ use std::{path::Path, process::Command};
 
 use anyhow::{ensure, Context, Result};
 use fork_common::ForkPath;
-use xdpfork_tests::{bin, require_root, run};
+use xdpfork_tests::{bin, empty_dir, require_root, run};
 
+/// `fork-agent check-kernel ARGS` with an empty PATH: the scratch veth is made over rtnetlink,
+/// no `ip` is needed.
 fn check_kernel(args: &[&str]) -> Result<(bool, String)> {
+    let empty = std::env::temp_dir().join(format!("xdpfork-check-path-{}", std::process::id()));
     let out = Command::new(bin("fork-agent")?)
+        .env("PATH", empty_dir(&empty)?)
         .arg("check-kernel")
         .args(args)
         .output()
-        .context("running fork-agent check-kernel")?;
+        .context("running fork-agent check-kernel");
+    let _ = std::fs::remove_dir(&empty);
+    let out = out?;
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

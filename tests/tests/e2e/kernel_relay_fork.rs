@@ -1,6 +1,7 @@
 //! One call's audio through the real path: caller netns → XDP relay on the forker (kernel only)
 //! → callee netns, with every packet cloned over AF_XDP to fork-agent and streamed to the
-//! speech server.
+//! speech server. fork-agent runs with no `ip` (nor any program) on its PATH: the route
+//! lookup, the fork veth and the managed next hop all go over rtnetlink.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -59,6 +60,7 @@ fn send_call(s: &Scenario, from: &str, to: &str, local_to: &str, v6: bool) -> Re
 #[test]
 fn caller_audio_is_relayed_in_kernel_and_forked_to_speech_server() -> Result<()> {
     let mut s = Scenario::start()?;
+    s.assert_agent_runs_without_ip()?;
     s.add_call_flows(false)?;
     let started = s.start_fork("guid-1", A_LOCAL, B_LOCAL)?;
     assert_eq!(

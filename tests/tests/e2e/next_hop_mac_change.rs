@@ -1,6 +1,7 @@
 //! The callee's MAC address changes mid-call (a replaced gateway, a VRRP failover): fork-agent
 //! follows the neighbour table (one rtnetlink dump a second) and the kernel relay sends to the
-//! new MAC, without the flow being touched.
+//! new MAC, without the flow being touched. fork-agent runs with no `ip` on its PATH: the
+//! managed neighbour entry, the neighbour dump and the interface MACs all go over rtnetlink.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -34,8 +35,16 @@ fn send_and_receive(s: &Scenario, first_seq: u16, n: u16) -> Result<usize> {
 #[test]
 fn the_kernel_relay_follows_a_next_hop_mac_change() -> Result<()> {
     let s = Scenario::start()?;
+    s.assert_agent_runs_without_ip()?;
     s.add_call_flows(false)?;
     assert_eq!(send_and_receive(&s, 0, 20)?, 20, "before the change");
+    // The flow asked the kernel to keep its next hop resolved (NTF_EXT_MANAGED).
+    let entry = ns_run(
+        &s.topo.ns(Host::Forker),
+        "ip",
+        &["neigh", "show", "10.77.2.2", "dev", "fb0"],
+    )?;
+    assert!(entry.contains("managed"), "no managed entry: {entry:?}");
 
     // The callee takes a new MAC and the forker learns it (as a gratuitous ARP would teach it).
     let (callee, forker) = (s.topo.ns(Host::Callee), s.topo.ns(Host::Forker));

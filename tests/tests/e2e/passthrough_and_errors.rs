@@ -5,7 +5,8 @@ use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Result;
 use xdpfork_tests::{
-    addrs::*, bin, ns_run, recv_all, rtp_packet, spawn_receiver, Host, Scenario, Topology,
+    addrs::*, bin, empty_dir, ns_run, recv_all, rtp_packet, spawn_receiver, Host, Scenario,
+    Topology,
 };
 
 #[test]
@@ -94,11 +95,14 @@ fn missing_interface_fails_clearly_and_leaves_nothing_behind() -> Result<()> {
         ),
     )?;
     let agent = bin("fork-agent")?;
-    t.spawn(
+    // The rollback deletes the fork veth over rtnetlink: no `ip` on PATH.
+    let empty = empty_dir(&t.dir.join("empty-path"))?;
+    t.spawn_env(
         "fork-agent",
         Host::Forker,
         &agent,
         &["run", "--config", &config.to_string_lossy()],
+        &[("PATH", &empty.to_string_lossy())],
     )?;
     let status = t.wait_exit("fork-agent", Duration::from_secs(20))?;
     assert!(!status.success(), "fork-agent must fail");
