@@ -29,6 +29,7 @@ mod kernel_packets_parse;
 mod kernel_packets_relay;
 mod kernel_packets_rtp;
 mod kernel_relay_fork;
+mod kernel_relay_via_gateway;
 mod next_hop_mac_change;
 mod ops_metrics_notify;
 mod passthrough_and_errors;
