@@ -77,6 +77,14 @@ fn exchange(req: &Request) -> Result<Vec<RouteNetlinkMessage>, ExchangeError> {
     Err(ExchangeError::Endless)
 }
 
+/// What `pick` reads from the answers to `req`, in order.
+fn answers<T>(
+    req: &Request,
+    pick: impl Fn(&RouteNetlinkMessage) -> Option<T>,
+) -> Result<Vec<T>, ExchangeError> {
+    Ok(exchange(req)?.iter().filter_map(pick).collect())
+}
+
 /// Why an rtnetlink exchange failed.
 #[derive(Debug, thiserror::Error)]
 enum ExchangeError {
@@ -121,15 +129,14 @@ pub fn delete_link(name: &str) -> Result<()> {
 
 /// The interface and next hop the routing table picks for `dst`.
 pub fn route_to(dst: IpAddr) -> Result<(String, IpAddr)> {
-    let answers = exchange(&rtnl::get_route(dst))
-        .with_context(|| format!("no route to {dst} (the kernel's route lookup failed)"))?;
-    let route = answers
-        .iter()
-        .find_map(|m| match m {
-            RouteNetlinkMessage::NewRoute(r) => rtnl::route(r, dst),
-            _ => None,
-        })
-        .with_context(|| format!("no route to {dst}: the route has no output interface"))?;
+    let route = answers(&rtnl::get_route(dst), |m| match m {
+        RouteNetlinkMessage::NewRoute(r) => rtnl::route(r, dst),
+        _ => None,
+    })
+    .with_context(|| format!("no route to {dst} (the kernel's route lookup failed)"))?
+    .into_iter()
+    .next()
+    .with_context(|| format!("no route to {dst}: the route has no output interface"))?;
     let dev = nix::net::if_::if_indextoname(route.oif)
         .with_context(|| format!("the route to {dst} names ifindex {}, now gone", route.oif))?;
     let dev = dev
@@ -161,27 +168,25 @@ pub type NeighbourTable = HashMap<(u32, IpAddr), Option<[u8; 6]>>;
 
 /// The whole neighbour table of this network namespace, one rtnetlink dump.
 pub fn neighbour_table() -> Result<NeighbourTable> {
-    let answers = exchange(&rtnl::dump_neighbours()).context("dumping the neighbour table")?;
-    Ok(answers
-        .iter()
-        .filter_map(|m| match m {
-            RouteNetlinkMessage::NewNeighbour(n) => rtnl::neighbour(n),
-            _ => None,
-        })
+    let entries = answers(&rtnl::dump_neighbours(), |m| match m {
+        RouteNetlinkMessage::NewNeighbour(n) => rtnl::neighbour(n),
+        _ => None,
+    })
+    .context("dumping the neighbour table")?;
+    Ok(entries
+        .into_iter()
         .map(|n| ((n.ifindex, n.addr), n.mac))
         .collect())
 }
 
 /// The MAC address of every interface of this network namespace that has one, by ifindex.
 pub fn link_macs() -> Result<HashMap<u32, [u8; 6]>> {
-    let answers = exchange(&rtnl::dump_links()).context("listing interfaces")?;
-    Ok(answers
-        .iter()
-        .filter_map(|m| match m {
-            RouteNetlinkMessage::NewLink(l) => rtnl::link_mac(l),
-            _ => None,
-        })
-        .collect())
+    let macs = answers(&rtnl::dump_links(), |m| match m {
+        RouteNetlinkMessage::NewLink(l) => rtnl::link_mac(l),
+        _ => None,
+    })
+    .context("listing interfaces")?;
+    Ok(macs.into_iter().collect())
 }
 
 #[cfg(test)]

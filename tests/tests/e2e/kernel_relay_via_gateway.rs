@@ -6,7 +6,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Result;
-use xdpfork_tests::{addrs::*, ns_run, rtp_packet, spawn_receiver, Host, Scenario};
+use xdpfork_tests::{addrs::*, ns_run, send_rtp_in_background, spawn_receiver, Host, Scenario};
 
 /// Behind the callee, which acts as the gateway (10.77.2.2) for this prefix.
 const REMOTE_RTP: &str = "10.99.0.5:41000";
@@ -47,23 +47,26 @@ fn the_next_hop_of_a_routed_destination_is_its_gateway() -> Result<()> {
         "a neighbour entry for the routed destination: {remote:?}"
     );
 
-    let tx = s.topo.udp_socket(Host::Caller, CALLER_RTP.parse()?)?;
     let rx = spawn_receiver(
         s.topo.udp_socket(Host::Callee, REMOTE_RTP.parse()?)?,
         N as usize,
         Duration::from_millis(700),
     );
+    let tx = s.topo.udp_socket(Host::Caller, CALLER_RTP.parse()?)?;
     let dst: SocketAddr = A_LOCAL.parse()?;
-    let mut sent = Vec::new();
-    for i in 0..N {
-        let p = rtp_packet(0, i, 160 * u32::from(i), 0x9a7e, &[0xd5; 160]);
-        tx.send_to(&p, dst)?;
-        sent.push(p);
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    let got = rx
-        .join()
-        .map_err(|_| anyhow::anyhow!("receiver panicked"))??;
+    let join = |h: std::thread::JoinHandle<Result<Vec<Vec<u8>>>>| {
+        h.join()
+            .map_err(|_| anyhow::anyhow!("sender or receiver panicked"))?
+    };
+    let sent = join(send_rtp_in_background(
+        tx,
+        dst,
+        N,
+        0,
+        0x9a7e,
+        Duration::from_millis(2),
+    ))?;
+    let got = join(rx)?;
     assert_eq!(
         got,
         sent,
