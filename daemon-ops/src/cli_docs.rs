@@ -139,7 +139,10 @@ mod tests {
         let top = std::fs::read_to_string(dir.join("man8/demo-agent.8")).expect("page");
         assert!(top.contains(".TH demo-agent 8"), "{top}");
         assert!(top.contains("xdpfork 1.2.3"), "{top}");
-        assert!(!top.contains("generate\\-docs"), "hidden subcommand listed:\n{top}");
+        assert!(
+            !top.contains("generate\\-docs"),
+            "hidden subcommand listed:\n{top}"
+        );
         assert!(top.contains("demo\\-agent\\-user(8)"), "{top}");
         let run = std::fs::read_to_string(dir.join("man8/demo-agent-run.8")).expect("page");
         assert!(run.contains("\\-\\-config"), "{run}");

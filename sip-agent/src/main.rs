@@ -55,13 +55,12 @@ enum Cmd {
 }
 
 fn load(path: &PathBuf) -> Result<Settings> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| {
-            format!(
-                "cannot read config file {} (another file: --config PATH)",
-                path.display()
-            )
-        })?;
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "cannot read config file {} (another file: --config PATH)",
+            path.display()
+        )
+    })?;
     Settings::from_toml(&text)
         .with_context(|| format!("{} is not a valid sip-agent config", path.display()))
 }

@@ -550,7 +550,9 @@ carol:pa:ss:word
         let key = long_term_key(&RustCrypto, "dave", "example.org", "pw");
         assert!(!f.set_key("dave", "example.org", key).expect("added"));
         let key2 = long_term_key(&RustCrypto, "turnuser", "example.org", "new");
-        assert!(f.set_key("turnuser", "example.org", key2).expect("replaced"));
+        assert!(f
+            .set_key("turnuser", "example.org", key2)
+            .expect("replaced"));
         f.remove("carol").expect("known");
         let text = f.text();
         // Comments, blank lines, the realm and bob's line are untouched; turnuser's line is
@@ -596,7 +598,10 @@ carol:pa:ss:word
             f.text(),
             "# empty\nrealm=example.org\na:key=0x11111111111111111111111111111111\n"
         );
-        assert_eq!(UserDb::parse(&f.text()).expect("valid").realm(), Some("example.org"));
+        assert_eq!(
+            UserDb::parse(&f.text()).expect("valid").realm(),
+            Some("example.org")
+        );
         assert!(matches!(
             f.set_key("b", "other.org", [0; 16]),
             Err(TurnError::Config { .. })
@@ -616,7 +621,9 @@ carol:pa:ss:word
                 "{bad:?}"
             );
         }
-        assert!(f.set_key(&"x".repeat(MAX_USERNAME_BYTES), "r", [0; 16]).is_ok());
+        assert!(f
+            .set_key(&"x".repeat(MAX_USERNAME_BYTES), "r", [0; 16])
+            .is_ok());
         assert_eq!(
             f.remove("nobody"),
             Err(TurnError::UnknownUser {

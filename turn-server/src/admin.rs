@@ -348,12 +348,7 @@ mod tests {
         Credentials::new("example.org")
             .with_users(db)
             .ok()?
-            .lookup(
-                user,
-                "example.org",
-                std::time::UNIX_EPOCH,
-                &RustCrypto,
-            )
+            .lookup(user, "example.org", std::time::UNIX_EPOCH, &RustCrypto)
             .ok()
             .map(|u| u.key)
     }
@@ -367,14 +362,20 @@ mod tests {
         let s = settings(Some(users.clone()), None);
         let cfg = Path::new("turn-server.toml");
 
-        assert_eq!(user_add(cfg, &s, "alice", "s3cret").expect("add"), Added::New);
+        assert_eq!(
+            user_add(cfg, &s, "alice", "s3cret").expect("add"),
+            Added::New
+        );
         assert_eq!(
             key_of(&users, "alice"),
             Some(long_term_key(&RustCrypto, "alice", "example.org", "s3cret"))
         );
         let text = std::fs::read_to_string(&users).expect("read");
         assert!(text.starts_with("# mine\nold:pw\n"), "{text}");
-        assert!(!text.contains("s3cret"), "the password must not be stored: {text}");
+        assert!(
+            !text.contains("s3cret"),
+            "the password must not be stored: {text}"
+        );
         // Others lose read access; owner and group keep theirs.
         let mode = std::fs::metadata(&users).expect("stat").mode() & 0o777;
         assert_eq!(mode, 0o640);
@@ -414,11 +415,17 @@ mod tests {
         let cfg = Path::new("c.toml");
         assert!(matches!(
             user_del(cfg, &s, "a"),
-            Err(AdminError::Io { what: "opening", .. })
+            Err(AdminError::Io {
+                what: "opening",
+                ..
+            })
         ));
         assert!(!users.exists());
         user_add(cfg, &s, "a", "pw").expect("add");
-        assert_eq!(std::fs::metadata(&users).expect("stat").mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&users).expect("stat").mode() & 0o777,
+            0o600
+        );
         assert_eq!(
             std::fs::read_to_string(&users).expect("read"),
             format!(
@@ -479,7 +486,10 @@ mod tests {
 
     #[test]
     fn passwords_from_stdin_and_generated() {
-        assert_eq!(read_password(&b"pw with spaces\n"[..]).expect("line"), "pw with spaces");
+        assert_eq!(
+            read_password(&b"pw with spaces\n"[..]).expect("line"),
+            "pw with spaces"
+        );
         assert_eq!(read_password(&b"pw\r\nrest"[..]).expect("line"), "pw");
         assert!(read_password(&b"\n"[..]).is_err());
         assert!(read_password(&b""[..]).is_err());

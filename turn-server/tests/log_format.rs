@@ -81,7 +81,10 @@ fn start_up_log(name: &str, args: &[&str], journal: bool) -> Vec<String> {
     let _ = child.kill();
     let _ = child.wait();
     let lines = lines.join().expect("reader thread");
-    assert!(ready.is_ok(), "turn-server never logged {READY:?}:\n{lines:#?}");
+    assert!(
+        ready.is_ok(),
+        "turn-server never logged {READY:?}:\n{lines:#?}"
+    );
     lines
 }
 

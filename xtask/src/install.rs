@@ -495,15 +495,17 @@ fn install_files(layout: &Layout, bin_src: &Path) -> Result<Vec<Entry>> {
 /// The binary describes itself, so the pages match exactly what is installed (xtask cannot
 /// link the daemons: fork-agent's build needs the BPF toolchain xtask sets up).
 fn cli_docs(layout: &Layout, binary: &Path) -> Result<Vec<(PathBuf, Vec<u8>)>> {
-    let name = binary.file_name().map_or_else(
-        || "binary".into(),
-        |n| n.to_string_lossy().into_owned(),
-    );
+    let name = binary
+        .file_name()
+        .map_or_else(|| "binary".into(), |n| n.to_string_lossy().into_owned());
     let out = std::env::temp_dir().join(format!("xdpfork-docs-{name}-{}", std::process::id()));
     let _ = fs::remove_dir_all(&out);
     let result = (|| {
         setup::run_checked(
-            Command::new(binary).arg("generate-docs").arg("--out-dir").arg(&out),
+            Command::new(binary)
+                .arg("generate-docs")
+                .arg("--out-dir")
+                .arg(&out),
             &format!("generating {name}'s man pages and completions"),
             "is the binary from this tree? (`generate-docs` is a hidden subcommand)",
         )?;
@@ -520,7 +522,8 @@ fn cli_docs(layout: &Layout, binary: &Path) -> Result<Vec<(PathBuf, Vec<u8>)>> {
                 let target = layout.cli_doc_target(rel).with_context(|| {
                     format!("{name} generate-docs wrote an unexpected {}", rel.display())
                 })?;
-                let bytes = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+                let bytes =
+                    fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
                 files.push((target, bytes));
             }
         }
@@ -737,7 +740,9 @@ mod tests {
         let t = |rel: &str| l.cli_doc_target(Path::new(rel));
         assert_eq!(
             t("man8/turn-server-user-add.8"),
-            Some(PathBuf::from("/usr/local/share/man/man8/turn-server-user-add.8"))
+            Some(PathBuf::from(
+                "/usr/local/share/man/man8/turn-server-user-add.8"
+            ))
         );
         assert_eq!(
             t("bash/sip-agent"),
@@ -747,7 +752,9 @@ mod tests {
         );
         assert_eq!(
             t("zsh/_fork-agent"),
-            Some(PathBuf::from("/usr/local/share/zsh/site-functions/_fork-agent"))
+            Some(PathBuf::from(
+                "/usr/local/share/zsh/site-functions/_fork-agent"
+            ))
         );
         assert_eq!(
             t("fish/fork-agent.fish"),

@@ -302,7 +302,8 @@ fn admin_socket_is_off_unless_configured_and_must_be_absolute() {
     );
     let e = errors(&format!("{GOOD}\n[admin]\nsocket = \"admin.sock\"\n"));
     assert!(
-        e.iter().any(|l| l.starts_with("admin.socket: \"admin.sock\"")),
+        e.iter()
+            .any(|l| l.starts_with("admin.socket: \"admin.sock\"")),
         "{e:?}"
     );
 }

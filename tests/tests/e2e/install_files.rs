@@ -33,15 +33,33 @@ const EXPECTED: &[(&str, u32)] = &[
     ("usr/local/share/doc/xdpfork/operations.md", 0o644),
     ("usr/local/share/xdpfork/install-manifest", 0o644),
     // Generated from each binary's clap definition (`generate-docs`).
-    ("usr/local/share/bash-completion/completions/fork-agent", 0o644),
-    ("usr/local/share/bash-completion/completions/sip-agent", 0o644),
-    ("usr/local/share/bash-completion/completions/turn-server", 0o644),
+    (
+        "usr/local/share/bash-completion/completions/fork-agent",
+        0o644,
+    ),
+    (
+        "usr/local/share/bash-completion/completions/sip-agent",
+        0o644,
+    ),
+    (
+        "usr/local/share/bash-completion/completions/turn-server",
+        0o644,
+    ),
     ("usr/local/share/zsh/site-functions/_fork-agent", 0o644),
     ("usr/local/share/zsh/site-functions/_sip-agent", 0o644),
     ("usr/local/share/zsh/site-functions/_turn-server", 0o644),
-    ("usr/local/share/fish/vendor_completions.d/fork-agent.fish", 0o644),
-    ("usr/local/share/fish/vendor_completions.d/sip-agent.fish", 0o644),
-    ("usr/local/share/fish/vendor_completions.d/turn-server.fish", 0o644),
+    (
+        "usr/local/share/fish/vendor_completions.d/fork-agent.fish",
+        0o644,
+    ),
+    (
+        "usr/local/share/fish/vendor_completions.d/sip-agent.fish",
+        0o644,
+    ),
+    (
+        "usr/local/share/fish/vendor_completions.d/turn-server.fish",
+        0o644,
+    ),
 ];
 
 /// Man pages: one per binary and one per subcommand at every level (`BINARY-SUB-SUBSUB.8`).
@@ -62,12 +80,12 @@ const MAN_PAGES: &[&str] = &[
     "turn-server-credential.8",
 ];
 
+/// Files with their permission bits, relative to DESTDIR.
+type FileSet = BTreeSet<(String, u32)>;
+
 /// Splits `files` into man pages (checked: named after a binary, 0644, a man page that
 /// documents the binary's version) and the rest.
-fn split_man_pages(
-    d: &Path,
-    files: BTreeSet<(String, u32)>,
-) -> Result<(BTreeSet<String>, BTreeSet<(String, u32)>)> {
+fn split_man_pages(d: &Path, files: FileSet) -> Result<(BTreeSet<String>, FileSet)> {
     let (man, rest): (BTreeSet<_>, BTreeSet<_>) =
         files.into_iter().partition(|(p, _)| p.starts_with(MAN_DIR));
     let mut pages = BTreeSet::new();
@@ -166,9 +184,8 @@ fn staged_install_writes_the_file_set_keeps_edited_configs_and_uninstalls_exactl
     let (pages, rest) = split_man_pages(d, files(d)?)?;
     assert_eq!(rest, expected(), "installed file set; output:\n{out}");
     // The completions know the subcommands.
-    let bash = std::fs::read_to_string(
-        d.join("usr/local/share/bash-completion/completions/turn-server"),
-    )?;
+    let bash =
+        std::fs::read_to_string(d.join("usr/local/share/bash-completion/completions/turn-server"))?;
     assert!(
         bash.contains("credential") && bash.contains("--password-stdin"),
         "{bash}"

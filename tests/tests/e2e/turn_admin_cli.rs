@@ -65,7 +65,14 @@ fn cli_added_user_relays_with_coturn_and_rest_credential_allocates() -> Result<(
     assert!(!users.contains(CAROL_PASSWORD), "password stored: {users}");
     let rest: serde_json::Value = serde_json::from_str(&turn_cli(
         &[
-            "credential", "--config", &cfg, "--user", "dave", "--ttl", "600", "--json",
+            "credential",
+            "--config",
+            &cfg,
+            "--user",
+            "dave",
+            "--ttl",
+            "600",
+            "--json",
         ],
         "",
     )?)?;
