@@ -3,9 +3,16 @@
 //! - [`metrics`]: `GET /metrics` in the Prometheus text format (0.0.4) on a small, bounded TCP
 //!   endpoint, rendered by prometheus-client from a registry each daemon builds per scrape;
 //! - [`notify`]: sd_notify(3) readiness (`READY=1`), `STATUS=` lines, `STOPPING=1` and the
-//!   watchdog (`WATCHDOG=1` when `WATCHDOG_USEC` is set), through the sd-notify crate.
+//!   watchdog (`WATCHDOG=1` when `WATCHDOG_USEC` is set), through the sd-notify crate;
+//! - [`logging`]: the tracing subscriber (`--log-format text|json`, colour only on a terminal,
+//!   no timestamp under journald);
+//! - [`cli_docs`]: man pages and shell completions from the binary's clap definition (the
+//!   hidden `generate-docs` subcommand `cargo xtask install` runs).
 //!
-//! docs/operations.md ("Metrics", "Readiness and the watchdog") is the operator's view.
+//! docs/operations.md ("Metrics", "Readiness and the watchdog", "Logs", "Man pages and
+//! completions") is the operator's view.
 
+pub mod cli_docs;
+pub mod logging;
 pub mod metrics;
 pub mod notify;

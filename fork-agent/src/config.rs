@@ -11,7 +11,7 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path} (another file: --config PATH): {source}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
@@ -272,8 +272,13 @@ fn default_control_max_line() -> usize {
 /// client could hold that much memory per connection.
 const CONTROL_MAX_LINE: std::ops::RangeInclusive<usize> = 1024..=16 * 1024 * 1024;
 
+/// The config file `run` and `check-config` read when `--config` is not given.
+pub const DEFAULT_CONFIG: &str = "/etc/xdpfork/fork-agent.toml";
+/// `[control] socket` when the config does not say; also where `ctl` connects by default.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/xdpfork/fork-agent.sock";
+
 fn default_socket() -> PathBuf {
-    PathBuf::from("/run/xdpfork/fork-agent.sock")
+    PathBuf::from(DEFAULT_CONTROL_SOCKET)
 }
 fn default_flow_idle_timeout() -> u64 {
     crate::core::idle::DEFAULT_TIMEOUT_SECS

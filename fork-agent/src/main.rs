@@ -2,15 +2,19 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use control_api::{
     BlockingClient, ClientError, FlowSpec, ForkSpec, Op, StreamServiceShow, StreamSpec,
 };
-use fork_agent::config::{Config, ForkPathSetting, FORK_PATH_ENV};
+use daemon_ops::{cli_docs::GenerateDocsArgs, logging::LogArgs};
+use fork_agent::config::{
+    Config, ForkPathSetting, DEFAULT_CONFIG, DEFAULT_CONTROL_SOCKET, FORK_PATH_ENV,
+};
 use serde_json::Value;
 
 #[derive(Parser)]
 #[command(
+    name = "fork-agent",
     version,
     about = "xdpfork fork-agent: kernel media relay and audio forking"
 )]
@@ -23,8 +27,10 @@ struct Cli {
 enum Cmd {
     /// Run the agent (needs CAP_BPF, CAP_NET_ADMIN, CAP_NET_RAW, CAP_PERFMON).
     Run {
-        #[arg(long, default_value = "/etc/xdpfork/fork-agent.toml")]
+        #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        #[command(flatten)]
+        log: LogArgs,
     },
     /// Will xdpfork run on this kernel, and how? Loads every program variant, pins maps, attaches
     /// native XDP and forks one packet in a private network namespace; exits non-zero (with the
@@ -37,12 +43,13 @@ enum Cmd {
     },
     /// Validate a config file and exit.
     CheckConfig {
-        #[arg(long, default_value = "/etc/xdpfork/fork-agent.toml")]
+        #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Talk to a running agent over its control socket.
     Ctl {
-        #[arg(long, default_value = "/run/xdpfork/fork-agent.sock")]
+        /// The agent's control socket (`[control] socket` of its config).
+        #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
         socket: PathBuf,
         /// Print the raw JSON response.
         #[arg(long)]
@@ -55,6 +62,9 @@ enum Cmd {
         #[arg(long, default_value = fork_common::PIN_DIR_DEFAULT)]
         pin_dir: PathBuf,
     },
+    /// Write man pages and shell completions (for `cargo xtask install` and packaging).
+    #[command(hide = true)]
+    GenerateDocs(GenerateDocsArgs),
 }
 
 #[derive(Subcommand)]
@@ -154,8 +164,8 @@ fn main() -> std::process::ExitCode {
 
 fn dispatch(cli: Cli) -> Result<std::process::ExitCode> {
     match cli.cmd {
-        Cmd::Run { config } => {
-            init_tracing();
+        Cmd::Run { config, log } => {
+            log.init("info")?;
             let cfg = Config::load(&config)?;
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -181,14 +191,11 @@ fn dispatch(cli: Cli) -> Result<std::process::ExitCode> {
         }
         Cmd::Ctl { socket, json, cmd } => ctl(&socket, json, cmd)?,
         Cmd::Unpin { pin_dir } => fork_agent::io::ebpf::unpin_all(&pin_dir)?,
+        Cmd::GenerateDocs(args) => {
+            daemon_ops::cli_docs::write(Cli::command(), &args.out_dir)?;
+        }
     }
     Ok(std::process::ExitCode::SUCCESS)
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
 }
 
 fn ctl(socket: &std::path::Path, json: bool, cmd: CtlCmd) -> Result<()> {

@@ -74,7 +74,23 @@ struct RawConfig {
     forking: RawForking,
     #[serde(default)]
     metrics: daemon_ops::metrics::MetricsSection,
+    #[serde(default)]
+    admin: RawAdmin,
 }
+
+/// `[admin]`: the Unix socket `sip-agent ctl` asks (docs/sip-agent.md "Call counts and the
+/// admin socket"). Absent: no admin socket, unless `run --admin-socket` names one.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    #[serde(default)]
+    socket: Option<PathBuf>,
+}
+
+/// The config file `run` and `check-config` read when `--config` is not given.
+pub const DEFAULT_CONFIG: &str = "/etc/xdpfork/sip-agent.toml";
+/// The admin socket of the default config (`[admin] socket`), where `ctl` asks by default.
+pub const DEFAULT_ADMIN_SOCKET: &str = "/run/xdpfork/sip-agent.sock";
 
 /// `[forking]`: how the controller may fork a call (docs/fork-request.md "Sequence rules").
 #[derive(Debug, Deserialize)]
@@ -397,6 +413,8 @@ pub struct Settings {
     pub limits: Limits,
     /// Call journal and restart reconciliation (`[state]`).
     pub state: StateSettings,
+    /// `[admin] socket`: where `sip-agent ctl` asks, if anywhere.
+    pub admin_socket: Option<PathBuf>,
     /// `[metrics] listen`: the Prometheus endpoint, if on.
     pub metrics_listen: Option<SocketAddr>,
 }
@@ -668,6 +686,11 @@ impl Settings {
                 None
             }
         };
+        if let Some(p) = raw.admin.socket.as_ref().filter(|p| !p.is_absolute()) {
+            errs.push(format!(
+                "admin.socket: {p:?} is not an absolute path (e.g. \"{DEFAULT_ADMIN_SOCKET}\"; leave it out for no admin socket)"
+            ));
+        }
         let (Some(address), Some(media_ip), Some(media_ports), Some(limits), true) =
             (address, media_ip, media_ports, limits, errs.is_empty())
         else {
@@ -697,6 +720,7 @@ impl Settings {
             },
         };
         Ok(Settings {
+            admin_socket: raw.admin.socket,
             metrics_listen: raw.metrics.listen(daemon_ops::metrics::SIP_AGENT_DEFAULT),
             listen,
             core: b2bua::Config {

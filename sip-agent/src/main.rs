@@ -1,11 +1,13 @@
-//! `sip-agent run --config FILE` runs the B2BUA; `sip-agent check-config --config FILE`
-//! validates a configuration and exits (docs/sip-agent.md).
+//! `sip-agent run` runs the B2BUA; `sip-agent check-config` validates a configuration and
+//! exits; `sip-agent ctl` asks a running agent (docs/sip-agent.md). `--config` defaults to
+//! /etc/xdpfork/sip-agent.toml.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
-use sip_agent::config::Settings;
+use clap::{CommandFactory, Parser, Subcommand};
+use daemon_ops::{cli_docs::GenerateDocsArgs, logging::LogArgs};
+use sip_agent::config::{Settings, DEFAULT_ADMIN_SOCKET, DEFAULT_CONFIG};
 
 #[derive(Parser)]
 #[command(
@@ -23,16 +25,19 @@ enum Cmd {
     /// Run the agent.
     Run {
         /// TOML configuration file.
-        #[arg(long)]
+        #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
-        /// Unix socket answering `sip-agent ctl` (call and security counters); off when absent.
+        /// Unix socket answering `sip-agent ctl` (call and security counters); overrides the
+        /// config's `[admin] socket`.
         #[arg(long)]
         admin_socket: Option<PathBuf>,
+        #[command(flatten)]
+        log: LogArgs,
     },
     /// Ask a running agent over its admin socket: `show calls`, `show security` or `metrics`.
     Ctl {
-        /// The agent's `--admin-socket`.
-        #[arg(long)]
+        /// The agent's admin socket (`[admin] socket` of its config, or its `--admin-socket`).
+        #[arg(long, default_value = DEFAULT_ADMIN_SOCKET)]
         socket: PathBuf,
         /// Command words, e.g. `show calls`.
         #[arg(required = true)]
@@ -41,25 +46,26 @@ enum Cmd {
     /// Validate a configuration file and print a summary.
     CheckConfig {
         /// TOML configuration file.
-        #[arg(long)]
+        #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Write man pages and shell completions (for `cargo xtask install` and packaging).
+    #[command(hide = true)]
+    GenerateDocs(GenerateDocsArgs),
 }
 
 fn load(path: &PathBuf) -> Result<Settings> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading {} (is the path right?)", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "cannot read config file {} (another file: --config PATH)",
+            path.display()
+        )
+    })?;
     Settings::from_toml(&text)
         .with_context(|| format!("{} is not a valid sip-agent config", path.display()))
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     match Cli::parse().cmd {
         Cmd::CheckConfig { config } => {
             let s = load(&config)?;
@@ -100,11 +106,18 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Cmd::GenerateDocs(args) => {
+            daemon_ops::cli_docs::write(Cli::command(), &args.out_dir)?;
+            Ok(())
+        }
         Cmd::Run {
             config,
             admin_socket,
+            log,
         } => {
+            log.init("info")?;
             let s = load(&config)?;
+            let admin_socket = admin_socket.or_else(|| s.admin_socket.clone());
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

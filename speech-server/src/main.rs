@@ -77,6 +77,8 @@ struct Args {
     /// Require a TLS client certificate signed by a CA in this PEM file (wss only).
     #[arg(long, requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
+    #[command(flatten)]
+    log: daemon_ops::logging::LogArgs,
 }
 
 fn tls_acceptor(
@@ -170,13 +172,7 @@ async fn wait_for_exit(ctx: &Ctx, sig: &mut Signals, duration: Option<u64>) -> &
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    args.log.init("info")?;
 
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(c), Some(k)) => Some(tls_acceptor(c, k, args.tls_client_ca.as_ref())?),

@@ -171,6 +171,150 @@ fn parse_key(s: &str) -> Option<[u8; 16]> {
     Some(key)
 }
 
+/// What a users file entry stores, for listings (never the secret itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    /// `user:password`.
+    Password,
+    /// `user:key=0x<md5>`.
+    Key,
+}
+
+impl UserDb {
+    /// The users, sorted by name, with what each entry stores.
+    pub fn entries(&self) -> Vec<(&str, EntryKind)> {
+        let mut out: Vec<(&str, EntryKind)> = self
+            .users
+            .iter()
+            .map(|(name, secret)| {
+                let kind = match secret {
+                    UserSecret::Password(_) => EntryKind::Password,
+                    UserSecret::Key(_) => EntryKind::Key,
+                };
+                (name.as_str(), kind)
+            })
+            .collect();
+        out.sort_unstable_by_key(|(name, _)| *name);
+        out
+    }
+}
+
+/// Longest USERNAME: fewer than 513 bytes (RFC 8489 §14.3).
+pub const MAX_USERNAME_BYTES: usize = 512;
+
+/// Whether `user` can be a users file entry that a client can send: not empty, at most
+/// [`MAX_USERNAME_BYTES`], no `:` (it ends the name in the file), no control character, no
+/// leading `#` (a comment) and no leading or trailing whitespace (the parser trims lines).
+pub fn check_username(user: &str) -> Result<(), TurnError> {
+    let reason = if user.is_empty() {
+        Some("empty")
+    } else if user.len() > MAX_USERNAME_BYTES {
+        Some("longer than 512 bytes (RFC 8489 §14.3)")
+    } else if user.contains(':') {
+        Some("contains ':' (it separates the name from the secret in the users file)")
+    } else if user.chars().any(char::is_control) {
+        Some("contains a control character")
+    } else if user.starts_with('#') {
+        Some("starts with '#' (a comment in the users file)")
+    } else if user.trim() != user {
+        Some("starts or ends with whitespace")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(TurnError::BadUsername {
+            user: user.to_owned(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// A users file being edited by `turn-server user add|del`: every line not about the edited
+/// user (comments, blank lines, order, other users' entries) stays exactly as it was.
+///
+/// Call order: [`UsersFileText::parse`] (the whole file must be valid), then any number of
+/// [`UsersFileText::set_key`] / [`UsersFileText::remove`], then [`UsersFileText::text`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsersFileText {
+    lines: Vec<String>,
+    db: UserDb,
+}
+
+impl UsersFileText {
+    /// Parses and keeps `text`.
+    pub fn parse(text: &str) -> Result<Self, TurnError> {
+        Ok(UsersFileText {
+            db: UserDb::parse(text)?,
+            lines: text.lines().map(str::to_owned).collect(),
+        })
+    }
+
+    /// The users as the server would load them.
+    pub fn users(&self) -> &UserDb {
+        &self.db
+    }
+
+    /// Index of `user`'s entry line.
+    fn line_of(&self, user: &str) -> Option<usize> {
+        self.lines.iter().position(|l| {
+            let l = l.trim();
+            !l.starts_with('#') && l.split_once(':').is_some_and(|(name, _)| name == user)
+        })
+    }
+
+    /// Stores `user` with the key MD5(user:realm:password) (RFC 8489 §9.2.2), replacing an
+    /// existing entry in place or appending one; returns whether it replaced one. A key is tied
+    /// to its realm, so a file without a `realm=` line gets one, and a file naming another
+    /// realm is refused.
+    pub fn set_key(&mut self, user: &str, realm: &str, key: [u8; 16]) -> Result<bool, TurnError> {
+        check_username(user)?;
+        match self.db.realm() {
+            Some(r) if r != realm => {
+                return Err(TurnError::Config {
+                    reason: "users file realm= differs from the server realm",
+                })
+            }
+            Some(_) => {}
+            None => {
+                self.lines.push(format!("realm={realm}"));
+                self.db.realm = Some(realm.to_owned());
+            }
+        }
+        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        let entry = format!("{user}:key=0x{hex}");
+        let replaced = match self.line_of(user) {
+            Some(i) => {
+                self.lines[i] = entry;
+                true
+            }
+            None => {
+                self.lines.push(entry);
+                false
+            }
+        };
+        self.db.insert_key(user, key);
+        Ok(replaced)
+    }
+
+    /// Removes `user`'s entry.
+    pub fn remove(&mut self, user: &str) -> Result<(), TurnError> {
+        let i = self.line_of(user).ok_or_else(|| TurnError::UnknownUser {
+            user: user.to_owned(),
+        })?;
+        self.lines.remove(i);
+        self.db.users.remove(user);
+        Ok(())
+    }
+
+    /// The file's new text (newline-terminated).
+    pub fn text(&self) -> String {
+        let mut out = self.lines.join("\n");
+        out.push('\n');
+        out
+    }
+}
+
 /// The shared secret of the TURN REST API scheme (draft-uberti-behave-turn-rest, as coturn's
 /// `use-auth-secret`): username = "<expiry unix seconds>:<user>",
 /// password = base64(HMAC-SHA1(secret, username)).
@@ -398,6 +542,99 @@ carol:pa:ss:word
                 other => panic!("{text:?} gave {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn edits_keep_other_lines_and_store_keys() {
+        let mut f = UsersFileText::parse(FILE).expect("valid");
+        let key = long_term_key(&RustCrypto, "dave", "example.org", "pw");
+        assert!(!f.set_key("dave", "example.org", key).expect("added"));
+        let key2 = long_term_key(&RustCrypto, "turnuser", "example.org", "new");
+        assert!(f
+            .set_key("turnuser", "example.org", key2)
+            .expect("replaced"));
+        f.remove("carol").expect("known");
+        let text = f.text();
+        // Comments, blank lines, the realm and bob's line are untouched; turnuser's line is
+        // replaced in place and dave's appended.
+        let mut want = FILE
+            .replace("turnuser:cisco", &format!("turnuser:key=0x{}", hex(&key2)))
+            .replace("carol:pa:ss:word\n", "");
+        want.push_str(&format!("dave:key=0x{}\n", hex(&key)));
+        assert_eq!(text, want);
+        // What the server loads from it agrees.
+        let creds = Credentials::new("example.org")
+            .with_users(UserDb::parse(&text).expect("valid"))
+            .expect("same realm");
+        for (user, pw) in [("dave", "pw"), ("turnuser", "new")] {
+            let u = creds
+                .lookup(user, "example.org", at(0), &RustCrypto)
+                .expect("known");
+            assert_eq!(u.key, long_term_key(&RustCrypto, user, "example.org", pw));
+        }
+        assert_eq!(
+            creds.lookup("carol", "example.org", at(0), &RustCrypto),
+            Err(AuthFailure::UnknownUser)
+        );
+        assert_eq!(
+            f.users().entries(),
+            [
+                ("bob", EntryKind::Key),
+                ("dave", EntryKind::Key),
+                ("turnuser", EntryKind::Key)
+            ]
+        );
+    }
+
+    fn hex(key: &[u8; 16]) -> String {
+        key.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn a_key_pins_the_realm_of_a_file_without_one() {
+        let mut f = UsersFileText::parse("# empty\n").expect("valid");
+        f.set_key("a", "example.org", [0x11; 16]).expect("added");
+        assert_eq!(
+            f.text(),
+            "# empty\nrealm=example.org\na:key=0x11111111111111111111111111111111\n"
+        );
+        assert_eq!(
+            UserDb::parse(&f.text()).expect("valid").realm(),
+            Some("example.org")
+        );
+        assert!(matches!(
+            f.set_key("b", "other.org", [0; 16]),
+            Err(TurnError::Config { .. })
+        ));
+    }
+
+    #[test]
+    fn bad_usernames_and_unknown_users_are_refused() {
+        let mut f = UsersFileText::parse("").expect("valid");
+        let long = "x".repeat(MAX_USERNAME_BYTES + 1);
+        for bad in ["", "a:b", "#a", " a", "a ", "a\tb", "a\nb", long.as_str()] {
+            assert!(
+                matches!(
+                    f.set_key(bad, "r", [0; 16]),
+                    Err(TurnError::BadUsername { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+        assert!(f
+            .set_key(&"x".repeat(MAX_USERNAME_BYTES), "r", [0; 16])
+            .is_ok());
+        assert_eq!(
+            f.remove("nobody"),
+            Err(TurnError::UnknownUser {
+                user: "nobody".into()
+            })
+        );
+        // A commented-out entry is not the user.
+        let mut g = UsersFileText::parse("# a:old\n").expect("valid");
+        assert!(g.remove("a").is_err());
+        assert!(!g.set_key("a", "r", [0; 16]).expect("added"));
+        assert!(g.text().starts_with("# a:old\n"));
     }
 
     #[test]

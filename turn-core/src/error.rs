@@ -63,6 +63,20 @@ pub enum TurnError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// A username cannot be stored in a users file or sent in USERNAME.
+    #[error("username {user:?}: {reason}")]
+    BadUsername {
+        /// The name as given.
+        user: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The users file has no such user (to delete).
+    #[error("no user {user:?} in the users file")]
+    UnknownUser {
+        /// The name as given.
+        user: String,
+    },
     /// An IP range in the configuration could not be parsed.
     #[error("bad IP range {input:?}: {reason}")]
     BadIpRange {

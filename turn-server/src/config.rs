@@ -29,7 +29,7 @@ use turn_core::{
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The config file could not be read.
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path} (another file: --config PATH): {source}")]
     Read {
         /// File named on the command line.
         path: PathBuf,
@@ -356,7 +356,12 @@ struct RawControl {
     socket: PathBuf,
 }
 
-/// Where `turn-server status` looks when `--socket` is not given.
+/// The config file every subcommand reads when `--config` is not given (the one
+/// `cargo xtask install` puts there).
+pub const DEFAULT_CONFIG: &str = "/etc/xdpfork/turn-server.toml";
+
+/// Where `turn-server status` looks when `--socket` is not given: the default config's
+/// `[control] socket`.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/xdpfork/turn-server.sock";
 
 fn default_socket() -> PathBuf {
@@ -473,12 +478,41 @@ impl Config {
     }
 }
 
+/// What `turn-server user` and `turn-server credential` need from a config file: the realm,
+/// the users file and the REST shared secret. The rest of the file is parsed (so a typo is
+/// still reported) but not validated, and the users file is not read: `user add` may create it.
+pub struct AuthSettings {
+    /// `realm`.
+    pub realm: String,
+    /// `auth.users_file`.
+    pub users_file: Option<PathBuf>,
+    /// `auth.rest_secret` or `auth.rest_secret_file`.
+    pub rest_secret: Option<RestSecret>,
+}
+
+impl AuthSettings {
+    /// Reads `path` for its `realm` and `[auth]` settings.
+    pub fn load(path: &Path) -> Result<AuthSettings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let raw: RawConfig = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        check_realm(&raw.realm)?;
+        Ok(AuthSettings {
+            rest_secret: rest_secret(&raw.auth)?,
+            users_file: raw.auth.users_file,
+            realm: raw.realm,
+        })
+    }
+}
+
 impl RawConfig {
     fn validate(self) -> Result<Config, ConfigError> {
-        // RFC 8489 §14.9: REALM is fewer than 128 characters.
-        if self.realm.is_empty() || self.realm.chars().count() >= 128 {
-            return Err(invalid("realm", "must be 1 to 127 characters"));
-        }
+        check_realm(&self.realm)?;
         let listen = Listen {
             udp: self.listen.udp,
             tcp: self.listen.tcp,
@@ -615,6 +649,14 @@ impl RawConfig {
     }
 }
 
+fn check_realm(realm: &str) -> Result<(), ConfigError> {
+    // RFC 8489 §14.9: REALM is fewer than 128 characters.
+    if realm.is_empty() || realm.chars().count() >= 128 {
+        return Err(invalid("realm", "must be 1 to 127 characters"));
+    }
+    Ok(())
+}
+
 fn validate_offload(o: RawOffload, listen: &Listen) -> Result<Offload, ConfigError> {
     if !o.fork_agent_socket.is_absolute() {
         return Err(invalid(
@@ -680,6 +722,20 @@ fn load_credentials(realm: &str, auth: &RawAuth) -> Result<Credentials, ConfigEr
             .with_users(users)
             .map_err(|e| invalid("auth.users_file", format!("{}: {e}", path.display())))?;
     }
+    if let Some(secret) = rest_secret(auth)? {
+        creds = creds.with_rest_secret(secret);
+    }
+    if auth.users_file.is_none() && auth.rest_secret.is_none() && auth.rest_secret_file.is_none() {
+        return Err(invalid(
+            "auth",
+            "no credentials: set auth.users_file and/or auth.rest_secret (or rest_secret_file)",
+        ));
+    }
+    Ok(creds)
+}
+
+/// `auth.rest_secret` or the first line of `auth.rest_secret_file`, if either is set.
+fn rest_secret(auth: &RawAuth) -> Result<Option<RestSecret>, ConfigError> {
     let secret = match (&auth.rest_secret, &auth.rest_secret_file) {
         (Some(_), Some(_)) => {
             return Err(invalid(
@@ -701,19 +757,11 @@ fn load_credentials(realm: &str, auth: &RawAuth) -> Result<Credentials, ConfigEr
         ),
         (None, None) => None,
     };
-    if let Some(s) = secret {
-        if s.is_empty() {
-            return Err(invalid("auth.rest_secret", "the shared secret is empty"));
-        }
-        creds = creds.with_rest_secret(RestSecret::new(s.into_bytes()));
+    match secret {
+        Some(s) if s.is_empty() => Err(invalid("auth.rest_secret", "the shared secret is empty")),
+        Some(s) => Ok(Some(RestSecret::new(s.into_bytes()))),
+        None => Ok(None),
     }
-    if auth.users_file.is_none() && auth.rest_secret.is_none() && auth.rest_secret_file.is_none() {
-        return Err(invalid(
-            "auth",
-            "no credentials: set auth.users_file and/or auth.rest_secret (or rest_secret_file)",
-        ));
-    }
-    Ok(creds)
 }
 
 fn load_tls(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, ConfigError> {

@@ -13,6 +13,11 @@
 //!                                                         0640, never overwritten: a differing
 //!                                                         existing file gets NAME.new beside it
 //! PREFIX/share/doc/xdpfork/operations.md                  0644
+//! PREFIX/share/man/man8/{BINARY,BINARY-SUBCOMMAND...}.8   0644, from each binary's hidden
+//!                                                         `generate-docs` (clap_mangen)
+//! PREFIX/share/bash-completion/completions/BINARY         0644, bash  (clap_complete)
+//! PREFIX/share/zsh/site-functions/_BINARY                 0644, zsh
+//! PREFIX/share/fish/vendor_completions.d/BINARY.fish      0644, fish
 //! PREFIX/share/xdpfork/install-manifest                   what this install put there
 //! ```
 //! UNITDIR etc. are `PREFIX/lib/...` for the prefixes systemd searches (`/usr`, `/usr/local`) and
@@ -127,6 +132,8 @@ pub(crate) struct Layout {
     pub(crate) conf_dir: PathBuf,
     pub(crate) doc_dir: PathBuf,
     pub(crate) data_dir: PathBuf,
+    /// PREFIX/share: man pages and shell completions go below it.
+    pub(crate) share_dir: PathBuf,
 }
 
 impl Layout {
@@ -158,7 +165,27 @@ impl Layout {
             conf_dir: PathBuf::from("/etc/xdpfork"),
             doc_dir: prefix.join("share/doc/xdpfork"),
             data_dir: prefix.join("share/xdpfork"),
+            share_dir: prefix.join("share"),
         })
+    }
+
+    /// Where a file `generate-docs` wrote (relative to its `--out-dir`) is installed: the
+    /// directories man(1), bash-completion, zsh and fish search under the prefix.
+    pub(crate) fn cli_doc_target(&self, rel: &Path) -> Option<PathBuf> {
+        let mut parts = rel.components();
+        let kind = parts.next()?.as_os_str().to_str()?;
+        let name = parts.next()?.as_os_str();
+        if parts.next().is_some() {
+            return None;
+        }
+        let dir = match kind {
+            "man8" => "man/man8",
+            "bash" => "bash-completion/completions",
+            "zsh" => "zsh/site-functions",
+            "fish" => "fish/vendor_completions.d",
+            _ => return None,
+        };
+        Some(self.share_dir.join(dir).join(name))
     }
 
     /// The manifest, as seen on the target.
@@ -403,6 +430,11 @@ fn install_files(layout: &Layout, bin_src: &Path) -> Result<Vec<Entry>> {
         let bytes = fs::read(&src).with_context(|| format!("reading {}", src.display()))?;
         put(layout.bin_dir.join(b), &bytes, 0o755)?;
     }
+    for b in BINARIES {
+        for (target, bytes) in cli_docs(layout, &bin_src.join(b))? {
+            put(target, &bytes, 0o644)?;
+        }
+    }
     for (name, template) in UNITS {
         put(
             layout.unit_dir.join(name),
@@ -457,6 +489,49 @@ fn install_files(layout: &Layout, bin_src: &Path) -> Result<Vec<Entry>> {
         entries.push(Entry::Config(target));
     }
     Ok(entries)
+}
+
+/// The man pages and completions `binary generate-docs` writes, with their install targets.
+/// The binary describes itself, so the pages match exactly what is installed (xtask cannot
+/// link the daemons: fork-agent's build needs the BPF toolchain xtask sets up).
+fn cli_docs(layout: &Layout, binary: &Path) -> Result<Vec<(PathBuf, Vec<u8>)>> {
+    let name = binary
+        .file_name()
+        .map_or_else(|| "binary".into(), |n| n.to_string_lossy().into_owned());
+    let out = std::env::temp_dir().join(format!("xdpfork-docs-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&out);
+    let result = (|| {
+        setup::run_checked(
+            Command::new(binary)
+                .arg("generate-docs")
+                .arg("--out-dir")
+                .arg(&out),
+            &format!("generating {name}'s man pages and completions"),
+            "is the binary from this tree? (`generate-docs` is a hidden subcommand)",
+        )?;
+        let mut files = Vec::new();
+        let mut stack = vec![out.clone()];
+        while let Some(dir) = stack.pop() {
+            for e in fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+                let path = e?.path();
+                if path.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                let rel = path.strip_prefix(&out)?;
+                let target = layout.cli_doc_target(rel).with_context(|| {
+                    format!("{name} generate-docs wrote an unexpected {}", rel.display())
+                })?;
+                let bytes =
+                    fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+                files.push((target, bytes));
+            }
+        }
+        files.sort();
+        Ok(files)
+    })();
+    let _ = fs::remove_dir_all(&out);
+    result
 }
 
 /// Without a destdir: the user, the directories, config ownership and systemd's view.
@@ -658,6 +733,39 @@ fn stop_and_detach(layout: &Layout, entries: &BTreeSet<Entry>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generated_docs_go_where_man_and_the_shells_look() {
+        let l = Layout::new(Path::new("/usr/local"), None).expect("layout");
+        let t = |rel: &str| l.cli_doc_target(Path::new(rel));
+        assert_eq!(
+            t("man8/turn-server-user-add.8"),
+            Some(PathBuf::from(
+                "/usr/local/share/man/man8/turn-server-user-add.8"
+            ))
+        );
+        assert_eq!(
+            t("bash/sip-agent"),
+            Some(PathBuf::from(
+                "/usr/local/share/bash-completion/completions/sip-agent"
+            ))
+        );
+        assert_eq!(
+            t("zsh/_fork-agent"),
+            Some(PathBuf::from(
+                "/usr/local/share/zsh/site-functions/_fork-agent"
+            ))
+        );
+        assert_eq!(
+            t("fish/fork-agent.fish"),
+            Some(PathBuf::from(
+                "/usr/local/share/fish/vendor_completions.d/fork-agent.fish"
+            ))
+        );
+        for odd in ["man1/x.1", "x", "man8/a/b.8"] {
+            assert_eq!(t(odd), None, "{odd}");
+        }
+    }
 
     #[test]
     fn usr_local_keeps_systemd_files_under_the_prefix() {

@@ -288,3 +288,22 @@ fn limits_default_and_each_error_names_its_field() {
         assert!(e.iter().any(|l| l.starts_with(field)), "{line}: {e:?}");
     }
 }
+
+#[test]
+fn admin_socket_is_off_unless_configured_and_must_be_absolute() {
+    assert_eq!(Settings::from_toml(GOOD).expect("good").admin_socket, None);
+    let s = Settings::from_toml(&format!(
+        "{GOOD}\n[admin]\nsocket = \"{DEFAULT_ADMIN_SOCKET}\"\n"
+    ))
+    .expect("admin socket");
+    assert_eq!(
+        s.admin_socket.as_deref(),
+        Some(std::path::Path::new(DEFAULT_ADMIN_SOCKET))
+    );
+    let e = errors(&format!("{GOOD}\n[admin]\nsocket = \"admin.sock\"\n"));
+    assert!(
+        e.iter()
+            .any(|l| l.starts_with("admin.socket: \"admin.sock\"")),
+        "{e:?}"
+    );
+}

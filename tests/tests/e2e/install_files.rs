@@ -32,7 +32,85 @@ const EXPECTED: &[(&str, u32)] = &[
     ("usr/local/lib/tmpfiles.d/xdpfork.conf", 0o644),
     ("usr/local/share/doc/xdpfork/operations.md", 0o644),
     ("usr/local/share/xdpfork/install-manifest", 0o644),
+    // Generated from each binary's clap definition (`generate-docs`).
+    (
+        "usr/local/share/bash-completion/completions/fork-agent",
+        0o644,
+    ),
+    (
+        "usr/local/share/bash-completion/completions/sip-agent",
+        0o644,
+    ),
+    (
+        "usr/local/share/bash-completion/completions/turn-server",
+        0o644,
+    ),
+    ("usr/local/share/zsh/site-functions/_fork-agent", 0o644),
+    ("usr/local/share/zsh/site-functions/_sip-agent", 0o644),
+    ("usr/local/share/zsh/site-functions/_turn-server", 0o644),
+    (
+        "usr/local/share/fish/vendor_completions.d/fork-agent.fish",
+        0o644,
+    ),
+    (
+        "usr/local/share/fish/vendor_completions.d/sip-agent.fish",
+        0o644,
+    ),
+    (
+        "usr/local/share/fish/vendor_completions.d/turn-server.fish",
+        0o644,
+    ),
 ];
+
+/// Man pages: one per binary and one per subcommand at every level (`BINARY-SUB-SUBSUB.8`).
+/// The full list follows the binaries' subcommands, so the test pins a few of each binary and
+/// checks every page is named after one.
+const MAN_DIR: &str = "usr/local/share/man/man8/";
+const MAN_PAGES: &[&str] = &[
+    "fork-agent.8",
+    "fork-agent-run.8",
+    "fork-agent-ctl.8",
+    "fork-agent-ctl-show.8",
+    "sip-agent.8",
+    "sip-agent-run.8",
+    "sip-agent-ctl.8",
+    "turn-server.8",
+    "turn-server-user.8",
+    "turn-server-user-add.8",
+    "turn-server-credential.8",
+];
+
+/// Files with their permission bits, relative to DESTDIR.
+type FileSet = BTreeSet<(String, u32)>;
+
+/// Splits `files` into man pages (checked: named after a binary, 0644, a man page that
+/// documents the binary's version) and the rest.
+fn split_man_pages(d: &Path, files: FileSet) -> Result<(BTreeSet<String>, FileSet)> {
+    let (man, rest): (BTreeSet<_>, BTreeSet<_>) =
+        files.into_iter().partition(|(p, _)| p.starts_with(MAN_DIR));
+    let mut pages = BTreeSet::new();
+    for (p, mode) in man {
+        let page = p[MAN_DIR.len()..].to_owned();
+        assert_eq!(mode, 0o644, "{p}");
+        assert!(
+            page.ends_with(".8")
+                && ["fork-agent", "sip-agent", "turn-server"]
+                    .iter()
+                    .any(|b| page == format!("{b}.8") || page.starts_with(&format!("{b}-"))),
+            "unexpected man page {p}"
+        );
+        let text = std::fs::read_to_string(d.join(&p))?;
+        assert!(
+            text.contains(".TH ") && text.contains(concat!("xdpfork ", env!("CARGO_PKG_VERSION"))),
+            "{p} is not a generated man page:\n{text}"
+        );
+        pages.insert(page);
+    }
+    for want in MAN_PAGES {
+        assert!(pages.contains(*want), "no man page {want}: {pages:?}");
+    }
+    Ok((pages, rest))
+}
 
 /// A scratch DESTDIR removed on drop.
 struct Stage(PathBuf);
@@ -103,7 +181,15 @@ fn staged_install_writes_the_file_set_keeps_edited_configs_and_uninstalls_exactl
     let stage = Stage::new("install-files")?;
     let d = &stage.0;
     let out = install(d)?;
-    assert_eq!(files(d)?, expected(), "installed file set; output:\n{out}");
+    let (pages, rest) = split_man_pages(d, files(d)?)?;
+    assert_eq!(rest, expected(), "installed file set; output:\n{out}");
+    // The completions know the subcommands.
+    let bash =
+        std::fs::read_to_string(d.join("usr/local/share/bash-completion/completions/turn-server"))?;
+    assert!(
+        bash.contains("credential") && bash.contains("--password-stdin"),
+        "{bash}"
+    );
 
     // The units run the installed binaries with the installed configs.
     let unit = std::fs::read_to_string(d.join("usr/local/lib/systemd/system/fork-agent.service"))?;
@@ -140,7 +226,9 @@ fn staged_install_writes_the_file_set_keeps_edited_configs_and_uninstalls_exactl
     let mut with_new = expected();
     with_new.insert(("etc/xdpfork/sip-agent.toml.new".into(), 0o640));
     with_new.remove(&("etc/xdpfork/sip-agent.toml".to_string(), 0o640));
-    let now: BTreeSet<(String, u32)> = files(d)?
+    let (pages_now, rest) = split_man_pages(d, files(d)?)?;
+    assert_eq!(pages_now, pages, "man pages after reinstall");
+    let now: BTreeSet<(String, u32)> = rest
         .into_iter()
         .filter(|(p, _)| p != "etc/xdpfork/sip-agent.toml")
         .collect();

@@ -173,6 +173,19 @@ pub fn spawn_turn_server_env(
     rfc5766_channels: bool,
     env: &[(&str, &str)],
 ) -> Result<PathBuf> {
+    let config = write_turn_config(topo, auth_lines, extra, tls, rfc5766_channels)?;
+    start_turn_server(topo, &config, env)
+}
+
+/// Writes the test users file and a turn-server config into `topo` (see [`spawn_turn_server`]
+/// for the arguments); returns the config's path.
+pub fn write_turn_config(
+    topo: &Topology,
+    auth_lines: &str,
+    extra: &str,
+    tls: bool,
+    rfc5766_channels: bool,
+) -> Result<PathBuf> {
     let (tls_listen, tls_section) = if tls {
         let (cert, key) = (topo.dir.join("turn.crt"), topo.dir.join("turn.key"));
         let out = Command::new("openssl")
@@ -204,7 +217,7 @@ pub fn spawn_turn_server_env(
         &users,
         format!("# test users\nrealm={REALM}\n{USER}:{PASSWORD}\n{OTHER_USER}:{OTHER_PASSWORD}\n"),
     )?;
-    let socket = topo.dir.join("turn-server.sock");
+    let socket = turn_socket(topo);
     let config = topo.dir.join("turn-server.toml");
     std::fs::write(
         &config,
@@ -237,6 +250,22 @@ rfc5766_channels = {rfc5766_channels}
             sock = socket.display(),
         ),
     )?;
+    Ok(config)
+}
+
+/// The control socket a config written by [`write_turn_config`] names.
+pub fn turn_socket(topo: &Topology) -> PathBuf {
+    topo.dir.join("turn-server.sock")
+}
+
+/// Checks `config` with `turn-server check-config`, starts turn-server on it in the forker
+/// namespace and waits for its control socket, whose path it returns.
+pub fn start_turn_server(
+    topo: &mut Topology,
+    config: &std::path::Path,
+    env: &[(&str, &str)],
+) -> Result<PathBuf> {
+    let socket = turn_socket(topo);
     // Debug logs carry the lifecycle events (allocation, permission, channel) the tests
     // look for; a RUST_LOG of the caller's own wins.
     let filter = std::env::var("RUST_LOG")
@@ -307,11 +336,23 @@ pub fn channel_round_trip(
     len: u64,
     watch: impl Fn(&serde_json::Value) -> bool + Send + 'static,
 ) -> Result<RoundTrip> {
+    channel_round_trip_as(s, (USER, PASSWORD), transport, n, len, watch)
+}
+
+/// [`channel_round_trip`] with other long-term credentials (user, password).
+pub fn channel_round_trip_as(
+    s: &TurnScenario,
+    (user, password): (&str, &str),
+    transport: &[&str],
+    n: u64,
+    len: u64,
+    watch: impl Fn(&serde_json::Value) -> bool + Send + 'static,
+) -> Result<RoundTrip> {
     let watcher = watch_status(s.socket.clone(), watch);
     let (n_s, len_s) = (n.to_string(), len.to_string());
     let mut args = transport.to_vec();
     args.extend([
-        "-u", USER, "-w", PASSWORD, "-e", PEER_IP, "-r", "3480", "-n", &n_s, "-l", &len_s, "-c",
+        "-u", user, "-w", password, "-e", PEER_IP, "-r", "3480", "-n", &n_s, "-l", &len_s, "-c",
     ]);
     let (ok, out) = s.uclient(&args, Duration::from_secs(60))?;
     let seen = watcher
