@@ -34,6 +34,10 @@ pub(crate) struct Args {
     /// Where the .deb goes (default: `target/debian`).
     #[arg(long)]
     out_dir: Option<PathBuf>,
+    /// dpkg-deb's compressor: xz (Debian's default, smallest), zstd (fast; dpkg >= 1.21.18),
+    /// gzip or none. Tests use zstd: xz takes a minute on the debug binaries.
+    #[arg(long, default_value = "xz", value_parser = ["xz", "zstd", "gzip", "none"])]
+    compression: String,
     /// The `Maintainer:` field.
     #[arg(long, default_value = MAINTAINER)]
     maintainer: String,
@@ -142,6 +146,7 @@ pub(crate) fn run(args: Args) -> Result<()> {
     setup::run_checked(
         Command::new("dpkg-deb")
             .args(["--root-owner-group", "--build"])
+            .arg(format!("-Z{}", args.compression))
             .arg(&tree)
             .arg(&deb),
         "dpkg-deb --build",

@@ -32,6 +32,12 @@ const EXPECTED: &[(&str, u32)] = &[
     ("usr/local/lib/tmpfiles.d/xdpfork.conf", 0o644),
     ("usr/local/share/doc/xdpfork/operations.md", 0o644),
     ("usr/local/share/xdpfork/install-manifest", 0o644),
+    (
+        "usr/local/share/xdpfork/scripts/xdpfork-capture-fork",
+        0o755,
+    ),
+    ("usr/local/share/xdpfork/scripts/xdpfork-maps", 0o755),
+    ("usr/local/share/xdpfork/scripts/xdpfork-try-fork", 0o755),
 ];
 
 /// A scratch DESTDIR removed on drop.

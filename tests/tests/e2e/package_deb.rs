@@ -72,6 +72,9 @@ fn package(out: &Path, revision: &str) -> Result<PathBuf> {
             &out_s,
             "--revision",
             revision,
+            // xz takes a minute per package on debug binaries; the format is the same.
+            "--compression",
+            "zstd",
         ],
     )?;
     let deb = stdout
@@ -198,7 +201,7 @@ fn deb_installs_upgrades_mid_call_without_loss_and_purges_clean() -> Result<()> 
     let (uid, gid) = account(&root, "xdpfork")?.context("postinst created no xdpfork user")?;
     assert!(uid > 0 && uid < 1000, "xdpfork is a system user: uid {uid}");
     for d in ["run/xdpfork", "var/lib/xdpfork"] {
-        let m = std::fs::metadata(root.join(d)).with_context(|| format!("{d}"))?;
+        let m = std::fs::metadata(root.join(d)).with_context(|| format!("stat {d}"))?;
         assert_eq!(
             (m.uid(), m.gid(), m.mode() & 0o7777),
             (uid, gid, 0o750),
