@@ -22,6 +22,7 @@ use std::{
 };
 
 use crate::install_support::{agent_pid, start_limited, ServiceLimits, Stage};
+use crate::sip_support::stream_of;
 use anyhow::{bail, Context, Result};
 use nix::sys::signal::Signal;
 use xdpfork_tests::{addrs::*, bin, bin_dir, Scenario, Topology};
@@ -299,11 +300,7 @@ fn deb_installs_upgrades_mid_call_without_loss_and_purges_clean() -> Result<()> 
     let forks = s.ctl(serde_json::json!({"v":1,"op":"show_forks"}))?;
     assert_eq!(forks.as_array().map(Vec::len), Some(1), "forks: {forks}");
     let summary = s.speech_summary()?;
-    let caller = summary["streams"]
-        .as_array()
-        .and_then(|st| st.iter().find(|x| x["channel"] == "caller"))
-        .cloned()
-        .unwrap_or_default();
+    let caller = stream_of(&summary, "caller");
     assert!(
         caller["resumed_starts"].as_u64() >= Some(1),
         "the upgraded agent resumes the stream: {caller}"

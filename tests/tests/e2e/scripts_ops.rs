@@ -178,24 +178,29 @@ fn try_fork_starts_a_fork_in_an_established_call() -> Result<()> {
             std::thread::sleep(Duration::from_millis(100));
         };
         let journal_s = journal.to_string_lossy().into_owned();
-        let common = [
-            "--journal",
-            &journal_s,
-            "--sip-agent",
-            AGENT_A,
-            "--url",
-            SPEECH_URL,
-        ];
+        let try_fork = |call_id: &str, guid: &str| {
+            let args = [
+                "--call-id",
+                call_id,
+                "--guid",
+                guid,
+                "--journal",
+                &journal_s,
+                "--sip-agent",
+                AGENT_A,
+                "--url",
+                SPEECH_URL,
+            ];
+            run(
+                Some((&t.s.topo, Host::Caller)),
+                "xdpfork-try-fork",
+                &args,
+                30,
+            )
+        };
 
         // A Call-ID sip-agent does not have: a clear refusal before anything is sent.
-        let mut args = vec!["--call-id", "nobody@nowhere"];
-        args.extend_from_slice(&common);
-        let none = run(
-            Some((&t.s.topo, Host::Caller)),
-            "xdpfork-try-fork",
-            &args,
-            30,
-        )?;
+        let none = try_fork("nobody@nowhere", "0BAD")?;
         assert!(
             !none.status.success()
                 && String::from_utf8_lossy(&none.stderr).contains("no established call"),
@@ -205,14 +210,7 @@ fn try_fork_starts_a_fork_in_an_established_call() -> Result<()> {
 
         // The real one, from the controller's (the caller's) address.
         let guid = "5C21A7F0D00D";
-        let mut args = vec!["--call-id", &call_id, "--guid", guid];
-        args.extend_from_slice(&common);
-        let ok = run(
-            Some((&t.s.topo, Host::Caller)),
-            "xdpfork-try-fork",
-            &args,
-            30,
-        )?;
+        let ok = try_fork(&call_id, guid)?;
         assert!(
             ok.status.success(),
             "xdpfork-try-fork: {}\n{}",
