@@ -61,6 +61,9 @@ enum Cmd {
     Unpin {
         #[arg(long, default_value = fork_common::PIN_DIR_DEFAULT)]
         pin_dir: PathBuf,
+        /// Also delete this fork veth (and its peer) if it exists, as a package removal does.
+        #[arg(long)]
+        fork_interface: Option<String>,
     },
     /// Write man pages and shell completions (for `cargo xtask install` and packaging).
     #[command(hide = true)]
@@ -190,7 +193,18 @@ fn dispatch(cli: Cli) -> Result<std::process::ExitCode> {
             println!("{}: ok", config.display());
         }
         Cmd::Ctl { socket, json, cmd } => ctl(&socket, json, cmd)?,
-        Cmd::Unpin { pin_dir } => fork_agent::io::ebpf::unpin_all(&pin_dir)?,
+        Cmd::Unpin {
+            pin_dir,
+            fork_interface,
+        } => {
+            fork_agent::io::ebpf::unpin_all(&pin_dir)?;
+            if let Some(name) = fork_interface {
+                // Over netlink, like everything fork-agent does to links: no `ip` needed.
+                if fork_agent::io::netdev::ifindex(&name).is_ok() {
+                    fork_agent::io::netdev::delete_link(&name)?;
+                }
+            }
+        }
         Cmd::GenerateDocs(args) => {
             daemon_ops::cli_docs::write(Cli::command(), &args.out_dir)?;
         }

@@ -18,6 +18,7 @@
 //! PREFIX/share/bash-completion/completions/BINARY         0644, bash  (clap_complete)
 //! PREFIX/share/zsh/site-functions/_BINARY                 0644, zsh
 //! PREFIX/share/fish/vendor_completions.d/BINARY.fish      0644, fish
+//! PREFIX/share/xdpfork/scripts/xdpfork-*                  0755, operator helpers (scripts/)
 //! PREFIX/share/xdpfork/install-manifest                   what this install put there
 //! ```
 //! UNITDIR etc. are `PREFIX/lib/...` for the prefixes systemd searches (`/usr`, `/usr/local`) and
@@ -72,7 +73,7 @@ pub(crate) struct UninstallArgs {
 }
 
 /// The programs installed to PREFIX/bin, in the order services depend on each other.
-const BINARIES: [&str; 3] = ["fork-agent", "sip-agent", "turn-server"];
+pub(crate) const BINARIES: [&str; 3] = ["fork-agent", "sip-agent", "turn-server"];
 
 /// Unit files: (installed name, template).
 const UNITS: [(&str, &str); 3] = [
@@ -105,6 +106,21 @@ const CONFIGS: [(&str, &str); 4] = [
         include_str!("../../dist/config/turn-server.toml"),
     ),
     ("turn-users", include_str!("../../dist/config/turn-users")),
+];
+
+/// Operator helpers from scripts/: (name, content). They live in PREFIX/share/xdpfork/scripts,
+/// off PATH: they need tools the services do not (bpftool, tcpdump, sipp, jq), so the package
+/// only suggests those, and each says what it lacks (docs/operations.md "Operator scripts").
+pub(crate) const SCRIPTS: [(&str, &str); 3] = [
+    ("xdpfork-maps", include_str!("../../scripts/xdpfork-maps")),
+    (
+        "xdpfork-capture-fork",
+        include_str!("../../scripts/xdpfork-capture-fork"),
+    ),
+    (
+        "xdpfork-try-fork",
+        include_str!("../../scripts/xdpfork-try-fork"),
+    ),
 ];
 
 const SYSUSERS: &str = include_str!("../../dist/sysusers.d/xdpfork.conf");
@@ -186,6 +202,11 @@ impl Layout {
             _ => return None,
         };
         Some(self.share_dir.join(dir).join(name))
+    }
+
+    /// The operator scripts' directory, as seen on the target.
+    pub(crate) fn scripts_dir(&self) -> PathBuf {
+        self.data_dir.join("scripts")
     }
 
     /// The manifest, as seen on the target.
@@ -330,7 +351,7 @@ fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
 }
 
 /// The release binaries' directory: `$CARGO_TARGET_DIR/release` or `<root>/target/release`.
-fn release_dir() -> PathBuf {
+pub(crate) fn release_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .map(|d| {
@@ -373,8 +394,23 @@ pub(crate) fn run(args: Args) -> Result<()> {
     if !layout.staged() && !setup::is_root()? {
         bail!("installing into / needs root (or stage it with --destdir DIR)");
     }
-    let bin_src = match &args.bin_dir {
-        Some(d) => d.clone(),
+    let bin_src = binaries(args.bin_dir.as_deref())?;
+    stage(&layout, &bin_src)?;
+    if layout.staged() {
+        println!(
+            "install: staged under {}: create the user with systemd-sysusers and the directories \
+             with systemd-tmpfiles on the target, then `systemctl daemon-reload`",
+            layout.root.display()
+        );
+        return Ok(());
+    }
+    integrate_system(&layout)
+}
+
+/// The directory holding the binaries to install: `bin_dir`, or release binaries built now.
+pub(crate) fn binaries(bin_dir: Option<&Path>) -> Result<PathBuf> {
+    let bin_src = match bin_dir {
+        Some(d) => d.to_owned(),
         None => {
             setup::ensure_ready()?;
             build::build(true)?;
@@ -390,7 +426,13 @@ pub(crate) fn run(args: Args) -> Result<()> {
             );
         }
     }
-    let entries = install_files(&layout, &bin_src)?;
+    Ok(bin_src)
+}
+
+/// Write every file of the install under `layout` (binaries from `bin_src`) and the manifest;
+/// nothing outside `layout.root` is touched. `cargo xtask package` builds the .deb from this.
+pub(crate) fn stage(layout: &Layout, bin_src: &Path) -> Result<()> {
+    let entries = install_files(layout, bin_src)?;
 
     let manifest = layout.on_disk(&layout.manifest());
     let mut all = match fs::read_to_string(&manifest) {
@@ -404,16 +446,7 @@ pub(crate) fn run(args: Args) -> Result<()> {
     all.insert(Entry::File(layout.manifest()));
     write_atomic(&manifest, format_manifest(&all).as_bytes(), 0o644)?;
     println!("install: manifest {}", manifest.display());
-
-    if layout.staged() {
-        println!(
-            "install: staged under {}: create the user with systemd-sysusers and the directories \
-             with systemd-tmpfiles on the target, then `systemctl daemon-reload`",
-            layout.root.display()
-        );
-        return Ok(());
-    }
-    integrate_system(&layout)
+    Ok(())
 }
 
 /// Copy every file; returns the manifest entries.
@@ -457,6 +490,9 @@ fn install_files(layout: &Layout, bin_src: &Path) -> Result<Vec<Entry>> {
         OPERATIONS_DOC.as_bytes(),
         0o644,
     )?;
+    for (name, text) in SCRIPTS {
+        put(layout.scripts_dir().join(name), text.as_bytes(), 0o755)?;
+    }
     for (name, default) in CONFIGS {
         let target = layout.conf_dir.join(name);
         let disk = layout.on_disk(&target);
@@ -651,7 +687,12 @@ pub(crate) fn run_uninstall(args: UninstallArgs) -> Result<()> {
     }
     fs::remove_file(&manifest).with_context(|| format!("removing {}", manifest.display()))?;
     // Our own directories, when empty (a kept config keeps /etc/xdpfork).
-    for d in [&layout.conf_dir, &layout.doc_dir, &layout.data_dir] {
+    for d in [
+        &layout.conf_dir,
+        &layout.doc_dir,
+        &layout.scripts_dir(),
+        &layout.data_dir,
+    ] {
         let _ = fs::remove_dir(layout.on_disk(d));
     }
     for k in &kept {

@@ -11,6 +11,7 @@ mod build;
 mod demo;
 mod fuzz;
 mod install;
+mod package;
 mod setup;
 mod test;
 
@@ -42,6 +43,8 @@ enum Command {
     Demo(demo::Args),
     /// Build release binaries and install them with configs and systemd units (see docs/operations.md).
     Install(install::Args),
+    /// Build release binaries and a Debian package of what `install` puts in place (target/debian).
+    Package(package::Args),
     /// Remove what `install` put there; without --destdir also stop the services and detach XDP.
     Uninstall(install::UninstallArgs),
     /// Benchmark the relays side by side: `relay` (XDP vs udp-relay vs rtpengine) or `turn` (needs root).
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Install(args) => install::run(args),
         Command::Uninstall(args) => install::run_uninstall(args),
+        Command::Package(args) => package::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Fuzz(args) => fuzz::run(args),
     };

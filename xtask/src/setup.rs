@@ -73,6 +73,14 @@ pub(crate) const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "tinyproxy",
         "HTTP CONNECT proxy for the WebSocket-through-proxy tests",
     ),
+    (
+        "dpkg-dev",
+        "`dpkg-shlibdeps` computes the .deb's Depends in `cargo xtask package`",
+    ),
+    (
+        "jq",
+        "reads sip-agent's call journal in scripts/xdpfork-try-fork",
+    ),
     ("procps", "`ps`, `sysctl`, `pkill` used by test harnesses"),
     ("psmisc", "`fuser`: find who holds a port the tests need"),
     (

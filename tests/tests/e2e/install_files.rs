@@ -60,6 +60,12 @@ const EXPECTED: &[(&str, u32)] = &[
         "usr/local/share/fish/vendor_completions.d/turn-server.fish",
         0o644,
     ),
+    (
+        "usr/local/share/xdpfork/scripts/xdpfork-capture-fork",
+        0o755,
+    ),
+    ("usr/local/share/xdpfork/scripts/xdpfork-maps", 0o755),
+    ("usr/local/share/xdpfork/scripts/xdpfork-try-fork", 0o755),
 ];
 
 /// Man pages: one per binary and one per subcommand at every level (`BINARY-SUB-SUBSUB.8`).

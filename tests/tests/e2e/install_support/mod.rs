@@ -69,6 +69,10 @@ pub struct ServiceLimits {
     /// `LimitMEMLOCK=` in bytes.
     pub memlock: u64,
     pub no_new_privs: bool,
+    /// The uid and gid `User=`/`Group=` stand for: [`SERVICE_UID`], or the `xdpfork` user a
+    /// package created.
+    pub uid: u32,
+    pub gid: u32,
 }
 
 impl ServiceLimits {
@@ -103,6 +107,8 @@ impl ServiceLimits {
             bounding: words(get("CapabilityBoundingSet")?),
             memlock,
             no_new_privs: get("NoNewPrivileges")? == "yes",
+            uid: SERVICE_UID,
+            gid: SERVICE_UID,
         })
     }
 
@@ -148,15 +154,14 @@ impl ServiceLimits {
             .position(|w| w == "--config")
             .context("ExecStart= has no --config")?;
         exec[cfg + 1] = config.to_string_lossy().into_owned();
-        let uid = SERVICE_UID.to_string();
         let mut cmd = vec![
             format!("--memlock={0}:{0}", self.memlock),
             "--".into(),
             "setpriv".into(),
             "--reuid".into(),
-            uid.clone(),
+            self.uid.to_string(),
             "--regid".into(),
-            uid,
+            self.gid.to_string(),
             "--clear-groups".into(),
             format!("--inh-caps={}", Self::setpriv_caps(&self.ambient)),
             format!("--ambient-caps={}", Self::setpriv_caps(&self.ambient)),
