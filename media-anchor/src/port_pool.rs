@@ -99,6 +99,24 @@ impl PortPool {
     }
 }
 
+/// Parses a configured range `first-last` (the config error names the field); odd or even
+/// ends are fine, the pool uses the even ports.
+pub fn parse_range(s: &str) -> Result<(u16, u16), String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or("expected first-last, e.g. 30000-39999")?;
+    let a: u16 = a.trim().parse().map_err(|_| "first port is not 1-65535")?;
+    let b: u16 = b.trim().parse().map_err(|_| "last port is not 1-65535")?;
+    if a == 0 || a >= b {
+        return Err("first port must be non-zero and below the last".into());
+    }
+    if b - a < 3 {
+        return Err("range must hold at least one call (two RTP ports plus RTCP)".into());
+    }
+    Ok((a, b))
+}
+
+
 #[cfg(test)]
 mod tests {
     use super::*;

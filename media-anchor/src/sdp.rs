@@ -560,6 +560,21 @@ impl Sdp {
         }
     }
 
+    /// Replaces only the address of the `o=` line (rtpengine's `replace-origin`): username,
+    /// session id and version stay, so the far end sees the same session. Returns false when
+    /// there is no well-formed `o=` line (RFC 8866 §5.2: six fields).
+    pub fn set_origin_address(&mut self, addr: IpAddr) -> bool {
+        let Some(line) = self.session.lines.iter_mut().find(|l| l.kind == b'o') else {
+            return false;
+        };
+        let fields: Vec<&str> = line.value.split(' ').collect();
+        let [user, id, version, _, _, _] = fields.as_slice() else {
+            return false;
+        };
+        line.value = format!("{user} {id} {version} {}", conn_value(addr));
+        true
+    }
+
     /// Sets the audio section's direction attribute (replacing any direction attribute there and
     /// dropping session-level ones so they cannot contradict it).
     pub fn set_audio_direction(&mut self, dir: Direction) -> bool {
@@ -695,6 +710,16 @@ m=audio 4000 RTP/AVP 0\r\ni=voice\r\na=sendonly\r\n";
             out.contains("m=audio 30000 RTP/AVP 0\r\ni=voice\r\nc=IN IP4 0.0.0.0\r\na=sendonly")
         );
         assert!(sdp.audio().expect("audio").is_hold());
+    }
+
+    #[test]
+    fn origin_address_only() {
+        let mut sdp = Sdp::parse(OFFER.as_bytes()).expect("parse");
+        assert!(sdp.set_origin_address("2001:db8::5".parse().expect("ip")));
+        let out = String::from_utf8(sdp.to_bytes()).expect("utf8");
+        assert!(out.contains("o=CiscoSystemsSIP-GW-UserAgent 4242 1 IN IP6 2001:db8::5\r\n"));
+        let mut none = Sdp::parse(b"v=0\r\no=short\r\n").expect("parse");
+        assert!(!none.set_origin_address("192.0.2.1".parse().expect("ip")));
     }
 
     #[test]

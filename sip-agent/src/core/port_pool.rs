@@ -1,7 +1,7 @@
 //! The B2BUA's [`PortAllocator`] over media-anchor's [`PortPool`] (the pool itself is shared with
 //! ng-agent): every call leg gets an even RTP port from the configured range.
 
-pub use media_anchor::port_pool::{PortPool, PortPoolError};
+pub use media_anchor::port_pool::{parse_range, PortPool, PortPoolError};
 
 use crate::core::b2bua::{CallHandle, Leg, PortAllocator};
 
