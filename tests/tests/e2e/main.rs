@@ -5,6 +5,7 @@
 mod fork_support;
 mod install_support;
 mod limits_support;
+mod ng_support;
 mod sip_support;
 mod turn_support;
 
@@ -31,6 +32,8 @@ mod kernel_packets_relay;
 mod kernel_packets_rtp;
 mod kernel_relay_fork;
 mod next_hop_mac_change;
+mod ng_kamailio_call;
+mod ng_kamailio_fork;
 mod passthrough_and_errors;
 mod sip_call_counts;
 mod sip_callee_bye;
