@@ -116,7 +116,6 @@ pub fn parse_range(s: &str) -> Result<(u16, u16), String> {
     Ok((a, b))
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
