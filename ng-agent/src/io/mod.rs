@@ -9,7 +9,7 @@
 #![allow(clippy::disallowed_methods)] // shell: reads the clock, spawns the control task
 
 use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
@@ -124,12 +124,15 @@ fn spawn_control(
     tokio::spawn(async move {
         let mut conn: Option<AsyncClient> = None;
         while let Some((id, op)) = op_rx.recv().await {
-            let mut result = execute(&socket, &mut conn, &op).await;
+            let mut result =
+                AsyncClient::call_connecting(&mut conn, &socket, ANSWER_TIMEOUT, &op).await;
             for _ in 0..NOT_READY_RETRIES {
                 match &result {
                     Err(ClientError::Api(e)) if e.is_not_ready() => {
                         tokio::time::sleep(NOT_READY_PAUSE).await;
-                        result = execute(&socket, &mut conn, &op).await;
+                        result =
+                            AsyncClient::call_connecting(&mut conn, &socket, ANSWER_TIMEOUT, &op)
+                                .await;
                     }
                     _ => break,
                 }
@@ -145,20 +148,4 @@ fn spawn_control(
         }
     });
     (op_tx, res_rx)
-}
-
-async fn execute(
-    socket: &Path,
-    conn: &mut Option<AsyncClient>,
-    op: &Op,
-) -> Result<control_api::Answer, ClientError> {
-    let c = match conn {
-        Some(c) => c,
-        None => conn.insert(
-            AsyncClient::connect(socket)
-                .await?
-                .with_timeout(ANSWER_TIMEOUT),
-        ),
-    };
-    c.call(op).await
 }
