@@ -34,6 +34,7 @@ mod kernel_relay_fork;
 mod next_hop_mac_change;
 mod ng_kamailio_call;
 mod ng_kamailio_fork;
+mod ng_kamailio_refused;
 mod passthrough_and_errors;
 mod sip_call_counts;
 mod sip_callee_bye;
