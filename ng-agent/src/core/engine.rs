@@ -961,13 +961,16 @@ impl Engine {
             ),
         };
         let [a, b] = &call.legs;
-        let codec = a
+        let (a_audio, b_audio) = a
             .audio
             .as_ref()
             .zip(b.audio.as_ref())
             .ok_or("the call has no answer yet: nothing to forward")?;
-        let primary = codec.0.primary_codec().or(codec.1.primary_codec());
-        let codec = primary
+        // The law the call runs with: the answer's first codec (RFC 3264 §6.1: the answerer
+        // picks from the offer), else the offer's.
+        let codec = b_audio
+            .primary_codec()
+            .or(a_audio.primary_codec())
             .and_then(|c| c.name.as_deref())
             .and_then(Codec::from_name)
             .ok_or("Codec is not supported")?;
