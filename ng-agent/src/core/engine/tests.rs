@@ -763,3 +763,37 @@ fn rate_limit_drops_and_counts() {
     assert!(t.raw(b"c d7:command4:pinge").0.is_none());
     assert_eq!(t.e.stats().rate_limited, 1);
 }
+
+#[test]
+fn forwarding_uses_the_answers_codec() {
+    let mut t = T::new();
+    t.send(vec![
+        ("command", Value::str("offer")),
+        ("call-id", Value::str("law")),
+        ("from-tag", Value::str("a")),
+        (
+            "sdp",
+            Value::str(&CALLER_SDP.replace("RTP/AVP 8 101", "RTP/AVP 0 8 101")),
+        ),
+    ]);
+    let (_, ops) = t.send(vec![
+        ("command", Value::str("answer")),
+        ("call-id", Value::str("law")),
+        ("from-tag", Value::str("a")),
+        ("to-tag", Value::str("b")),
+        ("sdp", Value::str(CALLEE_SDP)),
+    ]);
+    t.ok_all(&ops);
+    let (_, ops) = t.send(vec![
+        ("command", Value::str("start forwarding")),
+        ("call-id", Value::str("law")),
+    ]);
+    let [(_, Op::ForkStart { fork })] = ops.as_slice() else {
+        panic!("{ops:?}");
+    };
+    assert_eq!(
+        fork.codec,
+        Codec::Pcma,
+        "the offer led with PCMU, the answer chose PCMA"
+    );
+}
