@@ -178,6 +178,7 @@ pub fn exercise_ng(data: &[u8]) {
                         );
                     }
                     Output::Control { id, .. } => pending.push(id),
+                    Output::Dropped { .. } => {}
                 }
             }
             let Some(id) = pending.pop() else { break };

@@ -97,6 +97,15 @@ pub enum Output {
         to: SocketAddr,
         /// The whole datagram (cookie, space, bencoded dictionary).
         bytes: Vec<u8>,
+        /// The `error-reason` when the reply is an error (for the log).
+        error: Option<String>,
+    },
+    /// A datagram was dropped unanswered (for the log; it is counted in [`Stats`] too).
+    Dropped {
+        /// Its source.
+        from: SocketAddr,
+        /// Why: [`DROP_RATE_LIMIT`] or [`DROP_NO_COOKIE`].
+        cause: &'static str,
     },
     /// Send `op` to fork-agent (in output order) and report its answer with `id`.
     Control {
@@ -106,6 +115,11 @@ pub enum Output {
         op: Op,
     },
 }
+
+/// [`Output::Dropped`] cause: the source sent more than its rate allows.
+pub const DROP_RATE_LIMIT: &str = "over the per-source request rate";
+/// [`Output::Dropped`] cause: no cookie, so no reply can be addressed.
+pub const DROP_NO_COOKIE: &str = "no cookie";
 
 /// Counters for `statistics`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -345,10 +359,18 @@ impl Engine {
         self.started.get_or_insert(now);
         if !self.rate.check(now, from.ip()) {
             self.stats.rate_limited += 1;
+            self.out.push_back(Output::Dropped {
+                from,
+                cause: DROP_RATE_LIMIT,
+            });
             return;
         }
         let Ok((cookie, doc)) = split_cookie(bytes) else {
             self.stats.unanswerable += 1;
+            self.out.push_back(Output::Dropped {
+                from,
+                cause: DROP_NO_COOKIE,
+            });
             return;
         };
         let key: ReplyKey = (from, cookie.to_vec());
@@ -358,6 +380,7 @@ impl Engine {
                 self.out.push_back(Output::Reply {
                     to: from,
                     bytes: b.clone(),
+                    error: None,
                 });
             }
             return;
@@ -429,9 +452,17 @@ impl Engine {
         let mut bytes = key.1.clone();
         bytes.push(b' ');
         v.encode(&mut bytes);
+        let error = match v.get("result").and_then(Value::as_str) {
+            Some("error") => v
+                .get("error-reason")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            _ => None,
+        };
         self.out.push_back(Output::Reply {
             to: key.0,
             bytes: bytes.clone(),
+            error,
         });
         self.remember(now, key, Cached::Done(bytes));
     }

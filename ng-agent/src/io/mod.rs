@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
+use conn_limits::core::log_limit::LogLimiter;
 use control_api::{AsyncClient, ClientError, Op};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -28,6 +29,10 @@ const RESULT_QUEUE: usize = 1024;
 /// How long one fork-agent answer may take: `flow_add` waits up to 1.5 s for a neighbour.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// At most one warning per cause per this interval (a flood of bad requests must not flood the
+/// log); the number suppressed is logged when it ends.
+const LOG_INTERVAL: Duration = Duration::from_secs(10);
+
 /// How often, and how far apart, a `not ready` answer is asked again (fork-agent still loading).
 const NOT_READY_RETRIES: u32 = 25;
 const NOT_READY_PAUSE: Duration = Duration::from_millis(200);
@@ -41,13 +46,18 @@ pub async fn run(settings: Settings) -> Result<()> {
     let mut engine = Engine::new(settings.engine.clone()).context("media settings")?;
     let (op_tx, mut res_rx) = spawn_control(settings.control_socket.clone());
     let mut ops: VecDeque<(ControlId, Op)> = VecDeque::new();
+    let mut log_limit: LogLimiter<&'static str> = LogLimiter::new(LOG_INTERVAL);
     // One byte more than accepted, so an overlong datagram is seen as such, not truncated.
     let mut buf = vec![0u8; max + 1];
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     info!(listen = %settings.listen, control = %settings.control_socket.display(), "ng-agent running");
     loop {
-        let deadline = engine.poll_timeout().map(Instant::from_std);
+        let deadline = [engine.poll_timeout(), log_limit.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(Instant::from_std);
         tokio::select! {
             r = socket.recv_from(&mut buf) => {
                 let (n, from) = match r {
@@ -76,19 +86,35 @@ pub async fn run(settings: Settings) -> Result<()> {
                 continue;
             }
             () = sleep_until(deadline) => {
-                engine.handle_timeout(Instant::now().into_std());
+                let now = Instant::now().into_std();
+                engine.handle_timeout(now);
+                log_limit.handle_timeout(now);
+                while let Some((cause, n)) = log_limit.poll_output() {
+                    warn!(cause, suppressed = n, "more ng requests were refused or dropped");
+                }
             }
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
         }
+        let now = Instant::now().into_std();
         while let Some(out) = engine.poll_output() {
             match out {
-                Output::Reply { to, bytes } => {
+                Output::Reply { to, bytes, error } => {
+                    if let Some(reason) = error {
+                        if log_limit.check(now, "refused") {
+                            warn!(%to, %reason, "ng request refused");
+                        }
+                    }
                     if let Err(e) = socket.send_to(&bytes, to).await {
                         warn!(%to, error = %e, "sending an ng reply failed");
                     }
                 }
                 Output::Control { id, op } => ops.push_back((id, op)),
+                Output::Dropped { from, cause } => {
+                    if log_limit.check(now, cause) {
+                        warn!(%from, cause, "ng datagram dropped");
+                    }
+                }
             }
         }
     }

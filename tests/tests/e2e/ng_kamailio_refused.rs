@@ -1,7 +1,7 @@
 //! The reference document's WebRTC flag sets, which ng-agent does not serve yet, are refused
 //! through the real proxy: Kamailio's `rtpengine_offer` gets `result: error` with an
-//! `error-reason` naming the flag (Kamailio logs it), the script answers 503, and nothing is
-//! left behind: no call in ng-agent, no flow in fork-agent.
+//! `error-reason` naming the flag (Kamailio logs it, and so does ng-agent), the script answers
+//! 503, and nothing is left behind: no call in ng-agent, no flow in fork-agent.
 
 #![allow(clippy::disallowed_methods)] // wall clock drives real processes
 
@@ -49,6 +49,12 @@ fn webrtc_flags_are_refused_naming_the_flag() -> Result<()> {
             ng.diag(Some(&run))
         );
     }
+    // ng-agent's own log names the refusal too (the first one; the rest are rate-limited).
+    let own = ng.t.s.topo.log("ng-agent");
+    assert!(
+        own.contains("ng request refused") && own.contains("unsupported: ICE=force"),
+        "{own}"
+    );
     assert!(ng.calls()?.is_empty());
     assert!(ng.t.s.flows()?.as_array().is_some_and(Vec::is_empty));
     Ok(())

@@ -60,16 +60,23 @@ impl T {
         let (mut reply, mut ops) = (None, vec![]);
         while let Some(o) = self.e.poll_output() {
             match o {
-                Output::Reply { to, bytes } => {
+                Output::Reply { to, bytes, error } => {
                     assert_eq!(to, PROXY.parse().expect("addr"));
                     assert!(reply.is_none(), "two replies");
                     let sp = bytes.iter().position(|b| *b == b' ').expect("cookie");
-                    reply = Some(
-                        bencode::decode(&bytes[sp + 1..], bencode::Limits::default())
-                            .expect("reply decodes"),
-                    );
+                    let v = bencode::decode(&bytes[sp + 1..], bencode::Limits::default())
+                        .expect("reply decodes");
+                    if let Some(e) = &error {
+                        // What the shell logs is what the proxy got.
+                        assert_eq!(
+                            v.get("error-reason").and_then(Value::as_str),
+                            Some(e.as_str())
+                        );
+                    }
+                    reply = Some(v);
                 }
                 Output::Control { id, op } => ops.push((id, op)),
+                Output::Dropped { .. } => {}
             }
         }
         (reply, ops)
@@ -760,7 +767,15 @@ fn rate_limit_drops_and_counts() {
     };
     assert_eq!(result(&t.raw(b"a d7:command4:pinge").0), "pong");
     assert_eq!(result(&t.raw(b"b d7:command4:pinge").0), "pong");
-    assert!(t.raw(b"c d7:command4:pinge").0.is_none());
+    t.e.handle_datagram(t.now, 0, addr(PROXY), b"c d7:command4:pinge");
+    assert_eq!(
+        t.e.poll_output(),
+        Some(Output::Dropped {
+            from: addr(PROXY),
+            cause: DROP_RATE_LIMIT
+        })
+    );
+    assert_eq!(t.e.poll_output(), None);
     assert_eq!(t.e.stats().rate_limited, 1);
 }
 
