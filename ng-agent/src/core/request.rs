@@ -393,6 +393,14 @@ impl Request {
                     "codec manipulation and transcoding are not available",
                 ))
             }
+            // Flags left for the daemon to parse (newer modules, `rtpp_flags`): ignoring them
+            // would silently drop every flag, so refuse.
+            "rtpp-flags" | "rtpp_flags" => {
+                return Err(refuse(
+                    key.to_owned(),
+                    "send the flags parsed into keys (the module's default), not as one string",
+                ))
+            }
             // Known rtpengine keys that change nothing here; reported in the reply's warning.
             "supports" => {}
             _ => self.ignored.push(key.to_owned()),
