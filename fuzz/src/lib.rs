@@ -3,6 +3,7 @@
 //! - [`sip_body`]: what sip-agent does with a request body (SDP, fork JSON, multipart of both),
 //!   shared by the `sip_message` and `multipart` targets.
 //! - [`exercise_sdp`]: parse an SDP body, then everything the B2BUA does with one.
+//! - [`exercise_ng`]: ng datagrams through ng-agent's engine.
 //! - [`Records`] / [`record`]: the tag-length-value framing the stateful targets (`turn_server`,
 //!   `speech_validator`) cut their input into, and that examples/make_seeds.rs writes seeds in.
 #![forbid(unsafe_code)]
@@ -120,6 +121,78 @@ pub fn record(tag: u8, payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// ng datagrams through ng-agent's engine (fuzz_targets/ng_request.rs): `data` cut at `\n`, one
+/// datagram per piece, one second apart; control operations answered alternately ok and refused.
+/// Every reply must carry the request's cookie and a bencoded dictionary with a `result`.
+pub fn exercise_ng(data: &[u8]) {
+    use ng_agent::core::bencode::{decode, Limits, Value};
+    use ng_agent::core::engine::{Engine, EngineConfig, Interface, Output};
+    use std::time::{Duration, Instant};
+
+    let cfg = EngineConfig {
+        interfaces: vec![
+            Interface {
+                name: "caller".into(),
+                address: IpAddr::V4(Ipv4Addr::new(10, 77, 1, 1)),
+            },
+            Interface {
+                name: "callee".into(),
+                address: IpAddr::V4(Ipv4Addr::new(10, 77, 2, 1)),
+            },
+        ],
+        ports: (30000, 30019),
+        speech_server: "asr".into(),
+        delete_delay: Duration::from_secs(3),
+        max_calls: 4,
+        max_message_bytes: 8192,
+        reply_cache_ttl: Duration::from_secs(5),
+        reply_cache_max: 16,
+        rate_per_sec: 1000,
+        rate_burst: 1000,
+        bencode: Limits::default(),
+    };
+    let mut engine = Engine::new(cfg).expect("a valid engine config");
+    // The fuzzer's clock: one real reading, then fixed steps.
+    #[allow(clippy::disallowed_methods)]
+    let mut now = Instant::now();
+    let from = "127.0.0.1:5060".parse().expect("address");
+    let mut answer_ok = true;
+    for dgram in data.split(|b| *b == b'\n') {
+        now += Duration::from_secs(1);
+        engine.handle_timeout(now);
+        engine.handle_datagram(now, 1_700_000_000, from, dgram);
+        let mut pending = Vec::new();
+        loop {
+            while let Some(out) = engine.poll_output() {
+                match out {
+                    Output::Reply { bytes, .. } => {
+                        let sp = bytes
+                            .iter()
+                            .position(|b| *b == b' ')
+                            .expect("reply has a cookie");
+                        assert!(dgram.starts_with(&bytes[..=sp]), "reply cookie differs");
+                        let v = decode(&bytes[sp + 1..], Limits::default()).expect("reply decodes");
+                        assert!(
+                            matches!(v.get("result"), Some(Value::Bytes(_))),
+                            "no result"
+                        );
+                    }
+                    Output::Control { id, .. } => pending.push(id),
+                    Output::Dropped { .. } => {}
+                }
+            }
+            let Some(id) = pending.pop() else { break };
+            let result = if answer_ok {
+                Ok(())
+            } else {
+                Err("refused".to_string())
+            };
+            answer_ok = !answer_ok;
+            engine.handle_control_result(now, id, result);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,5 +205,14 @@ mod tests {
         let got: Vec<_> = Records::new(&data).collect();
         assert_eq!(got, vec![(1, &b"abc"[..]), (7, &b""[..]), (9, &b"x"[..])]);
         assert_eq!(Records::new(&[5]).collect::<Vec<_>>(), vec![(5, &b""[..])]);
+    }
+
+    /// The ng seeds run clean through the harness (a stable build checks the checks).
+    #[test]
+    fn ng_seeds_pass() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/ng_request");
+        for seed in std::fs::read_dir(dir).expect("ng seeds") {
+            exercise_ng(&std::fs::read(seed.expect("entry").path()).expect("seed"));
+        }
     }
 }

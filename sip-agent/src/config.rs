@@ -14,6 +14,7 @@ use serde::Deserialize;
 use crate::core::authz::{Cidr, Policy};
 use crate::core::b2bua::{self, Bind, Route, RoutePattern};
 use crate::core::media::MediaConfig;
+use crate::core::port_pool::parse_range;
 use crate::core::reconcile::Owner;
 use crate::core::session_timer::MIN_SE_FLOOR;
 use crate::core::transaction::{Peer, Transport};
@@ -448,22 +449,6 @@ fn parse_next_hop(s: &str) -> Result<Peer, String> {
             .ok_or_else(|| format!("{addr:?} resolves to no address"))?,
     };
     Ok(Peer { addr, transport })
-}
-
-/// `first-last`, both even/odd ports allowed, the pool uses the even ones.
-fn parse_range(s: &str) -> Result<(u16, u16), String> {
-    let (a, b) = s
-        .split_once('-')
-        .ok_or("expected first-last, e.g. 30000-39999")?;
-    let a: u16 = a.trim().parse().map_err(|_| "first port is not 1-65535")?;
-    let b: u16 = b.trim().parse().map_err(|_| "last port is not 1-65535")?;
-    if a == 0 || a >= b {
-        return Err("first port must be non-zero and below the last".into());
-    }
-    if b - a < 3 {
-        return Err("range must hold at least one call (two RTP ports plus RTCP)".into());
-    }
-    Ok((a, b))
 }
 
 fn concrete_ip(s: &str) -> Result<IpAddr, String> {

@@ -6,10 +6,11 @@
 //! `dist/` and `docs/operations.md`, embedded at compile time so an xtask binary is self-contained.
 //! Outputs, relative to DESTDIR (see [`Layout`]):
 //! ```text
-//! PREFIX/bin/{fork-agent,sip-agent,turn-server}           0755, replaced atomically (rename)
-//! UNITDIR/{fork-agent,sip-agent,turn-server}.service      0644, @BINDIR@/@DOCDIR@ filled in
+//! PREFIX/bin/{fork-agent,sip-agent,ng-agent,turn-server}  0755, replaced atomically (rename)
+//! UNITDIR/{fork-agent,sip-agent,ng-agent,turn-server}.service
+//!                                                         0644, @BINDIR@/@DOCDIR@ filled in
 //! SYSUSERSDIR/xdpfork.conf, TMPFILESDIR/xdpfork.conf      0644
-//! /etc/xdpfork/{fork-agent,sip-agent,turn-server}.toml, turn-users
+//! /etc/xdpfork/{fork-agent,sip-agent,ng-agent,turn-server}.toml, turn-users
 //!                                                         0640, never overwritten: a differing
 //!                                                         existing file gets NAME.new beside it
 //! PREFIX/share/doc/xdpfork/operations.md                  0644
@@ -55,7 +56,7 @@ pub(crate) struct Args {
     /// Stage everything under this directory (packaging, tests): no users, no systemctl.
     #[arg(long)]
     destdir: Option<PathBuf>,
-    /// Install fork-agent, sip-agent and turn-server from this directory instead of building
+    /// Install fork-agent, sip-agent, ng-agent and turn-server from this directory instead of building
     /// release binaries.
     #[arg(long)]
     bin_dir: Option<PathBuf>,
@@ -73,10 +74,10 @@ pub(crate) struct UninstallArgs {
 }
 
 /// The programs installed to PREFIX/bin, in the order services depend on each other.
-pub(crate) const BINARIES: [&str; 3] = ["fork-agent", "sip-agent", "turn-server"];
+pub(crate) const BINARIES: [&str; 4] = ["fork-agent", "sip-agent", "ng-agent", "turn-server"];
 
 /// Unit files: (installed name, template).
-const UNITS: [(&str, &str); 3] = [
+const UNITS: [(&str, &str); 4] = [
     (
         "fork-agent.service",
         include_str!("../../dist/systemd/fork-agent.service.in"),
@@ -86,13 +87,17 @@ const UNITS: [(&str, &str); 3] = [
         include_str!("../../dist/systemd/sip-agent.service.in"),
     ),
     (
+        "ng-agent.service",
+        include_str!("../../dist/systemd/ng-agent.service.in"),
+    ),
+    (
         "turn-server.service",
         include_str!("../../dist/systemd/turn-server.service.in"),
     ),
 ];
 
 /// Files in /etc/xdpfork: (name, default content).
-const CONFIGS: [(&str, &str); 4] = [
+const CONFIGS: [(&str, &str); 5] = [
     (
         "fork-agent.toml",
         include_str!("../../dist/config/fork-agent.toml"),
@@ -100,6 +105,10 @@ const CONFIGS: [(&str, &str); 4] = [
     (
         "sip-agent.toml",
         include_str!("../../dist/config/sip-agent.toml"),
+    ),
+    (
+        "ng-agent.toml",
+        include_str!("../../dist/config/ng-agent.toml"),
     ),
     (
         "turn-server.toml",
@@ -629,7 +638,8 @@ fn integrate_system(layout: &Layout) -> Result<()> {
     }
     println!(
         "install: next: edit /etc/xdpfork/*.toml, check them with `fork-agent check-config` and \
-         `sip-agent check-config`, then `systemctl enable --now fork-agent sip-agent`"
+         `sip-agent check-config`, then `systemctl enable --now fork-agent sip-agent` (or \
+         `ng-agent` instead of sip-agent when a Kamailio/OpenSIPS rtpengine module drives this host)"
     );
     Ok(())
 }
@@ -719,6 +729,7 @@ fn stop_and_detach(layout: &Layout, entries: &BTreeSet<Entry>) -> Result<()> {
                 "disable",
                 "--now",
                 "sip-agent.service",
+                "ng-agent.service",
                 "turn-server.service",
                 "fork-agent.service",
             ]),
@@ -726,7 +737,7 @@ fn stop_and_detach(layout: &Layout, entries: &BTreeSet<Entry>) -> Result<()> {
         );
     } else {
         println!(
-            "uninstall: systemd is not running: stop any fork-agent, sip-agent or turn-server \
+            "uninstall: systemd is not running: stop any fork-agent, sip-agent, ng-agent or turn-server \
              started by hand before the data plane is detached"
         );
     }

@@ -81,6 +81,10 @@ pub(crate) const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "jq",
         "reads sip-agent's call journal in scripts/xdpfork-try-fork",
     ),
+    (
+        "kamailio",
+        "SIP proxy whose `rtpengine` module (shipped in this package) drives ng-agent in the ng_* tests",
+    ),
     ("procps", "`ps`, `sysctl`, `pkill` used by test harnesses"),
     ("psmisc", "`fuser`: find who holds a port the tests need"),
     (
@@ -555,10 +559,16 @@ fn parse_python_missing(output: &str, wanted: &[(&str, &str, &str)]) -> Vec<Stri
 
 /// System services that Debian starts on install but xdpfork never uses, with the reason they
 /// must stay off. Add a line when a package you add to [`DEBIAN_PACKAGES`] starts a daemon.
-pub(crate) const SERVICES_OFF: &[(&str, &str)] = &[(
-    "coturn",
-    "Debian enables `coturn.service`; it would hold port 3478, which the TURN tests bind",
-)];
+pub(crate) const SERVICES_OFF: &[(&str, &str)] = &[
+    (
+        "coturn",
+        "Debian enables `coturn.service`; it would hold port 3478, which the TURN tests bind",
+    ),
+    (
+        "kamailio",
+        "Debian enables `kamailio.service`; the ng tests start their own Kamailio in a namespace",
+    ),
+];
 
 /// Stops and disables each of [`SERVICES_OFF`] that systemd has enabled or running. Works when
 /// systemd is not PID 1 too: `systemctl disable` then only edits the unit links, and the failed

@@ -57,6 +57,22 @@ impl Client {
         self
     }
 
+    /// Sends `op` on `conn`, connecting to `socket` first (answers waited for `timeout`) when
+    /// there is no connection: the loop of a daemon's control task, which drops `conn` after an
+    /// error for which [`ClientError::is_broken`] holds and so reconnects for the next request.
+    pub async fn call_connecting(
+        conn: &mut Option<Client>,
+        socket: &Path,
+        timeout: Duration,
+        op: &Op,
+    ) -> Result<Answer, ClientError> {
+        let c = match conn {
+            Some(c) => c,
+            None => conn.insert(Client::connect(socket).await?.with_timeout(timeout)),
+        };
+        c.call(op).await
+    }
+
     /// Sends `op` and returns its typed answer.
     pub async fn call(&mut self, op: &Op) -> Result<Answer, ClientError> {
         let resp = self.exchange(&encode_request(op)).await?;

@@ -197,3 +197,24 @@ fn fork_json_parser_never_panics_and_reports_json_error_strings() {
     assert!(ok > 100, "ok {ok}");
     assert!(errors.iter().all(|n| *n > 0), "errors by kind {errors:?}");
 }
+
+/// The input the `sip_message` fuzz target crashed on (docs/fuzzing.md), byte for byte: an
+/// INVITE whose SDP body starts with an empty line and has no `v=` line at all. It used to
+/// parse, and its re-serialisation (empty line dropped) did not.
+#[test]
+fn fuzz_crash_body_starting_with_empty_line_needs_version() {
+    const CRASH: &[u8] = b"INVITE sip:6777@192.0.2.10 SIP/2.0\r\nv: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bK776asdhds, SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKold\r\nMax-Forwards: 70\r\nt: <sip:6777@192.0.2.10>\r\nf: \"Alice\" <sip:alice@1\nrd51.100.7>;tag=1928301774\r\ni: a84b4c76e66710@pc33\r\nCSeq: 314159 INVITE\r\nm: <si6710@pc33\r\nCSeq: 314159 INVITE\r\nm: <sip:alice@198.51.100.7>\r\nSubject: a folded\r\n header line\r\nc: application/sdp\r\nrd+jent-Length: 283\r\n\r\n\na=rtpmap:8 PCMA/8000\r\na=rt101 0-16\r\na=ptime:2)\r\na=sendrecv\r\n";
+    let msg = message::parse(CRASH).expect("the INVITE itself parses");
+    let body = match msg {
+        rsip::SipMessage::Request(r) => r.body,
+        other => panic!("not a request: {other:?}"),
+    };
+    assert_eq!(
+        crate::core::sdp::Sdp::parse(&body),
+        Err(crate::core::sdp::SdpError::NoVersion)
+    );
+    // A leading empty line before `v=0` is still tolerated, and round-trips.
+    let lead = "\r\nv=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
+    let sdp = crate::core::sdp::Sdp::parse(lead.as_bytes()).expect("leading empty line");
+    assert_eq!(crate::core::sdp::Sdp::parse(&sdp.to_bytes()), Ok(sdp));
+}

@@ -15,7 +15,8 @@ pub mod message;
 pub mod multipart;
 pub mod port_pool;
 pub mod reconcile;
-pub mod sdp;
+/// SDP parsing and rewriting, shared with ng-agent (media-anchor crate).
+pub use media_anchor::sdp;
 pub mod session_timer;
 pub mod status_pacer;
 #[cfg(test)]

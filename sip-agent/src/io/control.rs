@@ -37,7 +37,8 @@ pub fn spawn(socket: PathBuf) -> (mpsc::Sender<(JobId, Op)>, mpsc::Receiver<Cont
     tokio::spawn(async move {
         let mut conn: Option<AsyncClient> = None;
         while let Some((job, op)) = job_rx.recv().await {
-            let result = execute(&socket, &mut conn, &op).await;
+            let result =
+                AsyncClient::call_connecting(&mut conn, &socket, ANSWER_TIMEOUT, &op).await;
             if let Err(e) = &result {
                 if e.is_broken() {
                     conn = None;
@@ -51,22 +52,6 @@ pub fn spawn(socket: PathBuf) -> (mpsc::Sender<(JobId, Op)>, mpsc::Receiver<Cont
         }
     });
     (job_tx, res_rx)
-}
-
-async fn execute(
-    socket: &Path,
-    conn: &mut Option<AsyncClient>,
-    op: &Op,
-) -> Result<Answer, ClientError> {
-    let c = match conn {
-        Some(c) => c,
-        None => conn.insert(
-            AsyncClient::connect(socket)
-                .await?
-                .with_timeout(ANSWER_TIMEOUT),
-        ),
-    };
-    c.call(op).await
 }
 
 /// A fork-agent status event sip-agent acts on (docs/control-api.md "subscribe").

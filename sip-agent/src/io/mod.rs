@@ -32,7 +32,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::config::Settings;
-use crate::core::b2bua::{B2bua, CallHandle, EndReason, Leg, Output, PortAllocator};
+use crate::core::b2bua::{B2bua, CallHandle, EndReason, Leg, Output};
 use crate::core::call_count::CallCounter;
 use crate::core::call_journal::CallRecord;
 use crate::core::media::{JobId, MediaLayer, MediaOutput};

@@ -19,13 +19,16 @@ use xdpfork_tests::{bin, bin_dir, require_root};
 /// Every file a staged `install --prefix /usr/local` writes, relative to DESTDIR, with its mode.
 const EXPECTED: &[(&str, u32)] = &[
     ("etc/xdpfork/fork-agent.toml", 0o640),
+    ("etc/xdpfork/ng-agent.toml", 0o640),
     ("etc/xdpfork/sip-agent.toml", 0o640),
     ("etc/xdpfork/turn-server.toml", 0o640),
     ("etc/xdpfork/turn-users", 0o640),
     ("usr/local/bin/fork-agent", 0o755),
+    ("usr/local/bin/ng-agent", 0o755),
     ("usr/local/bin/sip-agent", 0o755),
     ("usr/local/bin/turn-server", 0o755),
     ("usr/local/lib/systemd/system/fork-agent.service", 0o644),
+    ("usr/local/lib/systemd/system/ng-agent.service", 0o644),
     ("usr/local/lib/systemd/system/sip-agent.service", 0o644),
     ("usr/local/lib/systemd/system/turn-server.service", 0o644),
     ("usr/local/lib/sysusers.d/xdpfork.conf", 0o644),
@@ -38,6 +41,10 @@ const EXPECTED: &[(&str, u32)] = &[
         0o644,
     ),
     (
+        "usr/local/share/bash-completion/completions/ng-agent",
+        0o644,
+    ),
+    (
         "usr/local/share/bash-completion/completions/sip-agent",
         0o644,
     ),
@@ -46,10 +53,15 @@ const EXPECTED: &[(&str, u32)] = &[
         0o644,
     ),
     ("usr/local/share/zsh/site-functions/_fork-agent", 0o644),
+    ("usr/local/share/zsh/site-functions/_ng-agent", 0o644),
     ("usr/local/share/zsh/site-functions/_sip-agent", 0o644),
     ("usr/local/share/zsh/site-functions/_turn-server", 0o644),
     (
         "usr/local/share/fish/vendor_completions.d/fork-agent.fish",
+        0o644,
+    ),
+    (
+        "usr/local/share/fish/vendor_completions.d/ng-agent.fish",
         0o644,
     ),
     (
@@ -77,6 +89,8 @@ const MAN_PAGES: &[&str] = &[
     "fork-agent-run.8",
     "fork-agent-ctl.8",
     "fork-agent-ctl-show.8",
+    "ng-agent.8",
+    "ng-agent-run.8",
     "sip-agent.8",
     "sip-agent-run.8",
     "sip-agent-ctl.8",
@@ -100,7 +114,7 @@ fn split_man_pages(d: &Path, files: FileSet) -> Result<(BTreeSet<String>, FileSe
         assert_eq!(mode, 0o644, "{p}");
         assert!(
             page.ends_with(".8")
-                && ["fork-agent", "sip-agent", "turn-server"]
+                && ["fork-agent", "ng-agent", "sip-agent", "turn-server"]
                     .iter()
                     .any(|b| page == format!("{b}.8") || page.starts_with(&format!("{b}-"))),
             "unexpected man page {p}"
@@ -206,7 +220,7 @@ fn staged_install_writes_the_file_set_keeps_edited_configs_and_uninstalls_exactl
         "{unit}"
     );
     // The binaries are the ones given, byte for byte.
-    for b in ["fork-agent", "sip-agent", "turn-server"] {
+    for b in ["fork-agent", "sip-agent", "ng-agent", "turn-server"] {
         let a = std::fs::read(bin(b)?)?;
         let i = std::fs::read(d.join("usr/local/bin").join(b))?;
         assert!(a == i, "{b} differs from its source");
@@ -265,7 +279,7 @@ fn installed_default_configs_pass_check_config() -> Result<()> {
     let stage = Stage::new("install-check")?;
     let d = &stage.0;
     install(d)?;
-    for b in ["fork-agent", "sip-agent", "turn-server"] {
+    for b in ["fork-agent", "sip-agent", "ng-agent", "turn-server"] {
         let script = format!(
             "mount -t overlay overlay -o lowerdir={etc}:/etc /etc && \
              exec {bin} check-config --config /etc/xdpfork/{b}.toml",

@@ -17,17 +17,19 @@ use std::{
 use anyhow::{bail, Context, Result};
 use xdpfork_tests::{bin, bin_dir};
 
-const UNITS: [&str; 3] = [
+const UNITS: [&str; 4] = [
     "fork-agent.service",
     "sip-agent.service",
+    "ng-agent.service",
     "turn-server.service",
 ];
 
 /// Exposure ceilings (systemd-analyze security, 0 = locked down, 10 = unprotected). The values
 /// measured on systemd 252 are in docs/operations.md; a unit that loses a protection exceeds them.
-const MAX_EXPOSURE: [(&str, f64); 3] = [
+const MAX_EXPOSURE: [(&str, f64); 4] = [
     ("fork-agent.service", 2.5),
     ("sip-agent.service", 1.6),
+    ("ng-agent.service", 1.6),
     ("turn-server.service", 1.6),
 ];
 

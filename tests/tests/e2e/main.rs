@@ -4,6 +4,7 @@
 
 mod install_support;
 mod limits_support;
+mod ng_support;
 mod sip_support;
 mod turn_support;
 
@@ -31,6 +32,9 @@ mod kernel_packets_rtp;
 mod kernel_relay_fork;
 mod kernel_relay_via_gateway;
 mod next_hop_mac_change;
+mod ng_kamailio_call;
+mod ng_kamailio_fork;
+mod ng_kamailio_refused;
 mod ops_metrics_notify;
 mod package_deb;
 mod passthrough_and_errors;

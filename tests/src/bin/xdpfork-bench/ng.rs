@@ -8,121 +8,16 @@
 //! then [`anchor_call`] once per call; [`delete_call`] tears one down.
 
 use std::{
-    collections::BTreeMap,
     net::{SocketAddr, UdpSocket},
     time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
-
-/// A bencode value (BEP 3).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Value {
-    Int(i64),
-    Bytes(Vec<u8>),
-    List(Vec<Value>),
-    Dict(BTreeMap<Vec<u8>, Value>),
-}
-
-impl Value {
-    pub fn str(s: &str) -> Value {
-        Value::Bytes(s.as_bytes().to_vec())
-    }
-
-    pub fn encode(&self, out: &mut Vec<u8>) {
-        match self {
-            Value::Int(i) => out.extend_from_slice(format!("i{i}e").as_bytes()),
-            Value::Bytes(b) => {
-                out.extend_from_slice(format!("{}:", b.len()).as_bytes());
-                out.extend_from_slice(b);
-            }
-            Value::List(l) => {
-                out.push(b'l');
-                l.iter().for_each(|v| v.encode(out));
-                out.push(b'e');
-            }
-            Value::Dict(d) => {
-                // Keys in sorted order, as BEP 3 requires (BTreeMap iterates sorted).
-                out.push(b'd');
-                for (k, v) in d {
-                    Value::Bytes(k.clone()).encode(out);
-                    v.encode(out);
-                }
-                out.push(b'e');
-            }
-        }
-    }
-
-    /// Decode one value from the front of `b`; the rest is returned.
-    pub fn decode(b: &[u8]) -> Result<(Value, &[u8])> {
-        match b.first() {
-            Some(b'i') => {
-                let end = b
-                    .iter()
-                    .position(|c| *c == b'e')
-                    .context("bencode: unterminated int")?;
-                let i = std::str::from_utf8(&b[1..end])?.parse()?;
-                Ok((Value::Int(i), &b[end + 1..]))
-            }
-            Some(b'l') => {
-                let (mut rest, mut l) = (&b[1..], Vec::new());
-                while rest.first() != Some(&b'e') {
-                    let (v, r) = Value::decode(rest)?;
-                    l.push(v);
-                    rest = r;
-                }
-                Ok((Value::List(l), &rest[1..]))
-            }
-            Some(b'd') => {
-                let (mut rest, mut d) = (&b[1..], BTreeMap::new());
-                while rest.first() != Some(&b'e') {
-                    let (k, r) = Value::decode(rest)?;
-                    let Value::Bytes(k) = k else {
-                        bail!("bencode: dictionary key is not a string");
-                    };
-                    let (v, r) = Value::decode(r)?;
-                    d.insert(k, v);
-                    rest = r;
-                }
-                Ok((Value::Dict(d), &rest[1..]))
-            }
-            Some(c) if c.is_ascii_digit() => {
-                let colon = b
-                    .iter()
-                    .position(|c| *c == b':')
-                    .context("bencode: no colon")?;
-                let n: usize = std::str::from_utf8(&b[..colon])?.parse()?;
-                let body = b
-                    .get(colon + 1..colon + 1 + n)
-                    .context("bencode: string runs past the end")?;
-                Ok((Value::Bytes(body.to_vec()), &b[colon + 1 + n..]))
-            }
-            _ => bail!("bencode: unexpected byte"),
-        }
-    }
-
-    fn get(&self, key: &str) -> Option<&Value> {
-        match self {
-            Value::Dict(d) => d.get(key.as_bytes()),
-            _ => None,
-        }
-    }
-
-    fn as_str(&self) -> Option<&str> {
-        match self {
-            Value::Bytes(b) => std::str::from_utf8(b).ok(),
-            _ => None,
-        }
-    }
-}
+// The ng codec is ng-agent's (strict, bounded), the same one its server side decodes with.
+use ng_agent::core::bencode::{self, Value};
 
 fn dict(items: &[(&str, Value)]) -> Value {
-    Value::Dict(
-        items
-            .iter()
-            .map(|(k, v)| (k.as_bytes().to_vec(), v.clone()))
-            .collect(),
-    )
+    Value::dict(items.iter().cloned())
 }
 
 /// One request/reply exchange; fails on a reply other than `result: ok`.
@@ -139,7 +34,7 @@ fn request(sock: &UdpSocket, ng: SocketAddr, cookie: &str, msg: &Value) -> Resul
     let body = reply
         .strip_prefix(format!("{cookie} ").as_bytes())
         .context("NG reply does not echo the cookie")?;
-    let (v, _) = Value::decode(body)?;
+    let v = bencode::decode(body, bencode::Limits::default())?;
     if v.get("result").and_then(Value::as_str) != Some("ok") {
         bail!("rtpengine refused: {}", String::from_utf8_lossy(body));
     }
@@ -247,27 +142,6 @@ pub fn delete_call(sock: &UdpSocket, ng: SocketAddr, call_id: &str) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bencode_round_trip() {
-        let v = dict(&[
-            ("command", Value::str("offer")),
-            (
-                "direction",
-                Value::List(vec![Value::str("a"), Value::Int(-3)]),
-            ),
-        ]);
-        let mut b = Vec::new();
-        v.encode(&mut b);
-        assert_eq!(
-            b,
-            b"d7:command5:offer9:directionl1:ai-3eee".to_vec(),
-            "keys sorted"
-        );
-        assert_eq!(Value::decode(&b).expect("decodes").0, v);
-        assert!(Value::decode(b"5:ab").is_err());
-        assert!(Value::decode(b"x").is_err());
-    }
 
     #[test]
     fn media_address_of_rtpengine_reply() {

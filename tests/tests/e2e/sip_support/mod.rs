@@ -267,6 +267,18 @@ bind_media = "10.77.2.1"
         Ok(t)
     }
 
+    /// The sipp caller and callee on a running [`Scenario`] without sip-agent: something else
+    /// (Kamailio with ng-agent in the ng_* tests) carries the calls.
+    pub fn without_sip_agent(s: Scenario) -> SipTest {
+        let dir = s.topo.dir.clone();
+        SipTest {
+            s,
+            dir,
+            run_args: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+
     /// Starts sip-agent with the test's arguments and waits (bounded) until it runs.
     fn spawn_sip_agent(&mut self) -> Result<()> {
         let agent = bin("sip-agent")?;
