@@ -1,7 +1,7 @@
 //! sd_notify(3) for `Type=notify` units.
 //!
 //! Each daemon sends `READY=1` once it really serves (not when it merely started), a `STATUS=`
-//! line at each stage, `STOPPING=1` when it begins to stop, and, when the unit sets
+//! line at each stage, `RELOADING=1` then `READY=1` around a reload (SIGHUP), `STOPPING=1` when it begins to stop, and, when the unit sets
 //! `WatchdogSec=`, `WATCHDOG=1` from its main loop at half the interval: a loop that wedges
 //! stops pinging and systemd restarts the service. Without `$NOTIFY_SOCKET` (not started by
 //! systemd) every call is a no-op. A failed send is logged at debug and otherwise ignored: the
@@ -41,6 +41,12 @@ impl Notifier {
     /// A `STATUS=` line (`systemctl status` shows it).
     pub fn status(&self, status: &str) {
         self.send(&[NotifyState::Status(status)]);
+    }
+
+    /// `RELOADING=1`: the daemon begins to re-read its configuration (SIGHUP); follow with
+    /// [`Notifier::ready`] once the reload is applied or refused.
+    pub fn reloading(&self) {
+        self.send(&[NotifyState::Reloading, NotifyState::Status("reloading")]);
     }
 
     /// `STOPPING=1`: the daemon begins to shut down.

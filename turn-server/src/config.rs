@@ -6,7 +6,8 @@
 //! optional kernel offload (`[offload]`, fork-agent's control socket).
 //! Every error names the field it is about (`listen.tls`, `auth.users_file`, `peers.allowed[1]`,
 //! ...), so `turn-server check-config` tells the operator exactly what to fix.
-//! Call order: [`Config::load`] once at start; the result is immutable.
+//! Call order: [`Config::load`] at start, and again on SIGHUP, where [`crate::reload`] takes
+//! only the credentials from the new file.
 //!
 //! Secrets (the REST shared secret, passwords in the users file) are only ever held in types
 //! whose `Debug` prints `<redacted>`.
@@ -377,7 +378,7 @@ impl Default for RawControl {
 }
 
 /// Listen addresses per client transport.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Listen {
     /// UDP listen sockets (3478 in the Expressway deployment).
     pub udp: Vec<SocketAddr>,
@@ -388,7 +389,7 @@ pub struct Listen {
 }
 
 /// Relay addresses and port range.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Relay {
     /// IPv4 relay address (advertised in XOR-RELAYED-ADDRESS and bound).
     pub ipv4: Option<Ipv4Addr>,
@@ -839,9 +840,33 @@ fn own_addresses(listen: &Listen, relay: &Relay, extra: &[IpAddr]) -> Vec<IpAddr
     v
 }
 
+/// A throwaway directory removed on drop (no extra dependency for one test helper).
+#[cfg(test)]
+pub(crate) mod tempdir {
+    pub struct Dir {
+        pub path: std::path::PathBuf,
+    }
+    impl Dir {
+        pub fn new() -> Dir {
+            static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let path =
+                std::env::temp_dir().join(format!("turn-server-cfg-{}-{n}", std::process::id()));
+            std::fs::create_dir_all(&path).expect("create temp dir");
+            Dir { path }
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::tempdir;
 
     fn with_users(extra: &str) -> (tempdir::Dir, String) {
         let dir = tempdir::Dir::new();
@@ -860,28 +885,6 @@ ipv4 = "10.77.2.1"
             users.display()
         );
         (dir, text)
-    }
-
-    /// A throwaway directory removed on drop (no extra dependency for one test helper).
-    mod tempdir {
-        pub struct Dir {
-            pub path: std::path::PathBuf,
-        }
-        impl Dir {
-            pub fn new() -> Dir {
-                static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-                let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let path = std::env::temp_dir()
-                    .join(format!("turn-server-cfg-{}-{n}", std::process::id()));
-                std::fs::create_dir_all(&path).expect("create temp dir");
-                Dir { path }
-            }
-        }
-        impl Drop for Dir {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_dir_all(&self.path);
-            }
-        }
     }
 
     fn field_of(r: Result<Config, ConfigError>) -> String {

@@ -6,6 +6,7 @@
 //!   control socket). One task owns the core.
 //! - [`offload`]: which bound channels the XDP program relays (pure decision from core events).
 //! - [`status`]: the control socket's wire types and the status view's text rendering.
+//! - [`reload`]: what a SIGHUP applies (credentials) and what needs a restart.
 //! - [`pii`]: hides client and peer addresses in logs unless asked.
 //!
 //! The protocol logic is in turn-core; docs/turn.md has the operator's guide.
@@ -16,4 +17,5 @@ pub mod config;
 pub mod io;
 pub mod offload;
 pub mod pii;
+pub mod reload;
 pub mod status;

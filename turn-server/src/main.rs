@@ -53,8 +53,8 @@ enum Cmd {
     },
     /// Add, remove or list the static users of the config's users file (auth.users_file).
     ///
-    /// Entries are stored as keys, MD5(user:realm:password), never as passwords. The server
-    /// reads the file at start: restart it to apply a change.
+    /// Entries are stored as keys, MD5(user:realm:password), never as passwords. A running
+    /// server applies a change on SIGHUP (`systemctl reload turn-server`).
     User {
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
@@ -112,7 +112,7 @@ fn main() -> Result<()> {
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
-                .block_on(turn_server::io::run(cfg))
+                .block_on(turn_server::io::run(cfg, &config))
         }
         Cmd::CheckConfig { config } => {
             Config::load(&config)?;
@@ -180,7 +180,7 @@ fn user(config: &std::path::Path, cmd: UserCmd) -> Result<()> {
                 Added::Replaced => "replaced the key of",
             };
             eprintln!(
-                "{verb} {user} in {}; turn-server reads it at start (systemctl restart turn-server)",
+                "{verb} {user} in {}; apply it with `systemctl reload turn-server` (SIGHUP)",
                 file.display()
             );
             if generated {
@@ -189,9 +189,7 @@ fn user(config: &std::path::Path, cmd: UserCmd) -> Result<()> {
         }
         UserCmd::Del { user } => {
             admin::user_del(config, &settings, &user)?;
-            eprintln!(
-                "removed {user}; turn-server reads the users file at start (systemctl restart turn-server)"
-            );
+            eprintln!("removed {user}; apply it with `systemctl reload turn-server` (SIGHUP)");
         }
         UserCmd::List => {
             for (name, kind) in admin::user_list(config, &settings)? {

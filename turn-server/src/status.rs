@@ -99,6 +99,13 @@ pub struct ShellCounters {
     pub accept_errors: u64,
     /// TLS handshakes that failed or timed out.
     pub tls_handshake_failed: u64,
+    /// SIGHUP reloads applied (the file was valid; its credentials, if changed, swapped in).
+    #[serde(default)]
+    pub reloads: u64,
+    /// SIGHUP reloads refused because the file no longer validated (the running settings
+    /// stay).
+    #[serde(default)]
+    pub reload_failed: u64,
 }
 
 /// Server-wide protocol counters (turn-core's `ServerCounters`).

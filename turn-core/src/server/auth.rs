@@ -153,7 +153,7 @@ impl Server {
 mod tests {
     use super::super::testing::*;
     use super::super::*;
-    use crate::credentials::RestSecret;
+    use crate::credentials::{Credentials, RestSecret, UserDb};
     use crate::crypto::RustCrypto;
     use crate::stun::TransactionId;
 
@@ -251,5 +251,70 @@ mod tests {
         );
         assert_eq!(r.code, Some(401));
         assert_eq!(f.server.status().counters.expired_credentials, 1);
+    }
+
+    #[test]
+    fn swapped_credentials_keep_allocations_relaying_and_judge_new_requests() {
+        let mut f = fx();
+        let relay = f.allocate("turnuser", "cisco");
+        let peer = addr("192.0.2.7:5000");
+        f.authed(
+            Method::CREATE_PERMISSION,
+            &[Attribute::XorPeerAddress(peer)],
+        );
+        // The reload: turnuser removed, carol added, the REST secret rotated.
+        let users = UserDb::parse("carol:pw3\n").expect("users");
+        f.server.set_credentials(
+            Credentials::new(REALM)
+                .with_users(users)
+                .expect("realm")
+                .with_rest_secret(RestSecret::new("rotated")),
+        );
+
+        // The live allocation still relays peer data to its client.
+        f.server.handle_peer_data(f.now, relay, peer, b"media");
+        let t = transmits(&f.drain());
+        assert_eq!((t.len(), t[0].from, t[0].to), (1, listen(), client()));
+        assert_eq!(f.server.status().allocations, 1);
+        // Its next authenticated request is judged by the new set.
+        let nonce = f.nonce();
+        let r = f.request(Method::REFRESH, Some(("turnuser", "cisco", &nonce)), &[]);
+        assert_eq!(r.code, Some(401));
+
+        // New requests: carol allocates, the old REST secret is refused, the new one works.
+        let alloc_from = |f: &mut Fx, port: u16, user: &str, pass: &str| {
+            let from = addr(&format!("203.0.113.5:{port}"));
+            let bytes = f.build(
+                Method::ALLOCATE,
+                None,
+                &[Attribute::RequestedTransport(PROTO_UDP)],
+            );
+            let out = f.send_from(from, Transport::Udp, &bytes);
+            let nonce = resp(&transmits(&out)[0].bytes, None).nonce.expect("nonce");
+            let bytes = f.build(
+                Method::ALLOCATE,
+                Some((user, pass, &nonce)),
+                &[Attribute::RequestedTransport(PROTO_UDP)],
+            );
+            let out = f.send_from(from, Transport::Udp, &bytes);
+            resp(&transmits(&out)[0].bytes, None)
+        };
+        assert_eq!(
+            alloc_from(&mut f, 41000, "carol", "pw3").class,
+            Class::Success
+        );
+        let (old_user, old_pass) =
+            RestSecret::new("shared").issue("alice", 1_700_000_100, &RustCrypto);
+        assert_eq!(
+            alloc_from(&mut f, 41001, &old_user, old_pass.expose()).code,
+            Some(401)
+        );
+        let (new_user, new_pass) =
+            RestSecret::new("rotated").issue("alice", 1_700_000_100, &RustCrypto);
+        assert_eq!(
+            alloc_from(&mut f, 41002, &new_user, new_pass.expose()).class,
+            Class::Success
+        );
+        assert_eq!(f.server.status().allocations, 3);
     }
 }

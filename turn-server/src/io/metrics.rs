@@ -153,6 +153,14 @@ pub fn registry(r: &StatusReport, own: GateCounters) -> Registry {
         ),
     );
     s.counter(
+        "config_reloads",
+        "SIGHUP reloads, by result (failed: the file no longer validated; the running settings stay).",
+        by(
+            "result",
+            &[("ok", r.shell.reloads), ("failed", r.shell.reload_failed)],
+        ),
+    );
+    s.counter(
         "errors_sent",
         "STUN error responses sent, by error code.",
         c.errors_sent

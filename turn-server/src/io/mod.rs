@@ -9,7 +9,8 @@
 //! With `[offload]`, [`Shell::handle_event`] also feeds every lifecycle event to the
 //! [`OffloadPlanner`] and hands its commands to the offload task ([`offload`]), which programs
 //! fork-agent and sends kernel counter growth back as [`Input::OffloadCounters`].
-//! Inputs: [`Input`], [`Command`], the core's timer, SIGINT/SIGTERM.
+//! On SIGHUP it reads the config file again and swaps in its credentials ([`crate::reload`]).
+//! Inputs: [`Input`], [`Command`], the core's timer, SIGHUP, SIGINT/SIGTERM.
 //! Outputs: datagrams and stream bytes; relay sockets opened and closed on the core's events;
 //! kernel offload commands; debug logs of every lifecycle event.
 //! Call order per iteration (style guide §4): take **one** input, drain `poll_output` to
@@ -50,6 +51,7 @@ use crate::{
     config::Config,
     offload::OffloadPlanner,
     pii::Pii,
+    reload,
     status::{transport_name, OffloadView, ShellCounters, StatusReport, Traffic},
 };
 use conn_limits::io::gate::{ConnHandle, GateStats};
@@ -223,8 +225,9 @@ fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
-/// Binds everything in `cfg` and serves until SIGINT/SIGTERM.
-pub async fn run(cfg: Config) -> Result<()> {
+/// Binds everything in `cfg` and serves until SIGINT/SIGTERM; SIGHUP re-reads `config_path`
+/// (the file `cfg` came from).
+pub async fn run(cfg: Config, config_path: &std::path::Path) -> Result<()> {
     let (inputs_tx, mut inputs_rx) = mpsc::channel::<Input>(INPUT_QUEUE);
     let (cmd_tx, mut cmd_rx) = mpsc::channel::<Command>(64);
     let bound = BoundRelays::default();
@@ -319,14 +322,17 @@ pub async fn run(cfg: Config) -> Result<()> {
     };
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     // Every listener is bound and the loop below serves them from here on.
     let notify = Notifier::from_env();
-    notify.ready(&format!(
+    let serving = format!(
         "serving TURN on {} UDP, {} TCP, {} TLS listeners",
         cfg.listen.udp.len(),
         cfg.listen.tcp.len(),
         cfg.listen.tls.len()
-    ));
+    );
+    notify.ready(&serving);
+    let mut running = cfg;
     let mut watchdog = notify.watchdog_ticker();
     loop {
         let deadline = shell.server.poll_timeout();
@@ -342,6 +348,11 @@ pub async fn run(cfg: Config) -> Result<()> {
             // From this loop, so a wedged loop stops the pings (WatchdogSec=).
             () = watchdog.tick() => notify.watchdog_ping(),
             () = sleep => {}
+            _ = hup.recv() => {
+                notify.reloading();
+                shell.reload(&mut running, config_path);
+                notify.ready(&serving);
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
@@ -357,7 +368,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     if let Some(o) = shell.offload.take() {
         o.shutdown().await;
     }
-    let _ = std::fs::remove_file(&cfg.control_socket);
+    let _ = std::fs::remove_file(&running.control_socket);
     Ok(())
 }
 
@@ -524,6 +535,36 @@ impl Shell {
                 }
                 let _ = reply.send(report);
             }
+        }
+    }
+
+    /// SIGHUP: reads `path` again and validates it as at start; swaps in changed credentials
+    /// (live allocations go on, later requests use the new set) and names the changed
+    /// settings that need a restart. A file that no longer validates changes nothing.
+    fn reload(&mut self, running: &mut Config, path: &std::path::Path) {
+        let new = match Config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                self.counters.reload_failed += 1;
+                warn!(error = %e, "reload refused: the running settings stay (fix the file, then `systemctl reload turn-server`)");
+                return;
+            }
+        };
+        self.counters.reloads += 1;
+        let plan = reload::plan(running, new);
+        if !plan.needs_restart.is_empty() {
+            warn!(
+                changed = plan.needs_restart.join(", "),
+                "reload: these settings apply only after `systemctl restart turn-server` (which ends every allocation)"
+            );
+        }
+        match plan.credentials {
+            Some(c) => {
+                self.server.set_credentials(c.clone());
+                running.credentials = c;
+                info!("reload: credentials swapped in (users file, REST secret); live allocations continue");
+            }
+            None => info!("reload: credentials unchanged"),
         }
     }
 
