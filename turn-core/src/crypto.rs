@@ -43,12 +43,10 @@ impl Crypto for RustCrypto {
     }
 }
 
-/// Compares two MACs without an early exit, so timing does not reveal the matching prefix.
+/// Compares two MACs without an early exit, so timing does not reveal the matching prefix
+/// (subtle's `ConstantTimeEq`; a length mismatch is unequal, and lengths are public).
 pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    subtle::ConstantTimeEq::ct_eq(a, b).into()
 }
 
 #[cfg(test)]
