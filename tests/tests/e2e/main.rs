@@ -78,6 +78,7 @@ mod turn_offload;
 mod turn_offload_restart;
 mod turn_oversize_frame;
 mod turn_quota;
+mod turn_reload;
 mod turn_stale_nonce;
 mod turn_tampered_integrity;
 mod turn_tcp_long_term;

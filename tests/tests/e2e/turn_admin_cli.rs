@@ -5,41 +5,14 @@
 //! allocates, binds channels and gets every byte back through the relay; the REST credential
 //! allocates; the deleted user gets 401.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 use crate::turn_support::*;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use turn_core::stun::Class;
-use xdpfork_tests::{bin, Topology};
+use xdpfork_tests::Topology;
 
 const CAROL: &str = "carol";
 const CAROL_PASSWORD: &str = "carol's pass:word";
 const SECRET: &str = "e2e-shared-secret";
-
-/// Runs `turn-server ARGS` with `stdin`; returns stdout, failing with stderr.
-fn turn_cli(args: &[&str], stdin: &str) -> Result<String> {
-    let mut child = Command::new(bin("turn-server")?)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("running turn-server")?;
-    child
-        .stdin
-        .take()
-        .context("piped stdin")?
-        .write_all(stdin.as_bytes())?;
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!(
-            "turn-server {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
 
 #[test]
 fn cli_added_user_relays_with_coturn_and_rest_credential_allocates() -> Result<()> {

@@ -383,6 +383,29 @@ pub fn channel_round_trip_as(
     Ok(RoundTrip { status, seen })
 }
 
+/// Runs `turn-server ARGS` with `stdin`; returns stdout, failing with stderr.
+pub fn turn_cli(args: &[&str], stdin: &str) -> Result<String> {
+    let mut child = Command::new(bin("turn-server")?)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("running turn-server")?;
+    std::io::Write::write_all(
+        &mut child.stdin.take().context("piped stdin")?,
+        stdin.as_bytes(),
+    )?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "turn-server {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// Fails with an actionable message instead of skipping when coturn's tools are missing.
 pub fn require_coturn_tools() -> Result<()> {
     for tool in ["turnutils_uclient", "turnutils_peer"] {
