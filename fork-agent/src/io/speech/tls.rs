@@ -17,16 +17,9 @@ use rustls::{
     RootCertStore, SupportedCipherSuite,
 };
 
-use crate::config::{TlsConfig, TlsMinVersion};
+use tracing::warn;
 
-/// System CA bundles, in the order distributions place them (what rustls-native-certs reads
-/// on Linux); `SSL_CERT_FILE` wins when set.
-const SYSTEM_BUNDLES: [&str; 4] = [
-    "/etc/ssl/certs/ca-certificates.crt",
-    "/etc/pki/tls/certs/ca-bundle.crt",
-    "/etc/ssl/ca-bundle.pem",
-    "/etc/ssl/cert.pem",
-];
+use crate::config::{TlsConfig, TlsMinVersion};
 
 /// Builds the client configuration for one server.
 pub fn client_config(cfg: &TlsConfig) -> Result<Arc<rustls::ClientConfig>> {
@@ -116,17 +109,20 @@ fn load_roots(path: &Path) -> Result<RootCertStore> {
     Ok(roots)
 }
 
+/// The system trust store as rustls-native-certs finds it: `SSL_CERT_FILE`/`SSL_CERT_DIR` when
+/// set, else the distribution's bundle and directory (openssl-probe). A file it cannot read is
+/// logged and skipped; finding no usable CA at all is an error.
 fn system_roots() -> Result<RootCertStore> {
-    let env = std::env::var_os("SSL_CERT_FILE").map(std::path::PathBuf::from);
-    let candidates = env
-        .into_iter()
-        .chain(SYSTEM_BUNDLES.iter().map(std::path::PathBuf::from));
-    for p in candidates {
-        if p.exists() {
-            return load_roots(&p);
-        }
+    let found = rustls_native_certs::load_native_certs();
+    for e in &found.errors {
+        warn!(error = %e, "system CA store: skipped a file");
     }
-    bail!("no system CA bundle found (tried SSL_CERT_FILE and {SYSTEM_BUNDLES:?}); set tls.ca_file")
+    let mut roots = RootCertStore::empty();
+    let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        bail!("no usable CA certificate in the system store (SSL_CERT_FILE, SSL_CERT_DIR or the distribution's bundle); install ca-certificates or set tls.ca_file")
+    }
+    Ok(roots)
 }
 
 #[cfg(test)]
