@@ -7,12 +7,14 @@
 //! - [`logging`]: the tracing subscriber (`--log-format text|json`, colour only on a terminal,
 //!   no timestamp under journald);
 //! - [`cli_docs`]: man pages and shell completions from the binary's clap definition (the
-//!   hidden `generate-docs` subcommand `cargo xtask install` runs).
+//!   hidden `generate-docs` subcommand `cargo xtask install` runs);
+//! - [`config_file`]: reading the configuration file, with one error text for all daemons.
 //!
 //! docs/operations.md ("Metrics", "Readiness and the watchdog", "Logs", "Man pages and
 //! completions") is the operator's view.
 
 pub mod cli_docs;
+pub mod config_file;
 pub mod logging;
 pub mod metrics;
 pub mod notify;

@@ -10,12 +10,9 @@ use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config file {path} (another file: --config PATH): {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    /// The file could not be read (daemon-ops' text, shared by every daemon).
+    #[error(transparent)]
+    Read(#[from] daemon_ops::config_file::ReadError),
     /// TOML syntax or type error (the message names line and field).
     #[error("config file {path}: {source}")]
     Parse {
@@ -486,10 +483,7 @@ const IFNAME_MAX: usize = 15;
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = daemon_ops::config_file::read(path)?;
         Config::parse(&text).map_err(|e| match e {
             ConfigError::Parse { source, .. } => ConfigError::Parse {
                 path: path.to_owned(),

@@ -1,7 +1,7 @@
 //! `ng-agent run --config FILE` serves the ng protocol; `ng-agent check-config --config FILE`
 //! validates a configuration and exits (docs/ng-agent.md).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{CommandFactory, Parser, Subcommand};
@@ -43,13 +43,8 @@ enum Cmd {
     GenerateDocs(GenerateDocsArgs),
 }
 
-fn load(path: &PathBuf) -> Result<Settings> {
-    let text = std::fs::read_to_string(path).with_context(|| {
-        format!(
-            "cannot read config file {} (another file: --config PATH)",
-            path.display()
-        )
-    })?;
+fn load(path: &Path) -> Result<Settings> {
+    let text = daemon_ops::config_file::read(path)?;
     Settings::from_toml(&text)
         .with_context(|| format!("{} is not a valid ng-agent config", path.display()))
 }

@@ -2,7 +2,7 @@
 //! exits; `sip-agent ctl` asks a running agent (docs/sip-agent.md). `--config` defaults to
 //! /etc/xdpfork/sip-agent.toml.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{CommandFactory, Parser, Subcommand};
@@ -54,13 +54,8 @@ enum Cmd {
     GenerateDocs(GenerateDocsArgs),
 }
 
-fn load(path: &PathBuf) -> Result<Settings> {
-    let text = std::fs::read_to_string(path).with_context(|| {
-        format!(
-            "cannot read config file {} (another file: --config PATH)",
-            path.display()
-        )
-    })?;
+fn load(path: &Path) -> Result<Settings> {
+    let text = daemon_ops::config_file::read(path)?;
     Settings::from_toml(&text)
         .with_context(|| format!("{} is not a valid sip-agent config", path.display()))
 }

@@ -29,14 +29,9 @@ use turn_core::{
 /// Why a configuration was rejected.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The config file could not be read.
-    #[error("cannot read config file {path} (another file: --config PATH): {source}")]
-    Read {
-        /// File named on the command line.
-        path: PathBuf,
-        /// Underlying error.
-        source: std::io::Error,
-    },
+    /// The config file could not be read (daemon-ops' text, shared by every daemon).
+    #[error(transparent)]
+    Read(#[from] daemon_ops::config_file::ReadError),
     /// TOML syntax or type error (the message names line and key).
     #[error("config file {path}: {source}")]
     Parse {
@@ -456,10 +451,7 @@ impl Config {
     /// Reads and validates `path`, including the users file, secret file and TLS files it
     /// names.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = daemon_ops::config_file::read(path)?;
         Config::parse(&text).map_err(|e| match e {
             ConfigError::Parse { source, .. } => ConfigError::Parse {
                 path: path.to_owned(),
@@ -494,10 +486,7 @@ pub struct AuthSettings {
 impl AuthSettings {
     /// Reads `path` for its `realm` and `[auth]` settings.
     pub fn load(path: &Path) -> Result<AuthSettings, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = daemon_ops::config_file::read(path)?;
         let raw: RawConfig = toml::from_str(&text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
             source,
