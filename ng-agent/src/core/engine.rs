@@ -23,6 +23,10 @@
 //! `direction` interface is the first one), the other `B`; a re-offer from either tag updates
 //! that side. Media: the first `m=audio` section; other sections are disabled (port 0), as in
 //! sip-agent (media-anchor's `anchor_audio`).
+//!
+//! Size: about 1,080 lines, kept in one file on purpose: the call table, the offer/answer/
+//! delete state machine and the replies it owes share one state (a call's legs, ports, pending
+//! control requests and cached replies); split by command, every command would reach into it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
