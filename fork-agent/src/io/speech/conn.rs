@@ -289,9 +289,14 @@ fn now() -> std::time::Instant {
     tokio::time::Instant::now().into_std()
 }
 
-/// Translates one queued item into wire frames.
-fn translate(dialect: &mut Dialect, item: Outgoing, out: &mut Vec<WireFrame>) {
-    let t = now();
+/// Translates one queued item into wire frames. `t` is read once per batch by the caller:
+/// a batch is written at once, so one clock read serves every frame in it.
+fn translate(
+    dialect: &mut Dialect,
+    t: std::time::Instant,
+    item: Outgoing,
+    out: &mut Vec<WireFrame>,
+) {
     match item {
         Outgoing::Control(c) => dialect.on_control(t, &c, out),
         Outgoing::Audio(a) => dialect.on_audio(t, a, out),
@@ -340,13 +345,14 @@ where
                 // What the service queued before asking (a `stop`, say) and the dialect's
                 // goodbye go out first, bounded: a stalled server still gets its Close.
                 frames.clear();
+                let t = now();
                 while let Ok(item) = l.rx.try_recv() {
                     if !matches!(item, Outgoing::Flush) {
                         l.backlog.fetch_sub(1, Ordering::Relaxed);
                     }
-                    translate(&mut dialect, item, &mut frames);
+                    translate(&mut dialect, t, item, &mut frames);
                 }
-                dialect.on_local_close(now(), &mut frames);
+                dialect.on_local_close(t, &mut frames);
                 let close = Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "".into() }));
                 let _ = tokio::time::timeout(CLOSE_FLUSH, async {
                     for f in frames.drain(..) {
@@ -373,8 +379,9 @@ where
                 }
                 let items = batch.iter().filter(|i| !matches!(i, Outgoing::Flush)).count();
                 frames.clear();
+                let t = now();
                 for item in batch.drain(..) {
-                    translate(&mut dialect, item, &mut frames);
+                    translate(&mut dialect, t, item, &mut frames);
                 }
                 let sent = frames.len() as u64;
                 let bytes = frames.iter().map(WireFrame::len).sum::<usize>() as u64;
