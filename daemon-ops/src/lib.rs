@@ -1,4 +1,4 @@
-//! What every xdpfork daemon (fork-agent, sip-agent, turn-server) does for its operator, done
+//! What every xdpfork daemon (fork-agent, sip-agent, ng-agent, turn-server) does for its operator, done
 //! once:
 //! - [`metrics`]: `GET /metrics` in the Prometheus text format (0.0.4) on a small, bounded TCP
 //!   endpoint, rendered by prometheus-client from a registry each daemon builds per scrape;
@@ -8,7 +8,8 @@
 //!   no timestamp under journald);
 //! - [`cli_docs`]: man pages and shell completions from the binary's clap definition (the
 //!   hidden `generate-docs` subcommand `cargo xtask install` runs);
-//! - [`config_file`]: reading the configuration file, with one error text for all daemons.
+//! - [`config_file`]: reading the configuration file, with one error text for all daemons;
+//! - [`reload`]: what a SIGHUP changed in that file, split into live and restart-only sections.
 //!
 //! docs/operations.md ("Metrics", "Readiness and the watchdog", "Logs", "Man pages and
 //! completions") is the operator's view.
@@ -18,3 +19,4 @@ pub mod config_file;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
+pub mod reload;

@@ -12,14 +12,21 @@
 //! `NO_COLOR` (no-color.org) also turns colour off. `RUST_LOG` wins over the daemon's default
 //! filter. docs/operations.md ("Logs") is the operator's view.
 //!
-//! A daemon adds [`LogArgs`] to its clap definition (`#[command(flatten)]`) and calls
-//! [`LogArgs::init`] with its default filter.
+//! A daemon adds [`LogArgs`] to its clap definition (`#[command(flatten)]`), calls
+//! [`LogArgs::init`] with its default filter, then applies its config file's `[log] level`
+//! ([`LogSection`]) through the returned [`LogControl`], at start and again on SIGHUP. The
+//! filter is one `reload` layer, so a new level takes effect for every later event without
+//! rebuilding the subscriber. `RUST_LOG`, when set at start, pins the filter: a file level is
+//! then reported as ignored, so a debugging session is not undone by a reload.
 
 use std::io::IsTerminal;
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 
-use tracing_subscriber::{fmt, layer::SubscriberExt, util::SubscriberInitExt, EnvFilter, Layer};
+use serde::{Deserialize, Deserializer};
+use tracing_subscriber::{
+    fmt, layer::SubscriberExt, reload, util::SubscriberInitExt, EnvFilter, Layer, Registry,
+};
 
 /// `--log-format`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -42,8 +49,128 @@ pub struct LogArgs {
 impl LogArgs {
     /// Installs the subscriber: `RUST_LOG` if set and valid, else `default_filter` (e.g.
     /// `"info"`). Fails only if a subscriber was already installed or the filter is invalid.
-    pub fn init(&self, default_filter: &str) -> Result<(), LogInitError> {
+    pub fn init(&self, default_filter: &str) -> Result<LogControl, LogInitError> {
         init(self.log_format, default_filter)
+    }
+}
+
+/// `[log]` in a daemon's config file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    /// An `EnvFilter` directive list (`"info"`, `"warn,fork_agent=debug"`), checked when the
+    /// file is read; absent: the daemon's default.
+    #[serde(default, deserialize_with = "deserialize_level")]
+    level: Option<String>,
+}
+
+impl LogSection {
+    /// The configured filter, if any.
+    pub fn level(&self) -> Option<&str> {
+        self.level.as_deref()
+    }
+}
+
+fn deserialize_level<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_level(&s).map(Some).map_err(serde::de::Error::custom)
+}
+
+/// `[log] level`: a non-empty `EnvFilter` directive list.
+pub fn parse_level(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("empty log level (e.g. \"info\" or \"warn,fork_agent=debug\")".into());
+    }
+    EnvFilter::try_new(s).map(|_| s.to_owned()).map_err(|e| {
+        format!("`{s}` is not a log filter: {e} (e.g. \"info\" or \"warn,fork_agent=debug\")")
+    })
+}
+
+/// What [`LogControl::apply`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LevelChange {
+    /// The filter was already this.
+    Unchanged,
+    /// The filter is now `to` (was `from`).
+    Changed {
+        /// The filter before.
+        from: String,
+        /// The filter now.
+        to: String,
+    },
+    /// `RUST_LOG` was set at start and stays in force; the file's level is not applied.
+    PinnedByEnv {
+        /// `RUST_LOG`'s value.
+        env: String,
+    },
+}
+
+impl std::fmt::Display for LevelChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LevelChange::Unchanged => write!(f, "log level unchanged"),
+            LevelChange::Changed { from, to } => write!(f, "log level `{from}` -> `{to}`"),
+            LevelChange::PinnedByEnv { env } => write!(
+                f,
+                "[log] level ignored: RUST_LOG=`{env}` was set at start and stays in force"
+            ),
+        }
+    }
+}
+
+/// The running subscriber's filter, changeable at run time.
+pub struct LogControl {
+    handle: reload::Handle<EnvFilter, Registry>,
+    /// `RUST_LOG` when it was set (and valid) at start.
+    env: Option<String>,
+    default_filter: String,
+    current: String,
+}
+
+/// Why a filter could not be swapped in.
+#[derive(Debug, thiserror::Error)]
+pub enum LogApplyError {
+    /// The directive does not parse (a [`LogSection`] checks this when read).
+    #[error("log level `{level}`: {source}")]
+    Filter {
+        /// The directive given.
+        level: String,
+        /// What the parser said.
+        source: tracing_subscriber::filter::ParseError,
+    },
+    /// The subscriber is gone (the process is shutting down).
+    #[error("log level: {0}")]
+    Reload(#[from] reload::Error),
+}
+
+impl LogControl {
+    /// Applies `section`'s level (or the daemon's default when it has none), unless `RUST_LOG`
+    /// pins the filter.
+    pub fn apply(&mut self, section: &LogSection) -> Result<LevelChange, LogApplyError> {
+        if let Some(env) = &self.env {
+            return Ok(if section.level().is_some() {
+                LevelChange::PinnedByEnv { env: env.clone() }
+            } else {
+                LevelChange::Unchanged
+            });
+        }
+        let want = section.level().unwrap_or(&self.default_filter).to_owned();
+        if want == self.current {
+            return Ok(LevelChange::Unchanged);
+        }
+        let filter = EnvFilter::try_new(&want).map_err(|source| LogApplyError::Filter {
+            level: want.clone(),
+            source,
+        })?;
+        self.handle.reload(filter)?;
+        let from = std::mem::replace(&mut self.current, want.clone());
+        Ok(LevelChange::Changed { from, to: want })
+    }
+
+    /// The filter in force.
+    pub fn current(&self) -> &str {
+        self.env.as_deref().unwrap_or(&self.current)
     }
 }
 
@@ -130,14 +257,18 @@ fn stderr_dev_ino() -> Option<(u64, u64)> {
 }
 
 /// Installs the global subscriber for `format` on this process's stderr.
-pub fn init(format: LogFormat, default_filter: &str) -> Result<(), LogInitError> {
-    let filter = match EnvFilter::try_from_default_env() {
-        Ok(f) => f,
-        Err(_) => EnvFilter::try_new(default_filter).map_err(|source| LogInitError::Filter {
+pub fn init(format: LogFormat, default_filter: &str) -> Result<LogControl, LogInitError> {
+    let default = || {
+        EnvFilter::try_new(default_filter).map_err(|source| LogInitError::Filter {
             filter: default_filter.to_owned(),
             source,
-        })?,
+        })
     };
+    let (filter, env) = match EnvFilter::try_from_default_env() {
+        Ok(f) => (f, std::env::var(EnvFilter::DEFAULT_ENV).ok()),
+        Err(_) => (default()?, None),
+    };
+    let (filter, handle) = reload::Layer::new(filter);
     let style = Style::decide(format, Stderr::detect());
     let layer = fmt::layer()
         .with_writer(std::io::stderr)
@@ -150,9 +281,15 @@ pub fn init(format: LogFormat, default_filter: &str) -> Result<(), LogInitError>
         (false, false) => layer.without_time().boxed(),
     };
     tracing_subscriber::registry()
-        .with(layer.with_filter(filter))
+        .with(filter)
+        .with(layer)
         .try_init()?;
-    Ok(())
+    Ok(LogControl {
+        handle,
+        env,
+        default_filter: default_filter.to_owned(),
+        current: default_filter.to_owned(),
+    })
 }
 
 #[cfg(test)]
@@ -205,6 +342,89 @@ mod tests {
         for (format, stderr, want) in cases {
             assert_eq!(Style::decide(format, stderr), want, "{format:?} {stderr:?}");
         }
+    }
+
+    #[test]
+    fn log_section_checks_the_filter_when_read() {
+        let parse = |t: &str| toml::from_str::<LogSection>(t);
+        assert_eq!(parse("").expect("empty section").level(), None);
+        let set = parse("level = \"warn,fork_agent=debug\"").expect("valid filter");
+        assert_eq!(set.level(), Some("warn,fork_agent=debug"));
+        let bad = parse("level = \"fork_agent=loud\"").expect_err("bad level");
+        assert!(bad.to_string().contains("not a log filter"), "{bad}");
+        let empty = parse("level = \" \"").expect_err("empty level");
+        assert!(empty.to_string().contains("empty log level"), "{empty}");
+        assert!(parse("lvl = \"info\"").is_err(), "unknown keys are refused");
+    }
+
+    /// A control over a filter layer the test keeps alive (no global subscriber in tests).
+    fn control(env: Option<&str>) -> (reload::Layer<EnvFilter, Registry>, LogControl) {
+        let (layer, handle) = reload::Layer::new(EnvFilter::new("info"));
+        let c = LogControl {
+            handle,
+            env: env.map(str::to_owned),
+            default_filter: "info".into(),
+            current: "info".into(),
+        };
+        (layer, c)
+    }
+
+    fn section(level: &str) -> LogSection {
+        LogSection {
+            level: Some(level.into()),
+        }
+    }
+
+    #[test]
+    fn a_new_level_is_swapped_in_and_absent_means_the_default() {
+        let (_layer, mut c) = control(None);
+        assert_eq!(
+            c.apply(&LogSection::default()).expect("apply"),
+            LevelChange::Unchanged
+        );
+        assert_eq!(
+            c.apply(&section("debug")).expect("apply"),
+            LevelChange::Changed {
+                from: "info".into(),
+                to: "debug".into()
+            }
+        );
+        assert_eq!(c.current(), "debug");
+        assert_eq!(
+            c.apply(&section("debug")).expect("apply"),
+            LevelChange::Unchanged
+        );
+        assert_eq!(
+            c.apply(&LogSection::default()).expect("apply"),
+            LevelChange::Changed {
+                from: "debug".into(),
+                to: "info".into()
+            }
+        );
+    }
+
+    #[test]
+    fn rust_log_pins_the_filter() {
+        let (_layer, mut c) = control(Some("trace"));
+        let change = c.apply(&section("warn")).expect("apply");
+        assert_eq!(
+            change,
+            LevelChange::PinnedByEnv {
+                env: "trace".into()
+            }
+        );
+        assert!(change.to_string().contains("RUST_LOG"), "{change}");
+        assert_eq!(c.current(), "trace");
+    }
+
+    #[test]
+    fn a_gone_subscriber_is_an_error_not_a_panic() {
+        let (layer, mut c) = control(None);
+        drop(layer);
+        assert!(matches!(
+            c.apply(&section("debug")),
+            Err(LogApplyError::Reload(_))
+        ));
     }
 
     #[test]
