@@ -44,6 +44,9 @@ pub struct Config {
     pub metrics: daemon_ops::metrics::MetricsSection,
     #[serde(default)]
     pub destinations: DestinationsConfig,
+    /// `[log] level`: re-applied on SIGHUP (docs/operations.md "Logs").
+    #[serde(default)]
+    pub log: daemon_ops::logging::LogSection,
 }
 
 /// Which per-request speech destinations a controller may name (docs/fork-agent.md
@@ -285,7 +288,7 @@ fn default_state_dir() -> PathBuf {
 }
 
 /// One speech server profile (CUBE `media profile stream-service`): where to connect and how.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SpeechServerConfig {
     pub name: String,
@@ -366,7 +369,7 @@ pub enum TlsMinVersion {
     V1_3,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// "1.2" (default) or "1.3".
@@ -483,8 +486,19 @@ const IFNAME_MAX: usize = 15;
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_text(path).map(|(c, _)| c)
+    }
+
+    /// [`Config::load`], with the text read (what a SIGHUP compares the file with).
+    pub fn load_text(path: &Path) -> Result<(Config, String), ConfigError> {
         let text = daemon_ops::config_file::read(path)?;
-        Config::parse(&text).map_err(|e| match e {
+        let cfg = Config::parse_at(&text, path)?;
+        Ok((cfg, text))
+    }
+
+    /// [`Config::parse`] of `path`'s text: a TOML error names the file.
+    pub fn parse_at(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        Config::parse(text).map_err(|e| match e {
             ConfigError::Parse { source, .. } => ConfigError::Parse {
                 path: path.to_owned(),
                 source,

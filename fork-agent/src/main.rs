@@ -168,12 +168,20 @@ fn main() -> std::process::ExitCode {
 fn dispatch(cli: Cli) -> Result<std::process::ExitCode> {
     match cli.cmd {
         Cmd::Run { config, log } => {
-            log.init("info")?;
-            let cfg = Config::load(&config)?;
+            let log = log.init("info")?;
+            let (cfg, text) = Config::load_text(&config)?;
+            let mut reloader = daemon_ops::reload::Reloader::new(
+                "fork-agent",
+                config.clone(),
+                text,
+                &["speech_server", "destinations"],
+                log,
+            );
+            reloader.apply_initial_log(&cfg.log);
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
-                .block_on(fork_agent::io::agent::run(cfg))?;
+                .block_on(fork_agent::io::agent::run(cfg, reloader))?;
         }
         Cmd::CheckKernel { fork_path } => {
             let setting = match (fork_path, std::env::var(FORK_PATH_ENV)) {

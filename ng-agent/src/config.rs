@@ -39,6 +39,8 @@ struct RawConfig {
     #[serde(rename = "interface")]
     interfaces: Vec<RawInterface>,
     fork_agent: RawForkAgent,
+    #[serde(default)]
+    log: daemon_ops::logging::LogSection,
 }
 
 #[derive(Debug, Deserialize)]
@@ -107,6 +109,8 @@ pub struct Settings {
     pub control_socket: PathBuf,
     /// The engine's settings.
     pub engine: EngineConfig,
+    /// `[log] level`, re-applied on SIGHUP (the only section that reloads).
+    pub log: daemon_ops::logging::LogSection,
 }
 
 fn ranged(errs: &mut Vec<String>, field: &str, v: i64, lo: i64, hi: i64) -> i64 {
@@ -187,6 +191,7 @@ impl Settings {
             return Err(ConfigError::Invalid(errs));
         };
         Ok(Settings {
+            log: raw.log,
             listen,
             control_socket: raw.fork_agent.socket,
             engine: EngineConfig {

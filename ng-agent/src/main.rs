@@ -44,9 +44,15 @@ enum Cmd {
 }
 
 fn load(path: &Path) -> Result<Settings> {
+    load_text(path).map(|(s, _)| s)
+}
+
+/// [`load`], with the text read (what a SIGHUP compares the file with).
+fn load_text(path: &Path) -> Result<(Settings, String)> {
     let text = daemon_ops::config_file::read(path)?;
-    Settings::from_toml(&text)
-        .with_context(|| format!("{} is not a valid ng-agent config", path.display()))
+    let s = Settings::from_toml(&text)
+        .with_context(|| format!("{} is not a valid ng-agent config", path.display()))?;
+    Ok((s, text))
 }
 
 fn main() -> Result<()> {
@@ -76,13 +82,16 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Run { config, log } => {
-            log.init("info")?;
-            let s = load(&config)?;
+            let log = log.init("info")?;
+            let (s, text) = load_text(&config)?;
+            let mut reloader =
+                daemon_ops::reload::Reloader::new("ng-agent", config, text, &[], log);
+            reloader.apply_initial_log(&s.log);
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .context("starting the tokio runtime")?
-                .block_on(ng_agent::io::run(s))
+                .block_on(ng_agent::io::run(s, reloader))
         }
     }
 }

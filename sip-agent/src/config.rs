@@ -77,6 +77,8 @@ struct RawConfig {
     metrics: daemon_ops::metrics::MetricsSection,
     #[serde(default)]
     admin: RawAdmin,
+    #[serde(default)]
+    log: daemon_ops::logging::LogSection,
 }
 
 /// `[admin]`: the Unix socket `sip-agent ctl` asks (docs/sip-agent.md "Call counts and the
@@ -418,6 +420,8 @@ pub struct Settings {
     pub admin_socket: Option<PathBuf>,
     /// `[metrics] listen`: the Prometheus endpoint, if on.
     pub metrics_listen: Option<SocketAddr>,
+    /// `[log] level`, re-applied on SIGHUP (the only section that reloads).
+    pub log: daemon_ops::logging::LogSection,
 }
 
 fn parse_transport(s: &str) -> Option<Transport> {
@@ -705,6 +709,7 @@ impl Settings {
             },
         };
         Ok(Settings {
+            log: raw.log,
             admin_socket: raw.admin.socket,
             metrics_listen: raw.metrics.listen(daemon_ops::metrics::SIP_AGENT_DEFAULT),
             listen,

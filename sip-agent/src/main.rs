@@ -55,9 +55,15 @@ enum Cmd {
 }
 
 fn load(path: &Path) -> Result<Settings> {
+    load_text(path).map(|(s, _)| s)
+}
+
+/// [`load`], with the text read (what a SIGHUP compares the file with).
+fn load_text(path: &Path) -> Result<(Settings, String)> {
     let text = daemon_ops::config_file::read(path)?;
-    Settings::from_toml(&text)
-        .with_context(|| format!("{} is not a valid sip-agent config", path.display()))
+    let s = Settings::from_toml(&text)
+        .with_context(|| format!("{} is not a valid sip-agent config", path.display()))?;
+    Ok((s, text))
 }
 
 fn main() -> Result<()> {
@@ -110,14 +116,17 @@ fn main() -> Result<()> {
             admin_socket,
             log,
         } => {
-            log.init("info")?;
-            let s = load(&config)?;
+            let log = log.init("info")?;
+            let (s, text) = load_text(&config)?;
+            let mut reloader =
+                daemon_ops::reload::Reloader::new("sip-agent", config, text, &[], log);
+            reloader.apply_initial_log(&s.log);
             let admin_socket = admin_socket.or_else(|| s.admin_socket.clone());
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .context("starting the tokio runtime")?
-                .block_on(sip_agent::io::run(s, admin_socket))
+                .block_on(sip_agent::io::run(s, admin_socket, reloader))
         }
     }
 }

@@ -95,6 +95,8 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     metrics: daemon_ops::metrics::MetricsSection,
+    #[serde(default)]
+    log: daemon_ops::logging::LogSection,
 }
 
 /// `[limits]`: the TCP and TLS listeners' bounds (docs/operations.md "Limits").
@@ -429,6 +431,8 @@ pub struct Config {
     pub limits: Limits,
     /// `[metrics] listen`: the Prometheus endpoint, if on.
     pub metrics_listen: Option<SocketAddr>,
+    /// `[log] level`, re-applied on SIGHUP.
+    pub log: daemon_ops::logging::LogSection,
 }
 
 impl fmt::Debug for Config {
@@ -443,6 +447,7 @@ impl fmt::Debug for Config {
             .field("offload", &self.offload)
             .field("limits", &self.limits)
             .field("metrics_listen", &self.metrics_listen)
+            .field("log", &self.log)
             .finish()
     }
 }
@@ -624,6 +629,7 @@ impl RawConfig {
             .transpose()?;
         let limits = self.limits.validate()?;
         Ok(Config {
+            log: self.log.clone(),
             listen,
             tls,
             relay,

@@ -106,13 +106,16 @@ fn main() -> Result<()> {
             log_pii,
             log,
         } => {
-            log.init("info")?;
+            let mut log = log.init("info")?;
             turn_server::pii::set_enabled(log_pii);
             let cfg = Config::load(&config)?;
+            if let Err(e) = log.apply(&cfg.log) {
+                tracing::warn!("{e}");
+            }
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
-                .block_on(turn_server::io::run(cfg, &config))
+                .block_on(turn_server::io::run(cfg, &config, log))
         }
         Cmd::CheckConfig { config } => {
             Config::load(&config)?;

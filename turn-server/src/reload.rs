@@ -1,12 +1,13 @@
 //! What a SIGHUP applies: the decision, kept apart from the signal and the files.
 //!
 //! Role: compare the running configuration with the file read again, and say what to swap in
-//! and what only a restart applies. Only authentication reloads: the users file and the REST
+//! and what only a restart applies. Only authentication reloads here: the users file and the REST
 //! shared secret (`[auth]`). The core swaps its [`Credentials`] in one step (one task owns
 //! it), so live allocations keep relaying and every request after the swap is judged by the
 //! new set. Everything else is bound to sockets, the port allocator or the core's timers at
 //! start; a change there is reported by field name and otherwise ignored until a restart.
-//! The realm is also restart-only: clients derive their keys from it.
+//! The realm is also restart-only: clients derive their keys from it. `[log] level` also
+//! reloads, applied by the shell through daemon-ops' `LogControl` (as in every daemon).
 //! Inputs: the running [`Config`] and the one just loaded (validated like at start).
 //! Outputs: a [`Reload`].
 

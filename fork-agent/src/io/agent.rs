@@ -65,7 +65,9 @@ pub struct AgentStats {
 /// A request for the agent loop and where its answer goes.
 pub(crate) type ControlMsg = (Op, oneshot::Sender<Response>);
 
-pub async fn run(cfg: Config) -> Result<()> {
+/// Serves until SIGINT/SIGTERM; SIGHUP re-reads the file through `reloader` and applies
+/// `[log]`, `[[speech_server]]` and `[destinations]` (docs/operations.md "Reload").
+pub async fn run(cfg: Config, reloader: daemon_ops::reload::Reloader) -> Result<()> {
     // Bind the control socket first: a second agent on the same socket fails before it touches
     // the data plane. It answers "not ready" until the data plane is up.
     let listener = bind_control(&cfg.control.socket)?;
@@ -95,8 +97,9 @@ pub async fn run(cfg: Config) -> Result<()> {
                 ctl: ctl_tx.clone(),
                 ready: ready_rx_metrics,
                 live: Live::spawn(&events),
-                connect: Vec::new(),
+                servers: Default::default(),
                 control_gate: control_stats.clone(),
+                reloads: reloader.counters.clone(),
             },
         )
     });
@@ -105,6 +108,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         control_stats,
         metrics,
         notify,
+        reloader,
     };
     let result = serve(&cfg, ctl_rx, events, started).await;
     notify.stopping();
@@ -120,6 +124,7 @@ struct Started {
     control_stats: Arc<conn_limits::io::gate::GateStats>,
     metrics: Option<(tokio::net::TcpListener, crate::io::metrics::Sources)>,
     notify: Notifier,
+    reloader: daemon_ops::reload::Reloader,
 }
 
 async fn serve(
@@ -133,6 +138,7 @@ async fn serve(
         control_stats,
         metrics,
         notify,
+        mut reloader,
     } = started;
     // Without an endpoint the latency task still runs (cheap), so the agent has one code path.
     let live = metrics
@@ -232,15 +238,12 @@ async fn serve(
     }
 
     if let Some((listener, mut sources)) = metrics {
-        sources.connect = speech
-            .stats
-            .iter()
-            .map(|(n, s)| (n.clone(), s.connect_seconds.clone()))
-            .collect();
+        sources.servers = speech.stats.clone();
         crate::io::metrics::spawn(listener, sources);
     }
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut agent = Agent {
         dp,
         fallback: crate::io::fallback::Fallback::new(fallback_media),
@@ -335,6 +338,21 @@ async fn serve(
                 if !agent.idle_timeout.is_zero() {
                     agent.expire_idle();
                 }
+            }
+            _ = sighup.recv() => {
+                notify.reloading();
+                let path = reloader.path().to_owned();
+                if let Some(new) = reloader.reread(|t| Config::parse_at(t, &path), |c| &c.log) {
+                    let result = agent
+                        .speech
+                        .reload(new.speech_servers, new.destinations)
+                        .await;
+                    if let Err(e) = &result {
+                        warn!("reload: speech servers unchanged: {e:#}");
+                    }
+                    reloader.finish(result.is_ok());
+                }
+                notify.ready("serving (reloaded)");
             }
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,

@@ -101,9 +101,12 @@ pub(crate) struct Sources {
     pub(crate) ctl: mpsc::Sender<ControlMsg>,
     pub(crate) ready: watch::Receiver<Readiness>,
     pub(crate) live: Live,
-    /// Per configured server: the connect-time histogram.
-    pub(crate) connect: Vec<(String, ConnectTime)>,
+    /// Per configured server: its counters, with the connect-time histogram (a reload adds
+    /// and removes servers, so this is read at each scrape).
+    pub(crate) servers: crate::io::speech::StatsByServer,
     pub(crate) control_gate: Arc<GateStats>,
+    /// SIGHUP outcomes.
+    pub(crate) reloads: daemon_ops::reload::ReloadCounters,
 }
 
 /// Serves `/metrics` on `listener`.
@@ -140,12 +143,15 @@ async fn scrape(src: &Sources, own: GateCounters) -> Result<Registry> {
     .await?;
     let mut snap = render(&counters, &stats);
     snap.gates(&[("control", src.control_gate.snapshot()), ("metrics", own)]);
+    src.reloads.add_to(&mut snap);
     snap.histograms(
         "speech_connect_seconds",
         "WebSocket connect time (TCP, TLS, upgrade) of connections that opened, by server.",
-        src.connect
+        src.servers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .map(|(n, c)| (server(n), c.0.clone()))
+            .map(|(n, s)| (server(n), s.connect_seconds.0.clone()))
             .collect(),
     );
     let mut reg = Registry::with_prefix("xdpfork");

@@ -37,8 +37,9 @@ const LOG_INTERVAL: Duration = Duration::from_secs(10);
 const NOT_READY_RETRIES: u32 = 25;
 const NOT_READY_PAUSE: Duration = Duration::from_millis(200);
 
-/// Runs the agent until SIGINT or SIGTERM.
-pub async fn run(settings: Settings) -> Result<()> {
+/// Runs the agent until SIGINT or SIGTERM; SIGHUP re-reads the file through `reloader` and
+/// applies its `[log] level` (everything else is restart-only, docs/operations.md "Reload").
+pub async fn run(settings: Settings, mut reloader: daemon_ops::reload::Reloader) -> Result<()> {
     let socket = UdpSocket::bind(settings.listen)
         .await
         .with_context(|| format!("binding the ng socket {} (ng.listen)", settings.listen))?;
@@ -51,6 +52,8 @@ pub async fn run(settings: Settings) -> Result<()> {
     let mut buf = vec![0u8; max + 1];
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
     info!(listen = %settings.listen, control = %settings.control_socket.display(), "ng-agent running");
     // Ready once the ng socket is bound (fork-agent may come later: requests wait for it).
     let notify = daemon_ops::notify::Notifier::from_env();
@@ -99,6 +102,14 @@ pub async fn run(settings: Settings) -> Result<()> {
             }
             () = watchdog.tick() => {
                 notify.watchdog_ping();
+                continue;
+            }
+            _ = hup.recv() => {
+                notify.reloading();
+                if reloader.reread(Settings::from_toml, |s| &s.log).is_some() {
+                    reloader.finish(true);
+                }
+                notify.ready("ng (reloaded)");
                 continue;
             }
             _ = tokio::signal::ctrl_c() => break,

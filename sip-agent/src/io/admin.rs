@@ -163,6 +163,7 @@ pub fn spawn_metrics(
     counts: watch::Receiver<Stats>,
     sip: Option<Arc<GateStats>>,
     admin: Option<Arc<GateStats>>,
+    reloads: daemon_ops::reload::ReloadCounters,
 ) {
     daemon_ops::metrics::spawn(listener, move |own| -> ScrapeFuture {
         let mut gates = vec![("metrics", own)];
@@ -171,7 +172,10 @@ pub fn spawn_metrics(
                 gates.push((name, g.snapshot()));
             }
         }
-        let reg = registry(&counts.borrow(), &gates);
+        let mut reg = registry(&counts.borrow(), &gates);
+        let mut snap = Snapshot::default();
+        reloads.add_to(&mut snap);
+        reg.register_collector(Box::new(snap));
         Box::pin(std::future::ready(Ok(reg)))
     });
 }

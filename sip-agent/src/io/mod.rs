@@ -59,7 +59,13 @@ fn now() -> Instant {
 
 /// Runs the agent until SIGINT/SIGTERM.
 /// `admin_socket`: where `sip-agent ctl` asks for call counts (none: no admin socket).
-pub async fn run(settings: Settings, admin_socket: Option<std::path::PathBuf>) -> Result<()> {
+/// Serves until SIGINT/SIGTERM; SIGHUP re-reads the file through `reloader` and applies its
+/// `[log] level` (everything else is restart-only, docs/operations.md "Reload").
+pub async fn run(
+    settings: Settings,
+    admin_socket: Option<std::path::PathBuf>,
+    mut reloader: daemon_ops::reload::Reloader,
+) -> Result<()> {
     let (net_tx, mut net_rx) = mpsc::channel::<NetEvent>(NET_QUEUE);
     let mut net = Net::start(&settings, net_tx).await?;
     let (ctl_tx, mut ctl_rx) = control::spawn(settings.control_socket.clone());
@@ -107,10 +113,18 @@ pub async fn run(settings: Settings, admin_socket: Option<std::path::PathBuf>) -
     };
     if let Some(addr) = settings.metrics_listen {
         let listener = daemon_ops::metrics::bind(addr).await?;
-        admin::spawn_metrics(listener, stats_rx, net.gate_stats(), admin_gate);
+        admin::spawn_metrics(
+            listener,
+            stats_rx,
+            net.gate_stats(),
+            admin_gate,
+            reloader.counters.clone(),
+        );
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
     info!(
         sip = %settings.core.sip_addr,
         control = %settings.control_socket.display(),
@@ -190,6 +204,16 @@ pub async fn run(settings: Settings, admin_socket: Option<std::path::PathBuf>) -
                         r.reconciler.handle_timeout(now);
                     }
                 }
+            }
+            _ = hup.recv() => {
+                notify.reloading();
+                let ok = reloader
+                    .reread(Settings::from_toml, |s| &s.log)
+                    .is_some();
+                if ok {
+                    reloader.finish(true);
+                }
+                notify.ready("serving (reloaded)");
             }
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,

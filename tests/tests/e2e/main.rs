@@ -36,6 +36,7 @@ mod ng_kamailio_call;
 mod ng_kamailio_fork;
 mod ng_kamailio_refused;
 mod ops_metrics_notify;
+mod ops_reload;
 mod package_deb;
 mod passthrough_and_errors;
 mod scripts_ops;

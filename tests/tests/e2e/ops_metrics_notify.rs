@@ -30,7 +30,7 @@ const TURN_METRICS: &str = "127.0.0.1:9466";
 
 /// `GET http://addr/metrics` with curl inside the forker namespace; the parsed samples by
 /// `name{labels}` (labels sorted, `le` included), after checking the text line by line.
-fn scrape(topo: &Topology, addr: &str) -> Result<HashMap<String, f64>> {
+pub(crate) fn scrape(topo: &Topology, addr: &str) -> Result<HashMap<String, f64>> {
     let text = ns_run(
         &topo.ns(Host::Forker),
         "curl",
@@ -111,7 +111,7 @@ fn strict_check(text: &str) -> Result<()> {
     Ok(())
 }
 
-fn get(m: &HashMap<String, f64>, key: &str) -> f64 {
+pub(crate) fn get(m: &HashMap<String, f64>, key: &str) -> f64 {
     m.get(key).copied().unwrap_or(0.0)
 }
 

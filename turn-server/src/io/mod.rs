@@ -226,8 +226,12 @@ fn now() -> Instant {
 }
 
 /// Binds everything in `cfg` and serves until SIGINT/SIGTERM; SIGHUP re-reads `config_path`
-/// (the file `cfg` came from).
-pub async fn run(cfg: Config, config_path: &std::path::Path) -> Result<()> {
+/// (the file `cfg` came from) and applies its credentials and `[log] level` through `log`.
+pub async fn run(
+    cfg: Config,
+    config_path: &std::path::Path,
+    mut log: daemon_ops::logging::LogControl,
+) -> Result<()> {
     let (inputs_tx, mut inputs_rx) = mpsc::channel::<Input>(INPUT_QUEUE);
     let (cmd_tx, mut cmd_rx) = mpsc::channel::<Command>(64);
     let bound = BoundRelays::default();
@@ -350,7 +354,7 @@ pub async fn run(cfg: Config, config_path: &std::path::Path) -> Result<()> {
             () = sleep => {}
             _ = hup.recv() => {
                 notify.reloading();
-                shell.reload(&mut running, config_path);
+                shell.reload(&mut running, config_path, &mut log);
                 notify.ready(&serving);
             }
             _ = term.recv() => break,
@@ -541,7 +545,12 @@ impl Shell {
     /// SIGHUP: reads `path` again and validates it as at start; swaps in changed credentials
     /// (live allocations go on, later requests use the new set) and names the changed
     /// settings that need a restart. A file that no longer validates changes nothing.
-    fn reload(&mut self, running: &mut Config, path: &std::path::Path) {
+    fn reload(
+        &mut self,
+        running: &mut Config,
+        path: &std::path::Path,
+        log: &mut daemon_ops::logging::LogControl,
+    ) {
         let new = match Config::load(path) {
             Ok(c) => c,
             Err(e) => {
@@ -551,6 +560,11 @@ impl Shell {
             }
         };
         self.counters.reloads += 1;
+        match log.apply(&new.log) {
+            Ok(daemon_ops::logging::LevelChange::Unchanged) => {}
+            Ok(c) => info!("reload: {c}"),
+            Err(e) => warn!("reload: {e}"),
+        }
         let plan = reload::plan(running, new);
         if !plan.needs_restart.is_empty() {
             warn!(

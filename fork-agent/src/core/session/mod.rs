@@ -274,6 +274,14 @@ impl ForkService {
         idle
     }
 
+    /// Renames `server` (views and logs): a pool a reload retired must not share its name
+    /// with the pool that replaced it.
+    pub fn rename_server(&mut self, server: ServerId, name: String) {
+        if let Some(s) = self.servers.get_mut(&server) {
+            s.name = name;
+        }
+    }
+
     /// Fires due timers of every pool. A spurious call is a no-op.
     pub fn handle_timeout(&mut self, now: Instant) {
         let due: Vec<ServerId> = self
@@ -306,7 +314,8 @@ impl ForkService {
             .ok_or(SessionError::UnknownServer(id))
     }
 
-    fn server_name(&self, id: ServerId) -> String {
+    /// The name `id` is shown under (`#N` once it is gone).
+    pub fn server_name(&self, id: ServerId) -> String {
         self.servers
             .get(&id)
             .map_or_else(|| format!("#{}", id.0), |s| s.name.clone())

@@ -80,6 +80,8 @@ impl Agent {
         let servers: serde_json::Map<String, Value> = self
             .speech
             .stats
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
             .iter()
             .map(|(n, s)| {
                 (

@@ -17,17 +17,23 @@
 //! tap (core::fanout) gets the frame under its own stream id, one copy per extra fork and none
 //! when a single fork uses the flow.
 //!
+//! Reload (SIGHUP, `reload.rs`): `[[speech_server]]` and `[destinations]` are swapped in by the
+//! task itself, so no fork sees half a change. An unchanged server keeps its pool and
+//! connections; a changed or removed one retires its pools: their streams run on until they
+//! stop, new forks get the new definition, and a retired pool is dropped once idle.
+//!
 //! Status events are published as control-api `fork_status` event lines on a broadcast
 //! channel the control API's `subscribe` hands to its clients.
 
 pub mod conn;
+pub mod reload;
 pub mod tls;
 
 use std::{
     collections::{HashMap, HashSet},
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc,
+        Arc, RwLock, RwLockReadGuard,
     },
     time::{Duration, Instant},
 };
@@ -110,6 +116,15 @@ pub enum Command {
         /// Where the answer goes.
         reply: oneshot::Sender<Response>,
     },
+    /// SIGHUP: new `[[speech_server]]` and `[destinations]` settings (already validated).
+    Reload {
+        /// Every configured server, as the file now says.
+        servers: Vec<SpeechServerConfig>,
+        /// The allow-list and its limit.
+        destinations: DestinationsConfig,
+        /// What changed, or why nothing did.
+        reply: oneshot::Sender<Result<reload::Changes>>,
+    },
 }
 
 /// Per-server counters read by `show_counters` and metrics.
@@ -132,14 +147,24 @@ pub struct ServerStats {
     pub connect_seconds: crate::io::metrics::ConnectTime,
 }
 
+/// Counters per configured server name, shared with `show_counters` and metrics; a reload
+/// adds names, and a removed name goes once its last stream has stopped.
+pub type StatsByServer = Arc<RwLock<HashMap<String, Arc<ServerStats>>>>;
+
 /// Cloneable handle of the service task.
 #[derive(Clone)]
 pub struct SpeechService {
     cmd: mpsc::Sender<Command>,
-    policy: Arc<Policy>,
+    policy: Arc<RwLock<Policy>>,
     events: broadcast::Sender<String>,
     /// Counters per server name.
-    pub stats: Arc<HashMap<String, Arc<ServerStats>>>,
+    pub stats: StatsByServer,
+}
+
+/// Reads a lock whose writer cannot leave it inconsistent (each write is one assignment or
+/// one map insert/remove), so a poisoned lock is still read.
+fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
 }
 
 /// What [`SpeechService::check_fork`] needs: the configured servers and the allow-list.
@@ -148,7 +173,7 @@ struct Policy {
     allow: AllowList,
     max_active: usize,
     /// Per-request destinations with a pool now (the task keeps it current).
-    active: AtomicU64,
+    active: Arc<AtomicU64>,
 }
 
 /// One `[[speech_server]]`, as forks use it.
@@ -158,6 +183,42 @@ struct ServerEntry {
     /// Built for every server (not only `wss://` ones): a per-request `wss://` destination
     /// uses its server's TLS settings.
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// The bytes of the TLS files it was built from: a reload that finds them changed (a
+    /// rotated CA or client certificate) treats the server as changed.
+    tls_files: Vec<u8>,
+}
+
+impl ServerEntry {
+    /// Parses the URL, builds the TLS settings and reads their files.
+    fn build(s: &SpeechServerConfig) -> Result<ServerEntry> {
+        let url = WsUrl::parse(&s.url)
+            .map_err(|e| anyhow::anyhow!("speech_server {}: url {e}", s.name))?;
+        let tls = Some(
+            tls::client_config(&s.tls)
+                .with_context(|| format!("speech_server {}: TLS settings", s.name))?,
+        );
+        let mut tls_files = Vec::new();
+        for f in [&s.tls.ca_file, &s.tls.client_cert, &s.tls.client_key]
+            .into_iter()
+            .flatten()
+        {
+            let bytes = std::fs::read(f)
+                .with_context(|| format!("speech_server {}: reading {}", s.name, f.display()))?;
+            tls_files.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+            tls_files.extend_from_slice(&bytes);
+        }
+        Ok(ServerEntry {
+            cfg: s.clone(),
+            url,
+            tls,
+            tls_files,
+        })
+    }
+
+    /// Whether forks may keep using a pool built from `self` when the file now says `new`.
+    fn same_as(&self, new: &ServerEntry) -> bool {
+        self.cfg == new.cfg && self.tls_files == new.tls_files
+    }
 }
 
 /// The error text of a refused destination (control-api `destination not allowed: …`, which
@@ -251,59 +312,31 @@ impl SpeechService {
         media: mpsc::Receiver<Media>,
         events: broadcast::Sender<String>,
     ) -> Result<Self> {
-        let mut core = ForkService::new();
-        let mut targets = HashMap::new();
-        let mut stats = HashMap::new();
-        let mut by_name = HashMap::new();
-        let mut entries = HashMap::new();
-        for s in servers.iter() {
-            let url = WsUrl::parse(&s.url)
-                .map_err(|e| anyhow::anyhow!("speech_server {}: url {e}", s.name))?;
-            let tls = Some(
-                tls::client_config(&s.tls)
-                    .with_context(|| format!("speech_server {}: TLS settings", s.name))?,
-            );
-            let profile = s.protocol.profile;
-            let id = core
-                .add_server(
-                    &s.name,
-                    &url.host_port(),
-                    s.pool_config_for(profile),
-                    profile.awaits_acceptance(),
-                    // Reconnect jitter from the OS generator: agents restarted together
-                    // must not share a seed.
-                    Box::new(StdRng::from_entropy()),
-                )
-                .map_err(|e| anyhow::anyhow!("speech_server {}: {e}", s.name))?;
-            let entry = ServerEntry {
-                cfg: s.clone(),
-                url: url.clone(),
-                tls,
-            };
-            let t = target(&entry, url, s.token.clone(), s.protocol.clone(), None);
-            targets.insert(id, Arc::new(t));
-            let st = Arc::new(ServerStats::default());
-            stats.insert(s.name.clone(), st.clone());
-            by_name.insert(s.name.clone(), (id, st));
-            entries.insert(s.name.clone(), entry);
-        }
+        let entries = servers
+            .iter()
+            .map(ServerEntry::build)
+            .collect::<Result<Vec<_>>>()?;
         let allow = AllowList::parse(&destinations.allow)
             .map_err(|e| anyhow::anyhow!("destinations.{e}"))?;
-        let policy = Arc::new(Policy {
-            servers: entries,
+        let policy = Arc::new(RwLock::new(Policy {
+            servers: HashMap::new(),
             allow,
             max_active: destinations.max_active,
-            active: AtomicU64::new(0),
-        });
+            active: Arc::new(AtomicU64::new(0)),
+        }));
+        let stats: StatsByServer = Arc::default();
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
-        let task = Task {
-            core,
-            targets,
-            by_name,
+        let mut task = Task {
+            core: ForkService::new(),
+            targets: HashMap::new(),
+            by_name: HashMap::new(),
             dests: HashMap::new(),
             dest_of: HashMap::new(),
+            retired: HashMap::new(),
+            retirements: 0,
             policy: policy.clone(),
+            stats: stats.clone(),
             stream_server: HashMap::new(),
             fanout: FanOut::new(),
             conns: HashMap::new(),
@@ -314,24 +347,50 @@ impl SpeechService {
             ev_tx,
             events: events.clone(),
         };
+        let mut named = HashMap::new();
+        for entry in entries {
+            task.add_entry(&entry)?;
+            named.insert(entry.cfg.name.clone(), entry);
+        }
+        policy.write().unwrap_or_else(|e| e.into_inner()).servers = named;
         tokio::spawn(task.run(cmd_rx, ev_rx, media));
         Ok(SpeechService {
             cmd: cmd_tx,
             policy,
             events,
-            stats: Arc::new(stats),
+            stats,
         })
+    }
+
+    /// Swaps in new `[[speech_server]]` and `[destinations]` settings (SIGHUP); see `reload.rs`.
+    pub async fn reload(
+        &self,
+        servers: Vec<SpeechServerConfig>,
+        destinations: DestinationsConfig,
+    ) -> Result<reload::Changes> {
+        let (reply, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::Reload {
+                servers,
+                destinations,
+                reply,
+            })
+            .await
+            .map_err(|_| anyhow::anyhow!("stream service gone"))?;
+        rx.await
+            .map_err(|_| anyhow::anyhow!("stream service gone"))?
     }
 
     /// Checks where a fork would go before anything else happens: its server exists and a
     /// per-request destination passes `[destinations] allow` (the error text is the control
     /// API's answer: `no speech_server named …` or `destination not allowed: …`).
     pub fn check_fork(&self, spec: &ForkSpec) -> Result<()> {
-        let r = self.policy.resolve(spec)?;
-        if !r.own && self.policy.active.load(Ordering::Relaxed) >= self.policy.max_active as u64 {
+        let policy = read(&self.policy);
+        let r = policy.resolve(spec)?;
+        if !r.own && policy.active.load(Ordering::Relaxed) >= policy.max_active as u64 {
             return Err(not_allowed(format!(
                 "{} per-request destinations are in use ([destinations] max_active)",
-                self.policy.max_active
+                policy.max_active
             )));
         }
         Ok(())
@@ -413,7 +472,12 @@ struct Task {
     /// Pools of per-request destinations, and the way back.
     dests: HashMap<DestKey, ServerId>,
     dest_of: HashMap<ServerId, DestKey>,
-    policy: Arc<Policy>,
+    /// Pools a reload replaced or removed, with their server's name: dropped once idle.
+    retired: HashMap<ServerId, String>,
+    /// Pools retired so far (their shown names are numbered).
+    retirements: u64,
+    policy: Arc<RwLock<Policy>>,
+    stats: StatsByServer,
     /// Connections sent control messages in this round: they get an end-of-batch mark.
     flush: HashSet<ConnId>,
     stream_server: HashMap<u32, Arc<ServerStats>>,
@@ -537,6 +601,13 @@ impl Task {
                 if let Some(server) = server {
                     self.drop_if_idle(server);
                 }
+            }
+            Command::Reload {
+                servers,
+                destinations,
+                reply,
+            } => {
+                let _ = reply.send(self.reload(&servers, &destinations));
             }
             Command::Op { op, reply } => {
                 let resp = match self.op(op) {
@@ -836,7 +907,9 @@ impl Task {
             .get(&spec.server)
             .cloned()
             .ok_or_else(|| anyhow::anyhow!("no speech_server named `{}`", spec.server))?;
-        let resolved = self.policy.resolve(spec)?;
+        let policy = self.policy.clone();
+        let policy = read(&policy);
+        let resolved = policy.resolve(spec)?;
         let Some(dest) = spec.destination.clone().filter(|_| !resolved.own) else {
             return Ok((own, stats));
         };
@@ -847,11 +920,10 @@ impl Task {
         if let Some(&id) = self.dests.get(&key) {
             return Ok((id, stats));
         }
-        if self.dests.len() >= self.policy.max_active {
+        if self.dests.len() >= policy.max_active {
             return Err(not_allowed("[destinations] max_active reached"));
         }
-        let entry = self
-            .policy
+        let entry = policy
             .servers
             .get(&spec.server)
             .ok_or_else(|| anyhow::anyhow!("no speech_server named `{}`", spec.server))?;
@@ -880,22 +952,26 @@ impl Task {
         self.targets.insert(id, Arc::new(t));
         self.dest_of.insert(id, key.clone());
         self.dests.insert(key, id);
-        self.policy
+        policy
             .active
             .store(self.dests.len() as u64, Ordering::Relaxed);
         Ok((id, stats))
     }
 
-    /// Drops a per-request destination's pool once nothing uses it.
+    /// Drops a per-request destination's pool, or one a reload retired, once nothing uses it.
     fn drop_if_idle(&mut self, server: ServerId) {
-        if !self.dest_of.contains_key(&server) || !self.core.remove_server_if_idle(server) {
+        let droppable = self.dest_of.contains_key(&server) || self.retired.contains_key(&server);
+        if !droppable || !self.core.remove_server_if_idle(server) {
             return;
         }
         if let Some(key) = self.dest_of.remove(&server) {
             self.dests.remove(&key);
         }
         self.targets.remove(&server);
-        self.policy
+        if let Some(name) = self.retired.remove(&server) {
+            self.forget_stats_if_unused(&name);
+        }
+        read(&self.policy)
             .active
             .store(self.dests.len() as u64, Ordering::Relaxed);
     }

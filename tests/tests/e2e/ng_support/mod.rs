@@ -65,7 +65,7 @@ speech_server = "asr"
             Host::Forker,
             &bin("ng-agent")?,
             &["run", "--config", &cfg_s],
-            &[("RUST_LOG", "ng_agent=debug")],
+            &[("RUST_LOG", "info,ng_agent=debug")],
         )?;
         wait_log(&mut t, "ng-agent", "ng-agent running")?;
 

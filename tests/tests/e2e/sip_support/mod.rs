@@ -284,7 +284,7 @@ bind_media = "10.77.2.1"
         let agent = bin("sip-agent")?;
         let args: Vec<&str> = self.run_args.iter().map(String::as_str).collect();
         // Debug logs land in sip-agent.log, where a failure's message points.
-        let mut env = vec![("RUST_LOG", "sip_agent=debug")];
+        let mut env = vec![("RUST_LOG", "info,sip_agent=debug")];
         env.extend(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         self.s
             .topo
