@@ -22,6 +22,11 @@ pub enum Event {
         /// `started` again after a reconnect (streams re-announced with `resumed: true`).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         reconnected: bool,
+        /// Not a change: the fork's current state, sent right after `subscribe` answered, one
+        /// per live fork, so a subscriber that was away (reconnecting, lagged) catches up
+        /// without taking a repeated line for a new change.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        snapshot: bool,
     },
     /// fork-agent removed a flow by itself.
     FlowRemoved {

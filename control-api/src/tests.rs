@@ -477,12 +477,14 @@ fn every_event_round_trips_and_the_documented_lines_parse() {
             status: ForkStatus::Started,
             error: None,
             reconnected: true,
+            snapshot: false,
         },
         Event::ForkStatus {
             call_guid: "g".into(),
             status: ForkStatus::Error,
             error: Some("TCP Connection closed".into()),
             reconnected: false,
+            snapshot: true,
         },
         Event::FlowRemoved {
             local: sa("10.77.1.1:30000"),
@@ -502,6 +504,7 @@ fn every_event_round_trips_and_the_documented_lines_parse() {
         r#"{"event":"fork_status","call_guid":"8ee2e6b0-...","status":"error","error":"TCP Connection closed"}"#,
         r#"{"event":"fork_status","call_guid":"8ee2e6b0-...","status":"started","reconnected":true}"#,
         r#"{"event":"fork_status","call_guid":"8ee2e6b0-...","status":"stopped","error":"Forking stopped"}"#,
+        r#"{"event":"fork_status","call_guid":"8ee2e6b0-...","status":"error","error":"TCP Connection closed","snapshot":true}"#,
         r#"{"event":"lagged","missed":12}"#,
         r#"{"event":"flow_removed","local":"10.77.1.1:30000","reason":"idle"}"#,
     ];

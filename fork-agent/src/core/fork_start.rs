@@ -88,6 +88,7 @@ mod tests {
             status,
             error: None,
             reconnected,
+            snapshot: false,
         }
     }
 

@@ -83,11 +83,12 @@ pub async fn run(cfg: Config, reloader: daemon_ops::reload::Reloader) -> Result<
     let (ready_tx, ready_rx) =
         tokio::sync::watch::channel(Readiness::Starting("loading the XDP programs"));
     let ready_rx_metrics = ready_rx.clone();
+    let statuses = crate::io::statuses::Statuses::new(events.clone());
     let control_stats = crate::io::control::spawn(
         listener,
         &cfg.control,
         ctl_tx.clone(),
-        events.clone(),
+        statuses.clone(),
         ready_rx,
     );
     let metrics = metrics.map(|l| {
@@ -109,6 +110,7 @@ pub async fn run(cfg: Config, reloader: daemon_ops::reload::Reloader) -> Result<
         metrics,
         notify,
         reloader,
+        statuses,
     };
     let result = serve(&cfg, ctl_rx, events, started).await;
     notify.stopping();
@@ -125,6 +127,8 @@ struct Started {
     metrics: Option<(tokio::net::TcpListener, crate::io::metrics::Sources)>,
     notify: Notifier,
     reloader: daemon_ops::reload::Reloader,
+    /// Fork statuses, published by the stream service, snapshotted for new subscribers.
+    statuses: crate::io::statuses::Statuses,
 }
 
 async fn serve(
@@ -139,6 +143,7 @@ async fn serve(
         metrics,
         notify,
         mut reloader,
+        statuses,
     } = started;
     // Without an endpoint the latency task still runs (cheap), so the agent has one code path.
     let live = metrics
@@ -220,12 +225,7 @@ async fn serve(
     let stats = Arc::new(AgentStats::default());
     // AF_XDP reader thread → stream service (io/speech: pools, fork sessions, media routing).
     let (pkt_tx, pkt_rx) = mpsc::channel::<Forked>(65_536);
-    let speech = SpeechService::spawn(
-        &cfg.speech_servers,
-        &cfg.destinations,
-        pkt_rx,
-        events.clone(),
-    )?;
+    let speech = SpeechService::spawn(&cfg.speech_servers, &cfg.destinations, pkt_rx, statuses)?;
     let fallback_media = pkt_tx.clone();
     let stop = Arc::new(AtomicBool::new(false));
     {

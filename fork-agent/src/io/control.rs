@@ -26,6 +26,7 @@ use tokio::{
 };
 
 use super::agent::ControlMsg;
+use super::statuses::Statuses;
 use crate::config::ControlConfig;
 
 /// Whether the control API serves requests yet. Until the data plane is up, every request gets
@@ -48,7 +49,7 @@ pub(crate) fn spawn(
     listener: UnixListener,
     cfg: &ControlConfig,
     ctl: mpsc::Sender<ControlMsg>,
-    events: broadcast::Sender<String>,
+    statuses: Statuses,
     ready: watch::Receiver<Readiness>,
 ) -> Arc<GateStats> {
     let gate = Gate::new(GateOptions::new("control"), vec![listener], cfg.admission());
@@ -60,7 +61,7 @@ pub(crate) fn spawn(
             conn,
             max_line,
             ctl.clone(),
-            events.clone(),
+            statuses.clone(),
             ready.clone(),
         ));
     }));
@@ -81,7 +82,7 @@ async fn serve(
     mut conn: Conn,
     max_line: usize,
     ctl: mpsc::Sender<ControlMsg>,
-    events: broadcast::Sender<String>,
+    statuses: Statuses,
     ready: watch::Receiver<Readiness>,
 ) {
     let (mut r, mut w) = stream.into_split();
@@ -100,8 +101,22 @@ async fn serve(
                 }),
                 (Readiness::Ready, Ok(Op::Subscribe)) => {
                     conn.progress();
-                    sub = Some(events.subscribe());
-                    Response::ok(Value::Null)
+                    let (rx, snapshot) = statuses.subscribe();
+                    sub = Some(rx);
+                    // The answer first, then each live fork's state, then the changes.
+                    if write_line(&mut w, &Response::ok(Value::Null))
+                        .await
+                        .is_err()
+                    {
+                        break 'conn;
+                    }
+                    for mut line in snapshot {
+                        line.push('\n');
+                        if w.write_all(line.as_bytes()).await.is_err() {
+                            break 'conn;
+                        }
+                    }
+                    continue;
                 }
                 (Readiness::Ready, Ok(op)) => {
                     conn.progress();
@@ -198,6 +213,7 @@ mod tests {
                     status: wire,
                     error: error.map(|e| e.as_str().to_owned()),
                     reconnected,
+                    snapshot: false,
                 },
                 "{line}"
             );

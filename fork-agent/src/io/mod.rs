@@ -8,4 +8,5 @@ pub mod fork_store;
 pub mod metrics;
 pub mod netdev;
 pub mod speech;
+pub mod statuses;
 pub mod xsk;

@@ -78,36 +78,41 @@ pub const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(2);
 pub fn agent_event(ev: Event) -> Option<AgentEvent> {
     match ev {
         Event::FlowRemoved { local, reason } => Some(AgentEvent::FlowRemoved { local, reason }),
-        Event::Lagged { missed } => {
-            warn!(missed, "fork-agent events were lost (this subscriber lagged); a removed flow may go unnoticed until its call ends");
-            None
-        }
+        // The subscription loop acts on it (it subscribes again, for a fresh snapshot).
+        Event::Lagged { .. } => None,
         Event::ForkStatus {
             call_guid,
             status,
             error,
             reconnected,
+            snapshot,
         } => Some(AgentEvent::ForkStatus(ForkEvent {
             call_guid,
             status,
             error,
             reconnected,
+            snapshot,
         })),
         Event::Unknown => None,
     }
 }
 
 /// Starts the event task: a connection of its own to fork-agent, `subscribe`, then every
-/// `flow_removed` and `fork_status` event forwarded. A lost or refused subscription (fork-agent restarting, not
-/// ready) is tried again after [`RESUBSCRIBE_AFTER`].
+/// `flow_removed` and `fork_status` event forwarded. Each subscription starts with fork-agent's
+/// snapshot of every live fork's state, so statuses missed while away are caught up: a lost
+/// or refused subscription (fork-agent restarting, not ready) is tried again after
+/// [`RESUBSCRIBE_AFTER`], a lagged one at once.
 #[allow(clippy::disallowed_methods)] // shell: the subscriber is its own task
 pub fn spawn_events(socket: PathBuf) -> mpsc::Receiver<AgentEvent> {
     let (tx, rx) = mpsc::channel(EVENT_QUEUE);
     tokio::spawn(async move {
         loop {
             match subscribe(&socket, &tx).await {
-                Ok(()) => return, // the B2BUA task is gone
-                Err(e) => {
+                Ended::ReceiverGone => return,
+                Ended::Lagged(missed) => {
+                    warn!(missed, "fork-agent events were lost (this subscriber lagged); subscribing again for the current fork states");
+                }
+                Ended::Lost(e) => {
                     debug!(error = %e, socket = %socket.display(), "fork-agent event subscription lost; retrying");
                     tokio::time::sleep(RESUBSCRIBE_AFTER).await;
                 }
@@ -117,18 +122,33 @@ pub fn spawn_events(socket: PathBuf) -> mpsc::Receiver<AgentEvent> {
     rx
 }
 
-/// One subscription; `Ok` only when the receiver is gone.
-async fn subscribe(socket: &Path, tx: &mpsc::Sender<AgentEvent>) -> Result<(), ClientError> {
-    let mut c = AsyncClient::connect(socket)
-        .await?
-        .with_timeout(ANSWER_TIMEOUT);
-    c.subscribe().await?;
+/// Why a subscription ended.
+enum Ended {
+    /// The B2BUA task is gone.
+    ReceiverGone,
+    /// fork-agent dropped events for us.
+    Lagged(u64),
+    /// The connection failed or was refused.
+    Lost(ClientError),
+}
+
+/// One subscription.
+async fn subscribe(socket: &Path, tx: &mpsc::Sender<AgentEvent>) -> Ended {
+    let c = AsyncClient::connect(socket).await;
+    let mut c = match c {
+        Ok(c) => c.with_timeout(ANSWER_TIMEOUT),
+        Err(e) => return Ended::Lost(e),
+    };
+    if let Err(e) = c.subscribe().await {
+        return Ended::Lost(e);
+    }
     loop {
         match c.next_event().await {
+            Ok(Event::Lagged { missed }) => return Ended::Lagged(missed),
             Ok(ev) => {
                 if let Some(ev) = agent_event(ev) {
                     if tx.send(ev).await.is_err() {
-                        return Ok(());
+                        return Ended::ReceiverGone;
                     }
                 }
             }
@@ -136,7 +156,7 @@ async fn subscribe(socket: &Path, tx: &mpsc::Sender<AgentEvent>) -> Result<(), C
             Err(ClientError::BadLine { line, error }) => {
                 debug!(%line, %error, "fork-agent event not understood; skipped")
             }
-            Err(e) => return Err(e),
+            Err(e) => return Ended::Lost(e),
         }
     }
 }
@@ -163,13 +183,15 @@ mod tests {
                 call_guid: "g".into(),
                 status: control_api::ForkStatus::Error,
                 error: Some("TCP Connection closed".into()),
-                reconnected: false
+                reconnected: false,
+                snapshot: true,
             }),
             Some(AgentEvent::ForkStatus(ForkEvent {
                 call_guid: "g".into(),
                 status: control_api::ForkStatus::Error,
                 error: Some("TCP Connection closed".into()),
-                reconnected: false
+                reconnected: false,
+                snapshot: true,
             }))
         );
         assert_eq!(agent_event(Event::Unknown), None);

@@ -19,6 +19,7 @@ mod fork_pool_failures;
 mod fork_proxy;
 mod fork_session_order;
 mod fork_stall_timeout;
+mod fork_status_snapshot;
 mod fork_tls;
 mod install_files;
 mod install_restart_caps;

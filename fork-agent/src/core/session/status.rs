@@ -107,6 +107,7 @@ impl From<StatusEvent> for control_api::Event {
             },
             error: e.error.map(|f| f.as_str().to_owned()),
             reconnected: e.reconnected,
+            snapshot: false,
         }
     }
 }

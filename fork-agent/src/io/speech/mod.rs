@@ -42,7 +42,7 @@ use anyhow::{Context, Result};
 use rand::{rngs::StdRng, SeedableRng};
 use serde_json::{json, Value};
 use speech_proto::{Dtmf, StopReason};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use crate::{
@@ -156,7 +156,6 @@ pub type StatsByServer = Arc<RwLock<HashMap<String, Arc<ServerStats>>>>;
 pub struct SpeechService {
     cmd: mpsc::Sender<Command>,
     policy: Arc<RwLock<Policy>>,
-    events: broadcast::Sender<String>,
     /// Counters per server name.
     pub stats: StatsByServer,
 }
@@ -310,7 +309,7 @@ impl SpeechService {
         servers: &[SpeechServerConfig],
         destinations: &DestinationsConfig,
         media: mpsc::Receiver<Media>,
-        events: broadcast::Sender<String>,
+        statuses: crate::io::statuses::Statuses,
     ) -> Result<Self> {
         let entries = servers
             .iter()
@@ -345,7 +344,7 @@ impl SpeechService {
             connecting: HashMap::new(),
             flush: HashSet::new(),
             ev_tx,
-            events: events.clone(),
+            statuses,
         };
         let mut named = HashMap::new();
         for entry in entries {
@@ -357,7 +356,6 @@ impl SpeechService {
         Ok(SpeechService {
             cmd: cmd_tx,
             policy,
-            events,
             stats,
         })
     }
@@ -426,16 +424,6 @@ impl SpeechService {
         }
     }
 
-    /// Subscribes to status event lines.
-    pub fn subscribe(&self) -> broadcast::Receiver<String> {
-        self.events.subscribe()
-    }
-
-    /// The sender side, for the control API's subscribers.
-    pub fn events(&self) -> broadcast::Sender<String> {
-        self.events.clone()
-    }
-
     fn send(&self, c: Command) -> Result<()> {
         self.cmd
             .try_send(c)
@@ -489,7 +477,8 @@ struct Task {
     /// When each connection still connecting was started (connect-time histogram).
     connecting: HashMap<ConnId, Instant>,
     ev_tx: mpsc::UnboundedSender<ConnEvent>,
-    events: broadcast::Sender<String>,
+    /// Where status events go (and each live fork's current one is kept).
+    statuses: crate::io::statuses::Statuses,
 }
 
 fn now() -> Instant {
@@ -554,6 +543,7 @@ impl Task {
                             status: control_api::ForkStatus::Error,
                             error: Some("Connection failed".into()),
                             reconnected: false,
+                            snapshot: false,
                         });
                         return;
                     }
@@ -896,7 +886,7 @@ impl Task {
     /// Publishes a status event to subscribers (none is fine: sip-agent may not be
     /// connected yet).
     fn publish(&self, ev: control_api::Event) {
-        let _ = self.events.send(ev.to_line());
+        self.statuses.publish(ev);
     }
 
     /// The pool a fork goes to: its server's, or its per-request destination's (made now if

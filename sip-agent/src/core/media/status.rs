@@ -33,6 +33,9 @@ pub struct ForkEvent {
     pub error: Option<String>,
     /// `started` again after a lost connection.
     pub reconnected: bool,
+    /// fork-agent's statement of the fork's current state after a (re)subscription, not a
+    /// change: acted on only where it differs from what sip-agent believes.
+    pub snapshot: bool,
 }
 
 /// What of a `fork_status` event the media layer acts on. `paused`, `resumed` and `stopped`
@@ -162,8 +165,38 @@ impl MediaLayer {
             .find(|(_, c)| c.forks.iter().any(|f| f.guid == ev.call_guid))
             .map(|(&call, _)| call);
         match call {
+            Some(call) if ev.snapshot => self.on_snapshot(call, &ev.call_guid, e),
             Some(call) => self.on_link_event(call, &ev.call_guid, e),
             None => debug!(call_guid = %ev.call_guid, ?e, "fork_status event for no fork of ours"),
+        }
+    }
+
+    /// fork-agent's snapshot of a fork after a (re)subscription: acted on only where it
+    /// differs from the link's state, so a state already reported is never reported twice and
+    /// a connection still being re-established is not taken for fork-agent giving up.
+    fn on_snapshot(&mut self, call: CallHandle, guid: &str, e: LinkEvent) {
+        let Some(f) = self.calls.get_mut(&call).and_then(|c| c.fork_mut(guid)) else {
+            return;
+        };
+        let lost = |e: &LinkEvent| {
+            matches!(
+                e,
+                LinkEvent::Error(ForkError::ConnectionClosed | ForkError::TcpConnectionClosed)
+            )
+        };
+        match (&f.link, e) {
+            // Already what the controller heard.
+            (Link::Up, LinkEvent::Started { .. }) => {}
+            (Link::Reconnecting, e) if lost(&e) => {}
+            // It started and has lost its connection since, both while we were away: the
+            // START is answered STARTED, then the loss reported.
+            (Link::Connecting, e) if lost(&e) => {
+                self.on_link_event(call, guid, LinkEvent::Started { reconnected: false });
+                self.on_link_event(call, guid, e);
+            }
+            // Started while we were away (again, after a lost connection), or failed for good:
+            // as the event itself.
+            _ => self.on_link_event(call, guid, e),
         }
     }
 

@@ -17,6 +17,15 @@ fn event(guid: &str, status: ForkStatus, error: Option<&str>, reconnected: bool)
         status,
         error: error.map(str::to_owned),
         reconnected,
+        snapshot: false,
+    }
+}
+
+/// `ev` as a post-subscription snapshot line.
+fn snapshot(ev: ForkEvent) -> ForkEvent {
+    ForkEvent {
+        snapshot: true,
+        ..ev
     }
 }
 
@@ -556,4 +565,88 @@ fn a_journal_with_two_forks_reads_back_both() {
     restored.restore(CALL, [Some(a_media()), Some(b_media())], back);
     let k = restored.known();
     assert!(k.forks.contains("aaa") && k.forks.contains("bbb"));
+}
+
+#[test]
+fn a_snapshot_of_what_was_already_reported_reports_nothing() {
+    // Up: a snapshot `started` (also one with `reconnected`) is no news.
+    let mut m = up_and_started("g");
+    m.handle_fork_event(&snapshot(started("g")));
+    m.handle_fork_event(&snapshot(reconnected("g")));
+    assert!(seen(&drain(&mut m)).is_empty());
+    // Reconnecting: the snapshot repeats the loss; fork-agent has not given up.
+    m.handle_fork_event(&error("g", "TCP Connection closed"));
+    assert_eq!(
+        seen(&drain(&mut m)),
+        vec![(
+            ForkState::Reconnecting,
+            None,
+            Some(ForkError::TcpConnectionClosed),
+            true
+        )]
+    );
+    m.handle_fork_event(&snapshot(error("g", "TCP Connection closed")));
+    let out = drain(&mut m);
+    assert!(seen(&out).is_empty(), "{out:?}");
+    assert!(ops(&out).is_empty(), "the fork is not stopped: {out:?}");
+    // The same line as a live event would mean fork-agent gave up.
+    m.handle_fork_event(&error("g", "TCP Connection closed"));
+    let out = drain(&mut m);
+    assert_eq!(
+        seen(&out),
+        vec![(
+            ForkState::Error,
+            None,
+            Some(ForkError::TcpConnectionClosed),
+            true
+        )]
+    );
+}
+
+#[test]
+fn a_snapshot_catches_up_on_changes_missed_while_away() {
+    // Connecting, and `started` was missed: the snapshot answers the START.
+    let mut m = connecting("a");
+    m.handle_fork_event(&snapshot(started("a")));
+    assert_eq!(
+        seen(&drain(&mut m)),
+        vec![(ForkState::Started, Some(ForkKind::Start), None, false)]
+    );
+    // Reconnecting, and the reconnect was missed: STARTED again as a connection status.
+    m.handle_fork_event(&error("a", "Connection closed"));
+    drain(&mut m);
+    m.handle_fork_event(&snapshot(reconnected("a")));
+    assert_eq!(
+        seen(&drain(&mut m)),
+        vec![(ForkState::Started, None, None, true)]
+    );
+    // Connecting, and both the start and a later loss were missed: STARTED, then RECONNECTING.
+    let mut m = connecting("b");
+    m.handle_fork_event(&snapshot(error("b", "TCP Connection closed")));
+    assert_eq!(
+        seen(&drain(&mut m)),
+        vec![
+            (ForkState::Started, Some(ForkKind::Start), None, false),
+            (
+                ForkState::Reconnecting,
+                None,
+                Some(ForkError::TcpConnectionClosed),
+                true
+            )
+        ]
+    );
+    // A final failure in a snapshot fails the fork as the event would.
+    let mut m = up_and_started("c");
+    m.handle_fork_event(&snapshot(error("c", "Connection failed")));
+    let out = drain(&mut m);
+    assert_eq!(
+        seen(&out),
+        vec![(
+            ForkState::Error,
+            None,
+            Some(ForkError::ConnectionFailed),
+            true
+        )]
+    );
+    cleanup_stop(&mut m, &out, "c");
 }
