@@ -855,7 +855,8 @@ impl<'a> Message<'a> {
     /// length rewritten to end just after it).
     pub fn check_integrity(&self, key: &[u8], crypto: &dyn Crypto) -> IntegrityCheck {
         if let Some(at) = self.integrity_sha256 {
-            let data = self.prefix_with_length(at.offset, 32);
+            // The length counts the attribute as sent: a truncated one at its own size.
+            let data = self.prefix_with_length(at.offset, at.value.len());
             let mac = crypto.hmac_sha256(key, &data);
             // A truncated MI-SHA256 carries the leftmost bytes of the HMAC.
             let ok = ct_eq(at.value, &mac[..at.value.len()]);

@@ -419,3 +419,39 @@ fn garbled_and_truncated_inputs_never_panic() {
         poke(&garbage);
     }
 }
+
+/// A request carrying MESSAGE-INTEGRITY-SHA256 truncated to `len` bytes, built by hand as RFC
+/// 8489 §14.6 says: the header length counts the attribute at its truncated size, the HMAC
+/// covers the message up to it, and the attribute holds the HMAC's leftmost `len` bytes.
+fn truncated_sha256_request(key: &[u8], len: usize) -> Vec<u8> {
+    let mut b = MessageBuilder::new(Class::Request, Method::ALLOCATE, TransactionId([9; 12]));
+    b.add(&Attribute::Username("alice")).expect("fits");
+    b.add(&Attribute::Nonce("abcd")).expect("fits");
+    let mut msg = b.finish();
+    let attrs = msg.len() - HEADER_LEN;
+    msg[2..4].copy_from_slice(&((attrs + 4 + len) as u16).to_be_bytes());
+    let mac = RustCrypto.hmac_sha256(key, &msg);
+    msg.extend_from_slice(&attr::MESSAGE_INTEGRITY_SHA256.to_be_bytes());
+    msg.extend_from_slice(&(len as u16).to_be_bytes());
+    msg.extend_from_slice(&mac[..len]);
+    msg
+}
+
+#[test]
+fn truncated_message_integrity_sha256_is_checked_at_its_own_length() {
+    let key = long_term_key(&RustCrypto, "alice", "example.org", "secret");
+    for len in [16, 20, 24, 28, 32] {
+        let raw = truncated_sha256_request(&key, len);
+        let m = Message::parse(&raw).expect("parses");
+        assert_eq!(
+            m.check_integrity(&key, &RustCrypto),
+            IntegrityCheck::Valid(IntegrityKind::Sha256),
+            "{len} bytes"
+        );
+        assert_eq!(
+            m.check_integrity(b"another key", &RustCrypto),
+            IntegrityCheck::Invalid(IntegrityKind::Sha256),
+            "{len} bytes"
+        );
+    }
+}
