@@ -36,6 +36,9 @@ pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
 /// Longest request head read (request line and headers); a scraper sends a few hundred bytes.
 pub const MAX_HEAD: usize = 8 * 1024;
+/// After a 431, at most this much more of the request is read and dropped (then the
+/// connection closes whatever comes).
+const DRAIN_AFTER_REFUSAL: usize = 64 * 1024;
 
 /// Connection limits of the endpoint: a few scrapers at a time, each with 5 s to send its
 /// request and 10 s more to take the answer.
@@ -367,6 +370,17 @@ where
                 false,
             );
             let _ = or_expired!(stream.write_all(&r));
+            // Closing with the rest of the head unread would make the kernel answer it with a
+            // reset, which can overtake the 431: send FIN, then read and drop what is still
+            // coming (bounded) so the client reads the answer.
+            let _ = or_expired!(stream.shutdown());
+            let mut left = DRAIN_AFTER_REFUSAL;
+            while left > 0 {
+                match or_expired!(stream.read(&mut chunk)) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => left = left.saturating_sub(n),
+                }
+            }
             return;
         }
         let want = chunk.len().min(MAX_HEAD - buf.len());
@@ -553,9 +567,19 @@ mod tests {
         let b = get(addr, b"GET /other HTTP/1.1\r\n\r\n").await;
         assert!(b.starts_with("HTTP/1.1 404 "), "{b}");
         let mut big = b"GET /metrics HTTP/1.1\r\nX: ".to_vec();
-        big.resize(MAX_HEAD, b'a'); // all read: no reset from unread bytes
+        big.resize(MAX_HEAD, b'a');
         let c2 = get(addr, &big).await;
         assert!(c2.starts_with("HTTP/1.1 431 "), "{c2}");
+        // A client still sending after the limit: the rest is drained, so its later writes
+        // succeed and it reads the 431, not a reset.
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(&big).await.expect("write");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        s.write_all(&[b'a'; 1024]).await.expect("later write");
+        s.write_all(b"\r\n\r\n").await.expect("later write");
+        let mut c3 = String::new();
+        s.read_to_string(&mut c3).await.expect("read");
+        assert!(c3.starts_with("HTTP/1.1 431 "), "{c3}");
         assert_eq!(c.get(), 1, "only the good request scraped");
     }
 }
