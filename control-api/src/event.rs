@@ -27,6 +27,11 @@ pub enum Event {
         /// without taking a repeated line for a new change.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         snapshot: bool,
+        /// The fork's first stream id (as `fork_start` answered it): tells two forks that
+        /// reuse one `call_guid` apart (a START after a STOP), so a late event of the first
+        /// is never taken for the second. Absent when the fork is gone (`stopped`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fork_id: Option<u32>,
     },
     /// fork-agent removed a flow by itself.
     FlowRemoved {

@@ -478,6 +478,7 @@ fn every_event_round_trips_and_the_documented_lines_parse() {
             error: None,
             reconnected: true,
             snapshot: false,
+            fork_id: Some(5),
         },
         Event::ForkStatus {
             call_guid: "g".into(),
@@ -485,6 +486,7 @@ fn every_event_round_trips_and_the_documented_lines_parse() {
             error: Some("TCP Connection closed".into()),
             reconnected: false,
             snapshot: true,
+            fork_id: None,
         },
         Event::FlowRemoved {
             local: sa("10.77.1.1:30000"),
@@ -501,6 +503,7 @@ fn every_event_round_trips_and_the_documented_lines_parse() {
     }
     let doc = [
         r#"{"event":"fork_status","call_guid":"8ee2e6b0-...","status":"started"}"#,
+        r#"{"event":"fork_status","call_guid":"8ee2e6b0-...","status":"started","fork_id":1}"#,
         r#"{"event":"fork_status","call_guid":"8ee2e6b0-...","status":"error","error":"TCP Connection closed"}"#,
         r#"{"event":"fork_status","call_guid":"8ee2e6b0-...","status":"started","reconnected":true}"#,
         r#"{"event":"fork_status","call_guid":"8ee2e6b0-...","status":"stopped","error":"Forking stopped"}"#,

@@ -89,6 +89,7 @@ mod tests {
             error: None,
             reconnected,
             snapshot: false,
+            fork_id: None,
         }
     }
 

@@ -201,6 +201,7 @@ mod tests {
                 status,
                 error,
                 reconnected,
+                fork_id: Some(3),
             };
             // As io/speech encodes it.
             let mut v = serde_json::to_value(&ev).expect("status event is JSON");
@@ -214,6 +215,7 @@ mod tests {
                     error: error.map(|e| e.as_str().to_owned()),
                     reconnected,
                     snapshot: false,
+                    fork_id: Some(3),
                 },
                 "{line}"
             );

@@ -65,6 +65,7 @@ impl Statuses {
                     status,
                     error,
                     reconnected,
+                    fork_id,
                     ..
                 } => Event::ForkStatus {
                     call_guid,
@@ -72,6 +73,7 @@ impl Statuses {
                     error,
                     reconnected,
                     snapshot: true,
+                    fork_id,
                 }
                 .to_line(),
                 other => other.to_line(),
@@ -92,6 +94,7 @@ mod tests {
             error: error.map(str::to_owned),
             reconnected: false,
             snapshot: false,
+            fork_id: Some(7),
         }
     }
 
@@ -123,6 +126,7 @@ mod tests {
                     error: None,
                     reconnected: false,
                     snapshot: true,
+                    fork_id: Some(7),
                 },
                 Event::ForkStatus {
                     call_guid: "b".into(),
@@ -130,6 +134,7 @@ mod tests {
                     error: Some("TCP Connection closed".into()),
                     reconnected: false,
                     snapshot: true,
+                    fork_id: Some(7),
                 },
             ],
             "the last state of each live fork; the stopped one is gone"

@@ -55,7 +55,7 @@ use crate::core::fork_request::{
 
 mod status;
 
-use status::{channel_ids, channels_of, fork_error, streams_of, Link};
+use status::{channel_ids, channels_of, fork_error, is_this_fork, streams_of, Link};
 pub use status::{ForkEvent, DESTINATION_NOT_ALLOWED};
 
 /// Static configuration.
@@ -763,6 +763,7 @@ impl MediaLayer {
                             }
                         };
                         let channels = f.channels.clone();
+                        let channels_now = channels.clone();
                         self.status(
                             call,
                             &guid,
@@ -771,9 +772,14 @@ impl MediaLayer {
                             None,
                             channels,
                         );
-                        // Events that overtook the answer, in the order they came.
-                        for e in early {
-                            self.on_link_event(call, &guid, e);
+                        // Events that overtook the answer, in the order they came; those of an
+                        // earlier fork under this GUID are dropped.
+                        for (e, fork_id) in early {
+                            if is_this_fork(&channels_now, fork_id) {
+                                self.on_link_event(call, &guid, e);
+                            } else {
+                                debug!(?call, %guid, ?fork_id, "early event of an earlier fork under this GUID; ignored");
+                            }
                         }
                         self.reconcile_pause(call);
                     }

@@ -86,12 +86,14 @@ pub fn agent_event(ev: Event) -> Option<AgentEvent> {
             error,
             reconnected,
             snapshot,
+            fork_id,
         } => Some(AgentEvent::ForkStatus(ForkEvent {
             call_guid,
             status,
             error,
             reconnected,
             snapshot,
+            fork_id,
         })),
         Event::Unknown => None,
     }
@@ -185,6 +187,7 @@ mod tests {
                 error: Some("TCP Connection closed".into()),
                 reconnected: false,
                 snapshot: true,
+                fork_id: Some(4),
             }),
             Some(AgentEvent::ForkStatus(ForkEvent {
                 call_guid: "g".into(),
@@ -192,6 +195,7 @@ mod tests {
                 error: Some("TCP Connection closed".into()),
                 reconnected: false,
                 snapshot: true,
+                fork_id: Some(4),
             }))
         );
         assert_eq!(agent_event(Event::Unknown), None);

@@ -68,6 +68,9 @@ pub struct StatusEvent {
     /// `started` again after a reconnect (streams re-announced with `resumed: true`).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub reconnected: bool,
+    /// The fork's first stream id while it exists (control-api `fork_id`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fork_id: Option<u32>,
 }
 
 fn ser_failure<S: serde::Serializer>(f: &Option<ForkFailure>, s: S) -> Result<S::Ok, S::Error> {
@@ -108,6 +111,7 @@ impl From<StatusEvent> for control_api::Event {
             error: e.error.map(|f| f.as_str().to_owned()),
             reconnected: e.reconnected,
             snapshot: false,
+            fork_id: e.fork_id,
         }
     }
 }
@@ -120,18 +124,52 @@ impl ForkService {
         error: Option<ForkFailure>,
         reconnected: bool,
     ) {
+        let fork_id = self
+            .by_guid
+            .get(call_guid)
+            .and_then(|k| self.sessions.get(k))
+            .and_then(|s| s.req.streams.first())
+            .map(|(id, _)| *id);
         self.outputs.push_back(Output::Status(StatusEvent {
             call_guid: call_guid.to_owned(),
             status,
             error,
             reconnected,
+            fork_id,
         }));
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::{connect_id, drain, epoch, req, service};
     use super::super::*;
+
+    /// The `fork_id` of every status output, in order.
+    fn fork_ids(outs: &[Output]) -> Vec<(ForkStatus, Option<u32>)> {
+        outs.iter()
+            .filter_map(|o| match o {
+                Output::Status(e) => Some((e.status, e.fork_id)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn status_events_name_the_forks_first_stream_so_a_reused_guid_is_told_apart() {
+        let t0 = epoch();
+        let (mut s, srv) = service(5);
+        s.handle_fork_start(t0, req("g", srv, 10)).expect("ok");
+        let c = connect_id(&drain(&mut s));
+        s.handle_connected(t0, c, ConnInfo::default()).expect("ok");
+        assert_eq!(fork_ids(&drain(&mut s)), [(ForkStatus::Started, Some(10))]);
+        s.handle_fork_stop(t0, "g", speech_proto::StopReason::Request)
+            .expect("ok");
+        drain(&mut s);
+        // The same GUID again is another fork, with other streams.
+        s.handle_fork_start(t0, req("g", srv, 20)).expect("ok");
+        assert_eq!(fork_ids(&drain(&mut s)), [(ForkStatus::Started, Some(20))]);
+    }
 
     #[test]
     fn status_event_json_uses_reference_strings() {
@@ -140,6 +178,7 @@ mod tests {
             status: ForkStatus::Error,
             error: Some(ForkFailure::ProxyDnsLookupFailed),
             reconnected: false,
+            fork_id: None,
         };
         assert_eq!(
             serde_json::to_value(&e).expect("json"),

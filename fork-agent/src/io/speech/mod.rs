@@ -544,6 +544,7 @@ impl Task {
                             error: Some("Connection failed".into()),
                             reconnected: false,
                             snapshot: false,
+                            fork_id: None,
                         });
                         return;
                     }

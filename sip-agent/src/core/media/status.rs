@@ -36,6 +36,9 @@ pub struct ForkEvent {
     /// fork-agent's statement of the fork's current state after a (re)subscription, not a
     /// change: acted on only where it differs from what sip-agent believes.
     pub snapshot: bool,
+    /// The fork's first stream id: an event whose id is not one of the fork's streams is
+    /// another fork under the same GUID (a START after a STOP) and is ignored.
+    pub fork_id: Option<u32>,
 }
 
 /// What of a `fork_status` event the media layer acts on. `paused`, `resumed` and `stopped`
@@ -79,8 +82,9 @@ pub(super) const EARLY_EVENTS: usize = 8;
 pub(super) enum Link {
     /// `fork_start` sent, no answer yet; events that overtook the answer wait here.
     Requested {
-        /// In arrival order.
-        early: VecDeque<LinkEvent>,
+        /// In arrival order, with the fork id each named (checked once the answer names the
+        /// fork's streams).
+        early: VecDeque<(LinkEvent, Option<u32>)>,
     },
     /// fork-agent accepted the fork (CONNECTING reported), no `started` yet.
     Connecting,
@@ -107,6 +111,12 @@ pub(super) fn fork_error(e: &ClientError) -> ForkError {
         _ => None,
     }
     .unwrap_or(ForkError::InternalError)
+}
+
+/// Whether an event naming `fork_id` is about the fork whose streams are `channels` (an event
+/// without one, from an older fork-agent, is taken as it is).
+pub(super) fn is_this_fork(channels: &[StreamStatus], fork_id: Option<u32>) -> bool {
+    fork_id.is_none_or(|id| channels.iter().any(|c| c.channel_id == id))
 }
 
 /// The caller and callee channel ids of `channels`.
@@ -164,10 +174,33 @@ impl MediaLayer {
             .iter()
             .find(|(_, c)| c.forks.iter().any(|f| f.guid == ev.call_guid))
             .map(|(&call, _)| call);
-        match call {
-            Some(call) if ev.snapshot => self.on_snapshot(call, &ev.call_guid, e),
-            Some(call) => self.on_link_event(call, &ev.call_guid, e),
-            None => debug!(call_guid = %ev.call_guid, ?e, "fork_status event for no fork of ours"),
+        let Some(call) = call else {
+            debug!(call_guid = %ev.call_guid, ?e, "fork_status event for no fork of ours");
+            return;
+        };
+        let Some(f) = self
+            .calls
+            .get_mut(&call)
+            .and_then(|c| c.fork_mut(&ev.call_guid))
+        else {
+            return;
+        };
+        if let Link::Requested { early } = &mut f.link {
+            // The first decides the START's outcome; of the rest, the newest matter.
+            if early.len() == EARLY_EVENTS {
+                early.remove(1);
+            }
+            early.push_back((e, ev.fork_id));
+            return;
+        }
+        if !is_this_fork(&f.channels, ev.fork_id) {
+            debug!(call_guid = %ev.call_guid, ?e, fork_id = ?ev.fork_id, "fork_status event of an earlier fork under this GUID; ignored");
+            return;
+        }
+        if ev.snapshot {
+            self.on_snapshot(call, &ev.call_guid, e)
+        } else {
+            self.on_link_event(call, &ev.call_guid, e)
         }
     }
 
@@ -208,11 +241,10 @@ impl MediaLayer {
         let channels = f.channels.clone();
         match (&mut f.link, e) {
             (Link::Requested { early }, e) => {
-                // The first decides the START's outcome; of the rest, the newest matter.
                 if early.len() == EARLY_EVENTS {
                     early.remove(1);
                 }
-                early.push_back(e);
+                early.push_back((e, None));
             }
             (Link::Connecting, LinkEvent::Started { .. }) => {
                 f.link = Link::Up;

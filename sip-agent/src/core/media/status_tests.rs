@@ -18,6 +18,15 @@ fn event(guid: &str, status: ForkStatus, error: Option<&str>, reconnected: bool)
         error: error.map(str::to_owned),
         reconnected,
         snapshot: false,
+        fork_id: None,
+    }
+}
+
+/// `ev` as fork-agent names fork `id` (its first stream).
+fn of_fork(ev: ForkEvent, id: u32) -> ForkEvent {
+    ForkEvent {
+        fork_id: Some(id),
+        ..ev
     }
 }
 
@@ -435,6 +444,28 @@ fn stop_while_connecting_reports_stopped_and_nothing_of_the_old_fork() {
     assert_eq!(
         st.iter().map(|s| s.state).collect::<Vec<_>>(),
         vec![ForkState::Stopped]
+    );
+}
+
+#[test]
+fn a_late_event_of_an_earlier_fork_under_the_same_guid_is_not_taken_for_the_new_one() {
+    // The first fork (streams from 1) is stopped; START again with the same GUID. Its late
+    // `started` overtakes the new answer (streams 4, 5): it must not answer the new START.
+    let (mut m, job) = requested("abc");
+    m.handle_fork_event(&of_fork(started("abc"), 1));
+    m.handle_control_result(job, Ok(fork_started()));
+    assert_eq!(
+        seen(&drain(&mut m)),
+        vec![(ForkState::Connecting, Some(ForkKind::Start), None, false)],
+        "the earlier fork's event was dropped"
+    );
+    // After the answer too: an earlier fork's failure changes nothing; this fork's start counts.
+    m.handle_fork_event(&of_fork(error("abc", "Connection failed"), 1));
+    assert!(drain(&mut m).is_empty());
+    m.handle_fork_event(&of_fork(started("abc"), 4));
+    assert_eq!(
+        seen(&drain(&mut m)),
+        vec![(ForkState::Started, Some(ForkKind::Start), None, false)]
     );
 }
 
