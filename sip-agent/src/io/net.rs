@@ -441,7 +441,7 @@ async fn inbound(
             match hs {
                 Ok(ws) => {
                     if announce(&events, peer, id, w).await {
-                        run_ws(ws, peer, id, rx, events, conn).await
+                        run_ws(ws, peer, id, rx, events, conn, max).await
                     }
                 }
                 Err(e) => {
@@ -698,6 +698,7 @@ async fn accept_ws(stream: TcpStream, max: usize) -> Result<Ws> {
     Ok(ws)
 }
 
+/// One WebSocket connection; `max`: the message size limit the handshake configured.
 async fn run_ws(
     mut ws: Ws,
     peer: Peer,
@@ -705,7 +706,9 @@ async fn run_ws(
     mut rx: mpsc::Receiver<Outbound>,
     events: mpsc::Sender<NetEvent>,
     mut conn: Conn,
+    max: usize,
 ) {
+    use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame};
     use tokio_tungstenite::tungstenite::Error as WsError;
     loop {
         tokio::select! {
@@ -716,6 +719,14 @@ async fn run_ws(
                     Some(Err(WsError::Capacity(e))) => {
                         conn.set_close_cause(CloseCause::TooLarge);
                         debug!(peer = %peer.addr, error = %e, "closing WebSocket: message too large");
+                        // The frame is refused from its length alone, so there are no headers
+                        // to answer with a 413: the WebSocket's own answer is 1009 (RFC 6455
+                        // §7.4.1).
+                        let frame = CloseFrame {
+                            code: CloseCode::Size,
+                            reason: format!("SIP message larger than {max} bytes").into(),
+                        };
+                        let _ = ws.close(Some(frame)).await;
                         break;
                     }
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,

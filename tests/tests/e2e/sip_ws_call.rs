@@ -2,7 +2,8 @@
 //! INVITE/100/180/200/ACK, a fork START by INFO answered 200 with CONNECTING and STARTED status
 //! INFOs back over the same WebSocket, then BYE; flows are removed afterwards. The client is a
 //! minimal RFC 6455 implementation over a std TcpStream opened in the caller namespace (no media:
-//! the WS leg is checked for signalling only).
+//! the WS leg is checked for signalling only). A message over `limits.max_message_bytes` is
+//! answered with a Close frame, status 1009 (message too big, RFC 6455 §7.4.1).
 
 use std::{
     io::{Read, Write},
@@ -120,7 +121,13 @@ Sec-WebSocket-Protocol: sip\r\n\r\n",
                     let payload: Vec<u8> = self.buf.drain(..hdr + len).skip(hdr).collect();
                     match op {
                         1 | 2 => return Ok(String::from_utf8_lossy(&payload).into_owned()),
-                        8 => bail!("WebSocket close from sip-agent"),
+                        8 => {
+                            // RFC 6455 §5.5.1: a 2-byte status code, then a UTF-8 reason.
+                            let code = payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]]));
+                            let reason = String::from_utf8_lossy(payload.get(2..).unwrap_or(&[]))
+                                .into_owned();
+                            bail!("WebSocket close from sip-agent: code {code:?} {reason}")
+                        }
                         _ => continue, // ping/pong: tungstenite answers pings itself
                     }
                 }
@@ -272,5 +279,31 @@ m=audio 40000 RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n";
     assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
     t.wait_callee_done()?;
     t.wait_no_flows()?;
+    Ok(())
+}
+
+#[test]
+fn oversize_message_over_websocket_is_closed_with_1009() -> Result<()> {
+    let t = SipTest::start_with(
+        r#"udp = ["10.77.1.1:5060", "10.77.2.1:5060"]
+ws = ["10.77.1.1:8080"]"#,
+        "10.77.2.2:5060:udp",
+        "[limits]\nmax_message_bytes = 4096\n",
+    )?;
+    let tcp = connect_in(t.s.topo.ns(Host::Caller), "10.77.1.1:8080")
+        .context("connecting to sip-agent's WS listener")?;
+    let mut ws = Ws::open(tcp)?;
+    let big = format!(
+        "OPTIONS sip:2000@10.77.1.1 SIP/2.0\r\nX-Pad: {}\r\n\r\n",
+        "a".repeat(8192)
+    );
+    // sip-agent may close before all of it is read: a failed write is fine.
+    let _ = ws.send(&big);
+    let e = ws
+        .recv(Duration::from_secs(5))
+        .expect_err("no SIP answer to an oversize message");
+    let e = format!("{e:#}");
+    assert!(e.contains("code Some(1009)"), "{e}");
+    assert!(e.contains("larger than"), "{e}");
     Ok(())
 }
