@@ -49,7 +49,7 @@ pub const LIMITS: AdmissionConfig = AdmissionConfig {
     idle_timeout: Some(Duration::from_secs(10)),
 };
 
-/// Default `[metrics] listen` of each daemon (distinct, so all three run on one host).
+/// Default `[metrics] listen` of each daemon (distinct, so all four run on one host).
 pub const FORK_AGENT_DEFAULT: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9464);
 /// See [`FORK_AGENT_DEFAULT`].
@@ -58,6 +58,9 @@ pub const SIP_AGENT_DEFAULT: SocketAddr =
 /// See [`FORK_AGENT_DEFAULT`].
 pub const TURN_SERVER_DEFAULT: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9466);
+/// See [`FORK_AGENT_DEFAULT`].
+pub const NG_AGENT_DEFAULT: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9467);
 
 /// A daemon's `[metrics]` section as written; each daemon applies its own default port.
 #[derive(Debug, Clone, Default, Deserialize)]

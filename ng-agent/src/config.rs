@@ -41,6 +41,8 @@ struct RawConfig {
     fork_agent: RawForkAgent,
     #[serde(default)]
     log: daemon_ops::logging::LogSection,
+    #[serde(default)]
+    metrics: daemon_ops::metrics::MetricsSection,
 }
 
 #[derive(Debug, Deserialize)]
@@ -111,6 +113,8 @@ pub struct Settings {
     pub engine: EngineConfig,
     /// `[log] level`, re-applied on SIGHUP (the only section that reloads).
     pub log: daemon_ops::logging::LogSection,
+    /// `[metrics] listen`: the Prometheus endpoint, if on (127.0.0.1:9467 by default).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 fn ranged(errs: &mut Vec<String>, field: &str, v: i64, lo: i64, hi: i64) -> i64 {
@@ -192,6 +196,7 @@ impl Settings {
         };
         Ok(Settings {
             log: raw.log,
+            metrics_listen: raw.metrics.listen(daemon_ops::metrics::NG_AGENT_DEFAULT),
             listen,
             control_socket: raw.fork_agent.socket,
             engine: EngineConfig {

@@ -8,6 +8,8 @@
 
 #![allow(clippy::disallowed_methods)] // shell: reads the clock, spawns the control task
 
+pub mod metrics;
+
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -54,6 +56,13 @@ pub async fn run(settings: Settings, mut reloader: daemon_ops::reload::Reloader)
         .context("installing the SIGTERM handler")?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("installing the SIGHUP handler")?;
+    let (published, published_rx) = tokio::sync::watch::channel(metrics::Published::default());
+    if let Some(addr) = settings.metrics_listen {
+        let listener = daemon_ops::metrics::bind(addr)
+            .await
+            .with_context(|| format!("binding the metrics endpoint {addr} (metrics.listen)"))?;
+        metrics::spawn(listener, published_rx, reloader.counters.clone());
+    }
     info!(listen = %settings.listen, control = %settings.control_socket.display(), "ng-agent running");
     // Ready once the ng socket is bound (fork-agent may come later: requests wait for it).
     let notify = daemon_ops::notify::Notifier::from_env();
@@ -115,6 +124,14 @@ pub async fn run(settings: Settings, mut reloader: daemon_ops::reload::Reloader)
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
         }
+        // For scrapes: the latest counters (a no-op when nothing changed).
+        published.send_if_modified(|p| {
+            let now = metrics::Published {
+                stats: engine.stats(),
+                calls: engine.call_count(),
+            };
+            std::mem::replace(p, now) != now
+        });
         let now = Instant::now().into_std();
         while let Some(out) = engine.poll_output() {
             match out {

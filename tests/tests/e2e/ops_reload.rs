@@ -284,5 +284,28 @@ fn sip_agent_and_ng_agent_reread_their_file_on_sighup() -> Result<()> {
         Some("pong"),
         "{pong:?}"
     );
+    // ng-agent's /metrics counts the reloads and a request it refused.
+    let bad = ng.ng(ng_agent::core::bencode::Value::dict([(
+        "command",
+        ng_agent::core::bencode::Value::str("no such command"),
+    )]))?;
+    assert_eq!(
+        bad.get("result").and_then(|v| v.as_str()),
+        Some("error"),
+        "{bad:?}"
+    );
+    let m = scrape(&ng.t.s.topo, "127.0.0.1:9467")?;
+    assert_eq!(
+        get(&m, "xdpfork_ng_config_reloads_total{result=ok}"),
+        1.0,
+        "{m:?}"
+    );
+    assert_eq!(
+        get(&m, "xdpfork_ng_config_reloads_total{result=failed}"),
+        1.0,
+        "{m:?}"
+    );
+    assert_eq!(get(&m, "xdpfork_ng_request_errors_total{}"), 1.0, "{m:?}");
+    assert_eq!(get(&m, "xdpfork_ng_calls{}"), 0.0, "{m:?}");
     Ok(())
 }
