@@ -21,6 +21,40 @@ pub fn read(path: &Path) -> Result<String, ReadError> {
     })
 }
 
+/// Why a configuration file was not loaded: not read, or not valid for the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError<E: std::error::Error + 'static> {
+    /// Not read.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// Read, and refused by the daemon's parser.
+    #[error("{} is not a valid {daemon} config", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Whose config it should be.
+        daemon: &'static str,
+        /// What the parser said.
+        source: E,
+    },
+}
+
+/// Reads `path` and validates it with `parse`: the settings and the text (what a SIGHUP
+/// compares the file with, daemon-ops' `reload`).
+pub fn load<T, E: std::error::Error + 'static>(
+    path: &Path,
+    daemon: &'static str,
+    parse: impl FnOnce(&str) -> Result<T, E>,
+) -> Result<(T, String), LoadError<E>> {
+    let text = read(path)?;
+    let settings = parse(&text).map_err(|source| LoadError::Invalid {
+        path: path.to_owned(),
+        daemon,
+        source,
+    })?;
+    Ok((settings, text))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -36,5 +70,27 @@ mod tests {
             "{text}"
         );
         assert_eq!(e.source.kind(), std::io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn load_returns_the_settings_and_the_text_or_names_the_daemon() {
+        let dir = std::env::temp_dir().join(format!("xdpfork-config-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("x.toml");
+        std::fs::write(&path, "n = 3\n").expect("write");
+        let parse = |t: &str| t.trim().strip_prefix("n = ").expect("n").parse::<u8>();
+        let (n, text) = load(&path, "x-agent", parse).expect("valid");
+        assert_eq!((n, text.as_str()), (3, "n = 3\n"));
+        std::fs::write(&path, "n = 300\n").expect("write");
+        let e = load(&path, "x-agent", parse).expect_err("out of range");
+        assert_eq!(
+            e.to_string(),
+            format!("{} is not a valid x-agent config", path.display())
+        );
+        assert!(
+            std::error::Error::source(&e).is_some(),
+            "the parser's error is the source"
+        );
+        std::fs::remove_dir_all(&dir).expect("clean up");
     }
 }

@@ -60,10 +60,11 @@ fn load(path: &Path) -> Result<Settings> {
 
 /// [`load`], with the text read (what a SIGHUP compares the file with).
 fn load_text(path: &Path) -> Result<(Settings, String)> {
-    let text = daemon_ops::config_file::read(path)?;
-    let s = Settings::from_toml(&text)
-        .with_context(|| format!("{} is not a valid sip-agent config", path.display()))?;
-    Ok((s, text))
+    Ok(daemon_ops::config_file::load(
+        path,
+        "sip-agent",
+        Settings::from_toml,
+    )?)
 }
 
 fn main() -> Result<()> {

@@ -367,13 +367,27 @@ impl Topology {
     }
 
     /// A UDP socket created inside `h`'s namespace (sockets keep their namespace wherever they
-    /// are used): created on a helper thread that alone enters the namespace.
+    /// are used).
     pub fn udp_socket(&self, h: Host, bind: SocketAddr) -> Result<UdpSocket> {
+        self.in_ns(h, move || Ok(UdpSocket::bind(bind)?))
+    }
+
+    /// A TCP connection made from inside `h`'s namespace.
+    pub fn tcp_connect(&self, h: Host, to: SocketAddr) -> Result<std::net::TcpStream> {
+        self.in_ns(h, move || Ok(std::net::TcpStream::connect(to)?))
+    }
+
+    /// Runs `f` (which opens a socket) on a helper thread that alone enters `h`'s namespace.
+    fn in_ns<T: Send + 'static>(
+        &self,
+        h: Host,
+        f: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         let path = format!("/run/netns/{}", self.ns(h));
-        std::thread::spawn(move || -> Result<UdpSocket> {
-            let f = File::open(&path)?;
-            nix::sched::setns(&f, CloneFlags::CLONE_NEWNET)?;
-            Ok(UdpSocket::bind(bind)?)
+        std::thread::spawn(move || -> Result<T> {
+            let ns = File::open(&path)?;
+            nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET)?;
+            f()
         })
         .join()
         .map_err(|_| anyhow::anyhow!("netns helper thread panicked"))?

@@ -72,17 +72,6 @@ fn make_pki(dir: &Path) -> Result<Pki> {
     })
 }
 
-/// A TCP connection made from inside `ns` (the socket keeps its namespace).
-fn connect_in(ns: String, addr: &'static str) -> Result<TcpStream> {
-    std::thread::spawn(move || -> Result<TcpStream> {
-        let f = std::fs::File::open(format!("/run/netns/{ns}"))?;
-        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)?;
-        Ok(TcpStream::connect(addr)?)
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("netns thread panicked"))?
-}
-
 /// SIP over a rustls client stream, framed by Content-Length (RFC 3261 §18.3).
 struct TlsSip {
     s: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
@@ -282,8 +271,10 @@ tls = ["10.77.1.1:5061"]"#,
         let media =
             t.s.topo
                 .udp_socket(Host::Caller, format!("{CALLER_IP}:40000").parse()?)?;
-        let tcp = connect_in(t.s.topo.ns(Host::Caller), AGENT_TLS)
-            .context("connecting to sip-agent's TLS listener")?;
+        let tcp =
+            t.s.topo
+                .tcp_connect(Host::Caller, AGENT_TLS.parse()?)
+                .context("connecting to sip-agent's TLS listener")?;
         let mut c = TlsSip::open(tcp, &pki)?;
 
         let sdp = format!(

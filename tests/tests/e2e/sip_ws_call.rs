@@ -15,17 +15,6 @@ use crate::sip_support::*;
 use anyhow::{bail, Context, Result};
 use xdpfork_tests::Host;
 
-/// A TCP connection made from inside `ns` (the socket keeps its namespace).
-fn connect_in(ns: String, addr: &'static str) -> Result<TcpStream> {
-    std::thread::spawn(move || -> Result<TcpStream> {
-        let f = std::fs::File::open(format!("/run/netns/{ns}"))?;
-        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)?;
-        Ok(TcpStream::connect(addr)?)
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("netns thread panicked"))?
-}
-
 struct Ws {
     s: TcpStream,
     buf: Vec<u8>,
@@ -220,8 +209,10 @@ ws = ["10.77.1.1:8080"]"#,
         "",
     )?;
     t.callee("uas_answer.xml", &PCMA, &[])?;
-    let tcp = connect_in(t.s.topo.ns(Host::Caller), "10.77.1.1:8080")
-        .context("connecting to sip-agent's WS listener")?;
+    let tcp =
+        t.s.topo
+            .tcp_connect(Host::Caller, "10.77.1.1:8080".parse()?)
+            .context("connecting to sip-agent's WS listener")?;
     let mut ws = Ws::open(tcp)?;
     let sdp = "v=0\r\no=ws 1 1 IN IP4 10.77.1.2\r\ns=-\r\nc=IN IP4 10.77.1.2\r\nt=0 0\r\n\
 m=audio 40000 RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n";
@@ -290,8 +281,10 @@ ws = ["10.77.1.1:8080"]"#,
         "10.77.2.2:5060:udp",
         "[limits]\nmax_message_bytes = 4096\n",
     )?;
-    let tcp = connect_in(t.s.topo.ns(Host::Caller), "10.77.1.1:8080")
-        .context("connecting to sip-agent's WS listener")?;
+    let tcp =
+        t.s.topo
+            .tcp_connect(Host::Caller, "10.77.1.1:8080".parse()?)
+            .context("connecting to sip-agent's WS listener")?;
     let mut ws = Ws::open(tcp)?;
     let big = format!(
         "OPTIONS sip:2000@10.77.1.1 SIP/2.0\r\nX-Pad: {}\r\n\r\n",
