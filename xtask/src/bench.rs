@@ -12,7 +12,7 @@
 
 use std::{path::PathBuf, process::Command};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::{build, setup};
 
@@ -77,7 +77,22 @@ pub(crate) struct Args {
     /// once per path, each with its own baselines, into `<out>/<path>` when there are several.
     #[arg(long, default_value = "auto")]
     fork_paths: String,
+    /// `fork` only: record `perf` of fork-agent at 1,000 streams (added to the sweep) and put a
+    /// summary of where its cycles go into the report.
+    #[arg(long)]
+    profile: bool,
+    /// `fork` only: also build fork-agent at this git revision (release, in its own worktree
+    /// and target directory) and run the same sweep with it first, for before/after in one run.
+    #[arg(long)]
+    baseline: Option<String>,
+    /// `fork` only: after the sweep, one point at twice the most streams held (relayed audio,
+    /// memory bound, drops and alarms under overload).
+    #[arg(long)]
+    overload: bool,
 }
+
+/// Streams of the `--profile` point (the issue asks for a profile at 1,000 streams).
+const PROFILE_STREAMS: &str = "1000";
 
 /// Debian packages a benchmark needs beyond `cargo xtask setup`'s list, with their binary.
 fn extra_packages(which: Which) -> &'static [(&'static str, &'static str)] {
@@ -86,7 +101,9 @@ fn extra_packages(which: Which) -> &'static [(&'static str, &'static str)] {
         // installed here, lazily, and not by setup.
         Which::Relay => &[("rtpengine-daemon", "/usr/bin/rtpengine")],
         Which::Turn => &[("coturn", "/usr/bin/turnserver")],
-        Which::Fork | Which::Dialects => &[],
+        // perf for `bench fork --profile`.
+        Which::Fork => &[("linux-perf", "/usr/bin/perf")],
+        Which::Dialects => &[],
         Which::Calls => &[("sip-tester", "/usr/bin/sipp")],
     }
 }
@@ -186,6 +203,14 @@ pub(crate) fn run(args: Args) -> Result<()> {
         Which::Calls => "calls",
         Which::Dialects => "dialects",
     };
+    let mut agents = Vec::new();
+    if let (Which::Fork, Some(rev)) = (args.which, &args.baseline) {
+        agents.push(format!("{rev}={}", build_baseline(rev)?.display()));
+        agents.push(format!(
+            "current={}",
+            release_dir().join("fork-agent").display()
+        ));
+    }
     let paths: Vec<&str> = args.fork_paths.split(',').map(str::trim).collect();
     if let Some(bad) = paths
         .iter()
@@ -200,12 +225,68 @@ pub(crate) fn run(args: Args) -> Result<()> {
             args.out.clone()
         };
         println!("bench: {which} with fork path {path}");
-        run_one(&args, which, path, &out)?;
+        run_one(&args, which, path, &out, &agents)?;
     }
     Ok(())
 }
 
-fn run_one(args: &Args, which: &str, fork_path: &str, out: &str) -> Result<()> {
+/// Builds fork-agent at `rev` (release) in a detached worktree under target/bench-baseline and
+/// returns the binary. Its target directory is seeded once from ours, so only the workspace
+/// crates compile.
+fn build_baseline(rev: &str) -> Result<PathBuf> {
+    let root = build::workspace_root();
+    let base = root.join("target/bench-baseline");
+    let src = base.join("src");
+    let target = base.join("target");
+    std::fs::create_dir_all(&base)?;
+    if src.exists() {
+        setup::run_checked(
+            Command::new("git")
+                .arg("-C")
+                .arg(&src)
+                .args(["checkout", "--detach", "--force", rev]),
+            "checking out the baseline revision",
+            "is the revision known to this repository?",
+        )?;
+    } else {
+        setup::run_checked(
+            Command::new("git")
+                .arg("-C")
+                .arg(&root)
+                .args(["worktree", "add", "--detach"])
+                .arg(&src)
+                .arg(rev),
+            "adding a worktree for the baseline revision",
+            "is the revision known to this repository?",
+        )?;
+    }
+    if !target.join("release").exists() {
+        std::fs::create_dir_all(&target)?;
+        setup::run_checked(
+            Command::new("cp").arg("-a").arg(release_dir()).arg(&target),
+            "seeding the baseline target directory",
+            "check free disk space",
+        )?;
+    }
+    setup::run_checked(
+        build::cargo()
+            .args(["build", "--release", "-p", "fork-agent"])
+            .env("CARGO_TARGET_DIR", &target)
+            .current_dir(&src),
+        "building the baseline fork-agent (release)",
+        "see the compiler output above",
+    )?;
+    let label = rev.replace('/', "_");
+    let dir = base.join(&label);
+    std::fs::create_dir_all(&dir)?;
+    // Named fork-agent like the current one: the driver finds the process by its name.
+    let bin = dir.join("fork-agent");
+    std::fs::copy(target.join("release/fork-agent"), &bin)
+        .context("copying the baseline fork-agent")?;
+    Ok(bin)
+}
+
+fn run_one(args: &Args, which: &str, fork_path: &str, out: &str, agents: &[String]) -> Result<()> {
     setup::run_checked(
         Command::new(release_dir().join("xdpfork-bench"))
             .env("XDPFORK_FORK_PATH", fork_path)
@@ -226,7 +307,22 @@ fn run_one(args: &Args, which: &str, fork_path: &str, out: &str) -> Result<()> {
                 _ => vec![],
             })
             .args(match args.which {
-                Which::Fork => vec!["--streams", args.streams.as_str()],
+                Which::Fork => {
+                    let mut v = vec!["--streams".to_owned(), args.streams.clone()];
+                    if args.profile {
+                        v.extend(["--profile-at".to_owned(), PROFILE_STREAMS.to_owned()]);
+                    }
+                    if args.overload {
+                        v.push("--overload".to_owned());
+                    }
+                    for a in agents {
+                        v.extend(["--agent".to_owned(), a.clone()]);
+                    }
+                    v
+                }
+                _ => vec![],
+            })
+            .args(match args.which {
                 Which::Calls => vec![
                     "--cps",
                     args.cps.as_str(),
