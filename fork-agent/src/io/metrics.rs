@@ -39,6 +39,26 @@ impl Default for ConnectTime {
     }
 }
 
+/// A speech server's packet → frame latency: from the reader taking the forked packet off the
+/// AF_XDP ring (or the fallback socket) to the connection writing its frame, in the batch
+/// clock reads of both ends (no clock read per frame). Kept in its `ServerStats`.
+#[derive(Debug, Clone)]
+pub struct FrameLatency(pub Histogram);
+
+impl Default for FrameLatency {
+    fn default() -> Self {
+        // 25 µs .. 0.8 s.
+        FrameLatency(seconds_histogram(0.000_025, 16))
+    }
+}
+
+impl FrameLatency {
+    /// One frame written `d` after its packet was read.
+    pub fn observe(&self, d: std::time::Duration) {
+        self.0.observe(d.as_secs_f64());
+    }
+}
+
 /// The live metrics the agent feeds.
 #[derive(Debug, Clone)]
 pub struct Live {
@@ -103,6 +123,8 @@ pub(crate) struct Sources {
     pub(crate) live: Live,
     /// Per configured server: the connect-time histogram.
     pub(crate) connect: Vec<(String, ConnectTime)>,
+    /// Per configured server: the packet → frame latency histogram.
+    pub(crate) frame_latency: Vec<(String, FrameLatency)>,
     pub(crate) control_gate: Arc<GateStats>,
 }
 
@@ -146,6 +168,14 @@ async fn scrape(src: &Sources, own: GateCounters) -> Result<Registry> {
         src.connect
             .iter()
             .map(|(n, c)| (server(n), c.0.clone()))
+            .collect(),
+    );
+    snap.histograms(
+        "forked_frame_latency_seconds",
+        "Packet -> frame latency of forked audio: AF_XDP ring (or fallback socket) to the frame's WebSocket write, by server.",
+        src.frame_latency
+            .iter()
+            .map(|(n, h)| (server(n), h.0.clone()))
             .collect(),
     );
     let mut reg = Registry::with_prefix("xdpfork");
