@@ -85,8 +85,8 @@ pub(crate) struct Args {
     /// and target directory) and run the same sweep with it first, for before/after in one run.
     #[arg(long)]
     baseline: Option<String>,
-    /// `fork` only: after the sweep, one point at twice the most streams held (relayed audio,
-    /// memory bound, drops and alarms under overload).
+    /// `fork` only: after the sweep, an overload point: the most streams held with fork-agent
+    /// capped at half the CPU they took (relayed audio, memory bound, drops and alarms).
     #[arg(long)]
     overload: bool,
 }

@@ -59,6 +59,9 @@ pub struct AgentStats {
     pub xsk_frames: AtomicU64,
     pub xsk_bad_frames: AtomicU64,
     pub media_queue_drops: AtomicU64,
+    /// Forked packets the kernel dropped because the AF_XDP ring was full or had no free
+    /// frame (XDP_STATISTICS `rx_ring_full` + `rx_dropped`): the reader did not keep up.
+    pub xsk_ring_drops: AtomicU64,
     pub dtmf_events: AtomicU64,
 }
 
@@ -793,8 +796,16 @@ impl RxSink for RxBatch {
     }
 
     /// Hands the batch to the stream service (one lock, one wake-up) and publishes the counts.
-    fn drained(&mut self) {
+    /// Packets the kernel dropped at the ring count as the queue's drops too, so the service
+    /// alarms the overflow either way.
+    fn drained(&mut self, ring_drops: u64) {
         self.at = None;
+        if ring_drops > 0 {
+            self.stats
+                .xsk_ring_drops
+                .fetch_add(ring_drops, Ordering::Relaxed);
+            self.out.note_dropped(ring_drops);
+        }
         if self.frames == 0 {
             return;
         }

@@ -674,5 +674,5 @@ impl crate::io::xsk::RxSink for Collect {
     fn frame(&mut self, bytes: &[u8]) {
         let _ = self.0.send(bytes.to_vec());
     }
-    fn drained(&mut self) {}
+    fn drained(&mut self, _ring_drops: u64) {}
 }

@@ -39,8 +39,9 @@ unsafe impl Send for UmemArea {}
 pub trait RxSink {
     /// One frame, valid until the call returns.
     fn frame(&mut self, bytes: &[u8]);
-    /// The ring was drained (after zero or more frames).
-    fn drained(&mut self);
+    /// The ring was drained (after zero or more frames); `ring_drops` packets were dropped by
+    /// the kernel since the last call because the ring was full or had no free frame.
+    fn drained(&mut self, ring_drops: u64);
 }
 
 pub struct XskReader {
@@ -137,6 +138,8 @@ impl XskReader {
         let base = self.area.ptr.as_ptr();
         let mut recycle = Vec::with_capacity(self.frames as usize);
         let mut last_drain: Option<std::time::Instant> = None;
+        // The kernel's drop counters of this socket, as last read.
+        let mut ring_drops = 0u64;
         while !stop.load(Ordering::Relaxed) {
             if let Some(at) = last_drain.take() {
                 // Packets came last time: let the next batch gather.
@@ -172,7 +175,13 @@ impl XskReader {
                 let now = std::time::Instant::now();
                 last_drain = Some(now);
             }
-            sink.drained();
+            // One getsockopt per drain (at most one per `coalesce` under load).
+            let dropped = self
+                .user
+                .statistics_v2()
+                .map_or(ring_drops, |st| st.rx_ring_full + st.rx_dropped);
+            sink.drained(dropped.saturating_sub(ring_drops));
+            ring_drops = dropped;
             if !recycle.is_empty() {
                 let mut w = self.fq.fill(recycle.len() as u32);
                 let n = w.insert(recycle.iter().copied());

@@ -71,6 +71,12 @@ impl MediaQueue {
         dropped
     }
 
+    /// Packets lost before they could be queued (the AF_XDP ring was full): reported with the
+    /// next take like the queue's own drops.
+    pub fn note_dropped(&self, n: u64) {
+        lock(&self.items).dropped += n;
+    }
+
     /// Waits until something is queued, then moves all of it into `out` (which must be empty:
     /// the two buffers swap, so both keep their capacity) and returns how many packets were
     /// dropped since the last take (the service alarms an overflow). Cancel-safe: nothing is

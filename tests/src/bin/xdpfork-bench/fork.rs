@@ -63,6 +63,8 @@ const CALLS_PER_CONN: usize = 20;
 /// Audio frames queued per connection (`queue_frames`) before audio is dropped: about 1 s
 /// of 20 calls' caller streams.
 const QUEUE_LIMIT: usize = 1000;
+/// Frames fork-agent's AF_XDP reader may queue for its stream service (`MEDIA_QUEUE`).
+const READER_QUEUE: usize = 65_536;
 /// Upper bound of what one queued frame holds in memory (header, payload, WebSocket framing
 /// and allocation slack), for the overload point's memory bound.
 const FRAME_BYTES_BOUND: usize = 512;
@@ -369,8 +371,11 @@ struct Point {
     relayed: u64,
     /// Stream-service alarm events during the point (all kinds).
     alarms: i64,
-    /// fork-agent's resident memory after the point (VmRSS, bytes).
+    /// fork-agent's resident memory before and after the point (VmRSS, bytes).
+    rss_before: u64,
     rss: u64,
+    /// The overload point's CPU cap on fork-agent (share of one core).
+    cap: Option<f64>,
 }
 
 impl Point {
@@ -414,6 +419,7 @@ impl Point {
                "caller_veth_ring_drops": self.ring_drops, "xdp_fork_captured": self.captured,
                "agent_frames_sent": self.frames_sent, "relayed_to_callee": self.relayed,
                "alarms_delta": self.alarms, "agent_rss_bytes": self.rss,
+               "agent_rss_before_bytes": self.rss_before, "agent_cpu_cap_cores": self.cap,
                "agent_us_per_frame": self.agent_us_per_frame()})
     }
 }
@@ -429,8 +435,8 @@ fn ctl(sock: &std::path::Path, v: serde_json::Value) -> Result<serde_json::Value
 /// fork-agent's counters that locate loss along the path.
 #[derive(Clone, Copy, Default)]
 struct Counters {
-    /// Its queue drops: every `servers.*` counter named `*drop*` plus `user.media_queue_drops`
-    /// and `user.*_overflow*`.
+    /// Its drops: every `servers.*` counter named `*drop*` plus `user.*drops` (its reader's
+    /// queue, the AF_XDP ring).
     dropped: i64,
     /// `kernel.fork_captured`.
     captured: i64,
@@ -466,7 +472,7 @@ fn agent_counters(sock: &std::path::Path) -> Counters {
             .as_object()
             .map(|u| {
                 u.iter()
-                    .filter(|(k, _)| *k == "media_queue_drops" || k.contains("overflow"))
+                    .filter(|(k, _)| k.ends_with("drops"))
                     .filter_map(|(_, v)| v.as_i64())
                     .sum::<i64>()
             })
@@ -519,6 +525,47 @@ fn callee_rx(t: &Topology) -> u64 {
     .unwrap_or(0)
 }
 
+/// A CPU cap on one process through the cgroup v1 `cpu` controller (CFS quota), for the
+/// overload point: the generator on this 2-CPU host cannot offer twice what fork-agent
+/// sustains, so fork-agent gets half the CPU it needed instead. Removed on drop.
+struct CpuCap {
+    dir: PathBuf,
+    pid: i32,
+}
+
+const CPU_CGROUP: &str = "/sys/fs/cgroup/cpu";
+
+impl CpuCap {
+    fn new(pid: i32, cores: f64) -> Result<CpuCap> {
+        let root = std::path::Path::new(CPU_CGROUP);
+        if !root.join("cpu.cfs_quota_us").exists() {
+            bail!("no cgroup v1 cpu controller at {CPU_CGROUP}: the overload point needs it");
+        }
+        let dir = root.join(format!("xdpfork-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).context("creating the bench's cpu cgroup")?;
+        // A short period: a process throttled for the usual 100 ms would overflow its AF_XDP
+        // ring (4,096 frames, 41 ms at 100k frames/s) while asleep, which measures the ring,
+        // not fork-agent's own queues. 10 ms keeps each throttled spell shorter than that.
+        let period = 10_000u64;
+        let quota = ((cores * period as f64) as u64).max(1_000);
+        std::fs::write(dir.join("cpu.cfs_period_us"), period.to_string())?;
+        std::fs::write(dir.join("cpu.cfs_quota_us"), quota.to_string())?;
+        std::fs::write(dir.join("cgroup.procs"), pid.to_string())
+            .context("moving fork-agent into the capped cgroup")?;
+        Ok(CpuCap { dir, pid })
+    }
+}
+
+impl Drop for CpuCap {
+    fn drop(&mut self) {
+        let _ = std::fs::write(
+            std::path::Path::new(CPU_CGROUP).join("cgroup.procs"),
+            self.pid.to_string(),
+        );
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
 /// `cargo xtask bench fork` options.
 pub struct Opts {
     pub streams: Vec<usize>,
@@ -529,8 +576,9 @@ pub struct Opts {
     /// The fork-agents compared, in order: (label, binary). Each gets its own topology and
     /// the same sweep.
     pub agents: Vec<(String, PathBuf)>,
-    /// After the sweep, one point at twice the most streams held (p99 ≤ 5 ms, no loss after
-    /// XDP): relayed audio, memory, drops and alarms under overload.
+    /// After the sweep, one overload point: the most streams held (p99 ≤ 5 ms, no loss after
+    /// XDP) with fork-agent capped at half the CPU it used for them (twice what it sustains):
+    /// relayed audio, memory, drops and alarms under overload.
     pub overload: bool,
     /// Where the profile and its summary go.
     pub out: PathBuf,
@@ -751,6 +799,19 @@ fn run_agent(
             napi.iter().map(|p| cpu::process_cpu_ns(*p)).sum::<u64>(),
         );
         let r0 = rx.cpu_ns.load(Ordering::Relaxed);
+        let rss_before = rss_bytes(agent_pid);
+        let cap = if overload {
+            // Half the CPU the same stream count took unconstrained.
+            let cores = points
+                .iter()
+                .filter(|p| p.streams == n && !p.overload)
+                .map(|p| p.agent_cpu_ns as f64 / (p.gen.secs * 1e9))
+                .fold(0.0, f64::max)
+                / 2.0;
+            Some((CpuCap::new(agent_pid, cores.max(0.02))?, cores.max(0.02)))
+        } else {
+            None
+        };
         let profiler = match o.profile_at {
             Some(p) if p == n && !overload => Some(Profiler::start(
                 agent_pid,
@@ -761,6 +822,11 @@ fn run_agent(
         };
         let g = gen.run(n, secs, run)?;
         std::thread::sleep(Duration::from_millis(500));
+        // The counters below need fork-agent's answer: uncapped first.
+        let cap = cap.map(|(c, cores)| {
+            drop(c);
+            cores
+        });
         let (a1, n1) = (
             cpu::process_cpu_ns(agent_pid),
             napi.iter().map(|p| cpu::process_cpu_ns(*p)).sum::<u64>(),
@@ -795,7 +861,9 @@ fn run_agent(
             frames_sent: d1.sent - d0.sent,
             relayed: relayed1.saturating_sub(relayed0),
             alarms: d1.alarms - d0.alarms,
+            rss_before,
             rss: rss_bytes(agent_pid),
+            cap,
         };
         eprintln!(
             "  [{label}] {n:>6} streams{}: sent {} (generator {} late slots of {}, max {} µs) veth-ring drops {} XDP captured {} agent frames sent {} got {} gaps {} loss {:.3}% fork-agent {:.3} cores ({:.2} µs/frame), napi {:.3} cores, latency p50 {:.0} µs p99 {:.0} µs, RSS {:.1} MiB",
@@ -838,8 +906,7 @@ fn run_agent(
         }
         if o.overload && plan.is_empty() && !overload {
             let held = points.iter().filter(|p| p.held()).map(|p| p.streams).max();
-            let twice = 2 * held.unwrap_or(streams[0]);
-            plan.push_back((twice, true));
+            plan.push_back((held.unwrap_or(streams[0]), true));
         }
     }
     stop.store(true, Ordering::Relaxed);
@@ -895,17 +962,22 @@ fn run_agent(
     ));
     if let Some(p) = points.iter().find(|p| p.overload) {
         let conns = p.streams.div_ceil(CALLS_PER_CONN);
-        let bound = rss_idle + (conns * QUEUE_LIMIT * FRAME_BYTES_BOUND) as u64;
+        let queued = (conns * QUEUE_LIMIT + READER_QUEUE) * FRAME_BYTES_BOUND;
+        let growth = p.rss.saturating_sub(p.rss_before);
         let expected_relay = p.gen.sent.saturating_sub(p.ring_drops);
         md.push_str(&format!(
-            "\nOverload ({} streams): relayed datagrams at the callee {} of {} that passed the caller's ring ({}); fork-agent RSS {:.1} MiB against the queue bound {:.1} MiB (idle RSS + {conns} connections × {QUEUE_LIMIT} frames × {FRAME_BYTES_BOUND} B) ({}); frames dropped by fork-agent {} and sequence gaps at the speech side {} ({}); alarm events {} ({}).\n",
+            "\nOverload ({} streams, fork-agent capped at {:.3} of a core, half what it used for them: twice what it sustains): relayed datagrams at the callee {} of {} that passed the caller's ring ({}); fork-agent RSS grew {:.1} MiB to {:.1} MiB, against a queue bound of {:.1} MiB ({conns} connections × {QUEUE_LIMIT} frames + the reader's {READER_QUEUE}, × {FRAME_BYTES_BOUND} B) ({}); frames XDP captured {} and delivered {}; dropped by fork-agent {} and sequence gaps at the speech side {} ({}); alarm events {} ({}).\n",
             p.streams,
+            p.cap.unwrap_or(0.0),
             p.relayed,
             expected_relay,
             if p.relayed >= expected_relay { "untouched" } else { "RELAYED AUDIO LOST" },
+            growth as f64 / (1 << 20) as f64,
             p.rss as f64 / (1 << 20) as f64,
-            bound as f64 / (1 << 20) as f64,
-            if p.rss <= bound { "within" } else { "ABOVE THE BOUND" },
+            queued as f64 / (1 << 20) as f64,
+            if growth as usize <= queued { "within" } else { "ABOVE THE BOUND" },
+            p.captured,
+            p.received,
             p.frames_dropped,
             p.gaps,
             if p.frames_dropped > 0 && p.gaps > 0 { "dropped and seen as gaps" } else if p.frames_dropped == 0 { "no drop: not overloaded" } else { "drops without gaps" },
@@ -973,7 +1045,9 @@ mod tests {
             frames_sent: 0,
             relayed: 0,
             alarms: 0,
+            rss_before: 0,
             rss: 4 << 20,
+            cap: None,
         };
         assert!((p.loss() - 0.01).abs() < 1e-12);
         assert!((p.agent_cores_per_1k() - 0.25).abs() < 1e-12);

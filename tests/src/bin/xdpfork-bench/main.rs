@@ -107,7 +107,8 @@ struct Cli {
     /// fork-agent next to this driver). Each runs the whole sweep in its own topology.
     #[arg(long = "agent")]
     agents: Vec<String>,
-    /// fork: after the sweep, one point at twice the most streams held.
+    /// fork: after the sweep, an overload point: the most streams held with fork-agent capped
+    /// at half the CPU they took.
     #[arg(long)]
     overload: bool,
     /// relay: numbers of calls the offered rate is spread over, comma-separated.
