@@ -81,8 +81,8 @@ pub(crate) struct Args {
     /// summary of where its cycles go into the report.
     #[arg(long)]
     profile: bool,
-    /// `fork` only: also build fork-agent at this git revision (release, in its own worktree
-    /// and target directory) and run the same sweep with it first, for before/after in one run.
+    /// `fork` only: also build fork-agent at this git revision (release, from `git archive`)
+    /// and run the same sweep with it first, for before/after in one run.
     #[arg(long)]
     baseline: Option<String>,
     /// `fork` only: after the sweep, an overload point: the most streams held with fork-agent
@@ -168,6 +168,15 @@ pub(crate) fn run(args: Args) -> Result<()> {
         );
     }
     ensure_packages(args.which)?;
+    // Before the current build, which must be the last to write target/release/fork-agent.
+    let mut agents = Vec::new();
+    if let (Which::Fork, Some(rev)) = (args.which, &args.baseline) {
+        agents.push(format!("{rev}={}", build_baseline(rev)?.display()));
+        agents.push(format!(
+            "current={}",
+            release_dir().join("fork-agent").display()
+        ));
+    }
     setup::run_checked(
         build::cargo().args([
             "build",
@@ -203,14 +212,6 @@ pub(crate) fn run(args: Args) -> Result<()> {
         Which::Calls => "calls",
         Which::Dialects => "dialects",
     };
-    let mut agents = Vec::new();
-    if let (Which::Fork, Some(rev)) = (args.which, &args.baseline) {
-        agents.push(format!("{rev}={}", build_baseline(rev)?.display()));
-        agents.push(format!(
-            "current={}",
-            release_dir().join("fork-agent").display()
-        ));
-    }
     let paths: Vec<&str> = args.fork_paths.split(',').map(str::trim).collect();
     if let Some(bad) = paths
         .iter()
@@ -230,44 +231,31 @@ pub(crate) fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// Builds fork-agent at `rev` (release) in a detached worktree under target/bench-baseline and
-/// returns the binary. Its target directory is seeded once from ours, so only the workspace
-/// crates compile.
+/// Builds fork-agent at `rev` (release) from a `git archive` of it under target/bench-baseline
+/// and returns the binary, copied to target/bench-baseline/<rev>/fork-agent. The build shares
+/// our target directory: registry crates are reused and only the workspace crates of `rev`
+/// compile (their own artifacts: another source path is another package id). It overwrites
+/// target/release/fork-agent, so it runs before the current build, which is then forced to
+/// link again.
 fn build_baseline(rev: &str) -> Result<PathBuf> {
     let root = build::workspace_root();
     let base = root.join("target/bench-baseline");
     let src = base.join("src");
-    let target = base.join("target");
-    std::fs::create_dir_all(&base)?;
-    if src.exists() {
-        setup::run_checked(
-            Command::new("git")
-                .arg("-C")
-                .arg(&src)
-                .args(["checkout", "--detach", "--force", rev]),
-            "checking out the baseline revision",
-            "is the revision known to this repository?",
-        )?;
-    } else {
-        setup::run_checked(
-            Command::new("git")
-                .arg("-C")
-                .arg(&root)
-                .args(["worktree", "add", "--detach"])
-                .arg(&src)
-                .arg(rev),
-            "adding a worktree for the baseline revision",
-            "is the revision known to this repository?",
-        )?;
-    }
-    if !target.join("release").exists() {
-        std::fs::create_dir_all(&target)?;
-        setup::run_checked(
-            Command::new("cp").arg("-a").arg(release_dir()).arg(&target),
-            "seeding the baseline target directory",
-            "check free disk space",
-        )?;
-    }
+    let _ = std::fs::remove_dir_all(&src);
+    std::fs::create_dir_all(&src)?;
+    setup::run_checked(
+        Command::new("sh").arg("-c").arg(format!(
+            "git -C '{}' archive --format=tar '{rev}' | tar -x -C '{}'",
+            root.display(),
+            src.display()
+        )),
+        "extracting the baseline revision (git archive)",
+        "is the revision known to this repository?",
+    )?;
+    let target = release_dir()
+        .parent()
+        .map(PathBuf::from)
+        .context("the release directory has no parent")?;
     setup::run_checked(
         build::cargo()
             .args(["build", "--release", "-p", "fork-agent"])
@@ -276,13 +264,21 @@ fn build_baseline(rev: &str) -> Result<PathBuf> {
         "building the baseline fork-agent (release)",
         "see the compiler output above",
     )?;
-    let label = rev.replace('/', "_");
-    let dir = base.join(&label);
+    let dir = base.join(rev.replace('/', "_"));
     std::fs::create_dir_all(&dir)?;
     // Named fork-agent like the current one: the driver finds the process by its name.
     let bin = dir.join("fork-agent");
-    std::fs::copy(target.join("release/fork-agent"), &bin)
-        .context("copying the baseline fork-agent")?;
+    let built = release_dir().join("fork-agent");
+    std::fs::copy(&built, &bin).context("copying the baseline fork-agent")?;
+    // The current build must put its own binary back: without this, a current build that
+    // cargo finds fresh could leave the baseline's in place.
+    std::fs::remove_file(&built)?;
+    setup::run_checked(
+        Command::new("touch").arg(root.join("fork-agent/src/main.rs")),
+        "touching fork-agent/src/main.rs",
+        "check the file's permissions",
+    )?;
+    let _ = std::fs::remove_dir_all(&src);
     Ok(bin)
 }
 
