@@ -297,8 +297,8 @@ pub struct SpeechServerConfig {
     /// Sent as `Authorization: Bearer <token>`; a fork request may override it.
     #[serde(default)]
     pub token: Option<String>,
-    /// Frames queued per connection before new audio is dropped (counted; control is never
-    /// dropped).
+    /// Frames queued per connection; beyond it each new audio frame replaces the oldest queued
+    /// one (counted; control is never dropped).
     #[serde(default = "default_queue")]
     pub queue_frames: usize,
     /// Calls per WebSocket connection, 1–20 (CUBE `connection calls-threshold`, default 3).

@@ -12,7 +12,7 @@
 
 use std::{path::PathBuf, process::Command};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::{build, setup};
 
@@ -77,7 +77,22 @@ pub(crate) struct Args {
     /// once per path, each with its own baselines, into `<out>/<path>` when there are several.
     #[arg(long, default_value = "auto")]
     fork_paths: String,
+    /// `fork` only: record `perf` of fork-agent at 1,000 streams (added to the sweep) and put a
+    /// summary of where its cycles go into the report.
+    #[arg(long)]
+    profile: bool,
+    /// `fork` only: also build fork-agent at this git revision (release, from `git archive`)
+    /// and run the same sweep with it first, for before/after in one run.
+    #[arg(long)]
+    baseline: Option<String>,
+    /// `fork` only: after the sweep, an overload point: the most streams held with fork-agent
+    /// capped at half the CPU they took (relayed audio, memory bound, drops and alarms).
+    #[arg(long)]
+    overload: bool,
 }
+
+/// Streams of the `--profile` point (the issue asks for a profile at 1,000 streams).
+const PROFILE_STREAMS: &str = "1000";
 
 /// Debian packages a benchmark needs beyond `cargo xtask setup`'s list, with their binary.
 fn extra_packages(which: Which) -> &'static [(&'static str, &'static str)] {
@@ -86,7 +101,9 @@ fn extra_packages(which: Which) -> &'static [(&'static str, &'static str)] {
         // installed here, lazily, and not by setup.
         Which::Relay => &[("rtpengine-daemon", "/usr/bin/rtpengine")],
         Which::Turn => &[("coturn", "/usr/bin/turnserver")],
-        Which::Fork | Which::Dialects => &[],
+        // perf for `bench fork --profile`.
+        Which::Fork => &[("linux-perf", "/usr/bin/perf")],
+        Which::Dialects => &[],
         Which::Calls => &[("sip-tester", "/usr/bin/sipp")],
     }
 }
@@ -151,6 +168,15 @@ pub(crate) fn run(args: Args) -> Result<()> {
         );
     }
     ensure_packages(args.which)?;
+    // Before the current build, which must be the last to write target/release/fork-agent.
+    let mut agents = Vec::new();
+    if let (Which::Fork, Some(rev)) = (args.which, &args.baseline) {
+        agents.push(format!("{rev}={}", build_baseline(rev)?.display()));
+        agents.push(format!(
+            "current={}",
+            release_dir().join("fork-agent").display()
+        ));
+    }
     setup::run_checked(
         build::cargo().args([
             "build",
@@ -200,12 +226,63 @@ pub(crate) fn run(args: Args) -> Result<()> {
             args.out.clone()
         };
         println!("bench: {which} with fork path {path}");
-        run_one(&args, which, path, &out)?;
+        run_one(&args, which, path, &out, &agents)?;
     }
     Ok(())
 }
 
-fn run_one(args: &Args, which: &str, fork_path: &str, out: &str) -> Result<()> {
+/// Builds fork-agent at `rev` (release) from a `git archive` of it under target/bench-baseline
+/// and returns the binary, copied to target/bench-baseline/<rev>/fork-agent. The build shares
+/// our target directory: registry crates are reused and only the workspace crates of `rev`
+/// compile (their own artifacts: another source path is another package id). It overwrites
+/// target/release/fork-agent, so it runs before the current build, which is then forced to
+/// link again.
+fn build_baseline(rev: &str) -> Result<PathBuf> {
+    let root = build::workspace_root();
+    let base = root.join("target/bench-baseline");
+    let src = base.join("src");
+    let _ = std::fs::remove_dir_all(&src);
+    std::fs::create_dir_all(&src)?;
+    setup::run_checked(
+        Command::new("sh").arg("-c").arg(format!(
+            "git -C '{}' archive --format=tar '{rev}' | tar -x -C '{}'",
+            root.display(),
+            src.display()
+        )),
+        "extracting the baseline revision (git archive)",
+        "is the revision known to this repository?",
+    )?;
+    let target = release_dir()
+        .parent()
+        .map(PathBuf::from)
+        .context("the release directory has no parent")?;
+    setup::run_checked(
+        build::cargo()
+            .args(["build", "--release", "-p", "fork-agent"])
+            .env("CARGO_TARGET_DIR", &target)
+            .current_dir(&src),
+        "building the baseline fork-agent (release)",
+        "see the compiler output above",
+    )?;
+    let dir = base.join(rev.replace('/', "_"));
+    std::fs::create_dir_all(&dir)?;
+    // Named fork-agent like the current one: the driver finds the process by its name.
+    let bin = dir.join("fork-agent");
+    let built = release_dir().join("fork-agent");
+    std::fs::copy(&built, &bin).context("copying the baseline fork-agent")?;
+    // The current build must put its own binary back: without this, a current build that
+    // cargo finds fresh could leave the baseline's in place.
+    std::fs::remove_file(&built)?;
+    setup::run_checked(
+        Command::new("touch").arg(root.join("fork-agent/src/main.rs")),
+        "touching fork-agent/src/main.rs",
+        "check the file's permissions",
+    )?;
+    let _ = std::fs::remove_dir_all(&src);
+    Ok(bin)
+}
+
+fn run_one(args: &Args, which: &str, fork_path: &str, out: &str, agents: &[String]) -> Result<()> {
     setup::run_checked(
         Command::new(release_dir().join("xdpfork-bench"))
             .env("XDPFORK_FORK_PATH", fork_path)
@@ -226,7 +303,22 @@ fn run_one(args: &Args, which: &str, fork_path: &str, out: &str) -> Result<()> {
                 _ => vec![],
             })
             .args(match args.which {
-                Which::Fork => vec!["--streams", args.streams.as_str()],
+                Which::Fork => {
+                    let mut v = vec!["--streams".to_owned(), args.streams.clone()];
+                    if args.profile {
+                        v.extend(["--profile-at".to_owned(), PROFILE_STREAMS.to_owned()]);
+                    }
+                    if args.overload {
+                        v.push("--overload".to_owned());
+                    }
+                    for a in agents {
+                        v.extend(["--agent".to_owned(), a.clone()]);
+                    }
+                    v
+                }
+                _ => vec![],
+            })
+            .args(match args.which {
                 Which::Calls => vec![
                     "--cps",
                     args.cps.as_str(),

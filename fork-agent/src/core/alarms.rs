@@ -2,8 +2,10 @@
 //!
 //! Role: count the four connection events CUBE raises syslog alarms for (reference
 //! cube-websocket-media-forking.txt, "Alarms": TCP failures, HTTP failures, remote WebSocket
-//! closures, TCP closures), plus our own fifth, speech protocol errors (a server sent a frame
-//! it may not send, and we closed the connection), and decide when an alarm line is due: on the first occurrence and
+//! closures, TCP closures), plus two of our own: speech
+//! protocol errors (a server sent a frame it may not send, and we closed the connection) and
+//! audio queue overflows (a connection's queue was full and its oldest audio was dropped; one
+//! event per overflow episode), and decide when an alarm line is due: on the first occurrence and
 //! then on every tenth ("after every ten occurences"). `clear` resets the counters, as
 //! `clear voip stream-service statistics` does. It also keeps a bounded history of closed
 //! connections for `show stream-service connection-history`.
@@ -32,16 +34,20 @@ pub enum AlarmKind {
     /// The speech server sent a frame the protocol does not allow (not in the reference: a
     /// garbage frame is no TCP closure, and counting it as one hid broken servers).
     ProtocolError,
+    /// A connection's send queue filled up and audio was dropped, oldest first (not in the
+    /// reference; one event per overflow episode, not per frame: core::ws_pool `Admit`).
+    QueueOverflow,
 }
 
 impl AlarmKind {
     /// All kinds, in display order.
-    pub const ALL: [AlarmKind; 5] = [
+    pub const ALL: [AlarmKind; 6] = [
         AlarmKind::TcpFailure,
         AlarmKind::HttpFailure,
         AlarmKind::RemoteWsClosure,
         AlarmKind::TcpClosure,
         AlarmKind::ProtocolError,
+        AlarmKind::QueueOverflow,
     ];
 
     /// Wording of the reference's syslog line (`%SIP-3-STREAM_SERVICE: 50 TCP connection failures`).
@@ -52,6 +58,7 @@ impl AlarmKind {
             AlarmKind::RemoteWsClosure => "Remote WebSocket closures",
             AlarmKind::TcpClosure => "TCP closures",
             AlarmKind::ProtocolError => "speech protocol errors",
+            AlarmKind::QueueOverflow => "audio queue overflows",
         }
     }
 
@@ -63,6 +70,7 @@ impl AlarmKind {
             AlarmKind::RemoteWsClosure => "remote_ws_closures",
             AlarmKind::TcpClosure => "tcp_closures",
             AlarmKind::ProtocolError => "protocol_errors",
+            AlarmKind::QueueOverflow => "queue_overflows",
         }
     }
 

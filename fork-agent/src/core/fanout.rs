@@ -10,10 +10,12 @@
 
 use std::collections::HashMap;
 
+use super::IdMap;
+
 /// Tap → stream ids, and each fork's pairs for removal. See the module docs.
 #[derive(Debug, Default)]
 pub struct FanOut {
-    by_tap: HashMap<u32, Vec<u32>>,
+    by_tap: IdMap<u32, Vec<u32>>,
     by_fork: HashMap<String, Vec<(u32, u32)>>,
 }
 

@@ -15,3 +15,8 @@ pub mod session;
 pub mod turn_offload;
 pub mod ws_pool;
 pub mod ws_url;
+
+/// A hash map for fork-agent's own integer ids (stream, call, connection ids), looked up for
+/// every forked frame. The ids are ours, not chosen by a peer, so SipHash's flooding resistance
+/// buys nothing there and its cost showed in the profile (docs/benchmarks.md).
+pub type IdMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;

@@ -421,11 +421,7 @@ fn scratch_relay(dp: &mut DataPlane, rows: &mut Vec<Row>) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let reader_thread = {
         let stop = stop.clone();
-        std::thread::spawn(move || {
-            reader.run(stop, |frame| {
-                let _ = tx.send(frame.to_vec());
-            })
-        })
+        std::thread::spawn(move || reader.run(stop, Duration::ZERO, &mut Collect(tx)))
     };
     let frame = rtp_frame(mac1, mac0, peer, local);
     send_frame(&sniff, xck1, &frame)?;
@@ -669,4 +665,14 @@ fn receive_relayed(
         src.port(),
         dst.port()
     )
+}
+
+/// Hands every AF_XDP frame of the check to the checking thread.
+struct Collect(mpsc::Sender<Vec<u8>>);
+
+impl crate::io::xsk::RxSink for Collect {
+    fn frame(&mut self, bytes: &[u8]) {
+        let _ = self.0.send(bytes.to_vec());
+    }
+    fn drained(&mut self, _ring_drops: u64) {}
 }

@@ -39,6 +39,26 @@ impl Default for ConnectTime {
     }
 }
 
+/// A speech server's packet → frame latency: from the reader taking the forked packet off the
+/// AF_XDP ring (or the fallback socket) to the connection writing its frame, in the batch
+/// clock reads of both ends (no clock read per frame). Kept in its `ServerStats`.
+#[derive(Debug, Clone)]
+pub struct FrameLatency(pub Histogram);
+
+impl Default for FrameLatency {
+    fn default() -> Self {
+        // 25 µs .. 0.8 s.
+        FrameLatency(seconds_histogram(0.000_025, 16))
+    }
+}
+
+impl FrameLatency {
+    /// One frame written `d` after its packet was read.
+    pub fn observe(&self, d: std::time::Duration) {
+        self.0.observe(d.as_secs_f64());
+    }
+}
+
 /// The live metrics the agent feeds.
 #[derive(Debug, Clone)]
 pub struct Live {
@@ -152,6 +172,16 @@ async fn scrape(src: &Sources, own: GateCounters) -> Result<Registry> {
             .unwrap_or_else(|e| e.into_inner())
             .iter()
             .map(|(n, s)| (server(n), s.connect_seconds.0.clone()))
+            .collect(),
+    );
+    snap.histograms(
+        "forked_frame_latency_seconds",
+        "Packet -> frame latency of forked audio: AF_XDP ring (or fallback socket) to the frame's WebSocket write, by server.",
+        src.servers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(n, s)| (server(n), s.frame_latency.0.clone()))
             .collect(),
     );
     let mut reg = Registry::with_prefix("xdpfork");

@@ -35,6 +35,15 @@ impl Drop for UmemArea {
 // SAFETY: the area is only accessed through the reader that owns it.
 unsafe impl Send for UmemArea {}
 
+/// Where [`XskReader::run`] hands the frames.
+pub trait RxSink {
+    /// One frame, valid until the call returns.
+    fn frame(&mut self, bytes: &[u8]);
+    /// The ring was drained (after zero or more frames); `ring_drops` packets were dropped by
+    /// the kernel since the last call because the ring was full or had no free frame.
+    fn drained(&mut self, ring_drops: u64);
+}
+
 pub struct XskReader {
     // Field order is drop order: rings and socket before the memory they map.
     rx: RingRx,
@@ -120,12 +129,25 @@ impl XskReader {
         self.user.as_raw_fd()
     }
 
-    /// Read frames until `stop` is set, calling `on_frame` with each frame's bytes (fork tag
-    /// first). Wakes at least every 100 ms to check `stop`.
-    pub fn run(mut self, stop: Arc<AtomicBool>, mut on_frame: impl FnMut(&[u8])) {
+    /// Read frames until `stop` is set, handing each frame's bytes (fork tag first) to `sink`
+    /// and calling [`RxSink::drained`] after each drain of the ring. While frames keep coming,
+    /// drains are at least `coalesce` apart (the thread sleeps the rest): the reader and
+    /// whoever it wakes meet once per batch, not once per frame. Wakes at least every 100 ms
+    /// to check `stop`.
+    pub fn run(mut self, stop: Arc<AtomicBool>, coalesce: Duration, sink: &mut impl RxSink) {
         let base = self.area.ptr.as_ptr();
         let mut recycle = Vec::with_capacity(self.frames as usize);
+        let mut last_drain: Option<std::time::Instant> = None;
+        // The kernel's drop counters of this socket, as last read.
+        let mut ring_drops = 0u64;
         while !stop.load(Ordering::Relaxed) {
+            if let Some(at) = last_drain.take() {
+                // Packets came last time: let the next batch gather.
+                let gap = at.elapsed();
+                if gap < coalesce {
+                    std::thread::sleep(coalesce - gap);
+                }
+            }
             let mut pfd = libc::pollfd {
                 fd: self.rx.as_raw_fd(),
                 events: libc::POLLIN,
@@ -142,12 +164,24 @@ impl XskReader {
                         // SAFETY: the kernel wrote this frame inside our UMEM and hands it to us
                         // until we give it back through the fill ring below.
                         let frame = unsafe { std::slice::from_raw_parts(base.add(off), len) };
-                        on_frame(frame);
+                        sink.frame(frame);
                     }
                     recycle.push(desc.addr - desc.addr % u64::from(FRAME_SIZE));
                 }
                 r.release();
             }
+            if !recycle.is_empty() {
+                #[allow(clippy::disallowed_methods)] // io shell: one clock read per drain
+                let now = std::time::Instant::now();
+                last_drain = Some(now);
+            }
+            // One getsockopt per drain (at most one per `coalesce` under load).
+            let dropped = self
+                .user
+                .statistics_v2()
+                .map_or(ring_drops, |st| st.rx_ring_full + st.rx_dropped);
+            sink.drained(dropped.saturating_sub(ring_drops));
+            ring_drops = dropped;
             if !recycle.is_empty() {
                 let mut w = self.fq.fill(recycle.len() as u32);
                 let n = w.insert(recycle.iter().copied());

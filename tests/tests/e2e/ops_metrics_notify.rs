@@ -171,6 +171,23 @@ fn every_daemon_serves_metrics_that_move_with_real_traffic() -> Result<()> {
         get(&fork, "xdpfork_speech_frames_sent_total{server=asr}") > 0.0,
         "{fork:?}"
     );
+    // Packet -> frame latency: one observation per forked audio frame written (the frames
+    // sent also count the control messages).
+    let observed = get(
+        &fork,
+        "xdpfork_forked_frame_latency_seconds_count{server=asr}",
+    );
+    assert!(
+        observed > 0.0 && observed <= get(&fork, "xdpfork_speech_frames_sent_total{server=asr}"),
+        "{fork:?}"
+    );
+    assert!(
+        get(
+            &fork,
+            "xdpfork_forked_frame_latency_seconds_sum{server=asr}"
+        ) > 0.0,
+        "{fork:?}"
+    );
     assert!(
         get(&fork, "xdpfork_kernel_packets_total{reason=relayed}")
             > get(&fork0, "xdpfork_kernel_packets_total{reason=relayed}"),

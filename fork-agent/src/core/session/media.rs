@@ -5,15 +5,19 @@
 //! after `start` or `resume` carries the "first frame" flag. Every drop is counted by reason.
 //! Inputs: [`ForkService::handle_audio`] (stream id, length, the shell's queue lengths) and
 //! [`ForkService::handle_dtmf`].
+//! [`ForkService::handle_audio_evicted`] tells which stream lost the frame a full queue
+//! dropped (the shell knows it from the dropped frame's header).
 //! Outputs: an [`AudioVerdict`] returned directly (the hot path allocates nothing), a `Send`
-//! of the DTMF report, [`MediaCounters`].
+//! of the DTMF report, an [`Output::Alarm`](super::Output::Alarm) when a connection's queue
+//! starts overflowing, [`MediaCounters`].
 
 use std::time::Instant;
 
 use serde::Serialize;
 use speech_proto::{Control, Dtmf};
 
-use super::{live_conn, ConnId, ForkService, SessState};
+use super::{live_conn, ConnId, ForkService, Output, SessState};
+use crate::core::alarms::AlarmKind;
 
 /// Why an audio frame was not sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,8 +28,6 @@ pub enum DropReason {
     Paused,
     /// The call has no open connection (connecting, reconnecting, or failed).
     NotConnected,
-    /// The connection's send queue is full (drop-newest).
-    QueueFull,
 }
 
 /// Media-path decision for one audio frame.
@@ -37,6 +39,10 @@ pub enum AudioVerdict {
         conn: ConnId,
         /// First frame after `start` or `resume` (docs/speech-protocol.md §3, flags bit 1).
         first: bool,
+        /// The queue is full: drop its oldest audio frame (or this one when every queued frame
+        /// is already being written), then report whose it was with
+        /// [`ForkService::handle_audio_evicted`].
+        evict: bool,
     },
     /// Drop it (counted).
     Drop(DropReason),
@@ -55,7 +61,7 @@ pub struct MediaCounters {
     pub dropped_paused: u64,
     /// Frames dropped: no open connection for the call.
     pub dropped_not_connected: u64,
-    /// Frames dropped: connection queue full.
+    /// Frames dropped: connection queue full (the oldest queued ones).
     pub dropped_queue_full: u64,
     /// DTMF reports forwarded.
     pub dtmf_sent: u64,
@@ -107,22 +113,59 @@ impl ForkService {
             return AudioVerdict::Drop(DropReason::NotConnected);
         };
         let _ = pool.handle_send_backlog(now, rec.handle, backlog(conn));
-        match pool.admit(now, rec.handle, crate::core::ws_pool::FrameKind::Audio) {
-            crate::core::ws_pool::Admit::Send => {
-                let first = std::mem::replace(&mut st.first, false);
-                st.frames += 1;
-                st.bytes += len as u64;
-                self.media.frames_queued += 1;
-                self.media.bytes_queued += len as u64;
-                AudioVerdict::Send { conn, first }
+        let evict = match pool.admit(now, rec.handle, crate::core::ws_pool::FrameKind::Audio) {
+            crate::core::ws_pool::Admit::Send => false,
+            crate::core::ws_pool::Admit::SendDropOldest { episode } => {
+                if episode {
+                    if let Some(a) = self.alarms.record(AlarmKind::QueueOverflow) {
+                        self.outputs.push_back(Output::Alarm(a));
+                    }
+                }
+                // A full queue may have armed the stall timer: the shell re-reads
+                // poll_timeout after every input.
+                true
             }
             crate::core::ws_pool::Admit::Drop => {
                 st.dropped += 1;
-                self.media.dropped_queue_full += 1;
-                // A full queue may have armed the stall timer: the shell re-reads
-                // poll_timeout after every input.
-                AudioVerdict::Drop(DropReason::QueueFull)
+                self.media.dropped_not_connected += 1;
+                return AudioVerdict::Drop(DropReason::NotConnected);
             }
+        };
+        let first = std::mem::replace(&mut st.first, false);
+        st.frames += 1;
+        st.bytes += len as u64;
+        self.media.frames_queued += 1;
+        self.media.bytes_queued += len as u64;
+        AudioVerdict::Send { conn, first, evict }
+    }
+
+    /// Media path: the reader → service queue dropped `dropped` packets (oldest first) since
+    /// the last batch; the first batch with drops after one without starts an overflow episode,
+    /// alarmed once like a connection's (the packets are counted by the shell:
+    /// `media_queue_drops`).
+    pub fn handle_media_queue(&mut self, dropped: u64) {
+        let was = std::mem::replace(&mut self.media_queue_overflowing, dropped > 0);
+        if dropped > 0 && !was {
+            if let Some(a) = self.alarms.record(AlarmKind::QueueOverflow) {
+                self.outputs.push_back(Output::Alarm(a));
+            }
+        }
+    }
+
+    /// Media path: a full queue dropped a frame of `stream_id` (the oldest queued one, after
+    /// a [`AudioVerdict::Send`] with `evict`). Counted for the stream and in
+    /// `dropped_queue_full`.
+    pub fn handle_audio_evicted(&mut self, stream_id: u32) {
+        self.media.dropped_queue_full += 1;
+        let Some(&(key, idx)) = self.by_stream.get(&stream_id) else {
+            return;
+        };
+        if let Some(st) = self
+            .sessions
+            .get_mut(&key)
+            .and_then(|s| s.streams.get_mut(idx))
+        {
+            st.dropped += 1;
         }
     }
 
@@ -168,14 +211,16 @@ mod tests {
             s.handle_audio(t0, 1, 176, |_| 0),
             AudioVerdict::Send {
                 conn: c,
-                first: true
+                first: true,
+                evict: false
             }
         );
         assert_eq!(
             s.handle_audio(t0, 1, 176, |_| 1),
             AudioVerdict::Send {
                 conn: c,
-                first: false
+                first: false,
+                evict: false
             }
         );
         assert_eq!(
@@ -191,5 +236,65 @@ mod tests {
             ),
             (2, 1, 1)
         );
+    }
+
+    #[test]
+    fn full_queue_sends_the_new_frame_counts_the_evicted_one_and_alarms_once() {
+        let t0 = epoch();
+        let (mut s, srv) = service(5);
+        s.handle_fork_start(t0, req("g1", srv, 1)).expect("ok");
+        let c = connect_id(&drain(&mut s));
+        s.handle_connected(t0, c, ConnInfo::default()).expect("ok");
+        drain(&mut s);
+        let full = |_| usize::MAX;
+        for first in [true, false] {
+            assert_eq!(
+                s.handle_audio(t0, 1, 176, full),
+                AudioVerdict::Send {
+                    conn: c,
+                    first,
+                    evict: true
+                }
+            );
+            // The shell dropped the oldest queued frame, one of stream 2's.
+            s.handle_audio_evicted(2);
+        }
+        let alarms: Vec<Output> = drain(&mut s)
+            .into_iter()
+            .filter(|o| matches!(o, Output::Alarm(_)))
+            .collect();
+        assert_eq!(
+            alarms,
+            [Output::Alarm(crate::core::alarms::Alarm {
+                kind: crate::core::alarms::AlarmKind::QueueOverflow,
+                count: 1
+            })],
+            "one alarm per overflow episode"
+        );
+        let m = s.media_counters();
+        assert_eq!((m.frames_queued, m.dropped_queue_full), (2, 2));
+        let dropped: Vec<(u32, u64)> = s
+            .sessions_view(None)
+            .iter()
+            .flat_map(|v| v.streams.iter().map(|st| (st.stream_id, st.dropped)))
+            .collect();
+        assert!(dropped.contains(&(2, 2)), "{dropped:?}");
+    }
+
+    #[test]
+    fn reader_queue_overflow_is_alarmed_once_per_episode() {
+        let (mut s, _) = service(5);
+        let kind = crate::core::alarms::AlarmKind::QueueOverflow;
+        s.handle_media_queue(0);
+        s.handle_media_queue(7);
+        s.handle_media_queue(3);
+        assert_eq!(s.alarms.count(kind), 1, "one episode");
+        assert_eq!(
+            drain(&mut s),
+            [Output::Alarm(crate::core::alarms::Alarm { kind, count: 1 })]
+        );
+        s.handle_media_queue(0);
+        s.handle_media_queue(1);
+        assert_eq!(s.alarms.count(kind), 2, "a second episode");
     }
 }

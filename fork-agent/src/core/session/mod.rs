@@ -41,6 +41,7 @@ use serde_json::{Map, Value};
 use speech_proto::{Channel, Codec, Control, ServerViolation};
 
 use crate::core::alarms::{Alarm, Alarms, ConnHistory, HISTORY_LEN};
+use crate::core::IdMap;
 use rand::RngCore;
 
 use crate::core::ws_pool::{ConnHandle, PoolConfig, PoolError, WsPool};
@@ -185,9 +186,9 @@ pub struct ForkService {
     servers: BTreeMap<ServerId, Server>,
     next_server: u32,
     conns: BTreeMap<ConnId, ConnRec>,
-    sessions: HashMap<u32, Session>,
+    sessions: IdMap<u32, Session>,
     by_guid: HashMap<String, u32>,
-    by_stream: HashMap<u32, (u32, usize)>,
+    by_stream: IdMap<u32, (u32, usize)>,
     next_call: u32,
     next_conn: u32,
     outputs: VecDeque<Output>,
@@ -201,6 +202,8 @@ pub struct ForkService {
     closing_failure: Option<ForkFailure>,
     /// Connections closed for a protocol error, by what the server sent.
     protocol_violations: BTreeMap<ServerViolation, u64>,
+    /// The reader → service queue dropped packets in the last batch (media.rs).
+    media_queue_overflowing: bool,
 }
 
 impl Default for ForkService {
@@ -216,9 +219,9 @@ impl ForkService {
             servers: BTreeMap::new(),
             next_server: 0,
             conns: BTreeMap::new(),
-            sessions: HashMap::new(),
+            sessions: IdMap::default(),
             by_guid: HashMap::new(),
-            by_stream: HashMap::new(),
+            by_stream: IdMap::default(),
             next_call: 1,
             next_conn: 1,
             outputs: VecDeque::new(),
@@ -230,6 +233,7 @@ impl ForkService {
             forks_failed: 0,
             closing_failure: None,
             protocol_violations: BTreeMap::new(),
+            media_queue_overflowing: false,
         }
     }
 

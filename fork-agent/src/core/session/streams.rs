@@ -341,7 +341,8 @@ mod tests {
             s.handle_audio(t0, 2, 176, |_| 0),
             AudioVerdict::Send {
                 conn: c,
-                first: true
+                first: true,
+                evict: false
             },
             "first frame after resume is flagged"
         );

@@ -31,10 +31,13 @@
 //! - Send queue, per connection: the shell asks [`WsPool::admit`] before queueing a frame and
 //!   reports the real queue length with [`WsPool::handle_send_backlog`] as its writer drains.
 //!   Control frames are always admitted (they are few and losing one desynchronizes the
-//!   server's stream state). Audio frames are dropped (drop-newest) once `send_queue_limit`
-//!   frames are queued: the oldest queued audio is already in order for the server and the
-//!   newest is the cheapest to lose without reordering. Every drop is counted per connection
-//!   and in total. A queue that stays full for `stall_timeout` closes the connection
+//!   server's stream state). Once `send_queue_limit` frames are queued, each new audio frame
+//!   takes the place of the oldest queued one ([`Admit::SendDropOldest`], drop-oldest): a
+//!   server that catches up gets the most recent audio, which is what live transcription
+//!   needs, and sees a sequence gap where frames were lost, never a growing delay. Every drop
+//!   is counted per connection and in total; the first drop after the queue was last below
+//!   the limit starts an overflow episode (`episode: true`), which the service alarms once.
+//!   A queue that stays full for `stall_timeout` closes the connection
 //!   ([`CloseReason::Stalled`]) so its calls move or reconnect: a stalled server must not keep
 //!   calls dark forever, and it never delays anyone else (architecture.md MUST).
 //! - Protocol errors (the server sent a frame docs/speech-protocol.md does not allow it to
@@ -100,7 +103,7 @@ pub struct PoolConfig {
     pub stable_after: Duration,
     /// Consecutive failed connection attempts before waiting calls fail (default 5).
     pub max_connect_attempts: u32,
-    /// Audio frames queued per connection before audio is dropped (default 1000: 3.3 s of
+    /// Audio frames queued per connection before the oldest is dropped (default 1000: 3.3 s of
     /// 20 ms audio for 3 calls × 2 streams).
     pub send_queue_limit: usize,
     /// Close a connection whose queue stays at the limit this long (default 10 s).
@@ -333,7 +336,13 @@ pub enum PoolOutput {
 pub enum Admit {
     /// Queue it.
     Send,
-    /// Drop it (already counted).
+    /// The queue is full: queue it and drop the oldest queued audio frame (already counted;
+    /// the queue length stays at the limit).
+    SendDropOldest {
+        /// The first drop since the queue was last below the limit (alarm once per episode).
+        episode: bool,
+    },
+    /// Drop it (already counted): the connection is not open.
     Drop,
 }
 
@@ -342,7 +351,7 @@ pub enum Admit {
 pub enum FrameKind {
     /// Text control message: never dropped while the connection is open.
     Control,
-    /// Binary audio frame: dropped (newest) when the queue is full.
+    /// Binary audio frame: replaces the oldest queued audio frame when the queue is full.
     Audio,
 }
 
@@ -391,6 +400,8 @@ struct Conn {
     /// Frames the shell holds for this connection (admitted minus drained).
     backlog: usize,
     audio_dropped: u64,
+    /// Audio was dropped since the backlog was last below the limit.
+    overflowing: bool,
     opened_at: Option<Instant>,
     /// Consecutive failed attempts (reset when an attempt succeeds).
     connect_failures: u32,
@@ -409,6 +420,7 @@ impl Conn {
             timers: [None; TIMER_COUNT],
             backlog: 0,
             audio_dropped: 0,
+            overflowing: false,
             opened_at: None,
             connect_failures: 0,
             backoff_level: 0,
@@ -797,13 +809,16 @@ impl WsPool {
             return Err(PoolError::UnknownConn(conn));
         };
         c.backlog = len;
+        if len < limit {
+            c.overflowing = false;
+        }
         update_stall(c, now, limit, stall);
         Ok(())
     }
 
-    /// May the shell queue one frame of `kind` on `conn`? Audio beyond `send_queue_limit`,
-    /// or for a connection that is not open, is dropped and counted; control is always
-    /// admitted on an open connection.
+    /// May the shell queue one frame of `kind` on `conn`? Audio for a connection that is not
+    /// open is dropped and counted; audio beyond `send_queue_limit` replaces the oldest queued
+    /// audio (counted); control is always admitted on an open connection.
     pub fn admit(&mut self, now: Instant, conn: ConnHandle, kind: FrameKind) -> Admit {
         let limit = self.config.send_queue_limit;
         let stall = self.config.stall_timeout;
@@ -820,7 +835,9 @@ impl WsPool {
         if kind == FrameKind::Audio && c.backlog >= limit {
             c.audio_dropped += 1;
             self.stats.audio_dropped += 1;
-            return Admit::Drop;
+            let episode = !std::mem::replace(&mut c.overflowing, true);
+            update_stall(c, now, limit, stall);
+            return Admit::SendDropOldest { episode };
         }
         c.backlog += 1;
         update_stall(c, now, limit, stall);

@@ -429,7 +429,7 @@ fn resend_after_reconnect_for_started_calls() {
 }
 
 #[test]
-fn send_queue_drops_newest_audio_never_control() {
+fn send_queue_drops_oldest_audio_never_control() {
     let t0 = epoch();
     let config = PoolConfig {
         send_queue_limit: 3,
@@ -442,19 +442,41 @@ fn send_queue_drops_newest_audio_never_control() {
     for _ in 0..3 {
         assert_eq!(p.admit(t0, C1, FrameKind::Audio), Admit::Send);
     }
-    assert_eq!(p.admit(t0, C1, FrameKind::Audio), Admit::Drop);
-    assert_eq!(p.admit(t0, C1, FrameKind::Audio), Admit::Drop);
+    // Full: each new frame replaces the oldest; one overflow episode.
+    assert_eq!(
+        p.admit(t0, C1, FrameKind::Audio),
+        Admit::SendDropOldest { episode: true }
+    );
+    assert_eq!(
+        p.admit(t0, C1, FrameKind::Audio),
+        Admit::SendDropOldest { episode: false }
+    );
     assert_eq!(p.admit(t0, C1, FrameKind::Control), Admit::Send);
     let s = p.stats();
     assert_eq!((s.audio_dropped, s.conns[0].audio_dropped), (2, 2));
-    assert_eq!(s.conns[0].backlog, 4);
+    assert_eq!(
+        s.conns[0].backlog, 4,
+        "replacing keeps the length; control adds"
+    );
+    // Still at the limit after a partial drain: the same episode goes on.
+    p.handle_send_backlog(t0, C1, 3).expect("ok");
+    assert_eq!(
+        p.admit(t0, C1, FrameKind::Audio),
+        Admit::SendDropOldest { episode: false }
+    );
     // The writer drained the queue: audio flows again and the stall timer is cleared.
     p.handle_send_backlog(t0, C1, 0).expect("ok");
     assert_eq!(p.poll_timeout(), None);
     assert_eq!(p.admit(t0, C1, FrameKind::Audio), Admit::Send);
+    // The next overflow is a new episode.
+    p.handle_send_backlog(t0, C1, 3).expect("ok");
+    assert_eq!(
+        p.admit(t0, C1, FrameKind::Audio),
+        Admit::SendDropOldest { episode: true }
+    );
     // Frames for a connection that is not open are dropped and counted.
     assert_eq!(p.admit(t0, ConnHandle(99), FrameKind::Audio), Admit::Drop);
-    assert_eq!(p.stats().audio_dropped, 3);
+    assert_eq!(p.stats().audio_dropped, 5);
 }
 
 #[test]

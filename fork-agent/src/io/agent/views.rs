@@ -116,6 +116,7 @@ impl Agent {
                 "xsk_frames": st.xsk_frames.load(Ordering::Relaxed),
                 "xsk_bad_frames": st.xsk_bad_frames.load(Ordering::Relaxed),
                 "media_queue_drops": st.media_queue_drops.load(Ordering::Relaxed),
+                "xsk_ring_drops": st.xsk_ring_drops.load(Ordering::Relaxed),
                 "dtmf_events": st.dtmf_events.load(Ordering::Relaxed),
                 // Packets the kernel handed to the stack and the fallback relayed.
                 "userspace_relayed": self.fallback.total_packets(),

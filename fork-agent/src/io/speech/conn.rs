@@ -9,9 +9,11 @@
 //! [`ConnFailure`] so the core can report the reference's error string.
 //!
 //! Run: the service queues its own language ([`Outgoing`]: control messages, 16-byte-header
-//! audio frames, end-of-batch marks) and the connection's [`Dialect`] turns it into the
-//! destination's frames. Control and audio share one queue, so `start` always precedes the
-//! audio after it. The task reads what the server sends, and ends on a close request (after
+//! audio frames, end-of-batch marks) on the connection's bounded [`ConnQueue`], and the
+//! connection's [`Dialect`] turns it into the destination's frames. Control and audio share one
+//! queue, so `start` always precedes the audio after it. Each wake-up takes everything queued
+//! and writes it with one flush, reading the clock once for the batch; that read also closes
+//! each audio frame's packet → frame latency (metrics). The task reads what the server sends, and ends on a close request (after
 //! writing what was queued before it and the dialect's goodbye), a server Close, a transport
 //! error, or the first frame the server may not send. A blocked write (stalled server) never
 //! hides a close request for more than [`CLOSE_FLUSH`]. Reports [`ConnEvent`]s to the service
@@ -26,6 +28,7 @@
 //! Valid `error` messages are counted and logged at most once per [`ERROR_LOG_INTERVAL`].
 
 use std::{
+    collections::VecDeque,
     net::{IpAddr, SocketAddr},
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
@@ -57,6 +60,7 @@ use tokio_tungstenite::{
 };
 use tracing::{debug, warn};
 
+use super::queue::ConnQueue;
 use crate::core::{
     session::{ConnFailure, ConnId, ConnInfo},
     ws_url::WsUrl,
@@ -84,6 +88,8 @@ pub struct Target {
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Bound on one attempt (the pool also aborts it).
     pub connect_timeout: Duration,
+    /// The server's packet → frame latency histogram.
+    pub frame_latency: crate::io::metrics::FrameLatency,
 }
 
 /// What the service queues for a connection, in the service's own language.
@@ -92,15 +98,22 @@ pub enum Outgoing {
     /// A control message.
     Control(Control),
     /// An audio frame: 16-byte header and G.711 payload (docs/speech-protocol.md §3).
-    Audio(Vec<u8>),
+    Audio {
+        /// The frame.
+        frame: Vec<u8>,
+        /// When its packet left the AF_XDP ring (or the fallback socket).
+        at: std::time::Instant,
+    },
     /// End of one batch of the service's output (a dialect announcing a call once, with all
     /// its streams, does it here). Not counted in the backlog.
     Flush,
 }
 
-/// Items translated and written with one flush at most (bounds the time a stalled close
-/// request waits).
-const MAX_BATCH: usize = 64;
+/// The read buffer tungstenite reserves (and zeroes) before each read. Its default, 128 KiB,
+/// was zeroed on every poll of the reader, i.e. after every written batch: 9 % of fork-agent's
+/// CPU at 1,000 streams (docs/benchmarks.md "Profile"). What servers send us is small; a
+/// larger message is still read, in more reads.
+const READ_BUFFER: usize = 4096;
 
 /// How long a local close may take to write what was queued before it and the dialect's
 /// goodbye (a stalled server gets its Close regardless).
@@ -157,8 +170,8 @@ pub struct ConnCounters {
 /// The service's side of one connection task.
 #[derive(Debug)]
 pub struct ConnTx {
-    tx: mpsc::UnboundedSender<Outgoing>,
-    /// Frames queued and not yet taken by the writer.
+    queue: Arc<ConnQueue>,
+    /// Frames queued or being written.
     pub backlog: Arc<AtomicUsize>,
     /// Counters.
     pub counters: Arc<ConnCounters>,
@@ -172,10 +185,16 @@ impl ConnTx {
         if counted {
             self.backlog.fetch_add(1, Ordering::Relaxed);
         }
-        if self.tx.send(item).is_err() && counted {
+        if !self.queue.push(item) && counted {
             // The task already ended; its Closed event is on the way.
             self.backlog.fetch_sub(1, Ordering::Relaxed);
         }
+    }
+
+    /// Queues audio on a full queue (the pool said so) in place of the oldest queued audio
+    /// frame; returns the frame dropped. The backlog stays as it is.
+    pub fn send_evicting(&self, item: Outgoing) -> Outgoing {
+        self.queue.push_evicting(item)
     }
 
     /// Asks the task to close (or abort the attempt); it then reports `Closed(Local)`.
@@ -194,18 +213,19 @@ pub fn spawn(
     counters: Arc<ConnCounters>,
     server: Arc<ConnCounters>,
 ) -> ConnTx {
-    let (tx, rx) = mpsc::unbounded_channel();
+    let queue = Arc::new(ConnQueue::default());
     let (close_tx, close_rx) = oneshot::channel();
     let backlog = Arc::new(AtomicUsize::new(0));
     let handle = ConnTx {
-        tx,
+        queue: queue.clone(),
         backlog: backlog.clone(),
         counters: counters.clone(),
         close: Some(close_tx),
     };
     tokio::spawn(async move {
         let counters = [&*counters, &*server];
-        let (failure, detail) = run(conn, &target, rx, close_rx, &backlog, counters, &events).await;
+        let (failure, detail) =
+            run(conn, &target, &queue, close_rx, &backlog, counters, &events).await;
         let _ = events.send(ConnEvent::Closed {
             conn,
             failure,
@@ -220,7 +240,7 @@ type Failure = (ConnFailure, String);
 async fn run(
     conn: ConnId,
     t: &Target,
-    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    queue: &ConnQueue,
     mut close_rx: oneshot::Receiver<()>,
     backlog: &AtomicUsize,
     counters: [&ConnCounters; 2],
@@ -236,13 +256,14 @@ async fn run(
     };
     let mut link = Link {
         conn,
-        rx: &mut rx,
+        queue,
         close_rx: &mut close_rx,
         backlog,
         counters,
         events,
         name: &t.name,
         accept_timeout: t.connect_timeout,
+        latency: &t.frame_latency,
     };
     let end = match connected {
         Err(f) => return f,
@@ -256,11 +277,10 @@ async fn run(
         }
     };
     // Whatever is still queued dies with the connection: count the audio.
-    rx.close();
-    while let Ok(item) = rx.try_recv() {
+    for item in queue.close() {
         match item {
             Outgoing::Flush => {}
-            Outgoing::Audio(_) => {
+            Outgoing::Audio { .. } => {
                 backlog.fetch_sub(1, Ordering::Relaxed);
                 counters[0].dropped_on_close.fetch_add(1, Ordering::Relaxed);
             }
@@ -275,7 +295,7 @@ async fn run(
 /// The connection task's side of the service.
 struct Link<'a> {
     conn: ConnId,
-    rx: &'a mut mpsc::UnboundedReceiver<Outgoing>,
+    queue: &'a ConnQueue,
     close_rx: &'a mut oneshot::Receiver<()>,
     backlog: &'a AtomicUsize,
     counters: [&'a ConnCounters; 2],
@@ -283,6 +303,8 @@ struct Link<'a> {
     name: &'a str,
     /// How long a confirming dialect's server may take to accept the session.
     accept_timeout: Duration,
+    /// Packet → frame latency of the audio written.
+    latency: &'a crate::io::metrics::FrameLatency,
 }
 
 fn now() -> std::time::Instant {
@@ -290,16 +312,21 @@ fn now() -> std::time::Instant {
 }
 
 /// Translates one queued item into wire frames. `t` is read once per batch by the caller:
-/// a batch is written at once, so one clock read serves every frame in it.
+/// a batch is written at once, so one clock read serves every frame in it, and closes each
+/// audio frame's packet → frame latency.
 fn translate(
     dialect: &mut Dialect,
     t: std::time::Instant,
     item: Outgoing,
     out: &mut Vec<WireFrame>,
+    latency: &crate::io::metrics::FrameLatency,
 ) {
     match item {
         Outgoing::Control(c) => dialect.on_control(t, &c, out),
-        Outgoing::Audio(a) => dialect.on_audio(t, a, out),
+        Outgoing::Audio { frame, at } => {
+            latency.observe(t.saturating_duration_since(at));
+            dialect.on_audio(t, frame, out)
+        }
         Outgoing::Flush => dialect.flush(t, out),
     }
 }
@@ -316,9 +343,10 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let (mut sink, mut source) = ws.split();
-    // Reused for every batch: no allocation per wakeup on the media path.
-    let mut batch: Vec<Outgoing> = Vec::with_capacity(MAX_BATCH);
-    let mut frames: Vec<WireFrame> = Vec::with_capacity(MAX_BATCH);
+    // Reused for every batch (swapped with the queue's buffer): no allocation per wakeup on
+    // the media path.
+    let mut batch: VecDeque<Outgoing> = VecDeque::new();
+    let mut frames: Vec<WireFrame> = Vec::new();
     let mut error_log = ErrorLog::default();
     // Dialects that confirm sessions say so once per connection; until then a deadline runs
     // from the first message we sent (a server that never answers `open` must not hold the
@@ -346,11 +374,13 @@ where
                 // goodbye go out first, bounded: a stalled server still gets its Close.
                 frames.clear();
                 let t = now();
-                while let Ok(item) = l.rx.try_recv() {
+                batch.clear();
+                l.queue.take_now(&mut batch);
+                for item in batch.drain(..) {
                     if !matches!(item, Outgoing::Flush) {
                         l.backlog.fetch_sub(1, Ordering::Relaxed);
                     }
-                    translate(&mut dialect, t, item, &mut frames);
+                    translate(&mut dialect, t, item, &mut frames, l.latency);
                 }
                 dialect.on_local_close(t, &mut frames);
                 let close = Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "".into() }));
@@ -363,25 +393,15 @@ where
                 .await;
                 return (ConnFailure::Local, "closed locally".into());
             }
-            item = l.rx.recv() => {
-                let Some(item) = item else {
-                    return (ConnFailure::Local, "service gone".into());
-                };
-                // Whatever else is queued already goes out with it: one flush (one write
-                // syscall, one TLS record run) for the batch instead of one per frame. Nothing
-                // waits for a batch to fill, so latency is unchanged.
-                batch.push(item);
-                while batch.len() < MAX_BATCH {
-                    match l.rx.try_recv() {
-                        Ok(more) => batch.push(more),
-                        Err(_) => break,
-                    }
-                }
+            () = l.queue.take(&mut batch) => {
+                // Everything queued goes out together: one flush (one write syscall, one TLS
+                // record run) for the batch instead of one per frame. Nothing waits for a
+                // batch to fill, so latency is unchanged.
                 let items = batch.iter().filter(|i| !matches!(i, Outgoing::Flush)).count();
                 frames.clear();
                 let t = now();
                 for item in batch.drain(..) {
-                    translate(&mut dialect, t, item, &mut frames);
+                    translate(&mut dialect, t, item, &mut frames, l.latency);
                 }
                 let sent = frames.len() as u64;
                 let bytes = frames.iter().map(WireFrame::len).sum::<usize>() as u64;
@@ -709,6 +729,7 @@ where
     // than any message our own protocol allows).
     let max = profile.max_server_message();
     let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
     let (ws, resp) = tokio_tungstenite::client_async_with_config(req, stream, Some(config))

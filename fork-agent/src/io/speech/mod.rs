@@ -4,8 +4,10 @@
 //! Inputs of the task, in priority order: [`Command`]s from the agent (fork start/stop in the
 //! order the control API executed them, stream-service ops with their reply channel),
 //! [`ConnEvent`]s from connection tasks, the core's timer, and forked media from the AF_XDP
-//! reader ([`Media`]). After each input the core's outputs are performed in order (connect,
-//! queue control, close, publish status events, log alarms), then the timer is re-armed.
+//! reader ([`Media`], a whole drained batch at a time through [`queue::MediaQueue`]). After
+//! each input (one batch of media counts as one) the core's outputs are performed in order
+//! (connect, queue control, close, publish status events, log alarms), then the timer is
+//! re-armed.
 //!
 //! Destinations: every `[[speech_server]]` has a pool from the start. A fork request naming its
 //! own destination (URL, token, profile; control-api `Destination`) is checked against
@@ -15,7 +17,9 @@
 //!
 //! Media: a forked packet names its kernel tap (core::flows); every fork stream fed from that
 //! tap (core::fanout) gets the frame under its own stream id, one copy per extra fork and none
-//! when a single fork uses the flow.
+//! when a single fork uses the flow. Frames go to each connection's bounded
+//! [`queue::ConnQueue`]; when the pool says the queue is full the oldest queued audio frame
+//! makes room and the core counts it for its stream (and alarms once per overflow episode).
 //!
 //! Reload (SIGHUP, `reload.rs`): `[[speech_server]]` and `[destinations]` are swapped in by the
 //! task itself, so no fork sees half a change. An unchanged server keeps its pool and
@@ -26,6 +30,7 @@
 //! channel the control API's `subscribe` hands to its clients.
 
 pub mod conn;
+pub mod queue;
 pub mod reload;
 pub mod tls;
 
@@ -53,10 +58,12 @@ use crate::{
         flows::Fork,
         session::{AudioVerdict, ConnId, ForkRequest, ForkService, Output, ServerId, SessionError},
         ws_url::WsUrl,
+        IdMap,
     },
 };
 use conn::{ConnCounters, ConnEvent, ConnTx, Outgoing, Target};
 use control_api::{Destination, ForkSpec, Op, Response, StreamServiceShow};
+use queue::MediaQueue;
 
 /// A forked packet from the AF_XDP reader, already encoded as a speech-protocol frame.
 #[derive(Debug)]
@@ -67,14 +74,18 @@ pub enum Media {
         stream_id: u32,
         /// Encoded frame (header + payload).
         frame: Vec<u8>,
+        /// When the reader took it from the AF_XDP ring (one clock read per drained batch),
+        /// for the packet → frame latency histogram.
+        at: Instant,
     },
     /// One RFC 4733 report (its `stream_id` is the tap).
     Dtmf(Dtmf),
 }
 
-impl From<crate::core::forked::Forked<'_>> for Media {
-    /// Encode the speech-protocol frame (the one copy of the payload on the media path).
-    fn from(f: crate::core::forked::Forked<'_>) -> Media {
+impl Media {
+    /// Encodes the speech-protocol frame (the one copy of the payload on the media path) of a
+    /// packet taken from the ring at `at`.
+    pub fn encode(f: crate::core::forked::Forked<'_>, at: Instant) -> Media {
         match f {
             crate::core::forked::Forked::Audio { header, payload } => {
                 let mut frame = Vec::with_capacity(speech_proto::AUDIO_HEADER_LEN + payload.len());
@@ -82,6 +93,7 @@ impl From<crate::core::forked::Forked<'_>> for Media {
                 Media::Audio {
                     stream_id: header.stream_id,
                     frame,
+                    at,
                 }
             }
             crate::core::forked::Forked::Dtmf(d) => Media::Dtmf(d),
@@ -145,6 +157,8 @@ pub struct ServerStats {
     pub connected: AtomicU64,
     /// Connect time of the connections that opened (metrics).
     pub connect_seconds: crate::io::metrics::ConnectTime,
+    /// Packet → frame latency of the frames written (metrics).
+    pub frame_latency: crate::io::metrics::FrameLatency,
 }
 
 /// Counters per configured server name, shared with `show_counters` and metrics; a reload
@@ -308,7 +322,7 @@ impl SpeechService {
     pub fn spawn(
         servers: &[SpeechServerConfig],
         destinations: &DestinationsConfig,
-        media: mpsc::Receiver<Media>,
+        media: Arc<MediaQueue>,
         statuses: crate::io::statuses::Statuses,
     ) -> Result<Self> {
         let entries = servers
@@ -336,15 +350,16 @@ impl SpeechService {
             retirements: 0,
             policy: policy.clone(),
             stats: stats.clone(),
-            stream_server: HashMap::new(),
+            stream_server: IdMap::default(),
             fanout: FanOut::new(),
-            conns: HashMap::new(),
+            conns: IdMap::default(),
             conn_counters: HashMap::new(),
             open: HashSet::new(),
             connecting: HashMap::new(),
             flush: HashSet::new(),
             ev_tx,
             statuses,
+            batch: std::collections::VecDeque::new(),
         };
         let mut named = HashMap::new();
         for entry in entries {
@@ -438,6 +453,7 @@ fn target(
     token: Option<String>,
     protocol: speech_proto::ProfileConfig,
     resolved_within: Option<Vec<conn_limits::core::cidr::Cidr>>,
+    frame_latency: crate::io::metrics::FrameLatency,
 ) -> Target {
     let s = &entry.cfg;
     Target {
@@ -450,6 +466,7 @@ fn target(
         proxy: s.proxy.as_ref().map(|p| (p.host.clone(), p.port)),
         source: s.source_address,
         connect_timeout: Duration::from_millis(s.connect_timeout_ms),
+        frame_latency,
     }
 }
 
@@ -468,10 +485,10 @@ struct Task {
     stats: StatsByServer,
     /// Connections sent control messages in this round: they get an end-of-batch mark.
     flush: HashSet<ConnId>,
-    stream_server: HashMap<u32, Arc<ServerStats>>,
+    stream_server: IdMap<u32, Arc<ServerStats>>,
     /// Kernel tap → fork streams.
     fanout: FanOut,
-    conns: HashMap<ConnId, ConnTx>,
+    conns: IdMap<ConnId, ConnTx>,
     conn_counters: HashMap<ConnId, Arc<ConnCounters>>,
     open: HashSet<ConnId>,
     /// When each connection still connecting was started (connect-time histogram).
@@ -479,6 +496,8 @@ struct Task {
     ev_tx: mpsc::UnboundedSender<ConnEvent>,
     /// Where status events go (and each live fork's current one is kept).
     statuses: crate::io::statuses::Statuses,
+    /// The batch of media being handled (swapped with the reader's queue, capacity kept).
+    batch: std::collections::VecDeque<Media>,
 }
 
 fn now() -> Instant {
@@ -497,7 +516,7 @@ impl Task {
         mut self,
         mut cmds: mpsc::Receiver<Command>,
         mut conn_events: mpsc::UnboundedReceiver<ConnEvent>,
-        mut media: mpsc::Receiver<Media>,
+        media: Arc<MediaQueue>,
     ) {
         loop {
             let deadline = self.core.poll_timeout();
@@ -515,10 +534,7 @@ impl Task {
                 },
                 Some(ev) = conn_events.recv() => self.conn_event(ev),
                 _ = sleep => self.core.handle_timeout(now()),
-                m = media.recv() => match m {
-                    Some(m) => self.media(m),
-                    None => return,
-                },
+                dropped = media.take(&mut self.batch) => self.media_batch(dropped),
             }
             self.perform();
         }
@@ -758,16 +774,37 @@ impl Task {
         }
     }
 
-    fn media(&mut self, m: Media) {
+    /// One batch from the reader: one clock read for all of it. `dropped`: packets the
+    /// reader's queue dropped (oldest first) since the last batch.
+    fn media_batch(&mut self, dropped: u64) {
         let t = now();
+        self.core.handle_media_queue(dropped);
+        let mut batch = std::mem::take(&mut self.batch);
+        for m in batch.drain(..) {
+            self.media(t, m);
+        }
+        self.batch = batch;
+    }
+
+    fn media(&mut self, t: Instant, m: Media) {
         match m {
             Media::Audio {
                 stream_id: tap,
                 frame,
+                at,
             } => {
                 let (core, conns, servers) = (&mut self.core, &self.conns, &self.stream_server);
-                let mut send =
-                    |stream, frame| send_audio(core, conns, servers, t, tap, stream, frame);
+                let mut send = |stream, frame| {
+                    send_audio(
+                        core,
+                        conns,
+                        servers,
+                        t,
+                        tap,
+                        stream,
+                        Outgoing::Audio { frame, at },
+                    )
+                };
                 match self.fanout.streams(tap).split_last() {
                     // Every stream but the last gets a copy; the last one the frame itself.
                     Some((last, extra)) => {
@@ -939,6 +976,7 @@ impl Task {
             key.dest.auth_token.clone(),
             protocol,
             resolved.within,
+            stats.frame_latency.clone(),
         );
         self.targets.insert(id, Arc::new(t));
         self.dest_of.insert(id, key.clone());
@@ -968,43 +1006,65 @@ impl Task {
     }
 }
 
-/// One stream's audio frame, forked under `tap`: admitted by the core, it goes out under
-/// `stream`'s id (rewritten in the header when it differs) with its own "first" flag.
+/// One stream's audio frame (an [`Outgoing::Audio`]), forked under `tap`: admitted by the
+/// core, it goes out under `stream`'s id (rewritten in the header when it differs) with its
+/// own "first" flag. On a full queue the oldest queued frame makes room; whoever's frame is
+/// dropped is counted for its stream and server.
 fn send_audio(
     core: &mut ForkService,
-    conns: &HashMap<ConnId, ConnTx>,
-    stream_server: &HashMap<u32, Arc<ServerStats>>,
+    conns: &IdMap<ConnId, ConnTx>,
+    stream_server: &IdMap<u32, Arc<ServerStats>>,
     t: Instant,
     tap: u32,
     stream: u32,
-    mut frame: Vec<u8>,
+    mut item: Outgoing,
 ) {
+    let Outgoing::Audio { frame, .. } = &mut item else {
+        return;
+    };
     let verdict = core.handle_audio(t, stream, frame.len(), |c| {
         conns
             .get(&c)
             .map_or(0, |tx| tx.backlog.load(Ordering::Relaxed))
     });
-    let conn = match verdict {
-        AudioVerdict::Send { conn, first } => {
+    let dropped_of = match verdict {
+        AudioVerdict::Send { conn, first, evict } => {
             if stream != tap {
-                speech_proto::set_audio_stream_id(&mut frame, stream);
+                speech_proto::set_audio_stream_id(frame, stream);
             }
             if first {
                 if let Some(b) = frame.get_mut(3) {
                     *b |= speech_proto::FLAG_FIRST;
                 }
             }
-            conns.get(&conn)
-        }
-        AudioVerdict::Drop(_) => None,
-    };
-    match conn {
-        Some(tx) => tx.send(Outgoing::Audio(frame)),
-        None => {
-            if let Some(s) = stream_server.get(&stream) {
-                s.frames_dropped.fetch_add(1, Ordering::Relaxed);
+            match conns.get(&conn) {
+                Some(tx) if evict => {
+                    let old = tx.send_evicting(item);
+                    let of = audio_stream_id(&old).unwrap_or(stream);
+                    core.handle_audio_evicted(of);
+                    Some(of)
+                }
+                Some(tx) => {
+                    tx.send(item);
+                    None
+                }
+                None => Some(stream),
             }
         }
+        AudioVerdict::Drop(_) => Some(stream),
+    };
+    if let Some(s) = dropped_of.and_then(|of| stream_server.get(&of)) {
+        s.frames_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The stream id in a queued audio frame's header.
+fn audio_stream_id(item: &Outgoing) -> Option<u32> {
+    match item {
+        Outgoing::Audio { frame, .. } => speech_proto::decode_audio(frame)
+            .ok()
+            .map(|(h, _)| h.stream_id),
+        _ => None,
     }
 }
 

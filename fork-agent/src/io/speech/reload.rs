@@ -76,14 +76,6 @@ impl Task {
                 Box::new(StdRng::from_entropy()),
             )
             .map_err(|e| anyhow::anyhow!("speech_server {}: {e}", s.name))?;
-        let t = target(
-            entry,
-            entry.url.clone(),
-            s.token.clone(),
-            s.protocol.clone(),
-            None,
-        );
-        self.targets.insert(id, Arc::new(t));
         let stats = self
             .stats
             .write()
@@ -91,6 +83,15 @@ impl Task {
             .entry(s.name.clone())
             .or_insert_with(|| Arc::new(ServerStats::default()))
             .clone();
+        let t = target(
+            entry,
+            entry.url.clone(),
+            s.token.clone(),
+            s.protocol.clone(),
+            None,
+            stats.frame_latency.clone(),
+        );
+        self.targets.insert(id, Arc::new(t));
         self.by_name.insert(s.name.clone(), (id, stats));
         Ok(id)
     }

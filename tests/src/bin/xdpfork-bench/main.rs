@@ -70,6 +70,10 @@ pub struct Opts {
     pub relay_calls: Vec<usize>,
     /// `calls` options (`--cps`, `--calls`, `--hold`, `--concurrent`, `--rtp`), parsed by calls.rs.
     pub calls_args: Vec<(String, String)>,
+    /// `fork` options beyond the sweep.
+    pub profile_at: Option<usize>,
+    pub agents: Vec<(String, PathBuf)>,
+    pub overload: bool,
 }
 
 /// xdpfork benchmarks (root): each builds its own namespaces and prints a Markdown report
@@ -96,6 +100,17 @@ struct Cli {
     /// fork: concurrent stream counts, comma-separated.
     #[arg(long, default_value = "500,1000,2000,5000")]
     streams: String,
+    /// fork: record `perf` of fork-agent at this stream count (added to the sweep).
+    #[arg(long)]
+    profile_at: Option<usize>,
+    /// fork: the fork-agents to compare, `label=path`, in order (default: `current=` the
+    /// fork-agent next to this driver). Each runs the whole sweep in its own topology.
+    #[arg(long = "agent")]
+    agents: Vec<String>,
+    /// fork: after the sweep, an overload point: the most streams held with fork-agent capped
+    /// at half the CPU they took.
+    #[arg(long)]
+    overload: bool,
     /// relay: numbers of calls the offered rate is spread over, comma-separated.
     #[arg(long, default_value = "2000")]
     relay_calls: String,
@@ -150,6 +165,18 @@ fn parse_args() -> Result<(String, Opts)> {
         streams: numbers("streams", &cli.streams)?,
         relay_calls: numbers("relay-calls", &cli.relay_calls)?,
         calls_args,
+        profile_at: cli.profile_at,
+        agents: cli
+            .agents
+            .iter()
+            .map(|a| match a.split_once('=') {
+                Some((label, path)) if !label.is_empty() => {
+                    Ok((label.to_owned(), PathBuf::from(path)))
+                }
+                _ => bail!("--agent {a}: expected label=path"),
+            })
+            .collect::<Result<_>>()?,
+        overload: cli.overload,
     };
     if o.reps == 0 || o.secs <= 0.0 || o.secs > 10.0 || o.rates.is_empty() {
         bail!("--reps must be > 0, --secs in (0, 10], --rates non-empty");
@@ -164,7 +191,21 @@ fn main() -> Result<()> {
     let report = match cmd.as_str() {
         "relay" => relay::run(&opts)?,
         "turn" => turn::run(&opts)?,
-        "fork" => fork::run(&opts.streams, opts.secs)?,
+        "fork" => {
+            let agents = if opts.agents.is_empty() {
+                vec![("current".to_owned(), xdpfork_tests::bin("fork-agent")?)]
+            } else {
+                opts.agents.clone()
+            };
+            fork::run(&fork::Opts {
+                streams: opts.streams.clone(),
+                secs: opts.secs,
+                profile_at: opts.profile_at,
+                agents,
+                overload: opts.overload,
+                out: opts.out.clone(),
+            })?
+        }
         "calls" => calls::run(&calls::Opts::from_args(&opts.calls_args)?)?,
         "dialects" => dialects::run(opts.reps)?,
         other => bail!("unknown benchmark {other}: relay, turn, fork, calls or dialects"),
