@@ -34,6 +34,7 @@ mod kernel_relay_fork;
 mod kernel_relay_via_gateway;
 mod next_hop_mac_change;
 mod ng_kamailio_call;
+mod ng_kamailio_cluster;
 mod ng_kamailio_fork;
 mod ng_kamailio_refused;
 mod ops_metrics_notify;
