@@ -24,6 +24,9 @@
 //! that side. Media: the first `m=audio` section; other sections are disabled (port 0), as in
 //! sip-agent (media-anchor's `anchor_audio`).
 //!
+//! Restarts: [`Engine::poll_journal`] and [`Engine::restore`] (engine/journal.rs) journal the
+//! calls so a restarted agent takes them back.
+//!
 //! Size: about 1,080 lines, kept in one file on purpose: the call table, the offer/answer/
 //! delete state machine and the replies it owes share one state (a call's legs, ports, pending
 //! control requests and cached replies); split by command, every command would reach into it.
@@ -260,6 +263,8 @@ pub struct Engine {
     out: VecDeque<Output>,
     stats: Stats,
     started: Option<Instant>,
+    /// Calls whose journal line may be stale ([`Engine::poll_journal`]).
+    journal_dirty: BTreeSet<String>,
 }
 
 /// Decides the media address of a side from its request and SDP.
@@ -300,6 +305,7 @@ impl Engine {
             out: VecDeque::new(),
             stats: Stats::default(),
             started: None,
+            journal_dirty: BTreeSet::new(),
         })
     }
 
@@ -421,6 +427,9 @@ impl Engine {
             Command::StartForwarding => self.start_forwarding(&req, &key),
             Command::StopForwarding => self.stop_forwarding(&req, &key),
         };
+        if journal::changes_call(command) {
+            self.journal_dirty.insert(req.call_id.clone());
+        }
         match outcome {
             Ok(mut v) => {
                 if let (Some(w), Value::Dict(d)) = (req.warning(), &mut v) {
@@ -512,6 +521,7 @@ impl Engine {
         let Some(p) = self.pending.remove(&id) else {
             return;
         };
+        self.journal_dirty.insert(p.call_id.clone());
         if let Err(e) = &result {
             self.stats.control_errors += 1;
             if let Some(call) = self.calls.get_mut(&p.call_id) {
@@ -826,6 +836,7 @@ impl Engine {
         let Some(call) = self.calls.remove(call_id) else {
             return;
         };
+        self.journal_dirty.insert(call_id.to_owned());
         if let Some(t) = call.delete_at {
             self.deletions.remove(&(t, call_id.to_owned()));
         }
@@ -1081,5 +1092,8 @@ impl Engine {
     }
 }
 
+pub mod journal;
+#[cfg(test)]
+mod journal_tests;
 #[cfg(test)]
 mod tests;

@@ -9,6 +9,7 @@
 #![allow(clippy::disallowed_methods)] // shell: reads the clock, spawns the control task
 
 pub mod metrics;
+pub mod call_store;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -24,6 +25,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::Settings;
 use crate::core::engine::{ControlId, Engine, Output};
+use call_store::CallStore;
 
 /// Answers buffered from the control task (it waits when the engine task is behind).
 const RESULT_QUEUE: usize = 1024;
@@ -47,6 +49,15 @@ pub async fn run(settings: Settings, mut reloader: daemon_ops::reload::Reloader)
         .with_context(|| format!("binding the ng socket {} (ng.listen)", settings.listen))?;
     let max = settings.engine.max_message_bytes;
     let mut engine = Engine::new(settings.engine.clone()).context("media settings")?;
+    let mut store = settings.state_dir.as_deref().map(|dir| {
+        let (store, calls) = CallStore::open(dir);
+        let n = calls.len();
+        for problem in engine.restore(Instant::now().into_std(), unix_now(), calls) {
+            warn!(%problem, "a journalled call was not restored");
+        }
+        info!(journal = %dir.join(call_store::FILE_NAME).display(), restored = engine.call_count(), journalled = n, "calls restored");
+        store
+    });
     let (op_tx, mut res_rx) = spawn_control(settings.control_socket.clone());
     let mut ops: VecDeque<(ControlId, Op)> = VecDeque::new();
     let mut log_limit: LogLimiter<&'static str> = LogLimiter::new(LOG_INTERVAL);
@@ -133,6 +144,13 @@ pub async fn run(settings: Settings, mut reloader: daemon_ops::reload::Reloader)
             std::mem::replace(p, now) != now
         });
         let now = Instant::now().into_std();
+        // Journal first: a reply the proxy sees is never for a call a restart would forget.
+        let unix = unix_now();
+        while let Some(entry) = engine.poll_journal(now, unix) {
+            if let Some(store) = store.as_mut() {
+                store.record(&entry);
+            }
+        }
         while let Some(out) = engine.poll_output() {
             match out {
                 Output::Reply { to, bytes, error } => {

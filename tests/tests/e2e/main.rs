@@ -37,6 +37,7 @@ mod ng_kamailio_call;
 mod ng_kamailio_cluster;
 mod ng_kamailio_fork;
 mod ng_kamailio_refused;
+mod ng_kamailio_restart;
 mod ops_metrics_notify;
 mod ops_reload;
 mod package_deb;

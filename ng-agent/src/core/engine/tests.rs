@@ -1,5 +1,6 @@
 //! The engine driven through its datagram interface, as Kamailio's module drives it: bencoded
-//! requests in, replies and control operations out, fork-agent's answers fed back.
+//! requests in, replies and control operations out, fork-agent's answers fed back. The harness
+//! ([`T`]) is shared with the journal's tests.
 
 use super::*;
 
@@ -35,14 +36,14 @@ fn cfg() -> EngineConfig {
     }
 }
 
-struct T {
-    e: Engine,
-    now: Instant,
+pub(super) struct T {
+    pub(super) e: Engine,
+    pub(super) now: Instant,
     cookie: u32,
 }
 
 impl T {
-    fn new() -> T {
+    pub(super) fn new() -> T {
         T {
             e: Engine::new(cfg()).expect("engine"),
             now: crate::core::epoch(),
@@ -56,7 +57,7 @@ impl T {
         self.drain()
     }
 
-    fn drain(&mut self) -> (Option<Value>, Vec<(ControlId, Op)>) {
+    pub(super) fn drain(&mut self) -> (Option<Value>, Vec<(ControlId, Op)>) {
         let (mut reply, mut ops) = (None, vec![]);
         while let Some(o) = self.e.poll_output() {
             match o {
@@ -82,7 +83,10 @@ impl T {
         (reply, ops)
     }
 
-    fn send(&mut self, items: Vec<(&str, Value)>) -> (Option<Value>, Vec<(ControlId, Op)>) {
+    pub(super) fn send(
+        &mut self,
+        items: Vec<(&str, Value)>,
+    ) -> (Option<Value>, Vec<(ControlId, Op)>) {
         self.cookie += 1;
         let mut bytes = format!("{}_{} ", 4242, self.cookie).into_bytes();
         Value::dict(items).encode(&mut bytes);
@@ -90,7 +94,7 @@ impl T {
     }
 
     /// Answers every operation with `ok`; returns the reply that was held, if any.
-    fn ok_all(&mut self, ops: &[(ControlId, Op)]) -> Option<Value> {
+    pub(super) fn ok_all(&mut self, ops: &[(ControlId, Op)]) -> Option<Value> {
         let mut reply = None;
         for (id, _) in ops {
             self.e.handle_control_result(self.now, *id, Ok(()));
@@ -139,7 +143,7 @@ impl T {
     }
 
     /// Offer and answer with every control operation accepted.
-    fn established(&mut self) -> Vec<Op> {
+    pub(super) fn established(&mut self) -> Vec<Op> {
         let (r, ops) = self.offer(vec![]);
         assert_eq!(result(&r), "ok");
         assert!(ops.is_empty(), "no flows before the answer: {ops:?}");
@@ -151,7 +155,7 @@ impl T {
     }
 }
 
-fn result(v: &Option<Value>) -> String {
+pub(super) fn result(v: &Option<Value>) -> String {
     v.as_ref()
         .and_then(|v| v.get("result"))
         .and_then(Value::as_str)

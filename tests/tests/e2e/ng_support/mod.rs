@@ -28,6 +28,7 @@ pub const KAMAILIO_MODULES: &str = "/usr/lib/x86_64-linux-gnu/kamailio/modules/"
 /// A running ng setup; Kamailio is stopped on drop ([`stop_kamailio`]).
 pub struct NgTest {
     pub t: SipTest,
+    pub node: NgNode,
 }
 
 impl NgTest {
@@ -45,9 +46,23 @@ impl NgTest {
         };
         spawn_ng_agent(&mut t, &node)?;
         spawn_kamailio(&mut t, &format!("udp:{NG}"))?;
-        let ng = NgTest { t };
+        let ng = NgTest { t, node };
         wait_kamailio(&ng.t)?;
         Ok(ng)
+    }
+
+    /// Kills ng-agent with SIGKILL (no chance to write anything more), keeps its log as
+    /// `ng-agent.killed.log`, and starts it again with the same configuration (and journal).
+    pub fn kill_and_restart_ng_agent(&mut self) -> Result<()> {
+        self.t
+            .s
+            .topo
+            .signal(self.node.name, nix::sys::signal::Signal::SIGKILL)?;
+        std::fs::rename(
+            self.t.dir.join(format!("{}.log", self.node.name)),
+            self.t.dir.join(format!("{}.killed.log", self.node.name)),
+        )?;
+        spawn_ng_agent(&mut self.t, &self.node)
     }
 
     /// One ng request from a client in the forker namespace; the decoded reply dictionary.
@@ -114,7 +129,8 @@ pub fn stop_kamailio(t: &mut SipTest) {
 }
 
 /// One ng-agent: its process name, namespace, ng address, the interfaces' addresses (named
-/// `caller` and `callee`, media ports 30000-30099) and its fork-agent's control socket.
+/// `caller` and `callee`, media ports 30000-30099) and its fork-agent's control socket. Its
+/// journal is `<test dir>/<name>-state/calls.jsonl`.
 pub struct NgNode {
     pub name: &'static str,
     pub host: Host,
@@ -147,7 +163,11 @@ address = "{callee}"
 [fork_agent]
 socket = "{sock}"
 speech_server = "asr"
+
+[state]
+dir = "{state}"
 "#,
+            state = t.dir.join(format!("{}-state", node.name)).display(),
             listen = node.listen,
             caller = node.caller_ip,
             callee = node.callee_ip,
