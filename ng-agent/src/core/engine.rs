@@ -24,6 +24,9 @@
 //! that side. Media: the first `m=audio` section; other sections are disabled (port 0), as in
 //! sip-agent (media-anchor's `anchor_audio`).
 //!
+//! Counters: `query` and `delete` replies carry fork-agent's packet counters, through
+//! [`Engine::handle_control_answer`] (engine/counters.rs).
+//!
 //! Restarts: [`Engine::poll_journal`] and [`Engine::restore`] (engine/journal.rs) journal the
 //! calls so a restarted agent takes them back.
 //!
@@ -227,6 +230,8 @@ enum OpKind {
     FlowDel,
     ForkStart,
     ForkStop,
+    /// Counters for a held `query`/`delete` reply (engine/counters.rs).
+    FlowStats,
 }
 
 /// A retransmission key: the source and its cookie.
@@ -420,8 +425,8 @@ impl Engine {
             Command::Ping => Ok(Value::dict([("result", Value::str("pong"))])),
             Command::Offer => self.offer(unix_now, &req, &key),
             Command::Answer => self.answer(unix_now, &req, &key),
-            Command::Delete => self.delete(now, &req),
-            Command::Query => self.query(&req),
+            Command::Delete => self.delete(now, &req, &key),
+            Command::Query => self.query_with_counters(&req, &key),
             Command::List => Ok(self.list(&req)),
             Command::Statistics => Ok(self.statistics(now)),
             Command::StartForwarding => self.start_forwarding(&req, &key),
@@ -531,7 +536,7 @@ impl Engine {
                         call.flows.remove(&local);
                     }
                     OpKind::ForkStart => call.fork = None,
-                    OpKind::FlowDel | OpKind::ForkStop => {}
+                    OpKind::FlowDel | OpKind::ForkStop | OpKind::FlowStats => {}
                 }
             }
             if let Some(h) = p.reply.as_ref().and_then(|k| self.held.get_mut(k)) {
@@ -798,7 +803,7 @@ impl Engine {
         }
     }
 
-    fn delete(&mut self, now: Instant, req: &Request) -> Result<Value, String> {
+    fn delete(&mut self, now: Instant, req: &Request, key: &ReplyKey) -> Result<Value, String> {
         let known = self
             .calls
             .get(&req.call_id)
@@ -818,6 +823,7 @@ impl Engine {
             .map(|s| Duration::from_secs(u64::from(s)))
             .unwrap_or(self.cfg.delete_delay);
         let reply = self.query(req)?;
+        self.request_counters(&req.call_id, key);
         if delay.is_zero() {
             self.teardown(&req.call_id);
         } else if let Some(call) = self.calls.get_mut(&req.call_id) {
@@ -1092,6 +1098,7 @@ impl Engine {
     }
 }
 
+mod counters;
 pub mod journal;
 #[cfg(test)]
 mod journal_tests;

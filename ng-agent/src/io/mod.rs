@@ -96,14 +96,14 @@ pub async fn run(settings: Settings, mut reloader: daemon_ops::reload::Reloader)
                 engine.handle_datagram(Instant::now().into_std(), unix_now(), from, &buf[..n]);
             }
             Some((id, result)) = res_rx.recv() => {
-                let result = result.map(|_| ()).map_err(|e| {
+                let result = result.map_err(|e| {
                     warn!(error = %e, "fork-agent refused or did not answer a control request");
                     match e {
                         ClientError::Api(api) => api.to_string(),
                         other => format!("unreachable: {other}"),
                     }
                 });
-                engine.handle_control_result(Instant::now().into_std(), id, result);
+                engine.handle_control_answer(Instant::now().into_std(), id, result);
             }
             permit = op_tx.reserve(), if !ops.is_empty() => {
                 let Ok(permit) = permit else { anyhow::bail!("the control task ended") };

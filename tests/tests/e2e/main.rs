@@ -33,6 +33,7 @@ mod kernel_packets_rtp;
 mod kernel_relay_fork;
 mod kernel_relay_via_gateway;
 mod next_hop_mac_change;
+mod ng_counters;
 mod ng_kamailio_call;
 mod ng_kamailio_cluster;
 mod ng_kamailio_fork;

@@ -40,6 +40,9 @@ pub(super) struct T {
     pub(super) e: Engine,
     pub(super) now: Instant,
     cookie: u32,
+    /// fork-agent's flows as `flow_stats` answers them: the harness answers every `flow_stats`
+    /// at once with the rows asked for.
+    pub(super) rows: Vec<control_api::FlowRow>,
 }
 
 impl T {
@@ -48,6 +51,7 @@ impl T {
             e: Engine::new(cfg()).expect("engine"),
             now: crate::core::epoch(),
             cookie: 0,
+            rows: Vec::new(),
         }
     }
 
@@ -75,6 +79,19 @@ impl T {
                         );
                     }
                     reply = Some(v);
+                }
+                Output::Control {
+                    id,
+                    op: Op::FlowStats { locals },
+                } => {
+                    let rows = self
+                        .rows
+                        .iter()
+                        .filter(|r| locals.contains(&r.local))
+                        .cloned()
+                        .collect();
+                    let answer = Ok(control_api::Answer::Flows(rows));
+                    self.e.handle_control_answer(self.now, id, answer);
                 }
                 Output::Control { id, op } => ops.push((id, op)),
                 Output::Dropped { .. } => {}
@@ -764,11 +781,8 @@ fn rate_limit_drops_and_counts() {
     let mut c = cfg();
     c.rate_burst = 2;
     c.rate_per_sec = 1;
-    let mut t = T {
-        e: Engine::new(c).expect("engine"),
-        now: crate::core::epoch(),
-        cookie: 0,
-    };
+    let mut t = T::new();
+    t.e = Engine::new(c).expect("engine");
     assert_eq!(result(&t.raw(b"a d7:command4:pinge").0), "pong");
     assert_eq!(result(&t.raw(b"b d7:command4:pinge").0), "pong");
     t.e.handle_datagram(t.now, 0, addr(PROXY), b"c d7:command4:pinge");
