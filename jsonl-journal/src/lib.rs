@@ -4,6 +4,8 @@
 //!
 //! - [`Journal`] (sans-IO): counts lines and says when to compact. Inputs: `appended`,
 //!   `compacted`; query: `needs_compaction(live)`.
+//! - [`encode_line`] and [`replay`] (pure): one entry as a line; a file's lines parsed in order,
+//!   a line that does not parse (cut short by a crash) counted and skipped.
 //! - [`rewrite_owner_only`] (IO, std only): replaces the file atomically (temporary file, mode
 //!   0600, rename) and returns a handle for appending.
 //! - [`KeyedStore`] (IO, std only): a whole journal file of one line per live key (ng-agent's
@@ -17,6 +19,39 @@ use std::{
     os::unix::fs::{OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
 };
+
+/// One entry as a JSON line, newline included.
+pub fn encode_line<E: serde::Serialize>(entry: &E) -> Result<Vec<u8>, serde_json::Error> {
+    let mut line = serde_json::to_vec(entry)?;
+    line.push(b'\n');
+    Ok(line)
+}
+
+/// How many lines a [`replay`] read.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LineCounts {
+    /// Complete lines read.
+    pub lines: usize,
+    /// Lines that did not parse (a write cut short by a crash, or damage); skipped.
+    pub bad_lines: usize,
+}
+
+/// Parses every non-blank line of `text` as an `E` and hands it to `apply`, in file order; a
+/// line that does not parse is counted and skipped (every complete line before and after it
+/// still counts).
+pub fn replay<E: serde::de::DeserializeOwned>(text: &str, mut apply: impl FnMut(E)) -> LineCounts {
+    let mut counts = LineCounts::default();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        match serde_json::from_str::<E>(line) {
+            Ok(e) => {
+                counts.lines += 1;
+                apply(e);
+            }
+            Err(_) => counts.bad_lines += 1,
+        }
+    }
+    counts
+}
 
 /// A journal shorter than this is never compacted (it is cheap to replay anyway).
 pub const MIN_LINES_TO_COMPACT: usize = 1024;

@@ -218,16 +218,10 @@ impl Settings {
         if raw.fork_agent.speech_server.is_empty() {
             errs.push("fork_agent.speech_server: name a [[speech_server]] of fork-agent".into());
         }
-        let state_dir = match raw.state.dir.trim() {
-            "" => None,
-            d if PathBuf::from(d).is_absolute() => Some(PathBuf::from(d)),
-            d => {
-                errs.push(format!(
-                    "state.dir: {d:?} is not an absolute path (or \"\" for no journal)"
-                ));
-                None
-            }
-        };
+        let state_dir = daemon_ops::config_file::state_dir(&raw.state.dir).unwrap_or_else(|e| {
+            errs.push(e);
+            None
+        });
         let (Some(listen), Some(ports), true) = (listen, ports, errs.is_empty()) else {
             return Err(ConfigError::Invalid(errs));
         };

@@ -724,6 +724,28 @@ pub mod addrs {
     pub const SPEECH_WS: &str = "10.77.3.2:9000";
 }
 
+/// An ng-agent configuration (docs/ng-agent.md): ng on `listen` with `ng_extra` TOML keys,
+/// media ports 30000-39999 on `interfaces` (name, address), fork-agent's `control` socket and
+/// speech server `asr`, the journal in `state`.
+pub fn ng_agent_config(
+    listen: &str,
+    ng_extra: &str,
+    interfaces: &[(&str, &str)],
+    control: &Path,
+    state: &Path,
+) -> String {
+    let mut cfg =
+        format!("[ng]\nlisten = \"{listen}\"\n{ng_extra}\n[media]\nports = \"30000-39999\"\n");
+    for (name, address) in interfaces {
+        cfg += &format!("\n[[interface]]\nname = \"{name}\"\naddress = \"{address}\"\n");
+    }
+    cfg + &format!(
+        "\n[fork_agent]\nsocket = \"{}\"\nspeech_server = \"asr\"\n\n[state]\ndir = \"{}\"\n",
+        control.display(),
+        state.display()
+    )
+}
+
 /// A running fork-agent plus speech-server in a [`Topology`].
 pub struct Scenario {
     pub topo: Topology,

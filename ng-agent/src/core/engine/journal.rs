@@ -95,9 +95,7 @@ impl Entry {
 
 /// One line, newline included.
 pub fn encode(entry: &Entry) -> Result<Vec<u8>, serde_json::Error> {
-    let mut line = serde_json::to_vec(entry)?;
-    line.push(b'\n');
-    Ok(line)
+    jsonl_journal::encode_line(entry)
 }
 
 /// What replaying a journal found.
@@ -115,22 +113,19 @@ pub struct Replayed {
 /// same Call-ID, `end` removes it.
 pub fn replay(text: &str) -> Replayed {
     let mut live: BTreeMap<String, CallRecord> = BTreeMap::new();
-    let mut out = Replayed::default();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        match serde_json::from_str::<Entry>(line) {
-            Ok(Entry::Call(r)) => {
-                out.lines += 1;
-                live.insert(r.call_id.clone(), *r);
-            }
-            Ok(Entry::End { call_id }) => {
-                out.lines += 1;
-                live.remove(&call_id);
-            }
-            Err(_) => out.bad_lines += 1,
+    let counts = jsonl_journal::replay(text, |e| match e {
+        Entry::Call(r) => {
+            live.insert(r.call_id.clone(), *r);
         }
+        Entry::End { call_id } => {
+            live.remove(&call_id);
+        }
+    });
+    Replayed {
+        calls: live.into_values().collect(),
+        lines: counts.lines,
+        bad_lines: counts.bad_lines,
     }
-    out.calls = live.into_values().collect();
-    out
 }
 
 /// A journalled call [`Engine::restore`] could not take back.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use ng_agent::core::bencode::{self, Value};
-use xdpfork_tests::{bin, ns_run, Host, Scenario, Topology};
+use xdpfork_tests::{bin, ng_agent_config, ns_run, Host, Scenario, Topology};
 
 use crate::sip_support::{CallerRun, SipTest};
 
@@ -129,7 +129,7 @@ pub fn stop_kamailio(t: &mut SipTest) {
 }
 
 /// One ng-agent: its process name, namespace, ng address, the interfaces' addresses (named
-/// `caller` and `callee`, media ports 30000-30099) and its fork-agent's control socket. Its
+/// `caller` and `callee`, media ports 30000-39999) and its fork-agent's control socket. Its
 /// journal is `<test dir>/<name>-state/calls.jsonl`.
 pub struct NgNode {
     pub name: &'static str,
@@ -145,33 +145,12 @@ pub fn spawn_ng_agent(t: &mut SipTest, node: &NgNode) -> Result<()> {
     let cfg = t.dir.join(format!("{}.toml", node.name));
     std::fs::write(
         &cfg,
-        format!(
-            r#"[ng]
-listen = "{listen}"
-
-[media]
-ports = "30000-30099"
-
-[[interface]]
-name = "caller"
-address = "{caller}"
-
-[[interface]]
-name = "callee"
-address = "{callee}"
-
-[fork_agent]
-socket = "{sock}"
-speech_server = "asr"
-
-[state]
-dir = "{state}"
-"#,
-            state = t.dir.join(format!("{}-state", node.name)).display(),
-            listen = node.listen,
-            caller = node.caller_ip,
-            callee = node.callee_ip,
-            sock = node.control.display()
+        ng_agent_config(
+            node.listen,
+            "",
+            &[("caller", node.caller_ip), ("callee", node.callee_ip)],
+            &node.control,
+            &t.dir.join(format!("{}-state", node.name)),
         ),
     )?;
     let cfg_s = cfg.to_string_lossy().into_owned();
