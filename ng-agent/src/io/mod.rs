@@ -8,8 +8,8 @@
 
 #![allow(clippy::disallowed_methods)] // shell: reads the clock, spawns the control task
 
-pub mod metrics;
 pub mod call_store;
+pub mod metrics;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
