@@ -247,6 +247,12 @@ pub enum Op {
     ClearStreamStatistics,
     /// Every flow with its counters. Answer: a list of [`FlowRow`](crate::FlowRow).
     ShowFlows,
+    /// The named flows with their counters (one call's, for an ng `query`). Answer: a list of
+    /// [`FlowRow`](crate::FlowRow) in the order asked; a `local` with no flow is left out.
+    FlowStats {
+        /// The flows' `local`s.
+        locals: Vec<SocketAddr>,
+    },
     /// Kernel and user-space counters.
     ShowCounters,
     /// Every running fork. Answer: a list of [`Fork`](crate::Fork).
@@ -313,6 +319,7 @@ impl Op {
             Op::ClearStreamConnection { .. } => "clear_stream_connection",
             Op::ClearStreamStatistics => "clear_stream_statistics",
             Op::ShowFlows => "show_flows",
+            Op::FlowStats { .. } => "flow_stats",
             Op::ShowCounters => "show_counters",
             Op::ShowForks => "show_forks",
             Op::TurnChannelAdd { .. } => "turn_channel_add",

@@ -346,7 +346,7 @@ pub enum Answer {
     ForkStarted(ForkStarted),
     /// `turn_channel_add`.
     ChannelAdded(ChannelAdded),
-    /// `show_flows`.
+    /// `show_flows`, `flow_stats`.
     Flows(Vec<FlowRow>),
     /// `show_forks`.
     Forks(Vec<Fork>),
@@ -380,7 +380,7 @@ impl Answer {
             Op::FlowAdd { .. } => Answer::FlowAdded(serde_json::from_value(data)?),
             Op::ForkStart { .. } => Answer::ForkStarted(serde_json::from_value(data)?),
             Op::TurnChannelAdd { .. } => Answer::ChannelAdded(serde_json::from_value(data)?),
-            Op::ShowFlows => Answer::Flows(serde_json::from_value(data)?),
+            Op::ShowFlows | Op::FlowStats { .. } => Answer::Flows(serde_json::from_value(data)?),
             Op::ShowForks => Answer::Forks(serde_json::from_value(data)?),
             Op::ShowTurn => Answer::Turn(serde_json::from_value(data)?),
             Op::ShowCounters | Op::ShowStreamService { .. } => Answer::Json(data),

@@ -131,6 +131,9 @@ fn every_op() -> Vec<Op> {
         },
         Op::ClearStreamStatistics,
         Op::ShowFlows,
+        Op::FlowStats {
+            locals: vec![sa("10.77.1.1:30000"), sa("[fd77:1::1]:30002")],
+        },
         Op::ShowCounters,
         Op::ShowForks,
         Op::TurnChannelAdd { channel: channel() },
@@ -391,6 +394,12 @@ fn typed_answers_round_trip_and_read_the_documented_shapes() {
             }),
         ),
         (Op::ShowFlows, Answer::Flows(vec![row.clone()])),
+        (
+            Op::FlowStats {
+                locals: vec![row.local],
+            },
+            Answer::Flows(vec![row.clone()]),
+        ),
         (
             Op::ShowForks,
             Answer::Forks(vec![Fork {

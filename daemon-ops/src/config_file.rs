@@ -1,5 +1,6 @@
 //! Reading a daemon's configuration file, with the one error text every daemon gives when it
-//! cannot (the operator learns the path it tried and the flag that names another).
+//! cannot (the operator learns the path it tried and the flag that names another), and the
+//! `[state] dir` setting of the daemons that keep a journal.
 
 use std::path::{Path, PathBuf};
 
@@ -55,9 +56,32 @@ pub fn load<T, E: std::error::Error + 'static>(
     Ok((settings, text))
 }
 
+/// A `[state] dir` value: `""` keeps no journal (`None`), anything else must be an absolute
+/// path. The error is the whole message for the field (`state.dir: ...`).
+pub fn state_dir(value: &str) -> Result<Option<PathBuf>, String> {
+    match value.trim() {
+        "" => Ok(None),
+        d if Path::new(d).is_absolute() => Ok(Some(PathBuf::from(d))),
+        d => Err(format!(
+            "state.dir: {d:?} is not an absolute path (or \"\" for no journal)"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn state_dir_is_absolute_or_empty() {
+        assert_eq!(state_dir(" "), Ok(None));
+        assert_eq!(
+            state_dir("/var/lib/x"),
+            Ok(Some(PathBuf::from("/var/lib/x")))
+        );
+        let e = state_dir("var/lib/x").expect_err("relative");
+        assert!(e.starts_with("state.dir: \"var/lib/x\""), "{e}");
+    }
 
     #[test]
     fn a_missing_file_names_the_path_and_the_flag() {

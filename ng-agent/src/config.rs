@@ -17,6 +17,9 @@ use crate::core::engine::{EngineConfig, Interface};
 /// Default control socket of fork-agent (docs/control-api.md).
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/xdpfork/fork-agent.sock";
 
+/// Default `state.dir`: the call journal lives here (the unit's `StateDirectory=`).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/xdpfork/ng-agent";
+
 /// The largest UDP payload: an ng message never needs more (rtpengine's own limit is lower).
 pub const MAX_MESSAGE_LIMIT: usize = 65_507;
 
@@ -43,6 +46,28 @@ struct RawConfig {
     log: daemon_ops::logging::LogSection,
     #[serde(default)]
     metrics: daemon_ops::metrics::MetricsSection,
+    #[serde(default)]
+    state: RawState,
+}
+
+/// `[state]`: the restart journal (docs/ng-agent.md "Restart journal").
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawState {
+    #[serde(default = "default_state_dir")]
+    dir: String,
+}
+
+impl Default for RawState {
+    fn default() -> Self {
+        RawState {
+            dir: default_state_dir(),
+        }
+    }
+}
+
+fn default_state_dir() -> String {
+    DEFAULT_STATE_DIR.into()
 }
 
 #[derive(Debug, Deserialize)]
@@ -109,6 +134,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// fork-agent's control socket.
     pub control_socket: PathBuf,
+    /// Directory of the call journal; `None` keeps none (`state.dir = ""`).
+    pub state_dir: Option<PathBuf>,
     /// The engine's settings.
     pub engine: EngineConfig,
     /// `[log] level`, re-applied on SIGHUP (the only section that reloads).
@@ -191,6 +218,10 @@ impl Settings {
         if raw.fork_agent.speech_server.is_empty() {
             errs.push("fork_agent.speech_server: name a [[speech_server]] of fork-agent".into());
         }
+        let state_dir = daemon_ops::config_file::state_dir(&raw.state.dir).unwrap_or_else(|e| {
+            errs.push(e);
+            None
+        });
         let (Some(listen), Some(ports), true) = (listen, ports, errs.is_empty()) else {
             return Err(ConfigError::Invalid(errs));
         };
@@ -199,6 +230,7 @@ impl Settings {
             metrics_listen: raw.metrics.listen(daemon_ops::metrics::NG_AGENT_DEFAULT),
             listen,
             control_socket: raw.fork_agent.socket,
+            state_dir,
             engine: EngineConfig {
                 interfaces,
                 ports,
@@ -248,6 +280,9 @@ speech_server = "asr"
         assert_eq!(s.engine.interfaces.len(), 2);
         assert_eq!(s.engine.delete_delay, Duration::from_secs(30));
         assert_eq!(s.control_socket, PathBuf::from(DEFAULT_CONTROL_SOCKET));
+        assert_eq!(s.state_dir, Some(PathBuf::from(DEFAULT_STATE_DIR)));
+        let none = Settings::from_toml(&format!("{GOOD}\n[state]\ndir = \"\"\n")).expect("valid");
+        assert_eq!(none.state_dir, None);
     }
 
     #[test]
@@ -261,7 +296,8 @@ speech_server = "asr"
                 "[ng]\n",
                 "[ng]\ndelete_delay_secs = -1\nmax_message_bytes = 10\n",
             )
-            .replace("\"asr\"", "\"\"");
+            .replace("\"asr\"", "\"\"")
+            + "\n[state]\ndir = \"relative/dir\"\n";
         let Err(ConfigError::Invalid(errs)) = Settings::from_toml(&bad) else {
             panic!("accepted");
         };
@@ -274,6 +310,7 @@ speech_server = "asr"
             "interface[1].address",
             "interface[1].name",
             "fork_agent.speech_server",
+            "state.dir",
         ] {
             assert!(text.contains(field), "{field} not named in:\n{text}");
         }

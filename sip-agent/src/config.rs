@@ -665,16 +665,10 @@ impl Settings {
                 Duration::ZERO
             }
         };
-        let state_dir = match raw.state.dir.trim() {
-            "" => None,
-            d if PathBuf::from(d).is_absolute() => Some(PathBuf::from(d)),
-            d => {
-                errs.push(format!(
-                    "state.dir: {d:?} is not an absolute path (or \"\" for no journal)"
-                ));
-                None
-            }
-        };
+        let state_dir = daemon_ops::config_file::state_dir(&raw.state.dir).unwrap_or_else(|e| {
+            errs.push(e);
+            None
+        });
         if let Some(p) = raw.admin.socket.as_ref().filter(|p| !p.is_absolute()) {
             errs.push(format!(
                 "admin.socket: {p:?} is not an absolute path (e.g. \"{DEFAULT_ADMIN_SOCKET}\"; leave it out for no admin socket)"

@@ -33,31 +33,40 @@ use nix::{fcntl::Flock, sched::CloneFlags};
 pub const PREFIX: &str = "xft";
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// The four hosts of the topology.
+/// The four hosts of the topology, plus any further media node a multi-node test adds
+/// ([`Topology::add_host`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Host {
     Caller,
     Forker,
     Callee,
     Speech,
+    /// A further host with no links of its own (the ng cluster's media nodes).
+    Node(u8),
 }
 
 impl Host {
-    fn suffix(self) -> &'static str {
+    fn suffix(self) -> String {
         match self {
-            Host::Caller => "c",
-            Host::Forker => "f",
-            Host::Callee => "e",
-            Host::Speech => "s",
+            Host::Caller => "c".into(),
+            Host::Forker => "f".into(),
+            Host::Callee => "e".into(),
+            Host::Speech => "s".into(),
+            Host::Node(n) => format!("n{n}"),
         }
     }
 }
+
+/// The hosts [`Topology::new`] builds and links.
+const STANDARD_HOSTS: [Host; 4] = [Host::Caller, Host::Forker, Host::Callee, Host::Speech];
 
 pub struct Topology {
     pub id: String,
     pub dir: PathBuf,
     pub pin_dir: PathBuf,
     children: Vec<(String, Child)>,
+    /// Hosts added by [`Topology::add_host`], removed with the standard ones.
+    extra_hosts: Vec<Host>,
     _lock: Flock<File>,
 }
 
@@ -154,6 +163,7 @@ impl Topology {
             dir,
             pin_dir,
             children: Vec::new(),
+            extra_hosts: Vec::new(),
             _lock: lock,
         };
         t.build()
@@ -165,22 +175,34 @@ impl Topology {
         format!("{}{}", self.id, h.suffix())
     }
 
+    /// Creates `h`'s namespace (loopback up, no links: the caller wires it), removed with the
+    /// topology.
+    pub fn add_host(&mut self, h: Host) -> Result<()> {
+        self.extra_hosts.push(h);
+        self.create_ns(h)
+    }
+
+    fn create_ns(&self, h: Host) -> Result<()> {
+        run("ip", &["netns", "add", &self.ns(h)])?;
+        ns_run(&self.ns(h), "ip", &["link", "set", "lo", "up"])?;
+        // Fresh links run IPv6 duplicate address detection on their link-local address for
+        // a second or more, delaying neighbour discovery: the test hosts skip it.
+        ns_run(
+            &self.ns(h),
+            "sysctl",
+            &[
+                "-q",
+                "-w",
+                "net.ipv6.conf.all.accept_dad=0",
+                "net.ipv6.conf.default.accept_dad=0",
+            ],
+        )?;
+        Ok(())
+    }
+
     fn build(&mut self) -> Result<()> {
-        for h in [Host::Caller, Host::Forker, Host::Callee, Host::Speech] {
-            run("ip", &["netns", "add", &self.ns(h)])?;
-            ns_run(&self.ns(h), "ip", &["link", "set", "lo", "up"])?;
-            // Fresh links run IPv6 duplicate address detection on their link-local address for
-            // a second or more, delaying neighbour discovery: the test hosts skip it.
-            ns_run(
-                &self.ns(h),
-                "sysctl",
-                &[
-                    "-q",
-                    "-w",
-                    "net.ipv6.conf.all.accept_dad=0",
-                    "net.ipv6.conf.default.accept_dad=0",
-                ],
-            )?;
+        for h in STANDARD_HOSTS {
+            self.create_ns(h)?;
         }
         let f = self.ns(Host::Forker);
         let links = [
@@ -470,8 +492,8 @@ impl Drop for Topology {
             let _ = c.kill();
             let _ = c.wait();
         }
-        for h in [Host::Caller, Host::Forker, Host::Callee, Host::Speech] {
-            let _ = run("ip", &["netns", "del", &self.ns(h)]);
+        for h in STANDARD_HOSTS.iter().chain(&self.extra_hosts) {
+            let _ = run("ip", &["netns", "del", &self.ns(*h)]);
         }
         let _ = std::fs::remove_dir_all(&self.pin_dir);
         let _ = std::fs::remove_file(format!("/run/{}.lock", self.id));
@@ -700,6 +722,28 @@ pub mod addrs {
     pub const A_LOCAL6: &str = "[fd77:1::1]:30000";
     pub const B_LOCAL6: &str = "[fd77:2::1]:30002";
     pub const SPEECH_WS: &str = "10.77.3.2:9000";
+}
+
+/// An ng-agent configuration (docs/ng-agent.md): ng on `listen` with `ng_extra` TOML keys,
+/// media ports 30000-39999 on `interfaces` (name, address), fork-agent's `control` socket and
+/// speech server `asr`, the journal in `state`.
+pub fn ng_agent_config(
+    listen: &str,
+    ng_extra: &str,
+    interfaces: &[(&str, &str)],
+    control: &Path,
+    state: &Path,
+) -> String {
+    let mut cfg =
+        format!("[ng]\nlisten = \"{listen}\"\n{ng_extra}\n[media]\nports = \"30000-39999\"\n");
+    for (name, address) in interfaces {
+        cfg += &format!("\n[[interface]]\nname = \"{name}\"\naddress = \"{address}\"\n");
+    }
+    cfg + &format!(
+        "\n[fork_agent]\nsocket = \"{}\"\nspeech_server = \"asr\"\n\n[state]\ndir = \"{}\"\n",
+        control.display(),
+        state.display()
+    )
 }
 
 /// A running fork-agent plus speech-server in a [`Topology`].

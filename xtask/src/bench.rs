@@ -1,11 +1,12 @@
-//! `cargo xtask bench relay|turn|fork|calls|dialects [--reps N] [--secs S] [--rates LIST] [--streams LIST]
-//! [--cps LIST] [--calls N] [--hold S] [--concurrent LIST] [--rtp yes|no] [--out DIR]`: the
+//! `cargo xtask bench relay|turn|fork|calls|dialects|ng [--reps N] [--secs S] [--rates LIST] [--streams LIST]
+//! [--cps LIST] [--calls N] [--hold S] [--concurrent LIST] [--rtp yes|no] [--ng-calls N]
+//! [--windows LIST] [--out DIR]`: the
 //! benchmarks of docs/benchmarks.md (needs root; never part of `cargo xtask test`).
 //!
 //! Input: which benchmark and its sweep options. Output: the report of `xdpfork-bench`
 //! (tests/src/bin/xdpfork-bench) on stdout and in `<out>/<bench>.md` plus raw points in
 //! `<out>/<bench>.json`. Call order: [`setup::ensure_ready`], install the comparison daemon if
-//! it is missing (rtpengine-daemon for `relay`; coturn is already in setup's list), build the
+//! it is missing (rtpengine-daemon for `relay` and `ng`; coturn is already in setup's list), build the
 //! agents, udp-relay and the driver with the release profile (a debug user-space baseline would
 //! be an unfair comparison), check root, run the driver. The driver builds and removes its own
 //! network namespaces.
@@ -29,6 +30,8 @@ pub(crate) enum Which {
     Calls,
     /// Per-frame cost of each speech dialect (twilio, audiohook, jambonz, raw) against ours.
     Dialects,
+    /// The rtpengine ng protocol (offer/answer/delete per second) through ng-agent vs rtpengine.
+    Ng,
 }
 
 /// `cargo xtask bench` options.
@@ -89,6 +92,12 @@ pub(crate) struct Args {
     /// capped at half the CPU they took (relayed audio, memory bound, drops and alarms).
     #[arg(long)]
     overload: bool,
+    /// `ng` only: calls set up and deleted per point (at most 2000).
+    #[arg(long, default_value_t = 2000)]
+    ng_calls: u32,
+    /// `ng` only: calls in flight, comma-separated (one point per value).
+    #[arg(long, default_value = "1,16,64")]
+    windows: String,
 }
 
 /// Streams of the `--profile` point (the issue asks for a profile at 1,000 streams).
@@ -99,7 +108,7 @@ fn extra_packages(which: Which) -> &'static [(&'static str, &'static str)] {
     match which {
         // rtpengine's user-space daemon is the comparison of the relay benchmark only, so it is
         // installed here, lazily, and not by setup.
-        Which::Relay => &[("rtpengine-daemon", "/usr/bin/rtpengine")],
+        Which::Relay | Which::Ng => &[("rtpengine-daemon", "/usr/bin/rtpengine")],
         Which::Turn => &[("coturn", "/usr/bin/turnserver")],
         // perf for `bench fork --profile`.
         Which::Fork => &[("linux-perf", "/usr/bin/perf")],
@@ -189,6 +198,8 @@ pub(crate) fn run(args: Args) -> Result<()> {
             "udp-relay",
             "-p",
             "sip-agent",
+            "-p",
+            "ng-agent",
         ]),
         "building the agents and udp-relay (release)",
         "see the compiler output above",
@@ -211,6 +222,7 @@ pub(crate) fn run(args: Args) -> Result<()> {
         Which::Fork => "fork",
         Which::Calls => "calls",
         Which::Dialects => "dialects",
+        Which::Ng => "ng",
     };
     let paths: Vec<&str> = args.fork_paths.split(',').map(str::trim).collect();
     if let Some(bad) = paths
@@ -316,6 +328,15 @@ fn run_one(args: &Args, which: &str, fork_path: &str, out: &str, agents: &[Strin
                     }
                     v
                 }
+                _ => vec![],
+            })
+            .args(match args.which {
+                Which::Ng => vec![
+                    "--ng-calls".to_owned(),
+                    args.ng_calls.to_string(),
+                    "--windows".to_owned(),
+                    args.windows.clone(),
+                ],
                 _ => vec![],
             })
             .args(match args.which {

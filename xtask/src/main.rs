@@ -47,7 +47,7 @@ enum Command {
     Package(package::Args),
     /// Remove what `install` put there; without --destdir also stop the services and detach XDP.
     Uninstall(install::UninstallArgs),
-    /// Benchmark the relays side by side: `relay` (XDP vs udp-relay vs rtpengine) or `turn` (needs root).
+    /// Benchmark side by side (needs root): `relay` (XDP vs udp-relay vs rtpengine), `turn`, `fork`, `calls`, `dialects`, `ng` (ng-agent vs rtpengine).
     Bench(bench::Args),
     /// Fuzz one parser with cargo-fuzz/libFuzzer for --secs seconds, or --list the targets (not in CI).
     Fuzz(fuzz::Args),

@@ -34,9 +34,7 @@ pub enum Entry {
 
 /// One line, newline included.
 pub fn encode(entry: &Entry) -> Result<Vec<u8>, serde_json::Error> {
-    let mut line = serde_json::to_vec(entry)?;
-    line.push(b'\n');
-    Ok(line)
+    jsonl_journal::encode_line(entry)
 }
 
 /// What replaying a journal found.
@@ -54,22 +52,19 @@ pub struct Replayed {
 /// one, a `stop` removes it.
 pub fn replay(text: &str) -> Replayed {
     let mut live: BTreeMap<String, Fork> = BTreeMap::new();
-    let mut out = Replayed::default();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        match serde_json::from_str::<Entry>(line) {
-            Ok(Entry::Start(fork)) => {
-                out.lines += 1;
-                live.insert(fork.spec.call_guid.clone(), fork);
-            }
-            Ok(Entry::Stop { call_guid }) => {
-                out.lines += 1;
-                live.remove(&call_guid);
-            }
-            Err(_) => out.bad_lines += 1,
+    let counts = jsonl_journal::replay(text, |e| match e {
+        Entry::Start(fork) => {
+            live.insert(fork.spec.call_guid.clone(), fork);
         }
+        Entry::Stop { call_guid } => {
+            live.remove(&call_guid);
+        }
+    });
+    Replayed {
+        forks: live.into_values().collect(),
+        lines: counts.lines,
+        bad_lines: counts.bad_lines,
     }
-    out.forks = live.into_values().collect();
-    out
 }
 
 /// When to compact: shared with sip-agent's call journal.

@@ -519,6 +519,7 @@ impl Agent {
             }
             Op::ShowTurn => self.show_turn(),
             Op::ShowFlows => self.show_flows(),
+            Op::FlowStats { locals } => self.flow_stats(&locals),
             Op::ShowCounters => self.show_counters(),
             Op::ShowForks => Ok(serde_json::to_value(
                 self.orch.table().forks().collect::<Vec<_>>(),

@@ -24,6 +24,12 @@
 //! that side. Media: the first `m=audio` section; other sections are disabled (port 0), as in
 //! sip-agent (media-anchor's `anchor_audio`).
 //!
+//! Counters: `query` and `delete` replies carry fork-agent's packet counters, through
+//! [`Engine::handle_control_answer`] (engine/counters.rs).
+//!
+//! Restarts: [`Engine::poll_journal`] and [`Engine::restore`] (engine/journal.rs) journal the
+//! calls so a restarted agent takes them back.
+//!
 //! Size: about 1,080 lines, kept in one file on purpose: the call table, the offer/answer/
 //! delete state machine and the replies it owes share one state (a call's legs, ports, pending
 //! control requests and cached replies); split by command, every command would reach into it.
@@ -224,6 +230,8 @@ enum OpKind {
     FlowDel,
     ForkStart,
     ForkStop,
+    /// Counters for a held `query`/`delete` reply (engine/counters.rs).
+    FlowStats,
 }
 
 /// A retransmission key: the source and its cookie.
@@ -260,6 +268,8 @@ pub struct Engine {
     out: VecDeque<Output>,
     stats: Stats,
     started: Option<Instant>,
+    /// Calls whose journal line may be stale ([`Engine::poll_journal`]).
+    journal_dirty: BTreeSet<String>,
 }
 
 /// Decides the media address of a side from its request and SDP.
@@ -300,6 +310,7 @@ impl Engine {
             out: VecDeque::new(),
             stats: Stats::default(),
             started: None,
+            journal_dirty: BTreeSet::new(),
         })
     }
 
@@ -414,13 +425,16 @@ impl Engine {
             Command::Ping => Ok(Value::dict([("result", Value::str("pong"))])),
             Command::Offer => self.offer(unix_now, &req, &key),
             Command::Answer => self.answer(unix_now, &req, &key),
-            Command::Delete => self.delete(now, &req),
-            Command::Query => self.query(&req),
+            Command::Delete => self.delete(now, &req, &key),
+            Command::Query => self.query_with_counters(&req, &key),
             Command::List => Ok(self.list(&req)),
             Command::Statistics => Ok(self.statistics(now)),
             Command::StartForwarding => self.start_forwarding(&req, &key),
             Command::StopForwarding => self.stop_forwarding(&req, &key),
         };
+        if journal::changes_call(command) {
+            self.journal_dirty.insert(req.call_id.clone());
+        }
         match outcome {
             Ok(mut v) => {
                 if let (Some(w), Value::Dict(d)) = (req.warning(), &mut v) {
@@ -512,6 +526,7 @@ impl Engine {
         let Some(p) = self.pending.remove(&id) else {
             return;
         };
+        self.journal_dirty.insert(p.call_id.clone());
         if let Err(e) = &result {
             self.stats.control_errors += 1;
             if let Some(call) = self.calls.get_mut(&p.call_id) {
@@ -521,7 +536,7 @@ impl Engine {
                         call.flows.remove(&local);
                     }
                     OpKind::ForkStart => call.fork = None,
-                    OpKind::FlowDel | OpKind::ForkStop => {}
+                    OpKind::FlowDel | OpKind::ForkStop | OpKind::FlowStats => {}
                 }
             }
             if let Some(h) = p.reply.as_ref().and_then(|k| self.held.get_mut(k)) {
@@ -788,7 +803,7 @@ impl Engine {
         }
     }
 
-    fn delete(&mut self, now: Instant, req: &Request) -> Result<Value, String> {
+    fn delete(&mut self, now: Instant, req: &Request, key: &ReplyKey) -> Result<Value, String> {
         let known = self
             .calls
             .get(&req.call_id)
@@ -808,6 +823,7 @@ impl Engine {
             .map(|s| Duration::from_secs(u64::from(s)))
             .unwrap_or(self.cfg.delete_delay);
         let reply = self.query(req)?;
+        self.request_counters(&req.call_id, key);
         if delay.is_zero() {
             self.teardown(&req.call_id);
         } else if let Some(call) = self.calls.get_mut(&req.call_id) {
@@ -826,6 +842,7 @@ impl Engine {
         let Some(call) = self.calls.remove(call_id) else {
             return;
         };
+        self.journal_dirty.insert(call_id.to_owned());
         if let Some(t) = call.delete_at {
             self.deletions.remove(&(t, call_id.to_owned()));
         }
@@ -1081,5 +1098,9 @@ impl Engine {
     }
 }
 
+mod counters;
+pub mod journal;
+#[cfg(test)]
+mod journal_tests;
 #[cfg(test)]
 mod tests;

@@ -8,6 +8,7 @@
 
 #![allow(clippy::disallowed_methods)] // shell: reads the clock, spawns the control task
 
+pub mod call_store;
 pub mod metrics;
 
 use std::collections::VecDeque;
@@ -24,6 +25,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::Settings;
 use crate::core::engine::{ControlId, Engine, Output};
+use call_store::CallStore;
 
 /// Answers buffered from the control task (it waits when the engine task is behind).
 const RESULT_QUEUE: usize = 1024;
@@ -47,6 +49,15 @@ pub async fn run(settings: Settings, mut reloader: daemon_ops::reload::Reloader)
         .with_context(|| format!("binding the ng socket {} (ng.listen)", settings.listen))?;
     let max = settings.engine.max_message_bytes;
     let mut engine = Engine::new(settings.engine.clone()).context("media settings")?;
+    let mut store = settings.state_dir.as_deref().map(|dir| {
+        let (store, calls) = CallStore::open(dir);
+        let n = calls.len();
+        for problem in engine.restore(Instant::now().into_std(), unix_now(), calls) {
+            warn!(%problem, "a journalled call was not restored");
+        }
+        info!(journal = %dir.join(call_store::FILE_NAME).display(), restored = engine.call_count(), journalled = n, "calls restored");
+        store
+    });
     let (op_tx, mut res_rx) = spawn_control(settings.control_socket.clone());
     let mut ops: VecDeque<(ControlId, Op)> = VecDeque::new();
     let mut log_limit: LogLimiter<&'static str> = LogLimiter::new(LOG_INTERVAL);
@@ -85,14 +96,14 @@ pub async fn run(settings: Settings, mut reloader: daemon_ops::reload::Reloader)
                 engine.handle_datagram(Instant::now().into_std(), unix_now(), from, &buf[..n]);
             }
             Some((id, result)) = res_rx.recv() => {
-                let result = result.map(|_| ()).map_err(|e| {
+                let result = result.map_err(|e| {
                     warn!(error = %e, "fork-agent refused or did not answer a control request");
                     match e {
                         ClientError::Api(api) => api.to_string(),
                         other => format!("unreachable: {other}"),
                     }
                 });
-                engine.handle_control_result(Instant::now().into_std(), id, result);
+                engine.handle_control_answer(Instant::now().into_std(), id, result);
             }
             permit = op_tx.reserve(), if !ops.is_empty() => {
                 let Ok(permit) = permit else { anyhow::bail!("the control task ended") };
@@ -133,6 +144,13 @@ pub async fn run(settings: Settings, mut reloader: daemon_ops::reload::Reloader)
             std::mem::replace(p, now) != now
         });
         let now = Instant::now().into_std();
+        // Journal first: a reply the proxy sees is never for a call a restart would forget.
+        let unix = unix_now();
+        while let Some(entry) = engine.poll_journal(now, unix) {
+            if let Some(store) = store.as_mut() {
+                store.record(&entry);
+            }
+        }
         while let Some(out) = engine.poll_output() {
             match out {
                 Output::Reply { to, bytes, error } => {

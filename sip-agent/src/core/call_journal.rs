@@ -51,9 +51,7 @@ pub enum Entry {
 
 /// One line, newline included.
 pub fn encode(entry: &Entry) -> Result<Vec<u8>, serde_json::Error> {
-    let mut line = serde_json::to_vec(entry)?;
-    line.push(b'\n');
-    Ok(line)
+    jsonl_journal::encode_line(entry)
 }
 
 /// What replaying a journal found.
@@ -72,30 +70,26 @@ pub struct Replayed {
 /// Applies the journal's lines in order.
 pub fn replay(text: &str) -> Replayed {
     let mut live: BTreeMap<u32, CallRecord> = BTreeMap::new();
-    let mut out = Replayed::default();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        match serde_json::from_str::<Entry>(line) {
-            Ok(e) => {
-                out.lines += 1;
-                match e {
-                    Entry::Owner(o) => {
-                        if !out.owners.contains(&o) {
-                            out.owners.push(o);
-                        }
-                    }
-                    Entry::Call(r) => {
-                        live.insert(r.call.call, *r);
-                    }
-                    Entry::End { call } => {
-                        live.remove(&call);
-                    }
-                }
+    let mut owners: Vec<Owner> = Vec::new();
+    let counts = jsonl_journal::replay(text, |e| match e {
+        Entry::Owner(o) => {
+            if !owners.contains(&o) {
+                owners.push(o);
             }
-            Err(_) => out.bad_lines += 1,
         }
+        Entry::Call(r) => {
+            live.insert(r.call.call, *r);
+        }
+        Entry::End { call } => {
+            live.remove(&call);
+        }
+    });
+    Replayed {
+        calls: live.into_values().collect(),
+        owners,
+        lines: counts.lines,
+        bad_lines: counts.bad_lines,
     }
-    out.calls = live.into_values().collect();
-    out
 }
 
 /// When to compact: shared with fork-agent's fork journal.

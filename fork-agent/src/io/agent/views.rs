@@ -1,72 +1,91 @@
-//! The agent's `show_flows` and `show_counters` answers: table rows from the flow table and the
-//! kernel's counters.
+//! The agent's `show_flows`, `flow_stats` and `show_counters` answers: table rows from the flow
+//! table and the kernel's counters.
 
 use super::*;
+use crate::core::flows::FlowEntry;
 
 impl Agent {
     pub(super) fn show_flows(&self) -> Result<Value> {
         let now_ns = monotonic_ns();
-        let mut out = Vec::new();
-        for f in self.orch.table().flows() {
-            let s = self
-                .dp
-                .flow_stats
-                .get(&f.stats_index, 0)
-                .unwrap_or_default();
-            let in_kernel = self
-                .dp
-                .flows
-                .get(&fork_common::FlowKey::new(f.local), 0)
-                .is_ok();
-            // rtpengine operators' complaint: a call silently left in user space. Say which.
-            let user = self.fallback.stats(&f.local);
-            let user_packets = user.map_or(0, |u| u.packets.load(Ordering::Relaxed));
-            let path = if !in_kernel {
-                FlowPath::Missing
-            } else if s.packets > 0 && user_packets == 0 && s.passed == 0 {
-                FlowPath::Kernel
-            } else if s.packets > 0 {
-                FlowPath::KernelAndUserSpace
-            } else if user_packets > 0 || s.passed > 0 {
-                FlowPath::UserSpace
+        let rows: Vec<FlowRow> = self
+            .orch
+            .table()
+            .flows()
+            .map(|f| self.flow_row(f, now_ns))
+            .collect();
+        Ok(serde_json::to_value(rows)?)
+    }
+
+    /// `flow_stats`: the rows of the flows at `locals`, in that order; unknown ones left out.
+    pub(super) fn flow_stats(&self, locals: &[SocketAddr]) -> Result<Value> {
+        let now_ns = monotonic_ns();
+        let table = self.orch.table();
+        let rows: Vec<FlowRow> = locals
+            .iter()
+            .filter_map(|l| table.flow(l))
+            .map(|f| self.flow_row(f, now_ns))
+            .collect();
+        Ok(serde_json::to_value(rows)?)
+    }
+
+    fn flow_row(&self, f: &FlowEntry, now_ns: u64) -> FlowRow {
+        let s = self
+            .dp
+            .flow_stats
+            .get(&f.stats_index, 0)
+            .unwrap_or_default();
+        let in_kernel = self
+            .dp
+            .flows
+            .get(&fork_common::FlowKey::new(f.local), 0)
+            .is_ok();
+        // rtpengine operators' complaint: a call silently left in user space. Say which.
+        let user = self.fallback.stats(&f.local);
+        let user_packets = user.map_or(0, |u| u.packets.load(Ordering::Relaxed));
+        let path = if !in_kernel {
+            FlowPath::Missing
+        } else if s.packets > 0 && user_packets == 0 && s.passed == 0 {
+            FlowPath::Kernel
+        } else if s.packets > 0 {
+            FlowPath::KernelAndUserSpace
+        } else if user_packets > 0 || s.passed > 0 {
+            FlowPath::UserSpace
+        } else {
+            FlowPath::Idle
+        };
+        FlowRow {
+            local: f.local,
+            src: f.src,
+            dst: f.dst,
+            stream_id: f.stream_id,
+            stats_index: f.stats_index,
+            path,
+            packets: s.packets,
+            bytes: s.bytes,
+            forked: s.forked,
+            lost: s.lost,
+            out_of_order: s.out_of_order,
+            wrong_pt: s.wrong_pt,
+            errors: s.errors,
+            strict_drops: s.strict_drops,
+            passed: s.passed,
+            dtmf: s.dtmf,
+            rtcp: s.rtcp,
+            ssrc: s.ssrc,
+            last_seq: s.last_seq,
+            idle_ms: (s.last_seen_ns != 0)
+                .then(|| now_ns.saturating_sub(s.last_seen_ns) / 1_000_000),
+            userspace_packets: user_packets,
+            userspace_bytes: user.map_or(0, |u| u.bytes.load(Ordering::Relaxed)),
+            userspace_forked: user.map_or(0, |u| u.forked.load(Ordering::Relaxed)),
+            userspace_fork_drops: user.map_or(0, |u| u.fork_drops.load(Ordering::Relaxed)),
+            fallback: if user.is_some() {
+                "bound"
             } else {
-                FlowPath::Idle
-            };
-            out.push(FlowRow {
-                local: f.local,
-                src: f.src,
-                dst: f.dst,
-                stream_id: f.stream_id,
-                stats_index: f.stats_index,
-                path,
-                packets: s.packets,
-                bytes: s.bytes,
-                forked: s.forked,
-                lost: s.lost,
-                out_of_order: s.out_of_order,
-                wrong_pt: s.wrong_pt,
-                errors: s.errors,
-                strict_drops: s.strict_drops,
-                passed: s.passed,
-                dtmf: s.dtmf,
-                rtcp: s.rtcp,
-                ssrc: s.ssrc,
-                last_seq: s.last_seq,
-                idle_ms: (s.last_seen_ns != 0)
-                    .then(|| now_ns.saturating_sub(s.last_seen_ns) / 1_000_000),
-                userspace_packets: user_packets,
-                userspace_bytes: user.map_or(0, |u| u.bytes.load(Ordering::Relaxed)),
-                userspace_forked: user.map_or(0, |u| u.forked.load(Ordering::Relaxed)),
-                userspace_fork_drops: user.map_or(0, |u| u.fork_drops.load(Ordering::Relaxed)),
-                fallback: if user.is_some() {
-                    "bound"
-                } else {
-                    "unavailable"
-                }
-                .to_owned(),
-            });
+                "unavailable"
+            }
+            .to_owned(),
         }
-        Ok(serde_json::to_value(out)?)
     }
 
     pub(super) fn show_counters(&self) -> Result<Value> {

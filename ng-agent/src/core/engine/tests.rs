@@ -1,5 +1,6 @@
 //! The engine driven through its datagram interface, as Kamailio's module drives it: bencoded
-//! requests in, replies and control operations out, fork-agent's answers fed back.
+//! requests in, replies and control operations out, fork-agent's answers fed back. The harness
+//! ([`T`]) is shared with the journal's tests.
 
 use super::*;
 
@@ -35,18 +36,22 @@ fn cfg() -> EngineConfig {
     }
 }
 
-struct T {
-    e: Engine,
-    now: Instant,
+pub(super) struct T {
+    pub(super) e: Engine,
+    pub(super) now: Instant,
     cookie: u32,
+    /// fork-agent's flows as `flow_stats` answers them: the harness answers every `flow_stats`
+    /// at once with the rows asked for.
+    pub(super) rows: Vec<control_api::FlowRow>,
 }
 
 impl T {
-    fn new() -> T {
+    pub(super) fn new() -> T {
         T {
             e: Engine::new(cfg()).expect("engine"),
             now: crate::core::epoch(),
             cookie: 0,
+            rows: Vec::new(),
         }
     }
 
@@ -56,7 +61,7 @@ impl T {
         self.drain()
     }
 
-    fn drain(&mut self) -> (Option<Value>, Vec<(ControlId, Op)>) {
+    pub(super) fn drain(&mut self) -> (Option<Value>, Vec<(ControlId, Op)>) {
         let (mut reply, mut ops) = (None, vec![]);
         while let Some(o) = self.e.poll_output() {
             match o {
@@ -75,6 +80,19 @@ impl T {
                     }
                     reply = Some(v);
                 }
+                Output::Control {
+                    id,
+                    op: Op::FlowStats { locals },
+                } => {
+                    let rows = self
+                        .rows
+                        .iter()
+                        .filter(|r| locals.contains(&r.local))
+                        .cloned()
+                        .collect();
+                    let answer = Ok(control_api::Answer::Flows(rows));
+                    self.e.handle_control_answer(self.now, id, answer);
+                }
                 Output::Control { id, op } => ops.push((id, op)),
                 Output::Dropped { .. } => {}
             }
@@ -82,7 +100,10 @@ impl T {
         (reply, ops)
     }
 
-    fn send(&mut self, items: Vec<(&str, Value)>) -> (Option<Value>, Vec<(ControlId, Op)>) {
+    pub(super) fn send(
+        &mut self,
+        items: Vec<(&str, Value)>,
+    ) -> (Option<Value>, Vec<(ControlId, Op)>) {
         self.cookie += 1;
         let mut bytes = format!("{}_{} ", 4242, self.cookie).into_bytes();
         Value::dict(items).encode(&mut bytes);
@@ -90,7 +111,7 @@ impl T {
     }
 
     /// Answers every operation with `ok`; returns the reply that was held, if any.
-    fn ok_all(&mut self, ops: &[(ControlId, Op)]) -> Option<Value> {
+    pub(super) fn ok_all(&mut self, ops: &[(ControlId, Op)]) -> Option<Value> {
         let mut reply = None;
         for (id, _) in ops {
             self.e.handle_control_result(self.now, *id, Ok(()));
@@ -139,7 +160,7 @@ impl T {
     }
 
     /// Offer and answer with every control operation accepted.
-    fn established(&mut self) -> Vec<Op> {
+    pub(super) fn established(&mut self) -> Vec<Op> {
         let (r, ops) = self.offer(vec![]);
         assert_eq!(result(&r), "ok");
         assert!(ops.is_empty(), "no flows before the answer: {ops:?}");
@@ -151,7 +172,7 @@ impl T {
     }
 }
 
-fn result(v: &Option<Value>) -> String {
+pub(super) fn result(v: &Option<Value>) -> String {
     v.as_ref()
         .and_then(|v| v.get("result"))
         .and_then(Value::as_str)
@@ -760,11 +781,8 @@ fn rate_limit_drops_and_counts() {
     let mut c = cfg();
     c.rate_burst = 2;
     c.rate_per_sec = 1;
-    let mut t = T {
-        e: Engine::new(c).expect("engine"),
-        now: crate::core::epoch(),
-        cookie: 0,
-    };
+    let mut t = T::new();
+    t.e = Engine::new(c).expect("engine");
     assert_eq!(result(&t.raw(b"a d7:command4:pinge").0), "pong");
     assert_eq!(result(&t.raw(b"b d7:command4:pinge").0), "pong");
     t.e.handle_datagram(t.now, 0, addr(PROXY), b"c d7:command4:pinge");

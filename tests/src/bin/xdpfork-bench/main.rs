@@ -19,6 +19,9 @@
 //! `xdpfork-bench calls [--cps 5,10,...] [--calls N] [--hold S] [--concurrent N,...] [--rtp yes|no]`
 //! drives SIP calls with sipp through sip-agent, media anchored and forked: `calls.rs`.
 //!
+//! `xdpfork-bench ng [--reps N] [--ng-calls N] [--windows 1,16,64]` drives the rtpengine ng
+//! protocol (offer, answer, delete) through ng-agent and through rtpengine: `ngctl.rs`.
+//!
 //! Two topologies are built: one with fork-agent (XDP attached on fa0/fb0) for the kernel
 //! variants, one without any XDP program for the user-space relays, so neither pays for the
 //! other. Points run interleaved (for each repetition, for each rate, every variant) so slow
@@ -39,6 +42,7 @@ mod dialects;
 mod fork;
 mod load;
 mod ng;
+mod ngctl;
 mod relay;
 mod turn;
 
@@ -74,6 +78,10 @@ pub struct Opts {
     pub profile_at: Option<usize>,
     pub agents: Vec<(String, PathBuf)>,
     pub overload: bool,
+    /// `ng`: calls per point.
+    pub ng_calls: usize,
+    /// `ng`: calls in flight, one point per value.
+    pub windows: Vec<usize>,
 }
 
 /// xdpfork benchmarks (root): each builds its own namespaces and prints a Markdown report
@@ -82,7 +90,7 @@ pub struct Opts {
 #[command(version)]
 struct Cli {
     /// Which benchmark to run.
-    #[arg(value_parser = ["relay", "turn", "fork", "calls", "dialects"])]
+    #[arg(value_parser = ["relay", "turn", "fork", "calls", "dialects", "ng"])]
     bench: String,
     /// Repetitions of every point (medians are reported).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(usize))]
@@ -129,6 +137,12 @@ struct Cli {
     /// calls: whether calls carry RTP (yes or no).
     #[arg(long)]
     rtp: Option<String>,
+    /// ng: calls set up and deleted per point.
+    #[arg(long, default_value_t = 2000)]
+    ng_calls: usize,
+    /// ng: calls in flight, comma-separated (one point per value).
+    #[arg(long, default_value = "1,16,64")]
+    windows: String,
 }
 
 fn numbers(flag: &str, v: &str) -> Result<Vec<usize>> {
@@ -177,6 +191,8 @@ fn parse_args() -> Result<(String, Opts)> {
             })
             .collect::<Result<_>>()?,
         overload: cli.overload,
+        ng_calls: cli.ng_calls,
+        windows: numbers("windows", &cli.windows)?,
     };
     if o.reps == 0 || o.secs <= 0.0 || o.secs > 10.0 || o.rates.is_empty() {
         bail!("--reps must be > 0, --secs in (0, 10], --rates non-empty");
@@ -208,7 +224,12 @@ fn main() -> Result<()> {
         }
         "calls" => calls::run(&calls::Opts::from_args(&opts.calls_args)?)?,
         "dialects" => dialects::run(opts.reps)?,
-        other => bail!("unknown benchmark {other}: relay, turn, fork, calls or dialects"),
+        "ng" => ngctl::run(&ngctl::NgOpts {
+            reps: opts.reps,
+            calls: opts.ng_calls,
+            windows: opts.windows.clone(),
+        })?,
+        other => bail!("unknown benchmark {other}: relay, turn, fork, calls, dialects or ng"),
     };
     println!("{}", report.markdown);
     std::fs::write(opts.out.join(format!("{cmd}.md")), &report.markdown)?;

@@ -5,7 +5,9 @@
 //!
 //! Input: a UDP socket in the namespace of rtpengine's `--listen-ng`, the two endpoints.
 //! Output: the address the caller must send to ([`anchor_call`]). Call order: start rtpengine,
-//! then [`anchor_call`] once per call; [`delete_call`] tears one down.
+//! then [`anchor_call`] once per call; [`delete_call`] tears one down. The messages themselves
+//! ([`offer`], [`answer`], [`delete`]) are shared with `bench ng` (ngctl.rs), which pipelines
+//! them against both rtpengine and ng-agent.
 
 use std::{
     net::{SocketAddr, UdpSocket},
@@ -72,8 +74,44 @@ pub fn media_address(sdp: &str) -> Result<SocketAddr> {
     }
 }
 
-/// Anchor one call in rtpengine: `offer` from `caller` with direction [`a`, `b`] (caller side on
-/// logical interface `a`, callee side on `b`), then `answer` from `callee`. Returns
+/// `offer` of call `call_id` from `caller`, direction [`a`, `b`] (caller side on logical
+/// interface `a`, callee side on `b`).
+pub fn offer(call_id: &str, caller: SocketAddr) -> Value {
+    dict(&[
+        ("command", Value::str("offer")),
+        ("call-id", Value::str(call_id)),
+        ("from-tag", Value::str("caller")),
+        ("sdp", Value::str(&sdp(caller))),
+        (
+            "direction",
+            Value::List(vec![Value::str("a"), Value::str("b")]),
+        ),
+        ("ICE", Value::str("remove")),
+    ])
+}
+
+/// `answer` of call `call_id` from `callee`.
+pub fn answer(call_id: &str, callee: SocketAddr) -> Value {
+    dict(&[
+        ("command", Value::str("answer")),
+        ("call-id", Value::str(call_id)),
+        ("from-tag", Value::str("caller")),
+        ("to-tag", Value::str("callee")),
+        ("sdp", Value::str(&sdp(callee))),
+        ("ICE", Value::str("remove")),
+    ])
+}
+
+/// `delete` of call `call_id`.
+pub fn delete(call_id: &str) -> Value {
+    dict(&[
+        ("command", Value::str("delete")),
+        ("call-id", Value::str(call_id)),
+        ("from-tag", Value::str("caller")),
+    ])
+}
+
+/// Anchor one call in rtpengine: [`offer`] from `caller`, then [`answer`] from `callee`. Returns
 /// (where the caller sends, where the callee sends).
 pub fn anchor_call(
     sock: &UdpSocket,
@@ -86,17 +124,7 @@ pub fn anchor_call(
         sock,
         ng,
         &format!("{call_id}-offer"),
-        &dict(&[
-            ("command", Value::str("offer")),
-            ("call-id", Value::str(call_id)),
-            ("from-tag", Value::str("caller")),
-            ("sdp", Value::str(&sdp(caller))),
-            (
-                "direction",
-                Value::List(vec![Value::str("a"), Value::str("b")]),
-            ),
-            ("ICE", Value::str("remove")),
-        ]),
+        &offer(call_id, caller),
     )?;
     let to_callee = offer
         .get("sdp")
@@ -107,14 +135,7 @@ pub fn anchor_call(
         sock,
         ng,
         &format!("{call_id}-answer"),
-        &dict(&[
-            ("command", Value::str("answer")),
-            ("call-id", Value::str(call_id)),
-            ("from-tag", Value::str("caller")),
-            ("to-tag", Value::str("callee")),
-            ("sdp", Value::str(&sdp(callee))),
-            ("ICE", Value::str("remove")),
-        ]),
+        &answer(call_id, callee),
     )?;
     let to_caller = answer
         .get("sdp")
@@ -126,16 +147,7 @@ pub fn anchor_call(
 /// Tear call `call_id` down (`delete`): rtpengine closes its sockets (at once with
 /// `--delete-delay=0`) and frees its ports.
 pub fn delete_call(sock: &UdpSocket, ng: SocketAddr, call_id: &str) -> Result<()> {
-    request(
-        sock,
-        ng,
-        &format!("{call_id}-delete"),
-        &dict(&[
-            ("command", Value::str("delete")),
-            ("call-id", Value::str(call_id)),
-            ("from-tag", Value::str("caller")),
-        ]),
-    )?;
+    request(sock, ng, &format!("{call_id}-delete"), &delete(call_id))?;
     Ok(())
 }
 

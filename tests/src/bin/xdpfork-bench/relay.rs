@@ -63,7 +63,7 @@ const U_CALLEE: &str = "10.77.2.2:42000";
 const U_PORT: u16 = 20000;
 const R_CALLER: &str = "10.77.1.2:43000";
 const R_CALLEE: &str = "10.77.2.2:43000";
-const RTPENGINE_NG: &str = "127.0.0.1:2223";
+pub const RTPENGINE_NG: &str = "127.0.0.1:2223";
 const A_IP: &str = "10.77.1.1";
 const B_IP: &str = "10.77.2.1";
 
@@ -196,7 +196,7 @@ fn start_udp_relay(u: &mut Topology, n: usize) -> Result<()> {
 }
 
 /// rtpengine's command line: user space only, two logical interfaces, NG on loopback.
-fn rtpengine_args(pidfile: &Path) -> Vec<String> {
+pub fn rtpengine_args(pidfile: &Path) -> Vec<String> {
     [
         "--config-file=none",
         // No kernel forwarding table: every packet goes through the daemon.
