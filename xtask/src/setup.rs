@@ -82,6 +82,14 @@ pub(crate) const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "reads sip-agent's call journal in scripts/xdpfork-try-fork",
     ),
     (
+        "libssl-dev",
+        "OpenSSL headers for webrtc-bridge's DTLS (the openssl crate links the system libssl)",
+    ),
+    (
+        "pkg-config",
+        "lets openssl-sys find the system libssl",
+    ),
+    (
         "kamailio",
         "SIP proxy whose `rtpengine` module (shipped in this package) drives ng-agent in the ng_* tests",
     ),
