@@ -95,6 +95,7 @@ mod tests {
                 unanswerable: 6,
                 retransmissions: 7,
                 control_errors: 8,
+                webrtc_closed: webrtc_bridge::Counters::default(),
             },
             calls: 1,
         };

@@ -24,6 +24,12 @@ use tracing::{debug, info, warn};
 
 use crate::config::Settings;
 use crate::core::engine::{ControlId, Engine, Output};
+use crate::core::webrtc::WebrtcConfig;
+
+mod bridge;
+
+/// Counter reports buffered from the browser legs' tasks.
+const REPORT_QUEUE: usize = 1024;
 
 /// Answers buffered from the control task (it waits when the engine task is behind).
 const RESULT_QUEUE: usize = 1024;
@@ -46,7 +52,29 @@ pub async fn run(settings: Settings, mut reloader: daemon_ops::reload::Reloader)
         .await
         .with_context(|| format!("binding the ng socket {} (ng.listen)", settings.listen))?;
     let max = settings.engine.max_message_bytes;
-    let mut engine = Engine::new(settings.engine.clone()).context("media settings")?;
+    let mut engine_cfg = settings.engine.clone();
+    let (report_tx, mut report_rx) = mpsc::channel::<bridge::CounterReport>(REPORT_QUEUE);
+    let mut bridges = match &settings.webrtc {
+        Some(w) => {
+            let cert = webrtc_bridge::Certificate::generate()
+                .context("generating the DTLS certificate (ECDSA P-256) for browser legs")?;
+            engine_cfg.webrtc = Some(WebrtcConfig {
+                fingerprint: cert.fingerprint().clone(),
+                kernel_address: w.kernel_address,
+                gateway: w.gateway_address,
+            });
+            engine_cfg.seed = rand::random();
+            info!(fingerprint = %cert.fingerprint(), netns = %w.gateway_netns.display(), "WebRTC bridging on");
+            Some(bridge::Bridges::new(
+                cert,
+                w.gateway_netns.clone(),
+                w.early_audio,
+                report_tx,
+            )?)
+        }
+        None => None,
+    };
+    let mut engine = Engine::new(engine_cfg).context("media settings")?;
     let (op_tx, mut res_rx) = spawn_control(settings.control_socket.clone());
     let mut ops: VecDeque<(ControlId, Op)> = VecDeque::new();
     let mut log_limit: LogLimiter<&'static str> = LogLimiter::new(LOG_INTERVAL);
@@ -93,6 +121,10 @@ pub async fn run(settings: Settings, mut reloader: daemon_ops::reload::Reloader)
                     }
                 });
                 engine.handle_control_result(Instant::now().into_std(), id, result);
+            }
+            Some((browser, counters)) = report_rx.recv() => {
+                engine.handle_bridge_counters(browser, counters);
+                continue;
             }
             permit = op_tx.reserve(), if !ops.is_empty() => {
                 let Ok(permit) = permit else { anyhow::bail!("the control task ended") };
@@ -146,6 +178,10 @@ pub async fn run(settings: Settings, mut reloader: daemon_ops::reload::Reloader)
                     }
                 }
                 Output::Control { id, op } => ops.push_back((id, op)),
+                Output::Bridge(op) => match bridges.as_mut() {
+                    Some(b) => b.apply(op),
+                    None => warn!(?op, "bridge operation without [webrtc]: engine bug"),
+                },
                 Output::Dropped { from, cause } => {
                     if log_limit.check(now, cause) {
                         warn!(%from, cause, "ng datagram dropped");
