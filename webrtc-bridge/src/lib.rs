@@ -17,6 +17,8 @@ pub mod dtls;
 mod error;
 pub mod ice;
 pub mod srtp;
+#[cfg(any(test, feature = "test-peer"))]
+pub mod testing;
 
 pub use bridge::{Bridge, Counters, EarlyAudio, Event, Output, PlainKind, RemoteParams};
 pub use dtls::{Certificate, Fingerprint, Role};

@@ -93,6 +93,10 @@ pub(crate) const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "kamailio",
         "SIP proxy whose `rtpengine` module (shipped in this package) drives ng-agent in the ng_* tests",
     ),
+    (
+        "kamailio-websocket-modules",
+        "Kamailio's `websocket` module: browsers signal SIP over WebSocket in the webrtc_* tests",
+    ),
     ("procps", "`ps`, `sysctl`, `pkill` used by test harnesses"),
     ("psmisc", "`fuser`: find who holds a port the tests need"),
     (
@@ -113,6 +117,11 @@ pub(crate) const PYTHON_PACKAGES: &[(&str, &str, &str)] = &[
         "numpy",
         "2.4.6",
         "alignment search and correlation in tests/checkers/compare.py",
+    ),
+    (
+        "aiortc",
+        "1.16.0",
+        "the browser stand-in of the webrtc_* tests (tests/webrtc/browser.py): ICE, DTLS-SRTP",
     ),
 ];
 

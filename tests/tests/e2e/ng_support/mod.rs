@@ -32,7 +32,16 @@ impl NgTest {
     /// Topology, fork-agent, speech-server, ng-agent, then Kamailio (which pings ng-agent as it
     /// starts, so ng-agent must answer first).
     pub fn start() -> Result<NgTest> {
-        let mut t = SipTest::without_sip_agent(Scenario::start()?);
+        NgTest::start_in(
+            SipTest::without_sip_agent(Scenario::start()?),
+            "",
+            "kamailio/ng_proxy.cfg",
+        )
+    }
+
+    /// [`NgTest::start`] on a prepared scenario, with `ng_extra` appended to ng-agent's config
+    /// and `kamailio_cfg` (relative to the tests crate) as Kamailio's script.
+    pub fn start_in(mut t: SipTest, ng_extra: &str, kamailio_cfg: &str) -> Result<NgTest> {
         let dir = t.dir.clone();
         let cfg = dir.join("ng-agent.toml");
         std::fs::write(
@@ -55,7 +64,7 @@ address = "10.77.2.1"
 [fork_agent]
 socket = "{sock}"
 speech_server = "asr"
-"#,
+{ng_extra}"#,
                 sock = t.s.socket.display()
             ),
         )?;
@@ -70,9 +79,8 @@ speech_server = "asr"
         wait_log(&mut t, "ng-agent", "ng-agent running")?;
 
         let kcfg = dir.join("kamailio.cfg");
-        let template = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("kamailio/ng_proxy.cfg"),
-        )?;
+        let template =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(kamailio_cfg))?;
         std::fs::write(
             &kcfg,
             template
