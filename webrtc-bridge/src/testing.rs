@@ -45,8 +45,39 @@ impl Write for Wire {
     }
 }
 
+/// The SRTP profile a [`Peer`] offers (the only one it offers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerProfile {
+    /// SRTP_AES128_CM_SHA1_80.
+    Sha1_80,
+    /// SRTP_AEAD_AES_128_GCM.
+    Gcm,
+}
+
+impl PeerProfile {
+    fn name(self) -> &'static str {
+        match self {
+            PeerProfile::Sha1_80 => "SRTP_AES128_CM_SHA1_80",
+            PeerProfile::Gcm => "SRTP_AEAD_AES_128_GCM",
+        }
+    }
+    fn salt_len(self) -> usize {
+        match self {
+            PeerProfile::Sha1_80 => 14,
+            PeerProfile::Gcm => 12,
+        }
+    }
+    fn srtp(self) -> ProtectionProfile {
+        match self {
+            PeerProfile::Sha1_80 => ProtectionProfile::Aes128CmHmacSha1_80,
+            PeerProfile::Gcm => ProtectionProfile::AeadAes128Gcm,
+        }
+    }
+}
+
 /// The browser stand-in.
 pub struct Peer {
+    profile: PeerProfile,
     /// Its address (what the bridge sees as the source).
     pub addr: SocketAddr,
     ssl: SslStream<Wire>,
@@ -59,6 +90,11 @@ pub struct Peer {
 
 /// A peer at `addr`, DTLS client (`client`) or server, offering AES_CM_128_HMAC_SHA1_80.
 pub fn peer(addr: SocketAddr, client: bool) -> Peer {
+    peer_with(addr, client, PeerProfile::Sha1_80)
+}
+
+/// [`peer`] offering `profile` only.
+pub fn peer_with(addr: SocketAddr, client: bool, profile: PeerProfile) -> Peer {
     let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
     let key = PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap();
     let mut name = X509Name::builder().unwrap();
@@ -81,7 +117,7 @@ pub fn peer(addr: SocketAddr, client: bool) -> Peer {
     let mut ctx = SslContext::builder(SslMethod::dtls()).unwrap();
     ctx.set_certificate(&cert).unwrap();
     ctx.set_private_key(&key).unwrap();
-    ctx.set_tlsext_use_srtp("SRTP_AES128_CM_SHA1_80").unwrap();
+    ctx.set_tlsext_use_srtp(profile.name()).unwrap();
     ctx.set_verify_callback(SslVerifyMode::PEER, |_, _| true);
     let mut ssl = Ssl::new(&ctx.build()).unwrap();
     if client {
@@ -90,6 +126,7 @@ pub fn peer(addr: SocketAddr, client: bool) -> Peer {
         ssl.set_accept_state();
     }
     Peer {
+        profile,
         addr,
         ssl: SslStream::new(ssl, Wire::default()).unwrap(),
         fingerprint: format!("sha-256 {}", hex.join(":")),
@@ -128,12 +165,14 @@ impl Peer {
             match self.ssl.do_handshake() {
                 Ok(()) => {
                     self.connected = true;
-                    let mut m = [0u8; 60];
+                    let sl = self.profile.salt_len();
+                    let mut m = vec![0u8; 2 * (16 + sl)];
                     self.ssl
                         .ssl()
                         .export_keying_material(&mut m, "EXTRACTOR-dtls_srtp", None)
                         .unwrap();
-                    let (ck, sk, cs, ss) = (&m[..16], &m[16..32], &m[32..46], &m[46..]);
+                    let (ck, sk) = (&m[..16], &m[16..32]);
+                    let (cs, ss) = (&m[32..32 + sl], &m[32 + sl..]);
                     let client = !self.ssl.ssl().is_server();
                     let (lk, ls, rk, rs) = if client {
                         (ck, cs, sk, ss)
@@ -141,7 +180,7 @@ impl Peer {
                         (sk, ss, ck, cs)
                     };
                     let provider = rtc_srtp::crypto::default_provider().unwrap();
-                    let p = ProtectionProfile::Aes128CmHmacSha1_80;
+                    let p = self.profile.srtp();
                     let enc = Context::new(lk, ls, p, None, None, provider.crypto()).unwrap();
                     let dec = Context::new(rk, rs, p, None, None, provider.crypto()).unwrap();
                     self.srtp = Some((enc, dec));

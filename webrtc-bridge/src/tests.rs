@@ -7,7 +7,7 @@ use turn_core::stun::Class;
 use turn_core::RustCrypto;
 
 use super::*;
-use crate::testing::{peer as new_peer, Peer};
+use crate::testing::{peer as new_peer, peer_with, Peer, PeerProfile};
 
 const BROWSER: &str = "192.0.2.10:50000";
 
@@ -155,6 +155,24 @@ fn browser_offers_bridge_answers_passive_audio_both_ways() {
     assert_eq!(r.peer.open(&out), rtp(9, 0x66));
     let c = r.bridge.counters();
     assert_eq!((c.to_plain, c.to_browser, c.stun_answered), (2, 1, 1));
+}
+
+#[test]
+fn aead_aes_128_gcm_is_negotiated_when_the_browser_offers_it() {
+    let mut r = Run::new(true);
+    r.peer = peer_with(BROWSER.parse().unwrap(), true, PeerProfile::Gcm);
+    let fp = r.peer.fingerprint.clone();
+    r.remote(&fp, Some(Role::Server));
+    r.ice();
+    r.handshake();
+    assert_eq!(r.events.last(), Some(&Event::Connected));
+    let sealed = r.peer.seal(&rtp(3, 7));
+    r.browser_sends(&sealed);
+    assert_eq!(r.to_plain, vec![(PlainKind::Rtp, rtp(3, 7))]);
+    r.bridge.handle_plain(r.now, PlainKind::Rtp, &rtp(4, 8));
+    r.drain();
+    let out = r.to_browser.pop().unwrap();
+    assert_eq!(r.peer.open(&out), rtp(4, 8));
 }
 
 #[test]

@@ -4,7 +4,8 @@
 //! code) on a socket in the caller namespace, so it can send what aiortc never would; ng-agent
 //! is driven over the ng protocol directly and the phone is a socket in the callee namespace.
 //! Each bad packet is dropped, counted in `query`'s `webrtc` dictionary, and absent at the phone,
-//! while the good ones arrive unchanged.
+//! while the good ones arrive unchanged. The same rig measures early audio: what the phone sends
+//! before DTLS is up reaches the browser, from the first packet.
 
 #![allow(clippy::disallowed_methods)] // wall clock drives real processes
 
@@ -211,5 +212,47 @@ fn tampered_replayed_and_unverified_media_never_reach_the_phone() -> Result<()> 
     wait_counter(&w, "bad-fingerprint", "fingerprint-mismatch", 1)?;
     wait_counter(&w, "bad-fingerprint", "not-ready", 10)?;
     wait_counter(&w, "bad-fingerprint", "to-plain", 0)?;
+    Ok(())
+}
+
+/// Early audio: the phone starts sending as soon as the answer is through, 300 ms before the
+/// browser's DTLS is up. The bridge holds it and sends it, in order, the moment SRTP keys exist:
+/// the browser gets every packet from the first (rtpengine loses the first 20-120 ms).
+#[test]
+fn early_audio_from_the_phone_reaches_the_browser_from_its_first_packet() -> Result<()> {
+    let w = WebrtcTest::start()?;
+    let topo = &w.ng.t.s.topo;
+    let to: SocketAddr = "10.77.1.1:30000".parse()?;
+    let phone = topo.udp_socket(Host::Callee, PHONE.parse()?)?;
+    let sock = topo.udp_socket(Host::Caller, BROWSER.parse()?)?;
+    let mut p = peer(BROWSER.parse()?, true);
+    let ice = set_up(&w, "early", &p.fingerprint)?;
+    // 15 packets at 20 ms before the browser does anything.
+    let anchor: SocketAddr = "10.77.2.1:30002".parse()?;
+    for seq in 0..15u16 {
+        phone.send_to(&rtp(seq), anchor)?;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    connect(&mut p, &sock, to, &ice)?;
+    for seq in 15..25u16 {
+        phone.send_to(&rtp(seq), anchor)?;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    sock.set_read_timeout(Some(Duration::from_millis(500)))?;
+    let mut seqs = Vec::new();
+    let mut buf = [0u8; 2048];
+    while let Ok((n, _)) = sock.recv_from(&mut buf) {
+        // DTLS retransmissions or STUN may still come; only SRTP counts.
+        if (128..=191).contains(&buf[0]) {
+            let plain = p.open(&buf[..n]);
+            seqs.push(u16::from_be_bytes([plain[2], plain[3]]));
+        }
+        if seqs.len() > 100 {
+            break;
+        }
+    }
+    assert_eq!(seqs, (0..25).collect::<Vec<u16>>(), "{}", w.diag());
+    wait_counter(&w, "early", "early-sent", 15)?;
+    wait_counter(&w, "early", "early-dropped", 0)?;
     Ok(())
 }
