@@ -1,4 +1,4 @@
-//! `cargo xtask bench relay|turn|fork|calls|dialects [--reps N] [--secs S] [--rates LIST] [--streams LIST]
+//! `cargo xtask bench relay|turn|fork|calls|dialects|srtp [--reps N] [--secs S] [--rates LIST] [--streams LIST]
 //! [--cps LIST] [--calls N] [--hold S] [--concurrent LIST] [--rtp yes|no] [--out DIR]`: the
 //! benchmarks of docs/benchmarks.md (needs root; never part of `cargo xtask test`).
 //!
@@ -29,6 +29,8 @@ pub(crate) enum Which {
     Calls,
     /// Per-frame cost of each speech dialect (twilio, audiohook, jambonz, raw) against ours.
     Dialects,
+    /// User-space cost per packet of a bridged browser leg (SRTP<->RTP, docs/webrtc.md).
+    Srtp,
 }
 
 /// `cargo xtask bench` options.
@@ -86,7 +88,7 @@ fn extra_packages(which: Which) -> &'static [(&'static str, &'static str)] {
         // installed here, lazily, and not by setup.
         Which::Relay => &[("rtpengine-daemon", "/usr/bin/rtpengine")],
         Which::Turn => &[("coturn", "/usr/bin/turnserver")],
-        Which::Fork | Which::Dialects => &[],
+        Which::Fork | Which::Dialects | Which::Srtp => &[],
         Which::Calls => &[("sip-tester", "/usr/bin/sipp")],
     }
 }
@@ -185,6 +187,7 @@ pub(crate) fn run(args: Args) -> Result<()> {
         Which::Fork => "fork",
         Which::Calls => "calls",
         Which::Dialects => "dialects",
+        Which::Srtp => "srtp",
     };
     let paths: Vec<&str> = args.fork_paths.split(',').map(str::trim).collect();
     if let Some(bad) = paths

@@ -170,7 +170,8 @@ fn gateway_sockets(
     .map_err(|_| anyhow!("the gateway socket thread panicked"))?
 }
 
-async fn run_leg(
+/// Drives one browser leg until its `remote` sender is dropped (public for `bench srtp`).
+pub async fn run_leg(
     key: SocketAddr,
     mut bridge: Bridge,
     browser: UdpSocket,

@@ -26,7 +26,7 @@ use crate::config::Settings;
 use crate::core::engine::{ControlId, Engine, Output};
 use crate::core::webrtc::WebrtcConfig;
 
-mod bridge;
+pub mod bridge;
 
 /// Counter reports buffered from the browser legs' tasks.
 const REPORT_QUEUE: usize = 1024;

@@ -19,6 +19,9 @@
 //! `xdpfork-bench calls [--cps 5,10,...] [--calls N] [--hold S] [--concurrent N,...] [--rtp yes|no]`
 //! drives SIP calls with sipp through sip-agent, media anchored and forked: `calls.rs`.
 //!
+//! `xdpfork-bench srtp [--reps N] [--secs S]` measures the user-space cost per packet of a
+//! bridged browser leg (webrtc-bridge's core, then ng-agent's leg task on loopback): `srtp.rs`.
+//!
 //! Two topologies are built: one with fork-agent (XDP attached on fa0/fb0) for the kernel
 //! variants, one without any XDP program for the user-space relays, so neither pays for the
 //! other. Points run interleaved (for each repetition, for each rate, every variant) so slow
@@ -40,6 +43,7 @@ mod fork;
 mod load;
 mod ng;
 mod relay;
+mod srtp;
 mod turn;
 
 use std::{
@@ -78,7 +82,7 @@ pub struct Opts {
 #[command(version)]
 struct Cli {
     /// Which benchmark to run.
-    #[arg(value_parser = ["relay", "turn", "fork", "calls", "dialects"])]
+    #[arg(value_parser = ["relay", "turn", "fork", "calls", "dialects", "srtp"])]
     bench: String,
     /// Repetitions of every point (medians are reported).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(usize))]
@@ -167,7 +171,8 @@ fn main() -> Result<()> {
         "fork" => fork::run(&opts.streams, opts.secs)?,
         "calls" => calls::run(&calls::Opts::from_args(&opts.calls_args)?)?,
         "dialects" => dialects::run(opts.reps)?,
-        other => bail!("unknown benchmark {other}: relay, turn, fork, calls or dialects"),
+        "srtp" => srtp::run(opts.reps, opts.secs)?,
+        other => bail!("unknown benchmark {other}: relay, turn, fork, calls, dialects or srtp"),
     };
     println!("{}", report.markdown);
     std::fs::write(opts.out.join(format!("{cmd}.md")), &report.markdown)?;
