@@ -240,9 +240,9 @@ pub enum DtlsEvent {
 
 /// Two datagram queues OpenSSL reads from and writes to.
 #[derive(Debug, Default)]
-struct Wire {
-    incoming: VecDeque<Vec<u8>>,
-    outgoing: VecDeque<Vec<u8>>,
+pub(crate) struct Wire {
+    pub(crate) incoming: VecDeque<Vec<u8>>,
+    pub(crate) outgoing: VecDeque<Vec<u8>>,
 }
 
 impl Read for Wire {

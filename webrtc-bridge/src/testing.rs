@@ -1,10 +1,9 @@
 //! A browser stand-in assembled from the libraries directly, for tests of the bridge (this
 //! crate's and the e2e tests'): its STUN check is turn-core's builder, its DTLS a plain OpenSSL
 //! session with its own ECDSA key, its SRTP rtc-srtp fed by its own key export. None of the
-//! bridge's state machine runs on this side. Test support only: it panics on misuse.
+//! bridge's state machine runs on this side (only the two in-memory datagram queues, `Wire`,
+//! are shared). Test support only: it panics on misuse.
 
-use std::collections::VecDeque;
-use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 
 use openssl::ec::{EcGroup, EcKey};
@@ -18,32 +17,8 @@ use rtc_srtp::protection_profile::ProtectionProfile;
 use turn_core::stun::{Attribute, Class, MessageBuilder, Method, TransactionId};
 use turn_core::RustCrypto;
 
+use crate::dtls::Wire;
 use crate::IceCredentials;
-
-#[derive(Default)]
-struct Wire {
-    incoming: VecDeque<Vec<u8>>,
-    outgoing: VecDeque<Vec<u8>>,
-}
-impl Read for Wire {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let d = self
-            .incoming
-            .pop_front()
-            .ok_or(io::Error::from(io::ErrorKind::WouldBlock))?;
-        buf[..d.len()].copy_from_slice(&d);
-        Ok(d.len())
-    }
-}
-impl Write for Wire {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.outgoing.push_back(buf.to_vec());
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
 
 /// The SRTP profile a [`Peer`] offers (the only one it offers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

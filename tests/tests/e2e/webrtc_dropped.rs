@@ -153,17 +153,44 @@ fn wait_counter(w: &WebrtcTest, call_id: &str, key: &str, want: i64) -> Result<(
     }
 }
 
-#[test]
-fn tampered_replayed_and_unverified_media_never_reach_the_phone() -> Result<()> {
+/// The rig: ng-agent and friends, the phone's socket, the browser's socket and peer, and the
+/// call `call_id` offered and answered (our ICE credentials).
+struct Rig {
+    w: WebrtcTest,
+    phone: UdpSocket,
+    sock: UdpSocket,
+    p: Peer,
+    ice: IceCredentials,
+}
+
+fn rig(call_id: &str) -> Result<Rig> {
     let w = WebrtcTest::start()?;
     let topo = &w.ng.t.s.topo;
-    let to: SocketAddr = "10.77.1.1:30000".parse()?;
     let phone = topo.udp_socket(Host::Callee, PHONE.parse()?)?;
-
-    // Good fingerprint: 20 good packets, 10 with a flipped payload bit, 10 replays.
     let sock = topo.udp_socket(Host::Caller, BROWSER.parse()?)?;
-    let mut p = peer(BROWSER.parse()?, true);
-    let ice = set_up(&w, "good", &p.fingerprint)?;
+    let p = peer(BROWSER.parse()?, true);
+    let ice = set_up(&w, call_id, &p.fingerprint)?;
+    Ok(Rig {
+        w,
+        phone,
+        sock,
+        p,
+        ice,
+    })
+}
+
+#[test]
+fn tampered_replayed_and_unverified_media_never_reach_the_phone() -> Result<()> {
+    // Good fingerprint: 20 good packets, 10 with a flipped payload bit, 10 replays.
+    let Rig {
+        w,
+        phone,
+        sock,
+        mut p,
+        ice,
+    } = rig("good")?;
+    let topo = &w.ng.t.s.topo;
+    let to: SocketAddr = "10.77.1.1:30000".parse()?;
     connect(&mut p, &sock, to, &ice)?;
     let mut sent = Vec::new();
     for seq in 0..20u16 {
@@ -220,13 +247,14 @@ fn tampered_replayed_and_unverified_media_never_reach_the_phone() -> Result<()> 
 /// the browser gets every packet from the first (rtpengine loses the first 20-120 ms).
 #[test]
 fn early_audio_from_the_phone_reaches_the_browser_from_its_first_packet() -> Result<()> {
-    let w = WebrtcTest::start()?;
-    let topo = &w.ng.t.s.topo;
+    let Rig {
+        w,
+        phone,
+        sock,
+        mut p,
+        ice,
+    } = rig("early")?;
     let to: SocketAddr = "10.77.1.1:30000".parse()?;
-    let phone = topo.udp_socket(Host::Callee, PHONE.parse()?)?;
-    let sock = topo.udp_socket(Host::Caller, BROWSER.parse()?)?;
-    let mut p = peer(BROWSER.parse()?, true);
-    let ice = set_up(&w, "early", &p.fingerprint)?;
     // 15 packets at 20 ms before the browser does anything.
     let anchor: SocketAddr = "10.77.2.1:30002".parse()?;
     for seq in 0..15u16 {

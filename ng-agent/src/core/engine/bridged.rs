@@ -18,6 +18,18 @@ pub(super) struct Plan {
     pub dtls: DtlsFlag,
 }
 
+/// Records the browser's parameters; the bridge's `Remote` when they changed.
+fn set_remote(w: &mut WebrtcLeg, remote: RemoteParams) -> Option<BridgeOp> {
+    if w.remote.as_ref() == Some(&remote) {
+        return None;
+    }
+    w.remote = Some(remote.clone());
+    Some(BridgeOp::Remote {
+        browser: w.browser,
+        remote,
+    })
+}
+
 /// Adds `b` into `a`.
 pub(super) fn add_counters(a: &mut Counters, b: &Counters) {
     a.stun_answered += b.stun_answered;
@@ -203,11 +215,8 @@ impl Engine {
             fingerprint: s.fingerprint.clone(),
             role: w.setup.role(),
         };
-        if w.remote.as_ref() != Some(&remote) {
-            w.remote = Some(remote.clone());
-            let browser = w.browser;
-            self.out
-                .push_back(Output::Bridge(BridgeOp::Remote { browser, remote }));
+        if let Some(op) = set_remote(w, remote) {
+            self.out.push_back(Output::Bridge(op));
         }
         Ok(())
     }
@@ -241,11 +250,8 @@ impl Engine {
             fingerprint: theirs.fingerprint,
             role: Some(role),
         };
-        if w.remote.as_ref() != Some(&remote) {
-            w.remote = Some(remote.clone());
-            let browser = w.browser;
-            self.out
-                .push_back(Output::Bridge(BridgeOp::Remote { browser, remote }));
+        if let Some(op) = set_remote(w, remote) {
+            self.out.push_back(Output::Bridge(op));
         }
         Ok(())
     }

@@ -52,34 +52,19 @@ impl WebrtcTest {
     /// Topology, gateway namespace and veth, speech-server, fork-agent on fa0/fb0/fg0,
     /// ng-agent with `[webrtc]`, Kamailio.
     pub fn start() -> Result<WebrtcTest> {
-        let mut topo = Topology::new()?;
+        let topo = Topology::new()?;
         let gateway = GatewayNs(format!("{}g", topo.id));
         build_gateway(&topo, &gateway.0)?;
-        let (speech_out, summary) = Scenario::spawn_speech_server(&mut topo)?;
-        let socket = topo.dir.join("fork-agent.sock");
-        let config = topo.dir.join("fork-agent.toml");
-        let text = Scenario::fork_agent_config(
-            &topo.pin_dir,
-            &socket,
-            &topo.dir.join("state"),
-            xdpfork_tests::addrs::SPEECH_WS,
-        );
-        let with_gateway = text.replace(
-            r#"interfaces = ["fa0", "fb0"]"#,
-            r#"interfaces = ["fa0", "fb0", "fg0"]"#,
-        );
-        if with_gateway == text {
-            bail!("fork-agent's test config no longer lists fa0/fb0 as expected:\n{text}");
-        }
-        std::fs::write(&config, with_gateway)?;
-        let mut s = Scenario {
-            topo,
-            socket,
-            config,
-            speech_out,
-            summary,
-        };
-        s.start_agent()?;
+        let s = Scenario::start_edited(topo, |text| {
+            let with_gateway = text.replace(
+                r#"interfaces = ["fa0", "fb0"]"#,
+                r#"interfaces = ["fa0", "fb0", "fg0"]"#,
+            );
+            if with_gateway == text {
+                bail!("fork-agent's test config no longer lists fa0/fb0 as expected:\n{text}");
+            }
+            Ok(with_gateway)
+        })?;
         let webrtc = format!(
             r#"
 [webrtc]
