@@ -123,8 +123,8 @@ pub async fn run(settings: Settings, mut reloader: daemon_ops::reload::Reloader)
                 engine.handle_control_result(Instant::now().into_std(), id, result);
             }
             Some((browser, counters)) = report_rx.recv() => {
+                // Falls through: the new counters are published for scrapes below.
                 engine.handle_bridge_counters(browser, counters);
-                continue;
             }
             permit = op_tx.reserve(), if !ops.is_empty() => {
                 let Ok(permit) = permit else { anyhow::bail!("the control task ended") };
@@ -161,6 +161,7 @@ pub async fn run(settings: Settings, mut reloader: daemon_ops::reload::Reloader)
             let now = metrics::Published {
                 stats: engine.stats(),
                 calls: engine.call_count(),
+                webrtc: engine.webrtc_totals(),
             };
             std::mem::replace(p, now) != now
         });

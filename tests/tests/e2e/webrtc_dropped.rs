@@ -239,6 +239,28 @@ fn tampered_replayed_and_unverified_media_never_reach_the_phone() -> Result<()> 
     wait_counter(&w, "bad-fingerprint", "fingerprint-mismatch", 1)?;
     wait_counter(&w, "bad-fingerprint", "not-ready", 10)?;
     wait_counter(&w, "bad-fingerprint", "to-plain", 0)?;
+
+    // The same drops in ng-agent's Prometheus metrics (both calls summed).
+    for (sample, want) in [
+        (
+            "xdpfork_ng_webrtc_dropped_total{reason=\"srtp_auth_failed\"} ",
+            10.0,
+        ),
+        (
+            "xdpfork_ng_webrtc_dropped_total{reason=\"srtp_replayed\"} ",
+            10.0,
+        ),
+        (
+            "xdpfork_ng_webrtc_handshakes_failed_total{reason=\"fingerprint_mismatch\"} ",
+            1.0,
+        ),
+        (
+            "xdpfork_ng_webrtc_packets_total{direction=\"to_plain\"} ",
+            20.0,
+        ),
+    ] {
+        assert_eq!(w.metric(sample)?, want, "{sample}");
+    }
     Ok(())
 }
 

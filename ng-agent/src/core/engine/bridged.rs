@@ -299,7 +299,7 @@ impl Engine {
     }
 
     /// Every browser leg's counters, closed and live.
-    pub(super) fn webrtc_totals(&self) -> Counters {
+    pub fn webrtc_totals(&self) -> Counters {
         let mut t = self.stats.webrtc_closed;
         for w in self
             .calls

@@ -29,6 +29,8 @@ pub const DOMAIN: &str = "10.77.1.1";
 pub const KERNEL: &str = "10.77.9.1";
 /// The gateway peer's address.
 pub const GATEWAY: &str = "10.77.9.2";
+/// ng-agent's `/metrics` (its default, in the forker namespace).
+pub const NG_METRICS: &str = "127.0.0.1:9467";
 /// PCMU at payload type 0 (what the browser stand-in offers).
 pub const PCMU: [(&str, &str); 2] = [("pt", "0"), ("codec", "PCMU")];
 
@@ -157,6 +159,26 @@ kernel_address = "{KERNEL}"
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(())
+    }
+
+    /// ng-agent's `/metrics` sample `line_start` (e.g. `xdpfork_ng_calls `), fetched with curl
+    /// inside the forker namespace; its value.
+    pub fn metric(&self, line_start: &str) -> Result<f64> {
+        let text = ns_run(
+            &self.ng.t.s.topo.ns(Host::Forker),
+            "curl",
+            &[
+                "-sS",
+                "--fail",
+                "--max-time",
+                "10",
+                &format!("http://{NG_METRICS}/metrics"),
+            ],
+        )?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(line_start))
+            .and_then(|v| v.trim().parse().ok())
+            .with_context(|| format!("no {line_start} in ng-agent's metrics:\n{text}"))
     }
 
     /// Everything worth reading when a step fails.
