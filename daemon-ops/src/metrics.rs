@@ -109,6 +109,18 @@ pub fn render(registry: &Registry) -> String {
 /// Label pairs of one sample (keys are static; values from bounded sets only).
 pub type Labels = Vec<(&'static str, String)>;
 
+/// The rows of a family with one unlabelled sample.
+pub fn one(v: u64) -> Vec<(Labels, u64)> {
+    vec![(Labels::new(), v)]
+}
+
+/// The rows of a family labelled by `key`, one per `(value, sample)`.
+pub fn by(key: &'static str, rows: &[(&str, u64)]) -> Vec<(Labels, u64)> {
+    rows.iter()
+        .map(|(l, v)| (vec![(key, (*l).to_owned())], *v))
+        .collect()
+}
+
 #[derive(Debug)]
 struct Family {
     name: String,

@@ -575,6 +575,64 @@ impl Sdp {
         true
     }
 
+    /// The value of attribute `name` (`a=name:value`; `Some("")` for a flag `a=name`): the audio
+    /// section's if it has one, else the session's (RFC 8866 §5: session attributes are
+    /// defaults for every media section).
+    pub fn attribute(&self, name: &str) -> Option<&str> {
+        let audio = self.audio()?;
+        let find = |sec: &Section| -> Option<usize> {
+            sec.lines
+                .iter()
+                .position(|l| matches!(l.attr(), Some((n, _)) if n == name))
+        };
+        let (sec, at) = match find(&self.media[audio.index]) {
+            Some(at) => (&self.media[audio.index], at),
+            None => (&self.session, find(&self.session)?),
+        };
+        Some(sec.lines[at].attr().and_then(|(_, v)| v).unwrap_or(""))
+    }
+
+    /// Drops every attribute named in `names` from the session and the audio section.
+    pub fn remove_attributes(&mut self, names: &[&str]) {
+        let Some(audio) = self.audio() else { return };
+        let keep = |l: &Line| !matches!(l.attr(), Some((n, _)) if names.contains(&n));
+        self.session.lines.retain(keep);
+        self.media[audio.index].lines.retain(keep);
+    }
+
+    /// Appends `a=<value>` to the audio section.
+    pub fn push_audio_attribute(&mut self, value: String) -> bool {
+        let Some(audio) = self.audio() else {
+            return false;
+        };
+        self.media[audio.index]
+            .lines
+            .push(Line { kind: b'a', value });
+        true
+    }
+
+    /// Appends `a=<value>` to the session (after its other lines, before the first `m=`).
+    pub fn push_session_attribute(&mut self, value: String) {
+        self.session.lines.push(Line { kind: b'a', value });
+    }
+
+    /// Sets the audio `m=` line's transport protocol (`RTP/AVP`, `UDP/TLS/RTP/SAVPF`).
+    pub fn set_audio_proto(&mut self, proto: &str) -> bool {
+        let Some(audio) = self.audio() else {
+            return false;
+        };
+        let sec = &mut self.media[audio.index];
+        let Some(m) = parse_mline(&sec.lines[0].value) else {
+            return false;
+        };
+        let port = match m.port_count {
+            Some(n) => format!("{}/{n}", m.port),
+            None => m.port.to_string(),
+        };
+        sec.lines[0].value = format!("{} {port} {proto} {}", m.media, m.formats.join(" "));
+        true
+    }
+
     /// Sets the audio section's direction attribute (replacing any direction attribute there and
     /// dropping session-level ones so they cannot contradict it).
     pub fn set_audio_direction(&mut self, dir: Direction) -> bool {
@@ -598,6 +656,30 @@ impl Sdp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attributes_are_read_removed_and_added_on_the_audio_section() {
+        let body = b"v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n\
+a=fingerprint:sha-256 AA\r\na=group:BUNDLE 0\r\nm=audio 5000 UDP/TLS/RTP/SAVPF 0\r\n\
+a=mid:0\r\na=rtcp-mux\r\na=setup:actpass\r\n";
+        let mut sdp = Sdp::parse(body).expect("sdp");
+        assert_eq!(sdp.attribute("fingerprint"), Some("sha-256 AA"));
+        assert_eq!(sdp.attribute("setup"), Some("actpass"));
+        assert_eq!(sdp.attribute("rtcp-mux"), Some(""));
+        assert_eq!(sdp.attribute("ice-ufrag"), None);
+        sdp.remove_attributes(&["fingerprint", "setup", "rtcp-mux", "group"]);
+        assert!(sdp.set_audio_proto("RTP/AVP"));
+        assert!(sdp.push_audio_attribute("rtcp:5001".into()));
+        sdp.push_session_attribute("ice-lite".into());
+        let text = String::from_utf8(sdp.to_bytes()).expect("utf8");
+        assert!(text.contains("m=audio 5000 RTP/AVP 0\r\n"), "{text}");
+        assert!(text.contains("a=ice-lite\r\nm=audio"), "{text}");
+        assert!(text.ends_with("a=mid:0\r\na=rtcp:5001\r\n"), "{text}");
+        assert!(
+            !text.contains("fingerprint") && !text.contains("setup"),
+            "{text}"
+        );
+    }
 
     const OFFER: &str = "v=0\r\n\
 o=CiscoSystemsSIP-GW-UserAgent 4242 1 IN IP4 198.51.100.7\r\n\

@@ -48,6 +48,7 @@ struct RawConfig {
     metrics: daemon_ops::metrics::MetricsSection,
     #[serde(default)]
     state: RawState,
+    webrtc: Option<RawWebrtc>,
 }
 
 /// `[state]`: the restart journal (docs/ng-agent.md "Restart journal").
@@ -68,6 +69,38 @@ impl Default for RawState {
 
 fn default_state_dir() -> String {
     DEFAULT_STATE_DIR.into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebrtc {
+    gateway_netns: PathBuf,
+    gateway_address: String,
+    kernel_address: String,
+    #[serde(default = "default_early_ms")]
+    early_audio_ms: i64,
+    #[serde(default = "default_early_packets")]
+    early_audio_packets: i64,
+}
+
+fn default_early_ms() -> i64 {
+    500
+}
+fn default_early_packets() -> i64 {
+    25
+}
+
+/// Browser bridging settings (`[webrtc]`, docs/webrtc.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebrtcSettings {
+    /// The gateway peer's network namespace (a file such as `/run/netns/xdpfork-gw`).
+    pub gateway_netns: PathBuf,
+    /// The gateway peer's address inside it.
+    pub gateway_address: IpAddr,
+    /// The host end of the gateway veth (one of fork-agent's `[dataplane] interfaces`).
+    pub kernel_address: IpAddr,
+    /// Early audio held before DTLS is up.
+    pub early_audio: webrtc_bridge::EarlyAudio,
 }
 
 #[derive(Debug, Deserialize)]
@@ -137,11 +170,15 @@ pub struct Settings {
     /// Directory of the call journal; `None` keeps none (`state.dir = ""`).
     pub state_dir: Option<PathBuf>,
     /// The engine's settings.
+    /// The engine's settings (`engine.webrtc` is filled by the shell, which owns the
+    /// certificate).
     pub engine: EngineConfig,
     /// `[log] level`, re-applied on SIGHUP (the only section that reloads).
     pub log: daemon_ops::logging::LogSection,
     /// `[metrics] listen`: the Prometheus endpoint, if on (127.0.0.1:9467 by default).
     pub metrics_listen: Option<SocketAddr>,
+    /// `[webrtc]`, when browsers are bridged.
+    pub webrtc: Option<WebrtcSettings>,
 }
 
 fn ranged(errs: &mut Vec<String>, field: &str, v: i64, lo: i64, hi: i64) -> i64 {
@@ -215,6 +252,10 @@ impl Settings {
                 )),
             }
         }
+        let webrtc = raw
+            .webrtc
+            .as_ref()
+            .and_then(|w| webrtc_settings(&mut errs, w));
         if raw.fork_agent.speech_server.is_empty() {
             errs.push("fork_agent.speech_server: name a [[speech_server]] of fork-agent".into());
         }
@@ -244,9 +285,53 @@ impl Settings {
                 rate_per_sec: rate as u32,
                 rate_burst: burst as u32,
                 bencode: bencode::Limits::default(),
+                webrtc: None,
+                seed: 0,
             },
+            webrtc,
         })
     }
+}
+
+fn webrtc_settings(errs: &mut Vec<String>, w: &RawWebrtc) -> Option<WebrtcSettings> {
+    let addr = |errs: &mut Vec<String>, field: &str, v: &str| match v.parse::<IpAddr>() {
+        Ok(a) if !a.is_unspecified() && !a.is_multicast() => Some(a),
+        _ => {
+            errs.push(format!("webrtc.{field}: expected a unicast IP address"));
+            None
+        }
+    };
+    let gateway = addr(errs, "gateway_address", &w.gateway_address);
+    let kernel = addr(errs, "kernel_address", &w.kernel_address);
+    if !w.gateway_netns.is_absolute() {
+        errs.push(
+            "webrtc.gateway_netns: expected an absolute path such as /run/netns/xdpfork-gw".into(),
+        );
+    }
+    let ms = ranged(errs, "webrtc.early_audio_ms", w.early_audio_ms, 0, 5000);
+    let packets = ranged(
+        errs,
+        "webrtc.early_audio_packets",
+        w.early_audio_packets,
+        0,
+        500,
+    );
+    let (gateway, kernel) = (gateway?, kernel?);
+    if gateway == kernel || gateway.is_ipv4() != kernel.is_ipv4() {
+        errs.push(
+            "webrtc.gateway_address: must differ from kernel_address and be of its family".into(),
+        );
+        return None;
+    }
+    Some(WebrtcSettings {
+        gateway_netns: w.gateway_netns.clone(),
+        gateway_address: gateway,
+        kernel_address: kernel,
+        early_audio: webrtc_bridge::EarlyAudio {
+            max_packets: packets as usize,
+            max_age: Duration::from_millis(ms as u64),
+        },
+    })
 }
 
 #[cfg(test)]
@@ -283,6 +368,30 @@ speech_server = "asr"
         assert_eq!(s.state_dir, Some(PathBuf::from(DEFAULT_STATE_DIR)));
         let none = Settings::from_toml(&format!("{GOOD}\n[state]\ndir = \"\"\n")).expect("valid");
         assert_eq!(none.state_dir, None);
+    }
+
+    #[test]
+    fn webrtc_section_is_validated() {
+        let good = format!(
+            "{GOOD}\n[webrtc]\ngateway_netns = \"/run/netns/gw\"\ngateway_address = \"10.99.0.2\"\nkernel_address = \"10.99.0.1\"\n"
+        );
+        let w = Settings::from_toml(&good)
+            .expect("valid")
+            .webrtc
+            .expect("webrtc");
+        assert_eq!(w.early_audio, webrtc_bridge::EarlyAudio::default());
+        let bad = good
+            .replace("/run/netns/gw", "gw")
+            .replace("10.99.0.2", "10.99.0.1")
+            .replace("[webrtc]", "[webrtc]\nearly_audio_ms = 9000");
+        let text = Settings::from_toml(&bad).expect_err("invalid").to_string();
+        for field in [
+            "webrtc.gateway_netns",
+            "webrtc.gateway_address",
+            "webrtc.early_audio_ms",
+        ] {
+            assert!(text.contains(field), "{field}: {text}");
+        }
     }
 
     #[test]

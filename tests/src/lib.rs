@@ -832,6 +832,33 @@ url = "ws://{ws}/stream"
         Ok(s)
     }
 
+    /// The reference speech-server, then fork-agent in `topo` with the standard config as
+    /// `edit` changes it (an extra interface, `[control]` limits, ...), ready.
+    pub fn start_edited(
+        mut topo: Topology,
+        edit: impl FnOnce(String) -> Result<String>,
+    ) -> Result<Scenario> {
+        let (speech_out, summary) = Scenario::spawn_speech_server(&mut topo)?;
+        let socket = topo.dir.join("fork-agent.sock");
+        let config = topo.dir.join("fork-agent.toml");
+        let text = Scenario::fork_agent_config(
+            &topo.pin_dir,
+            &socket,
+            &topo.dir.join("state"),
+            addrs::SPEECH_WS,
+        );
+        std::fs::write(&config, edit(text)?)?;
+        let mut s = Scenario {
+            topo,
+            socket,
+            config,
+            speech_out,
+            summary,
+        };
+        s.start_agent()?;
+        Ok(s)
+    }
+
     /// Start the reference speech-server at [`addrs::SPEECH_WS`] in the speech namespace;
     /// returns its output directory and summary file.
     pub fn spawn_speech_server(topo: &mut Topology) -> Result<(PathBuf, PathBuf)> {

@@ -1,6 +1,6 @@
-//! `cargo xtask bench relay|turn|fork|calls|dialects|ng [--reps N] [--secs S] [--rates LIST] [--streams LIST]
-//! [--cps LIST] [--calls N] [--hold S] [--concurrent LIST] [--rtp yes|no] [--ng-calls N]
-//! [--windows LIST] [--out DIR]`: the
+//! `cargo xtask bench relay|turn|fork|calls|dialects|ng|srtp [--reps N] [--secs S] [--rates LIST]
+//! [--streams LIST] [--cps LIST] [--calls N] [--hold S] [--concurrent LIST] [--rtp yes|no]
+//! [--ng-calls N] [--windows LIST] [--out DIR]`: the
 //! benchmarks of docs/benchmarks.md (needs root; never part of `cargo xtask test`).
 //!
 //! Input: which benchmark and its sweep options. Output: the report of `xdpfork-bench`
@@ -32,6 +32,8 @@ pub(crate) enum Which {
     Dialects,
     /// The rtpengine ng protocol (offer/answer/delete per second) through ng-agent vs rtpengine.
     Ng,
+    /// User-space cost per packet of a bridged browser leg (SRTP<->RTP, docs/webrtc.md).
+    Srtp,
 }
 
 /// `cargo xtask bench` options.
@@ -112,7 +114,7 @@ fn extra_packages(which: Which) -> &'static [(&'static str, &'static str)] {
         Which::Turn => &[("coturn", "/usr/bin/turnserver")],
         // perf for `bench fork --profile`.
         Which::Fork => &[("linux-perf", "/usr/bin/perf")],
-        Which::Dialects => &[],
+        Which::Dialects | Which::Srtp => &[],
         Which::Calls => &[("sip-tester", "/usr/bin/sipp")],
     }
 }
@@ -223,6 +225,7 @@ pub(crate) fn run(args: Args) -> Result<()> {
         Which::Calls => "calls",
         Which::Dialects => "dialects",
         Which::Ng => "ng",
+        Which::Srtp => "srtp",
     };
     let paths: Vec<&str> = args.fork_paths.split(',').map(str::trim).collect();
     if let Some(bad) = paths

@@ -82,8 +82,20 @@ pub(crate) const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "reads sip-agent's call journal in scripts/xdpfork-try-fork",
     ),
     (
+        "libssl-dev",
+        "OpenSSL headers for webrtc-bridge's DTLS (the openssl crate links the system libssl)",
+    ),
+    (
+        "pkg-config",
+        "lets openssl-sys find the system libssl",
+    ),
+    (
         "kamailio",
         "SIP proxy whose `rtpengine` module (shipped in this package) drives ng-agent in the ng_* tests",
+    ),
+    (
+        "kamailio-websocket-modules",
+        "Kamailio's `websocket` module: browsers signal SIP over WebSocket in the webrtc_* tests",
     ),
     ("procps", "`ps`, `sysctl`, `pkill` used by test harnesses"),
     ("psmisc", "`fuser`: find who holds a port the tests need"),
@@ -105,6 +117,11 @@ pub(crate) const PYTHON_PACKAGES: &[(&str, &str, &str)] = &[
         "numpy",
         "2.4.6",
         "alignment search and correlation in tests/checkers/compare.py",
+    ),
+    (
+        "aiortc",
+        "1.16.0",
+        "the browser stand-in of the webrtc_* tests (tests/webrtc/browser.py): ICE, DTLS-SRTP",
     ),
 ];
 

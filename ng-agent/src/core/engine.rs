@@ -43,9 +43,14 @@ use media_anchor::port_pool::PortPool;
 use media_anchor::sdp::{AudioMedia, Sdp};
 use speech_proto::{Channel, Codec, StopReason};
 
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use webrtc_bridge::{Counters, IceCredentials, RemoteParams};
+
 use super::bencode::{self, Value};
 use super::rate::RateLimiter;
 use super::request::{split_cookie, Command, Request, RequestError};
+use super::webrtc::{self as wr, BridgeOp, WebrtcConfig, WebrtcLeg, SAVPF};
 
 /// One media interface: a name the proxy's `direction=` uses and the address advertised in SDP.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +86,10 @@ pub struct EngineConfig {
     pub rate_burst: u32,
     /// Bencode limits.
     pub bencode: bencode::Limits,
+    /// Browser legs are bridged when set (`[webrtc]`); else `UDP/TLS/RTP/SAVPF` is refused.
+    pub webrtc: Option<WebrtcConfig>,
+    /// Seeds the ICE credentials' RNG (the shell passes a random one; tests a fixed one).
+    pub seed: u64,
 }
 
 /// Errors building an engine.
@@ -124,6 +133,8 @@ pub enum Output {
         /// The operation.
         op: Op,
     },
+    /// Open, update or close a browser leg's bridge (docs/webrtc.md).
+    Bridge(BridgeOp),
 }
 
 /// [`Output::Dropped`] cause: the source sent more than its rate allows.
@@ -150,6 +161,8 @@ pub struct Stats {
     pub retransmissions: u64,
     /// Control operations fork-agent refused.
     pub control_errors: u64,
+    /// Bridge counters of browser legs already torn down (live legs are added on demand).
+    pub webrtc_closed: Counters,
 }
 
 /// Which side of a call.
@@ -186,6 +199,8 @@ struct Leg {
     /// Its SDP's audio, as last seen.
     audio: Option<AudioMedia>,
     created: u64,
+    /// A browser leg: `local` is then its kernel anchor and `remote` the gateway peer.
+    webrtc: Option<WebrtcLeg>,
 }
 
 #[derive(Debug, Clone)]
@@ -270,6 +285,7 @@ pub struct Engine {
     started: Option<Instant>,
     /// Calls whose journal line may be stale ([`Engine::poll_journal`]).
     journal_dirty: BTreeSet<String>,
+    rng: StdRng,
 }
 
 /// Decides the media address of a side from its request and SDP.
@@ -296,6 +312,7 @@ impl Engine {
         }
         let ports = PortPool::new(cfg.ports.0, cfg.ports.1)?;
         let rate = RateLimiter::new(cfg.rate_per_sec, cfg.rate_burst, 1024);
+        let rng = StdRng::seed_from_u64(cfg.seed);
         Ok(Engine {
             cfg,
             ports,
@@ -311,6 +328,7 @@ impl Engine {
             stats: Stats::default(),
             started: None,
             journal_dirty: BTreeSet::new(),
+            rng,
         })
     }
 
@@ -579,17 +597,23 @@ impl Engine {
         }
     }
 
-    fn parse_sdp(req: &Request) -> Result<(Sdp, AudioMedia), String> {
+    fn parse_sdp(&self, req: &Request) -> Result<(Sdp, AudioMedia), String> {
         let body = req.sdp.as_deref().unwrap_or_default();
         let sdp = Sdp::parse(body).map_err(|e| format!("bad SDP: {e}"))?;
         let audio = sdp
             .audio()
             .ok_or_else(|| "bad SDP: no m=audio section with a connection address".to_string())?;
-        if audio.proto != "RTP/AVP" {
+        let bridged = audio.proto == SAVPF && self.cfg.webrtc.is_some();
+        if audio.proto != "RTP/AVP" && !bridged {
             return Err(format!(
-                "unsupported: SDP media protocol {} (only plain RTP/AVP is relayed; SRTP, DTLS \
-                 and WebRTC bridging are not available)",
-                audio.proto
+                "unsupported: SDP media protocol {} (plain RTP/AVP is relayed{}; SDES-keyed \
+                 SRTP is not available)",
+                audio.proto,
+                if self.cfg.webrtc.is_some() {
+                    ", browsers' UDP/TLS/RTP/SAVPF is bridged"
+                } else {
+                    "; WebRTC bridging is off: no [webrtc] section"
+                }
             ));
         }
         Ok((sdp, audio))
@@ -605,7 +629,8 @@ impl Engine {
     }
 
     fn offer(&mut self, unix_now: u64, req: &Request, key: &ReplyKey) -> Result<Value, String> {
-        let (sdp, audio) = Self::parse_sdp(req)?;
+        let (sdp, audio) = self.parse_sdp(req)?;
+        let plan = self.webrtc_plan(req, &sdp, &audio, None)?;
         if !self.calls.contains_key(&req.call_id) {
             if self.calls.len() >= self.cfg.max_calls {
                 return Err(format!("call limit of {} reached", self.cfg.max_calls));
@@ -623,14 +648,20 @@ impl Engine {
                 remote: None,
                 audio: None,
                 created: unix_now,
+                webrtc: None,
             };
+            let mut legs = [
+                leg(Some(req.from_tag.clone()), a_ip, pa),
+                leg(req.to_tag.clone(), b_ip, pb),
+            ];
+            if let Err(e) = self.make_browser_legs(&mut legs, &plan) {
+                legs.iter().for_each(|l| self.free_leg(l));
+                return Err(e);
+            }
             self.calls.insert(
                 req.call_id.clone(),
                 Call {
-                    legs: [
-                        leg(Some(req.from_tag.clone()), a_ip, pa),
-                        leg(req.to_tag.clone(), b_ip, pb),
-                    ],
+                    legs,
                     created: unix_now,
                     last_signal: unix_now,
                     strict_source: req.strict_source,
@@ -640,6 +671,8 @@ impl Engine {
                 },
             );
             self.stats.managed_sessions += 1;
+        } else if let Some(side) = self.calls[&req.call_id].side_of(&req.from_tag) {
+            self.reoffer_browser(&req.call_id, side, &plan)?;
         }
         let call = self.calls.get_mut(&req.call_id).ok_or("call vanished")?;
         let side = call
@@ -652,10 +685,12 @@ impl Engine {
         call.last_signal = unix_now;
         call.strict_source |= req.strict_source;
         let leg = &mut call.legs[side.idx()];
-        leg.remote = peer_addr(req, &audio);
+        // A browser leg's remote is the gateway peer, whatever its SDP says.
+        if leg.webrtc.is_none() {
+            leg.remote = peer_addr(req, &audio);
+        }
         leg.audio = Some(audio);
-        let toward = call.legs[side.other().idx()].local;
-        let out = Self::rewrite(sdp, toward, req.replace_origin);
+        let out = self.sdp_toward(&req.call_id, side.other(), sdp, req.replace_origin)?;
         self.sync_flows(&req.call_id, Some(key));
         Ok(Value::dict([
             ("result", Value::str("ok")),
@@ -664,17 +699,21 @@ impl Engine {
     }
 
     fn answer(&mut self, unix_now: u64, req: &Request, key: &ReplyKey) -> Result<Value, String> {
-        let (sdp, audio) = Self::parse_sdp(req)?;
+        let (sdp, audio) = self.parse_sdp(req)?;
         let to_tag = req.to_tag.clone().unwrap_or_default();
         let call = self
             .calls
-            .get_mut(&req.call_id)
+            .get(&req.call_id)
             .ok_or_else(|| format!("unknown call-id '{}'", req.call_id))?;
         // The offerer is the From tag; the SDP comes from the other tag.
         let offerer = call
             .side_of(&req.from_tag)
             .ok_or_else(|| format!("from-tag '{}' is not a party of this call", req.from_tag))?;
         let answerer = offerer.other();
+        let offerer_browser = call.legs[offerer.idx()].webrtc.is_some();
+        self.webrtc_plan(req, &sdp, &audio, Some(offerer_browser))?;
+        self.browser_answered(&req.call_id, answerer, &sdp, &audio)?;
+        let call = self.calls.get_mut(&req.call_id).ok_or("call vanished")?;
         let leg = &mut call.legs[answerer.idx()];
         match &leg.tag {
             Some(t) if *t != to_tag => {
@@ -687,11 +726,12 @@ impl Engine {
                 leg.created = unix_now;
             }
         }
-        leg.remote = peer_addr(req, &audio);
+        if leg.webrtc.is_none() {
+            leg.remote = peer_addr(req, &audio);
+        }
         leg.audio = Some(audio);
         call.last_signal = unix_now;
-        let toward = call.legs[offerer.idx()].local;
-        let out = Self::rewrite(sdp, toward, req.replace_origin);
+        let out = self.sdp_toward(&req.call_id, offerer, sdp, req.replace_origin)?;
         self.sync_flows(&req.call_id, Some(key));
         Ok(Value::dict([
             ("result", Value::str("ok")),
@@ -863,7 +903,7 @@ impl Engine {
             );
         }
         for leg in &call.legs {
-            self.ports.release(leg.local.port());
+            self.free_leg(leg);
         }
     }
 
@@ -894,12 +934,17 @@ impl Engine {
                     ("endpoint", ep),
                 ])
             };
-            let media = Value::dict([
+            let mut media = vec![
                 ("index", Value::Int(1)),
                 ("type", Value::str("audio")),
                 ("protocol", Value::str("RTP/AVP")),
                 ("streams", Value::List(vec![stream(leg.local, endpoint)])),
-            ]);
+            ];
+            if let Some(w) = &leg.webrtc {
+                media[2].1 = Value::str(SAVPF);
+                media.push(("webrtc", bridged::counters_value(&w.counters)));
+            }
+            let media = Value::dict(media);
             let tag = leg.tag.clone().unwrap_or_default();
             let mut d = vec![
                 ("tag", Value::str(&tag)),
@@ -991,6 +1036,7 @@ impl Engine {
                             ("controlerrors", n(self.stats.control_errors)),
                         ]),
                     ),
+                    ("webrtc", bridged::counters_value(&self.webrtc_totals())),
                 ]),
             ),
         ])
@@ -1098,9 +1144,11 @@ impl Engine {
     }
 }
 
+mod bridged;
 mod counters;
 pub mod journal;
 #[cfg(test)]
 mod journal_tests;
+
 #[cfg(test)]
 mod tests;

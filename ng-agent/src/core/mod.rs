@@ -5,6 +5,7 @@ pub mod bencode;
 pub mod engine;
 pub mod rate;
 pub mod request;
+pub mod webrtc;
 
 /// Origin of the tests' fake clock: std offers no other way to make an `Instant`; everything
 /// after is `epoch() + offset`. The only use of `Instant::now` under `core/`.

@@ -12,6 +12,7 @@
 use std::net::IpAddr;
 
 use super::bencode::Value;
+use super::webrtc::{DtlsFlag, AVP, SAVPF};
 
 /// Longest cookie accepted (Kamailio's are `<pid>_<counter>`, rtpengine's own tests use a few
 /// bytes; anything this long is not a cookie).
@@ -168,6 +169,16 @@ pub struct Request {
     pub call_guid: Option<String>,
     /// `metadata` (start forwarding): passed to the speech server in `start`.
     pub metadata: Option<String>,
+    /// `transport-protocol` (the `RTP/AVP` / `UDP/TLS/RTP/SAVPF` flags): what the receiving
+    /// side of this SDP gets.
+    pub transport_protocol: Option<String>,
+    /// `ICE=force`: ICE(-lite) toward the receiving side; the engine refuses it when that side is
+    /// not a browser or bridging is off.
+    pub ice_force: bool,
+    /// `DTLS=passive|active` (`off` leaves the default).
+    pub dtls: DtlsFlag,
+    /// `DTLS=off`: no DTLS toward the receiving side (refused when it is a browser).
+    pub dtls_off: bool,
     /// Keys and flags accepted but without effect, for the reply's `warning`.
     pub ignored: Vec<String>,
 }
@@ -217,10 +228,12 @@ fn refuse(flag: String, why: &'static str) -> RequestError {
     RequestError::Refused { flag, why }
 }
 
-/// Why WebRTC-side options are refused for now (issue 16's later step).
+/// Why SDES-keyed SRTP options are refused: only browsers' DTLS-SRTP is bridged.
 const NO_SRTP: &str =
-    "only plain RTP/AVP is relayed; SRTP, DTLS and WebRTC bridging are not available";
-const NO_ICE: &str = "ICE is always removed: the engine does not run ICE";
+    "SDES-keyed SRTP (RTP/SAVP) is not available; browsers (UDP/TLS/RTP/SAVPF, DTLS-SRTP) are bridged to RTP/AVP";
+const NO_ICE: &str = "only ICE-lite toward a browser leg (ICE=force) or none (ICE=remove)";
+const NO_TURN: &str =
+    "the engine has no TURN relay of its own; give the browser a TURN server instead";
 
 impl Request {
     /// Reads a request dictionary (see the module docs for the key spelling).
@@ -318,12 +331,26 @@ impl Request {
             }
             "ICE" => match text(key, v)? {
                 "remove" => {}
+                "force" => self.ice_force = true,
+                "force-relay" => return Err(refuse("ICE=force-relay".into(), NO_TURN)),
                 other => return Err(refuse(format!("ICE={other}"), NO_ICE)),
             },
             "DTLS" => match text(key, v)? {
-                "off" | "no" | "disable" => {}
+                "off" | "no" | "disable" => self.dtls_off = true,
+                "passive" => self.dtls = DtlsFlag::Passive,
+                "active" => self.dtls = DtlsFlag::Active,
                 other => return Err(refuse(format!("DTLS={other}"), NO_SRTP)),
             },
+            // rtpengine's rtcp-mux-* flags: the browser side always muxes, the plain side is
+            // always demultiplexed (RTCP on the next port).
+            "rtcp-mux" => {
+                for item in list(key, v)? {
+                    match item {
+                        "demux" | "require" | "accept" => {}
+                        other => self.ignored.push(format!("rtcp-mux-{other}")),
+                    }
+                }
+            }
             "SDES" => {
                 for item in list(key, v)? {
                     if !matches!(item, "off" | "no" | "disable") {
@@ -339,7 +366,7 @@ impl Request {
             }
             "ICE-lite" => return Err(refuse(key.to_owned(), NO_ICE)),
             "transport-protocol" => match text(key, v)? {
-                "RTP/AVP" => {}
+                p @ (AVP | SAVPF) => self.transport_protocol = Some(p.to_owned()),
                 other => return Err(refuse(format!("transport-protocol={other}"), NO_SRTP)),
             },
             "delete-delay" => {
@@ -417,9 +444,9 @@ impl Request {
             "fatal" => self.fatal = true,
             // Delete tears the whole call down; statistics are cheap and always sent.
             "fast" | "to-tag" | "directional" => {}
-            "ICE-force" | "ICE-force-relay" | "trickle-ICE" => {
-                return Err(refuse(flag.to_owned(), NO_ICE))
-            }
+            "rtcp-mux-demux" | "rtcp-mux-require" | "rtcp-mux-accept" => {}
+            "ICE-force-relay" => return Err(refuse(flag.to_owned(), NO_TURN)),
+            "ICE-force" | "trickle-ICE" => return Err(refuse(flag.to_owned(), NO_ICE)),
             "SRTP" | "WebRTC" | "recrypt" | "pad-crypto" | "DTLS" => {
                 return Err(refuse(flag.to_owned(), NO_SRTP))
             }
@@ -524,11 +551,9 @@ mod tests {
     #[test]
     fn every_refused_flag_is_named() {
         let cases: Vec<(&str, Value, &str)> = vec![
-            ("ICE", Value::str("force"), "ICE=force"),
             ("ICE", Value::str("force-relay"), "ICE=force-relay"),
             ("ICE", Value::str("default"), "ICE=default"),
-            ("DTLS", Value::str("passive"), "DTLS=passive"),
-            ("DTLS", Value::str("active"), "DTLS=active"),
+            ("DTLS", Value::str("fingerprint"), "DTLS=fingerprint"),
             (
                 "SDES",
                 Value::List(vec![Value::str("only-AES_CM_128_HMAC_SHA1_80")]),
@@ -538,11 +563,6 @@ mod tests {
                 "transport-protocol",
                 Value::str("RTP/SAVP"),
                 "transport-protocol=RTP/SAVP",
-            ),
-            (
-                "transport protocol",
-                Value::str("UDP/TLS/RTP/SAVPF"),
-                "transport-protocol=UDP/TLS/RTP/SAVPF",
             ),
             (
                 "transport-protocol",
@@ -588,6 +608,26 @@ mod tests {
             ("SDES", Value::str("off"))
         ])
         .is_ok());
+    }
+
+    #[test]
+    fn webrtc_flags_are_read() {
+        let r = offer_with(vec![
+            ("ICE", Value::str("force")),
+            ("DTLS", Value::str("passive")),
+            ("transport protocol", Value::str("UDP/TLS/RTP/SAVPF")),
+            (
+                "rtcp-mux",
+                Value::List(vec![Value::str("demux"), Value::str("offer")]),
+            ),
+        ])
+        .expect("offer");
+        assert!(r.ice_force && !r.dtls_off);
+        assert_eq!(r.dtls, DtlsFlag::Passive);
+        assert_eq!(r.transport_protocol.as_deref(), Some("UDP/TLS/RTP/SAVPF"));
+        assert_eq!(r.warning().as_deref(), Some("ignored: rtcp-mux-offer"));
+        let r = offer_with(vec![("DTLS", Value::str("active"))]).expect("offer");
+        assert_eq!(r.dtls, DtlsFlag::Active);
     }
 
     #[test]

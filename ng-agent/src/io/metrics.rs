@@ -5,11 +5,13 @@
 //! scrape renders the latest, with the reload counters and the endpoint's own connection
 //! counters. No label carries a call id or an address.
 
-use daemon_ops::metrics::{Labels, ScrapeFuture, Snapshot};
+use daemon_ops::metrics::{by, one, ScrapeFuture, Snapshot};
 use daemon_ops::reload::ReloadCounters;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+
+use webrtc_bridge::Counters;
 
 use crate::core::engine::Stats;
 
@@ -20,6 +22,8 @@ pub struct Published {
     pub stats: Stats,
     /// Calls the engine holds now.
     pub calls: usize,
+    /// Browser legs' counters, closed and live (docs/webrtc.md "Counters").
+    pub webrtc: Counters,
 }
 
 /// Serves `/metrics` on `listener`.
@@ -40,7 +44,6 @@ pub fn spawn(
 
 /// The engine's counters as metric families.
 pub fn render(p: &Published) -> Snapshot {
-    let one = |v: u64| vec![(Labels::new(), v)];
     let s = &p.stats;
     let mut snap = Snapshot::default();
     snap.counter(
@@ -76,7 +79,57 @@ pub fn render(p: &Published) -> Snapshot {
         one(s.control_errors),
     );
     snap.gauge("calls", "Calls held now.", one(p.calls as u64));
+    webrtc(&mut snap, &p.webrtc);
     snap
+}
+
+/// The browser legs' families (docs/webrtc.md "Counters").
+fn webrtc(snap: &mut Snapshot, w: &Counters) {
+    snap.counter(
+        "webrtc_packets",
+        "Packets bridged on browser legs, by where they went: to_plain (decrypted, toward the phone), to_browser.",
+        by(
+            "direction",
+            &[("to_plain", w.to_plain), ("to_browser", w.to_browser)],
+        ),
+    );
+    snap.counter(
+        "webrtc_dropped",
+        "Packets a browser leg dropped, by reason.",
+        by(
+            "reason",
+            &[
+                ("srtp_auth_failed", w.srtp_auth_failed),
+                ("srtp_replayed", w.srtp_replayed),
+                ("unverified_source", w.unverified_source),
+                ("stun_rejected", w.stun_rejected),
+                ("malformed", w.malformed),
+                ("not_ready", w.not_ready),
+                ("early_expired", w.early_dropped),
+            ],
+        ),
+    );
+    snap.counter(
+        "webrtc_handshakes_failed",
+        "DTLS handshakes of browser legs that failed: fingerprint_mismatch (certificate not the SDP's), dtls (any other failure or timeout).",
+        by(
+            "reason",
+            &[
+                ("fingerprint_mismatch", w.fingerprint_mismatch),
+                ("dtls", w.dtls_failed),
+            ],
+        ),
+    );
+    snap.counter(
+        "webrtc_early_sent",
+        "Phone packets held before DTLS was up, then sent to the browser.",
+        one(w.early_sent),
+    );
+    snap.counter(
+        "webrtc_stun_answered",
+        "ICE connectivity checks answered.",
+        one(w.stun_answered),
+    );
 }
 
 #[cfg(test)]
@@ -95,8 +148,15 @@ mod tests {
                 unanswerable: 6,
                 retransmissions: 7,
                 control_errors: 8,
+                webrtc_closed: webrtc_bridge::Counters::default(),
             },
             calls: 1,
+            webrtc: Counters {
+                srtp_auth_failed: 9,
+                fingerprint_mismatch: 1,
+                to_plain: 40,
+                ..Counters::default()
+            },
         };
         let mut reg = Registry::with_prefix("xdpfork_ng");
         reg.register_collector(Box::new(render(&p)));
@@ -108,6 +168,9 @@ mod tests {
             "xdpfork_ng_datagrams_dropped_total{cause=\"no_cookie\"} 6\n",
             "xdpfork_ng_control_errors_total 8\n",
             "xdpfork_ng_calls 1\n",
+            "xdpfork_ng_webrtc_dropped_total{reason=\"srtp_auth_failed\"} 9\n",
+            "xdpfork_ng_webrtc_handshakes_failed_total{reason=\"fingerprint_mismatch\"} 1\n",
+            "xdpfork_ng_webrtc_packets_total{direction=\"to_plain\"} 40\n",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }

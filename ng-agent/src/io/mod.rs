@@ -25,7 +25,13 @@ use tracing::{debug, info, warn};
 
 use crate::config::Settings;
 use crate::core::engine::{ControlId, Engine, Output};
+use crate::core::webrtc::WebrtcConfig;
 use call_store::CallStore;
+
+pub mod bridge;
+
+/// Counter reports buffered from the browser legs' tasks.
+const REPORT_QUEUE: usize = 1024;
 
 /// Answers buffered from the control task (it waits when the engine task is behind).
 const RESULT_QUEUE: usize = 1024;
@@ -48,7 +54,29 @@ pub async fn run(settings: Settings, mut reloader: daemon_ops::reload::Reloader)
         .await
         .with_context(|| format!("binding the ng socket {} (ng.listen)", settings.listen))?;
     let max = settings.engine.max_message_bytes;
-    let mut engine = Engine::new(settings.engine.clone()).context("media settings")?;
+    let mut engine_cfg = settings.engine.clone();
+    let (report_tx, mut report_rx) = mpsc::channel::<bridge::CounterReport>(REPORT_QUEUE);
+    let mut bridges = match &settings.webrtc {
+        Some(w) => {
+            let cert = webrtc_bridge::Certificate::generate()
+                .context("generating the DTLS certificate (ECDSA P-256) for browser legs")?;
+            engine_cfg.webrtc = Some(WebrtcConfig {
+                fingerprint: cert.fingerprint().clone(),
+                kernel_address: w.kernel_address,
+                gateway: w.gateway_address,
+            });
+            engine_cfg.seed = rand::random();
+            info!(fingerprint = %cert.fingerprint(), netns = %w.gateway_netns.display(), "WebRTC bridging on");
+            Some(bridge::Bridges::new(
+                cert,
+                w.gateway_netns.clone(),
+                w.early_audio,
+                report_tx,
+            )?)
+        }
+        None => None,
+    };
+    let mut engine = Engine::new(engine_cfg).context("media settings")?;
     let mut store = settings.state_dir.as_deref().map(|dir| {
         let (store, calls) = CallStore::open(dir);
         let n = calls.len();
@@ -105,6 +133,10 @@ pub async fn run(settings: Settings, mut reloader: daemon_ops::reload::Reloader)
                 });
                 engine.handle_control_answer(Instant::now().into_std(), id, result);
             }
+            Some((browser, counters)) = report_rx.recv() => {
+                // Falls through: the new counters are published for scrapes below.
+                engine.handle_bridge_counters(browser, counters);
+            }
             permit = op_tx.reserve(), if !ops.is_empty() => {
                 let Ok(permit) = permit else { anyhow::bail!("the control task ended") };
                 if let Some(op) = ops.pop_front() {
@@ -140,6 +172,7 @@ pub async fn run(settings: Settings, mut reloader: daemon_ops::reload::Reloader)
             let now = metrics::Published {
                 stats: engine.stats(),
                 calls: engine.call_count(),
+                webrtc: engine.webrtc_totals(),
             };
             std::mem::replace(p, now) != now
         });
@@ -164,6 +197,10 @@ pub async fn run(settings: Settings, mut reloader: daemon_ops::reload::Reloader)
                     }
                 }
                 Output::Control { id, op } => ops.push_back((id, op)),
+                Output::Bridge(op) => match bridges.as_mut() {
+                    Some(b) => b.apply(op),
+                    None => warn!(?op, "bridge operation without [webrtc]: engine bug"),
+                },
                 Output::Dropped { from, cause } => {
                     if log_limit.check(now, cause) {
                         warn!(%from, cause, "ng datagram dropped");

@@ -18,30 +18,13 @@ use std::{
 
 use crate::limits_support::*;
 use anyhow::{Context, Result};
-use xdpfork_tests::{addrs, bin, Scenario, Topology};
+use xdpfork_tests::{bin, Scenario, Topology};
 
 /// fork-agent with `control_lines` added to its `[control]` section.
 fn start(control_lines: &str) -> Result<Scenario> {
-    let mut topo = Topology::new()?;
-    let (speech_out, summary) = Scenario::spawn_speech_server(&mut topo)?;
-    let socket = topo.dir.join("fork-agent.sock");
-    let config = topo.dir.join("fork-agent.toml");
-    let text = Scenario::fork_agent_config(
-        &topo.pin_dir,
-        &socket,
-        &topo.dir.join("state"),
-        addrs::SPEECH_WS,
-    )
-    .replacen("[control]\n", &format!("[control]\n{control_lines}\n"), 1);
-    std::fs::write(&config, text)?;
-    let mut s = Scenario {
-        topo,
-        socket,
-        config,
-        speech_out,
-        summary,
-    };
-    s.start_agent()?;
+    let s = Scenario::start_edited(Topology::new()?, |text| {
+        Ok(text.replacen("[control]\n", &format!("[control]\n{control_lines}\n"), 1))
+    })?;
     // The socket is bound before the data plane loads; the first answer means it is up.
     s.flows().context("fork-agent answers its first request")?;
     // Until the agent has seen those connections close they count against the limits: wait

@@ -7,6 +7,7 @@ mod limits_support;
 mod ng_support;
 mod sip_support;
 mod turn_support;
+mod webrtc_support;
 
 mod agent_restart;
 mod check_kernel;
@@ -90,3 +91,6 @@ mod turn_tcp_long_term;
 mod turn_tls_long_term;
 mod turn_udp_long_term;
 mod turn_wrong_password;
+mod webrtc_dropped;
+mod webrtc_kamailio_call;
+mod webrtc_kamailio_callee;

@@ -1,5 +1,5 @@
-//! The reference document's WebRTC flag sets, which ng-agent does not serve yet, are refused
-//! through the real proxy: Kamailio's `rtpengine_offer` gets `result: error` with an
+//! The reference document's WebRTC flag sets, refused through the real proxy when ng-agent has
+//! no `[webrtc]` section (and `ICE=force-relay` always: no TURN of its own): Kamailio's `rtpengine_offer` gets `result: error` with an
 //! `error-reason` naming the flag (Kamailio logs it, and so does ng-agent), the script answers
 //! 503, and nothing is left behind: no call in ng-agent, no flow in fork-agent.
 
@@ -23,7 +23,7 @@ fn webrtc_flags_are_refused_naming_the_flag() -> Result<()> {
         (
             "ICE=force-relay DTLS=passive",
             "UDP/TLS/RTP/SAVPF",
-            "unsupported: DTLS=passive",
+            "unsupported: ICE=force-relay",
         ),
         // The reference's phone flags, but the offer itself is SRTP.
         (

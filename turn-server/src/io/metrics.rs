@@ -7,7 +7,7 @@
 
 use anyhow::Context;
 use conn_limits::io::gate::GateCounters;
-use daemon_ops::metrics::{Labels, ScrapeFuture, Snapshot};
+use daemon_ops::metrics::{by, one, ScrapeFuture, Snapshot};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
@@ -32,16 +32,6 @@ pub fn spawn(listener: TcpListener, cmd: mpsc::Sender<Command>) {
             Ok(registry(&report, own))
         })
     });
-}
-
-fn one(v: u64) -> Vec<(Labels, u64)> {
-    vec![(Labels::new(), v)]
-}
-
-fn by(key: &'static str, rows: &[(&str, u64)]) -> Vec<(Labels, u64)> {
-    rows.iter()
-        .map(|(l, v)| (vec![(key, (*l).to_owned())], *v))
-        .collect()
 }
 
 fn count(n: usize) -> u64 {

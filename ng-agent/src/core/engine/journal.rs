@@ -38,6 +38,10 @@ pub struct LegRecord {
     pub audio: Option<AudioMedia>,
     /// Unix seconds it was created.
     pub created: u64,
+    /// A browser leg bridged through the gateway (its DTLS and SRTP state die with the
+    /// process: restored, it is a plain leg kept so that `delete` removes the call's flows).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub browser: bool,
 }
 
 /// A fork of a journalled call.
@@ -139,6 +143,12 @@ pub enum RestoreError {
         /// The port.
         port: u16,
     },
+    /// A browser leg cannot be resumed: restored without its bridge.
+    #[error("call {call_id}: its browser leg's DTLS session ended with the previous process; the call is kept for delete, the browser hears nothing more")]
+    BrowserLegLost {
+        /// The call.
+        call_id: String,
+    },
 }
 
 /// Whether `command` can change a call (and so its journal line).
@@ -211,6 +221,11 @@ impl Engine {
             let delete_at = r
                 .delete_at
                 .map(|at| now + Duration::from_secs(at.saturating_sub(unix_now)));
+            if r.legs.iter().any(|l| l.browser) {
+                problems.push(RestoreError::BrowserLegLost {
+                    call_id: r.call_id.clone(),
+                });
+            }
             let [a, b] = r.legs;
             let call = Call {
                 legs: [leg(a), leg(b)],
@@ -240,6 +255,7 @@ fn leg(r: LegRecord) -> Leg {
         remote: r.remote,
         audio: r.audio,
         created: r.created,
+        webrtc: None,
     }
 }
 
@@ -250,6 +266,7 @@ fn record(call_id: &str, call: &Call, now: Instant, unix_now: u64) -> CallRecord
         remote: l.remote,
         audio: l.audio.clone(),
         created: l.created,
+        browser: l.webrtc.is_some(),
     };
     CallRecord {
         call_id: call_id.to_owned(),

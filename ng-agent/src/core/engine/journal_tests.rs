@@ -140,6 +140,27 @@ fn a_call_whose_ports_are_not_free_is_reported_not_restored() {
 }
 
 #[test]
+fn a_browser_leg_is_restored_plain_and_reported() {
+    let mut t = T::new();
+    t.established();
+    let mut calls = journal::replay(&journal_text(&mut t, 1)).calls;
+    calls[0].legs[0].browser = true;
+    let mut r = T::new();
+    let problems = r.e.restore(r.now, 1, calls);
+    assert_eq!(
+        problems,
+        vec![RestoreError::BrowserLegLost {
+            call_id: "call-1".into()
+        }]
+    );
+    assert_eq!(
+        r.e.call_count(),
+        1,
+        "kept, so that delete removes its flows"
+    );
+}
+
+#[test]
 fn a_cut_last_line_is_skipped() {
     let mut t = T::new();
     t.established();

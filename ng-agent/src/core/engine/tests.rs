@@ -33,6 +33,8 @@ fn cfg() -> EngineConfig {
         rate_per_sec: 1000,
         rate_burst: 1000,
         bencode: bencode::Limits::default(),
+        webrtc: None,
+        seed: 1,
     }
 }
 
@@ -43,15 +45,21 @@ pub(super) struct T {
     /// fork-agent's flows as `flow_stats` answers them: the harness answers every `flow_stats`
     /// at once with the rows asked for.
     pub(super) rows: Vec<control_api::FlowRow>,
+    bridge_ops: Vec<BridgeOp>,
 }
 
 impl T {
     pub(super) fn new() -> T {
+        T::with(cfg())
+    }
+
+    pub(super) fn with(c: EngineConfig) -> T {
         T {
-            e: Engine::new(cfg()).expect("engine"),
+            e: Engine::new(c).expect("engine"),
             now: crate::core::epoch(),
             cookie: 0,
             rows: Vec::new(),
+            bridge_ops: Vec::new(),
         }
     }
 
@@ -95,6 +103,7 @@ impl T {
                 }
                 Output::Control { id, op } => ops.push((id, op)),
                 Output::Dropped { .. } => {}
+                Output::Bridge(op) => self.bridge_ops.push(op),
             }
         }
         (reply, ops)
@@ -781,8 +790,7 @@ fn rate_limit_drops_and_counts() {
     let mut c = cfg();
     c.rate_burst = 2;
     c.rate_per_sec = 1;
-    let mut t = T::new();
-    t.e = Engine::new(c).expect("engine");
+    let mut t = T::with(c);
     assert_eq!(result(&t.raw(b"a d7:command4:pinge").0), "pong");
     assert_eq!(result(&t.raw(b"b d7:command4:pinge").0), "pong");
     t.e.handle_datagram(t.now, 0, addr(PROXY), b"c d7:command4:pinge");
@@ -829,4 +837,278 @@ fn forwarding_uses_the_answers_codec() {
         Codec::Pcma,
         "the offer led with PCMU, the answer chose PCMA"
     );
+}
+
+/// Browser legs (docs/webrtc.md): the reference document's two call directions.
+mod webrtc {
+    use super::*;
+    use crate::core::webrtc::Setup;
+    use webrtc_bridge::{Fingerprint, Role};
+
+    const FP: &str = "sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF";
+    const OURS: &str = "sha-256 AA:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF";
+
+    fn browser_sdp(setup: &str) -> String {
+        format!(
+            "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n\
+m=audio 50000 UDP/TLS/RTP/SAVPF 0 8\r\nc=IN IP4 10.77.1.2\r\na=mid:0\r\na=rtcp-mux\r\n\
+a=rtpmap:0 PCMU/8000\r\na=ice-ufrag:brws\r\na=ice-pwd:browserpasswordbrowserpw\r\n\
+a=candidate:a 1 udp 2130706431 10.77.1.2 50000 typ host\r\n\
+a=fingerprint:{FP}\r\na=setup:{setup}\r\n"
+        )
+    }
+
+    fn wt() -> T {
+        let mut c = cfg();
+        c.webrtc = Some(WebrtcConfig {
+            fingerprint: Fingerprint::parse(OURS).expect("fp"),
+            kernel_address: "10.99.0.1".parse().expect("ip"),
+            gateway: "10.99.0.2".parse().expect("ip"),
+        });
+        T::with(c)
+    }
+
+    fn sdp_of(r: &Option<Value>) -> Sdp {
+        let v = r.as_ref().and_then(|v| v.get("sdp")).expect("sdp");
+        let Value::Bytes(b) = v else {
+            panic!("sdp bytes")
+        };
+        Sdp::parse(b).expect("parse")
+    }
+
+    fn flows(ops: &[(ControlId, Op)]) -> Vec<FlowSpec> {
+        ops.iter()
+            .filter_map(|(_, op)| match op {
+                Op::FlowAdd { flow } => Some(flow.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn browser_calls_phone_with_the_reference_flags() {
+        let mut t = wt();
+        // OpenSIPS/Kamailio: SRC_WS, !DST_WS.
+        let (r, ops) = t.send(vec![
+            ("command", Value::str("offer")),
+            ("call-id", Value::str("call-1")),
+            ("from-tag", Value::str("tag-a")),
+            ("sdp", Value::str(&browser_sdp("actpass"))),
+            ("transport-protocol", Value::str("RTP/AVP")),
+            (
+                "replace",
+                Value::List(vec![Value::str("origin"), Value::str("session-connection")]),
+            ),
+            ("ICE", Value::str("remove")),
+            (
+                "direction",
+                Value::List(vec![Value::str("caller"), Value::str("callee")]),
+            ),
+        ]);
+        assert_eq!(result(&r), "ok", "{r:?}");
+        assert!(ops.is_empty());
+        let to_phone = sdp_of(&r);
+        let audio = to_phone.audio().expect("audio");
+        assert_eq!((audio.proto.as_str(), audio.port), ("RTP/AVP", 30002));
+        assert_eq!(audio.addr, "10.77.2.1".parse::<IpAddr>().expect("ip"));
+        assert_eq!(to_phone.attribute("fingerprint"), None);
+        assert_eq!(to_phone.attribute("rtcp-mux"), None);
+        let [BridgeOp::Open {
+            browser,
+            gateway,
+            kernel,
+            ice,
+            remote,
+        }] = t.bridge_ops.as_slice()
+        else {
+            panic!("one bridge: {:?}", t.bridge_ops)
+        };
+        assert_eq!(*browser, "10.77.1.1:30000".parse().expect("addr"));
+        assert_eq!(*gateway, "10.99.0.2:30000".parse().expect("addr"));
+        assert_eq!(*kernel, "10.99.0.1:30004".parse().expect("addr"));
+        let remote = remote.clone().expect("the offer's fingerprint");
+        assert_eq!(remote.role, Some(Role::Server), "DTLS passive by default");
+        assert_eq!(remote.fingerprint, Fingerprint::parse(FP).expect("fp"));
+        let ice = ice.clone();
+
+        let (r, ops) = t.send(vec![
+            ("command", Value::str("answer")),
+            ("call-id", Value::str("call-1")),
+            ("from-tag", Value::str("tag-a")),
+            ("to-tag", Value::str("tag-b")),
+            ("sdp", Value::str(CALLEE_SDP)),
+            ("transport-protocol", Value::str("UDP/TLS/RTP/SAVPF")),
+            ("ICE", Value::str("force")),
+        ]);
+        // Kernel flows: phone <-> gateway, exactly a plain call's four.
+        let f = flows(&ops);
+        assert_eq!(f.len(), 4, "{f:?}");
+        let from_gw = f
+            .iter()
+            .find(|f| f.local == "10.99.0.1:30004".parse().expect("a"))
+            .expect("gw->phone");
+        assert_eq!(from_gw.dst, "10.77.2.2:40002".parse().expect("a"));
+        assert_eq!(from_gw.src, "10.77.2.1:30002".parse().expect("a"));
+        let to_gw = f
+            .iter()
+            .find(|f| f.local == "10.77.2.1:30002".parse().expect("a"))
+            .expect("phone->gw");
+        assert_eq!(to_gw.dst, "10.99.0.2:30000".parse().expect("a"));
+        assert_eq!(to_gw.src, "10.99.0.1:30004".parse().expect("a"));
+        let r = t.ok_all(&ops).or(r);
+        let to_browser = sdp_of(&r);
+        let audio = to_browser.audio().expect("audio");
+        assert_eq!(
+            (audio.proto.as_str(), audio.port),
+            ("UDP/TLS/RTP/SAVPF", 30000)
+        );
+        assert_eq!(to_browser.attribute("setup"), Some("passive"));
+        assert_eq!(to_browser.attribute("ice-ufrag"), Some(ice.ufrag.as_str()));
+        assert_eq!(to_browser.attribute("ice-lite"), Some(""));
+        assert_eq!(to_browser.attribute("mid"), Some("0"));
+        assert_eq!(
+            Fingerprint::parse(to_browser.attribute("fingerprint").expect("fp")).expect("fp"),
+            Fingerprint::parse(OURS).expect("fp")
+        );
+
+        // Counters from the shell show up in query and statistics; delete closes the bridge.
+        let counters = Counters {
+            srtp_auth_failed: 3,
+            to_plain: 50,
+            ..Counters::default()
+        };
+        t.e.handle_bridge_counters("10.77.1.1:30000".parse().expect("a"), counters);
+        let (q, _) = t.send(vec![
+            ("command", Value::str("query")),
+            ("call-id", Value::str("call-1")),
+        ]);
+        let leg = q
+            .as_ref()
+            .and_then(|v| v.get("tags"))
+            .and_then(|t| t.get("tag-a"))
+            .expect("tag");
+        let Some(Value::List(m)) = leg.get("medias") else {
+            panic!("medias")
+        };
+        assert_eq!(
+            m[0].get("protocol").and_then(Value::as_str),
+            Some("UDP/TLS/RTP/SAVPF")
+        );
+        assert_eq!(
+            m[0].get("webrtc").and_then(|w| w.get("srtp-auth-failed")),
+            Some(&Value::Int(3))
+        );
+        t.bridge_ops.clear();
+        let _ = t.send(vec![
+            ("command", Value::str("delete")),
+            ("call-id", Value::str("call-1")),
+            ("from-tag", Value::str("tag-a")),
+            ("delete-delay", Value::Int(0)),
+        ]);
+        assert_eq!(
+            t.bridge_ops,
+            vec![BridgeOp::Close {
+                browser: "10.77.1.1:30000".parse().expect("a")
+            }]
+        );
+        let (s, _) = t.send(vec![("command", Value::str("statistics"))]);
+        let w = s
+            .as_ref()
+            .and_then(|v| v.get("statistics"))
+            .and_then(|v| v.get("webrtc"))
+            .expect("webrtc");
+        assert_eq!(w.get("srtp-auth-failed"), Some(&Value::Int(3)));
+        // All ports back: a new call gets the same ones.
+        assert_eq!(t.e.call_count(), 0);
+    }
+
+    #[test]
+    fn phone_calls_browser_with_the_reference_flags() {
+        let mut t = wt();
+        let (r, ops) = t.offer(vec![
+            ("transport-protocol", Value::str("UDP/TLS/RTP/SAVPF")),
+            ("ICE", Value::str("force")),
+        ]);
+        // The phone's audio may flow to the gateway at once: early audio is held there.
+        assert_eq!(flows(&ops).len(), 2);
+        let r = t.ok_all(&ops).or(r);
+        assert_eq!(result(&r), "ok", "{r:?}");
+        let to_browser = sdp_of(&r);
+        assert_eq!(
+            to_browser.audio().expect("audio").proto,
+            "UDP/TLS/RTP/SAVPF"
+        );
+        assert_eq!(to_browser.attribute("setup"), Some("actpass"));
+        assert_eq!(to_browser.attribute("rtcp-mux"), Some(""));
+        let [BridgeOp::Open {
+            browser,
+            remote: None,
+            ..
+        }] = t.bridge_ops.clone()[..]
+        else {
+            panic!("{:?}", t.bridge_ops)
+        };
+        assert_eq!(browser, "10.77.2.1:30002".parse().expect("a"));
+        t.bridge_ops.clear();
+        // The browser answers active: we are the DTLS server and never send a ClientHello.
+        let (r, ops) = t.send(vec![
+            ("command", Value::str("answer")),
+            ("call-id", Value::str("call-1")),
+            ("from-tag", Value::str("tag-a")),
+            ("to-tag", Value::str("tag-b")),
+            ("sdp", Value::str(&browser_sdp("active"))),
+            ("transport-protocol", Value::str("RTP/AVP")),
+            ("ICE", Value::str("remove")),
+            ("replace", Value::List(vec![Value::str("origin")])),
+        ]);
+        let [BridgeOp::Remote { remote, .. }] = t.bridge_ops.as_slice() else {
+            panic!("{:?}", t.bridge_ops)
+        };
+        assert_eq!(remote.role, Some(Role::Server));
+        assert_eq!(flows(&ops).len(), 2);
+        let r = t.ok_all(&ops).or(r);
+        let to_phone = sdp_of(&r);
+        let audio = to_phone.audio().expect("audio");
+        assert_eq!((audio.proto.as_str(), audio.port), ("RTP/AVP", 30000));
+        assert_eq!(to_phone.attribute("setup"), None);
+        assert_eq!(
+            crate::core::webrtc::role_after_answer(Setup::ActPass, Some(Setup::Passive)),
+            Ok(Role::Client)
+        );
+    }
+
+    #[test]
+    fn webrtc_refusals_name_their_reason() {
+        let mut t = wt();
+        let (r, _) = t.offer(vec![("ICE", Value::str("force"))]);
+        assert!(
+            reason(&r).contains("ICE=force toward a plain RTP/AVP side"),
+            "{r:?}"
+        );
+        let (r, _) = t.send(vec![
+            ("command", Value::str("offer")),
+            ("call-id", Value::str("c2")),
+            ("from-tag", Value::str("f")),
+            ("sdp", Value::str(&browser_sdp("actpass"))),
+        ]);
+        assert!(reason(&r).contains("browser to browser"), "{r:?}");
+        let (r, _) = t.send(vec![
+            ("command", Value::str("offer")),
+            ("call-id", Value::str("c3")),
+            ("from-tag", Value::str("f")),
+            (
+                "sdp",
+                Value::str(&browser_sdp("actpass").replace("a=rtcp-mux\r\n", "")),
+            ),
+            ("transport-protocol", Value::str("RTP/AVP")),
+        ]);
+        assert!(reason(&r).contains("rtcp-mux"), "{r:?}");
+        let (r, _) = t.offer(vec![
+            ("transport-protocol", Value::str("UDP/TLS/RTP/SAVPF")),
+            ("DTLS", Value::str("off")),
+        ]);
+        assert!(reason(&r).contains("DTLS=off toward a browser"), "{r:?}");
+        assert_eq!(t.e.call_count(), 0);
+        assert!(t.bridge_ops.is_empty(), "{:?}", t.bridge_ops);
+    }
 }

@@ -21,6 +21,8 @@
 //!
 //! `xdpfork-bench ng [--reps N] [--ng-calls N] [--windows 1,16,64]` drives the rtpengine ng
 //! protocol (offer, answer, delete) through ng-agent and through rtpengine: `ngctl.rs`.
+//! `xdpfork-bench srtp [--reps N] [--secs S]` measures the user-space cost per packet of a
+//! bridged browser leg (webrtc-bridge's core, then ng-agent's leg task on loopback): `srtp.rs`.
 //!
 //! Two topologies are built: one with fork-agent (XDP attached on fa0/fb0) for the kernel
 //! variants, one without any XDP program for the user-space relays, so neither pays for the
@@ -44,6 +46,7 @@ mod load;
 mod ng;
 mod ngctl;
 mod relay;
+mod srtp;
 mod turn;
 
 use std::{
@@ -90,7 +93,7 @@ pub struct Opts {
 #[command(version)]
 struct Cli {
     /// Which benchmark to run.
-    #[arg(value_parser = ["relay", "turn", "fork", "calls", "dialects", "ng"])]
+    #[arg(value_parser = ["relay", "turn", "fork", "calls", "dialects", "ng", "srtp"])]
     bench: String,
     /// Repetitions of every point (medians are reported).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(usize))]
@@ -229,7 +232,8 @@ fn main() -> Result<()> {
             calls: opts.ng_calls,
             windows: opts.windows.clone(),
         })?,
-        other => bail!("unknown benchmark {other}: relay, turn, fork, calls, dialects or ng"),
+        "srtp" => srtp::run(opts.reps, opts.secs)?,
+        other => bail!("unknown benchmark {other}: relay, turn, fork, calls, dialects, ng or srtp"),
     };
     println!("{}", report.markdown);
     std::fs::write(opts.out.join(format!("{cmd}.md")), &report.markdown)?;

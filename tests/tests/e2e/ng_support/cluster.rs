@@ -110,6 +110,7 @@ impl NgCluster {
                     caller_ip: node.caller_ip,
                     callee_ip: node.callee_ip,
                     control: node.socket.clone(),
+                    extra: String::new(),
                 },
             )?;
         }

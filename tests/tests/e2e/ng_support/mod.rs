@@ -35,7 +35,17 @@ impl NgTest {
     /// Topology, fork-agent, speech-server, ng-agent, then Kamailio (which pings ng-agent as it
     /// starts, so ng-agent must answer first).
     pub fn start() -> Result<NgTest> {
-        let mut t = SipTest::without_sip_agent(Scenario::start()?);
+        NgTest::start_in(
+            SipTest::without_sip_agent(Scenario::start()?),
+            "",
+            "kamailio/ng_proxy.cfg",
+        )
+    }
+
+    /// [`NgTest::start`] on a prepared scenario, with `extra` appended to ng-agent's config
+    /// (e.g. a `[webrtc]` section) and `kamailio_cfg` (relative to the tests crate) as
+    /// Kamailio's script.
+    pub fn start_in(mut t: SipTest, extra: &str, kamailio_cfg: &str) -> Result<NgTest> {
         let node = NgNode {
             name: "ng-agent",
             host: Host::Forker,
@@ -43,9 +53,10 @@ impl NgTest {
             caller_ip: "10.77.1.1",
             callee_ip: "10.77.2.1",
             control: t.s.socket.clone(),
+            extra: extra.to_owned(),
         };
         spawn_ng_agent(&mut t, &node)?;
-        spawn_kamailio(&mut t, &format!("udp:{NG}"))?;
+        spawn_kamailio_with(&mut t, kamailio_cfg, &format!("udp:{NG}"))?;
         let ng = NgTest { t, node };
         wait_kamailio(&ng.t)?;
         Ok(ng)
@@ -138,6 +149,8 @@ pub struct NgNode {
     pub caller_ip: &'static str,
     pub callee_ip: &'static str,
     pub control: PathBuf,
+    /// Appended to its config (e.g. `[webrtc]`).
+    pub extra: String,
 }
 
 /// Starts `node`'s ng-agent (debug log in `<name>.log`) and waits (bounded) until it serves.
@@ -151,7 +164,7 @@ pub fn spawn_ng_agent(t: &mut SipTest, node: &NgNode) -> Result<()> {
             &[("caller", node.caller_ip), ("callee", node.callee_ip)],
             &node.control,
             &t.dir.join(format!("{}-state", node.name)),
-        ),
+        ) + &node.extra,
     )?;
     let cfg_s = cfg.to_string_lossy().into_owned();
     t.s.topo.spawn_env(
@@ -169,11 +182,15 @@ pub fn spawn_ng_agent(t: &mut SipTest, node: &NgNode) -> Result<()> {
 /// set must answer already: Kamailio pings them as it starts. The caller owns stopping it with
 /// SIGTERM ([`stop_kamailio`]) and then [`wait_kamailio`].
 pub fn spawn_kamailio(t: &mut SipTest, ng_socks: &str) -> Result<()> {
+    spawn_kamailio_with(t, "kamailio/ng_proxy.cfg", ng_socks)
+}
+
+/// [`spawn_kamailio`] with another script (relative to the tests crate; it has the same
+/// `@NG_SOCKS@` and `@MODULES@` placeholders).
+pub fn spawn_kamailio_with(t: &mut SipTest, script: &str, ng_socks: &str) -> Result<()> {
     let dir = t.dir.clone();
     let kcfg = dir.join("kamailio.cfg");
-    let template = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("kamailio/ng_proxy.cfg"),
-    )?;
+    let template = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(script))?;
     std::fs::write(
         &kcfg,
         template

@@ -1,0 +1,258 @@
+//! Bridged browser legs: one tokio task per leg owns a [`Bridge`] core and its three sockets.
+//!
+//! - The browser-facing socket is bound in the host namespace on the leg's advertised address
+//!   (ICE-lite, DTLS and SRTP arrive there; XDP passes them, no flow matches).
+//! - The gateway's RTP and RTCP sockets are bound inside the gateway namespace (a short-lived
+//!   thread `setns`es into it; a socket stays in the namespace it was made in) and connected
+//!   to the leg's kernel anchor, so the decrypted audio enters fork-agent's kernel relay over
+//!   the gateway veth like any plain caller's (docs/webrtc.md).
+//!
+//! Per input: feed the core, drain `poll_output`, re-read `poll_timeout`. Counters go to the
+//! engine task when they changed, at most every [`COUNTER_INTERVAL`] and at every event.
+
+#![allow(clippy::disallowed_methods)] // shell: reads the clock, spawns the per-leg tasks
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use nix::sched::{setns, CloneFlags};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+use webrtc_bridge::{
+    Bridge, Certificate, Counters, EarlyAudio, Event, IceCredentials, Output, PlainKind,
+    RemoteParams,
+};
+
+use crate::core::webrtc::BridgeOp;
+
+/// Counters reach the engine at most this often per leg (and at every event).
+const COUNTER_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Commands per leg buffered before the engine task waits (there are at most a few).
+const COMMAND_QUEUE: usize = 8;
+
+/// Largest datagram read (a DTLS flight fragment or an RTP packet fit well below).
+const MAX_DATAGRAM: usize = 2048;
+
+/// A counters report: the leg's browser-facing address and its counters.
+pub type CounterReport = (SocketAddr, Counters);
+
+/// The running bridges.
+pub struct Bridges {
+    cert: Certificate,
+    netns: PathBuf,
+    early: EarlyAudio,
+    legs: HashMap<SocketAddr, mpsc::Sender<RemoteParams>>,
+    reports: mpsc::Sender<CounterReport>,
+}
+
+impl Bridges {
+    /// Checks that the gateway namespace can be entered; reports go to `reports`.
+    pub fn new(
+        cert: Certificate,
+        netns: PathBuf,
+        early: EarlyAudio,
+        reports: mpsc::Sender<CounterReport>,
+    ) -> Result<Bridges> {
+        File::open(&netns).with_context(|| {
+            format!(
+                "opening the gateway namespace {} (webrtc.gateway_netns): create it and its veth \
+                 first (docs/webrtc.md)",
+                netns.display()
+            )
+        })?;
+        Ok(Bridges {
+            cert,
+            netns,
+            early,
+            legs: HashMap::new(),
+            reports,
+        })
+    }
+
+    /// Carries out one engine operation. A failure is logged: the call's other media go on.
+    pub fn apply(&mut self, op: BridgeOp) {
+        match op {
+            BridgeOp::Open {
+                browser,
+                gateway,
+                kernel,
+                ice,
+                remote,
+            } => {
+                if let Err(e) = self.open(browser, gateway, kernel, ice, remote) {
+                    warn!(%browser, error = %format!("{e:#}"), "opening a browser leg failed; it carries no media");
+                }
+            }
+            BridgeOp::Remote { browser, remote } => match self.legs.get(&browser) {
+                Some(tx) => {
+                    if tx.try_send(remote).is_err() {
+                        warn!(%browser, "a browser leg did not take its answer");
+                    }
+                }
+                None => debug!(%browser, "answer for a browser leg that is not open"),
+            },
+            // Dropping the sender ends the task, which closes the sockets.
+            BridgeOp::Close { browser } => {
+                self.legs.remove(&browser);
+            }
+        }
+    }
+
+    fn open(
+        &mut self,
+        browser: SocketAddr,
+        gateway: SocketAddr,
+        kernel: SocketAddr,
+        ice: IceCredentials,
+        remote: Option<RemoteParams>,
+    ) -> Result<()> {
+        let b = StdUdpSocket::bind(browser)
+            .with_context(|| format!("binding the browser-facing socket {browser}"))?;
+        let [rtp, rtcp] = gateway_sockets(&self.netns, gateway, kernel)?;
+        let sockets = [b, rtp, rtcp].map(|s| {
+            s.set_nonblocking(true)?;
+            UdpSocket::from_std(s)
+        });
+        let [Ok(b), Ok(rtp), Ok(rtcp)] = sockets else {
+            return Err(anyhow!("registering the browser leg's sockets with tokio"));
+        };
+        let mut bridge = Bridge::new(self.cert.clone(), ice, self.early);
+        if let Some(r) = remote {
+            bridge.set_remote(Instant::now().into_std(), r);
+        }
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        self.legs.insert(browser, tx);
+        let reports = self.reports.clone();
+        tokio::spawn(run_leg(browser, bridge, b, rtp, rtcp, rx, reports));
+        info!(%browser, %gateway, %kernel, "browser leg open");
+        Ok(())
+    }
+}
+
+/// Binds the gateway's RTP and RTCP sockets inside `netns` and connects them to the kernel
+/// anchor's RTP and RTCP ports. Runs on a thread of its own: `setns` changes the calling
+/// thread's namespace, and the runtime's threads must stay in the host's.
+fn gateway_sockets(
+    netns: &Path,
+    gateway: SocketAddr,
+    kernel: SocketAddr,
+) -> Result<[StdUdpSocket; 2]> {
+    let netns = netns.to_owned();
+    let plus_one = |a: SocketAddr| {
+        a.port()
+            .checked_add(1)
+            .map(|p| SocketAddr::new(a.ip(), p))
+            .ok_or_else(|| anyhow!("{a}: no RTCP port above"))
+    };
+    let (g1, k1) = (plus_one(gateway)?, plus_one(kernel)?);
+    std::thread::spawn(move || -> Result<[StdUdpSocket; 2]> {
+        let ns = File::open(&netns)
+            .with_context(|| format!("opening the gateway namespace {}", netns.display()))?;
+        setns(ns, CloneFlags::CLONE_NEWNET)
+            .with_context(|| format!("entering the gateway namespace {}", netns.display()))?;
+        let bind = |local: SocketAddr, peer: SocketAddr| -> Result<StdUdpSocket> {
+            let s = StdUdpSocket::bind(local)
+                .with_context(|| format!("binding the gateway socket {local}"))?;
+            s.connect(peer)
+                .with_context(|| format!("connecting the gateway socket to {peer}"))?;
+            Ok(s)
+        };
+        Ok([bind(gateway, kernel)?, bind(g1, k1)?])
+    })
+    .join()
+    .map_err(|_| anyhow!("the gateway socket thread panicked"))?
+}
+
+/// Drives one browser leg until its `remote` sender is dropped (public for `bench srtp`).
+pub async fn run_leg(
+    key: SocketAddr,
+    mut bridge: Bridge,
+    browser: UdpSocket,
+    rtp: UdpSocket,
+    rtcp: UdpSocket,
+    mut remote: mpsc::Receiver<RemoteParams>,
+    reports: mpsc::Sender<CounterReport>,
+) {
+    let mut b1 = vec![0u8; MAX_DATAGRAM];
+    let mut b2 = vec![0u8; MAX_DATAGRAM];
+    let mut b3 = vec![0u8; MAX_DATAGRAM];
+    let mut reported = Counters::default();
+    let mut reported_at = Instant::now();
+    loop {
+        // Counters that changed since the last report are sent at the latest one interval on.
+        let report_at = (bridge.counters() != reported).then(|| reported_at + COUNTER_INTERVAL);
+        let deadline = [bridge.poll_timeout().map(Instant::from_std), report_at]
+            .into_iter()
+            .flatten()
+            .min();
+        let mut event = false;
+        tokio::select! {
+            r = browser.recv_from(&mut b1) => match r {
+                Ok((n, from)) => bridge.handle_browser(Instant::now().into_std(), from, &b1[..n]),
+                Err(e) => debug!(%key, error = %e, "browser socket receive error"),
+            },
+            r = rtp.recv(&mut b2) => match r {
+                Ok(n) => bridge.handle_plain(Instant::now().into_std(), PlainKind::Rtp, &b2[..n]),
+                Err(e) => debug!(%key, error = %e, "gateway RTP receive error"),
+            },
+            r = rtcp.recv(&mut b3) => match r {
+                Ok(n) => bridge.handle_plain(Instant::now().into_std(), PlainKind::Rtcp, &b3[..n]),
+                Err(e) => debug!(%key, error = %e, "gateway RTCP receive error"),
+            },
+            r = remote.recv() => match r {
+                Some(p) => bridge.set_remote(Instant::now().into_std(), p),
+                None => break,
+            },
+            () = sleep_until(deadline) => bridge.handle_timeout(Instant::now().into_std()),
+        }
+        while let Some(out) = bridge.poll_output() {
+            match out {
+                Output::ToBrowser { to, bytes } => {
+                    if let Err(e) = browser.send_to(&bytes, to).await {
+                        debug!(%key, %to, error = %e, "sending to the browser failed");
+                    }
+                }
+                Output::ToPlain { kind, bytes } => {
+                    let s = match kind {
+                        PlainKind::Rtp => &rtp,
+                        PlainKind::Rtcp => &rtcp,
+                    };
+                    if let Err(e) = s.send(&bytes).await {
+                        debug!(%key, error = %e, "sending to the kernel anchor failed");
+                    }
+                }
+                Output::Event(e) => {
+                    event = true;
+                    match &e {
+                        Event::Failed(why) => warn!(%key, %why, "browser leg failed"),
+                        other => info!(%key, event = ?other, "browser leg"),
+                    }
+                }
+            }
+        }
+        let c = bridge.counters();
+        if c != reported && (event || reported_at.elapsed() >= COUNTER_INTERVAL) {
+            // A full queue only delays the report: the next change sends it again.
+            if reports.try_send((key, c)).is_ok() {
+                reported = c;
+                reported_at = Instant::now();
+            }
+        }
+    }
+    let _ = reports.try_send((key, bridge.counters()));
+    debug!(%key, "browser leg closed");
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
