@@ -149,6 +149,10 @@ pub struct Start {
     /// `true` when re-sent after a reconnect: the server continues the same stream.
     #[serde(default, skip_serializing_if = "is_false")]
     pub resumed: bool,
+    /// `true` when the server may talk back on this stream: its audio is played to this
+    /// stream's party (docs/speech-protocol.md §16).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub return_audio: bool,
 }
 
 /// Why a stream is paused.
@@ -271,6 +275,7 @@ mod tests {
             ptime_ms: 20,
             metadata: Map::new(),
             resumed: false,
+            return_audio: false,
         }
     }
 

@@ -16,6 +16,8 @@
 //! - [`ulaw_to_linear`] / [`alaw_to_linear`] decode G.711 samples (ITU-T G.711 tables),
 //!   [`linear_to_ulaw`] / [`linear_to_alaw`] encode them, [`alaw_to_ulaw`] / [`ulaw_to_alaw`]
 //!   transcode; [`Upsampler`] resamples 8 kHz to 16 kHz.
+//! - [`bot`]: what a speech server that talks back asks for ([`BotCommand`]), whatever its
+//!   dialect.
 //! - [`profile`]: the other dialects a speech server may speak (Twilio Media Streams, Genesys
 //!   AudioHook, jambonz, raw binary audio) and [`Dialect`], the per-connection translator.
 //!
@@ -23,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 mod audio;
+pub mod bot;
 mod control;
 mod g711;
 mod pcm;
@@ -35,6 +38,7 @@ pub use audio::{
     decode_audio, encode_audio, set_audio_stream_id, AudioHeader, ProtoError, FLAG_FIRST,
     FLAG_MARKER, MAGIC,
 };
+pub use bot::{BotCommand, ReturnAudioError, BOT_SAMPLE_RATE, MAX_MARK_NAME};
 pub use control::{
     Channel, Codec, Control, Dtmf, ErrorMsg, Pause, PauseReason, Resume, Start, Stop, StopReason,
     Update,

@@ -212,6 +212,14 @@ pub enum ServerSignal {
     /// The server refused or ended the session in the dialect's own words; the shell closes
     /// the connection and the fork fails or reconnects as for a server close.
     Refused(String),
+    /// The server talks back on a stream that was started with `return_audio`: the command
+    /// goes to that stream's playout (docs/speech-protocol.md §16).
+    Bot {
+        /// The stream whose party hears the bot.
+        stream_id: u32,
+        /// What to do.
+        command: crate::BotCommand,
+    },
 }
 
 impl Profile {
@@ -220,6 +228,15 @@ impl Profile {
     /// connection is the confirmation.
     pub fn awaits_acceptance(self) -> bool {
         matches!(self, Profile::Audiohook)
+    }
+
+    /// Whether a server of this profile may talk back (return audio, docs/speech-protocol.md
+    /// §16); a fork asking for it with another profile is refused with this error.
+    pub fn check_return_audio(self) -> Result<(), crate::ReturnAudioError> {
+        match self {
+            Profile::Twilio => Ok(()),
+            p => Err(crate::ReturnAudioError::NotInProfile(p)),
+        }
     }
 }
 
@@ -266,6 +283,8 @@ pub struct DialectStats {
     pub server_binary_ignored: u64,
     /// AudioHook pings not sent because the previous one had no `pong` yet.
     pub pongs_missed: u64,
+    /// Server messages turned into [`crate::BotCommand`]s (return audio).
+    pub bot_commands: u64,
 }
 
 impl DialectStats {
@@ -322,6 +341,15 @@ trait Speaker {
     }
     fn on_timeout(&mut self, _now: Instant, _out: &mut Vec<WireFrame>) {}
     fn on_local_close(&mut self, _now: Instant, _out: &mut Vec<WireFrame>) {}
+    /// By default there is no return audio, so no mark to answer.
+    fn on_mark_played(
+        &mut self,
+        _now: Instant,
+        _stream_id: u32,
+        _name: &str,
+        _out: &mut Vec<WireFrame>,
+    ) {
+    }
     fn stats(&self) -> DialectStats;
 }
 
@@ -526,6 +554,20 @@ impl Dialect {
     /// has not said it yet.
     pub fn on_local_close(&mut self, now: Instant, out: &mut Vec<WireFrame>) {
         self.inner.speaker_mut().on_local_close(now, out)
+    }
+
+    /// The playout of `stream_id` played everything before the bot's mark `name` (or cleared
+    /// it): the dialect's answer, if it has one (Twilio echoes the `mark`), goes to `out`.
+    pub fn on_mark_played(
+        &mut self,
+        now: Instant,
+        stream_id: u32,
+        name: &str,
+        out: &mut Vec<WireFrame>,
+    ) {
+        self.inner
+            .speaker_mut()
+            .on_mark_played(now, stream_id, name, out)
     }
 
     /// Counters of what was not sent or not acted on.

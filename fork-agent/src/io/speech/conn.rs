@@ -130,6 +130,15 @@ pub enum ConnEvent {
         /// Connection.
         conn: ConnId,
     },
+    /// The server talks back on a stream started with `return_audio`.
+    Bot {
+        /// Connection (the mark answers go back on it).
+        conn: ConnId,
+        /// The stream whose party hears the bot.
+        stream_id: u32,
+        /// What to do.
+        command: speech_proto::BotCommand,
+    },
     /// The attempt failed or the connection ended.
     Closed {
         /// Connection.
@@ -459,6 +468,9 @@ where
                         }
                         match signal {
                             ServerSignal::Nothing => {}
+                            ServerSignal::Bot { stream_id, command } => {
+                                let _ = l.events.send(ConnEvent::Bot { conn: l.conn, stream_id, command });
+                            }
                             ServerSignal::Error(e) => {
                                 for c in l.counters {
                                     c.server_errors.fetch_add(1, Ordering::Relaxed);

@@ -655,6 +655,11 @@ impl Task {
                     warn!(conn = conn.0, "accepted event: {e}");
                 }
             }
+            ConnEvent::Bot {
+                conn,
+                stream_id,
+                command,
+            } => self.bot_command(conn, stream_id, command),
             ConnEvent::Closed {
                 conn,
                 failure,
@@ -694,6 +699,16 @@ impl Task {
                 }
             }
         }
+    }
+
+    /// A bot command for a stream without a playout (it stopped meanwhile): nothing plays it.
+    fn bot_command(&mut self, conn: ConnId, stream_id: u32, command: speech_proto::BotCommand) {
+        tracing::debug!(
+            conn = conn.0,
+            stream_id,
+            ?command,
+            "bot command for a stream without playout"
+        );
     }
 
     fn media(&mut self, m: Media) {
