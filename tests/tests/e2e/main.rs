@@ -29,6 +29,7 @@ mod kernel_packets_capture;
 mod kernel_packets_parse;
 mod kernel_packets_relay;
 mod kernel_packets_rtp;
+mod kernel_packets_sink;
 mod kernel_relay_fork;
 mod kernel_relay_via_gateway;
 mod next_hop_mac_change;
