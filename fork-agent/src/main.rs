@@ -283,6 +283,7 @@ fn ctl(socket: &std::path::Path, json: bool, cmd: CtlCmd) -> Result<()> {
                 rtcp,
                 payload_types: vec![0, 8],
                 dtmf_pt,
+                sink: false,
             },
         },
         CtlCmd::FlowDel { local } => Op::FlowDel { local },
@@ -321,6 +322,7 @@ fn ctl(socket: &std::path::Path, json: bool, cmd: CtlCmd) -> Result<()> {
                     ptime_ms: 20,
                     metadata: Default::default(),
                     streams,
+                    return_audio: None,
                 },
             }
         }

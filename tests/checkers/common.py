@@ -247,6 +247,10 @@ class Session:
         """A close the dialect asks the server to perform after the last reply."""
         return None
 
+    async def talk(self, ws: ServerConnection) -> None:
+        """What the server sends of its own accord while the connection is open (a voice bot's
+        audio); runs beside the reading loop and is cancelled when the connection ends."""
+
     # -- helpers for dialects ---------------------------------------------------------------
     def violation(self, text: str) -> None:
         self.violations.append(f"conn {self.index}: {text}")
@@ -494,6 +498,7 @@ class Checker:
         close_after = self.args.close_after_ms if self.closes_done < self.args.close_count else None
         if close_after is not None:
             self.closes_done += 1
+        talking = asyncio.ensure_future(session.talk(ws))
         try:
             async for message in ws:
                 if isinstance(message, str):
@@ -512,6 +517,9 @@ class Checker:
         except ConnectionClosed:
             pass
         finally:
+            talking.cancel()
+            if talking.done() and not talking.cancelled() and talking.exception():
+                session.violation(f"checker bot failed: {talking.exception()!r}")
             self.finish(session, ws)
 
     @staticmethod

@@ -352,6 +352,66 @@ class TwilioTest(CheckerCase):
         self.assertEqual((report["rejected_upgrades"], report["connections"]), (1, 1))
         self.assertEqual(report["per_connection"][1]["close"]["by"], "server")
 
+    def bot_call(self, run: Run, echo) -> list[dict]:
+        """Plays fork-agent: connected + start, then reads what the bot sends for a while and
+        answers its marks through `echo(c, marks_so_far) -> list of names to echo now`."""
+        async def call():
+            c = TwilioClient()
+            got = []
+            async with connect(run.url) as ws:
+                for m in (c.connected(), c.start()):
+                    await ws.send(json.dumps(m))
+                marks = []
+                try:
+                    while True:
+                        msg = json.loads(await asyncio.wait_for(ws.recv(), 1.0))
+                        got.append(msg)
+                        if msg["event"] == "mark":
+                            marks.append(msg["mark"]["name"])
+                            for name in echo(marks):
+                                await ws.send(json.dumps({"event": "mark", "sequenceNumber": c.next_seq(),
+                                                          "streamSid": SID["streamSid"],
+                                                          "mark": {"name": name}}))
+                except asyncio.TimeoutError:
+                    pass
+                await ws.send(json.dumps(c.stop()))
+            return got
+        return drive(call())
+
+    def test_bot_sends_audio_and_marks_and_takes_echoes_in_order(self):
+        samples = [common.ULAW_TABLE[b] for b in ulaw_bytes(signal_8k(2000, 3))]
+        tmp = tempfile.TemporaryDirectory(prefix="bot-wav-")
+        self.addCleanup(tmp.cleanup)
+        wav = Path(tmp.name) / "bot.wav"
+        common.write_wav(wav, 8000, array.array("h", samples))
+        run = self.start("--bot-wav", str(wav), "--bot-chunk-ms", "100", "--bot-clear-after-ms", "50")
+        got = self.bot_call(run, lambda marks: [marks[-1]])
+        media = b"".join(base64.b64decode(m["media"]["payload"]) for m in got if m["event"] == "media")
+        self.assertEqual(media, ulaw_bytes(samples), "the WAV, µ-law, in order")
+        self.assertEqual([m["mark"]["name"] for m in got if m["event"] == "mark"], ["m1", "m2", "m3"])
+        self.assertEqual(got[-1], {"event": "clear", "streamSid": SID["streamSid"]})
+        report = run.report()
+        self.assertViolations(report, [])
+        bot = report["per_connection"][0]["bot"]
+        self.assertEqual([m["name"] for m in bot["marks_echoed"]], ["m1", "m2", "m3"])
+        self.assertEqual(bot["samples_sent"], 2000)
+        self.assertIsNotNone(bot["cleared_ms"])
+
+    def test_bot_mark_echoed_out_of_order_or_never_sent(self):
+        tmp = tempfile.TemporaryDirectory(prefix="bot-wav-")
+        self.addCleanup(tmp.cleanup)
+        wav = Path(tmp.name) / "bot.wav"
+        common.write_wav(wav, 8000, array.array("h", [0] * 1600))
+        run = self.start("--bot-wav", str(wav))
+        self.bot_call(run, lambda marks: ["m2", "m1", "zz"] if len(marks) == 2 else [])
+        self.assertViolations(run.report(), [
+            "conn 1: mark 'm2' echoed where 'm1' was next (marks come back in the order sent, "
+            'Twilio Media Streams "mark" message)',
+            "conn 1: mark 'm1' echoed where 'm2' was next (marks come back in the order sent, "
+            'Twilio Media Streams "mark" message)',
+            "conn 1: mark 'zz' that this server never sent (Twilio echoes the server's marks, "
+            'Twilio Media Streams "mark" message)'])
+
 
 # --- AudioHook -------------------------------------------------------------------------------
 

@@ -98,6 +98,7 @@ mod tests {
                     channel: Channel::Caller,
                     flow,
                 }],
+                return_audio: None,
             },
             streams: vec![(stream, flow)],
         }

@@ -71,6 +71,7 @@ pub struct JobId(pub u64);
 
 /// What the shell must do.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // one per control request, never on the media path
 pub enum MediaOutput {
     /// Send this request to fork-agent (in order) and report the answer with `job`.
     Control {
@@ -307,6 +308,7 @@ fn desired_flows(legs: &[Option<NegotiatedMedia>; 2]) -> BTreeMap<SocketAddr, Fl
             rtcp: false,
             payload_types,
             dtmf_pt: from.telephone_event.or(to.telephone_event),
+            sink: false,
         };
         // RTCP on the next port up (RFC 3550 §11); SDP `a=rtcp` is not honoured (see
         // docs/sip-agent.md).
@@ -322,6 +324,7 @@ fn desired_flows(legs: &[Option<NegotiatedMedia>; 2]) -> BTreeMap<SocketAddr, Fl
                     rtcp: true,
                     payload_types: Vec::new(),
                     dtmf_pt: None,
+                    sink: false,
                 },
             );
         }
@@ -670,6 +673,7 @@ impl MediaLayer {
                             flow: local(b),
                         },
                     ],
+                    return_audio: None,
                 };
                 // The B2BUA's fork sequence allowed it: a new GUID within `max_per_call`.
                 c.forks.push(Fork {

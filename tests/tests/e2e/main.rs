@@ -9,6 +9,7 @@ mod sip_support;
 mod turn_support;
 
 mod agent_restart;
+mod bot_endpoint;
 mod check_kernel;
 mod fallback_fork;
 mod fork_control_limits;

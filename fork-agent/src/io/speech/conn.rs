@@ -96,6 +96,13 @@ pub enum Outgoing {
     /// End of one batch of the service's output (a dialect announcing a call once, with all
     /// its streams, does it here). Not counted in the backlog.
     Flush,
+    /// A playout played everything before the bot's mark: the dialect's answer (return audio).
+    MarkPlayed {
+        /// The stream the bot talks on.
+        stream_id: u32,
+        /// The mark's name.
+        name: String,
+    },
 }
 
 /// Items translated and written with one flush at most (bounds the time a stalled close
@@ -273,7 +280,7 @@ async fn run(
                 backlog.fetch_sub(1, Ordering::Relaxed);
                 counters[0].dropped_on_close.fetch_add(1, Ordering::Relaxed);
             }
-            Outgoing::Control(_) => {
+            Outgoing::Control(_) | Outgoing::MarkPlayed { .. } => {
                 backlog.fetch_sub(1, Ordering::Relaxed);
             }
         }
@@ -310,6 +317,9 @@ fn translate(
         Outgoing::Control(c) => dialect.on_control(t, &c, out),
         Outgoing::Audio(a) => dialect.on_audio(t, a, out),
         Outgoing::Flush => dialect.flush(t, out),
+        Outgoing::MarkPlayed { stream_id, name } => {
+            dialect.on_mark_played(t, stream_id, &name, out)
+        }
     }
 }
 
