@@ -53,6 +53,7 @@ use crate::core::fork_request::{
     ForkCodec, ForkError, ForkKind, ForkRequest, ForkState, StatusReport, StreamStatus,
 };
 
+mod bot;
 mod status;
 
 use status::{channel_ids, channels_of, fork_error, streams_of, Link};
@@ -476,6 +477,7 @@ impl MediaLayer {
             SessionEvent::MediaDown { call } | SessionEvent::CallEnded { call, .. } => {
                 self.teardown(*call)
             }
+            SessionEvent::BotUp { call, bot } => self.on_bot(*call, bot),
             SessionEvent::ForkRequest {
                 call,
                 request,

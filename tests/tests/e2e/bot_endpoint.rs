@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
+use xdpfork_tests::bot::{assert_one_stream, bot_speech, heard, monotonic_ms, Rx};
 use xdpfork_tests::dialects::{compare, write_ulaw_as_wav, Checker, TWILIO};
 use xdpfork_tests::fork_rig::Events;
 use xdpfork_tests::{addrs, rtp_packet, Host, Scenario, Topology};
@@ -23,31 +24,6 @@ const CHECKER: &str = "10.77.3.2:9000";
 const GUID: &str = "0b07e5d1-5eb3-4c4e-9a57-c0ffee000017";
 /// Audio per `media` message of the bot (each followed by a mark).
 const CHUNK_MS: u64 = 100;
-
-/// µ-law test speech: a 600 Hz tone whose loudness moves, so every alignment but one differs.
-fn bot_speech(ms: usize) -> Vec<u8> {
-    (0..ms * 8)
-        .map(|i| {
-            let env = 4000.0 + 3000.0 * (i as f64 / 700.0).sin();
-            let x = env * (2.0 * std::f64::consts::PI * 600.0 * i as f64 / 8000.0).sin();
-            speech_proto::linear_to_ulaw(x as i16)
-        })
-        .collect()
-}
-
-/// One RTP packet the caller received.
-#[derive(Debug, Clone)]
-struct Rx {
-    from: SocketAddr,
-    /// CLOCK_MONOTONIC at receipt, in ms (the checker stamps its clear on the same clock).
-    mono_ms: f64,
-    marker: bool,
-    pt: u8,
-    seq: u16,
-    ts: u32,
-    ssrc: u32,
-    payload: Vec<u8>,
-}
 
 struct Bot {
     s: Scenario,
@@ -120,17 +96,7 @@ impl Bot {
             let due = start + Duration::from_millis(20) * (k + 1);
             while Instant::now() < due {
                 match self.caller.recv_from(&mut buf) {
-                    Ok((n, from)) if n >= 12 => got.push(Rx {
-                        from,
-                        mono_ms: monotonic_ms()?,
-                        marker: buf[1] & 0x80 != 0,
-                        pt: buf[1] & 0x7f,
-                        seq: u16::from_be_bytes([buf[2], buf[3]]),
-                        ts: u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]),
-                        ssrc: u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]),
-                        payload: buf[12..n].to_vec(),
-                    }),
-                    Ok(_) => {}
+                    Ok((n, from)) => got.extend(Rx::parse(from, monotonic_ms()?, &buf[..n])),
                     Err(e)
                         if matches!(
                             e.kind(),
@@ -172,38 +138,8 @@ impl Bot {
     }
 }
 
-fn monotonic_ms() -> Result<f64> {
-    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)?;
-    Ok(t.tv_sec() as f64 * 1000.0 + t.tv_nsec() as f64 / 1e6)
-}
-
-/// One RTP stream as a phone accepts it: from the anchored address, one SSRC, PCMU, sequence
-/// +1 and timestamp +160 per 20 ms packet throughout.
-fn assert_one_stream(got: &[Rx]) {
-    assert!(got.len() > 20, "the caller received {} packets", got.len());
-    let a: SocketAddr = addrs::A_LOCAL.parse().expect("address");
-    for w in got.windows(2) {
-        assert_eq!(w[1].from, a, "sent from the anchored address");
-        assert_eq!((w[1].ssrc, w[1].pt), (got[0].ssrc, 0), "one PCMU stream");
-        assert_eq!(w[1].seq, w[0].seq.wrapping_add(1), "sequence: {:?}", &w[..]);
-        assert_eq!(
-            w[1].ts,
-            w[0].ts.wrapping_add(160),
-            "timestamp: {:?}",
-            &w[..]
-        );
-        assert_eq!(w[1].payload.len(), 160);
-    }
-}
-
-/// The bot's audio the caller heard: the packets between the first marker and the next
-/// silence.
-fn heard(got: &[Rx]) -> Vec<u8> {
-    got.iter()
-        .skip_while(|p| !p.marker)
-        .take_while(|p| p.payload != [0xff; 160])
-        .flat_map(|p| p.payload.clone())
-        .collect()
+fn a_local() -> SocketAddr {
+    addrs::A_LOCAL.parse().expect("address")
 }
 
 fn assert_clean(r: &Value, log: &str) {
@@ -219,14 +155,14 @@ fn bot_endpoint_plays_the_bots_audio_and_echoes_marks_once_played() -> Result<()
     let (sent, got) = b.converse(2000)?;
     let r = b.finish()?;
     assert_clean(&r, &b.s.topo.log("bot"));
-    assert_one_stream(&got);
+    assert_one_stream(&got, a_local(), 0);
     assert_eq!(
         got.iter().filter(|p| p.marker).count(),
         1,
         "one talkspurt, one marker bit"
     );
     let heard_wav = b.s.topo.dir.join("heard.wav");
-    let audio = heard(&got);
+    let audio = heard(&got, 0xff);
     assert_eq!(audio.len(), b.speech.len(), "the whole utterance");
     write_ulaw_as_wav(&heard_wav, &audio)?;
     eprintln!("{}", compare(8000, &heard_wav, &b.bot_wav)?);
@@ -270,8 +206,8 @@ fn bot_endpoint_clear_cuts_the_utterance() -> Result<()> {
     let (_, got) = b.converse(2500)?;
     let r = b.finish()?;
     assert_clean(&r, &b.s.topo.log("bot"));
-    assert_one_stream(&got);
-    let audio = heard(&got);
+    assert_one_stream(&got, a_local(), 0);
+    let audio = heard(&got, 0xff);
     assert!(
         !audio.is_empty() && audio.len() < 1000 * 8,
         "cut well before its 3 s: {} ms played",
@@ -326,8 +262,8 @@ fn bot_endpoint_bot_leaving_mid_utterance_leaves_the_call_up() -> Result<()> {
     assert_clean(&r, &b.s.topo.log("bot"));
     let all: Vec<Rx> = got.into_iter().chain(more).collect();
     // One stream across the bot's departure (the caller's sends pause nothing on our side).
-    assert_one_stream(&all);
-    let audio = heard(&all);
+    assert_one_stream(&all, a_local(), 0);
+    let audio = heard(&all, 0xff);
     assert!(
         !audio.is_empty() && audio.len() < 3000 * 8,
         "cut when the bot left: {} ms played",

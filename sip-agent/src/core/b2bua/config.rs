@@ -63,6 +63,17 @@ pub struct Route {
     pub bind: Option<Bind>,
 }
 
+/// A number answered by a voice bot (endpoint mode, docs/sip-agent.md "Voice bots"): the call
+/// ends here and a speech server that talks back is the other party.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BotRoute {
+    /// What it matches (the Request-URI user), as a route's pattern; bots are looked up before
+    /// routes.
+    pub pattern: RoutePattern,
+    /// fork-agent `[[speech_server]]` the bot is (its URL, token and profile).
+    pub speech_server: String,
+}
+
 /// Local addresses one leg of a call uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Bind {
@@ -82,6 +93,8 @@ pub struct Config {
     pub media_ip: IpAddr,
     /// Routing rules; the most specific match wins, ties go to the earlier rule.
     pub routes: Vec<Route>,
+    /// Numbers answered by voice bots (looked up before `routes`, the same way).
+    pub bots: Vec<BotRoute>,
     /// Listening port per transport, written into Via sent-by and Contact for messages on that
     /// transport; a transport not listed uses `sip_addr`'s port.
     pub transport_ports: Vec<(Transport, u16)>,

@@ -42,6 +42,9 @@ impl<P: PortAllocator> B2bua<P> {
             me.respond(now, tx, &req, code, reason, None, vec![], None)
         };
         let user = req.uri.user().unwrap_or_default().to_string();
+        if let Some(bot) = self.bot_for(&user) {
+            return self.new_bot_call(now, tx, from, req, bot);
+        }
         let Some(route) = self.route(&user) else {
             return reject(self, 404, None);
         };
@@ -194,6 +197,7 @@ impl<P: PortAllocator> B2bua<P> {
                 counted: false,
                 timers: CallTimers::default(),
                 session_interval: None,
+                bot: None,
             },
         );
     }
