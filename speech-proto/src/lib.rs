@@ -46,7 +46,7 @@ pub use control::{
 pub use g711::{
     alaw_to_linear, alaw_to_ulaw, linear_to_alaw, linear_to_ulaw, ulaw_to_alaw, ulaw_to_linear,
 };
-pub use pcm::{write_l16le, Upsampler, HALF_BAND, UPSAMPLER_DELAY};
+pub use pcm::{write_l16le, Downsampler, Upsampler, HALF_BAND, UPSAMPLER_DELAY};
 pub use profile::{
     AudioEncoding, AudioFormat, AuthScheme, Dialect, DialectStats, Layout, Profile, ProfileConfig,
     ProfileConfigError, ServerSignal, UnknownProfile, Upgrade, UpgradeInfo, WireFrame,

@@ -217,8 +217,9 @@ pub enum ServerSignal {
     Bot {
         /// The stream whose party hears the bot.
         stream_id: u32,
-        /// What to do.
-        command: crate::BotCommand,
+        /// What to do, in order (one server message may say two things: jambonz `playAudio`
+        /// is a clip and the `playDone` owed after it).
+        commands: Vec<crate::BotCommand>,
     },
 }
 
@@ -234,7 +235,7 @@ impl Profile {
     /// §16); a fork asking for it with another profile is refused with this error.
     pub fn check_return_audio(self) -> Result<(), crate::ReturnAudioError> {
         match self {
-            Profile::Twilio => Ok(()),
+            Profile::Twilio | Profile::Jambonz => Ok(()),
             p => Err(crate::ReturnAudioError::NotInProfile(p)),
         }
     }

@@ -503,7 +503,10 @@ impl Speaker for Twilio {
             Said::Clear => BotCommand::Clear,
         };
         self.stats.bot_commands += 1;
-        Ok(ServerSignal::Bot { stream_id, command })
+        Ok(ServerSignal::Bot {
+            stream_id,
+            commands: vec![command],
+        })
     }
 
     fn on_local_close(&mut self, _now: Instant, out: &mut Vec<WireFrame>) {
@@ -866,7 +869,7 @@ mod tests {
         let bot = |command| {
             Ok(ServerSignal::Bot {
                 stream_id: super::super::call::testing::sid(Channel::Caller),
-                command,
+                commands: vec![command],
             })
         };
         let media = json!({"event":"media","streamSid":sid,"media":{"payload":b64}});

@@ -478,8 +478,10 @@ where
                         }
                         match signal {
                             ServerSignal::Nothing => {}
-                            ServerSignal::Bot { stream_id, command } => {
-                                let _ = l.events.send(ConnEvent::Bot { conn: l.conn, stream_id, command });
+                            ServerSignal::Bot { stream_id, commands } => {
+                                for command in commands {
+                                    let _ = l.events.send(ConnEvent::Bot { conn: l.conn, stream_id, command });
+                                }
                             }
                             ServerSignal::Error(e) => {
                                 for c in l.counters {
