@@ -40,8 +40,8 @@ pub use audio::{
 };
 pub use bot::{BotCommand, ReturnAudioError, BOT_SAMPLE_RATE, MAX_MARK_NAME};
 pub use control::{
-    Channel, Codec, Control, Dtmf, ErrorMsg, Pause, PauseReason, Resume, Start, Stop, StopReason,
-    Update,
+    Channel, Clear, Codec, Control, Dtmf, ErrorMsg, Mark, Pause, PauseReason, Resume, Start, Stop,
+    StopReason, Update,
 };
 pub use g711::{
     alaw_to_linear, alaw_to_ulaw, linear_to_alaw, linear_to_ulaw, ulaw_to_alaw, ulaw_to_linear,
@@ -52,7 +52,7 @@ pub use profile::{
     ProfileConfigError, ServerSignal, UnknownProfile, Upgrade, UpgradeInfo, WireFrame,
 };
 pub use seq::{SeqOrder, SeqTracker, SEQ_WINDOW};
-pub use server_msg::{check_server_text, ServerViolation, MAX_SERVER_MESSAGE};
+pub use server_msg::{check_server_text, ServerText, ServerViolation, MAX_SERVER_MESSAGE};
 pub use validator::{AudioEvent, Event, StreamState, StreamStats, Validator, Violation};
 
 /// WebSocket subprotocol token the client offers in `Sec-WebSocket-Protocol` and the server

@@ -156,7 +156,7 @@ impl Call {
                 Some((ch, _)) => Change::Dtmf(ch, d),
                 None => Change::Ignored,
             },
-            Control::Error(_) => Change::Ignored,
+            Control::Error(_) | Control::Mark(_) | Control::Clear(_) => Change::Ignored,
         }
     }
 
