@@ -15,7 +15,7 @@ use std::net::IpAddr;
 use std::time::Instant;
 
 use rand::RngCore;
-use rsip::{Header, Request, SipMessage};
+use rsip::{Header, Request};
 use tracing::debug;
 
 use super::{
@@ -24,7 +24,7 @@ use super::{
 };
 use crate::core::dialog::Dialog;
 use crate::core::fork_request::ForkSequence;
-use crate::core::message::{self, header_values, uri_of};
+use crate::core::message::{header_values, uri_of};
 use crate::core::sdp::{AudioMedia, Codec, Sdp};
 use crate::core::session_timer::{CallTimer, CallTimers};
 use crate::core::transaction::{Peer, TxHandle};
@@ -108,31 +108,15 @@ impl<P: PortAllocator> B2bua<P> {
             return reject(self, 488, Some("No G.711"));
         };
         let answer_media = Sdp::parse(&body).ok().and_then(|s| s.audio());
-        let Some(k) = message::keys(&SipMessage::Request(req.clone())) else {
+        let Some((a, from_hdr)) = self.caller_dialog(&req, &contact, from) else {
             self.ports.release(port);
             return;
         };
+        let a_tag = a.local_tag.clone();
         let to = header_values(&req.headers, "To")
             .into_iter()
             .next()
             .unwrap_or_default();
-        let from_hdr = header_values(&req.headers, "From")
-            .into_iter()
-            .next()
-            .unwrap_or_default();
-        let a_tag = self.token();
-        let a = Dialog {
-            call_id: k.call_id.clone(),
-            local_tag: a_tag.clone(),
-            remote_tag: k.from_tag.clone(),
-            local_header: format!("{to};tag={a_tag}"),
-            remote_header: from_hdr.clone(),
-            remote_target: uri_of(&contact).to_string(),
-            route_set: header_values(&req.headers, "Record-Route"),
-            local_cseq: 0,
-            remote_cseq: Some(k.cseq),
-            peer: from,
-        };
         // The bot's side: never sent to, never found by a request (its Call-ID and tag are
         // ours and random, and not in `by_dialog`).
         let b = Dialog {
