@@ -1,4 +1,4 @@
-//! `cargo xtask bench relay|turn|fork|calls|dialects [--reps N] [--secs S] [--rates LIST] [--streams LIST]
+//! `cargo xtask bench relay|turn|fork|calls|dialects|bot [--reps N] [--secs S] [--rates LIST] [--streams LIST]
 //! [--cps LIST] [--calls N] [--hold S] [--concurrent LIST] [--rtp yes|no] [--out DIR]`: the
 //! benchmarks of docs/benchmarks.md (needs root; never part of `cargo xtask test`).
 //!
@@ -29,6 +29,8 @@ pub(crate) enum Which {
     Calls,
     /// Per-frame cost of each speech dialect (twilio, audiohook, jambonz, raw) against ours.
     Dialects,
+    /// Voice bots talking back (return audio): calls per fork-agent core, bot → caller latency.
+    Bot,
 }
 
 /// `cargo xtask bench` options.
@@ -53,8 +55,8 @@ pub(crate) struct Args {
     /// Where the report and the raw points go.
     #[arg(long, default_value = "target/bench")]
     out: String,
-    /// `fork` only: concurrent stream counts, comma-separated (the sweep stops at the first
-    /// count with loss).
+    /// `fork`: concurrent stream counts, comma-separated (the sweep stops at the first count
+    /// with loss); `bot`: concurrent bot calls (e.g. 50,200,500,1000).
     #[arg(long, default_value = "500,1000,2000,5000")]
     streams: String,
     /// `calls` only: calls per second, comma-separated (the sweep stops at the first rate with
@@ -86,7 +88,7 @@ fn extra_packages(which: Which) -> &'static [(&'static str, &'static str)] {
         // installed here, lazily, and not by setup.
         Which::Relay => &[("rtpengine-daemon", "/usr/bin/rtpengine")],
         Which::Turn => &[("coturn", "/usr/bin/turnserver")],
-        Which::Fork | Which::Dialects => &[],
+        Which::Fork | Which::Dialects | Which::Bot => &[],
         Which::Calls => &[("sip-tester", "/usr/bin/sipp")],
     }
 }
@@ -183,6 +185,7 @@ pub(crate) fn run(args: Args) -> Result<()> {
         Which::Relay => "relay",
         Which::Turn => "turn",
         Which::Fork => "fork",
+        Which::Bot => "bot",
         Which::Calls => "calls",
         Which::Dialects => "dialects",
     };
@@ -226,7 +229,7 @@ fn run_one(args: &Args, which: &str, fork_path: &str, out: &str) -> Result<()> {
                 _ => vec![],
             })
             .args(match args.which {
-                Which::Fork => vec!["--streams", args.streams.as_str()],
+                Which::Fork | Which::Bot => vec!["--streams", args.streams.as_str()],
                 Which::Calls => vec![
                     "--cps",
                     args.cps.as_str(),

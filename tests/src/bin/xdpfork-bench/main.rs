@@ -33,6 +33,7 @@
 #[global_allocator]
 static ALLOC: dialects::Counting = dialects::Counting;
 
+mod bot;
 mod calls;
 mod cpu;
 mod dialects;
@@ -78,7 +79,7 @@ pub struct Opts {
 #[command(version)]
 struct Cli {
     /// Which benchmark to run.
-    #[arg(value_parser = ["relay", "turn", "fork", "calls", "dialects"])]
+    #[arg(value_parser = ["relay", "turn", "fork", "calls", "dialects", "bot"])]
     bench: String,
     /// Repetitions of every point (medians are reported).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(usize))]
@@ -93,7 +94,7 @@ struct Cli {
     /// Where the report and raw points go.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
-    /// fork: concurrent stream counts, comma-separated.
+    /// fork: concurrent stream counts; bot: concurrent bot calls; comma-separated.
     #[arg(long, default_value = "500,1000,2000,5000")]
     streams: String,
     /// relay: numbers of calls the offered rate is spread over, comma-separated.
@@ -167,7 +168,8 @@ fn main() -> Result<()> {
         "fork" => fork::run(&opts.streams, opts.secs)?,
         "calls" => calls::run(&calls::Opts::from_args(&opts.calls_args)?)?,
         "dialects" => dialects::run(opts.reps)?,
-        other => bail!("unknown benchmark {other}: relay, turn, fork, calls or dialects"),
+        "bot" => bot::run(&opts.streams, opts.secs)?,
+        other => bail!("unknown benchmark {other}: relay, turn, fork, calls, dialects or bot"),
     };
     println!("{}", report.markdown);
     std::fs::write(opts.out.join(format!("{cmd}.md")), &report.markdown)?;
