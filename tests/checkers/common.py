@@ -107,6 +107,14 @@ def decode(fmt: str, data: bytes) -> array.array:
     raise ValueError(f"unknown audio format {fmt!r}")
 
 
+def encode_l16(samples) -> bytes:
+    """int16 samples → little-endian 16-bit bytes (L16 as jambonz sends and takes it)."""
+    out = array.array("h", samples)
+    if sys.byteorder == "big":
+        out.byteswap()
+    return out.tobytes()
+
+
 BYTES_PER_SAMPLE = {"ulaw": 1, "alaw": 1, "l16": 2}
 
 

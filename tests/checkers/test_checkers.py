@@ -787,6 +787,60 @@ class JambonzTest(CheckerCase):
         self.assertViolations(report, [])
         self.assertEqual(report["tracks"], {"mixed": {"samples": 160, "rate": 8000}})
 
+    def bot_listen(self, run: Run, answer) -> list:
+        """Plays jambonz: metadata at 8 kHz mono, then reads what the bot sends for a while and
+        answers through `answer(message) -> list of JSON replies`."""
+        async def call():
+            got = []
+            async with connect(run.url + "/listen", subprotocols=["audio.jambonz.org"]) as ws:
+                await ws.send(json.dumps(metadata(mixType="mono", sampleRate=8000)))
+                try:
+                    while True:
+                        m = await asyncio.wait_for(ws.recv(), 1.0)
+                        got.append(m)
+                        if isinstance(m, str):
+                            for reply in answer(json.loads(m)):
+                                await ws.send(json.dumps(reply))
+                except asyncio.TimeoutError:
+                    pass
+            return got
+        return drive(call())
+
+    def bot_wav(self, samples: list[int]) -> str:
+        tmp = tempfile.TemporaryDirectory(prefix="bot-wav-")
+        self.addCleanup(tmp.cleanup)
+        wav = Path(tmp.name) / "bot.wav"
+        common.write_wav(wav, 8000, array.array("h", samples))
+        return str(wav)
+
+    def test_bot_streams_l16_with_marks_and_takes_playout_answers(self):
+        samples = signal_8k(1200, 4)
+        run = self.start("--bot-wav", self.bot_wav(samples), "--bot-chunk-ms", "100",
+                         "--bot-kill-after-ms", "50")
+        got = self.bot_listen(run, lambda m: [{"type": "mark", "data": {"name": m["data"]["name"],
+                                                                       "event": "playout"}}]
+                              if m.get("type") == "mark" else [])
+        audio = b"".join(m for m in got if isinstance(m, bytes))
+        self.assertEqual(audio, l16_bytes(samples))
+        marks = [json.loads(m)["data"]["name"] for m in got if isinstance(m, str) and "mark" in m]
+        self.assertEqual(marks, ["m1", "m2"])
+        self.assertEqual(json.loads(got[-1]), {"type": "killAudio"})
+        report = run.report()
+        self.assertViolations(report, [])
+        bot = report["per_connection"][0]["bot"]
+        self.assertEqual([m["name"] for m in bot["marks_echoed"]], ["m1", "m2"])
+
+    def test_bot_plays_a_clip_and_playdone_must_answer_one(self):
+        samples = signal_8k(400, 5)
+        run = self.start("--bot-wav", self.bot_wav(samples), "--bot-mode", "play")
+        got = self.bot_listen(run, lambda m: [{"type": "playDone"}, {"type": "playDone"}]
+                              if m.get("type") == "playAudio" else [])
+        clip = json.loads(got[0])
+        self.assertEqual((clip["data"]["audioContentType"], clip["data"]["sampleRate"]), ("raw", "8000"))
+        self.assertEqual(base64.b64decode(clip["data"]["audioContent"]), l16_bytes(samples))
+        self.assertViolations(run.report(), [
+            "conn 1: playDone without a playAudio clip to answer (jambonz listen verb bidirectional audio)"])
+
     def test_wrong_basic_auth(self):
         run = self.start("--expect-token", "user:pw")
         with self.assertRaises(InvalidStatus) as e:

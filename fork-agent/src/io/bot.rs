@@ -56,6 +56,20 @@ pub struct BotCounters {
     pub samples_dropped: AtomicU64,
 }
 
+impl BotCounters {
+    /// `show_counters`' `return_audio` object.
+    pub fn json(&self) -> serde_json::Value {
+        let v = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        serde_json::json!({
+            "packets": v(&self.packets),
+            "silence_packets": v(&self.silence_packets),
+            "send_errors": v(&self.send_errors),
+            "commands_dropped": v(&self.commands_dropped),
+            "samples_dropped": v(&self.samples_dropped),
+        })
+    }
+}
+
 /// Where and how one playout sends.
 #[derive(Debug)]
 pub struct PlayoutTarget {

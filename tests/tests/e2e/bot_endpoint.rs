@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 use xdpfork_tests::bot::{assert_one_stream, bot_speech, heard, monotonic_ms, Rx};
-use xdpfork_tests::dialects::{compare, write_ulaw_as_wav, Checker, TWILIO};
+use xdpfork_tests::dialects::{compare, write_ulaw_as_wav, Checker, Dialect, JAMBONZ, TWILIO};
 use xdpfork_tests::fork_rig::Events;
 use xdpfork_tests::{addrs, rtp_packet, Host, Scenario, Topology};
 
@@ -35,6 +35,10 @@ struct Bot {
 }
 
 fn start(speech_ms: usize, checker_args: &[&str]) -> Result<Bot> {
+    start_with(&TWILIO, speech_ms, checker_args)
+}
+
+fn start_with(dialect: &Dialect, speech_ms: usize, checker_args: &[&str]) -> Result<Bot> {
     let mut topo = Topology::new()?;
     let dir = topo.dir.clone();
     let speech = bot_speech(speech_ms);
@@ -49,10 +53,10 @@ fn start(speech_ms: usize, checker_args: &[&str]) -> Result<Bot> {
         chunk.as_str(),
     ];
     args.extend_from_slice(checker_args);
-    let checker = TWILIO.spawn_checker(&mut topo, "bot", CHECKER, &dir, &args)?;
+    let checker = dialect.spawn_checker(&mut topo, "bot", CHECKER, &dir, &args)?;
     let extra = format!(
         "backoff_initial_ms = 200\nbackoff_max_ms = 400\n{}",
-        TWILIO.server_toml()
+        dialect.server_toml()
     );
     let s = Scenario::start_agent_in(topo, CHECKER, &extra)?;
     let caller = s
@@ -153,7 +157,13 @@ fn bot_endpoint_plays_the_bots_audio_and_echoes_marks_once_played() -> Result<()
     let mut b = start(1000, &[])?;
     b.wait_status("started", false)?;
     let (sent, got) = b.converse(2000)?;
+    let counters = b.s.ctl(json!({"v":1,"op":"show_counters"}))?;
     let r = b.finish()?;
+    let sent_rtp = counters["return_audio"]["packets"].as_u64().unwrap_or(0);
+    assert!(
+        sent_rtp >= got.len() as u64 && counters["return_audio"]["send_errors"] == 0,
+        "return_audio counters: {counters:#}"
+    );
     assert_clean(&r, &b.s.topo.log("bot"));
     assert_one_stream(&got, a_local(), 0);
     assert_eq!(
@@ -274,6 +284,57 @@ fn bot_endpoint_bot_leaving_mid_utterance_leaves_the_call_up() -> Result<()> {
     assert!(
         b.checker.wav(2, "inbound").exists(),
         "the caller's audio reaches the new connection: {r:#}"
+    );
+    Ok(())
+}
+
+/// jambonz's bidirectional audio: the bot streams binary L16 with a mark after each 100 ms;
+/// the caller hears it exactly and every mark is answered `playout`, in order. Then a second
+/// utterance as a `playAudio` clip is answered `playDone`.
+#[test]
+fn bot_endpoint_jambonz_streams_l16_and_marks() -> Result<()> {
+    let mut b = start_with(&JAMBONZ, 1000, &[])?;
+    b.wait_status("started", false)?;
+    let (_, got) = b.converse(2000)?;
+    let r = b.finish()?;
+    assert_clean(&r, &b.s.topo.log("bot"));
+    assert_one_stream(&got, a_local(), 0);
+    let audio = heard(&got, 0xff);
+    assert_eq!(
+        audio, b.speech,
+        "the bot's L16, through the call's µ-law, byte for byte"
+    );
+    let bot = &r["per_connection"][0]["bot"];
+    let sent: Vec<&str> = bot["marks_sent"]
+        .as_array()
+        .context("marks_sent")?
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let echoed: Vec<&str> = bot["marks_echoed"]
+        .as_array()
+        .context("marks_echoed")?
+        .iter()
+        .filter_map(|m| m["name"].as_str())
+        .collect();
+    assert_eq!(sent.len(), 10);
+    assert_eq!(echoed, sent, "{bot:#}");
+    Ok(())
+}
+
+#[test]
+fn bot_endpoint_jambonz_play_audio_is_answered_play_done() -> Result<()> {
+    let mut b = start_with(&JAMBONZ, 600, &["--bot-mode", "play"])?;
+    b.wait_status("started", false)?;
+    let (_, got) = b.converse(1500)?;
+    let r = b.finish()?;
+    assert_clean(&r, &b.s.topo.log("bot"));
+    assert_eq!(heard(&got, 0xff), b.speech);
+    let done = &r["per_connection"][0]["bot"]["play_done_ms"];
+    let ms = done[0].as_f64().context("one playDone")?;
+    assert!(
+        ms >= 600.0 - 20.0,
+        "playDone only once the clip was played: {done}"
     );
     Ok(())
 }
