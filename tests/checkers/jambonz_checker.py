@@ -44,12 +44,9 @@ class JambonzSession(common.Session):
         self.first = True  # no frame yet
         self.metadata_seen = False
         self.started = asyncio.Event()
-        self.bot_t0: float | None = None
-        self.marks_sent: list[str] = []
-        self.marks_echoed: list[dict[str, Any]] = []
         self.clips_sent = 0
         self.play_done: list[float | None] = []
-        self.bot_samples = 0
+        self.bot_samples_sent = 0
         self.killed_ms: float | None = None
 
     def check_upgrade(self, request: Request) -> tuple[int, str] | None:
@@ -133,12 +130,6 @@ class JambonzSession(common.Session):
             self.violation(f"connection closed before the metadata text frame ({SPEC})")
 
     # -- bot (bidirectional audio) -----------------------------------------------------------
-    def bot_talks(self) -> bool:
-        return self.args.bot_wav is not None and self.index <= self.args.bot_connections
-
-    def bot_ms(self) -> float | None:
-        return None if self.bot_t0 is None else round(1000.0 * (time.monotonic() - self.bot_t0), 1)
-
     def bot_answer(self, msg: dict) -> None:
         kind = msg["type"]
         self.messages[kind] += 1
@@ -149,24 +140,16 @@ class JambonzSession(common.Session):
             return
         data = msg.get("data") if isinstance(msg.get("data"), dict) else {}
         name, event = data.get("name"), data.get("event")
-        n = len(self.marks_echoed)
-        want = self.marks_sent[n] if n < len(self.marks_sent) else None
-        if want is None:
-            self.violation(f"mark {name!r} that this server never sent ({SPEC} bidirectional audio)")
-            return
-        if name != want:
-            self.violation(f"mark {name!r} answered where {want!r} was next (marks come back in order)")
         if event != "playout":
             self.violation(f"mark {name!r} answered with event {event!r}, expected \"playout\"")
-        self.marks_echoed.append({"name": name, "ms": self.bot_ms()})
+        self.bot_mark_back(name, f"{SPEC} bidirectional audio")
 
     async def talk(self, ws) -> None:
         if not self.bot_talks():
             return
         a = self.args
-        rate, channels, samples = common.read_wav(a.bot_wav)
-        if (rate, channels) != (8000, 1):
-            self.violation(f"--bot-wav {a.bot_wav} is {rate} Hz x {channels}, must be 8000 Hz mono (checker use)")
+        samples = self.bot_samples()
+        if samples is None:
             return
         await self.started.wait()
         if self.rate != 8000:
@@ -179,12 +162,12 @@ class JambonzSession(common.Session):
                 "audioContent": base64.b64encode(pcm).decode(), "audioContentType": "raw",
                 "sampleRate": "8000"}}))
             self.clips_sent += 1
-            self.bot_samples += len(samples)
+            self.bot_samples_sent += len(samples)
         else:
             chunk = int(a.bot_chunk_ms * 8) * 2
             for k, off in enumerate(range(0, len(pcm), chunk), 1):
                 await ws.send(pcm[off:off + chunk])
-                self.bot_samples += len(pcm[off:off + chunk]) // 2
+                self.bot_samples_sent += len(pcm[off:off + chunk]) // 2
                 name = f"m{k}"
                 await ws.send(json.dumps({"type": "mark", "data": {"name": name}}))
                 self.marks_sent.append(name)
@@ -197,7 +180,7 @@ class JambonzSession(common.Session):
         return {
             "metadata": self.metadata,
             "bot": {
-                "samples_sent": self.bot_samples,
+                "samples_sent": self.bot_samples_sent,
                 "marks_sent": self.marks_sent,
                 "marks_echoed": self.marks_echoed,
                 "clips_sent": self.clips_sent,

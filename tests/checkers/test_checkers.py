@@ -405,12 +405,11 @@ class TwilioTest(CheckerCase):
         run = self.start("--bot-wav", str(wav))
         self.bot_call(run, lambda marks: ["m2", "m1", "zz"] if len(marks) == 2 else [])
         self.assertViolations(run.report(), [
-            "conn 1: mark 'm2' echoed where 'm1' was next (marks come back in the order sent, "
+            "conn 1: mark 'm2' answered where 'm1' was next (marks come back in the order sent, "
             'Twilio Media Streams "mark" message)',
-            "conn 1: mark 'm1' echoed where 'm2' was next (marks come back in the order sent, "
+            "conn 1: mark 'm1' answered where 'm2' was next (marks come back in the order sent, "
             'Twilio Media Streams "mark" message)',
-            "conn 1: mark 'zz' that this server never sent (Twilio echoes the server's marks, "
-            'Twilio Media Streams "mark" message)'])
+            "conn 1: mark 'zz' that this server never sent (Twilio Media Streams \"mark\" message)"])
 
 
 # --- AudioHook -------------------------------------------------------------------------------

@@ -56,10 +56,8 @@ class TwilioSession(common.Session):
         # Bot (return audio): set once "start" arrived; what was sent and echoed, in ms since
         # the bot began talking.
         self.started = asyncio.Event()
-        self.bot_t0: float | None = None
-        self.marks_sent: list[dict[str, Any]] = []
-        self.marks_echoed: list[dict[str, Any]] = []
-        self.bot_samples = 0
+        self.marks_audio_ms: list[float] = []
+        self.bot_samples_sent = 0
         self.bot_cleared_ms: float | None = None
         self.bot_cleared_monotonic_ms: float | None = None
         self.bot_closed_ms: float | None = None
@@ -302,34 +300,16 @@ class TwilioSession(common.Session):
         if not self.after_start(msg, "mark"):
             return
         mark = self.obj(msg, "mark", "mark")
-        name = mark.get("name") if mark else None
-        n = len(self.marks_echoed)
-        want = self.marks_sent[n]["name"] if n < len(self.marks_sent) else None
-        if want is None:
-            # Twilio only echoes the marks the server sent.
-            self.violation(f"mark {name!r} that this server never sent (Twilio echoes the server's marks, "
-                           f"{ref('mark')})")
-            return
-        if name != want:
-            self.violation(f"mark {name!r} echoed where {want!r} was next (marks come back in the order "
-                           f"sent, {ref('mark')})")
-        self.marks_echoed.append({"name": name, "ms": self.bot_ms()})
+        # Twilio only echoes the marks the server sent, in order.
+        self.bot_mark_back(mark.get("name") if mark else None, ref("mark"))
 
     # -- bot (return audio) -----------------------------------------------------------------
-    def bot_ms(self) -> float | None:
-        return None if self.bot_t0 is None else round(1000.0 * (time.monotonic() - self.bot_t0), 1)
-
-    def bot_talks(self) -> bool:
-        a = self.args
-        return a.bot_wav is not None and self.index <= a.bot_connections
-
     async def talk(self, ws) -> None:
         if not self.bot_talks():
             return
         a = self.args
-        rate, channels, samples = common.read_wav(a.bot_wav)
-        if (rate, channels) != (8000, 1):
-            self.violation(f"--bot-wav {a.bot_wav} is {rate} Hz x {channels}, must be 8000 Hz mono (checker use)")
+        samples = self.bot_samples()
+        if samples is None:
             return
         ulaw = bytes(common.ulaw_encode(v) for v in samples)
         await self.started.wait()
@@ -339,10 +319,11 @@ class TwilioSession(common.Session):
             part = ulaw[off:off + chunk]
             await ws.send(json.dumps({"event": "media", "streamSid": self.stream_sid,
                                       "media": {"payload": base64.b64encode(part).decode()}}))
-            self.bot_samples += len(part)
+            self.bot_samples_sent += len(part)
             name = f"m{k}"
             await ws.send(json.dumps({"event": "mark", "streamSid": self.stream_sid, "mark": {"name": name}}))
-            self.marks_sent.append({"name": name, "audio_ms": round(self.bot_samples / 8, 1)})
+            self.marks_sent.append(name)
+            self.marks_audio_ms.append(round(self.bot_samples_sent / 8, 1))
         if a.bot_clear_after_ms is not None:
             await asyncio.sleep(max(0.0, a.bot_clear_after_ms / 1000 - (time.monotonic() - self.bot_t0)))
             await ws.send(json.dumps({"event": "clear", "streamSid": self.stream_sid}))
@@ -376,8 +357,9 @@ class TwilioSession(common.Session):
             "chunks": self.chunks,
             "last_timestamps": self.timestamps,
             "bot": {
-                "samples_sent": self.bot_samples,
+                "samples_sent": self.bot_samples_sent,
                 "marks_sent": self.marks_sent,
+                "marks_audio_ms": self.marks_audio_ms,
                 "marks_echoed": self.marks_echoed,
                 "cleared_ms": self.bot_cleared_ms,
                 "cleared_monotonic_ms": self.bot_cleared_monotonic_ms,

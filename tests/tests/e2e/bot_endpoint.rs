@@ -183,7 +183,7 @@ fn bot_endpoint_plays_the_bots_audio_and_echoes_marks_once_played() -> Result<()
         .as_array()
         .context("marks_sent")?
         .iter()
-        .filter_map(|m| m["name"].as_str())
+        .filter_map(Value::as_str)
         .collect();
     let echoed = bot["marks_echoed"].as_array().context("marks_echoed")?;
     let echoed_names: Vec<&str> = echoed.iter().filter_map(|m| m["name"].as_str()).collect();

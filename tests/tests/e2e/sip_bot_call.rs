@@ -175,16 +175,20 @@ fn sip_bot_call_the_caller_hears_the_bot() -> Result<()> {
     assert_eq!(audio.len(), b.speech.len(), "the whole utterance");
     eprintln!("{}", b.compare_heard(&audio)?);
     let bot = &r["per_connection"][0]["bot"];
-    let names = |k: &str| -> Vec<String> {
-        bot[k]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|m| m["name"].as_str().map(str::to_owned))
-            .collect()
-    };
-    assert_eq!(names("marks_echoed"), names("marks_sent"), "{bot:#}");
-    assert_eq!(names("marks_sent").len(), 15);
+    let sent: Vec<&str> = bot["marks_sent"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let echoed: Vec<&str> = bot["marks_echoed"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["name"].as_str())
+        .collect();
+    assert_eq!(echoed, sent, "{bot:#}");
+    assert_eq!(sent.len(), 15);
     // The caller's A-law, forked through the kernel, reached the bot (as µ-law, Twilio's).
     let inbound = r["tracks"]["inbound"]["samples"].as_u64().unwrap_or(0);
     assert!(inbound >= 8000 * 3, "caller audio at the bot: {r:#}");

@@ -59,15 +59,7 @@ fn answer(offer: &AudioMedia, addr: IpAddr, port: u16, session_id: u64) -> Optio
 
 impl<P: PortAllocator> B2bua<P> {
     pub(super) fn bot_for(&self, user: &str) -> Option<BotRoute> {
-        let mut best: Option<(usize, &BotRoute)> = None;
-        for b in &self.cfg.bots {
-            if let Some(s) = b.pattern.score(user) {
-                if best.is_none_or(|(k, _)| s > k) {
-                    best = Some((s, b));
-                }
-            }
-        }
-        best.map(|(_, b)| b.clone())
+        super::config::most_specific(&self.cfg.bots, user, |b| &b.pattern).cloned()
     }
 
     /// Answers a call to a bot number (see the module docs).

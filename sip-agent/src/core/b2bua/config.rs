@@ -46,6 +46,23 @@ impl RoutePattern {
     }
 }
 
+/// The item whose pattern matches `user` with the most literal characters; the earlier on a tie.
+pub(super) fn most_specific<'a, T>(
+    items: &'a [T],
+    user: &str,
+    pattern: impl Fn(&T) -> &RoutePattern,
+) -> Option<&'a T> {
+    let mut best: Option<(usize, &T)> = None;
+    for item in items {
+        if let Some(s) = pattern(item).score(user) {
+            if best.is_none_or(|(b, _)| s > b) {
+                best = Some((s, item));
+            }
+        }
+    }
+    best.map(|(_, item)| item)
+}
+
 /// A routing rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {

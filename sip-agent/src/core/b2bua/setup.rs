@@ -26,15 +26,7 @@ use crate::core::transaction::{Peer, Transport, TxHandle};
 
 impl<P: PortAllocator> B2bua<P> {
     fn route(&self, user: &str) -> Option<Route> {
-        let mut best: Option<(usize, &Route)> = None;
-        for r in &self.cfg.routes {
-            if let Some(s) = r.pattern.score(user) {
-                if best.is_none_or(|(b, _)| s > b) {
-                    best = Some((s, r));
-                }
-            }
-        }
-        best.map(|(_, r)| r.clone())
+        super::config::most_specific(&self.cfg.routes, user, |r| &r.pattern).cloned()
     }
 
     /// Leg A's dialog as the caller's INVITE sets it up (our tag new), and its From header.
