@@ -30,7 +30,8 @@ pub use io::blocking::Client as BlockingClient;
 pub use io::tokio_client::Client as AsyncClient;
 pub use request::{
     default_pts, parse_request, ChannelKey, ChannelSpec, Destination, FlowSpec, ForkSpec, Op,
-    Request, StreamServiceShow, StreamSpec, API_VERSION, DEFAULT_PTIME_MS, DESTINATION_NOT_ALLOWED,
+    Request, ReturnAudio, StreamServiceShow, StreamSpec, API_VERSION, DEFAULT_PTIME_MS,
+    DESTINATION_NOT_ALLOWED,
 };
 pub use response::{
     Answer, ApiError, ChannelAdded, FlowAdded, FlowPath, FlowRow, Fork, ForkStarted, Response,

@@ -47,6 +47,16 @@ pub struct FlowSpec {
     /// RFC 4733 telephone-event payload type.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dtmf_pt: Option<u8>,
+    /// The call ends on this host (a voice bot's caller, endpoint mode): the packets are forked
+    /// when a fork uses the flow and never relayed. `src` → `dst` is then the leg a fork's
+    /// return audio is sent on (`src` the anchored address the caller sends to, `dst` the
+    /// caller).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub sink: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// PCMU and PCMA (RFC 3551 §6 static payload types 0 and 8).
@@ -97,6 +107,30 @@ pub struct ForkSpec {
     pub metadata: Map<String, Value>,
     /// Caller stream first, then callee (the usual order; any order is accepted).
     pub streams: Vec<StreamSpec>,
+    /// The speech server talks back: its audio is played to one party (docs/speech-protocol.md
+    /// §16). Absent: it only listens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub return_audio: Option<ReturnAudio>,
+}
+
+/// Where a fork's return audio goes (`fork_start`'s `fork.return_audio`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReturnAudio {
+    /// The party that hears the bot; its stream is announced with `return_audio` (default
+    /// `caller`).
+    #[serde(default = "default_hearer")]
+    pub to: speech_proto::Channel,
+    /// `local` of the flow whose leg (`src` → `dst`) carries audio to that party. A sink flow
+    /// (endpoint mode): the bot is the party's only peer.
+    pub flow: SocketAddr,
+    /// RTP payload type of the call's codec (default: the codec's static type, 0 or 8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_type: Option<u8>,
+}
+
+fn default_hearer() -> speech_proto::Channel {
+    speech_proto::Channel::Caller
 }
 
 /// A per-request speech destination (docs/control-api.md "fork_start"). fork-agent checks it

@@ -22,6 +22,7 @@ fn flow() -> FlowSpec {
         rtcp: false,
         payload_types: vec![0, 8],
         dtmf_pt: Some(101),
+        sink: false,
     }
 }
 
@@ -48,6 +49,7 @@ fn fork() -> ForkSpec {
                 flow: sa("10.77.2.1:30002"),
             },
         ],
+        return_audio: None,
     }
 }
 

@@ -47,6 +47,64 @@ pub struct Config {
     /// `[log] level`: re-applied on SIGHUP (docs/operations.md "Logs").
     #[serde(default)]
     pub log: daemon_ops::logging::LogSection,
+    /// `[return_audio]`: playout of speech servers that talk back (docs/fork-agent.md
+    /// "Return audio").
+    #[serde(default)]
+    pub return_audio: ReturnAudioConfig,
+}
+
+/// How a bot's audio is buffered before it is played (core::playout).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReturnAudioConfig {
+    /// Most audio held per call; more is dropped (newest) and counted.
+    #[serde(default = "default_max_buffer_ms")]
+    pub max_buffer_ms: u32,
+    /// Audio held before a talkspurt starts (rides out the bot's own jitter).
+    #[serde(default = "default_prebuffer_ms")]
+    pub prebuffer_ms: u32,
+}
+
+impl Default for ReturnAudioConfig {
+    fn default() -> Self {
+        Self {
+            max_buffer_ms: default_max_buffer_ms(),
+            prebuffer_ms: default_prebuffer_ms(),
+        }
+    }
+}
+
+fn default_max_buffer_ms() -> u32 {
+    60_000
+}
+fn default_prebuffer_ms() -> u32 {
+    40
+}
+
+/// Bounds of `[return_audio]`: at least one frame buffered, at most 10 minutes (4.8 MB per
+/// call at 8 kHz); a prebuffer of 0 (play at once) up to 1 s.
+const MAX_BUFFER_MS: std::ops::RangeInclusive<u32> = 20..=600_000;
+const PREBUFFER_MS: std::ops::RangeInclusive<u32> = 0..=1000;
+
+impl ReturnAudioConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (field, v, range) in [
+            (
+                "return_audio.max_buffer_ms",
+                self.max_buffer_ms,
+                MAX_BUFFER_MS,
+            ),
+            ("return_audio.prebuffer_ms", self.prebuffer_ms, PREBUFFER_MS),
+        ] {
+            if !range.contains(&v) {
+                return Err(invalid(
+                    field,
+                    format!("{v} is outside {}-{}", range.start(), range.end()),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Which per-request speech destinations a controller may name (docs/fork-agent.md
@@ -527,6 +585,7 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.validate_control()?;
+        self.return_audio.validate()?;
         let d = &self.dataplane;
         if d.interfaces.is_empty() {
             return Err(invalid(
@@ -633,6 +692,27 @@ fn check_ifname(field: &str, name: &str) -> Result<(), ConfigError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn return_audio_bounds_name_the_field() {
+        let base = "[dataplane]\ninterfaces = [\"eth0\"]\n";
+        let cfg = super::Config::parse_with_env(base, None).expect("defaults");
+        assert_eq!(
+            (
+                cfg.return_audio.max_buffer_ms,
+                cfg.return_audio.prebuffer_ms
+            ),
+            (60_000, 40)
+        );
+        for (section, field) in [
+            ("max_buffer_ms = 10", "return_audio.max_buffer_ms"),
+            ("prebuffer_ms = 5000", "return_audio.prebuffer_ms"),
+        ] {
+            let text = format!("{base}[return_audio]\n{section}\n");
+            let e = super::Config::parse_with_env(&text, None).expect_err("refused");
+            assert!(e.to_string().contains(field), "{e}");
+        }
+    }
+
     use super::*;
 
     const GOOD: &str = r#"

@@ -291,6 +291,7 @@ fn ctl(socket: &std::path::Path, json: bool, cmd: CtlCmd) -> Result<()> {
                 rtcp,
                 payload_types: vec![0, 8],
                 dtmf_pt,
+                sink: false,
             },
         },
         CtlCmd::FlowDel { local } => Op::FlowDel { local },
@@ -329,6 +330,7 @@ fn ctl(socket: &std::path::Path, json: bool, cmd: CtlCmd) -> Result<()> {
                     ptime_ms: 20,
                     metadata: Default::default(),
                     streams,
+                    return_audio: None,
                 },
             }
         }

@@ -126,6 +126,10 @@ pub const FLOW_F_RTCP: u8 = 1 << 2;
 pub const FLOW_F_TURN_LISTENER: u8 = 1 << 3;
 /// The key is a TURN relayed address: data from peers, looked up in `TURN_PEERS`.
 pub const FLOW_F_TURN_RELAY: u8 = 1 << 4;
+/// The call ends on this host (a voice bot's caller, endpoint mode): nothing is relayed; audio
+/// is forked when `FLOW_F_FORK` is set, everything else dropped. The destination fields are
+/// unused.
+pub const FLOW_F_SINK: u8 = 1 << 5;
 
 /// Value of `FLOWS`: how to relay (and whether to fork) a packet that matched a [`FlowKey`].
 /// Written by fork-agent only; the kernel never modifies it (counters live in `FLOW_STATS`), so
@@ -440,11 +444,16 @@ pub enum Reason {
     EgressUntagFailed = 27,
     /// The next hop's MAC is a group address (never a host's): passed, user space relays.
     PassGroupMac = 28,
+    /// A sink flow's audio, forked to the fork veth alone (nothing relayed).
+    SinkForked = 29,
+    /// A sink flow's packet that is not forked (RTCP, not RTP, another payload type, no fork
+    /// interface): dropped.
+    SinkDropped = 30,
 }
 
 impl Reason {
     /// Every reason, in index order.
-    pub const ALL: [Reason; 29] = [
+    pub const ALL: [Reason; 31] = [
         Reason::PassNotIp,
         Reason::PassNotUdp,
         Reason::PassFragment,
@@ -474,6 +483,8 @@ impl Reason {
         Reason::EgressPlain,
         Reason::EgressUntagFailed,
         Reason::PassGroupMac,
+        Reason::SinkForked,
+        Reason::SinkDropped,
     ];
 
     /// Stable snake_case name, used as a metrics label and in the CLI.
@@ -508,6 +519,8 @@ impl Reason {
             Reason::EgressPlain => "egress_plain",
             Reason::EgressUntagFailed => "egress_untag_failed",
             Reason::PassGroupMac => "pass_group_mac",
+            Reason::SinkForked => "sink_forked",
+            Reason::SinkDropped => "sink_dropped",
         }
     }
 }

@@ -43,7 +43,7 @@ use aya_log_ebpf::warn;
 use csum::CsumDelta;
 use fork_common::{
     FlowAction, FlowKey, FlowStats, ForkTag, NeighKey, Reason, TurnChannelKey, TurnPeerKey,
-    FAMILY_V4, FLOW_F_FORK, FLOW_F_RTCP, FLOW_F_STRICT_SOURCE, FLOW_F_TURN_LISTENER,
+    FAMILY_V4, FLOW_F_FORK, FLOW_F_RTCP, FLOW_F_SINK, FLOW_F_STRICT_SOURCE, FLOW_F_TURN_LISTENER,
     FLOW_F_TURN_RELAY, FORK_TAG_MAGIC, TAG_F_DTMF, TURN_CHANNEL_MAX, TURN_CHANNEL_MIN,
 };
 use maps::{
@@ -128,6 +128,9 @@ fn try_media_relay<const HEAD: bool>(ctx: &XdpContext) -> Result<Verdict, Reason
         stats.with(|s| add(&mut s.strict_drops, 1));
         return Ok(Verdict(xdp_action::XDP_DROP, Reason::DropStrictSource));
     }
+    if action.flags & FLOW_F_SINK != 0 {
+        return sink::<HEAD>(ctx, &pkt, action, &stats);
+    }
     let hop = resolve_hop(ctx, &pkt, action, &stats)?;
     relay::<HEAD>(
         ctx,
@@ -192,34 +195,7 @@ fn relay<const HEAD: bool>(
         stream_id: action.stream_id,
         ..ForkTag::default()
     };
-    let mut fork = false;
-    if action.flags & FLOW_F_RTCP == 0 {
-        match parse_rtp(ctx, rtp_off, payload_len) {
-            Ok(RtpKind::Rtp(rtp)) => {
-                let dtmf = rtp.pt == action.dtmf_pt;
-                let audio = action.pt_allowed(rtp.pt);
-                stats.with(|s| {
-                    track_sequence(s, rtp.ssrc, rtp.seq);
-                    if dtmf {
-                        add(&mut s.dtmf, 1);
-                    } else if !audio {
-                        add(&mut s.wrong_pt, 1);
-                    }
-                });
-                if action.flags & FLOW_F_FORK != 0 && (dtmf || audio) {
-                    fork = true;
-                    tag.rtp_off = rtp_off as u16;
-                    tag.payload_off = rtp.payload_off as u16;
-                    tag.payload_len = rtp.payload_len as u16;
-                    tag.flags = if dtmf { TAG_F_DTMF } else { 0 };
-                }
-            }
-            Ok(RtpKind::Rtcp) => stats.with(|s| add(&mut s.rtcp, 1)),
-            Err(()) => stats.with(|s| add(&mut s.errors, 1)),
-        }
-    } else {
-        stats.with(|s| add(&mut s.rtcp, 1));
-    }
+    let fork = classify(ctx, action, stats, rtp_off, payload_len, &mut tag);
 
     rewrite(ctx, pkt, action, smac, dmac)?;
 
@@ -259,6 +235,96 @@ fn relay<const HEAD: bool>(
         });
     }
     send(egress, ingress, ok)
+}
+
+/// Classify the RTP at `rtp_off` and count what it is in the flow's stats; when the flow forks
+/// this packet (audio of an allowed payload type, or DTMF), fill the tag and say so.
+#[inline(always)]
+fn classify(
+    ctx: &XdpContext,
+    action: &FlowAction,
+    stats: &Slot,
+    rtp_off: usize,
+    payload_len: usize,
+    tag: &mut ForkTag,
+) -> bool {
+    if action.flags & FLOW_F_RTCP != 0 {
+        stats.with(|s| add(&mut s.rtcp, 1));
+        return false;
+    }
+    match parse_rtp(ctx, rtp_off, payload_len) {
+        Ok(RtpKind::Rtp(rtp)) => {
+            let dtmf = rtp.pt == action.dtmf_pt;
+            let audio = action.pt_allowed(rtp.pt);
+            stats.with(|s| {
+                track_sequence(s, rtp.ssrc, rtp.seq);
+                if dtmf {
+                    add(&mut s.dtmf, 1);
+                } else if !audio {
+                    add(&mut s.wrong_pt, 1);
+                }
+            });
+            if action.flags & FLOW_F_FORK != 0 && (dtmf || audio) {
+                tag.rtp_off = rtp_off as u16;
+                tag.payload_off = rtp.payload_off as u16;
+                tag.payload_len = rtp.payload_len as u16;
+                tag.flags = if dtmf { TAG_F_DTMF } else { 0 };
+                return true;
+            }
+            false
+        }
+        Ok(RtpKind::Rtcp) => {
+            stats.with(|s| add(&mut s.rtcp, 1));
+            false
+        }
+        Err(()) => {
+            stats.with(|s| add(&mut s.errors, 1));
+            false
+        }
+    }
+}
+
+/// A flow whose call ends on this host (`FLOW_F_SINK`, a voice bot's caller): nothing is
+/// relayed; forked audio goes to the fork veth alone (one plain redirect, tag attached as on the
+/// relay path), anything else is dropped. Both exits are counted.
+#[inline(always)]
+fn sink<const HEAD: bool>(
+    ctx: &XdpContext,
+    pkt: &UdpPacket,
+    action: &FlowAction,
+    stats: &Slot,
+) -> Result<Verdict, Reason> {
+    let rtp_off = pkt.l4_off + UDP_HLEN;
+    let payload_len = (pkt.l4_off + pkt.udp_len).saturating_sub(rtp_off);
+    let mut tag = ForkTag {
+        magic: FORK_TAG_MAGIC,
+        stream_id: action.stream_id,
+        ..ForkTag::default()
+    };
+    let fork_ifindex = if classify(ctx, action, stats, rtp_off, payload_len, &mut tag) {
+        CONFIG.get(0).map_or(0, |c| c.fork_ifindex)
+    } else {
+        0
+    };
+    let forked = fork_ifindex != 0 && {
+        tag.egress_ifindex = fork_ifindex;
+        push_tag::<HEAD>(ctx, &tag)
+    };
+    stats.with(|s| {
+        add(&mut s.packets, 1);
+        add(&mut s.bytes, payload_len as u64);
+        s.last_seen_ns = unsafe { bpf_ktime_get_ns() };
+        if forked {
+            add(&mut s.forked, 1);
+        }
+    });
+    if !forked {
+        return Ok(Verdict(xdp_action::XDP_DROP, Reason::SinkDropped));
+    }
+    Ok(match TX_PORTS.redirect(fork_ifindex, 0) {
+        Ok(act) => Verdict(act, Reason::SinkForked),
+        Err(_) => Verdict(xdp_action::XDP_ABORTED, Reason::AbortedRedirect),
+    })
 }
 
 /// Only plain layouts are rewritten in the kernel: no VLAN tag, no IPv4 options (the headers are

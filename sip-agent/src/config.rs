@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::core::authz::{Cidr, Policy};
-use crate::core::b2bua::{self, Bind, Route, RoutePattern};
+use crate::core::b2bua::{self, Bind, BotRoute, Route, RoutePattern};
 use crate::core::media::MediaConfig;
 use crate::core::port_pool::parse_range;
 use crate::core::reconcile::Owner;
@@ -63,6 +63,8 @@ struct RawConfig {
     tls: Option<RawTls>,
     #[serde(default, rename = "route")]
     routes: Vec<RawRoute>,
+    #[serde(default, rename = "bot")]
+    bots: Vec<RawBot>,
     #[serde(default)]
     calls: RawCalls,
     #[serde(default)]
@@ -380,6 +382,43 @@ struct RawRoute {
     bind_media: Option<String>,
 }
 
+/// `[[bot]]`: a number answered by a voice bot (docs/sip-agent.md "Voice bots").
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBot {
+    #[serde(default)]
+    pattern: Option<String>,
+    #[serde(default)]
+    prefix: Option<String>,
+    /// fork-agent `[[speech_server]]`; default `fork_agent.speech_server`.
+    #[serde(default)]
+    speech_server: Option<String>,
+}
+
+/// The pattern of `[[route]]` or `[[bot]]` number `i` (`what`): `pattern` or `prefix`.
+fn pattern_of(
+    what: &str,
+    i: usize,
+    pattern: &Option<String>,
+    prefix: &Option<String>,
+    errs: &mut Vec<String>,
+) -> Option<RoutePattern> {
+    match (pattern, prefix) {
+        (Some(p), None) if !p.is_empty() => Some(RoutePattern::Pattern(p.clone())),
+        (None, Some(p)) => Some(RoutePattern::Prefix(p.clone())),
+        (Some(_), Some(_)) => {
+            errs.push(format!("{what}[{i}]: set pattern or prefix, not both"));
+            None
+        }
+        _ => {
+            errs.push(format!(
+                "{what}[{i}].pattern: missing (pattern = \"6XXX\" or prefix = \"6\")"
+            ));
+            None
+        }
+    }
+}
+
 fn yes() -> bool {
     true
 }
@@ -559,24 +598,27 @@ impl Settings {
             }
         };
         let mut routes = Vec::new();
-        if raw.routes.is_empty() {
-            errs.push("route: at least one [[route]] is needed".into());
+        if raw.routes.is_empty() && raw.bots.is_empty() {
+            errs.push("route: at least one [[route]] (or [[bot]]) is needed".into());
+        }
+        let mut bots = Vec::new();
+        for (i, b) in raw.bots.iter().enumerate() {
+            let speech_server = b
+                .speech_server
+                .clone()
+                .unwrap_or_else(|| raw.fork_agent.speech_server.clone());
+            if speech_server.is_empty() {
+                errs.push(format!("bot[{i}].speech_server: empty"));
+            }
+            if let Some(pattern) = pattern_of("bot", i, &b.pattern, &b.prefix, &mut errs) {
+                bots.push(BotRoute {
+                    pattern,
+                    speech_server,
+                });
+            }
         }
         for (i, r) in raw.routes.iter().enumerate() {
-            let pattern = match (&r.pattern, &r.prefix) {
-                (Some(p), None) if !p.is_empty() => Some(RoutePattern::Pattern(p.clone())),
-                (None, Some(p)) => Some(RoutePattern::Prefix(p.clone())),
-                (Some(_), Some(_)) => {
-                    errs.push(format!("route[{i}]: set pattern or prefix, not both"));
-                    None
-                }
-                _ => {
-                    errs.push(format!(
-                        "route[{i}].pattern: missing (pattern = \"6XXX\" or prefix = \"6\")"
-                    ));
-                    None
-                }
-            };
+            let pattern = pattern_of("route", i, &r.pattern, &r.prefix, &mut errs);
             let next_hop = parse_next_hop(&r.next_hop)
                 .map_err(|e| errs.push(format!("route[{i}].next_hop: {e}")))
                 .ok();
@@ -711,6 +753,7 @@ impl Settings {
                 sip_addr: SocketAddr::new(address, sip_port),
                 media_ip,
                 routes,
+                bots,
                 transport_ports,
                 security,
                 min_se,

@@ -27,6 +27,11 @@ pub enum Control {
     Dtmf(Dtmf),
     /// Server to client: a rule violation.
     Error(ErrorMsg),
+    /// Return audio (§16): from the server, report `name` once the audio sent before it on the
+    /// stream has been played; from the client, that report.
+    Mark(Mark),
+    /// Return audio (§16), server to client: drop the stream's queued audio at once.
+    Clear(Clear),
 }
 
 impl Control {
@@ -45,6 +50,8 @@ impl Control {
             Control::Update(m) => Some(m.stream_id),
             Control::Stop(m) => Some(m.stream_id),
             Control::Dtmf(m) => Some(m.stream_id),
+            Control::Mark(m) => Some(m.stream_id),
+            Control::Clear(m) => Some(m.stream_id),
             Control::Error(m) => m.stream_id,
         }
     }
@@ -149,6 +156,10 @@ pub struct Start {
     /// `true` when re-sent after a reconnect: the server continues the same stream.
     #[serde(default, skip_serializing_if = "is_false")]
     pub resumed: bool,
+    /// `true` when the server may talk back on this stream: its audio is played to this
+    /// stream's party (docs/speech-protocol.md §16).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub return_audio: bool,
 }
 
 /// Why a stream is paused.
@@ -225,6 +236,22 @@ pub struct Stop {
     pub reason: StopReason,
 }
 
+/// `mark` (§16): a point in a stream's return audio, reported back once played.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mark {
+    /// The stream started with `return_audio`.
+    pub stream_id: u32,
+    /// The server's label, at most [`crate::MAX_MARK_NAME`] bytes.
+    pub name: String,
+}
+
+/// `clear` (§16): the server drops what it queued for the stream's party (barge-in).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Clear {
+    /// The stream started with `return_audio`.
+    pub stream_id: u32,
+}
+
 /// `dtmf`: one RFC 4733 §2.3 telephone-event payload, as received in RTP.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Dtmf {
@@ -271,6 +298,7 @@ mod tests {
             ptime_ms: 20,
             metadata: Map::new(),
             resumed: false,
+            return_audio: false,
         }
     }
 

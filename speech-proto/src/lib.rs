@@ -16,6 +16,8 @@
 //! - [`ulaw_to_linear`] / [`alaw_to_linear`] decode G.711 samples (ITU-T G.711 tables),
 //!   [`linear_to_ulaw`] / [`linear_to_alaw`] encode them, [`alaw_to_ulaw`] / [`ulaw_to_alaw`]
 //!   transcode; [`Upsampler`] resamples 8 kHz to 16 kHz.
+//! - [`bot`]: what a speech server that talks back asks for ([`BotCommand`]), whatever its
+//!   dialect.
 //! - [`profile`]: the other dialects a speech server may speak (Twilio Media Streams, Genesys
 //!   AudioHook, jambonz, raw binary audio) and [`Dialect`], the per-connection translator.
 //!
@@ -23,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 mod audio;
+pub mod bot;
 mod control;
 mod g711;
 mod pcm;
@@ -35,20 +38,21 @@ pub use audio::{
     decode_audio, encode_audio, set_audio_stream_id, AudioHeader, ProtoError, FLAG_FIRST,
     FLAG_MARKER, MAGIC,
 };
+pub use bot::{BotCommand, ReturnAudioError, BOT_SAMPLE_RATE, MAX_MARK_NAME};
 pub use control::{
-    Channel, Codec, Control, Dtmf, ErrorMsg, Pause, PauseReason, Resume, Start, Stop, StopReason,
-    Update,
+    Channel, Clear, Codec, Control, Dtmf, ErrorMsg, Mark, Pause, PauseReason, Resume, Start, Stop,
+    StopReason, Update,
 };
 pub use g711::{
     alaw_to_linear, alaw_to_ulaw, linear_to_alaw, linear_to_ulaw, ulaw_to_alaw, ulaw_to_linear,
 };
-pub use pcm::{write_l16le, Upsampler, HALF_BAND, UPSAMPLER_DELAY};
+pub use pcm::{write_l16le, Downsampler, Upsampler, HALF_BAND, UPSAMPLER_DELAY};
 pub use profile::{
     AudioEncoding, AudioFormat, AuthScheme, Dialect, DialectStats, Layout, Profile, ProfileConfig,
     ProfileConfigError, ServerSignal, UnknownProfile, Upgrade, UpgradeInfo, WireFrame,
 };
 pub use seq::{SeqOrder, SeqTracker, SEQ_WINDOW};
-pub use server_msg::{check_server_text, ServerViolation, MAX_SERVER_MESSAGE};
+pub use server_msg::{check_server_text, ServerText, ServerViolation, MAX_SERVER_MESSAGE};
 pub use validator::{AudioEvent, Event, StreamState, StreamStats, Validator, Violation};
 
 /// WebSocket subprotocol token the client offers in `Sec-WebSocket-Protocol` and the server

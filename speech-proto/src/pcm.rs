@@ -76,6 +76,58 @@ impl Upsampler {
     }
 }
 
+/// Half-band 2:1 decimator (16 kHz → 8 kHz) for one stream: the same filter as [`Upsampler`]
+/// at half its gain (centre tap ½, the odd taps halved), so the response is the one documented
+/// above: flat to 3.4 kHz, what lies above 4.6 kHz attenuated by at least 52 dB before it could
+/// alias. State is carried across frames (an odd sample waits for its pair). Used for a voice
+/// bot's 16 kHz audio (docs/speech-protocol.md §16). Delay: [`UPSAMPLER_DELAY`] output samples.
+#[derive(Debug, Clone)]
+pub struct Downsampler {
+    /// The last `4K` inputs, oldest first.
+    hist: [i16; 4 * K],
+    /// Inputs taken since the last output (0 or 1).
+    odd: bool,
+}
+
+impl Default for Downsampler {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Downsampler {
+    /// A decimator whose history is silence.
+    pub fn new() -> Self {
+        Downsampler {
+            hist: [0; 4 * K],
+            odd: false,
+        }
+    }
+
+    /// Appends one 8 kHz sample per two 16 kHz inputs to `out` (an odd last input waits for
+    /// the next call).
+    pub fn process(&mut self, input: &[i16], out: &mut Vec<i16>) {
+        out.reserve(input.len() / 2 + 1);
+        for &x in input {
+            self.hist.copy_within(1.., 0);
+            self.hist[4 * K - 1] = x;
+            self.odd = !self.odd;
+            if self.odd {
+                continue;
+            }
+            // Centre: hist[2K - 1]; the pair weighted by c[k] is (2k + 1) either side of it.
+            let c0 = 2 * K - 1;
+            let mut acc: i64 = i64::from(self.hist[c0]) * 32768 + (1 << 15);
+            for (k, c) in HALF_BAND.iter().enumerate() {
+                let d = 2 * k + 1;
+                acc +=
+                    i64::from(*c) * (i64::from(self.hist[c0 - d]) + i64::from(self.hist[c0 + d]));
+            }
+            out.push((acc >> 16).clamp(i64::from(i16::MIN), i64::from(i16::MAX)) as i16);
+        }
+    }
+}
+
 /// Appends 16-bit little-endian PCM (L16 as jambonz and most ASR services take it).
 pub fn write_l16le(samples: &[i16], out: &mut Vec<u8>) {
     out.reserve(2 * samples.len());
@@ -146,6 +198,40 @@ mod tests {
         for f in (4600..=8000).step_by(50) {
             assert!(db(f64::from(f)) < -52.0, "{f} Hz: {} dB", db(f64::from(f)));
         }
+    }
+
+    #[test]
+    fn the_decimator_passes_dc_and_speech_band_and_stops_what_would_alias() {
+        let mut down = Downsampler::new();
+        let mut out = Vec::new();
+        // Frames of odd length: the pairing survives the frame boundaries.
+        for _ in 0..20 {
+            down.process(&[5000; 161], &mut out);
+        }
+        assert_eq!(out.len(), 20 * 161 / 2);
+        assert!(
+            out[50..].iter().all(|&v| v == 5000),
+            "DC exact after the delay"
+        );
+        let level = |hz: f64| {
+            let x: Vec<i16> = (0..16000)
+                .map(|i| (10000.0 * (2.0 * PI * hz * f64::from(i) / 16000.0).sin()) as i16)
+                .collect();
+            let mut d = Downsampler::new();
+            let mut y = Vec::new();
+            d.process(&x, &mut y);
+            let rms = (y[100..].iter().map(|&v| f64::from(v).powi(2)).sum::<f64>()
+                / (y.len() - 100) as f64)
+                .sqrt();
+            20.0 * (rms / (10000.0 / 2f64.sqrt())).log10()
+        };
+        assert!(level(1000.0).abs() < 0.1, "1 kHz: {} dB", level(1000.0));
+        assert!(level(3000.0).abs() < 0.1, "3 kHz: {} dB", level(3000.0));
+        assert!(
+            level(6000.0) < -50.0,
+            "6 kHz would alias to 2 kHz: {} dB",
+            level(6000.0)
+        );
     }
 
     #[test]

@@ -115,9 +115,21 @@ impl std::fmt::Display for ServerViolation {
 /// Message types of this protocol that only the client sends (§4.1–4.6).
 const CLIENT_TYPES: [&str; 6] = ["start", "pause", "resume", "update", "stop", "dtmf"];
 
-/// Checks one text frame from a server: it must be an `error` message (§4.7). Unknown fields
-/// are ignored (§4), as everywhere in this protocol.
-pub fn check_server_text(text: &str) -> Result<ErrorMsg, ServerViolation> {
+/// What a server's text frame said (§2 "What a server may send").
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServerText {
+    /// A rule violation it reports (§4.7).
+    Error(ErrorMsg),
+    /// Return audio (§16): a mark to report once played.
+    Mark(crate::Mark),
+    /// Return audio (§16): drop what is queued.
+    Clear(crate::Clear),
+}
+
+/// Checks one text frame from a server: an `error` message (§4.7), or a `mark` or `clear` of
+/// return audio (§16; whether its stream talks back is the caller's check). Unknown fields are
+/// ignored (§4), as everywhere in this protocol.
+pub fn check_server_text(text: &str) -> Result<ServerText, ServerViolation> {
     if text.len() > MAX_SERVER_MESSAGE {
         return Err(ServerViolation::TooLarge);
     }
@@ -128,7 +140,20 @@ pub fn check_server_text(text: &str) -> Result<ErrorMsg, ServerViolation> {
         .and_then(Value::as_str)
         .ok_or(ServerViolation::MalformedText)?;
     match type_name {
-        "error" => serde_json::from_value(value).map_err(|_| ServerViolation::MalformedText),
+        "error" => serde_json::from_value(value)
+            .map(ServerText::Error)
+            .map_err(|_| ServerViolation::MalformedText),
+        "mark" => {
+            let m: crate::Mark =
+                serde_json::from_value(value).map_err(|_| ServerViolation::MalformedText)?;
+            if m.name.len() > crate::MAX_MARK_NAME {
+                return Err(ServerViolation::BadParameters);
+            }
+            Ok(ServerText::Mark(m))
+        }
+        "clear" => serde_json::from_value(value)
+            .map(ServerText::Clear)
+            .map_err(|_| ServerViolation::MalformedText),
         t if CLIENT_TYPES.contains(&t) => Err(ServerViolation::UnexpectedMessage),
         _ => Err(ServerViolation::MalformedText),
     }
@@ -140,17 +165,48 @@ mod tests {
 
     #[test]
     fn error_messages_pass_with_or_without_stream_and_extra_fields() {
-        let m = check_server_text(
+        let Ok(ServerText::Error(m)) = check_server_text(
             r#"{"type":"error","stream_id":42,"code":"audio_while_paused","message":"x","extra":1}"#,
-        )
-        .expect("valid");
+        ) else {
+            panic!("valid")
+        };
         assert_eq!(
             (m.stream_id, m.code.as_str(), m.message.as_str()),
             (Some(42), "audio_while_paused", "x")
         );
-        let m = check_server_text(r#"{"type":"error","code":"malformed_json","message":""}"#)
-            .expect("valid");
+        let Ok(ServerText::Error(m)) =
+            check_server_text(r#"{"type":"error","code":"malformed_json","message":""}"#)
+        else {
+            panic!("valid")
+        };
         assert_eq!(m.stream_id, None);
+    }
+
+    #[test]
+    fn return_audio_marks_and_clears() {
+        assert_eq!(
+            check_server_text(r#"{"type":"mark","stream_id":7,"name":"m1"}"#),
+            Ok(ServerText::Mark(crate::Mark {
+                stream_id: 7,
+                name: "m1".into()
+            }))
+        );
+        assert_eq!(
+            check_server_text(r#"{"type":"clear","stream_id":7}"#),
+            Ok(ServerText::Clear(crate::Clear { stream_id: 7 }))
+        );
+        let long = format!(
+            r#"{{"type":"mark","stream_id":7,"name":"{}"}}"#,
+            "x".repeat(crate::MAX_MARK_NAME + 1)
+        );
+        assert_eq!(
+            check_server_text(&long),
+            Err(ServerViolation::BadParameters)
+        );
+        assert_eq!(
+            check_server_text(r#"{"type":"clear"}"#),
+            Err(ServerViolation::MalformedText)
+        );
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub enum Event {
     Stop(Stop),
     /// A telephone-event report.
     Dtmf(Dtmf),
+    /// Return audio (§16): the client played everything before the server's mark.
+    Mark(crate::Mark),
 }
 
 /// An audio frame that follows the rules.
@@ -439,9 +441,17 @@ impl Validator {
                 e.state = StreamState::Stopped;
                 Ok(Event::Stop(s))
             }
+            Control::Mark(m) => {
+                self.live_entry(m.stream_id, "mark")?;
+                Ok(Event::Mark(m))
+            }
             Control::Error(m) => Err(Violation::UnexpectedMessage {
                 stream_id: m.stream_id,
                 type_name: "error".into(),
+            }),
+            Control::Clear(m) => Err(Violation::UnexpectedMessage {
+                stream_id: Some(m.stream_id),
+                type_name: "clear".into(),
             }),
         }
     }
@@ -585,6 +595,26 @@ mod tests {
             "PCMU frame sent with PT 8"
         );
         assert_eq!(v.violations(), 0);
+    }
+
+    #[test]
+    fn the_clients_mark_reports_are_accepted_and_clear_is_the_servers() {
+        let mut v = started(5);
+        assert_eq!(
+            v.handle_text(r#"{"type":"mark","stream_id":5,"name":"m1"}"#),
+            Ok(Event::Mark(crate::Mark {
+                stream_id: 5,
+                name: "m1".into()
+            }))
+        );
+        assert_eq!(
+            code_of(v.handle_text(r#"{"type":"mark","stream_id":6,"name":"m1"}"#)),
+            "not_started"
+        );
+        assert_eq!(
+            code_of(v.handle_text(r#"{"type":"clear","stream_id":5}"#)),
+            "unexpected_message"
+        );
     }
 
     #[test]

@@ -457,6 +457,9 @@ fn handle_text(
             reg.update(m.stream_id, &m.metadata);
             tracing::info!(conn = id, stream = m.stream_id, "stream update");
         }
+        Event::Mark(m) => {
+            tracing::info!(conn = id, stream = m.stream_id, name = %m.name, "stream mark played");
+        }
         Event::Dtmf(m) => {
             reg.dtmf(m.stream_id);
             tracing::info!(

@@ -107,6 +107,14 @@ def decode(fmt: str, data: bytes) -> array.array:
     raise ValueError(f"unknown audio format {fmt!r}")
 
 
+def encode_l16(samples) -> bytes:
+    """int16 samples → little-endian 16-bit bytes (L16 as jambonz sends and takes it)."""
+    out = array.array("h", samples)
+    if sys.byteorder == "big":
+        out.byteswap()
+    return out.tobytes()
+
+
 BYTES_PER_SAMPLE = {"ulaw": 1, "alaw": 1, "l16": 2}
 
 
@@ -222,6 +230,10 @@ class Session:
         self.wavs: dict[str, str] = {}
         self.closed_by_server: str | None = None
         self._bound_reported = False
+        # A voice bot's (--bot-wav): when it began talking, the marks it sent and their answers.
+        self.bot_t0: float | None = None
+        self.marks_sent: list[str] = []
+        self.marks_echoed: list[dict[str, Any]] = []
 
     # -- hooks -----------------------------------------------------------------------------
     def check_upgrade(self, request: Request) -> tuple[int, str] | None:
@@ -246,6 +258,39 @@ class Session:
     def want_close(self) -> tuple[int, str] | None:
         """A close the dialect asks the server to perform after the last reply."""
         return None
+
+    async def talk(self, ws: ServerConnection) -> None:
+        """What the server sends of its own accord while the connection is open (a voice bot's
+        audio); runs beside the reading loop and is cancelled when the connection ends."""
+
+    # -- voice bot helpers (dialects that talk back: --bot-wav, --bot-connections) ------------
+    def bot_talks(self) -> bool:
+        return self.args.bot_wav is not None and self.index <= self.args.bot_connections
+
+    def bot_ms(self) -> float | None:
+        """Milliseconds since the bot began talking."""
+        return None if self.bot_t0 is None else round(1000.0 * (time.monotonic() - self.bot_t0), 1)
+
+    def bot_samples(self) -> array.array | None:
+        """--bot-wav's samples (8 kHz mono), or None with a violation."""
+        rate, channels, samples = read_wav(self.args.bot_wav)
+        if (rate, channels) != (8000, 1):
+            self.violation(f"--bot-wav {self.args.bot_wav} is {rate} Hz x {channels}, must be 8000 Hz mono "
+                           "(checker use)")
+            return None
+        return samples
+
+    def bot_mark_back(self, name: Any, spec: str) -> None:
+        """The client reported mark `name` played: it must be the next one this bot sent."""
+        n = len(self.marks_echoed)
+        want = self.marks_sent[n] if n < len(self.marks_sent) else None
+        if want is None:
+            self.violation(f"mark {name!r} that this server never sent ({spec})")
+            return
+        if name != want:
+            self.violation(f"mark {name!r} answered where {want!r} was next (marks come back in the order "
+                           f"sent, {spec})")
+        self.marks_echoed.append({"name": name, "ms": self.bot_ms()})
 
     # -- helpers for dialects ---------------------------------------------------------------
     def violation(self, text: str) -> None:
@@ -494,6 +539,7 @@ class Checker:
         close_after = self.args.close_after_ms if self.closes_done < self.args.close_count else None
         if close_after is not None:
             self.closes_done += 1
+        talking = asyncio.ensure_future(session.talk(ws))
         try:
             async for message in ws:
                 if isinstance(message, str):
@@ -512,6 +558,9 @@ class Checker:
         except ConnectionClosed:
             pass
         finally:
+            talking.cancel()
+            if talking.done() and not talking.cancelled() and talking.exception():
+                session.violation(f"checker bot failed: {talking.exception()!r}")
             self.finish(session, ws)
 
     @staticmethod

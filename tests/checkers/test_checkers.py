@@ -352,6 +352,65 @@ class TwilioTest(CheckerCase):
         self.assertEqual((report["rejected_upgrades"], report["connections"]), (1, 1))
         self.assertEqual(report["per_connection"][1]["close"]["by"], "server")
 
+    def bot_call(self, run: Run, echo) -> list[dict]:
+        """Plays fork-agent: connected + start, then reads what the bot sends for a while and
+        answers its marks through `echo(c, marks_so_far) -> list of names to echo now`."""
+        async def call():
+            c = TwilioClient()
+            got = []
+            async with connect(run.url) as ws:
+                for m in (c.connected(), c.start()):
+                    await ws.send(json.dumps(m))
+                marks = []
+                try:
+                    while True:
+                        msg = json.loads(await asyncio.wait_for(ws.recv(), 1.0))
+                        got.append(msg)
+                        if msg["event"] == "mark":
+                            marks.append(msg["mark"]["name"])
+                            for name in echo(marks):
+                                await ws.send(json.dumps({"event": "mark", "sequenceNumber": c.next_seq(),
+                                                          "streamSid": SID["streamSid"],
+                                                          "mark": {"name": name}}))
+                except asyncio.TimeoutError:
+                    pass
+                await ws.send(json.dumps(c.stop()))
+            return got
+        return drive(call())
+
+    def test_bot_sends_audio_and_marks_and_takes_echoes_in_order(self):
+        samples = [common.ULAW_TABLE[b] for b in ulaw_bytes(signal_8k(2000, 3))]
+        tmp = tempfile.TemporaryDirectory(prefix="bot-wav-")
+        self.addCleanup(tmp.cleanup)
+        wav = Path(tmp.name) / "bot.wav"
+        common.write_wav(wav, 8000, array.array("h", samples))
+        run = self.start("--bot-wav", str(wav), "--bot-chunk-ms", "100", "--bot-clear-after-ms", "50")
+        got = self.bot_call(run, lambda marks: [marks[-1]])
+        media = b"".join(base64.b64decode(m["media"]["payload"]) for m in got if m["event"] == "media")
+        self.assertEqual(media, ulaw_bytes(samples), "the WAV, µ-law, in order")
+        self.assertEqual([m["mark"]["name"] for m in got if m["event"] == "mark"], ["m1", "m2", "m3"])
+        self.assertEqual(got[-1], {"event": "clear", "streamSid": SID["streamSid"]})
+        report = run.report()
+        self.assertViolations(report, [])
+        bot = report["per_connection"][0]["bot"]
+        self.assertEqual([m["name"] for m in bot["marks_echoed"]], ["m1", "m2", "m3"])
+        self.assertEqual(bot["samples_sent"], 2000)
+        self.assertIsNotNone(bot["cleared_ms"])
+
+    def test_bot_mark_echoed_out_of_order_or_never_sent(self):
+        tmp = tempfile.TemporaryDirectory(prefix="bot-wav-")
+        self.addCleanup(tmp.cleanup)
+        wav = Path(tmp.name) / "bot.wav"
+        common.write_wav(wav, 8000, array.array("h", [0] * 1600))
+        run = self.start("--bot-wav", str(wav))
+        self.bot_call(run, lambda marks: ["m2", "m1", "zz"] if len(marks) == 2 else [])
+        self.assertViolations(run.report(), [
+            "conn 1: mark 'm2' answered where 'm1' was next (marks come back in the order sent, "
+            'Twilio Media Streams "mark" message)',
+            "conn 1: mark 'm1' answered where 'm2' was next (marks come back in the order sent, "
+            'Twilio Media Streams "mark" message)',
+            "conn 1: mark 'zz' that this server never sent (Twilio Media Streams \"mark\" message)"])
+
 
 # --- AudioHook -------------------------------------------------------------------------------
 
@@ -726,6 +785,60 @@ class JambonzTest(CheckerCase):
         report = run.report()
         self.assertViolations(report, [])
         self.assertEqual(report["tracks"], {"mixed": {"samples": 160, "rate": 8000}})
+
+    def bot_listen(self, run: Run, answer) -> list:
+        """Plays jambonz: metadata at 8 kHz mono, then reads what the bot sends for a while and
+        answers through `answer(message) -> list of JSON replies`."""
+        async def call():
+            got = []
+            async with connect(run.url + "/listen", subprotocols=["audio.jambonz.org"]) as ws:
+                await ws.send(json.dumps(metadata(mixType="mono", sampleRate=8000)))
+                try:
+                    while True:
+                        m = await asyncio.wait_for(ws.recv(), 1.0)
+                        got.append(m)
+                        if isinstance(m, str):
+                            for reply in answer(json.loads(m)):
+                                await ws.send(json.dumps(reply))
+                except asyncio.TimeoutError:
+                    pass
+            return got
+        return drive(call())
+
+    def bot_wav(self, samples: list[int]) -> str:
+        tmp = tempfile.TemporaryDirectory(prefix="bot-wav-")
+        self.addCleanup(tmp.cleanup)
+        wav = Path(tmp.name) / "bot.wav"
+        common.write_wav(wav, 8000, array.array("h", samples))
+        return str(wav)
+
+    def test_bot_streams_l16_with_marks_and_takes_playout_answers(self):
+        samples = signal_8k(1200, 4)
+        run = self.start("--bot-wav", self.bot_wav(samples), "--bot-chunk-ms", "100",
+                         "--bot-kill-after-ms", "50")
+        got = self.bot_listen(run, lambda m: [{"type": "mark", "data": {"name": m["data"]["name"],
+                                                                       "event": "playout"}}]
+                              if m.get("type") == "mark" else [])
+        audio = b"".join(m for m in got if isinstance(m, bytes))
+        self.assertEqual(audio, l16_bytes(samples))
+        marks = [json.loads(m)["data"]["name"] for m in got if isinstance(m, str) and "mark" in m]
+        self.assertEqual(marks, ["m1", "m2"])
+        self.assertEqual(json.loads(got[-1]), {"type": "killAudio"})
+        report = run.report()
+        self.assertViolations(report, [])
+        bot = report["per_connection"][0]["bot"]
+        self.assertEqual([m["name"] for m in bot["marks_echoed"]], ["m1", "m2"])
+
+    def test_bot_plays_a_clip_and_playdone_must_answer_one(self):
+        samples = signal_8k(400, 5)
+        run = self.start("--bot-wav", self.bot_wav(samples), "--bot-mode", "play")
+        got = self.bot_listen(run, lambda m: [{"type": "playDone"}, {"type": "playDone"}]
+                              if m.get("type") == "playAudio" else [])
+        clip = json.loads(got[0])
+        self.assertEqual((clip["data"]["audioContentType"], clip["data"]["sampleRate"]), ("raw", "8000"))
+        self.assertEqual(base64.b64decode(clip["data"]["audioContent"]), l16_bytes(samples))
+        self.assertViolations(run.report(), [
+            "conn 1: playDone without a playAudio clip to answer (jambonz listen verb bidirectional audio)"])
 
     def test_wrong_basic_auth(self):
         run = self.start("--expect-token", "user:pw")

@@ -4,15 +4,25 @@
 Spec: https://www.twilio.com/docs/voice/media-streams/websocket-messages
 (connected, start, media, dtmf, mark, stop) and, for X-Twilio-Signature,
 https://www.twilio.com/docs/usage/security#validating-requests. Tracks: inbound, outbound.
+
+With --bot-wav it is also a bidirectional server (a voice bot): once "start" arrived it sends
+the WAV as "media" messages (base64 µ-law 8 kHz, --bot-chunk-ms each, all at once: faster
+than real time, as TTS does), each followed by a "mark" m1, m2, ...; optionally a "clear"
+(--bot-clear-after-ms) or a close (--bot-close-after-ms) later. Twilio echoes each mark once
+the audio before it has been played (and every pending one at a "clear"): an echo of a mark
+never sent, or out of order, is a violation; the report lists each echo with its time.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
 import hmac
+import json
 import re
+import time
 from typing import Any
 
 from websockets.http11 import Request
@@ -43,6 +53,14 @@ class TwilioSession(common.Session):
         self.tracks_announced: list[str] = []
         self.chunks: dict[str, int] = {}
         self.timestamps: dict[str, int] = {}
+        # Bot (return audio): set once "start" arrived; what was sent and echoed, in ms since
+        # the bot began talking.
+        self.started = asyncio.Event()
+        self.marks_audio_ms: list[float] = []
+        self.bot_samples_sent = 0
+        self.bot_cleared_ms: float | None = None
+        self.bot_cleared_monotonic_ms: float | None = None
+        self.bot_closed_ms: float | None = None
 
     # -- upgrade ----------------------------------------------------------------------------
     def check_upgrade(self, request: Request) -> tuple[int, str] | None:
@@ -224,6 +242,7 @@ class TwilioSession(common.Session):
                 if got != value or type(got) is not type(value):
                     self.violation(f"start.mediaFormat.{key} is {got!r}, expected {value!r} ({ref('start')})")
         self.check_expectations(start, "start")
+        self.started.set()
 
     def on_media(self, msg: dict) -> None:
         media = self.body(msg, "media")
@@ -281,9 +300,40 @@ class TwilioSession(common.Session):
         if not self.after_start(msg, "mark"):
             return
         mark = self.obj(msg, "mark", "mark")
-        name = mark.get("name") if mark else None
-        # This server never sends "mark", and Twilio only echoes the marks the server sent.
-        self.violation(f"mark {name!r} that this server never sent (Twilio echoes the server's marks, {ref('mark')})")
+        # Twilio only echoes the marks the server sent, in order.
+        self.bot_mark_back(mark.get("name") if mark else None, ref("mark"))
+
+    # -- bot (return audio) -----------------------------------------------------------------
+    async def talk(self, ws) -> None:
+        if not self.bot_talks():
+            return
+        a = self.args
+        samples = self.bot_samples()
+        if samples is None:
+            return
+        ulaw = bytes(common.ulaw_encode(v) for v in samples)
+        await self.started.wait()
+        self.bot_t0 = time.monotonic()
+        chunk = int(a.bot_chunk_ms * 8)
+        for k, off in enumerate(range(0, len(ulaw), chunk), 1):
+            part = ulaw[off:off + chunk]
+            await ws.send(json.dumps({"event": "media", "streamSid": self.stream_sid,
+                                      "media": {"payload": base64.b64encode(part).decode()}}))
+            self.bot_samples_sent += len(part)
+            name = f"m{k}"
+            await ws.send(json.dumps({"event": "mark", "streamSid": self.stream_sid, "mark": {"name": name}}))
+            self.marks_sent.append(name)
+            self.marks_audio_ms.append(round(self.bot_samples_sent / 8, 1))
+        if a.bot_clear_after_ms is not None:
+            await asyncio.sleep(max(0.0, a.bot_clear_after_ms / 1000 - (time.monotonic() - self.bot_t0)))
+            await ws.send(json.dumps({"event": "clear", "streamSid": self.stream_sid}))
+            self.bot_cleared_ms = self.bot_ms()
+            self.bot_cleared_monotonic_ms = round(1000.0 * time.monotonic(), 3)
+        if a.bot_close_after_ms is not None:
+            await asyncio.sleep(max(0.0, a.bot_close_after_ms / 1000 - (time.monotonic() - self.bot_t0)))
+            self.closed_by_server = "bot left (--bot-close-after-ms)"
+            self.bot_closed_ms = self.bot_ms()
+            await ws.close(1000, "bot left")
 
     def on_stop(self, msg: dict) -> None:
         self.stopped = True
@@ -306,6 +356,15 @@ class TwilioSession(common.Session):
             "start": self.start,
             "chunks": self.chunks,
             "last_timestamps": self.timestamps,
+            "bot": {
+                "samples_sent": self.bot_samples_sent,
+                "marks_sent": self.marks_sent,
+                "marks_audio_ms": self.marks_audio_ms,
+                "marks_echoed": self.marks_echoed,
+                "cleared_ms": self.bot_cleared_ms,
+                "cleared_monotonic_ms": self.bot_cleared_monotonic_ms,
+                "closed_ms": self.bot_closed_ms,
+            } if self.bot_talks() else None,
         }
 
 
@@ -319,6 +378,16 @@ def main() -> None:
                    help="start.tracks must be exactly this list, e.g. inbound,outbound")
     p.add_argument("--strict-sids", action="store_true",
                    help="accountSid/callSid/streamSid must be AC/CA/MZ + 32 hex digits")
+    p.add_argument("--bot-wav", metavar="PATH",
+                   help="talk back: send this 8 kHz mono WAV as media + marks once start arrived")
+    p.add_argument("--bot-chunk-ms", type=common.positive(float), default=100.0, metavar="MS",
+                   help="audio per media message (each followed by a mark)")
+    p.add_argument("--bot-clear-after-ms", type=float, metavar="MS",
+                   help="send clear this long after the bot began talking (barge-in)")
+    p.add_argument("--bot-close-after-ms", type=float, metavar="MS",
+                   help="close the connection (1000) this long after the bot began talking")
+    p.add_argument("--bot-connections", type=common.positive(int), default=1, metavar="N",
+                   help="the bot talks on the first N connections only (a reconnect stays silent)")
     args = p.parse_args()
     common.run("twilio", args, TwilioSession)
 

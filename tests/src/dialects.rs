@@ -207,10 +207,16 @@ pub fn checkers_dir() -> Result<PathBuf> {
 
 /// Writes the µ-law bytes a party sent as a 16-bit PCM mono 8 kHz WAV (what compare.py reads).
 pub fn write_ulaw_as_wav(path: &Path, ulaw: &[u8]) -> Result<()> {
-    let data: Vec<u8> = ulaw
+    let linear: Vec<i16> = ulaw
         .iter()
-        .flat_map(|&b| speech_proto::ulaw_to_linear(b).to_le_bytes())
+        .map(|&b| speech_proto::ulaw_to_linear(b))
         .collect();
+    write_linear_wav(path, &linear)
+}
+
+/// Writes 16-bit linear samples as a PCM mono 8 kHz WAV.
+pub fn write_linear_wav(path: &Path, samples: &[i16]) -> Result<()> {
+    let data: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
     let mut f = std::fs::File::create(path)?;
     f.write_all(b"RIFF")?;
     f.write_all(&(36 + data.len() as u32).to_le_bytes())?;

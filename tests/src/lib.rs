@@ -663,6 +663,9 @@ pub fn recv_all(sock: &UdpSocket, n: usize, quiet: Duration) -> Result<Vec<Vec<u
 /// The speech dialects, their checkers and WAV matching (e2e tests and the demo).
 pub mod dialects;
 
+/// What a voice bot's caller receives, and the checks a phone makes of it.
+pub mod bot;
+
 /// Test certificates made with rcgen: a CA, and leaves for a name or an IP address.
 pub mod pki {
     use std::path::Path;

@@ -1,4 +1,4 @@
-//! `cargo xtask bench relay|turn|fork|calls|dialects|ng|srtp [--reps N] [--secs S] [--rates LIST]
+//! `cargo xtask bench relay|turn|fork|calls|dialects|ng|srtp|bot [--reps N] [--secs S] [--rates LIST]
 //! [--streams LIST] [--cps LIST] [--calls N] [--hold S] [--concurrent LIST] [--rtp yes|no]
 //! [--ng-calls N] [--windows LIST] [--out DIR]`: the
 //! benchmarks of docs/benchmarks.md (needs root; never part of `cargo xtask test`).
@@ -34,6 +34,8 @@ pub(crate) enum Which {
     Ng,
     /// User-space cost per packet of a bridged browser leg (SRTP<->RTP, docs/webrtc.md).
     Srtp,
+    /// Voice bots talking back (return audio): calls per fork-agent core, bot → caller latency.
+    Bot,
 }
 
 /// `cargo xtask bench` options.
@@ -58,8 +60,8 @@ pub(crate) struct Args {
     /// Where the report and the raw points go.
     #[arg(long, default_value = "target/bench")]
     out: String,
-    /// `fork` only: concurrent stream counts, comma-separated (the sweep stops at the first
-    /// count with loss).
+    /// `fork`: concurrent stream counts, comma-separated (the sweep stops at the first count
+    /// with loss); `bot`: concurrent bot calls (e.g. 50,200,500,1000).
     #[arg(long, default_value = "500,1000,2000,5000")]
     streams: String,
     /// `calls` only: calls per second, comma-separated (the sweep stops at the first rate with
@@ -114,7 +116,7 @@ fn extra_packages(which: Which) -> &'static [(&'static str, &'static str)] {
         Which::Turn => &[("coturn", "/usr/bin/turnserver")],
         // perf for `bench fork --profile`.
         Which::Fork => &[("linux-perf", "/usr/bin/perf")],
-        Which::Dialects | Which::Srtp => &[],
+        Which::Dialects | Which::Srtp | Which::Bot => &[],
         Which::Calls => &[("sip-tester", "/usr/bin/sipp")],
     }
 }
@@ -222,6 +224,7 @@ pub(crate) fn run(args: Args) -> Result<()> {
         Which::Relay => "relay",
         Which::Turn => "turn",
         Which::Fork => "fork",
+        Which::Bot => "bot",
         Which::Calls => "calls",
         Which::Dialects => "dialects",
         Which::Ng => "ng",
@@ -331,6 +334,7 @@ fn run_one(args: &Args, which: &str, fork_path: &str, out: &str, agents: &[Strin
                     }
                     v
                 }
+                Which::Bot => vec!["--streams".to_owned(), args.streams.clone()],
                 _ => vec![],
             })
             .args(match args.which {

@@ -157,6 +157,9 @@ const HEADROOM_PASS: &[&str] = &[
     "turn_kernel_relay",
     "turn_offload",
     "next_hop_mac_change",
+    // Voice bots: sink flows fork by a plain redirect to the fork veth (docs/maps.md).
+    "bot_endpoint",
+    "sip_bot_call",
 ];
 
 /// The gate, in order. `test_args` go after `--` of both test runs.

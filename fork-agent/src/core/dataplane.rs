@@ -374,6 +374,7 @@ mod tests {
             rtcp: false,
             payload_types: vec![0, 8],
             dtmf_pt: None,
+            sink: false,
         };
         o.table_mut().add(&spec).expect("flow");
         o.flow_installed(spec.local, now_ns);
@@ -400,6 +401,7 @@ mod tests {
                     flow: sa("10.0.1.1:30002"),
                 },
             ],
+            return_audio: None,
         }
     }
 

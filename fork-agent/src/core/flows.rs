@@ -16,8 +16,8 @@ use std::{
 };
 
 use fork_common::{
-    addr_words, FlowAction, FlowKey, FLOW_F_FORK, FLOW_F_RTCP, FLOW_F_STRICT_SOURCE, MAX_FLOWS,
-    NO_PT,
+    addr_words, FlowAction, FlowKey, FLOW_F_FORK, FLOW_F_RTCP, FLOW_F_SINK, FLOW_F_STRICT_SOURCE,
+    MAX_FLOWS, NO_PT,
 };
 use serde::{Deserialize, Serialize};
 
@@ -68,6 +68,11 @@ pub struct FlowEntry {
 }
 
 impl FlowEntry {
+    /// Whether the call ends on this host (`FLOW_F_SINK`: forked, never relayed).
+    pub fn is_sink(&self) -> bool {
+        self.action.flags & FLOW_F_SINK != 0
+    }
+
     /// The strict-source address, if the flow has one.
     pub fn expect(&self) -> Option<SocketAddr> {
         (self.action.flags & FLOW_F_STRICT_SOURCE != 0).then(|| {
@@ -215,6 +220,9 @@ impl FlowTable {
         }
         if spec.rtcp {
             flags |= FLOW_F_RTCP;
+        }
+        if spec.sink {
+            flags |= FLOW_F_SINK;
         }
         let action = FlowAction {
             src_addr_be,
@@ -452,6 +460,7 @@ mod tests {
             rtcp: false,
             payload_types: vec![0, 8],
             dtmf_pt: Some(101),
+            sink: false,
         }
     }
 
@@ -473,6 +482,7 @@ mod tests {
                     flow: f.parse().expect("addr"),
                 })
                 .collect(),
+            return_audio: None,
         }
     }
 

@@ -93,6 +93,7 @@ mod tests {
                     channel: Channel::Caller,
                     flow,
                 }],
+                return_audio: None,
             },
             streams: vec![(stream, flow)],
         }

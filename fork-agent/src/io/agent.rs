@@ -50,6 +50,7 @@ use crate::{
 };
 use daemon_ops::notify::Notifier;
 
+mod return_audio;
 mod turn;
 mod views;
 
@@ -256,6 +257,7 @@ async fn serve(
     let mut agent = Agent {
         dp,
         fallback: crate::io::fallback::Fallback::new(fallback_media),
+        return_audio: cfg.return_audio,
         turn,
         neighbours: HashMap::new(),
         routes: RouteCache::new(ROUTE_CACHE_TTL, ROUTE_CACHE_CAPACITY),
@@ -274,10 +276,10 @@ async fn serve(
         .orch
         .table()
         .flows()
-        .map(|f| (f.local, f.src, f.dst, f.expect()))
+        .map(|f| (f.local, f.src, f.dst, f.expect(), f.is_sink()))
         .collect();
-    for (local, src, dst, expect) in adopted_flows {
-        if let Err(e) = agent.fallback.add(local, src, dst, expect) {
+    for (local, src, dst, expect, sink) in adopted_flows {
+        if let Err(e) = agent.fallback.add(local, src, dst, expect, sink) {
             warn!(%local, "no user-space fallback for this flow: {e:#}");
         }
     }
@@ -409,6 +411,8 @@ struct Agent {
     events: tokio::sync::broadcast::Sender<String>,
     /// Live metrics (fork-start latency).
     live: Live,
+    /// Playout settings of forks with return audio.
+    return_audio: crate::config::ReturnAudioConfig,
 }
 
 impl Agent {
@@ -433,6 +437,7 @@ impl Agent {
                             flow.src,
                             flow.dst,
                             flow.expect,
+                            flow.sink,
                         ) {
                             Ok(()) => {
                                 // A flow re-added while its call forks stays forked.
@@ -464,10 +469,14 @@ impl Agent {
             Op::ForkStart { fork } => {
                 // Server known, destination allowed: refused here, before any state changes.
                 self.speech.check_fork(&fork)?;
+                self.check_return_audio(&fork)?;
                 let txn = self.orch.begin_fork(fork)?;
                 // Hand the fork to the stream service before the kernel forks, so no packet
                 // arrives for an unknown stream.
-                if let Err(e) = self.speech.start_fork(&txn.fork, &txn.taps, false) {
+                let started = self
+                    .playout_for(&txn.fork)
+                    .and_then(|bot| self.speech.start_fork(&txn.fork, &txn.taps, false, bot));
+                if let Err(e) = started {
                     let undo = self.orch.abort_fork(&txn, &[], false);
                     self.perform(undo);
                     return Err(e);
@@ -718,7 +727,11 @@ impl Agent {
                     taps,
                     resumed,
                 } => {
-                    if let Err(e) = self.speech.start_fork(&fork, &taps, resumed) {
+                    let bot = self.playout_for(&fork).unwrap_or_else(|e| {
+                        warn!(call_guid = %fork.spec.call_guid, "return audio not restored: {e:#}");
+                        None
+                    });
+                    if let Err(e) = self.speech.start_fork(&fork, &taps, resumed, bot) {
                         warn!(call_guid = %fork.spec.call_guid, "fork not handed to the stream service: {e:#}");
                     }
                     Ok(())

@@ -9,7 +9,8 @@
 //!
 //! A forked flow's fallback packets are forked here too, by the kernel's rules (core::rtp), into
 //! the same queue as the AF_XDP frames: a call whose packets take the slow path still reaches
-//! the speech server whole. [`Fallback::set_action`] follows the flow's fork flag and stream.
+//! the speech server whole. A sink flow's packets (endpoint mode) are forked and never relayed;
+//! its socket is also the one a voice bot's RTP is sent from (io::bot). [`Fallback::set_action`] follows the flow's fork flag and stream.
 
 use std::{
     collections::HashMap,
@@ -55,6 +56,8 @@ struct ForkTo {
 
 #[derive(Clone)]
 struct Route {
+    /// A sink flow (the call ends here): forked, never relayed.
+    sink: bool,
     dst: SocketAddr,
     out: Arc<UdpSocket>,
     expect: Option<SocketAddr>,
@@ -142,6 +145,7 @@ impl Fallback {
         src: SocketAddr,
         dst: SocketAddr,
         expect: Option<SocketAddr>,
+        sink: bool,
     ) -> Result<()> {
         let out = {
             let b = self.bind(src)?;
@@ -158,6 +162,7 @@ impl Fallback {
         };
         bound.users += 1;
         bound.route.send_replace(Some(Route {
+            sink,
             dst,
             out,
             expect,
@@ -185,6 +190,11 @@ impl Fallback {
                 self.sockets.remove(&addr);
             }
         }
+    }
+
+    /// The socket bound to `addr` (a flow's local or source address), to send from it.
+    pub fn socket(&self, addr: &SocketAddr) -> Option<Arc<UdpSocket>> {
+        self.sockets.get(addr).map(|b| b.sock.clone())
     }
 
     pub fn stats(&self, local: &SocketAddr) -> Option<&FallbackStats> {
@@ -229,6 +239,10 @@ async fn read_loop(addr: SocketAddr, sock: Arc<UdpSocket>, route: watch::Receive
         }
         if let Some(f) = &r.fork {
             fork(&buf[..len], f, &r.stats);
+        }
+        if r.sink {
+            // The call ends here: nothing to relay (the kernel drops what it does not fork).
+            continue;
         }
         match r.out.send_to(&buf[..len], r.dst).await {
             Ok(_) => {

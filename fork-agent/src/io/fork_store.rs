@@ -165,6 +165,7 @@ mod tests {
                     channel: Channel::Callee,
                     flow,
                 }],
+                return_audio: None,
             },
             streams: vec![(9, flow)],
         }

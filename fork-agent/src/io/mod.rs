@@ -1,5 +1,6 @@
 //! IO shells: kernel (aya, AF_XDP) and network (tokio) around the cores.
 pub mod agent;
+pub mod bot;
 pub mod check_kernel;
 pub mod control;
 pub mod ebpf;

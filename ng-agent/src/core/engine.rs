@@ -789,6 +789,7 @@ impl Engine {
                 rtcp: false,
                 payload_types,
                 dtmf_pt,
+                sink: false,
             };
             if let (Some(l), Some(s), Some(d)) =
                 (plus_one(rtp.local), plus_one(rtp.src), plus_one(dst))
@@ -803,6 +804,7 @@ impl Engine {
                         rtcp: true,
                         payload_types: Vec::new(),
                         dtmf_pt: None,
+                        sink: false,
                     },
                 );
             }
@@ -1110,6 +1112,7 @@ impl Engine {
             ptime_ms: ptime.unwrap_or(control_api::DEFAULT_PTIME_MS),
             metadata,
             streams,
+            return_audio: None,
         };
         call.fork = Some(Fork {
             guid,

@@ -57,7 +57,9 @@ impl CallCounter {
     /// A call counts from its first negotiated media until it ends.
     pub fn handle_session(&mut self, ev: &SessionEvent) {
         match ev {
-            SessionEvent::MediaUp { call, .. } => self.call_up(*call),
+            SessionEvent::MediaUp { call, .. } | SessionEvent::BotUp { call, .. } => {
+                self.call_up(*call)
+            }
             SessionEvent::MediaDown { call } | SessionEvent::CallEnded { call, .. } => {
                 self.calls.remove(call);
             }

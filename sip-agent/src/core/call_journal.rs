@@ -152,6 +152,7 @@ mod tests {
                     rtcp: false,
                     payload_types: vec![0, 8],
                     dtmf_pt: Some(101),
+                    sink: false,
                 }],
                 forks: vec![ForkSnapshot {
                     call_guid: "g".into(),

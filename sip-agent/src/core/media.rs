@@ -53,6 +53,7 @@ use crate::core::fork_request::{
     ForkCodec, ForkError, ForkKind, ForkRequest, ForkState, StatusReport, StreamStatus,
 };
 
+mod bot;
 mod status;
 
 use status::{channel_ids, channels_of, fork_error, is_this_fork, streams_of, Link};
@@ -71,6 +72,7 @@ pub struct JobId(pub u64);
 
 /// What the shell must do.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // one per control request, never on the media path
 pub enum MediaOutput {
     /// Send this request to fork-agent (in order) and report the answer with `job`.
     Control {
@@ -307,6 +309,7 @@ fn desired_flows(legs: &[Option<NegotiatedMedia>; 2]) -> BTreeMap<SocketAddr, Fl
             rtcp: false,
             payload_types,
             dtmf_pt: from.telephone_event.or(to.telephone_event),
+            sink: false,
         };
         // RTCP on the next port up (RFC 3550 §11); SDP `a=rtcp` is not honoured (see
         // docs/sip-agent.md).
@@ -322,6 +325,7 @@ fn desired_flows(legs: &[Option<NegotiatedMedia>; 2]) -> BTreeMap<SocketAddr, Fl
                     rtcp: true,
                     payload_types: Vec::new(),
                     dtmf_pt: None,
+                    sink: false,
                 },
             );
         }
@@ -473,6 +477,7 @@ impl MediaLayer {
             SessionEvent::MediaDown { call } | SessionEvent::CallEnded { call, .. } => {
                 self.teardown(*call)
             }
+            SessionEvent::BotUp { call, bot } => self.on_bot(*call, bot),
             SessionEvent::ForkRequest {
                 call,
                 request,
@@ -670,6 +675,7 @@ impl MediaLayer {
                             flow: local(b),
                         },
                     ],
+                    return_audio: None,
                 };
                 // The B2BUA's fork sequence allowed it: a new GUID within `max_per_call`.
                 c.forks.push(Fork {

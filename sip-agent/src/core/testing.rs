@@ -130,6 +130,7 @@ impl Harness {
             },
             min_se: crate::core::session_timer::MIN_SE_FLOOR,
             max_call_duration: None,
+            bots: Vec::new(),
         };
         let mut cfg = cfg;
         edit(&mut cfg);

@@ -40,6 +40,7 @@ fn start(channel: Channel, stream_id: u32, codec: Codec) -> Control {
         ptime_ms: 20,
         metadata: serde_json::Map::new(),
         resumed: false,
+        return_audio: false,
     })
 }
 

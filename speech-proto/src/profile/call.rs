@@ -30,6 +30,8 @@ struct Slot {
     id: u32,
     paused: bool,
     stopped: bool,
+    /// The server may talk back to this stream's party.
+    return_audio: bool,
 }
 
 /// What a control message changed.
@@ -112,6 +114,7 @@ impl Call {
                     id: s.stream_id,
                     paused: false,
                     stopped: false,
+                    return_audio: s.return_audio,
                 });
                 Change::Started(s.channel)
             }
@@ -153,7 +156,7 @@ impl Call {
                 Some((ch, _)) => Change::Dtmf(ch, d),
                 None => Change::Ignored,
             },
-            Control::Error(_) => Change::Ignored,
+            Control::Error(_) | Control::Mark(_) | Control::Clear(_) => Change::Ignored,
         }
     }
 
@@ -170,6 +173,17 @@ impl Call {
     /// Whether the party's stream is started, not paused and not stopped.
     pub fn is_live(&self, ch: Channel) -> bool {
         matches!(self.slots[idx(ch)], Some(s) if !s.paused && !s.stopped)
+    }
+
+    /// The stream the server's audio is played to: the first party's stream that was started
+    /// with `return_audio` and has not stopped (a pause does not stop the bot: a held caller
+    /// hears music, not the bot, but the bot's queue is kept).
+    pub fn talk_back(&self) -> Option<u32> {
+        self.slots
+            .iter()
+            .flatten()
+            .find(|s| s.return_audio && !s.stopped)
+            .map(|s| s.id)
     }
 
     /// Whether a stream was started and every started stream has stopped.
@@ -281,6 +295,7 @@ pub(super) mod testing {
             ptime_ms: 20,
             metadata,
             resumed: false,
+            return_audio: false,
         })
     }
 

@@ -15,17 +15,24 @@
 //! `mixType` truthful). Pause, update, DTMF (jambonz `passDtmf`) and stop have no message:
 //! paused audio is absent (silence in a stereo or mixed frame while the other party talks).
 //!
-//! Server → client: JSON commands `playAudio`, `killAudio`, `transcription`, `transfer`,
-//! `mark`, `clearMarks` (accepted, not acted on, counted), `error` ([`ServerSignal::Error`]),
-//! `disconnect` ([`ServerSignal::Refused`]: the server ends the listen); binary frames are
-//! bidirectional audio (accepted, not played, counted). Other text is a violation.
+//! Server → client: JSON commands `error` ([`ServerSignal::Error`]), `disconnect`
+//! ([`ServerSignal::Refused`]: the server ends the listen), `transcription`, `transfer`,
+//! `clearMarks` (accepted, not acted on, counted). Bidirectional audio, when a stream was started
+//! with `return_audio` (otherwise accepted, not played, counted): binary frames of L16 at the
+//! destination's `rate` (jambonz `bidirectionalAudio.streaming`), `playAudio` with a base64 raw
+//! L16 clip at its `sampleRate` (8000 or 16000; `playDone` is answered once it has been played,
+//! or killed), `killAudio` (clear), `mark` (answered `{"type":"mark","data":{"name":…,
+//! "event":"playout"}}` once the audio before it has been played). 16 kHz audio is decimated to
+//! the call's 8 kHz ([`crate::Downsampler`]). Other text is a violation.
 
 use std::time::Instant;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::{Control, ErrorMsg, ServerViolation};
+use base64::Engine as _;
+
+use crate::{BotCommand, Control, Downsampler, ErrorMsg, ServerViolation, MAX_MARK_NAME};
 
 use super::call::{Call, Change};
 use super::media::MediaPipe;
@@ -38,14 +45,14 @@ use super::{
 pub const JAMBONZ_SUBPROTOCOL: &str = "audio.jambonz.org";
 
 /// Commands a server may send that we accept without acting on them.
-const IGNORED_COMMANDS: [&str; 6] = [
-    "playAudio",
-    "killAudio",
-    "transcription",
-    "transfer",
-    "mark",
-    "clearMarks",
-];
+const IGNORED_COMMANDS: [&str; 3] = ["transcription", "transfer", "clearMarks"];
+
+/// Commands of bidirectional audio: acted on with return audio, accepted and counted without.
+const AUDIO_COMMANDS: [&str; 3] = ["playAudio", "killAudio", "mark"];
+
+/// The mark that stands for the end of one `playAudio` clip. A server's mark name never starts
+/// with a control character (refused), so the two cannot be confused.
+const PLAY_DONE: &str = "\u{1}playDone";
 
 fn mix_type(layout: Layout) -> &'static str {
     match layout {
@@ -89,6 +96,8 @@ pub(super) struct Jambonz {
     call: Call,
     announced: bool,
     pipe: MediaPipe,
+    /// 16 kHz bot audio to the call's 8 kHz.
+    down: Downsampler,
     stats: DialectStats,
 }
 
@@ -98,8 +107,83 @@ impl Jambonz {
             call: Call::default(),
             announced: false,
             pipe: MediaPipe::new(format),
+            down: Downsampler::new(),
             stats: DialectStats::default(),
         }
+    }
+
+    /// 16-bit little-endian PCM at `rate` (8000 or 16000) as 8 kHz samples.
+    fn l16_8k(&mut self, rate: u32, bytes: &[u8]) -> Result<Vec<i16>, ServerViolation> {
+        if !bytes.len().is_multiple_of(2) {
+            return Err(ServerViolation::BadParameters);
+        }
+        let samples: Vec<i16> = bytes
+            .chunks_exact(2)
+            .map(|b| i16::from_le_bytes([b[0], b[1]]))
+            .collect();
+        match rate {
+            8000 => Ok(samples),
+            16000 => {
+                let mut out = Vec::with_capacity(samples.len() / 2 + 1);
+                self.down.process(&samples, &mut out);
+                Ok(out)
+            }
+            _ => Err(ServerViolation::BadParameters),
+        }
+    }
+
+    /// A bidirectional-audio command (`playAudio`, `killAudio`, `mark`) for the stream that
+    /// talks back.
+    fn audio_command(
+        &mut self,
+        stream_id: u32,
+        kind: &str,
+        msg: &Map<String, Value>,
+    ) -> Result<ServerSignal, ServerViolation> {
+        let data = msg.get("data");
+        let field = |name: &str| data.and_then(|d| d.get(name));
+        let commands = match kind {
+            "killAudio" => vec![BotCommand::Clear],
+            "mark" => {
+                let name = field("name")
+                    .and_then(Value::as_str)
+                    .ok_or(ServerViolation::MalformedText)?;
+                if name.len() > MAX_MARK_NAME || name.starts_with(char::is_control) {
+                    return Err(ServerViolation::BadParameters);
+                }
+                vec![BotCommand::Mark(name.to_owned())]
+            }
+            _ => {
+                let content = field("audioContent")
+                    .and_then(Value::as_str)
+                    .ok_or(ServerViolation::MalformedText)?;
+                if field("audioContentType").and_then(Value::as_str) != Some("raw") {
+                    // WAV clips are not read: a raw L16 clip says its rate itself.
+                    return Err(ServerViolation::BadParameters);
+                }
+                // The documented example sends the rate as a string.
+                let rate = match field("sampleRate") {
+                    Some(Value::Number(n)) => n.as_u64(),
+                    Some(Value::String(s)) => s.parse().ok(),
+                    _ => None,
+                }
+                .and_then(|r| u32::try_from(r).ok())
+                .ok_or(ServerViolation::BadParameters)?;
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(content)
+                    .map_err(|_| ServerViolation::MalformedText)?;
+                let samples = self.l16_8k(rate, &bytes)?;
+                vec![
+                    BotCommand::Play(samples),
+                    BotCommand::Mark(PLAY_DONE.to_owned()),
+                ]
+            }
+        };
+        self.stats.bot_commands += 1;
+        Ok(ServerSignal::Bot {
+            stream_id,
+            commands,
+        })
     }
 
     fn announce(&mut self, out: &mut Vec<WireFrame>) {
@@ -181,6 +265,13 @@ impl Speaker for Jambonz {
                 code: "error".into(),
                 message: msg.get("data").map(Value::to_string).unwrap_or_default(),
             })),
+            Some(t) if AUDIO_COMMANDS.contains(&t) => match self.call.talk_back() {
+                Some(stream_id) => self.audio_command(stream_id, t, &msg),
+                None => {
+                    self.stats.server_messages_ignored += 1;
+                    Ok(ServerSignal::Nothing)
+                }
+            },
             Some(t) if IGNORED_COMMANDS.contains(&t) => {
                 self.stats.server_messages_ignored += 1;
                 Ok(ServerSignal::Nothing)
@@ -189,14 +280,38 @@ impl Speaker for Jambonz {
         }
     }
 
+    fn on_mark_played(
+        &mut self,
+        _now: Instant,
+        _stream_id: u32,
+        name: &str,
+        out: &mut Vec<WireFrame>,
+    ) {
+        let msg = if name == PLAY_DONE {
+            serde_json::json!({"type": "playDone"})
+        } else {
+            serde_json::json!({"type": "mark", "data": {"name": name, "event": "playout"}})
+        };
+        out.push(WireFrame::Text(msg.to_string()));
+    }
+
     fn on_server_binary(
         &mut self,
         _now: Instant,
-        _data: &[u8],
+        data: &[u8],
         _out: &mut Vec<WireFrame>,
     ) -> Result<ServerSignal, ServerViolation> {
-        self.stats.server_binary_ignored += 1;
-        Ok(ServerSignal::Nothing)
+        let Some(stream_id) = self.call.talk_back() else {
+            self.stats.server_binary_ignored += 1;
+            return Ok(ServerSignal::Nothing);
+        };
+        // Streaming bidirectional audio: L16 at the rate the listen was set up with (ours).
+        let samples = self.l16_8k(self.pipe.format().rate, data)?;
+        self.stats.bot_commands += 1;
+        Ok(ServerSignal::Bot {
+            stream_id,
+            commands: vec![BotCommand::Play(samples)],
+        })
     }
 
     fn stats(&self) -> DialectStats {
@@ -387,5 +502,108 @@ mod tests {
         let s = d.stats();
         assert_eq!((s.server_messages_ignored, s.server_binary_ignored), (4, 1));
         assert!(out.is_empty());
+    }
+
+    #[test]
+    #[allow(clippy::disallowed_methods)] // any fixed Instant will do; there is no constructor
+    fn return_audio_streaming_play_audio_kill_and_marks() {
+        let t0 = Instant::now();
+        let mut d = dialect(16000, Layout::MonoCaller);
+        let mut out = Vec::new();
+        let Control::Start(mut caller) = start(Channel::Caller, Codec::Pcmu) else {
+            unreachable!("start() builds a start")
+        };
+        caller.return_audio = true;
+        d.on_control(t0, &Control::Start(caller), &mut out);
+        d.flush(t0, &mut out);
+        out.clear();
+        let bot = |commands| {
+            Ok(ServerSignal::Bot {
+                stream_id: sid(Channel::Caller),
+                commands,
+            })
+        };
+        // Streaming: L16 at our 16 kHz, decimated to the call's 8 kHz (a constant stays
+        // constant once the filter's history is full).
+        let mut l16 = Vec::new();
+        write_l16le(&[1000; 320], &mut l16);
+        let Ok(ServerSignal::Bot { commands, .. }) = d.on_server_binary(t0, &l16, &mut out) else {
+            panic!("audio for the playout")
+        };
+        let [BotCommand::Play(samples)] = &commands[..] else {
+            panic!("one clip: {commands:?}")
+        };
+        assert_eq!(samples.len(), 160);
+        assert!(samples[30..].iter().all(|&v| v == 1000));
+        assert_eq!(
+            d.on_server_binary(t0, &[1, 2, 3], &mut out),
+            Err(ServerViolation::BadParameters),
+            "half a sample"
+        );
+        // playAudio: a raw clip at its own rate (a string in jambonz's example), then playDone.
+        let mut clip = Vec::new();
+        write_l16le(&[-7, 7, 300], &mut clip);
+        let play = json!({"type":"playAudio","data":{"audioContent":
+            base64::engine::general_purpose::STANDARD.encode(&clip),
+            "audioContentType":"raw","sampleRate":"8000"}});
+        assert_eq!(
+            d.on_server_text(t0, &play.to_string(), &mut out),
+            bot(vec![
+                BotCommand::Play(vec![-7, 7, 300]),
+                BotCommand::Mark(PLAY_DONE.into())
+            ])
+        );
+        let mark = json!({"type":"mark","data":{"name":"greeting"}});
+        assert_eq!(
+            d.on_server_text(t0, &mark.to_string(), &mut out),
+            bot(vec![BotCommand::Mark("greeting".into())])
+        );
+        assert_eq!(
+            d.on_server_text(t0, r#"{"type":"killAudio"}"#, &mut out),
+            bot(vec![BotCommand::Clear])
+        );
+        assert!(out.is_empty(), "answers wait for the playout");
+        d.on_mark_played(t0, sid(Channel::Caller), PLAY_DONE, &mut out);
+        d.on_mark_played(t0, sid(Channel::Caller), "greeting", &mut out);
+        let texts: Vec<Value> = out
+            .iter()
+            .map(|f| match f {
+                WireFrame::Text(t) => serde_json::from_str(t).expect("json"),
+                WireFrame::Binary(_) => panic!("binary"),
+            })
+            .collect();
+        assert_eq!(
+            texts,
+            vec![
+                json!({"type":"playDone"}),
+                json!({"type":"mark","data":{"name":"greeting","event":"playout"}})
+            ]
+        );
+        for (bad, want) in [
+            (
+                json!({"type":"playAudio","data":{"audioContent":"AAAA","audioContentType":"wav"}}),
+                ServerViolation::BadParameters,
+            ),
+            (
+                json!({"type":"playAudio","data":{"audioContent":"AAAA","audioContentType":"raw",
+                    "sampleRate":24000}}),
+                ServerViolation::BadParameters,
+            ),
+            (
+                json!({"type":"mark","data":{"name":"\u{1}playDone"}}),
+                ServerViolation::BadParameters,
+            ),
+            (
+                json!({"type":"mark","data":{}}),
+                ServerViolation::MalformedText,
+            ),
+        ] {
+            assert_eq!(
+                d.on_server_text(t0, &bad.to_string(), &mut out),
+                Err(want),
+                "{bad}"
+            );
+        }
+        assert_eq!(d.stats().bot_commands, 4);
     }
 }

@@ -212,6 +212,15 @@ pub enum ServerSignal {
     /// The server refused or ended the session in the dialect's own words; the shell closes
     /// the connection and the fork fails or reconnects as for a server close.
     Refused(String),
+    /// The server talks back on a stream that was started with `return_audio`: the command
+    /// goes to that stream's playout (docs/speech-protocol.md §16).
+    Bot {
+        /// The stream whose party hears the bot.
+        stream_id: u32,
+        /// What to do, in order (one server message may say two things: jambonz `playAudio`
+        /// is a clip and the `playDone` owed after it).
+        commands: Vec<crate::BotCommand>,
+    },
 }
 
 impl Profile {
@@ -220,6 +229,15 @@ impl Profile {
     /// connection is the confirmation.
     pub fn awaits_acceptance(self) -> bool {
         matches!(self, Profile::Audiohook)
+    }
+
+    /// Whether a server of this profile may talk back (return audio, docs/speech-protocol.md
+    /// §16); a fork asking for it with another profile is refused with this error.
+    pub fn check_return_audio(self) -> Result<(), crate::ReturnAudioError> {
+        match self {
+            Profile::Xdpfork | Profile::Twilio | Profile::Jambonz => Ok(()),
+            p => Err(crate::ReturnAudioError::NotInProfile(p)),
+        }
     }
 }
 
@@ -266,6 +284,8 @@ pub struct DialectStats {
     pub server_binary_ignored: u64,
     /// AudioHook pings not sent because the previous one had no `pong` yet.
     pub pongs_missed: u64,
+    /// Server messages turned into [`crate::BotCommand`]s (return audio).
+    pub bot_commands: u64,
 }
 
 impl DialectStats {
@@ -322,13 +342,35 @@ trait Speaker {
     }
     fn on_timeout(&mut self, _now: Instant, _out: &mut Vec<WireFrame>) {}
     fn on_local_close(&mut self, _now: Instant, _out: &mut Vec<WireFrame>) {}
+    /// By default there is no return audio, so no mark to answer.
+    fn on_mark_played(
+        &mut self,
+        _now: Instant,
+        _stream_id: u32,
+        _name: &str,
+        _out: &mut Vec<WireFrame>,
+    ) {
+    }
     fn stats(&self) -> DialectStats;
 }
 
-/// Our own protocol: frames pass through unchanged.
+/// Our own protocol: frames pass through unchanged; a server talks back (§16) on the streams
+/// started with `return_audio`.
 #[derive(Debug, Default)]
 struct Xdpfork {
     stats: DialectStats,
+    /// Streams whose server may talk back (started with `return_audio`, not stopped).
+    talking: std::collections::BTreeSet<u32>,
+}
+
+impl Xdpfork {
+    fn bot(&mut self, stream_id: u32, command: crate::BotCommand) -> ServerSignal {
+        self.stats.bot_commands += 1;
+        ServerSignal::Bot {
+            stream_id,
+            commands: vec![command],
+        }
+    }
 }
 
 impl Speaker for Xdpfork {
@@ -344,12 +386,59 @@ impl Speaker for Xdpfork {
     }
 
     fn on_control(&mut self, _now: Instant, msg: &Control, out: &mut Vec<WireFrame>) {
+        match msg {
+            Control::Start(s) if s.return_audio => {
+                self.talking.insert(s.stream_id);
+            }
+            Control::Stop(s) => {
+                self.talking.remove(&s.stream_id);
+            }
+            _ => {}
+        }
         out.push(WireFrame::Text(msg.to_json()));
     }
 
     fn on_audio(&mut self, _now: Instant, frame: Vec<u8>, out: &mut Vec<WireFrame>) {
         self.stats.audio_in += 1;
         out.push(WireFrame::Binary(frame));
+    }
+
+    fn on_server_binary(
+        &mut self,
+        _now: Instant,
+        data: &[u8],
+        _out: &mut Vec<WireFrame>,
+    ) -> Result<ServerSignal, ServerViolation> {
+        // Audio flows one way unless a stream talks back; then its frames have our layout
+        // (§3), the payload type saying the law.
+        if self.talking.is_empty() {
+            return Err(ServerViolation::BinaryFrame);
+        }
+        let (hdr, payload) = crate::decode_audio(data).map_err(|_| ServerViolation::BadFrame)?;
+        if !self.talking.contains(&hdr.stream_id) {
+            return Err(ServerViolation::UnexpectedState);
+        }
+        let codec = match hdr.payload_type {
+            0 => crate::Codec::Pcmu,
+            8 => crate::Codec::Pcma,
+            _ => return Err(ServerViolation::BadParameters),
+        };
+        let samples = payload.iter().map(|&b| codec.decode(b)).collect();
+        Ok(self.bot(hdr.stream_id, crate::BotCommand::Play(samples)))
+    }
+
+    fn on_mark_played(
+        &mut self,
+        _now: Instant,
+        stream_id: u32,
+        name: &str,
+        out: &mut Vec<WireFrame>,
+    ) {
+        let echo = Control::Mark(crate::Mark {
+            stream_id,
+            name: name.to_owned(),
+        });
+        out.push(WireFrame::Text(echo.to_json()));
     }
 
     fn flush(&mut self, _now: Instant, _out: &mut Vec<WireFrame>) {}
@@ -360,7 +449,19 @@ impl Speaker for Xdpfork {
         text: &str,
         _out: &mut Vec<WireFrame>,
     ) -> Result<ServerSignal, ServerViolation> {
-        check_server_text(text).map(ServerSignal::Error)
+        match check_server_text(text)? {
+            crate::ServerText::Error(e) => Ok(ServerSignal::Error(e)),
+            crate::ServerText::Mark(m) if self.talking.contains(&m.stream_id) => {
+                Ok(self.bot(m.stream_id, crate::BotCommand::Mark(m.name)))
+            }
+            crate::ServerText::Clear(c) if self.talking.contains(&c.stream_id) => {
+                Ok(self.bot(c.stream_id, crate::BotCommand::Clear))
+            }
+            // A stream that does not talk back has nothing to mark or clear.
+            crate::ServerText::Mark(_) | crate::ServerText::Clear(_) => {
+                Err(ServerViolation::UnexpectedState)
+            }
+        }
     }
 
     fn stats(&self) -> DialectStats {
@@ -528,6 +629,20 @@ impl Dialect {
         self.inner.speaker_mut().on_local_close(now, out)
     }
 
+    /// The playout of `stream_id` played everything before the bot's mark `name` (or cleared
+    /// it): the dialect's answer, if it has one (Twilio echoes the `mark`), goes to `out`.
+    pub fn on_mark_played(
+        &mut self,
+        now: Instant,
+        stream_id: u32,
+        name: &str,
+        out: &mut Vec<WireFrame>,
+    ) {
+        self.inner
+            .speaker_mut()
+            .on_mark_played(now, stream_id, name, out)
+    }
+
     /// Counters of what was not sent or not acted on.
     pub fn stats(&self) -> DialectStats {
         self.inner.speaker().stats()
@@ -675,5 +790,97 @@ mod tests {
             ..ProfileConfig::default()
         };
         assert_eq!(Dialect::new(&bad).expect_err("refused").field, "headers[0]");
+    }
+
+    #[test]
+    #[allow(clippy::disallowed_methods)] // any fixed Instant will do; there is no constructor
+    fn xdpfork_return_audio_on_the_streams_that_talk_back() {
+        let now = Instant::now();
+        let mut d = Dialect::new(&ProfileConfig::default()).expect("dialect");
+        let mut out = Vec::new();
+        let frame = |sid: u32, pt: u8| {
+            let mut f = Vec::new();
+            crate::encode_audio(
+                &mut f,
+                &crate::AudioHeader {
+                    stream_id: sid,
+                    seq: 1,
+                    payload_type: pt,
+                    flags: 0,
+                    timestamp: 0,
+                },
+                &[0xff, 0x00],
+            );
+            f
+        };
+        assert_eq!(
+            d.on_server_binary(now, &frame(7, 0), &mut out),
+            Err(ServerViolation::BinaryFrame),
+            "nothing talks back yet"
+        );
+        let mut start = match crate::profile::call::testing::start(
+            crate::Channel::Caller,
+            crate::Codec::Pcmu,
+        ) {
+            Control::Start(s) => s,
+            _ => unreachable!("start() builds a start"),
+        };
+        start.stream_id = 7;
+        start.return_audio = true;
+        d.on_control(now, &Control::Start(start), &mut out);
+        let bot = |commands| {
+            Ok(ServerSignal::Bot {
+                stream_id: 7,
+                commands,
+            })
+        };
+        assert_eq!(
+            d.on_server_binary(now, &frame(7, 0), &mut out),
+            bot(vec![crate::BotCommand::Play(vec![0, -32124])])
+        );
+        assert_eq!(
+            d.on_server_binary(now, &frame(7, 8), &mut out),
+            bot(vec![crate::BotCommand::Play(vec![
+                crate::alaw_to_linear(0xff),
+                crate::alaw_to_linear(0x00)
+            ])])
+        );
+        assert_eq!(
+            d.on_server_binary(now, &frame(8, 0), &mut out),
+            Err(ServerViolation::UnexpectedState),
+            "another stream"
+        );
+        assert_eq!(
+            d.on_server_binary(now, &frame(7, 18), &mut out),
+            Err(ServerViolation::BadParameters)
+        );
+        assert_eq!(
+            d.on_server_text(
+                now,
+                r#"{"type":"mark","stream_id":7,"name":"m1"}"#,
+                &mut out
+            ),
+            bot(vec![crate::BotCommand::Mark("m1".into())])
+        );
+        assert_eq!(
+            d.on_server_text(now, r#"{"type":"clear","stream_id":7}"#, &mut out),
+            bot(vec![crate::BotCommand::Clear])
+        );
+        assert_eq!(
+            d.on_server_text(now, r#"{"type":"clear","stream_id":8}"#, &mut out),
+            Err(ServerViolation::UnexpectedState)
+        );
+        out.clear();
+        d.on_mark_played(now, 7, "m1", &mut out);
+        assert_eq!(
+            out,
+            vec![WireFrame::Text(
+                r#"{"type":"mark","stream_id":7,"name":"m1"}"#.into()
+            )]
+        );
+        assert_eq!(d.stats().bot_commands, 4);
+        assert_eq!(Profile::Xdpfork.check_return_audio(), Ok(()));
+        assert!(Profile::Audiohook.check_return_audio().is_err());
+        assert!(Profile::Raw.check_return_audio().is_err());
     }
 }

@@ -20,9 +20,12 @@
 //! more than [`REANCHOR_MS`] from the wall clock (an RTP timestamp jump), the track is
 //! re-anchored to the wall clock.
 //!
-//! Server → client: `mark` (echoed at once: nothing is played, so it has "played"), `clear`
-//! and `media` (bidirectional audio; not played, counted). Anything else, a `streamSid` other
-//! than ours, or a binary frame is a violation.
+//! Server → client: `media` (base64 µ-law 8 kHz), `mark` and `clear`. When a stream was
+//! started with `return_audio` they become [`BotCommand`]s for its playout, and a mark is
+//! echoed by [`super::Dialect::on_mark_played`] once the audio before it has been played;
+//! otherwise a mark is echoed at once (nothing is played, so it has "played") and `media` and
+//! `clear` are counted. Anything else, a `streamSid` other than ours, or a binary frame is a
+//! violation.
 
 use std::time::Instant;
 
@@ -30,7 +33,9 @@ use base64::Engine as _;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::{AudioHeader, Channel, Codec, Control, ServerViolation, FLAG_FIRST};
+use crate::{
+    AudioHeader, BotCommand, Channel, Codec, Control, ServerViolation, FLAG_FIRST, MAX_MARK_NAME,
+};
 
 use super::call::{idx, Call, Change};
 use super::media::g711_bytes;
@@ -339,6 +344,20 @@ impl Twilio {
         }
     }
 
+    /// The `mark` Twilio sends back once the audio before it has been played.
+    fn echo_mark(&mut self, name: &str, out: &mut Vec<WireFrame>) {
+        let Some(session) = &self.session else {
+            return;
+        };
+        self.seq += 1;
+        out.push(json(&MarkMsg {
+            event: "mark",
+            sequence_number: self.seq.to_string(),
+            stream_sid: &session.stream_sid,
+            mark: MarkBody { name },
+        }));
+    }
+
     fn check_stream_sid(&self, msg: &Map<String, Value>) -> Result<(), ServerViolation> {
         let Some(session) = &self.session else {
             return Err(ServerViolation::UnexpectedState);
@@ -446,40 +465,62 @@ impl Speaker for Twilio {
                 .and_then(Value::as_str)
                 .ok_or(ServerViolation::MalformedText)
         };
-        match event {
-            "mark" => {
-                let name = field("mark", "name")?;
-                self.check_stream_sid(&msg)?;
-                let Some(session) = &self.session else {
-                    return Err(ServerViolation::UnexpectedState);
-                };
-                self.seq += 1;
-                out.push(json(&MarkMsg {
-                    event: "mark",
-                    sequence_number: self.seq.to_string(),
-                    stream_sid: &session.stream_sid,
-                    mark: MarkBody { name },
-                }));
-                Ok(ServerSignal::Nothing)
-            }
-            "clear" => {
-                self.check_stream_sid(&msg)?;
-                self.stats.server_messages_ignored += 1;
-                Ok(ServerSignal::Nothing)
-            }
-            "media" => {
-                field("media", "payload")?;
-                self.check_stream_sid(&msg)?;
-                self.stats.server_messages_ignored += 1;
-                Ok(ServerSignal::Nothing)
-            }
-            "connected" | "start" | "stop" | "dtmf" => Err(ServerViolation::UnexpectedMessage),
-            _ => Err(ServerViolation::MalformedText),
+        enum Said<'a> {
+            Media(&'a str),
+            Mark(&'a str),
+            Clear,
         }
+        let said = match event {
+            "media" => Said::Media(field("media", "payload")?),
+            "mark" => Said::Mark(field("mark", "name")?),
+            "clear" => Said::Clear,
+            "connected" | "start" | "stop" | "dtmf" => {
+                return Err(ServerViolation::UnexpectedMessage)
+            }
+            _ => return Err(ServerViolation::MalformedText),
+        };
+        self.check_stream_sid(&msg)?;
+        // With return audio the server's `media`, `mark` and `clear` go to the playout;
+        // without, nothing is played, so a mark has "played" at once.
+        let Some(stream_id) = self.call.talk_back() else {
+            match said {
+                Said::Mark(name) => self.echo_mark(name, out),
+                Said::Media(_) | Said::Clear => self.stats.server_messages_ignored += 1,
+            }
+            return Ok(ServerSignal::Nothing);
+        };
+        let command = match said {
+            Said::Media(payload) => {
+                let ulaw = base64::engine::general_purpose::STANDARD
+                    .decode(payload)
+                    .map_err(|_| ServerViolation::MalformedText)?;
+                BotCommand::Play(ulaw.iter().map(|&b| crate::ulaw_to_linear(b)).collect())
+            }
+            Said::Mark(name) if name.len() > MAX_MARK_NAME => {
+                return Err(ServerViolation::MalformedText)
+            }
+            Said::Mark(name) => BotCommand::Mark(name.to_owned()),
+            Said::Clear => BotCommand::Clear,
+        };
+        self.stats.bot_commands += 1;
+        Ok(ServerSignal::Bot {
+            stream_id,
+            commands: vec![command],
+        })
     }
 
     fn on_local_close(&mut self, _now: Instant, out: &mut Vec<WireFrame>) {
         self.stop(out);
+    }
+
+    fn on_mark_played(
+        &mut self,
+        _now: Instant,
+        _stream_id: u32,
+        name: &str,
+        out: &mut Vec<WireFrame>,
+    ) {
+        self.echo_mark(name, out);
     }
 
     fn stats(&self) -> DialectStats {
@@ -807,6 +848,70 @@ mod tests {
         assert!(out.is_empty());
         assert_eq!(d.stats().server_messages_ignored, 2);
         assert_eq!(d.on_server_binary(t0, &[1], &mut out), Err(BinaryFrame));
+    }
+
+    #[test]
+    #[allow(clippy::disallowed_methods)] // any fixed Instant will do; there is no constructor
+    fn return_audio_turns_media_mark_and_clear_into_bot_commands() {
+        let t0 = Instant::now();
+        let mut d = dialect(None);
+        let mut out = Vec::new();
+        let Control::Start(mut caller) = start(Channel::Caller, Codec::Pcma) else {
+            unreachable!("start() builds a start")
+        };
+        caller.return_audio = true;
+        d.on_control(t0, &Control::Start(caller), &mut out);
+        d.on_control(t0, &start(Channel::Callee, Codec::Pcma), &mut out);
+        d.flush(t0, &mut out);
+        out.clear();
+        let sid = ids::sid("MZ", "twilio-stream:", GUID);
+        let b64 = base64::engine::general_purpose::STANDARD.encode([0xff, 0x00, 0x80]);
+        let bot = |command| {
+            Ok(ServerSignal::Bot {
+                stream_id: super::super::call::testing::sid(Channel::Caller),
+                commands: vec![command],
+            })
+        };
+        let media = json!({"event":"media","streamSid":sid,"media":{"payload":b64}});
+        assert_eq!(
+            d.on_server_text(t0, &media.to_string(), &mut out),
+            bot(BotCommand::Play(vec![0, -32124, 32124]))
+        );
+        let mark = json!({"event":"mark","streamSid":sid,"mark":{"name":"m1"}});
+        assert_eq!(
+            d.on_server_text(t0, &mark.to_string(), &mut out),
+            bot(BotCommand::Mark("m1".into()))
+        );
+        assert!(out.is_empty(), "the mark waits for its audio to be played");
+        let clear = json!({"event":"clear","streamSid":sid});
+        assert_eq!(
+            d.on_server_text(t0, &clear.to_string(), &mut out),
+            bot(BotCommand::Clear)
+        );
+        d.on_mark_played(t0, 1, "m1", &mut out);
+        assert_eq!(
+            texts(&out),
+            vec![json!({"event":"mark","sequenceNumber":"2","streamSid":sid,"mark":{"name":"m1"}})]
+        );
+        for bad in [
+            json!({"event":"media","streamSid":sid,"media":{"payload":"*not base64*"}}),
+            json!({"event":"mark","streamSid":sid,"mark":{"name":"x".repeat(MAX_MARK_NAME + 1)}}),
+        ] {
+            assert_eq!(
+                d.on_server_text(t0, &bad.to_string(), &mut out),
+                Err(ServerViolation::MalformedText)
+            );
+        }
+        assert_eq!(d.stats().bot_commands, 3);
+        assert_eq!(d.stats().server_messages_ignored, 0);
+        // Once the talking stream stopped, nothing plays: marks are echoed at once again.
+        d.on_control(t0, &stop(Channel::Caller, StopReason::Request), &mut out);
+        out.clear();
+        assert_eq!(
+            d.on_server_text(t0, &mark.to_string(), &mut out),
+            Ok(ServerSignal::Nothing)
+        );
+        assert_eq!(out.len(), 1);
     }
 
     #[test]

@@ -171,6 +171,8 @@ pub struct ForkRequest {
     pub streams: Vec<(u32, Channel)>,
     /// Re-announce after an agent restart: the first `start` carries `resumed: true`.
     pub resumed: bool,
+    /// The party whose stream the server may talk back on (its playout is running).
+    pub return_audio: Option<Channel>,
 }
 
 struct Server {

@@ -75,6 +75,7 @@ impl Session {
                 ptime_ms: self.req.ptime_ms,
                 metadata: self.req.metadata.clone(),
                 resumed,
+                return_audio: self.req.return_audio == Some(s.channel),
             }));
             if let Some(reason) = s.paused {
                 out.push(Control::Pause(Pause {

@@ -51,6 +51,7 @@ pub(super) fn req(guid: &str, server: ServerId, first_id: u32) -> ForkRequest {
         metadata: Map::new(),
         streams: vec![(first_id, Channel::Caller), (first_id + 1, Channel::Callee)],
         resumed: false,
+        return_audio: None,
     }
 }
 

@@ -142,6 +142,7 @@ impl Agent {
                 "userspace_forked": self.fallback.total_forked(),
             },
             "servers": servers,
+            "return_audio": self.speech.bot_counters.json(),
         }))
     }
 }

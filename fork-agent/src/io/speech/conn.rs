@@ -107,6 +107,13 @@ pub enum Outgoing {
     /// End of one batch of the service's output (a dialect announcing a call once, with all
     /// its streams, does it here). Not counted in the backlog.
     Flush,
+    /// A playout played everything before the bot's mark: the dialect's answer (return audio).
+    MarkPlayed {
+        /// The stream the bot talks on.
+        stream_id: u32,
+        /// The mark's name.
+        name: String,
+    },
 }
 
 /// The read buffer tungstenite reserves (and zeroes) before each read. Its default, 128 KiB,
@@ -142,6 +149,15 @@ pub enum ConnEvent {
     Accepted {
         /// Connection.
         conn: ConnId,
+    },
+    /// The server talks back on a stream started with `return_audio`.
+    Bot {
+        /// Connection (the mark answers go back on it).
+        conn: ConnId,
+        /// The stream whose party hears the bot.
+        stream_id: u32,
+        /// What to do.
+        command: speech_proto::BotCommand,
     },
     /// The attempt failed or the connection ended.
     Closed {
@@ -284,7 +300,7 @@ async fn run(
                 backlog.fetch_sub(1, Ordering::Relaxed);
                 counters[0].dropped_on_close.fetch_add(1, Ordering::Relaxed);
             }
-            Outgoing::Control(_) => {
+            Outgoing::Control(_) | Outgoing::MarkPlayed { .. } => {
                 backlog.fetch_sub(1, Ordering::Relaxed);
             }
         }
@@ -328,6 +344,9 @@ fn translate(
             dialect.on_audio(t, frame, out)
         }
         Outgoing::Flush => dialect.flush(t, out),
+        Outgoing::MarkPlayed { stream_id, name } => {
+            dialect.on_mark_played(t, stream_id, &name, out)
+        }
     }
 }
 
@@ -479,6 +498,11 @@ where
                         }
                         match signal {
                             ServerSignal::Nothing => {}
+                            ServerSignal::Bot { stream_id, commands } => {
+                                for command in commands {
+                                    let _ = l.events.send(ConnEvent::Bot { conn: l.conn, stream_id, command });
+                                }
+                            }
                             ServerSignal::Error(e) => {
                                 for c in l.counters {
                                     c.server_errors.fetch_add(1, Ordering::Relaxed);

@@ -50,6 +50,7 @@ use speech_proto::{Dtmf, StopReason};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
+use crate::io::bot::{BotCounters, BotEvent, BotLink};
 use crate::{
     config::{DestinationsConfig, SpeechServerConfig},
     core::{
@@ -113,6 +114,8 @@ pub enum Command {
         taps: Vec<u32>,
         /// Announce the streams with `resumed: true`.
         resumed: bool,
+        /// The playout of the fork's return audio, if it has one.
+        bot: Option<BotLink>,
     },
     /// Stop forking a call.
     Stop {
@@ -172,6 +175,10 @@ pub struct SpeechService {
     policy: Arc<RwLock<Policy>>,
     /// Counters per server name.
     pub stats: StatsByServer,
+    /// Where playouts report marks played.
+    bot_events: mpsc::UnboundedSender<BotEvent>,
+    /// Counters of every playout.
+    pub bot_counters: Arc<BotCounters>,
 }
 
 /// Reads a lock whose writer cannot leave it inconsistent (each write is one assignment or
@@ -340,6 +347,7 @@ impl SpeechService {
         let stats: StatsByServer = Arc::default();
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let (bot_tx, bot_rx) = mpsc::unbounded_channel();
         let mut task = Task {
             core: ForkService::new(),
             targets: HashMap::new(),
@@ -360,6 +368,7 @@ impl SpeechService {
             ev_tx,
             statuses,
             batch: std::collections::VecDeque::new(),
+            bots: HashMap::new(),
         };
         let mut named = HashMap::new();
         for entry in entries {
@@ -367,11 +376,13 @@ impl SpeechService {
             named.insert(entry.cfg.name.clone(), entry);
         }
         policy.write().unwrap_or_else(|e| e.into_inner()).servers = named;
-        tokio::spawn(task.run(cmd_rx, ev_rx, media));
+        tokio::spawn(task.run(cmd_rx, ev_rx, bot_rx, media));
         Ok(SpeechService {
             cmd: cmd_tx,
             policy,
             stats,
+            bot_events: bot_tx,
+            bot_counters: Arc::new(BotCounters::default()),
         })
     }
 
@@ -400,6 +411,23 @@ impl SpeechService {
     pub fn check_fork(&self, spec: &ForkSpec) -> Result<()> {
         let policy = read(&self.policy);
         let r = policy.resolve(spec)?;
+        if let Some(ra) = &spec.return_audio {
+            let profile = spec
+                .destination
+                .as_ref()
+                .and_then(|d| d.profile)
+                .or_else(|| {
+                    policy
+                        .servers
+                        .get(&spec.server)
+                        .map(|e| e.cfg.protocol.profile)
+                })
+                .unwrap_or_default();
+            profile.check_return_audio()?;
+            if !spec.streams.iter().any(|s| s.channel == ra.to) {
+                anyhow::bail!("return_audio.to: the fork has no {:?} stream", ra.to);
+            }
+        }
         if !r.own && policy.active.load(Ordering::Relaxed) >= policy.max_active as u64 {
             return Err(not_allowed(format!(
                 "{} per-request destinations are in use ([destinations] max_active)",
@@ -411,12 +439,24 @@ impl SpeechService {
 
     /// Queues a fork start (after the flow table accepted it, before the kernel forks); its
     /// streams are fed from `taps` (order of `fork.streams`).
-    pub fn start_fork(&self, fork: &Fork, taps: &[u32], resumed: bool) -> Result<()> {
+    pub fn start_fork(
+        &self,
+        fork: &Fork,
+        taps: &[u32],
+        resumed: bool,
+        bot: Option<BotLink>,
+    ) -> Result<()> {
         self.send(Command::Start {
             fork: Box::new(fork.clone()),
             taps: taps.to_vec(),
             resumed,
+            bot,
         })
+    }
+
+    /// Where a playout reports marks played (io::bot).
+    pub fn bot_events(&self) -> mpsc::UnboundedSender<BotEvent> {
+        self.bot_events.clone()
     }
 
     /// Queues a fork stop.
@@ -498,6 +538,17 @@ struct Task {
     statuses: crate::io::statuses::Statuses,
     /// The batch of media being handled (swapped with the reader's queue, capacity kept).
     batch: std::collections::VecDeque<Media>,
+    /// Playouts by the stream the bot talks on.
+    bots: HashMap<u32, BotRoute>,
+}
+
+/// One fork's return audio, as the service routes it.
+#[derive(Debug)]
+struct BotRoute {
+    call_guid: String,
+    link: BotLink,
+    /// The connection the bot spoke on last: its marks are answered there.
+    conn: Option<ConnId>,
 }
 
 fn now() -> Instant {
@@ -516,6 +567,7 @@ impl Task {
         mut self,
         mut cmds: mpsc::Receiver<Command>,
         mut conn_events: mpsc::UnboundedReceiver<ConnEvent>,
+        mut bot_events: mpsc::UnboundedReceiver<BotEvent>,
         media: Arc<MediaQueue>,
     ) {
         loop {
@@ -533,6 +585,7 @@ impl Task {
                     None => return,
                 },
                 Some(ev) = conn_events.recv() => self.conn_event(ev),
+                Some(ev) = bot_events.recv() => self.bot_event(ev),
                 _ = sleep => self.core.handle_timeout(now()),
                 dropped = media.take(&mut self.batch) => self.media_batch(dropped),
             }
@@ -546,6 +599,7 @@ impl Task {
                 fork,
                 taps,
                 resumed,
+                bot,
             } => {
                 let guid = fork.spec.call_guid.clone();
                 let (server, stats) = match self.server_for(&fork.spec) {
@@ -590,7 +644,18 @@ impl Task {
                     metadata: spec.metadata,
                     streams,
                     resumed,
+                    return_audio: bot.as_ref().and_then(|_| spec.return_audio.map(|r| r.to)),
                 };
+                if let Some(link) = bot {
+                    self.bots.insert(
+                        link.stream_id,
+                        BotRoute {
+                            call_guid: guid.clone(),
+                            link,
+                            conn: None,
+                        },
+                    );
+                }
                 match self.core.handle_fork_start(now(), req) {
                     Ok(()) => {
                         self.fanout.add(&guid, pairs);
@@ -601,6 +666,8 @@ impl Task {
             }
             Command::Stop { call_guid, reason } => {
                 self.fanout.remove(&call_guid);
+                // Dropping the link ends the playout: nothing more is sent.
+                self.bots.retain(|_, b| b.call_guid != call_guid);
                 let server = self.core.server_of(&call_guid);
                 if let Err(e) = self.core.handle_fork_stop(now(), &call_guid, reason) {
                     warn!(%call_guid, "fork stop: {e}");
@@ -733,6 +800,11 @@ impl Task {
                     warn!(conn = conn.0, "accepted event: {e}");
                 }
             }
+            ConnEvent::Bot {
+                conn,
+                stream_id,
+                command,
+            } => self.bot_command(conn, stream_id, command),
             ConnEvent::Closed {
                 conn,
                 failure,
@@ -758,6 +830,12 @@ impl Task {
                 } else {
                     info!(conn = conn.0, %url, "WebSocket Connection closed: {detail}");
                 }
+                // A bot that left stops talking: its queued audio belonged to a conversation the
+                // next connection's server knows nothing about (the playout goes on in silence).
+                for b in self.bots.values_mut().filter(|b| b.conn == Some(conn)) {
+                    b.link.send(speech_proto::BotCommand::Clear);
+                    b.conn = None;
+                }
                 if let Some(tx) = self.conns.remove(&conn) {
                     let lost = tx.counters.dropped_on_close.swap(0, Ordering::Relaxed);
                     if let Some(s) = &stats {
@@ -769,6 +847,38 @@ impl Task {
                 }
                 if let Some(server) = server {
                     self.drop_if_idle(server);
+                }
+            }
+        }
+    }
+
+    /// A bot command from `conn`: to the stream's playout (a stream without one stopped
+    /// meanwhile, and nothing plays it).
+    fn bot_command(&mut self, conn: ConnId, stream_id: u32, command: speech_proto::BotCommand) {
+        match self.bots.get_mut(&stream_id) {
+            Some(b) => {
+                b.conn = Some(conn);
+                b.link.send(command);
+            }
+            None => tracing::debug!(
+                conn = conn.0,
+                stream_id,
+                "bot command for a stream without playout"
+            ),
+        }
+    }
+
+    /// A playout's report: a mark is answered on the connection the bot spoke on.
+    fn bot_event(&mut self, ev: BotEvent) {
+        match ev {
+            BotEvent::MarkPlayed { stream_id, name } => {
+                let tx = self
+                    .bots
+                    .get(&stream_id)
+                    .and_then(|b| b.conn)
+                    .and_then(|c| self.conns.get(&c));
+                if let Some(tx) = tx {
+                    tx.send(Outgoing::MarkPlayed { stream_id, name });
                 }
             }
         }

@@ -46,6 +46,23 @@ impl RoutePattern {
     }
 }
 
+/// The item whose pattern matches `user` with the most literal characters; the earlier on a tie.
+pub(super) fn most_specific<'a, T>(
+    items: &'a [T],
+    user: &str,
+    pattern: impl Fn(&T) -> &RoutePattern,
+) -> Option<&'a T> {
+    let mut best: Option<(usize, &T)> = None;
+    for item in items {
+        if let Some(s) = pattern(item).score(user) {
+            if best.is_none_or(|(b, _)| s > b) {
+                best = Some((s, item));
+            }
+        }
+    }
+    best.map(|(_, item)| item)
+}
+
 /// A routing rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
@@ -61,6 +78,17 @@ pub struct Route {
     /// source-interface` in CUBE terms: a B2BUA between two networks speaks to each from its own
     /// interface.
     pub bind: Option<Bind>,
+}
+
+/// A number answered by a voice bot (endpoint mode, docs/sip-agent.md "Voice bots"): the call
+/// ends here and a speech server that talks back is the other party.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BotRoute {
+    /// What it matches (the Request-URI user), as a route's pattern; bots are looked up before
+    /// routes.
+    pub pattern: RoutePattern,
+    /// fork-agent `[[speech_server]]` the bot is (its URL, token and profile).
+    pub speech_server: String,
 }
 
 /// Local addresses one leg of a call uses.
@@ -82,6 +110,8 @@ pub struct Config {
     pub media_ip: IpAddr,
     /// Routing rules; the most specific match wins, ties go to the earlier rule.
     pub routes: Vec<Route>,
+    /// Numbers answered by voice bots (looked up before `routes`, the same way).
+    pub bots: Vec<BotRoute>,
     /// Listening port per transport, written into Via sent-by and Contact for messages on that
     /// transport; a transport not listed uses `sip_addr`'s port.
     pub transport_ports: Vec<(Transport, u16)>,

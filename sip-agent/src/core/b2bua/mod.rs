@@ -36,6 +36,7 @@
 //! `timers.rs` the per-call deadlines, `restore.rs` the journal record and restart,
 //! `local.rs` our own addresses, tags and branches, `config.rs` the routing configuration.
 
+mod bot;
 mod config;
 mod fork;
 mod local;
@@ -45,7 +46,7 @@ mod setup;
 mod teardown;
 mod timers;
 
-pub use config::{Bind, Config, Route, RoutePattern};
+pub use config::{Bind, BotRoute, Config, Route, RoutePattern};
 pub use restore::{CallSnapshot, RestoreError};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -221,6 +222,14 @@ pub enum SessionEvent {
         /// Who the call is between (sent to the speech server in `start`).
         parties: CallParties,
     },
+    /// A call to a bot number was answered (bot.rs): `media` is the caller's side; the media
+    /// layer installs the caller's flow as a sink and forks it to the bot with return audio.
+    BotUp {
+        /// Call.
+        call: CallHandle,
+        /// The call and its bot (boxed: the event is moved around for every call).
+        bot: Box<BotCall>,
+    },
     /// The call is over; its handle will not appear again.
     CallEnded {
         /// Call.
@@ -228,6 +237,19 @@ pub enum SessionEvent {
         /// Why.
         reason: EndReason,
     },
+}
+
+/// A call answered for a bot ([`SessionEvent::BotUp`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BotCall {
+    /// The caller's media (leg A), codec as answered.
+    pub media: NegotiatedMedia,
+    /// The bot.
+    pub route: BotRoute,
+    /// GUID of the bot's fork.
+    pub guid: String,
+    /// Who the call is between.
+    pub parties: CallParties,
 }
 
 /// Who a call is between, as the caller's leg (A) names it: what fork-agent shows for a fork
@@ -339,6 +361,8 @@ struct Call {
     /// The RFC 4028 interval of the last 2xx that armed the session timer (journalled, so a
     /// restored call is armed again).
     session_interval: Option<Duration>,
+    /// A voice bot's call (bot.rs): leg B is the bot, with no SIP peer.
+    bot: Option<BotRoute>,
 }
 
 impl Call {

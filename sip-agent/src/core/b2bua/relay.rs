@@ -54,6 +54,9 @@ impl<P: PortAllocator> B2bua<P> {
             );
         }
         let established = c.state == CallState::Established;
+        if c.bot.is_some() {
+            return self.bot_in_dialog(now, tx, call, req);
+        }
         match req.method {
             Method::Bye => {
                 self.respond(now, tx, &req, 200, None, None, vec![], None);
@@ -124,6 +127,27 @@ impl<P: PortAllocator> B2bua<P> {
                 }
                 self.relay(now, tx, call, leg, req, sdp);
             }
+            Method::Ack | Method::Cancel => {}
+            _ => {
+                let allow = Header::Other("Allow".into(), ALLOW.into());
+                self.respond(now, tx, &req, 405, None, None, vec![allow], None);
+            }
+        }
+    }
+
+    /// A request in a voice bot's call (bot.rs): there is no other leg to relay to.
+    fn bot_in_dialog(&mut self, now: Instant, tx: TxHandle, call: CallHandle, req: Request) {
+        match req.method {
+            Method::Bye => {
+                self.respond(now, tx, &req, 200, None, None, vec![], None);
+                self.end_call(call, EndReason::Bye(Leg::A));
+            }
+            Method::Options | Method::Info => {
+                let allow = Header::Other("Allow".into(), ALLOW.into());
+                self.respond(now, tx, &req, 200, None, None, vec![allow], None)
+            }
+            // A bot call keeps the media it was answered with.
+            Method::Invite => self.respond(now, tx, &req, 488, None, None, vec![], None),
             Method::Ack | Method::Cancel => {}
             _ => {
                 let allow = Header::Other("Allow".into(), ALLOW.into());

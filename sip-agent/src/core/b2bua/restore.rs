@@ -81,7 +81,8 @@ impl<P: PortAllocator> B2bua<P> {
     /// journalled: it has no flows yet) or gone.
     pub fn snapshot(&self, call: CallHandle) -> Option<CallSnapshot> {
         let c = self.calls.get(&call)?;
-        if c.state != CallState::Established {
+        // A bot's call is not journalled (docs/sip-agent.md "Voice bots").
+        if c.state != CallState::Established || c.bot.is_some() {
             return None;
         }
         Some(CallSnapshot {
@@ -144,6 +145,7 @@ impl<P: PortAllocator> B2bua<P> {
         self.calls.insert(
             call,
             Call {
+                bot: None,
                 state: CallState::Established,
                 a: snap.a,
                 b: snap.b,

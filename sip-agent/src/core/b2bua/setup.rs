@@ -26,15 +26,38 @@ use crate::core::transaction::{Peer, Transport, TxHandle};
 
 impl<P: PortAllocator> B2bua<P> {
     fn route(&self, user: &str) -> Option<Route> {
-        let mut best: Option<(usize, &Route)> = None;
-        for r in &self.cfg.routes {
-            if let Some(s) = r.pattern.score(user) {
-                if best.is_none_or(|(b, _)| s > b) {
-                    best = Some((s, r));
-                }
-            }
-        }
-        best.map(|(_, r)| r.clone())
+        super::config::most_specific(&self.cfg.routes, user, |r| &r.pattern).cloned()
+    }
+
+    /// Leg A's dialog as the caller's INVITE sets it up (our tag new), and its From header.
+    pub(super) fn caller_dialog(
+        &mut self,
+        req: &Request,
+        contact: &str,
+        from: Peer,
+    ) -> Option<(Dialog, String)> {
+        let k = message::keys(&SipMessage::Request(req.clone()))?;
+        let first = |name: &str| {
+            header_values(&req.headers, name)
+                .into_iter()
+                .next()
+                .unwrap_or_default()
+        };
+        let (to, from_hdr) = (first("To"), first("From"));
+        let a_tag = self.token();
+        let a = Dialog {
+            call_id: k.call_id,
+            local_tag: a_tag.clone(),
+            remote_tag: k.from_tag,
+            local_header: format!("{to};tag={a_tag}"),
+            remote_header: from_hdr.clone(),
+            remote_target: uri_of(contact).to_string(),
+            route_set: header_values(&req.headers, "Record-Route"),
+            local_cseq: 0,
+            remote_cseq: Some(k.cseq),
+            peer: from,
+        };
+        Some((a, from_hdr))
     }
 
     pub(super) fn new_call(&mut self, now: Instant, tx: TxHandle, from: Peer, req: Request) {
@@ -42,6 +65,9 @@ impl<P: PortAllocator> B2bua<P> {
             me.respond(now, tx, &req, code, reason, None, vec![], None)
         };
         let user = req.uri.user().unwrap_or_default().to_string();
+        if let Some(bot) = self.bot_for(&user) {
+            return self.new_bot_call(now, tx, from, req, bot);
+        }
         let Some(route) = self.route(&user) else {
             return reject(self, 404, None);
         };
@@ -75,29 +101,8 @@ impl<P: PortAllocator> B2bua<P> {
             self.ports.release(pa);
             return reject(self, 503, None);
         };
-        let Some(k) = message::keys(&SipMessage::Request(req.clone())) else {
+        let Some((a, from_hdr)) = self.caller_dialog(&req, &contact, from) else {
             return;
-        };
-        let to = header_values(&req.headers, "To")
-            .into_iter()
-            .next()
-            .unwrap_or_default();
-        let from_hdr = header_values(&req.headers, "From")
-            .into_iter()
-            .next()
-            .unwrap_or_default();
-        let a_tag = self.token();
-        let a = Dialog {
-            call_id: k.call_id.clone(),
-            local_tag: a_tag.clone(),
-            remote_tag: k.from_tag.clone(),
-            local_header: format!("{to};tag={a_tag}"),
-            remote_header: from_hdr.clone(),
-            remote_target: uri_of(&contact).to_string(),
-            route_set: header_values(&req.headers, "Record-Route"),
-            local_cseq: 0,
-            remote_cseq: Some(k.cseq),
-            peer: from,
         };
         let bind_a = self.default_bind();
         let bind_b = route.bind.unwrap_or(bind_a);
@@ -194,6 +199,7 @@ impl<P: PortAllocator> B2bua<P> {
                 counted: false,
                 timers: CallTimers::default(),
                 session_interval: None,
+                bot: None,
             },
         );
     }

@@ -75,8 +75,10 @@ impl<P: PortAllocator> B2bua<P> {
         except: Option<Leg>,
         reason: EndReason,
     ) {
+        // A bot's call has no SIP peer on leg B.
+        let bot = self.calls.get(&call).is_some_and(|c| c.bot.is_some());
         for leg in [Leg::A, Leg::B] {
-            if Some(leg) != except {
+            if Some(leg) != except && !(bot && leg == Leg::B) {
                 self.send_bye(now, call, leg, reason.reason_header());
             }
         }
@@ -92,7 +94,8 @@ impl<P: PortAllocator> B2bua<P> {
         let Some(c) = self.calls.remove(&call) else {
             return;
         };
-        for p in c.ports {
+        // A bot's call holds one port (leg B's is 0).
+        for p in c.ports.into_iter().filter(|p| *p != 0) {
             self.ports.release(p);
         }
         self.by_dialog

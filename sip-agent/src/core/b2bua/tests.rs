@@ -1062,3 +1062,94 @@ fn nothing_fires_after_a_normal_bye() {
     assert!(h.take_for_b().is_empty());
     assert!(h.take_events().is_empty());
 }
+
+#[test]
+fn a_bot_number_is_answered_here_and_its_bye_ends_the_call_without_a_leg_b() {
+    let mut h = Harness::with_config(|c| {
+        c.bots.push(super::BotRoute {
+            pattern: RoutePattern::Pattern("7000".into()),
+            speech_server: "bot".into(),
+        })
+    });
+    h.send_from_a(&invite(
+        "7000",
+        "z9hG4bKbot1",
+        &sdp("198.51.100.7", 16384, "18 8 0 101", "a=ptime:20\r\n"),
+    ));
+    assert!(h.take_for_b().is_empty(), "no callee");
+    let to_a = h.take_for_a();
+    let ok = to_a.iter().find(|m| code(m) == 200).expect("answered");
+    let ans = Sdp::parse(ok.body()).expect("sdp").audio().expect("audio");
+    assert_eq!(ans.addr.to_string(), "192.0.2.10");
+    let pts: Vec<u8> = ans.codecs.iter().map(|c| c.pt).collect();
+    assert_eq!(
+        pts,
+        [8, 101],
+        "the offer's first G.711 and its telephone-event"
+    );
+    let tag = message::keys(ok).and_then(|k| k.to_tag).expect("our tag");
+    let ev = h.take_events();
+    let [SessionEvent::BotUp { bot, .. }] = &ev[..] else {
+        panic!("one BotUp: {ev:?}");
+    };
+    let media = &bot.media;
+    assert_eq!(bot.route.speech_server, "bot");
+    assert_eq!(
+        media.remote,
+        Some("198.51.100.7:16384".parse().expect("addr"))
+    );
+    assert_eq!(media.local_port, ans.port);
+    assert_eq!(media.codec.as_ref().map(|c| c.pt), Some(8));
+    assert_eq!(h.b2bua.counts().aggregate, 1);
+
+    h.send_from_a(&a_in_dialog("ACK", 1, "z9hG4bKbotack", &tag, None, b""));
+    // A re-INVITE is refused: the bot call keeps its first media.
+    let reinvite = a_in_dialog(
+        "INVITE",
+        2,
+        "z9hG4bKbotre",
+        &tag,
+        Some("application/sdp"),
+        sdp("198.51.100.7", 16386, "0", "").as_bytes(),
+    );
+    h.send_from_a(&reinvite);
+    assert_eq!(
+        h.take_for_a()
+            .iter()
+            .map(code)
+            .filter(|c| *c >= 200)
+            .collect::<Vec<_>>(),
+        vec![488]
+    );
+    h.send_from_a(&a_in_dialog("BYE", 3, "z9hG4bKbotbye", &tag, None, b""));
+    assert_eq!(
+        h.take_for_a().iter().map(code).collect::<Vec<_>>(),
+        vec![200]
+    );
+    assert!(h.take_for_b().is_empty(), "nobody else to say BYE to");
+    let ev = h.take_events();
+    assert!(
+        ev.iter()
+            .any(|e| matches!(e, SessionEvent::MediaDown { .. }))
+            && ev
+                .iter()
+                .any(|e| matches!(e, SessionEvent::CallEnded { .. })),
+        "{ev:?}"
+    );
+    assert_eq!(h.b2bua.counts().aggregate, 0);
+
+    // No G.711 in the offer: refused.
+    h.send_from_a(&invite(
+        "7000",
+        "z9hG4bKbot2",
+        &sdp("198.51.100.7", 16390, "18", ""),
+    ));
+    assert_eq!(
+        h.take_for_a()
+            .iter()
+            .map(code)
+            .filter(|c| *c >= 200)
+            .collect::<Vec<_>>(),
+        vec![488]
+    );
+}

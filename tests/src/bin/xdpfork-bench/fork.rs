@@ -92,7 +92,7 @@ struct Receiver {
 }
 
 /// A TCP listener bound inside `h`'s namespace (like `Topology::udp_socket`).
-fn tcp_listener(t: &Topology, h: Host, bind: SocketAddr) -> Result<TcpListener> {
+pub(crate) fn tcp_listener(t: &Topology, h: Host, bind: SocketAddr) -> Result<TcpListener> {
     let path = format!("/run/netns/{}", t.ns(h));
     std::thread::spawn(move || -> Result<TcpListener> {
         let f = std::fs::File::open(&path)?;
@@ -424,7 +424,7 @@ impl Point {
     }
 }
 
-fn ctl(sock: &std::path::Path, v: serde_json::Value) -> Result<serde_json::Value> {
+pub(crate) fn ctl(sock: &std::path::Path, v: serde_json::Value) -> Result<serde_json::Value> {
     let r = control(sock, &v)?;
     if r.get("error").is_some() {
         bail!("control {v}: {r}");

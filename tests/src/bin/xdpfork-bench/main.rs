@@ -38,6 +38,7 @@
 #[global_allocator]
 static ALLOC: dialects::Counting = dialects::Counting;
 
+mod bot;
 mod calls;
 mod cpu;
 mod dialects;
@@ -93,7 +94,7 @@ pub struct Opts {
 #[command(version)]
 struct Cli {
     /// Which benchmark to run.
-    #[arg(value_parser = ["relay", "turn", "fork", "calls", "dialects", "ng", "srtp"])]
+    #[arg(value_parser = ["relay", "turn", "fork", "calls", "dialects", "ng", "srtp", "bot"])]
     bench: String,
     /// Repetitions of every point (medians are reported).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(usize))]
@@ -108,7 +109,7 @@ struct Cli {
     /// Where the report and raw points go.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
-    /// fork: concurrent stream counts, comma-separated.
+    /// fork: concurrent stream counts; bot: concurrent bot calls; comma-separated.
     #[arg(long, default_value = "500,1000,2000,5000")]
     streams: String,
     /// fork: record `perf` of fork-agent at this stream count (added to the sweep).
@@ -233,7 +234,10 @@ fn main() -> Result<()> {
             windows: opts.windows.clone(),
         })?,
         "srtp" => srtp::run(opts.reps, opts.secs)?,
-        other => bail!("unknown benchmark {other}: relay, turn, fork, calls, dialects, ng or srtp"),
+        "bot" => bot::run(&opts.streams, opts.secs)?,
+        other => {
+            bail!("unknown benchmark {other}: relay, turn, fork, calls, dialects, ng, srtp or bot")
+        }
     };
     println!("{}", report.markdown);
     std::fs::write(opts.out.join(format!("{cmd}.md")), &report.markdown)?;
