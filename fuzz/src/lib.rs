@@ -150,6 +150,17 @@ pub fn exercise_ng(data: &[u8]) {
         rate_per_sec: 1000,
         rate_burst: 1000,
         bencode: Limits::default(),
+        // Browser legs on, so SAVPF offers and answers take the bridging branches too.
+        webrtc: Some(ng_agent::core::webrtc::WebrtcConfig {
+            fingerprint: webrtc_bridge::Fingerprint::parse(&format!(
+                "sha-256 {}",
+                ["AB"; 32].join(":")
+            ))
+            .expect("a valid fingerprint"),
+            kernel_address: IpAddr::V4(Ipv4Addr::new(10, 77, 9, 1)),
+            gateway: IpAddr::V4(Ipv4Addr::new(10, 77, 9, 2)),
+        }),
+        seed: 7,
     };
     let mut engine = Engine::new(cfg).expect("a valid engine config");
     // The fuzzer's clock: one real reading, then fixed steps.
@@ -178,7 +189,8 @@ pub fn exercise_ng(data: &[u8]) {
                         );
                     }
                     Output::Control { id, .. } => pending.push(id),
-                    Output::Dropped { .. } => {}
+                    // The shell's sockets and tasks: nothing comes back to the engine.
+                    Output::Dropped { .. } | Output::Bridge(_) => {}
                 }
             }
             let Some(id) = pending.pop() else { break };
