@@ -20,14 +20,14 @@
 //! played (as without TURN); turn-server held the browser's allocation with a permission for
 //! ng-agent's address and relayed at least every packet the bridge counted, each way; the
 //! browser's only candidates were relayed ones; ng-agent's bridge took the relay's address as
-//! the browser's (the source of the nominating ICE check, logged by the leg's task: `query`
-//! shows a browser leg's gateway side, not the browser's address).
+//! the browser's (the source of the nominating ICE check, `webrtc.selected` in `query`).
 
 #![allow(clippy::disallowed_methods)] // wall clock drives real processes
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+use ng_agent::core::bencode::Value;
 use xdpfork_tests::{ns_run, Host};
 
 use crate::turn_support::{
@@ -90,6 +90,10 @@ fn browser_behind_turn_calls_phone_media_through_the_relay() -> Result<()> {
         .to_owned();
     assert!(relay.starts_with(&format!("{TURN_IP}:")), "{alloc}");
 
+    // ng-agent's bridge answered ICE checks from the relay and nominated it: its `query` shows
+    // the relay's address as the browser's selected one.
+    assert_eq!(selected_browser_address(&w)?, relay, "{}", w.diag());
+
     let report = w.browser_report()?;
     assert_eq!(report["ok"], true, "{report:#}\n{}", w.diag());
     let offer = report["offer"].as_str().unwrap_or_default();
@@ -113,14 +117,6 @@ fn browser_behind_turn_calls_phone_media_through_the_relay() -> Result<()> {
     let totals = w.assert_bridged_cleanly()?;
     assert_eq!(totals.count("unverified-source"), 0);
     w.assert_fork_matches(&source)?;
-
-    // The bridge answered ICE checks from the relay and nominated it (webrtc-bridge's
-    // `Event::Selected`, logged by the leg's task).
-    let ng_log = w.ng.t.s.topo.log(w.ng.node.name);
-    assert!(
-        ng_log.contains(&format!("event=Selected({relay})")),
-        "ng-agent never selected the relay {relay}:\n{ng_log}"
-    );
 
     // Every SRTP packet the bridge decrypted came through the relay, and every one it sent went
     // back through it (plus the STUN checks and DTLS both ways); nothing was refused.
@@ -155,4 +151,35 @@ fn start_turn(w: &mut WebrtcTest) -> Result<PathBuf> {
     let peers = format!("[peers]\nallowed = [\"{BRIDGE_IP}/32\"]\n");
     let config = write_turn_config_on(topo, (TURN, TURN_IP), "", &peers, false, false)?;
     start_turn_server(topo, &config, &[])
+}
+
+/// The browser leg's selected address (`address:port`) in ng-agent's `query` of the one call
+/// (`tags.<tag>.medias[0].webrtc.selected`, docs/webrtc.md "Counters").
+fn selected_browser_address(w: &WebrtcTest) -> Result<String> {
+    let calls = w.ng.calls()?;
+    let [call_id] = calls.as_slice() else {
+        bail!("expected one call in ng-agent, got {calls:?}");
+    };
+    let reply = w.ng.ng(Value::dict([
+        ("command", Value::str("query")),
+        ("call-id", Value::str(call_id)),
+    ]))?;
+    let Some(Value::Dict(tags)) = reply.get("tags") else {
+        bail!("query without tags: {reply:?}");
+    };
+    let selected = tags
+        .values()
+        .filter_map(|t| match t.get("medias") {
+            Some(Value::List(m)) => m.first(),
+            _ => None,
+        })
+        .find_map(|m| m.get("webrtc")?.get("selected"))
+        .with_context(|| format!("no browser leg with a selected address in {reply:?}"))?;
+    match (
+        selected.get("address").and_then(Value::as_str),
+        selected.get("port"),
+    ) {
+        (Some(a), Some(Value::Int(p))) => Ok(format!("{a}:{p}")),
+        _ => bail!("no address selected yet: {reply:?}"),
+    }
 }
