@@ -7,6 +7,10 @@ rtcp-mux) signalling with SIP over WebSocket (RFC 7118) through Kamailio.
   answer  REGISTER as `browser`, print "registered", take one INVITE, answer it, play and
           record the same way, BYE after --seconds.
 
+With --turn, the only ICE server is that TURN server and the ICE transport policy is
+`relay` (a browser behind a NAT that only a TURN relay crosses): every local candidate is a
+relayed one, and all media goes through the relay.
+
 The source is sent as PCMU in 20 ms frames from a 16-bit mono 8 kHz WAV; the recording is
 what the remote audio track decoded, written as the same kind of WAV. A JSON report goes to
 --report: ok, error, the SDPs exchanged, the ICE/DTLS states seen. Every wait is bounded; the
@@ -27,7 +31,14 @@ import wave
 
 import av
 import websockets
-from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc import (
+    RTCConfiguration,
+    RTCIceServer,
+    RTCIceTransportPolicy,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
 from aiortc.mediastreams import MediaStreamTrack
 
 PTIME = 0.02
@@ -205,6 +216,16 @@ def pcmu_only(transceiver) -> None:
     transceiver.setCodecPreferences([c for c in caps if c.mimeType == "audio/PCMU"])
 
 
+def peer_connection(args) -> RTCPeerConnection:
+    """A peer connection; with --turn, relay-only through that TURN server."""
+    if not args.turn:
+        return RTCPeerConnection()
+    server = RTCIceServer(urls=args.turn, username=args.turn_user, credential=args.turn_password)
+    return RTCPeerConnection(
+        RTCConfiguration(iceServers=[server], iceTransportPolicy=RTCIceTransportPolicy.RELAY)
+    )
+
+
 async def wait_connected(pc, report, timeout: float) -> None:
     deadline = time.time() + timeout
     while pc.connectionState != "connected":
@@ -216,7 +237,7 @@ async def wait_connected(pc, report, timeout: float) -> None:
 
 
 async def call(args, sip: Sip, report: dict) -> None:
-    pc = RTCPeerConnection()
+    pc = peer_connection(args)
     rec = Recorder()
     pc.on("track", rec.attach)
     t = pc.addTransceiver(WavTrack(args.play), direction="sendrecv")
@@ -261,7 +282,7 @@ async def answer(args, sip: Sip, report: dict) -> None:
     print("registered", flush=True)
     invite = await sip.recv(lambda m: m.get("method") == "INVITE", args.deadline)
     report["offer"] = invite["body"]
-    pc = RTCPeerConnection()
+    pc = peer_connection(args)
     rec = Recorder()
     pc.on("track", rec.attach)
     await pc.setRemoteDescription(RTCSessionDescription(invite["body"], "offer"))
@@ -308,6 +329,9 @@ async def main() -> int:
     p.add_argument("--seconds", type=float, default=4.0)
     p.add_argument("--fork", default="no")
     p.add_argument("--deadline", type=float, default=40.0)
+    p.add_argument("--turn", help="turn:host:port, the only ICE server (relay-only)")
+    p.add_argument("--turn-user", default="")
+    p.add_argument("--turn-password", default="")
     args = p.parse_args()
     report = {"ok": False, "error": None, "states": []}
     try:

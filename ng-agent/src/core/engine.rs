@@ -910,6 +910,20 @@ impl Engine {
     }
 
     fn query(&self, req: &Request) -> Result<Value, String> {
+        /// rtpengine's endpoint dictionary (`family`, `address`, `port`); empty when unknown.
+        fn endpoint_value(a: Option<SocketAddr>) -> Value {
+            match a {
+                Some(a) => Value::dict([
+                    (
+                        "family",
+                        Value::str(if a.is_ipv4() { "IPv4" } else { "IPv6" }),
+                    ),
+                    ("address", Value::str(&a.ip().to_string())),
+                    ("port", Value::Int(i64::from(a.port()))),
+                ]),
+                None => Value::dict([]),
+            }
+        }
         let call = self
             .calls
             .get(&req.call_id)
@@ -918,17 +932,7 @@ impl Engine {
         for side in [Side::A, Side::B] {
             let leg = &call.legs[side.idx()];
             let other = &call.legs[side.other().idx()];
-            let endpoint = match leg.remote {
-                Some(r) => Value::dict([
-                    (
-                        "family",
-                        Value::str(if r.is_ipv4() { "IPv4" } else { "IPv6" }),
-                    ),
-                    ("address", Value::str(&r.ip().to_string())),
-                    ("port", Value::Int(i64::from(r.port()))),
-                ]),
-                None => Value::dict([]),
-            };
+            let endpoint = endpoint_value(leg.remote);
             let stream = |local: SocketAddr, ep: Value| {
                 Value::dict([
                     ("local port", Value::Int(i64::from(local.port()))),
@@ -944,7 +948,11 @@ impl Engine {
             ];
             if let Some(w) = &leg.webrtc {
                 media[2].1 = Value::str(SAVPF);
-                media.push(("webrtc", bridged::counters_value(&w.counters)));
+                let mut webrtc = bridged::counters_value(&w.counters);
+                if let Value::Dict(d) = &mut webrtc {
+                    d.insert(b"selected".to_vec(), endpoint_value(w.selected));
+                }
+                media.push(("webrtc", webrtc));
             }
             let media = Value::dict(media);
             let tag = leg.tag.clone().unwrap_or_default();

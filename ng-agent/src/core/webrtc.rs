@@ -123,6 +123,20 @@ pub struct WebrtcLeg {
     pub remote: Option<RemoteParams>,
     /// Last counters the shell reported.
     pub counters: Counters,
+    /// The browser's address ICE selected, as the shell reported it: the source of the
+    /// nominating check (a TURN relay's address for a browser behind one).
+    pub selected: Option<SocketAddr>,
+}
+
+/// What a bridge task reports about its leg as it changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LegReport {
+    /// The leg's browser-facing address (its key).
+    pub browser: SocketAddr,
+    /// Its counters so far.
+    pub counters: Counters,
+    /// The browser's selected address, once a check nominated one.
+    pub selected: Option<SocketAddr>,
 }
 
 /// What the shell must do for bridged legs, keyed by the browser-facing address.
@@ -353,6 +367,7 @@ m=audio 40002 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=rtcp:40003\r\na=sendrecv\r\
             bundle: true,
             remote: None,
             counters: Counters::default(),
+            selected: None,
         };
         let sdp = Sdp::parse(phone.as_bytes()).expect("sdp");
         let text = String::from_utf8(toward_browser(sdp, &leg, &cfg(), true)).expect("utf8");

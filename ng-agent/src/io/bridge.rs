@@ -25,11 +25,10 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use webrtc_bridge::{
-    Bridge, Certificate, Counters, EarlyAudio, Event, IceCredentials, Output, PlainKind,
-    RemoteParams,
+    Bridge, Certificate, EarlyAudio, Event, IceCredentials, Output, PlainKind, RemoteParams,
 };
 
-use crate::core::webrtc::BridgeOp;
+use crate::core::webrtc::{BridgeOp, LegReport};
 
 /// Counters reach the engine at most this often per leg (and at every event).
 const COUNTER_INTERVAL: Duration = Duration::from_millis(200);
@@ -40,16 +39,13 @@ const COMMAND_QUEUE: usize = 8;
 /// Largest datagram read (a DTLS flight fragment or an RTP packet fit well below).
 const MAX_DATAGRAM: usize = 2048;
 
-/// A counters report: the leg's browser-facing address and its counters.
-pub type CounterReport = (SocketAddr, Counters);
-
 /// The running bridges.
 pub struct Bridges {
     cert: Certificate,
     netns: PathBuf,
     early: EarlyAudio,
     legs: HashMap<SocketAddr, mpsc::Sender<RemoteParams>>,
-    reports: mpsc::Sender<CounterReport>,
+    reports: mpsc::Sender<LegReport>,
 }
 
 impl Bridges {
@@ -58,7 +54,7 @@ impl Bridges {
         cert: Certificate,
         netns: PathBuf,
         early: EarlyAudio,
-        reports: mpsc::Sender<CounterReport>,
+        reports: mpsc::Sender<LegReport>,
     ) -> Result<Bridges> {
         File::open(&netns).with_context(|| {
             format!(
@@ -178,16 +174,23 @@ pub async fn run_leg(
     rtp: UdpSocket,
     rtcp: UdpSocket,
     mut remote: mpsc::Receiver<RemoteParams>,
-    reports: mpsc::Sender<CounterReport>,
+    reports: mpsc::Sender<LegReport>,
 ) {
     let mut b1 = vec![0u8; MAX_DATAGRAM];
     let mut b2 = vec![0u8; MAX_DATAGRAM];
     let mut b3 = vec![0u8; MAX_DATAGRAM];
-    let mut reported = Counters::default();
+    let mut selected = None;
+    let current = |bridge: &Bridge, selected| LegReport {
+        browser: key,
+        counters: bridge.counters(),
+        selected,
+    };
+    let mut reported = current(&bridge, selected);
     let mut reported_at = Instant::now();
     loop {
-        // Counters that changed since the last report are sent at the latest one interval on.
-        let report_at = (bridge.counters() != reported).then(|| reported_at + COUNTER_INTERVAL);
+        // What changed since the last report is sent at the latest one interval on.
+        let report_at =
+            (current(&bridge, selected) != reported).then(|| reported_at + COUNTER_INTERVAL);
         let deadline = [bridge.poll_timeout().map(Instant::from_std), report_at]
             .into_iter()
             .flatten()
@@ -230,6 +233,9 @@ pub async fn run_leg(
                 }
                 Output::Event(e) => {
                     event = true;
+                    if let Event::Selected(a) = e {
+                        selected = Some(a);
+                    }
                     match &e {
                         Event::Failed(why) => warn!(%key, %why, "browser leg failed"),
                         other => info!(%key, event = ?other, "browser leg"),
@@ -237,16 +243,16 @@ pub async fn run_leg(
                 }
             }
         }
-        let c = bridge.counters();
-        if c != reported && (event || reported_at.elapsed() >= COUNTER_INTERVAL) {
+        let now = current(&bridge, selected);
+        if now != reported && (event || reported_at.elapsed() >= COUNTER_INTERVAL) {
             // A full queue only delays the report: the next change sends it again.
-            if reports.try_send((key, c)).is_ok() {
-                reported = c;
+            if reports.try_send(now).is_ok() {
+                reported = now;
                 reported_at = Instant::now();
             }
         }
     }
-    let _ = reports.try_send((key, bridge.counters()));
+    let _ = reports.try_send(current(&bridge, selected));
     debug!(%key, "browser leg closed");
 }
 

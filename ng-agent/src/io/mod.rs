@@ -25,12 +25,12 @@ use tracing::{debug, info, warn};
 
 use crate::config::Settings;
 use crate::core::engine::{ControlId, Engine, Output};
-use crate::core::webrtc::WebrtcConfig;
+use crate::core::webrtc::{LegReport, WebrtcConfig};
 use call_store::CallStore;
 
 pub mod bridge;
 
-/// Counter reports buffered from the browser legs' tasks.
+/// Reports (counters, selected address) buffered from the browser legs' tasks.
 const REPORT_QUEUE: usize = 1024;
 
 /// Answers buffered from the control task (it waits when the engine task is behind).
@@ -55,7 +55,7 @@ pub async fn run(settings: Settings, mut reloader: daemon_ops::reload::Reloader)
         .with_context(|| format!("binding the ng socket {} (ng.listen)", settings.listen))?;
     let max = settings.engine.max_message_bytes;
     let mut engine_cfg = settings.engine.clone();
-    let (report_tx, mut report_rx) = mpsc::channel::<bridge::CounterReport>(REPORT_QUEUE);
+    let (report_tx, mut report_rx) = mpsc::channel::<LegReport>(REPORT_QUEUE);
     let mut bridges = match &settings.webrtc {
         Some(w) => {
             let cert = webrtc_bridge::Certificate::generate()
@@ -133,9 +133,9 @@ pub async fn run(settings: Settings, mut reloader: daemon_ops::reload::Reloader)
                 });
                 engine.handle_control_answer(Instant::now().into_std(), id, result);
             }
-            Some((browser, counters)) = report_rx.recv() => {
+            Some(report) = report_rx.recv() => {
                 // Falls through: the new counters are published for scrapes below.
-                engine.handle_bridge_counters(browser, counters);
+                engine.handle_bridge_report(report);
             }
             permit = op_tx.reserve(), if !ops.is_empty() => {
                 let Ok(permit) = permit else { anyhow::bail!("the control task ended") };

@@ -97,3 +97,4 @@ mod turn_wrong_password;
 mod webrtc_dropped;
 mod webrtc_kamailio_call;
 mod webrtc_kamailio_callee;
+mod webrtc_turn_relay;

@@ -10,7 +10,6 @@
 
 use anyhow::Result;
 
-use crate::sip_support::stream_of;
 use crate::webrtc_support::*;
 
 #[test]
@@ -71,31 +70,9 @@ fn browser_calls_phone_audio_both_ways_and_forked() -> Result<()> {
 
     w.ng.t.wait_callee_done()?;
     w.ng.t.wait_no_flows()?;
-    let stats = w.ng.ng(ng_agent::core::bencode::Value::dict([(
-        "command",
-        ng_agent::core::bencode::Value::str("statistics"),
-    )]))?;
-    let webrtc = stats.get("statistics").and_then(|s| s.get("webrtc"));
-    let count = |k: &str| match webrtc.and_then(|w| w.get(k)) {
-        Some(ng_agent::core::bencode::Value::Int(n)) => *n,
-        _ => -1,
-    };
-    assert!(count("to-plain") > 100, "{stats:?}");
-    assert!(count("to-browser") > 100, "{stats:?}");
-    for k in [
-        "srtp-auth-failed",
-        "srtp-replayed",
-        "fingerprint-mismatch",
-        "dtls-failed",
-    ] {
-        assert_eq!(count(k), 0, "{k}: {stats:?}");
-    }
+    w.assert_bridged_cleanly()?;
 
     // The fork of the browser's leg: decrypted audio, what was played.
-    let summary = w.ng.t.s.speech_summary()?;
-    let caller = stream_of(&summary, "caller");
-    assert_eq!(caller["codec"], "PCMU", "{caller}");
-    let wav = caller["wav"].as_str().unwrap_or_default();
-    xdpfork_tests::dialects::compare(8000, std::path::Path::new(wav), &source)?;
+    w.assert_fork_matches(&source)?;
     Ok(())
 }

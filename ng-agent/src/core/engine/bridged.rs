@@ -5,7 +5,7 @@
 //! is called from `offer`, `answer`, `teardown`, `query` and `statistics`.
 
 use super::*;
-use crate::core::webrtc::{BrowserSdp, DtlsFlag};
+use crate::core::webrtc::{BrowserSdp, DtlsFlag, LegReport};
 
 /// What an offer or answer means for browser legs.
 #[derive(Debug)]
@@ -158,6 +158,7 @@ impl Engine {
             bundle: sender.is_none_or(|s| s.bundle),
             remote: remote.clone(),
             counters: Counters::default(),
+            selected: None,
         };
         leg.local = SocketAddr::new(cfg.kernel_address, kernel_port);
         // The gateway uses the browser port's number: its namespace has a port space of its own.
@@ -286,12 +287,13 @@ impl Engine {
         }
     }
 
-    /// Counters a bridge reported (the shell sends them as they change).
-    pub fn handle_bridge_counters(&mut self, browser: SocketAddr, counters: Counters) {
+    /// What a bridge reported (the shell sends it as it changes).
+    pub fn handle_bridge_report(&mut self, report: LegReport) {
         for call in self.calls.values_mut() {
             for leg in &mut call.legs {
-                if let Some(w) = leg.webrtc.as_mut().filter(|w| w.browser == browser) {
-                    w.counters = counters;
+                if let Some(w) = leg.webrtc.as_mut().filter(|w| w.browser == report.browser) {
+                    w.counters = report.counters;
+                    w.selected = report.selected;
                     return;
                 }
             }

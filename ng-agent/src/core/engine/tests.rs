@@ -842,7 +842,7 @@ fn forwarding_uses_the_answers_codec() {
 /// Browser legs (docs/webrtc.md): the reference document's two call directions.
 mod webrtc {
     use super::*;
-    use crate::core::webrtc::Setup;
+    use crate::core::webrtc::{LegReport, Setup};
     use webrtc_bridge::{Fingerprint, Role};
 
     const FP: &str = "sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF";
@@ -971,13 +971,18 @@ a=fingerprint:{FP}\r\na=setup:{setup}\r\n"
             Fingerprint::parse(OURS).expect("fp")
         );
 
-        // Counters from the shell show up in query and statistics; delete closes the bridge.
+        // Counters and the selected address from the shell show up in query (counters also in
+        // statistics); delete closes the bridge.
         let counters = Counters {
             srtp_auth_failed: 3,
             to_plain: 50,
             ..Counters::default()
         };
-        t.e.handle_bridge_counters("10.77.1.1:30000".parse().expect("a"), counters);
+        t.e.handle_bridge_report(LegReport {
+            browser: "10.77.1.1:30000".parse().expect("a"),
+            counters,
+            selected: Some("10.77.1.3:24007".parse().expect("relay")),
+        });
         let (q, _) = t.send(vec![
             ("command", Value::str("query")),
             ("call-id", Value::str("call-1")),
@@ -997,6 +1002,17 @@ a=fingerprint:{FP}\r\na=setup:{setup}\r\n"
         assert_eq!(
             m[0].get("webrtc").and_then(|w| w.get("srtp-auth-failed")),
             Some(&Value::Int(3))
+        );
+        let selected = m[0]
+            .get("webrtc")
+            .and_then(|w| w.get("selected"))
+            .expect("selected");
+        assert_eq!(
+            (
+                selected.get("address").and_then(Value::as_str),
+                selected.get("port")
+            ),
+            (Some("10.77.1.3"), Some(&Value::Int(24007)))
         );
         t.bridge_ops.clear();
         let _ = t.send(vec![

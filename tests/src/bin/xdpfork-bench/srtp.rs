@@ -193,8 +193,8 @@ fn leg_rep(cert: &Certificate, secs: f64, n_calls: usize) -> Result<(f64, u64)> 
             let c1 = thread_cpu_ns();
             drop(stops);
             let mut last = std::collections::HashMap::new();
-            while let Some((k, c)) = rep_rx.recv().await {
-                last.insert(k, c);
+            while let Some(r) = rep_rx.recv().await {
+                last.insert(r.browser, r.counters);
             }
             for t in tasks {
                 let _ = t.await;

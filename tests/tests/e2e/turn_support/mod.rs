@@ -186,6 +186,26 @@ pub fn write_turn_config(
     tls: bool,
     rfc5766_channels: bool,
 ) -> Result<PathBuf> {
+    write_turn_config_on(
+        topo,
+        (SERVER, RELAY_IP),
+        auth_lines,
+        extra,
+        tls,
+        rfc5766_channels,
+    )
+}
+
+/// [`write_turn_config`] listening (UDP and TCP) on `listen` and relaying from `relay_ip`
+/// instead of [`SERVER`] and [`RELAY_IP`].
+pub fn write_turn_config_on(
+    topo: &Topology,
+    (listen, relay_ip): (&str, &str),
+    auth_lines: &str,
+    extra: &str,
+    tls: bool,
+    rfc5766_channels: bool,
+) -> Result<PathBuf> {
     let (tls_listen, tls_section) = if tls {
         let (cert, key) = (topo.dir.join("turn.crt"), topo.dir.join("turn.key"));
         let out = Command::new("openssl")
@@ -225,8 +245,8 @@ pub fn write_turn_config(
             r#"realm = "{REALM}"
 
 [listen]
-udp = ["{SERVER}"]
-tcp = ["{SERVER}"]
+udp = ["{listen}"]
+tcp = ["{listen}"]
 {tls_listen}
 
 {tls_section}
@@ -235,7 +255,7 @@ users_file = "{users}"
 {auth_lines}
 
 [relay]
-ipv4 = "{RELAY_IP}"
+ipv4 = "{relay_ip}"
 min_port = 24000
 max_port = 24099
 

@@ -34,6 +34,19 @@ pub const NG_METRICS: &str = "127.0.0.1:9467";
 /// PCMU at payload type 0 (what the browser stand-in offers).
 pub const PCMU: [(&str, &str); 2] = [("pt", "0"), ("codec", "PCMU")];
 
+/// ng-agent's `statistics.webrtc` dictionary.
+pub struct WebrtcTotals(ng_agent::core::bencode::Value);
+
+impl WebrtcTotals {
+    /// Counter `k`; -1 when missing.
+    pub fn count(&self, k: &str) -> i64 {
+        match self.0.get(k) {
+            Some(ng_agent::core::bencode::Value::Int(n)) => *n,
+            _ => -1,
+        }
+    }
+}
+
 /// Deletes the gateway namespace (and with it the veth) on drop; stale ones left by a dead
 /// test process are reaped by the topology like its own (same `xft<pid>x<n>` prefix).
 struct GatewayNs(String);
@@ -96,35 +109,47 @@ kernel_address = "{KERNEL}"
     /// `browser`; its report goes to `<dir>/browser.json`, its recording to
     /// `<dir>/browser-heard.wav`.
     pub fn spawn_browser(&mut self, mode: &str, play: &Path, fork: &str) -> Result<()> {
+        self.spawn_browser_with(mode, play, fork, &[])
+    }
+
+    /// [`WebrtcTest::spawn_browser`] with more of browser.py's options (e.g. `--turn`).
+    pub fn spawn_browser_with(
+        &mut self,
+        mode: &str,
+        play: &Path,
+        fork: &str,
+        extra: &[&str],
+    ) -> Result<()> {
         let dir = self.dir();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("webrtc/browser.py");
         let (script, play) = (script.to_string_lossy(), play.to_string_lossy());
         let record = dir.join("browser-heard.wav");
         let report = dir.join("browser.json");
         let (record, report) = (record.to_string_lossy(), report.to_string_lossy());
+        let args = [
+            "python3",
+            &script,
+            mode,
+            "--ws",
+            WS,
+            "--proxy",
+            DOMAIN,
+            "--play",
+            &play,
+            "--record",
+            &record,
+            "--report",
+            &report,
+            "--seconds",
+            "4",
+            "--fork",
+            fork,
+        ];
         self.ng.t.s.topo.spawn(
             "browser",
             Host::Caller,
             Path::new("/usr/bin/env"),
-            &[
-                "python3",
-                &script,
-                mode,
-                "--ws",
-                WS,
-                "--proxy",
-                DOMAIN,
-                "--play",
-                &play,
-                "--record",
-                &record,
-                "--report",
-                &report,
-                "--seconds",
-                "4",
-                "--fork",
-                fork,
-            ],
+            &[&args[..], extra].concat(),
         )
     }
 
@@ -179,6 +204,44 @@ kernel_address = "{KERNEL}"
             .find_map(|l| l.strip_prefix(line_start))
             .and_then(|v| v.trim().parse().ok())
             .with_context(|| format!("no {line_start} in ng-agent's metrics:\n{text}"))
+    }
+
+    /// ng-agent's `statistics.webrtc` totals after a clean call (docs/webrtc.md "Counters"):
+    /// more than 100 packets bridged each way and no SRTP, DTLS or fingerprint failure. Returns
+    /// the totals for further checks.
+    pub fn assert_bridged_cleanly(&self) -> Result<WebrtcTotals> {
+        use ng_agent::core::bencode::Value;
+        let stats = self
+            .ng
+            .ng(Value::dict([("command", Value::str("statistics"))]))?;
+        let totals = stats
+            .get("statistics")
+            .and_then(|s| s.get("webrtc"))
+            .cloned()
+            .map(WebrtcTotals)
+            .with_context(|| format!("no statistics.webrtc in {stats:?}"))?;
+        assert!(totals.count("to-plain") > 100, "{stats:?}");
+        assert!(totals.count("to-browser") > 100, "{stats:?}");
+        for k in [
+            "srtp-auth-failed",
+            "srtp-replayed",
+            "fingerprint-mismatch",
+            "dtls-failed",
+        ] {
+            assert_eq!(totals.count(k), 0, "{k}: {stats:?}");
+        }
+        Ok(totals)
+    }
+
+    /// The speech server's recording of the fork of the browser's leg (`caller`) is PCMU and
+    /// sample-exact `source`: the decrypted audio, what the browser played.
+    pub fn assert_fork_matches(&mut self, source: &Path) -> Result<()> {
+        let summary = self.ng.t.s.speech_summary()?;
+        let caller = crate::sip_support::stream_of(&summary, "caller");
+        assert_eq!(caller["codec"], "PCMU", "{caller}");
+        let wav = caller["wav"].as_str().unwrap_or_default();
+        xdpfork_tests::dialects::compare(8000, Path::new(wav), source)?;
+        Ok(())
     }
 
     /// Everything worth reading when a step fails.
