@@ -934,6 +934,6 @@ mod tests {
         );
         assert!(UNITS[0]
             .1
-            .contains(&format!("ReadWritePaths={DEFAULT_PIN_DIR}")));
+            .contains(&format!("ReadWritePaths=-{DEFAULT_PIN_DIR}")));
     }
 }

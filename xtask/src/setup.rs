@@ -103,6 +103,18 @@ pub(crate) const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "kmod",
         "`modprobe` for veth and other modules the tests load",
     ),
+    (
+        "systemd",
+        "`systemd-analyze` checks the units; /lib/systemd/systemd runs them in the systemd_boot test",
+    ),
+    (
+        "util-linux",
+        "`unshare`, `nsenter`: the namespaces systemd boots in (systemd_boot test)",
+    ),
+    (
+        "curl",
+        "scrapes /metrics in the ops_* and systemd_boot tests",
+    ),
 ];
 
 /// PyPI packages (name, pinned version, reason) that the speech-server checkers in

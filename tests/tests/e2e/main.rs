@@ -79,6 +79,7 @@ mod sip_tls_call;
 mod sip_tls_full_call;
 mod sip_ws_call;
 mod speech_profiles;
+mod systemd_boot;
 mod turn_admin_cli;
 mod turn_conn_limits;
 mod turn_denied_peer;

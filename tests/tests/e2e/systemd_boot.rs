@@ -1,0 +1,417 @@
+//! The installed units under a real systemd (docs/operations.md "Readiness and the watchdog"):
+//! this host's `/lib/systemd/systemd` boots as PID 1 of its own PID, mount, UTS, IPC, network and
+//! cgroup namespaces, over an overlay of this host's root; `cargo xtask install` runs in there for
+//! real (systemd-sysusers, systemd-tmpfiles, `systemctl daemon-reload`); fork-agent, sip-agent,
+//! ng-agent and turn-server start from the installed units with the installed default configs
+//! (the namespace's eth0, one end of a veth pair, carries their 192.0.2.10).
+//!
+//! What is checked: each unit is `Type=notify` and active with its `STATUS=` text and no restart
+//! (systemd saw `READY=1`); fork-agent's XDP program is on eth0; `GET /metrics` answers on
+//! 9464-9467; `systemctl reload` runs each `ExecReload=` and the daemon applies it (its
+//! `config_reloads_total{result="ok"}` reads 1, same main PID, still active); and the host's
+//! /etc/xdpfork and /usr/local/lib/systemd/system are as before.
+//!
+//! Isolation: systemd's unit search path (`$SYSTEMD_UNIT_PATH`) holds only copies of the host's
+//! `*.target` and `*.slice` units (not their `.wants/`) and the installed xdpfork units, and it
+//! boots into a target of its own, so none of the host's units can start. The overlay's upper
+//! layer, /run and /tmp are tmpfs that vanish with the mount namespace; /proc/sys is read-only
+//! (PID 1 would otherwise raise fs.file-max, which is global). Teardown SIGKILLs the namespace's
+//! PID 1, which makes the kernel kill everything in it, then removes its cgroup.
+
+#![allow(clippy::disallowed_methods)] // wall clock bounds the waits on real processes
+
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::{Child, Command},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use xdpfork_tests::{bin, bin_dir};
+
+use crate::install_support::Stage;
+
+const SYSTEMD: &str = "/lib/systemd/systemd";
+
+/// Unit, metrics port.
+const DAEMONS: [(&str, u16); 4] = [
+    ("fork-agent.service", 9464),
+    ("sip-agent.service", 9465),
+    ("turn-server.service", 9466),
+    ("ng-agent.service", 9467),
+];
+
+/// Run twice, as PID 1 of the new PID namespace: `cgroup` moves it into the cgroup given and
+/// re-runs it in a new cgroup namespace rooted there (so the unshare parent, outside the PID
+/// namespace, stays out of the tree systemd owns); `root` builds the root and execs systemd.
+const BOOT: &str = r#"#!/bin/bash
+set -eux
+phase=$1 cg=$2 stage=$3 ws=$4 bins=$5
+if [ "$phase" = cgroup ]; then
+    echo $$ > "$cg/cgroup.procs"
+    exec unshare --cgroup "$0" root "$cg" "$stage" "$ws" "$bins"
+fi
+mount --make-rprivate /
+mount -t tmpfs tmpfs "$stage/mnt"
+mkdir "$stage/mnt/upper" "$stage/mnt/work" "$stage/mnt/root"
+r=$stage/mnt/root
+mount -t overlay overlay -o "lowerdir=/,upperdir=$stage/mnt/upper,workdir=$stage/mnt/work" "$r"
+mount -t proc proc "$r/proc"
+mount --bind "$r/proc/sys" "$r/proc/sys"
+mount -o remount,bind,ro "$r/proc/sys"
+mount -t sysfs sysfs "$r/sys"
+mount -t cgroup2 cgroup2 "$r/sys/fs/cgroup"
+mount -t bpf bpf "$r/sys/fs/bpf"
+mount --rbind /dev "$r/dev"
+mount -t tmpfs tmpfs "$r/run"
+mount -t tmpfs tmpfs "$r/tmp"
+# The host may hold units of its own there: the namespace starts with none.
+mkdir -p "$r/usr/local/lib/systemd/system" "$r/run/xdpfork-test/units" "$r$ws" "$r$bins"
+mount -t tmpfs tmpfs "$r/usr/local/lib/systemd/system"
+cp "$stage/units/"* "$r/run/xdpfork-test/units/"
+# Visible at the same paths inside, whatever file system they live on.
+mount --bind "$ws" "$r$ws"
+mount --bind "$bins" "$r$bins"
+ip link set lo up
+ip link add eth0 type veth peer name eth0-peer
+ip addr add 192.0.2.10/24 dev eth0
+ip link set eth0 up
+ip link set eth0-peer up
+echo xdpfork-test > "$r/etc/hostname"
+cd "$r"
+mkdir -p oldroot
+pivot_root . oldroot
+umount -l /oldroot
+rmdir /oldroot
+exec env -i container=xdpfork-test \
+    SYSTEMD_UNIT_PATH=/run/xdpfork-test/units:/usr/local/lib/systemd/system \
+    PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    /lib/systemd/systemd --system --unit=xdpfork-test.target --log-target=kmsg --log-level=warning
+"#;
+
+/// The target systemd boots into: nothing but itself (the test starts the units).
+const TARGET: &str = "[Unit]\nDescription=xdpfork systemd boot test\n";
+
+/// The booted namespace; dropping it kills everything in it and removes its cgroup.
+struct Booted {
+    unshare: Child,
+    /// systemd, as this host's PID namespace sees it.
+    pid: u32,
+    cgroup: PathBuf,
+}
+
+impl Drop for Booted {
+    fn drop(&mut self) {
+        // PID 1's death kills the rest of its PID namespace; the mount and network namespaces
+        // (overlay, tmpfs, bpffs pins, veth and XDP) go with their last process.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = self.unshare.kill();
+        let _ = self.unshare.wait();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while remove_tree(&self.cgroup).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// rmdir of a cgroup and its children, deepest first (cgroup directories hold no files to
+/// remove: their files go with the directory).
+fn remove_tree(dir: &Path) -> std::io::Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            remove_tree(&e.path())?;
+        }
+    }
+    std::fs::remove_dir(dir)
+}
+
+/// Where this process sits in the cgroup2 hierarchy, as a host path (hybrid hosts mount it on
+/// /sys/fs/cgroup/unified, unified ones on /sys/fs/cgroup).
+fn own_cgroup2() -> Result<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts")?;
+    let mount = mounts
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| f[1].to_owned())
+        })
+        .context("no cgroup2 hierarchy mounted: systemd needs one to own a subtree of")?;
+    let own = std::fs::read_to_string("/proc/self/cgroup")?;
+    let path = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .context("no cgroup2 entry in /proc/self/cgroup")?;
+    Ok(Path::new(&mount).join(path.trim_start_matches('/')))
+}
+
+/// Copies of the host's targets and slices (their `.wants/` directories are what would start
+/// the host's units; they stay behind) and the boot target.
+fn stage_units(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for e in std::fs::read_dir("/lib/systemd/system")? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if e.file_type()?.is_file() && (name.ends_with(".target") || name.ends_with(".slice")) {
+            std::fs::copy(e.path(), dir.join(&name))?;
+        }
+    }
+    std::fs::write(dir.join("xdpfork-test.target"), TARGET)?;
+    Ok(())
+}
+
+fn boot(stage: &Path) -> Result<Booted> {
+    if !Path::new(SYSTEMD).exists() {
+        bail!("{SYSTEMD} is missing: install the `systemd` package (`cargo xtask setup`)");
+    }
+    stage_units(&stage.join("units"))?;
+    std::fs::create_dir_all(stage.join("mnt"))?;
+    let script = stage.join("boot.sh");
+    std::fs::write(&script, BOOT)?;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
+    let cgroup = own_cgroup2()?.join(format!("xdpfork-systemd-{}", std::process::id()));
+    let _ = remove_tree(&cgroup);
+    std::fs::create_dir(&cgroup).with_context(|| format!("creating {}", cgroup.display()))?;
+    let ws = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("workspace root")?;
+    let log = std::fs::File::create(stage.join("boot.log"))?;
+    let unshare = Command::new("unshare")
+        .args([
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "--mount",
+            "--uts",
+            "--ipc",
+            "--net",
+        ])
+        .arg(&script)
+        .arg("cgroup")
+        .arg(&cgroup)
+        .arg(stage)
+        .arg(ws)
+        .arg(bin_dir()?)
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("running unshare (util-linux)")?;
+    let unshare_pid = unshare.id();
+    let mut booted = Booted {
+        unshare,
+        pid: 0,
+        cgroup,
+    };
+    // The forked child keeps its PID through every exec up to systemd's.
+    let children = format!("/proc/{unshare_pid}/task/{unshare_pid}/children");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if booted.pid == 0 {
+            booted.pid = std::fs::read_to_string(&children)
+                .unwrap_or_default()
+                .split_whitespace()
+                .next()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
+        }
+        let comm = std::fs::read_to_string(format!("/proc/{}/comm", booted.pid));
+        if booted.pid != 0 && comm.is_ok_and(|c| c.trim() == "systemd") {
+            break;
+        }
+        if booted.unshare.try_wait()?.is_some() || Instant::now() > deadline {
+            bail!(
+                "systemd did not start:\n{}",
+                std::fs::read_to_string(stage.join("boot.log")).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // `is-system-running --wait` needs D-Bus; the namespace has only systemd's private socket.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let state = booted.run(&["systemctl", "is-system-running"]);
+        match state {
+            Ok(s) if s.trim() == "running" => return Ok(booted),
+            _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            other => bail!(
+                "systemd did not reach its target: {other:?}\n{}",
+                booted
+                    .run(&["systemctl", "list-units", "--failed", "--no-pager"])
+                    .unwrap_or_default()
+            ),
+        }
+    }
+}
+
+impl Booted {
+    /// `args` inside every namespace of the booted systemd; stdout, or an error with all output.
+    fn run(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new("nsenter")
+            .arg("-t")
+            .arg(self.pid.to_string())
+            .args(["-a", "--"])
+            .args(args)
+            .output()
+            .context("running nsenter (util-linux)")?;
+        if !out.status.success() {
+            bail!(
+                "`{}` in the namespace failed ({}):\n{}{}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `systemctl show -p ...` of `unit` as (property, value) pairs.
+    fn show(&self, unit: &str) -> Result<Vec<(String, String)>> {
+        let text = self.run(&[
+            "systemctl",
+            "show",
+            "-p",
+            "Type,ActiveState,SubState,StatusText,NRestarts,MainPID",
+            unit,
+        ])?;
+        Ok(text
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect())
+    }
+
+    fn status(&self, unit: &str) -> String {
+        self.run(&["systemctl", "status", "--no-pager", "--lines=0", unit])
+            .unwrap_or_else(|e| e.to_string())
+    }
+
+    fn scrape(&self, port: u16) -> Result<String> {
+        self.run(&[
+            "curl",
+            "-sS",
+            "--fail",
+            "--max-time",
+            "10",
+            &format!("http://127.0.0.1:{port}/metrics"),
+        ])
+    }
+}
+
+fn prop<'a>(props: &'a [(String, String)], key: &str) -> &'a str {
+    props
+        .iter()
+        .find(|(k, _)| k == key)
+        .map_or("", |(_, v)| v.as_str())
+}
+
+/// The value of the one `*config_reloads_total{result="ok"}` sample in a scrape.
+fn reloads_ok(text: &str) -> Result<f64> {
+    let values: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(k, _)| k.ends_with("config_reloads_total{result=\"ok\"}"))
+        .map(|(_, v)| v)
+        .collect();
+    match values.as_slice() {
+        [v] => Ok(v.trim().parse()?),
+        _ => bail!("not one config_reloads_total{{result=\"ok\"}} sample:\n{text}"),
+    }
+}
+
+/// What the host has at the paths an install inside writes to.
+fn host_view() -> Vec<(PathBuf, bool)> {
+    [
+        "/etc/xdpfork",
+        "/usr/local/lib/systemd/system/fork-agent.service",
+        "/usr/local/bin/fork-agent",
+    ]
+    .iter()
+    .map(|p| (PathBuf::from(p), Path::new(p).exists()))
+    .collect()
+}
+
+#[test]
+fn installed_units_are_ready_through_sd_notify_under_systemd() -> Result<()> {
+    xdpfork_tests::require_root()?;
+    let host_before = host_view();
+    let stage = Stage::new("systemd-boot")?;
+    let t0 = Instant::now();
+    let booted = boot(&stage.0)?;
+    let booted_in = t0.elapsed();
+
+    let t = Instant::now();
+    let xtask = bin("xtask")?.to_string_lossy().into_owned();
+    let bins = bin_dir()?.to_string_lossy().into_owned();
+    booted.run(&[&xtask, "install", "--bin-dir", &bins])?;
+    let installed_in = t.elapsed();
+
+    let t = Instant::now();
+    let units: Vec<&str> = DAEMONS.iter().map(|(u, _)| *u).collect();
+    let mut start = vec!["timeout", "120", "systemctl", "start"];
+    start.extend(&units);
+    if let Err(e) = booted.run(&start) {
+        let status: Vec<String> = units.iter().map(|u| booted.status(u)).collect();
+        bail!("{e}\n{}", status.join("\n"));
+    }
+    let started_in = t.elapsed();
+
+    let mut pids = Vec::new();
+    for (unit, port) in DAEMONS {
+        let p = booted.show(unit)?;
+        let status = booted.status(unit);
+        assert_eq!(prop(&p, "Type"), "notify", "{unit}:\n{status}");
+        assert_eq!(
+            (prop(&p, "ActiveState"), prop(&p, "SubState")),
+            ("active", "running"),
+            "{unit}:\n{status}"
+        );
+        assert!(!prop(&p, "StatusText").is_empty(), "{unit}: no STATUS=");
+        assert_eq!(prop(&p, "NRestarts"), "0", "{unit}:\n{status}");
+        println!("{unit}: StatusText={}", prop(&p, "StatusText"));
+        let before = booted.scrape(port)?;
+        assert_eq!(reloads_ok(&before)?, 0.0, "{unit} reloaded before reload");
+        pids.push(prop(&p, "MainPID").to_owned());
+    }
+    let link = booted.run(&["ip", "-d", "link", "show", "eth0"])?;
+    assert!(link.contains("prog/xdp"), "no XDP program on eth0:\n{link}");
+
+    let t = Instant::now();
+    for ((unit, port), pid) in DAEMONS.iter().zip(&pids) {
+        booted.run(&["timeout", "60", "systemctl", "reload", unit])?;
+        // ExecReload= only sends SIGHUP: wait for the daemon to count it.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while reloads_ok(&booted.scrape(*port)?)? < 1.0 {
+            if Instant::now() > deadline {
+                bail!("{unit} did not apply the reload:\n{}", booted.status(unit));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(reloads_ok(&booted.scrape(*port)?)?, 1.0, "{unit}");
+        let p = booted.show(unit)?;
+        assert_eq!(
+            prop(&p, "MainPID"),
+            pid,
+            "{unit} restarted instead of reloading"
+        );
+        assert_eq!(prop(&p, "ActiveState"), "active", "{unit}");
+        assert_eq!(prop(&p, "NRestarts"), "0", "{unit}");
+        println!("{unit}: after reload StatusText={}", prop(&p, "StatusText"));
+    }
+    let reloaded_in = t.elapsed();
+    println!(
+        "timings: boot {booted_in:?}, install {installed_in:?}, start {started_in:?}, \
+         reload x4 {reloaded_in:?}"
+    );
+
+    drop(booted);
+    assert_eq!(host_view(), host_before, "the host changed");
+    Ok(())
+}
