@@ -47,10 +47,10 @@ const DAEMONS: [(&str, u16); 4] = [
 /// namespace, stays out of the tree systemd owns); `root` builds the root and execs systemd.
 const BOOT: &str = r#"#!/bin/bash
 set -eux
-phase=$1 cg=$2 stage=$3 ws=$4 bins=$5
+phase=$1 cg=$2 stage=$3 ws=$4 bins=$5 bpffs=$6
 if [ "$phase" = cgroup ]; then
     echo $$ > "$cg/cgroup.procs"
-    exec unshare --cgroup "$0" root "$cg" "$stage" "$ws" "$bins"
+    exec unshare --cgroup "$0" root "$cg" "$stage" "$ws" "$bins" "$bpffs"
 fi
 mount --make-rprivate /
 mount -t tmpfs tmpfs "$stage/mnt"
@@ -62,7 +62,8 @@ mount --bind "$r/proc/sys" "$r/proc/sys"
 mount -o remount,bind,ro "$r/proc/sys"
 mount -t sysfs sysfs "$r/sys"
 mount -t cgroup2 cgroup2 "$r/sys/fs/cgroup"
-mount -t bpf bpf "$r/sys/fs/bpf"
+# A host's systemd mounts bpffs at boot; `absent` leaves it to fork-agent.service.
+if [ "$bpffs" = mounted ]; then mount -t bpf bpf "$r/sys/fs/bpf"; fi
 mount --rbind /dev "$r/dev"
 mount -t tmpfs tmpfs "$r/run"
 mount -t tmpfs tmpfs "$r/tmp"
@@ -167,7 +168,8 @@ fn stage_units(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn boot(stage: &Path) -> Result<Booted> {
+/// Boots systemd in `stage`; `bpffs_mounted`: whether /sys/fs/bpf is mounted before it runs.
+fn boot(stage: &Path, bpffs_mounted: bool) -> Result<Booted> {
     if !Path::new(SYSTEMD).exists() {
         bail!("{SYSTEMD} is missing: install the `systemd` package (`cargo xtask setup`)");
     }
@@ -199,6 +201,7 @@ fn boot(stage: &Path) -> Result<Booted> {
         .arg(stage)
         .arg(ws)
         .arg(bin_dir()?)
+        .arg(if bpffs_mounted { "mounted" } else { "absent" })
         .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()
@@ -344,7 +347,7 @@ fn installed_units_are_ready_through_sd_notify_under_systemd() -> Result<()> {
     let host_before = host_view();
     let stage = Stage::new("systemd-boot")?;
     let t0 = Instant::now();
-    let booted = boot(&stage.0)?;
+    let booted = boot(&stage.0, true)?;
     let booted_in = t0.elapsed();
 
     let t = Instant::now();
@@ -413,5 +416,50 @@ fn installed_units_are_ready_through_sd_notify_under_systemd() -> Result<()> {
 
     drop(booted);
     assert_eq!(host_view(), host_before, "the host changed");
+    Ok(())
+}
+
+/// A host whose /sys/fs/bpf is not mounted: fork-agent.service's `ExecStartPre=+` mounts it in
+/// the host's (here: systemd's) mount namespace, so the later lines and the agent see it and
+/// the pins outlive the service.
+#[test]
+fn fork_agent_service_mounts_bpffs_where_the_host_has_not() -> Result<()> {
+    xdpfork_tests::require_root()?;
+    let stage = Stage::new("systemd-boot-bpffs")?;
+    let booted = boot(&stage.0, false)?;
+    assert!(
+        booted.run(&["mountpoint", "-q", "/sys/fs/bpf"]).is_err(),
+        "bpffs is mounted before the service starts"
+    );
+    let xtask = bin("xtask")?.to_string_lossy().into_owned();
+    let bins = bin_dir()?.to_string_lossy().into_owned();
+    booted.run(&[&xtask, "install", "--bin-dir", &bins])?;
+    let unit = "fork-agent.service";
+    if let Err(e) = booted.run(&["timeout", "120", "systemctl", "start", unit]) {
+        // No journald here: the failed line and its status are in ExecStartPre's record.
+        let pre = booted
+            .run(&[
+                "systemctl",
+                "show",
+                "-p",
+                "ExecStartPre",
+                "-p",
+                "Result",
+                unit,
+            ])
+            .unwrap_or_default();
+        bail!("{e}\n{}\n{pre}", booted.status(unit));
+    }
+    let p = booted.show(unit)?;
+    assert_eq!(prop(&p, "ActiveState"), "active", "{}", booted.status(unit));
+    let fs = booted.run(&["stat", "-f", "-c", "%T", "/sys/fs/bpf"])?;
+    assert_eq!(fs.trim(), "bpf_fs", "in systemd's own mount namespace");
+    booted.run(&["test", "-d", "/sys/fs/bpf/xdpfork"])?;
+    booted.run(&["timeout", "60", "systemctl", "stop", unit])?;
+    let pins = booted.run(&["ls", "/sys/fs/bpf/xdpfork"])?;
+    assert!(
+        pins.contains("FLOWS"),
+        "the pins outlive the service: {pins}"
+    );
     Ok(())
 }
