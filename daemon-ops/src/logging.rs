@@ -168,6 +168,19 @@ impl LogControl {
         Ok(LevelChange::Changed { from, to: want })
     }
 
+    /// A control whose subscriber is gone: every change fails (tests of its callers).
+    #[cfg(test)]
+    pub(crate) fn detached() -> LogControl {
+        let (layer, handle) = reload::Layer::<EnvFilter, Registry>::new(EnvFilter::new("info"));
+        drop(layer);
+        LogControl {
+            handle,
+            env: None,
+            default_filter: "info".into(),
+            current: "info".into(),
+        }
+    }
+
     /// The filter in force.
     pub fn current(&self) -> &str {
         self.env.as_deref().unwrap_or(&self.current)

@@ -81,13 +81,13 @@ impl ReloadCounters {
         snap.counter(
             "config_reloads",
             "SIGHUP reloads, by result (failed: the file no longer read or validated; the running settings stay).",
-            vec![
-                (vec![("result", "ok".to_owned())], self.ok.load(Ordering::Relaxed)),
-                (
-                    vec![("result", "failed".to_owned())],
-                    self.failed.load(Ordering::Relaxed),
-                ),
-            ],
+            crate::metrics::by(
+                "result",
+                &[
+                    ("ok", self.ok.load(Ordering::Relaxed)),
+                    ("failed", self.failed.load(Ordering::Relaxed)),
+                ],
+            ),
         );
     }
 
@@ -105,6 +105,8 @@ pub struct Reloader {
     started: String,
     live: &'static [&'static str],
     log: LogControl,
+    /// The last `reread` could not swap the log filter in: that reload counts as failed.
+    log_failed: bool,
     /// Outcomes, for metrics.
     pub counters: ReloadCounters,
 }
@@ -125,6 +127,7 @@ impl Reloader {
             started,
             live,
             log,
+            log_failed: false,
             counters: ReloadCounters::default(),
         }
     }
@@ -171,19 +174,24 @@ impl Reloader {
             // Both texts parsed as the daemon's config, so they are TOML: not expected.
             Err(e) => warn!("reload: comparing the files failed: {e}"),
         }
+        self.log_failed = false;
         match self.log.apply(log(&cfg)) {
             Ok(LevelChange::Unchanged) => {}
             Ok(c @ LevelChange::Changed { .. }) => info!("reload: {c}"),
             Ok(c @ LevelChange::PinnedByEnv { .. }) => warn!("reload: {c}"),
-            Err(e) => warn!("reload: {e}"),
+            Err(e) => {
+                warn!("reload: {e}");
+                self.log_failed = true;
+            }
         }
         Some(cfg)
     }
 
-    /// Counts a reload [`Reloader::reread`] accepted: `ok` unless a live section could not be
-    /// applied.
+    /// Counts a reload [`Reloader::reread`] accepted: `ok` unless a live section (the daemon's,
+    /// or the log filter) could not be applied.
     pub fn finish(&self, ok: bool) {
-        self.counters.count(ok);
+        // Counted ok only if the log filter was swapped in too: never "ok" for half a reload.
+        self.counters.count(ok && !self.log_failed);
     }
 
     /// Applies `[log] level` once the daemon has read its file at start.
@@ -224,6 +232,33 @@ mod tests {
         assert_eq!(d.reloadable, ["log", "speech_server"]);
         assert_eq!(d.restart_only, ["control", "metrics"]);
         assert!(d.reloads("log") && !d.reloads("control"));
+    }
+
+    #[test]
+    fn a_reload_whose_log_filter_was_not_swapped_in_counts_as_failed() {
+        let dir = std::env::temp_dir().join(format!("xdpfork-reload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("d.toml");
+        std::fs::write(&path, "[log]\nlevel = \"debug\"\n").expect("write");
+        #[derive(serde::Deserialize)]
+        struct Cfg {
+            log: LogSection,
+        }
+        let mut r = Reloader::new(
+            "d",
+            path.clone(),
+            String::new(),
+            &[],
+            LogControl::detached(),
+        );
+        let cfg = r
+            .reread(toml::from_str::<Cfg>, |c| &c.log)
+            .expect("the file is valid");
+        r.finish(true);
+        assert_eq!(cfg.log.level(), Some("debug"));
+        assert_eq!(r.counters.ok.load(Ordering::Relaxed), 0);
+        assert_eq!(r.counters.failed.load(Ordering::Relaxed), 1);
+        std::fs::remove_dir_all(&dir).expect("clean up");
     }
 
     #[test]
