@@ -49,11 +49,14 @@ pub fn render(p: &Published) -> Snapshot {
     snap.counter(
         "sessions",
         "Calls by what ended their offer or their life: managed (created by an offer), rejected (offer refused), terminated (deleted).",
-        vec![
-            (vec![("result", "managed".to_owned())], s.managed_sessions),
-            (vec![("result", "rejected".to_owned())], s.rejected_sessions),
-            (vec![("result", "terminated".to_owned())], s.terminated_sessions),
-        ],
+        by(
+            "result",
+            &[
+                ("managed", s.managed_sessions),
+                ("rejected", s.rejected_sessions),
+                ("terminated", s.terminated_sessions),
+            ],
+        ),
     );
     snap.counter(
         "request_errors",
@@ -63,10 +66,13 @@ pub fn render(p: &Published) -> Snapshot {
     snap.counter(
         "datagrams_dropped",
         "ng datagrams never answered, by cause: rate_limited (per-source limit), no_cookie.",
-        vec![
-            (vec![("cause", "rate_limited".to_owned())], s.rate_limited),
-            (vec![("cause", "no_cookie".to_owned())], s.unanswerable),
-        ],
+        by(
+            "cause",
+            &[
+                ("rate_limited", s.rate_limited),
+                ("no_cookie", s.unanswerable),
+            ],
+        ),
     );
     snap.counter(
         "retransmissions",
