@@ -1542,6 +1542,16 @@ pub mod kernel {
     }
 
     impl XdpBench {
+        /// Install `f` ready to relay and fork: its egress interface and the fork veth in
+        /// `TX_PORTS`, the fork veth configured, its next hop resolved.
+        pub fn install_forking(&mut self, f: &FlowCfg) -> Result<()> {
+            self.add_tx_port(f.egress_ifindex)?;
+            self.add_tx_port(self.fork_if)?;
+            self.set_fork_if(self.fork_if)?;
+            self.add_neighbour(f)?;
+            self.install(f)
+        }
+
         /// Replace the flow's action in one map update, keeping its stats (a talkspurt's start or
         /// end in inject mode).
         pub fn update(&mut self, f: &FlowCfg) -> Result<()> {

@@ -22,11 +22,7 @@ fn to_caller(b: &mut XdpBench, addrs: [&str; 3], flags: u8) -> Result<FlowCfg> {
     let [local, src, dst] = addrs;
     let mut f = FlowCfg::new(local.parse()?, src.parse()?, dst.parse()?, b.media[0]);
     f.flags = flags;
-    b.add_tx_port(f.egress_ifindex)?;
-    b.add_tx_port(b.fork_if)?;
-    b.set_fork_if(b.fork_if)?;
-    b.add_neighbour(&f)?;
-    b.install(&f)?;
+    b.install_forking(&f)?;
     Ok(f)
 }
 
@@ -113,20 +109,27 @@ fn hand_back(b: &mut XdpBench, addrs: [&str; 4], zero_udp_csum: bool) -> Result<
         epoch: 1,
     };
     b.update(&f)?;
-    for (i, seq) in (103..=105).enumerate() {
-        let rtp = RtpSpec::pcmu(seq);
-        let mut sent = rtp.clone();
-        sent.seq = 5001 + i as u16;
-        sent.ts = 800_160 + 160 * i as u32;
-        sent.ssrc = 0xcafe_0001;
-        relayed_as(b, &f, &frame(&rtp)?, &sent)?;
-    }
+    // The packets `arrived` of an epoch whose first packet was `first`.
+    let continues = |b: &mut XdpBench, f: &FlowCfg, first: u16, arrived: [u16; 2]| {
+        for seq in arrived {
+            let rtp = RtpSpec::pcmu(seq);
+            let n = seq.wrapping_sub(first);
+            let mut sent = rtp.clone();
+            sent.seq = f.renumber.seq.wrapping_add(n);
+            sent.ts = f.renumber.ts.wrapping_add(160 * u32::from(n));
+            sent.ssrc = f.renumber.ssrc;
+            relayed_as(b, f, &frame(&rtp)?, &sent)?;
+        }
+        anyhow::Ok(())
+    };
+    continues(b, &f, 103, [103, 104])?;
+    continues(b, &f, 103, [105, 106])?;
     let s = b.stats(f.stats_index)?;
     assert_eq!(
         (s.out_ssrc, s.out_seq, s.out_ts, s.rn_epoch),
-        (0xcafe_0001, 5003, 800_480, 1)
+        (0xcafe_0001, 5004, 800_640, 1)
     );
-    assert_eq!(s.last_seq, 105, "sequence tracking sees what arrived");
+    assert_eq!(s.last_seq, 106, "sequence tracking sees what arrived");
 
     // The next utterance ended at 65535 (the sequence wraps) and timestamp 4294967200.
     f.renumber = Renumber {
@@ -136,15 +139,7 @@ fn hand_back(b: &mut XdpBench, addrs: [&str; 4], zero_udp_csum: bool) -> Result<
         epoch: 2,
     };
     b.update(&f)?;
-    for (i, seq) in (200..=201).enumerate() {
-        let rtp = RtpSpec::pcmu(seq);
-        let mut sent = rtp.clone();
-        sent.seq = i as u16;
-        sent.ts = 4_294_967_200u32.wrapping_add(160 * (i as u32 + 1));
-        sent.ssrc = 0xcafe_0001;
-        relayed_as(b, &f, &frame(&rtp)?, &sent)?;
-    }
-    Ok(())
+    continues(b, &f, 200, [200, 201])
 }
 
 #[test]
