@@ -130,6 +130,33 @@ pub const FLOW_F_TURN_RELAY: u8 = 1 << 4;
 /// is forked when `FLOW_F_FORK` is set, everything else dropped. The destination fields are
 /// unused.
 pub const FLOW_F_SINK: u8 = 1 << 5;
+/// A voice bot speaks into this direction of a bridged call (inject mode, replace): nothing is
+/// relayed, so the bot's RTP is the only sender to the receiver; audio is still forked when
+/// `FLOW_F_FORK` is set (the speech server keeps hearing the party it replaces), everything else
+/// dropped. Set at a talkspurt's start, cleared at its end, each time in one update of the entry.
+pub const FLOW_F_INJECT: u8 = 1 << 6;
+/// Relayed RTP continues the stream the bot sent: its SSRC, sequence number and timestamp are
+/// rewritten as [`FlowAction::renumber`] says (after a hand-back from inject mode).
+pub const FLOW_F_RENUMBER: u8 = 1 << 7;
+
+/// Where relayed RTP continues after a hand-back (`FLOW_F_RENUMBER`). The kernel derives a
+/// sequence and a timestamp delta from the first packet it relays with a new `epoch` (that
+/// packet leaves as `seq`/`ts`) and applies both to every packet after it, so the receiver sees
+/// one stream without a gap whatever the relayed party sent while the bot was talking. Host
+/// order, not `_be`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Renumber {
+    /// SSRC every relayed RTP packet leaves with.
+    pub ssrc: u32,
+    /// Timestamp of the first packet relayed in this epoch.
+    pub ts: u32,
+    /// Sequence number of the first packet relayed in this epoch.
+    pub seq: u16,
+    /// Hand-back number, never 0: a new value makes the kernel derive new deltas.
+    pub epoch: u16,
+}
+const _: () = assert!(size_of::<Renumber>() == 12);
 
 /// Value of `FLOWS`: how to relay (and whether to fork) a packet that matched a [`FlowKey`].
 /// Written by fork-agent only; the kernel never modifies it (counters live in `FLOW_STATS`), so
@@ -166,8 +193,11 @@ pub struct FlowAction {
     /// `NEIGHBOURS`. A media relay is an endpoint, not a router, so it must not need the
     /// forwarding sysctl that `bpf_fib_lookup` insists on.
     pub nexthop_be: [u32; 4],
+    /// Used when `FLOW_F_RENUMBER` is set.
+    pub renumber: Renumber,
 }
-const _: () = assert!(size_of::<FlowAction>() == 104);
+const _: () = assert!(size_of::<FlowAction>() == 116);
+const _: () = assert!(offset_of!(FlowAction, renumber) == 104);
 const _: () = assert!(offset_of!(FlowAction, egress_ifindex) == 84);
 const _: () = assert!(offset_of!(FlowAction, nexthop_be) == 88);
 
@@ -241,9 +271,9 @@ const _: () = assert!(size_of::<TurnPeerKey>() == 40);
 pub struct TurnAction {
     pub flow: FlowAction,
     pub channel_be: u16,
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
 }
-const _: () = assert!(size_of::<TurnAction>() == 112);
+const _: () = assert!(size_of::<TurnAction>() == 120);
 const _: () = assert!(offset_of!(FlowAction, src_port_be) == 48);
 const _: () = assert!(offset_of!(FlowAction, stream_id) == 56);
 const _: () = assert!(offset_of!(FlowAction, pt_mask) == 64);
@@ -317,8 +347,25 @@ pub struct FlowStats {
     /// 1 once `ssrc`/`last_seq` hold a packet's values.
     pub seq_valid: u8,
     pub _pad: u8,
+    /// SSRC of the newest RTP packet relayed, as it left (renumbered or not): where an injected
+    /// talkspurt continues the stream.
+    pub out_ssrc: u32,
+    /// Its timestamp, as it left.
+    pub out_ts: u32,
+    /// Timestamp delta in force (`FLOW_F_RENUMBER`), derived at the epoch's first packet.
+    pub rn_ts_delta: u32,
+    /// Its sequence number, as it left.
+    pub out_seq: u16,
+    /// Sequence delta in force.
+    pub rn_seq_delta: u16,
+    /// The `Renumber::epoch` the deltas were derived for (0: none yet).
+    pub rn_epoch: u16,
+    /// 1 once `out_*` hold a relayed packet's values.
+    pub out_valid: u8,
+    pub _pad2: [u8; 5],
 }
-const _: () = assert!(size_of::<FlowStats>() == 104);
+const _: () = assert!(size_of::<FlowStats>() == 128);
+const _: () = assert!(offset_of!(FlowStats, out_ssrc) == 104);
 const _: () = assert!(offset_of!(FlowStats, ssrc) == 96);
 
 /// Tag fork-agent finds in front of every forked frame it reads from AF_XDP. The relay attaches
@@ -449,11 +496,15 @@ pub enum Reason {
     /// A sink flow's packet that is not forked (RTCP, not RTP, another payload type, no fork
     /// interface): dropped.
     SinkDropped = 30,
+    /// An injected direction's audio while the bot talks, forked to the fork veth alone.
+    InjectForked = 31,
+    /// An injected direction's packet while the bot talks, not forked: dropped.
+    InjectDropped = 32,
 }
 
 impl Reason {
     /// Every reason, in index order.
-    pub const ALL: [Reason; 31] = [
+    pub const ALL: [Reason; 33] = [
         Reason::PassNotIp,
         Reason::PassNotUdp,
         Reason::PassFragment,
@@ -485,6 +536,8 @@ impl Reason {
         Reason::PassGroupMac,
         Reason::SinkForked,
         Reason::SinkDropped,
+        Reason::InjectForked,
+        Reason::InjectDropped,
     ];
 
     /// Stable snake_case name, used as a metrics label and in the CLI.
@@ -521,6 +574,8 @@ impl Reason {
             Reason::PassGroupMac => "pass_group_mac",
             Reason::SinkForked => "sink_forked",
             Reason::SinkDropped => "sink_dropped",
+            Reason::InjectForked => "inject_forked",
+            Reason::InjectDropped => "inject_dropped",
         }
     }
 }

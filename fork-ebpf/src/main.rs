@@ -43,13 +43,16 @@ use aya_log_ebpf::warn;
 use csum::CsumDelta;
 use fork_common::{
     FlowAction, FlowKey, FlowStats, ForkTag, NeighKey, Reason, TurnChannelKey, TurnPeerKey,
-    FAMILY_V4, FLOW_F_FORK, FLOW_F_RTCP, FLOW_F_SINK, FLOW_F_STRICT_SOURCE, FLOW_F_TURN_LISTENER,
-    FLOW_F_TURN_RELAY, FORK_TAG_MAGIC, TAG_F_DTMF, TURN_CHANNEL_MAX, TURN_CHANNEL_MIN,
+    FAMILY_V4, FLOW_F_FORK, FLOW_F_INJECT, FLOW_F_RENUMBER, FLOW_F_RTCP, FLOW_F_SINK,
+    FLOW_F_STRICT_SOURCE, FLOW_F_TURN_LISTENER, FLOW_F_TURN_RELAY, FORK_TAG_MAGIC, TAG_F_DTMF,
+    TURN_CHANNEL_MAX, TURN_CHANNEL_MIN,
 };
 use maps::{
     CONFIG, COUNTERS, FLOWS, FLOW_STATS, NEIGHBOURS, TURN_CHANNELS, TURN_PEERS, TX_PORTS, XSKS,
 };
-use parse::{parse_rtp, parse_udp, ptr_at, ptr_at_mut, RtpKind, UdpPacket, ETH_HLEN, UDP_HLEN};
+use parse::{
+    parse_rtp, parse_udp, ptr_at, ptr_at_mut, Rtp, RtpKind, UdpPacket, ETH_HLEN, UDP_HLEN,
+};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -129,7 +132,25 @@ fn try_media_relay<const HEAD: bool>(ctx: &XdpContext) -> Result<Verdict, Reason
         return Ok(Verdict(xdp_action::XDP_DROP, Reason::DropStrictSource));
     }
     if action.flags & FLOW_F_SINK != 0 {
-        return sink::<HEAD>(ctx, &pkt, action, &stats);
+        return sink::<HEAD>(
+            ctx,
+            &pkt,
+            action,
+            &stats,
+            Reason::SinkForked,
+            Reason::SinkDropped,
+        );
+    }
+    if action.flags & FLOW_F_INJECT != 0 {
+        // The bot talks in this direction: its RTP is the only sender to the receiver.
+        return sink::<HEAD>(
+            ctx,
+            &pkt,
+            action,
+            &stats,
+            Reason::InjectForked,
+            Reason::InjectDropped,
+        );
     }
     let hop = resolve_hop(ctx, &pkt, action, &stats)?;
     relay::<HEAD>(
@@ -195,7 +216,10 @@ fn relay<const HEAD: bool>(
         stream_id: action.stream_id,
         ..ForkTag::default()
     };
-    let fork = classify(ctx, action, stats, rtp_off, payload_len, &mut tag);
+    let (fork, rtp) = classify(ctx, action, stats, rtp_off, payload_len, &mut tag);
+    if let Some(rtp) = rtp {
+        renumber(ctx, pkt, action, stats, rtp_off, &rtp)?;
+    }
 
     rewrite(ctx, pkt, action, smac, dmac)?;
 
@@ -238,7 +262,8 @@ fn relay<const HEAD: bool>(
 }
 
 /// Classify the RTP at `rtp_off` and count what it is in the flow's stats; when the flow forks
-/// this packet (audio of an allowed payload type, or DTMF), fill the tag and say so.
+/// this packet (audio of an allowed payload type, or DTMF), fill the tag and say so. The RTP
+/// header, when the packet is RTP.
 #[inline(always)]
 fn classify(
     ctx: &XdpContext,
@@ -247,10 +272,10 @@ fn classify(
     rtp_off: usize,
     payload_len: usize,
     tag: &mut ForkTag,
-) -> bool {
+) -> (bool, Option<Rtp>) {
     if action.flags & FLOW_F_RTCP != 0 {
         stats.with(|s| add(&mut s.rtcp, 1));
-        return false;
+        return (false, None);
     }
     match parse_rtp(ctx, rtp_off, payload_len) {
         Ok(RtpKind::Rtp(rtp)) => {
@@ -264,35 +289,104 @@ fn classify(
                     add(&mut s.wrong_pt, 1);
                 }
             });
-            if action.flags & FLOW_F_FORK != 0 && (dtmf || audio) {
+            let fork = action.flags & FLOW_F_FORK != 0 && (dtmf || audio);
+            if fork {
                 tag.rtp_off = rtp_off as u16;
                 tag.payload_off = rtp.payload_off as u16;
                 tag.payload_len = rtp.payload_len as u16;
                 tag.flags = if dtmf { TAG_F_DTMF } else { 0 };
-                return true;
             }
-            false
+            (fork, Some(rtp))
         }
         Ok(RtpKind::Rtcp) => {
             stats.with(|s| add(&mut s.rtcp, 1));
-            false
+            (false, None)
         }
         Err(()) => {
             stats.with(|s| add(&mut s.errors, 1));
-            false
+            (false, None)
         }
     }
 }
 
-/// A flow whose call ends on this host (`FLOW_F_SINK`, a voice bot's caller): nothing is
-/// relayed; forked audio goes to the fork veth alone (one plain redirect, tag attached as on the
-/// relay path), anything else is dropped. Both exits are counted.
+/// A relayed RTP packet: continue the stream a voice bot sent when the flow renumbers
+/// (`FLOW_F_RENUMBER`, after a hand-back from inject mode: SSRC, sequence number and timestamp
+/// rewritten, the UDP checksum fixed incrementally), and remember how it left in `out_*`, where
+/// the bot's next talkspurt continues. The RTP header starts at an even offset from the UDP
+/// header, so its 16-bit words are checksum words.
+#[inline(always)]
+fn renumber(
+    ctx: &XdpContext,
+    pkt: &UdpPacket,
+    action: &FlowAction,
+    stats: &Slot,
+    rtp_off: usize,
+    rtp: &Rtp,
+) -> Result<(), Reason> {
+    // Words 1 (sequence), 2-3 (timestamp), 4-5 (SSRC), in memory order.
+    let hdr = ptr_at_mut::<[u16; 6]>(ctx, rtp_off)?;
+    let old = unsafe { *hdr };
+    let (hi, lo) = (old[2].to_ne_bytes(), old[3].to_ne_bytes());
+    let ts = u32::from_be_bytes([hi[0], hi[1], lo[0], lo[1]]);
+    let (mut seq, mut ts, mut ssrc) = (rtp.seq, ts, rtp.ssrc);
+    if action.flags & FLOW_F_RENUMBER != 0 {
+        let r = &action.renumber;
+        let mut deltas = (0u16, 0u32);
+        stats.with(|s| {
+            if s.rn_epoch != r.epoch {
+                // The epoch's first packet: it leaves as `r.seq`/`r.ts`, the rest follow it.
+                s.rn_seq_delta = r.seq.wrapping_sub(seq);
+                s.rn_ts_delta = r.ts.wrapping_sub(ts);
+                s.rn_epoch = r.epoch;
+            }
+            deltas = (s.rn_seq_delta, s.rn_ts_delta);
+        });
+        seq = seq.wrapping_add(deltas.0);
+        ts = ts.wrapping_add(deltas.1);
+        ssrc = r.ssrc;
+        let new = [
+            old[0],
+            seq.to_be(),
+            ((ts >> 16) as u16).to_be(),
+            (ts as u16).to_be(),
+            ((ssrc >> 16) as u16).to_be(),
+            (ssrc as u16).to_be(),
+        ];
+        let udp = ptr_at_mut::<[u16; 4]>(ctx, pkt.l4_off)?;
+        let csum = unsafe { (*udp)[3] };
+        // A zero IPv4 UDP checksum means "none" (RFC 768): keep it so.
+        if csum != 0 || pkt.family != FAMILY_V4 {
+            let mut c = CsumDelta::new(csum);
+            for i in 1..6 {
+                c.replace16(old[i], new[i]);
+            }
+            unsafe { (*udp)[3] = nonzero_csum(c.finish()) };
+        }
+        unsafe { *hdr = new };
+    }
+    stats.with(|s| {
+        if s.out_valid == 0 || s.out_ssrc != ssrc || seq.wrapping_sub(s.out_seq) as i16 > 0 {
+            s.out_ssrc = ssrc;
+            s.out_seq = seq;
+            s.out_ts = ts;
+            s.out_valid = 1;
+        }
+    });
+    Ok(())
+}
+
+/// A flow whose call ends on this host (`FLOW_F_SINK`, a voice bot's caller) or whose receiver
+/// hears a voice bot instead for now (`FLOW_F_INJECT`): nothing is relayed; forked audio goes to
+/// the fork veth alone (one plain redirect, tag attached as on the relay path, counted as
+/// `forked`), anything else is dropped (`dropped`).
 #[inline(always)]
 fn sink<const HEAD: bool>(
     ctx: &XdpContext,
     pkt: &UdpPacket,
     action: &FlowAction,
     stats: &Slot,
+    forked_reason: Reason,
+    dropped: Reason,
 ) -> Result<Verdict, Reason> {
     let rtp_off = pkt.l4_off + UDP_HLEN;
     let payload_len = (pkt.l4_off + pkt.udp_len).saturating_sub(rtp_off);
@@ -301,7 +395,7 @@ fn sink<const HEAD: bool>(
         stream_id: action.stream_id,
         ..ForkTag::default()
     };
-    let fork_ifindex = if classify(ctx, action, stats, rtp_off, payload_len, &mut tag) {
+    let fork_ifindex = if classify(ctx, action, stats, rtp_off, payload_len, &mut tag).0 {
         CONFIG.get(0).map_or(0, |c| c.fork_ifindex)
     } else {
         0
@@ -319,10 +413,10 @@ fn sink<const HEAD: bool>(
         }
     });
     if !forked {
-        return Ok(Verdict(xdp_action::XDP_DROP, Reason::SinkDropped));
+        return Ok(Verdict(xdp_action::XDP_DROP, dropped));
     }
     Ok(match TX_PORTS.redirect(fork_ifindex, 0) {
-        Ok(act) => Verdict(act, Reason::SinkForked),
+        Ok(act) => Verdict(act, forked_reason),
         Err(_) => Verdict(xdp_action::XDP_ABORTED, Reason::AbortedRedirect),
     })
 }

@@ -1095,7 +1095,7 @@ pub mod kernel {
         io::ebpf::{unpin_all, DataPlane},
     };
     use fork_common::{
-        FlowAction, FlowKey, FlowStats, ForkPath, ForkTag, NeighKey, NeighValue, Reason,
+        FlowAction, FlowKey, FlowStats, ForkPath, ForkTag, NeighKey, NeighValue, Reason, Renumber,
         FORK_TAG_MAGIC, MAX_REASONS,
     };
     use nix::sched::CloneFlags;
@@ -1473,6 +1473,8 @@ pub mod kernel {
         pub expect: Option<SocketAddr>,
         /// Family written into the action (defaults to `local`'s).
         pub family: Option<u8>,
+        /// Used with `FLOW_F_RENUMBER`.
+        pub renumber: Renumber,
     }
 
     impl FlowCfg {
@@ -1490,6 +1492,7 @@ pub mod kernel {
                 dtmf_pt: 101,
                 expect: None,
                 family: None,
+                renumber: Renumber::default(),
             }
         }
 
@@ -1520,6 +1523,7 @@ pub mod kernel {
                 _pad: [0; 3],
                 egress_ifindex: self.egress_ifindex,
                 nexthop_be,
+                renumber: self.renumber,
             }
         }
 
@@ -1538,6 +1542,23 @@ pub mod kernel {
     }
 
     impl XdpBench {
+        /// Install `f` ready to relay and fork: its egress interface and the fork veth in
+        /// `TX_PORTS`, the fork veth configured, its next hop resolved.
+        pub fn install_forking(&mut self, f: &FlowCfg) -> Result<()> {
+            self.add_tx_port(f.egress_ifindex)?;
+            self.add_tx_port(self.fork_if)?;
+            self.set_fork_if(self.fork_if)?;
+            self.add_neighbour(f)?;
+            self.install(f)
+        }
+
+        /// Replace the flow's action in one map update, keeping its stats (a talkspurt's start or
+        /// end in inject mode).
+        pub fn update(&mut self, f: &FlowCfg) -> Result<()> {
+            self.dp.flows.insert(f.key(), f.action(), 0)?;
+            Ok(())
+        }
+
         /// Insert the flow and zero its `FLOW_STATS` slot (as fork-agent does on slot reuse).
         pub fn install(&mut self, f: &FlowCfg) -> Result<()> {
             self.dp.flows.insert(f.key(), f.action(), 0)?;

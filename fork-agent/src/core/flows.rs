@@ -16,8 +16,8 @@ use std::{
 };
 
 use fork_common::{
-    addr_words, FlowAction, FlowKey, FLOW_F_FORK, FLOW_F_RTCP, FLOW_F_SINK, FLOW_F_STRICT_SOURCE,
-    MAX_FLOWS, NO_PT,
+    addr_words, FlowAction, FlowKey, Renumber, FLOW_F_FORK, FLOW_F_RTCP, FLOW_F_SINK,
+    FLOW_F_STRICT_SOURCE, MAX_FLOWS, NO_PT,
 };
 use serde::{Deserialize, Serialize};
 
@@ -240,6 +240,7 @@ impl FlowTable {
             _pad: [0; 3],
             egress_ifindex: 0,
             nexthop_be: [0; 4],
+            renumber: Renumber::default(),
         };
         // Running forks keep their streams when a re-INVITE replaces a flow (new destination,
         // new source): the replacement is forked under the same tap id.

@@ -101,11 +101,7 @@ fn the_relays_tag_is_accepted_by_capture() -> Result<()> {
             b.media[1],
         );
         f.flags = FLOW_F_FORK;
-        b.add_tx_port(b.media[1])?;
-        b.add_tx_port(b.fork_if)?;
-        b.set_fork_if(b.fork_if)?;
-        b.add_neighbour(&f)?;
-        b.install(&f)?;
+        b.install_forking(&f)?;
         let input = FrameSpec::udp(
             "10.0.1.2:40000".parse()?,
             "10.0.1.1:30000".parse()?,

@@ -21,11 +21,7 @@ fn forked_flow(b: &mut XdpBench, local: &str, src: &str, dst: &str) -> Result<Fl
     let mut f = FlowCfg::new(local.parse()?, src.parse()?, dst.parse()?, b.media[1]);
     f.flags = FLOW_F_FORK;
     f.stream_id = 0x0a0b_0c0d;
-    b.add_tx_port(f.egress_ifindex)?;
-    b.add_tx_port(b.fork_if)?;
-    b.set_fork_if(b.fork_if)?;
-    b.add_neighbour(&f)?;
-    b.install(&f)?;
+    b.install_forking(&f)?;
     Ok(f)
 }
 
@@ -404,11 +400,7 @@ fn hairpin_fork_broadcasts_with_the_ingress_included() -> Result<()> {
         let mut f = FlowCfg::new(A_LOCAL.parse()?, B_LOCAL.parse()?, CALLEE.parse()?, b.lo);
         f.flags = FLOW_F_FORK;
         // A media interface is always in TX_PORTS, so the broadcast reaches it again.
-        b.add_tx_port(b.lo)?;
-        b.add_tx_port(b.fork_if)?;
-        b.set_fork_if(b.fork_if)?;
-        b.add_neighbour(&f)?;
-        b.install(&f)?;
+        b.install_forking(&f)?;
         let rtp = RtpSpec::pcmu(1);
         let tag = assert_forked(b, &f, &frame(CALLER, A_LOCAL, &rtp)?, &rtp, 0)?;
         assert_eq!(tag.egress_ifindex, b.lo);

@@ -29,6 +29,7 @@ mod install_syscalls;
 mod install_units;
 mod kernel_mixed_egress;
 mod kernel_packets_capture;
+mod kernel_packets_inject;
 mod kernel_packets_parse;
 mod kernel_packets_relay;
 mod kernel_packets_rtp;

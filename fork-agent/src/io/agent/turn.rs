@@ -68,7 +68,7 @@ impl Agent {
             TurnAction {
                 flow: to_peer,
                 channel_be: 0,
-                _pad: [0; 6],
+                _pad: [0; 2],
             },
             0,
         )?;
@@ -77,7 +77,7 @@ impl Agent {
             TurnAction {
                 flow: to_client,
                 channel_be: spec.number.to_be(),
-                _pad: [0; 6],
+                _pad: [0; 2],
             },
             0,
         )?;
