@@ -30,7 +30,7 @@ pub use io::blocking::Client as BlockingClient;
 pub use io::tokio_client::Client as AsyncClient;
 pub use request::{
     default_pts, parse_request, ChannelKey, ChannelSpec, Destination, FlowSpec, ForkSpec, Op,
-    Request, ReturnAudio, StreamServiceShow, StreamSpec, API_VERSION, DEFAULT_PTIME_MS,
+    Request, ReturnAudio, ReturnMode, StreamServiceShow, StreamSpec, API_VERSION, DEFAULT_PTIME_MS,
     DESTINATION_NOT_ALLOWED,
 };
 pub use response::{

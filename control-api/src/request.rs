@@ -127,6 +127,29 @@ pub struct ReturnAudio {
     /// RTP payload type of the call's codec (default: the codec's static type, 0 or 8).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload_type: Option<u8>,
+    /// On a relayed flow (inject mode), what the party hears of its peer while the bot talks.
+    /// A sink flow has no peer: only `replace`.
+    #[serde(default, skip_serializing_if = "ReturnMode::is_replace")]
+    pub mode: ReturnMode,
+}
+
+/// What a party hears of its peer while a bot talks into a relayed flow (inject mode). When
+/// the bot is silent the kernel relays the peer as usual, in both modes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReturnMode {
+    /// The bot alone: the peer's audio is not relayed (still forked).
+    #[default]
+    Replace,
+    /// The bot and the peer, summed: the peer's audio must be forked (a stream of the fork is
+    /// on the flow), which is where the mixer takes it from.
+    Mix,
+}
+
+impl ReturnMode {
+    fn is_replace(&self) -> bool {
+        *self == ReturnMode::Replace
+    }
 }
 
 fn default_hearer() -> speech_proto::Channel {

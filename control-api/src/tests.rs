@@ -102,6 +102,17 @@ fn every_op() -> Vec<Op> {
                 ..fork()
             },
         },
+        Op::ForkStart {
+            fork: ForkSpec {
+                return_audio: Some(ReturnAudio {
+                    to: Channel::Caller,
+                    flow: sa("10.77.2.1:30002"),
+                    payload_type: Some(8),
+                    mode: ReturnMode::Mix,
+                }),
+                ..fork()
+            },
+        },
         Op::ForkStop {
             call_guid: "g".into(),
             reason: StopReason::CallEnd,
@@ -243,6 +254,21 @@ fn defaults_are_the_documented_ones() {
         panic!("fork_start expected")
     };
     assert_eq!((fork.ptime_ms, fork.call_id.as_str()), (20, ""));
+    // Return audio: the bot talks to the caller and replaces its peer unless told to mix.
+    let Ok(Op::ForkStart { fork }) = parse_request(
+        r#"{"v":1,"op":"fork_start","fork":{"call_guid":"g","server":"bot","codec":"PCMU","streams":[],"return_audio":{"flow":"10.0.0.1:4000"}}}"#,
+    ) else {
+        panic!("fork_start expected")
+    };
+    let ra = fork.return_audio.expect("return_audio parsed");
+    assert_eq!(
+        (ra.to, ra.mode, ra.payload_type),
+        (Channel::Caller, ReturnMode::Replace, None)
+    );
+    assert!(
+        parse_request(r#"{"v":1,"op":"fork_start","fork":{"call_guid":"g","server":"bot","codec":"PCMU","streams":[],"return_audio":{"flow":"10.0.0.1:4000","mode":"blend"}}}"#).is_err(),
+        "an unknown return mode is refused"
+    );
 }
 
 #[test]

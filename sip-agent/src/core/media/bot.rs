@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 
-use control_api::{Channel, FlowSpec, ForkSpec, Op, ReturnAudio, StreamSpec};
+use control_api::{Channel, FlowSpec, ForkSpec, Op, ReturnAudio, ReturnMode, StreamSpec};
 use tracing::warn;
 
 use super::{law, local, Fork, Link, MediaLayer, Phase, Purpose, DEFAULT_PTIME_MS};
@@ -71,6 +71,7 @@ impl MediaLayer {
                 to: Channel::Caller,
                 flow: anchor,
                 payload_type: media.codec.as_ref().map(|k| k.pt),
+                mode: ReturnMode::Replace,
             }),
         };
         c.forks.push(Fork {
