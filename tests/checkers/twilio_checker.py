@@ -313,6 +313,8 @@ class TwilioSession(common.Session):
             return
         ulaw = bytes(common.ulaw_encode(v) for v in samples)
         await self.started.wait()
+        if a.bot_delay_ms:
+            await asyncio.sleep(a.bot_delay_ms / 1000)
         self.bot_t0 = time.monotonic()
         chunk = int(a.bot_chunk_ms * 8)
         for k, off in enumerate(range(0, len(ulaw), chunk), 1):
@@ -382,6 +384,8 @@ def main() -> None:
                    help="talk back: send this 8 kHz mono WAV as media + marks once start arrived")
     p.add_argument("--bot-chunk-ms", type=common.positive(float), default=100.0, metavar="MS",
                    help="audio per media message (each followed by a mark)")
+    p.add_argument("--bot-delay-ms", type=float, default=0.0, metavar="MS",
+                   help="start talking this long after start arrived (the caller hears its peer first)")
     p.add_argument("--bot-clear-after-ms", type=float, metavar="MS",
                    help="send clear this long after the bot began talking (barge-in)")
     p.add_argument("--bot-close-after-ms", type=float, metavar="MS",

@@ -28,7 +28,7 @@ use control_api::{Event, FlowRemovedReason, ForkSpec, ForkStarted, StartedStream
 use fork_common::{FlowAction, FlowKey};
 use speech_proto::StopReason;
 
-use crate::core::flows::{FlowError, FlowTable, Fork};
+use crate::core::flows::{FlowError, FlowTable, Fork, InjectChange};
 use crate::core::fork_journal::Entry;
 use crate::core::idle;
 
@@ -278,6 +278,20 @@ impl Orchestrator {
             call_guid: fork.spec.call_guid,
         }));
         Ok(out)
+    }
+
+    /// A voice bot takes a relayed flow over or hands it back (inject mode): one `FLOWS` write,
+    /// and the fallback relay follows so it does not send while the bot does.
+    pub fn inject(
+        &mut self,
+        local: SocketAddr,
+        change: InjectChange,
+    ) -> Result<Vec<Action>, FlowError> {
+        let (key, action) = self.table.set_inject(local, change)?;
+        Ok(vec![
+            Action::WriteFlow { key, action },
+            Action::SyncFallback { local, action },
+        ])
     }
 
     /// The flows whose idle time the shell must read: `(local, stats_index)`.

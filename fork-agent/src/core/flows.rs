@@ -16,8 +16,8 @@ use std::{
 };
 
 use fork_common::{
-    addr_words, FlowAction, FlowKey, Renumber, FLOW_F_FORK, FLOW_F_RTCP, FLOW_F_SINK,
-    FLOW_F_STRICT_SOURCE, MAX_FLOWS, NO_PT,
+    addr_words, FlowAction, FlowKey, Renumber, FLOW_F_FORK, FLOW_F_INJECT, FLOW_F_RENUMBER,
+    FLOW_F_RTCP, FLOW_F_SINK, FLOW_F_STRICT_SOURCE, MAX_FLOWS, NO_PT,
 };
 use serde::{Deserialize, Serialize};
 
@@ -52,6 +52,9 @@ pub enum FlowError {
     /// A fork needs one or two streams with different channels.
     #[error("a fork needs one stream per channel (caller, callee)")]
     BadStreams,
+    /// Inject mode needs a relayed flow; a sink flow has nothing to hand back to.
+    #[error("flow {local} is a sink flow: nothing is relayed to inject into")]
+    SinkInject { local: SocketAddr },
 }
 
 /// A flow as the table keeps it.
@@ -115,6 +118,42 @@ pub struct FlowTable {
     /// removed flow while a fork still names it (a re-INVITE replaces flows one by one).
     taps: BTreeMap<SocketAddr, Tap>,
     next_stream: u32,
+    /// Flows a voice bot talks into (inject mode), by `local`. Like a tap, it outlives a flow
+    /// replaced while a fork names it, so the replacement keeps the bot's hold and numbering.
+    inject: BTreeMap<SocketAddr, Inject>,
+}
+
+/// A voice bot's hold on a relayed flow (inject mode, docs/maps.md "Inject mode").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Inject {
+    /// The bot is talking: the kernel relays nothing (`FLOW_F_INJECT`).
+    talking: bool,
+    /// Where relayed RTP continues since the last hand-back (`FLOW_F_RENUMBER`).
+    renumber: Option<Renumber>,
+}
+
+impl Inject {
+    fn apply(&self, action: &mut FlowAction) {
+        action.flags &= !(FLOW_F_INJECT | FLOW_F_RENUMBER);
+        if self.talking {
+            action.flags |= FLOW_F_INJECT;
+        }
+        action.renumber = self.renumber.unwrap_or_default();
+        if self.renumber.is_some() {
+            action.flags |= FLOW_F_RENUMBER;
+        }
+    }
+}
+
+/// A bot taking a relayed flow over or handing it back (one `FLOWS` update each, so the kernel
+/// relay and the bot never send at once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InjectChange {
+    /// The bot starts a talkspurt: stop relaying.
+    TakeOver,
+    /// The bot stopped: relay again, continuing the bot's stream (the first relayed packet
+    /// leaves with `ssrc`, `seq` and `ts`).
+    HandBack { ssrc: u32, seq: u16, ts: u32 },
 }
 
 /// One forked flow's tap.
@@ -250,6 +289,9 @@ impl FlowTable {
             action.flags |= FLOW_F_FORK;
             action.stream_id = id;
         }
+        if let Some(i) = self.inject.get(&local) {
+            i.apply(&mut action);
+        }
         let entry = FlowEntry {
             local,
             src: spec.src,
@@ -286,6 +328,15 @@ impl FlowTable {
                 },
             );
         }
+        if action.flags & (FLOW_F_INJECT | FLOW_F_RENUMBER) != 0 {
+            self.inject.insert(
+                local,
+                Inject {
+                    talking: action.flags & FLOW_F_INJECT != 0,
+                    renumber: (action.flags & FLOW_F_RENUMBER != 0).then_some(action.renumber),
+                },
+            );
+        }
         self.used_slots.insert(action.stats_index, local);
         self.flows.insert(local, entry);
     }
@@ -298,7 +349,53 @@ impl FlowTable {
             .remove(&local)
             .ok_or(FlowError::Unknown { local })?;
         self.used_slots.remove(&entry.stats_index);
+        if !self.taps.contains_key(&local) {
+            self.inject.remove(&local);
+        }
         Ok(FlowKey::new(local))
+    }
+
+    /// A bot takes `local` over or hands it back; returns the kernel update. Only a relayed
+    /// flow can be injected into.
+    pub fn set_inject(
+        &mut self,
+        local: SocketAddr,
+        change: InjectChange,
+    ) -> Result<(FlowKey, FlowAction), FlowError> {
+        let entry = self
+            .flows
+            .get_mut(&local)
+            .ok_or(FlowError::Unknown { local })?;
+        if entry.action.flags & FLOW_F_SINK != 0 {
+            return Err(FlowError::SinkInject { local });
+        }
+        let state = self.inject.entry(local).or_default();
+        match change {
+            InjectChange::TakeOver => state.talking = true,
+            InjectChange::HandBack { ssrc, seq, ts } => {
+                // A new epoch makes the kernel derive new deltas; 0 means "none yet".
+                let epoch = state.renumber.map_or(1, |r| r.epoch.wrapping_add(1).max(1));
+                state.talking = false;
+                state.renumber = Some(Renumber {
+                    ssrc,
+                    ts,
+                    seq,
+                    epoch,
+                });
+            }
+        }
+        state.apply(&mut entry.action);
+        Ok((FlowKey::new(local), entry.action))
+    }
+
+    /// Flows a bot was talking into when the previous agent stopped (adopted with
+    /// `FLOW_F_INJECT`): nobody plays into them now, so they must be handed back.
+    pub fn stale_injects(&self) -> Vec<SocketAddr> {
+        self.inject
+            .iter()
+            .filter(|(l, i)| i.talking && self.flows.contains_key(l))
+            .map(|(l, _)| *l)
+            .collect()
     }
 
     /// Start a fork: allocate its stream ids and return the flows to rewrite with the fork flag
@@ -719,5 +816,98 @@ mod tests {
             .start_fork(fork("g3", &[("10.0.1.1:30010", Channel::Caller)]))
             .expect("start");
         assert_eq!(f3.streams[0].0, 8);
+    }
+
+    #[test]
+    fn a_bot_takes_a_flow_over_and_hands_it_back_in_one_update_each() {
+        let mut t = FlowTable::new();
+        let local: SocketAddr = "10.0.1.1:30000".parse().expect("addr");
+        t.add(&spec("10.0.1.1:30000")).expect("add");
+        let (_, a) = t
+            .set_inject(local, InjectChange::TakeOver)
+            .expect("take over");
+        assert_eq!(a.flags & (FLOW_F_INJECT | FLOW_F_RENUMBER), FLOW_F_INJECT);
+        let back = InjectChange::HandBack {
+            ssrc: 7,
+            seq: 100,
+            ts: 16_000,
+        };
+        let (_, a) = t.set_inject(local, back).expect("hand back");
+        assert_eq!(a.flags & (FLOW_F_INJECT | FLOW_F_RENUMBER), FLOW_F_RENUMBER);
+        assert_eq!(
+            a.renumber,
+            Renumber {
+                ssrc: 7,
+                ts: 16_000,
+                seq: 100,
+                epoch: 1
+            }
+        );
+        // The next talkspurt keeps the numbering and adds the hold; its hand-back is a new epoch.
+        let (_, a) = t.set_inject(local, InjectChange::TakeOver).expect("again");
+        assert_eq!(
+            a.flags & (FLOW_F_INJECT | FLOW_F_RENUMBER),
+            FLOW_F_INJECT | FLOW_F_RENUMBER
+        );
+        let (_, a) = t.set_inject(local, back).expect("hand back");
+        assert_eq!((a.renumber.epoch, a.flags & FLOW_F_INJECT), (2, 0));
+        assert_eq!(t.flow(&local).expect("flow").action, a);
+    }
+
+    #[test]
+    fn inject_state_follows_a_replaced_forked_flow_and_survives_a_restart() {
+        let mut t = FlowTable::new();
+        let local: SocketAddr = "10.0.1.1:30000".parse().expect("addr");
+        t.add(&spec("10.0.1.1:30000")).expect("add");
+        t.start_fork(fork("g", &[("10.0.1.1:30000", Channel::Callee)]))
+            .expect("fork");
+        t.set_inject(local, InjectChange::TakeOver)
+            .expect("take over");
+        // A re-INVITE replaces the flow while the bot talks: the replacement is held too.
+        t.remove(local).expect("remove");
+        let (key, e) = t.add(&spec("10.0.1.1:30000")).expect("re-add");
+        assert_ne!(e.action.flags & FLOW_F_INJECT, 0);
+        // A restarted agent finds it pinned that way and must hand it back.
+        let mut after = FlowTable::new();
+        after.adopt(key, e.action);
+        assert_eq!(after.stale_injects(), vec![local]);
+        let (_, a) = after
+            .set_inject(
+                local,
+                InjectChange::HandBack {
+                    ssrc: 1,
+                    seq: 2,
+                    ts: 3,
+                },
+            )
+            .expect("hand back");
+        assert_eq!(a.flags & FLOW_F_INJECT, 0);
+        assert!(after.stale_injects().is_empty());
+        // Without a fork naming it, a removed flow forgets the bot.
+        let mut t = FlowTable::new();
+        t.add(&spec("10.0.1.1:30000")).expect("add");
+        t.set_inject(local, InjectChange::TakeOver)
+            .expect("take over");
+        t.remove(local).expect("remove");
+        let (_, e) = t.add(&spec("10.0.1.1:30000")).expect("re-add");
+        assert_eq!(e.action.flags & (FLOW_F_INJECT | FLOW_F_RENUMBER), 0);
+    }
+
+    #[test]
+    fn inject_is_refused_on_sink_and_unknown_flows() {
+        let mut t = FlowTable::new();
+        let mut s = spec("10.0.1.1:30000");
+        s.sink = true;
+        t.add(&s).expect("add");
+        let local = s.local;
+        assert_eq!(
+            t.set_inject(local, InjectChange::TakeOver),
+            Err(FlowError::SinkInject { local })
+        );
+        let other: SocketAddr = "10.0.1.1:30002".parse().expect("addr");
+        assert_eq!(
+            t.set_inject(other, InjectChange::TakeOver),
+            Err(FlowError::Unknown { local: other })
+        );
     }
 }

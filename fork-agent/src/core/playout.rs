@@ -10,6 +10,14 @@
 //! G.711 has no comfort-noise requirement, RFC 3551 §4.5.14) or sends nothing
 //! (`Idle::HandBack`: someone else, the kernel relay, carries the stream meanwhile).
 //!
+//! Inject mode (`Idle::HandBack`): the stream is the kernel relay's between talkspurts, so a
+//! talkspurt first asks for it ([`Output::TakeOver`]); the shell stops the relay (one map
+//! update) and answers with [`Playout::handle_taken_over`] and where the relayed stream stood,
+//! which the bot continues (same SSRC, next sequence number, timestamp advanced by the time
+//! since). At the talkspurt's end, a clear, or [`Playout::release`], [`Output::HandBack`] says
+//! where the relay must continue. With `mix`, the relayed party's own audio
+//! ([`Playout::handle_party_audio`], from the fork) is summed into the bot's frames.
+//!
 //! Inputs: [`Playout::handle_command`] for each bot command in arrival order,
 //! [`Playout::handle_timeout`] when [`Playout::poll_timeout`] is due. Outputs, drained with
 //! [`Playout::poll_output`] after every input: [`Output::Rtp`] packets to send now, in order,
@@ -61,6 +69,8 @@ pub struct PlayoutConfig {
     pub prebuffer: Duration,
     /// What goes out while the bot is silent.
     pub idle: Idle,
+    /// Inject mode: the relayed party's audio is mixed into the bot's (else replaced).
+    pub mix: bool,
 }
 
 impl Default for PlayoutConfig {
@@ -70,6 +80,7 @@ impl Default for PlayoutConfig {
             max_buffer: Duration::from_secs(60),
             prebuffer: Duration::from_millis(40),
             idle: Idle::Silence,
+            mix: false,
         }
     }
 }
@@ -88,6 +99,34 @@ pub struct RtpStart {
     /// The G.711 law of the call.
     pub codec: Codec,
 }
+
+/// Where the relayed stream stood when the bot took it over (from the kernel's `FLOW_STATS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Relayed {
+    /// SSRC of the newest relayed packet, as it left.
+    pub ssrc: u32,
+    /// Its sequence number.
+    pub seq: u16,
+    /// Its timestamp.
+    pub timestamp: u32,
+    /// How long ago it was seen.
+    pub age: Duration,
+}
+
+/// Where a handed-back stream continues: the first relayed packet leaves with these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamPosition {
+    /// The stream's SSRC.
+    pub ssrc: u32,
+    /// Next sequence number.
+    pub seq: u16,
+    /// Next timestamp.
+    pub timestamp: u32,
+}
+
+/// Most of the relayed party's audio held for mixing: its frames arrive by the fork's clock,
+/// the bot's leave by ours; beyond a few frames the oldest are dropped.
+const MIX_HOLD_FRAMES: usize = 3;
 
 /// One RTP packet to send at once.
 #[derive(Clone, Copy)]
@@ -125,6 +164,11 @@ pub enum Output {
     Talkspurt(bool),
     /// Everything before the bot's mark has been played (or cleared).
     MarkPlayed(String),
+    /// Inject mode: a talkspurt is ready; stop the relay and answer with
+    /// [`Playout::handle_taken_over`] (nothing is sent before).
+    TakeOver,
+    /// Inject mode: the bot let go; the relay continues the stream from here.
+    HandBack(StreamPosition),
 }
 
 /// Counters of one playout.
@@ -146,6 +190,9 @@ pub struct PlayoutStats {
     pub samples_cleared: u64,
     /// Ticks skipped because the shell came back too late to catch up.
     pub ticks_skipped: u64,
+    /// Inject mode: streams taken over from the relay, and handed back.
+    pub take_overs: u64,
+    pub hand_backs: u64,
 }
 
 #[derive(Debug)]
@@ -173,6 +220,14 @@ pub struct Playout {
     next_tick: Option<Instant>,
     out: VecDeque<Output>,
     stats: PlayoutStats,
+    /// Inject mode: the bot holds the stream (the relay is stopped).
+    holds: bool,
+    /// Inject mode: [`Output::TakeOver`] is out, unanswered.
+    awaiting: bool,
+    /// When the last packet went out (the media clock across a hand-back).
+    last_sent: Option<Instant>,
+    /// Mix: the relayed party's samples not yet mixed.
+    party: VecDeque<i16>,
 }
 
 impl Playout {
@@ -201,6 +256,10 @@ impl Playout {
             next_tick: (cfg.idle == Idle::Silence).then_some(now),
             out: VecDeque::new(),
             stats: PlayoutStats::default(),
+            holds: false,
+            awaiting: false,
+            last_sent: None,
+            party: VecDeque::new(),
         }
     }
 
@@ -234,21 +293,26 @@ impl Playout {
             }
             BotCommand::Clear => {
                 self.stats.clears += 1;
-                self.buffered = 0;
-                self.end_talkspurt();
-                for item in self.queue.drain(..) {
-                    match item {
-                        Item::Audio(a) => self.stats.samples_cleared += a.len() as u64,
-                        Item::Mark(name) => {
-                            self.stats.marks += 1;
-                            self.out.push_back(Output::MarkPlayed(name));
-                        }
-                    }
-                }
-                self.waiting_since = None;
+                self.clear();
             }
         }
         self.schedule(now);
+    }
+
+    /// Drops everything queued at once, reporting its marks.
+    fn clear(&mut self) {
+        self.buffered = 0;
+        self.end_talkspurt();
+        for item in self.queue.drain(..) {
+            match item {
+                Item::Audio(a) => self.stats.samples_cleared += a.len() as u64,
+                Item::Mark(name) => {
+                    self.stats.marks += 1;
+                    self.out.push_back(Output::MarkPlayed(name));
+                }
+            }
+        }
+        self.waiting_since = None;
     }
 
     /// Marks with no audio before them are played.
@@ -267,9 +331,107 @@ impl Playout {
             self.marker_next = true;
             self.out.push_back(Output::Talkspurt(false));
         }
-        if self.cfg.idle == Idle::HandBack && self.buffered == 0 {
-            self.next_tick = None;
+        if self.cfg.idle == Idle::HandBack {
+            if self.holds {
+                self.holds = false;
+                self.party.clear();
+                self.stats.hand_backs += 1;
+                self.out.push_back(Output::HandBack(self.position()));
+            }
+            if self.buffered == 0 {
+                self.next_tick = None;
+            }
         }
+    }
+
+    /// Where the stream continues after the last packet sent.
+    pub fn position(&self) -> StreamPosition {
+        StreamPosition {
+            ssrc: self.rtp.ssrc,
+            seq: self.seq,
+            timestamp: self.timestamp,
+        }
+    }
+
+    /// Inject mode: the relay is stopped ([`Output::TakeOver`] answered). `relayed`: where
+    /// the relayed stream stood (`None`: nothing relayed yet). The bot continues whichever of
+    /// the relay and its own last talkspurt is further on, so the stream never steps back.
+    pub fn handle_taken_over(&mut self, now: Instant, relayed: Option<Relayed>) {
+        if !std::mem::replace(&mut self.awaiting, false) {
+            return;
+        }
+        self.holds = true;
+        self.stats.take_overs += 1;
+        let frames_since = |age: Duration| -> u32 {
+            // Whole packet times, at least one: the next packet is one frame on at the least.
+            let p = self.cfg.ptime.as_micros().max(1);
+            (age.as_micros().div_ceil(p) as u32).max(1)
+        };
+        let relay_ahead = |r: &Relayed| {
+            r.ssrc == self.rtp.ssrc && (r.seq.wrapping_add(1).wrapping_sub(self.seq) as i16) > 0
+        };
+        match relayed {
+            Some(r) if self.stats.packets == 0 || relay_ahead(&r) => {
+                self.rtp.ssrc = r.ssrc;
+                self.seq = r.seq.wrapping_add(1);
+                self.timestamp = r
+                    .timestamp
+                    .wrapping_add(frames_since(r.age).wrapping_mul(self.frame as u32));
+            }
+            _ => {
+                // Our own stream goes on; its clock ran while the relay had it.
+                if let Some(t) = self.last_sent {
+                    let extra = frames_since(now.saturating_duration_since(t)) - 1;
+                    self.timestamp = self
+                        .timestamp
+                        .wrapping_add(extra.wrapping_mul(self.frame as u32));
+                }
+            }
+        }
+        if self.buffered == 0 {
+            // Cleared while waiting: give it straight back.
+            self.end_talkspurt();
+            return;
+        }
+        self.next_tick = Some(now);
+        self.handle_timeout(now);
+    }
+
+    /// Inject mode: the relay could not be stopped. The talkspurt is dropped (counted as
+    /// cleared, its marks reported) rather than sent over the relay.
+    pub fn handle_take_over_failed(&mut self, now: Instant) {
+        if !std::mem::replace(&mut self.awaiting, false) {
+            return;
+        }
+        self.clear();
+        self.schedule(now);
+    }
+
+    /// Inject mode: the relayed party's audio, as forked (mixed while the bot talks with `mix`,
+    /// else ignored: the kernel relays it).
+    pub fn handle_party_audio(&mut self, samples: &[i16]) {
+        // From the take-over request on: the relay may have stopped already.
+        if !(self.cfg.mix && (self.holds || self.awaiting)) {
+            return;
+        }
+        self.party.extend(samples);
+        let max = self.frame * MIX_HOLD_FRAMES;
+        if self.party.len() > max {
+            let extra = self.party.len() - max;
+            self.party.drain(..extra);
+        }
+    }
+
+    /// The playout ends (fork stopped, bot gone): where the relay must continue if the bot
+    /// held the stream. Nothing is sent after it.
+    pub fn release(&mut self) -> Option<StreamPosition> {
+        self.next_tick = None;
+        self.awaiting = false;
+        self.talking = false;
+        std::mem::replace(&mut self.holds, false).then(|| {
+            self.stats.hand_backs += 1;
+            self.position()
+        })
     }
 
     /// Whether a talkspurt may start: enough audio, or the bot said where it ends (a mark
@@ -299,6 +461,9 @@ impl Playout {
     /// queued. Re-read after every input.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.awaiting {
+            return None;
+        }
         self.next_tick
     }
 
@@ -306,7 +471,7 @@ impl Playout {
     pub fn handle_timeout(&mut self, now: Instant) {
         let mut ticks = 0;
         while let Some(at) = self.next_tick {
-            if at > now {
+            if at > now || self.awaiting {
                 break;
             }
             if ticks == MAX_CATCH_UP {
@@ -329,6 +494,13 @@ impl Playout {
     /// One packet time at `at`.
     fn tick(&mut self, at: Instant) {
         if !self.talking && self.ready(at) {
+            if self.cfg.idle == Idle::HandBack && !self.holds {
+                // The relay still sends on this stream: ask for it first; this tick runs again
+                // once the shell answered.
+                self.awaiting = true;
+                self.out.push_back(Output::TakeOver);
+                return;
+            }
             self.talking = true;
             self.stats.talkspurts += 1;
             self.out.push_back(Output::Talkspurt(true));
@@ -349,6 +521,7 @@ impl Playout {
                 match self.queue.front_mut() {
                     Some(Item::Audio(a)) => match a.pop_front() {
                         Some(s) => {
+                            let s = s.saturating_add(self.party.pop_front().unwrap_or(0));
                             pkt.bytes[RTP_HEADER_LEN + n] = self.encode(s);
                             n += 1;
                         }
@@ -364,7 +537,14 @@ impl Playout {
                 self.queue.pop_front();
             }
             self.buffered -= n;
-            pkt.bytes[RTP_HEADER_LEN + n..RTP_HEADER_LEN + self.frame].fill(silence);
+            if self.party.is_empty() {
+                pkt.bytes[RTP_HEADER_LEN + n..RTP_HEADER_LEN + self.frame].fill(silence);
+            } else {
+                for i in n..self.frame {
+                    let s = self.party.pop_front().unwrap_or(0);
+                    pkt.bytes[RTP_HEADER_LEN + i] = self.encode(s);
+                }
+            }
             self.send(pkt);
             self.report_marks();
             if self.buffered == 0 {
@@ -427,6 +607,7 @@ impl Playout {
     }
 
     fn send(&mut self, pkt: RtpPacket) {
+        self.last_sent = self.next_tick;
         self.seq = self.seq.wrapping_add(1);
         self.timestamp = self.timestamp.wrapping_add(self.frame as u32);
         self.stats.packets += 1;
@@ -490,6 +671,8 @@ mod tests {
         Rtp(Pkt),
         Talk(bool),
         Mark(String),
+        TakeOver,
+        HandBack(StreamPosition),
     }
 
     fn drain(p: &mut Playout) -> Vec<Out> {
@@ -508,25 +691,50 @@ mod tests {
                 }
                 Output::Talkspurt(on) => Out::Talk(on),
                 Output::MarkPlayed(m) => Out::Mark(m),
+                Output::TakeOver => Out::TakeOver,
+                Output::HandBack(at) => Out::HandBack(at),
             })
             .collect()
     }
 
-    /// Runs the clock from `*now` to `until`, firing every deadline on time.
-    fn run(p: &mut Playout, now: &mut Instant, until: Instant) -> Vec<Out> {
+    /// Runs the clock from `*now` to `until`, firing every deadline on time; a take-over is
+    /// answered at once with `relayed`.
+    fn run_relayed(
+        p: &mut Playout,
+        now: &mut Instant,
+        until: Instant,
+        relayed: Option<Relayed>,
+    ) -> Vec<Out> {
         let mut out = Vec::new();
         for _ in 0..10_000 {
             match p.poll_timeout() {
                 Some(t) if t <= until => {
                     *now = t.max(*now);
                     p.handle_timeout(*now);
-                    out.extend(drain(p));
+                    let got = drain(p);
+                    let asked = got.contains(&Out::TakeOver);
+                    out.extend(got);
+                    if asked {
+                        p.handle_taken_over(*now, relayed);
+                        out.extend(drain(p));
+                    }
                 }
                 _ => break,
             }
         }
         *now = until;
         out
+    }
+
+    fn run(p: &mut Playout, now: &mut Instant, until: Instant) -> Vec<Out> {
+        run_relayed(p, now, until, None)
+    }
+
+    fn inject_cfg() -> PlayoutConfig {
+        PlayoutConfig {
+            idle: Idle::HandBack,
+            ..PlayoutConfig::default()
+        }
     }
 
     fn rtp(out: &[Out]) -> Vec<&Pkt> {
@@ -610,7 +818,8 @@ mod tests {
             &[0xff; 120][..],
             "tail padded with silence"
         );
-        assert_eq!(out.last(), Some(&Out::Talk(false)));
+        assert!(out.contains(&Out::Talk(false)));
+        assert!(matches!(out.last(), Some(Out::HandBack(_))));
         assert_eq!(p.poll_timeout(), None, "handed back again");
         assert_eq!(p.stats().silence_packets, 0);
 
@@ -645,6 +854,7 @@ mod tests {
                 Out::Rtp(_) => "audio".into(),
                 Out::Talk(on) => format!("talk {on}"),
                 Out::Mark(m) => m.clone(),
+                other => format!("{other:?}"),
             })
             .collect();
         assert_eq!(
@@ -741,5 +951,166 @@ mod tests {
         let out = drain(&mut p);
         let k = rtp(&out)[0];
         assert_eq!(k.payload, vec![0xd5; 160]);
+    }
+
+    #[test]
+    fn inject_takes_the_relayed_stream_over_and_hands_it_back_where_it_ends() {
+        let mut now = t0();
+        let mut p = Playout::new(now, inject_cfg(), start());
+        p.handle_command(now, BotCommand::Play(speech(480)));
+        p.handle_command(now, BotCommand::Mark("end".into()));
+        // The relay's newest packet left 30 ms ago: the bot is two packet times on.
+        let relayed = Relayed {
+            ssrc: 0x1234_5678,
+            seq: 1000,
+            timestamp: 50_000,
+            age: 30 * MS,
+        };
+        let out = run_relayed(&mut p, &mut now, t0() + 200 * MS, Some(relayed));
+        assert_eq!(
+            out.first(),
+            Some(&Out::TakeOver),
+            "nothing is sent before it"
+        );
+        let pk = rtp(&out);
+        assert_eq!(pk.len(), 3);
+        assert_eq!(
+            (pk[0].ssrc, pk[0].seq, pk[0].ts, pk[0].marker),
+            (0x1234_5678, 1001, 50_320, true)
+        );
+        assert_eq!((pk[2].seq, pk[2].ts), (1003, 50_640));
+        let back = StreamPosition {
+            ssrc: 0x1234_5678,
+            seq: 1004,
+            timestamp: 50_800,
+        };
+        let end = out.iter().position(|o| *o == Out::HandBack(back));
+        let mark = out.iter().position(|o| *o == Out::Mark("end".into()));
+        assert!(
+            end.is_some() && mark.is_some(),
+            "handed back where the bot stopped: {out:?}"
+        );
+        assert_eq!(p.poll_timeout(), None, "idle while the relay has it");
+        assert_eq!((p.stats().take_overs, p.stats().hand_backs), (1, 1));
+
+        // The relay carried the stream on, renumbered from there: the next talkspurt continues
+        // after its newest packet.
+        let relayed = Relayed {
+            ssrc: 0x1234_5678,
+            seq: 1054,
+            timestamp: 58_800,
+            age: 5 * MS,
+        };
+        p.handle_command(now, BotCommand::Play(speech(160)));
+        p.handle_command(now, BotCommand::Mark("m".into()));
+        let until = now + 100 * MS;
+        let out = run_relayed(&mut p, &mut now, until, Some(relayed));
+        let pk = rtp(&out);
+        assert_eq!((pk[0].seq, pk[0].ts, pk[0].marker), (1055, 58_960, true));
+    }
+
+    #[test]
+    fn inject_never_steps_the_stream_back_when_the_relay_sent_nothing_since() {
+        let mut now = t0();
+        let mut p = Playout::new(now, inject_cfg(), start());
+        let old = Relayed {
+            ssrc: 9,
+            seq: 500,
+            timestamp: 1_000,
+            age: 20 * MS,
+        };
+        p.handle_command(now, BotCommand::Play(speech(320)));
+        p.handle_command(now, BotCommand::Mark("a".into()));
+        let out = run_relayed(&mut p, &mut now, t0() + 100 * MS, Some(old));
+        let last = rtp(&out).last().map(|k| (k.seq, k.ts)).expect("sent");
+        assert_eq!(last, (502, 1_320));
+        // 200 ms later the relay still shows its packet from before the first talkspurt.
+        now += 200 * MS;
+        p.handle_command(now, BotCommand::Play(speech(160)));
+        p.handle_command(now, BotCommand::Mark("b".into()));
+        let until = now + 100 * MS;
+        let out = run_relayed(&mut p, &mut now, until, Some(old));
+        let pk = rtp(&out);
+        assert_eq!(pk[0].seq, 503, "own numbering goes on");
+        assert!(
+            pk[0].ts.wrapping_sub(last.1) >= 160 * 10,
+            "the timestamp counts the time the relay had the stream"
+        );
+    }
+
+    #[test]
+    fn inject_clear_and_release_hand_the_stream_back_at_once() {
+        let mut now = t0();
+        let mut p = Playout::new(now, inject_cfg(), start());
+        p.handle_command(now, BotCommand::Play(speech(8000)));
+        let out = run(&mut p, &mut now, t0() + 100 * MS);
+        let sent = rtp(&out).len() as u16;
+        assert!(sent >= 3);
+        p.handle_command(now, BotCommand::Clear);
+        let out = drain(&mut p);
+        assert_eq!(
+            out.last(),
+            Some(&Out::HandBack(StreamPosition {
+                ssrc: 0xdead_beef,
+                seq: 65534u16.wrapping_add(sent),
+                timestamp: (u32::MAX - 200).wrapping_add(160 * u32::from(sent)),
+            }))
+        );
+        assert_eq!(p.release(), None, "already handed back");
+        // A bot leaving mid-utterance: the shell releases the stream.
+        p.handle_command(now, BotCommand::Play(speech(8000)));
+        let until = now + 100 * MS;
+        run(&mut p, &mut now, until);
+        let at = p.release().expect("held");
+        assert_eq!(at.ssrc, 0xdead_beef);
+        assert_eq!(p.poll_timeout(), None, "nothing more is sent");
+    }
+
+    #[test]
+    fn inject_take_over_refused_drops_the_talkspurt_and_sends_nothing() {
+        let now = t0();
+        let mut p = Playout::new(now, inject_cfg(), start());
+        p.handle_command(now, BotCommand::Play(speech(800)));
+        p.handle_command(now, BotCommand::Mark("m".into()));
+        p.handle_timeout(now + 40 * MS);
+        assert_eq!(drain(&mut p), [Out::TakeOver]);
+        assert_eq!(p.poll_timeout(), None, "waits for the answer");
+        p.handle_take_over_failed(now + 41 * MS);
+        assert_eq!(drain(&mut p), [Out::Mark("m".into())]);
+        assert_eq!(p.stats().samples_cleared, 800);
+        assert_eq!((p.stats().packets, p.release()), (0, None));
+    }
+
+    #[test]
+    fn mix_sums_the_party_into_the_bot_while_it_talks_only() {
+        let mut now = t0();
+        let cfg = PlayoutConfig {
+            mix: true,
+            ..inject_cfg()
+        };
+        let mut p = Playout::new(now, cfg, start());
+        // Before the bot holds the stream, the relay carries the party: nothing is kept.
+        p.handle_party_audio(&[1000; 160]);
+        p.handle_command(now, BotCommand::Play(vec![2000; 320]));
+        p.handle_command(now, BotCommand::Mark("m".into()));
+        p.handle_timeout(now + 40 * MS);
+        assert_eq!(drain(&mut p), [Out::TakeOver]);
+        now += 40 * MS;
+        p.handle_party_audio(&[1000; 160]);
+        p.handle_taken_over(now, None);
+        let out = drain(&mut p);
+        let pk = rtp(&out);
+        assert_eq!(pk.len(), 1);
+        assert!(pk[0]
+            .payload
+            .iter()
+            .all(|&b| b == speech_proto::linear_to_ulaw(3000)));
+        // The party fell silent (no frame): the bot alone, then its tail with nothing to mix.
+        let until = now + 20 * MS;
+        let out = run(&mut p, &mut now, until);
+        assert!(rtp(&out)[0]
+            .payload
+            .iter()
+            .all(|&b| b == speech_proto::linear_to_ulaw(2000)));
     }
 }

@@ -254,10 +254,14 @@ async fn serve(
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    // Inject-mode playouts' take-overs and hand-backs: each playout has at most one take-over
+    // waiting, so this only fills if thousands of bots start talking in the same instant.
+    let (inject_tx, mut inject_rx) = mpsc::channel(INJECT_QUEUE);
     let mut agent = Agent {
         dp,
         fallback: crate::io::fallback::Fallback::new(fallback_media),
         return_audio: cfg.return_audio,
+        inject_tx,
         turn,
         neighbours: HashMap::new(),
         routes: RouteCache::new(ROUTE_CACHE_TTL, ROUTE_CACHE_CAPACITY),
@@ -283,6 +287,8 @@ async fn serve(
             warn!(%local, "no user-space fallback for this flow: {e:#}");
         }
     }
+    // A bot that was talking when the previous agent stopped holds the relay no more.
+    agent.hand_back_stale_injects();
     // Restored forks: their fallbacks fork too, and the servers hear they resume.
     agent.perform(resume);
     // Adopted flows and TURN channels keep their next hops followed like new ones.
@@ -335,6 +341,7 @@ async fn serve(
         tokio::select! {
             // From this loop, so a wedged agent loop stops the pings (WatchdogSec=).
             () = watchdog.tick() => notify.watchdog_ping(),
+            Some(req) = inject_rx.recv() => agent.inject_request(req),
             Some((op, reply)) = ctl_rx.recv() => {
                 if op.is_stream_service() {
                     // Same queue as fork start/stop: ops reach the service in request order.
@@ -387,6 +394,9 @@ fn bind_control(path: &Path) -> Result<UnixListener> {
     Ok(l)
 }
 
+/// Inject requests queued for the agent loop (see where the channel is made).
+const INJECT_QUEUE: usize = 4096;
+
 struct Agent {
     dp: DataPlane,
     fallback: crate::io::fallback::Fallback,
@@ -413,6 +423,8 @@ struct Agent {
     live: Live,
     /// Playout settings of forks with return audio.
     return_audio: crate::config::ReturnAudioConfig,
+    /// Where inject-mode playouts ask for a flow's relay to stop or resume.
+    inject_tx: mpsc::Sender<crate::io::bot::InjectRequest>,
 }
 
 impl Agent {

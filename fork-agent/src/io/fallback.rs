@@ -10,7 +10,9 @@
 //! A forked flow's fallback packets are forked here too, by the kernel's rules (core::rtp), into
 //! the same queue as the AF_XDP frames: a call whose packets take the slow path still reaches
 //! the speech server whole. A sink flow's packets (endpoint mode) are forked and never relayed;
-//! its socket is also the one a voice bot's RTP is sent from (io::bot). [`Fallback::set_action`] follows the flow's fork flag and stream.
+//! its socket is also the one a voice bot's RTP is sent from (io::bot). [`Fallback::set_action`] follows the flow's fork flag and stream, and a bot's hold (inject mode: not
+//! relayed while it talks). Not followed: renumbering after a hand-back (`FLOW_F_RENUMBER`);
+//! the odd packet relayed here leaves with the party's own numbering.
 
 use std::{
     collections::HashMap,
@@ -22,7 +24,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use fork_common::{FlowAction, FLOW_F_FORK, FLOW_F_RTCP};
+use fork_common::{FlowAction, FLOW_F_FORK, FLOW_F_INJECT, FLOW_F_RTCP};
 use tokio::{net::UdpSocket, sync::watch, task::JoinHandle};
 use tracing::{debug, warn};
 
@@ -58,6 +60,8 @@ struct ForkTo {
 struct Route {
     /// A sink flow (the call ends here): forked, never relayed.
     sink: bool,
+    /// A voice bot talks on the flow's stream now (inject mode): forked, not relayed.
+    inject: bool,
     dst: SocketAddr,
     out: Arc<UdpSocket>,
     expect: Option<SocketAddr>,
@@ -108,6 +112,7 @@ impl Fallback {
             b.route.send_modify(|r| {
                 if let Some(r) = r {
                     r.fork = fork;
+                    r.inject = action.flags & FLOW_F_INJECT != 0;
                 }
             });
         }
@@ -163,6 +168,7 @@ impl Fallback {
         bound.users += 1;
         bound.route.send_replace(Some(Route {
             sink,
+            inject: false,
             dst,
             out,
             expect,
@@ -240,8 +246,8 @@ async fn read_loop(addr: SocketAddr, sock: Arc<UdpSocket>, route: watch::Receive
         if let Some(f) = &r.fork {
             fork(&buf[..len], f, &r.stats);
         }
-        if r.sink {
-            // The call ends here: nothing to relay (the kernel drops what it does not fork).
+        if r.sink || r.inject {
+            // The call ends here, or a bot has the stream: nothing to relay (as in the kernel).
             continue;
         }
         match r.out.send_to(&buf[..len], r.dst).await {

@@ -1,12 +1,16 @@
 //! The agent's side of return audio (docs/speech-protocol.md §16): a fork whose speech server
 //! talks back gets a playout (io::bot) sending from the anchored address of the flow its
-//! `return_audio` names. Endpoint mode only: that flow must be a sink (the call ends here).
+//! `return_audio` names. On a sink flow (endpoint mode) the playout owns the stream; on a
+//! relayed flow (inject mode) it takes the stream over from the kernel relay per talkspurt and
+//! hands it back after, through [`Agent::inject_request`]: the flow table holds the bot's hold
+//! and numbering, so every write of the flow (a re-INVITE's replacement too) keeps them.
 
 use rand::Rng as _;
 
 use super::*;
-use crate::core::playout::{Idle, PlayoutConfig, RtpStart, MAX_PTIME_MS};
-use crate::io::bot::{self, BotLink, PlayoutTarget};
+use crate::core::flows::InjectChange;
+use crate::core::playout::{Idle, PlayoutConfig, Relayed, RtpStart, MAX_PTIME_MS};
+use crate::io::bot::{self, BotLink, InjectRequest, InjectTo, PlayoutTarget};
 
 impl Agent {
     /// Refuses a fork whose return audio cannot be played, before anything changes.
@@ -17,11 +21,18 @@ impl Agent {
         let Some(flow) = self.orch.table().flow(&ra.flow) else {
             anyhow::bail!("return_audio.flow: no flow {}", ra.flow);
         };
-        if !flow.is_sink() {
-            // Inject mode (the bot replaces a relayed party) is not implemented: refuse
-            // rather than let two senders share the stream.
+        if flow.is_sink() && ra.mode == control_api::ReturnMode::Mix {
             anyhow::bail!(
-                "return_audio.flow: {} is relayed; return audio needs a sink flow (endpoint mode)",
+                "return_audio.mode: {} is a sink flow (endpoint mode): there is no party to mix",
+                ra.flow
+            );
+        }
+        if ra.mode == control_api::ReturnMode::Mix
+            && !spec.streams.iter().any(|s| s.flow == ra.flow)
+        {
+            // The mixer takes the party's audio from the fork.
+            anyhow::bail!(
+                "return_audio.mode: mix needs a stream of the fork on {} (the party it mixes in)",
                 ra.flow
             );
         }
@@ -76,14 +87,24 @@ impl Agent {
                 .unwrap_or_else(|| fork.spec.codec.payload_type()),
             codec: fork.spec.codec,
         };
+        let inject = (!flow.is_sink()).then(|| InjectTo {
+            flow: ra.flow,
+            agent: self.inject_tx.clone(),
+        });
         let cfg = PlayoutConfig {
             ptime: Duration::from_millis(u64::from(fork.spec.ptime_ms)),
             max_buffer: Duration::from_millis(u64::from(self.return_audio.max_buffer_ms)),
             prebuffer: Duration::from_millis(u64::from(self.return_audio.prebuffer_ms)),
-            idle: Idle::Silence,
+            // Endpoint mode: the caller expects a steady stream; inject mode: the relay has it.
+            idle: if inject.is_some() {
+                Idle::HandBack
+            } else {
+                Idle::Silence
+            },
+            mix: ra.mode == control_api::ReturnMode::Mix,
         };
         info!(call_guid = %fork.spec.call_guid, stream_id, from = %flow.src, to = %flow.dst,
-            "return audio: playout started");
+            inject = inject.is_some(), mode = ?ra.mode, "return audio: playout started");
         Ok(Some(bot::spawn(
             stream_id,
             PlayoutTarget {
@@ -91,9 +112,83 @@ impl Agent {
                 dst: flow.dst,
                 cfg,
                 rtp,
+                inject,
             },
             self.speech.bot_events(),
             self.speech.bot_counters.clone(),
         )))
+    }
+}
+
+impl Agent {
+    /// An inject-mode playout's request: stop or resume the kernel relay of a flow.
+    pub(super) fn inject_request(&mut self, req: InjectRequest) {
+        match req {
+            InjectRequest::TakeOver { flow, reply } => {
+                let _ = reply.send(self.take_over(flow).map_err(|e| format!("{e:#}")));
+            }
+            InjectRequest::HandBack { flow, at } => {
+                let change = InjectChange::HandBack {
+                    ssrc: at.ssrc,
+                    seq: at.seq,
+                    ts: at.timestamp,
+                };
+                match self.orch.inject(flow, change) {
+                    Ok(actions) => {
+                        if let Err(e) = self.perform_checked(actions) {
+                            warn!(%flow, "hand-back to the kernel relay failed: {e:#}");
+                        }
+                    }
+                    // The flow went away meanwhile (call ended): nothing to hand back.
+                    Err(e) => tracing::debug!(%flow, "hand-back: {e}"),
+                }
+            }
+        }
+    }
+
+    /// Stops the relay of `flow`, then reads where its stream stood: in that order, so no
+    /// relayed packet leaves after the position the bot continues from.
+    fn take_over(&mut self, flow: SocketAddr) -> Result<Option<Relayed>> {
+        let actions = self.orch.inject(flow, InjectChange::TakeOver)?;
+        self.perform_checked(actions)?;
+        let slot = self
+            .orch
+            .table()
+            .flow(&flow)
+            .map(|f| f.stats_index)
+            .with_context(|| format!("no flow {flow}"))?;
+        let s = self
+            .dp
+            .flow_stats
+            .get(&slot, 0)
+            .context("reading FLOW_STATS")?;
+        Ok((s.out_valid != 0).then(|| Relayed {
+            ssrc: s.out_ssrc,
+            seq: s.out_seq,
+            timestamp: s.out_ts,
+            age: Duration::from_nanos(monotonic_ns().saturating_sub(s.last_seen_ns)),
+        }))
+    }
+
+    /// After a restart: a bot that was talking into a flow when the previous agent stopped
+    /// left the relay stopped. Hand it back at once, on a fresh SSRC: where the bot's stream
+    /// ended is not known, and a new SSRC is how RTP says so (RFC 3550 §8.2).
+    pub(super) fn hand_back_stale_injects(&mut self) {
+        for flow in self.orch.table().stale_injects() {
+            #[allow(clippy::disallowed_methods)] // io shell: the new stream's random start
+            let mut rng = rand::thread_rng();
+            let change = InjectChange::HandBack {
+                ssrc: rng.gen(),
+                seq: rng.gen(),
+                ts: rng.gen(),
+            };
+            match self.orch.inject(flow, change) {
+                Ok(actions) => {
+                    info!(%flow, "bot was talking when the previous agent stopped: relay restored");
+                    self.perform(actions);
+                }
+                Err(e) => warn!(%flow, "relay not restored: {e}"),
+            }
+        }
     }
 }

@@ -369,6 +369,7 @@ impl SpeechService {
             statuses,
             batch: std::collections::VecDeque::new(),
             bots: HashMap::new(),
+            mix_taps: HashMap::new(),
         };
         let mut named = HashMap::new();
         for entry in entries {
@@ -425,7 +426,7 @@ impl SpeechService {
                 .unwrap_or_default();
             profile.check_return_audio()?;
             if !spec.streams.iter().any(|s| s.channel == ra.to) {
-                anyhow::bail!("return_audio.to: the fork has no {:?} stream", ra.to);
+                anyhow::bail!("return_audio.to: the fork has no {} stream", ra.to.as_str());
             }
         }
         if !r.own && policy.active.load(Ordering::Relaxed) >= policy.max_active as u64 {
@@ -540,6 +541,8 @@ struct Task {
     batch: std::collections::VecDeque<Media>,
     /// Playouts by the stream the bot talks on.
     bots: HashMap<u32, BotRoute>,
+    /// Mix mode: kernel tap → the stream whose playout mixes that tap's audio in.
+    mix_taps: HashMap<u32, u32>,
 }
 
 /// One fork's return audio, as the service routes it.
@@ -628,6 +631,13 @@ impl Task {
                 for (id, _) in &streams {
                     self.stream_server.insert(*id, stats.clone());
                 }
+                // Mix mode: the tap of the flow the bot mixes in feeds its playout too.
+                let mix_tap = bot.as_ref().and_then(|b| b.mix_from).and_then(|flow| {
+                    fork.streams
+                        .iter()
+                        .position(|(_, l)| *l == flow)
+                        .and_then(|i| taps.get(i).copied())
+                });
                 let pairs: Vec<(u32, u32)> = taps
                     .into_iter()
                     .zip(streams.iter().map(|(id, _)| *id))
@@ -647,6 +657,9 @@ impl Task {
                     return_audio: bot.as_ref().and_then(|_| spec.return_audio.map(|r| r.to)),
                 };
                 if let Some(link) = bot {
+                    if let Some(tap) = mix_tap {
+                        self.mix_taps.insert(tap, link.stream_id);
+                    }
                     self.bots.insert(
                         link.stream_id,
                         BotRoute {
@@ -668,6 +681,8 @@ impl Task {
                 self.fanout.remove(&call_guid);
                 // Dropping the link ends the playout: nothing more is sent.
                 self.bots.retain(|_, b| b.call_guid != call_guid);
+                let bots = &self.bots;
+                self.mix_taps.retain(|_, bot| bots.contains_key(bot));
                 let server = self.core.server_of(&call_guid);
                 if let Err(e) = self.core.handle_fork_stop(now(), &call_guid, reason) {
                     warn!(%call_guid, "fork stop: {e}");
@@ -903,6 +918,14 @@ impl Task {
                 frame,
                 at,
             } => {
+                let mixer = (!self.mix_taps.is_empty())
+                    .then(|| self.mix_taps.get(&tap).and_then(|s| self.bots.get(s)))
+                    .flatten();
+                if let Some(bot) = mixer {
+                    if let Ok((_, payload)) = speech_proto::decode_audio(&frame) {
+                        bot.link.party(payload);
+                    }
+                }
                 let (core, conns, servers) = (&mut self.core, &self.conns, &self.stream_server);
                 let mut send = |stream, frame| {
                     send_audio(
