@@ -211,6 +211,34 @@ impl ForkService {
         Ok(())
     }
 
+    /// The `start`s of `streams` were written to `conn`: their forks, on dialects that do not
+    /// confirm sessions, are STARTED now.
+    pub fn handle_starts_written(
+        &mut self,
+        _now: Instant,
+        conn: ConnId,
+        streams: &[u32],
+    ) -> Result<(), SessionError> {
+        if !self.conns.contains_key(&conn) {
+            return Err(SessionError::UnknownConn(conn.0));
+        }
+        let written: Vec<(String, bool)> = self
+            .sessions
+            .values_mut()
+            .filter(|s| s.state == SessState::Live(conn))
+            .filter(|s| s.streams.iter().any(|st| streams.contains(&st.id)))
+            .filter_map(|s| {
+                s.awaiting_write
+                    .take()
+                    .map(|reconnected| (s.req.call_guid.clone(), reconnected))
+            })
+            .collect();
+        for (guid, reconnected) in written {
+            self.status(&guid, ForkStatus::Started, None, reconnected);
+        }
+        Ok(())
+    }
+
     /// `conn` (or its attempt) ended. `wall` is the Unix time, for the history.
     pub fn handle_closed(
         &mut self,
@@ -392,21 +420,19 @@ impl ForkService {
                         st.first = true;
                     }
                     let msgs = s.start_msgs(resumed);
-                    let guid = s.req.call_guid.clone();
                     let awaits = self
                         .servers
                         .get(&server)
                         .is_some_and(|v| v.awaits_acceptance);
+                    // STARTED only once true: the start was written to the open connection
+                    // (handle_starts_written), and where the dialect confirms sessions, the
+                    // server confirmed it (handle_accepted).
                     s.awaiting_accept = awaits.then_some(reconnected);
+                    s.awaiting_write = (!awaits).then_some(reconnected);
                     if let Some(rec) = self.conns.get_mut(&id) {
                         rec.calls_total += 1;
                     }
                     self.send_all(Some(id), msgs);
-                    // STARTED only once true: the start is on an open connection, and where the
-                    // dialect confirms sessions, the server confirmed it (handle_accepted).
-                    if !awaits {
-                        self.status(&guid, ForkStatus::Started, None, reconnected);
-                    }
                 }
                 PoolOutput::Close { conn, reason } => {
                     let id = self.conn_id(server, conn);
@@ -571,6 +597,8 @@ mod tests {
             } => st.resumed,
             _ => true,
         }));
+        s.handle_starts_written(at, c, &[1, 2]).expect("ok");
+        let outs = drain(&mut s);
         assert!(outs.iter().any(|o| matches!(
             o,
             Output::Status(StatusEvent {
@@ -587,6 +615,35 @@ mod tests {
             [(ForkStatus::Error, Some("TCP Connection closed"))]
         );
         assert_eq!(s.alarms().count(AlarmKind::TcpClosure), 1);
+    }
+
+    #[test]
+    fn started_is_reported_once_the_start_was_written_not_when_queued() {
+        let t0 = epoch();
+        let (mut s, srv) = service(5);
+        s.handle_fork_start(t0, req("g1", srv, 1)).expect("ok");
+        s.handle_fork_start(t0, req("g2", srv, 3)).expect("ok");
+        let c = connect_id(&drain(&mut s));
+        s.handle_connected(t0, c, ConnInfo::default()).expect("ok");
+        let outs = drain(&mut s);
+        assert_eq!(sent(&outs), ["start:1", "start:2", "start:3", "start:4"]);
+        assert_eq!(statuses(&outs), [], "queued, not yet on the wire");
+        // The writer flushed g1's starts only: g1 is started, g2 still connecting.
+        s.handle_starts_written(t0, c, &[1, 2]).expect("ok");
+        let outs = drain(&mut s);
+        assert_eq!(statuses(&outs), [(ForkStatus::Started, None)]);
+        assert!(matches!(&outs[..], [Output::Status(e)] if e.call_guid == "g1"));
+        s.handle_starts_written(t0, c, &[1, 2]).expect("ok");
+        assert_eq!(statuses(&drain(&mut s)), [], "started once");
+        // A connection lost before the write: its starts never count.
+        s.handle_closed(t0, 1, c, ConnFailure::Transport)
+            .expect("ok");
+        drain(&mut s);
+        assert!(s.handle_starts_written(t0, c, &[3, 4]).is_ok());
+        assert!(
+            statuses(&drain(&mut s)).is_empty(),
+            "g2's start went down with the connection"
+        );
     }
 
     #[test]
@@ -809,7 +866,9 @@ mod tests {
         // The server behaves again: the fork is carried again and, after a healthy minute,
         // the count is gone.
         s.handle_connected(now, c, ConnInfo::default()).expect("ok");
-        let outs = drain(&mut s);
+        let mut outs = drain(&mut s);
+        s.handle_starts_written(now, c, &[1, 2]).expect("ok");
+        outs.extend(drain(&mut s));
         assert!(outs.iter().any(|o| matches!(
             o,
             Output::Status(StatusEvent {

@@ -206,7 +206,8 @@ mod tests {
         s.handle_connected(t0, c, ConnInfo::default()).expect("ok");
         let outs = drain(&mut s);
         assert_eq!(sent(&outs), ["start:1", "start:2"]);
-        assert_eq!(statuses(&outs), [(ForkStatus::Started, None)]);
+        s.handle_starts_written(t0, c, &[1, 2]).expect("ok");
+        assert_eq!(statuses(&drain(&mut s)), [(ForkStatus::Started, None)]);
         assert_eq!(
             s.handle_audio(t0, 1, 176, |_| 0),
             AudioVerdict::Send {

@@ -162,12 +162,16 @@ mod tests {
         s.handle_fork_start(t0, req("g", srv, 10)).expect("ok");
         let c = connect_id(&drain(&mut s));
         s.handle_connected(t0, c, ConnInfo::default()).expect("ok");
+        drain(&mut s);
+        s.handle_starts_written(t0, c, &[10, 11]).expect("ok");
         assert_eq!(fork_ids(&drain(&mut s)), [(ForkStatus::Started, Some(10))]);
         s.handle_fork_stop(t0, "g", speech_proto::StopReason::Request)
             .expect("ok");
         drain(&mut s);
         // The same GUID again is another fork, with other streams.
         s.handle_fork_start(t0, req("g", srv, 20)).expect("ok");
+        drain(&mut s);
+        s.handle_starts_written(t0, c, &[20, 21]).expect("ok");
         assert_eq!(fork_ids(&drain(&mut s)), [(ForkStatus::Started, Some(20))]);
     }
 

@@ -56,6 +56,9 @@ pub(super) struct Session {
     /// `start` went out on a connection whose dialect confirms sessions; STARTED (with this
     /// `reconnected` flag) waits for [`ForkService::handle_accepted`].
     pub(super) awaiting_accept: Option<bool>,
+    /// `start` queued on a connection whose dialect does not confirm sessions; STARTED (with
+    /// this `reconnected` flag) once it was written (`handle_starts_written`).
+    pub(super) awaiting_write: Option<bool>,
 }
 
 impl Session {
@@ -146,6 +149,7 @@ impl ForkService {
                 state: SessState::Waiting,
                 started_once: false,
                 awaiting_accept: None,
+                awaiting_write: None,
             },
         );
         self.forks_started += 1;

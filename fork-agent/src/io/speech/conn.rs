@@ -150,6 +150,15 @@ pub enum ConnEvent {
         /// Connection.
         conn: ConnId,
     },
+    /// The `start`s of these streams are on the wire: the batches that carried them, up to
+    /// their round's end-of-batch mark (where a dialect announcing a call once writes it), were
+    /// written and flushed to the socket.
+    StartsWritten {
+        /// Connection.
+        conn: ConnId,
+        /// Stream ids, in order.
+        streams: Vec<u32>,
+    },
     /// The server talks back on a stream started with `return_audio`.
     Bot {
         /// Connection (the mark answers go back on it).
@@ -372,6 +381,9 @@ where
     // fork at CONNECTING for ever).
     let mut accepted = false;
     let mut accept_by: Option<tokio::time::Instant> = None;
+    // `start`s taken from the queue and not yet reported written; `starts_flushed` of them
+    // precede an end-of-batch mark taken since.
+    let mut starts: Vec<u32> = Vec::new();
     loop {
         let keepalive = dialect.poll_timeout();
         let accept_deadline = async {
@@ -417,6 +429,14 @@ where
                 // record run) for the batch instead of one per frame. Nothing waits for a
                 // batch to fill, so latency is unchanged.
                 let items = batch.iter().filter(|i| !matches!(i, Outgoing::Flush)).count();
+                let mut starts_flushed = None;
+                for item in batch.iter() {
+                    match item {
+                        Outgoing::Control(Control::Start(m)) => starts.push(m.stream_id),
+                        Outgoing::Flush => starts_flushed = Some(starts.len()),
+                        _ => {}
+                    }
+                }
                 frames.clear();
                 let t = now();
                 for item in batch.drain(..) {
@@ -443,6 +463,10 @@ where
                 }
                 // Items in a batch that is still being written count as queued.
                 l.backlog.fetch_sub(items, Ordering::Relaxed);
+                if let Some(n) = starts_flushed.filter(|&n| n > 0) {
+                    let streams = starts.drain(..n).collect();
+                    let _ = l.events.send(ConnEvent::StartsWritten { conn: l.conn, streams });
+                }
                 for c in l.counters {
                     c.frames_sent.fetch_add(sent, Ordering::Relaxed);
                     c.bytes_sent.fetch_add(bytes, Ordering::Relaxed);

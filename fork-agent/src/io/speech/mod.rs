@@ -815,6 +815,11 @@ impl Task {
                     warn!(conn = conn.0, "accepted event: {e}");
                 }
             }
+            ConnEvent::StartsWritten { conn, streams } => {
+                if let Err(e) = self.core.handle_starts_written(t, conn, &streams) {
+                    warn!(conn = conn.0, "starts-written event: {e}");
+                }
+            }
             ConnEvent::Bot {
                 conn,
                 stream_id,
