@@ -492,25 +492,30 @@ fn parse_return_audio(obj: &Map<String, Value>) -> Result<ReturnAudioRequest, Fo
     if obj.keys().any(|k| !RETURN_AUDIO_KEYS.contains(&k.as_str())) {
         return Err(ForkError::UnexpectedFormat);
     }
-    let to = match obj.get("to") {
-        None => Channel::Caller,
-        Some(Value::String(s)) => match s.as_str() {
-            "caller" => Channel::Caller,
-            "callee" => Channel::Callee,
-            _ => return Err(ForkError::UnexpectedFormat),
-        },
-        Some(_) => return Err(ForkError::UnexpectedFormat),
-    };
-    let mode = match obj.get("mode") {
-        None => ReturnMode::Replace,
-        Some(Value::String(s)) => match s.as_str() {
-            "replace" => ReturnMode::Replace,
-            "mix" => ReturnMode::Mix,
-            _ => return Err(ForkError::UnexpectedFormat),
-        },
-        Some(_) => return Err(ForkError::UnexpectedFormat),
-    };
+    let to = one_of(
+        obj.get("to"),
+        Channel::Caller,
+        &[("caller", Channel::Caller), ("callee", Channel::Callee)],
+    )?;
+    let mode = one_of(
+        obj.get("mode"),
+        ReturnMode::Replace,
+        &[("replace", ReturnMode::Replace), ("mix", ReturnMode::Mix)],
+    )?;
     Ok(ReturnAudioRequest { to, mode })
+}
+
+/// A string that must be one of `names` exactly; absent: `default`.
+fn one_of<T: Copy>(v: Option<&Value>, default: T, names: &[(&str, T)]) -> Result<T, ForkError> {
+    match v {
+        None => Ok(default),
+        Some(Value::String(s)) => names
+            .iter()
+            .find(|(n, _)| n == s)
+            .map(|&(_, t)| t)
+            .ok_or(ForkError::UnexpectedFormat),
+        Some(_) => Err(ForkError::UnexpectedFormat),
+    }
 }
 
 /// Parses `ws[s]://host[:port][/path]`. Written by hand because the workspace has no URL crate
