@@ -44,21 +44,57 @@ impl Rx {
 
 /// CLOCK_MONOTONIC now, in ms.
 pub fn monotonic_ms() -> Result<f64> {
-    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)?;
+    clock_ms(nix::time::ClockId::CLOCK_MONOTONIC)
+}
+
+/// How far CLOCK_REALTIME is ahead of CLOCK_MONOTONIC now, in ms: subtract it from a capture
+/// time ([`pcap_udp_at`]) to compare it with [`monotonic_ms`] and the checkers' clocks.
+pub fn realtime_ahead_ms() -> Result<f64> {
+    let mono = monotonic_ms()?;
+    Ok(clock_ms(nix::time::ClockId::CLOCK_REALTIME)? - mono)
+}
+
+fn clock_ms(clock: nix::time::ClockId) -> Result<f64> {
+    let t = nix::time::clock_gettime(clock)?;
     Ok(t.tv_sec() as f64 * 1000.0 + t.tv_nsec() as f64 / 1e6)
 }
 
 /// One RTP stream as a phone accepts it: from `from`, one SSRC, payload type `pt`, sequence
 /// +1 and timestamp +160 per 20 ms packet throughout (no gap, no restart).
 pub fn assert_one_stream(got: &[Rx], from: SocketAddr, pt: u8) {
+    assert_continuous(got, from, pt, false);
+}
+
+/// [`assert_one_stream`] for a stream with two senders taking turns (inject mode: the kernel
+/// relay, then a bot, then the relay again): the same, except that a packet with the marker
+/// bit (a talkspurt start, RFC 3551 §4.1) may move the timestamp forward by more than one
+/// packet time (whole ones): the new sender continues the media clock, not the packet count.
+/// Returns those steps (in timestamp units) for the caller to report.
+pub fn assert_one_stream_across_turns(got: &[Rx], from: SocketAddr, pt: u8) -> Vec<u32> {
+    assert_continuous(got, from, pt, true)
+}
+
+fn assert_continuous(got: &[Rx], from: SocketAddr, pt: u8, turns: bool) -> Vec<u32> {
     assert!(got.len() > 20, "the caller received {} packets", got.len());
+    let mut steps = Vec::new();
     for w in got.windows(2) {
         assert_eq!(w[1].from, from, "sent from the anchored address");
         assert_eq!((w[1].ssrc, w[1].pt), (got[0].ssrc, pt), "one stream");
         assert_eq!(w[1].seq, w[0].seq.wrapping_add(1), "sequence: {w:?}");
-        assert_eq!(w[1].ts, w[0].ts.wrapping_add(160), "timestamp: {w:?}");
+        let step = w[1].ts.wrapping_sub(w[0].ts);
+        if turns && w[1].marker {
+            // Forward by whole packet times: the new sender continues the media clock.
+            assert!(
+                step % 160 == 0 && (160..1 << 31).contains(&step),
+                "talkspurt timestamp: {w:?}"
+            );
+            steps.push(step);
+        } else {
+            assert_eq!(step, 160, "timestamp: {w:?}");
+        }
         assert_eq!(w[1].payload.len(), 160);
     }
+    steps
 }
 
 /// The bot's first talkspurt as heard: from the first marker bit to the next silence frame
@@ -85,6 +121,18 @@ pub fn bot_speech(ms: usize) -> Vec<u8> {
 /// The UDP datagrams of an Ethernet (linktype 1) pcap file, IPv4 only: (source, destination,
 /// payload), in order.
 pub fn pcap_udp(path: &Path) -> Result<Vec<(SocketAddr, SocketAddr, Vec<u8>)>> {
+    Ok(pcap_udp_at(path)?
+        .into_iter()
+        .map(|(_, from, to, d)| (from, to, d))
+        .collect())
+}
+
+/// A captured UDP datagram: capture time (CLOCK_REALTIME, ms since the epoch), source,
+/// destination, payload.
+pub type Captured = (f64, SocketAddr, SocketAddr, Vec<u8>);
+
+/// [`pcap_udp`] with each datagram's capture time.
+pub fn pcap_udp_at(path: &Path) -> Result<Vec<Captured>> {
     let b = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     if b.len() < 24 {
         bail!("{}: no pcap header", path.display());
@@ -109,9 +157,16 @@ pub fn pcap_udp(path: &Path) -> Result<Vec<(SocketAddr, SocketAddr, Vec<u8>)>> {
             u32_at(20)
         );
     }
+    // Microseconds in the record header, or nanoseconds with the 0xa1b23c4d magic.
+    let sub_ms = if matches!(b[..4], [0x4d, 0x3c, 0xb2, 0xa1] | [0xa1, 0xb2, 0x3c, 0x4d]) {
+        1e-6
+    } else {
+        1e-3
+    };
     let mut out = Vec::new();
     let mut o = 24;
     while o + 16 <= b.len() {
+        let at = f64::from(u32_at(o)) * 1000.0 + f64::from(u32_at(o + 4)) * sub_ms;
         let caplen = u32_at(o + 8) as usize;
         let frame = b.get(o + 16..o + 16 + caplen).context("truncated record")?;
         o += 16 + caplen;
@@ -130,6 +185,7 @@ pub fn pcap_udp(path: &Path) -> Result<Vec<(SocketAddr, SocketAddr, Vec<u8>)>> {
             continue;
         };
         out.push((
+            at,
             SocketAddr::V4(SocketAddrV4::new(ip(26), u16::from_be_bytes([h[0], h[1]]))),
             SocketAddr::V4(SocketAddrV4::new(ip(30), u16::from_be_bytes([h[2], h[3]]))),
             data.to_vec(),

@@ -207,10 +207,16 @@ pub fn checkers_dir() -> Result<PathBuf> {
 
 /// Writes the µ-law bytes a party sent as a 16-bit PCM mono 8 kHz WAV (what compare.py reads).
 pub fn write_ulaw_as_wav(path: &Path, ulaw: &[u8]) -> Result<()> {
-    let linear: Vec<i16> = ulaw
-        .iter()
-        .map(|&b| speech_proto::ulaw_to_linear(b))
-        .collect();
+    write_decoded_wav(path, ulaw, speech_proto::ulaw_to_linear)
+}
+
+/// Writes the A-law bytes a party received as a 16-bit PCM mono 8 kHz WAV.
+pub fn write_alaw_as_wav(path: &Path, alaw: &[u8]) -> Result<()> {
+    write_decoded_wav(path, alaw, speech_proto::alaw_to_linear)
+}
+
+fn write_decoded_wav(path: &Path, g711: &[u8], decode: fn(u8) -> i16) -> Result<()> {
+    let linear: Vec<i16> = g711.iter().map(|&b| decode(b)).collect();
     write_linear_wav(path, &linear)
 }
 
@@ -237,16 +243,27 @@ pub fn write_linear_wav(path: &Path, samples: &[i16]) -> Result<()> {
 /// compare.py: `decoded` against `source` (sample-exact at 8 kHz, correlation ≥ 0.99 at other
 /// rates). The error carries compare.py's explanation.
 pub fn compare(rate: u32, decoded: &Path, source: &Path) -> Result<String> {
-    let mut cmd = std::process::Command::new("python3");
-    cmd.arg(checkers_dir()?.join("compare.py"))
-        .arg(decoded)
-        .arg(source);
     if rate == 8000 {
-        cmd.args(["--mode", "exact"]);
+        run_compare(decoded, source, &["--mode", "exact"])
     } else {
-        cmd.args(["--mode", "corr", "--threshold", "0.99"]);
+        run_compare(decoded, source, &["--mode", "corr", "--threshold", "0.99"])
     }
-    let out = cmd.output().context("running compare.py")?;
+}
+
+/// `decoded` is `source` passed through G.711 `law` (`ulaw` or `alaw`), sample for sample at
+/// some alignment (compare.py exact with `--quantize`).
+pub fn compare_through(law: &str, decoded: &Path, source: &Path) -> Result<String> {
+    run_compare(decoded, source, &["--mode", "exact", "--quantize", law])
+}
+
+fn run_compare(decoded: &Path, source: &Path, args: &[&str]) -> Result<String> {
+    let out = std::process::Command::new("python3")
+        .arg(checkers_dir()?.join("compare.py"))
+        .arg(decoded)
+        .arg(source)
+        .args(args)
+        .output()
+        .context("running compare.py")?;
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

@@ -19,8 +19,9 @@
 //! Outputs: [`ForkRequest`] (parsed, then passed by [`ForkSequence::apply`]), and [`ForkError::as_str`], which returns the
 //! reference's error string verbatim (these strings are what the controller parses).
 
+use control_api::ReturnMode;
 use serde_json::{Map, Value};
-use speech_proto::Profile;
+use speech_proto::{Channel, Profile};
 
 /// Content type of an INFO body (or multipart part) carrying a fork request or a status report
 /// (reference: "CUBE supports the INFO message with content type application/x-cisco-record+json").
@@ -291,6 +292,19 @@ pub struct StartRequest {
     pub codec: Option<ForkCodec>,
     /// Opaque metadata object forwarded to the speech server in the stream start message.
     pub metadata: Option<Map<String, Value>>,
+    /// The speech server talks back and is heard by one party (our extension `return-audio`,
+    /// inject mode); `None`: it only listens.
+    pub return_audio: Option<ReturnAudioRequest>,
+}
+
+/// What a START's `return-audio` asks for (our extension): the bot's audio is played to one
+/// party of the bridged call, in place of or mixed with the other party's (docs/fork-request.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReturnAudioRequest {
+    /// The party that hears the bot (`to`, default `caller`).
+    pub to: Channel,
+    /// What that party hears of its peer while the bot talks (`mode`, default `replace`).
+    pub mode: ReturnMode,
 }
 
 /// A validated fork request.
@@ -323,7 +337,10 @@ const START_KEYS: &[&str] = &[
     "codec",
     "metadata",
     "profile",
+    "return-audio",
 ];
+/// Keys of a START's `return-audio` object.
+const RETURN_AUDIO_KEYS: &[&str] = &["to", "mode"];
 const STOP_KEYS: &[&str] = &["type", "call-guid"];
 const UPDATE_KEYS: &[&str] = &["type", "call-guid", "metadata"];
 
@@ -452,6 +469,11 @@ fn parse_start(obj: &Map<String, Value>, call_guid: String) -> Result<StartReque
         Some(Value::String(s)) => Some(s.parse().map_err(|_| ForkError::UnexpectedFormat)?),
         Some(_) => return Err(ForkError::UnexpectedFormat),
     };
+    let return_audio = match obj.get("return-audio") {
+        None => None,
+        Some(Value::Object(ra)) => Some(parse_return_audio(ra)?),
+        Some(_) => return Err(ForkError::UnexpectedFormat),
+    };
     Ok(StartRequest {
         call_guid,
         server,
@@ -459,7 +481,41 @@ fn parse_start(obj: &Map<String, Value>, call_guid: String) -> Result<StartReque
         profile,
         codec,
         metadata,
+        return_audio,
     })
+}
+
+/// `return-audio`: an object with optional `to` (`caller`/`callee`) and `mode`
+/// (`replace`/`mix`), exact lower case like `codec` and `profile`; any other key or value is a
+/// typo to report.
+fn parse_return_audio(obj: &Map<String, Value>) -> Result<ReturnAudioRequest, ForkError> {
+    if obj.keys().any(|k| !RETURN_AUDIO_KEYS.contains(&k.as_str())) {
+        return Err(ForkError::UnexpectedFormat);
+    }
+    let to = one_of(
+        obj.get("to"),
+        Channel::Caller,
+        &[("caller", Channel::Caller), ("callee", Channel::Callee)],
+    )?;
+    let mode = one_of(
+        obj.get("mode"),
+        ReturnMode::Replace,
+        &[("replace", ReturnMode::Replace), ("mix", ReturnMode::Mix)],
+    )?;
+    Ok(ReturnAudioRequest { to, mode })
+}
+
+/// A string that must be one of `names` exactly; absent: `default`.
+fn one_of<T: Copy>(v: Option<&Value>, default: T, names: &[(&str, T)]) -> Result<T, ForkError> {
+    match v {
+        None => Ok(default),
+        Some(Value::String(s)) => names
+            .iter()
+            .find(|(n, _)| n == s)
+            .map(|&(_, t)| t)
+            .ok_or(ForkError::UnexpectedFormat),
+        Some(_) => Err(ForkError::UnexpectedFormat),
+    }
 }
 
 /// Parses `ws[s]://host[:port][/path]`. Written by hand because the workspace has no URL crate

@@ -43,14 +43,15 @@ use std::net::SocketAddr;
 use control_api::request::DEFAULT_PTIME_MS;
 use control_api::{
     Answer, Channel, ClientError, Codec, Destination, FlowSpec, ForkSpec, Op, PauseReason,
-    StopReason, StreamSpec,
+    ReturnAudio, StopReason, StreamSpec,
 };
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
 use crate::core::b2bua::{CallHandle, CallParties, Leg, NegotiatedMedia, SessionEvent};
 use crate::core::fork_request::{
-    ForkCodec, ForkError, ForkKind, ForkRequest, ForkState, StatusReport, StreamStatus,
+    ForkCodec, ForkError, ForkKind, ForkRequest, ForkState, ReturnAudioRequest, StatusReport,
+    StreamStatus,
 };
 
 mod bot;
@@ -279,6 +280,24 @@ fn law(m: &NegotiatedMedia) -> Codec {
     match m.codec.as_ref().and_then(|k| k.name.as_deref()) {
         Some("PCMA") => Codec::Pcma,
         _ => Codec::Pcmu,
+    }
+}
+
+/// Where a bridged call's return audio goes (inject mode). The flow named is the one whose leg
+/// carries audio *to* the hearer, from the other party's anchor (see [`desired_flows`]): the
+/// callee's packets arrive at `local(b)` and leave towards the caller, so the caller hears the
+/// bot on the flow at `local(b)`, and the callee on the one at `local(a)`. The payload type is
+/// the one the hearer's leg negotiated, what its phone expects.
+fn inject(r: ReturnAudioRequest, a: &NegotiatedMedia, b: &NegotiatedMedia) -> ReturnAudio {
+    let (hearer, peer) = match r.to {
+        Channel::Caller => (a, b),
+        Channel::Callee => (b, a),
+    };
+    ReturnAudio {
+        to: r.to,
+        flow: local(peer),
+        payload_type: hearer.codec.as_ref().map(|k| k.pt),
+        mode: r.mode,
     }
 }
 
@@ -675,7 +694,7 @@ impl MediaLayer {
                             flow: local(b),
                         },
                     ],
-                    return_audio: None,
+                    return_audio: s.return_audio.map(|r| inject(r, a, b)),
                 };
                 // The B2BUA's fork sequence allowed it: a new GUID within `max_per_call`.
                 c.forks.push(Fork {

@@ -50,6 +50,7 @@ mod package_deb;
 mod passthrough_and_errors;
 mod scripts_ops;
 mod sip_bot_call;
+mod sip_bot_inject;
 mod sip_call_counts;
 mod sip_callee_bye;
 mod sip_cancel;

@@ -12,25 +12,16 @@
 #![allow(clippy::disallowed_methods)]
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use serde_json::{json, Value};
-use xdpfork_tests::bot::{assert_one_stream, bot_speech, heard, pcap_udp, Rx};
-use xdpfork_tests::dialects::{checkers_dir, write_linear_wav, write_ulaw_as_wav, Checker, TWILIO};
-use xdpfork_tests::Host;
+use xdpfork_tests::bot::{assert_one_stream, heard, Rx};
+use xdpfork_tests::dialects::TWILIO;
 
-use crate::sip_support::{SipTest, PCMA};
-
-const BOT_WS: &str = "10.77.3.2:9001";
+use crate::sip_support::{SipBot, SipTest, BOT_WS, PCMA};
 
 struct BotCall {
     t: SipTest,
-    bot: Checker,
-    speech: Vec<u8>,
-    bot_wav: PathBuf,
-    pcap: PathBuf,
+    bot: SipBot,
 }
 
 fn start(speech_ms: usize, bot_args: &[&str]) -> Result<BotCall> {
@@ -45,47 +36,9 @@ fn start(speech_ms: usize, bot_args: &[&str]) -> Result<BotCall> {
         &asr_extra,
         "[[bot]]\npattern = \"7000\"\nspeech_server = \"bot\"\n",
     )?;
-    let dir = t.dir.clone();
-    let speech = bot_speech(speech_ms);
-    let bot_wav = dir.join("bot.wav");
-    write_ulaw_as_wav(&bot_wav, &speech)?;
-    let wav_s = bot_wav.to_string_lossy().into_owned();
-    let mut args = vec!["--bot-wav", wav_s.as_str(), "--bot-chunk-ms", "100"];
-    args.extend_from_slice(bot_args);
-    let bot = TWILIO.spawn_checker(&mut t.s.topo, "bot", BOT_WS, &dir, &args)?;
-    // What reaches sipp's media port, captured where sipp is.
-    let pcap = dir.join("caller-rx.pcap");
-    let pcap_s = pcap.to_string_lossy().into_owned();
-    t.s.topo.spawn(
-        "tcpdump",
-        Host::Caller,
-        std::path::Path::new("/usr/bin/tcpdump"),
-        &[
-            "-i",
-            "ca0",
-            "-U",
-            "-n",
-            "-w",
-            &pcap_s,
-            "udp and dst host 10.77.1.2 and dst port 40000",
-        ],
-    )?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !t.s.topo.log("tcpdump").contains("listening on") {
-        anyhow::ensure!(
-            Instant::now() < deadline && t.s.topo.is_running("tcpdump"),
-            "tcpdump did not start: {}",
-            t.s.topo.log("tcpdump")
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(BotCall {
-        t,
-        bot,
-        speech,
-        bot_wav,
-        pcap,
-    })
+    // The bot, and what reaches sipp's media port, captured where sipp is.
+    let bot = SipBot::start(&mut t, speech_ms, bot_args)?;
+    Ok(BotCall { t, bot })
 }
 
 impl BotCall {
@@ -106,49 +59,14 @@ impl BotCall {
     }
 
     /// After the call: nothing left in fork-agent; the bot's report and what sipp received.
-    fn finish(&mut self) -> Result<(Value, Vec<Rx>)> {
+    fn finish(&mut self) -> Result<(serde_json::Value, Vec<Rx>)> {
         self.t.wait_no_flows()?;
-        self.bot
-            .wait_closed(Duration::from_secs(10))
-            .with_context(|| format!("bot log:\n{}", self.t.s.topo.log("bot")))?;
-        for name in ["bot", "tcpdump"] {
-            self.t
-                .s
-                .topo
-                .signal(name, nix::sys::signal::Signal::SIGTERM)?;
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.t.s.topo.is_running("tcpdump") && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let got = pcap_udp(&self.pcap)?
-            .into_iter()
-            .filter_map(|(from, _, d)| Rx::parse(from, 0.0, &d))
-            .collect();
-        Ok((self.bot.read_report(), got))
+        self.bot.finish(&mut self.t)
     }
 
     /// The A-law the caller heard equals the bot's speech through A-law, sample for sample.
     fn compare_heard(&self, heard: &[u8]) -> Result<String> {
-        let wav = self.t.dir.join("heard.wav");
-        let linear: Vec<i16> = heard
-            .iter()
-            .map(|&a| speech_proto::alaw_to_linear(a))
-            .collect();
-        write_linear_wav(&wav, &linear)?;
-        let out = std::process::Command::new("python3")
-            .arg(checkers_dir()?.join("compare.py"))
-            .arg(&wav)
-            .arg(&self.bot_wav)
-            .args(["--mode", "exact", "--quantize", "alaw"])
-            .output()?;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        anyhow::ensure!(out.status.success(), "heard audio is not the bot's: {text}");
-        Ok(text.trim().to_owned())
+        self.bot.compare_heard(&self.t.dir, heard)
     }
 }
 
@@ -157,37 +75,20 @@ fn anchor_of(got: &[Rx]) -> Result<SocketAddr> {
     got.first().map(|p| p.from).context("sipp received nothing")
 }
 
-fn assert_clean(r: &Value, log: &str) {
-    assert_eq!(r["violations"], json!([]), "bot checker: {r:#}\n{log}");
-}
-
 #[test]
 fn sip_bot_call_the_caller_hears_the_bot() -> Result<()> {
     let mut b = start(1500, &[])?;
     b.call(4000)?;
     let (r, got) = b.finish()?;
-    assert_clean(&r, &b.t.s.topo.log("bot"));
     let anchor = anchor_of(&got)?;
     assert_eq!(anchor.ip().to_string(), "10.77.1.1");
     assert_one_stream(&got, anchor, 8);
     assert_eq!(got.iter().filter(|p| p.marker).count(), 1, "one talkspurt");
     let audio = heard(&got, 0xd5);
-    assert_eq!(audio.len(), b.speech.len(), "the whole utterance");
+    assert_eq!(audio.len(), b.bot.speech.len(), "the whole utterance");
     eprintln!("{}", b.compare_heard(&audio)?);
-    let bot = &r["per_connection"][0]["bot"];
-    let sent: Vec<&str> = bot["marks_sent"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .collect();
-    let echoed: Vec<&str> = bot["marks_echoed"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|m| m["name"].as_str())
-        .collect();
-    assert_eq!(echoed, sent, "{bot:#}");
+    let (sent, echoed) = SipBot::marks(&r);
+    assert_eq!(echoed, sent, "marks back in order: {r:#}");
     assert_eq!(sent.len(), 15);
     // The caller's A-law, forked through the kernel, reached the bot (as µ-law, Twilio's).
     let inbound = r["tracks"]["inbound"]["samples"].as_u64().unwrap_or(0);
@@ -203,7 +104,6 @@ fn sip_bot_call_clear_then_the_bot_leaves_and_the_call_stays_up() -> Result<()> 
     )?;
     b.call(4000)?;
     let (r, got) = b.finish()?;
-    assert_clean(&r, &b.t.s.topo.log("bot"));
     let anchor = anchor_of(&got)?;
     // One stream from answer to BYE: the bot's leaving interrupts nothing on the wire.
     assert_one_stream(&got, anchor, 8);

@@ -194,6 +194,60 @@ fn profile_values() {
 }
 
 #[test]
+fn return_audio_values() {
+    let ra = |extra: &str| {
+        ForkRequest::parse(start_json(extra).as_bytes()).map(|r| match r {
+            ForkRequest::Start(s) => s.return_audio,
+            _ => unreachable!("START parses to Start"),
+        })
+    };
+    let want = |to, mode| Ok(Some(ReturnAudioRequest { to, mode }));
+    assert_eq!(ra(""), Ok(None));
+    // Both keys default: the caller hears the bot alone.
+    assert_eq!(
+        ra(r#","return-audio":{}"#),
+        want(Channel::Caller, ReturnMode::Replace)
+    );
+    assert_eq!(
+        ra(r#","return-audio":{"to":"callee"}"#),
+        want(Channel::Callee, ReturnMode::Replace)
+    );
+    assert_eq!(
+        ra(r#","return-audio":{"mode":"mix"}"#),
+        want(Channel::Caller, ReturnMode::Mix)
+    );
+    assert_eq!(
+        ra(r#","return-audio":{"to":"caller","mode":"replace"}"#),
+        want(Channel::Caller, ReturnMode::Replace)
+    );
+    for bad in [
+        "true",
+        r#""caller""#,
+        "null",
+        r#"{"to":"Caller"}"#,
+        r#"{"to":"calling"}"#,
+        r#"{"to":1}"#,
+        r#"{"mode":"MIX"}"#,
+        r#"{"mode":"duck"}"#,
+        r#"{"mode":null}"#,
+        r#"{"to":"caller","volume":3}"#,
+        r#"{"To":"caller"}"#,
+    ] {
+        assert_eq!(
+            ra(&format!(r#","return-audio":{bad}"#)),
+            Err(ForkError::UnexpectedFormat),
+            "{bad}"
+        );
+    }
+    // Only START asks for it.
+    let stop = format!(r#"{{"type":"STOP","call-guid":"{GUID}","return-audio":{{}}}}"#);
+    assert_eq!(
+        ForkRequest::parse(stop.as_bytes()),
+        Err(ForkError::UnexpectedFormat)
+    );
+}
+
+#[test]
 fn codec_values() {
     assert!(ForkRequest::parse(start_json(r#","codec":"g711ulaw""#).as_bytes()).is_ok());
     for bad in [

@@ -13,6 +13,7 @@
 use std::collections::VecDeque;
 
 use control_api::{ApiError, Channel, ClientError, ForkStarted, ForkStatus, Op, StopReason};
+use speech_proto::{Profile, ReturnAudioError};
 use tracing::{debug, warn};
 
 use super::{MediaLayer, MediaOutput, Purpose};
@@ -100,17 +101,29 @@ pub(super) enum Link {
 pub use control_api::DESTINATION_NOT_ALLOWED;
 
 /// The reference's error string fork-agent refused with; `Connection failed` for a
-/// destination it does not allow; else "Internal error" (a refusal without one, or fork-agent
-/// not reachable).
+/// destination it does not allow; `Unsupported flow` for return audio asked of a profile that
+/// has none (AudioHook, raw); else "Internal error" (a refusal without one, or fork-agent not
+/// reachable).
 pub(super) fn fork_error(e: &ClientError) -> ForkError {
     match e.api() {
-        Some(ApiError::Refused(text)) => ForkError::from_wire(text).or_else(|| {
-            text.starts_with(DESTINATION_NOT_ALLOWED)
-                .then_some(ForkError::ConnectionFailed)
-        }),
+        Some(ApiError::Refused(text)) => ForkError::from_wire(text)
+            .or_else(|| {
+                text.starts_with(DESTINATION_NOT_ALLOWED)
+                    .then_some(ForkError::ConnectionFailed)
+            })
+            .or_else(|| no_return_audio(text).then_some(ForkError::UnsupportedFlow)),
         _ => None,
     }
     .unwrap_or(ForkError::InternalError)
+}
+
+/// Whether fork-agent's refusal is the speech protocol's "this profile has no return audio"
+/// (speech-proto's [`ReturnAudioError`], which fork-agent passes on as its text, possibly
+/// after a context).
+fn no_return_audio(text: &str) -> bool {
+    Profile::ALL
+        .into_iter()
+        .any(|p| text.contains(&ReturnAudioError::NotInProfile(p).to_string()))
 }
 
 /// Whether an event naming `fork_id` is about the fork whose streams are `channels` (an event

@@ -174,6 +174,7 @@ fn start_carries_the_destination_and_parties_and_started_waits_for_the_event() {
             profile: Some(speech_proto::Profile::Twilio),
             codec: None,
             metadata: None,
+            return_audio: None,
         }),
         parties: parties.clone(),
     });

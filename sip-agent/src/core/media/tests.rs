@@ -4,7 +4,7 @@ use super::*;
 use crate::core::b2bua::EndReason;
 use crate::core::fork_request::{SpeechServer, StartRequest, WsScheme};
 use crate::core::sdp::{Codec, Direction};
-use control_api::ApiError;
+use control_api::{ApiError, ReturnMode};
 
 pub(super) const CALL: CallHandle = CallHandle(7);
 
@@ -101,6 +101,11 @@ pub(super) fn sa(s: &str) -> SocketAddr {
 }
 
 pub(super) fn start(guid: &str) -> SessionEvent {
+    start_with(guid, None)
+}
+
+/// A START, with `return-audio` if given.
+pub(super) fn start_with(guid: &str, return_audio: Option<ReturnAudioRequest>) -> SessionEvent {
     SessionEvent::ForkRequest {
         call: CALL,
         leg: Leg::A,
@@ -116,6 +121,7 @@ pub(super) fn start(guid: &str) -> SessionEvent {
             profile: None,
             codec: None,
             metadata: None,
+            return_audio,
         }),
         parties: CallParties::default(),
     }
@@ -236,6 +242,110 @@ fn start_refused_reports_the_agents_error_string() {
     m.handle_control_result(job, Err(refused("no such speech server")));
     let st = statuses(&drain(&mut m));
     assert_eq!(st[0].status, Some(ForkError::InternalError));
+}
+
+#[test]
+fn return_audio_names_the_flow_towards_the_hearer() {
+    // Distinct payload types per leg show whose is used: the hearer's.
+    let mut a = a_media();
+    a.codec = Some(codec("PCMU", 96));
+    let mut m = layer();
+    for (leg, media) in [(Leg::A, a), (Leg::B, b_media())] {
+        m.handle_session(&SessionEvent::MediaUp {
+            call: CALL,
+            leg,
+            media,
+        });
+    }
+    let flows: Vec<FlowSpec> = ops(&drain(&mut m))
+        .into_iter()
+        .filter_map(|(_, op)| match op {
+            Op::FlowAdd { flow } if !flow.rtcp => Some(flow),
+            _ => None,
+        })
+        .collect();
+    let towards = |party: SocketAddr| {
+        flows
+            .iter()
+            .find(|f| f.dst == party)
+            .map(|f| f.local)
+            .expect("a flow towards each party")
+    };
+    for (to, mode, hearer, pt) in [
+        (
+            Channel::Caller,
+            ReturnMode::Replace,
+            sa("10.77.1.2:40000"),
+            96,
+        ),
+        (Channel::Callee, ReturnMode::Mix, sa("10.77.2.2:40000"), 0),
+    ] {
+        m.handle_session(&start_with("abc", Some(ReturnAudioRequest { to, mode })));
+        let out = drain(&mut m);
+        let [(job, Op::ForkStart { fork })] = &ops(&out)[..] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(
+            fork.return_audio,
+            Some(ReturnAudio {
+                to,
+                flow: towards(hearer),
+                payload_type: Some(pt),
+                mode,
+            }),
+            "{to:?}"
+        );
+        // The callee's packets arrive at leg B's anchor and go to the caller, and back.
+        let expected = match to {
+            Channel::Caller => sa("10.77.2.1:30002"),
+            Channel::Callee => sa("10.77.1.1:30000"),
+        };
+        assert_eq!(towards(hearer), expected);
+        // The streams are those of any fork: both parties are heard by the bot.
+        assert_eq!(fork.streams.len(), 2);
+        m.handle_control_result(*job, Err(refused("Internal error")));
+        drain(&mut m);
+    }
+    // Without `return-audio` the bot only listens.
+    m.handle_session(&start("abc"));
+    let out = drain(&mut m);
+    let [(_, Op::ForkStart { fork })] = &ops(&out)[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(fork.return_audio, None);
+}
+
+#[test]
+fn return_audio_refused_by_the_profile_is_unsupported_flow() {
+    let mut m = layer();
+    let out = up(&mut m);
+    ok_all(&mut m, &out);
+    let ra = ReturnAudioRequest {
+        to: Channel::Caller,
+        mode: ReturnMode::Replace,
+    };
+    for (i, p) in [speech_proto::Profile::Audiohook, speech_proto::Profile::Raw]
+        .into_iter()
+        .enumerate()
+    {
+        let guid = format!("ab{i}");
+        m.handle_session(&start_with(&guid, Some(ra)));
+        let out = drain(&mut m);
+        let (job, _) = ops(&out)[0].clone();
+        // fork-agent passes the speech protocol's error on as its refusal text.
+        let text = speech_proto::ReturnAudioError::NotInProfile(p).to_string();
+        m.handle_control_result(job, Err(refused(&text)));
+        let st = statuses(&drain(&mut m));
+        assert_eq!(
+            (st[0].state, st[0].status, st[0].call_guid.as_deref()),
+            (
+                ForkState::Error,
+                Some(ForkError::UnsupportedFlow),
+                Some(&*guid)
+            ),
+            "{text}"
+        );
+    }
 }
 
 #[test]

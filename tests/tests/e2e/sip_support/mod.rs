@@ -15,9 +15,14 @@ use std::{
 use anyhow::{bail, Context, Result};
 use xdpfork_tests::{bin, Host, Scenario};
 
+mod bot;
+pub use bot::{SipBot, BOT_WS};
+
 pub const AGENT_A: &str = "10.77.1.1:5060";
 pub const CALLER_IP: &str = "10.77.1.2";
 pub const CALLEE_IP: &str = "10.77.2.2";
+/// sipp's media port (`-mp`) on both sides.
+pub const CALLER_MEDIA_PORT: u16 = 40000;
 pub const SPEECH_URL: &str = "ws://10.77.3.2:9000/stream";
 /// The standard `[security]` body: the caller sipp is also the controller (CVP as the calling
 /// UA), so its address may send fork requests.
@@ -320,12 +325,16 @@ bind_media = "10.77.2.1"
     /// Starts the callee sipp (UAS) with `scenario` and keys; `-rtp_echo` sends the caller's
     /// audio back as the callee's.
     pub fn callee(&mut self, scenario: &str, keys: &[(&str, &str)], extra: &[&str]) -> Result<()> {
+        self.callee_at(&sipp_file(scenario), keys, extra)
+    }
+
+    /// [`SipTest::callee`] with a scenario file anywhere (one the test wrote).
+    pub fn callee_at(&mut self, sf: &str, keys: &[(&str, &str)], extra: &[&str]) -> Result<()> {
         let msg = self.dir.join("callee.msg").to_string_lossy().into_owned();
         let err = self.dir.join("callee.err").to_string_lossy().into_owned();
-        let sf = sipp_file(scenario);
         let mut args: Vec<String> = [
             "-sf",
-            &sf,
+            sf,
             "-i",
             CALLEE_IP,
             "-p",
