@@ -23,6 +23,16 @@ pub enum BotCommand {
     /// Drop everything queued at once (barge-in); marks still queued are reported as played,
     /// as Twilio does.
     Clear,
+    /// Forget the server's marks still queued, without reporting them; the audio plays on
+    /// (jambonz `clearMarks`). A dialect's own marks, whose names begin with a control
+    /// character (never a server's: [`is_own_mark`]), are kept.
+    ClearMarks,
+}
+
+/// Whether a mark name is a dialect's own (a control character first, which no server mark
+/// may have), not the server's.
+pub fn is_own_mark(name: &str) -> bool {
+    name.starts_with(char::is_control)
 }
 
 /// Why a fork cannot have return audio.

@@ -38,7 +38,7 @@ pub use audio::{
     decode_audio, encode_audio, set_audio_stream_id, AudioHeader, ProtoError, FLAG_FIRST,
     FLAG_MARKER, MAGIC,
 };
-pub use bot::{BotCommand, ReturnAudioError, BOT_SAMPLE_RATE, MAX_MARK_NAME};
+pub use bot::{is_own_mark, BotCommand, ReturnAudioError, BOT_SAMPLE_RATE, MAX_MARK_NAME};
 pub use control::{
     Channel, Clear, Codec, Control, Dtmf, ErrorMsg, Mark, Pause, PauseReason, Resume, Start, Stop,
     StopReason, Update,

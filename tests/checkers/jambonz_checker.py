@@ -48,6 +48,9 @@ class JambonzSession(common.Session):
         self.play_done: list[float | None] = []
         self.bot_samples_sent = 0
         self.killed_ms: float | None = None
+        # clearMarks: the marks it made us forget, and those answered anyway (in flight).
+        self.marks_forgotten: list[str] = []
+        self.marks_late: list[str] = []
 
     def check_upgrade(self, request: Request) -> tuple[int, str] | None:
         offered = [p.strip() for line in request.headers.get_all("Sec-WebSocket-Protocol") for p in line.split(",")]
@@ -142,6 +145,10 @@ class JambonzSession(common.Session):
         name, event = data.get("name"), data.get("event")
         if event != "playout":
             self.violation(f"mark {name!r} answered with event {event!r}, expected \"playout\"")
+        if name in self.marks_forgotten:
+            # Played while our clearMarks was on its way: counted, the test judges how many.
+            self.marks_late.append(name)
+            return
         self.bot_mark_back(name, f"{SPEC} bidirectional audio")
 
     async def talk(self, ws) -> None:
@@ -171,6 +178,12 @@ class JambonzSession(common.Session):
                 name = f"m{k}"
                 await ws.send(json.dumps({"type": "mark", "data": {"name": name}}))
                 self.marks_sent.append(name)
+        if a.bot_clear_marks_after_ms is not None:
+            await asyncio.sleep(max(0.0, a.bot_clear_marks_after_ms / 1000 - (time.monotonic() - self.bot_t0)))
+            await ws.send(json.dumps({"type": "clearMarks"}))
+            # The marks not answered yet are forgotten: none may come back, the audio plays on.
+            n = len(self.marks_echoed)
+            self.marks_forgotten, self.marks_sent = self.marks_sent[n:], self.marks_sent[:n]
         if a.bot_kill_after_ms is not None:
             await asyncio.sleep(max(0.0, a.bot_kill_after_ms / 1000 - (time.monotonic() - self.bot_t0)))
             await ws.send(json.dumps({"type": "killAudio"}))
@@ -183,6 +196,8 @@ class JambonzSession(common.Session):
                 "samples_sent": self.bot_samples_sent,
                 "marks_sent": self.marks_sent,
                 "marks_echoed": self.marks_echoed,
+                "marks_forgotten": self.marks_forgotten,
+                "marks_late": self.marks_late,
                 "clips_sent": self.clips_sent,
                 "play_done_ms": self.play_done,
                 "killed_ms": self.killed_ms,
@@ -200,6 +215,8 @@ def main() -> None:
                    help="stream: binary L16 frames + marks; play: one playAudio clip")
     p.add_argument("--bot-chunk-ms", type=common.positive(float), default=100.0, metavar="MS",
                    help="stream mode: audio per binary frame (each followed by a mark)")
+    p.add_argument("--bot-clear-marks-after-ms", type=float, metavar="MS",
+                   help="send clearMarks this long after the bot began talking (pending marks forgotten)")
     p.add_argument("--bot-kill-after-ms", type=float, metavar="MS",
                    help="send killAudio this long after the bot began talking")
     p.add_argument("--bot-connections", type=common.positive(int), default=1, metavar="N",

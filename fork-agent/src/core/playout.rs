@@ -184,6 +184,8 @@ pub struct PlayoutStats {
     pub marks: u64,
     /// Clears received.
     pub clears: u64,
+    /// Server marks forgotten unreported (`ClearMarks`).
+    pub marks_forgotten: u64,
     /// Samples dropped because the buffer was full.
     pub samples_dropped: u64,
     /// Samples dropped by a clear.
@@ -294,6 +296,12 @@ impl Playout {
             BotCommand::Clear => {
                 self.stats.clears += 1;
                 self.clear();
+            }
+            BotCommand::ClearMarks => {
+                let before = self.queue.len();
+                self.queue
+                    .retain(|i| !matches!(i, Item::Mark(n) if !speech_proto::is_own_mark(n)));
+                self.stats.marks_forgotten += (before - self.queue.len()) as u64;
             }
         }
         self.schedule(now);
@@ -1112,5 +1120,32 @@ mod tests {
             .payload
             .iter()
             .all(|&b| b == speech_proto::linear_to_ulaw(2000)));
+    }
+
+    #[test]
+    fn clear_marks_forgets_the_servers_marks_and_keeps_the_audio_and_the_dialects_own() {
+        let mut now = t0();
+        let mut p = Playout::new(now, PlayoutConfig::default(), start());
+        p.handle_command(now, BotCommand::Play(speech(160)));
+        p.handle_command(now, BotCommand::Mark("a".into()));
+        p.handle_command(now, BotCommand::Play(speech(160)));
+        p.handle_command(now, BotCommand::Mark("\u{1}own".into()));
+        p.handle_command(now, BotCommand::Mark("b".into()));
+        p.handle_command(now, BotCommand::ClearMarks);
+        p.handle_command(now, BotCommand::Play(speech(160)));
+        p.handle_command(now, BotCommand::Mark("c".into()));
+        let out = run(&mut p, &mut now, t0() + 200 * MS);
+        let marks: Vec<&Out> = out.iter().filter(|o| matches!(o, Out::Mark(_))).collect();
+        assert_eq!(
+            marks,
+            [&Out::Mark("\u{1}own".into()), &Out::Mark("c".into())],
+            "a and b forgotten, the dialect's own and a later one reported"
+        );
+        let audio = rtp(&out)
+            .iter()
+            .filter(|k| k.payload != vec![0xff; 160])
+            .count();
+        assert_eq!(audio, 3, "every frame of audio still played");
+        assert_eq!(p.stats().marks_forgotten, 2);
     }
 }

@@ -17,11 +17,11 @@
 //!
 //! Server → client: JSON commands `error` ([`ServerSignal::Error`]), `disconnect`
 //! ([`ServerSignal::Refused`]: the server ends the listen), `transcription`, `transfer`,
-//! `clearMarks` (accepted, not acted on, counted). Bidirectional audio, when a stream was started
+//! Bidirectional audio, when a stream was started
 //! with `return_audio` (otherwise accepted, not played, counted): binary frames of L16 at the
 //! destination's `rate` (jambonz `bidirectionalAudio.streaming`), `playAudio` with a base64 raw
 //! L16 clip at its `sampleRate` (8000 or 16000; `playDone` is answered once it has been played,
-//! or killed), `killAudio` (clear), `mark` (answered `{"type":"mark","data":{"name":…,
+//! or killed), `killAudio` (clear), `clearMarks` (pending marks forgotten, unanswered), `mark` (answered `{"type":"mark","data":{"name":…,
 //! "event":"playout"}}` once the audio before it has been played). 16 kHz audio is decimated to
 //! the call's 8 kHz ([`crate::Downsampler`]). Other text is a violation.
 
@@ -45,10 +45,10 @@ use super::{
 pub const JAMBONZ_SUBPROTOCOL: &str = "audio.jambonz.org";
 
 /// Commands a server may send that we accept without acting on them.
-const IGNORED_COMMANDS: [&str; 3] = ["transcription", "transfer", "clearMarks"];
+const IGNORED_COMMANDS: [&str; 2] = ["transcription", "transfer"];
 
 /// Commands of bidirectional audio: acted on with return audio, accepted and counted without.
-const AUDIO_COMMANDS: [&str; 3] = ["playAudio", "killAudio", "mark"];
+const AUDIO_COMMANDS: [&str; 4] = ["playAudio", "killAudio", "mark", "clearMarks"];
 
 /// The mark that stands for the end of one `playAudio` clip. A server's mark name never starts
 /// with a control character (refused), so the two cannot be confused.
@@ -144,11 +144,12 @@ impl Jambonz {
         let field = |name: &str| data.and_then(|d| d.get(name));
         let commands = match kind {
             "killAudio" => vec![BotCommand::Clear],
+            "clearMarks" => vec![BotCommand::ClearMarks],
             "mark" => {
                 let name = field("name")
                     .and_then(Value::as_str)
                     .ok_or(ServerViolation::MalformedText)?;
-                if name.len() > MAX_MARK_NAME || name.starts_with(char::is_control) {
+                if name.len() > MAX_MARK_NAME || crate::is_own_mark(name) {
                     return Err(ServerViolation::BadParameters);
                 }
                 vec![BotCommand::Mark(name.to_owned())]
@@ -562,6 +563,10 @@ mod tests {
             d.on_server_text(t0, r#"{"type":"killAudio"}"#, &mut out),
             bot(vec![BotCommand::Clear])
         );
+        assert_eq!(
+            d.on_server_text(t0, r#"{"type":"clearMarks"}"#, &mut out),
+            bot(vec![BotCommand::ClearMarks])
+        );
         assert!(out.is_empty(), "answers wait for the playout");
         d.on_mark_played(t0, sid(Channel::Caller), PLAY_DONE, &mut out);
         d.on_mark_played(t0, sid(Channel::Caller), "greeting", &mut out);
@@ -604,6 +609,6 @@ mod tests {
                 "{bad}"
             );
         }
-        assert_eq!(d.stats().bot_commands, 4);
+        assert_eq!(d.stats().bot_commands, 5);
     }
 }

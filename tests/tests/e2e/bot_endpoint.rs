@@ -322,6 +322,34 @@ fn bot_endpoint_jambonz_streams_l16_and_marks() -> Result<()> {
     Ok(())
 }
 
+/// jambonz `clearMarks` 450 ms into a 2 s utterance: the marks not played yet are forgotten
+/// (never answered) and the audio plays on in full.
+#[test]
+fn bot_endpoint_jambonz_clear_marks_forgets_pending_marks_not_audio() -> Result<()> {
+    let mut b = start_with(&JAMBONZ, 2000, &["--bot-clear-marks-after-ms", "450"])?;
+    b.wait_status("started", false)?;
+    let (_, got) = b.converse(3000)?;
+    let r = b.finish()?;
+    assert_clean(&r, &b.s.topo.log("bot"));
+    assert_one_stream(&got, a_local(), 0);
+    assert_eq!(
+        heard(&got, 0xff),
+        b.speech,
+        "the whole utterance, unchanged"
+    );
+    let bot = &r["per_connection"][0]["bot"];
+    let echoed = bot["marks_echoed"].as_array().map_or(0, Vec::len);
+    let forgotten = bot["marks_forgotten"].as_array().map_or(0, Vec::len);
+    let late = bot["marks_late"].as_array().map_or(0, Vec::len);
+    assert_eq!(echoed + forgotten, 20, "{bot:#}");
+    assert!(
+        (3..=6).contains(&echoed) && forgotten >= 14,
+        "marks before the clearMarks answered, the rest forgotten: {bot:#}"
+    );
+    assert!(late <= 1, "at most one answer already on its way: {bot:#}");
+    Ok(())
+}
+
 #[test]
 fn bot_endpoint_jambonz_play_audio_is_answered_play_done() -> Result<()> {
     let mut b = start_with(&JAMBONZ, 600, &["--bot-mode", "play"])?;
