@@ -17,7 +17,7 @@ use anyhow::{Context, Result};
 use xdpfork_tests::bot::{assert_one_stream, heard, Rx};
 use xdpfork_tests::dialects::TWILIO;
 
-use crate::sip_support::{SipBot, SipTest, BOT_WS, PCMA};
+use crate::sip_support::{received_bye, SipBot, SipTest, BOT_WS, PCMA};
 
 struct BotCall {
     t: SipTest,
@@ -124,5 +124,31 @@ fn sip_bot_call_clear_then_the_bot_leaves_and_the_call_stays_up() -> Result<()> 
     );
     // The fork reconnected after the bot left (the checker's second connection is silent).
     assert_eq!(r["connections"], 2, "{r:#}");
+    Ok(())
+}
+
+/// Nobody answers at the bot's address: fork-agent gives up connecting and sip-agent ends the
+/// call with a BYE saying why, instead of leaving the caller in silence until a timer.
+#[test]
+fn sip_bot_call_ends_when_the_bot_cannot_be_reached() -> Result<()> {
+    // The bot's address, where nothing listens (no checker is started).
+    let asr_extra = format!(
+        "\n[[speech_server]]\nname = \"bot\"\nurl = \"ws://{BOT_WS}/media\"\n\
+         backoff_initial_ms = 100\nbackoff_max_ms = 200\nmax_connect_attempts = 2\n{}",
+        TWILIO.server_toml()
+    );
+    let t = SipTest::start_with_speech_and(
+        &[],
+        &asr_extra,
+        "[[bot]]\npattern = \"7000\"\nspeech_server = \"bot\"\n",
+    )?;
+    let run = t.caller("uac_bot_released.xml", &PCMA, &["-s", "7000"])?;
+    assert!(run.ok, "caller failed\n{}", t.diag(Some(&run)));
+    let bye = received_bye(&run.messages).unwrap_or_default();
+    assert!(
+        bye.contains("Reason: SIP;cause=503;text=\"Voice bot unavailable\""),
+        "the caller's BYE: {bye}"
+    );
+    t.wait_no_flows()?;
     Ok(())
 }

@@ -97,13 +97,6 @@ fn plain(log: &str) -> String {
     out
 }
 
-/// The BYE sipp received in a message log, from its request line to the end of its headers.
-fn received_bye(log: &str) -> Option<&str> {
-    let at = log.find("BYE sip:")?;
-    let rest = &log[at..];
-    Some(rest.split("\n\n").next().unwrap_or(rest))
-}
-
 fn no_forks_left(t: &SipTest) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {

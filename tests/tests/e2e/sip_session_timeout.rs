@@ -19,13 +19,6 @@ const MAX_SECS: u64 = 3;
 /// What the BYEs must carry.
 const REASON: &str = "Reason: Q.850;cause=102;text=\"Maximum call duration\"";
 
-/// The BYE sipp received in a message log, from its request line to the end of its headers.
-fn received_bye(log: &str) -> Option<&str> {
-    let at = log.find("BYE sip:")?;
-    let rest = &log[at..];
-    Some(rest.split("\n\n").next().unwrap_or(rest))
-}
-
 #[test]
 fn max_call_duration_releases_a_forked_call() -> Result<()> {
     let mut t = SipTest::start_with_config_and_args(

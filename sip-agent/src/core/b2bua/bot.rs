@@ -19,7 +19,7 @@ use rsip::{Header, Request};
 use tracing::debug;
 
 use super::{
-    body_parts, B2bua, BotCall, BotRoute, Call, CallHandle, CallParties, CallState, Leg,
+    body_parts, B2bua, BotCall, BotLeg, BotRoute, Call, CallHandle, CallParties, CallState, Leg,
     PortAllocator, SessionEvent, SDP,
 };
 use crate::core::dialog::Dialog;
@@ -157,7 +157,7 @@ impl<P: PortAllocator> B2bua<P> {
                 counted: true,
                 timers: CallTimers::default(),
                 session_interval: None,
-                bot: Some(bot.clone()),
+                bot: Some(BotLeg::default()),
             },
         );
         self.changed.insert(call);

@@ -13,7 +13,8 @@
 use std::time::Instant;
 
 use super::{
-    B2bua, B2buaError, CallHandle, CallParties, Leg, Pending, PortAllocator, SessionEvent,
+    B2bua, B2buaError, CallHandle, CallParties, EndReason, Leg, Pending, PortAllocator,
+    SessionEvent,
 };
 use crate::core::dialog::RequestParts;
 use crate::core::fork_request::{self, Carrier, ForkError, ForkRequest, ForkState, StatusReport};
@@ -32,6 +33,9 @@ impl<P: PortAllocator> B2bua<P> {
         call: CallHandle,
         report: StatusReport,
     ) -> Result<(), B2buaError> {
+        if let Some(done) = self.bot_fork_status(now, call, &report) {
+            return done;
+        }
         let leg = self.apply_fork_status(call, &report)?;
         self.send_status_now(now, call, leg, &report);
         self.pump(now);
@@ -50,6 +54,9 @@ impl<P: PortAllocator> B2bua<P> {
         call: CallHandle,
         report: StatusReport,
     ) -> Result<(), B2buaError> {
+        if let Some(done) = self.bot_fork_status(now, call, &report) {
+            return done;
+        }
         let leg = self.apply_fork_status(call, &report)?;
         let key = (call, report.call_guid.clone().unwrap_or_default());
         if let Some(report) = self.pacer.offer(now, key, report) {
@@ -57,6 +64,42 @@ impl<P: PortAllocator> B2bua<P> {
             self.pump(now);
         }
         Ok(())
+    }
+
+    /// A status of a bot call's fork (`None` for other calls): there is no controller to tell.
+    /// A fork that failed for good leaves the caller with nobody to talk to, so the call ends
+    /// (BYE with [`REASON_BOT_FAILED`](super::REASON_BOT_FAILED), once the caller's ACK is
+    /// in); a lost connection is not a failure: fork-agent reconnects and the call waits.
+    fn bot_fork_status(
+        &mut self,
+        now: Instant,
+        call: CallHandle,
+        report: &StatusReport,
+    ) -> Option<Result<(), B2buaError>> {
+        let c = self.calls.get_mut(&call)?;
+        let bot = c.bot.as_mut()?;
+        if report.state != ForkState::Error {
+            return Some(Ok(()));
+        }
+        tracing::warn!(?call, call_id = %c.a.call_id,
+            error = report.status.map(|e| e.as_str()).unwrap_or_default(),
+            "the voice bot's fork failed: ending the call");
+        if !bot.acked {
+            bot.failed = true;
+            return Some(Ok(()));
+        }
+        Some(self.release(now, call, EndReason::BotFailed))
+    }
+
+    /// The caller's ACK for a bot call's 2xx: a bot that failed before it ends the call now.
+    pub(super) fn bot_acked(&mut self, now: Instant, call: CallHandle) {
+        let Some(bot) = self.calls.get_mut(&call).and_then(|c| c.bot.as_mut()) else {
+            return;
+        };
+        bot.acked = true;
+        if bot.failed {
+            let _ = self.release(now, call, EndReason::BotFailed);
+        }
     }
 
     /// What a status changes in the call: licensing and the fork sequence. Returns the leg the

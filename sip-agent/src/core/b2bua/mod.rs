@@ -165,11 +165,18 @@ pub enum EndReason {
     /// fork-agent removed one of the call's RTP flows because no packet had arrived for its
     /// idle timeout (docs/fork-agent.md "Idle flows"); BYE sent on both legs.
     MediaTimeout,
+    /// A voice bot's fork failed for good (fork-agent refused it or gave up connecting): the
+    /// caller would hear nothing more, so the call ends; BYE sent to the caller.
+    BotFailed,
 }
 
 /// The Reason header on the BYEs of a call released for dead media: Q.850 cause 102,
 /// "recovery on timer expiry", the cause the maximum duration uses too, with its own text.
 pub const REASON_MEDIA_TIMEOUT: &str = "Q.850;cause=102;text=\"Media timeout\"";
+
+/// The Reason header on the BYE of a bot call whose bot could not be reached (RFC 3326: the
+/// SIP status the call would have been refused with, had it failed before the answer).
+pub const REASON_BOT_FAILED: &str = "SIP;cause=503;text=\"Voice bot unavailable\"";
 
 impl EndReason {
     /// The RFC 3326 Reason header value for BYEs sent because of this reason, if any.
@@ -178,6 +185,7 @@ impl EndReason {
             EndReason::SessionExpired => Some(CallTimer::SessionExpires.reason_header()),
             EndReason::MaxDuration => Some(CallTimer::MaxDuration.reason_header()),
             EndReason::MediaTimeout => Some(REASON_MEDIA_TIMEOUT),
+            EndReason::BotFailed => Some(REASON_BOT_FAILED),
             _ => None,
         }
     }
@@ -362,7 +370,16 @@ struct Call {
     /// restored call is armed again).
     session_interval: Option<Duration>,
     /// A voice bot's call (bot.rs): leg B is the bot, with no SIP peer.
-    bot: Option<BotRoute>,
+    bot: Option<BotLeg>,
+}
+
+/// The bot side of a bot's call.
+#[derive(Debug, Clone, Default)]
+struct BotLeg {
+    /// The caller's ACK for our 2xx arrived (RFC 3261 §15: no BYE before it).
+    acked: bool,
+    /// The bot's fork failed before the ACK: the call ends when it comes.
+    failed: bool,
 }
 
 impl Call {
@@ -648,9 +665,19 @@ impl<P: PortAllocator> B2bua<P> {
     fn on_tx_event(&mut self, now: Instant, e: TxEvent) {
         match e {
             TxEvent::Request { tx, from, request } => self.on_request(now, tx, from, request),
-            TxEvent::Ack { .. } => {
+            TxEvent::Ack { from, request, .. } => {
                 // We ACK leg B ourselves when its 2xx arrives, so A's ACK needs no relaying.
-                trace!("ACK absorbed")
+                trace!("ACK absorbed");
+                // An ACK to a 2xx is its own transaction (RFC 3261 §17.1.1.3): found by dialog.
+                let keys = message::keys(&SipMessage::Request(request));
+                let to_tag = keys.as_ref().and_then(|k| k.to_tag.as_deref());
+                if let (Some(k), Some(to_tag)) = (&keys, to_tag) {
+                    if let DialogMatch::Allowed(call, Leg::A) =
+                        self.match_dialog(&k.call_id, to_tag, k.from_tag.as_deref(), from)
+                    {
+                        self.bot_acked(now, call);
+                    }
+                }
             }
             TxEvent::Response { tx, response } => self.on_response(now, tx, response),
             TxEvent::Timeout { tx, .. } | TxEvent::TransportError { tx } => {

@@ -1153,3 +1153,109 @@ fn a_bot_number_is_answered_here_and_its_bye_ends_the_call_without_a_leg_b() {
         vec![488]
     );
 }
+
+#[test]
+fn a_bot_call_ends_when_its_fork_fails_for_good_not_when_it_reconnects() {
+    let mut h = Harness::with_config(|c| {
+        c.bots.push(super::BotRoute {
+            pattern: RoutePattern::Pattern("7000".into()),
+            speech_server: "bot".into(),
+        })
+    });
+    h.send_from_a(&invite(
+        "7000",
+        "z9hG4bKbotf",
+        &sdp("198.51.100.7", 16384, "0", ""),
+    ));
+    let to_a = h.take_for_a();
+    let ok = to_a.iter().find(|m| code(m) == 200).expect("answered");
+    let tag = message::keys(ok).and_then(|k| k.to_tag).expect("our tag");
+    let ev = h.take_events();
+    let [SessionEvent::BotUp { call, bot }] = &ev[..] else {
+        panic!("one BotUp: {ev:?}");
+    };
+    let (call, guid) = (*call, bot.guid.clone());
+    h.send_from_a(&a_in_dialog("ACK", 1, "z9hG4bKbotfack", &tag, None, b""));
+    let status = |state, status| StatusReport {
+        call_guid: Some(guid.clone()),
+        request: None,
+        state,
+        status,
+        streams: vec![],
+    };
+    // The bot's connection drops: fork-agent reconnects, the call waits (no controller to tell).
+    h.connection_status(
+        call,
+        status(
+            ForkState::Reconnecting,
+            Some(crate::core::fork_request::ForkError::ConnectionClosed),
+        ),
+    );
+    h.connection_status(call, status(ForkState::Started, None));
+    assert!(h.take_for_a().is_empty(), "nothing to the caller");
+    assert_eq!(h.b2bua.counts().aggregate, 1);
+    // fork-agent gives up: the caller would hear nothing more, so the call ends.
+    h.connection_status(
+        call,
+        status(
+            ForkState::Error,
+            Some(crate::core::fork_request::ForkError::ConnectionFailed),
+        ),
+    );
+    let to_a = h.take_for_a();
+    assert_eq!(
+        bye_reasons(&to_a),
+        vec![vec![REASON_BOT_FAILED.to_owned()]],
+        "BYE to the caller with the reason"
+    );
+    assert!(h.take_for_b().is_empty(), "no leg B");
+    let ev = h.take_events();
+    assert!(
+        ev.iter()
+            .any(|e| matches!(e, SessionEvent::CallEnded { .. })),
+        "{ev:?}"
+    );
+    assert_eq!(h.b2bua.counts().aggregate, 0);
+}
+
+#[test]
+fn a_bot_that_fails_before_the_callers_ack_ends_the_call_once_the_ack_is_in() {
+    let mut h = Harness::with_config(|c| {
+        c.bots.push(super::BotRoute {
+            pattern: RoutePattern::Pattern("7000".into()),
+            speech_server: "bot".into(),
+        })
+    });
+    h.send_from_a(&invite(
+        "7000",
+        "z9hG4bKbotg",
+        &sdp("198.51.100.7", 16384, "0", ""),
+    ));
+    let to_a = h.take_for_a();
+    let ok = to_a.iter().find(|m| code(m) == 200).expect("answered");
+    let tag = message::keys(ok).and_then(|k| k.to_tag).expect("our tag");
+    let ev = h.take_events();
+    let [SessionEvent::BotUp { call, bot }] = &ev[..] else {
+        panic!("one BotUp: {ev:?}");
+    };
+    let (call, guid) = (*call, bot.guid.clone());
+    h.fork_status(
+        call,
+        StatusReport {
+            call_guid: Some(guid),
+            request: Some(ForkKind::Start),
+            state: ForkState::Error,
+            status: Some(crate::core::fork_request::ForkError::ConnectionFailed),
+            streams: vec![],
+        },
+    );
+    assert!(
+        bye_reasons(&h.take_for_a()).is_empty(),
+        "RFC 3261 §15: no BYE before the ACK"
+    );
+    h.send_from_a(&a_in_dialog("ACK", 1, "z9hG4bKbotgack", &tag, None, b""));
+    assert_eq!(
+        bye_reasons(&h.take_for_a()),
+        vec![vec![REASON_BOT_FAILED.to_owned()]]
+    );
+}

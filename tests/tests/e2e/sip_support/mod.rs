@@ -672,3 +672,10 @@ pub fn read_summary(
         .with_context(|| format!("{name} wrote no summary:\n{}", t.s.topo.log(name)))?;
     Ok(serde_json::from_str(&text)?)
 }
+
+/// The BYE sipp received in a message log, from its request line to the end of its headers.
+pub fn received_bye(log: &str) -> Option<&str> {
+    let at = log.find("BYE sip:")?;
+    let rest = &log[at..];
+    Some(rest.split("\n\n").next().unwrap_or(rest))
+}
