@@ -189,8 +189,11 @@ const fn layout(map_type: u32, key_size: u32, value_size: usize, max_entries: u3
     }
 }
 
-/// Every layout of a pinned map that a released build used and this one converts. See the
-/// rule on [`Historical`].
+/// Every layout of a pinned map that a released build used and this one converts.
+///
+/// RULE (docs/maps.md "Upgrades and layout changes"): a change to a pinned map's layout adds a
+/// row here (from the replaced layout to the new one), its conversion and a unit test; the rows
+/// already here stay as they are.
 pub const HISTORY: &[Historical] = &[
     Historical {
         map: MAP_FLOWS,

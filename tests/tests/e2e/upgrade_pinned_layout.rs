@@ -110,12 +110,7 @@ fn old_turn_action(t: &TurnAction) -> Vec<u8> {
 }
 
 fn ifindex(topo: &Topology, h: Host, dev: &str) -> Result<u32> {
-    let s = ns_run(
-        &topo.ns(h),
-        "cat",
-        &[&format!("/sys/class/net/{dev}/ifindex")],
-    )?;
-    Ok(s.trim().parse()?)
+    xdpfork_tests::kernel::ifindex(&topo.ns(h), dev)
 }
 
 fn mac(topo: &Topology, h: Host, dev: &str) -> Result<[u8; 6]> {

@@ -128,6 +128,8 @@ pub struct Migrations {
     maps: Vec<Migrating>,
     /// The new relay runs (or is about to): the old pins are no longer restored.
     committed: bool,
+    /// When `FLOW_STATS` was copied: the old relay's counts from then to the swap are lost.
+    copied_at: Option<std::time::Instant>,
 }
 
 impl Migrations {
@@ -183,6 +185,7 @@ impl Migrations {
             pin_dir: pin_dir.to_owned(),
             maps,
             committed: false,
+            copied_at: None,
         };
         for i in 0..this.maps.len() {
             if !this.maps[i].moved_here {
@@ -266,6 +269,10 @@ impl Migrations {
             }
         }
         self.committed = true;
+        #[allow(clippy::disallowed_methods)]
+        // io shell: a duration for the log, nothing waits on it
+        let now = std::time::Instant::now();
+        self.copied_at = Some(now);
         Ok(())
     }
 
@@ -273,17 +280,21 @@ impl Migrations {
     /// what was migrated.
     pub fn finish(&mut self) {
         self.committed = true;
+        let window_us = self.copied_at.map_or(0, |t| t.elapsed().as_micros() as u64);
         for m in self.maps.drain(..) {
             let old = self.pin_dir.join(old_pin_name(m.migration.map));
             if let Err(e) = std::fs::remove_file(&old) {
                 warn!("migration: cannot unpin {}: {e}", old.display());
             }
+            // For the counters: the old relay's counts between the copy and the swap are lost.
+            let window_us = (m.migration.carry() == Carry::StatsSlots).then_some(window_us);
             info!(
                 map = m.migration.map,
                 from_layout = m.migration.until(),
                 old = %m.migration.from,
                 copied = m.copied,
                 already_there = m.kept,
+                counts_window_us = window_us,
                 "migrated pinned map to this build's layout (docs/maps.md \"Upgrades and layout changes\")"
             );
         }
