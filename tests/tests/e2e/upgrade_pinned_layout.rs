@@ -377,6 +377,80 @@ fn older_layout_is_migrated_and_the_kernel_keeps_relaying() -> Result<()> {
     Ok(())
 }
 
+/// fork-agent with the standard config as `edit` changes it, expected to exit non-zero; its log.
+fn start_expecting_failure(
+    topo: &mut Topology,
+    edit: impl FnOnce(String) -> String,
+) -> Result<String> {
+    let socket = topo.dir.join("fork-agent.sock");
+    let config = topo.dir.join("fork-agent.toml");
+    std::fs::write(
+        &config,
+        edit(Scenario::fork_agent_config(
+            &topo.pin_dir,
+            &socket,
+            &topo.dir.join("state"),
+            SPEECH_WS,
+        )),
+    )?;
+    let empty = empty_dir(&topo.dir.join("empty-path"))?;
+    topo.spawn_env(
+        "fork-agent",
+        Host::Forker,
+        &bin("fork-agent")?,
+        &["run", "--config", &config.to_string_lossy()],
+        &[("PATH", &empty.to_string_lossy())],
+    )?;
+    let status = topo.wait_exit("fork-agent", Duration::from_secs(30))?;
+    let log = topo.log("fork-agent");
+    ensure!(!status.success(), "fork-agent started:\n{log}");
+    Ok(log)
+}
+
+/// Name, id and value size of every map pinned under `dir`.
+fn pinned_maps(dir: &Path) -> Result<Vec<(String, u32, u32)>> {
+    pins(dir)?
+        .into_iter()
+        .map(|n| {
+            let info = MapInfo::from_pin(dir.join(&n))?;
+            Ok((n, info.id(), info.value_size()))
+        })
+        .collect()
+}
+
+#[test]
+fn a_start_failing_before_the_swap_puts_the_old_pins_back() -> Result<()> {
+    let mut topo = Topology::new()?;
+    let st = old_state(&topo)?;
+    pin_old_build(&topo, &st)?;
+    let before = pinned_maps(&topo.pin_dir)?;
+
+    let log = start_expecting_failure(&mut topo, |c| {
+        c.replace(r#"["fa0", "fb0"]"#, r#"["fa0", "fb0", "nosuchdev0"]"#)
+    })?;
+    // It got as far as loading the programs over the new maps, then failed to attach.
+    ensure!(
+        log.contains("XDP programs loaded") && log.contains("`nosuchdev0` does not exist"),
+        "failed for another reason:\n{log}"
+    );
+    let after = pinned_maps(&topo.pin_dir)?;
+    ensure!(
+        after == before,
+        "pins after the failed start {after:?}, before {before:?}"
+    );
+    let dump = run(
+        "bpftool",
+        &[
+            "map",
+            "dump",
+            "pinned",
+            &topo.pin_dir.join("FLOWS").to_string_lossy(),
+        ],
+    )?;
+    ensure!(dump.contains("Found 1 element"), "FLOWS:\n{dump}");
+    Ok(())
+}
+
 #[test]
 fn unknown_layout_refuses_to_start_and_leaves_the_pins() -> Result<()> {
     let mut topo = Topology::new()?;
@@ -408,26 +482,7 @@ fn unknown_layout_refuses_to_start_and_leaves_the_pins() -> Result<()> {
         "{row}"
     );
 
-    let socket = topo.dir.join("fork-agent.sock");
-    let config = topo.dir.join("fork-agent.toml");
-    std::fs::write(
-        &config,
-        Scenario::fork_agent_config(&dir, &socket, &topo.dir.join("state"), SPEECH_WS),
-    )?;
-    let empty = empty_dir(&topo.dir.join("empty-path"))?;
-    topo.spawn_env(
-        "fork-agent",
-        Host::Forker,
-        &bin("fork-agent")?,
-        &["run", "--config", &config.to_string_lossy()],
-        &[("PATH", &empty.to_string_lossy())],
-    )?;
-    let status = topo.wait_exit("fork-agent", Duration::from_secs(30))?;
-    let log = topo.log("fork-agent");
-    ensure!(
-        !status.success(),
-        "fork-agent started over FLOWS value 100:\n{log}"
-    );
+    let log = start_expecting_failure(&mut topo, |c| c)?;
     for want in [
         "pinned map FLOWS has an unknown layout",
         "value 100 B",
