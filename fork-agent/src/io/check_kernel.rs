@@ -276,7 +276,9 @@ fn pinned_maps_row(pin_dir: &Path) -> Row {
             check,
             Status::Fail,
             format!(
-                "fork-agent will refuse to start: {}; `fork-agent unpin --pin-dir {}` removes                  the pins, and calls in progress lose their kernel relay until their flows are                  added again",
+                "fork-agent will refuse to start: {}; `fork-agent unpin --pin-dir {}` removes \
+                 the pins, and calls in progress lose their kernel relay until their flows are \
+                 added again",
                 refused.join("; "),
                 pin_dir.display()
             ),
