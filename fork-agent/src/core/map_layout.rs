@@ -494,6 +494,69 @@ mod tests {
         }
     }
 
+    /// A tripwire for the rule on `Historical`, over every pinned map (with history or not):
+    /// the sizes as last recorded here. When this fails, a pinned map's layout changed: add the
+    /// HISTORY row, its conversion and test, then record the new sizes here.
+    #[test]
+    fn pinned_sizes_are_the_recorded_ones() {
+        use fork_common::{
+            Config, NeighKey, NeighValue, MAP_CONFIG, MAP_COUNTERS, MAP_NEIGHBOURS, MAP_TX_PORTS,
+            MAP_XSKS, MAX_NEIGHBOURS, MAX_REASONS, MAX_TX_PORTS, MAX_XSKS,
+        };
+        let now = [
+            (
+                MAP_FLOWS,
+                size_of::<FlowKey>(),
+                size_of::<FlowAction>(),
+                MAX_FLOWS,
+            ),
+            (MAP_FLOW_STATS, 4, size_of::<FlowStats>(), MAX_FLOWS),
+            (MAP_TX_PORTS, 4, 8, MAX_TX_PORTS),
+            (MAP_XSKS, 4, 4, MAX_XSKS),
+            (MAP_COUNTERS, 4, 8, MAX_REASONS),
+            (MAP_CONFIG, 4, size_of::<Config>(), 1),
+            (
+                MAP_NEIGHBOURS,
+                size_of::<NeighKey>(),
+                size_of::<NeighValue>(),
+                MAX_NEIGHBOURS,
+            ),
+            (
+                MAP_TURN_CHANNELS,
+                size_of::<TurnChannelKey>(),
+                size_of::<TurnAction>(),
+                MAX_TURN_CHANNELS,
+            ),
+            (
+                MAP_TURN_PEERS,
+                size_of::<TurnPeerKey>(),
+                size_of::<TurnAction>(),
+                MAX_TURN_CHANNELS,
+            ),
+        ];
+        let recorded = [
+            (MAP_FLOWS, 20, 116, 65_536),
+            (MAP_FLOW_STATS, 4, 128, 65_536),
+            (MAP_TX_PORTS, 4, 8, 64),
+            (MAP_XSKS, 4, 4, 64),
+            (MAP_COUNTERS, 4, 8, 64),
+            (MAP_CONFIG, 4, 8, 1),
+            (MAP_NEIGHBOURS, 24, 16, 4096),
+            (MAP_TURN_CHANNELS, 40, 120, 65_536),
+            (MAP_TURN_PEERS, 40, 120, 65_536),
+        ];
+        assert_eq!(now.map(|m| m.0), fork_common::ALL_MAPS);
+        for (n, r) in now.iter().zip(&recorded) {
+            assert_eq!(
+                n, r,
+                "{}: a pinned map's layout changed (key, value, max_entries): add a HISTORY row \
+                 from the recorded layout, its conversion and a test, then record the new one \
+                 here (docs/maps.md \"Upgrades and layout changes\")",
+                n.0
+            );
+        }
+    }
+
     #[test]
     fn rows_only_for_maps_the_shell_copies() {
         // The shell reads and writes values of one entry at a time: per-CPU maps (a value per
