@@ -40,6 +40,9 @@ enum Cmd {
         /// auto).
         #[arg(long, value_parser = ForkPathSetting::parse)]
         fork_path: Option<ForkPathSetting>,
+        /// The agent's `dataplane.pin_dir`: whether the maps pinned there fit this build.
+        #[arg(long, default_value = fork_common::PIN_DIR_DEFAULT)]
+        pin_dir: PathBuf,
     },
     /// Validate a config file and exit.
     CheckConfig {
@@ -183,14 +186,14 @@ fn dispatch(cli: Cli) -> Result<std::process::ExitCode> {
                 .build()?
                 .block_on(fork_agent::io::agent::run(cfg, reloader))?;
         }
-        Cmd::CheckKernel { fork_path } => {
+        Cmd::CheckKernel { fork_path, pin_dir } => {
             let setting = match (fork_path, std::env::var(FORK_PATH_ENV)) {
                 (Some(s), _) => s,
                 (None, Ok(v)) => ForkPathSetting::parse(&v)
                     .map_err(|e| anyhow::anyhow!("{FORK_PATH_ENV}: {e}"))?,
                 (None, Err(_)) => ForkPathSetting::Auto,
             };
-            let report = fork_agent::io::check_kernel::run(setting);
+            let report = fork_agent::io::check_kernel::run(setting, &pin_dir);
             println!("{report}");
             if !report.runs() {
                 return Ok(std::process::ExitCode::FAILURE);

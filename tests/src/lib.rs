@@ -1251,7 +1251,8 @@ pub mod kernel {
         }
     }
 
-    fn ifindex(ns: &str, dev: &str) -> Result<u32> {
+    /// The ifindex of `dev` in network namespace `ns`.
+    pub fn ifindex(ns: &str, dev: &str) -> Result<u32> {
         let out = ns_run(ns, "cat", &[&format!("/sys/class/net/{dev}/ifindex")])?;
         out.trim()
             .parse()

@@ -8,6 +8,7 @@ pub mod fork_journal;
 pub mod fork_start;
 pub mod forked;
 pub mod idle;
+pub mod map_layout;
 pub mod playout;
 pub mod route_cache;
 pub mod rtnl;

@@ -7,6 +7,10 @@
 //! socket, all inside a private network namespace that exists only for this thread and vanishes
 //! with it (so nothing is left behind, even if the check is killed).
 //!
+//! It also reads, without changing anything, the maps pinned under the agent's pin directory and
+//! says what a start would do with them: adopt, migrate from an older layout, or refuse
+//! (docs/maps.md "Upgrades and layout changes").
+//!
 //! Call order: [`run`] returns a [`Report`]; its `Display` is the table the CLI prints and
 //! [`Report::runs`] decides the exit code.
 
@@ -14,7 +18,7 @@ use std::{
     fmt,
     net::{Ipv4Addr, SocketAddr},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, Ordering},
         mpsc, Arc,
@@ -30,9 +34,9 @@ use fork_common::{
 
 use crate::{
     config::{ForkPathSetting, XdpAttachMode},
-    core::flows::relay_action,
+    core::{flows::relay_action, map_layout::Plan},
     io::{
-        ebpf::{probe_programs, unpin_all, DataPlane},
+        ebpf::{pinned_plans, probe_programs, unpin_all, DataPlane},
         xsk::{XskReader, XDP_ZEROCOPY},
     },
 };
@@ -140,8 +144,9 @@ fn kernel_name() -> String {
     }
 }
 
-/// Run every check. `setting` is the `fork_path` fork-agent would be started with.
-pub fn run(setting: ForkPathSetting) -> Report {
+/// Run every check. `setting` is the `fork_path` fork-agent would be started with, `pin_dir`
+/// its `dataplane.pin_dir`.
+pub fn run(setting: ForkPathSetting, pin_dir: &Path) -> Report {
     let mut rows = Vec::new();
     let mut refusals = Vec::new();
 
@@ -166,6 +171,8 @@ pub fn run(setting: ForkPathSetting) -> Report {
             true,
         ),
     });
+
+    rows.push(pinned_maps_row(pin_dir));
 
     // Every program of every path, loaded for real.
     let mut accepted: Vec<ForkPath> = ForkPath::ALL.to_vec();
@@ -244,6 +251,57 @@ pub fn run(setting: ForkPathSetting) -> Report {
         path,
         refusals,
     }
+}
+
+/// What a start would do with the maps pinned under `pin_dir`; reads them only.
+fn pinned_maps_row(pin_dir: &Path) -> Row {
+    let check = format!("pinned maps ({})", pin_dir.display());
+    let plans = match pinned_plans(pin_dir) {
+        Ok(p) => p,
+        Err(e) => return row(check, Status::Fail, format!("{e:#}"), true),
+    };
+    let (mut adopted, mut migrated, mut refused) = (Vec::new(), Vec::new(), Vec::new());
+    for (name, plan) in plans {
+        match plan {
+            Ok(Plan::Create) => {}
+            Ok(Plan::Adopt) => adopted.push(name),
+            Ok(Plan::Migrate(m) | Plan::Resume(m) | Plan::Finish(m)) => {
+                migrated.push(format!("{name} (from the {} layout)", m.until()))
+            }
+            Err(e) => refused.push(e.to_string()),
+        }
+    }
+    if !refused.is_empty() {
+        return row(
+            check,
+            Status::Fail,
+            format!(
+                "fork-agent will refuse to start: {}; `fork-agent unpin --pin-dir {}` removes \
+                 the pins, and calls in progress lose their kernel relay until their flows are \
+                 added again",
+                refused.join("; "),
+                pin_dir.display()
+            ),
+            true,
+        );
+    }
+    if !migrated.is_empty() {
+        return row(
+            check,
+            Status::Note,
+            format!(
+                "migrated at start, entries kept and calls relayed: {}",
+                migrated.join(", ")
+            ),
+            false,
+        );
+    }
+    let detail = if adopted.is_empty() {
+        "none pinned: the first start creates them".to_owned()
+    } else {
+        format!("{} fit this build and are re-adopted", adopted.len())
+    };
+    row(check, Status::Ok, detail, true)
 }
 
 fn setting_name(s: ForkPathSetting) -> &'static str {

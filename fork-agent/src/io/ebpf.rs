@@ -1,8 +1,12 @@
 //! The aya loader: loads fork-ebpf, pins every map and link under one bpffs directory, and on a
 //! restart re-adopts what is pinned (maps by path, links by atomically swapping in the freshly
-//! loaded program) so calls keep their audio while the agent is away.
+//! loaded program) so calls keep their audio while the agent is away. Pinned maps are checked
+//! against this build's layouts first, and those of an older layout migrated ([`migrate`]).
+
+pub mod migrate;
 
 use std::{
+    collections::BTreeSet,
     os::fd::AsRawFd,
     path::{Path, PathBuf},
 };
@@ -63,6 +67,8 @@ pub struct DataPlane {
     path: ForkPath,
     /// Paths tried before `path` whose programs the kernel refused (`auto` only).
     refused: Vec<Refusal>,
+    /// Pinned maps of an older layout being migrated, finished when the relay is swapped in.
+    migrations: migrate::Migrations,
 }
 
 /// A program the kernel refused to load, with what the verifier said.
@@ -211,6 +217,11 @@ pub fn probe_programs() -> Result<Vec<ProgramProbe>> {
     Ok(out)
 }
 
+/// What a start would do with each map pinned under `pin_dir` (`check-kernel`); reads only.
+pub fn pinned_plans(pin_dir: &Path) -> Result<migrate::MapPlans> {
+    migrate::plans(pin_dir, EBPF_OBJECT)
+}
+
 /// Make sure `dir` is inside a mounted bpffs and exists.
 pub fn ensure_bpffs(dir: &Path) -> Result<()> {
     let parent = dir.parent().unwrap_or(dir);
@@ -233,17 +244,40 @@ pub fn ensure_bpffs(dir: &Path) -> Result<()> {
 
 impl DataPlane {
     /// Load the programs of the first fork path in `setting` the kernel accepts, creating or
-    /// re-adopting the pinned maps under `pin_dir`.
+    /// re-adopting the pinned maps under `pin_dir`. Pinned maps whose layout this build does not
+    /// know refuse the start, untouched; those of an older layout are migrated (finished by
+    /// [`DataPlane::attach`]).
     pub fn load(pin_dir: &Path, setting: ForkPathSetting) -> Result<DataPlane> {
         ensure_bpffs(pin_dir)?;
-        // Maps pinned by this process (not adopted) are removed again if start-up fails.
+        let mut migrations = migrate::Migrations::prepare(pin_dir, EBPF_OBJECT)?;
+        match DataPlane::load_checked(pin_dir, setting, &mut migrations) {
+            Ok(mut dp) => {
+                dp.migrations = migrations;
+                Ok(dp)
+            }
+            Err(e) => {
+                migrations.rollback();
+                Err(e)
+            }
+        }
+    }
+
+    fn load_checked(
+        pin_dir: &Path,
+        setting: ForkPathSetting,
+        migrations: &mut migrate::Migrations,
+    ) -> Result<DataPlane> {
+        // Maps pinned by this process (not adopted) are removed again if start-up fails; new
+        // maps of a migration are the migration's to undo.
         let created: Vec<Created> = fork_common::ALL_MAPS
             .iter()
+            .filter(|m| !migrations.has(m))
             .map(|m| pin_dir.join(m))
             .filter(|p| !p.exists())
             .map(Created::Pin)
             .collect();
         let (mut ebpf, logger, path, refused) = load_object(Some(pin_dir), setting)?;
+        migrations.fill_entries()?;
         let mut take = |name: &str| {
             ebpf.take_map(name)
                 .with_context(|| format!("map {name} missing from the eBPF object"))
@@ -273,6 +307,7 @@ impl DataPlane {
             logger,
             path,
             refused,
+            migrations: migrate::Migrations::default(),
         })
     }
 
@@ -387,9 +422,18 @@ impl DataPlane {
             .with_context(|| format!("adding {fork_if} to {MAP_TX_PORTS}"))?;
         // Capture next, so the fork veth can take frames before any flow forks.
         self.attach_pinned(progs.capture, &fork_peer, XdpAttachMode::Native)?;
+        // Migrated counters are copied as late as possible: the old relay counts until the
+        // swap (docs/maps.md "Upgrades and layout changes").
+        let slots = if self.migrations.wants_slots() {
+            self.stats_slots()?
+        } else {
+            BTreeSet::new()
+        };
+        self.migrations.before_swap(&slots)?;
         for ifname in interfaces {
             self.attach_pinned(progs.relay, ifname, mode)?;
         }
+        self.migrations.finish();
         self.config.set(
             0,
             KernelConfig {
@@ -401,8 +445,25 @@ impl DataPlane {
         Ok((fork_ifindex, fork_peer))
     }
 
-    /// Undo what this process created (start-up failed): links, map pins, the fork veth.
+    /// The `FLOW_STATS` slots that flows and TURN channels name.
+    fn stats_slots(&self) -> Result<BTreeSet<u32>> {
+        let mut slots = BTreeSet::new();
+        for item in self.flows.iter() {
+            slots.insert(item.context("reading FLOWS")?.1.stats_index);
+        }
+        for item in self.turn_channels.iter() {
+            slots.insert(item.context("reading TURN_CHANNELS")?.1.flow.stats_index);
+        }
+        for item in self.turn_peers.iter() {
+            slots.insert(item.context("reading TURN_PEERS")?.1.flow.stats_index);
+        }
+        Ok(slots)
+    }
+
+    /// Undo what this process created (start-up failed): links, map pins, the fork veth, and a
+    /// migration not yet committed (the old pins go back).
     pub fn rollback(&mut self) {
+        self.migrations.rollback();
         for c in self.created.drain(..).rev() {
             match c {
                 Created::Pin(p) => {

@@ -98,6 +98,7 @@ mod turn_tcp_long_term;
 mod turn_tls_long_term;
 mod turn_udp_long_term;
 mod turn_wrong_password;
+mod upgrade_pinned_layout;
 mod webrtc_dropped;
 mod webrtc_kamailio_call;
 mod webrtc_kamailio_callee;
