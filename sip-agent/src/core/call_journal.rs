@@ -142,6 +142,7 @@ mod tests {
                 enhanced: true,
                 session_interval_secs: Some(1800),
                 b_invite_cseq: 1,
+                bot: false,
             },
             media_layer: MediaSnapshot {
                 flows: vec![FlowSpec {

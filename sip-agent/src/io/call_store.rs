@@ -233,6 +233,7 @@ mod tests {
                 enhanced: false,
                 session_interval_secs: None,
                 b_invite_cseq: 1,
+                bot: false,
             },
             media_layer: MediaSnapshot::default(),
         }

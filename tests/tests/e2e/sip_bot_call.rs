@@ -152,3 +152,46 @@ fn sip_bot_call_ends_when_the_bot_cannot_be_reached() -> Result<()> {
     t.wait_no_flows()?;
     Ok(())
 }
+
+/// sip-agent is killed in the middle of a bot call: the restarted agent restores the call from
+/// its journal, the caller's BYE gets its 200 from it, and the call's flow and fork go at once
+/// (not after reconciliation's grace period).
+#[test]
+fn sip_bot_call_survives_a_sip_agent_restart() -> Result<()> {
+    let mut b = start(1000, &[])?;
+    let child = b.t.caller_spawn(
+        "uac_bot.xml",
+        &[PCMA[0], PCMA[1]],
+        &["-s", "7000", "-d", "6000"],
+    )?;
+    // Journalled once answered: wait (bounded) for its line.
+    let journal = b.t.dir.join("sip-state").join("calls.jsonl");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !std::fs::read_to_string(&journal)
+        .unwrap_or_default()
+        .contains("\"bot\":true")
+    {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the bot call was not journalled:\n{}",
+            std::fs::read_to_string(&journal).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    b.t.kill_and_restart_sip_agent(|_| Ok(()))?;
+    let log = b.t.s.topo.log("sip-agent");
+    assert!(
+        log.contains("restored=1"),
+        "the restarted agent restores the bot call:\n{log}"
+    );
+    let run = b.t.caller_wait(child)?;
+    assert!(
+        run.ok,
+        "the caller's BYE did not get its 200 from the restarted agent\n{}",
+        b.t.diag(Some(&run))
+    );
+    b.t.wait_no_flows()?;
+    let (_, got) = b.bot.finish(&mut b.t)?;
+    assert!(!got.is_empty(), "the caller heard the bot");
+    Ok(())
+}

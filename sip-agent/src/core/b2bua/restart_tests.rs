@@ -150,3 +150,60 @@ fn release_sends_bye_with_the_media_timeout_reason_on_both_legs() {
         Err(B2buaError::UnknownCall)
     );
 }
+
+/// A voice bot's call is journalled too: restored into a fresh B2BUA, it answers the caller's
+/// BYE (200, no leg B to hang up) and its port is held meanwhile.
+#[test]
+fn a_restored_bot_call_answers_the_callers_bye() {
+    let mut h = Harness::with_config(|c| {
+        c.bots.push(super::BotRoute {
+            pattern: RoutePattern::Pattern("7000".into()),
+            speech_server: "bot".into(),
+        })
+    });
+    h.send_from_a(&invite(
+        "7000",
+        "z9hG4bKbotr",
+        &sdp("198.51.100.7", 16384, "0", ""),
+    ));
+    let ok = h
+        .take_for_a()
+        .into_iter()
+        .find(|m| code(m) == 200)
+        .expect("answered");
+    let tag = message::keys(&ok).and_then(|k| k.to_tag).expect("our tag");
+    h.take_events();
+    let call = h.b2bua.take_changed()[0];
+    let snap = h.b2bua.snapshot(call).expect("a bot call is journalled");
+    assert!(snap.bot);
+    let line = call_journal::encode(&Entry::Call(Box::new(CallRecord {
+        call: snap,
+        media_layer: MediaSnapshot::default(),
+    })))
+    .expect("encode");
+    let rec = call_journal::replay(std::str::from_utf8(&line).expect("utf-8"))
+        .calls
+        .pop()
+        .expect("one call");
+    let mut fresh = Harness::with_config(|c| {
+        c.bots.push(super::BotRoute {
+            pattern: RoutePattern::Pattern("7000".into()),
+            speech_server: "bot".into(),
+        })
+    });
+    fresh.now = h.now;
+    fresh.b2bua.restore(fresh.now, rec.call).expect("restore");
+    assert_eq!(fresh.b2bua.counts().aggregate, 1);
+    fresh.send_from_a(&a_in_dialog("BYE", 2, "z9hG4bKbotrbye", &tag, None, b""));
+    assert_eq!(
+        fresh.take_for_a().iter().map(code).collect::<Vec<_>>(),
+        vec![200]
+    );
+    assert!(fresh.take_for_b().is_empty(), "nobody to hang up on leg B");
+    let ev = fresh.take_events();
+    assert!(ev.contains(&SessionEvent::CallEnded {
+        call,
+        reason: EndReason::Bye(Leg::A)
+    }));
+    assert_eq!(fresh.b2bua.counts().aggregate, 0);
+}

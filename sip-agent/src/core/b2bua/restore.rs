@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::{B2bua, Bind, Call, CallHandle, CallState, Leg, PortAllocator};
+use super::{B2bua, Bind, BotLeg, Call, CallHandle, CallState, Leg, PortAllocator};
 use crate::core::dialog::Dialog;
 use crate::core::fork_request::ForkSequence;
 use crate::core::sdp::AudioMedia;
@@ -74,6 +74,10 @@ pub struct CallSnapshot {
     pub session_interval_secs: Option<u64>,
     /// CSeq of our INVITE on leg B (ACKs of its 2xx reuse it).
     pub b_invite_cseq: u32,
+    /// A voice bot's call: leg B is the bot, a dialog with no SIP peer (docs/sip-agent.md
+    /// "Voice bots"). Absent in journals of older versions: a normal call.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bot: bool,
 }
 
 impl<P: PortAllocator> B2bua<P> {
@@ -81,8 +85,7 @@ impl<P: PortAllocator> B2bua<P> {
     /// journalled: it has no flows yet) or gone.
     pub fn snapshot(&self, call: CallHandle) -> Option<CallSnapshot> {
         let c = self.calls.get(&call)?;
-        // A bot's call is not journalled (docs/sip-agent.md "Voice bots").
-        if c.state != CallState::Established || c.bot.is_some() {
+        if c.state != CallState::Established {
             return None;
         }
         Some(CallSnapshot {
@@ -100,6 +103,7 @@ impl<P: PortAllocator> B2bua<P> {
             enhanced: c.enhanced,
             session_interval_secs: c.session_interval.map(|d| d.as_secs()),
             b_invite_cseq: c.b_invite_cseq,
+            bot: c.bot.is_some(),
         })
     }
 
@@ -114,7 +118,8 @@ impl<P: PortAllocator> B2bua<P> {
         if self.calls.contains_key(&call) {
             return Err(RestoreError::DuplicateCall(id));
         }
-        if snap.a.remote_tag.is_none() || snap.b.remote_tag.is_none() {
+        // A bot's leg B is no SIP dialog: no peer tag, no port, never matched by a request.
+        if snap.a.remote_tag.is_none() || (!snap.bot && snap.b.remote_tag.is_none()) {
             return Err(RestoreError::NotEstablished(id));
         }
         let keys = [
@@ -124,9 +129,15 @@ impl<P: PortAllocator> B2bua<P> {
         if keys[0] == keys[1] || keys.iter().any(|k| self.by_dialog.contains_key(k)) {
             return Err(RestoreError::DialogInUse(id));
         }
-        for (i, &port) in snap.ports.iter().enumerate() {
+        let ports: Vec<u16> = snap
+            .ports
+            .iter()
+            .copied()
+            .filter(|&p| !(snap.bot && p == 0))
+            .collect();
+        for (i, &port) in ports.iter().enumerate() {
             if !self.ports.reserve(port) {
-                for &p in &snap.ports[..i] {
+                for &p in &ports[..i] {
                     self.ports.release(p);
                 }
                 return Err(RestoreError::PortUnavailable { call: id, port });
@@ -134,7 +145,9 @@ impl<P: PortAllocator> B2bua<P> {
         }
         let [ka, kb] = keys;
         self.by_dialog.insert(ka, (call, Leg::A));
-        self.by_dialog.insert(kb, (call, Leg::B));
+        if !snap.bot {
+            self.by_dialog.insert(kb, (call, Leg::B));
+        }
         self.next_call = self.next_call.max(id);
         self.counts.aggregate += 1;
         if snap.enhanced {
@@ -145,7 +158,11 @@ impl<P: PortAllocator> B2bua<P> {
         self.calls.insert(
             call,
             Call {
-                bot: None,
+                // Journalled once answered; the caller's ACK is taken as in (a BYE may follow).
+                bot: snap.bot.then(|| BotLeg {
+                    acked: true,
+                    failed: false,
+                }),
                 state: CallState::Established,
                 a: snap.a,
                 b: snap.b,
