@@ -159,7 +159,7 @@ impl<P: PortAllocator> B2bua<P> {
             call,
             Call {
                 // Journalled once answered; the caller's ACK is taken as in (a BYE may follow).
-                bot: snap.bot.then(|| BotLeg {
+                bot: snap.bot.then_some(BotLeg {
                     acked: true,
                     failed: false,
                 }),
