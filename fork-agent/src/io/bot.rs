@@ -211,20 +211,20 @@ async fn take_over(to: &InjectTo) -> Result<Option<Relayed>, String> {
     }
 }
 
-fn hand_back(to: &InjectTo, at: StreamPosition) {
-    // The agent's queue is bounded; a hand-back must not be lost, so wait for room.
-    let agent = to.agent.clone();
+/// Hands the stream back, in order with this playout's take-overs: both go on the one agent
+/// queue from this task, so a barge-in's next take-over can never overtake the hand-back
+/// before it (which would clear the hold while the bot talks: two senders). The queue is
+/// bounded; a hand-back must not be lost, so this waits for room.
+async fn hand_back(to: &InjectTo, at: StreamPosition) {
     let flow = to.flow;
-    #[allow(clippy::disallowed_methods)] // io shell: a send that outlives the playout task
-    tokio::spawn(async move {
-        if agent
-            .send(InjectRequest::HandBack { flow, at })
-            .await
-            .is_err()
-        {
-            warn!(%flow, "hand-back not delivered: the agent is gone");
-        }
-    });
+    if to
+        .agent
+        .send(InjectRequest::HandBack { flow, at })
+        .await
+        .is_err()
+    {
+        warn!(%flow, "hand-back not delivered: the agent is gone");
+    }
 }
 
 fn decode(codec: speech_proto::Codec, payload: &[u8]) -> Vec<i16> {
@@ -279,14 +279,14 @@ async fn run(
                             warn!(stream_id, flow = %to.flow, "bot talkspurt dropped: the relay could not be stopped: {e}");
                             core.handle_take_over_failed(now());
                             // The agent may have stopped the relay after all: restore it.
-                            hand_back(to, core.position());
+                            hand_back(to, core.position()).await;
                         }
                     }
                 }
                 Output::HandBack(at) => {
                     if let Some(to) = &t.inject {
                         counters.hand_backs.fetch_add(1, Ordering::Relaxed);
-                        hand_back(to, at);
+                        hand_back(to, at).await;
                     }
                 }
             }
@@ -320,7 +320,7 @@ async fn run(
     // The fork stopped: a bot holding the stream lets the relay have it back.
     if let (Some(at), Some(to)) = (core.release(), &t.inject) {
         counters.hand_backs.fetch_add(1, Ordering::Relaxed);
-        hand_back(to, at);
+        hand_back(to, at).await;
     }
     debug!(stream_id, stats = ?core.stats(), "playout ended");
 }
