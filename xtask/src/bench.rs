@@ -1,6 +1,6 @@
 //! `cargo xtask bench relay|turn|fork|calls|dialects|ng|srtp|bot [--reps N] [--secs S] [--rates LIST]
 //! [--streams LIST] [--cps LIST] [--calls N] [--hold S] [--concurrent LIST] [--rtp yes|no]
-//! [--ng-calls N] [--windows LIST] [--out DIR]`: the
+//! [--ng-calls N] [--windows LIST] [--modes LIST] [--out DIR]`: the
 //! benchmarks of docs/benchmarks.md (needs root; never part of `cargo xtask test`).
 //!
 //! Input: which benchmark and its sweep options. Output: the report of `xdpfork-bench`
@@ -34,7 +34,8 @@ pub(crate) enum Which {
     Ng,
     /// User-space cost per packet of a bridged browser leg (SRTP<->RTP, docs/webrtc.md).
     Srtp,
-    /// Voice bots talking back (return audio): calls per fork-agent core, bot → caller latency.
+    /// Voice bots talking back (return audio, endpoint and inject mode): calls per fork-agent
+    /// core, bot → caller latency, the caller's stream continuity.
     Bot,
 }
 
@@ -102,6 +103,11 @@ pub(crate) struct Args {
     /// `ng` only: calls in flight, comma-separated (one point per value).
     #[arg(long, default_value = "1,16,64")]
     windows: String,
+    /// `bot` only: return-audio modes, comma-separated: endpoint (the call ends at the bot; the
+    /// baseline), inject (the bot talks into a kernel-relayed call). Each call count runs every
+    /// mode in turn.
+    #[arg(long, default_value = "endpoint,inject")]
+    modes: String,
 }
 
 /// Streams of the `--profile` point (the issue asks for a profile at 1,000 streams).
@@ -334,7 +340,12 @@ fn run_one(args: &Args, which: &str, fork_path: &str, out: &str, agents: &[Strin
                     }
                     v
                 }
-                Which::Bot => vec!["--streams".to_owned(), args.streams.clone()],
+                Which::Bot => vec![
+                    "--streams".to_owned(),
+                    args.streams.clone(),
+                    "--modes".to_owned(),
+                    args.modes.clone(),
+                ],
                 _ => vec![],
             })
             .args(match args.which {
