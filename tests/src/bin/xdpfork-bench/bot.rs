@@ -335,13 +335,7 @@ fn spawn_callers(sock: UdpSocket, acc: Arc<Mutex<Acc>>, stop: Arc<AtomicBool>) -
         let mut names: Vec<libc::sockaddr_in> = (0..load::BATCH)
             .map(|_| unsafe { std::mem::zeroed() })
             .collect();
-        let mut iovs: Vec<libc::iovec> = bufs
-            .iter_mut()
-            .map(|b| libc::iovec {
-                iov_base: b.as_mut_ptr().cast(),
-                iov_len: b.len(),
-            })
-            .collect();
+        let mut iovs = load::iovecs(&mut bufs);
         let mut msgs: Vec<libc::mmsghdr> = (0..load::BATCH)
             .map(|_| unsafe { std::mem::zeroed() })
             .collect();
@@ -851,7 +845,7 @@ pub fn run(calls: &[usize], secs: f64, modes: &[Mode]) -> Result<Report> {
         }
     }
     let mut md = format!(
-        "## `cargo xtask bench bot`\n\n{facts}\nfork-agent pinned to CPU {AGENT_CORE}, `prebuffer_ms = 0`, Twilio dialect; a fresh topology and fork-agent per point. Each bot sends a {CHUNK_MS} ms utterance every {} ms; {secs} s per point after {} s of warm-up. Endpoint: sink flows, the playout sends 50 packets a second per call (speech or silence). Inject: bridged calls, every callee streaming 20 ms RTP through the kernel relay; the bot replaces the callee while it talks (one take-over and one hand-back per utterance). Latency: the bot's CLOCK_MONOTONIC stamp in the `media` message → the caller receiving the utterance's first RTP packet; it includes the wait for the call's next 20 ms packet time and, in inject mode, the take-over.\n\n| calls | mode | load avg (1 min) | RTP at the caller: bot + relayed of expected (50/s per call) | utterances timed / sent | fork-agent CPU (cores) | µs per paced packet | latency p50 / p99 / max (ms) | take-overs / hand-backs / failures |\n|---|---|---|---|---|---|---|---|---|\n",
+        "## `cargo xtask bench bot`\n\n{facts}\nfork-agent pinned to CPU {AGENT_CORE}, `prebuffer_ms = 0`, Twilio dialect; a fresh topology and fork-agent per point. Each bot sends a {CHUNK_MS} ms utterance every {} ms; {secs} s per point after {} s of warm-up. Endpoint: sink flows, the playout sends 50 packets a second per call (speech or silence). Inject: bridged calls, every callee streaming 20 ms RTP through the kernel relay; the bot replaces the callee while it talks (one take-over and one hand-back per utterance). Latency: the bot's CLOCK_MONOTONIC stamp in the `media` message → the caller receiving the utterance's first RTP packet; in endpoint mode it includes the wait for the call's next 20 ms packet time; in inject mode the talkspurt starts as soon as the take-over is answered.\n\n| calls | mode | load avg (1 min) | RTP at the caller: bot + relayed of expected (50/s per call) | utterances timed / sent | fork-agent CPU (cores) | µs per paced packet | latency p50 / p99 / max (ms) | take-overs / hand-backs / failures |\n|---|---|---|---|---|---|---|---|---|\n",
         PERIOD.as_millis(),
         WARM_UP.as_secs_f64(),
     );
