@@ -1,6 +1,6 @@
 //! `cargo xtask bench relay|turn|fork|calls|dialects|ng|srtp|bot [--reps N] [--secs S] [--rates LIST]
 //! [--streams LIST] [--cps LIST] [--calls N] [--hold S] [--concurrent LIST] [--rtp yes|no]
-//! [--ng-calls N] [--windows LIST] [--modes LIST] [--out DIR]`: the
+//! [--ng-calls N] [--windows LIST] [--modes LIST] [--spread-ms MS] [--out DIR]`: the
 //! benchmarks of docs/benchmarks.md (needs root; never part of `cargo xtask test`).
 //!
 //! Input: which benchmark and its sweep options. Output: the report of `xdpfork-bench`
@@ -108,6 +108,11 @@ pub(crate) struct Args {
     /// mode in turn.
     #[arg(long, default_value = "endpoint,inject")]
     modes: String,
+    /// `bot` only: the bots' first utterances are spread over this many ms, at most the talk
+    /// period of 300 ms (the default: calls talk independently); 20 has every bot talk in the
+    /// same packet time, the worst burst of take-overs.
+    #[arg(long, default_value_t = 300)]
+    spread_ms: u64,
 }
 
 /// Streams of the `--profile` point (the issue asks for a profile at 1,000 streams).
@@ -345,6 +350,8 @@ fn run_one(args: &Args, which: &str, fork_path: &str, out: &str, agents: &[Strin
                     args.streams.clone(),
                     "--modes".to_owned(),
                     args.modes.clone(),
+                    "--spread-ms".to_owned(),
+                    args.spread_ms.to_string(),
                 ],
                 _ => vec![],
             })

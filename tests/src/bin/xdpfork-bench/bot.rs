@@ -3,8 +3,8 @@
 //! kernel relays): how many calls' playouts it paces, the latency from the bot's message to the
 //! RTP packet at the caller, and whether the caller's stream stays continuous.
 //!
-//! Input: the sweep of call counts (`--streams`), the modes (`--modes endpoint,inject`) and
-//! seconds per point. Output: two Markdown tables (per call count and mode: RTP packets at the
+//! Input: the sweep of call counts (`--streams`), the modes (`--modes endpoint,inject`), the
+//! spread of the bots' phases (`--spread-ms`, by default the talk period) and seconds per point. Output: two Markdown tables (per call count and mode: RTP packets at the
 //! caller, fork-agent CPU, bot → caller latency p50/p99/max, take-overs and hand-backs; then the
 //! caller's view of continuity: sequence gaps and repeats, SSRC changes, timestamp steps, by
 //! where they happened) plus raw points.
@@ -443,8 +443,14 @@ struct Bot {
     utterances: AtomicU64,
 }
 
-/// The bot server: per connection, talk every PERIOD once `start` arrived.
-fn spawn_bot(listener: TcpListener, bot: Arc<Bot>, stop: Arc<AtomicBool>) -> JoinHandle<()> {
+/// The bot server: per connection, talk every PERIOD once `start` arrived, the connections'
+/// first utterances spread over `spread`.
+fn spawn_bot(
+    listener: TcpListener,
+    bot: Arc<Bot>,
+    spread: Duration,
+    stop: Arc<AtomicBool>,
+) -> JoinHandle<()> {
     std::thread::spawn(move || {
         load::boost_thread();
         let Ok(rt) = tokio::runtime::Builder::new_current_thread()
@@ -484,11 +490,11 @@ fn spawn_bot(listener: TcpListener, bot: Arc<Bot>, stop: Arc<AtomicBool>) -> Joi
                     }
                     let Some(sid) = sid else { return };
                     let k = bot.starts.fetch_add(1, Ordering::Relaxed);
-                    // Spread the bots' phases over the period, and so over the playouts' 20 ms
-                    // packet grid (a bot that always spoke just after a packet went out would
-                    // always wait a whole one): calls talk independently, not all at once.
-                    let period_us = PERIOD.as_micros() as u64;
-                    tokio::time::sleep(Duration::from_micros(k * 7_300 % period_us)).await;
+                    // Spread the bots' phases (by default over the period, and so over the
+                    // playouts' 20 ms packet grid: a bot that always spoke just after a packet
+                    // went out would always wait a whole one, and calls talk independently).
+                    let spread_us = (spread.as_micros() as u64).max(1);
+                    tokio::time::sleep(Duration::from_micros(k * 7_300 % spread_us)).await;
                     // Drain what fork-agent sends (nothing much: the callers are silent).
                     tokio::spawn(async move { while rx.next().await.is_some() {} });
                     let mut tick = tokio::time::interval(PERIOD);
@@ -617,7 +623,8 @@ fn agent_counters(socket: &std::path::Path) -> Value {
 }
 
 /// One point: a fresh topology and fork-agent with `n` bot calls in `mode`, counted for `secs`.
-fn point(mode: Mode, n: usize, secs: f64) -> Result<Point> {
+fn point(mode: Mode, n: usize, o: &Opts) -> Result<Point> {
+    let secs = o.secs;
     let mut t = Topology::new()?;
     let listener = tcp_listener(&t, Host::Speech, WS.parse()?)?;
     let bot = Arc::new(Bot {
@@ -633,7 +640,7 @@ fn point(mode: Mode, n: usize, secs: f64) -> Result<Point> {
     let mut threads = Threads {
         stop: stop.clone(),
         handles: vec![
-            spawn_bot(listener, bot.clone(), stop.clone()),
+            spawn_bot(listener, bot.clone(), o.spread, stop.clone()),
             spawn_callers(caller, acc.clone(), stop.clone()),
         ],
     };
@@ -836,17 +843,39 @@ fn by_kind(p: &Point, f: impl Fn(&Steps) -> u64) -> String {
     format!("{total} ({})", parts.join(", "))
 }
 
-pub fn run(calls: &[usize], secs: f64, modes: &[Mode]) -> Result<Report> {
+/// What `bench bot` measures.
+pub struct Opts {
+    /// Call counts, one point per count and mode.
+    pub calls: Vec<usize>,
+    pub modes: Vec<Mode>,
+    /// Seconds counted per point.
+    pub secs: f64,
+    /// The bots' first utterances are spread over this (the talk period by default; 20 ms has
+    /// every call's bot talk within the same packet time: the agent loop's worst burst).
+    pub spread: Duration,
+}
+
+impl Opts {
+    /// The talk period, the default of `--spread-ms`.
+    pub const DEFAULT_SPREAD_MS: u64 = PERIOD.as_millis() as u64;
+}
+
+pub fn run(o: &Opts) -> Result<Report> {
+    if o.spread.is_zero() || o.spread > PERIOD {
+        bail!("--spread-ms must be in 1..={}", Opts::DEFAULT_SPREAD_MS);
+    }
     let facts = crate::host_facts();
+    let secs = o.secs;
     let mut points = Vec::new();
-    for &n in calls {
-        for &mode in modes {
-            points.push(point(mode, n, secs)?);
+    for &n in &o.calls {
+        for &mode in &o.modes {
+            points.push(point(mode, n, o)?);
         }
     }
     let mut md = format!(
-        "## `cargo xtask bench bot`\n\n{facts}\nfork-agent pinned to CPU {AGENT_CORE}, `prebuffer_ms = 0`, Twilio dialect; a fresh topology and fork-agent per point. Each bot sends a {CHUNK_MS} ms utterance every {} ms; {secs} s per point after {} s of warm-up. Endpoint: sink flows, the playout sends 50 packets a second per call (speech or silence). Inject: bridged calls, every callee streaming 20 ms RTP through the kernel relay; the bot replaces the callee while it talks (one take-over and one hand-back per utterance). Latency: the bot's CLOCK_MONOTONIC stamp in the `media` message → the caller receiving the utterance's first RTP packet; in endpoint mode it includes the wait for the call's next 20 ms packet time; in inject mode the talkspurt starts as soon as the take-over is answered.\n\n| calls | mode | load avg (1 min) | RTP at the caller: bot + relayed of expected (50/s per call) | utterances timed / sent | fork-agent CPU (cores) | µs per paced packet | latency p50 / p99 / max (ms) | take-overs / hand-backs / failures |\n|---|---|---|---|---|---|---|---|---|\n",
+        "## `cargo xtask bench bot`\n\n{facts}\nfork-agent pinned to CPU {AGENT_CORE}, `prebuffer_ms = 0`, Twilio dialect; a fresh topology and fork-agent per point. Each bot sends a {CHUNK_MS} ms utterance every {} ms, the bots' phases spread over {} ms; {secs} s per point after {} s of warm-up. Endpoint: sink flows, the playout sends 50 packets a second per call (speech or silence). Inject: bridged calls, every callee streaming 20 ms RTP through the kernel relay; the bot replaces the callee while it talks (one take-over and one hand-back per utterance). Latency: the bot's CLOCK_MONOTONIC stamp in the `media` message → the caller receiving the utterance's first RTP packet; in endpoint mode it includes the wait for the call's next 20 ms packet time; in inject mode the talkspurt starts as soon as the take-over is answered.\n\n| calls | mode | load avg (1 min) | RTP at the caller: bot + relayed of expected (50/s per call) | utterances timed / sent | fork-agent CPU (cores) | µs per paced packet | latency p50 / p99 / max (ms) | take-overs / hand-backs / failures |\n|---|---|---|---|---|---|---|---|---|\n",
         PERIOD.as_millis(),
+        o.spread.as_millis(),
         WARM_UP.as_secs_f64(),
     );
     for p in &points {

@@ -21,7 +21,8 @@
 //!
 //! `xdpfork-bench ng [--reps N] [--ng-calls N] [--windows 1,16,64]` drives the rtpengine ng
 //! protocol (offer, answer, delete) through ng-agent and through rtpengine: `ngctl.rs`.
-//! `xdpfork-bench bot [--secs S] [--streams 50,200,...] [--modes endpoint,inject]` measures voice
+//! `xdpfork-bench bot [--secs S] [--streams 50,200,...] [--modes endpoint,inject] [--spread-ms
+//! 300]` measures voice
 //! bots talking back (return audio) on one fork-agent core, in endpoint and inject mode: `bot.rs`.
 //! `xdpfork-bench srtp [--reps N] [--secs S]` measures the user-space cost per packet of a
 //! bridged browser leg (webrtc-bridge's core, then ng-agent's leg task on loopback): `srtp.rs`.
@@ -88,8 +89,9 @@ pub struct Opts {
     pub ng_calls: usize,
     /// `ng`: calls in flight, one point per value.
     pub windows: Vec<usize>,
-    /// `bot`: the return-audio modes measured.
+    /// `bot`: the return-audio modes measured, and the spread of the bots' phases.
     pub bot_modes: Vec<bot::Mode>,
+    pub bot_spread: Duration,
 }
 
 /// xdpfork benchmarks (root): each builds its own namespaces and prints a Markdown report
@@ -155,6 +157,10 @@ struct Cli {
     /// (the bot talks into a kernel-relayed call). Each call count runs every mode in turn.
     #[arg(long, default_value = "endpoint,inject")]
     modes: String,
+    /// bot: the bots' first utterances are spread over this many ms, at most the talk period
+    /// (the default: calls talk independently); 20 has every bot talk in the same packet time.
+    #[arg(long, default_value_t = bot::Opts::DEFAULT_SPREAD_MS)]
+    spread_ms: u64,
 }
 
 fn numbers(flag: &str, v: &str) -> Result<Vec<usize>> {
@@ -206,6 +212,7 @@ fn parse_args() -> Result<(String, Opts)> {
         ng_calls: cli.ng_calls,
         windows: numbers("windows", &cli.windows)?,
         bot_modes: bot::Mode::parse_list(&cli.modes)?,
+        bot_spread: Duration::from_millis(cli.spread_ms),
     };
     if o.reps == 0 || o.secs <= 0.0 || o.secs > 10.0 || o.rates.is_empty() {
         bail!("--reps must be > 0, --secs in (0, 10], --rates non-empty");
@@ -243,7 +250,12 @@ fn main() -> Result<()> {
             windows: opts.windows.clone(),
         })?,
         "srtp" => srtp::run(opts.reps, opts.secs)?,
-        "bot" => bot::run(&opts.streams, opts.secs, &opts.bot_modes)?,
+        "bot" => bot::run(&bot::Opts {
+            calls: opts.streams.clone(),
+            modes: opts.bot_modes.clone(),
+            secs: opts.secs,
+            spread: opts.bot_spread,
+        })?,
         other => {
             bail!("unknown benchmark {other}: relay, turn, fork, calls, dialects, ng, srtp or bot")
         }
