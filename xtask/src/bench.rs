@@ -1,6 +1,7 @@
 //! `cargo xtask bench relay|turn|fork|calls|dialects|ng|srtp|bot [--reps N] [--secs S] [--rates LIST]
 //! [--streams LIST] [--cps LIST] [--calls N] [--hold S] [--concurrent LIST] [--rtp yes|no]
-//! [--ng-calls N] [--windows LIST] [--modes LIST] [--spread-ms MS] [--out DIR]`: the
+//! [--ng-calls N] [--windows LIST] [--modes LIST] [--spread-ms MS] [--barge-in]
+//! [--out DIR]`: the
 //! benchmarks of docs/benchmarks.md (needs root; never part of `cargo xtask test`).
 //!
 //! Input: which benchmark and its sweep options. Output: the report of `xdpfork-bench`
@@ -113,6 +114,10 @@ pub(crate) struct Args {
     /// same packet time, the worst burst of take-overs.
     #[arg(long, default_value_t = 300)]
     spread_ms: u64,
+    /// `bot` only: every utterance is cleared 40 ms into it and followed at once by another
+    /// (barge-in and re-prompt: a hand-back and a take-over back to back).
+    #[arg(long)]
+    barge_in: bool,
 }
 
 /// Streams of the `--profile` point (the issue asks for a profile at 1,000 streams).
@@ -345,14 +350,20 @@ fn run_one(args: &Args, which: &str, fork_path: &str, out: &str, agents: &[Strin
                     }
                     v
                 }
-                Which::Bot => vec![
-                    "--streams".to_owned(),
-                    args.streams.clone(),
-                    "--modes".to_owned(),
-                    args.modes.clone(),
-                    "--spread-ms".to_owned(),
-                    args.spread_ms.to_string(),
-                ],
+                Which::Bot => {
+                    let mut v = vec![
+                        "--streams".to_owned(),
+                        args.streams.clone(),
+                        "--modes".to_owned(),
+                        args.modes.clone(),
+                        "--spread-ms".to_owned(),
+                        args.spread_ms.to_string(),
+                    ];
+                    if args.barge_in {
+                        v.push("--barge-in".to_owned());
+                    }
+                    v
+                }
                 _ => vec![],
             })
             .args(match args.which {

@@ -4,7 +4,9 @@
 //! RTP packet at the caller, and whether the caller's stream stays continuous.
 //!
 //! Input: the sweep of call counts (`--streams`), the modes (`--modes endpoint,inject`), the
-//! spread of the bots' phases (`--spread-ms`, by default the talk period) and seconds per point. Output: two Markdown tables (per call count and mode: RTP packets at the
+//! spread of the bots' phases (`--spread-ms`, by default the talk period), whether each
+//! utterance is interrupted by a `clear` and a new utterance (`--barge-in`) and seconds per
+//! point. Output: two Markdown tables (per call count and mode: RTP packets at the
 //! caller, fork-agent CPU, bot → caller latency p50/p99/max, take-overs and hand-backs; then the
 //! caller's view of continuity: sequence gaps and repeats, SSRC changes, timestamp steps, by
 //! where they happened) plus raw points.
@@ -76,6 +78,8 @@ const AGENT_CORE: &str = "1";
 const PERIOD: Duration = Duration::from_millis(300);
 /// ... this much (the rest of the period is silence, so each utterance is a talkspurt).
 const CHUNK_MS: usize = 100;
+/// `--barge-in`: this far into each utterance the bot clears it and at once starts another.
+const BARGE_IN_AFTER: Duration = Duration::from_millis(40);
 /// Calls run this long after the last `start` before the window opens.
 const WARM_UP: Duration = Duration::from_secs(1);
 /// RTP timestamp units of one 20 ms G.711 packet.
@@ -444,11 +448,14 @@ struct Bot {
 }
 
 /// The bot server: per connection, talk every PERIOD once `start` arrived, the connections'
-/// first utterances spread over `spread`.
+/// first utterances spread over `spread`; with `barge_in`, [`BARGE_IN_AFTER`] into each
+/// utterance a `clear` and a new utterance in one write (a bot re-prompting after the caller
+/// interrupted it).
 fn spawn_bot(
     listener: TcpListener,
     bot: Arc<Bot>,
     spread: Duration,
+    barge_in: bool,
     stop: Arc<AtomicBool>,
 ) -> JoinHandle<()> {
     std::thread::spawn(move || {
@@ -499,15 +506,31 @@ fn spawn_bot(
                     tokio::spawn(async move { while rx.next().await.is_some() {} });
                     let mut tick = tokio::time::interval(PERIOD);
                     let mut audio = vec![0x20u8; CHUNK_MS * 8];
+                    let media = |audio: &mut Vec<u8>| {
+                        stamp(mono_ns(), audio);
+                        Message::text(
+                            json!({"event":"media","streamSid":sid,"media":{"payload":
+                                base64::engine::general_purpose::STANDARD.encode(&*audio)}})
+                            .to_string(),
+                        )
+                    };
+                    let clear = Message::text(json!({"event":"clear","streamSid":sid}).to_string());
                     while !stop.load(Ordering::Relaxed) {
                         tick.tick().await;
-                        stamp(mono_ns(), &mut audio);
-                        let msg = json!({"event":"media","streamSid":sid,"media":{"payload":
-                            base64::engine::general_purpose::STANDARD.encode(&audio)}});
-                        if tx.send(Message::text(msg.to_string())).await.is_err() {
+                        if tx.send(media(&mut audio)).await.is_err() {
                             return;
                         }
                         bot.utterances.fetch_add(1, Ordering::Relaxed);
+                        if barge_in {
+                            tokio::time::sleep(BARGE_IN_AFTER).await;
+                            let again = media(&mut audio);
+                            if tx.feed(clear.clone()).await.is_err()
+                                || tx.send(again).await.is_err()
+                            {
+                                return;
+                            }
+                            bot.utterances.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 });
             }
@@ -640,7 +663,7 @@ fn point(mode: Mode, n: usize, o: &Opts) -> Result<Point> {
     let mut threads = Threads {
         stop: stop.clone(),
         handles: vec![
-            spawn_bot(listener, bot.clone(), o.spread, stop.clone()),
+            spawn_bot(listener, bot.clone(), o.spread, o.barge_in, stop.clone()),
             spawn_callers(caller, acc.clone(), stop.clone()),
         ],
     };
@@ -853,6 +876,8 @@ pub struct Opts {
     /// The bots' first utterances are spread over this (the talk period by default; 20 ms has
     /// every call's bot talk within the same packet time: the agent loop's worst burst).
     pub spread: Duration,
+    /// Each utterance is cleared [`BARGE_IN_AFTER`] into it and followed at once by another.
+    pub barge_in: bool,
 }
 
 impl Opts {
@@ -873,9 +898,17 @@ pub fn run(o: &Opts) -> Result<Report> {
         }
     }
     let mut md = format!(
-        "## `cargo xtask bench bot`\n\n{facts}\nfork-agent pinned to CPU {AGENT_CORE}, `prebuffer_ms = 0`, Twilio dialect; a fresh topology and fork-agent per point. Each bot sends a {CHUNK_MS} ms utterance every {} ms, the bots' phases spread over {} ms; {secs} s per point after {} s of warm-up. Endpoint: sink flows, the playout sends 50 packets a second per call (speech or silence). Inject: bridged calls, every callee streaming 20 ms RTP through the kernel relay; the bot replaces the callee while it talks (one take-over and one hand-back per utterance). Latency: the bot's CLOCK_MONOTONIC stamp in the `media` message → the caller receiving the utterance's first RTP packet; in endpoint mode it includes the wait for the call's next 20 ms packet time; in inject mode the talkspurt starts as soon as the take-over is answered.\n\n| calls | mode | load avg (1 min) | RTP at the caller: bot + relayed of expected (50/s per call) | utterances timed / sent | fork-agent CPU (cores) | µs per paced packet | latency p50 / p99 / max (ms) | take-overs / hand-backs / failures |\n|---|---|---|---|---|---|---|---|---|\n",
+        "## `cargo xtask bench bot`\n\n{facts}\nfork-agent pinned to CPU {AGENT_CORE}, `prebuffer_ms = 0`, Twilio dialect; a fresh topology and fork-agent per point. Each bot sends a {CHUNK_MS} ms utterance every {} ms, the bots' phases spread over {} ms{}; {secs} s per point after {} s of warm-up. Endpoint: sink flows, the playout sends 50 packets a second per call (speech or silence). Inject: bridged calls, every callee streaming 20 ms RTP through the kernel relay; the bot replaces the callee while it talks (one take-over and one hand-back per utterance). Latency: the bot's CLOCK_MONOTONIC stamp in the `media` message → the caller receiving the utterance's first RTP packet; in endpoint mode it includes the wait for the call's next 20 ms packet time; in inject mode the talkspurt starts as soon as the take-over is answered.\n\n| calls | mode | load avg (1 min) | RTP at the caller: bot + relayed of expected (50/s per call) | utterances timed / sent | fork-agent CPU (cores) | µs per paced packet | latency p50 / p99 / max (ms) | take-overs / hand-backs / failures |\n|---|---|---|---|---|---|---|---|---|\n",
         PERIOD.as_millis(),
         o.spread.as_millis(),
+        if o.barge_in {
+            format!(
+                ", each utterance cleared {} ms into it and followed at once (same write) by another",
+                BARGE_IN_AFTER.as_millis()
+            )
+        } else {
+            String::new()
+        },
         WARM_UP.as_secs_f64(),
     );
     for p in &points {

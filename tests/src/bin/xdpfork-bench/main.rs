@@ -22,7 +22,7 @@
 //! `xdpfork-bench ng [--reps N] [--ng-calls N] [--windows 1,16,64]` drives the rtpengine ng
 //! protocol (offer, answer, delete) through ng-agent and through rtpengine: `ngctl.rs`.
 //! `xdpfork-bench bot [--secs S] [--streams 50,200,...] [--modes endpoint,inject] [--spread-ms
-//! 300]` measures voice
+//! 300] [--barge-in]` measures voice
 //! bots talking back (return audio) on one fork-agent core, in endpoint and inject mode: `bot.rs`.
 //! `xdpfork-bench srtp [--reps N] [--secs S]` measures the user-space cost per packet of a
 //! bridged browser leg (webrtc-bridge's core, then ng-agent's leg task on loopback): `srtp.rs`.
@@ -92,6 +92,7 @@ pub struct Opts {
     /// `bot`: the return-audio modes measured, and the spread of the bots' phases.
     pub bot_modes: Vec<bot::Mode>,
     pub bot_spread: Duration,
+    pub bot_barge_in: bool,
 }
 
 /// xdpfork benchmarks (root): each builds its own namespaces and prints a Markdown report
@@ -161,6 +162,10 @@ struct Cli {
     /// (the default: calls talk independently); 20 has every bot talk in the same packet time.
     #[arg(long, default_value_t = bot::Opts::DEFAULT_SPREAD_MS)]
     spread_ms: u64,
+    /// bot: every utterance is cleared 40 ms into it and followed at once by another (barge-in
+    /// and re-prompt).
+    #[arg(long)]
+    barge_in: bool,
 }
 
 fn numbers(flag: &str, v: &str) -> Result<Vec<usize>> {
@@ -213,6 +218,7 @@ fn parse_args() -> Result<(String, Opts)> {
         windows: numbers("windows", &cli.windows)?,
         bot_modes: bot::Mode::parse_list(&cli.modes)?,
         bot_spread: Duration::from_millis(cli.spread_ms),
+        bot_barge_in: cli.barge_in,
     };
     if o.reps == 0 || o.secs <= 0.0 || o.secs > 10.0 || o.rates.is_empty() {
         bail!("--reps must be > 0, --secs in (0, 10], --rates non-empty");
@@ -255,6 +261,7 @@ fn main() -> Result<()> {
             modes: opts.bot_modes.clone(),
             secs: opts.secs,
             spread: opts.bot_spread,
+            barge_in: opts.bot_barge_in,
         })?,
         other => {
             bail!("unknown benchmark {other}: relay, turn, fork, calls, dialects, ng, srtp or bot")
