@@ -1,6 +1,7 @@
 //! `cargo xtask bench relay|turn|fork|calls|dialects|ng|srtp|bot [--reps N] [--secs S] [--rates LIST]
 //! [--streams LIST] [--cps LIST] [--calls N] [--hold S] [--concurrent LIST] [--rtp yes|no]
-//! [--ng-calls N] [--windows LIST] [--out DIR]`: the
+//! [--ng-calls N] [--windows LIST] [--modes LIST] [--spread-ms MS] [--barge-in]
+//! [--out DIR]`: the
 //! benchmarks of docs/benchmarks.md (needs root; never part of `cargo xtask test`).
 //!
 //! Input: which benchmark and its sweep options. Output: the report of `xdpfork-bench`
@@ -34,7 +35,8 @@ pub(crate) enum Which {
     Ng,
     /// User-space cost per packet of a bridged browser leg (SRTP<->RTP, docs/webrtc.md).
     Srtp,
-    /// Voice bots talking back (return audio): calls per fork-agent core, bot → caller latency.
+    /// Voice bots talking back (return audio, endpoint and inject mode): calls per fork-agent
+    /// core, bot → caller latency, the caller's stream continuity.
     Bot,
 }
 
@@ -102,6 +104,20 @@ pub(crate) struct Args {
     /// `ng` only: calls in flight, comma-separated (one point per value).
     #[arg(long, default_value = "1,16,64")]
     windows: String,
+    /// `bot` only: return-audio modes, comma-separated: endpoint (the call ends at the bot; the
+    /// baseline), inject (the bot talks into a kernel-relayed call). Each call count runs every
+    /// mode in turn.
+    #[arg(long, default_value = "endpoint,inject")]
+    modes: String,
+    /// `bot` only: the bots' first utterances are spread over this many ms, at most the talk
+    /// period of 300 ms (the default: calls talk independently); 20 has every bot talk in the
+    /// same packet time, the worst burst of take-overs.
+    #[arg(long, default_value_t = 300)]
+    spread_ms: u64,
+    /// `bot` only: every utterance is cleared 40 ms into it and followed at once by another
+    /// (barge-in and re-prompt: a hand-back and a take-over back to back).
+    #[arg(long)]
+    barge_in: bool,
 }
 
 /// Streams of the `--profile` point (the issue asks for a profile at 1,000 streams).
@@ -334,7 +350,20 @@ fn run_one(args: &Args, which: &str, fork_path: &str, out: &str, agents: &[Strin
                     }
                     v
                 }
-                Which::Bot => vec!["--streams".to_owned(), args.streams.clone()],
+                Which::Bot => {
+                    let mut v = vec![
+                        "--streams".to_owned(),
+                        args.streams.clone(),
+                        "--modes".to_owned(),
+                        args.modes.clone(),
+                        "--spread-ms".to_owned(),
+                        args.spread_ms.to_string(),
+                    ];
+                    if args.barge_in {
+                        v.push("--barge-in".to_owned());
+                    }
+                    v
+                }
                 _ => vec![],
             })
             .args(match args.which {

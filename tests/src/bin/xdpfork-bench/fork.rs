@@ -515,14 +515,7 @@ fn rss_bytes(pid: i32) -> u64 {
 
 /// Packets the callee's veth received (relayed datagrams).
 fn callee_rx(t: &Topology) -> u64 {
-    xdpfork_tests::ns_run(
-        &t.ns(Host::Callee),
-        "cat",
-        &["/sys/class/net/cb0/statistics/rx_packets"],
-    )
-    .ok()
-    .and_then(|s| s.trim().parse().ok())
-    .unwrap_or(0)
+    crate::veth_stat(&t.ns(Host::Callee), "cb0", "rx_packets")
 }
 
 /// A CPU cap on one process through the cgroup v1 `cpu` controller (CFS quota), for the

@@ -400,6 +400,16 @@ fn setsockopt_int(sock: &UdpSocket, level: i32, name: i32, value: i32) -> Result
     Ok(())
 }
 
+/// One iovec over each whole buffer, for `recvmmsg` (the buffers must outlive their use).
+pub fn iovecs<const N: usize>(bufs: &mut [[u8; N]]) -> Vec<libc::iovec> {
+    bufs.iter_mut()
+        .map(|b| libc::iovec {
+            iov_base: b.as_mut_ptr().cast(),
+            iov_len: N,
+        })
+        .collect()
+}
+
 /// Room for one SCM_TIMESTAMPNS control message.
 const CMSG_SPACE: usize = 64;
 
@@ -422,13 +432,7 @@ fn receive(
     let mut seen = Vec::<u64>::new(); // bitmap of sequence numbers
     let mut bufs = vec![[0u8; 2048]; BATCH];
     let mut ctrl = vec![[0u8; CMSG_SPACE]; BATCH];
-    let mut iovs: Vec<libc::iovec> = bufs
-        .iter_mut()
-        .map(|b| libc::iovec {
-            iov_base: b.as_mut_ptr().cast(),
-            iov_len: b.len(),
-        })
-        .collect();
+    let mut iovs = iovecs(&mut bufs);
     // SAFETY: mmsghdr is plain data.
     let mut msgs: Vec<libc::mmsghdr> = (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
     while !stop.load(Ordering::Relaxed) {

@@ -21,6 +21,9 @@
 //!
 //! `xdpfork-bench ng [--reps N] [--ng-calls N] [--windows 1,16,64]` drives the rtpengine ng
 //! protocol (offer, answer, delete) through ng-agent and through rtpengine: `ngctl.rs`.
+//! `xdpfork-bench bot [--secs S] [--streams 50,200,...] [--modes endpoint,inject] [--spread-ms
+//! 300] [--barge-in]` measures voice
+//! bots talking back (return audio) on one fork-agent core, in endpoint and inject mode: `bot.rs`.
 //! `xdpfork-bench srtp [--reps N] [--secs S]` measures the user-space cost per packet of a
 //! bridged browser leg (webrtc-bridge's core, then ng-agent's leg task on loopback): `srtp.rs`.
 //!
@@ -86,6 +89,10 @@ pub struct Opts {
     pub ng_calls: usize,
     /// `ng`: calls in flight, one point per value.
     pub windows: Vec<usize>,
+    /// `bot`: the return-audio modes measured, and the spread of the bots' phases.
+    pub bot_modes: Vec<bot::Mode>,
+    pub bot_spread: Duration,
+    pub bot_barge_in: bool,
 }
 
 /// xdpfork benchmarks (root): each builds its own namespaces and prints a Markdown report
@@ -147,6 +154,18 @@ struct Cli {
     /// ng: calls in flight, comma-separated (one point per value).
     #[arg(long, default_value = "1,16,64")]
     windows: String,
+    /// bot: return-audio modes, comma-separated: endpoint (the call ends at the bot), inject
+    /// (the bot talks into a kernel-relayed call). Each call count runs every mode in turn.
+    #[arg(long, default_value = "endpoint,inject")]
+    modes: String,
+    /// bot: the bots' first utterances are spread over this many ms, at most the talk period
+    /// (the default: calls talk independently); 20 has every bot talk in the same packet time.
+    #[arg(long, default_value_t = bot::Opts::DEFAULT_SPREAD_MS)]
+    spread_ms: u64,
+    /// bot: every utterance is cleared 40 ms into it and followed at once by another (barge-in
+    /// and re-prompt).
+    #[arg(long)]
+    barge_in: bool,
 }
 
 fn numbers(flag: &str, v: &str) -> Result<Vec<usize>> {
@@ -197,6 +216,9 @@ fn parse_args() -> Result<(String, Opts)> {
         overload: cli.overload,
         ng_calls: cli.ng_calls,
         windows: numbers("windows", &cli.windows)?,
+        bot_modes: bot::Mode::parse_list(&cli.modes)?,
+        bot_spread: Duration::from_millis(cli.spread_ms),
+        bot_barge_in: cli.barge_in,
     };
     if o.reps == 0 || o.secs <= 0.0 || o.secs > 10.0 || o.rates.is_empty() {
         bail!("--reps must be > 0, --secs in (0, 10], --rates non-empty");
@@ -234,7 +256,13 @@ fn main() -> Result<()> {
             windows: opts.windows.clone(),
         })?,
         "srtp" => srtp::run(opts.reps, opts.secs)?,
-        "bot" => bot::run(&opts.streams, opts.secs)?,
+        "bot" => bot::run(&bot::Opts {
+            calls: opts.streams.clone(),
+            modes: opts.bot_modes.clone(),
+            secs: opts.secs,
+            spread: opts.bot_spread,
+            barge_in: opts.bot_barge_in,
+        })?,
         other => {
             bail!("unknown benchmark {other}: relay, turn, fork, calls, dialects, ng, srtp or bot")
         }
@@ -283,23 +311,39 @@ pub struct Variant {
 /// (`ca0` tx_dropped: the forker's receive ring was full), the forker's UDP sockets
 /// (RcvbufErrors: a user-space relay did not read fast enough) and the callee's UDP sockets.
 pub fn drops(ns: &[String; 3]) -> [u64; 3] {
-    let udp_rcvbuf = |ns: &str| -> u64 {
-        let snmp = ns_run(ns, "cat", &["/proc/net/snmp"]).unwrap_or_default();
-        let mut udp = snmp.lines().filter(|l| l.starts_with("Udp: "));
-        let (Some(h), Some(v)) = (udp.next(), udp.next()) else {
-            return 0;
-        };
-        h.split_whitespace()
-            .zip(v.split_whitespace())
-            .find(|(k, _)| *k == "RcvbufErrors")
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or(0)
+    [
+        veth_stat(&ns[0], "ca0", "tx_dropped"),
+        udp_rcvbuf_errors(&ns[1]),
+        udp_rcvbuf_errors(&ns[2]),
+    ]
+}
+
+/// `Udp: RcvbufErrors` of namespace `ns` (datagrams a socket's full buffer refused); 0 if
+/// unreadable.
+pub fn udp_rcvbuf_errors(ns: &str) -> u64 {
+    let snmp = ns_run(ns, "cat", &["/proc/net/snmp"]).unwrap_or_default();
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp: "));
+    let (Some(h), Some(v)) = (udp.next(), udp.next()) else {
+        return 0;
     };
-    let ring = ns_run(&ns[0], "cat", &["/sys/class/net/ca0/statistics/tx_dropped"])
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0);
-    [ring, udp_rcvbuf(&ns[1]), udp_rcvbuf(&ns[2])]
+    h.split_whitespace()
+        .zip(v.split_whitespace())
+        .find(|(k, _)| *k == "RcvbufErrors")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// One statistic of interface `dev` in namespace `ns` (`/sys/class/net/<dev>/statistics`); 0
+/// if unreadable.
+pub fn veth_stat(ns: &str, dev: &str, stat: &str) -> u64 {
+    ns_run(
+        ns,
+        "cat",
+        &[&format!("/sys/class/net/{dev}/statistics/{stat}")],
+    )
+    .ok()
+    .and_then(|s| s.trim().parse().ok())
+    .unwrap_or(0)
 }
 
 /// A variant with the calls it relays: `None` is the one-destination load on the connected
