@@ -4,7 +4,10 @@
 //! code) on a socket in the caller namespace, so it can send what aiortc never would; ng-agent
 //! is driven over the ng protocol directly and the phone is a socket in the callee namespace.
 //! Each bad packet is dropped, counted in `query`'s `webrtc` dictionary, and absent at the phone,
-//! while the good ones arrive unchanged. The same rig measures early audio: what the phone sends
+//! while the good ones arrive unchanged. Forged SRTCP from the browser's address (one re-stamped
+//! with a far index, one claiming to be unencrypted) comes before the first genuine RTCP: it
+//! never reaches the phone and moves no replay window, so every genuine RTCP after it does.
+//! The same rig measures early audio: what the phone sends
 //! before DTLS is up reaches the browser, from the first packet.
 
 #![allow(clippy::disallowed_methods)] // wall clock drives real processes
@@ -22,6 +25,10 @@ use crate::webrtc_support::*;
 
 const BROWSER: &str = "10.77.1.2:50000";
 const PHONE: &str = "10.77.2.2:40000";
+const PHONE_RTCP: &str = "10.77.2.2:40001";
+
+/// A receiver report with no blocks (RFC 3550 §6.4.2) from the browser's SSRC.
+const RR: [u8; 8] = [0x80, 201, 0, 1, 0xA1, 0xB2, 0xC3, 0xD4];
 
 fn browser_offer(port: u16, fingerprint: &str) -> String {
     format!(
@@ -224,6 +231,28 @@ fn tampered_replayed_and_unverified_media_never_reach_the_phone() -> Result<()> 
     wait_counter(&w, "good", "srtp-replayed", 10)?;
     wait_counter(&w, "good", "to-plain", 20)?;
 
+    // Forged SRTCP first: a genuine RR re-stamped with index 1,000,000 (its HMAC no longer
+    // verifies), and an RR with the E flag clear and a junk tag. Then 5 genuine RRs: all reach
+    // the phone's RTCP port through the kernel relay.
+    let phone_rtcp = topo.udp_socket(Host::Callee, PHONE_RTCP.parse()?)?;
+    let mut forged = p.seal(&RR);
+    let at = forged.len() - 10 - 4;
+    forged[at..at + 4].copy_from_slice(&(1_000_000u32 | 1 << 31).to_be_bytes());
+    sock.send_to(&forged, to)?;
+    let mut clear = RR.to_vec();
+    clear.extend_from_slice(&1u32.to_be_bytes());
+    clear.extend_from_slice(&[0xAA; 10]);
+    sock.send_to(&clear, to)?;
+    for _ in 0..5 {
+        sock.send_to(&p.seal(&RR), to)?;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let got = drain(&phone_rtcp)?;
+    assert_eq!(got, vec![RR.to_vec(); 5], "{}", w.diag());
+    wait_counter(&w, "good", "srtp-auth-failed", 12)?;
+    wait_counter(&w, "good", "srtp-replayed", 10)?;
+    wait_counter(&w, "good", "to-plain", 25)?;
+
     // A certificate that is not the one the SDP named: handshake done, media refused.
     let sock2 = topo.udp_socket(Host::Caller, "10.77.1.2:50002".parse()?)?;
     let mut liar = peer("10.77.1.2:50002".parse()?, true);
@@ -244,7 +273,7 @@ fn tampered_replayed_and_unverified_media_never_reach_the_phone() -> Result<()> 
     for (sample, want) in [
         (
             "xdpfork_ng_webrtc_dropped_total{reason=\"srtp_auth_failed\"} ",
-            10.0,
+            12.0,
         ),
         (
             "xdpfork_ng_webrtc_dropped_total{reason=\"srtp_replayed\"} ",
@@ -256,7 +285,7 @@ fn tampered_replayed_and_unverified_media_never_reach_the_phone() -> Result<()> 
         ),
         (
             "xdpfork_ng_webrtc_packets_total{direction=\"to_plain\"} ",
-            20.0,
+            25.0,
         ),
     ] {
         assert_eq!(w.metric(sample)?, want, "{sample}");
