@@ -293,6 +293,51 @@ fn tampered_replayed_and_unverified_media_never_reach_the_phone() -> Result<()> 
     Ok(())
 }
 
+/// A browser offer whose browser-facing port is already taken (a socket bound on it before the
+/// offer) is refused: `result: error` with an `error-reason` naming the address, never `ok` with
+/// SDP pointing at a port nobody serves. Nothing stays behind: no call in `list`, its ports
+/// free, and once the port is free again the same offer goes through.
+#[test]
+fn an_offer_whose_browser_port_is_taken_is_refused_naming_it() -> Result<()> {
+    let w = WebrtcTest::start()?;
+    let topo = &w.ng.t.s.topo;
+    // The first browser leg of a fresh ng-agent gets the pool's first port.
+    let squatter = topo.udp_socket(Host::Forker, "10.77.1.1:30000".parse()?)?;
+    let p = peer(BROWSER.parse()?, true);
+    let offer = Value::dict([
+        ("command", Value::str("offer")),
+        ("call-id", Value::str("taken")),
+        ("from-tag", Value::str("browser")),
+        ("sdp", Value::str(&browser_offer(50000, &p.fingerprint))),
+        ("transport-protocol", Value::str("RTP/AVP")),
+        ("ICE", Value::str("remove")),
+    ]);
+    let r = w.ng.ng(offer)?;
+    assert_eq!(
+        r.get("result").and_then(Value::as_str),
+        Some("error"),
+        "{r:?}"
+    );
+    let reason = r
+        .get("error-reason")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let want = "cannot bridge the browser leg on 10.77.1.1:30000: binding the browser-facing \
+                socket 10.77.1.1:30000: ";
+    assert!(reason.starts_with(want), "{reason}");
+    let list = w.ng.ng(Value::dict([("command", Value::str("list"))]))?;
+    assert_eq!(list.get("calls"), Some(&Value::List(vec![])), "{list:?}");
+    drop(squatter);
+    set_up(&w, "after", &p.fingerprint)?;
+    let list = w.ng.ng(Value::dict([("command", Value::str("list"))]))?;
+    assert_eq!(
+        list.get("calls"),
+        Some(&Value::List(vec![Value::str("after")])),
+        "{list:?}"
+    );
+    Ok(())
+}
+
 /// Early audio: the phone starts sending as soon as the answer is through, 300 ms before the
 /// browser's DTLS is up. The bridge holds it and sends it, in order, the moment SRTP keys exist:
 /// the browser gets every packet from the first (rtpengine loses the first 20-120 ms).
