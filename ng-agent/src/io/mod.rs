@@ -29,6 +29,7 @@ use crate::core::webrtc::{BridgeOp, LegReport, WebrtcConfig};
 use call_store::CallStore;
 
 pub mod bridge;
+pub mod gateway;
 
 /// Reports (counters, selected address) buffered from the browser legs' tasks.
 const REPORT_QUEUE: usize = 1024;
@@ -67,12 +68,12 @@ pub async fn run(settings: Settings, mut reloader: daemon_ops::reload::Reloader)
             });
             engine_cfg.seed = rand::random();
             info!(fingerprint = %cert.fingerprint(), netns = %w.gateway_netns.display(), "WebRTC bridging on");
-            Some(bridge::Bridges::new(
-                cert,
-                w.gateway_netns.clone(),
-                w.early_audio,
-                report_tx,
-            )?)
+            let bridges =
+                bridge::Bridges::new(cert, w.gateway_netns.clone(), w.early_audio, report_tx)?;
+            // The relay's incremental UDP checksum update needs full checksums (core/ethtool.rs).
+            let dev = gateway::prepare(&w.gateway_netns, w.gateway_address)?;
+            info!(%dev, "gateway veth: transmit checksum offload off");
+            Some(bridges)
         }
         None => None,
     };
