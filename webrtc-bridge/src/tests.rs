@@ -113,6 +113,15 @@ impl Run {
         dtls
     }
 
+    /// Passive answer to the peer's offer, ICE check, handshake: SRTP flows both ways.
+    fn connect(&mut self) {
+        let fp = self.peer.fingerprint.clone();
+        self.remote(&fp, Some(Role::Server));
+        self.ice();
+        self.handshake();
+        assert_eq!(self.events.last(), Some(&Event::Connected));
+    }
+
     fn remote(&mut self, fingerprint: &str, role: Option<Role>) {
         let fp = Fingerprint::parse(fingerprint).unwrap();
         self.bridge.set_remote(
@@ -275,10 +284,7 @@ fn a_certificate_that_does_not_match_the_fingerprint_carries_no_media() {
 #[test]
 fn tampered_and_replayed_srtp_are_dropped_and_counted() {
     let mut r = Run::new(true);
-    let fp = r.peer.fingerprint.clone();
-    r.remote(&fp, Some(Role::Server));
-    r.ice();
-    r.handshake();
+    r.connect();
     let good = r.peer.seal(&rtp(1, 5));
     let mut bad = r.peer.seal(&rtp(2, 5));
     bad[20] ^= 0x01;
@@ -317,11 +323,7 @@ fn forged_packets_with_a_far_index_do_not_move_the_replay_window() {
     for profile in [PeerProfile::Sha1_80, PeerProfile::Gcm] {
         let mut r = Run::new(true);
         r.peer = peer_with(BROWSER.parse().unwrap(), true, profile);
-        let fp = r.peer.fingerprint.clone();
-        r.remote(&fp, Some(Role::Server));
-        r.ice();
-        r.handshake();
-        assert_eq!(r.events.last(), Some(&Event::Connected), "{profile:?}");
+        r.connect();
 
         // SRTCP: a genuine RR re-stamped with index 1,000,000 (E flag kept): its tag no longer
         // verifies.
@@ -360,10 +362,7 @@ fn forged_packets_with_a_far_index_do_not_move_the_replay_window() {
 #[test]
 fn unencrypted_srtcp_is_refused_as_unauthenticated() {
     let mut r = Run::new(true);
-    let fp = r.peer.fingerprint.clone();
-    r.remote(&fp, Some(Role::Server));
-    r.ice();
-    r.handshake();
+    r.connect();
     let mut forged = rtcp_rr();
     forged.extend_from_slice(&7u32.to_be_bytes());
     forged.extend_from_slice(&[0xAA; 10]);
@@ -379,10 +378,7 @@ fn unencrypted_srtcp_is_refused_as_unauthenticated() {
 #[test]
 fn srtp_replays_are_judged_across_a_sequence_number_wrap() {
     let mut r = Run::new(true);
-    let fp = r.peer.fingerprint.clone();
-    r.remote(&fp, Some(Role::Server));
-    r.ice();
-    r.handshake();
+    r.connect();
     let mut sent = Vec::new();
     for seq in (65530..=65535).chain(0..5) {
         let pkt = r.peer.seal(&rtp(seq, 1));
