@@ -127,6 +127,7 @@ pub fn record(tag: u8, payload: &[u8]) -> Vec<u8> {
 pub fn exercise_ng(data: &[u8]) {
     use ng_agent::core::bencode::{decode, Limits, Value};
     use ng_agent::core::engine::{Engine, EngineConfig, Interface, Output};
+    use ng_agent::core::webrtc::BridgeOp;
     use std::time::{Duration, Instant};
 
     let cfg = EngineConfig {
@@ -188,19 +189,27 @@ pub fn exercise_ng(data: &[u8]) {
                             "no result"
                         );
                     }
-                    Output::Control { id, .. } => pending.push(id),
+                    Output::Control { id, .. } => pending.push((id, false)),
+                    // The shell binds a browser leg's sockets and answers; the offer waits.
+                    Output::Bridge(BridgeOp::Open { id, .. }) => pending.push((id, true)),
                     // The shell's sockets and tasks: nothing comes back to the engine.
                     Output::Dropped { .. } | Output::Bridge(_) => {}
                 }
             }
-            let Some(id) = pending.pop() else { break };
+            let Some((id, bridge)) = pending.pop() else {
+                break;
+            };
             let result = if answer_ok {
                 Ok(())
             } else {
                 Err("refused".to_string())
             };
             answer_ok = !answer_ok;
-            engine.handle_control_result(now, id, result);
+            if bridge {
+                engine.handle_bridge_opened(now, id, result);
+            } else {
+                engine.handle_control_result(now, id, result);
+            }
         }
     }
 }

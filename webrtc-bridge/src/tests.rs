@@ -113,6 +113,15 @@ impl Run {
         dtls
     }
 
+    /// Passive answer to the peer's offer, ICE check, handshake: SRTP flows both ways.
+    fn connect(&mut self) {
+        let fp = self.peer.fingerprint.clone();
+        self.remote(&fp, Some(Role::Server));
+        self.ice();
+        self.handshake();
+        assert_eq!(self.events.last(), Some(&Event::Connected));
+    }
+
     fn remote(&mut self, fingerprint: &str, role: Option<Role>) {
         let fp = Fingerprint::parse(fingerprint).unwrap();
         self.bridge.set_remote(
@@ -275,10 +284,7 @@ fn a_certificate_that_does_not_match_the_fingerprint_carries_no_media() {
 #[test]
 fn tampered_and_replayed_srtp_are_dropped_and_counted() {
     let mut r = Run::new(true);
-    let fp = r.peer.fingerprint.clone();
-    r.remote(&fp, Some(Role::Server));
-    r.ice();
-    r.handshake();
+    r.connect();
     let good = r.peer.seal(&rtp(1, 5));
     let mut bad = r.peer.seal(&rtp(2, 5));
     bad[20] ^= 0x01;
@@ -287,8 +293,6 @@ fn tampered_and_replayed_srtp_are_dropped_and_counted() {
     r.browser_sends(&good);
     let rr = r.peer.seal(&rtcp_rr());
     let mut bad_rr = rr.clone();
-    // The tag, not the index: rtc-srtp's SRTCP window starts at the first index it checks,
-    // authentic or not (docs/webrtc.md, "Known limits").
     let last = bad_rr.len() - 1;
     bad_rr[last] ^= 0x01;
     r.browser_sends(&bad_rr);
@@ -301,6 +305,91 @@ fn tampered_and_replayed_srtp_are_dropped_and_counted() {
         "{c:?}"
     );
     assert_eq!((c.srtp_auth_failed, c.srtp_replayed), (2, 2));
+}
+
+/// `rtp` under another SSRC.
+fn rtp_ssrc(seq: u16, ssrc: u32) -> Vec<u8> {
+    let mut p = rtp(seq, 9);
+    p[8..12].copy_from_slice(&ssrc.to_be_bytes());
+    p
+}
+
+/// Forged packets from the browser's checked address (an attacker spoofing it) with a far index,
+/// sent before any genuine one of their SSRC: they fail authentication and move no replay
+/// window, so the genuine packets that follow all pass (RFC 3711 §3.3.2). With rtc-srtp's own
+/// windows the forged index seeded them and every genuine packet counted as a replay.
+#[test]
+fn forged_packets_with_a_far_index_do_not_move_the_replay_window() {
+    for profile in [PeerProfile::Sha1_80, PeerProfile::Gcm] {
+        let mut r = Run::new(true);
+        r.peer = peer_with(BROWSER.parse().unwrap(), true, profile);
+        r.connect();
+
+        // SRTCP: a genuine RR re-stamped with index 1,000,000 (E flag kept): its tag no longer
+        // verifies.
+        let mut forged = r.peer.seal(&rtcp_rr());
+        let tag = if profile == PeerProfile::Sha1_80 {
+            10
+        } else {
+            0
+        };
+        let at = forged.len() - tag - 4;
+        forged[at..at + 4].copy_from_slice(&(1_000_000u32 | 1 << 31).to_be_bytes());
+        r.browser_sends(&forged);
+        // SRTP: sequence 30000 of a new SSRC with a junk tag.
+        let mut forged = r.peer.seal(&rtp_ssrc(30000, 0x0BAD_F00D));
+        let last = forged.len() - 1;
+        forged[last] ^= 0x01;
+        r.browser_sends(&forged);
+
+        let mut want = Vec::new();
+        for seq in 1..=5u16 {
+            let rr = r.peer.seal(&rtcp_rr());
+            r.browser_sends(&rr);
+            want.push((PlainKind::Rtcp, rtcp_rr()));
+            let pkt = r.peer.seal(&rtp_ssrc(seq, 0x0BAD_F00D));
+            r.browser_sends(&pkt);
+            want.push((PlainKind::Rtp, rtp_ssrc(seq, 0x0BAD_F00D)));
+        }
+        let c = r.bridge.counters();
+        assert_eq!(r.to_plain, want, "{profile:?} {c:?}");
+        assert_eq!((c.srtp_auth_failed, c.srtp_replayed), (2, 0), "{profile:?}");
+    }
+}
+
+/// An SRTCP packet with the E flag clear and a junk tag: rtc-srtp 0.21 returns such a packet
+/// under AES-CM without checking its tag; the bridge refuses it as unauthenticated.
+#[test]
+fn unencrypted_srtcp_is_refused_as_unauthenticated() {
+    let mut r = Run::new(true);
+    r.connect();
+    let mut forged = rtcp_rr();
+    forged.extend_from_slice(&7u32.to_be_bytes());
+    forged.extend_from_slice(&[0xAA; 10]);
+    r.browser_sends(&forged);
+    let rr = r.peer.seal(&rtcp_rr());
+    r.browser_sends(&rr);
+    assert_eq!(r.to_plain, vec![(PlainKind::Rtcp, rtcp_rr())]);
+    assert_eq!(r.bridge.counters().srtp_auth_failed, 1);
+}
+
+/// Replays are judged on the 48-bit SRTP index: a packet from before a sequence number wrap is
+/// a replay after it, one just past the wrap is new.
+#[test]
+fn srtp_replays_are_judged_across_a_sequence_number_wrap() {
+    let mut r = Run::new(true);
+    r.connect();
+    let mut sent = Vec::new();
+    for seq in (65530..=65535).chain(0..5) {
+        let pkt = r.peer.seal(&rtp(seq, 1));
+        r.browser_sends(&pkt);
+        sent.push(pkt);
+    }
+    assert_eq!(r.to_plain.len(), 11);
+    r.browser_sends(&sent[2]);
+    r.browser_sends(&sent[8]);
+    let c = r.bridge.counters();
+    assert_eq!((c.to_plain, c.srtp_replayed), (11, 2));
 }
 
 #[test]

@@ -7,6 +7,7 @@
 //!
 //! Inputs: [`Engine::handle_datagram`] (one ng datagram and its source),
 //! [`Engine::handle_control_result`] (fork-agent's answer to an [`Output::Control`]),
+//! [`Engine::handle_bridge_opened`] (the shell's answer to a [`BridgeOp::Open`]),
 //! [`Engine::handle_timeout`] (delete delays and the reply cache). Outputs, drained with
 //! [`Engine::poll_output`] after each input: [`Output::Reply`] (a datagram to send) and
 //! [`Output::Control`] (an operation the shell must send to fork-agent, in order, on one
@@ -14,8 +15,9 @@
 //! deadline.
 //!
 //! Replies that depend on fork-agent (an `answer` that installs flows, `start forwarding`,
-//! `stop forwarding`) are held until every operation they caused has been answered: the proxy
-//! then learns of a refused flow or a refused speech destination in the `error-reason`. A
+//! `stop forwarding`) or on the shell binding a browser leg's sockets (an `offer` that makes
+//! one) are held until every operation they caused has been answered: the proxy then learns of
+//! a refused flow, a refused speech destination or a port it cannot have in the `error-reason`. A
 //! retransmission (same source and cookie) gets the cached reply, or nothing while the first is
 //! still pending, so a retransmitted offer never allocates twice.
 //!
@@ -247,6 +249,9 @@ enum OpKind {
     ForkStop,
     /// Counters for a held `query`/`delete` reply (engine/counters.rs).
     FlowStats,
+    /// The shell binding a browser leg's sockets ([`BridgeOp::Open`]); the offer that made the
+    /// leg waits for it, and a failure refuses the offer and removes the call.
+    BridgeOpen(SocketAddr),
 }
 
 /// A retransmission key: the source and its cookie.
@@ -471,6 +476,8 @@ impl Engine {
                 if command == Command::Offer {
                     self.stats.rejected_sessions += 1;
                 }
+                // Answered now: operations it had started must not answer it again.
+                self.held.remove(&key);
                 self.reply_error(now, key, reason);
             }
         }
@@ -513,6 +520,12 @@ impl Engine {
     }
 
     fn control(&mut self, call_id: &str, kind: OpKind, op: Op, reply: Option<&ReplyKey>) {
+        let id = self.pend(call_id, kind, reply);
+        self.out.push_back(Output::Control { id, op });
+    }
+
+    /// Records an operation the shell will answer with `id`, holding `reply` until it does.
+    fn pend(&mut self, call_id: &str, kind: OpKind, reply: Option<&ReplyKey>) -> ControlId {
         let id = ControlId(self.next_id);
         self.next_id += 1;
         if let Some(k) = reply {
@@ -531,7 +544,7 @@ impl Engine {
                 reply: reply.cloned(),
             },
         );
-        self.out.push_back(Output::Control { id, op });
+        id
     }
 
     /// fork-agent's answer to the operation `id`: `Err` carries its error text.
@@ -545,7 +558,19 @@ impl Engine {
             return;
         };
         self.journal_dirty.insert(p.call_id.clone());
-        if let Err(e) = &result {
+        if let (Err(e), OpKind::BridgeOpen(browser)) = (&result, p.kind) {
+            // The proxy must not get SDP pointing at a port nobody listens on: the offer is
+            // refused and the call it created goes, as if it had never been offered.
+            if let Some(h) = p.reply.as_ref().and_then(|k| self.held.get_mut(k)) {
+                h.error.get_or_insert_with(|| {
+                    format!("cannot bridge the browser leg on {browser}: {e}")
+                });
+            }
+            if self.remove_call(&p.call_id) {
+                self.stats.managed_sessions = self.stats.managed_sessions.saturating_sub(1);
+                self.stats.rejected_sessions += 1;
+            }
+        } else if let Err(e) = &result {
             self.stats.control_errors += 1;
             if let Some(call) = self.calls.get_mut(&p.call_id) {
                 match p.kind {
@@ -554,7 +579,10 @@ impl Engine {
                         call.flows.remove(&local);
                     }
                     OpKind::ForkStart => call.fork = None,
-                    OpKind::FlowDel | OpKind::ForkStop | OpKind::FlowStats => {}
+                    OpKind::FlowDel
+                    | OpKind::ForkStop
+                    | OpKind::FlowStats
+                    | OpKind::BridgeOpen(_) => {}
                 }
             }
             if let Some(h) = p.reply.as_ref().and_then(|k| self.held.get_mut(k)) {
@@ -654,7 +682,7 @@ impl Engine {
                 leg(Some(req.from_tag.clone()), a_ip, pa),
                 leg(req.to_tag.clone(), b_ip, pb),
             ];
-            if let Err(e) = self.make_browser_legs(&mut legs, &plan) {
+            if let Err(e) = self.make_browser_legs(&mut legs, &plan, &req.call_id, key) {
                 legs.iter().for_each(|l| self.free_leg(l));
                 return Err(e);
             }
@@ -881,14 +909,21 @@ impl Engine {
 
     /// Removes a call: stops its fork, deletes its flows, frees its ports.
     fn teardown(&mut self, call_id: &str) {
+        if self.remove_call(call_id) {
+            self.stats.terminated_sessions += 1;
+        }
+    }
+
+    /// Removes a call with everything it holds: its fork, its flows in fork-agent, its ports,
+    /// its bridges and its journal line. Whether there was such a call.
+    fn remove_call(&mut self, call_id: &str) -> bool {
         let Some(call) = self.calls.remove(call_id) else {
-            return;
+            return false;
         };
         self.journal_dirty.insert(call_id.to_owned());
         if let Some(t) = call.delete_at {
             self.deletions.remove(&(t, call_id.to_owned()));
         }
-        self.stats.terminated_sessions += 1;
         if let Some(f) = &call.fork {
             let op = Op::ForkStop {
                 call_guid: f.guid.clone(),
@@ -907,6 +942,7 @@ impl Engine {
         for leg in &call.legs {
             self.free_leg(leg);
         }
+        true
     }
 
     fn query(&self, req: &Request) -> Result<Value, String> {

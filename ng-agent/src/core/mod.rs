@@ -3,6 +3,7 @@
 //! (../../../shared/style.md §2).
 pub mod bencode;
 pub mod engine;
+pub mod ethtool;
 pub mod rate;
 pub mod request;
 pub mod webrtc;

@@ -15,6 +15,8 @@ use std::net::{IpAddr, SocketAddr};
 use media_anchor::sdp::Sdp;
 use webrtc_bridge::{Counters, Fingerprint, IceCredentials, RemoteParams, Role};
 
+use crate::core::engine::ControlId;
+
 /// The WebRTC transport protocol (RFC 8827 §6.5, JSEP).
 pub const SAVPF: &str = "UDP/TLS/RTP/SAVPF";
 /// Plain RTP.
@@ -142,8 +144,12 @@ pub struct LegReport {
 /// What the shell must do for bridged legs, keyed by the browser-facing address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BridgeOp {
-    /// Open the browser-facing socket and the gateway's RTP/RTCP sockets, start a bridge.
+    /// Open the browser-facing socket and the gateway's RTP/RTCP sockets, start a bridge, and
+    /// answer with [`Engine::handle_bridge_opened`](crate::core::engine::Engine::handle_bridge_opened)
+    /// (the offer's reply waits for it).
     Open {
+        /// Echo in `handle_bridge_opened`.
+        id: ControlId,
         /// Browser-facing address (also the key).
         browser: SocketAddr,
         /// Gateway socket address (RTP; RTCP on the next port).

@@ -28,6 +28,7 @@ use webrtc_bridge::{
     Bridge, Certificate, EarlyAudio, Event, IceCredentials, Output, PlainKind, RemoteParams,
 };
 
+use crate::core::engine::ControlId;
 use crate::core::webrtc::{BridgeOp, LegReport};
 
 /// Counters reach the engine at most this often per leg (and at every event).
@@ -72,19 +73,25 @@ impl Bridges {
         })
     }
 
-    /// Carries out one engine operation. A failure is logged: the call's other media go on.
-    pub fn apply(&mut self, op: BridgeOp) {
+    /// Carries out one engine operation. For `Open`, the answer the engine waits for
+    /// ([`Engine::handle_bridge_opened`](crate::core::engine::Engine::handle_bridge_opened)):
+    /// the sockets are bound before the offer's reply leaves, and a failure names the address.
+    #[must_use]
+    pub fn apply(&mut self, op: BridgeOp) -> Option<(ControlId, Result<(), String>)> {
         match op {
             BridgeOp::Open {
+                id,
                 browser,
                 gateway,
                 kernel,
                 ice,
                 remote,
             } => {
-                if let Err(e) = self.open(browser, gateway, kernel, ice, remote) {
-                    warn!(%browser, error = %format!("{e:#}"), "opening a browser leg failed; it carries no media");
+                let result = self.open(browser, gateway, kernel, ice, remote);
+                if let Err(e) = &result {
+                    warn!(%browser, error = %format!("{e:#}"), "opening a browser leg failed; the offer is refused");
                 }
+                return Some((id, result.map_err(|e| format!("{e:#}"))));
             }
             BridgeOp::Remote { browser, remote } => match self.legs.get(&browser) {
                 Some(tx) => {
@@ -99,6 +106,7 @@ impl Bridges {
                 self.legs.remove(&browser);
             }
         }
+        None
     }
 
     fn open(

@@ -25,10 +25,11 @@ use tracing::{debug, info, warn};
 
 use crate::config::Settings;
 use crate::core::engine::{ControlId, Engine, Output};
-use crate::core::webrtc::{LegReport, WebrtcConfig};
+use crate::core::webrtc::{BridgeOp, LegReport, WebrtcConfig};
 use call_store::CallStore;
 
 pub mod bridge;
+pub mod gateway;
 
 /// Reports (counters, selected address) buffered from the browser legs' tasks.
 const REPORT_QUEUE: usize = 1024;
@@ -67,12 +68,12 @@ pub async fn run(settings: Settings, mut reloader: daemon_ops::reload::Reloader)
             });
             engine_cfg.seed = rand::random();
             info!(fingerprint = %cert.fingerprint(), netns = %w.gateway_netns.display(), "WebRTC bridging on");
-            Some(bridge::Bridges::new(
-                cert,
-                w.gateway_netns.clone(),
-                w.early_audio,
-                report_tx,
-            )?)
+            let bridges =
+                bridge::Bridges::new(cert, w.gateway_netns.clone(), w.early_audio, report_tx)?;
+            // The relay's incremental UDP checksum update needs full checksums (core/ethtool.rs).
+            let dev = gateway::prepare(&w.gateway_netns, w.gateway_address)?;
+            info!(%dev, "gateway veth: transmit checksum offload off");
+            Some(bridges)
         }
         None => None,
     };
@@ -177,14 +178,18 @@ pub async fn run(settings: Settings, mut reloader: daemon_ops::reload::Reloader)
             std::mem::replace(p, now) != now
         });
         let now = Instant::now().into_std();
-        // Journal first: a reply the proxy sees is never for a call a restart would forget.
         let unix = unix_now();
-        while let Some(entry) = engine.poll_journal(now, unix) {
-            if let Some(store) = store.as_mut() {
-                store.record(&entry);
+        loop {
+            // Journal first, before every output: a reply the proxy sees is never for a call a
+            // restart would forget (nor for one refused and removed while draining).
+            while let Some(entry) = engine.poll_journal(now, unix) {
+                if let Some(store) = store.as_mut() {
+                    store.record(&entry);
+                }
             }
-        }
-        while let Some(out) = engine.poll_output() {
+            let Some(out) = engine.poll_output() else {
+                break;
+            };
             match out {
                 Output::Reply { to, bytes, error } => {
                     if let Some(reason) = error {
@@ -197,10 +202,24 @@ pub async fn run(settings: Settings, mut reloader: daemon_ops::reload::Reloader)
                     }
                 }
                 Output::Control { id, op } => ops.push_back((id, op)),
-                Output::Bridge(op) => match bridges.as_mut() {
-                    Some(b) => b.apply(op),
-                    None => warn!(?op, "bridge operation without [webrtc]: engine bug"),
-                },
+                Output::Bridge(op) => {
+                    let opened = match bridges.as_mut() {
+                        Some(b) => b.apply(op),
+                        None => {
+                            warn!(?op, "bridge operation without [webrtc]: engine bug");
+                            match op {
+                                BridgeOp::Open { id, .. } => {
+                                    Some((id, Err("WebRTC bridging is off".to_owned())))
+                                }
+                                _ => None,
+                            }
+                        }
+                    };
+                    // Synchronous: the held offer reply is among the outputs drained next.
+                    if let Some((id, result)) = opened {
+                        engine.handle_bridge_opened(now, id, result);
+                    }
+                }
                 Output::Dropped { from, cause } => {
                     if log_limit.check(now, cause) {
                         warn!(%from, cause, "ng datagram dropped");

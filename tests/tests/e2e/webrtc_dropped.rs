@@ -4,7 +4,10 @@
 //! code) on a socket in the caller namespace, so it can send what aiortc never would; ng-agent
 //! is driven over the ng protocol directly and the phone is a socket in the callee namespace.
 //! Each bad packet is dropped, counted in `query`'s `webrtc` dictionary, and absent at the phone,
-//! while the good ones arrive unchanged. The same rig measures early audio: what the phone sends
+//! while the good ones arrive unchanged. Forged SRTCP from the browser's address (one re-stamped
+//! with a far index, one claiming to be unencrypted) comes before the first genuine RTCP: it
+//! never reaches the phone and moves no replay window, so every genuine RTCP after it does.
+//! The same rig measures early audio: what the phone sends
 //! before DTLS is up reaches the browser, from the first packet.
 
 #![allow(clippy::disallowed_methods)] // wall clock drives real processes
@@ -22,6 +25,10 @@ use crate::webrtc_support::*;
 
 const BROWSER: &str = "10.77.1.2:50000";
 const PHONE: &str = "10.77.2.2:40000";
+const PHONE_RTCP: &str = "10.77.2.2:40001";
+
+/// A receiver report with no blocks (RFC 3550 §6.4.2) from the browser's SSRC.
+const RR: [u8; 8] = [0x80, 201, 0, 1, 0xA1, 0xB2, 0xC3, 0xD4];
 
 fn browser_offer(port: u16, fingerprint: &str) -> String {
     format!(
@@ -224,6 +231,28 @@ fn tampered_replayed_and_unverified_media_never_reach_the_phone() -> Result<()> 
     wait_counter(&w, "good", "srtp-replayed", 10)?;
     wait_counter(&w, "good", "to-plain", 20)?;
 
+    // Forged SRTCP first: a genuine RR re-stamped with index 1,000,000 (its HMAC no longer
+    // verifies), and an RR with the E flag clear and a junk tag. Then 5 genuine RRs: all reach
+    // the phone's RTCP port through the kernel relay.
+    let phone_rtcp = topo.udp_socket(Host::Callee, PHONE_RTCP.parse()?)?;
+    let mut forged = p.seal(&RR);
+    let at = forged.len() - 10 - 4;
+    forged[at..at + 4].copy_from_slice(&(1_000_000u32 | 1 << 31).to_be_bytes());
+    sock.send_to(&forged, to)?;
+    let mut clear = RR.to_vec();
+    clear.extend_from_slice(&1u32.to_be_bytes());
+    clear.extend_from_slice(&[0xAA; 10]);
+    sock.send_to(&clear, to)?;
+    for _ in 0..5 {
+        sock.send_to(&p.seal(&RR), to)?;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let got = drain(&phone_rtcp)?;
+    assert_eq!(got, vec![RR.to_vec(); 5], "{}", w.diag());
+    wait_counter(&w, "good", "srtp-auth-failed", 12)?;
+    wait_counter(&w, "good", "srtp-replayed", 10)?;
+    wait_counter(&w, "good", "to-plain", 25)?;
+
     // A certificate that is not the one the SDP named: handshake done, media refused.
     let sock2 = topo.udp_socket(Host::Caller, "10.77.1.2:50002".parse()?)?;
     let mut liar = peer("10.77.1.2:50002".parse()?, true);
@@ -244,7 +273,7 @@ fn tampered_replayed_and_unverified_media_never_reach_the_phone() -> Result<()> 
     for (sample, want) in [
         (
             "xdpfork_ng_webrtc_dropped_total{reason=\"srtp_auth_failed\"} ",
-            10.0,
+            12.0,
         ),
         (
             "xdpfork_ng_webrtc_dropped_total{reason=\"srtp_replayed\"} ",
@@ -256,11 +285,56 @@ fn tampered_replayed_and_unverified_media_never_reach_the_phone() -> Result<()> 
         ),
         (
             "xdpfork_ng_webrtc_packets_total{direction=\"to_plain\"} ",
-            20.0,
+            25.0,
         ),
     ] {
         assert_eq!(w.metric(sample)?, want, "{sample}");
     }
+    Ok(())
+}
+
+/// A browser offer whose browser-facing port is already taken (a socket bound on it before the
+/// offer) is refused: `result: error` with an `error-reason` naming the address, never `ok` with
+/// SDP pointing at a port nobody serves. Nothing stays behind: no call in `list`, its ports
+/// free, and once the port is free again the same offer goes through.
+#[test]
+fn an_offer_whose_browser_port_is_taken_is_refused_naming_it() -> Result<()> {
+    let w = WebrtcTest::start()?;
+    let topo = &w.ng.t.s.topo;
+    // The first browser leg of a fresh ng-agent gets the pool's first port.
+    let squatter = topo.udp_socket(Host::Forker, "10.77.1.1:30000".parse()?)?;
+    let p = peer(BROWSER.parse()?, true);
+    let offer = Value::dict([
+        ("command", Value::str("offer")),
+        ("call-id", Value::str("taken")),
+        ("from-tag", Value::str("browser")),
+        ("sdp", Value::str(&browser_offer(50000, &p.fingerprint))),
+        ("transport-protocol", Value::str("RTP/AVP")),
+        ("ICE", Value::str("remove")),
+    ]);
+    let r = w.ng.ng(offer)?;
+    assert_eq!(
+        r.get("result").and_then(Value::as_str),
+        Some("error"),
+        "{r:?}"
+    );
+    let reason = r
+        .get("error-reason")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let want = "cannot bridge the browser leg on 10.77.1.1:30000: binding the browser-facing \
+                socket 10.77.1.1:30000: ";
+    assert!(reason.starts_with(want), "{reason}");
+    let list = w.ng.ng(Value::dict([("command", Value::str("list"))]))?;
+    assert_eq!(list.get("calls"), Some(&Value::List(vec![])), "{list:?}");
+    drop(squatter);
+    set_up(&w, "after", &p.fingerprint)?;
+    let list = w.ng.ng(Value::dict([("command", Value::str("list"))]))?;
+    assert_eq!(
+        list.get("calls"),
+        Some(&Value::List(vec![Value::str("after")])),
+        "{list:?}"
+    );
     Ok(())
 }
 

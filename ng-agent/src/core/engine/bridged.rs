@@ -133,12 +133,15 @@ impl Engine {
     }
 
     /// Makes `leg` a browser leg: its advertised address stays the browser-facing one, `local`
-    /// moves to a new kernel anchor and `remote` to the gateway peer. Emits the bridge's `Open`.
-    pub(super) fn make_browser_leg(
+    /// moves to a new kernel anchor and `remote` to the gateway peer. Emits the bridge's `Open`
+    /// and holds the reply to `key` until the shell reports that its sockets are bound
+    /// ([`Engine::handle_bridge_opened`]).
+    fn make_browser_leg(
         &mut self,
         leg: &mut Leg,
         setup: wr::Setup,
         sender: Option<&BrowserSdp>,
+        (call_id, key): (&str, &ReplyKey),
     ) -> Result<(), String> {
         let cfg = self.cfg.webrtc.clone().ok_or("WebRTC bridging is off")?;
         let kernel_port = self.ports.allocate().ok_or("no free media port")?;
@@ -164,7 +167,9 @@ impl Engine {
         // The gateway uses the browser port's number: its namespace has a port space of its own.
         leg.remote = Some(SocketAddr::new(cfg.gateway, browser.port()));
         leg.webrtc = Some(w);
+        let id = self.pend(call_id, OpKind::BridgeOpen(browser), Some(key));
         self.out.push_back(Output::Bridge(BridgeOp::Open {
+            id,
             browser,
             gateway: SocketAddr::new(cfg.gateway, browser.port()),
             kernel: leg.local,
@@ -174,22 +179,37 @@ impl Engine {
         Ok(())
     }
 
-    /// For a new call: makes the browser legs the plan asks for (`legs[0]` sent the offer). On
-    /// error the caller frees both legs ([`Engine::free_leg`]).
+    /// For a new call `call_id`, offered by the request `key`: makes the browser legs the plan
+    /// asks for (`legs[0]` sent the offer). On error the caller frees both legs
+    /// ([`Engine::free_leg`]).
     pub(super) fn make_browser_legs(
         &mut self,
         legs: &mut [Leg; 2],
         plan: &Plan,
+        call_id: &str,
+        key: &ReplyKey,
     ) -> Result<(), String> {
         let [a, b] = legs;
         if let Some(s) = &plan.sender {
             let setup = wr::answer_setup(s.setup, plan.dtls)?;
-            self.make_browser_leg(a, setup, Some(s))?;
+            self.make_browser_leg(a, setup, Some(s), (call_id, key))?;
         }
         if plan.receiver_browser {
-            self.make_browser_leg(b, wr::offer_setup(plan.dtls), None)?;
+            self.make_browser_leg(b, wr::offer_setup(plan.dtls), None, (call_id, key))?;
         }
         Ok(())
+    }
+
+    /// The shell's answer to [`BridgeOp::Open`] `id`: `Err` names what could not be bound. The
+    /// held offer reply goes out with it: `ok` once every leg is bound, else an `error` whose
+    /// `error-reason` says which address failed, and the call is gone (ports, bridges, journal).
+    pub fn handle_bridge_opened(
+        &mut self,
+        now: Instant,
+        id: ControlId,
+        result: Result<(), String>,
+    ) {
+        self.handle_control_result(now, id, result);
     }
 
     /// A re-offer must keep each side's kind; a browser's new fingerprint is passed on.

@@ -46,6 +46,9 @@ pub(super) struct T {
     /// at once with the rows asked for.
     pub(super) rows: Vec<control_api::FlowRow>,
     bridge_ops: Vec<BridgeOp>,
+    /// How the harness answers every `BridgeOp::Open`, as the shell would after binding: `Ok`
+    /// unless a test makes the bind fail; `None` leaves the answer to the test.
+    bind: Option<Result<(), String>>,
 }
 
 impl T {
@@ -60,6 +63,7 @@ impl T {
             cookie: 0,
             rows: Vec::new(),
             bridge_ops: Vec::new(),
+            bind: Some(Ok(())),
         }
     }
 
@@ -103,7 +107,12 @@ impl T {
                 }
                 Output::Control { id, op } => ops.push((id, op)),
                 Output::Dropped { .. } => {}
-                Output::Bridge(op) => self.bridge_ops.push(op),
+                Output::Bridge(op) => {
+                    if let (BridgeOp::Open { id, .. }, Some(bind)) = (&op, &self.bind) {
+                        self.e.handle_bridge_opened(self.now, *id, bind.clone());
+                    }
+                    self.bridge_ops.push(op)
+                }
             }
         }
         (reply, ops)
@@ -885,6 +894,71 @@ a=fingerprint:{FP}\r\na=setup:{setup}\r\n"
             .collect()
     }
 
+    fn browser_offer(t: &mut T, call_id: &str) -> (Option<Value>, Vec<(ControlId, Op)>) {
+        t.send(vec![
+            ("command", Value::str("offer")),
+            ("call-id", Value::str(call_id)),
+            ("from-tag", Value::str("tag-a")),
+            ("sdp", Value::str(&browser_sdp("actpass"))),
+            ("transport-protocol", Value::str("RTP/AVP")),
+            ("ICE", Value::str("remove")),
+        ])
+    }
+
+    /// The offer's reply waits until the shell has bound the browser leg's sockets; a failed
+    /// bind refuses the offer naming the address and leaves nothing: no call, no journal line,
+    /// no flows, the ports free again (the pool has 4, a browser call takes 3).
+    #[test]
+    fn an_offer_is_answered_only_once_the_browser_sockets_are_bound() {
+        let mut t = wt();
+        t.bind = None;
+        let (r, ops) = browser_offer(&mut t, "call-1");
+        assert!(r.is_none(), "no reply before the bind: {r:?}");
+        assert!(ops.is_empty());
+        let [BridgeOp::Open { id, browser, .. }] = t.bridge_ops[..] else {
+            panic!("{:?}", t.bridge_ops)
+        };
+        assert_eq!(browser, "10.77.1.1:30000".parse().expect("addr"));
+        t.bridge_ops.clear();
+        t.e.handle_bridge_opened(
+            t.now,
+            id,
+            Err("binding the browser-facing socket 10.77.1.1:30000: Address in use".into()),
+        );
+        let (r, ops) = t.drain();
+        assert_eq!(result(&r), "error");
+        assert_eq!(
+            r.as_ref()
+                .and_then(|v| v.get("error-reason"))
+                .and_then(Value::as_str),
+            Some(
+                "cannot bridge the browser leg on 10.77.1.1:30000: binding the browser-facing \
+                 socket 10.77.1.1:30000: Address in use"
+            )
+        );
+        assert!(ops.is_empty(), "no flows to remove: {ops:?}");
+        assert_eq!(t.bridge_ops, vec![BridgeOp::Close { browser }]);
+        assert_eq!(t.e.call_count(), 0);
+        let mut journal = Vec::new();
+        while let Some(e) = t.e.poll_journal(t.now, 1_700_000_000) {
+            journal.push(e);
+        }
+        assert_eq!(
+            journal,
+            vec![journal::Entry::End {
+                call_id: "call-1".into()
+            }]
+        );
+        let st = t.e.stats();
+        assert_eq!((st.managed_sessions, st.rejected_sessions), (0, 1));
+
+        // A new offer gets all three ports back.
+        t.bind = Some(Ok(()));
+        let (r, _) = browser_offer(&mut t, "call-2");
+        assert_eq!(result(&r), "ok", "{r:?}");
+        assert_eq!(t.e.call_count(), 1);
+    }
+
     #[test]
     fn browser_calls_phone_with_the_reference_flags() {
         let mut t = wt();
@@ -914,6 +988,7 @@ a=fingerprint:{FP}\r\na=setup:{setup}\r\n"
         assert_eq!(to_phone.attribute("fingerprint"), None);
         assert_eq!(to_phone.attribute("rtcp-mux"), None);
         let [BridgeOp::Open {
+            id: _,
             browser,
             gateway,
             kernel,
@@ -1057,6 +1132,7 @@ a=fingerprint:{FP}\r\na=setup:{setup}\r\n"
         assert_eq!(to_browser.attribute("setup"), Some("actpass"));
         assert_eq!(to_browser.attribute("rtcp-mux"), Some(""));
         let [BridgeOp::Open {
+            id: _,
             browser,
             remote: None,
             ..

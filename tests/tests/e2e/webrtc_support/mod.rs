@@ -89,11 +89,28 @@ kernel_address = "{KERNEL}"
 "#,
             ns = gateway.0
         );
+        let before = ns_run(&gateway.0, "ethtool", &["-k", "gw0"])?;
         let ng = NgTest::start_in(
             SipTest::without_sip_agent(s),
             &webrtc,
             "kamailio/webrtc_proxy.cfg",
         )?;
+        // The product, not the test, turns transmit checksum offload off on the gateway veth.
+        let after = ns_run(&gateway.0, "ethtool", &["-k", "gw0"])?;
+        let generic = |k: &str| {
+            k.lines()
+                .find(|l| l.trim_start().starts_with("tx-checksum-ip-generic:"))
+                .map(|l| l.trim().to_owned())
+        };
+        if generic(&before).as_deref() != Some("tx-checksum-ip-generic: on")
+            || generic(&after).as_deref() != Some("tx-checksum-ip-generic: off")
+        {
+            bail!(
+                "gw0's transmit checksum offload: {:?} before ng-agent started, {:?} after",
+                generic(&before),
+                generic(&after)
+            );
+        }
         Ok(WebrtcTest {
             ng,
             _gateway: gateway,
@@ -255,9 +272,9 @@ kernel_address = "{KERNEL}"
 }
 
 /// The gateway namespace and its veth: `gw0` inside, `fg0` in the forker namespace; GRO on both
-/// ends (XDP_REDIRECT into a veth needs NAPI on the receiving end) and checksum offload off on
-/// `gw0`, as on every test host: the kernel relay rewrites the full UDP checksum the sender
-/// computed (docs/webrtc.md, "The gateway namespace").
+/// ends (XDP_REDIRECT into a veth needs NAPI on the receiving end). Transmit checksum offload on
+/// `gw0` is left as the kernel made it (on): ng-agent turns it off itself at start
+/// ([`WebrtcTest::start`] checks; docs/webrtc.md, "The gateway peer").
 fn build_gateway(topo: &Topology, ns: &str) -> Result<()> {
     let f = topo.ns(Host::Forker);
     run("ip", &["netns", "add", ns])?;
@@ -273,7 +290,6 @@ fn build_gateway(topo: &Topology, ns: &str) -> Result<()> {
         ns_run(n, "ip", &["link", "set", dev, "up"])?;
         ns_run(n, "ethtool", &["-K", dev, "gro", "on"])?;
     }
-    ns_run(ns, "ethtool", &["-K", "gw0", "tx", "off"])?;
     Ok(())
 }
 
