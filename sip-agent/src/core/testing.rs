@@ -383,3 +383,33 @@ pub fn method(m: &SipMessage) -> String {
         .map(|k| k.method.to_string())
         .unwrap_or_default()
 }
+
+/// A harness whose number `7000` is answered by a voice bot (`speech_server = "bot"`).
+pub fn bot_harness() -> Harness {
+    Harness::with_config(|c| {
+        c.bots.push(crate::core::b2bua::BotRoute {
+            pattern: RoutePattern::Pattern("7000".into()),
+            speech_server: "bot".into(),
+        })
+    })
+}
+
+/// A's INVITE to the bot number (µ-law), answered: our To-tag, the call and its bot's GUID.
+pub fn answered_bot_call(h: &mut Harness, branch: &str) -> (String, CallHandle, String) {
+    h.send_from_a(&invite(
+        "7000",
+        branch,
+        &sdp("198.51.100.7", 16384, "0", ""),
+    ));
+    let ok = h
+        .take_for_a()
+        .into_iter()
+        .find(|m| code(m) == 200)
+        .expect("answered");
+    let tag = message::keys(&ok).and_then(|k| k.to_tag).expect("our tag");
+    let ev = h.take_events();
+    let [SessionEvent::BotUp { call, bot }] = &ev[..] else {
+        panic!("one BotUp: {ev:?}");
+    };
+    (tag, *call, bot.guid.clone())
+}

@@ -15,23 +15,31 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
-use xdpfork_tests::bot::{assert_one_stream, bot_speech, heard, monotonic_ms, Rx};
-use xdpfork_tests::dialects::{compare, write_ulaw_as_wav, Checker, Dialect, JAMBONZ, TWILIO};
-use xdpfork_tests::fork_rig::Events;
-use xdpfork_tests::{addrs, rtp_packet, Host, Scenario, Topology};
+use xdpfork_tests::bot::{assert_one_stream, heard, monotonic_ms, Rx};
+use xdpfork_tests::dialects::{compare, write_ulaw_as_wav, Dialect, JAMBONZ, TWILIO};
+use xdpfork_tests::{addrs, rtp_packet, Host};
 
-const CHECKER: &str = "10.77.3.2:9000";
+use crate::bot_support::{marks, BotRig, CHUNK_MS};
+
 const GUID: &str = "0b07e5d1-5eb3-4c4e-9a57-c0ffee000017";
-/// Audio per `media` message of the bot (each followed by a mark).
-const CHUNK_MS: u64 = 100;
 
+/// The bot and the call's caller (a socket in its namespace).
 struct Bot {
-    s: Scenario,
-    checker: Checker,
-    ev: Events,
+    rig: BotRig,
     caller: UdpSocket,
-    bot_wav: std::path::PathBuf,
-    speech: Vec<u8>,
+}
+
+impl std::ops::Deref for Bot {
+    type Target = BotRig;
+    fn deref(&self) -> &BotRig {
+        &self.rig
+    }
+}
+
+impl std::ops::DerefMut for Bot {
+    fn deref_mut(&mut self) -> &mut BotRig {
+        &mut self.rig
+    }
 }
 
 fn start(speech_ms: usize, checker_args: &[&str]) -> Result<Bot> {
@@ -39,26 +47,8 @@ fn start(speech_ms: usize, checker_args: &[&str]) -> Result<Bot> {
 }
 
 fn start_with(dialect: &Dialect, speech_ms: usize, checker_args: &[&str]) -> Result<Bot> {
-    let mut topo = Topology::new()?;
-    let dir = topo.dir.clone();
-    let speech = bot_speech(speech_ms);
-    let bot_wav = dir.join("bot.wav");
-    write_ulaw_as_wav(&bot_wav, &speech)?;
-    let wav_s = bot_wav.to_string_lossy().into_owned();
-    let chunk = CHUNK_MS.to_string();
-    let mut args = vec![
-        "--bot-wav",
-        wav_s.as_str(),
-        "--bot-chunk-ms",
-        chunk.as_str(),
-    ];
-    args.extend_from_slice(checker_args);
-    let checker = dialect.spawn_checker(&mut topo, "bot", CHECKER, &dir, &args)?;
-    let extra = format!(
-        "backoff_initial_ms = 200\nbackoff_max_ms = 400\n{}",
-        dialect.server_toml()
-    );
-    let s = Scenario::start_agent_in(topo, CHECKER, &extra)?;
+    let rig = BotRig::start(dialect, speech_ms, checker_args)?;
+    let s = &rig.s;
     let caller = s
         .topo
         .udp_socket(Host::Caller, addrs::CALLER_RTP.parse()?)?;
@@ -69,20 +59,12 @@ fn start_with(dialect: &Dialect, speech_ms: usize, checker_args: &[&str]) -> Res
         json!({"v":1,"op":"flow_add","flow":{"local":addrs::A_LOCAL,"src":addrs::A_LOCAL,
         "dst":addrs::CALLER_RTP,"sink":true}}),
     )?;
-    let ev = Events::subscribe(&s.socket)?;
     s.ctl(json!({"v":1,"op":"fork_start","fork":{
         "call_guid": GUID, "call_id": "bot-1@pbx", "from": "sip:1000@pbx", "to": "sip:bot@pbx",
         "server": "asr", "codec": "PCMU",
         "streams": [{"channel":"caller","flow":addrs::A_LOCAL}],
         "return_audio": {"flow": addrs::A_LOCAL}}}))?;
-    Ok(Bot {
-        s,
-        checker,
-        ev,
-        caller,
-        bot_wav,
-        speech,
-    })
+    Ok(Bot { rig, caller })
 }
 
 impl Bot {
@@ -114,31 +96,12 @@ impl Bot {
     }
 
     fn wait_status(&mut self, status: &str, reconnected: bool) -> Result<()> {
-        let n = self.ev.seen.len();
-        let log = || self.s.topo.log_tail("fork-agent", 30);
-        self.ev
-            .until(Duration::from_secs(15), |s| {
-                s[n..].iter().any(|e| {
-                    e["call_guid"] == GUID
-                        && e["status"] == status
-                        && (!reconnected || e["reconnected"] == true)
-                })
-            })
-            .with_context(|| format!("fork-agent log:\n{}", log()))
+        self.rig.wait_status(GUID, status, reconnected)
     }
 
     /// Stops the fork and the checker; its report.
     fn finish(&mut self) -> Result<Value> {
-        self.s
-            .ctl(json!({"v":1,"op":"fork_stop","call_guid":GUID}))?;
-        self.wait_status("stopped", false)?;
-        self.checker
-            .wait_closed(Duration::from_secs(10))
-            .with_context(|| format!("checker log:\n{}", self.s.topo.log("bot")))?;
-        self.s
-            .topo
-            .signal("bot", nix::sys::signal::Signal::SIGTERM)?;
-        Ok(self.checker.read_report())
+        self.rig.finish(GUID)
     }
 }
 
@@ -304,21 +267,9 @@ fn bot_endpoint_jambonz_streams_l16_and_marks() -> Result<()> {
         audio, b.speech,
         "the bot's L16, through the call's µ-law, byte for byte"
     );
-    let bot = &r["per_connection"][0]["bot"];
-    let sent: Vec<&str> = bot["marks_sent"]
-        .as_array()
-        .context("marks_sent")?
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
-    let echoed: Vec<&str> = bot["marks_echoed"]
-        .as_array()
-        .context("marks_echoed")?
-        .iter()
-        .filter_map(|m| m["name"].as_str())
-        .collect();
+    let (sent, echoed) = marks(&r);
     assert_eq!(sent.len(), 10);
-    assert_eq!(echoed, sent, "{bot:#}");
+    assert_eq!(echoed, sent, "{:#}", r["per_connection"][0]["bot"]);
     Ok(())
 }
 

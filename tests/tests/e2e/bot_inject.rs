@@ -16,53 +16,46 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
-use xdpfork_tests::bot::{assert_one_stream_across_turns, bot_speech, monotonic_ms, Rx};
-use xdpfork_tests::dialects::{compare, write_ulaw_as_wav, Checker, TWILIO};
-use xdpfork_tests::fork_rig::Events;
+use xdpfork_tests::bot::{assert_one_stream_across_turns, monotonic_ms, Rx};
+use xdpfork_tests::dialects::{compare, write_ulaw_as_wav, TWILIO};
 use xdpfork_tests::{addrs, rtp_packet, Host, Scenario, Topology};
 
-const CHECKER: &str = "10.77.3.2:9000";
+use crate::bot_support::{marks, BotRig, CHECKER};
+
 const GUID: &str = "0b07e5d1-5eb3-4c4e-9a57-c0ffee000171";
 /// The callee's SSRC: the caller hears one stream under it, bot or not.
 const CALLEE_SSRC: u32 = 0xca11_eeee;
 /// Every byte of the callee's payload: a level no bot frame is made of.
 const CALLEE_BYTE: u8 = 0x55;
 
+/// The bot and both parties of the bridged call (sockets in their namespaces).
 struct Inject {
-    s: Scenario,
-    checker: Checker,
-    ev: Events,
+    rig: BotRig,
     caller: UdpSocket,
     callee: UdpSocket,
     /// Next packet number of each party (their RTP runs on across `converse` calls).
     k: u32,
-    bot_wav: std::path::PathBuf,
-    speech: Vec<u8>,
+}
+
+impl std::ops::Deref for Inject {
+    type Target = BotRig;
+    fn deref(&self) -> &BotRig {
+        &self.rig
+    }
+}
+
+impl std::ops::DerefMut for Inject {
+    fn deref_mut(&mut self) -> &mut BotRig {
+        &mut self.rig
+    }
 }
 
 fn start(mode: &str, speech_ms: usize, checker_args: &[&str]) -> Result<Inject> {
-    let mut topo = Topology::new()?;
-    let dir = topo.dir.clone();
-    let speech = bot_speech(speech_ms);
-    let bot_wav = dir.join("bot.wav");
-    write_ulaw_as_wav(&bot_wav, &speech)?;
-    let wav_s = bot_wav.to_string_lossy().into_owned();
     // The bot starts talking 600 ms into the call, so the callee is heard first.
-    let mut args = vec![
-        "--bot-wav",
-        wav_s.as_str(),
-        "--bot-chunk-ms",
-        "100",
-        "--bot-delay-ms",
-        "600",
-    ];
+    let mut args = vec!["--bot-delay-ms", "600"];
     args.extend_from_slice(checker_args);
-    let checker = TWILIO.spawn_checker(&mut topo, "bot", CHECKER, &dir, &args)?;
-    let extra = format!(
-        "backoff_initial_ms = 200\nbackoff_max_ms = 400\n{}",
-        TWILIO.server_toml()
-    );
-    let s = Scenario::start_agent_in(topo, CHECKER, &extra)?;
+    let rig = BotRig::start(&TWILIO, speech_ms, &args)?;
+    let s = &rig.s;
     let caller = s
         .topo
         .udp_socket(Host::Caller, addrs::CALLER_RTP.parse()?)?;
@@ -71,7 +64,6 @@ fn start(mode: &str, speech_ms: usize, checker_args: &[&str]) -> Result<Inject> 
         .topo
         .udp_socket(Host::Callee, addrs::CALLEE_RTP.parse()?)?;
     s.add_call_flows(false)?;
-    let ev = Events::subscribe(&s.socket)?;
     // The callee's flow (B_LOCAL → caller) carries audio to the caller: the bot talks there.
     s.ctl(json!({"v":1,"op":"fork_start","fork":{
         "call_guid": GUID, "call_id": "inject-1@pbx", "from": "sip:1000@pbx",
@@ -80,14 +72,10 @@ fn start(mode: &str, speech_ms: usize, checker_args: &[&str]) -> Result<Inject> 
                     {"channel":"callee","flow":addrs::B_LOCAL}],
         "return_audio": {"to": "caller", "flow": addrs::B_LOCAL, "mode": mode}}}))?;
     Ok(Inject {
-        s,
-        checker,
-        ev,
+        rig,
         caller,
         callee,
         k: 0,
-        bot_wav,
-        speech,
     })
 }
 
@@ -135,30 +123,11 @@ impl Inject {
     }
 
     fn wait_status(&mut self, status: &str, reconnected: bool) -> Result<()> {
-        let n = self.ev.seen.len();
-        let log = || self.s.topo.log_tail("fork-agent", 30);
-        self.ev
-            .until(Duration::from_secs(15), |s| {
-                s[n..].iter().any(|e| {
-                    e["call_guid"] == GUID
-                        && e["status"] == status
-                        && (!reconnected || e["reconnected"] == true)
-                })
-            })
-            .with_context(|| format!("fork-agent log:\n{}", log()))
+        self.rig.wait_status(GUID, status, reconnected)
     }
 
     fn finish(&mut self) -> Result<Value> {
-        self.s
-            .ctl(json!({"v":1,"op":"fork_stop","call_guid":GUID}))?;
-        self.wait_status("stopped", false)?;
-        self.checker
-            .wait_closed(Duration::from_secs(10))
-            .with_context(|| format!("checker log:\n{}", self.s.topo.log("bot")))?;
-        self.s
-            .topo
-            .signal("bot", nix::sys::signal::Signal::SIGTERM)?;
-        Ok(self.checker.read_report())
+        self.rig.finish(GUID)
     }
 
     fn kernel(&self, reason: &str) -> Result<u64> {
@@ -247,20 +216,9 @@ fn bot_inject_replaces_the_callee_while_it_talks_and_hands_back_to_the_kernel() 
         "{ra:#}"
     );
     // Every mark back, in order.
-    let bot_report = &r["per_connection"][0]["bot"];
-    let sent: Vec<&str> = bot_report["marks_sent"]
-        .as_array()
-        .context("marks_sent")?
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
-    let echoed: Vec<&str> = bot_report["marks_echoed"]
-        .as_array()
-        .context("marks_echoed")?
-        .iter()
-        .filter_map(|m| m["name"].as_str())
-        .collect();
-    assert_eq!(echoed, sent, "{bot_report:#}");
+    let (sent, echoed) = marks(&r);
+    assert!(!sent.is_empty());
+    assert_eq!(echoed, sent, "{:#}", r["per_connection"][0]["bot"]);
     Ok(())
 }
 

@@ -12,6 +12,7 @@ mod webrtc_support;
 mod agent_restart;
 mod bot_endpoint;
 mod bot_inject;
+mod bot_support;
 mod check_kernel;
 mod fallback_fork;
 mod fork_control_limits;

@@ -155,24 +155,8 @@ fn release_sends_bye_with_the_media_timeout_reason_on_both_legs() {
 /// BYE (200, no leg B to hang up) and its port is held meanwhile.
 #[test]
 fn a_restored_bot_call_answers_the_callers_bye() {
-    let mut h = Harness::with_config(|c| {
-        c.bots.push(super::BotRoute {
-            pattern: RoutePattern::Pattern("7000".into()),
-            speech_server: "bot".into(),
-        })
-    });
-    h.send_from_a(&invite(
-        "7000",
-        "z9hG4bKbotr",
-        &sdp("198.51.100.7", 16384, "0", ""),
-    ));
-    let ok = h
-        .take_for_a()
-        .into_iter()
-        .find(|m| code(m) == 200)
-        .expect("answered");
-    let tag = message::keys(&ok).and_then(|k| k.to_tag).expect("our tag");
-    h.take_events();
+    let mut h = bot_harness();
+    let (tag, _, _) = answered_bot_call(&mut h, "z9hG4bKbotr");
     let call = h.b2bua.take_changed()[0];
     let snap = h.b2bua.snapshot(call).expect("a bot call is journalled");
     assert!(snap.bot);
@@ -185,12 +169,7 @@ fn a_restored_bot_call_answers_the_callers_bye() {
         .calls
         .pop()
         .expect("one call");
-    let mut fresh = Harness::with_config(|c| {
-        c.bots.push(super::BotRoute {
-            pattern: RoutePattern::Pattern("7000".into()),
-            speech_server: "bot".into(),
-        })
-    });
+    let mut fresh = bot_harness();
     fresh.now = h.now;
     fresh.b2bua.restore(fresh.now, rec.call).expect("restore");
     assert_eq!(fresh.b2bua.counts().aggregate, 1);

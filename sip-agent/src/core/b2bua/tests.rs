@@ -1156,25 +1156,8 @@ fn a_bot_number_is_answered_here_and_its_bye_ends_the_call_without_a_leg_b() {
 
 #[test]
 fn a_bot_call_ends_when_its_fork_fails_for_good_not_when_it_reconnects() {
-    let mut h = Harness::with_config(|c| {
-        c.bots.push(super::BotRoute {
-            pattern: RoutePattern::Pattern("7000".into()),
-            speech_server: "bot".into(),
-        })
-    });
-    h.send_from_a(&invite(
-        "7000",
-        "z9hG4bKbotf",
-        &sdp("198.51.100.7", 16384, "0", ""),
-    ));
-    let to_a = h.take_for_a();
-    let ok = to_a.iter().find(|m| code(m) == 200).expect("answered");
-    let tag = message::keys(ok).and_then(|k| k.to_tag).expect("our tag");
-    let ev = h.take_events();
-    let [SessionEvent::BotUp { call, bot }] = &ev[..] else {
-        panic!("one BotUp: {ev:?}");
-    };
-    let (call, guid) = (*call, bot.guid.clone());
+    let mut h = bot_harness();
+    let (tag, call, guid) = answered_bot_call(&mut h, "z9hG4bKbotf");
     h.send_from_a(&a_in_dialog("ACK", 1, "z9hG4bKbotfack", &tag, None, b""));
     let status = |state, status| StatusReport {
         call_guid: Some(guid.clone()),
@@ -1220,25 +1203,8 @@ fn a_bot_call_ends_when_its_fork_fails_for_good_not_when_it_reconnects() {
 
 #[test]
 fn a_bot_that_fails_before_the_callers_ack_ends_the_call_once_the_ack_is_in() {
-    let mut h = Harness::with_config(|c| {
-        c.bots.push(super::BotRoute {
-            pattern: RoutePattern::Pattern("7000".into()),
-            speech_server: "bot".into(),
-        })
-    });
-    h.send_from_a(&invite(
-        "7000",
-        "z9hG4bKbotg",
-        &sdp("198.51.100.7", 16384, "0", ""),
-    ));
-    let to_a = h.take_for_a();
-    let ok = to_a.iter().find(|m| code(m) == 200).expect("answered");
-    let tag = message::keys(ok).and_then(|k| k.to_tag).expect("our tag");
-    let ev = h.take_events();
-    let [SessionEvent::BotUp { call, bot }] = &ev[..] else {
-        panic!("one BotUp: {ev:?}");
-    };
-    let (call, guid) = (*call, bot.guid.clone());
+    let mut h = bot_harness();
+    let (tag, call, guid) = answered_bot_call(&mut h, "z9hG4bKbotg");
     h.fork_status(
         call,
         StatusReport {

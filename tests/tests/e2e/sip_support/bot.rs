@@ -74,19 +74,7 @@ impl SipBot {
 
     /// The marks the bot sent on its first connection and those that came back, by name.
     pub fn marks(r: &Value) -> (Vec<String>, Vec<String>) {
-        let bot = &r["per_connection"][0]["bot"];
-        let names = |v: &Value, f: fn(&Value) -> Option<&str>| -> Vec<String> {
-            v.as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(f)
-                .map(str::to_owned)
-                .collect()
-        };
-        (
-            names(&bot["marks_sent"], Value::as_str),
-            names(&bot["marks_echoed"], |m| m["name"].as_str()),
-        )
+        crate::bot_support::marks(r)
     }
 }
 
