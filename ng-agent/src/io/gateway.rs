@@ -2,6 +2,10 @@
 //! `webrtc.gateway_address` gets transmit checksum offload turned off, over ethtool's generic
 //! netlink family (messages in [`crate::core::ethtool`], which says why), from a thread that
 //! alone enters the namespace. No `ethtool` binary.
+//!
+//! Before that, [`prepare`] checks what the process holds, so an ng-agent started without the
+//! privileges `[webrtc]` needs (a plain ng-agent.service, without its `ng-agent-webrtc.conf`
+//! drop-in) fails naming them, not with a bare EPERM.
 
 use std::fs::File;
 use std::net::IpAddr;
@@ -9,6 +13,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
+use nix::errno::Errno;
 use nix::sched::{setns, CloneFlags};
 use nix::sys::socket::{
     recv, sendto, setsockopt, socket, sockopt, AddressFamily, MsgFlags, NetlinkAddr, SockFlag,
@@ -17,15 +22,57 @@ use nix::sys::socket::{
 
 use crate::core::ethtool::{self, TX_CHECKSUM};
 
+/// The capabilities `[webrtc]` needs, with their bit in `/proc/PID/status` (linux/capability.h):
+/// `setns(CLONE_NEWNET)` needs CAP_SYS_ADMIN, the ethtool features request CAP_NET_ADMIN.
+const NEEDED: [(&str, u32); 2] = [("CAP_SYS_ADMIN", 21), ("CAP_NET_ADMIN", 12)];
+
+/// Where to look when a privilege is missing.
+const REMEDY: &str = "under systemd, enable the ng-agent-webrtc.conf drop-in (docs/operations.md \
+                      \"WebRTC bridging\")";
+
+/// The capabilities of [`NEEDED`] missing from the `CapEff:` line of a `/proc/PID/status` text.
+fn missing_capabilities(status: &str) -> Result<Vec<&'static str>> {
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .context("no CapEff line")?;
+    let eff = u64::from_str_radix(hex.trim(), 16).with_context(|| format!("CapEff {hex:?}"))?;
+    Ok(NEEDED
+        .iter()
+        .filter(|(_, bit)| eff & (1 << bit) == 0)
+        .map(|(name, _)| *name)
+        .collect())
+}
+
 /// Turns transmit checksum offload off on the interface holding `address` inside `netns`;
-/// returns that interface's name.
+/// returns that interface's name. Fails first, naming them, when this process lacks the
+/// capabilities for it.
 pub fn prepare(netns: &Path, address: IpAddr) -> Result<String> {
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let missing = missing_capabilities(&status).context("reading /proc/self/status")?;
+    if !missing.is_empty() {
+        bail!(
+            "[webrtc] needs {} to enter the gateway namespace {} and set its veth's offload, \
+             and ng-agent lacks {}: {REMEDY}",
+            NEEDED.map(|(n, _)| n).join(" and "),
+            netns.display(),
+            missing.join(" and "),
+        );
+    }
     let netns = netns.to_owned();
     std::thread::spawn(move || -> Result<String> {
         let ns = File::open(&netns)
             .with_context(|| format!("opening the gateway namespace {}", netns.display()))?;
-        setns(ns, CloneFlags::CLONE_NEWNET)
-            .with_context(|| format!("entering the gateway namespace {}", netns.display()))?;
+        setns(ns, CloneFlags::CLONE_NEWNET).map_err(|e| {
+            // Holding CAP_SYS_ADMIN, an EPERM is a seccomp filter's (systemd's RestrictNamespaces=).
+            let why = if e == Errno::EPERM {
+                format!(": network namespaces are forbidden to ng-agent (RestrictNamespaces=); {REMEDY}")
+            } else {
+                String::new()
+            };
+            anyhow!("entering the gateway namespace {}: {e}{why}", netns.display())
+        })?;
         let dev = interface_with(address).with_context(|| {
             format!(
                 "finding webrtc.gateway_address {address} in the gateway namespace {}",
@@ -53,6 +100,7 @@ fn interface_with(address: IpAddr) -> Result<String> {
             .or_else(|| a.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
     };
     nix::ifaddrs::getifaddrs()
+        .map_err(netlink_refused)
         .context("listing the interfaces' addresses")?
         .find(|i| i.address.as_ref().and_then(held) == Some(address))
         .map(|i| i.interface_name)
@@ -67,6 +115,7 @@ fn tx_checksum_off(dev: &str) -> Result<()> {
         SockFlag::SOCK_CLOEXEC,
         SockProtocol::NetlinkGeneric,
     )
+    .map_err(netlink_refused)
     .context("opening a generic netlink socket")?;
     // The kernel answers at once; the timeout only bounds a kernel that does not.
     setsockopt(
@@ -97,6 +146,16 @@ fn tx_checksum_off(dev: &str) -> Result<()> {
     Ok(())
 }
 
+/// EAFNOSUPPORT on a netlink socket is an address family filter's (systemd's
+/// RestrictAddressFamilies=): says so.
+fn netlink_refused(e: Errno) -> anyhow::Error {
+    if e == Errno::EAFNOSUPPORT {
+        anyhow!("{e}: netlink sockets are forbidden to ng-agent (RestrictAddressFamilies= lacks AF_NETLINK); {REMEDY}")
+    } else {
+        e.into()
+    }
+}
+
 /// Sends `req` and receives the first answer datagram into `buf`.
 fn exchange(fd: &OwnedFd, req: &[u8], buf: &mut [u8]) -> Result<usize> {
     sendto(
@@ -107,4 +166,25 @@ fn exchange(fd: &OwnedFd, req: &[u8], buf: &mut [u8]) -> Result<usize> {
     )
     .context("sending a netlink request")?;
     recv(fd.as_raw_fd(), buf, MsgFlags::empty()).context("receiving a netlink answer")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STATUS: &str = "Name:\tng-agent\nCapInh:\t0000000000000000\nCapEff:\t";
+
+    #[test]
+    fn missing_capabilities_are_named_from_cap_eff() {
+        let with = |eff: &str| missing_capabilities(&format!("{STATUS}{eff}\nCapBnd:\t0\n"));
+        assert!(with("0000000000201000").unwrap().is_empty());
+        assert_eq!(with("0000000000200000").unwrap(), ["CAP_NET_ADMIN"]);
+        assert_eq!(with("0000000000001000").unwrap(), ["CAP_SYS_ADMIN"]);
+        assert_eq!(
+            with("0000000000000000").unwrap(),
+            ["CAP_SYS_ADMIN", "CAP_NET_ADMIN"]
+        );
+        assert!(with("zz").is_err());
+        assert!(missing_capabilities("Name:\tx\n").is_err());
+    }
 }
