@@ -1,16 +1,21 @@
-//! The gateway namespace at start (docs/webrtc.md "The gateway peer"): the interface that holds
-//! `webrtc.gateway_address` gets transmit checksum offload turned off, over ethtool's generic
-//! netlink family (messages in [`crate::core::ethtool`], which says why), from a thread that
-//! alone enters the namespace. No `ethtool` binary.
+//! The gateway namespace (docs/webrtc.md "The gateway peer"): one thread enters it at start and
+//! stays there. First it turns transmit checksum offload off on the interface that holds
+//! `webrtc.gateway_address`, over ethtool's generic netlink family (messages in
+//! [`crate::core::ethtool`], which says why; no `ethtool` binary); then it drops its
+//! capabilities and binds every browser leg's gateway sockets on request (a socket stays in the
+//! namespace it was made in; the runtime's threads never move). So ng-agent needs CAP_SYS_ADMIN
+//! (setns) and CAP_NET_ADMIN (the offload) only until [`GatewayNs::enter`] returns, and the
+//! caller drops them from its own thread right after (docs/operations.md "WebRTC bridging").
 //!
-//! Before that, [`prepare`] checks what the process holds, so an ng-agent started without the
-//! privileges `[webrtc]` needs (a plain ng-agent.service, without its `ng-agent-webrtc.conf`
-//! drop-in) fails naming them, not with a bare EPERM.
+//! Before entering, [`GatewayNs::enter`] checks what the process holds, so an ng-agent started
+//! without the privileges `[webrtc]` needs (a plain ng-agent.service, without its
+//! `ng-agent-webrtc.conf` drop-in) fails naming them, not with a bare EPERM.
 
 use std::fs::File;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
+use std::sync::mpsc;
 
 use anyhow::{anyhow, bail, Context, Result};
 use nix::errno::Errno;
@@ -44,52 +49,148 @@ fn missing_capabilities(status: &str) -> Result<Vec<&'static str>> {
         .collect())
 }
 
-/// Turns transmit checksum offload off on the interface holding `address` inside `netns`;
-/// returns that interface's name. Fails first, naming them, when this process lacks the
-/// capabilities for it.
-pub fn prepare(netns: &Path, address: IpAddr) -> Result<String> {
-    let status =
-        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
-    let missing = missing_capabilities(&status).context("reading /proc/self/status")?;
-    if !missing.is_empty() {
-        bail!(
-            "[webrtc] needs {} to enter the gateway namespace {} and set its veth's offload, \
-             and ng-agent lacks {}: {REMEDY}",
-            NEEDED.map(|(n, _)| n).join(" and "),
-            netns.display(),
-            missing.join(" and "),
-        );
+/// One browser leg's gateway RTP and RTCP sockets, bound and connected in the namespace.
+type GatewayPair = [StdUdpSocket; 2];
+
+/// A request to the namespace thread: bind `gateway` and connect it to `kernel`, and the same
+/// one port up for RTCP.
+struct Request {
+    gateway: SocketAddr,
+    kernel: SocketAddr,
+    reply: mpsc::SyncSender<Result<GatewayPair>>,
+}
+
+/// The thread living in the gateway namespace; it ends when this handle is dropped.
+pub struct GatewayNs {
+    requests: mpsc::Sender<Request>,
+}
+
+impl GatewayNs {
+    /// Enters `netns` on a thread of its own, turns transmit checksum offload off on the
+    /// interface holding `address` there and drops that thread's capabilities; returns the
+    /// handle and the interface's name. Fails first, naming them, when this process lacks the
+    /// capabilities for it.
+    pub fn enter(netns: &Path, address: IpAddr) -> Result<(GatewayNs, String)> {
+        let status =
+            std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+        let missing = missing_capabilities(&status).context("reading /proc/self/status")?;
+        if !missing.is_empty() {
+            bail!(
+                "[webrtc] needs {} to enter the gateway namespace {} and set its veth's offload, \
+                 and ng-agent lacks {}: {REMEDY}",
+                NEEDED.map(|(n, _)| n).join(" and "),
+                netns.display(),
+                missing.join(" and "),
+            );
+        }
+        let ns = File::open(netns).with_context(|| {
+            format!(
+                "opening the gateway namespace {} (webrtc.gateway_netns): create it and its veth \
+                 first (docs/webrtc.md)",
+                netns.display()
+            )
+        })?;
+        let netns = netns.display().to_string();
+        let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<String>>(1);
+        let (requests, rx) = mpsc::channel::<Request>();
+        std::thread::Builder::new()
+            .name("gateway-netns".into())
+            .spawn(move || {
+                let setup = set_up(ns, &netns, address);
+                let ok = setup.is_ok();
+                let _ = ready_tx.send(setup);
+                if ok {
+                    // Ends when the handle (the only sender) is dropped.
+                    for r in rx {
+                        let _ = r.reply.send(bind_pair(r.gateway, r.kernel));
+                    }
+                }
+            })
+            .context("starting the gateway namespace thread")?;
+        let dev = ready_rx
+            .recv()
+            .map_err(|_| anyhow!("the gateway namespace thread ended"))??;
+        Ok((GatewayNs { requests }, dev))
     }
-    let netns = netns.to_owned();
-    std::thread::spawn(move || -> Result<String> {
-        let ns = File::open(&netns)
-            .with_context(|| format!("opening the gateway namespace {}", netns.display()))?;
-        setns(ns, CloneFlags::CLONE_NEWNET).map_err(|e| {
-            // Holding CAP_SYS_ADMIN, an EPERM is a seccomp filter's (systemd's RestrictNamespaces=).
-            let why = if e == Errno::EPERM {
-                format!(": network namespaces are forbidden to ng-agent (RestrictNamespaces=); {REMEDY}")
-            } else {
-                String::new()
-            };
-            anyhow!("entering the gateway namespace {}: {e}{why}", netns.display())
-        })?;
-        let dev = interface_with(address).with_context(|| {
+
+    /// Binds the gateway's RTP and RTCP sockets in the namespace and connects them to the
+    /// kernel anchor's RTP and RTCP ports. Blocks until the namespace thread answers, which it
+    /// does at once (two binds).
+    pub fn sockets(&self, gateway: SocketAddr, kernel: SocketAddr) -> Result<GatewayPair> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.requests
+            .send(Request {
+                gateway,
+                kernel,
+                reply,
+            })
+            .map_err(|_| anyhow!("the gateway namespace thread ended"))?;
+        answer
+            .recv()
+            .map_err(|_| anyhow!("the gateway namespace thread ended"))?
+    }
+}
+
+/// On the namespace thread: enter, set the offload, drop this thread's capabilities.
+fn set_up(ns: File, netns: &str, address: IpAddr) -> Result<String> {
+    setns(ns, CloneFlags::CLONE_NEWNET).map_err(|e| {
+        // Holding CAP_SYS_ADMIN, an EPERM is a seccomp filter's (systemd's RestrictNamespaces=).
+        let why = if e == Errno::EPERM {
             format!(
-                "finding webrtc.gateway_address {address} in the gateway namespace {}",
-                netns.display()
+                ": network namespaces are forbidden to ng-agent (RestrictNamespaces=); {REMEDY}"
             )
-        })?;
-        tx_checksum_off(&dev).with_context(|| {
+        } else {
+            String::new()
+        };
+        anyhow!("entering the gateway namespace {netns}: {e}{why}")
+    })?;
+    let dev = interface_with(address).with_context(|| {
+        format!("finding webrtc.gateway_address {address} in the gateway namespace {netns}")
+    })?;
+    tx_checksum_off(&dev).with_context(|| {
+        format!(
+            "turning transmit checksum offload off on {dev} in {netns} (ng-agent needs \
+             CAP_NET_ADMIN there)"
+        )
+    })?;
+    drop_capabilities("the gateway namespace thread")?;
+    Ok(dev)
+}
+
+/// Drops the calling thread's capabilities; `who` names it in the error.
+pub fn drop_capabilities(who: &str) -> Result<()> {
+    daemon_ops::caps::drop_all().map_err(|e| {
+        let why = if e.raw_os_error() == Some(Errno::EPERM as i32) {
             format!(
-                "turning transmit checksum offload off on {dev} in {} (ng-agent needs \
-                 CAP_NET_ADMIN there)",
-                netns.display()
+                " (a system call filter forbids capset: the unit's SystemCallFilter= must allow \
+                 it); {REMEDY}"
             )
-        })?;
-        Ok(dev)
+        } else {
+            String::new()
+        };
+        anyhow!("dropping the capabilities of {who}: {e}{why}")
     })
-    .join()
-    .map_err(|_| anyhow!("the gateway namespace thread panicked"))?
+}
+
+/// Binds `gateway` (connected to `kernel`) and the pair one port up, in this thread's namespace.
+fn bind_pair(gateway: SocketAddr, kernel: SocketAddr) -> Result<GatewayPair> {
+    let plus_one = |a: SocketAddr| {
+        a.port()
+            .checked_add(1)
+            .map(|p| SocketAddr::new(a.ip(), p))
+            .ok_or_else(|| anyhow!("{a}: no RTCP port above"))
+    };
+    let bind = |local: SocketAddr, peer: SocketAddr| -> Result<StdUdpSocket> {
+        let s = StdUdpSocket::bind(local)
+            .with_context(|| format!("binding the gateway socket {local}"))?;
+        s.connect(peer)
+            .with_context(|| format!("connecting the gateway socket to {peer}"))?;
+        Ok(s)
+    };
+    Ok([
+        bind(gateway, kernel)?,
+        bind(plus_one(gateway)?, plus_one(kernel)?)?,
+    ])
 }
 
 /// The name of the interface holding `address` in this thread's namespace.

@@ -33,7 +33,7 @@ const MAX_EXPOSURE: [(&str, f64); 4] = [
     ("turn-server.service", 1.6),
 ];
 
-/// ng-agent.service with its WebRTC drop-in (measured 1.9 on systemd 252, docs/operations.md).
+/// ng-agent.service with its WebRTC drop-in (measured 2.0 on systemd 252, docs/operations.md).
 const MAX_WEBRTC_EXPOSURE: f64 = 2.0;
 
 struct Stage(PathBuf);

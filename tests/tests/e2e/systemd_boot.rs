@@ -13,8 +13,9 @@
 //!
 //! The `ng_agent_with_webrtc_*` tests boot the same units with a `[webrtc]` ng-agent config and
 //! a gateway namespace (docs/operations.md "WebRTC bridging"): with the installed
-//! ng-agent-webrtc.conf linked in, ng-agent is ready and bridges a browser offer; without it, or
-//! with it narrowed again, ng-agent fails at start naming what it lacks.
+//! ng-agent-webrtc.conf linked in, ng-agent is ready, holds no capability once started and
+//! bridges a browser offer; without it, or with it narrowed again, it fails at start naming what
+//! it lacks.
 //!
 //! Isolation: systemd's unit search path (`$SYSTEMD_UNIT_PATH`) holds only copies of the host's
 //! `*.target` and `*.slice` units (not their `.wants/`) and the installed xdpfork units, and it
@@ -626,18 +627,22 @@ fn ng_agent_with_webrtc_and_its_drop_in_is_ready_under_systemd() -> Result<()> {
         gateway.contains("10.77.9.2:"),
         "no gateway socket bound in the namespace:\n{gateway}"
     );
-    // MainPID is a PID of the booted namespace: read its /proc from in there.
-    let caps = booted.run(&["cat", &format!("/proc/{}/status", prop(&p, "MainPID"))])?;
-    let eff = caps
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .context("no CapEff")?;
-    let wanted = ["CAP_SYS_ADMIN", "CAP_NET_ADMIN"].map(String::from);
+    // The unit grants both capabilities; ng-agent holds none once ready, in any thread (the
+    // offer above was bound by its namespace thread without them). MainPID is a PID of the
+    // booted namespace: its /proc is read from in there.
+    let granted = booted.run(&["systemctl", "show", "-p", "AmbientCapabilities", unit])?;
     assert_eq!(
-        u64::from_str_radix(eff.trim(), 16)?,
-        crate::install_support::ServiceLimits::mask(&wanted)?,
-        "exactly the drop-in's capabilities"
+        granted.trim(),
+        "AmbientCapabilities=cap_net_admin cap_sys_admin"
     );
+    let tasks = format!("/proc/{}/task/*/status", prop(&p, "MainPID"));
+    let caps = booted.run(&["sh", "-c", &format!("grep -H '^Cap[EP][fr][fm]:' {tasks}")])?;
+    assert!(caps.lines().count() >= 2, "{caps}");
+    assert!(
+        caps.lines().all(|l| l.ends_with("\t0000000000000000")),
+        "capabilities held after start:\n{caps}"
+    );
+    assert!(log.contains("capabilities dropped"), "{log}");
     Ok(())
 }
 
@@ -669,16 +674,36 @@ fn ng_agent_with_webrtc_without_its_drop_in_fails_naming_what_is_missing() -> Re
     Ok(())
 }
 
-/// The drop-in enabled, then narrowed again by a later one (`RestrictNamespaces=yes`): ng-agent
-/// holds the capabilities, the kernel refuses `setns`, and the error names the setting.
+/// The drop-in enabled, then narrowed again by a later one: with `RestrictNamespaces=yes` the
+/// kernel refuses `setns` to an ng-agent holding the capabilities; with `~capset` ng-agent
+/// enters but cannot drop them, and refuses to serve holding them. Each error names the setting.
 #[test]
-fn ng_agent_with_webrtc_refused_by_a_narrowed_sandbox_names_the_setting() -> Result<()> {
-    let narrow = "[Service]\nRestrictNamespaces=yes\n";
-    let log = webrtc_start_fails("systemd-boot-webrtc-narrowed", true, narrow)?;
-    assert!(
-        log.contains("entering the gateway namespace /run/netns/xdpfork-gw: EPERM")
-            && log.contains("(RestrictNamespaces=)"),
-        "{log}"
-    );
+fn ng_agent_with_webrtc_in_a_narrowed_sandbox_names_the_setting() -> Result<()> {
+    let cases = [
+        (
+            "namespaces",
+            "RestrictNamespaces=yes",
+            [
+                "entering the gateway namespace /run/netns/xdpfork-gw: EPERM",
+                "(RestrictNamespaces=)",
+            ],
+        ),
+        (
+            "capset",
+            "SystemCallFilter=~capset",
+            [
+                "dropping the capabilities of the gateway namespace thread",
+                "SystemCallFilter= must allow it",
+            ],
+        ),
+    ];
+    for (name, setting, expected) in cases {
+        let narrow = format!("[Service]\n{setting}\n");
+        let log = webrtc_start_fails(&format!("systemd-boot-webrtc-{name}"), true, &narrow)?;
+        assert!(
+            expected.iter().all(|e| log.contains(e)),
+            "{setting}:\n{log}"
+        );
+    }
     Ok(())
 }
