@@ -9,11 +9,13 @@
 //! - [`cli_docs`]: man pages and shell completions from the binary's clap definition (the
 //!   hidden `generate-docs` subcommand `cargo xtask install` runs);
 //! - [`config_file`]: reading the configuration file, with one error text for all daemons;
-//! - [`reload`]: what a SIGHUP changed in that file, split into live and restart-only sections.
+//! - [`reload`]: what a SIGHUP changed in that file, split into live and restart-only sections;
+//! - [`caps`]: dropping a thread's capabilities once a daemon no longer needs them.
 //!
 //! docs/operations.md ("Metrics", "Readiness and the watchdog", "Logs", "Man pages and
 //! completions") is the operator's view.
 
+pub mod caps;
 pub mod cli_docs;
 pub mod config_file;
 pub mod logging;

@@ -405,14 +405,7 @@ impl Topology {
         h: Host,
         f: impl FnOnce() -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let path = format!("/run/netns/{}", self.ns(h));
-        std::thread::spawn(move || -> Result<T> {
-            let ns = File::open(&path)?;
-            nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET)?;
-            f()
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("netns helper thread panicked"))?
+        in_netns(format!("/run/netns/{}", self.ns(h)), f)
     }
 
     /// Wait (bounded) until `path` exists.
@@ -2119,4 +2112,20 @@ pub mod fork_rig {
             .with_context(|| format!("{name} wrote no summary; log:\n{}", t.log(name)))?;
         Ok(serde_json::from_str(&text)?)
     }
+}
+
+/// Runs `f` (which opens a socket) on a helper thread that alone enters the network namespace
+/// at `path` (`/run/netns/NAME`, `/proc/PID/ns/net`); the socket stays in there.
+pub fn in_netns<T: Send + 'static>(
+    path: String,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    std::thread::spawn(move || -> Result<T> {
+        let ns = File::open(&path).with_context(|| format!("opening {path}"))?;
+        nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET)
+            .with_context(|| format!("entering {path}"))?;
+        f()
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("netns helper thread panicked"))?
 }

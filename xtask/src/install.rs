@@ -20,6 +20,9 @@
 //! PREFIX/share/zsh/site-functions/_BINARY                 0644, zsh
 //! PREFIX/share/fish/vendor_completions.d/BINARY.fish      0644, fish
 //! PREFIX/share/xdpfork/scripts/xdpfork-*                  0755, operator helpers (scripts/)
+//! PREFIX/share/xdpfork/systemd/ng-agent-webrtc.conf       0644, inactive drop-in: the operator
+//!                                                         links it into ng-agent.service.d to
+//!                                                         bridge browsers (docs/operations.md)
 //! PREFIX/share/xdpfork/install-manifest                   what this install put there
 //! ```
 //! UNITDIR etc. are `PREFIX/lib/...` for the prefixes systemd searches (`/usr`, `/usr/local`) and
@@ -132,6 +135,14 @@ pub(crate) const SCRIPTS: [(&str, &str); 3] = [
     ),
 ];
 
+/// The drop-in that lets ng-agent.service enter the gateway namespace (`[webrtc]`): installed
+/// beside the scripts, not in a unit directory, so no install grants ng-agent those privileges
+/// unasked (docs/operations.md "WebRTC bridging").
+pub(crate) const WEBRTC_DROPIN: (&str, &str) = (
+    "ng-agent-webrtc.conf",
+    include_str!("../../dist/systemd/ng-agent-webrtc.conf.in"),
+);
+
 const SYSUSERS: &str = include_str!("../../dist/sysusers.d/xdpfork.conf");
 const TMPFILES: &str = include_str!("../../dist/tmpfiles.d/xdpfork.conf");
 const OPERATIONS_DOC: &str = include_str!("../../docs/operations.md");
@@ -218,6 +229,11 @@ impl Layout {
         self.data_dir.join("scripts")
     }
 
+    /// The inactive drop-ins' directory, as seen on the target.
+    pub(crate) fn dropin_dir(&self) -> PathBuf {
+        self.data_dir.join("systemd")
+    }
+
     /// The manifest, as seen on the target.
     pub(crate) fn manifest(&self) -> PathBuf {
         self.data_dir.join("install-manifest")
@@ -233,11 +249,13 @@ impl Layout {
     }
 }
 
-/// `@BINDIR@` and `@DOCDIR@` in a unit template replaced by the layout's directories.
+/// `@BINDIR@`, `@DOCDIR@` and `@DROPINDIR@` in a unit template replaced by the layout's
+/// directories.
 pub(crate) fn render_unit(template: &str, layout: &Layout) -> String {
     template
         .replace("@BINDIR@", &layout.bin_dir.to_string_lossy())
         .replace("@DOCDIR@", &layout.doc_dir.to_string_lossy())
+        .replace("@DROPINDIR@", &layout.dropin_dir().to_string_lossy())
 }
 
 /// One line of the manifest.
@@ -484,6 +502,12 @@ fn install_files(layout: &Layout, bin_src: &Path) -> Result<Vec<Entry>> {
             0o644,
         )?;
     }
+    let (name, template) = WEBRTC_DROPIN;
+    put(
+        layout.dropin_dir().join(name),
+        render_unit(template, layout).as_bytes(),
+        0o644,
+    )?;
     put(
         layout.sysusers_dir.join("xdpfork.conf"),
         SYSUSERS.as_bytes(),
@@ -701,6 +725,7 @@ pub(crate) fn run_uninstall(args: UninstallArgs) -> Result<()> {
         &layout.conf_dir,
         &layout.doc_dir,
         &layout.scripts_dir(),
+        &layout.dropin_dir(),
         &layout.data_dir,
     ] {
         let _ = fs::remove_dir(layout.on_disk(d));

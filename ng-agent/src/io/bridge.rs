@@ -2,10 +2,10 @@
 //!
 //! - The browser-facing socket is bound in the host namespace on the leg's advertised address
 //!   (ICE-lite, DTLS and SRTP arrive there; XDP passes them, no flow matches).
-//! - The gateway's RTP and RTCP sockets are bound inside the gateway namespace (a short-lived
-//!   thread `setns`es into it; a socket stays in the namespace it was made in) and connected
-//!   to the leg's kernel anchor, so the decrypted audio enters fork-agent's kernel relay over
-//!   the gateway veth like any plain caller's (docs/webrtc.md).
+//! - The gateway's RTP and RTCP sockets are bound inside the gateway namespace (by the thread
+//!   that lives there, [`GatewayNs`]; a socket stays in the namespace it was made in) and
+//!   connected to the leg's kernel anchor, so the decrypted audio enters fork-agent's kernel
+//!   relay over the gateway veth like any plain caller's (docs/webrtc.md).
 //!
 //! Per input: feed the core, drain `poll_output`, re-read `poll_timeout`. Counters go to the
 //! engine task when they changed, at most every [`COUNTER_INTERVAL`] and at every event.
@@ -13,13 +13,10 @@
 #![allow(clippy::disallowed_methods)] // shell: reads the clock, spawns the per-leg tasks
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
-use nix::sched::{setns, CloneFlags};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -30,6 +27,7 @@ use webrtc_bridge::{
 
 use crate::core::engine::ControlId;
 use crate::core::webrtc::{BridgeOp, LegReport};
+use crate::io::gateway::GatewayNs;
 
 /// Counters reach the engine at most this often per leg (and at every event).
 const COUNTER_INTERVAL: Duration = Duration::from_millis(200);
@@ -43,34 +41,27 @@ const MAX_DATAGRAM: usize = 2048;
 /// The running bridges.
 pub struct Bridges {
     cert: Certificate,
-    netns: PathBuf,
+    gateway: GatewayNs,
     early: EarlyAudio,
     legs: HashMap<SocketAddr, mpsc::Sender<RemoteParams>>,
     reports: mpsc::Sender<LegReport>,
 }
 
 impl Bridges {
-    /// Checks that the gateway namespace can be entered; reports go to `reports`.
+    /// Browser legs whose gateway sockets `gateway` binds; reports go to `reports`.
     pub fn new(
         cert: Certificate,
-        netns: PathBuf,
+        gateway: GatewayNs,
         early: EarlyAudio,
         reports: mpsc::Sender<LegReport>,
-    ) -> Result<Bridges> {
-        File::open(&netns).with_context(|| {
-            format!(
-                "opening the gateway namespace {} (webrtc.gateway_netns): create it and its veth \
-                 first (docs/webrtc.md)",
-                netns.display()
-            )
-        })?;
-        Ok(Bridges {
+    ) -> Bridges {
+        Bridges {
             cert,
-            netns,
+            gateway,
             early,
             legs: HashMap::new(),
             reports,
-        })
+        }
     }
 
     /// Carries out one engine operation. For `Open`, the answer the engine waits for
@@ -119,7 +110,7 @@ impl Bridges {
     ) -> Result<()> {
         let b = StdUdpSocket::bind(browser)
             .with_context(|| format!("binding the browser-facing socket {browser}"))?;
-        let [rtp, rtcp] = gateway_sockets(&self.netns, gateway, kernel)?;
+        let [rtp, rtcp] = self.gateway.sockets(gateway, kernel)?;
         let sockets = [b, rtp, rtcp].map(|s| {
             s.set_nonblocking(true)?;
             UdpSocket::from_std(s)
@@ -138,40 +129,6 @@ impl Bridges {
         info!(%browser, %gateway, %kernel, "browser leg open");
         Ok(())
     }
-}
-
-/// Binds the gateway's RTP and RTCP sockets inside `netns` and connects them to the kernel
-/// anchor's RTP and RTCP ports. Runs on a thread of its own: `setns` changes the calling
-/// thread's namespace, and the runtime's threads must stay in the host's.
-fn gateway_sockets(
-    netns: &Path,
-    gateway: SocketAddr,
-    kernel: SocketAddr,
-) -> Result<[StdUdpSocket; 2]> {
-    let netns = netns.to_owned();
-    let plus_one = |a: SocketAddr| {
-        a.port()
-            .checked_add(1)
-            .map(|p| SocketAddr::new(a.ip(), p))
-            .ok_or_else(|| anyhow!("{a}: no RTCP port above"))
-    };
-    let (g1, k1) = (plus_one(gateway)?, plus_one(kernel)?);
-    std::thread::spawn(move || -> Result<[StdUdpSocket; 2]> {
-        let ns = File::open(&netns)
-            .with_context(|| format!("opening the gateway namespace {}", netns.display()))?;
-        setns(ns, CloneFlags::CLONE_NEWNET)
-            .with_context(|| format!("entering the gateway namespace {}", netns.display()))?;
-        let bind = |local: SocketAddr, peer: SocketAddr| -> Result<StdUdpSocket> {
-            let s = StdUdpSocket::bind(local)
-                .with_context(|| format!("binding the gateway socket {local}"))?;
-            s.connect(peer)
-                .with_context(|| format!("connecting the gateway socket to {peer}"))?;
-            Ok(s)
-        };
-        Ok([bind(gateway, kernel)?, bind(g1, k1)?])
-    })
-    .join()
-    .map_err(|_| anyhow!("the gateway socket thread panicked"))?
 }
 
 /// Drives one browser leg until its `remote` sender is dropped (public for `bench srtp`).

@@ -68,12 +68,19 @@ pub async fn run(settings: Settings, mut reloader: daemon_ops::reload::Reloader)
             });
             engine_cfg.seed = rand::random();
             info!(fingerprint = %cert.fingerprint(), netns = %w.gateway_netns.display(), "WebRTC bridging on");
-            let bridges =
-                bridge::Bridges::new(cert, w.gateway_netns.clone(), w.early_audio, report_tx)?;
             // The relay's incremental UDP checksum update needs full checksums (core/ethtool.rs).
-            let dev = gateway::prepare(&w.gateway_netns, w.gateway_address)?;
+            let (ns, dev) = gateway::GatewayNs::enter(&w.gateway_netns, w.gateway_address)?;
             info!(%dev, "gateway veth: transmit checksum offload off");
-            Some(bridges)
+            // Nothing needs them from here on: the namespace thread binds the legs' sockets
+            // without any, and it has dropped its own (no other thread exists yet).
+            gateway::drop_capabilities("ng-agent's main thread")?;
+            let holding = daemon_ops::caps::held_by_any()
+                .context("reading the threads' capabilities in /proc/self/task")?;
+            if !holding.is_empty() {
+                anyhow::bail!("threads {holding:?} still hold capabilities after dropping them");
+            }
+            info!("capabilities dropped: the gateway namespace is entered");
+            Some(bridge::Bridges::new(cert, ns, w.early_audio, report_tx))
         }
         None => None,
     };

@@ -78,6 +78,11 @@ const EXPECTED: &[(&str, u32)] = &[
     ),
     ("usr/local/share/xdpfork/scripts/xdpfork-maps", 0o755),
     ("usr/local/share/xdpfork/scripts/xdpfork-try-fork", 0o755),
+    // Inactive: an operator links it into ng-agent.service.d for `[webrtc]`.
+    (
+        "usr/local/share/xdpfork/systemd/ng-agent-webrtc.conf",
+        0o644,
+    ),
 ];
 
 /// Man pages: one per binary and one per subcommand at every level (`BINARY-SUB-SUBSUB.8`).

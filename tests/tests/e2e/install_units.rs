@@ -33,6 +33,9 @@ const MAX_EXPOSURE: [(&str, f64); 4] = [
     ("turn-server.service", 1.6),
 ];
 
+/// ng-agent.service with its WebRTC drop-in (measured 2.0 on systemd 252, docs/operations.md).
+const MAX_WEBRTC_EXPOSURE: f64 = 2.0;
+
 struct Stage(PathBuf);
 
 impl Stage {
@@ -152,6 +155,44 @@ fn units_security_exposure_stays_low() -> Result<()> {
     }
     // The privileged unit is the least locked-down one, and not by accident: only it needs caps.
     assert!(scores["fork-agent.service"] > scores["sip-agent.service"]);
+    Ok(())
+}
+
+/// ng-agent.service with the installed ng-agent-webrtc.conf linked in (docs/operations.md
+/// "WebRTC bridging"): verify accepts the pair without warnings, and the exposure rises by what
+/// the drop-in grants, to at most [`MAX_WEBRTC_EXPOSURE`].
+#[test]
+fn ng_agent_webrtc_drop_in_verifies_and_stays_within_its_exposure() -> Result<()> {
+    let stage = Stage::new("install-webrtc-dropin")?;
+    let units = stage_units(&stage.0)?;
+    let unit = units.join("ng-agent.service");
+    let unit = unit.to_string_lossy();
+    let score = |label: &str| -> Result<f64> {
+        let (_, stdout, stderr) =
+            systemd_analyze(&["security", "--offline=true", "--no-pager", &unit])?;
+        let score = exposure(&stdout)
+            .with_context(|| format!("no exposure level ({label}):\n{stdout}{stderr}"))?;
+        println!("ng-agent.service {label}: exposure {score}");
+        Ok(score)
+    };
+    let plain = score("plain")?;
+    let dir = units.join("ng-agent.service.d");
+    std::fs::create_dir_all(&dir)?;
+    std::os::unix::fs::symlink(
+        stage
+            .0
+            .join("root/usr/local/share/xdpfork/systemd/ng-agent-webrtc.conf"),
+        dir.join("webrtc.conf"),
+    )?;
+    let (ok, stdout, stderr) = systemd_analyze(&["verify", &unit])?;
+    let ours: Vec<&str> = stderr.lines().filter(|l| l.contains("ng-agent")).collect();
+    assert!(
+        ok && ours.is_empty(),
+        "verify with the drop-in:\n{stdout}{stderr}"
+    );
+    let webrtc = score("with ng-agent-webrtc.conf")?;
+    assert!(webrtc > plain, "the drop-in changed nothing ({webrtc})");
+    assert!(webrtc <= MAX_WEBRTC_EXPOSURE, "exposure {webrtc}");
     Ok(())
 }
 

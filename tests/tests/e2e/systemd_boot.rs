@@ -11,6 +11,12 @@
 //! `config_reloads_total{result="ok"}` reads 1, same main PID, still active); and the host's
 //! /etc/xdpfork and /usr/local/lib/systemd/system are as before.
 //!
+//! The `ng_agent_with_webrtc_*` tests boot the same units with a `[webrtc]` ng-agent config and
+//! a gateway namespace (docs/operations.md "WebRTC bridging"): with the installed
+//! ng-agent-webrtc.conf linked in, ng-agent is ready, holds no capability once started and
+//! bridges a browser offer; without it, or with it narrowed again, it fails at start naming what
+//! it lacks.
+//!
 //! Isolation: systemd's unit search path (`$SYSTEMD_UNIT_PATH`) holds only copies of the host's
 //! `*.target` and `*.slice` units (not their `.wants/`) and the installed xdpfork units, and it
 //! boots into a target of its own, so none of the host's units can start. The overlay's upper
@@ -28,6 +34,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+use ng_agent::core::bencode::{self, Value};
 use xdpfork_tests::{bin, bin_dir};
 
 use crate::install_support::Stage;
@@ -461,5 +468,242 @@ fn fork_agent_service_mounts_bpffs_where_the_host_has_not() -> Result<()> {
         pins.contains("FLOWS"),
         "the pins outlive the service: {pins}"
     );
+    Ok(())
+}
+
+/// The gateway namespace `[webrtc]` names, made in the booted namespace the way docs/webrtc.md
+/// "The gateway peer" asks the operator to: a veth with `gw0` inside, `fg0` outside.
+const GATEWAY_NETNS: &str = "ip netns add xdpfork-gw
+ip link add fg0 type veth peer name gw0 netns xdpfork-gw
+ip addr add 10.77.9.1/24 dev fg0
+ip link set fg0 up
+ip -n xdpfork-gw addr add 10.77.9.2/24 dev gw0
+ip -n xdpfork-gw link set gw0 up
+";
+
+const WEBRTC_SECTION: &str = "
+[webrtc]
+gateway_netns = \"/run/netns/xdpfork-gw\"
+gateway_address = \"10.77.9.2\"
+kernel_address = \"10.77.9.1\"
+";
+
+/// A browser's offer (ICE-lite peer, DTLS actpass); the fingerprint is never checked here, as
+/// no DTLS runs.
+const BROWSER_OFFER: &str = "v=0\r\no=- 1 1 IN IP4 198.51.100.7\r\ns=-\r\nt=0 0\r\n\
+m=audio 50000 UDP/TLS/RTP/SAVPF 0\r\nc=IN IP4 198.51.100.7\r\na=mid:0\r\na=rtcp-mux\r\n\
+a=rtpmap:0 PCMU/8000\r\na=ice-ufrag:brws\r\na=ice-pwd:browserpasswordbrowserpw\r\n\
+a=fingerprint:sha-256 \
+AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89\
+\r\na=setup:actpass\r\na=sendrecv\r\n";
+
+/// Where the test's own drop-in sends ng-agent's output (the namespace has no journald).
+const NG_LOG: &str = "/run/xdpfork-test/ng-agent.log";
+
+/// Boots, installs, makes the gateway namespace and appends `[webrtc]` to the installed
+/// ng-agent.toml; with `dropin`, enables the installed ng-agent-webrtc.conf. systemd's unit path
+/// here is /run/xdpfork-test/units (not /etc/systemd/system, docs/operations.md "WebRTC
+/// bridging"), so the drop-in is linked into that directory's ng-agent.service.d, which
+/// systemd reads the same way.
+/// `narrow`, when not empty, is a drop-in of the operator's that applies after the WebRTC one.
+fn boot_webrtc(stage: &Path, dropin: bool, narrow: &str) -> Result<Booted> {
+    let booted = boot(stage, true)?;
+    let xtask = bin("xtask")?.to_string_lossy().into_owned();
+    let bins = bin_dir()?.to_string_lossy().into_owned();
+    booted.run(&[&xtask, "install", "--bin-dir", &bins])?;
+    booted.run(&["sh", "-eu", "-c", GATEWAY_NETNS])?;
+    let root = PathBuf::from(format!("/proc/{}/root", booted.pid));
+    let config = root.join("etc/xdpfork/ng-agent.toml");
+    let text = std::fs::read_to_string(&config)?;
+    std::fs::write(&config, text + WEBRTC_SECTION)?;
+    let dir = root.join("run/xdpfork-test/units/ng-agent.service.d");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join("zz-test-log.conf"),
+        format!("[Service]\nStandardOutput=append:{NG_LOG}\nStandardError=append:{NG_LOG}\n"),
+    )?;
+    if dropin {
+        std::os::unix::fs::symlink(
+            "/usr/local/share/xdpfork/systemd/ng-agent-webrtc.conf",
+            dir.join("webrtc.conf"),
+        )?;
+    }
+    if !narrow.is_empty() {
+        std::fs::write(dir.join("zz-narrow.conf"), narrow)?;
+    }
+    booted.run(&["systemctl", "daemon-reload"])?;
+    Ok(booted)
+}
+
+impl Booted {
+    /// One ng request to the installed ng-agent (`[ng] listen` 127.0.0.1:22222 in there).
+    fn ng(&self, request: Value) -> Result<Value> {
+        let sock = xdpfork_tests::in_netns(format!("/proc/{}/ns/net", self.pid), || {
+            Ok(std::net::UdpSocket::bind("127.0.0.1:0")?)
+        })?;
+        sock.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut msg = b"boot_1 ".to_vec();
+        request.encode(&mut msg);
+        sock.send_to(&msg, "127.0.0.1:22222")?;
+        let mut buf = vec![0u8; 65_536];
+        let n = sock.recv(&mut buf).context("no ng reply within 10 s")?;
+        let body = buf[..n]
+            .strip_prefix(b"boot_1 ")
+            .context("reply does not echo the cookie")?;
+        Ok(bencode::decode(body, bencode::Limits::default())?)
+    }
+
+    fn ng_log(&self) -> String {
+        std::fs::read_to_string(format!("/proc/{}/root{NG_LOG}", self.pid)).unwrap_or_default()
+    }
+}
+
+/// docs/operations.md "WebRTC bridging": with the installed drop-in linked in, ng-agent.service
+/// with `[webrtc]` enters the gateway namespace, turns gw0's transmit checksum offload off and
+/// reaches READY=1, holding CAP_SYS_ADMIN and CAP_NET_ADMIN and allowed only network
+/// namespaces.
+#[test]
+fn ng_agent_with_webrtc_and_its_drop_in_is_ready_under_systemd() -> Result<()> {
+    xdpfork_tests::require_root()?;
+    let stage = Stage::new("systemd-boot-webrtc")?;
+    let booted = boot_webrtc(&stage.0, true, "")?;
+    let unit = "ng-agent.service";
+    let sandbox = booted.run(&[
+        "systemctl",
+        "show",
+        "-p",
+        "RestrictNamespaces,AmbientCapabilities,RestrictAddressFamilies",
+        unit,
+    ])?;
+    assert!(
+        sandbox.contains("RestrictNamespaces=net\n"),
+        "only network namespaces:\n{sandbox}"
+    );
+    if let Err(e) = booted.run(&["timeout", "120", "systemctl", "start", unit]) {
+        bail!("{e}\n{}\n{}", booted.status(unit), booted.ng_log());
+    }
+    let p = booted.show(unit)?;
+    let status = booted.status(unit);
+    assert_eq!(
+        (prop(&p, "ActiveState"), prop(&p, "SubState")),
+        ("active", "running"),
+        "{status}\n{}",
+        booted.ng_log()
+    );
+    assert_eq!(prop(&p, "NRestarts"), "0", "{status}");
+    let log = booted.ng_log();
+    assert!(log.contains("WebRTC bridging on"), "{log}");
+    let offload = booted.run(&["ip", "netns", "exec", "xdpfork-gw", "ethtool", "-k", "gw0"])?;
+    assert!(
+        offload
+            .lines()
+            .any(|l| l.trim() == "tx-checksum-ip-generic: off"),
+        "ng-agent did not turn gw0's offload off:\n{offload}"
+    );
+    // A browser offer: ng-agent binds the leg's gateway sockets by entering the namespace
+    // again (per leg, not only at start) and only then answers, with the plain side's SDP.
+    let reply = booted.ng(Value::dict([
+        ("command", Value::str("offer")),
+        ("call-id", Value::str("systemd-webrtc")),
+        ("from-tag", Value::str("browser")),
+        ("sdp", Value::str(BROWSER_OFFER)),
+        ("transport-protocol", Value::str("RTP/AVP")),
+        ("ICE", Value::str("remove")),
+    ]))?;
+    let sdp = match reply.get("sdp") {
+        Some(Value::Bytes(b)) => String::from_utf8_lossy(b).into_owned(),
+        _ => bail!(
+            "offer not answered with an SDP: {reply:?}\n{}",
+            booted.ng_log()
+        ),
+    };
+    assert_eq!(reply.get("result").and_then(Value::as_str), Some("ok"));
+    assert!(
+        sdp.contains(" RTP/AVP ") && sdp.contains("c=IN IP4 192.0.2.10"),
+        "{sdp}"
+    );
+    let gateway = booted.run(&["ip", "netns", "exec", "xdpfork-gw", "ss", "-Huan"])?;
+    assert!(
+        gateway.contains("10.77.9.2:"),
+        "no gateway socket bound in the namespace:\n{gateway}"
+    );
+    // The unit grants both capabilities; ng-agent holds none once ready, in any thread (the
+    // offer above was bound by its namespace thread without them). MainPID is a PID of the
+    // booted namespace: its /proc is read from in there.
+    let granted = booted.run(&["systemctl", "show", "-p", "AmbientCapabilities", unit])?;
+    assert_eq!(
+        granted.trim(),
+        "AmbientCapabilities=cap_net_admin cap_sys_admin"
+    );
+    let tasks = format!("/proc/{}/task/*/status", prop(&p, "MainPID"));
+    let caps = booted.run(&["sh", "-c", &format!("grep -H '^Cap[EP][fr][fm]:' {tasks}")])?;
+    assert!(caps.lines().count() >= 2, "{caps}");
+    assert!(
+        caps.lines().all(|l| l.ends_with("\t0000000000000000")),
+        "capabilities held after start:\n{caps}"
+    );
+    assert!(log.contains("capabilities dropped"), "{log}");
+    Ok(())
+}
+
+/// Boots as [`boot_webrtc`] does and starts ng-agent.service, which must fail; its output.
+fn webrtc_start_fails(name: &str, dropin: bool, narrow: &str) -> Result<String> {
+    xdpfork_tests::require_root()?;
+    let stage = Stage::new(name)?;
+    let booted = boot_webrtc(&stage.0, dropin, narrow)?;
+    let unit = "ng-agent.service";
+    if booted
+        .run(&["timeout", "120", "systemctl", "start", unit])
+        .is_ok()
+    {
+        bail!("{unit} started:\n{}", booted.status(unit));
+    }
+    Ok(booted.ng_log())
+}
+
+/// The same host and config without the drop-in: ng-agent.service fails at start, and what it
+/// says names the missing capabilities and the drop-in.
+#[test]
+fn ng_agent_with_webrtc_without_its_drop_in_fails_naming_what_is_missing() -> Result<()> {
+    let log = webrtc_start_fails("systemd-boot-webrtc-nodropin", false, "")?;
+    assert!(
+        log.contains("ng-agent lacks CAP_SYS_ADMIN and CAP_NET_ADMIN")
+            && log.contains("ng-agent-webrtc.conf drop-in"),
+        "{log}"
+    );
+    Ok(())
+}
+
+/// The drop-in enabled, then narrowed again by a later one: with `RestrictNamespaces=yes` the
+/// kernel refuses `setns` to an ng-agent holding the capabilities; with `~capset` ng-agent
+/// enters but cannot drop them, and refuses to serve holding them. Each error names the setting.
+#[test]
+fn ng_agent_with_webrtc_in_a_narrowed_sandbox_names_the_setting() -> Result<()> {
+    let cases = [
+        (
+            "namespaces",
+            "RestrictNamespaces=yes",
+            [
+                "entering the gateway namespace /run/netns/xdpfork-gw: EPERM",
+                "(RestrictNamespaces=)",
+            ],
+        ),
+        (
+            "capset",
+            "SystemCallFilter=~capset",
+            [
+                "dropping the capabilities of the gateway namespace thread",
+                "SystemCallFilter= must allow it",
+            ],
+        ),
+    ];
+    for (name, setting, expected) in cases {
+        let narrow = format!("[Service]\n{setting}\n");
+        let log = webrtc_start_fails(&format!("systemd-boot-webrtc-{name}"), true, &narrow)?;
+        assert!(
+            expected.iter().all(|e| log.contains(e)),
+            "{setting}:\n{log}"
+        );
+    }
     Ok(())
 }
