@@ -1,15 +1,17 @@
-//! The ethtool generic-netlink messages ng-agent needs to turn transmit checksum offload off on
-//! the gateway veth (docs/webrtc.md "The gateway peer"): built and read here, sent by
+//! The ethtool generic-netlink messages ng-agent needs to turn transmit checksum offload off and
+//! GRO on on the gateway veth (docs/webrtc.md "The gateway peer"): built and read here, sent by
 //! `io::gateway` on a netlink socket inside the gateway namespace. No `ethtool` binary.
 //!
 //! Why: the gateway's packets cross the veth into fork-agent's XDP relay, which rewrites
 //! addresses and ports and updates the UDP checksum incrementally. With offload on, a veth hands
 //! on a packet whose checksum field holds only the pseudo-header sum (CHECKSUM_PARTIAL), the
-//! update produces a wrong checksum, and the phone drops the packet.
+//! update produces a wrong checksum, and the phone drops the packet. GRO: the relay's packets
+//! to the gateway are redirected into the veth (XDP_REDIRECT), which delivers them only to a
+//! peer with NAPI on, i.e. with GRO on or an XDP program of its own; the gateway end has none.
 //!
 //! Call order: [`family_request`], read the family id with [`family_id`]; then
-//! [`features_set`] with [`TX_CHECKSUM`] off, checked with [`ack`]; then [`features_get`], whose
-//! answer [`active_features`] reads to confirm the kernel turned them off.
+//! [`features_set`] with [`TX_CHECKSUM`] off and [`GRO`] on, checked with [`ack`]; then
+//! [`features_get`], whose answer [`active_features`] reads to confirm the kernel did it.
 //!
 //! Formats: netlink(7) and genetlink headers in host byte order; constants from
 //! `<linux/genetlink.h>` and `<linux/ethtool_netlink.h>` (uAPI, stable).
@@ -20,6 +22,9 @@ pub const TX_CHECKSUM: [&str; 3] = [
     "tx-checksum-ip-generic",
     "tx-checksum-ipv6",
 ];
+
+/// Generic receive offload: turned on (`ethtool -K <dev> gro on`).
+pub const GRO: &str = "rx-gro";
 
 const NLMSG_ERROR: u16 = 2;
 const NLM_F_REQUEST: u16 = 1;
@@ -155,14 +160,22 @@ fn header(dev: &str, flags: u32) -> Vec<u8> {
     a
 }
 
-/// Turns the features named in `off` off on `dev` (a bitset with a mask: only those change;
-/// the kernel ignores a name the device cannot change); it acknowledges ([`ack`]).
-pub fn features_set(family: u16, seq: u32, dev: &str, off: &[&str]) -> Vec<u8> {
+/// Turns the features named in `off` off and those in `on` on, on `dev` (a bitset with a mask:
+/// only those change; the kernel ignores a name the device cannot change); it acknowledges
+/// ([`ack`]).
+pub fn features_set(family: u16, seq: u32, dev: &str, off: &[&str], on: &[&str]) -> Vec<u8> {
     let mut bits = Vec::new();
-    for name in off {
-        // No ETHTOOL_A_BITSET_BIT_VALUE: the bit is cleared.
+    for (name, value) in off
+        .iter()
+        .map(|n| (n, false))
+        .chain(on.iter().map(|n| (n, true)))
+    {
+        // ETHTOOL_A_BITSET_BIT_VALUE present: set; absent: cleared.
         let mut bit = Vec::new();
         attr(&mut bit, ETHTOOL_A_BITSET_BIT_NAME, &string(name));
+        if value {
+            attr(&mut bit, ETHTOOL_A_BITSET_BIT_VALUE, &[]);
+        }
         attr(&mut bits, ETHTOOL_A_BITSET_BITS_BIT | NLA_F_NESTED, &bit);
     }
     let mut set = Vec::new();
@@ -246,7 +259,7 @@ mod tests {
 
     #[test]
     fn the_set_request_names_the_device_and_clears_each_bit() {
-        let m = features_set(27, 9, "gw0", &TX_CHECKSUM);
+        let m = features_set(27, 9, "gw0", &TX_CHECKSUM, &[GRO]);
         assert_eq!(
             m.len(),
             u32::from_ne_bytes([m[0], m[1], m[2], m[3]]) as usize
@@ -269,20 +282,22 @@ mod tests {
         );
         let (t, set) = attrs(top[1].1).next().expect("bits");
         assert_eq!(t, ETHTOOL_A_BITSET_BITS);
-        let names: Vec<Vec<u8>> = attrs(set)
+        let names: Vec<(Vec<u8>, bool)> = attrs(set)
             .map(|(_, b)| {
                 let inner: Vec<(u16, &[u8])> = attrs(b).collect();
-                assert_eq!(inner.len(), 1, "a name and no VALUE: off");
-                inner[0].1.to_vec()
+                assert_eq!(inner[0].0, ETHTOOL_A_BITSET_BIT_NAME);
+                // A name alone: off; with an empty VALUE: on.
+                let on = inner.get(1) == Some(&(ETHTOOL_A_BITSET_BIT_VALUE, &[][..]));
+                assert_eq!(inner.len(), 1 + usize::from(on));
+                (inner[0].1.to_vec(), on)
             })
             .collect();
-        assert_eq!(
-            names,
-            TX_CHECKSUM
-                .iter()
-                .map(|n| string(n))
-                .collect::<Vec<Vec<u8>>>()
-        );
+        let want: Vec<(Vec<u8>, bool)> = TX_CHECKSUM
+            .iter()
+            .map(|n| (string(n), false))
+            .chain([(string(GRO), true)])
+            .collect();
+        assert_eq!(names, want);
     }
 
     #[test]

@@ -25,7 +25,7 @@ use nix::sys::socket::{
     SockProtocol, SockType,
 };
 
-use crate::core::ethtool::{self, TX_CHECKSUM};
+use crate::core::ethtool::{self, GRO, TX_CHECKSUM};
 
 /// The capabilities `[webrtc]` needs, with their bit in `/proc/PID/status` (linux/capability.h):
 /// `setns(CLONE_NEWNET)` needs CAP_SYS_ADMIN, the ethtool features request CAP_NET_ADMIN.
@@ -147,10 +147,10 @@ fn set_up(ns: File, netns: &str, address: IpAddr) -> Result<String> {
     let dev = interface_with(address).with_context(|| {
         format!("finding webrtc.gateway_address {address} in the gateway namespace {netns}")
     })?;
-    tx_checksum_off(&dev).with_context(|| {
+    prepare_veth(&dev).with_context(|| {
         format!(
-            "turning transmit checksum offload off on {dev} in {netns} (ng-agent needs \
-             CAP_NET_ADMIN there)"
+            "turning transmit checksum offload off and GRO on on {dev} in {netns} (ng-agent \
+             needs CAP_NET_ADMIN there)"
         )
     })?;
     drop_capabilities("the gateway namespace thread")?;
@@ -208,8 +208,8 @@ fn interface_with(address: IpAddr) -> Result<String> {
         .ok_or_else(|| anyhow!("no interface holds {address} (create the gateway veth first)"))
 }
 
-/// Sets the transmit checksum features off on `dev` and reads them back.
-fn tx_checksum_off(dev: &str) -> Result<()> {
+/// Sets the transmit checksum features off and GRO on on `dev`, and reads them back.
+fn prepare_veth(dev: &str) -> Result<()> {
     let fd: OwnedFd = socket(
         AddressFamily::Netlink,
         SockType::Raw,
@@ -231,7 +231,7 @@ fn tx_checksum_off(dev: &str) -> Result<()> {
     let family = ethtool::family_id(&buf[..n], 1)?;
     let n = exchange(
         &fd,
-        &ethtool::features_set(family, 2, dev, &TX_CHECKSUM),
+        &ethtool::features_set(family, 2, dev, &TX_CHECKSUM, &[GRO]),
         &mut buf,
     )?;
     ethtool::ack(&buf[..n], 2)?;
@@ -243,6 +243,9 @@ fn tx_checksum_off(dev: &str) -> Result<()> {
         .collect();
     if !kept.is_empty() {
         bail!("the driver keeps {} on", kept.join(", "));
+    }
+    if !on.iter().any(|o| o == GRO) {
+        bail!("the driver keeps {GRO} off");
     }
     Ok(())
 }

@@ -95,21 +95,26 @@ kernel_address = "{KERNEL}"
             &webrtc,
             "kamailio/webrtc_proxy.cfg",
         )?;
-        // The product, not the test, turns transmit checksum offload off on the gateway veth.
+        // The product, not the test, turns transmit checksum offload off and GRO on on the
+        // gateway veth.
         let after = ns_run(&gateway.0, "ethtool", &["-k", "gw0"])?;
-        let generic = |k: &str| {
+        let feature = |k: &str, name: &str| {
             k.lines()
-                .find(|l| l.trim_start().starts_with("tx-checksum-ip-generic:"))
+                .find(|l| l.trim_start().starts_with(&format!("{name}:")))
                 .map(|l| l.trim().to_owned())
         };
-        if generic(&before).as_deref() != Some("tx-checksum-ip-generic: on")
-            || generic(&after).as_deref() != Some("tx-checksum-ip-generic: off")
-        {
-            bail!(
-                "gw0's transmit checksum offload: {:?} before ng-agent started, {:?} after",
-                generic(&before),
-                generic(&after)
-            );
+        for (name, was, now) in [
+            ("tx-checksum-ip-generic", "on", "off"),
+            ("generic-receive-offload", "off", "on"),
+        ] {
+            let (b, a) = (feature(&before, name), feature(&after, name));
+            if b.as_deref() != Some(&format!("{name}: {was}"))
+                || !a
+                    .as_deref()
+                    .is_some_and(|l| l.starts_with(&format!("{name}: {now}")))
+            {
+                bail!("gw0's {name}: {b:?} before ng-agent started, {a:?} after");
+            }
         }
         Ok(WebrtcTest {
             ng,
@@ -271,9 +276,9 @@ kernel_address = "{KERNEL}"
     }
 }
 
-/// The gateway namespace and its veth: `gw0` inside, `fg0` in the forker namespace; GRO on both
-/// ends (XDP_REDIRECT into a veth needs NAPI on the receiving end). Transmit checksum offload on
-/// `gw0` is left as the kernel made it (on): ng-agent turns it off itself at start
+/// The gateway namespace and its veth: `gw0` inside, `fg0` in the forker namespace (where
+/// fork-agent attaches XDP, which gives it NAPI). `gw0`'s transmit checksum offload and GRO are
+/// left as the kernel made them (on and off): ng-agent sets them itself at start
 /// ([`WebrtcTest::start`] checks; docs/webrtc.md, "The gateway peer").
 fn build_gateway(topo: &Topology, ns: &str) -> Result<()> {
     let f = topo.ns(Host::Forker);
@@ -288,7 +293,6 @@ fn build_gateway(topo: &Topology, ns: &str) -> Result<()> {
     for (n, dev, addr) in [(ns, "gw0", GATEWAY), (f.as_str(), "fg0", KERNEL)] {
         ns_run(n, "ip", &["addr", "add", &format!("{addr}/24"), "dev", dev])?;
         ns_run(n, "ip", &["link", "set", dev, "up"])?;
-        ns_run(n, "ethtool", &["-K", dev, "gro", "on"])?;
     }
     Ok(())
 }
