@@ -50,6 +50,8 @@ const ETHTOOL_A_HEADER_DEV_NAME: u16 = 2;
 const ETHTOOL_A_HEADER_FLAGS: u16 = 3;
 /// No reply message to a set, only the acknowledgement.
 const ETHTOOL_FLAG_OMIT_REPLY: u32 = 1 << 1;
+/// A flag: the bitset is a list of the bits that are set, without values (no mask).
+const ETHTOOL_A_BITSET_NOMASK: u16 = 1;
 const ETHTOOL_A_BITSET_BITS: u16 = 3;
 const ETHTOOL_A_BITSET_BITS_BIT: u16 = 1;
 const ETHTOOL_A_BITSET_BIT_NAME: u16 = 2;
@@ -210,8 +212,10 @@ pub fn ack(buf: &[u8], seq: u32) -> Result<(), EthtoolError> {
     answer(buf, seq).map(|_| ())
 }
 
-/// The names of the features that are on, from the answer to [`features_get`] (the verbose
-/// bitset: each bit with its name, `VALUE` present when on).
+/// The names of the features that are on, from the answer to [`features_get`]. The kernel
+/// sends `ACTIVE` as a verbose bitset without a mask (`NOMASK`: the bits listed are the ones
+/// set, with no `VALUE`); a bitset with a mask lists every bit, `VALUE` present when on. Both
+/// are read.
 pub fn active_features(buf: &[u8], seq: u32) -> Result<Vec<String>, EthtoolError> {
     let active = attrs(answer(buf, seq)?)
         .find(|(t, _)| *t == ETHTOOL_A_FEATURES_ACTIVE)
@@ -220,9 +224,10 @@ pub fn active_features(buf: &[u8], seq: u32) -> Result<Vec<String>, EthtoolError
     let Some((_, bits)) = attrs(active).find(|(t, _)| *t == ETHTOOL_A_BITSET_BITS) else {
         return Ok(Vec::new());
     };
+    let list = attrs(active).any(|(t, _)| t == ETHTOOL_A_BITSET_NOMASK);
     Ok(attrs(bits)
         .filter(|(t, _)| *t == ETHTOOL_A_BITSET_BITS_BIT)
-        .filter(|(_, bit)| attrs(bit).any(|(t, _)| t == ETHTOOL_A_BITSET_BIT_VALUE))
+        .filter(|(_, bit)| list || attrs(bit).any(|(t, _)| t == ETHTOOL_A_BITSET_BIT_VALUE))
         .filter_map(|(_, bit)| {
             let (_, name) = attrs(bit).find(|(t, _)| *t == ETHTOOL_A_BITSET_BIT_NAME)?;
             let name = name.strip_suffix(&[0]).unwrap_or(name);
@@ -322,5 +327,17 @@ mod tests {
         attr(&mut a, ETHTOOL_A_FEATURES_ACTIVE | NLA_F_NESTED, &set);
         let got = active_features(&reply(27, 8, &a), 8).expect("features");
         assert_eq!(got, vec!["rx-gro".to_owned()]);
+        // What the kernel sends for ACTIVE: a list without mask, every bit named is on.
+        let mut list = Vec::new();
+        attr(&mut list, ETHTOOL_A_BITSET_NOMASK, &[]);
+        let bits = [bit("tx-checksum-ipv4", false), bit("rx-gro", false)].concat();
+        attr(&mut list, ETHTOOL_A_BITSET_BITS | NLA_F_NESTED, &bits);
+        let mut a = header("gw0", 0);
+        attr(&mut a, ETHTOOL_A_FEATURES_ACTIVE | NLA_F_NESTED, &list);
+        let got = active_features(&reply(27, 9, &a), 9).expect("features");
+        assert_eq!(
+            got,
+            vec!["tx-checksum-ipv4".to_owned(), "rx-gro".to_owned()]
+        );
     }
 }
