@@ -157,9 +157,14 @@ const HEADROOM_PASS: &[&str] = &[
     "turn_kernel_relay",
     "turn_offload",
     "next_hop_mac_change",
-    // Voice bots: sink flows fork by a plain redirect to the fork veth (docs/maps.md).
+    // Voice bots: sink flows fork by a plain redirect to the fork veth (docs/maps.md); inject
+    // mode holds and renumbers relayed flows.
     "bot_endpoint",
+    "bot_inject",
     "sip_bot_call",
+    "sip_bot_inject",
+    // Migrated pins must load under either fork path's programs.
+    "upgrade_pinned_layout",
 ];
 
 /// The gate, in order. `test_args` go after `--` of both test runs.
