@@ -2,8 +2,9 @@
 //! read from a socket or a tcpdump capture, the checks a phone's jitter buffer makes of them,
 //! and the bot's test speech.
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::path::Path;
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
@@ -40,6 +41,23 @@ impl Rx {
             payload: d[12..].to_vec(),
         })
     }
+}
+
+/// Keeps reading RTP from `sock` (set with a short read timeout) into `got` until `due`.
+pub fn recv_until(sock: &UdpSocket, due: Instant, got: &mut Vec<Rx>) -> Result<()> {
+    let mut buf = [0u8; 2048];
+    while Instant::now() < due {
+        match sock.recv_from(&mut buf) {
+            Ok((n, from)) => got.extend(Rx::parse(from, monotonic_ms()?, &buf[..n])),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// CLOCK_MONOTONIC now, in ms.

@@ -301,6 +301,16 @@ fn inject(r: ReturnAudioRequest, a: &NegotiatedMedia, b: &NegotiatedMedia) -> Re
     }
 }
 
+/// The payload types a flow passes: both G.711 laws, plus `codec`'s type when it is a dynamic
+/// G.711 one.
+fn g711_payload_types(codec: Option<&crate::core::sdp::Codec>) -> Vec<u8> {
+    let mut payload_types = vec![0, 8];
+    if let Some(c) = codec.filter(|c| c.is_g711() && !payload_types.contains(&c.pt)) {
+        payload_types.push(c.pt);
+    }
+    payload_types
+}
+
 /// The flows a call wants: each leg's peer sends to that leg's anchor, and the packets leave
 /// from the other leg's anchor towards the other peer (so both peers see symmetric RTP).
 fn desired_flows(legs: &[Option<NegotiatedMedia>; 2]) -> BTreeMap<SocketAddr, FlowSpec> {
@@ -315,11 +325,7 @@ fn desired_flows(legs: &[Option<NegotiatedMedia>; 2]) -> BTreeMap<SocketAddr, Fl
         // codec: a re-INVITE switching µ-law ↔ A-law or to G.729 then leaves the flow as it is.
         // Replacing the flow would drop fork-agent's fork flag on it (a re-added flow starts
         // unforked), and the fork could not resume; pause/resume decide what is forked.
-        let codec = from.codec.as_ref().or(to.codec.as_ref());
-        let mut payload_types = vec![0, 8];
-        if let Some(c) = codec.filter(|c| c.is_g711() && !payload_types.contains(&c.pt)) {
-            payload_types.push(c.pt);
-        }
+        let payload_types = g711_payload_types(from.codec.as_ref().or(to.codec.as_ref()));
         let rtp = FlowSpec {
             local: local(from),
             src: local(to),

@@ -15,32 +15,20 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
-use xdpfork_tests::bot::{assert_one_stream, heard, monotonic_ms, Rx};
+use xdpfork_tests::bot::{assert_one_stream, heard, recv_until, Rx};
 use xdpfork_tests::dialects::{compare, write_ulaw_as_wav, Dialect, JAMBONZ, TWILIO};
 use xdpfork_tests::{addrs, rtp_packet, Host};
 
-use crate::bot_support::{marks, BotRig, CHUNK_MS};
+use crate::bot_support::{marks, BotCall, BotRig, CHUNK_MS};
 
 const GUID: &str = "0b07e5d1-5eb3-4c4e-9a57-c0ffee000017";
 
-/// The bot and the call's caller (a socket in its namespace).
-struct Bot {
-    rig: BotRig,
+/// The call's caller (a socket in its namespace), beside the bot.
+struct Caller {
     caller: UdpSocket,
 }
 
-impl std::ops::Deref for Bot {
-    type Target = BotRig;
-    fn deref(&self) -> &BotRig {
-        &self.rig
-    }
-}
-
-impl std::ops::DerefMut for Bot {
-    fn deref_mut(&mut self) -> &mut BotRig {
-        &mut self.rig
-    }
-}
+type Bot = BotCall<Caller>;
 
 fn start(speech_ms: usize, checker_args: &[&str]) -> Result<Bot> {
     start_with(&TWILIO, speech_ms, checker_args)
@@ -64,7 +52,10 @@ fn start_with(dialect: &Dialect, speech_ms: usize, checker_args: &[&str]) -> Res
         "server": "asr", "codec": "PCMU",
         "streams": [{"channel":"caller","flow":addrs::A_LOCAL}],
         "return_audio": {"flow": addrs::A_LOCAL}}}))?;
-    Ok(Bot { rig, caller })
+    Ok(BotCall {
+        rig,
+        parties: Caller { caller },
+    })
 }
 
 impl Bot {
@@ -73,24 +64,16 @@ impl Bot {
         let to: SocketAddr = addrs::A_LOCAL.parse()?;
         let start = Instant::now();
         let (mut sent, mut got) = (Vec::new(), Vec::new());
-        let mut buf = [0u8; 2048];
+        let caller = &self.parties.caller;
         for k in 0..(ms / 20) as u32 {
             let payload: Vec<u8> = (0..160).map(|i| ((k * 7 + i) % 200) as u8).collect();
-            self.caller
-                .send_to(&rtp_packet(0, k as u16, 160 * k, 0xca11, &payload), to)?;
+            caller.send_to(&rtp_packet(0, k as u16, 160 * k, 0xca11, &payload), to)?;
             sent.extend_from_slice(&payload);
-            let due = start + Duration::from_millis(20) * (k + 1);
-            while Instant::now() < due {
-                match self.caller.recv_from(&mut buf) {
-                    Ok((n, from)) => got.extend(Rx::parse(from, monotonic_ms()?, &buf[..n])),
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        ) => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
+            recv_until(
+                caller,
+                start + Duration::from_millis(20) * (k + 1),
+                &mut got,
+            )?;
         }
         Ok((sent, got))
     }

@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
-use xdpfork_tests::bot::{assert_one_stream_across_turns, monotonic_ms, Rx};
+use xdpfork_tests::bot::{assert_one_stream_across_turns, monotonic_ms, recv_until, Rx};
 use xdpfork_tests::dialects::{compare, write_ulaw_as_wav, TWILIO};
 use xdpfork_tests::{addrs, rtp_packet, Host, Scenario, Topology};
 
-use crate::bot_support::{marks, BotRig, CHECKER};
+use crate::bot_support::{marks, BotCall, BotRig, CHECKER};
 
 const GUID: &str = "0b07e5d1-5eb3-4c4e-9a57-c0ffee000171";
 /// The callee's SSRC: the caller hears one stream under it, bot or not.
@@ -28,27 +28,15 @@ const CALLEE_SSRC: u32 = 0xca11_eeee;
 /// Every byte of the callee's payload: a level no bot frame is made of.
 const CALLEE_BYTE: u8 = 0x55;
 
-/// The bot and both parties of the bridged call (sockets in their namespaces).
-struct Inject {
-    rig: BotRig,
+/// Both parties of the bridged call (sockets in their namespaces), beside the bot.
+struct Parties {
     caller: UdpSocket,
     callee: UdpSocket,
     /// Next packet number of each party (their RTP runs on across `converse` calls).
     k: u32,
 }
 
-impl std::ops::Deref for Inject {
-    type Target = BotRig;
-    fn deref(&self) -> &BotRig {
-        &self.rig
-    }
-}
-
-impl std::ops::DerefMut for Inject {
-    fn deref_mut(&mut self) -> &mut BotRig {
-        &mut self.rig
-    }
-}
+type Inject = BotCall<Parties>;
 
 fn start(mode: &str, speech_ms: usize, checker_args: &[&str]) -> Result<Inject> {
     // The bot starts talking 600 ms into the call, so the callee is heard first.
@@ -71,11 +59,13 @@ fn start(mode: &str, speech_ms: usize, checker_args: &[&str]) -> Result<Inject> 
         "streams": [{"channel":"caller","flow":addrs::A_LOCAL},
                     {"channel":"callee","flow":addrs::B_LOCAL}],
         "return_audio": {"to": "caller", "flow": addrs::B_LOCAL, "mode": mode}}}))?;
-    Ok(Inject {
+    Ok(BotCall {
         rig,
-        caller,
-        callee,
-        k: 0,
+        parties: Parties {
+            caller,
+            callee,
+            k: 0,
+        },
     })
 }
 
@@ -85,37 +75,31 @@ impl Inject {
         let (a, b): (SocketAddr, SocketAddr) = (addrs::A_LOCAL.parse()?, addrs::B_LOCAL.parse()?);
         let start = Instant::now();
         let mut got = Vec::new();
-        let mut buf = [0u8; 2048];
+        let p = &mut self.parties;
         for n in 0..(ms / 20) as u32 {
-            let k = self.k;
-            self.k += 1;
+            let k = p.k;
+            p.k += 1;
             let callee_payload = [CALLEE_BYTE; 160];
-            self.callee.send_to(
+            p.callee.send_to(
                 &rtp_packet(0, k as u16, 160 * k, CALLEE_SSRC, &callee_payload),
                 b,
             )?;
             let caller_payload = [0x2a; 160];
-            self.caller.send_to(
+            p.caller.send_to(
                 &rtp_packet(0, k as u16, 160 * k, 0xca11, &caller_payload),
                 a,
             )?;
-            let due = start + Duration::from_millis(20) * (n + 1);
-            while Instant::now() < due {
-                match self.caller.recv_from(&mut buf) {
-                    Ok((len, from)) => got.extend(Rx::parse(from, monotonic_ms()?, &buf[..len])),
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        ) => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
+            recv_until(
+                &p.caller,
+                start + Duration::from_millis(20) * (n + 1),
+                &mut got,
+            )?;
         }
         // The last relayed packets are on their way.
+        let mut buf = [0u8; 2048];
         let until = Instant::now() + Duration::from_millis(100);
         while Instant::now() < until {
-            if let Ok((len, from)) = self.caller.recv_from(&mut buf) {
+            if let Ok((len, from)) = p.caller.recv_from(&mut buf) {
                 got.extend(Rx::parse(from, monotonic_ms()?, &buf[..len]));
             }
         }

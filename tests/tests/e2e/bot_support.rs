@@ -93,6 +93,26 @@ impl BotRig {
     }
 }
 
+/// A [`BotRig`] with a test's parties of the call (`P`: their sockets and state), reading as
+/// the rig itself.
+pub struct BotCall<P> {
+    pub rig: BotRig,
+    pub parties: P,
+}
+
+impl<P> std::ops::Deref for BotCall<P> {
+    type Target = BotRig;
+    fn deref(&self) -> &BotRig {
+        &self.rig
+    }
+}
+
+impl<P> std::ops::DerefMut for BotCall<P> {
+    fn deref_mut(&mut self) -> &mut BotRig {
+        &mut self.rig
+    }
+}
+
 /// The marks a checker's bot sent on its first connection and those that came back, by name
 /// (its report's `per_connection[0].bot`).
 pub fn marks(r: &Value) -> (Vec<String>, Vec<String>) {

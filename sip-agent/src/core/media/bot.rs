@@ -11,7 +11,9 @@ use std::collections::VecDeque;
 use control_api::{Channel, FlowSpec, ForkSpec, Op, ReturnAudio, ReturnMode, StreamSpec};
 use tracing::warn;
 
-use super::{law, local, Fork, Link, MediaLayer, Phase, Purpose, DEFAULT_PTIME_MS};
+use super::{
+    g711_payload_types, law, local, Fork, Link, MediaLayer, Phase, Purpose, DEFAULT_PTIME_MS,
+};
 use crate::core::b2bua::{BotCall, CallHandle, Leg};
 
 impl MediaLayer {
@@ -34,14 +36,8 @@ impl MediaLayer {
         c.legs[Leg::A as usize] = Some(media.clone());
         let anchor = local(media);
         let codec = law(media);
-        let mut payload_types = vec![0, 8];
-        if let Some(k) = media
-            .codec
-            .as_ref()
-            .filter(|k| !payload_types.contains(&k.pt))
-        {
-            payload_types.push(k.pt);
-        }
+        // The answer's codec is G.711 (b2bua/bot.rs answers nothing else).
+        let payload_types = g711_payload_types(media.codec.as_ref());
         let flow = FlowSpec {
             local: anchor,
             src: anchor,

@@ -55,9 +55,9 @@ use xdpfork_tests::{bin, control, rtp_packet, Host, Topology};
 
 use crate::{
     cpu,
-    fork::{ctl, tcp_listener},
+    fork::{ctl, spawn_pinned_agent, tcp_listener, AGENT_CORE},
     load::{self, mono_ns, CallSet, Template},
-    Report,
+    ws, Report,
 };
 
 const WS: &str = "10.77.3.2:9101";
@@ -73,7 +73,6 @@ const CALLEE_SINK: &str = "10.77.2.2:9999";
 /// Inject mode: the callees' generator's source; call `i` has SSRC `CALLEE_SSRC + i`.
 const CALLEE_SRC: &str = "10.77.2.2:0";
 const CALLEE_SSRC: u32 = 0xca11_0000;
-const AGENT_CORE: &str = "1";
 /// The bot speaks every this often...
 const PERIOD: Duration = Duration::from_millis(300);
 /// ... this much (the rest of the period is silence, so each utterance is a talkspurt).
@@ -458,83 +457,61 @@ fn spawn_bot(
     barge_in: bool,
     stop: Arc<AtomicBool>,
 ) -> JoinHandle<()> {
-    std::thread::spawn(move || {
-        load::boost_thread();
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            eprintln!("bot bench: no runtime");
-            return;
-        };
-        rt.block_on(async move {
-            let _ = listener.set_nonblocking(true);
-            let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+    let serve_stop = stop.clone();
+    ws::spawn_acceptor("bot", listener, stop, load::boost_thread, move |tcp| {
+        let (bot, stop) = (bot.clone(), serve_stop.clone());
+        async move {
+            let _ = tcp.set_nodelay(true);
+            let Ok(ws) = tokio_tungstenite::accept_async(tcp).await else {
                 return;
             };
-            while !stop.load(Ordering::Relaxed) {
-                let Ok(Ok((tcp, _))) =
-                    tokio::time::timeout(Duration::from_millis(100), listener.accept()).await
-                else {
-                    continue;
-                };
-                let _ = tcp.set_nodelay(true);
-                let (bot, stop) = (bot.clone(), stop.clone());
-                tokio::spawn(async move {
-                    let Ok(ws) = tokio_tungstenite::accept_async(tcp).await else {
-                        return;
-                    };
-                    let (mut tx, mut rx) = ws.split();
-                    let mut sid = None;
-                    while let Some(Ok(m)) = rx.next().await {
-                        if let Message::Text(t) = m {
-                            let v: serde_json::Value = serde_json::from_str(&t).unwrap_or_default();
-                            if v["event"] == "start" {
-                                sid = v["streamSid"].as_str().map(str::to_owned);
-                                break;
-                            }
-                        }
+            let (mut tx, mut rx) = ws.split();
+            let mut sid = None;
+            while let Some(Ok(m)) = rx.next().await {
+                if let Message::Text(t) = m {
+                    let v: serde_json::Value = serde_json::from_str(&t).unwrap_or_default();
+                    if v["event"] == "start" {
+                        sid = v["streamSid"].as_str().map(str::to_owned);
+                        break;
                     }
-                    let Some(sid) = sid else { return };
-                    let k = bot.starts.fetch_add(1, Ordering::Relaxed);
-                    // Spread the bots' phases (by default over the period, and so over the
-                    // playouts' 20 ms packet grid: a bot that always spoke just after a packet
-                    // went out would always wait a whole one, and calls talk independently).
-                    let spread_us = (spread.as_micros() as u64).max(1);
-                    tokio::time::sleep(Duration::from_micros(k * 7_300 % spread_us)).await;
-                    // Drain what fork-agent sends (nothing much: the callers are silent).
-                    tokio::spawn(async move { while rx.next().await.is_some() {} });
-                    let mut tick = tokio::time::interval(PERIOD);
-                    let mut audio = vec![0x20u8; CHUNK_MS * 8];
-                    let media = |audio: &mut Vec<u8>| {
-                        stamp(mono_ns(), audio);
-                        Message::text(
-                            json!({"event":"media","streamSid":sid,"media":{"payload":
-                                base64::engine::general_purpose::STANDARD.encode(&*audio)}})
-                            .to_string(),
-                        )
-                    };
-                    let clear = Message::text(json!({"event":"clear","streamSid":sid}).to_string());
-                    while !stop.load(Ordering::Relaxed) {
-                        tick.tick().await;
-                        if tx.send(media(&mut audio)).await.is_err() {
-                            return;
-                        }
-                        bot.utterances.fetch_add(1, Ordering::Relaxed);
-                        if barge_in {
-                            tokio::time::sleep(BARGE_IN_AFTER).await;
-                            let again = media(&mut audio);
-                            if tx.feed(clear.clone()).await.is_err()
-                                || tx.send(again).await.is_err()
-                            {
-                                return;
-                            }
-                            bot.utterances.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                });
+                }
             }
-        });
+            let Some(sid) = sid else { return };
+            let k = bot.starts.fetch_add(1, Ordering::Relaxed);
+            // Spread the bots' phases (by default over the period, and so over the
+            // playouts' 20 ms packet grid: a bot that always spoke just after a packet
+            // went out would always wait a whole one, and calls talk independently).
+            let spread_us = (spread.as_micros() as u64).max(1);
+            tokio::time::sleep(Duration::from_micros(k * 7_300 % spread_us)).await;
+            // Drain what fork-agent sends (nothing much: the callers are silent).
+            tokio::spawn(async move { while rx.next().await.is_some() {} });
+            let mut tick = tokio::time::interval(PERIOD);
+            let mut audio = vec![0x20u8; CHUNK_MS * 8];
+            let media = |audio: &mut Vec<u8>| {
+                stamp(mono_ns(), audio);
+                Message::text(
+                    json!({"event":"media","streamSid":sid,"media":{"payload":
+                        base64::engine::general_purpose::STANDARD.encode(&*audio)}})
+                    .to_string(),
+                )
+            };
+            let clear = Message::text(json!({"event":"clear","streamSid":sid}).to_string());
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                if tx.send(media(&mut audio)).await.is_err() {
+                    return;
+                }
+                bot.utterances.fetch_add(1, Ordering::Relaxed);
+                if barge_in {
+                    tokio::time::sleep(BARGE_IN_AFTER).await;
+                    let again = media(&mut audio);
+                    if tx.feed(clear.clone()).await.is_err() || tx.send(again).await.is_err() {
+                        return;
+                    }
+                    bot.utterances.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
     })
 }
 
@@ -668,24 +645,11 @@ fn point(mode: Mode, n: usize, o: &Opts) -> Result<Point> {
         ],
     };
 
-    let socket = t.dir.join("fork-agent.sock");
-    let config = t.dir.join("fork-agent.toml");
     // The standard config ends inside its [[speech_server]] table: the bot speaks Twilio's
     // dialect there; the playout starts each utterance at once.
-    let mut text =
-        xdpfork_tests::Scenario::fork_agent_config(&t.pin_dir, &socket, &t.dir.join("state"), WS);
-    text.push_str("[speech_server.protocol]\nprofile = \"twilio\"\n\n");
-    text.push_str("[return_audio]\nprebuffer_ms = 0\n");
-    std::fs::write(&config, text)?;
-    let agent = bin("fork-agent")?.to_string_lossy().into_owned();
-    let cfg = config.to_string_lossy().into_owned();
-    t.spawn(
-        "fork-agent",
-        Host::Forker,
-        std::path::Path::new("/usr/bin/taskset"),
-        &["-c", AGENT_CORE, &agent, "run", "--config", &cfg],
-    )?;
-    t.wait_fork_agent(&socket, "fork-agent")?;
+    let extra =
+        "[speech_server.protocol]\nprofile = \"twilio\"\n\n[return_audio]\nprebuffer_ms = 0\n";
+    let socket = spawn_pinned_agent(&mut t, &bin("fork-agent")?, WS, extra)?;
     let agent_pid = crate::one_pid(&t, Host::Forker, "fork-agent")?;
     let anchor = |c: usize| -> Result<SocketAddr> {
         Ok(format!("10.77.1.1:{}", A_BASE as usize + 2 * c).parse()?)

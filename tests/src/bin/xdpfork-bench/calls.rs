@@ -45,7 +45,7 @@ use futures_util::StreamExt;
 use serde_json::json;
 use xdpfork_tests::{bin, control, Host, Topology};
 
-use crate::{cpu, Report};
+use crate::{cpu, ws, Report};
 
 const WS: &str = "10.77.3.2:9100";
 const AGENT_A: &str = "10.77.1.1:5060";
@@ -152,63 +152,37 @@ fn tcp_listener(t: &Topology, h: Host, bind: SocketAddr) -> Result<TcpListener> 
 /// One thread with a current-thread tokio runtime: accepts fork-agent's WebSocket connections
 /// (echoing the subprotocol, docs/speech-protocol.md §1) and counts what arrives.
 fn spawn_ws_receiver(listener: TcpListener, r: Arc<Receiver>, stop: Arc<AtomicBool>) {
-    std::thread::spawn(move || {
-        let rt = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(rt) => rt,
-            Err(e) => {
-                eprintln!("calls bench: receiver runtime: {e}");
-                return;
-            }
-        };
-        rt.block_on(async move {
-            let _ = listener.set_nonblocking(true);
-            let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
-                return;
-            };
-            while !stop.load(Ordering::Relaxed) {
-                let Ok(Ok((tcp, _))) =
-                    tokio::time::timeout(Duration::from_millis(100), listener.accept()).await
-                else {
-                    continue;
+    ws::spawn_acceptor(
+        "calls",
+        listener,
+        stop,
+        || {},
+        move |tcp| {
+            let r = r.clone();
+            async move {
+                let Some(mut ws) = ws::accept_speech(tcp).await else {
+                    return;
                 };
-                let r = r.clone();
-                tokio::spawn(async move {
-                    // tungstenite's callback signature returns its (large) error response type.
-                    #[allow(clippy::result_large_err)]
-                    let cb = |_req: &tokio_tungstenite::tungstenite::handshake::server::Request,
-                              mut resp: tokio_tungstenite::tungstenite::handshake::server::Response| {
-                        if let Ok(v) = speech_proto::SUBPROTOCOL.parse() {
-                            resp.headers_mut().insert("Sec-WebSocket-Protocol", v);
+                while let Some(Ok(msg)) = ws.next().await {
+                    use tokio_tungstenite::tungstenite::Message;
+                    match msg {
+                        Message::Binary(_) => {
+                            r.frames.fetch_add(1, Ordering::Relaxed);
                         }
-                        Ok(resp)
-                    };
-                    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(tcp, cb).await else {
-                        return;
-                    };
-                    while let Some(Ok(msg)) = ws.next().await {
-                        use tokio_tungstenite::tungstenite::Message;
-                        match msg {
-                            Message::Binary(_) => {
-                                r.frames.fetch_add(1, Ordering::Relaxed);
+                        Message::Text(t) => {
+                            if let Some(g) = start_guid(&t) {
+                                let mut s = r.starts.lock().unwrap_or_else(|e| e.into_inner());
+                                *s.entry(g).or_insert(0) += 1;
+                            } else if t.contains("\"stop\"") {
+                                r.stops.fetch_add(1, Ordering::Relaxed);
                             }
-                            Message::Text(t) => {
-                                if let Some(g) = start_guid(&t) {
-                                    let mut s = r.starts.lock().unwrap_or_else(|e| e.into_inner());
-                                    *s.entry(g).or_insert(0) += 1;
-                                } else if t.contains("\"stop\"") {
-                                    r.stops.fetch_add(1, Ordering::Relaxed);
-                                }
-                            }
-                            _ => {}
                         }
+                        _ => {}
                     }
-                });
+                }
             }
-        });
-    });
+        },
+    );
 }
 
 /// sipp's final statistics (`-trace_stat` CSV, cumulative columns of its last line).

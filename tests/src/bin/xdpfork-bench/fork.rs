@@ -23,7 +23,7 @@ use std::{
     collections::HashMap,
     net::{SocketAddr, TcpListener},
     os::fd::AsRawFd,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex,
@@ -40,7 +40,7 @@ use xdpfork_tests::{control, Host, Topology};
 use crate::{
     cpu,
     load::{self, mono_ns, Stamp, STAMP_LEN},
-    Report,
+    ws, Report,
 };
 
 const WS: &str = "10.77.3.2:9100";
@@ -53,7 +53,7 @@ const B_BASE: u16 = 40_000;
 /// load any more and the sweep stops.
 const MAX_HOST_LOSS: f64 = 0.05;
 /// The core fork-agent is pinned to.
-const AGENT_CORE: &str = "1";
+pub const AGENT_CORE: &str = "1";
 /// The core the forker's NAPI threads are pinned to.
 const NAPI_CORE: &str = "0";
 /// The core the generator and the receiver threads are pinned to (the NAPI core).
@@ -143,68 +143,62 @@ fn on_binary(r: &Receiver, frame: &[u8]) {
 /// One thread running a current-thread tokio runtime: accepts fork-agent's connections, echoes
 /// the subprotocol (docs/speech-protocol.md §1), counts `start` messages and stamped frames.
 fn spawn_ws_receiver(listener: TcpListener, r: Arc<Receiver>, stop: Arc<AtomicBool>) {
-    std::thread::spawn(move || {
+    let (cpu_r, cpu_stop) = (r.clone(), stop.clone());
+    let prepare = move || {
         load::boost_thread();
         pin_thread(LOAD_CORE);
-        let rt = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(rt) => rt,
-            Err(e) => {
-                eprintln!("fork bench: receiver runtime: {e}");
-                return;
-            }
-        };
-        rt.block_on(async move {
-            let _ = listener.set_nonblocking(true);
-            let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
-                return;
-            };
-            let cpu_r = r.clone();
-            let cpu_stop = stop.clone();
-            tokio::spawn(async move {
-                while !cpu_stop.load(Ordering::Relaxed) {
-                    cpu_r.cpu_ns.store(load::thread_cpu_ns(), Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            });
-            while !stop.load(Ordering::Relaxed) {
-                let Ok(Ok((tcp, _))) =
-                    tokio::time::timeout(Duration::from_millis(100), listener.accept()).await
-                else {
-                    continue;
-                };
-                let _ = tcp.set_nodelay(true);
-                let r = r.clone();
-                tokio::spawn(async move {
-                    // tungstenite's callback signature returns its (large) error response type.
-                    #[allow(clippy::result_large_err)]
-                    let cb = |_req: &tokio_tungstenite::tungstenite::handshake::server::Request,
-                              mut resp: tokio_tungstenite::tungstenite::handshake::server::Response| {
-                        if let Ok(v) = speech_proto::SUBPROTOCOL.parse() {
-                            resp.headers_mut().insert("Sec-WebSocket-Protocol", v);
-                        }
-                        Ok(resp)
-                    };
-                    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(tcp, cb).await else {
-                        return;
-                    };
-                    while let Some(Ok(msg)) = ws.next().await {
-                        match msg {
-                            tokio_tungstenite::tungstenite::Message::Binary(b) => on_binary(&r, &b),
-                            tokio_tungstenite::tungstenite::Message::Text(t)
-                                if t.contains("\"start\"") =>
-                            {
-                                r.starts.fetch_add(1, Ordering::Relaxed);
-                            }
-                            _ => {}
-                        }
-                    }
-                });
+        tokio::spawn(async move {
+            while !cpu_stop.load(Ordering::Relaxed) {
+                cpu_r.cpu_ns.store(load::thread_cpu_ns(), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
         });
+    };
+    ws::spawn_acceptor("fork", listener, stop, prepare, move |tcp| {
+        let r = r.clone();
+        async move {
+            let _ = tcp.set_nodelay(true);
+            let Some(mut ws) = ws::accept_speech(tcp).await else {
+                return;
+            };
+            while let Some(Ok(msg)) = ws.next().await {
+                match msg {
+                    tokio_tungstenite::tungstenite::Message::Binary(b) => on_binary(&r, &b),
+                    tokio_tungstenite::tungstenite::Message::Text(t) if t.contains("\"start\"") => {
+                        r.starts.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {}
+                }
+            }
+        }
     });
+}
+
+/// Starts fork-agent (`agent`) in the forker, pinned to [`AGENT_CORE`], with the standard
+/// config against the speech server `ws` followed by `extra`, and waits for it; its control
+/// socket.
+pub fn spawn_pinned_agent(
+    t: &mut Topology,
+    agent: &Path,
+    ws: &str,
+    extra: &str,
+) -> Result<PathBuf> {
+    let socket = t.dir.join("fork-agent.sock");
+    let config = t.dir.join("fork-agent.toml");
+    let mut text =
+        xdpfork_tests::Scenario::fork_agent_config(&t.pin_dir, &socket, &t.dir.join("state"), ws);
+    text.push_str(extra);
+    std::fs::write(&config, text)?;
+    let cfg = config.to_string_lossy().into_owned();
+    let agent_s = agent.to_string_lossy().into_owned();
+    t.spawn(
+        "fork-agent",
+        Host::Forker,
+        Path::new("/usr/bin/taskset"),
+        &["-c", AGENT_CORE, &agent_s, "run", "--config", &cfg],
+    )?;
+    t.wait_fork_agent(&socket, "fork-agent")?;
+    Ok(socket)
 }
 
 /// The paced generator: every call's datagram and `sendmmsg` header built once per point, so a
@@ -649,11 +643,7 @@ pub fn run(o: &Opts) -> Result<Report> {
     })
 }
 
-fn run_agent(
-    o: &Opts,
-    label: &str,
-    agent: &std::path::Path,
-) -> Result<(String, serde_json::Value)> {
+fn run_agent(o: &Opts, label: &str, agent: &Path) -> Result<(String, serde_json::Value)> {
     let secs = o.secs;
     let mut streams = o.streams.clone();
     if let Some(p) = o.profile_at {
@@ -673,24 +663,9 @@ fn run_agent(
     let stop = Arc::new(AtomicBool::new(false));
     spawn_ws_receiver(listener, rx.clone(), stop.clone());
 
-    let socket = t.dir.join("fork-agent.sock");
-    let config = t.dir.join("fork-agent.toml");
     // The standard config ends inside its [[speech_server]] table: the keys land there.
-    let mut text =
-        xdpfork_tests::Scenario::fork_agent_config(&t.pin_dir, &socket, &t.dir.join("state"), WS);
-    text.push_str(&format!(
-        "calls_threshold = {CALLS_PER_CONN}\nqueue_frames = {QUEUE_LIMIT}\n"
-    ));
-    std::fs::write(&config, text)?;
-    let cfg = config.to_string_lossy().into_owned();
-    let agent_s = agent.to_string_lossy().into_owned();
-    t.spawn(
-        "fork-agent",
-        Host::Forker,
-        std::path::Path::new("/usr/bin/taskset"),
-        &["-c", AGENT_CORE, &agent_s, "run", "--config", &cfg],
-    )?;
-    t.wait_fork_agent(&socket, "fork-agent")?;
+    let extra = format!("calls_threshold = {CALLS_PER_CONN}\nqueue_frames = {QUEUE_LIMIT}\n");
+    let socket = spawn_pinned_agent(&mut t, agent, WS, &extra)?;
     let napi = cpu::thread_napi(&t.ns(Host::Forker))?;
     // The forker's NAPI threads (XDP) run SCHED_FIFO; kept off fork-agent's core so that the
     // core measured is fork-agent's alone (apart from other work on the host).

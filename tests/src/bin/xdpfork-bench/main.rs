@@ -52,6 +52,7 @@ mod ngctl;
 mod relay;
 mod srtp;
 mod turn;
+mod ws;
 
 use std::{
     cell::RefCell,
