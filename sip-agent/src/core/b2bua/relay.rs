@@ -55,7 +55,7 @@ impl<P: PortAllocator> B2bua<P> {
         }
         let established = c.state == CallState::Established;
         if c.bot.is_some() {
-            return self.bot_in_dialog(now, tx, call, req);
+            return self.bot_in_dialog(now, tx, call, from, req);
         }
         match req.method {
             Method::Bye => {
@@ -82,18 +82,8 @@ impl<P: PortAllocator> B2bua<P> {
                         return self.respond(now, tx, &req, 400, Some(reason), None, vec![], None)
                     }
                 };
-                if json.is_some() && !self.is_controller(from) {
-                    // A dialog party that is not a controller: the whole request is refused
-                    // (a re-INVITE is not relayed either), so it changes nothing.
-                    self.security.forbidden_fork_request += 1;
-                    debug!(
-                        ?call,
-                        ?leg,
-                        from = %from.addr,
-                        method = %req.method,
-                        "fork request from a peer that is not a controller: 403"
-                    );
-                    return self.respond(now, tx, &req, 403, None, None, vec![], None);
+                if json.is_some() && self.refuse_foreign_fork_request(now, tx, call, from, &req) {
+                    return;
                 }
                 if !established {
                     // Mid-setup re-INVITE/INFO: §14.1 says 491 when an INVITE is in progress.
@@ -135,12 +125,48 @@ impl<P: PortAllocator> B2bua<P> {
         }
     }
 
+    /// A fork request from a dialog party that is not a controller: the whole request is
+    /// refused with 403 and counted (a re-INVITE is not relayed either), so it changes nothing.
+    /// Returns whether it was.
+    fn refuse_foreign_fork_request(
+        &mut self,
+        now: Instant,
+        tx: TxHandle,
+        call: CallHandle,
+        from: Peer,
+        req: &Request,
+    ) -> bool {
+        if self.is_controller(from) {
+            return false;
+        }
+        self.security.forbidden_fork_request += 1;
+        debug!(?call, from = %from.addr, method = %req.method,
+            "fork request from a peer that is not a controller: 403");
+        self.respond(now, tx, req, 403, None, None, vec![], None);
+        true
+    }
+
     /// A request in a voice bot's call (bot.rs): there is no other leg to relay to.
-    fn bot_in_dialog(&mut self, now: Instant, tx: TxHandle, call: CallHandle, req: Request) {
+    fn bot_in_dialog(
+        &mut self,
+        now: Instant,
+        tx: TxHandle,
+        call: CallHandle,
+        from: Peer,
+        req: Request,
+    ) {
         match req.method {
             Method::Bye => {
                 self.respond(now, tx, &req, 200, None, None, vec![], None);
                 self.end_call(call, EndReason::Bye(Leg::A));
+            }
+            Method::Info if matches!(body_parts(&req.headers, &req.body), Ok((_, Some(_)))) => {
+                if !self.refuse_foreign_fork_request(now, tx, call, from, &req) {
+                    // A controller's fork request on a bot's call: nothing can act on it, and
+                    // a 200 would have it wait for a status INFO that never comes.
+                    let why = Some("Voice bot call: no forking");
+                    self.respond(now, tx, &req, 488, why, None, vec![], None);
+                }
             }
             Method::Options | Method::Info => {
                 let allow = Header::Other("Allow".into(), ALLOW.into());

@@ -1225,3 +1225,33 @@ fn a_bot_that_fails_before_the_callers_ack_ends_the_call_once_the_ack_is_in() {
         vec![vec![REASON_BOT_FAILED.to_owned()]]
     );
 }
+
+#[test]
+fn a_fork_request_on_a_bot_call_is_refused_not_left_waiting() {
+    let mut h = bot_harness();
+    let (tag, _, _) = answered_bot_call(&mut h, "z9hG4bKbotj");
+    h.send_from_a(&a_in_dialog("ACK", 1, "z9hG4bKbotjack", &tag, None, b""));
+    let info = |cseq, branch| {
+        a_in_dialog(
+            "INFO",
+            cseq,
+            branch,
+            &tag,
+            Some(FORK_CT),
+            start_json().as_bytes(),
+        )
+    };
+    // The controller (the harness's caller) hears at once that nothing will act on it.
+    h.send_from_a(&info(2, "z9hG4bKbotj2"));
+    assert_eq!(
+        h.take_for_a().iter().map(code).collect::<Vec<_>>(),
+        vec![488]
+    );
+    // A plain INFO is still answered 200.
+    h.send_from_a(&a_in_dialog("INFO", 3, "z9hG4bKbotj3", &tag, None, b""));
+    assert_eq!(
+        h.take_for_a().iter().map(code).collect::<Vec<_>>(),
+        vec![200]
+    );
+    assert!(h.take_events().is_empty(), "no fork request reaches anybody");
+}
