@@ -143,6 +143,25 @@ pub struct Counters {
     pub early_dropped: u64,
 }
 
+impl std::ops::AddAssign for Counters {
+    /// Sums legs (the ng `statistics` and the metrics count closed and live legs together).
+    fn add_assign(&mut self, b: Counters) {
+        self.stun_answered += b.stun_answered;
+        self.stun_rejected += b.stun_rejected;
+        self.unverified_source += b.unverified_source;
+        self.fingerprint_mismatch += b.fingerprint_mismatch;
+        self.dtls_failed += b.dtls_failed;
+        self.srtp_auth_failed += b.srtp_auth_failed;
+        self.srtp_replayed += b.srtp_replayed;
+        self.malformed += b.malformed;
+        self.not_ready += b.not_ready;
+        self.to_plain += b.to_plain;
+        self.to_browser += b.to_browser;
+        self.early_sent += b.early_sent;
+        self.early_dropped += b.early_dropped;
+    }
+}
+
 /// The bridge's timers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Timer {
