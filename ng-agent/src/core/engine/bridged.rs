@@ -284,7 +284,6 @@ impl Engine {
         self.ports.release(leg.local.port());
         if let Some(w) = &leg.webrtc {
             self.ports.release(w.browser.port());
-            self.stats.webrtc_closed += w.counters;
             self.out
                 .push_back(Output::Bridge(BridgeOp::Close { browser: w.browser }));
         }
@@ -295,25 +294,13 @@ impl Engine {
         for call in self.calls.values_mut() {
             for leg in &mut call.legs {
                 if let Some(w) = leg.webrtc.as_mut().filter(|w| w.browser == report.browser) {
+                    self.stats.webrtc -= w.counters;
+                    self.stats.webrtc += report.counters;
                     w.counters = report.counters;
                     w.selected = report.selected;
                     return;
                 }
             }
         }
-    }
-
-    /// Every browser leg's counters, closed and live.
-    pub fn webrtc_totals(&self) -> Counters {
-        let mut t = self.stats.webrtc_closed;
-        for w in self
-            .calls
-            .values()
-            .flat_map(|c| c.legs.iter())
-            .filter_map(|l| l.webrtc.as_ref())
-        {
-            t += w.counters;
-        }
-        t
     }
 }
