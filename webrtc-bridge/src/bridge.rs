@@ -143,6 +143,42 @@ pub struct Counters {
     pub early_dropped: u64,
 }
 
+impl Counters {
+    /// `f` applied field by field.
+    fn zip(self, b: Counters, f: impl Fn(u64, u64) -> u64) -> Counters {
+        Counters {
+            stun_answered: f(self.stun_answered, b.stun_answered),
+            stun_rejected: f(self.stun_rejected, b.stun_rejected),
+            unverified_source: f(self.unverified_source, b.unverified_source),
+            fingerprint_mismatch: f(self.fingerprint_mismatch, b.fingerprint_mismatch),
+            dtls_failed: f(self.dtls_failed, b.dtls_failed),
+            srtp_auth_failed: f(self.srtp_auth_failed, b.srtp_auth_failed),
+            srtp_replayed: f(self.srtp_replayed, b.srtp_replayed),
+            malformed: f(self.malformed, b.malformed),
+            not_ready: f(self.not_ready, b.not_ready),
+            to_plain: f(self.to_plain, b.to_plain),
+            to_browser: f(self.to_browser, b.to_browser),
+            early_sent: f(self.early_sent, b.early_sent),
+            early_dropped: f(self.early_dropped, b.early_dropped),
+        }
+    }
+}
+
+/// Sums of legs (ng `statistics`, metrics). Wrapping, so that a total kept by subtracting a
+/// leg's previous report and adding its next one is exact whichever is larger.
+impl std::ops::AddAssign for Counters {
+    fn add_assign(&mut self, b: Counters) {
+        *self = self.zip(b, u64::wrapping_add);
+    }
+}
+
+/// See the `AddAssign` impl.
+impl std::ops::SubAssign for Counters {
+    fn sub_assign(&mut self, b: Counters) {
+        *self = self.zip(b, u64::wrapping_sub);
+    }
+}
+
 /// The bridge's timers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Timer {

@@ -145,7 +145,8 @@ fn classify(e: &SrtpError) -> Reject {
     }
 }
 
-/// Both directions' SRTP state.
+/// Both directions' SRTP state. Each packet comes back in the buffer rtc-srtp filled: its
+/// `BytesMut` becomes the `Vec` without a second allocation and copy.
 pub struct Srtp {
     profile: SrtpProfile,
     encrypt: Context,
@@ -204,7 +205,7 @@ impl Srtp {
         }
         let plain = self.decrypt.decrypt_rtp(pkt).map_err(|e| classify(&e))?;
         self.rtp_windows.accept(ssrc, index);
-        Ok(plain.to_vec())
+        Ok(plain.into())
     }
 
     /// Decrypts and authenticates an SRTCP packet from the peer; a replay is refused before
@@ -234,14 +235,14 @@ impl Srtp {
         }
         let plain = self.decrypt.decrypt_rtcp(pkt).map_err(|e| classify(&e))?;
         self.rtcp_windows.accept(ssrc, index);
-        Ok(plain.to_vec())
+        Ok(plain.into())
     }
 
     /// Protects a plain RTP packet for the peer.
     pub fn protect_rtp(&mut self, pkt: &[u8]) -> Result<Vec<u8>, Reject> {
         self.encrypt
             .encrypt_rtp(pkt)
-            .map(|b| b.to_vec())
+            .map(Vec::from)
             .map_err(|e| classify(&e))
     }
 
@@ -249,7 +250,7 @@ impl Srtp {
     pub fn protect_rtcp(&mut self, pkt: &[u8]) -> Result<Vec<u8>, Reject> {
         self.encrypt
             .encrypt_rtcp(pkt)
-            .map(|b| b.to_vec())
+            .map(Vec::from)
             .map_err(|e| classify(&e))
     }
 }

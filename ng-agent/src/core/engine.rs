@@ -163,8 +163,9 @@ pub struct Stats {
     pub retransmissions: u64,
     /// Control operations fork-agent refused.
     pub control_errors: u64,
-    /// Bridge counters of browser legs already torn down (live legs are added on demand).
-    pub webrtc_closed: Counters,
+    /// Bridge counters of every browser leg, torn down and live: each report replaces its leg's
+    /// share, so reading the total costs nothing per call.
+    pub webrtc: Counters,
 }
 
 /// Which side of a call.
@@ -1082,7 +1083,7 @@ impl Engine {
                             ("controlerrors", n(self.stats.control_errors)),
                         ]),
                     ),
-                    ("webrtc", bridged::counters_value(&self.webrtc_totals())),
+                    ("webrtc", bridged::counters_value(&self.stats.webrtc)),
                 ]),
             ),
         ])

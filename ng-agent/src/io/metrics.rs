@@ -22,8 +22,6 @@ pub struct Published {
     pub stats: Stats,
     /// Calls the engine holds now.
     pub calls: usize,
-    /// Browser legs' counters, closed and live (docs/webrtc.md "Counters").
-    pub webrtc: Counters,
 }
 
 /// Serves `/metrics` on `listener`.
@@ -85,7 +83,7 @@ pub fn render(p: &Published) -> Snapshot {
         one(s.control_errors),
     );
     snap.gauge("calls", "Calls held now.", one(p.calls as u64));
-    webrtc(&mut snap, &p.webrtc);
+    webrtc(&mut snap, &s.webrtc);
     snap
 }
 
@@ -154,15 +152,14 @@ mod tests {
                 unanswerable: 6,
                 retransmissions: 7,
                 control_errors: 8,
-                webrtc_closed: webrtc_bridge::Counters::default(),
+                webrtc: Counters {
+                    srtp_auth_failed: 9,
+                    fingerprint_mismatch: 1,
+                    to_plain: 40,
+                    ..Counters::default()
+                },
             },
             calls: 1,
-            webrtc: Counters {
-                srtp_auth_failed: 9,
-                fingerprint_mismatch: 1,
-                to_plain: 40,
-                ..Counters::default()
-            },
         };
         let mut reg = Registry::with_prefix("xdpfork_ng");
         reg.register_collector(Box::new(render(&p)));

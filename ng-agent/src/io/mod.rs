@@ -180,7 +180,6 @@ pub async fn run(settings: Settings, mut reloader: daemon_ops::reload::Reloader)
             let now = metrics::Published {
                 stats: engine.stats(),
                 calls: engine.call_count(),
-                webrtc: engine.webrtc_totals(),
             };
             std::mem::replace(p, now) != now
         });

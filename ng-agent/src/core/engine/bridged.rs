@@ -30,23 +30,6 @@ fn set_remote(w: &mut WebrtcLeg, remote: RemoteParams) -> Option<BridgeOp> {
     })
 }
 
-/// Adds `b` into `a`.
-pub(super) fn add_counters(a: &mut Counters, b: &Counters) {
-    a.stun_answered += b.stun_answered;
-    a.stun_rejected += b.stun_rejected;
-    a.unverified_source += b.unverified_source;
-    a.fingerprint_mismatch += b.fingerprint_mismatch;
-    a.dtls_failed += b.dtls_failed;
-    a.srtp_auth_failed += b.srtp_auth_failed;
-    a.srtp_replayed += b.srtp_replayed;
-    a.malformed += b.malformed;
-    a.not_ready += b.not_ready;
-    a.to_plain += b.to_plain;
-    a.to_browser += b.to_browser;
-    a.early_sent += b.early_sent;
-    a.early_dropped += b.early_dropped;
-}
-
 /// The counters as a bencode dictionary (`query` per leg, `statistics` in total).
 pub(super) fn counters_value(c: &Counters) -> Value {
     let n = |v: u64| Value::Int(v as i64);
@@ -301,7 +284,6 @@ impl Engine {
         self.ports.release(leg.local.port());
         if let Some(w) = &leg.webrtc {
             self.ports.release(w.browser.port());
-            add_counters(&mut self.stats.webrtc_closed, &w.counters);
             self.out
                 .push_back(Output::Bridge(BridgeOp::Close { browser: w.browser }));
         }
@@ -312,25 +294,13 @@ impl Engine {
         for call in self.calls.values_mut() {
             for leg in &mut call.legs {
                 if let Some(w) = leg.webrtc.as_mut().filter(|w| w.browser == report.browser) {
+                    self.stats.webrtc -= w.counters;
+                    self.stats.webrtc += report.counters;
                     w.counters = report.counters;
                     w.selected = report.selected;
                     return;
                 }
             }
         }
-    }
-
-    /// Every browser leg's counters, closed and live.
-    pub fn webrtc_totals(&self) -> Counters {
-        let mut t = self.stats.webrtc_closed;
-        for w in self
-            .calls
-            .values()
-            .flat_map(|c| c.legs.iter())
-            .filter_map(|l| l.webrtc.as_ref())
-        {
-            add_counters(&mut t, &w.counters);
-        }
-        t
     }
 }
