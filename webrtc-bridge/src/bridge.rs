@@ -565,8 +565,10 @@ impl Bridge {
         let held = std::mem::take(&mut self.early);
         self.arm_early();
         for (_, pkt) in held {
-            self.counters.early_sent += 1;
+            // Counted sent only once sealed for the browser (a failure counts `malformed`).
+            let sealed = self.counters.to_browser;
             self.handle_plain(now, PlainKind::Rtp, &pkt);
+            self.counters.early_sent += self.counters.to_browser - sealed;
         }
     }
 }

@@ -175,14 +175,6 @@ pub async fn run(settings: Settings, mut reloader: daemon_ops::reload::Reloader)
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
         }
-        // For scrapes: the latest counters (a no-op when nothing changed).
-        published.send_if_modified(|p| {
-            let now = metrics::Published {
-                stats: engine.stats(),
-                calls: engine.call_count(),
-            };
-            std::mem::replace(p, now) != now
-        });
         let now = Instant::now().into_std();
         let unix = unix_now();
         loop {
@@ -233,6 +225,15 @@ pub async fn run(settings: Settings, mut reloader: daemon_ops::reload::Reloader)
                 }
             }
         }
+        // For scrapes: the latest counters (a no-op when nothing changed), once the outputs are
+        // drained, so an offer refused while draining is never shown as managed first.
+        published.send_if_modified(|p| {
+            let now = metrics::Published {
+                stats: engine.stats(),
+                calls: engine.call_count(),
+            };
+            std::mem::replace(p, now) != now
+        });
     }
     info!(
         calls = engine.call_count(),

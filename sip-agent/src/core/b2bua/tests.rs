@@ -1253,5 +1253,8 @@ fn a_fork_request_on_a_bot_call_is_refused_not_left_waiting() {
         h.take_for_a().iter().map(code).collect::<Vec<_>>(),
         vec![200]
     );
-    assert!(h.take_events().is_empty(), "no fork request reaches anybody");
+    assert!(
+        h.take_events().is_empty(),
+        "no fork request reaches anybody"
+    );
 }
