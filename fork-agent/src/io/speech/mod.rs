@@ -575,12 +575,7 @@ impl Task {
     ) {
         loop {
             let deadline = self.core.poll_timeout();
-            let sleep = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let sleep = crate::io::sleep_until(deadline);
             tokio::select! {
                 biased;
                 c = cmds.recv() => match c {
