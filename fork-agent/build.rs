@@ -253,6 +253,9 @@ fn prepend_path(first: PathBuf, rest: Option<OsString>) -> OsString {
 }
 
 fn copy(from: &Path, to: &Path, what: &str) {
+    // fs::copy rewrites an existing file in place: a target dir warmed with hard links
+    // (`cp -al`) would hand the object to every tree sharing the inode. A new file does not.
+    let _ = fs::remove_file(to);
     if let Err(e) = fs::copy(from, to) {
         panic!(
             "{what} {}, but copying it to {} failed: {e}",

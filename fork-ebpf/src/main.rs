@@ -211,11 +211,7 @@ fn relay<const HEAD: bool>(
 ) -> Result<Verdict, Reason> {
     let (egress, smac, dmac, ingress) = hop;
     let payload_len = (pkt.l4_off + pkt.udp_len).saturating_sub(rtp_off);
-    let mut tag = ForkTag {
-        magic: FORK_TAG_MAGIC,
-        stream_id: action.stream_id,
-        ..ForkTag::default()
-    };
+    let mut tag = fork_tag(action);
     let (fork, rtp) = classify(ctx, action, stats, rtp_off, payload_len, &mut tag);
     if let Some(rtp) = rtp {
         renumber(ctx, pkt, action, stats, rtp_off, &rtp)?;
@@ -232,14 +228,7 @@ fn relay<const HEAD: bool>(
             !push_tag::<HEAD>(ctx, &tag)
         });
     let fork = fork && !unavailable;
-    stats.with(|s| {
-        add(&mut s.packets, 1);
-        add(&mut s.bytes, payload_len as u64);
-        s.last_seen_ns = unsafe { bpf_ktime_get_ns() };
-        if fork {
-            add(&mut s.forked, 1);
-        }
-    });
+    count_packet(stats, payload_len, fork);
 
     if unavailable {
         return send(egress, ingress, Reason::RelayedForkUnavailable);
@@ -253,10 +242,7 @@ fn relay<const HEAD: bool>(
         } else {
             BPF_F_BROADCAST | BPF_F_EXCLUDE_INGRESS
         };
-        return Ok(match TX_PORTS.redirect(0, flags as u64) {
-            Ok(act) => Verdict(act, Reason::RelayedForked),
-            Err(_) => Verdict(xdp_action::XDP_ABORTED, Reason::AbortedRedirect),
-        });
+        return Ok(redirect(0, flags as u64, Reason::RelayedForked));
     }
     send(egress, ingress, ok)
 }
@@ -390,11 +376,7 @@ fn sink<const HEAD: bool>(
 ) -> Result<Verdict, Reason> {
     let rtp_off = pkt.l4_off + UDP_HLEN;
     let payload_len = (pkt.l4_off + pkt.udp_len).saturating_sub(rtp_off);
-    let mut tag = ForkTag {
-        magic: FORK_TAG_MAGIC,
-        stream_id: action.stream_id,
-        ..ForkTag::default()
-    };
+    let mut tag = fork_tag(action);
     let fork_ifindex = if classify(ctx, action, stats, rtp_off, payload_len, &mut tag).0 {
         CONFIG.get(0).map_or(0, |c| c.fork_ifindex)
     } else {
@@ -404,21 +386,11 @@ fn sink<const HEAD: bool>(
         tag.egress_ifindex = fork_ifindex;
         push_tag::<HEAD>(ctx, &tag)
     };
-    stats.with(|s| {
-        add(&mut s.packets, 1);
-        add(&mut s.bytes, payload_len as u64);
-        s.last_seen_ns = unsafe { bpf_ktime_get_ns() };
-        if forked {
-            add(&mut s.forked, 1);
-        }
-    });
+    count_packet(stats, payload_len, forked);
     if !forked {
         return Ok(Verdict(xdp_action::XDP_DROP, dropped));
     }
-    Ok(match TX_PORTS.redirect(fork_ifindex, 0) {
-        Ok(act) => Verdict(act, forked_reason),
-        Err(_) => Verdict(xdp_action::XDP_ABORTED, Reason::AbortedRedirect),
-    })
+    Ok(redirect(fork_ifindex, 0, forked_reason))
 }
 
 /// Only plain layouts are rewritten in the kernel: no VLAN tag, no IPv4 options (the headers are
@@ -612,10 +584,39 @@ fn send(egress: u32, ingress: u32, reason: Reason) -> Result<Verdict, Reason> {
         };
         return Ok(Verdict(xdp_action::XDP_TX, reason));
     }
-    Ok(match TX_PORTS.redirect(egress, 0) {
+    Ok(redirect(egress, 0, reason))
+}
+
+/// A `TX_PORTS` redirect counted as `reason`; a refused one aborts (`AbortedRedirect`).
+#[inline(always)]
+fn redirect(port: u32, flags: u64, reason: Reason) -> Verdict {
+    match TX_PORTS.redirect(port, flags) {
         Ok(act) => Verdict(act, reason),
         Err(_) => Verdict(xdp_action::XDP_ABORTED, Reason::AbortedRedirect),
-    })
+    }
+}
+
+/// The tag of a packet of `action`'s flow, before the RTP fields are known.
+#[inline(always)]
+fn fork_tag(action: &FlowAction) -> ForkTag {
+    ForkTag {
+        magic: FORK_TAG_MAGIC,
+        stream_id: action.stream_id,
+        ..ForkTag::default()
+    }
+}
+
+/// One packet of the flow taken (relayed or sunk), and whether it was forked.
+#[inline(always)]
+fn count_packet(stats: &Slot, payload_len: usize, forked: bool) {
+    stats.with(|s| {
+        add(&mut s.packets, 1);
+        add(&mut s.bytes, payload_len as u64);
+        s.last_seen_ns = unsafe { bpf_ktime_get_ns() };
+        if forked {
+            add(&mut s.forked, 1);
+        }
+    });
 }
 
 /// A flow's slot in `FLOW_STATS` (absent only if user space gave an out-of-range index).

@@ -300,12 +300,7 @@ async fn run(
             .fetch_add(s.silence_packets - last.silence_packets, Ordering::Relaxed);
         last = s;
         let deadline = core.poll_timeout();
-        let sleep = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
-                None => std::future::pending().await,
-            }
-        };
+        let sleep = crate::io::sleep_until(deadline);
         // The clock first: a bot flooding commands must not delay the packets on the wire.
         tokio::select! {
             biased;

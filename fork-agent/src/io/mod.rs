@@ -11,3 +11,11 @@ pub mod netdev;
 pub mod speech;
 pub mod statuses;
 pub mod xsk;
+
+/// Sleeps until a core's next deadline (`poll_timeout`); `None` never wakes.
+pub async fn sleep_until(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+        None => std::future::pending().await,
+    }
+}

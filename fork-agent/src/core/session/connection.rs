@@ -21,6 +21,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use super::streams::{Awaiting, Session, StartedOn};
 use super::{
     ConnId, ForkFailure, ForkService, ForkStatus, Output, ServerId, SessState, SessionError,
 };
@@ -195,19 +196,7 @@ impl ForkService {
         if !self.conns.contains_key(&conn) {
             return Err(SessionError::UnknownConn(conn.0));
         }
-        let accepted: Vec<(String, bool)> = self
-            .sessions
-            .values_mut()
-            .filter(|s| s.state == SessState::Live(conn))
-            .filter_map(|s| {
-                s.awaiting_accept
-                    .take()
-                    .map(|reconnected| (s.req.call_guid.clone(), reconnected))
-            })
-            .collect();
-        for (guid, reconnected) in accepted {
-            self.status(&guid, ForkStatus::Started, None, reconnected);
-        }
+        self.report_started(conn, StartedOn::Accepted, |_| true);
         Ok(())
     }
 
@@ -222,21 +211,26 @@ impl ForkService {
         if !self.conns.contains_key(&conn) {
             return Err(SessionError::UnknownConn(conn.0));
         }
-        let written: Vec<(String, bool)> = self
+        self.report_started(conn, StartedOn::Written, |s| {
+            s.streams.iter().any(|st| streams.contains(&st.id))
+        });
+        Ok(())
+    }
+
+    /// The forks live on `conn` (and chosen by `which`) whose STARTED waited `on` this: STARTED.
+    fn report_started(&mut self, conn: ConnId, on: StartedOn, which: impl Fn(&Session) -> bool) {
+        let started: Vec<(String, bool)> = self
             .sessions
             .values_mut()
-            .filter(|s| s.state == SessState::Live(conn))
-            .filter(|s| s.streams.iter().any(|st| streams.contains(&st.id)))
+            .filter(|s| s.state == SessState::Live(conn) && which(s))
             .filter_map(|s| {
-                s.awaiting_write
-                    .take()
-                    .map(|reconnected| (s.req.call_guid.clone(), reconnected))
+                let a = s.awaiting.take_if(|a| a.on == on)?;
+                Some((s.req.call_guid.clone(), a.reconnected))
             })
             .collect();
-        for (guid, reconnected) in written {
+        for (guid, reconnected) in started {
             self.status(&guid, ForkStatus::Started, None, reconnected);
         }
-        Ok(())
     }
 
     /// `conn` (or its attempt) ended. `wall` is the Unix time, for the history.
@@ -427,8 +421,14 @@ impl ForkService {
                     // STARTED only once true: the start was written to the open connection
                     // (handle_starts_written), and where the dialect confirms sessions, the
                     // server confirmed it (handle_accepted).
-                    s.awaiting_accept = awaits.then_some(reconnected);
-                    s.awaiting_write = (!awaits).then_some(reconnected);
+                    s.awaiting = Some(Awaiting {
+                        on: if awaits {
+                            StartedOn::Accepted
+                        } else {
+                            StartedOn::Written
+                        },
+                        reconnected,
+                    });
                     if let Some(rec) = self.conns.get_mut(&id) {
                         rec.calls_total += 1;
                     }

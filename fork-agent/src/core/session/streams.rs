@@ -53,12 +53,26 @@ pub(super) struct Session {
     pub(super) streams: Vec<StreamRec>,
     pub(super) state: SessState,
     pub(super) started_once: bool,
-    /// `start` went out on a connection whose dialect confirms sessions; STARTED (with this
-    /// `reconnected` flag) waits for [`ForkService::handle_accepted`].
-    pub(super) awaiting_accept: Option<bool>,
-    /// `start` queued on a connection whose dialect does not confirm sessions; STARTED (with
-    /// this `reconnected` flag) once it was written (`handle_starts_written`).
-    pub(super) awaiting_write: Option<bool>,
+    /// `start` was queued and STARTED (with `reconnected`) waits for the event that makes it
+    /// true.
+    pub(super) awaiting: Option<Awaiting>,
+}
+
+/// What a queued `start` waits for before its fork is STARTED.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum StartedOn {
+    /// The dialect confirms sessions: [`ForkService::handle_accepted`].
+    Accepted,
+    /// It does not: the start was written (`handle_starts_written`).
+    Written,
+}
+
+/// A STARTED still to report.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Awaiting {
+    pub(super) on: StartedOn,
+    /// The STARTED's `reconnected` flag.
+    pub(super) reconnected: bool,
 }
 
 impl Session {
@@ -148,8 +162,7 @@ impl ForkService {
                 streams,
                 state: SessState::Waiting,
                 started_once: false,
-                awaiting_accept: None,
-                awaiting_write: None,
+                awaiting: None,
             },
         );
         self.forks_started += 1;

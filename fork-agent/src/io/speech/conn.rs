@@ -392,12 +392,7 @@ where
                 None => std::future::pending().await,
             }
         };
-        let tick = async {
-            match keepalive {
-                Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
-                None => std::future::pending().await,
-            }
-        };
+        let tick = crate::io::sleep_until(keepalive);
         tokio::select! {
             biased;
             _ = &mut *l.close_rx => {

@@ -575,12 +575,7 @@ impl Task {
     ) {
         loop {
             let deadline = self.core.poll_timeout();
-            let sleep = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let sleep = crate::io::sleep_until(deadline);
             tokio::select! {
                 biased;
                 c = cmds.recv() => match c {
@@ -923,9 +918,8 @@ impl Task {
                 frame,
                 at,
             } => {
-                let mixer = (!self.mix_taps.is_empty())
-                    .then(|| self.mix_taps.get(&tap).and_then(|s| self.bots.get(s)))
-                    .flatten();
+                // A lookup in an empty map returns before hashing: no cost without mix mode.
+                let mixer = self.mix_taps.get(&tap).and_then(|s| self.bots.get(s));
                 if let Some(bot) = mixer {
                     if let Ok((_, payload)) = speech_proto::decode_audio(&frame) {
                         bot.link.party(payload);
