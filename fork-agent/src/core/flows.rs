@@ -388,6 +388,29 @@ impl FlowTable {
         Ok((FlowKey::new(local), entry.action))
     }
 
+    /// The `FLOW_STATS` slot of `local` when its relayed RTP is renumbered (a bot handed it
+    /// back): before the flow is replaced, the shell reads there where its stream stands.
+    pub fn renumbered_slot(&self, local: &SocketAddr) -> Option<u32> {
+        self.inject.get(local)?.renumber?;
+        self.flows.get(local).map(|f| f.stats_index)
+    }
+
+    /// The renumbered stream of `local` stands at `ssrc`/`seq`/`ts` (the next packet's numbers):
+    /// a replacement flow continues from there, under a new epoch. Its new `FLOW_STATS` slot
+    /// starts empty, so without this the kernel would derive its deltas afresh from the last
+    /// hand-back's numbers and the stream would step back.
+    pub fn resume_numbering(&mut self, local: SocketAddr, ssrc: u32, seq: u16, ts: u32) {
+        if let Some(state) = self.inject.get_mut(&local) {
+            let epoch = state.renumber.map_or(1, |r| r.epoch.wrapping_add(1).max(1));
+            state.renumber = Some(Renumber {
+                ssrc,
+                ts,
+                seq,
+                epoch,
+            });
+        }
+    }
+
     /// Flows a bot was talking into when the previous agent stopped (adopted with
     /// `FLOW_F_INJECT`): nobody plays into them now, so they must be handed back.
     pub fn stale_injects(&self) -> Vec<SocketAddr> {
@@ -909,5 +932,38 @@ mod tests {
             t.set_inject(other, InjectChange::TakeOver),
             Err(FlowError::Unknown { local: other })
         );
+    }
+
+    #[test]
+    fn a_replaced_renumbered_flow_continues_from_where_its_stream_stood() {
+        let mut t = FlowTable::new();
+        let local: SocketAddr = "10.0.1.1:30000".parse().expect("addr");
+        t.add(&spec("10.0.1.1:30000")).expect("add");
+        t.start_fork(fork("g", &[("10.0.1.1:30000", Channel::Callee)]))
+            .expect("fork");
+        assert_eq!(t.renumbered_slot(&local), None, "not renumbered yet");
+        t.set_inject(local, InjectChange::TakeOver)
+            .expect("take over");
+        let back = InjectChange::HandBack {
+            ssrc: 7,
+            seq: 100,
+            ts: 16_000,
+        };
+        let (_, a) = t.set_inject(local, back).expect("hand back");
+        assert_eq!(t.renumbered_slot(&local), Some(a.stats_index));
+        // The relay went on for a while; then a re-INVITE replaces the flow.
+        t.resume_numbering(local, 7, 150, 24_000);
+        t.remove(local).expect("remove");
+        let (_, e) = t.add(&spec("10.0.1.1:30000")).expect("re-add");
+        assert_eq!(
+            e.action.renumber,
+            Renumber {
+                ssrc: 7,
+                ts: 24_000,
+                seq: 150,
+                epoch: 2
+            }
+        );
+        assert_eq!(e.action.flags & FLOW_F_RENUMBER, FLOW_F_RENUMBER);
     }
 }

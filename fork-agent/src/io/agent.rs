@@ -473,6 +473,7 @@ impl Agent {
                 }
             }
             Op::FlowDel { local } => {
+                self.keep_numbering(local);
                 let actions = self.orch.remove_flow(local)?;
                 self.perform_checked(actions)
                     .context("removing the flow from FLOWS")?;

@@ -206,6 +206,52 @@ fn bot_inject_replaces_the_callee_while_it_talks_and_hands_back_to_the_kernel() 
     Ok(())
 }
 
+/// A re-INVITE replaces the callee's flow after the bot handed the stream back: the
+/// replacement's relay continues the renumbered stream where it stood (not from the hand-back's
+/// numbers, which would step back), one stream throughout.
+#[test]
+fn bot_inject_a_replaced_flow_continues_the_renumbered_stream() -> Result<()> {
+    let mut b = start("replace", 600, &[])?;
+    b.wait_status("started", false)?;
+    // The bot talks from 600 ms for 600 ms; the relay then carries the callee for a while.
+    let mut got = b.converse(2400)?;
+    let relayed_after = b.kernel("inject_forked")?;
+    assert!(relayed_after > 0, "the bot talked");
+    // What sip-agent does for a re-INVITE: the flow goes and comes back (here, unchanged).
+    b.s.ctl(json!({"v":1,"op":"flow_del","local":addrs::B_LOCAL}))?;
+    b.s.ctl(json!({"v":1,"op":"flow_add","flow":{"local":addrs::B_LOCAL,
+        "src":addrs::A_LOCAL,"dst":addrs::CALLER_RTP}}))?;
+    got.extend(b.converse(1000)?);
+    let r = b.finish()?;
+    assert_eq!(r["violations"], json!([]), "checker: {r:#}");
+    // Packets the callee sent between the delete and the add may be missing (no flow then);
+    // judged are the numbers: never a repeat or a step back, and nothing but the callee after.
+    let (_, bot, after) = split(&got);
+    assert_eq!(
+        bot[..b.speech.len()],
+        b.speech[..],
+        "the bot, byte for byte"
+    );
+    assert!(
+        after >= 50,
+        "the callee relayed after the replacement: {after}"
+    );
+    for w in got.windows(2) {
+        assert_eq!(w[1].ssrc, CALLEE_SSRC, "one stream: {w:?}");
+        let step = w[1].seq.wrapping_sub(w[0].seq);
+        assert!((1..=5).contains(&step), "sequence steps forward: {w:?}");
+        // Forward by whole packet times, no more than the time between the two arrivals
+        // (across the replacement the media clock runs on while no packet is relayed).
+        let ts = w[1].ts.wrapping_sub(w[0].ts);
+        let gap = ((w[1].mono_ms - w[0].mono_ms) / 20.0).ceil().max(1.0) as u32 + 1;
+        assert!(
+            ts % 160 == 0 && (160..=160 * gap).contains(&ts),
+            "timestamp steps forward by packet times: {w:?}"
+        );
+    }
+    Ok(())
+}
+
 /// Barge-in: a `clear` 400 ms into a 3 s utterance hands the stream back to the kernel relay at
 /// once; the caller hears the utterance's beginning, then the callee, on one stream.
 #[test]

@@ -191,4 +191,29 @@ impl Agent {
             }
         }
     }
+
+    /// Before a renumbered flow goes (a re-INVITE replaces it): the table learns where its
+    /// stream stands, from the kernel's `FLOW_STATS`, so a replacement continues it.
+    pub(super) fn keep_numbering(&mut self, local: SocketAddr) {
+        let Some(slot) = self.orch.table().renumbered_slot(&local) else {
+            return;
+        };
+        let Ok(s) = self.dp.flow_stats.get(&slot, 0) else {
+            return;
+        };
+        if s.out_valid == 0 {
+            return;
+        }
+        // The next packet's timestamp: whole packet times since the last one, at least one
+        // (20 ms of 8 kHz G.711, RFC 3551's default: the relay does not know the call's ptime).
+        const PTIME_NS: u64 = 20_000_000;
+        let elapsed_ns = monotonic_ns().saturating_sub(s.last_seen_ns);
+        let samples = (elapsed_ns.div_ceil(PTIME_NS).max(1) * 160) as u32;
+        self.orch.table_mut().resume_numbering(
+            local,
+            s.out_ssrc,
+            s.out_seq.wrapping_add(1),
+            s.out_ts.wrapping_add(samples),
+        );
+    }
 }
